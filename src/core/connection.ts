@@ -1,0 +1,67 @@
+import { Redis, type RedisOptions } from 'ioredis';
+import { ConfigError } from './errors.js';
+
+/** Where Redis is: a URL (`redis://`, `rediss://`), ioredis options, or an ioredis client you own. */
+export type ConnectionOption = string | RedisOptions | Redis;
+
+/** A connection heimdall-tasks uses, and whether it is ours to close. */
+export interface OwnedClient {
+  client: Redis;
+  owned: boolean;
+}
+
+function isClient(value: unknown): value is Redis {
+  // Duck-typed so a client from another copy of ioredis is accepted too.
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as Redis).duplicate === 'function' &&
+    typeof (value as Redis).evalsha === 'function'
+  );
+}
+
+/**
+ * Opens a client for `connection`. A client passed in is used as is for commands (`shared`),
+ * and duplicated for blocking and subscriber connections, which must not be shared.
+ */
+export function openClient(
+  connection: ConnectionOption | undefined,
+  purpose: 'commands' | 'blocking' | 'subscriber',
+  extra: RedisOptions = {},
+): OwnedClient {
+  if (connection === undefined || connection === null || connection === '') {
+    throw new ConfigError('connection is required: a Redis URL such as redis://localhost:6379, ioredis options, or a client');
+  }
+  const tuned: RedisOptions = {
+    // Blocking and subscriber connections must wait through outages rather than fail.
+    ...(purpose === 'commands' ? {} : { maxRetriesPerRequest: null }),
+    ...extra,
+  };
+  if (isClient(connection)) {
+    if (purpose === 'commands') return { client: connection, owned: false };
+    return { client: connection.duplicate(tuned), owned: true };
+  }
+  if (typeof connection === 'string') {
+    if (!/^rediss?:\/\//.test(connection)) {
+      throw new ConfigError(`connection URL must start with redis:// or rediss://, got ${JSON.stringify(connection)}`);
+    }
+    return { client: new Redis(connection, tuned), owned: true };
+  }
+  if (typeof connection === 'object') return { client: new Redis({ ...connection, ...tuned }), owned: true };
+  throw new ConfigError('connection must be a Redis URL, ioredis options or an ioredis client');
+}
+
+/** Closes a client if it is ours: QUIT when connected, disconnect otherwise. */
+export async function closeClient(c: OwnedClient | undefined): Promise<void> {
+  if (!c || !c.owned) return;
+  if (c.client.status === 'end') return;
+  if (c.client.status === 'ready') {
+    try {
+      await c.client.quit();
+      return;
+    } catch {
+      // fall through to a hard disconnect
+    }
+  }
+  c.client.disconnect();
+}

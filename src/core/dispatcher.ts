@@ -1,0 +1,256 @@
+import type { Redis } from 'ioredis';
+import { customAlphabet } from 'nanoid';
+import { closeClient, openClient, type ConnectionOption, type OwnedClient } from './connection.js';
+import { describe, toMillis, type Duration } from './durations.js';
+import { AlreadyQueuedError, ConfigError, NotATaskError } from './errors.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, hashArgs, QueueKeys, validateName } from './queue-keys.js';
+import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
+import { ResultWaiter } from './result-waiter.js';
+import { ScriptRunner } from './script-runner.js';
+import { argsToJson } from './serialization.js';
+import { TaskResult, type ResultBackend } from './task-result.js';
+import { normalizeRateLimit, type NormalizedTaskOptions } from './task-options.js';
+import { enqueue } from '../redis-scripts/scripts.generated.js';
+
+/** Options shared by Dispatcher and Worker. */
+export interface ConnectionOptions {
+  /** Redis URL (`redis://`, `rediss://`), ioredis options, or an ioredis client (which you keep and close). */
+  connection: ConnectionOption;
+  /** First segment of every Redis key. Default: `'heimdall'`. */
+  prefix?: string;
+}
+
+/** Options of `new Dispatcher()`. */
+export type DispatcherOptions = ConnectionOptions;
+
+/** Per-call options of `applyAsync` and `send`. */
+export interface ApplyOptions {
+  /** Start no sooner than this long from now: seconds or an `ms` string. Default: at once. */
+  countdown?: Duration;
+  /** Start no sooner than this moment (a Date or epoch milliseconds). Wins over `countdown`. */
+  eta?: Date | number;
+  /** Use this id instead of a generated one. It must not belong to a task that has not ended. */
+  taskId?: string;
+  /** Send to this queue instead of the task's own. Unique locks and rate windows live under the queue. */
+  queue?: string;
+}
+
+/** The typed handle of one task of a class, from `dispatcher.tasks(Class)`. */
+export interface TaskRef<A extends readonly unknown[], R> {
+  /** Registry name of the task. */
+  readonly name: string;
+  /** Sends the task with these arguments. */
+  delay(...args: A): Promise<TaskResult<R>>;
+  /** Sends the task with these arguments and per-call options. */
+  applyAsync(args: A, options?: ApplyOptions): Promise<TaskResult<R>>;
+  /** The task holding the unique lock for these arguments, or null when none does (unique tasks only). */
+  current(...args: A): Promise<TaskResult<R> | null>;
+}
+
+/** The async methods of `T` as task handles; other members are absent, so using them does not compile. */
+export type TaskProxy<T> = {
+  [K in keyof T as T[K] extends (...args: never) => Promise<unknown> ? K : never]: T[K] extends (
+    ...args: infer A
+  ) => Promise<infer R>
+    ? TaskRef<A, R>
+    : never;
+};
+
+const newId = customAlphabet('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz', 22);
+const QUEUE_IN_ID = /^(.+):[0-9A-Za-z]{22}$/;
+const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue']);
+
+/** Reads the queue a generated id was made for (ids of non-default queues are `<queue>:<random>`). */
+function queueOfId(id: string): string | undefined {
+  return QUEUE_IN_ID.exec(id)?.[1];
+}
+
+/**
+ * Sends tasks to Redis and hands out their results. One per process is plenty; it holds one
+ * connection (auto-pipelined) plus a subscriber opened by the first `get()`.
+ */
+export class Dispatcher {
+  /** First segment of every key this dispatcher writes. */
+  readonly prefix: string;
+  private readonly conn: OwnedClient;
+  private readonly connection: ConnectionOption;
+  private readonly scripts: ScriptRunner;
+  private readonly keyCache = new Map<string, QueueKeys>();
+  private sub: OwnedClient | undefined;
+  private resultWaiter: ResultWaiter | undefined;
+  private readonly backend: ResultBackend;
+  private closed = false;
+
+  constructor(options: DispatcherOptions) {
+    if (typeof options !== 'object' || options === null) throw new ConfigError('new Dispatcher() needs { connection }');
+    this.prefix = options.prefix === undefined ? DEFAULT_PREFIX : validateName(options.prefix, 'prefix');
+    this.connection = options.connection;
+    this.conn = openClient(options.connection, 'commands', { enableAutoPipelining: true });
+    this.scripts = new ScriptRunner(this.conn.client);
+    this.backend = { client: this.conn.client, waiter: () => this.waiter() };
+  }
+
+  /** The Redis client that sends commands (yours if you passed one). */
+  get client(): Redis {
+    return this.conn.client;
+  }
+
+  /**
+   * Typed handles on the tasks of a class: `dispatcher.tasks(ReportService).generateReport.delay(42)`.
+   * Using a method that carries no `@Task` rejects with `NotATaskError`.
+   */
+  tasks<T extends object>(cls: Constructor<T>): TaskProxy<T> {
+    if (typeof cls !== 'function') throw new ConfigError(`tasks() takes a class, got ${describe(cls)}`);
+    const defs = discover(cls);
+    const refs = new Map<string, TaskRef<unknown[], unknown>>();
+    return new Proxy({} as TaskProxy<T>, {
+      get: (_target, prop) => {
+        if (typeof prop !== 'string' || prop === 'then') return undefined;
+        let ref = refs.get(prop);
+        if (!ref) {
+          const def = defs.get(prop);
+          ref = def ? this.refFor(def) : this.notATask(`${cls.name}.${prop}`);
+          refs.set(prop, ref);
+        }
+        return ref;
+      },
+    });
+  }
+
+  /**
+   * Sends a task by registry name, without types. Options of a task this process knows
+   * (unique, rate limit, queue) apply; an unknown name goes to `options.queue` or 'default'.
+   */
+  send<R = unknown>(name: string, args: readonly unknown[] = [], options: ApplyOptions = {}): Promise<TaskResult<R>> {
+    if (typeof name !== 'string' || name === '') return Promise.reject(new ConfigError('send() needs a task name'));
+    const def = taskByName(name);
+    return this.enqueue<R>(name, def?.options, args, options);
+  }
+
+  /** A TaskResult for a known id. Ids generated for a non-default queue carry it; otherwise pass `queue`. */
+  result<R = unknown>(id: string, options: { queue?: string } = {}): TaskResult<R> {
+    if (typeof id !== 'string' || id === '') throw new ConfigError('result() needs a task id');
+    const queue = options.queue ?? queueOfId(id) ?? DEFAULT_QUEUE;
+    return new TaskResult<R>(this.backend, this.keys(queue), id, undefined);
+  }
+
+  /** Closes the connections this dispatcher opened. A client you passed in stays open. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([closeClient(this.conn), closeClient(this.sub)]);
+  }
+
+  private keys(queue: string): QueueKeys {
+    let k = this.keyCache.get(queue);
+    if (!k) {
+      k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
+      this.keyCache.set(queue, k);
+    }
+    return k;
+  }
+
+  private waiter(): ResultWaiter {
+    if (!this.resultWaiter) {
+      this.sub = openClient(this.connection, 'subscriber');
+      this.resultWaiter = new ResultWaiter(this.sub.client);
+    }
+    return this.resultWaiter;
+  }
+
+  private refFor(def: TaskDefinition): TaskRef<unknown[], unknown> {
+    return {
+      name: def.name,
+      delay: (...args) => this.enqueue(def.name, def.options, args, {}),
+      applyAsync: (args, options) => this.enqueue(def.name, def.options, args, options ?? {}),
+      current: (...args) => this.current(def, args),
+    };
+  }
+
+  private notATask(what: string): TaskRef<unknown[], unknown> {
+    const fail = (): Promise<never> => Promise.reject(new NotATaskError(what));
+    return { name: what, delay: fail, applyAsync: fail, current: fail };
+  }
+
+  private async current(def: TaskDefinition, args: readonly unknown[]): Promise<TaskResult<unknown> | null> {
+    if (!def.options.unique) throw new ConfigError(`${def.name} is not unique, so no task holds a lock for it`);
+    const keys = this.keys(def.options.queue);
+    const lockKey = keys.lock(def.name, uniqueKey(def.options, args, argsToJson(args)));
+    const holder = await this.conn.client.get(lockKey);
+    return holder === null ? null : new TaskResult(this.backend, keys, holder, def.name);
+  }
+
+  private async enqueue<R>(
+    name: string,
+    opts: NormalizedTaskOptions | undefined,
+    args: readonly unknown[],
+    call: ApplyOptions,
+  ): Promise<TaskResult<R>> {
+    if (this.closed) throw new ConfigError('this dispatcher is closed');
+    if (!Array.isArray(args)) throw new ConfigError(`arguments of ${name} must be an array, got ${describe(args)}`);
+    for (const k of Object.keys(call)) {
+      if (!CALL_OPTIONS.has(k)) throw new ConfigError(`unknown call option '${k}'; known: ${[...CALL_OPTIONS].join(', ')}`);
+    }
+    const queue = call.queue ?? opts?.queue ?? DEFAULT_QUEUE;
+    const keys = this.keys(queue);
+    const argsJson = argsToJson(args);
+    const countdownMs = call.countdown === undefined || call.countdown === 0 ? 0 : toMillis(call.countdown, 'countdown');
+    const etaMs = call.eta === undefined ? 0 : etaToMillis(call.eta);
+    if (call.taskId !== undefined && (typeof call.taskId !== 'string' || call.taskId === '' || /[\s{}]/.test(call.taskId))) {
+      throw new ConfigError(`taskId must be a non-empty string without spaces or braces, got ${describe(call.taskId)}`);
+    }
+    const id = call.taskId ?? (queue === DEFAULT_QUEUE ? newId() : `${queue}:${newId()}`);
+
+    const fields: (string | number)[] = ['n', name, 'a', argsJson];
+    let lockKey = keys.task(id);
+    let lockTtl = 0;
+    const key = opts?.key ? callKeyFn(opts, args) : undefined;
+    if (opts?.unique) {
+      lockKey = keys.lock(name, key ?? hashArgs(argsJson));
+      lockTtl = opts.uniqueTimeoutMs;
+      fields.push('lk', lockKey, 'lt', lockTtl);
+      if (opts.uniqueWaitForExpiry) fields.push('lw', '1');
+    }
+    if (opts?.rateLimit) {
+      const rl =
+        typeof opts.rateLimit === 'function'
+          ? normalizeRateLimit(opts.rateLimit(args), `rateLimit of ${name} for args ${argsJson}`)
+          : opts.rateLimit;
+      fields.push('rk', keys.rate(name, key), 'rn', rl.limit, 'rp', rl.periodMs);
+    }
+
+    const reply = await this.scripts.run<[number, string | null, number]>(
+      enqueue,
+      [keys.wait, keys.delayed, keys.task(id), lockKey],
+      [id, countdownMs, etaMs, lockTtl, ...fields],
+    );
+    if (reply[0] === 2) {
+      const holder = reply[1] ?? '';
+      const expiresIn = Math.max(0, reply[2]) / 1000;
+      if (opts?.uniqueRaises) throw new AlreadyQueuedError(name, holder, expiresIn);
+      return new TaskResult<R>(this.backend, keys, holder, name, true);
+    }
+    if (reply[0] === 3) throw new ConfigError(`task id ${id} belongs to a task that has not ended; choose another taskId`);
+    return new TaskResult<R>(this.backend, keys, id, name);
+  }
+}
+
+function callKeyFn(opts: NormalizedTaskOptions, args: readonly unknown[]): string {
+  const key = opts.key!(args);
+  if (typeof key !== 'string' || key === '') {
+    throw new ConfigError(`key function of ${opts.name ?? 'the task'} must return a non-empty string, got ${describe(key)}`);
+  }
+  return key;
+}
+
+function uniqueKey(opts: NormalizedTaskOptions, args: readonly unknown[], argsJson: string): string {
+  return opts.key ? callKeyFn(opts, args) : hashArgs(argsJson);
+}
+
+function etaToMillis(eta: Date | number): number {
+  const t = eta instanceof Date ? eta.getTime() : eta;
+  if (typeof t !== 'number' || !Number.isFinite(t) || t <= 0) {
+    throw new ConfigError(`eta must be a Date or epoch milliseconds, got ${describe(eta)}`);
+  }
+  return Math.round(t);
+}

@@ -1,0 +1,124 @@
+/**
+ * Every error heimdall-tasks throws is a subclass of {@link HeimdallError} with a stable
+ * `code`. `instanceof` is answered from a `Symbol.for` brand, so it holds even when an app
+ * ends up with two copies of the package (its ESM and CommonJS builds, or two versions).
+ */
+const BRAND = Symbol.for('heimdall-tasks.error');
+
+function brandOf(value: unknown): string | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const brand = (value as Record<symbol, unknown>)[BRAND];
+  return typeof brand === 'string' ? brand : undefined;
+}
+
+/** Base class of every heimdall-tasks error. */
+export class HeimdallError extends Error {
+  /** Stable machine-readable code, e.g. `'HEIMDALL_ALREADY_QUEUED'`. */
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+    Object.defineProperty(this, BRAND, { value: code, enumerable: false });
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    const brand = brandOf(value);
+    if (brand === undefined) return false;
+    // The base class matches every branded error; a subclass matches its own code.
+    if (this === HeimdallError) return true;
+    const own = (this as unknown as { CODE?: string }).CODE;
+    return own !== undefined && own === brand;
+  }
+}
+
+/** Invalid options: thrown at decoration, construction or dispatch, never later. */
+export class ConfigError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_CONFIG';
+  constructor(message: string) {
+    super(ConfigError.CODE, message);
+  }
+}
+
+/** A value that JSON would not bring back as it was. `path` names it, e.g. `args[0].when`. */
+export class SerializationError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_SERIALIZATION';
+  /** Where the bad value sits, e.g. `args[0].when` or `result.items[3]`. */
+  readonly path: string;
+  constructor(path: string, problem: string) {
+    super(
+      SerializationError.CODE,
+      `${path} ${problem}; task arguments and results must be plain JSON ` +
+        `(numbers, strings, booleans, null, arrays and plain objects)`,
+    );
+    this.path = path;
+  }
+}
+
+/** A unique task was dispatched while another task holds its lock (`uniqueRaises: true`). */
+export class AlreadyQueuedError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_ALREADY_QUEUED';
+  /** Id of the task that holds the lock. */
+  readonly likelyCulprit: string;
+  /** Seconds until the lock lapses (the `uniqueTimeout` deadlock escape). */
+  readonly expiresIn: number;
+  constructor(taskName: string, likelyCulprit: string, expiresIn: number) {
+    super(
+      AlreadyQueuedError.CODE,
+      `${taskName} is already queued or running as task ${likelyCulprit}; ` +
+        `its lock lapses in ${expiresIn.toFixed(1)} s`,
+    );
+    this.likelyCulprit = likelyCulprit;
+    this.expiresIn = expiresIn;
+  }
+}
+
+/** The remote task ended in FAILURE. Carries the remote error's name, message and stack. */
+export class TaskFailedError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_TASK_FAILED';
+  /** Id of the failed task. */
+  readonly taskId: string;
+  /** `name` of the error the task threw, e.g. `'TypeError'`. */
+  readonly remoteName: string;
+  /** `message` of the error the task threw. */
+  readonly remoteMessage: string;
+  /** The stack of the error as the worker saw it. */
+  readonly traceback: string | undefined;
+  constructor(taskId: string, remote: { name: string; message: string; traceback?: string | undefined }) {
+    super(TaskFailedError.CODE, `task ${taskId} failed: ${remote.name}: ${remote.message}`);
+    this.taskId = taskId;
+    this.remoteName = remote.name;
+    this.remoteMessage = remote.message;
+    this.traceback = remote.traceback;
+  }
+}
+
+/** The task was revoked (by a user, by expiry, or as a duplicate of a newer lock holder). */
+export class TaskRevokedError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_TASK_REVOKED';
+  readonly taskId: string;
+  /** Why: `'revoked'`, `'duplicate'`, `'expired'`... */
+  readonly reason: string;
+  constructor(taskId: string, reason: string) {
+    super(TaskRevokedError.CODE, `task ${taskId} was revoked (${reason})`);
+    this.taskId = taskId;
+    this.reason = reason;
+  }
+}
+
+/** Waiting for a result took longer than the given timeout. The task itself goes on. */
+export class TimeoutError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_TIMEOUT';
+  constructor(message: string) {
+    super(TimeoutError.CODE, message);
+  }
+}
+
+/** A member of a class was used as a task but carries no `@Task` decorator. */
+export class NotATaskError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_NOT_A_TASK';
+  constructor(what: string) {
+    super(NotATaskError.CODE, `${what} is not a task: decorate the method with @Task()`);
+  }
+}

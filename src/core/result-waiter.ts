@@ -1,0 +1,66 @@
+import type { Redis } from 'ioredis';
+
+/** A subscription to one task's done channel. */
+export interface Watch {
+  /** Resolves when the channel fires or after `ms`, whichever comes first. */
+  next(ms: number): Promise<void>;
+  close(): void;
+}
+
+/**
+ * One subscriber connection shared by every `get()` of a dispatcher. Workers announce the end
+ * of a task on its own channel, so a waiter wakes at once instead of polling; the caller
+ * still re-reads the state now and then in case a message was lost in a reconnect.
+ */
+export class ResultWaiter {
+  private readonly listeners = new Map<string, Set<() => void>>();
+
+  constructor(private readonly subscriber: Redis) {
+    subscriber.on('message', (channel: string) => {
+      for (const fire of this.listeners.get(channel) ?? []) fire();
+    });
+  }
+
+  async watch(channel: string): Promise<Watch> {
+    let fired = false;
+    let wake: (() => void) | undefined;
+    const listener = (): void => {
+      fired = true;
+      wake?.();
+    };
+    let set = this.listeners.get(channel);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(channel, set);
+    }
+    set.add(listener);
+    if (set.size === 1) await this.subscriber.subscribe(channel);
+    return {
+      next: (ms) =>
+        new Promise<void>((resolve) => {
+          if (fired) {
+            fired = false;
+            resolve();
+            return;
+          }
+          const timer = setTimeout(done, ms);
+          function done(): void {
+            clearTimeout(timer);
+            fired = false;
+            wake = undefined;
+            resolve();
+          }
+          wake = done;
+        }),
+      close: () => {
+        const current = this.listeners.get(channel);
+        if (!current) return;
+        current.delete(listener);
+        if (current.size === 0) {
+          this.listeners.delete(channel);
+          if (this.subscriber.status === 'ready') this.subscriber.unsubscribe(channel).catch(() => undefined);
+        }
+      },
+    };
+  }
+}

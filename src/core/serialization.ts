@@ -1,0 +1,74 @@
+import { SerializationError } from './errors.js';
+
+/**
+ * Strict JSON: a value is accepted only if `JSON.parse(JSON.stringify(value))` gives it back
+ * as it was. Everything else is rejected with the path of the offending value, so a task never
+ * receives a Date turned into a string or a Map turned into `{}`.
+ */
+export function toJson(value: unknown, root: string): string {
+  check(value, root, new Set());
+  return JSON.stringify(value);
+}
+
+/** Serializes task arguments. Trailing `undefined` arguments (omitted optionals) are dropped. */
+export function argsToJson(args: readonly unknown[]): string {
+  let end = args.length;
+  while (end > 0 && args[end - 1] === undefined) end--;
+  return toJson(end === args.length ? args : args.slice(0, end), 'args');
+}
+
+function pathOf(parent: string, key: string | number): string {
+  if (typeof key === 'number') return `${parent}[${key}]`;
+  return /^[A-Za-z_$][\w$]*$/.test(key) ? `${parent}.${key}` : `${parent}[${JSON.stringify(key)}]`;
+}
+
+function check(value: unknown, path: string, seen: Set<object>): void {
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return;
+    case 'number':
+      if (!Number.isFinite(value)) throw new SerializationError(path, `is ${value}, which JSON turns into null`);
+      return;
+    case 'undefined':
+      throw new SerializationError(path, 'is undefined, which JSON drops or turns into null');
+    case 'bigint':
+      throw new SerializationError(path, 'is a BigInt, which JSON cannot encode; pass it as a string');
+    case 'symbol':
+      throw new SerializationError(path, 'is a symbol, which JSON cannot encode');
+    case 'function':
+      throw new SerializationError(path, 'is a function, which JSON cannot encode');
+    default:
+      break;
+  }
+  if (value === null) return;
+  const obj = value as object;
+  if (seen.has(obj)) throw new SerializationError(path, 'refers back to one of its parents (a cycle)');
+  if (Array.isArray(obj)) {
+    seen.add(obj);
+    for (let i = 0; i < obj.length; i++) {
+      if (!(i in obj)) throw new SerializationError(pathOf(path, i), 'is a hole in a sparse array');
+      check(obj[i], pathOf(path, i), seen);
+    }
+    seen.delete(obj);
+    return;
+  }
+  const proto: unknown = Object.getPrototypeOf(obj);
+  if (proto !== Object.prototype && proto !== null) {
+    const kind = (obj as { constructor?: { name?: string } }).constructor?.name || 'class instance';
+    const hint =
+      obj instanceof Date ? ' (pass date.toISOString() or a timestamp)' : obj instanceof Map ? ' (pass Object.fromEntries(map))' : obj instanceof Set ? ' (pass [...set])' : '';
+    throw new SerializationError(path, `is a ${kind}, which JSON would not bring back as it was${hint}`);
+  }
+  if (Object.getOwnPropertySymbols(obj).length > 0) {
+    throw new SerializationError(path, 'has symbol keys, which JSON drops');
+  }
+  seen.add(obj);
+  for (const key of Object.keys(obj)) {
+    const child = (obj as Record<string, unknown>)[key];
+    // An undefined property is simply absent after a round trip, which reads the same.
+    if (child === undefined) continue;
+    check(child, pathOf(path, key), seen);
+  }
+  seen.delete(obj);
+}

@@ -1,0 +1,134 @@
+import { ConfigError } from './errors.js';
+import { describe, toMillis, type Duration } from './durations.js';
+import { DEFAULT_QUEUE, validateName } from './queue-keys.js';
+
+/** `[n, period]`: at most `n` starts in any rolling window of `period` (seconds, or an `ms` string). */
+export type RateLimit = readonly [limit: number, period: Duration];
+
+/** Options of `@Task()`. Every option is checked when the class is defined. */
+export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
+  /** Registry name. Default: `'ClassName.methodName'`. */
+  name?: string;
+  /** Queue the task is sent to. Default: `'default'`. */
+  queue?: string;
+  /** One queued-or-running task per key (the arguments' hash, or `key`). Default: `false`. */
+  unique?: boolean;
+  /** Lifetime of the unique lock: the deadlock escape. Seconds or an `ms` string. Default: `'1h'`. */
+  uniqueTimeout?: Duration;
+  /** A duplicate dispatch throws `AlreadyQueuedError` instead of returning the holder. Default: `false`. */
+  uniqueRaises?: boolean;
+  /** Keep the lock after the task ends, until it lapses: "at most once per `uniqueTimeout`". Default: `false`. */
+  uniqueWaitForExpiry?: boolean;
+  /**
+   * The unique key and the rate-limit bucket, scoped by task name, from the call's arguments.
+   * Default: a hash of the arguments (unique) and the task itself (rate limit).
+   */
+  key?: (args: A) => string;
+  /**
+   * At most `n` starts in any rolling window of `period`, across all workers, on the Redis
+   * clock. A function is evaluated at dispatch, per call. Default: no limit.
+   */
+  rateLimit?: RateLimit | ((args: A) => RateLimit);
+  /** How long the result is kept after the task ends. Seconds or an `ms` string. Default: one day. */
+  resultExpires?: Duration;
+}
+
+/** A rate limit in the units the scripts use. */
+export interface RateLimitMs {
+  limit: number;
+  periodMs: number;
+}
+
+/** Options after validation, with defaults applied. */
+export interface NormalizedTaskOptions {
+  name: string | undefined;
+  queue: string;
+  unique: boolean;
+  uniqueTimeoutMs: number;
+  uniqueRaises: boolean;
+  uniqueWaitForExpiry: boolean;
+  key: ((args: readonly unknown[]) => string) | undefined;
+  rateLimit: RateLimitMs | ((args: readonly unknown[]) => RateLimit) | undefined;
+  resultExpiresMs: number | undefined;
+}
+
+const DEFAULT_UNIQUE_TIMEOUT_MS = 60 * 60 * 1000;
+const KNOWN = new Set([
+  'name',
+  'queue',
+  'unique',
+  'uniqueTimeout',
+  'uniqueRaises',
+  'uniqueWaitForExpiry',
+  'key',
+  'rateLimit',
+  'resultExpires',
+]);
+
+function bool(value: unknown, what: string): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== 'boolean') throw new ConfigError(`${what} must be true or false, got ${describe(value)}`);
+  return value;
+}
+
+/** Checks a `[n, period]` pair; `where` prefixes the message (decoration or dispatch). */
+export function normalizeRateLimit(value: unknown, where: string): RateLimitMs {
+  if (!Array.isArray(value) || value.length !== 2) {
+    throw new ConfigError(`${where} must be [n, period] such as [2, 60] (2 per minute), got ${describe(value)}`);
+  }
+  const [limit, period] = value as [unknown, unknown];
+  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1) {
+    throw new ConfigError(`${where}: n must be a whole number of starts >= 1, got ${describe(limit)}`);
+  }
+  return { limit, periodMs: toMillis(period as Duration, `${where}: period`) };
+}
+
+/** Validates `@Task` options; throws ConfigError naming the option and what was wrong. */
+export function normalizeTaskOptions(options: unknown, where: string): NormalizedTaskOptions {
+  if (options === undefined) options = {};
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new ConfigError(`${where}: options must be an object, got ${describe(options)}`);
+  }
+  const o = options as Record<string, unknown>;
+  for (const k of Object.keys(o)) {
+    if (!KNOWN.has(k)) {
+      throw new ConfigError(`${where}: unknown option '${k}'; known options are ${[...KNOWN].join(', ')}`);
+    }
+  }
+  if (o.name !== undefined && (typeof o.name !== 'string' || o.name.trim() === '')) {
+    throw new ConfigError(`${where}: name must be a non-empty string, got ${describe(o.name)}`);
+  }
+  const queue = o.queue === undefined ? DEFAULT_QUEUE : validateName(o.queue, `${where}: queue`);
+  const unique = bool(o.unique, `${where}: unique`);
+  const uniqueRaises = bool(o.uniqueRaises, `${where}: uniqueRaises`);
+  const uniqueWaitForExpiry = bool(o.uniqueWaitForExpiry, `${where}: uniqueWaitForExpiry`);
+  const uniqueTimeoutMs =
+    o.uniqueTimeout === undefined ? DEFAULT_UNIQUE_TIMEOUT_MS : toMillis(o.uniqueTimeout as Duration, `${where}: uniqueTimeout`);
+  if (!unique) {
+    for (const k of ['uniqueTimeout', 'uniqueRaises', 'uniqueWaitForExpiry'] as const) {
+      if (o[k] !== undefined) throw new ConfigError(`${where}: ${k} only applies to unique tasks; add unique: true`);
+    }
+  }
+  if (o.key !== undefined && typeof o.key !== 'function') {
+    throw new ConfigError(`${where}: key must be a function (args) => string, got ${describe(o.key)}`);
+  }
+  if (o.key !== undefined && !unique && o.rateLimit === undefined) {
+    throw new ConfigError(`${where}: key is used by unique and rateLimit; set one of them`);
+  }
+  let rateLimit: NormalizedTaskOptions['rateLimit'];
+  if (typeof o.rateLimit === 'function') rateLimit = o.rateLimit as (args: readonly unknown[]) => RateLimit;
+  else if (o.rateLimit !== undefined) rateLimit = normalizeRateLimit(o.rateLimit, `${where}: rateLimit`);
+  const resultExpiresMs =
+    o.resultExpires === undefined ? undefined : toMillis(o.resultExpires as Duration, `${where}: resultExpires`);
+  return {
+    name: o.name as string | undefined,
+    queue,
+    unique,
+    uniqueTimeoutMs,
+    uniqueRaises,
+    uniqueWaitForExpiry,
+    key: o.key as NormalizedTaskOptions['key'],
+    rateLimit,
+    resultExpiresMs,
+  };
+}

@@ -1,0 +1,24 @@
+--[[
+  fetch: starts up to `want` tasks for a worker (PENDING -> STARTED with a lease), after
+  moving due delayed tasks to the wait list. Checks the unique lock and the rate window of
+  each candidate in the same step; see includes/start-tasks.lua for the rules.
+
+  KEYS[1] wait list         <prefix>:{<queue>}:wait
+  KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
+  KEYS[3] active zset       <prefix>:{<queue>}:active
+
+  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[2] worker id
+  ARGV[3] lease in ms
+  ARGV[4] want: how many tasks to start at most
+  ARGV[5] random seed for the rate-limit jitter
+  ARGV[6] result lifetime in ms, for tasks that end here (revoked duplicates)
+
+  Returns {started, limited, revoked, nextDelay, more} as described in start-tasks.lua.
+]]
+-- @include "now"
+-- @include "start-tasks"
+
+math.randomseed(tonumber(ARGV[5]))
+return startTasks(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
+  nowMs(), tonumber(ARGV[6]))
