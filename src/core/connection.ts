@@ -27,12 +27,15 @@ function isClient(value: unknown): value is Redis {
 export function openClient(
   connection: ConnectionOption | undefined,
   purpose: 'commands' | 'blocking' | 'subscriber',
+  name: string,
   extra: RedisOptions = {},
 ): OwnedClient {
   if (connection === undefined || connection === null || connection === '') {
     throw new ConfigError('connection is required: a Redis URL such as redis://localhost:6379, ioredis options, or a client');
   }
   const tuned: RedisOptions = {
+    // Named so `CLIENT LIST` shows who is connected: heimdall:<prefix>:<role>.
+    connectionName: `${name}:${purpose}`,
     // Blocking and subscriber connections must wait through outages rather than fail.
     ...(purpose === 'commands' ? {} : { maxRetriesPerRequest: null }),
     ...extra,
@@ -47,7 +50,10 @@ export function openClient(
     }
     return { client: new Redis(connection, tuned), owned: true };
   }
-  if (typeof connection === 'object') return { client: new Redis({ ...connection, ...tuned }), owned: true };
+  if (typeof connection === 'object') {
+    const options = connection as RedisOptions;
+    return { client: new Redis({ ...options, ...tuned, connectionName: options.connectionName ?? tuned.connectionName }), owned: true };
+  }
   throw new ConfigError('connection must be a Redis URL, ioredis options or an ioredis client');
 }
 

@@ -85,7 +85,7 @@ export class Dispatcher {
     if (typeof options !== 'object' || options === null) throw new ConfigError('new Dispatcher() needs { connection }');
     this.prefix = options.prefix === undefined ? DEFAULT_PREFIX : validateName(options.prefix, 'prefix');
     this.connection = options.connection;
-    this.conn = openClient(options.connection, 'commands', { enableAutoPipelining: true });
+    this.conn = openClient(options.connection, 'commands', `heimdall:${this.prefix}:dispatcher`, { enableAutoPipelining: true });
     this.scripts = new ScriptRunner(this.conn.client);
     this.backend = { client: this.conn.client, waiter: () => this.waiter() };
   }
@@ -152,7 +152,7 @@ export class Dispatcher {
 
   private waiter(): ResultWaiter {
     if (!this.resultWaiter) {
-      this.sub = openClient(this.connection, 'subscriber');
+      this.sub = openClient(this.connection, 'subscriber', `heimdall:${this.prefix}:dispatcher`);
       this.resultWaiter = new ResultWaiter(this.sub.client);
     }
     return this.resultWaiter;

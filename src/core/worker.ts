@@ -169,12 +169,12 @@ export class Worker {
     if (this.state !== 'new') throw new ConfigError('this worker was already started');
     this.state = 'starting';
     try {
-      const commands = openClient(this.options.connection, 'commands');
+      const commands = openClient(this.options.connection, 'commands', `heimdall:${this.prefix}:worker`);
       this.clients.push(commands);
       const scripts = new ScriptRunner(commands.client);
       await scripts.load();
       for (const queue of this.queues) {
-        const blocking = openClient(this.options.connection, 'blocking');
+        const blocking = openClient(this.options.connection, 'blocking', `heimdall:${this.prefix}:worker`);
         this.clients.push(blocking);
         this.runners.push(new QueueRunner(this.host, new QueueKeys(this.prefix, queue), scripts, blocking.client));
       }

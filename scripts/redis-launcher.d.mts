@@ -1,0 +1,10 @@
+/** A Redis for tests and the demo; see redis-launcher.mjs. */
+export interface LaunchedRedis {
+  url: string;
+  started: boolean;
+  port?: number;
+  dir?: string;
+  bin?: string;
+  stop(): Promise<void>;
+}
+export function startRedis(options?: { log?: (message: string) => void; args?: string[] }): Promise<LaunchedRedis>;

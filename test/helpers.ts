@@ -1,0 +1,158 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { afterEach, expect, inject } from 'vitest';
+import { Dispatcher, Worker, type DispatcherOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
+
+/** Root of the repository. */
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+/** URL of the Redis the global setup started (or REDIS_URL). */
+export function redisUrl(): string {
+  return inject('redisUrl');
+}
+
+let counter = 0;
+/** A key prefix no other test uses. */
+export function newPrefix(label = 't'): string {
+  return `ht-${label}-${process.pid}-${++counter}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/** Polls `probe` until it returns a truthy value, or fails after `timeout` ms naming `what`. */
+export async function waitFor<T>(
+  probe: () => T | Promise<T>,
+  { timeout = 15_000, interval = 20, what = 'condition' }: { timeout?: number; interval?: number; what?: string } = {},
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await probe();
+    if (value) return value as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, interval));
+  }
+}
+
+/** Resolves with the payload of the next `event` of `worker` that matches `filter`. */
+export function nextEvent<E extends keyof WorkerEvents>(
+  worker: Worker,
+  event: E,
+  filter: (...args: WorkerEvents[E]) => boolean = () => true,
+  timeout = 15_000,
+): Promise<WorkerEvents[E][0]> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      worker.off(event, listener);
+      reject(new Error(`timed out after ${timeout} ms waiting for worker event '${event}'`));
+    }, timeout);
+    const listener = (...args: WorkerEvents[E]): void => {
+      if (!filter(...args)) return;
+      clearTimeout(timer);
+      worker.off(event, listener);
+      resolve(args[0]);
+    };
+    worker.on(event, listener);
+  });
+}
+
+/**
+ * One test's world: its own key prefix, dispatchers and workers that are closed at the end,
+ * and a check that the library left no connection of that prefix open.
+ */
+export class Harness {
+  readonly prefix: string;
+  readonly url = redisUrl();
+  private readonly closers: (() => Promise<void>)[] = [];
+  private adminClient: Redis | undefined;
+  private readonly children = new Set<ChildProcess>();
+
+  constructor(label?: string) {
+    this.prefix = newPrefix(label);
+  }
+
+  /** A plain client for inspecting Redis (INFO, keys); closed by dispose(). */
+  get admin(): Redis {
+    this.adminClient ??= new Redis(this.url, { connectionName: `admin-${this.prefix}` });
+    return this.adminClient;
+  }
+
+  dispatcher(extra: Partial<DispatcherOptions> = {}): Dispatcher {
+    const d = new Dispatcher({ connection: this.url, prefix: this.prefix, ...extra });
+    this.closers.push(() => d.close());
+    return d;
+  }
+
+  /** A worker (not started) with errors collected in `errors`. */
+  worker(extra: Partial<WorkerOptions> = {}): Worker {
+    const w = new Worker({ connection: this.url, prefix: this.prefix, ...extra });
+    this.closers.push(() => w.close());
+    return w;
+  }
+
+  /** Spawns a TypeScript file under tsx with REDIS_URL and HEIMDALL_PREFIX set. */
+  spawnTs(file: string, env: Record<string, string> = {}): ChildProcess {
+    const child = spawn(process.execPath, ['--import', 'tsx', file], {
+      cwd: ROOT,
+      env: { ...process.env, REDIS_URL: this.url, HEIMDALL_PREFIX: this.prefix, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.children.add(child);
+    child.on('exit', () => this.children.delete(child));
+    return child;
+  }
+
+  /** Names of clients on the server that belong to this test's prefix. */
+  async openConnections(): Promise<string[]> {
+    const list = (await this.admin.client('LIST')) as string;
+    return list
+      .split('\n')
+      .map((line) => /(?:^| )name=(\S*)/.exec(line)?.[1] ?? '')
+      .filter((name) => name.startsWith(`heimdall:${this.prefix}:`));
+  }
+
+  async dispose(): Promise<void> {
+    for (const child of this.children) child.kill('SIGKILL');
+    await Promise.all(this.closers.map((c) => c()));
+    try {
+      // close() must leave nothing behind; allow the server a moment to notice QUITs.
+      await waitFor(async () => (await this.openConnections()).length === 0, {
+        timeout: 3000,
+        what: `connections of ${this.prefix} to close`,
+      });
+    } catch {
+      expect(await this.openConnections(), 'connections left open after close()').toEqual([]);
+    }
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.admin.scan(cursor, 'MATCH', `${this.prefix}:*`, 'COUNT', 1000);
+      if (keys.length > 0) await this.admin.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+    await this.admin.quit();
+  }
+}
+
+/**
+ * Registers an afterEach that disposes the harness of the current test. Call at the top of a
+ * test file; call the returned function inside each test for a fresh harness.
+ */
+export function useHarness(label?: string): () => Harness {
+  let current: Harness | undefined;
+  afterEach(async () => {
+    const h = current;
+    current = undefined;
+    if (h) await h.dispose();
+  });
+  return () => {
+    current = new Harness(label);
+    return current;
+  };
+}
+
+/** Resolves with a child's exit code, collecting its output. */
+export function exitOf(child: ChildProcess): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+}
