@@ -14,6 +14,8 @@ export interface Watch {
  */
 export class ResultWaiter {
   private readonly listeners = new Map<string, Set<() => void>>();
+  /** The SUBSCRIBE in flight (or done) for each watched channel, so a second watcher awaits it too. */
+  private readonly subscribed = new Map<string, Promise<unknown>>();
 
   constructor(private readonly subscriber: Redis) {
     subscriber.on('message', (channel: string) => {
@@ -34,7 +36,18 @@ export class ResultWaiter {
       this.listeners.set(channel, set);
     }
     set.add(listener);
-    if (set.size === 1) await this.subscriber.subscribe(channel);
+    let subscribing = this.subscribed.get(channel);
+    if (!subscribing) {
+      subscribing = this.subscriber.subscribe(channel);
+      this.subscribed.set(channel, subscribing);
+    }
+    try {
+      await subscribing;
+    } catch (err) {
+      set.delete(listener);
+      if (this.subscribed.get(channel) === subscribing) this.subscribed.delete(channel);
+      throw err;
+    }
     return {
       next: (ms) =>
         new Promise<void>((resolve) => {
@@ -58,6 +71,7 @@ export class ResultWaiter {
         current.delete(listener);
         if (current.size === 0) {
           this.listeners.delete(channel);
+          this.subscribed.delete(channel);
           if (this.subscriber.status === 'ready') this.subscriber.unsubscribe(channel).catch(() => undefined);
         }
       },

@@ -239,6 +239,8 @@ export class Worker {
       );
     }
     this.instances.set(def.owner, made);
+    // A failed resolve is not cached: the next task of the class tries again.
+    if (made instanceof Promise) made.catch(() => this.instances.delete(def.owner));
     return made;
   }
 
