@@ -1,6 +1,6 @@
 // Turns src/redis-scripts/*.lua into src/redis-scripts/scripts.generated.ts, inlining
 // `-- @include "name"` lines from src/redis-scripts/includes/. The generated module is
-// committed; test/unit/generated-scripts.test.ts fails when it is out of date.
+// committed; `npm test` starts with `--check`, which fails when it is out of date.
 // Usage: node scripts/gen-lua.mjs [--check]
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
