@@ -7,7 +7,7 @@ import { DEFAULT_PREFIX, DEFAULT_QUEUE, hashArgs, QueueKeys, validateName } from
 import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
 import { ResultWaiter } from './result-waiter.js';
 import { ScriptRunner } from './script-runner.js';
-import { argsToJson } from './serialization.js';
+import { argsToJson, canonicalJson } from './serialization.js';
 import { TaskResult, type ResultBackend } from './task-result.js';
 import { normalizeRateLimit, type NormalizedTaskOptions } from './task-options.js';
 import { enqueue } from '../redis-scripts/scripts.generated.js';
@@ -206,7 +206,7 @@ export class Dispatcher {
     let lockTtl = 0;
     const key = opts?.key ? callKeyFn(opts, args) : undefined;
     if (opts?.unique) {
-      lockKey = keys.lock(name, key ?? hashArgs(argsJson));
+      lockKey = keys.lock(name, key ?? defaultUniqueKey(argsJson));
       lockTtl = opts.uniqueTimeoutMs;
       fields.push('lk', lockKey, 'lt', lockTtl);
       if (opts.uniqueWaitForExpiry) fields.push('lw', '1');
@@ -244,7 +244,12 @@ function callKeyFn(opts: NormalizedTaskOptions, args: readonly unknown[]): strin
 }
 
 function uniqueKey(opts: NormalizedTaskOptions, args: readonly unknown[], argsJson: string): string {
-  return opts.key ? callKeyFn(opts, args) : hashArgs(argsJson);
+  return opts.key ? callKeyFn(opts, args) : defaultUniqueKey(argsJson);
+}
+
+/** Without a `key` option, a unique task is keyed by its arguments, whatever their key order. */
+function defaultUniqueKey(argsJson: string): string {
+  return hashArgs(canonicalJson(JSON.parse(argsJson)));
 }
 
 function etaToMillis(eta: Date | number): number {

@@ -12,6 +12,11 @@ export function toMillis(value: Duration, what: string): number {
   let millis: number | undefined;
   if (typeof value === 'number') {
     millis = value * 1000;
+  } else if (typeof value === 'string' && /^\s*[-+]?(\d+\.?\d*|\.\d+)\s*$/.test(value)) {
+    // ms('60') is 60 ms while the number 60 is a minute here: refuse the ambiguity.
+    throw new ConfigError(
+      `${what} is the string ${JSON.stringify(value)}: write a number of seconds (${value.trim()}) or give a unit ('${value.trim()}s', '${value.trim()}ms')`,
+    );
   } else if (typeof value === 'string' && value.trim() !== '') {
     // ms() returns undefined for text it cannot read ('soon') and reads a bare number as ms.
     const parsed = ms(value as ms.StringValue) as number | undefined;

@@ -58,7 +58,7 @@ function check(value: unknown, path: string, seen: Set<object>): void {
     const kind = (obj as { constructor?: { name?: string } }).constructor?.name || 'class instance';
     const hint =
       obj instanceof Date ? ' (pass date.toISOString() or a timestamp)' : obj instanceof Map ? ' (pass Object.fromEntries(map))' : obj instanceof Set ? ' (pass [...set])' : '';
-    throw new SerializationError(path, `is a ${kind}, which JSON would not bring back as it was${hint}`);
+    throw new SerializationError(path, `is ${/^[AEIO]/.test(kind) ? 'an' : 'a'} ${kind}, which JSON would not bring back as it was${hint}`);
   }
   if (Object.getOwnPropertySymbols(obj).length > 0) {
     throw new SerializationError(path, 'has symbol keys, which JSON drops');
@@ -71,4 +71,17 @@ function check(value: unknown, path: string, seen: Set<object>): void {
     check(child, pathOf(path, key), seen);
   }
   seen.delete(obj);
+}
+
+/**
+ * JSON with object keys sorted at every depth, so `{a, b}` and `{b, a}` hash alike. Used for
+ * the default unique key; the input has already passed the strict check.
+ */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => {
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) return v;
+    const sorted: Record<string, unknown> = {};
+    for (const k of Object.keys(v).sort()) sorted[k] = (v as Record<string, unknown>)[k];
+    return sorted;
+  });
 }

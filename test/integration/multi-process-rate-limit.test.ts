@@ -1,0 +1,85 @@
+import { describe, expect, it } from 'vitest';
+import { useHarness } from '../helpers.js';
+import { maxInWindow, readLog, startWorkers, stopWorkers, total } from '../fixtures/processes/control.js';
+import { ProbeService } from '../fixtures/processes/services.js';
+
+describe('rate limits across processes', () => {
+  const fresh = useHarness('mp-rate');
+
+  it('[3, 2] with 4 worker processes: 30 tasks finish, never more than 3 starts in 2 s', { timeout: 150_000 }, async () => {
+    const h = fresh();
+    const workers = await startWorkers(h, 4, { CONCURRENCY: '4' });
+    const d = h.dispatcher();
+    const began = Date.now();
+    const handles = await Promise.all(Array.from({ length: 30 }, (_, i) => d.tasks(ProbeService).limited.delay(i)));
+    expect(handles.every((r) => !r.duplicate)).toBe(true);
+    const results = await Promise.all(handles.map((r) => r.get({ timeout: 90 })));
+    const elapsed = Date.now() - began;
+    expect(results).toEqual(Array.from({ length: 30 }, (_, i) => i));
+    const summaries = await stopWorkers(workers);
+    expect(summaries.flatMap((s) => s.errors)).toEqual([]);
+    expect(total(summaries, 'started')).toBe(30);
+    expect(total(summaries, 'succeeded')).toBe(30);
+
+    const infos = await Promise.all(handles.map((r) => r.info()));
+    expect(infos.map((i) => [i.state, i.attempts])).toEqual(infos.map(() => ['SUCCESS', 1]));
+    // `st` is written by the fetch script from Redis TIME in the step that reserves the slot.
+    const starts = infos.map((i) => i.startedAt!.getTime()).sort((a, b) => a - b);
+    const maxSeen = maxInWindow(starts, 2000);
+    expect(maxSeen).toBe(3);
+    // Each task ran once.
+    expect((await readLog(h)).map((e) => e.id).sort()).toEqual(handles.map((r) => r.id).sort());
+
+    // A task over the limit waits for the slot that frees, so it is put back at most once per
+    // start leaving the window (30) plus once: a spinning scheduler would be far above this.
+    const limited = total(summaries, 'rateLimited');
+    expect(limited).toBeLessThanOrEqual(30 * 31);
+    const span = starts[29]! - starts[0]!;
+    const rate = (starts.length - 1) / (span / 1000);
+    const perWorker = summaries.map((s) => s.started).join('/');
+    console.log(
+      `[mp-rate] [3, 2]: max ${maxSeen} starts in any 2 s window; first-to-last start ${span} ms ` +
+        `(the least the limit allows is 18000 ms), achieved ${rate.toFixed(3)} starts/s over that span ` +
+        `(1.5/s sustained limit); starts per worker process ${perWorker}; ` +
+        `${limited} rate-limited reschedules; all 30 done ${elapsed} ms after dispatch`,
+    );
+  });
+
+  it('a dynamic limit per key holds across 2 worker processes', { timeout: 120_000 }, async () => {
+    const h = fresh();
+    const customers = [10, 20, 30];
+    const perCustomer = 6;
+    const d = h.dispatcher();
+    const ref = d.tasks(ProbeService).perCustomer;
+    const workers = await startWorkers(h, 2, { CONCURRENCY: '5' });
+    const began = Date.now();
+    const sent = await Promise.all(
+      customers.flatMap((c) => Array.from({ length: perCustomer }, (_, n) => ref.delay(c, n).then((r) => ({ c, r })))),
+    );
+    await Promise.all(sent.map(({ r }) => r.get({ timeout: 60 })));
+    const elapsed = Date.now() - began;
+    const summaries = await stopWorkers(workers);
+    expect(summaries.flatMap((s) => s.errors)).toEqual([]);
+    expect(total(summaries, 'started')).toBe(customers.length * perCustomer);
+
+    const figures: string[] = [];
+    for (const c of customers) {
+      const mine = sent.filter((s) => s.c === c).map((s) => s.r);
+      // The limit was computed at dispatch and travels in the message.
+      const fields = await Promise.all(mine.map((r) => h.admin.hmget(`${h.prefix}:{default}:t:${r.id}`, 'rk', 'rn', 'rp')));
+      const [limit, periodMs] = c === 10 ? [1, 1000] : [3, 1000];
+      expect(fields).toEqual(
+        mine.map(() => [`${h.prefix}:{default}:rate:ProbeService.perCustomer:customer_${c}`, String(limit), String(periodMs)]),
+      );
+      const infos = await Promise.all(mine.map((r) => r.info()));
+      expect(infos.every((i) => i.state === 'SUCCESS' && i.attempts === 1)).toBe(true);
+      const starts = infos.map((i) => i.startedAt!.getTime()).sort((a, b) => a - b);
+      const maxSeen = maxInWindow(starts, periodMs);
+      // Each key fills its own window: customer 20 and 30 are not held back by customer 10.
+      expect(maxSeen).toBe(limit);
+      figures.push(`customer_${c} [${limit}, 1]: max ${maxSeen}/1 s, span ${starts[starts.length - 1]! - starts[0]!} ms`);
+    }
+    expect((await readLog(h)).length).toBe(customers.length * perCustomer);
+    console.log(`[mp-rate] dynamic per key: ${figures.join('; ')}; all done ${elapsed} ms after dispatch`);
+  });
+});
