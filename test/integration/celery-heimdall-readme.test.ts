@@ -1,0 +1,355 @@
+/**
+ * Every example of the celery-heimdall README (shared/reference/000_…), ported to
+ * heimdall-tasks, one test each, against a real Redis with in-process workers.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { AlreadyQueuedError, Task, type Worker, type WorkerEvents } from 'heimdall-tasks';
+import { nextEvent, useHarness, waitFor, type Harness } from '../helpers.js';
+
+interface Gate {
+  promise: Promise<void>;
+  open(): void;
+}
+
+/** Every gate made by a test; opened after each test so a failing test never leaves a worker stuck in close(). */
+const gates = new Set<Gate>();
+function gate(): Gate {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => (open = resolve));
+  const g = { promise, open };
+  gates.add(g);
+  return g;
+}
+
+/** Task hash key of `id` on the default queue. */
+function taskKey(h: Harness, id: string, queue = 'default'): string {
+  return `${h.prefix}:{${queue}}:t:${id}`;
+}
+
+/** The unique lock key a task recorded in its hash (field `lk`). */
+async function lockKeyOf(h: Harness, id: string): Promise<string> {
+  const lk = await h.admin.hget(taskKey(h, id), 'lk');
+  expect(lk, `task ${id} records its lock key`).toBeTypeOf('string');
+  return lk!;
+}
+
+/** Collects a worker's events of one kind. */
+function collect<E extends keyof WorkerEvents>(worker: Worker, event: E): WorkerEvents[E][0][] {
+  const seen: WorkerEvents[E][0][] = [];
+  worker.on(event, (...args: WorkerEvents[E]) => void seen.push(args[0]));
+  return seen;
+}
+
+// README: "a unique task" (only one generate_report per arguments at a time).
+class ReadmeUniqueReports {
+  @Task({ unique: true })
+  async generateReport(customerId: number): Promise<string> {
+    return `report-${customerId}`;
+  }
+}
+
+// README: unique_timeout = 60 * 60, and a short one to watch the lock lapse.
+class ReadmeTimeoutReports {
+  @Task({ unique: true, uniqueTimeout: 60 * 60 })
+  async generateReport(customerId: number): Promise<string> {
+    return `report-${customerId}`;
+  }
+
+  @Task({ unique: true, uniqueTimeout: '300ms' })
+  async generateQuickReport(customerId: number): Promise<string> {
+    return `quick-${customerId}`;
+  }
+}
+
+// README: 'key': lambda args, kwargs: 'generate_report'
+class ReadmeKeyedReports {
+  @Task({ unique: true, key: () => 'generate_report' })
+  async generateReport(customerId: number): Promise<string> {
+    return `report-${customerId}`;
+  }
+}
+
+// README: my_api_call returns the same task id until the task completes.
+class ReadmeApiReports {
+  readonly gate = gate();
+  @Task({ unique: true })
+  async generateReport(customerId: number): Promise<string> {
+    await this.gate.promise; // stands in for time.sleep(10)
+    return `report-${customerId}`;
+  }
+}
+
+// README: 'unique_raises': True
+class ReadmeRaisingReports {
+  @Task({ unique: true, uniqueRaises: true, uniqueTimeout: 60 })
+  async generateReport(customerId: number): Promise<string> {
+    return `report-${customerId}`;
+  }
+}
+
+// README: 'unique_wait_for_expiry': True (with a timeout short enough to watch it lapse).
+class ReadmeOncePerTimeoutReports {
+  @Task({ unique: true, uniqueTimeout: '2s', uniqueWaitForExpiry: true })
+  async generateReport(customerId: number): Promise<string> {
+    return `report-${customerId}`;
+  }
+}
+
+// README: 'rate_limit': RateLimit((2, 60))
+class ReadmeAmazon {
+  @Task({ rateLimit: [2, 60] })
+  async downloadReportFromAmazon(customerId: number): Promise<number> {
+    return customerId;
+  }
+}
+
+// README: RateLimit(lambda args: (1, 30) if args[0] == 10 else (2, 30)), key f'customer_{args[0]}'
+class ReadmeAmazonPerCustomer {
+  @Task({
+    rateLimit: ([customerId]) => (customerId === 10 ? [1, 30] : [2, 30]),
+    key: ([customerId]) => `customer_${String(customerId)}`,
+  })
+  async downloadReportFromAmazon(customerId: number): Promise<number> {
+    return customerId;
+  }
+}
+
+describe('celery-heimdall README, ported', () => {
+  const fresh = useHarness('readme');
+  afterEach(() => {
+    for (const g of gates) g.open();
+    gates.clear();
+  });
+
+  it('unique task: ten presses of the button make one task; nine duplicates carry its id', async () => {
+    const h = fresh();
+    const reports = h.dispatcher().tasks(ReadmeUniqueReports);
+    const handles = await Promise.all(Array.from({ length: 10 }, () => reports.generateReport.delay(42)));
+    const originals = handles.filter((r) => !r.duplicate);
+    expect(originals).toHaveLength(1);
+    const id = originals[0]!.id;
+    expect(handles.filter((r) => r.duplicate)).toHaveLength(9);
+    expect(new Set(handles.map((r) => r.id))).toEqual(new Set([id]));
+    // Exactly one message is queued, and the lock names it.
+    expect(await h.admin.lrange(`${h.prefix}:{default}:wait`, 0, -1)).toEqual([id]);
+    expect(await h.admin.get(await lockKeyOf(h, id))).toBe(id);
+    // Other arguments are another report.
+    const other = await reports.generateReport.delay(43);
+    expect(other.duplicate).toBe(false);
+    expect(other.id).not.toBe(id);
+
+    const worker = h.worker({ services: [new ReadmeUniqueReports()] });
+    await worker.start();
+    expect(await handles[3]!.get({ timeout: 10 })).toBe('report-42');
+    expect(await other.get({ timeout: 10 })).toBe('report-43');
+  });
+
+  it('unique_timeout: the lock lives uniqueTimeout; once it lapses a new task is accepted', async () => {
+    const h = fresh();
+    const reports = h.dispatcher().tasks(ReadmeTimeoutReports);
+
+    const hourly = await reports.generateReport.delay(7);
+    const pttl = await h.admin.pttl(await lockKeyOf(h, hourly.id));
+    expect(pttl).toBeLessThanOrEqual(3_600_000);
+    expect(pttl).toBeGreaterThan(3_600_000 - 5_000);
+    expect(await h.admin.hget(taskKey(h, hourly.id), 'lt')).toBe('3600000');
+
+    const first = await reports.generateQuickReport.delay(7);
+    const lock = await lockKeyOf(h, first.id);
+    const quickTtl = await h.admin.pttl(lock);
+    expect(quickTtl).toBeGreaterThan(0);
+    expect(quickTtl).toBeLessThanOrEqual(300);
+    const dup = await reports.generateQuickReport.delay(7);
+    expect(dup.duplicate).toBe(true);
+    expect(dup.id).toBe(first.id);
+
+    // Nobody runs the task (the "worker burst into flames" case): the lock lapses by itself.
+    await waitFor(async () => (await h.admin.exists(lock)) === 0, { timeout: 5_000, what: 'the 300 ms lock to lapse' });
+    const second = await reports.generateQuickReport.delay(7);
+    expect(second.duplicate).toBe(false);
+    expect(second.id).not.toBe(first.id);
+    expect(await h.admin.get(lock)).toBe(second.id);
+  });
+
+  it("custom key: key: () => 'generate_report' makes one report at a time, whatever the customer", async () => {
+    const h = fresh();
+    const reports = h.dispatcher().tasks(ReadmeKeyedReports);
+    const a = await reports.generateReport.delay(1);
+    const b = await reports.generateReport.delay(2);
+    const c = await reports.generateReport.delay(3);
+    expect(a.duplicate).toBe(false);
+    expect([b.duplicate, c.duplicate]).toEqual([true, true]);
+    expect([b.id, c.id]).toEqual([a.id, a.id]);
+    const lock = await lockKeyOf(h, a.id);
+    expect(lock).toBe(`${h.prefix}:{default}:lock:ReadmeKeyedReports.generateReport:generate_report`);
+    expect(await h.admin.get(lock)).toBe(a.id);
+
+    const worker = h.worker({ services: [new ReadmeKeyedReports()] });
+    await worker.start();
+    expect(await a.get({ timeout: 10 })).toBe('report-1');
+    // Released on success: the next customer gets a task of its own.
+    const d = await reports.generateReport.delay(2);
+    expect(d.duplicate).toBe(false);
+    expect(d.id).not.toBe(a.id);
+    expect(await d.get({ timeout: 10 })).toBe('report-2');
+  });
+
+  it('returning the existing AsyncResult: my_api_call gives the same task id until the task completes', async () => {
+    const h = fresh();
+    const reports = h.dispatcher().tasks(ReadmeApiReports);
+    const myApiCall = async (customerId: number) => ({
+      status: 'RUNNING',
+      task_id: (await reports.generateReport.delay(customerId)).id,
+    });
+
+    const first = await myApiCall(5);
+    // Queued: every call answers the same id.
+    for (let i = 0; i < 3; i++) expect(await myApiCall(5)).toEqual(first);
+
+    const service = new ReadmeApiReports();
+    const worker = h.worker({ services: [service] });
+    const started = nextEvent(worker, 'started', (e) => e.id === first.task_id);
+    await worker.start();
+    await started;
+    // Running: still the same id.
+    expect(await h.dispatcher().result(first.task_id).status()).toBe('STARTED');
+    for (let i = 0; i < 3; i++) expect(await myApiCall(5)).toEqual(first);
+
+    const done = nextEvent(worker, 'succeeded', (e) => e.id === first.task_id);
+    service.gate.open();
+    await done;
+    // Completed: the next call starts a new report.
+    const next = await myApiCall(5);
+    expect(next.status).toBe('RUNNING');
+    expect(next.task_id).not.toBe(first.task_id);
+    expect(await h.dispatcher().result(next.task_id).get({ timeout: 10 })).toBe('report-5');
+  });
+
+  it('unique_raises: a second dispatch throws AlreadyQueuedError with likelyCulprit and expiresIn', async () => {
+    const h = fresh();
+    const reports = h.dispatcher().tasks(ReadmeRaisingReports);
+    const myApiCall = async (customerId: number) => {
+      try {
+        const task = await reports.generateReport.delay(customerId);
+        return { status: 'STARTED', task_id: task.id };
+      } catch (exc) {
+        if (exc instanceof AlreadyQueuedError) return { status: 'ALREADY_RUNNING', task_id: exc.likelyCulprit };
+        throw exc;
+      }
+    };
+
+    const first = await myApiCall(9);
+    expect(first.status).toBe('STARTED');
+    expect(await myApiCall(9)).toEqual({ status: 'ALREADY_RUNNING', task_id: first.task_id });
+
+    const err = await reports.generateReport.delay(9).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(AlreadyQueuedError);
+    const aq = err as AlreadyQueuedError;
+    expect(aq.code).toBe('HEIMDALL_ALREADY_QUEUED');
+    expect(aq.likelyCulprit).toBe(first.task_id);
+    // expires_in: seconds left on the lock, within a second of uniqueTimeout (60 s) this early on...
+    expect(aq.expiresIn).toBeLessThanOrEqual(60);
+    expect(aq.expiresIn).toBeGreaterThan(59);
+    // ...and matching the lock's remaining TTL read just after.
+    const pttl = await h.admin.pttl(await lockKeyOf(h, first.task_id));
+    expect(Math.abs(aq.expiresIn * 1000 - pttl)).toBeLessThan(1000);
+    // Other arguments do not collide.
+    expect((await myApiCall(10)).status).toBe('STARTED');
+  });
+
+  it('unique_wait_for_expiry: the lock outlives the finished task until uniqueTimeout, then a new task is accepted', async () => {
+    const h = fresh();
+    const reports = h.dispatcher().tasks(ReadmeOncePerTimeoutReports);
+    const worker = h.worker({ services: [new ReadmeOncePerTimeoutReports()] });
+    await worker.start();
+
+    const first = await reports.generateReport.delay(3);
+    const lock = await lockKeyOf(h, first.id);
+    expect(await first.get({ timeout: 10 })).toBe('report-3');
+    expect(await first.status()).toBe('SUCCESS');
+    // Finished, yet still holding the lock: a new dispatch is a duplicate of the finished task.
+    expect(await h.admin.get(lock)).toBe(first.id);
+    const again = await reports.generateReport.delay(3);
+    expect(again.duplicate).toBe(true);
+    expect(again.id).toBe(first.id);
+    expect(await again.status()).toBe('SUCCESS');
+
+    await waitFor(async () => (await h.admin.exists(lock)) === 0, { timeout: 10_000, what: 'the 2 s lock to lapse' });
+    const later = await reports.generateReport.delay(3);
+    expect(later.duplicate).toBe(false);
+    expect(later.id).not.toBe(first.id);
+    expect(await later.get({ timeout: 10 })).toBe('report-3');
+  });
+
+  it('global rate limit [2, 60]: of three tasks two start and one is rescheduled, still PENDING', async () => {
+    const h = fresh();
+    const amazon = h.dispatcher().tasks(ReadmeAmazon);
+    const handles = [
+      await amazon.downloadReportFromAmazon.delay(1),
+      await amazon.downloadReportFromAmazon.delay(2),
+      await amazon.downloadReportFromAmazon.delay(3),
+    ];
+    const worker = h.worker({ services: [new ReadmeAmazon()] });
+    const started = collect(worker, 'started');
+    const succeeded = collect(worker, 'succeeded');
+    const limited = collect(worker, 'rateLimited');
+    await worker.start();
+    await waitFor(() => succeeded.length === 2 && limited.length === 1, { what: '2 successes and 1 rate-limited' });
+
+    expect(started.map((e) => e.id).sort()).toEqual([handles[0]!.id, handles[1]!.id].sort());
+    expect(limited).toHaveLength(1);
+    const late = limited[0]!;
+    expect(late.id).toBe(handles[2]!.id);
+    expect(late.name).toBe('ReadmeAmazon.downloadReportFromAmazon');
+    expect(late.args).toEqual([3]);
+    // Due when the first start leaves the 60 s window (plus at most 1 s of jitter).
+    expect(late.delayMs).toBeGreaterThan(50_000);
+    expect(late.delayMs).toBeLessThanOrEqual(61_000);
+    // It waits in the delayed set, not counted as an attempt, and stays PENDING.
+    expect(await handles[2]!.status()).toBe('PENDING');
+    expect((await handles[2]!.info()).attempts).toBe(0);
+    expect(await h.admin.zscore(`${h.prefix}:{default}:delayed`, late.id)).not.toBeNull();
+    expect(await h.admin.zcard(`${h.prefix}:{default}:rate:ReadmeAmazon.downloadReportFromAmazon`)).toBe(2);
+    expect(await Promise.all(handles.slice(0, 2).map((r) => r.get({ timeout: 5 })))).toEqual([1, 2]);
+    expect(started).toHaveLength(2);
+  });
+
+  it('dynamic rate limit per customer key: customer 10 gets [1, 30], customer 11 gets [2, 30]', async () => {
+    const h = fresh();
+    const amazon = h.dispatcher().tasks(ReadmeAmazonPerCustomer);
+    const ten = [await amazon.downloadReportFromAmazon.delay(10), await amazon.downloadReportFromAmazon.delay(10)];
+    const eleven = [
+      await amazon.downloadReportFromAmazon.delay(11),
+      await amazon.downloadReportFromAmazon.delay(11),
+      await amazon.downloadReportFromAmazon.delay(11),
+    ];
+    // The limit was evaluated at dispatch and travels with the message.
+    expect(await h.admin.hmget(taskKey(h, ten[0]!.id), 'rn', 'rp')).toEqual(['1', '30000']);
+    expect(await h.admin.hmget(taskKey(h, eleven[0]!.id), 'rn', 'rp')).toEqual(['2', '30000']);
+
+    const worker = h.worker({ services: [new ReadmeAmazonPerCustomer()] });
+    const started = collect(worker, 'started');
+    const succeeded = collect(worker, 'succeeded');
+    const limited = collect(worker, 'rateLimited');
+    await worker.start();
+    await waitFor(() => succeeded.length === 3 && limited.length === 2, { what: '3 successes and 2 rate-limited' });
+
+    const startedFor = (c: number) => started.filter((e) => e.args[0] === c).length;
+    expect(startedFor(10)).toBe(1);
+    expect(startedFor(11)).toBe(2);
+    expect(limited.map((e) => e.args[0]).sort()).toEqual([10, 11]);
+    expect(limited.map((e) => e.id).sort()).toEqual([ten[1]!.id, eleven[2]!.id].sort());
+    for (const e of limited) {
+      expect(e.delayMs).toBeGreaterThan(20_000);
+      expect(e.delayMs).toBeLessThanOrEqual(31_000);
+    }
+    const rate = `${h.prefix}:{default}:rate:ReadmeAmazonPerCustomer.downloadReportFromAmazon`;
+    expect(await h.admin.zcard(`${rate}:customer_10`)).toBe(1);
+    expect(await h.admin.zcard(`${rate}:customer_11`)).toBe(2);
+    expect(await ten[1]!.status()).toBe('PENDING');
+    expect(await eleven[2]!.status()).toBe('PENDING');
+  });
+});

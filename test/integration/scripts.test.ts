@@ -1,0 +1,299 @@
+/**
+ * Lua scripts and round trips: transparent reload after SCRIPT FLUSH, one script call per
+ * `delay`, and at most two client commands per task for a busy worker.
+ *
+ * Why a private redis-server: `INFO commandstats` and `SCRIPT FLUSH` are server-wide, and
+ * vitest runs the other test files in parallel against the shared server. Counting there
+ * would count their commands too, and flushing there would disturb them. So this file
+ * starts its own redis-server on a free port (scripts/redis-launcher.mjs), where the only
+ * clients are the ones these tests open.
+ *
+ * What counts as a client command: Redis counts the commands a Lua script calls in
+ * commandstats as well (an EVALSHA that runs HGET, TIME, HSET, LPUSH adds one to each), so
+ * the deltas mix the two. The commands our scripts can call are read from the scripts'
+ * source (`redis.call('NAME'`); every other command in a delta (evalsha, blmove, script,
+ * client, info, ...) can only have come from a client. Where a test must also rule out a
+ * client sending a command that scripts use too (a stray HGET), it watches MONITOR, which
+ * labels each command with its source: the client's address, or `lua` inside a script.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Redis } from 'ioredis';
+import { AlreadyQueuedError, Task, type Worker } from 'heimdall-tasks';
+import { startRedis, type LaunchedRedis } from '../../scripts/redis-launcher.mjs';
+import { allScripts } from '../../src/redis-scripts/scripts.generated.js';
+import { Harness, waitFor } from '../helpers.js';
+
+let server: LaunchedRedis | undefined;
+
+/** A Harness (own prefix, closes everything, checks for open connections) on the private server. */
+class PrivateHarness extends Harness {
+  override readonly url: string = server!.url;
+}
+
+/** Commands our Lua scripts can call, lower-case, as INFO names them. */
+const SCRIPT_COMMANDS: ReadonlySet<string> = new Set(
+  allScripts.flatMap((s) => [...s.source.matchAll(/redis\.p?call\(\s*['"]([A-Za-z]+)['"]/g)].map((m) => m[1]!.toLowerCase())),
+);
+
+type Stats = Record<string, number>;
+
+/** `INFO commandstats` as command -> calls (`script|load` style names for subcommands). */
+async function commandStats(admin: Redis): Promise<Stats> {
+  const text = await admin.info('commandstats');
+  const stats: Stats = {};
+  for (const m of text.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) stats[m[1]!] = Number(m[2]);
+  return stats;
+}
+
+function delta(before: Stats, after: Stats): Stats {
+  const d: Stats = {};
+  for (const name of new Set([...Object.keys(before), ...Object.keys(after)])) {
+    const n = (after[name] ?? 0) - (before[name] ?? 0);
+    if (n !== 0) d[name] = n;
+  }
+  return d;
+}
+
+/** The part of a delta that only clients can issue (no script of ours calls these). */
+function clientOnly(d: Stats): Stats {
+  return Object.fromEntries(Object.entries(d).filter(([name]) => !SCRIPT_COMMANDS.has(name.split('|')[0]!)));
+}
+
+function sum(d: Stats): number {
+  return Object.values(d).reduce((a, b) => a + b, 0);
+}
+
+interface MonitorLine {
+  source: string;
+  command: string;
+}
+
+/** A MONITOR connection recording every command the server runs, with its source. */
+async function monitor(admin: Redis): Promise<{ lines: MonitorLine[]; fence(): Promise<void>; close(): void }> {
+  const mon = await admin.monitor();
+  const lines: MonitorLine[] = [];
+  mon.on('monitor', (_time: string, args: string[], source: string) => {
+    lines.push({ source, command: String(args[0]).toLowerCase() });
+  });
+  let fences = 0;
+  return {
+    lines,
+    // The feed is in execution order: once a marker sent now shows up, every earlier command has.
+    async fence() {
+      const marker = `fence-${++fences}`;
+      await admin.echo(marker);
+      await waitFor(() => lines.some((l) => l.command === 'echo'), { timeout: 5_000, what: `MONITOR to show ${marker}` });
+      lines.splice(
+        lines.findIndex((l) => l.command === 'echo'),
+        1,
+      );
+    },
+    close: () => mon.disconnect(),
+  };
+}
+
+/** The MONITOR lines between our two INFO snapshots (sent from `adminAddr`). */
+function between(lines: readonly MonitorLine[], adminAddr: string, what: string): MonitorLine[] {
+  const infos = lines.flatMap((l, i) => (l.source === adminAddr && l.command === 'info' ? [i] : []));
+  expect(infos, `${what}: MONITOR saw our two INFO snapshots`).toHaveLength(2);
+  return lines.slice(infos[0]! + 1, infos[1]);
+}
+
+/** addr of the connection with this CLIENT SETNAME. */
+async function addressOf(admin: Redis, name: string): Promise<string> {
+  const list = (await admin.client('LIST')) as string;
+  const line = list.split('\n').find((l) => l.includes(` name=${name} `));
+  expect(line, `a connection named ${name}`).toBeDefined();
+  return /(?:^| )addr=(\S+)/.exec(line!)![1]!;
+}
+
+function shaOf(name: string): string {
+  const script = allScripts.find((s) => s.name === name);
+  expect(script, `a script named ${name}`).toBeDefined();
+  return script!.sha;
+}
+
+class ScriptsService {
+  @Task()
+  async add(a: number, b: number): Promise<number> {
+    return a + b;
+  }
+
+  @Task({ unique: true })
+  async single(n: number): Promise<number> {
+    return n;
+  }
+
+  @Task({ unique: true, uniqueRaises: true })
+  async strict(n: number): Promise<number> {
+    return n;
+  }
+}
+
+describe('scripts and round trips (private redis-server)', () => {
+  let current: PrivateHarness | undefined;
+  const fresh = (): PrivateHarness => (current = new PrivateHarness('scripts'));
+
+  beforeAll(async () => {
+    // The launcher returns REDIS_URL when it is set; here we want a server of our own.
+    const shared = process.env.REDIS_URL;
+    delete process.env.REDIS_URL;
+    try {
+      server = await startRedis({ log: () => undefined });
+    } finally {
+      if (shared !== undefined) process.env.REDIS_URL = shared;
+    }
+  });
+  afterEach(async () => {
+    const h = current;
+    current = undefined;
+    await h?.dispose();
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('the scripts call what we think they do (sanity check of the client-only filter)', () => {
+    for (const cmd of ['time', 'hget', 'hset', 'lpush', 'rpop', 'set', 'get', 'zadd', 'publish']) expect(SCRIPT_COMMANDS).toContain(cmd);
+    for (const cmd of ['evalsha', 'eval', 'script', 'blmove', 'client', 'info', 'subscribe', 'ping', 'quit', 'hello', 'select', 'echo']) {
+      expect(SCRIPT_COMMANDS).not.toContain(cmd);
+    }
+  });
+
+  it('SCRIPT FLUSH between two dispatches: dispatcher and worker reload their scripts on NOSCRIPT', async () => {
+    const h = fresh();
+    const tasks = h.dispatcher().tasks(ScriptsService);
+    const worker = h.worker({ services: [new ScriptsService()] });
+    await worker.start();
+    const shas = allScripts.map((s) => s.sha);
+
+    const first = await tasks.add.delay(1, 2);
+    expect(await first.get({ timeout: 10 })).toBe(3);
+
+    await h.admin.script('FLUSH');
+    expect(await h.admin.script('EXISTS', ...shas)).toEqual(shas.map(() => 0));
+    // The worker is idle now: it is woken by the enqueue and must reload its own scripts.
+    const second = await tasks.add.delay(2, 3);
+    expect(second.duplicate).toBe(false);
+    expect(await second.get({ timeout: 10 })).toBe(5);
+    // Both sides loaded what they use again: the enqueue script, and the worker's fetch or finish.
+    const [enqueued, fetched, finished] = (await h.admin.script('EXISTS', shaOf('enqueue'), shaOf('fetch'), shaOf('finish'))) as number[];
+    expect(enqueued).toBe(1);
+    expect([fetched, finished]).toContain(1);
+
+    // Again, with a unique task and several tasks in flight around the flush.
+    await h.admin.script('FLUSH');
+    const handles = await Promise.all([tasks.single.delay(7), tasks.single.delay(7), tasks.add.delay(4, 4)]);
+    expect(handles[1]!.duplicate).toBe(true);
+    expect(handles[1]!.id).toBe(handles[0]!.id);
+    await h.admin.script('FLUSH');
+    const third = await tasks.add.delay(5, 5);
+    expect(await Promise.all([handles[0]!.get({ timeout: 10 }), handles[2]!.get({ timeout: 10 }), third.get({ timeout: 10 })])).toEqual([
+      7, 8, 10,
+    ]);
+  });
+
+  it('one delay costs exactly one script call and no other client command', async () => {
+    const h = fresh();
+    const dispatcher = h.dispatcher();
+    const tasks = dispatcher.tasks(ScriptsService);
+    // Warm-up, excluded: the connection's handshake (CLIENT SETNAME, INFO) and SCRIPT LOAD.
+    await tasks.add.delay(0, 0);
+    const dispatcherAddr = await addressOf(h.admin, `heimdall:${h.prefix}:dispatcher:commands`);
+    const adminAddr = await addressOf(h.admin, `admin-${h.prefix}`);
+    const mon = await monitor(h.admin);
+    try {
+      const cases: [string, () => Promise<unknown>][] = [
+        ['delay', () => tasks.add.delay(1, 2)],
+        ['applyAsync with countdown', () => tasks.add.applyAsync([1, 2], { countdown: 60 })],
+        ['unique delay, taking the lock', () => tasks.single.delay(1)],
+        ['unique delay, a duplicate', () => tasks.single.delay(1)],
+        ['uniqueRaises delay, taking the lock', () => tasks.strict.delay(1)],
+        [
+          'uniqueRaises delay, throwing AlreadyQueuedError',
+          () => tasks.strict.delay(1).catch((e: unknown) => expect(e).toBeInstanceOf(AlreadyQueuedError)),
+        ],
+      ];
+      const figures: string[] = [];
+      for (const [label, call] of cases) {
+        await mon.fence();
+        mon.lines.length = 0;
+        const before = await commandStats(h.admin);
+        await call();
+        const after = await commandStats(h.admin);
+        await mon.fence();
+
+        // INFO commandstats: one EVALSHA, and no client-only command but our own INFO.
+        const d = delta(before, after);
+        expect(clientOnly(d), label).toEqual({ evalsha: 1, info: 1 });
+        // MONITOR: between our two INFOs the dispatcher sent one command, EVALSHA; every other
+        // command ran inside the script, and they account for all the rest of the delta.
+        const window = between(mon.lines, adminAddr, label);
+        expect(window.filter((l) => l.source !== 'lua'), label).toEqual([{ source: dispatcherAddr, command: 'evalsha' }]);
+        const insideScript = window.filter((l) => l.source === 'lua').length;
+        expect(sum(d) - 2, `${label}: commands counted besides EVALSHA and INFO all ran inside the script`).toBe(insideScript);
+        figures.push(`${label}: ${sum(clientOnly(d)) - 1} client command (+${insideScript} inside the script)`);
+      }
+      console.log(`[round trips] per dispatch:\n  ${figures.join('\n  ')}`);
+    } finally {
+      mon.close();
+    }
+  });
+
+  for (const concurrency of [1, 10]) {
+    it(`a busy worker spends at most two client commands per task (concurrency ${concurrency}, N = 300)`, async () => {
+      const h = fresh();
+      const N = 300;
+      const dispatcher = h.dispatcher();
+      const tasks = dispatcher.tasks(ScriptsService);
+      const handles = await Promise.all(Array.from({ length: N }, (_, i) => tasks.add.delay(i, 1)));
+      expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(N);
+      await dispatcher.close();
+
+      const adminAddr = await addressOf(h.admin, `admin-${h.prefix}`);
+      const mon = await monitor(h.admin);
+      let worker: Worker | undefined;
+      try {
+        worker = h.worker({ services: [new ScriptsService()], concurrency });
+        let succeeded = 0;
+        const allDone = new Promise<void>((resolve) =>
+          worker!.on('succeeded', () => {
+            if (++succeeded === N) resolve();
+          }),
+        );
+        const before = await commandStats(h.admin);
+        await worker.start();
+        await allDone;
+        const after = await commandStats(h.admin);
+        await mon.fence();
+
+        const d = delta(before, after);
+        const client = clientOnly(d);
+        // Our own INFO (the first snapshot) is the one client command that is not the worker's.
+        const workerCommands = sum(client) - 1;
+        const perTask = workerCommands / N;
+        const scriptCalls = (client.evalsha ?? 0) / N;
+        const startup = (client['script|load'] ?? 0) + (client['client|setname'] ?? 0) + ((client.info ?? 0) - 1);
+        console.log(
+          `[round trips] worker concurrency ${concurrency}: ${workerCommands} client commands for ${N} tasks = ${perTask.toFixed(3)} per task ` +
+            `(evalsha ${client.evalsha ?? 0}, blmove ${client.blmove ?? 0}, startup ${startup}; ` +
+            `${((workerCommands - startup) / N).toFixed(3)} per task without startup; ${scriptCalls.toFixed(3)} script calls per task) ${JSON.stringify(client)}`,
+        );
+        expect(perTask).toBeLessThanOrEqual(2);
+        expect(client.evalsha).toBeGreaterThan(0);
+
+        // MONITOR: the worker's connections sent only client-level commands (no stray HGET
+        // and the like outside a script), and as many as INFO says.
+        const fromWorker = between(mon.lines, adminAddr, 'worker run').filter((l) => l.source !== 'lua' && l.source !== adminAddr);
+        const stray = fromWorker.filter((l) => SCRIPT_COMMANDS.has(l.command));
+        expect(stray).toEqual([]);
+        expect(fromWorker.length / N).toBeLessThanOrEqual(2);
+
+        expect(await h.admin.hget(`${h.prefix}:{default}:t:${handles[N - 1]!.id}`, 's')).toBe('SUCCESS');
+        expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+      } finally {
+        mon.close();
+      }
+    });
+  }
+});
