@@ -29,9 +29,18 @@ export function openClient(
   purpose: 'commands' | 'blocking' | 'subscriber',
   name: string,
   extra: RedisOptions = {},
+  onError: (err: Error) => void = () => undefined,
 ): OwnedClient {
   if (connection === undefined || connection === null || connection === '') {
     throw new ConfigError('connection is required: a Redis URL such as redis://localhost:6379, ioredis options, or a client');
+  }
+  const given = isClient(connection) ? connection.options : typeof connection === 'object' ? (connection as RedisOptions) : undefined;
+  if (given?.keyPrefix) {
+    // The scripts build task keys from the prefix they are given; ioredis would prefix only
+    // the declared KEYS, and the two would no longer meet.
+    throw new ConfigError(
+      `the connection sets ioredis keyPrefix '${given.keyPrefix}', which heimdall-tasks cannot use; pass prefix: '${given.keyPrefix.replace(/:$/, '')}' to the Dispatcher and Worker instead`,
+    );
   }
   const tuned: RedisOptions = {
     // Named so `CLIENT LIST` shows who is connected: heimdall:<prefix>:<role>.
@@ -40,21 +49,30 @@ export function openClient(
     ...(purpose === 'commands' ? {} : { maxRetriesPerRequest: null }),
     ...extra,
   };
-  if (isClient(connection)) {
-    if (purpose === 'commands') return { client: connection, owned: false };
-    return { client: connection.duplicate(tuned), owned: true };
-  }
-  if (typeof connection === 'string') {
+  if (isClient(connection) && purpose === 'commands') return { client: connection, owned: false };
+  let client: Redis;
+  if (isClient(connection)) client = connection.duplicate(tuned);
+  else if (typeof connection === 'string') {
     if (!/^rediss?:\/\//.test(connection)) {
       throw new ConfigError(`connection URL must start with redis:// or rediss://, got ${JSON.stringify(connection)}`);
     }
-    return { client: new Redis(connection, tuned), owned: true };
-  }
-  if (typeof connection === 'object') {
+    client = new Redis(connection, tuned);
+  } else if (typeof connection === 'object') {
     const options = connection as RedisOptions;
-    return { client: new Redis({ ...options, ...tuned, connectionName: options.connectionName ?? tuned.connectionName }), owned: true };
+    client = new Redis({ ...options, ...tuned, connectionName: options.connectionName ?? tuned.connectionName });
+  } else {
+    throw new ConfigError('connection must be a Redis URL, ioredis options or an ioredis client');
   }
-  throw new ConfigError('connection must be a Redis URL, ioredis options or an ioredis client');
+  // ioredis reconnects by itself; report a connection error at most once a second so an
+  // outage is visible without flooding (and without ioredis's "Unhandled error event").
+  let lastReport = 0;
+  client.on('error', (err: Error) => {
+    const now = Date.now();
+    if (now - lastReport < 1000) return;
+    lastReport = now;
+    onError(err);
+  });
+  return { client, owned: true };
 }
 
 /** Closes a client if it is ours: QUIT when connected, disconnect otherwise. */

@@ -87,7 +87,7 @@ export class Dispatcher {
     this.connection = options.connection;
     this.conn = openClient(options.connection, 'commands', `heimdall:${this.prefix}:dispatcher`, { enableAutoPipelining: true });
     this.scripts = new ScriptRunner(this.conn.client);
-    this.backend = { client: this.conn.client, waiter: () => this.waiter() };
+    this.backend = { client: this.conn.client, scripts: this.scripts, waiter: () => this.waiter() };
   }
 
   /** The Redis client that sends commands (yours if you passed one). */
@@ -230,7 +230,11 @@ export class Dispatcher {
       if (opts?.uniqueRaises) throw new AlreadyQueuedError(name, holder, expiresIn);
       return new TaskResult<R>(this.backend, keys, holder, name, true);
     }
-    if (reply[0] === 3) throw new ConfigError(`task id ${id} belongs to a task that has not ended; choose another taskId`);
+    // A generated id cannot collide: code 3 then means ioredis re-sent this very call after a
+    // reconnect and the first one went through.
+    if (reply[0] === 3 && call.taskId !== undefined) {
+      throw new ConfigError(`task id ${id} belongs to a task that has not ended; choose another taskId`);
+    }
     return new TaskResult<R>(this.backend, keys, id, name);
   }
 }

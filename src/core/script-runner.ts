@@ -1,7 +1,10 @@
 import type { Redis } from 'ioredis';
+import { ConfigError } from './errors.js';
 import { allScripts, type LuaScript } from '../redis-scripts/scripts.generated.js';
 
 type Arg = string | number;
+
+const MIN_MAJOR = 7;
 
 /**
  * Runs the Lua scripts on one connection: `SCRIPT LOAD` of all of them once at startup,
@@ -16,7 +19,10 @@ export class ScriptRunner {
   /** Loads every script; called once before the first use, safe to call again. */
   load(): Promise<void> {
     if (!this.loading) {
-      this.loading = Promise.all(allScripts.map((s) => this.client.script('LOAD', s.source))).then(
+      this.loading = Promise.all([
+        this.checkVersion(),
+        ...allScripts.map((s) => this.client.script('LOAD', s.source)),
+      ]).then(
         () => undefined,
         (err: unknown) => {
           this.loading = undefined;
@@ -25,6 +31,17 @@ export class ScriptRunner {
       );
     }
     return this.loading;
+  }
+
+  /** Refuses servers older than Redis 7.0 (BLMOVE, script effects replication) with a clear error. */
+  private async checkVersion(): Promise<void> {
+    const info = await this.client.info('server');
+    const version = /^redis_version:(\d+)\.(\d+)/m.exec(info);
+    if (version && Number(version[1]) < MIN_MAJOR) {
+      throw new ConfigError(
+        `Redis ${version[1]}.${version[2]} is too old: heimdall-tasks needs Redis ${MIN_MAJOR}.0 or newer (or Valkey)`,
+      );
+    }
   }
 
   async run<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {

@@ -1,13 +1,16 @@
 import type { Redis } from 'ioredis';
 import { toMillis, type Duration } from './durations.js';
-import { TaskFailedError, TaskRevokedError, TimeoutError } from './errors.js';
+import { ConfigError, TaskFailedError, TaskRevokedError, TimeoutError } from './errors.js';
 import type { QueueKeys } from './queue-keys.js';
-import type { ResultWaiter } from './result-waiter.js';
+import type { ResultWaiter, Watch } from './result-waiter.js';
+import type { ScriptRunner } from './script-runner.js';
+import { forget } from '../redis-scripts/scripts.generated.js';
 import { decodeError, decodeTaskInfo, FINAL_STATES, type TaskInfo, type TaskState } from './task-state.js';
 
 /** What a TaskResult needs from the dispatcher that made it. */
 export interface ResultBackend {
   readonly client: Redis;
+  readonly scripts: ScriptRunner;
   waiter(): ResultWaiter;
 }
 
@@ -75,7 +78,14 @@ export class TaskResult<T = unknown> {
   async get(options: GetOptions = {}): Promise<T> {
     const limit = options.timeout === undefined ? Infinity : toMillis(options.timeout, 'get({ timeout })');
     const deadline = Date.now() + limit;
-    const watch = await this.backend.waiter().watch(this.keys.done(this.id));
+    const watching = this.backend.waiter().watch(this.keys.done(this.id));
+    let watch: Watch;
+    try {
+      watch = await this.withDeadline(watching, deadline, limit);
+    } catch (err) {
+      watching.then((w) => w.close(), () => undefined);
+      throw err;
+    }
     try {
       for (;;) {
         const [s, r, e, rr] = await this.backend.client.hmget(this.keys.task(this.id), 's', 'r', 'e', 'rr');
@@ -95,9 +105,28 @@ export class TaskResult<T = unknown> {
     }
   }
 
-  /** Deletes the stored state and result now instead of waiting for them to expire. */
+  /** Bounds a wait on Redis itself (e.g. a SUBSCRIBE while it is unreachable) by get()'s deadline. */
+  private withDeadline<V>(promise: Promise<V>, deadline: number, limit: number): Promise<V> {
+    if (deadline === Infinity) return promise;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new TimeoutError(`task ${this.id}: no answer from Redis within ${limit} ms`)),
+        Math.max(0, deadline - Date.now()),
+      );
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Deletes the stored state and result of an ended task now instead of when they expire.
+   * Rejects with ConfigError while the task is still queued or running.
+   */
   async forget(): Promise<void> {
-    await this.backend.client.del(this.keys.task(this.id));
+    const deleted = await this.backend.scripts.run<number>(forget, [this.keys.task(this.id)], []);
+    if (deleted !== 1) {
+      throw new ConfigError(`task ${this.id} has not ended; forget() deletes the records of ended tasks only`);
+    }
   }
 
   toJSON(): { id: string; name: string | undefined; duplicate: boolean } {

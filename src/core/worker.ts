@@ -166,15 +166,22 @@ export class Worker {
 
   /** Connects, loads the scripts, and starts consuming. Resolves once the worker is fetching. */
   async start(): Promise<void> {
-    if (this.state !== 'new') throw new ConfigError('this worker was already started');
+    if (this.state !== 'new') {
+      throw new ConfigError(
+        this.state === 'closing' || this.state === 'closed'
+          ? 'this worker was closed; create a new Worker to start again'
+          : 'this worker was already started',
+      );
+    }
     this.state = 'starting';
     try {
-      const commands = openClient(this.options.connection, 'commands', `heimdall:${this.prefix}:worker`);
+      const commands = openClient(this.options.connection, 'commands', `heimdall:${this.prefix}:worker`, {}, this.host.reportError);
       this.clients.push(commands);
       const scripts = new ScriptRunner(commands.client);
       await scripts.load();
+      if (this.state !== 'starting') return; // close() was called meanwhile and closes the clients
       for (const queue of this.queues) {
-        const blocking = openClient(this.options.connection, 'blocking', `heimdall:${this.prefix}:worker`);
+        const blocking = openClient(this.options.connection, 'blocking', `heimdall:${this.prefix}:worker`, {}, this.host.reportError);
         this.clients.push(blocking);
         this.runners.push(new QueueRunner(this.host, new QueueKeys(this.prefix, queue), scripts, blocking.client));
       }
@@ -183,6 +190,7 @@ export class Worker {
       this.leaseTimer = setInterval(() => void this.renewLeases(scripts), Math.max(50, Math.floor(this.host.leaseMs / 3)));
       this.leaseTimer.unref();
     } catch (err) {
+      if (this.state !== 'starting') return; // closed while starting: close() has the clients
       this.state = 'closed';
       await Promise.all(this.clients.map((c) => closeClient(c)));
       throw err;
@@ -231,7 +239,17 @@ export class Worker {
     const known = this.instances.get(def.owner);
     if (known) return known;
     let made: object | Promise<object>;
-    if (this.options.resolve) made = this.options.resolve(def.owner);
+    if (this.options.resolve) {
+      const resolve = this.options.resolve;
+      const check = (instance: unknown): object => {
+        if (typeof instance !== 'object' || instance === null) {
+          throw new ConfigError(`resolve(${def.className}) returned ${describe(instance)}; it must return an instance of the class`);
+        }
+        return instance;
+      };
+      const value = resolve(def.owner);
+      made = value instanceof Promise ? value.then(check) : check(value);
+    }
     else if (this.classes.has(def.owner)) made = new (def.owner as unknown as new () => object)();
     else {
       throw new ConfigError(
@@ -265,9 +283,14 @@ export class Worker {
       event = { ...event, args };
       this.emit('started', event);
       if (!def) {
-        throw Object.assign(new Error(`no task named '${task.name}' is registered in worker ${this.id}`), {
-          name: 'UnknownTaskError',
-        });
+        throw Object.assign(
+          new Error(
+            `no task named '${task.name}' is registered in worker ${this.id}: import the module that defines it in the worker process and list its class (or an instance) in services; under standard (TC39) decorators a class is only registered once it is listed there`,
+          ),
+          {
+            name: 'UnknownTaskError',
+          },
+        );
       }
       const instance = await this.instanceFor(def);
       const method = (instance as Record<string, unknown>)[def.methodName];

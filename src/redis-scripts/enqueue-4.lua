@@ -26,14 +26,15 @@ local eta = tonumber(ARGV[3])
 local lockTtl = tonumber(ARGV[4])
 
 local previous = redis.call('HGET', KEYS[3], 's')
-if previous then
-  if previous ~= 'SUCCESS' and previous ~= 'FAILURE' and previous ~= 'REVOKED' then return {3} end
-  redis.call('DEL', KEYS[3])
+if previous and previous ~= 'SUCCESS' and previous ~= 'FAILURE' and previous ~= 'REVOKED' then
+  return {3}
 end
 
 if lockTtl > 0 and not redis.call('SET', KEYS[4], id, 'NX', 'PX', lockTtl) then
   return {2, redis.call('GET', KEYS[4]), redis.call('PTTL', KEYS[4])}
 end
+-- A reused id of an ended task starts afresh (only once the lock is ours).
+if previous then redis.call('DEL', KEYS[3]) end
 
 local now = nowMs()
 local due = 0

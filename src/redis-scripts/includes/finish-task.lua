@@ -2,10 +2,17 @@
 -- record set to expire, the unique lock released (compare-and-delete, unless
 -- uniqueWaitForExpiry), and the end announced on the task's done channel.
 -- Returns false, changing nothing, when this worker no longer holds the task (its lease
--- lapsed and the task was recovered elsewhere).
+-- lapsed and the task was recovered elsewhere); also false when the record is gone, after
+-- dropping the task's lease.
 local function finishTask(base, activeKey, workerId, now, id, state, field, value, expireMs)
   local key = base .. 't:' .. id
-  if redis.call('HGET', key, 'w') ~= workerId or not redis.call('ZSCORE', activeKey, id) then
+  local owner = redis.call('HGET', key, 'w')
+  if not owner then
+    -- The record vanished (deleted by hand, evicted): drop the lease so nothing recovers it.
+    redis.call('ZREM', activeKey, id)
+    return false
+  end
+  if owner ~= workerId or not redis.call('ZSCORE', activeKey, id) then
     return false
   end
   redis.call('ZREM', activeKey, id)

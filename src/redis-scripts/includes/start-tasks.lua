@@ -58,6 +58,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
             local jitterMax = math.max(1, math.floor(math.min(1000, period / 10)))
             local delay = tonumber(freeing[2]) + period - now + math.random(0, jitterMax)
             redis.call('ZADD', delayedKey, now + delay, id)
+            redis.call('HSET', key, 'd', now + delay)
             table.insert(limited, id); table.insert(limited, t[2]); table.insert(limited, t[3])
             table.insert(limited, delay)
           else
