@@ -12,6 +12,7 @@ import type { AddressInfo } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { Dispatcher, Worker, type TaskResult } from 'heimdall-tasks';
 import { ExportService } from './services/export-service.js';
+import { deleteKeys } from './services/cleanup.js';
 
 const connection = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = process.env.HEIMDALL_PREFIX ?? `heimdall-demo-${randomBytes(4).toString('hex')}`;
@@ -96,20 +97,10 @@ async function main(): Promise<void> {
       server.close(() => resolve());
       server.closeAllConnections();
     });
-    await deleteKeys();
+    await deleteKeys(dispatcher.client, prefix);
     await dispatcher.close();
   }
   console.log('\nClosed the server, the worker and the dispatcher. Done.');
-}
-
-/** Deletes every key under the example's prefix. */
-async function deleteKeys(): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await dispatcher.client.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 500);
-    if (keys.length > 0) await dispatcher.client.del(...keys);
-    cursor = next;
-  } while (cursor !== '0');
 }
 
 main().catch((err: unknown) => {

@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { Dispatcher, TaskFailedError, Worker, type TaskProxy, type TaskResult } from 'heimdall-tasks';
 import { ReportService } from './services/report-service.js';
+import { deleteKeys } from './services/cleanup.js';
 
 const connection = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 // Every key this demo writes starts with this prefix, and is deleted at the end.
@@ -28,7 +29,7 @@ async function main(): Promise<void> {
     await failure(reports);
   } finally {
     await worker.close();
-    await deleteKeys(dispatcher);
+    await deleteKeys(dispatcher.client, prefix);
     await dispatcher.close();
   }
   say();
@@ -105,16 +106,6 @@ async function failure(reports: Reports): Promise<void> {
     for (const line of (err.traceback ?? '').split('\n').slice(0, 3)) say(`     ${line.trim()}`);
   }
   say(`   status() -> ${await handle.status()}`);
-}
-
-/** Deletes every key under the demo's prefix. */
-async function deleteKeys(dispatcher: Dispatcher): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await dispatcher.client.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 500);
-    if (keys.length > 0) await dispatcher.client.del(...keys);
-    cursor = next;
-  } while (cursor !== '0');
 }
 
 main().catch((err: unknown) => {

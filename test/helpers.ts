@@ -32,6 +32,28 @@ export async function waitFor<T>(
   }
 }
 
+/** A promise a test opens by hand, to hold a task mid-run without sleeping. */
+export interface Gate {
+  promise: Promise<void>;
+  open(): void;
+}
+
+const shutGates = new Set<Gate>();
+/** Makes a gate; any gate still shut is opened after each test, so no worker stays stuck in close(). */
+export function gate(): Gate {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => (open = resolve));
+  const g: Gate = {
+    promise,
+    open: () => {
+      shutGates.delete(g);
+      open();
+    },
+  };
+  shutGates.add(g);
+  return g;
+}
+
 /** Resolves with the payload of the next `event` of `worker` that matches `filter`. */
 export function nextEvent<E extends keyof WorkerEvents>(
   worker: Worker,
@@ -100,6 +122,11 @@ export class Harness {
     return child;
   }
 
+  /** Key of a task's hash. */
+  taskKey(id: string, queue = 'default'): string {
+    return `${this.prefix}:{${queue}}:t:${id}`;
+  }
+
   /** Names of clients on the server that belong to this test's prefix. */
   async openConnections(): Promise<string[]> {
     const list = (await this.admin.client('LIST')) as string;
@@ -138,6 +165,7 @@ export class Harness {
 export function useHarness(label?: string): () => Harness {
   let current: Harness | undefined;
   afterEach(async () => {
+    for (const g of [...shutGates]) g.open();
     const h = current;
     current = undefined;
     if (h) await h.dispose();

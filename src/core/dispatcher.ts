@@ -59,6 +59,9 @@ export type TaskProxy<T> = {
 const newId = customAlphabet('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz', 22);
 const QUEUE_IN_ID = /^(.+):[0-9A-Za-z]{22}$/;
 const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue']);
+/** Reply codes of enqueue-4.lua (see its header). */
+const DUPLICATE = 2;
+const ID_IN_USE = 3;
 
 /** Reads the queue a generated id was made for (ids of non-default queues are `<queue>:<random>`). */
 function queueOfId(id: string): string | undefined {
@@ -224,7 +227,7 @@ export class Dispatcher {
       [keys.wait, keys.delayed, keys.task(id), lockKey],
       [id, countdownMs, etaMs, lockTtl, ...fields],
     );
-    if (reply[0] === 2) {
+    if (reply[0] === DUPLICATE) {
       const holder = reply[1] ?? '';
       const expiresIn = Math.max(0, reply[2]) / 1000;
       if (opts?.uniqueRaises) throw new AlreadyQueuedError(name, holder, expiresIn);
@@ -232,7 +235,7 @@ export class Dispatcher {
     }
     // A generated id cannot collide: code 3 then means ioredis re-sent this very call after a
     // reconnect and the first one went through.
-    if (reply[0] === 3 && call.taskId !== undefined) {
+    if (reply[0] === ID_IN_USE && call.taskId !== undefined) {
       throw new ConfigError(`task id ${id} belongs to a task that has not ended; choose another taskId`);
     }
     return new TaskResult<R>(this.backend, keys, id, name);

@@ -2,33 +2,13 @@
  * Every example of the celery-heimdall README (shared/reference/000_…), ported to
  * heimdall-tasks, one test each, against a real Redis with in-process workers.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AlreadyQueuedError, Task, type Worker, type WorkerEvents } from 'heimdall-tasks';
-import { nextEvent, useHarness, waitFor, type Harness } from '../helpers.js';
-
-interface Gate {
-  promise: Promise<void>;
-  open(): void;
-}
-
-/** Every gate made by a test; opened after each test so a failing test never leaves a worker stuck in close(). */
-const gates = new Set<Gate>();
-function gate(): Gate {
-  let open!: () => void;
-  const promise = new Promise<void>((resolve) => (open = resolve));
-  const g = { promise, open };
-  gates.add(g);
-  return g;
-}
-
-/** Task hash key of `id` on the default queue. */
-function taskKey(h: Harness, id: string, queue = 'default'): string {
-  return `${h.prefix}:{${queue}}:t:${id}`;
-}
+import { gate, type Harness, nextEvent, useHarness, waitFor } from '../helpers.js';
 
 /** The unique lock key a task recorded in its hash (field `lk`). */
 async function lockKeyOf(h: Harness, id: string): Promise<string> {
-  const lk = await h.admin.hget(taskKey(h, id), 'lk');
+  const lk = await h.admin.hget(h.taskKey(id), 'lk');
   expect(lk, `task ${id} records its lock key`).toBeTypeOf('string');
   return lk!;
 }
@@ -116,10 +96,6 @@ class ReadmeAmazonPerCustomer {
 
 describe('celery-heimdall README, ported', () => {
   const fresh = useHarness('readme');
-  afterEach(() => {
-    for (const g of gates) g.open();
-    gates.clear();
-  });
 
   it('unique task: ten presses of the button make one task; nine duplicates carry its id', async () => {
     const h = fresh();
@@ -152,7 +128,7 @@ describe('celery-heimdall README, ported', () => {
     const pttl = await h.admin.pttl(await lockKeyOf(h, hourly.id));
     expect(pttl).toBeLessThanOrEqual(3_600_000);
     expect(pttl).toBeGreaterThan(3_600_000 - 5_000);
-    expect(await h.admin.hget(taskKey(h, hourly.id), 'lt')).toBe('3600000');
+    expect(await h.admin.hget(h.taskKey(hourly.id), 'lt')).toBe('3600000');
 
     const first = await reports.generateQuickReport.delay(7);
     const lock = await lockKeyOf(h, first.id);
@@ -327,8 +303,8 @@ describe('celery-heimdall README, ported', () => {
       await amazon.downloadReportFromAmazon.delay(11),
     ];
     // The limit was evaluated at dispatch and travels with the message.
-    expect(await h.admin.hmget(taskKey(h, ten[0]!.id), 'rn', 'rp')).toEqual(['1', '30000']);
-    expect(await h.admin.hmget(taskKey(h, eleven[0]!.id), 'rn', 'rp')).toEqual(['2', '30000']);
+    expect(await h.admin.hmget(h.taskKey(ten[0]!.id), 'rn', 'rp')).toEqual(['1', '30000']);
+    expect(await h.admin.hmget(h.taskKey(eleven[0]!.id), 'rn', 'rp')).toEqual(['2', '30000']);
 
     const worker = h.worker({ services: [new ReadmeAmazonPerCustomer()] });
     const started = collect(worker, 'started');

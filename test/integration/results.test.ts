@@ -2,27 +2,9 @@
  * The result backend: states, info(), failures with tracebacks, get() with a timeout,
  * forget(), expiry of records, unstorable results, and reading a result from anywhere.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Dispatcher, Task, TaskFailedError, TimeoutError } from 'heimdall-tasks';
-import { nextEvent, useHarness, type Harness } from '../helpers.js';
-
-interface Gate {
-  promise: Promise<void>;
-  open(): void;
-}
-
-const gates = new Set<Gate>();
-function gate(): Gate {
-  let open!: () => void;
-  const promise = new Promise<void>((resolve) => (open = resolve));
-  const g = { promise, open };
-  gates.add(g);
-  return g;
-}
-
-function taskKey(h: Harness, id: string, queue = 'default'): string {
-  return `${h.prefix}:{${queue}}:t:${id}`;
-}
+import { gate, type Harness, nextEvent, useHarness } from '../helpers.js';
 
 // A named function, so the traceback must mention it.
 function explodeWhileBuildingInvoice(invoice: number): never {
@@ -81,10 +63,6 @@ class ReportsQueueService {
 
 describe('results', () => {
   const fresh = useHarness('results');
-  afterEach(() => {
-    for (const g of gates) g.open();
-    gates.clear();
-  });
 
   it('goes PENDING -> STARTED -> SUCCESS, and info() tells the whole story', async () => {
     const h = fresh();
@@ -205,9 +183,9 @@ describe('results', () => {
     await worker.start();
     const handle = await h.dispatcher().tasks(ResultsService).add.delay(2, 2);
     expect(await handle.get({ timeout: 10 })).toBe(4);
-    expect(await h.admin.exists(taskKey(h, handle.id))).toBe(1);
+    expect(await h.admin.exists(h.taskKey(handle.id))).toBe(1);
     await handle.forget();
-    expect(await h.admin.exists(taskKey(h, handle.id))).toBe(0);
+    expect(await h.admin.exists(h.taskKey(handle.id))).toBe(0);
     expect(await handle.status()).toBe('PENDING');
   });
 
@@ -219,24 +197,24 @@ describe('results', () => {
     await byDefault.start();
     const a = await tasks.add.delay(1, 1);
     expect(await a.get({ timeout: 10 })).toBe(2);
-    const dayTtl = await h.admin.pttl(taskKey(h, a.id));
+    const dayTtl = await h.admin.pttl(h.taskKey(a.id));
     expect(dayTtl).toBeGreaterThan(86_400_000 - 60_000);
     expect(dayTtl).toBeLessThanOrEqual(86_400_000);
     await byDefault.close();
 
     // While queued (and running) a record does not expire.
     const queued = await tasks.add.delay(2, 2);
-    expect(await h.admin.pttl(taskKey(h, queued.id))).toBe(-1);
+    expect(await h.admin.pttl(h.taskKey(queued.id))).toBe(-1);
     const short = h.worker({ services: [new ResultsService()], resultExpires: '2s' });
     await short.start();
     expect(await queued.get({ timeout: 10 })).toBe(4);
-    const ttl = await h.admin.pttl(taskKey(h, queued.id));
+    const ttl = await h.admin.pttl(h.taskKey(queued.id));
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(2_000);
 
     const kept = await tasks.keptTenSeconds.delay();
     expect(await kept.get({ timeout: 10 })).toBe('kept');
-    const keptTtl = await h.admin.pttl(taskKey(h, kept.id));
+    const keptTtl = await h.admin.pttl(h.taskKey(kept.id));
     expect(keptTtl).toBeGreaterThan(2_000);
     expect(keptTtl).toBeLessThanOrEqual(10_000);
   });
@@ -295,7 +273,7 @@ describe('results', () => {
     const handle = await h.dispatcher().tasks(ReportsQueueService).build.delay(12);
     expect(handle.queue).toBe('reports');
     expect(handle.id).toMatch(/^reports:[0-9A-Za-z]{22}$/);
-    expect(await h.admin.exists(taskKey(h, handle.id, 'reports'))).toBe(1);
+    expect(await h.admin.exists(h.taskKey(handle.id, 'reports'))).toBe(1);
     expect(await h.admin.lrange(`${h.prefix}:{reports}:wait`, 0, -1)).toEqual([handle.id]);
 
     const worker = h.worker({ services: [new ReportsQueueService()], queues: ['reports'] });

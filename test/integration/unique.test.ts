@@ -3,30 +3,12 @@
  * end unless uniqueWaitForExpiry, never taken for arguments that fail to serialize, and
  * checked again when the task starts.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { currentTask, SerializationError, Task, type Worker, type WorkerEvents } from 'heimdall-tasks';
-import { nextEvent, useHarness, waitFor, type Harness } from '../helpers.js';
-
-interface Gate {
-  promise: Promise<void>;
-  open(): void;
-}
-
-const gates = new Set<Gate>();
-function gate(): Gate {
-  let open!: () => void;
-  const promise = new Promise<void>((resolve) => (open = resolve));
-  const g = { promise, open };
-  gates.add(g);
-  return g;
-}
-
-function taskKey(h: Harness, id: string): string {
-  return `${h.prefix}:{default}:t:${id}`;
-}
+import { gate, type Harness, nextEvent, useHarness, waitFor } from '../helpers.js';
 
 async function lockKeyOf(h: Harness, id: string): Promise<string> {
-  const lk = await h.admin.hget(taskKey(h, id), 'lk');
+  const lk = await h.admin.hget(h.taskKey(id), 'lk');
   expect(lk, `task ${id} records its lock key`).toBeTypeOf('string');
   return lk!;
 }
@@ -100,10 +82,6 @@ class UniqueLapsing {
 
 describe('unique locks', () => {
   const fresh = useHarness('unique');
-  afterEach(() => {
-    for (const g of gates) g.open();
-    gates.clear();
-  });
 
   it('is released when the task succeeds: the next delay is a new task', async () => {
     const h = fresh();
