@@ -1,4 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { toMillis, type Duration } from './durations.js';
 import { ConfigError } from './errors.js';
 
 /** What a running task can learn about itself through {@link currentTask}. */
@@ -13,6 +14,42 @@ export interface CurrentTask {
   readonly attempt: number;
   /** Fires when the task should stop: revoke, time limit, or worker shutdown. */
   readonly signal: AbortSignal;
+  /**
+   * Ends this run and schedules the task again, keeping its id and unique lock (state RETRY).
+   * Counts against `retries.max` (3 when the task has no `retries` option); past it, the task
+   * ends FAILURE with `error` (or a plain error saying so). Throws: call it as `throw`-like
+   * last statement, e.g. `return currentTask().retry({ countdown: 5 })`.
+   */
+  retry(options?: RetryRequestOptions): never;
+}
+
+/** Options of `currentTask().retry()`. */
+export interface RetryRequestOptions {
+  /** Delay before the retry: seconds or an `ms` string. Default: the task's backoff. */
+  countdown?: Duration;
+  /** The reason, stored as the task's error while it waits (and if no retry is left). */
+  error?: unknown;
+}
+
+const RETRY_BRAND = Symbol.for('heimdall-tasks.retry-request');
+
+/** Thrown by `currentTask().retry()`; the worker turns it into a RETRY. */
+export class RetryRequest extends Error {
+  /** Requested delay in ms, or undefined for the task's backoff. */
+  readonly countdownMs: number | undefined;
+  constructor(options: RetryRequestOptions = {}) {
+    const reason = options.error instanceof Error ? options.error.message : 'the task asked to be retried';
+    super(reason, { cause: options.error });
+    this.name = options.error instanceof Error ? options.error.name : 'RetryRequest';
+    if (options.error instanceof Error && options.error.stack) this.stack = options.error.stack;
+    this.countdownMs =
+      options.countdown === undefined || options.countdown === 0 ? (options.countdown === 0 ? 0 : undefined) : toMillis(options.countdown, 'retry({ countdown })');
+    Object.defineProperty(this, RETRY_BRAND, { value: true });
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[RETRY_BRAND] === true;
+  }
 }
 
 // Shared through globalThis so currentTask() works whichever build (ESM or CJS) runs the worker.

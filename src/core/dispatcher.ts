@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import { customAlphabet } from 'nanoid';
 import { closeClient, openClient, type ConnectionOption, type OwnedClient } from './connection.js';
 import { describe, toMillis, type Duration } from './durations.js';
-import { AlreadyQueuedError, ConfigError, NotATaskError } from './errors.js';
+import { AlreadyQueuedError, ConfigError, NotATaskError, PayloadTooLargeError, RedisUnavailableError } from './errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, hashArgs, QueueKeys, validateName } from './queue-keys.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
 import { ResultWaiter } from './result-waiter.js';
@@ -21,7 +21,10 @@ export interface ConnectionOptions {
 }
 
 /** Options of `new Dispatcher()`. */
-export type DispatcherOptions = ConnectionOptions;
+export interface DispatcherOptions extends ConnectionOptions {
+  /** Largest serialized arguments accepted, in bytes; larger dispatches fail with PayloadTooLargeError. Default: 512 KiB. */
+  maxPayloadBytes?: number;
+}
 
 /** Per-call options of `applyAsync` and `send`. */
 export interface ApplyOptions {
@@ -33,6 +36,13 @@ export interface ApplyOptions {
   taskId?: string;
   /** Send to this queue instead of the task's own. Unique locks and rate windows live under the queue. */
   queue?: string;
+  /**
+   * A task not started by then is REVOKED with reason 'expired' and never runs: a Duration from
+   * now (seconds or an `ms` string), or a Date. Default: never.
+   */
+  expires?: Duration | Date;
+  /** Time limit of this call's run, overriding the task's `timeLimit`. Seconds or an `ms` string. */
+  timeLimit?: Duration;
 }
 
 /** The typed handle of one task of a class, from `dispatcher.tasks(Class)`. */
@@ -58,7 +68,10 @@ export type TaskProxy<T> = {
 
 const newId = customAlphabet('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz', 22);
 const QUEUE_IN_ID = /^(.+):[0-9A-Za-z]{22}$/;
-const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue']);
+const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue', 'expires', 'timeLimit']);
+const DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024;
+/** Version of the message layout in the task hash (field `v`); workers refuse others. */
+export const MESSAGE_VERSION = '1';
 /** Reply codes of enqueue-4.lua (see its header). */
 const DUPLICATE = 2;
 const ID_IN_USE = 3;
@@ -83,10 +96,16 @@ export class Dispatcher {
   private resultWaiter: ResultWaiter | undefined;
   private readonly backend: ResultBackend;
   private closed = false;
+  private readonly maxPayloadBytes: number;
 
   constructor(options: DispatcherOptions) {
     if (typeof options !== 'object' || options === null) throw new ConfigError('new Dispatcher() needs { connection }');
     this.prefix = options.prefix === undefined ? DEFAULT_PREFIX : validateName(options.prefix, 'prefix');
+    const max = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    if (!Number.isInteger(max) || max < 1) {
+      throw new ConfigError(`maxPayloadBytes must be a whole number of bytes >= 1, got ${describe(options.maxPayloadBytes)}`);
+    }
+    this.maxPayloadBytes = max;
     this.connection = options.connection;
     this.conn = openClient(options.connection, 'commands', `heimdall:${this.prefix}:dispatcher`, { enableAutoPipelining: true });
     this.scripts = new ScriptRunner(this.conn.client);
@@ -197,6 +216,8 @@ export class Dispatcher {
     const queue = call.queue ?? opts?.queue ?? DEFAULT_QUEUE;
     const keys = this.keys(queue);
     const argsJson = argsToJson(args);
+    const bytes = Buffer.byteLength(argsJson);
+    if (bytes > this.maxPayloadBytes) throw new PayloadTooLargeError(name, bytes, this.maxPayloadBytes);
     const countdownMs = call.countdown === undefined || call.countdown === 0 ? 0 : toMillis(call.countdown, 'countdown');
     const etaMs = call.eta === undefined ? 0 : etaToMillis(call.eta);
     if (call.taskId !== undefined && (typeof call.taskId !== 'string' || call.taskId === '' || /[\s{}]/.test(call.taskId))) {
@@ -204,7 +225,11 @@ export class Dispatcher {
     }
     const id = call.taskId ?? (queue === DEFAULT_QUEUE ? newId() : `${queue}:${newId()}`);
 
-    const fields: (string | number)[] = ['n', name, 'a', argsJson];
+    const fields: (string | number)[] = ['v', MESSAGE_VERSION, 'n', name, 'a', argsJson];
+    const timeLimitMs = call.timeLimit !== undefined ? toMillis(call.timeLimit, 'timeLimit') : opts?.timeLimitMs;
+    if (timeLimitMs !== undefined) fields.push('tl', timeLimitMs);
+    if (call.expires !== undefined) fields.push('ex', expiresToMillis(call.expires));
+    if (opts?.maxRecoveries !== undefined) fields.push('mr', opts.maxRecoveries);
     let lockKey = keys.task(id);
     let lockTtl = 0;
     const key = opts?.key ? callKeyFn(opts, args) : undefined;
@@ -222,11 +247,16 @@ export class Dispatcher {
       fields.push('rk', keys.rate(name, key), 'rn', rl.limit, 'rp', rl.periodMs);
     }
 
-    const reply = await this.scripts.run<[number, string | null, number]>(
-      enqueue,
-      [keys.wait, keys.delayed, keys.task(id), lockKey],
-      [id, countdownMs, etaMs, lockTtl, ...fields],
-    );
+    let reply: [number, string | null, number];
+    try {
+      reply = await this.scripts.run<[number, string | null, number]>(
+        enqueue,
+        [keys.wait, keys.delayed, keys.task(id), lockKey],
+        [id, countdownMs, etaMs, lockTtl, ...fields],
+      );
+    } catch (err) {
+      throw unavailable(err, `sending ${name}`);
+    }
     if (reply[0] === DUPLICATE) {
       const holder = reply[1] ?? '';
       const expiresIn = Math.max(0, reply[2]) / 1000;
@@ -257,6 +287,17 @@ function uniqueKey(opts: NormalizedTaskOptions, args: readonly unknown[], argsJs
 /** Without a `key` option, a unique task is keyed by its arguments, whatever their key order. */
 function defaultUniqueKey(argsJson: string): string {
   return hashArgs(canonicalJson(JSON.parse(argsJson)));
+}
+
+function expiresToMillis(expires: Duration | Date): number {
+  if (expires instanceof Date) return etaToMillis(expires);
+  return Date.now() + toMillis(expires, 'expires');
+}
+
+/** ioredis gives up after maxRetriesPerRequest; say so in our words, keeping its error as the cause. */
+export function unavailable(err: unknown, what: string): unknown {
+  if (err instanceof Error && err.name === 'MaxRetriesPerRequestError') return new RedisUnavailableError(what, { cause: err });
+  return err;
 }
 
 function etaToMillis(eta: Date | number): number {

@@ -122,3 +122,52 @@ export class NotATaskError extends HeimdallError {
     super(NotATaskError.CODE, `${what} is not a task: decorate the method with @Task()`);
   }
 }
+
+/** Throw it from a task to fail at once, without the retries its options would allow. */
+export class NonRetryableError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_NON_RETRYABLE';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(NonRetryableError.CODE, message, options);
+  }
+}
+
+/** A task ran past its `timeLimit`: its AbortSignal fires with this error, and it ends FAILURE. */
+export class TimeLimitExceededError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_TIME_LIMIT';
+  /** The limit, in milliseconds. */
+  readonly limitMs: number;
+  constructor(taskId: string, limitMs: number) {
+    super(TimeLimitExceededError.CODE, `task ${taskId} ran past its time limit of ${limitMs} ms`);
+    this.limitMs = limitMs;
+  }
+}
+
+/** The arguments of a dispatch serialize to more than `maxPayloadBytes`; nothing was sent. */
+export class PayloadTooLargeError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_PAYLOAD_TOO_LARGE';
+  /** Size of the serialized arguments, in bytes. */
+  readonly bytes: number;
+  /** The dispatcher's `maxPayloadBytes`. */
+  readonly limit: number;
+  constructor(taskName: string, bytes: number, limit: number) {
+    super(
+      PayloadTooLargeError.CODE,
+      `arguments of ${taskName} are ${bytes} bytes as JSON, over maxPayloadBytes (${limit}); ` +
+        `store large data elsewhere and pass a reference, or raise maxPayloadBytes`,
+    );
+    this.bytes = bytes;
+    this.limit = limit;
+  }
+}
+
+/** Redis could not be reached within ioredis's retry budget; the command may or may not have run. */
+export class RedisUnavailableError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_REDIS_UNAVAILABLE';
+  constructor(what: string, options?: { cause?: unknown }) {
+    super(
+      RedisUnavailableError.CODE,
+      `${what}: Redis did not answer within the connection's retry budget (ioredis maxRetriesPerRequest); check that Redis is up and reachable`,
+      options,
+    );
+  }
+}

@@ -38,6 +38,10 @@ export class QueueKeys {
   readonly delayed: string;
   /** ZSET id -> lease expiry (ms, Redis clock) of started tasks. */
   readonly active: string;
+  /** LIST of dead letters: JSON `{ id, reason, at }`, newest first, at most 1000. */
+  readonly dead: string;
+  /** Pub/Sub channel on which revokes of running tasks are broadcast to workers. */
+  readonly revoke: string;
 
   constructor(
     readonly prefix: string,
@@ -47,6 +51,8 @@ export class QueueKeys {
     this.wait = `${this.base}wait`;
     this.delayed = `${this.base}delayed`;
     this.active = `${this.base}active`;
+    this.dead = `${this.base}dead`;
+    this.revoke = `${this.base}revoke`;
   }
 
   /** HASH holding one task's message, state and result. */

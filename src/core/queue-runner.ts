@@ -1,7 +1,12 @@
 import type { Redis } from 'ioredis';
 import type { QueueKeys } from './queue-keys.js';
 import type { ScriptRunner } from './script-runner.js';
-import { fetch as fetchScript, finish as finishScript } from '../redis-scripts/scripts.generated.js';
+import {
+  extendLeases,
+  fetch as fetchScript,
+  finish as finishScript,
+  requeue as requeueScript,
+} from '../redis-scripts/scripts.generated.js';
 
 /** A started task as the fetch script hands it over. */
 export interface StartedTask {
@@ -9,18 +14,26 @@ export interface StartedTask {
   name: string;
   argsJson: string;
   attempt: number;
+  /** Time limit of this run in ms; 0 for none. */
+  timeLimitMs: number;
+  /** Retries already made. */
+  retries: number;
 }
 
-/** A task's end, waiting to be written by the next finish call. */
+/** What a task's run came to, waiting to be written by the next finish call. */
 export interface Finish {
   id: string;
-  state: 'SUCCESS' | 'FAILURE';
+  state: 'SUCCESS' | 'FAILURE' | 'RETRY';
   /** 'r' (result), 'e' (error) or '' (no value). */
   field: 'r' | 'e' | '';
   value: string;
   expireMs: number;
-  /** Called once the end is stored (stale: this worker no longer held the task). */
-  stored(stale: boolean): void;
+  /** Delay before the retry, for state RETRY. */
+  retryDelayMs: number;
+  /** Non-empty: also keep the task in the dead-letter list with this reason. */
+  deadReason: string;
+  /** Called once the end is stored, with the state Redis kept ('STALE': not this worker's any more). */
+  stored(outcome: string): void;
 }
 
 /** What a runner needs from its worker. */
@@ -42,9 +55,11 @@ export interface RunnerHost {
 type Reply = [(string | number)[], (string | number)[], (string | number)[], number, number, string[]?];
 
 // An idle runner blocks on the wait list at most this long, a safety net for wake-ups that
-// come from nowhere it can see (a rate-limited task rescheduled by a worker that then died).
+// come from nowhere it can see (a rate-limited task rescheduled by a worker that then died),
+// and the longest a lapsed lease of a dead worker waits for an idle worker to recover it.
 const BLOCK_SECONDS = 5;
 const MAX_FINISHES_PER_CALL = 500;
+const STARTED_FIELDS = 6;
 
 /**
  * Drives one queue for one worker. All script calls of the queue go through one loop, one at
@@ -84,11 +99,29 @@ export class QueueRunner {
     this.poke();
   }
 
+  /** Forgets a task whose end is already in Redis (revoked with terminate, lost, handed back). */
+  drop(id: string): void {
+    this.running.delete(id);
+    this.poke();
+  }
+
   /** Wakes the loop to re-evaluate (slot freed, close began). */
   poke(): void {
     const w = this.wake;
     this.wake = undefined;
     w?.();
+  }
+
+  /** Renews the leases of this queue's running tasks; returns id, reason pairs of tasks to stop. */
+  async renewLeases(): Promise<string[]> {
+    if (this.running.size === 0) return [];
+    return this.scripts.run<string[]>(extendLeases, [this.keys.active], [this.keys.base, this.host.leaseMs, ...this.running]);
+  }
+
+  /** Hands tasks this worker stopped before they ended back to the front of the queue. */
+  async requeue(ids: readonly string[]): Promise<number> {
+    if (ids.length === 0) return 0;
+    return this.scripts.run<number>(requeueScript, [this.keys.wait, this.keys.active], [this.keys.base, this.host.workerId, ...ids]);
   }
 
   /** Resolves when the loop has stored every finish and no task of this queue runs. */
@@ -119,7 +152,7 @@ export class QueueRunner {
           reply = await this.scripts.run<Reply>(fetchScript, keys, common);
         } else {
           const flat: (string | number)[] = [fin.length];
-          for (const f of fin) flat.push(f.id, f.state, f.field, f.value, f.expireMs);
+          for (const f of fin) flat.push(f.id, f.state, f.field, f.value, f.expireMs, f.retryDelayMs, f.deadReason);
           reply = await this.scripts.run<Reply>(finishScript, keys, [...common, ...flat]);
         }
         failures = 0;
@@ -133,15 +166,18 @@ export class QueueRunner {
         continue;
       }
       this.host.reserve(-want);
-      const [started, limited, revoked, nextDelay, more, stale] = reply;
-      const staleSet = new Set(stale ?? []);
-      for (const f of fin) f.stored(staleSet.has(f.id));
-      for (let i = 0; i < started.length; i += 4) {
+      const [started, limited, revoked, nextDelay, more, outcomes] = reply;
+      const stored = new Map<string, string>();
+      for (let i = 0; outcomes && i < outcomes.length; i += 2) stored.set(String(outcomes[i]), String(outcomes[i + 1]));
+      for (const f of fin) f.stored(stored.get(f.id) ?? 'STALE');
+      for (let i = 0; i < started.length; i += STARTED_FIELDS) {
         const task: StartedTask = {
           id: String(started[i]),
           name: String(started[i + 1]),
           argsJson: String(started[i + 2]),
           attempt: Number(started[i + 3]),
+          timeLimitMs: Number(started[i + 4]),
+          retries: Number(started[i + 5]),
         };
         this.running.add(task.id);
         this.host.launch(this, task);
@@ -152,10 +188,8 @@ export class QueueRunner {
       for (let i = 0; i < revoked.length; i += 4) {
         this.host.revoked(this.keys.queue, String(revoked[i]), String(revoked[i + 1]), String(revoked[i + 2]), String(revoked[i + 3]));
       }
-      if (want > 0) {
-        this.idle = more === 0 && started.length / 4 < want;
-        this.scheduleDue(nextDelay);
-      }
+      if (want > 0) this.idle = more === 0 && started.length / STARTED_FIELDS < want;
+      this.scheduleDue(nextDelay);
     }
   }
 

@@ -5,6 +5,30 @@ import { DEFAULT_QUEUE, validateName } from './queue-keys.js';
 /** `[n, period]`: at most `n` starts in any rolling window of `period` (seconds, or an `ms` string). */
 export type RateLimit = readonly [limit: number, period: Duration];
 
+/** An error class, for `retries.on`. */
+export type ErrorClass = abstract new (...args: never) => Error;
+
+/**
+ * Delay before a retry: a fixed Duration, or `'exponential'` (1 s, 2 s, 4 s... capped at
+ * 10 min, as Celery's `retry_backoff`), or exponential with your own base and cap.
+ */
+export type Backoff = Duration | 'exponential' | { type: 'exponential'; base?: Duration; cap?: Duration };
+
+/** How a failing task is tried again. */
+export interface RetryOptions {
+  /** Attempts after the first. `0` turns retries off. */
+  max: number;
+  /** Delay before each retry. Default: `'exponential'` (base 1 s, cap 10 min). */
+  backoff?: Backoff;
+  /** Pick the delay at random between 0 and the computed value ("full jitter"). Default: `true`. */
+  jitter?: boolean;
+  /**
+   * Error classes that are retried (by `instanceof`). Default: every error except
+   * `ConfigError`, `SerializationError` and `NonRetryableError`.
+   */
+  on?: readonly ErrorClass[];
+}
+
 /** Options of `@Task()`. Every option is checked when the class is defined. */
 export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
   /** Registry name. Default: `'ClassName.methodName'`. */
@@ -31,6 +55,26 @@ export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
   rateLimit?: RateLimit | ((args: A) => RateLimit);
   /** How long the result is kept after the task ends. Seconds or an `ms` string. Default: one day. */
   resultExpires?: Duration;
+  /** Retries on failure. Default: none. `currentTask().retry()` works without it (up to 3 retries). */
+  retries?: RetryOptions;
+  /**
+   * Wall-clock limit of one run: seconds or an `ms` string. At the limit the task's AbortSignal
+   * fires with `TimeLimitExceededError` and the task ends FAILURE (or is retried). Default: none.
+   */
+  timeLimit?: Duration;
+  /**
+   * How many times a task whose worker died (its lease lapsed) is put back in the queue before
+   * it ends FAILURE with a `WorkerLostError`. Default: 1.
+   */
+  maxRecoveries?: number;
+}
+
+/** Retry settings in the units the worker uses. */
+export interface NormalizedRetries {
+  max: number;
+  backoff: { kind: 'fixed'; ms: number } | { kind: 'exponential'; baseMs: number; capMs: number };
+  jitter: boolean;
+  on: readonly ErrorClass[] | undefined;
 }
 
 /** A rate limit in the units the scripts use. */
@@ -50,7 +94,18 @@ export interface NormalizedTaskOptions {
   key: ((args: readonly unknown[]) => string) | undefined;
   rateLimit: RateLimitMs | ((args: readonly unknown[]) => RateLimit) | undefined;
   resultExpiresMs: number | undefined;
+  retries: NormalizedRetries | undefined;
+  timeLimitMs: number | undefined;
+  maxRecoveries: number | undefined;
 }
+
+/** Retry settings of `currentTask().retry()` on a task without a `retries` option. */
+export const DEFAULT_RETRIES: NormalizedRetries = {
+  max: 3,
+  backoff: { kind: 'exponential', baseMs: 1000, capMs: 600_000 },
+  jitter: true,
+  on: undefined,
+};
 
 const DEFAULT_UNIQUE_TIMEOUT_MS = 60 * 60 * 1000;
 const KNOWN = new Set([
@@ -63,7 +118,49 @@ const KNOWN = new Set([
   'key',
   'rateLimit',
   'resultExpires',
+  'retries',
+  'timeLimit',
+  'maxRecoveries',
 ]);
+const RETRY_KNOWN = new Set(['max', 'backoff', 'jitter', 'on']);
+
+/** Checks a `retries` option. */
+export function normalizeRetries(value: unknown, where: string): NormalizedRetries {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ConfigError(`${where} must be an object such as { max: 3 }, got ${describe(value)}`);
+  }
+  const r = value as Record<string, unknown>;
+  for (const k of Object.keys(r)) {
+    if (!RETRY_KNOWN.has(k)) throw new ConfigError(`${where}: unknown option '${k}'; known: ${[...RETRY_KNOWN].join(', ')}`);
+  }
+  if (typeof r.max !== 'number' || !Number.isInteger(r.max) || r.max < 0) {
+    throw new ConfigError(`${where}.max must be a whole number of retries >= 0, got ${describe(r.max)}`);
+  }
+  let backoff: NormalizedRetries['backoff'] = DEFAULT_RETRIES.backoff;
+  const b = r.backoff;
+  if (b === 'exponential' || b === undefined) {
+    backoff = DEFAULT_RETRIES.backoff;
+  } else if (typeof b === 'object' && b !== null && !Array.isArray(b)) {
+    const o = b as Record<string, unknown>;
+    if (o.type !== 'exponential') {
+      throw new ConfigError(`${where}.backoff object must be { type: 'exponential', base?, cap? }, got type ${describe(o.type)}`);
+    }
+    backoff = {
+      kind: 'exponential',
+      baseMs: o.base === undefined ? 1000 : toMillis(o.base as Duration, `${where}.backoff.base`),
+      capMs: o.cap === undefined ? 600_000 : toMillis(o.cap as Duration, `${where}.backoff.cap`),
+    };
+  } else {
+    backoff = { kind: 'fixed', ms: toMillis(b as Duration, `${where}.backoff`) };
+  }
+  if (r.jitter !== undefined && typeof r.jitter !== 'boolean') {
+    throw new ConfigError(`${where}.jitter must be true or false, got ${describe(r.jitter)}`);
+  }
+  if (r.on !== undefined && (!Array.isArray(r.on) || r.on.some((c) => typeof c !== 'function'))) {
+    throw new ConfigError(`${where}.on must be an array of error classes such as [TypeError], got ${describe(r.on)}`);
+  }
+  return { max: r.max, backoff, jitter: r.jitter !== false, on: r.on as readonly ErrorClass[] | undefined };
+}
 
 function bool(value: unknown, what: string): boolean {
   if (value === undefined) return false;
@@ -120,7 +217,13 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
   else if (o.rateLimit !== undefined) rateLimit = normalizeRateLimit(o.rateLimit, `${where}: rateLimit`);
   const resultExpiresMs =
     o.resultExpires === undefined ? undefined : toMillis(o.resultExpires as Duration, `${where}: resultExpires`);
+  if (o.maxRecoveries !== undefined && (typeof o.maxRecoveries !== 'number' || !Number.isInteger(o.maxRecoveries) || o.maxRecoveries < 0)) {
+    throw new ConfigError(`${where}: maxRecoveries must be a whole number >= 0, got ${describe(o.maxRecoveries)}`);
+  }
   return {
+    retries: o.retries === undefined ? undefined : normalizeRetries(o.retries, `${where}: retries`),
+    timeLimitMs: o.timeLimit === undefined ? undefined : toMillis(o.timeLimit as Duration, `${where}: timeLimit`),
+    maxRecoveries: o.maxRecoveries as number | undefined,
     name: o.name as string | undefined,
     queue,
     unique,

@@ -4,7 +4,8 @@ import { ConfigError, TaskFailedError, TaskRevokedError, TimeoutError } from './
 import type { QueueKeys } from './queue-keys.js';
 import type { ResultWaiter, Watch } from './result-waiter.js';
 import type { ScriptRunner } from './script-runner.js';
-import { forget } from '../redis-scripts/scripts.generated.js';
+import { forget, revoke } from '../redis-scripts/scripts.generated.js';
+import { taskByName } from './registry.js';
 import { decodeError, decodeTaskInfo, FINAL_STATES, type TaskInfo, type TaskState } from './task-state.js';
 
 /** What a TaskResult needs from the dispatcher that made it. */
@@ -16,6 +17,18 @@ export interface ResultBackend {
 
 // A waiter re-reads the state this often even without a message (a reconnect can lose one).
 const RECHECK_MS = 5_000;
+
+const DEFAULT_RESULT_EXPIRES_MS = 24 * 60 * 60 * 1000;
+
+/** Options of {@link TaskResult.revoke}. */
+export interface RevokeOptions {
+  /**
+   * Also end a running task at once: it is marked REVOKED and its worker frees the slot and the
+   * lock without waiting for the task's promise. Default: `false` (the task's AbortSignal fires
+   * and it ends REVOKED unless it still returns a value).
+   */
+  terminate?: boolean;
+}
 
 /** Options of {@link TaskResult.get}. */
 export interface GetOptions {
@@ -116,6 +129,23 @@ export class TaskResult<T = unknown> {
       );
     });
     return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Revokes the task from any process. Queued or delayed: REVOKED at once, it never starts.
+   * Running: its worker (in whatever process) is told through Redis and fires the task's
+   * AbortSignal; with `terminate` the task is REVOKED at once. The unique lock is released.
+   * Resolves with the state after the call (`STARTED` while a revoke without terminate is
+   * pending; `PENDING` for an unknown id, which is left alone).
+   */
+  async revoke(options: RevokeOptions = {}): Promise<TaskState> {
+    const expireMs = (this.name && taskByName(this.name)?.options.resultExpiresMs) || DEFAULT_RESULT_EXPIRES_MS;
+    const [code, state] = await this.backend.scripts.run<[number, string]>(
+      revoke,
+      [this.keys.task(this.id), this.keys.active, this.keys.delayed],
+      [this.keys.base, this.id, options.terminate ? '1' : '0', expireMs, 'revoked'],
+    );
+    return code === 0 ? 'PENDING' : (state as TaskState);
   }
 
   /**

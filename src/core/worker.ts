@@ -2,17 +2,17 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
 import { closeClient, openClient, type OwnedClient } from './connection.js';
-import { taskStorage, type CurrentTask } from './current-task.js';
+import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
+import { DEFAULT_RETRIES } from './task-options.js';
 import type { ConnectionOptions } from './dispatcher.js';
 import { describe, toMillis, type Duration } from './durations.js';
-import { ConfigError, SerializationError } from './errors.js';
+import { ConfigError, NonRetryableError, SerializationError, TaskRevokedError, TimeLimitExceededError } from './errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from './queue-keys.js';
 import { QueueRunner, type Finish, type RunnerHost, type StartedTask } from './queue-runner.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
 import { ScriptRunner } from './script-runner.js';
 import { toJson } from './serialization.js';
 import type { RemoteError } from './task-state.js';
-import { extendLeases } from '../redis-scripts/scripts.generated.js';
 
 /** Options of `new Worker()`. */
 export interface WorkerOptions extends ConnectionOptions {
@@ -54,12 +54,41 @@ export interface WorkerEvents {
   failed: [TaskEvent & { error: RemoteError; runtimeMs: number }];
   /** A task was over its rate limit and goes back to the delayed set for `delayMs` milliseconds. */
   rateLimited: [Omit<TaskEvent, 'attempt'> & { delayMs: number }];
-  /** A task ended REVOKED instead of running (`reason` 'duplicate': a newer task holds its unique lock). */
+  /** A task failed and will run again after `delayMs` milliseconds (state RETRY). */
+  retried: [TaskEvent & { error: RemoteError; delayMs: number; runtimeMs: number }];
+  /**
+   * A task ended REVOKED: `reason` 'revoked' (by a user), 'duplicate' (a newer task holds its
+   * unique lock), or 'expired' (not started before its `expires`).
+   */
   revoked: [Omit<TaskEvent, 'attempt'> & { reason: string }];
   /** A problem outside any task, such as a lost connection. The worker carries on. */
   error: [Error];
 }
 
+/** Options of `worker.close()`. */
+export interface CloseOptions {
+  /**
+   * How long to wait for running tasks: seconds or an `ms` string. Tasks still running then
+   * get their AbortSignal fired and go back to the queue. Default: wait as long as they take.
+   */
+  timeout?: Duration;
+}
+
+/** A task this worker runs now. */
+interface Running {
+  runner: QueueRunner;
+  task: StartedTask;
+  controller: AbortController;
+  /** Its slot is free again (ended, revoked with terminate, lost, or handed back). */
+  released: boolean;
+}
+
+type Outcome =
+  | { ok: true; result: unknown; json: string | undefined }
+  | { ok: false; error: RemoteError; retryDelayMs: number | undefined };
+
+// A task that honours its AbortSignal gets this long to settle after its time limit.
+const TIME_LIMIT_GRACE_MS = 100;
 const DEFAULT_LEASE_MS = 30_000;
 const DEFAULT_RESULT_EXPIRES_MS = 24 * 60 * 60 * 1000;
 
@@ -97,7 +126,8 @@ export class Worker {
   private readonly runners: QueueRunner[] = [];
   private readonly clients: OwnedClient[] = [];
   private readonly host: RunnerHost;
-  private readonly inFlight = new Map<string, AbortController>();
+  private readonly inFlight = new Map<string, Running>();
+  private readonly blockers: OwnedClient[] = [];
   private leaseTimer: NodeJS.Timeout | undefined;
   private state: 'new' | 'starting' | 'running' | 'closing' | 'closed' = 'new';
   private running = 0;
@@ -175,19 +205,28 @@ export class Worker {
     }
     this.state = 'starting';
     try {
-      const commands = openClient(this.options.connection, 'commands', `heimdall:${this.prefix}:worker`, {}, this.host.reportError);
+      const name = `heimdall:${this.prefix}:worker`;
+      const commands = openClient(this.options.connection, 'commands', name, {}, this.host.reportError);
       this.clients.push(commands);
       const scripts = new ScriptRunner(commands.client);
       await scripts.load();
       if (this.state !== 'starting') return; // close() was called meanwhile and closes the clients
+      const subscriber = openClient(this.options.connection, 'subscriber', name, {}, this.host.reportError);
+      this.clients.push(subscriber);
+      subscriber.client.on('message', (channel: string, message: string) => this.onRevokeMessage(message));
       for (const queue of this.queues) {
-        const blocking = openClient(this.options.connection, 'blocking', `heimdall:${this.prefix}:worker`, {}, this.host.reportError);
+        const keys = new QueueKeys(this.prefix, queue);
+        const blocking = openClient(this.options.connection, 'blocking', name, {}, this.host.reportError);
         this.clients.push(blocking);
-        this.runners.push(new QueueRunner(this.host, new QueueKeys(this.prefix, queue), scripts, blocking.client));
+        this.blockers.push(blocking);
+        this.runners.push(new QueueRunner(this.host, keys, scripts, blocking.client));
       }
+      // Revoke messages for running tasks arrive here, whichever process sent them.
+      await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke));
+      if (this.state !== 'starting') return;
       this.state = 'running';
       for (const r of this.runners) r.start();
-      this.leaseTimer = setInterval(() => void this.renewLeases(scripts), Math.max(50, Math.floor(this.host.leaseMs / 3)));
+      this.leaseTimer = setInterval(() => void this.renewLeases(), Math.max(50, Math.floor(this.host.leaseMs / 3)));
       this.leaseTimer.unref();
     } catch (err) {
       if (this.state !== 'starting') return; // closed while starting: close() has the clients
@@ -198,25 +237,61 @@ export class Worker {
   }
 
   /**
-   * Stops fetching, waits for running tasks to end and their results to be stored, then
-   * closes the connections. Safe to call more than once.
+   * Stops fetching and waits for running tasks to end and their results to be stored, then
+   * closes the connections. With `timeout`, tasks still running then get their AbortSignal
+   * fired and go back to the front of the queue (same id, same lock), so no task is lost.
+   * Safe to call more than once.
    */
-  close(): Promise<void> {
-    if (!this.closing) this.closing = this.shutdown();
+  close(options: CloseOptions = {}): Promise<void> {
+    if (!this.closing) {
+      const timeoutMs = options.timeout === undefined ? undefined : toMillis(options.timeout, 'close({ timeout })');
+      this.closing = this.shutdown(timeoutMs);
+    }
     return this.closing;
   }
 
-  private async shutdown(): Promise<void> {
+  private async shutdown(timeoutMs: number | undefined): Promise<void> {
     const wasRunning = this.state === 'running';
     this.state = 'closing';
     if (wasRunning) {
       // Ends the blocking BLMOVEs at once; the command connection stays for the last finishes.
-      for (let i = 1; i < this.clients.length; i++) this.clients[i]!.client.disconnect();
-      await Promise.all(this.runners.map((r) => r.stop()));
+      for (const b of this.blockers) b.client.disconnect();
+      const drained = Promise.all(this.runners.map((r) => r.stop()));
+      if (timeoutMs !== undefined && this.inFlight.size > 0) {
+        let timer: NodeJS.Timeout | undefined;
+        const expired = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs)));
+        const timedOut = await Promise.race([drained.then(() => false), expired]);
+        clearTimeout(timer);
+        if (timedOut) await this.handBack();
+      }
+      await drained;
     }
     if (this.leaseTimer) clearInterval(this.leaseTimer);
     await Promise.all(this.clients.map((c) => closeClient(c)));
     this.state = 'closed';
+  }
+
+  /** Aborts the tasks still running at the close timeout and puts them back in their queues. */
+  private async handBack(): Promise<void> {
+    const byRunner = new Map<QueueRunner, string[]>();
+    for (const run of this.inFlight.values()) {
+      run.controller.abort(Object.assign(new Error('the worker is shutting down'), { name: 'WorkerShutdownError' }));
+      const ids = byRunner.get(run.runner) ?? [];
+      ids.push(run.task.id);
+      byRunner.set(run.runner, ids);
+    }
+    for (const [runner, ids] of byRunner) {
+      try {
+        await runner.requeue(ids);
+      } catch (err) {
+        // Not put back now: their leases lapse and another worker recovers them.
+        this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      }
+      for (const id of ids) {
+        const run = this.inFlight.get(id);
+        if (run) this.release(run, undefined);
+      }
+    }
   }
 
   private addService(service: object): void {
@@ -267,19 +342,30 @@ export class Worker {
     void this.execute(runner, task);
   }
 
+  /** Frees a task's slot once: with its end to store, or without (already ended in Redis). */
+  private release(run: Running, finish: Finish | undefined): void {
+    if (run.released) return;
+    run.released = true;
+    this.inFlight.delete(run.task.id);
+    this.running--;
+    if (finish) run.runner.finished(finish);
+    else run.runner.drop(run.task.id);
+    // Another queue may be waiting for the slot.
+    for (const r of this.runners) if (r !== run.runner) r.poke();
+  }
+
   private async execute(runner: QueueRunner, task: StartedTask): Promise<void> {
     const queue = runner.keys.queue;
-    const controller = new AbortController();
-    this.inFlight.set(task.id, controller);
-    let args: unknown[] = [];
+    const run: Running = { runner, task, controller: new AbortController(), released: false };
+    this.inFlight.set(task.id, run);
     const began = performance.now();
-    let finish: Omit<Finish, 'stored'>;
-    let event: TaskEvent = { id: task.id, name: task.name, queue, args, attempt: task.attempt };
-    let outcome: { ok: true; result: unknown } | { ok: false; error: RemoteError };
     const def = taskByName(task.name);
     const expireMs = def?.options.resultExpiresMs ?? this.host.resultExpiresMs;
+    let event: TaskEvent = { id: task.id, name: task.name, queue, args: [], attempt: task.attempt };
+    let outcome: Outcome;
+    let deadReason = '';
     try {
-      args = parseArgs(task.argsJson);
+      const args = parseArgs(task.argsJson);
       event = { ...event, args };
       this.emit('started', event);
       if (!def) {
@@ -287,54 +373,172 @@ export class Worker {
           new Error(
             `no task named '${task.name}' is registered in worker ${this.id}: import the module that defines it in the worker process and list its class (or an instance) in services; under standard (TC39) decorators a class is only registered once it is listed there`,
           ),
-          {
-            name: 'UnknownTaskError',
-          },
+          { name: 'UnknownTaskError' },
         );
       }
       const instance = await this.instanceFor(def);
       const method = (instance as Record<string, unknown>)[def.methodName];
       if (typeof method !== 'function') throw new ConfigError(`${def.className}.${def.methodName} is not a method of the instance`);
-      const context: CurrentTask = { id: task.id, name: task.name, queue, attempt: task.attempt, signal: controller.signal };
-      const result: unknown = await taskStorage().run(context, () => method.apply(instance, args));
-      let json: string | undefined;
-      try {
-        json = result === undefined ? undefined : toJson(result, 'result');
-        outcome = { ok: true, result };
-        finish = { id: task.id, state: 'SUCCESS', field: json === undefined ? '' : 'r', value: json ?? '', expireMs };
-      } catch (err) {
-        if (!(err instanceof SerializationError)) throw err;
-        outcome = { ok: false, error: toRemoteError(err) };
-        finish = { id: task.id, state: 'FAILURE', field: 'e', value: JSON.stringify(outcome.error), expireMs };
-      }
+      const context: CurrentTask = {
+        id: task.id,
+        name: task.name,
+        queue,
+        attempt: task.attempt,
+        signal: run.controller.signal,
+        retry: (options) => {
+          throw new RetryRequest(options);
+        },
+      };
+      const running = taskStorage().run(context, () => method.apply(instance, args) as unknown);
+      const result = task.timeLimitMs > 0 ? await this.withTimeLimit(run, Promise.resolve(running)) : await running;
+      const json = result === undefined ? undefined : toJson(result, 'result');
+      outcome = { ok: true, result, json };
     } catch (err) {
-      outcome = { ok: false, error: toRemoteError(err) };
-      finish = { id: task.id, state: 'FAILURE', field: 'e', value: JSON.stringify(outcome.error), expireMs };
+      if (err instanceof Error && (err.name === 'UnknownTaskError' || err.name === 'MalformedTaskError')) deadReason = err.message;
+      outcome = { ok: false, error: toRemoteError(err), retryDelayMs: this.retryDelay(def, task, err) };
     }
+    if (run.released) return; // revoked with terminate, lost, or handed back meanwhile
     const runtimeMs = performance.now() - began;
-    this.inFlight.delete(task.id);
-    this.running--;
-    runner.finished({
+    let finish: Omit<Finish, 'stored'>;
+    if (outcome.ok) {
+      const json = outcome.json;
+      finish = { id: task.id, state: 'SUCCESS', field: json === undefined ? '' : 'r', value: json ?? '', expireMs, retryDelayMs: 0, deadReason };
+    } else {
+      const retrying = outcome.retryDelayMs !== undefined;
+      finish = {
+        id: task.id,
+        state: retrying ? 'RETRY' : 'FAILURE',
+        field: 'e',
+        value: JSON.stringify(outcome.error),
+        expireMs,
+        retryDelayMs: outcome.retryDelayMs ?? 0,
+        deadReason,
+      };
+    }
+    const done = outcome;
+    this.release(run, {
       ...finish,
-      stored: (stale) => {
-        if (stale) {
-          this.emit('error', new Error(`task ${task.id} ended after its lease lapsed; its result was not stored`));
-        } else if (outcome.ok) {
-          this.emit('succeeded', { ...event, result: outcome.result, runtimeMs });
+      stored: (stored) => {
+        if (stored === 'STALE') {
+          this.emit('error', new Error(`task ${task.id} ended after its lease lapsed or it was revoked; its result was not stored`));
+        } else if (stored === 'REVOKED') {
+          this.emit('revoked', { id: task.id, name: task.name, queue, args: event.args, reason: 'revoked' });
+        } else if (stored === 'RETRY' && !done.ok) {
+          this.emit('retried', { ...event, error: done.error, delayMs: finish.retryDelayMs, runtimeMs });
+        } else if (done.ok) {
+          this.emit('succeeded', { ...event, result: done.result, runtimeMs });
         } else {
-          this.emit('failed', { ...event, error: outcome.error, runtimeMs });
+          this.emit('failed', { ...event, error: done.error, runtimeMs });
         }
       },
     });
-    // Another queue may be waiting for the slot this task freed.
-    for (const r of this.runners) if (r !== runner) r.poke();
   }
 
-  private async renewLeases(scripts: ScriptRunner): Promise<void> {
+  /**
+   * Races a task against its time limit. At the limit the signal fires; a task that honours it
+   * gets a short grace to settle, one that ignores it is left running (and reported) while its
+   * slot and lock are freed.
+   */
+  private withTimeLimit(run: Running, promise: Promise<unknown>): Promise<unknown> {
+    const limitMs = run.task.timeLimitMs;
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        const error = new TimeLimitExceededError(run.task.id, limitMs);
+        run.controller.abort(error);
+        const grace = setTimeout(() => {
+          if (settled) return;
+          settled = true;
+          this.emit(
+            'error',
+            new Error(`task ${run.task.id} (${run.task.name}) ignored the AbortSignal at its time limit; its promise is still running`),
+          );
+          reject(error);
+        }, TIME_LIMIT_GRACE_MS);
+        promise.then(
+          () => undefined,
+          () => undefined,
+        ).finally(() => {
+          clearTimeout(grace);
+          if (settled) return;
+          settled = true;
+          reject(error);
+        });
+      }, limitMs);
+      promise.then(
+        (value) => {
+          if (settled || timedOut) return;
+          settled = true;
+          clearTimeout(timer);
+          resolve(value);
+        },
+        (err: unknown) => {
+          if (settled || timedOut) return;
+          settled = true;
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+  }
+
+  /** The delay before a retry of this failure, or undefined when it is final. */
+  private retryDelay(def: TaskDefinition | undefined, task: StartedTask, err: unknown): number | undefined {
+    if (!def) return undefined;
+    const requested = err instanceof RetryRequest;
+    const policy = def.options.retries ?? (requested ? DEFAULT_RETRIES : undefined);
+    if (!policy || task.retries >= policy.max) return undefined;
+    if (!requested) {
+      if (
+        err instanceof ConfigError ||
+        err instanceof SerializationError ||
+        err instanceof NonRetryableError ||
+        err instanceof TaskRevokedError
+      ) {
+        return undefined;
+      }
+      if (policy.on && !policy.on.some((cls) => err instanceof cls)) return undefined;
+    } else if (err.countdownMs !== undefined) {
+      return err.countdownMs;
+    }
+    const computed =
+      policy.backoff.kind === 'fixed'
+        ? policy.backoff.ms
+        : Math.min(policy.backoff.capMs, policy.backoff.baseMs * 2 ** task.retries);
+    return policy.jitter ? Math.floor(Math.random() * (computed + 1)) : computed;
+  }
+
+  /** A revoke broadcast: `<id> <terminate 0|1>`. */
+  private onRevokeMessage(message: string): void {
+    const [id, terminate] = message.split(' ');
+    const run = id === undefined ? undefined : this.inFlight.get(id);
+    if (!run) return;
+    this.stopTask(run, terminate === '1' ? 'terminated' : 'revoked');
+  }
+
+  /** Acts on a revoke or a lost lease: fires the signal, and frees the slot when Redis already ended the task. */
+  private stopTask(run: Running, reason: string): void {
+    const { id, name } = run.task;
+    if (!run.controller.signal.aborted) run.controller.abort(new TaskRevokedError(id, 'revoked'));
+    if (reason === 'revoked') return; // the task's own end is stored as REVOKED (or SUCCESS)
+    this.release(run, undefined);
+    if (reason === 'terminated') {
+      this.emit('revoked', { id, name, queue: run.runner.keys.queue, args: safeArgs(run.task.argsJson), reason: 'revoked' });
+    } else {
+      this.emit('error', new Error(`task ${id} (${name}) is no longer this worker's: its lease lapsed and it was recovered`));
+    }
+  }
+
+  private async renewLeases(): Promise<void> {
     for (const r of this.runners) {
-      if (r.running.size === 0) continue;
       try {
-        await scripts.run(extendLeases, [r.keys.active], [this.host.leaseMs, ...r.running]);
+        const stop = await r.renewLeases();
+        for (let i = 0; i < stop.length; i += 2) {
+          const run = this.inFlight.get(String(stop[i]));
+          if (run) this.stopTask(run, String(stop[i + 1]));
+        }
       } catch (err) {
         this.emit('error', err instanceof Error ? err : new Error(String(err)));
       }

@@ -1,7 +1,8 @@
 --[[
-  fetch: starts up to `want` tasks for a worker (PENDING -> STARTED with a lease), after
-  moving due delayed tasks to the wait list. Checks the unique lock and the rate window of
-  each candidate in the same step; see includes/start-tasks.lua for the rules.
+  fetch: starts up to `want` tasks for a worker (PENDING/RETRY -> STARTED with a lease), after
+  recovering lapsed leases and moving due delayed tasks to the wait list. Checks the unique
+  lock, the expiry and the rate window of each candidate in the same step; see
+  includes/start-tasks.lua for the rules.
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
@@ -12,11 +13,13 @@
   ARGV[3] lease in ms
   ARGV[4] want: how many tasks to start at most
   ARGV[5] random seed for the rate-limit jitter
-  ARGV[6] result lifetime in ms, for tasks that end here (revoked duplicates)
+  ARGV[6] result lifetime in ms, for tasks that end here (revoked, expired, malformed, lost)
 
   Returns {started, limited, revoked, nextDelay, more} as described in start-tasks.lua.
 ]]
 -- @include "now"
+-- @include "end-task"
+-- @include "next-delay"
 -- @include "start-tasks"
 
 math.randomseed(tonumber(ARGV[5]))

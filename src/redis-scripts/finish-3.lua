@@ -1,7 +1,7 @@
 --[[
-  finish: ends a batch of started tasks (STARTED -> SUCCESS or FAILURE, lock released) and,
-  in the same call, starts up to `want` new ones, so a busy worker spends one round trip per
-  task. Either part may be empty.
+  finish: ends a batch of started tasks (STARTED -> SUCCESS, FAILURE, REVOKED or RETRY; see
+  includes/finish-task.lua) and, in the same call, starts up to `want` new ones, so a busy
+  worker spends one round trip per task. Either part may be empty.
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
@@ -13,33 +13,41 @@
   ARGV[4] want: how many tasks to start at most (0: finish only)
   ARGV[5] random seed for the rate-limit jitter
   ARGV[6] default result lifetime in ms
-  ARGV[7] number of finished tasks F, then F groups of 5:
-          id, state ('SUCCESS' | 'FAILURE'), field ('r' result, 'e' error, '' none),
-          JSON value, result lifetime in ms
+  ARGV[7] number of finished tasks F, then F groups of 7:
+          id, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error, '' none),
+          JSON value, result lifetime in ms, retry delay in ms, dead-letter reason ('' none)
 
-  Returns {started, limited, revoked, nextDelay, more, stale}: the first five as in
-  start-tasks.lua; stale lists the finished ids this worker no longer held (ignored).
+  Returns {started, limited, revoked, nextDelay, more, outcomes}: the first five as in
+  start-tasks.lua (nextDelay is given even when want is 0); outcomes is a flat list of
+  id, stored state ('SUCCESS', 'FAILURE', 'REVOKED', 'RETRY', or 'STALE' when this worker no
+  longer held the task).
 ]]
 -- @include "now"
+-- @include "end-task"
+-- @include "next-delay"
 -- @include "start-tasks"
 -- @include "finish-task"
 
 local base, workerId = ARGV[1], ARGV[2]
 local now = nowMs()
-local stale = {}
+local outcomes = {}
 local count = tonumber(ARGV[7])
 for i = 0, count - 1 do
-  local o = 8 + i * 5
-  if not finishTask(base, KEYS[3], workerId, now, ARGV[o], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], tonumber(ARGV[o + 4])) then
-    table.insert(stale, ARGV[o])
-  end
+  local o = 8 + i * 7
+  local id = ARGV[o]
+  local stored = finishTask(base, KEYS[3], KEYS[2], workerId, now, id, ARGV[o + 1], ARGV[o + 2], ARGV[o + 3],
+    tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), ARGV[o + 6])
+  table.insert(outcomes, id)
+  table.insert(outcomes, stored)
 end
 
-local result = {{}, {}, {}, -1, 0}
+local result
 local want = tonumber(ARGV[4])
 if want > 0 then
   math.randomseed(tonumber(ARGV[5]))
   result = startTasks(base, KEYS[1], KEYS[2], KEYS[3], workerId, tonumber(ARGV[3]), want, now, tonumber(ARGV[6]))
+else
+  result = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0}
 end
-table.insert(result, stale)
+table.insert(result, outcomes)
 return result

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ConfigError, Task, type RateLimit, type TaskOptions } from 'heimdall-tasks';
 import { normalizeRateLimit, normalizeTaskOptions } from '../../src/core/task-options.js';
 
-const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, key, rateLimit, resultExpires';
+const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, key, rateLimit, resultExpires, retries, timeLimit, maxRecoveries';
 const DURATION_HINT = `must be a positive number of seconds or a duration string like '1h' or '500ms'`;
 
 /** Defines a class whose method `m` carries `@Task(options)` and returns what the definition threw. */

@@ -1,31 +1,39 @@
--- Ends one started task: SUCCESS or FAILURE with its result or error, the lease dropped, the
--- record set to expire, the unique lock released (compare-and-delete, unless
--- uniqueWaitForExpiry), and the end announced on the task's done channel.
--- Returns false, changing nothing, when this worker no longer holds the task (its lease
--- lapsed and the task was recovered elsewhere); also false when the record is gone, after
--- dropping the task's lease.
-local function finishTask(base, activeKey, workerId, now, id, state, field, value, expireMs)
+-- Ends one started task as its worker reports it:
+--   SUCCESS / FAILURE: final (see endTask); a FAILURE of a task whose revoke was requested
+--     while it ran ends REVOKED instead;
+--   RETRY: back to the delayed set, due in `retryDelayMs`, keeping its lock; the error is kept
+--     as the last one (a task revoked while it ran is not retried but REVOKED).
+-- A non-empty `deadReason` also dead-letters the task.
+-- Returns the state stored, or 'STALE' (changing nothing but dropping a lease whose record
+-- vanished) when this worker no longer holds the task: its lease lapsed and it was recovered,
+-- or it was revoked with terminate.
+local function finishTask(base, activeKey, delayedKey, workerId, now, id, state, field, value, expireMs, retryDelayMs, deadReason)
   local key = base .. 't:' .. id
-  local owner = redis.call('HGET', key, 'w')
-  if not owner then
-    -- The record vanished (deleted by hand, evicted): drop the lease so nothing recovers it.
+  local t = redis.pcall('HMGET', key, 'w', 'rv')
+  if t.err or not t[1] then
     redis.call('ZREM', activeKey, id)
-    return false
+    return 'STALE'
   end
-  if owner ~= workerId or not redis.call('ZSCORE', activeKey, id) then
-    return false
+  if t[1] ~= workerId or not redis.call('ZSCORE', activeKey, id) then
+    return 'STALE'
   end
   redis.call('ZREM', activeKey, id)
-  if field ~= '' then
-    redis.call('HSET', key, 's', state, 'f', now, field, value)
-  else
-    redis.call('HSET', key, 's', state, 'f', now)
+  if deadReason ~= '' then deadLetter(base, id, deadReason, now) end
+  if t[2] and state ~= 'SUCCESS' then
+    local extra = { 'rr', t[2] }
+    if field ~= '' then table.insert(extra, field); table.insert(extra, value) end
+    endTask(base, id, 'REVOKED', extra, now, expireMs)
+    return 'REVOKED'
   end
-  redis.call('PEXPIRE', key, expireMs)
-  local lock = redis.call('HMGET', key, 'lk', 'lw')
-  if lock[1] and lock[2] ~= '1' and redis.call('GET', lock[1]) == id then
-    redis.call('DEL', lock[1])
+  if state == 'RETRY' then
+    local due = now + retryDelayMs
+    redis.call('HSET', key, 's', 'RETRY', 'd', due, field, value)
+    redis.call('HINCRBY', key, 'ry', 1)
+    redis.call('ZADD', delayedKey, due, id)
+    return 'RETRY'
   end
-  redis.call('PUBLISH', base .. 'done:' .. id, state)
-  return true
+  local extra = {}
+  if field ~= '' then extra = { field, value } end
+  endTask(base, id, state, extra, now, expireMs)
+  return state
 end

@@ -1,18 +1,50 @@
--- Moves due delayed tasks to the wait list, then starts up to `want` tasks from it.
--- For each candidate, in this order:
---   * a missing record or a state other than PENDING/RETRY (revoked, forgotten): dropped;
+-- Recovers lapsed leases, moves due delayed tasks to the wait list, then starts up to `want`
+-- tasks from it. Recovery: a STARTED task whose lease lapsed (its worker died or hung) goes
+-- back to the front of the wait list keeping its id and lock, or, after `mr` recoveries
+-- (default 1), ends FAILURE with a WorkerLostError. For each candidate, in this order:
+--   * no record: dead-lettered; a state other than PENDING/RETRY (revoked): dropped;
+--   * a message this version cannot read (fields missing or of the wrong kind): FAILURE with
+--     MalformedTaskError, dead-lettered;
+--   * past its `expires` time: REVOKED with reason 'expired';
 --   * unique: if its lock lapsed and nobody took it, it takes it again; if another task
 --     holds it now, it ends REVOKED with reason 'duplicate' and does not run;
 --   * rate limit: the rolling window is trimmed on the Redis clock; if full, the task goes
 --     back to the delayed set, due when a slot frees plus jitter, and stays PENDING;
 --   * otherwise it starts: state STARTED, attempts + 1, a lease in the active set.
 -- Returns {started, limited, revoked, nextDelay, more}:
---   started: flat list of id, name, args, attempt
+--   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far
 --   limited: flat list of id, name, args, delay ms
 --   revoked: flat list of id, name, args, reason
 --   nextDelay: ms until the earliest delayed task is due, -1 if none
 --   more: 1 if the wait list still holds entries
+
+local function recoverLapsed(base, waitKey, activeKey, now, expireMs)
+  local lapsed = redis.call('ZRANGEBYSCORE', activeKey, '-inf', now, 'LIMIT', 0, 100)
+  for _, id in ipairs(lapsed) do
+    redis.call('ZREM', activeKey, id)
+    local key = base .. 't:' .. id
+    local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w')
+    if not t.err and t[1] == 'STARTED' then
+      local recoveries = (tonumber(t[2]) or 0) + 1
+      local max = tonumber(t[3]) or 1
+      if recoveries > max then
+        local err = cjson.encode({
+          name = 'WorkerLostError',
+          message = 'worker ' .. tostring(t[4]) .. ' stopped renewing the lease of this task (it died or hung); ' ..
+            'it was recovered ' .. (recoveries - 1) .. ' time(s) and maxRecoveries is ' .. max,
+        })
+        endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs)
+      else
+        redis.call('HSET', key, 's', 'PENDING', 'rc', recoveries)
+        redis.call('RPUSH', waitKey, id)
+      end
+    end
+  end
+end
+
 local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseMs, want, now, expireMs)
+  recoverLapsed(base, waitKey, activeKey, now, expireMs)
+
   local due = redis.call('ZRANGEBYSCORE', delayedKey, '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
     -- Oldest due goes nearest the tail, which RPOP takes first.
@@ -21,65 +53,93 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   end
 
   local started, limited, revoked = {}, {}, {}
+  local count = 0
   local examined = 0
-  -- started holds 4 entries per task; examining is bounded so one call stays short.
-  while #started / 4 < want and examined < want + 64 do
+  -- Examining is bounded so one call stays short.
+  while count < want and examined < want + 64 do
     local id = redis.call('RPOP', waitKey)
     if not id then break end
     examined = examined + 1
     if id ~= '' then -- '' is the wake-up marker pushed by enqueue
       local key = base .. 't:' .. id
-      local t = redis.call('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at')
+      local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry')
       local state = t[1]
-      if state == 'PENDING' or state == 'RETRY' then
-        local ok = true
-        if t[4] then
-          local holder = redis.call('GET', t[4])
-          if not holder then
-            redis.call('SET', t[4], id, 'PX', t[5])
+      if t.err then
+        deadLetter(base, id, 'its record is not a hash', now)
+      elseif not state then
+        deadLetter(base, id, 'the wait list names a task with no record', now)
+      elseif state == 'PENDING' or state == 'RETRY' then
+        local lockTtl, limit, period = tonumber(t[5]), tonumber(t[7]), tonumber(t[8])
+        local problem = nil
+        if t[10] ~= '1' then
+          problem = 'message version ' .. tostring(t[10]) .. ' is not one this worker reads (1)'
+        elseif not t[2] or t[2] == '' or not t[3] then
+          problem = 'the record lacks a task name or arguments'
+        elseif t[4] and not (lockTtl and lockTtl > 0) then
+          problem = 'the unique lock lifetime is not a positive number'
+        elseif t[6] and not (limit and limit >= 1 and period and period > 0) then
+          problem = 'the rate limit is not [n >= 1, period > 0]'
+        end
+        local ok = problem == nil
+        if not ok then
+          failMalformed(base, id, problem, now, expireMs)
+        elseif t[11] and now > (tonumber(t[11]) or 0) then
+          ok = false
+          endTask(base, id, 'REVOKED', { 'rr', 'expired' }, now, expireMs)
+          table.insert(revoked, id); table.insert(revoked, t[2]); table.insert(revoked, t[3])
+          table.insert(revoked, 'expired')
+        end
+        if ok and t[4] then
+          local holder = redis.pcall('GET', t[4])
+          if type(holder) == 'table' then
+            ok = false
+            failMalformed(base, id, 'its unique lock key holds a value of the wrong type', now, expireMs)
+          elseif not holder then
+            redis.call('SET', t[4], id, 'PX', lockTtl)
           elseif holder ~= id then
             ok = false
-            redis.call('HSET', key, 's', 'REVOKED', 'rr', 'duplicate', 'f', now)
-            redis.call('PEXPIRE', key, expireMs)
-            redis.call('PUBLISH', base .. 'done:' .. id, 'REVOKED')
+            endTask(base, id, 'REVOKED', { 'rr', 'duplicate' }, now, expireMs)
             table.insert(revoked, id); table.insert(revoked, t[2]); table.insert(revoked, t[3])
             table.insert(revoked, 'duplicate')
           end
         end
         local attempt = (tonumber(t[9]) or 0) + 1
         if ok and t[6] then
-          local limit, period = tonumber(t[7]), tonumber(t[8])
-          redis.call('ZREMRANGEBYSCORE', t[6], '-inf', now - period)
-          local count = redis.call('ZCARD', t[6])
-          if count >= limit then
+          local trimmed = redis.pcall('ZREMRANGEBYSCORE', t[6], '-inf', now - period)
+          if type(trimmed) == 'table' then
             ok = false
-            -- A slot frees when the start `limit` places back leaves the window.
-            local freeing = redis.call('ZRANGE', t[6], count - limit, count - limit, 'WITHSCORES')
-            local jitterMax = math.max(1, math.floor(math.min(1000, period / 10)))
-            local delay = tonumber(freeing[2]) + period - now + math.random(0, jitterMax)
-            redis.call('ZADD', delayedKey, now + delay, id)
-            redis.call('HSET', key, 'd', now + delay)
-            table.insert(limited, id); table.insert(limited, t[2]); table.insert(limited, t[3])
-            table.insert(limited, delay)
+            failMalformed(base, id, 'its rate window key holds a value of the wrong type', now, expireMs)
           else
-            redis.call('ZADD', t[6], now, id .. ':' .. attempt)
-            redis.call('PEXPIRE', t[6], period)
+            local inWindow = redis.call('ZCARD', t[6])
+            if inWindow >= limit then
+              ok = false
+              -- A slot frees when the start `limit` places back leaves the window.
+              local freeing = redis.call('ZRANGE', t[6], inWindow - limit, inWindow - limit, 'WITHSCORES')
+              local jitterMax = math.max(1, math.floor(math.min(1000, period / 10)))
+              local delay = tonumber(freeing[2]) + period - now + math.random(0, jitterMax)
+              redis.call('ZADD', delayedKey, now + delay, id)
+              redis.call('HSET', key, 'd', now + delay)
+              table.insert(limited, id); table.insert(limited, t[2]); table.insert(limited, t[3])
+              table.insert(limited, delay)
+            else
+              redis.call('ZADD', t[6], now, id .. ':' .. attempt)
+              redis.call('PEXPIRE', t[6], period)
+            end
           end
         end
         if ok then
           redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt)
           redis.call('ZADD', activeKey, now + leaseMs, id)
           table.insert(started, id); table.insert(started, t[2]); table.insert(started, t[3])
-          table.insert(started, attempt)
+          table.insert(started, attempt); table.insert(started, tonumber(t[12]) or 0)
+          table.insert(started, tonumber(t[13]) or 0)
+          count = count + 1
         end
       end
     end
   end
 
-  local nextDelay = -1
-  local first = redis.call('ZRANGE', delayedKey, 0, 0, 'WITHSCORES')
-  if first[2] then nextDelay = math.max(0, tonumber(first[2]) - now) end
   local more = 0
   if redis.call('LLEN', waitKey) > 0 then more = 1 end
-  return {started, limited, revoked, nextDelay, more}
+  return {started, limited, revoked, nextDelayOf(delayedKey, now), more}
 end

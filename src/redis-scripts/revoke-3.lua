@@ -1,0 +1,45 @@
+--[[
+  revoke: from any process.
+    PENDING / RETRY (queued or delayed) -> REVOKED at once: it never starts (an id left in the
+      wait list is dropped by the next fetch), its lock is released.
+    STARTED, terminate -> REVOKED at once, lease dropped, lock released; the running worker is
+      told on the revoke channel, aborts the task's signal and frees its slot.
+    STARTED, no terminate -> marked (field rv); the worker is told and aborts the signal; the
+      task ends REVOKED unless it still returns a value.
+    Ended or unknown tasks are left alone.
+
+  KEYS[1] task hash         <prefix>:{<queue>}:t:<id>
+  KEYS[2] active zset       <prefix>:{<queue>}:active
+  KEYS[3] delayed zset      <prefix>:{<queue>}:delayed
+
+  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[2] task id
+  ARGV[3] '1' to terminate a running task
+  ARGV[4] result lifetime in ms
+  ARGV[5] reason stored in rr (e.g. 'revoked')
+
+  Returns {code, state}: 0 unknown id, 1 already ended (state given), 2 revoked while queued,
+  3 revoked and terminated while running, 4 revoke requested while running.
+]]
+-- @include "now"
+-- @include "end-task"
+
+local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
+local state = redis.call('HGET', KEYS[1], 's')
+if not state then return {0, ''} end
+if state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED' then return {1, state} end
+local now = nowMs()
+if state ~= 'STARTED' then
+  redis.call('ZREM', KEYS[3], id)
+  endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs)
+  return {2, 'REVOKED'}
+end
+if terminate then
+  redis.call('ZREM', KEYS[2], id)
+  endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs)
+  redis.call('PUBLISH', base .. 'revoke', id .. ' 1')
+  return {3, 'REVOKED'}
+end
+redis.call('HSET', KEYS[1], 'rv', reason)
+redis.call('PUBLISH', base .. 'revoke', id .. ' 0')
+return {4, 'STARTED'}
