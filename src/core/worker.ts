@@ -81,6 +81,8 @@ interface Running {
   controller: AbortController;
   /** Its slot is free again (ended, revoked with terminate, lost, or handed back). */
   released: boolean;
+  /** What currentTask() returns inside it, once it runs. */
+  context?: CurrentTask;
 }
 
 type Outcome =
@@ -274,8 +276,10 @@ export class Worker {
   /** Aborts the tasks still running at the close timeout and puts them back in their queues. */
   private async handBack(): Promise<void> {
     const byRunner = new Map<QueueRunner, string[]>();
-    for (const run of this.inFlight.values()) {
-      run.controller.abort(Object.assign(new Error('the worker is shutting down'), { name: 'WorkerShutdownError' }));
+    for (const run of [...this.inFlight.values()]) {
+      // Released first, so whatever the task does after the signal is not stored.
+      this.release(run, undefined);
+      this.abort(run, Object.assign(new Error('the worker is shutting down'), { name: 'WorkerShutdownError' }));
       const ids = byRunner.get(run.runner) ?? [];
       ids.push(run.task.id);
       byRunner.set(run.runner, ids);
@@ -286,10 +290,6 @@ export class Worker {
       } catch (err) {
         // Not put back now: their leases lapse and another worker recovers them.
         this.emit('error', err instanceof Error ? err : new Error(String(err)));
-      }
-      for (const id of ids) {
-        const run = this.inFlight.get(id);
-        if (run) this.release(run, undefined);
       }
     }
   }
@@ -342,6 +342,13 @@ export class Worker {
     void this.execute(runner, task);
   }
 
+  /** Fires a task's AbortSignal inside its own context, so listeners can still call currentTask(). */
+  private abort(run: Running, reason: Error): void {
+    if (run.controller.signal.aborted) return;
+    if (run.context) taskStorage().run(run.context, () => run.controller.abort(reason));
+    else run.controller.abort(reason);
+  }
+
   /** Frees a task's slot once: with its end to store, or without (already ended in Redis). */
   private release(run: Running, finish: Finish | undefined): void {
     if (run.released) return;
@@ -389,6 +396,7 @@ export class Worker {
           throw new RetryRequest(options);
         },
       };
+      run.context = context;
       const running = taskStorage().run(context, () => method.apply(instance, args) as unknown);
       const result = task.timeLimitMs > 0 ? await this.withTimeLimit(run, Promise.resolve(running)) : await running;
       const json = result === undefined ? undefined : toJson(result, 'result');
@@ -447,7 +455,7 @@ export class Worker {
       const timer = setTimeout(() => {
         timedOut = true;
         const error = new TimeLimitExceededError(run.task.id, limitMs);
-        run.controller.abort(error);
+        this.abort(run, error);
         const grace = setTimeout(() => {
           if (settled) return;
           settled = true;
@@ -521,7 +529,7 @@ export class Worker {
   /** Acts on a revoke or a lost lease: fires the signal, and frees the slot when Redis already ended the task. */
   private stopTask(run: Running, reason: string): void {
     const { id, name } = run.task;
-    if (!run.controller.signal.aborted) run.controller.abort(new TaskRevokedError(id, 'revoked'));
+    this.abort(run, new TaskRevokedError(id, 'revoked'));
     if (reason === 'revoked') return; // the task's own end is stored as REVOKED (or SUCCESS)
     this.release(run, undefined);
     if (reason === 'terminated') {
