@@ -1,10 +1,12 @@
 // The quickstart: `npm run demo` runs this file with REDIS_URL pointing at a private Redis.
 // A Worker and a Dispatcher share this one process here; in an application they usually live
 // in different processes (an HTTP server sends, one or more workers run), with the same code.
+// Ctrl-C (or SIGTERM) during the tour closes the worker gracefully, as a worker process should.
 import { randomBytes } from 'node:crypto';
 import { Dispatcher, TaskFailedError, Worker, type TaskProxy, type TaskResult } from 'heimdall-tasks';
 import { ReportService } from './services/report-service.js';
 import { deleteKeys } from './services/cleanup.js';
+import { onShutdownSignal } from './services/shutdown.js';
 
 const connection = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 // Every key this demo writes starts with this prefix, and is deleted at the end.
@@ -23,17 +25,31 @@ async function main(): Promise<void> {
   const reports = dispatcher.tasks(ReportService);
   say(`Started worker ${worker.id} (queue 'default', concurrency 10) and a dispatcher.`);
 
+  let closing: Promise<void> | undefined;
+  const closeAll = (): Promise<void> =>
+    (closing ??= (async () => {
+      // Running tasks get 5 s to end; then their AbortSignal fires and they go back to the queue.
+      await worker.close({ timeout: 5 });
+      await deleteKeys(dispatcher.client, prefix);
+      await dispatcher.close();
+      say();
+      say('Closed the worker and the dispatcher and deleted the demo keys. Done.');
+    })());
+  const signalled = onShutdownSignal(async (signal) => {
+    say();
+    say(`${signal}: closing the worker; running tasks get 5 s to end, then go back to the queue`);
+    await closeAll();
+  });
+
   try {
     await uniqueClicks(reports);
     await rateLimited(worker, reports);
     await failure(reports);
+  } catch (err) {
+    if (!signalled.requested) throw err; // a tour cut short by Ctrl-C is no error
   } finally {
-    await worker.close();
-    await deleteKeys(dispatcher.client, prefix);
-    await dispatcher.close();
+    await closeAll();
   }
-  say();
-  say('Closed the worker and the dispatcher and deleted the demo keys. Done.');
 }
 
 type Reports = TaskProxy<ReportService>;

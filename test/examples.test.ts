@@ -1,11 +1,14 @@
 // Runs every program in examples/ as a user would (a child process under tsx, with REDIS_URL
 // and HEIMDALL_PREFIX set) and checks what it prints. A program is a top-level file of
 // examples/; subfolders (examples/services) hold the modules the programs import. A new
-// program with no checks below fails its test, so no example goes unexercised.
+// program with no checks below fails its test, so no example goes unexercised. The last tests
+// stop the programs with SIGINT and SIGTERM mid-run, as a user or a supervisor would, and check
+// that they close their worker gracefully (handing a running task back to the queue).
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { exitOf, ROOT, useHarness, type Harness } from './helpers.js';
+import { exitOf, ROOT, useHarness, waitFor, type Harness } from './helpers.js';
 
 const PROGRAM = /\.(?:ts|mts|cts|js|mjs|cjs)$/;
 const programs = readdirSync(join(ROOT, 'examples'), { withFileTypes: true })
@@ -30,6 +33,60 @@ async function run(h: Harness, file: string): Promise<Run> {
   const { code, stdout, stderr } = await exitOf(child).finally(() => clearTimeout(timer));
   expect(code, `examples/${file} exited with ${code}\nstdout:\n${stdout}\nstderr:\n${stderr}`).toBe(0);
   return { stdout, stderr, lines: stdout.split('\n').map((l) => l.trim()) };
+}
+
+/** A program still running: its process, a way to wait for a line of its output, and its exit. */
+interface Live {
+  child: ChildProcess;
+  /** Resolves with the first stdout line matching `pattern`, as soon as it is printed. */
+  line(pattern: RegExp): Promise<RegExpExecArray>;
+  /** Resolves when the program has exited, with its output. */
+  exit: Promise<{ code: number | null; stdout: string; stderr: string }>;
+}
+
+/** Starts examples/<file> with arguments, as `run` does, without waiting for its end. */
+function launch(h: Harness, file: string, args: string[] = []): Live {
+  const child = spawn(process.execPath, ['--import', 'tsx', `examples/${file}`, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const exit = exitOf(child);
+  let seen = '';
+  const watchers = new Set<() => void>();
+  child.stdout?.on('data', (d: Buffer) => {
+    seen += d.toString();
+    for (const check of [...watchers]) check();
+  });
+  return {
+    child,
+    exit,
+    line: (pattern) =>
+      new Promise((resolve, reject) => {
+        const timer = setTimeout(() => finish(new Error(`no line matching ${pattern} within ${KILL_AFTER_MS} ms:\n${seen}`)), KILL_AFTER_MS);
+        const finish = (err?: Error, match?: RegExpExecArray): void => {
+          clearTimeout(timer);
+          watchers.delete(check);
+          if (match) resolve(match);
+          else reject(err);
+        };
+        // Only complete lines count, so a match is never cut off mid-line.
+        const check = (): void => {
+          for (const l of seen.split('\n').slice(0, -1)) {
+            const m = pattern.exec(l.trim());
+            if (m) return finish(undefined, m);
+          }
+        };
+        watchers.add(check);
+        void exit.then(({ code, stderr }) => finish(new Error(`exited with ${code} before printing a line matching ${pattern}:\n${seen}\n${stderr}`)));
+        check();
+      }),
+  };
+}
+
+/** Kills a program a failed test left running. */
+function stop(live: Live): void {
+  if (live.child.exitCode === null && live.child.signalCode === null) live.child.kill('SIGKILL');
 }
 
 /** The one line that matches `pattern`, as a match; fails naming the pattern otherwise. */
@@ -112,8 +169,15 @@ const checks: Record<string, (out: Run, h: Harness) => void | Promise<void>> = {
       '/status',
       '/start?rows=-1',
       '/status?id=<id>',
+      '/start?rows=10000000',
+      '/status',
+      '/cancel',
+      '/status?id=<id>',
+      '/start?rows=2',
     ]);
-    const [start, again, queued, done, idle, failing, failed] = gets as [Get, Get, Get, Get, Get, Get, Get];
+    const [start, again, queued, done, idle, failing, failed, big, running, cancel, revoked, next] = gets as [
+      Get, Get, Get, Get, Get, Get, Get, Get, Get, Get, Get, Get,
+    ];
     const id = start.body.id as string;
     expect(id).toMatch(new RegExp(`^${ID}$`));
     // No worker yet: the export is queued, and a second start (other arguments, same key) returns it.
@@ -141,6 +205,27 @@ const checks: Record<string, (out: Run, h: Harness) => void | Promise<void>> = {
     const tb = out.lines.filter((l) => l.startsWith('traceback: '));
     expect(tb[0]).toBe('traceback: RangeError: rows must be a whole number >= 0, got -1');
     expect(tb[1]).toMatch(/^traceback: at _?ExportService\.runExport \(.*examples\/services\/export-service\.ts:\d+:\d+\)$/);
+    // Only the FAILURE shows a traceback (the REVOKED export shows its reason instead).
+    expect(tb).toHaveLength(3);
+
+    // Cancel: a 100 s export, revoked while it runs (the program waited for the worker's
+    // 'started' event), is told through Redis, stops at its next step and ends REVOKED.
+    const third = big.body.id as string;
+    expect(big.code).toBe(202);
+    expect(third).toMatch(new RegExp(`^${ID}$`));
+    expect([id, second]).not.toContain(third);
+    expect(big.body.duplicate).toBe(false);
+    expect(['PENDING', 'STARTED']).toContain(big.body.status);
+    expect(running).toEqual({ path: '/status', code: 200, body: { id: third, status: 'STARTED' } });
+    // revoke() without terminate answers STARTED: the signal is fired, the task has yet to stop.
+    expect(cancel).toEqual({ path: '/cancel', code: 202, body: { id: third, status: 'STARTED' } });
+    line(out, new RegExp(`^get\\(\\) rejected with TaskRevokedError: task ${third} was revoked \\(revoked\\)$`));
+    expect(revoked).toEqual({ path: `/status?id=${third}`, code: 200, body: { id: third, status: 'REVOKED', reason: 'revoked' } });
+    // Its lock went with it: the next export is a new task at once, not a duplicate.
+    expect(next.code).toBe(202);
+    expect(next.body.duplicate).toBe(false);
+    expect([id, second, third]).not.toContain(next.body.id);
+    expect(['PENDING', 'STARTED', 'SUCCESS']).toContain(next.body.status);
     line(out, /^Closed the server, the worker and the dispatcher\. Done\.$/);
   },
 };
@@ -161,5 +246,73 @@ describe('examples', () => {
     if (!check) throw new Error(`examples/${file} is a program with no checks: add them to test/examples.test.ts`);
     await check(out, h);
     expect(await keysLeft(h)).toEqual([]);
+  });
+
+  it('examples/quickstart.ts closes its worker on SIGINT mid-tour, exits 0 and leaves no keys', async () => {
+    const h = fresh();
+    const live = launch(h, 'quickstart.ts');
+    try {
+      // The rate-limit part takes 2 s at least (six starts at 2 per second), so the signal lands in it.
+      await live.line(/^3\. Six downloads of a task with rateLimit \[2, 1\]/);
+      live.child.kill('SIGINT');
+      const { code, stdout, stderr } = await live.exit;
+      expect(code, `stdout:\n${stdout}\nstderr:\n${stderr}`).toBe(0);
+      expect(stderr).toBe('');
+      const lines = stdout.split('\n').map((l) => l.trim());
+      const signalled = lines.indexOf('SIGINT: closing the worker; running tasks get 5 s to end, then go back to the queue');
+      const closed = lines.indexOf('Closed the worker and the dispatcher and deleted the demo keys. Done.');
+      expect(signalled).toBeGreaterThan(0);
+      expect(closed).toBeGreaterThan(signalled);
+      expect(lines).not.toContain('4. A task that fails: chargeCard(7, 1999)');
+      expect(await keysLeft(h)).toEqual([]);
+    } finally {
+      stop(live);
+    }
+  });
+
+  it('examples/http-status.ts --serve: /cancel?terminate=1 frees the lock at once, SIGTERM hands the running export back', async () => {
+    const h = fresh();
+    const live = launch(h, 'http-status.ts', ['--serve']);
+    try {
+      const [, base] = await live.line(/^Serving (http:\/\/127\.0\.0\.1:\d+) until Ctrl-C or SIGTERM;/);
+      const get = async (path: string): Promise<{ code: number; body: Record<string, unknown> }> => {
+        const res = await fetch(base! + path);
+        return { code: res.status, body: (await res.json()) as Record<string, unknown> };
+      };
+      const startedExport = async (): Promise<string> => {
+        const started = await get('/start?rows=10000000');
+        expect(started.code).toBe(202);
+        expect(started.body.duplicate).toBe(false);
+        const id = started.body.id as string;
+        await waitFor(async () => (await get('/status')).body.status === 'STARTED', { what: `export ${id} to start` });
+        return id;
+      };
+
+      // terminate: REVOKED at once (200, not 202), and the lock is free at once.
+      const first = await startedExport();
+      expect(await get('/cancel?terminate=1')).toEqual({ code: 200, body: { id: first, status: 'REVOKED' } });
+      expect(await get(`/status?id=${first}`)).toEqual({ code: 200, body: { id: first, status: 'REVOKED', reason: 'revoked' } });
+      expect((await get('/status')).code).toBe(404);
+      expect(await get(`/cancel?id=${first}`)).toEqual({ code: 200, body: { id: first, status: 'REVOKED' } });
+
+      // A second export runs when SIGTERM arrives: after the 1 s close timeout its signal fires
+      // and it goes back to the queue, PENDING with the same id, still holding the lock.
+      const second = await startedExport();
+      expect(second).not.toBe(first);
+      live.child.kill('SIGTERM');
+      const { code, stdout, stderr } = await live.exit;
+      expect(code, `stdout:\n${stdout}\nstderr:\n${stderr}`).toBe(0);
+      expect(stderr).toBe('');
+      const lines = stdout.split('\n').map((l) => l.trim());
+      const signalled = lines.indexOf('SIGTERM: closing the worker; a running export gets 1 s to end, then goes back to the queue');
+      const handedBack = lines.indexOf(`Export ${second} was handed back: it is PENDING and still holds the lock, for the next worker to run.`);
+      const closed = lines.indexOf('Closed the server, the worker and the dispatcher. Done.');
+      expect(signalled).toBeGreaterThan(0);
+      expect(handedBack).toBeGreaterThan(signalled);
+      expect(closed).toBeGreaterThan(handedBack);
+      expect(await keysLeft(h)).toEqual([]);
+    } finally {
+      stop(live);
+    }
   });
 });

@@ -115,7 +115,7 @@ export class QueueRunner {
   /** Renews the leases of this queue's running tasks; returns id, reason pairs of tasks to stop. */
   async renewLeases(): Promise<string[]> {
     if (this.running.size === 0) return [];
-    return this.scripts.run<string[]>(extendLeases, [this.keys.active], [this.keys.base, this.host.leaseMs, ...this.running]);
+    return this.scripts.run<string[]>(extendLeases, [this.keys.active], [this.keys.base, this.host.leaseMs, this.host.workerId, ...this.running]);
   }
 
   /** Hands tasks this worker stopped before they ended back to the front of the queue. */

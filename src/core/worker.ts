@@ -246,7 +246,8 @@ export class Worker {
    */
   close(options: CloseOptions = {}): Promise<void> {
     if (!this.closing) {
-      const timeoutMs = options.timeout === undefined ? undefined : toMillis(options.timeout, 'close({ timeout })');
+      const timeoutMs =
+        options.timeout === undefined ? undefined : options.timeout === 0 ? 0 : toMillis(options.timeout, 'close({ timeout })');
       this.closing = this.shutdown(timeoutMs);
     }
     return this.closing;
@@ -338,6 +339,17 @@ export class Worker {
   }
 
   private launch(runner: QueueRunner, task: StartedTask): void {
+    const stale = this.inFlight.get(task.id);
+    if (stale) {
+      // This worker's own lease on the task lapsed (a long pause or outage) and its own fetch
+      // recovered and restarted it: the old run is lost. Free its slot without touching the
+      // runner's bookkeeping of the id, which now belongs to the new run.
+      stale.released = true;
+      this.inFlight.delete(task.id);
+      this.running--;
+      this.abort(stale, new TaskRevokedError(task.id, 'revoked'));
+      this.emit('error', new Error(`task ${task.id} (${task.name}) was recovered and restarted while this worker still ran it; the older run's end will not be stored`));
+    }
     this.running++;
     void this.execute(runner, task);
   }
@@ -403,7 +415,8 @@ export class Worker {
       outcome = { ok: true, result, json };
     } catch (err) {
       if (err instanceof Error && (err.name === 'UnknownTaskError' || err.name === 'MalformedTaskError')) deadReason = err.message;
-      outcome = { ok: false, error: toRemoteError(err), retryDelayMs: this.retryDelay(def, task, err) };
+      // A message that cannot be run is not retried: it would fail (and be dead-lettered) again.
+      outcome = { ok: false, error: toRemoteError(err), retryDelayMs: deadReason ? undefined : this.retryDelay(def, task, err) };
     }
     if (run.released) return; // revoked with terminate, lost, or handed back meanwhile
     const runtimeMs = performance.now() - began;

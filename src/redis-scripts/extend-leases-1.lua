@@ -8,7 +8,8 @@
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] lease in ms
-  ARGV[3..] ids of the tasks the worker is running
+  ARGV[3] worker id
+  ARGV[4..] ids of the tasks the worker is running
 
   Returns a flat list of id, reason for the tasks to stop: 'revoked' (revoke requested, still
   this worker's: fire its signal), 'terminated' (revoked with terminate: also free its slot),
@@ -16,18 +17,21 @@
 ]]
 -- @include "now"
 
-local base = ARGV[1]
+local base, workerId = ARGV[1], ARGV[3]
 local expires = nowMs() + tonumber(ARGV[2])
 local stop = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZADD', KEYS[1], 'XX', 'CH', expires, id) == 0 and not redis.call('ZSCORE', KEYS[1], id) then
-    local state = redis.pcall('HGET', base .. 't:' .. id, 's')
+  local t = redis.pcall('HMGET', base .. 't:' .. id, 's', 'w', 'rv')
+  -- Renew only a lease this worker still holds: a task recovered and restarted elsewhere
+  -- is leased to that worker now, and this one must learn it lost it.
+  local held = not t.err and t[1] == 'STARTED' and t[2] == workerId and redis.call('ZSCORE', KEYS[1], id)
+  if not held then
     table.insert(stop, id)
-    if state == 'REVOKED' then table.insert(stop, 'terminated') else table.insert(stop, 'lost') end
+    if not t.err and t[1] == 'REVOKED' then table.insert(stop, 'terminated') else table.insert(stop, 'lost') end
   else
-    local rv = redis.pcall('HGET', base .. 't:' .. id, 'rv')
-    if type(rv) == 'string' then
+    redis.call('ZADD', KEYS[1], 'XX', expires, id)
+    if t[3] then
       table.insert(stop, id)
       table.insert(stop, 'revoked')
     end
