@@ -5,6 +5,7 @@ import {
   extendLeases,
   fetch as fetchScript,
   finish as finishScript,
+  reclaim as reclaimScript,
   requeue as requeueScript,
 } from '../redis-scripts/scripts.generated.js';
 
@@ -77,6 +78,8 @@ export class QueueRunner {
   private wake: (() => void) | undefined;
   private dueTimer: NodeJS.Timeout | undefined;
   private loopDone: Promise<void> | undefined;
+  /** Set after a lost connection: a fetch's reply may have been lost with tasks it started. */
+  private reclaimNeeded = false;
   private readonly fixedArgs: (string | number)[];
 
   constructor(
@@ -102,6 +105,12 @@ export class QueueRunner {
   /** Forgets a task whose end is already in Redis (revoked with terminate, lost, handed back). */
   drop(id: string): void {
     this.running.delete(id);
+    this.poke();
+  }
+
+  /** Called when the command connection came back: check for tasks a lost reply started. */
+  reconnected(): void {
+    this.reclaimNeeded = true;
     this.poke();
   }
 
@@ -145,6 +154,11 @@ export class QueueRunner {
       this.host.reserve(want);
       let reply: Reply;
       try {
+        if (this.reclaimNeeded) {
+          const known = [...this.running, ...fin.map((f) => f.id), ...this.pending.map((f) => f.id)];
+          await this.scripts.run<number>(reclaimScript, [this.keys.wait, this.keys.active], [this.keys.base, this.host.workerId, ...known]);
+          this.reclaimNeeded = false;
+        }
         const seed = Math.floor(Math.random() * 2 ** 31);
         const common = [...this.fixedArgs, want, seed, this.host.resultExpiresMs];
         const keys = [this.keys.wait, this.keys.delayed, this.keys.active];
@@ -159,6 +173,7 @@ export class QueueRunner {
       } catch (err) {
         this.host.reserve(-want);
         this.pending.unshift(...fin);
+        this.reclaimNeeded = true;
         this.host.reportError(err);
         failures++;
         // Back off while Redis is unreachable; the loop resumes by itself.

@@ -212,6 +212,10 @@ export class Worker {
       this.clients.push(commands);
       const scripts = new ScriptRunner(commands.client);
       await scripts.load();
+      // After a reconnect, a fetch whose reply was lost may have started tasks this worker never heard of.
+      commands.client.on('ready', () => {
+        for (const r of this.runners) r.reconnected();
+      });
       if (this.state !== 'starting') return; // close() was called meanwhile and closes the clients
       const subscriber = openClient(this.options.connection, 'subscriber', name, {}, this.host.reportError);
       this.clients.push(subscriber);

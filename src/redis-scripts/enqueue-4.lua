@@ -16,7 +16,8 @@
   Returns
     {1}                     enqueued
     {2, holderId, pttlMs}   a unique duplicate: another task holds the lock
-    {3}                     the id belongs to a task that has not ended
+    {1}                     also when a task with this id, name and arguments has not ended
+    {3}                     the id belongs to another task that has not ended
 ]]
 -- @include "now"
 
@@ -27,6 +28,14 @@ local lockTtl = tonumber(ARGV[4])
 
 local previous = redis.call('HGET', KEYS[3], 's')
 if previous and previous ~= 'SUCCESS' and previous ~= 'FAILURE' and previous ~= 'REVOKED' then
+  -- The same task under the same id (this very call re-sent by ioredis after a lost reply, or
+  -- an idempotent re-send by the caller) is already enqueued; anything else is a collision.
+  local same = redis.call('HMGET', KEYS[3], 'n', 'a')
+  local name, args
+  for i = 5, #ARGV - 1, 2 do
+    if ARGV[i] == 'n' then name = ARGV[i + 1] elseif ARGV[i] == 'a' then args = ARGV[i + 1] end
+  end
+  if same[1] == name and same[2] == args then return {1} end
   return {3}
 end
 

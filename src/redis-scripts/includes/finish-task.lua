@@ -5,16 +5,22 @@
 --     as the last one (a task revoked while it ran is not retried but REVOKED).
 -- A non-empty `deadReason` also dead-letters the task.
 -- Returns the state stored, or 'STALE' (changing nothing but dropping a lease whose record
--- vanished) when this worker no longer holds the task: its lease lapsed and it was recovered,
--- or it was revoked with terminate.
+-- vanished) when this worker no longer holds the task: its lease lapsed and it was recovered.
+-- A finish repeated after a lost reply returns the state the first one stored.
 local function finishTask(base, activeKey, delayedKey, workerId, now, id, state, field, value, expireMs, retryDelayMs, deadReason)
   local key = base .. 't:' .. id
-  local t = redis.pcall('HMGET', key, 'w', 'rv')
+  local t = redis.pcall('HMGET', key, 'w', 'rv', 's')
   if t.err or not t[1] then
     redis.call('ZREM', activeKey, id)
     return 'STALE'
   end
-  if t[1] ~= workerId or not redis.call('ZSCORE', activeKey, id) then
+  if t[1] ~= workerId then return 'STALE' end
+  if not redis.call('ZSCORE', activeKey, id) then
+    -- Still this worker's but no longer leased: either this very finish ran before and its
+    -- reply was lost (ioredis re-sent it, or the worker retried it), which must answer as it
+    -- did then, or the lease lapsed and the task waits to run again (PENDING): stale.
+    local s = t[3]
+    if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' or s == 'RETRY' then return s end
     return 'STALE'
   end
   redis.call('ZREM', activeKey, id)

@@ -1,0 +1,33 @@
+--[[
+  reclaim: after a lost connection, a worker hands back tasks leased to it that it does not
+  know it runs (STARTED -> PENDING at the front of the wait list, the start undone). They come
+  from a fetch whose reply was lost: Redis started them, the worker never heard. Without this
+  they would wait for their lease to lapse and use up a recovery.
+
+  KEYS[1] wait list         <prefix>:{<queue>}:wait
+  KEYS[2] active zset       <prefix>:{<queue>}:active
+
+  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[2] worker id
+  ARGV[3..] ids the worker knows it runs (or has finished and not yet reported)
+
+  Returns the number of tasks handed back.
+]]
+local base, workerId = ARGV[1], ARGV[2]
+local known = {}
+for i = 3, #ARGV do known[ARGV[i]] = true end
+local count = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if not known[id] then
+    local key = base .. 't:' .. id
+    local t = redis.pcall('HMGET', key, 'w', 's')
+    if not t.err and t[1] == workerId and t[2] == 'STARTED' then
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('HSET', key, 's', 'PENDING')
+      redis.call('HINCRBY', key, 'at', -1)
+      redis.call('RPUSH', KEYS[1], id)
+      count = count + 1
+    end
+  end
+end
+return count
