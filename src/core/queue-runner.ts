@@ -130,7 +130,7 @@ export class QueueRunner {
   /** Hands tasks this worker stopped before they ended back to the front of the queue. */
   async requeue(ids: readonly string[]): Promise<number> {
     if (ids.length === 0) return 0;
-    return this.scripts.run<number>(requeueScript, [this.keys.wait, this.keys.active], [this.keys.base, this.host.workerId, ...ids]);
+    return this.scripts.run<number>(requeueScript, [this.keys.wait, this.keys.active], [this.keys.base, this.host.workerId, this.host.resultExpiresMs, ...ids]);
   }
 
   /** Resolves when the loop has stored every finish and no task of this queue runs. */

@@ -264,7 +264,7 @@ export class Worker {
       // Ends the blocking BLMOVEs at once; the command connection stays for the last finishes.
       for (const b of this.blockers) b.client.disconnect();
       const drained = Promise.all(this.runners.map((r) => r.stop()));
-      if (timeoutMs !== undefined && this.inFlight.size > 0) {
+      if (timeoutMs !== undefined) {
         let timer: NodeJS.Timeout | undefined;
         const expired = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs)));
         const timedOut = await Promise.race([drained.then(() => false), expired]);
@@ -472,6 +472,12 @@ export class Worker {
       const timer = setTimeout(() => {
         timedOut = true;
         const error = new TimeLimitExceededError(run.task.id, limitMs);
+        if (run.released) {
+          // Handed back at close, revoked with terminate, or lost: no longer this worker's to limit or report.
+          settled = true;
+          reject(error);
+          return;
+        }
         this.abort(run, error);
         const grace = setTimeout(() => {
           if (settled) return;

@@ -8,19 +8,29 @@
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
-  ARGV[3..] ids
+  ARGV[3] result lifetime in ms, for tasks whose revoke was requested while they ran
+  ARGV[4..] ids
 
-  Returns the number of tasks put back.
+  Returns the number of tasks put back. A task whose revoke was requested while it ran (field
+  rv) is not put back: it ends REVOKED and its lock is released.
 ]]
-local base, workerId = ARGV[1], ARGV[2]
+-- @include "now"
+-- @include "end-task"
+
+local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local count = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
   local key = base .. 't:' .. id
   if redis.pcall('HGET', key, 'w') == workerId and redis.call('ZREM', KEYS[2], id) == 1 then
-    redis.call('HSET', key, 's', 'PENDING')
-    redis.call('RPUSH', KEYS[1], id)
-    count = count + 1
+    local rv = redis.call('HGET', key, 'rv')
+    if rv then
+      endTask(base, id, 'REVOKED', { 'rr', rv }, nowMs(), expireMs)
+    else
+      redis.call('HSET', key, 's', 'PENDING')
+      redis.call('RPUSH', KEYS[1], id)
+      count = count + 1
+    end
   end
 end
 return count

@@ -40,6 +40,8 @@ local function finishTask(base, activeKey, delayedKey, workerId, now, id, state,
   end
   local extra = {}
   if field ~= '' then extra = { field, value } end
+  -- A task that succeeds on a retry keeps no error of its earlier attempts.
+  if state == 'SUCCESS' then redis.call('HDEL', key, 'e') end
   endTask(base, id, state, extra, now, expireMs)
   return state
 end

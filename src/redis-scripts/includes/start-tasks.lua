@@ -23,8 +23,11 @@ local function recoverLapsed(base, waitKey, activeKey, now, expireMs)
   for _, id in ipairs(lapsed) do
     redis.call('ZREM', activeKey, id)
     local key = base .. 't:' .. id
-    local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w')
-    if not t.err and t[1] == 'STARTED' then
+    local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv')
+    if not t.err and t[1] == 'STARTED' and t[5] then
+      -- Its revoke was requested while it ran: it ends as the revoke asked and never runs again.
+      endTask(base, id, 'REVOKED', { 'rr', t[5] }, now, expireMs)
+    elseif not t.err and t[1] == 'STARTED' then
       local recoveries = (tonumber(t[2]) or 0) + 1
       local max = tonumber(t[3]) or 1
       if recoveries > max then
