@@ -552,7 +552,12 @@ export class Worker {
   /** Acts on a revoke or a lost lease: fires the signal, and frees the slot when Redis already ended the task. */
   private stopTask(run: Running, reason: string): void {
     const { id, name } = run.task;
-    this.abort(run, new TaskRevokedError(id, 'revoked'));
+    this.abort(
+      run,
+      reason === 'lost'
+        ? Object.assign(new Error(`task ${id} is no longer this worker's: its lease lapsed and it was recovered`), { name: 'LeaseLostError' })
+        : new TaskRevokedError(id, 'revoked'),
+    );
     if (reason === 'revoked') return; // the task's own end is stored as REVOKED (or SUCCESS)
     this.release(run, undefined);
     if (reason === 'terminated') {
