@@ -12,10 +12,16 @@ export function redisUrl(): string {
   return inject('redisUrl');
 }
 
+/**
+ * Optional start of every test prefix (env HEIMDALL_TEST_PREFIX_ROOT), e.g. 'heimdall:' to run
+ * the suite as an ACL user restricted to ~heimdall:* (see docs/acl.md).
+ */
+const PREFIX_ROOT = process.env.HEIMDALL_TEST_PREFIX_ROOT ?? '';
+
 let counter = 0;
 /** A key prefix no other test uses. */
 export function newPrefix(label = 't'): string {
-  return `ht-${label}-${process.pid}-${++counter}-${Math.random().toString(36).slice(2, 8)}`;
+  return `${PREFIX_ROOT}ht-${label}-${process.pid}-${++counter}-${Math.random().toString(36).slice(2, 8)}`;
 }
 
 /** Polls `probe` until it returns a truthy value, or fails after `timeout` ms naming `what`. */
@@ -91,9 +97,12 @@ export class Harness {
     this.prefix = newPrefix(label);
   }
 
-  /** A plain client for inspecting Redis (INFO, keys); closed by dispose(). */
+  /**
+   * A plain client for inspecting Redis (INFO, CLIENT LIST, keys); closed by dispose(). It uses
+   * REDIS_ADMIN_URL when set, so the suite can run as a restricted user while inspecting as admin.
+   */
   get admin(): Redis {
-    this.adminClient ??= new Redis(this.url, { connectionName: `admin-${this.prefix}` });
+    this.adminClient ??= new Redis(process.env.REDIS_ADMIN_URL || this.url, { connectionName: `admin-${this.prefix}` });
     return this.adminClient;
   }
 

@@ -8,6 +8,8 @@ export type ConnectionOption = string | RedisOptions | Redis;
 export interface OwnedClient {
   client: Redis;
   owned: boolean;
+  /** The last error the connection reported since it was last ready (ours only). */
+  lastError?: Error;
 }
 
 function isClient(value: unknown): value is Redis {
@@ -65,14 +67,17 @@ export function openClient(
   }
   // ioredis reconnects by itself; report a connection error at most once a second so an
   // outage is visible without flooding (and without ioredis's "Unhandled error event").
+  const owned: OwnedClient = { client, owned: true };
   let lastReport = 0;
+  client.on('ready', () => (owned.lastError = undefined));
   client.on('error', (err: Error) => {
+    owned.lastError = err;
     const now = Date.now();
     if (now - lastReport < 1000) return;
     lastReport = now;
     onError(err);
   });
-  return { client, owned: true };
+  return owned;
 }
 
 /** Closes a client if it is ours: QUIT when connected, disconnect otherwise. */

@@ -255,7 +255,7 @@ export class Dispatcher {
         [id, countdownMs, etaMs, lockTtl, ...fields],
       );
     } catch (err) {
-      throw unavailable(err, `sending ${name}`);
+      throw unavailable(err, `sending ${name}`, this.conn.lastError);
     }
     if (reply[0] === DUPLICATE) {
       const holder = reply[1] ?? '';
@@ -295,8 +295,10 @@ function expiresToMillis(expires: Duration | Date): number {
 }
 
 /** ioredis gives up after maxRetriesPerRequest; say so in our words, keeping its error as the cause. */
-export function unavailable(err: unknown, what: string): unknown {
-  if (err instanceof Error && err.name === 'MaxRetriesPerRequestError') return new RedisUnavailableError(what, { cause: err });
+export function unavailable(err: unknown, what: string, lastError?: Error): unknown {
+  if (err instanceof Error && err.name === 'MaxRetriesPerRequestError') {
+    return new RedisUnavailableError(what, { cause: err, lastError });
+  }
   return err;
 }
 

@@ -163,11 +163,15 @@ export class PayloadTooLargeError extends HeimdallError {
 /** Redis could not be reached within ioredis's retry budget; the command may or may not have run. */
 export class RedisUnavailableError extends HeimdallError {
   static readonly CODE = 'HEIMDALL_REDIS_UNAVAILABLE';
-  constructor(what: string, options?: { cause?: unknown }) {
+  /** The last error of the connection (refused, TLS, auth...), when it reported one. */
+  readonly lastError: Error | undefined;
+  constructor(what: string, options?: { cause?: unknown; lastError?: Error }) {
     super(
       RedisUnavailableError.CODE,
-      `${what}: Redis did not answer within the connection's retry budget (ioredis maxRetriesPerRequest); check that Redis is up and reachable`,
-      options,
+      `${what}: Redis did not answer within the connection's retry budget (ioredis maxRetriesPerRequest); ` +
+        (options?.lastError ? `the connection failed with: ${options.lastError.message}` : 'check that Redis is up and reachable'),
+      { cause: options?.cause },
     );
+    this.lastError = options?.lastError;
   }
 }

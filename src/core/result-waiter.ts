@@ -16,11 +16,36 @@ export class ResultWaiter {
   private readonly listeners = new Map<string, Set<() => void>>();
   /** The SUBSCRIBE in flight (or done) for each watched channel, so a second watcher awaits it too. */
   private readonly subscribed = new Map<string, Promise<unknown>>();
+  /** Resolves when the subscriber connection's handshake in progress ends. */
+  private handshake: Promise<void> | undefined;
 
   constructor(private readonly subscriber: Redis) {
     subscriber.on('message', (channel: string) => {
       for (const fire of this.listeners.get(channel) ?? []) fire();
     });
+  }
+
+  /**
+   * ioredis writes SUBSCRIBE (which Redis allows while loading) on a connection still in its
+   * handshake, before its ready check; the reply switches the connection to subscriber mode,
+   * the ready check's INFO then fails, and ioredis rejects the pending commands and reconnects.
+   * So wait for the handshake to end. In other states commands wait in the offline queue,
+   * which is flushed only once the connection is ready.
+   */
+  private handshakeDone(): Promise<void> {
+    const sub = this.subscriber;
+    if (sub.status !== 'connect') return Promise.resolve();
+    this.handshake ??= new Promise<void>((resolve) => {
+      const done = (): void => {
+        sub.off('ready', done);
+        sub.off('close', done);
+        this.handshake = undefined;
+        resolve();
+      };
+      sub.on('ready', done);
+      sub.on('close', done);
+    });
+    return this.handshake;
   }
 
   async watch(channel: string): Promise<Watch> {
@@ -38,7 +63,7 @@ export class ResultWaiter {
     set.add(listener);
     let subscribing = this.subscribed.get(channel);
     if (!subscribing) {
-      subscribing = this.subscriber.subscribe(channel);
+      subscribing = this.handshakeDone().then(() => this.subscriber.subscribe(channel));
       this.subscribed.set(channel, subscribing);
     }
     try {

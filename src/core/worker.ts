@@ -164,6 +164,8 @@ export class Worker {
       freeSlots: () => Math.max(0, this.concurrency - this.running - this.reserved),
       reserve: (n) => {
         this.reserved += n;
+        // Slots one queue's fetch reserved and gave back may be what another queue waits for.
+        if (n < 0) for (const r of this.runners) r.poke();
       },
       launch: (runner, task) => this.launch(runner, task),
       rateLimited: (queue, id, name, argsJson, delayMs) =>

@@ -24,10 +24,14 @@ local function recoverLapsed(base, waitKey, activeKey, now, expireMs)
     redis.call('ZREM', activeKey, id)
     local key = base .. 't:' .. id
     local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv')
-    if not t.err and t[1] == 'STARTED' and t[5] then
+    if t.err then
+      deadLetter(base, id, 'the active set names a task whose record is not a hash', now)
+    elseif not t[1] then
+      deadLetter(base, id, 'the active set names a task with no record', now)
+    elseif t[1] == 'STARTED' and t[5] then
       -- Its revoke was requested while it ran: it ends as the revoke asked and never runs again.
       endTask(base, id, 'REVOKED', { 'rr', t[5] }, now, expireMs)
-    elseif not t.err and t[1] == 'STARTED' then
+    elseif t[1] == 'STARTED' then
       local recoveries = (tonumber(t[2]) or 0) + 1
       local max = tonumber(t[3]) or 1
       if recoveries > max then
@@ -74,19 +78,25 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
       elseif state == 'PENDING' or state == 'RETRY' then
         local lockTtl, limit, period = tonumber(t[5]), tonumber(t[7]), tonumber(t[8])
         local problem = nil
-        if t[10] ~= '1' then
-          problem = 'message version ' .. tostring(t[10]) .. ' is not one this worker reads (1)'
+        if not t[10] then
+          problem = 'the record has no message version (field v); this worker reads version 1'
+        elseif t[10] ~= '1' then
+          problem = 'message version ' .. t[10] .. ' is not one this worker reads (1)'
         elseif not t[2] or t[2] == '' or not t[3] then
           problem = 'the record lacks a task name or arguments'
         elseif t[4] and not (lockTtl and lockTtl > 0) then
           problem = 'the unique lock lifetime is not a positive number'
         elseif t[6] and not (limit and limit >= 1 and period and period > 0) then
           problem = 'the rate limit is not [n >= 1, period > 0]'
+        elseif t[11] and not tonumber(t[11]) then
+          problem = 'the expiry (field ex) is not a number'
+        elseif t[12] and not (tonumber(t[12]) and tonumber(t[12]) >= 0) then
+          problem = 'the time limit (field tl) is not a number >= 0'
         end
         local ok = problem == nil
         if not ok then
           failMalformed(base, id, problem, now, expireMs)
-        elseif t[11] and now > (tonumber(t[11]) or 0) then
+        elseif t[11] and now > tonumber(t[11]) then
           ok = false
           endTask(base, id, 'REVOKED', { 'rr', 'expired' }, now, expireMs)
           table.insert(revoked, id); table.insert(revoked, t[2]); table.insert(revoked, t[3])
