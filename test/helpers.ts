@@ -38,6 +38,30 @@ export async function waitFor<T>(
   }
 }
 
+/** Every event of a worker, in order of arrival, by kind. */
+export interface RecordedEvents {
+  started: WorkerEvents['started'][0][];
+  succeeded: WorkerEvents['succeeded'][0][];
+  failed: WorkerEvents['failed'][0][];
+  retried: WorkerEvents['retried'][0][];
+  revoked: WorkerEvents['revoked'][0][];
+  rateLimited: WorkerEvents['rateLimited'][0][];
+  errors: Error[];
+}
+
+/** Starts recording a worker's events. */
+export function recordEvents(worker: Worker): RecordedEvents {
+  const ev: RecordedEvents = { started: [], succeeded: [], failed: [], retried: [], revoked: [], rateLimited: [], errors: [] };
+  worker.on('started', (e) => ev.started.push(e));
+  worker.on('succeeded', (e) => ev.succeeded.push(e));
+  worker.on('failed', (e) => ev.failed.push(e));
+  worker.on('retried', (e) => ev.retried.push(e));
+  worker.on('revoked', (e) => ev.revoked.push(e));
+  worker.on('rateLimited', (e) => ev.rateLimited.push(e));
+  worker.on('error', (e) => ev.errors.push(e));
+  return ev;
+}
+
 /** A promise a test opens by hand, to hold a task mid-run without sleeping. */
 export interface Gate {
   promise: Promise<void>;

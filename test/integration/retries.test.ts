@@ -6,7 +6,7 @@ import * as api from 'heimdall-tasks';
 import { ConfigError, Task, TaskFailedError, currentTask, type TaskOptions, type Worker, type WorkerEvents } from 'heimdall-tasks';
 import { NonRetryableError } from '../../src/core/errors.js';
 import { normalizeRetries } from '../../src/core/task-options.js';
-import { useHarness, waitFor, type Harness } from '../helpers.js';
+import { useHarness, waitFor, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
 
 /** What a task saw of its own record at the start of one attempt (server-clock times). */
 interface Seen {
@@ -134,29 +134,12 @@ class RetryProbe {
 
 class NarrowTypeError extends TypeError {}
 
-/** Every event of a worker, in order of arrival. */
-function track(worker: Worker) {
-  const ev = {
-    started: [] as WorkerEvents['started'][0][],
-    succeeded: [] as WorkerEvents['succeeded'][0][],
-    failed: [] as WorkerEvents['failed'][0][],
-    retried: [] as WorkerEvents['retried'][0][],
-    errors: [] as Error[],
-  };
-  worker.on('started', (e) => ev.started.push(e));
-  worker.on('succeeded', (e) => ev.succeeded.push(e));
-  worker.on('failed', (e) => ev.failed.push(e));
-  worker.on('retried', (e) => ev.retried.push(e));
-  worker.on('error', (e) => ev.errors.push(e));
-  return ev;
-}
-
-type Tracked = ReturnType<typeof track>;
+type Tracked = RecordedEvents;
 
 async function setup(h: Harness, concurrency = 4): Promise<{ probe: RetryProbe; worker: Worker; ev: Tracked }> {
   const probe = new RetryProbe(h.admin, (id) => h.taskKey(id));
   const worker = h.worker({ services: [probe], concurrency });
-  const ev = track(worker);
+  const ev = recordEvents(worker);
   await worker.start();
   return { probe, worker, ev };
 }

@@ -2,7 +2,7 @@
 // process with and without terminate, ended tasks, and the unique lock in each case.
 import { describe, expect, it } from 'vitest';
 import { Task, TaskRevokedError, currentTask, type Worker, type WorkerEvents } from 'heimdall-tasks';
-import { gate, useHarness, waitFor, type Gate, type Harness } from '../helpers.js';
+import { gate, useHarness, waitFor, type Gate, type Harness, recordEvents } from '../helpers.js';
 import {
   logEntry,
   openControlGate,
@@ -90,28 +90,10 @@ class RevokeProbe {
   }
 }
 
-function track(worker: Worker) {
-  const ev = {
-    started: [] as WorkerEvents['started'][0][],
-    succeeded: [] as WorkerEvents['succeeded'][0][],
-    failed: [] as WorkerEvents['failed'][0][],
-    retried: [] as WorkerEvents['retried'][0][],
-    revoked: [] as WorkerEvents['revoked'][0][],
-    errors: [] as Error[],
-  };
-  worker.on('started', (e) => ev.started.push(e));
-  worker.on('succeeded', (e) => ev.succeeded.push(e));
-  worker.on('failed', (e) => ev.failed.push(e));
-  worker.on('retried', (e) => ev.retried.push(e));
-  worker.on('revoked', (e) => ev.revoked.push(e));
-  worker.on('error', (e) => ev.errors.push(e));
-  return ev;
-}
-
 async function setup(h: Harness, extra: { concurrency?: number; leaseDuration?: string } = {}) {
   const probe = new RevokeProbe();
   const worker = h.worker({ services: [probe], concurrency: extra.concurrency ?? 4, ...(extra.leaseDuration ? { leaseDuration: extra.leaseDuration } : {}) });
-  const ev = track(worker);
+  const ev = recordEvents(worker);
   await worker.start();
   return { probe, worker, ev };
 }
@@ -300,7 +282,7 @@ describe('revoke a task running in another process', () => {
     await redisClockPast(h, lease, 'the lease to lapse');
     // A worker in this process recovers the lapsed lease on its first fetch.
     const worker = h.worker({ services: [new ControlService(h.admin, h.prefix)], concurrency: 1, leaseDuration: '1s' });
-    const ev = track(worker);
+    const ev = recordEvents(worker);
     try {
       await worker.start();
       await waitFor(async () => (await h.admin.zscore(activeKey(h), handle.id)) !== String(lease), { what: 'the lease to be recovered' });

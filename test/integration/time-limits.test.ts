@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import * as api from 'heimdall-tasks';
 import { ConfigError, Task, TaskFailedError, TaskRevokedError, currentTask, type Worker, type WorkerEvents } from 'heimdall-tasks';
 import { TimeLimitExceededError } from '../../src/core/errors.js';
-import { gate, useHarness, waitFor, type Gate, type Harness } from '../helpers.js';
+import { gate, useHarness, waitFor, type Gate, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
 import { redisClockPast, redisMillis } from '../fixtures/control/control.js';
 
 /** What a task's AbortSignal said when it fired. */
@@ -113,33 +113,15 @@ class LimitProbe {
   }
 }
 
-function track(worker: Worker) {
-  const ev = {
-    started: [] as WorkerEvents['started'][0][],
-    succeeded: [] as WorkerEvents['succeeded'][0][],
-    failed: [] as WorkerEvents['failed'][0][],
-    retried: [] as WorkerEvents['retried'][0][],
-    revoked: [] as WorkerEvents['revoked'][0][],
-    errors: [] as Error[],
-  };
-  worker.on('started', (e) => ev.started.push(e));
-  worker.on('succeeded', (e) => ev.succeeded.push(e));
-  worker.on('failed', (e) => ev.failed.push(e));
-  worker.on('retried', (e) => ev.retried.push(e));
-  worker.on('revoked', (e) => ev.revoked.push(e));
-  worker.on('error', (e) => ev.errors.push(e));
-  return ev;
-}
-
 async function setup(h: Harness, concurrency = 4) {
   const probe = new LimitProbe();
   const worker = h.worker({ services: [probe], concurrency });
-  const ev = track(worker);
+  const ev = recordEvents(worker);
   await worker.start();
   return { probe, worker, ev };
 }
 
-function failedEvent(ev: ReturnType<typeof track>, id: string) {
+function failedEvent(ev: RecordedEvents, id: string) {
   return waitFor(() => ev.failed.find((e) => e.id === id), { what: `task ${id} to fail` });
 }
 
