@@ -173,6 +173,7 @@ export class Dispatcher {
   }
 
   private waiter(): ResultWaiter {
+    if (this.closed) throw new ConfigError('this dispatcher is closed; create a new Dispatcher to wait for results');
     if (!this.resultWaiter) {
       this.sub = openClient(this.connection, 'subscriber', `heimdall:${this.prefix}:dispatcher`);
       this.resultWaiter = new ResultWaiter(this.sub.client);

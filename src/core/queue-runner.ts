@@ -80,6 +80,10 @@ export class QueueRunner {
   private loopDone: Promise<void> | undefined;
   /** Set after a lost connection: a fetch's reply may have been lost with tasks it started. */
   private reclaimNeeded = false;
+  private abandoned = false;
+  /** Rejects on abandon(): a call to an unreachable Redis may never settle (ioredis keeps it queued). */
+  private readonly abandonedCall: Promise<never>;
+  private rejectAbandoned: ((err: Error) => void) | undefined;
   private readonly fixedArgs: (string | number)[];
 
   constructor(
@@ -89,6 +93,8 @@ export class QueueRunner {
     private readonly blocker: Redis,
   ) {
     this.fixedArgs = [keys.base, host.workerId, host.leaseMs];
+    this.abandonedCall = new Promise<never>((_, reject) => (this.rejectAbandoned = reject));
+    this.abandonedCall.catch(() => undefined);
   }
 
   start(): void {
@@ -133,6 +139,15 @@ export class QueueRunner {
     return this.scripts.run<number>(requeueScript, [this.keys.wait, this.keys.active], [this.keys.base, this.host.workerId, this.host.resultExpiresMs, ...ids]);
   }
 
+  /** Gives up on ends not stored yet (close() past its timeout with Redis down); the loop stops. */
+  abandon(): void {
+    this.abandoned = true;
+    this.pending = [];
+    this.running.clear();
+    this.rejectAbandoned?.(new Error('abandoned'));
+    this.poke();
+  }
+
   /** Resolves when the loop has stored every finish and no task of this queue runs. */
   async stop(): Promise<void> {
     if (this.dueTimer) clearTimeout(this.dueTimer);
@@ -143,6 +158,15 @@ export class QueueRunner {
   private async loop(): Promise<void> {
     let failures = 0;
     for (;;) {
+      if (this.abandoned) return;
+      if (this.reclaimNeeded && this.pending.length === 0) {
+        // Not left until a slot frees: tasks a lost fetch reply started have leases running out.
+        try {
+          await this.reclaim([]);
+        } catch {
+          // tried again before the next call
+        }
+      }
       const fin = this.pending.splice(0, MAX_FINISHES_PER_CALL);
       const want = !this.idle && this.host.accepting() ? this.host.freeSlots() : 0;
       if (fin.length === 0 && want === 0) {
@@ -154,30 +178,29 @@ export class QueueRunner {
       this.host.reserve(want);
       let reply: Reply;
       try {
-        if (this.reclaimNeeded) {
-          const known = [...this.running, ...fin.map((f) => f.id), ...this.pending.map((f) => f.id)];
-          await this.scripts.run<number>(reclaimScript, [this.keys.wait, this.keys.active], [this.keys.base, this.host.workerId, ...known]);
-          this.reclaimNeeded = false;
-        }
+        if (this.reclaimNeeded) await this.reclaim(fin);
         const seed = Math.floor(Math.random() * 2 ** 31);
         const common = [...this.fixedArgs, want, seed, this.host.resultExpiresMs];
         const keys = [this.keys.wait, this.keys.delayed, this.keys.active];
         if (fin.length === 0) {
-          reply = await this.scripts.run<Reply>(fetchScript, keys, common);
+          reply = await Promise.race([this.scripts.run<Reply>(fetchScript, keys, common), this.abandonedCall]);
         } else {
           const flat: (string | number)[] = [fin.length];
           for (const f of fin) flat.push(f.id, f.state, f.field, f.value, f.expireMs, f.retryDelayMs, f.deadReason);
-          reply = await this.scripts.run<Reply>(finishScript, keys, [...common, ...flat]);
+          reply = await Promise.race([this.scripts.run<Reply>(finishScript, keys, [...common, ...flat]), this.abandonedCall]);
         }
         failures = 0;
       } catch (err) {
         this.host.reserve(-want);
+        if (this.abandoned) return;
         this.pending.unshift(...fin);
         this.reclaimNeeded = true;
         this.host.reportError(err);
         failures++;
         // Back off while Redis is unreachable; the loop resumes by itself.
-        await new Promise((r) => setTimeout(r, Math.min(5000, 50 * 2 ** failures)));
+        await Promise.race([new Promise((r) => setTimeout(r, Math.min(5000, 50 * 2 ** failures))), this.abandonedCall]).catch(
+          () => undefined,
+        );
         continue;
       }
       this.host.reserve(-want);
@@ -206,6 +229,18 @@ export class QueueRunner {
       if (want > 0) this.idle = more === 0 && started.length / STARTED_FIELDS < want;
       this.scheduleDue(nextDelay);
     }
+  }
+
+  /** Hands back tasks leased to this worker that it does not know it runs (see reclaim-2.lua). */
+  private async reclaim(fin: readonly Finish[]): Promise<void> {
+    const known = [...this.running, ...fin.map((f) => f.id), ...this.pending.map((f) => f.id)];
+    const call = this.scripts.run<number>(
+      reclaimScript,
+      [this.keys.wait, this.keys.active],
+      [this.keys.base, this.host.workerId, this.host.resultExpiresMs, ...known],
+    );
+    await Promise.race([call, this.abandonedCall]);
+    this.reclaimNeeded = false;
   }
 
   /** Wakes the loop when the earliest delayed task is due. */

@@ -18,10 +18,10 @@ import type { RemoteError } from './task-state.js';
 export interface WorkerOptions extends ConnectionOptions {
   /**
    * Objects whose `@Task` methods this worker runs: instances, used as they are, or classes,
-   * built with `resolve` (or `new Class()` when there is no `resolve`).
+   * built with `resolve` (or `new Class()` when there is no `resolve`). Default: `[]`.
    */
   services?: readonly object[];
-  /** Builds the instance for a task's class, e.g. `(cls) => app.get(cls)` in NestJS. Called once per class. */
+  /** Builds the instance for a task's class, e.g. `(cls) => app.get(cls)` in NestJS. Called once per class. Default: none. */
   resolve?: (cls: Constructor) => object | Promise<object>;
   /** Queues to consume. Default: `['default']`. */
   queues?: readonly string[];
@@ -31,7 +31,10 @@ export interface WorkerOptions extends ConnectionOptions {
   leaseDuration?: Duration;
   /** How long results are kept, unless the task sets its own. Seconds or an `ms` string. Default: one day. */
   resultExpires?: Duration;
-  /** This worker's id in task records. Default: `<hostname>:<pid>:<random>`. */
+  /**
+   * This worker's id in task records. It must be unique among live workers: leases, finishes
+   * and reclaims are matched by it. Default: `<hostname>:<pid>:<random>`.
+   */
   name?: string;
 }
 
@@ -221,7 +224,7 @@ export class Worker {
       if (this.state !== 'starting') return; // close() was called meanwhile and closes the clients
       const subscriber = openClient(this.options.connection, 'subscriber', name, {}, this.host.reportError);
       this.clients.push(subscriber);
-      subscriber.client.on('message', (channel: string, message: string) => this.onRevokeMessage(message));
+      subscriber.client.on('message', (channel: string, message: string) => this.onRevokeMessage(channel, message));
       for (const queue of this.queues) {
         const keys = new QueueKeys(this.prefix, queue);
         const blocking = openClient(this.options.connection, 'blocking', name, {}, this.host.reportError);
@@ -271,7 +274,16 @@ export class Worker {
         const expired = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs)));
         const timedOut = await Promise.race([drained.then(() => false), expired]);
         clearTimeout(timer);
-        if (timedOut) await this.handBack();
+        if (timedOut) {
+          await this.handBack();
+          // Ends that cannot be stored (Redis down) must not hold close() forever: their leases
+          // lapse and the tasks are recovered elsewhere.
+          const stored = await Promise.race([drained.then(() => true), sleep(Math.max(1000, timeoutMs))]);
+          if (!stored) {
+            for (const r of this.runners) r.abandon();
+            this.clients[0]?.client.disconnect();
+          }
+        }
       }
       await drained;
     }
@@ -345,15 +357,15 @@ export class Worker {
   }
 
   private launch(runner: QueueRunner, task: StartedTask): void {
-    const stale = this.inFlight.get(task.id);
+    const stale = this.inFlight.get(runKey(runner.keys.queue, task.id));
     if (stale) {
       // This worker's own lease on the task lapsed (a long pause or outage) and its own fetch
       // recovered and restarted it: the old run is lost. Free its slot without touching the
       // runner's bookkeeping of the id, which now belongs to the new run.
       stale.released = true;
-      this.inFlight.delete(task.id);
+      this.inFlight.delete(runKey(runner.keys.queue, task.id));
       this.running--;
-      this.abort(stale, new TaskRevokedError(task.id, 'revoked'));
+      this.abort(stale, leaseLost(task.id));
       this.emit('error', new Error(`task ${task.id} (${task.name}) was recovered and restarted while this worker still ran it; the older run's end will not be stored`));
     }
     this.running++;
@@ -371,7 +383,7 @@ export class Worker {
   private release(run: Running, finish: Finish | undefined): void {
     if (run.released) return;
     run.released = true;
-    this.inFlight.delete(run.task.id);
+    this.inFlight.delete(runKey(run.runner.keys.queue, run.task.id));
     this.running--;
     if (finish) run.runner.finished(finish);
     else run.runner.drop(run.task.id);
@@ -382,7 +394,7 @@ export class Worker {
   private async execute(runner: QueueRunner, task: StartedTask): Promise<void> {
     const queue = runner.keys.queue;
     const run: Running = { runner, task, controller: new AbortController(), released: false };
-    this.inFlight.set(task.id, run);
+    this.inFlight.set(runKey(queue, task.id), run);
     const began = performance.now();
     const def = taskByName(task.name);
     const expireMs = def?.options.resultExpiresMs ?? this.host.resultExpiresMs;
@@ -402,6 +414,7 @@ export class Worker {
         );
       }
       const instance = await this.instanceFor(def);
+      if (run.released) return; // handed back or revoked with terminate while its service was resolved
       const method = (instance as Record<string, unknown>)[def.methodName];
       if (typeof method !== 'function') throw new ConfigError(`${def.className}.${def.methodName} is not a method of the instance`);
       const context: CurrentTask = {
@@ -447,7 +460,12 @@ export class Worker {
       ...finish,
       stored: (stored) => {
         if (stored === 'STALE') {
-          this.emit('error', new Error(`task ${task.id} ended after its lease lapsed or it was revoked; its result was not stored`));
+          this.emit(
+            'error',
+            new Error(
+              `task ${task.id} ended but this worker no longer holds it (its lease lapsed and it was recovered, or its record was replaced); its result was not stored. If leases lapse, raise leaseDuration or keep the event loop free so they are renewed`,
+            ),
+          );
         } else if (stored === 'REVOKED') {
           this.emit('revoked', { id: task.id, name: task.name, queue, args: event.args, reason: 'revoked' });
         } else if (stored === 'RETRY' && !done.ok) {
@@ -486,7 +504,9 @@ export class Worker {
           settled = true;
           this.emit(
             'error',
-            new Error(`task ${run.task.id} (${run.task.name}) ignored the AbortSignal at its time limit; its promise is still running`),
+            new Error(
+              `task ${run.task.id} (${run.task.name}) ignored the AbortSignal at its time limit; its promise is still running (pass currentTask().signal to what the task awaits)`,
+            ),
           );
           reject(error);
         }, TIME_LIMIT_GRACE_MS);
@@ -543,10 +563,11 @@ export class Worker {
     return policy.jitter ? Math.floor(Math.random() * (computed + 1)) : computed;
   }
 
-  /** A revoke broadcast: `<id> <terminate 0|1>`. */
-  private onRevokeMessage(message: string): void {
+  /** A revoke broadcast on a queue's revoke channel: `<id> <terminate 0|1>`. */
+  private onRevokeMessage(channel: string, message: string): void {
+    const runner = this.runners.find((r) => r.keys.revoke === channel);
     const [id, terminate] = message.split(' ');
-    const run = id === undefined ? undefined : this.inFlight.get(id);
+    const run = id === undefined || !runner ? undefined : this.inFlight.get(runKey(runner.keys.queue, id));
     if (!run) return;
     this.stopTask(run, terminate === '1' ? 'terminated' : 'revoked');
   }
@@ -557,7 +578,7 @@ export class Worker {
     this.abort(
       run,
       reason === 'lost'
-        ? Object.assign(new Error(`task ${id} is no longer this worker's: its lease lapsed and it was recovered`), { name: 'LeaseLostError' })
+        ? leaseLost(id)
         : new TaskRevokedError(id, 'revoked'),
     );
     if (reason === 'revoked') return; // the task's own end is stored as REVOKED (or SUCCESS)
@@ -574,7 +595,7 @@ export class Worker {
       try {
         const stop = await r.renewLeases();
         for (let i = 0; i < stop.length; i += 2) {
-          const run = this.inFlight.get(String(stop[i]));
+          const run = this.inFlight.get(runKey(r.keys.queue, String(stop[i])));
           if (run) this.stopTask(run, String(stop[i + 1]));
         }
       } catch (err) {
@@ -595,6 +616,25 @@ export class Worker {
       if (event !== 'error') this.emit('error', err instanceof Error ? err : new Error(String(err)));
     }
   }
+}
+
+/** Key of a running task in the worker's map: ids are unique per queue only (a custom taskId may repeat). */
+function runKey(queue: string, id: string): string {
+  return `${queue}\u0000${id}`;
+}
+
+/** The signal reason of a task whose lease lapsed and was recovered elsewhere. */
+function leaseLost(id: string): Error {
+  return Object.assign(
+    new Error(
+      `task ${id} is no longer this worker's: its lease lapsed and it was recovered; raise leaseDuration, or keep the event loop free (a task that blocks it stops lease renewals)`,
+    ),
+    { name: 'LeaseLostError' },
+  );
+}
+
+function sleep(ms: number): Promise<false> {
+  return new Promise((resolve) => setTimeout(() => resolve(false), ms).unref());
 }
 
 function safeArgs(json: string): unknown[] {

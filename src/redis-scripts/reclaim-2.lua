@@ -9,19 +9,27 @@
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
-  ARGV[3..] ids the worker knows it runs (or has finished and not yet reported)
+  ARGV[3] result lifetime in ms, for tasks whose revoke was requested meanwhile
+  ARGV[4..] ids the worker knows it runs (or has finished and not yet reported)
 
-  Returns the number of tasks handed back.
+  Returns the number of tasks handed back. A task whose revoke was requested (rv) ends
+  REVOKED instead.
 ]]
-local base, workerId = ARGV[1], ARGV[2]
+-- @include "now"
+-- @include "end-task"
+
+local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local known = {}
-for i = 3, #ARGV do known[ARGV[i]] = true end
+for i = 4, #ARGV do known[ARGV[i]] = true end
 local count = 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if not known[id] then
     local key = base .. 't:' .. id
-    local t = redis.pcall('HMGET', key, 'w', 's')
-    if not t.err and t[1] == workerId and t[2] == 'STARTED' then
+    local t = redis.pcall('HMGET', key, 'w', 's', 'rv')
+    if not t.err and t[1] == workerId and t[2] == 'STARTED' and t[3] then
+      redis.call('ZREM', KEYS[2], id)
+      endTask(base, id, 'REVOKED', { 'rr', t[3] }, nowMs(), expireMs)
+    elseif not t.err and t[1] == workerId and t[2] == 'STARTED' then
       redis.call('ZREM', KEYS[2], id)
       redis.call('HSET', key, 's', 'PENDING')
       redis.call('HINCRBY', key, 'at', -1)

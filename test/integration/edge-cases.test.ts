@@ -5,8 +5,9 @@
  */
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, Dispatcher, Task, TimeoutError, Worker } from 'heimdall-tasks';
-import { nextEvent, useHarness } from '../helpers.js';
+import { ConfigError, currentTask, Dispatcher, Task, TimeoutError, Worker } from 'heimdall-tasks';
+import { OwnRedis } from '../fixtures/faults/control.js';
+import { nextEvent, useHarness, waitFor } from '../helpers.js';
 
 class EdgeService {
   @Task({ unique: true })
@@ -135,5 +136,94 @@ describe('edge cases', () => {
     expect(again.duplicate).toBe(true);
     expect(again.id).toBe(holder.id);
     expect((await d.result('reused-id').info()).result).toBe(5);
+  });
+});
+
+class TwoQueueService {
+  @Task({ queue: 'email' })
+  async send(label: string): Promise<string> {
+    const signal = currentTask().signal;
+    await new Promise<void>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error)));
+    return `sent ${label}`;
+  }
+
+  @Task({ queue: 'billing' })
+  async charge(label: string): Promise<string> {
+    return `charged ${label}`;
+  }
+
+  @Task({ queue: 'email' })
+  async hold(): Promise<string> {
+    await new Promise<void>((resolve) => heldTasks.add(resolve));
+    return 'held';
+  }
+}
+const heldTasks = new Set<() => void>();
+
+describe('edge cases found in the issue 3 review', () => {
+  const fresh = useHarness('edge3');
+
+  it('one custom taskId on two queues: each task is its own (run, revoke, end)', async () => {
+    const h = fresh();
+    const worker = h.worker({ services: [new TwoQueueService()], queues: ['email', 'billing'] });
+    const errors: Error[] = [];
+    worker.on('error', (e) => errors.push(e));
+    await worker.start();
+    const d = h.dispatcher();
+    const svc = d.tasks(TwoQueueService);
+    const email = await svc.send.applyAsync(['a'], { taskId: 'order-123' });
+    await nextEvent(worker, 'started', (e) => e.queue === 'email');
+    const billing = await svc.charge.applyAsync(['b'], { taskId: 'order-123' });
+    expect(await billing.get({ timeout: 10 })).toBe('charged b');
+    expect(await email.status()).toBe('STARTED');
+    // A revoke on billing's channel (an ended task) does not touch email's task.
+    expect(await billing.revoke()).toBe('SUCCESS');
+    expect(await email.revoke()).toBe('STARTED');
+    await expect(email.get({ timeout: 10 })).rejects.toThrow(/was revoked/);
+    expect(errors).toEqual([]);
+  });
+
+  it('a stale wait-list entry does not start a reused id before its countdown', async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const edge = d.tasks(EdgeService);
+    const first = await edge.scarce.applyAsync([1], { taskId: 'reused' });
+    expect(await first.revoke()).toBe('REVOKED'); // its id stays in the wait list
+    const second = await edge.scarce.applyAsync([1], { taskId: 'reused', countdown: 3600 });
+    const worker = h.worker({ services: [new EdgeService()] });
+    await worker.start();
+    // The fetch that pops the stale entry must leave the task delayed.
+    await waitFor(async () => (await h.admin.llen(`${h.prefix}:{default}:wait`)) === 0, { what: 'the stale entry to be popped' });
+    expect(await second.status()).toBe('PENDING');
+    expect(await h.admin.zscore(`${h.prefix}:{default}:delayed`, 'reused')).not.toBeNull();
+  });
+
+  it('get() after close() says the dispatcher is closed and opens nothing', async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const handle = await d.tasks(EdgeService).scarce.delay(3);
+    await d.close();
+    await expect(handle.get({ timeout: 1 })).rejects.toThrow(/this dispatcher is closed/);
+  });
+
+  it('close({ timeout }) resolves while Redis is down, leaving unstored ends to recovery', async () => {
+    const redis = await OwnRedis.create();
+    try {
+      const worker = new Worker({ connection: redis.url, prefix: 'down', services: [new TwoQueueService()], queues: ['email'] });
+      worker.on('error', () => undefined);
+      await worker.start();
+      const d = new Dispatcher({ connection: redis.url, prefix: 'down' });
+      await d.tasks(TwoQueueService).hold.delay();
+      await waitFor(() => heldTasks.size === 1, { what: 'the task to start' });
+      await d.close();
+      await redis.stop();
+      for (const release of heldTasks) release(); // it ends while Redis is down: its end cannot be stored
+      heldTasks.clear();
+      const began = Date.now();
+      await worker.close({ timeout: 0.2 });
+      expect(Date.now() - began).toBeLessThan(15_000);
+    } finally {
+      await redis.dispose();
+    }
   });
 });

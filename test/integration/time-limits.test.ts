@@ -175,7 +175,9 @@ describe('time limits', () => {
     expect(started).toEqual([stuck.id, next.id]);
     expect(worker.activeCount).toBe(0);
     const report = ev.errors.find((e) => e.message.includes(stuck.id));
-    expect(report?.message).toBe(`task ${stuck.id} (LimitProbe.ignores) ignored the AbortSignal at its time limit; its promise is still running`);
+    expect(report?.message).toBe(
+      `task ${stuck.id} (LimitProbe.ignores) ignored the AbortSignal at its time limit; its promise is still running (pass currentTask().signal to what the task awaits)`,
+    );
     const info = await stuck.info();
     expect(info.state).toBe('FAILURE');
     expect(info.error?.name).toBe('TimeLimitExceededError');

@@ -75,6 +75,9 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
         deadLetter(base, id, 'its record is not a hash', now)
       elseif not state then
         deadLetter(base, id, 'the wait list names a task with no record', now)
+      elseif (state == 'PENDING' or state == 'RETRY') and redis.call('ZSCORE', delayedKey, id) then
+        -- A stale entry (an id reused for a new task, or a retry) whose task waits in the delayed
+        -- set, not yet due: dropped here, it starts when due.
       elseif state == 'PENDING' or state == 'RETRY' then
         local lockTtl, limit, period = tonumber(t[5]), tonumber(t[7]), tonumber(t[8])
         local problem = nil
