@@ -1,0 +1,215 @@
+// The three systems behind one small interface, each in its default durable configuration
+// (results kept). The orchestrator (run.mjs) uses the producer side; worker-child.mjs the worker
+// side, in its own process. Every Redis client library is wrapped so that each command a client
+// sends (top-level, pipelined or not) adds one to `clientCommands.n`: Redis's own counters
+// (INFO commandstats, total_commands_processed) also count the commands a script runs.
+// INFO is left out here and on the server side (the bench's own probes are INFO calls).
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const BENCH = fileURLToPath(new URL('../', import.meta.url));
+export const SYSTEMS = ['heimdall', 'bullmq', 'bee-queue'];
+export const QUEUE = 'bench';
+
+/** Commands sent by the clients of this process (except the orchestrator's admin connection). */
+export const clientCommands = { n: 0 };
+const COUNTED = Symbol.for('heimdall-bench:counted');
+export const ADMIN_NAME = 'heimdall-bench-admin';
+
+function countIoredis(Redis) {
+  const proto = Redis.prototype;
+  if (proto[COUNTED]) return;
+  const send = proto.sendCommand;
+  proto.sendCommand = function countedSend(command, stream) {
+    if (this.options?.connectionName !== ADMIN_NAME && command?.name !== 'info') clientCommands.n++;
+    return send.call(this, command, stream);
+  };
+  proto[COUNTED] = true;
+}
+
+function countNodeRedis(RedisClient) {
+  const proto = RedisClient.prototype;
+  if (proto[COUNTED]) return;
+  const send = proto.internal_send_command;
+  proto.internal_send_command = function countedSend(commandObj) {
+    if (String(commandObj?.command).toLowerCase() !== 'info') clientCommands.n++;
+    return send.call(this, commandObj);
+  };
+  proto[COUNTED] = true;
+}
+
+const rootRequire = createRequire(`${ROOT}package.json`);
+const benchRequire = createRequire(`${BENCH}package.json`);
+
+/** True when `npm ci --prefix bench` has installed BullMQ and bee-queue. */
+export function benchDepsInstalled() {
+  return existsSync(`${BENCH}node_modules/bullmq/package.json`) && existsSync(`${BENCH}node_modules/bee-queue/package.json`);
+}
+
+/** The ioredis heimdall-tasks uses (the repository's own dependency). */
+export function rootIoredis() {
+  const Redis = rootRequire('ioredis');
+  countIoredis(Redis);
+  return Redis;
+}
+
+export function versions() {
+  const v = { heimdall: rootRequire('./package.json').version, node: process.version };
+  if (benchDepsInstalled()) {
+    v.bullmq = benchRequire('bullmq/package.json').version;
+    v['bee-queue'] = benchRequire('bee-queue/package.json').version;
+    v['ioredis (bench)'] = benchRequire('ioredis/package.json').version;
+  }
+  v['ioredis (heimdall)'] = rootRequire('ioredis/package.json').version;
+  return v;
+}
+
+// ---------------------------------------------------------------- heimdall-tasks
+let heimdallModule;
+let heimdallHandler = () => {};
+async function heimdall() {
+  if (!heimdallModule) {
+    rootIoredis();
+    // The source, run through tsx (the orchestrator and the children run under `--import tsx`),
+    // so the bench measures the working tree without a build step.
+    const lib = await import(pathToFileURL(`${ROOT}src/index.ts`).href);
+    class BenchTasks {
+      async noop(p) {
+        heimdallHandler(p);
+      }
+      async unique(p) {
+        heimdallHandler(p);
+      }
+      async limited(p) {
+        heimdallHandler(p);
+      }
+    }
+    // Legacy decorator calls by hand (this file is plain JavaScript).
+    const task = (key, options) =>
+      lib.Task({ name: `bench.${key}`, queue: QUEUE, ...options })(
+        BenchTasks.prototype,
+        key,
+        Object.getOwnPropertyDescriptor(BenchTasks.prototype, key),
+      );
+    task('noop', {});
+    task('unique', { unique: true });
+    task('limited', { rateLimit: [1000, 1] });
+    heimdallModule = { lib, BenchTasks };
+  }
+  return heimdallModule;
+}
+
+// ---------------------------------------------------------------- BullMQ
+async function bullmq() {
+  const Redis = benchRequire('ioredis');
+  countIoredis(Redis);
+  const lib = await import(pathToFileURL(benchRequire.resolve('bullmq')).href);
+  return { lib, Redis };
+}
+
+// ---------------------------------------------------------------- bee-queue
+function beeQueue() {
+  const beePath = benchRequire.resolve('bee-queue');
+  const { RedisClient } = createRequire(beePath)('redis');
+  countNodeRedis(RedisClient);
+  return benchRequire('bee-queue');
+}
+
+/**
+ * A producer: `{ enqueue(payload, kind?), bulk?(payloads), close() }`. `kind` is 'noop' (default),
+ * 'unique' or 'limited' (heimdall only). enqueue resolves to the task id.
+ */
+export async function producer(system, url, prefix) {
+  if (system === 'heimdall') {
+    const { lib, BenchTasks } = await heimdall();
+    const dispatcher = new lib.Dispatcher({ connection: url, prefix });
+    const tasks = dispatcher.tasks(BenchTasks);
+    return {
+      enqueue: async (payload, kind = 'noop') => (await tasks[kind].delay(payload)).id,
+      bulk: undefined,
+      info: (id) => dispatcher.result(id, { queue: QUEUE }).info(),
+      close: () => dispatcher.close(),
+    };
+  }
+  if (system === 'bullmq') {
+    const { lib, Redis } = await bullmq();
+    const connection = new Redis(url, { maxRetriesPerRequest: null });
+    const queue = new lib.Queue(QUEUE, { connection, prefix });
+    await queue.waitUntilReady();
+    return {
+      enqueue: async (payload) => (await queue.add('noop', payload)).id,
+      bulk: async (payloads) => {
+        await queue.addBulk(payloads.map((data) => ({ name: 'noop', data })));
+      },
+      close: async () => {
+        await queue.close();
+        connection.disconnect();
+      },
+    };
+  }
+  if (system === 'bee-queue') {
+    const Queue = beeQueue();
+    // getEvents off: the producer does not wait for results (nor do the other two producers).
+    const queue = new Queue(QUEUE, { redis: { url }, prefix, isWorker: false, getEvents: false });
+    await queue.ready();
+    return {
+      enqueue: async (payload) => (await queue.createJob(payload).save()).id,
+      bulk: async (payloads) => {
+        const errors = await queue.saveAll(payloads.map((p) => queue.createJob(p)));
+        if (errors.size > 0) throw [...errors.values()][0];
+      },
+      close: () => queue.close(),
+    };
+  }
+  throw new Error(`unknown system ${system}`);
+}
+
+/**
+ * Starts a worker running `handler(payload)` for every task, calling `onDone()` after each
+ * task's end is stored. Resolves when the worker is consuming: `{ close() }`.
+ */
+export async function worker(system, url, prefix, { concurrency, handler, onDone }) {
+  if (system === 'heimdall') {
+    const { lib, BenchTasks } = await heimdall();
+    const service = new BenchTasks();
+    heimdallHandler = handler;
+    const w = new lib.Worker({ connection: url, prefix, services: [service], queues: [QUEUE], concurrency });
+    w.on('succeeded', onDone);
+    w.on('error', (err) => console.error(`heimdall worker error: ${err.message}`));
+    await w.start();
+    return { close: () => w.close() };
+  }
+  if (system === 'bullmq') {
+    const { lib, Redis } = await bullmq();
+    const connection = new Redis(url, { maxRetriesPerRequest: null });
+    const w = new lib.Worker(QUEUE, async (job) => handler(job.data), { connection, prefix, concurrency });
+    w.on('completed', onDone);
+    w.on('error', (err) => console.error(`bullmq worker error: ${err.message}`));
+    await w.waitUntilReady();
+    return {
+      close: async () => {
+        await w.close();
+        connection.disconnect();
+      },
+    };
+  }
+  if (system === 'bee-queue') {
+    const Queue = beeQueue();
+    const queue = new Queue(QUEUE, { redis: { url }, prefix });
+    queue.on('succeeded', onDone);
+    queue.on('error', (err) => console.error(`bee-queue worker error: ${err.message}`));
+    queue.process(concurrency, async (job) => handler(job.data));
+    await queue.ready();
+    return { close: () => queue.close() };
+  }
+  throw new Error(`unknown system ${system}`);
+}
+
+/** Loads a system's modules (so that loading them is not timed). */
+export async function preload(system) {
+  if (system === 'heimdall') await heimdall();
+  else if (system === 'bullmq') await bullmq();
+  else if (system === 'bee-queue') beeQueue();
+}

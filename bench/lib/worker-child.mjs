@@ -1,0 +1,74 @@
+// One worker process of the bench, driven by run.mjs over IPC:
+//   child -> 'ready' (modules loaded)      parent -> 'go'
+//   child -> 'started' (worker consuming)  ... child -> 'progress' { done } now and then
+//   child -> 'done' { stats } once `target` tasks ended (target 0: never; parent sends 'stop')
+//   parent -> 'stop'                       child -> 'closed' { stats }, then exits
+// Times are process.hrtime.bigint() in nanoseconds: CLOCK_MONOTONIC, one clock for every
+// process on a Linux machine, so the parent can compare them with its own.
+import { clientCommands, preload, worker } from './systems.mjs';
+
+const { system, url, prefix, concurrency, target, recordStarts } = JSON.parse(process.env.BENCH_CHILD);
+const send = (msg) => process.send(msg, undefined, undefined, () => {});
+
+let done = 0;
+let w;
+let t0 = 0n;
+let cpu0;
+let cmd0 = 0;
+let stats;
+const starts = recordStarts ? new Map() : undefined;
+let lastProgress = 0;
+
+function snapshot() {
+  const cpu = process.cpuUsage(cpu0);
+  return {
+    done,
+    elapsedNs: String(process.hrtime.bigint() - t0),
+    cpuUs: cpu.user + cpu.system,
+    clientCommands: clientCommands.n - cmd0,
+  };
+}
+
+function handler(payload) {
+  if (starts) starts.set(payload.i, String(process.hrtime.bigint()));
+}
+
+function onDone() {
+  done++;
+  if (target > 0 && done === target) {
+    stats = snapshot();
+    send({ type: 'done', stats });
+  }
+}
+
+// Progress for the parent (the rate-limited drain stops its workers when their sum is reached).
+setInterval(() => {
+  if (done !== lastProgress) {
+    lastProgress = done;
+    send({ type: 'progress', done });
+  }
+}, 50).unref();
+
+process.on('message', async (msg) => {
+  try {
+    if (msg.type === 'go') {
+      cpu0 = process.cpuUsage();
+      cmd0 = clientCommands.n;
+      t0 = process.hrtime.bigint();
+      w = await worker(system, url, prefix, { concurrency, handler, onDone });
+      send({ type: 'started' });
+    } else if (msg.type === 'stop') {
+      const final = stats ?? snapshot();
+      await w?.close();
+      send({ type: 'closed', stats: { ...final, done }, starts: starts ? [...starts] : undefined });
+      process.disconnect();
+    }
+  } catch (err) {
+    send({ type: 'error', message: err?.stack ?? String(err) });
+    process.exit(1);
+  }
+});
+
+// Load the system's modules before 'ready', so that loading is not timed.
+await preload(system);
+send({ type: 'ready' });

@@ -1,0 +1,460 @@
+#!/usr/bin/env node
+// The side-by-side benchmark: heimdall-tasks, BullMQ and bee-queue on one private redis-server.
+// Run from the repository root with `npm run bench` (= node --import tsx bench/run.mjs).
+// See BENCHMARKS.md for what each figure means. Sizes come from the environment:
+//   BENCH_REPS (3), BENCH_ENQUEUE (20000), BENCH_DRAIN (20000), BENCH_LATENCY (2500 tasks),
+//   BENCH_LATENCY_RATE (500/s), BENCH_RATE_TASKS (5000), BENCH_SYSTEMS (heimdall,bullmq,bee-queue),
+//   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL.
+import { execFileSync, fork } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, platform, release } from 'node:os';
+import { dirname, join } from 'node:path';
+import { startRedis } from '../scripts/redis-launcher.mjs';
+import { renderChart, renderTable } from './lib/report.mjs';
+import { ADMIN_NAME, BENCH, benchDepsInstalled, clientCommands, producer, QUEUE, rootIoredis, SYSTEMS, versions } from './lib/systems.mjs';
+
+const int = (name, def) => {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return def;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a whole number >= 1, got '${raw}'`);
+  return n;
+};
+const cfg = {
+  reps: int('BENCH_REPS', 3),
+  enqueue: int('BENCH_ENQUEUE', 20_000),
+  drain: int('BENCH_DRAIN', 20_000),
+  latencyTasks: int('BENCH_LATENCY', 2_500),
+  latencyRate: int('BENCH_LATENCY_RATE', 500),
+  rateTasks: int('BENCH_RATE_TASKS', 5_000),
+  inFlight: 100,
+  bulkBatch: 1_000,
+  latencyConcurrency: 50,
+  rateWorkers: 4,
+  rateWorkerConcurrency: 50,
+  systems: (process.env.BENCH_SYSTEMS ?? SYSTEMS.join(',')).split(',').map((s) => s.trim()).filter(Boolean),
+};
+for (const s of cfg.systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system '${s}' in BENCH_SYSTEMS; known: ${SYSTEMS.join(', ')}`);
+const OUT = process.env.BENCH_OUT ?? join(BENCH, 'results', 'latest.json');
+const CHART = process.env.BENCH_CHART ?? join(BENCH, 'results', 'chart.svg');
+const PREFIX = 'hbench';
+const log = (m) => console.error(m);
+
+if (cfg.systems.some((s) => s !== 'heimdall') && !benchDepsInstalled()) {
+  log('bench: installing BullMQ and bee-queue (npm ci --prefix bench)');
+  execFileSync('npm', ['ci', '--prefix', BENCH, '--no-audit', '--no-fund'], { stdio: 'inherit' });
+}
+
+const payload = (i) => ({ i, s: 'x'.repeat(100) });
+const now = () => process.hrtime.bigint();
+const seconds = (ns) => Number(ns) / 1e9;
+
+// ------------------------------------------------------------------ Redis helpers
+let admin;
+async function info(section) {
+  const text = await admin.info(section);
+  const out = {};
+  for (const line of text.split('\r\n')) {
+    const at = line.indexOf(':');
+    if (at > 0 && !line.startsWith('#')) out[line.slice(0, at)] = line.slice(at + 1);
+  }
+  return out;
+}
+/** Redis CPU so far (user + system), in microseconds. */
+async function redisCpuUs() {
+  const c = await info('cpu');
+  return (Number(c.used_cpu_user) + Number(c.used_cpu_sys)) * 1e6;
+}
+/** INFO commandstats as { command: calls }. */
+async function commandStats() {
+  const text = await admin.info('commandstats');
+  const out = {};
+  for (const m of text.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) out[m[1]] = Number(m[2]);
+  return out;
+}
+const SCRIPT_CALLS = ['evalsha', 'eval', 'evalsha_ro', 'eval_ro', 'fcall', 'fcall_ro'];
+/**
+ * Server-side counts between two snapshots. Redis counts the commands a script runs in
+ * commandstats as well, so: all = every call except INFO (the bench's own probes);
+ * scripts = EVAL/EVALSHA/FCALL calls (only clients call them).
+ */
+function commandDelta(before, after) {
+  let all = 0;
+  let scripts = 0;
+  for (const [cmd, calls] of Object.entries(after)) {
+    if (cmd === 'info') continue;
+    const d = calls - (before[cmd] ?? 0);
+    all += d;
+    if (SCRIPT_CALLS.includes(cmd)) scripts += d;
+  }
+  return { all, scripts };
+}
+async function snapshot() {
+  return { cpu: await redisCpuUs(), cmds: await commandStats(), mem: Number((await info('memory')).used_memory) };
+}
+async function reset() {
+  await admin.flushall();
+}
+
+// ------------------------------------------------------------------ workers in child processes
+function startChild(system, url, { concurrency, target, recordStarts = false }) {
+  const child = fork(join(BENCH, 'lib', 'worker-child.mjs'), [], {
+    execArgv: ['--import', 'tsx'],
+    env: { ...process.env, BENCH_CHILD: JSON.stringify({ system, url, prefix: PREFIX, concurrency, target, recordStarts }) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const waiters = new Map();
+  const seen = new Map();
+  const state = { done: 0 };
+  let failure;
+  child.on('message', (msg) => {
+    if (msg.type === 'progress') state.done = Math.max(state.done, msg.done);
+    if (msg.type === 'error') failure = new Error(`${system} worker: ${msg.message}`);
+    seen.set(msg.type, msg);
+    const w = waiters.get(msg.type);
+    if (w) {
+      waiters.delete(msg.type);
+      w.resolve(msg);
+    }
+    if (failure) for (const x of waiters.values()) x.reject(failure);
+  });
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  child.on('exit', (code) => {
+    if (code !== 0 && code !== null) {
+      failure ??= new Error(`${system} worker exited with code ${code}`);
+      for (const x of waiters.values()) x.reject(failure);
+    }
+  });
+  const next = (type, timeoutMs = 300_000) => {
+    if (seen.has(type)) return Promise.resolve(seen.get(type));
+    if (failure) return Promise.reject(failure);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${system} worker: no '${type}' within ${timeoutMs} ms`)), timeoutMs);
+      waiters.set(type, {
+        resolve: (m) => {
+          clearTimeout(timer);
+          resolve(m);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+    });
+  };
+  return {
+    state,
+    next,
+    send: (msg) => child.send(msg),
+    stop: async () => {
+      child.send({ type: 'stop' });
+      const closed = await next('closed', 60_000);
+      await exited;
+      return closed;
+    },
+  };
+}
+
+// ------------------------------------------------------------------ scenarios
+/** Enqueues `payloads(i)` for i < n with up to `inFlight` calls waiting at once. */
+async function enqueueAll(p, n, kind = 'noop', ids) {
+  let next = 0;
+  const lane = async () => {
+    while (next < n) {
+      const i = next++;
+      const id = await p.enqueue(payload(i), kind);
+      if (ids) ids[i] = id;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(cfg.inFlight, n) }, lane));
+}
+
+async function fill(p, n) {
+  if (p.bulk) {
+    for (let i = 0; i < n; i += cfg.bulkBatch) {
+      await p.bulk(Array.from({ length: Math.min(cfg.bulkBatch, n - i) }, (_, k) => payload(i + k)));
+    }
+  } else {
+    await enqueueAll(p, n);
+  }
+}
+
+/** Single enqueue calls, up to 100 in flight: rate, and the costs per task, memory included. */
+async function scenarioEnqueue(system, url, kind = 'noop') {
+  await reset();
+  const p = await producer(system, url, PREFIX);
+  await enqueueAll(p, Math.min(100, cfg.enqueue), kind); // warm-up: connections, script loads
+  await reset();
+  const n = cfg.enqueue;
+  const before = await snapshot();
+  const cmd0 = clientCommands.n;
+  const cpu0 = process.cpuUsage();
+  const t0 = now();
+  await enqueueAll(p, n, kind);
+  const elapsed = seconds(now() - t0);
+  const cpu = process.cpuUsage(cpu0);
+  const clientCmds = clientCommands.n - cmd0;
+  const after = await snapshot();
+  await p.close();
+  const cmds = commandDelta(before.cmds, after.cmds);
+  return {
+    rate: n / elapsed,
+    bytesPerTask: (after.mem - before.mem) / n,
+    redisCpuUs: (after.cpu - before.cpu) / n,
+    nodeCpuUs: (cpu.user + cpu.system) / n,
+    clientCmds: clientCmds / n,
+    scriptCalls: cmds.scripts / n,
+    scriptInternal: (cmds.all - clientCmds) / n,
+  };
+}
+
+async function scenarioBulk(system, url) {
+  await reset();
+  const p = await producer(system, url, PREFIX);
+  if (!p.bulk) {
+    await p.close();
+    return undefined;
+  }
+  await fill(p, Math.min(cfg.bulkBatch, cfg.enqueue));
+  await reset();
+  const n = cfg.enqueue;
+  const before = await snapshot();
+  const t0 = now();
+  await fill(p, n);
+  const elapsed = seconds(now() - t0);
+  const after = await snapshot();
+  await p.close();
+  return { rate: n / elapsed, redisCpuUs: (after.cpu - before.cpu) / n };
+}
+
+/** n queued tasks, then one worker process at `concurrency` drains them. */
+async function scenarioDrain(system, url, concurrency) {
+  await reset();
+  const n = cfg.drain;
+  const p = await producer(system, url, PREFIX);
+  await fill(p, n);
+  await p.close();
+  const child = startChild(system, url, { concurrency, target: n });
+  await child.next('ready');
+  const before = await snapshot();
+  child.send({ type: 'go' });
+  const { stats } = await child.next('done');
+  const after = await snapshot();
+  await child.stop();
+  const cmds = commandDelta(before.cmds, after.cmds);
+  return {
+    rate: n / (Number(stats.elapsedNs) / 1e9),
+    redisCpuUs: (after.cpu - before.cpu) / n,
+    nodeCpuUs: stats.cpuUs / n,
+    clientCmds: stats.clientCommands / n,
+    scriptCalls: cmds.scripts / n,
+    scriptInternal: (cmds.all - stats.clientCommands) / n,
+  };
+}
+
+function percentile(sorted, q) {
+  if (sorted.length === 0) return NaN;
+  const at = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
+  return sorted[at];
+}
+
+/** Tasks sent at a steady rate to a waiting worker; latency from the send to the handler's start. */
+async function scenarioLatency(system, url) {
+  await reset();
+  const n = cfg.latencyTasks;
+  const p = await producer(system, url, PREFIX);
+  const child = startChild(system, url, { concurrency: cfg.latencyConcurrency, target: n, recordStarts: true });
+  await child.next('ready');
+  child.send({ type: 'go' });
+  await child.next('started');
+  const sentAt = new Array(n);
+  const pending = [];
+  const t0 = now();
+  let sent = 0;
+  while (sent < n) {
+    const due = Math.min(n, Math.floor((seconds(now() - t0) * cfg.latencyRate)) + 1);
+    while (sent < due) {
+      const i = sent++;
+      sentAt[i] = now();
+      pending.push(p.enqueue(payload(i)));
+    }
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  await Promise.all(pending);
+  await child.next('done');
+  const { starts } = await child.stop();
+  await p.close();
+  const startOf = new Map(starts);
+  // The first 5% warm the connections and the JIT; they are left out.
+  const skip = Math.floor(n * 0.05);
+  const ms = [];
+  for (let i = skip; i < n; i++) ms.push(Number(BigInt(startOf.get(i)) - sentAt[i]) / 1e6);
+  ms.sort((a, b) => a - b);
+  return { p50: percentile(ms, 0.5), p95: percentile(ms, 0.95), p99: percentile(ms, 0.99) };
+}
+
+/** heimdall only: [1000, 1] with 4 worker processes; start times are the server clock's. */
+async function scenarioRateLimited(url) {
+  await reset();
+  const n = cfg.rateTasks;
+  const p = await producer('heimdall', url, PREFIX);
+  const ids = new Array(n);
+  await enqueueAll(p, n, 'limited', ids);
+  const children = Array.from({ length: cfg.rateWorkers }, () =>
+    startChild('heimdall', url, { concurrency: cfg.rateWorkerConcurrency, target: 0 }),
+  );
+  await Promise.all(children.map((c) => c.next('ready')));
+  for (const c of children) c.send({ type: 'go' });
+  const deadline = Date.now() + 120_000 + n * 10;
+  while (children.reduce((sum, c) => sum + c.state.done, 0) < n) {
+    if (Date.now() > deadline) throw new Error('rate-limited drain did not finish in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await Promise.all(children.map((c) => c.stop()));
+  const st = [];
+  for (let i = 0; i < n; i += 500) {
+    const infos = await Promise.all(ids.slice(i, i + 500).map((id) => p.info(id)));
+    for (const inf of infos) {
+      if (inf.state !== 'SUCCESS' || !inf.startedAt) throw new Error(`rate-limited task ${inf.id} ended ${inf.state}`);
+      st.push(inf.startedAt.getTime());
+    }
+  }
+  await p.close();
+  st.sort((a, b) => a - b);
+  // Largest number of starts in any window [t, t + 1000 ms) (start times are whole ms).
+  let maxWindow = 0;
+  for (let lo = 0, hi = 0; hi < st.length; hi++) {
+    while (st[hi] - st[lo] >= 1000) lo++;
+    maxWindow = Math.max(maxWindow, hi - lo + 1);
+  }
+  // Achieved rate: the tasks over the time from the first start to the end of the window the
+  // last start opened (first start + span + 1 s); a perfect [1000, 1] limiter scores 1000.
+  const span = (st[st.length - 1] - st[0]) / 1000;
+  return { rate: n / (span + 1), maxWindow, spanS: span };
+}
+
+// ------------------------------------------------------------------ the run
+function stats(values) {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  const mid = Math.floor(v.length / 2);
+  const median = v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+  return { median, min: v[0], max: v[v.length - 1], samples: values };
+}
+
+// Each row: where its samples come from, its unit and which way is better. Machine-independent first.
+const ROWS = [
+  { id: 'redis_cpu_drain50', group: 'machine-independent', label: 'Redis CPU per task, drain c=50', unit: 'µs', better: 'lower', from: ['drain50', 'redisCpuUs'] },
+  { id: 'redis_cpu_drain1', group: 'machine-independent', label: 'Redis CPU per task, drain c=1', unit: 'µs', better: 'lower', from: ['drain1', 'redisCpuUs'] },
+  { id: 'redis_cpu_enqueue', group: 'machine-independent', label: 'Redis CPU per task, single enqueue', unit: 'µs', better: 'lower', from: ['enqueue', 'redisCpuUs'] },
+  { id: 'node_cpu_drain50', group: 'machine-independent', label: 'Worker Node CPU per task, drain c=50', unit: 'µs', better: 'lower', from: ['drain50', 'nodeCpuUs'] },
+  { id: 'node_cpu_drain1', group: 'machine-independent', label: 'Worker Node CPU per task, drain c=1', unit: 'µs', better: 'lower', from: ['drain1', 'nodeCpuUs'] },
+  { id: 'node_cpu_enqueue', group: 'machine-independent', label: 'Producer Node CPU per task, single enqueue', unit: 'µs', better: 'lower', from: ['enqueue', 'nodeCpuUs'] },
+  { id: 'cmds_drain50', group: 'machine-independent', label: 'Client commands per task, drain c=50', unit: 'cmds', better: 'lower', from: ['drain50', 'clientCmds'] },
+  { id: 'cmds_drain1', group: 'machine-independent', label: 'Client commands per task, drain c=1', unit: 'cmds', better: 'lower', from: ['drain1', 'clientCmds'] },
+  { id: 'cmds_enqueue', group: 'machine-independent', label: 'Client commands per task, single enqueue', unit: 'cmds', better: 'lower', from: ['enqueue', 'clientCmds'] },
+  { id: 'scripts_drain50', group: 'machine-independent', label: 'Script calls per task, drain c=50', unit: 'calls', better: 'lower', from: ['drain50', 'scriptCalls'] },
+  { id: 'inscript_drain50', group: 'machine-independent', label: 'Commands run inside scripts per task, drain c=50', unit: 'cmds', better: 'lower', from: ['drain50', 'scriptInternal'] },
+  { id: 'inscript_enqueue', group: 'machine-independent', label: 'Commands run inside scripts per task, enqueue', unit: 'cmds', better: 'lower', from: ['enqueue', 'scriptInternal'] },
+  { id: 'bytes', group: 'machine-independent', label: 'Redis memory per queued task', unit: 'bytes', better: 'lower', from: ['enqueue', 'bytesPerTask'] },
+  { id: 'enqueue_rate', group: 'throughput', label: 'Single enqueue (100 in flight)', unit: 'tasks/s', better: 'higher', from: ['enqueue', 'rate'] },
+  { id: 'bulk_rate', group: 'throughput', label: 'Bulk enqueue (batches of 1000)', unit: 'tasks/s', better: 'higher', from: ['bulk', 'rate'] },
+  { id: 'drain1_rate', group: 'throughput', label: 'Drain, 1 worker process, c=1', unit: 'tasks/s', better: 'higher', from: ['drain1', 'rate'] },
+  { id: 'drain50_rate', group: 'throughput', label: 'Drain, 1 worker process, c=50', unit: 'tasks/s', better: 'higher', from: ['drain50', 'rate'] },
+  { id: 'lat_p50', group: 'latency', label: 'Latency p50 at 500 tasks/s', unit: 'ms', better: 'lower', from: ['latency', 'p50'] },
+  { id: 'lat_p95', group: 'latency', label: 'Latency p95 at 500 tasks/s', unit: 'ms', better: 'lower', from: ['latency', 'p95'] },
+  { id: 'lat_p99', group: 'latency', label: 'Latency p99 at 500 tasks/s', unit: 'ms', better: 'lower', from: ['latency', 'p99'] },
+];
+const HEIMDALL_ROWS = [
+  { id: 'unique_rate', label: 'Unique enqueue rate (plain: single enqueue above)', unit: 'tasks/s', better: 'higher', from: ['unique', 'rate'], plain: ['enqueue', 'rate'] },
+  { id: 'unique_redis_cpu', label: 'Unique enqueue, Redis CPU per task', unit: 'µs', better: 'lower', from: ['unique', 'redisCpuUs'], plain: ['enqueue', 'redisCpuUs'] },
+  { id: 'unique_bytes', label: 'Unique enqueue, Redis memory per queued task', unit: 'bytes', better: 'lower', from: ['unique', 'bytesPerTask'], plain: ['enqueue', 'bytesPerTask'] },
+  { id: 'unique_cmds', label: 'Unique enqueue, client commands per task', unit: 'cmds', better: 'lower', from: ['unique', 'clientCmds'], plain: ['enqueue', 'clientCmds'] },
+  { id: 'rl_rate', label: 'Rate-limited drain [1000, 1], 4 workers: achieved rate', unit: 'tasks/s', better: 'higher', from: ['rateLimited', 'rate'] },
+  { id: 'rl_max_window', label: 'Rate-limited drain: most starts in any 1-s window (limit 1000)', unit: 'starts', better: 'lower', from: ['rateLimited', 'maxWindow'] },
+];
+
+async function main() {
+  const redis = await startRedis({ log });
+  if (!redis.started) log(`bench: using REDIS_URL ${redis.url}; it is FLUSHALLed between runs`);
+  const Redis = rootIoredis();
+  admin = new Redis(redis.url, { connectionName: ADMIN_NAME });
+  const samples = {}; // samples[system][scenario] = [result per rep]
+  const add = (system, scenario, r) => {
+    if (r === undefined) return;
+    ((samples[system] ??= {})[scenario] ??= []).push(r);
+  };
+  const started = Date.now();
+  try {
+    const redisVersion = (await info('server')).redis_version;
+    for (let rep = 1; rep <= cfg.reps; rep++) {
+      for (const system of cfg.systems) {
+        const step = async (name, fn) => {
+          const t = Date.now();
+          const r = await fn();
+          add(system, name, r);
+          log(`rep ${rep}/${cfg.reps} ${system.padEnd(9)} ${name.padEnd(11)} ${brief(r)} (${((Date.now() - t) / 1000).toFixed(1)} s)`);
+        };
+        await step('enqueue', () => scenarioEnqueue(system, redis.url));
+        await step('bulk', () => scenarioBulk(system, redis.url));
+        await step('drain1', () => scenarioDrain(system, redis.url, 1));
+        await step('drain50', () => scenarioDrain(system, redis.url, 50));
+        await step('latency', () => scenarioLatency(system, redis.url));
+        if (system === 'heimdall') {
+          await step('unique', () => scenarioEnqueue(system, redis.url, 'unique'));
+          await step('rateLimited', () => scenarioRateLimited(redis.url));
+        }
+      }
+    }
+    await reset();
+    const pick = (system, [scenario, field]) => (samples[system]?.[scenario] ?? []).map((r) => r[field]);
+    const rows = ROWS.map((row) => {
+      const values = {};
+      for (const system of cfg.systems) {
+        const s = stats(pick(system, row.from));
+        if (s) values[system] = s;
+      }
+      const h = values.heimdall?.median;
+      const ratio = (other) => (h !== undefined && values[other]?.median >= 0.01 ? h / values[other].median : undefined);
+      return { id: row.id, group: row.group, label: row.label, unit: row.unit, better: row.better, values, ratios: { bullmq: ratio('bullmq'), 'bee-queue': ratio('bee-queue') } };
+    });
+    const heimdallOnly = cfg.systems.includes('heimdall')
+      ? HEIMDALL_ROWS.map((row) => {
+          const value = stats(pick('heimdall', row.from));
+          const plain = row.plain ? stats(pick('heimdall', row.plain)) : undefined;
+          return { id: row.id, label: row.label, unit: row.unit, better: row.better, value, plain, ratioToPlain: value && plain ? value.median / plain.median : undefined };
+        })
+      : [];
+    const result = {
+      generatedAt: new Date().toISOString(),
+      durationS: Math.round((Date.now() - started) / 1000),
+      machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, platform: `${platform()} ${release()}` },
+      versions: { ...versions(), redis: redisVersion },
+      config: { ...cfg, queue: QUEUE, payload: "{ i, s: 'x'.repeat(100) }" },
+      systems: cfg.systems,
+      rows,
+      heimdallOnly,
+      samples,
+    };
+    mkdirSync(dirname(OUT), { recursive: true });
+    writeFileSync(OUT, `${JSON.stringify(result, null, 2)}\n`);
+    const table = renderTable(result);
+    writeFileSync(OUT.replace(/\.json$/, '') + '.md', table);
+    mkdirSync(dirname(CHART), { recursive: true });
+    writeFileSync(CHART, renderChart(result));
+    process.stdout.write(table);
+    log(`bench: wrote ${OUT}, ${CHART} (${result.durationS} s)`);
+  } finally {
+    admin.disconnect();
+    await redis.stop();
+  }
+}
+
+function brief(r) {
+  if (r === undefined) return '(none)';
+  return Object.entries(r)
+    .map(([k, v]) => `${k}=${typeof v === 'number' ? (Math.abs(v) >= 100 ? Math.round(v) : v.toFixed(2)) : v}`)
+    .join(' ');
+}
+
+await main();
