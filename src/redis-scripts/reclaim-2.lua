@@ -17,24 +17,19 @@
 ]]
 -- @include "now"
 -- @include "end-task"
+-- @include "hand-back"
 
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local known = {}
 for i = 4, #ARGV do known[ARGV[i]] = true end
+local now = nowMs()
 local count = 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if not known[id] then
-    local key = base .. 't:' .. id
-    local t = redis.pcall('HMGET', key, 'w', 's', 'rv')
-    if not t.err and t[1] == workerId and t[2] == 'STARTED' and t[3] then
+    local t = redis.pcall('HMGET', base .. 't:' .. id, 'w', 's')
+    if not t.err and t[1] == workerId and t[2] == 'STARTED' then
       redis.call('ZREM', KEYS[2], id)
-      endTask(base, id, 'REVOKED', { 'rr', t[3] }, nowMs(), expireMs)
-    elseif not t.err and t[1] == workerId and t[2] == 'STARTED' then
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('HSET', key, 's', 'PENDING')
-      redis.call('HINCRBY', key, 'at', -1)
-      redis.call('RPUSH', KEYS[1], id)
-      count = count + 1
+      count = count + handBack(base, KEYS[1], id, true, now, expireMs)
     end
   end
 end

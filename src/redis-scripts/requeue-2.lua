@@ -16,21 +16,15 @@
 ]]
 -- @include "now"
 -- @include "end-task"
+-- @include "hand-back"
 
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = nowMs()
 local count = 0
 for i = 4, #ARGV do
   local id = ARGV[i]
-  local key = base .. 't:' .. id
-  if redis.pcall('HGET', key, 'w') == workerId and redis.call('ZREM', KEYS[2], id) == 1 then
-    local rv = redis.call('HGET', key, 'rv')
-    if rv then
-      endTask(base, id, 'REVOKED', { 'rr', rv }, nowMs(), expireMs)
-    else
-      redis.call('HSET', key, 's', 'PENDING')
-      redis.call('RPUSH', KEYS[1], id)
-      count = count + 1
-    end
+  if redis.pcall('HGET', base .. 't:' .. id, 'w') == workerId and redis.call('ZREM', KEYS[2], id) == 1 then
+    count = count + handBack(base, KEYS[1], id, false, now, expireMs)
   end
 end
 return count

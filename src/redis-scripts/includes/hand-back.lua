@@ -1,0 +1,16 @@
+-- A worker gives back a started task it holds (its lease already removed by the caller): the
+-- task goes to the front of the wait list as PENDING, same id and lock, and `undoStart`
+-- takes back the attempt that never ran. A task whose revoke was requested while it ran (rv)
+-- ends REVOKED instead. Returns 1 when the task was put back, 0 when it ended.
+local function handBack(base, waitKey, id, undoStart, now, expireMs)
+  local key = base .. 't:' .. id
+  local rv = redis.call('HGET', key, 'rv')
+  if rv then
+    endTask(base, id, 'REVOKED', { 'rr', rv }, now, expireMs)
+    return 0
+  end
+  redis.call('HSET', key, 's', 'PENDING')
+  if undoStart then redis.call('HINCRBY', key, 'at', -1) end
+  redis.call('RPUSH', waitKey, id)
+  return 1
+end
