@@ -8,3 +8,5 @@ export interface LaunchedRedis {
   stop(): Promise<void>;
 }
 export function startRedis(options?: { log?: (message: string) => void; args?: string[] }): Promise<LaunchedRedis>;
+/** A free loopback port: the OS picks it, and it is free again once this resolves. */
+export function freePort(): Promise<number>;

@@ -29,7 +29,8 @@ function installWithApt(log) {
   return true;
 }
 
-function freePort() {
+/** A free loopback port: the OS picks it, and it is free again once this resolves. */
+export function freePort() {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.unref();

@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { afterEach, expect, inject } from 'vitest';
 import { Dispatcher, Worker, type DispatcherOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
+export { nextEvent } from './worker-events.js';
 
 /** Root of the repository. */
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -82,28 +83,6 @@ export function gate(): Gate {
   };
   shutGates.add(g);
   return g;
-}
-
-/** Resolves with the payload of the next `event` of `worker` that matches `filter`. */
-export function nextEvent<E extends keyof WorkerEvents>(
-  worker: Worker,
-  event: E,
-  filter: (...args: WorkerEvents[E]) => boolean = () => true,
-  timeout = 15_000,
-): Promise<WorkerEvents[E][0]> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      worker.off(event, listener);
-      reject(new Error(`timed out after ${timeout} ms waiting for worker event '${event}'`));
-    }, timeout);
-    const listener = (...args: WorkerEvents[E]): void => {
-      if (!filter(...args)) return;
-      clearTimeout(timer);
-      worker.off(event, listener);
-      resolve(args[0]);
-    };
-    worker.on(event, listener);
-  });
 }
 
 /**
