@@ -3,7 +3,8 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { afterEach, expect, inject } from 'vitest';
 import { Dispatcher, Worker, type DispatcherOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
-export { nextEvent } from './worker-events.js';
+import { waitFor } from './waiting.js';
+export { nextEvent, waitFor } from './waiting.js';
 
 /** Root of the repository. */
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -23,20 +24,6 @@ let counter = 0;
 /** A key prefix no other test uses. */
 export function newPrefix(label = 't'): string {
   return `${PREFIX_ROOT}ht-${label}-${process.pid}-${++counter}-${Math.random().toString(36).slice(2, 8)}`;
-}
-
-/** Polls `probe` until it returns a truthy value, or fails after `timeout` ms naming `what`. */
-export async function waitFor<T>(
-  probe: () => T | Promise<T>,
-  { timeout = 15_000, interval = 20, what = 'condition' }: { timeout?: number; interval?: number; what?: string } = {},
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const value = await probe();
-    if (value) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, interval));
-  }
 }
 
 /** Every event of a worker, in order of arrival, by kind. */

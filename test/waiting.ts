@@ -1,4 +1,5 @@
-// Vitest-free helpers on worker events, for fixtures that also run outside vitest.
+// Vitest-free waiting helpers (polling with a deadline, worker events), for fixtures that also
+// run outside vitest; test/helpers.ts re-exports them.
 import type { Worker, WorkerEvents } from 'heimdall-tasks';
 
 /** Resolves with the payload of the next `event` of `worker` that matches `filter`. */
@@ -21,4 +22,18 @@ export function nextEvent<E extends keyof WorkerEvents>(
     };
     worker.on(event, listener);
   });
+}
+
+/** Polls `probe` until it returns a truthy value, or fails after `timeout` ms naming `what`. */
+export async function waitFor<T>(
+  probe: () => T | Promise<T>,
+  { timeout = 15_000, interval = 20, what = 'condition' }: { timeout?: number; interval?: number; what?: string } = {},
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await probe();
+    if (value) return value as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, interval));
+  }
 }
