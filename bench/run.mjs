@@ -4,7 +4,8 @@
 // See BENCHMARKS.md for what each figure means. Sizes come from the environment:
 //   BENCH_REPS (3), BENCH_ENQUEUE (20000), BENCH_DRAIN (20000), BENCH_LATENCY (2500 tasks),
 //   BENCH_LATENCY_RATE (500/s), BENCH_RATE_TASKS (5000), BENCH_SYSTEMS (heimdall,bullmq,bee-queue),
-//   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL.
+//   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL,
+//   BENCH_SCENARIOS (a subset, e.g. drain50,latency), BENCH_CHILD_ARGS (node flags of the workers).
 import { execFileSync, fork } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, platform, release } from 'node:os';
@@ -33,6 +34,10 @@ const cfg = {
   rateWorkers: 4,
   rateWorkerConcurrency: 50,
   systems: (process.env.BENCH_SYSTEMS ?? SYSTEMS.join(',')).split(',').map((s) => s.trim()).filter(Boolean),
+  // Optional subset of scenarios (for profiling one of them); the report shows '–' for the rest.
+  scenarios: process.env.BENCH_SCENARIOS ? new Set(process.env.BENCH_SCENARIOS.split(',').map((s) => s.trim())) : undefined,
+  // Extra node flags for the worker processes, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'.
+  childArgs: (process.env.BENCH_CHILD_ARGS ?? '').split(' ').filter(Boolean),
 };
 for (const s of cfg.systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system '${s}' in BENCH_SYSTEMS; known: ${SYSTEMS.join(', ')}`);
 const OUT = process.env.BENCH_OUT ?? join(BENCH, 'results', 'latest.json');
@@ -99,7 +104,7 @@ async function reset() {
 // ------------------------------------------------------------------ workers in child processes
 function startChild(system, url, { concurrency, target, recordStarts = false }) {
   const child = fork(join(BENCH, 'lib', 'worker-child.mjs'), [], {
-    execArgv: ['--import', 'tsx'],
+    execArgv: ['--import', 'tsx', ...cfg.childArgs],
     env: { ...process.env, BENCH_CHILD: JSON.stringify({ system, url, prefix: PREFIX, concurrency, target, recordStarts }) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
@@ -390,6 +395,7 @@ async function main() {
     for (let rep = 1; rep <= cfg.reps; rep++) {
       for (const system of cfg.systems) {
         const step = async (name, fn) => {
+          if (cfg.scenarios && !cfg.scenarios.has(name)) return;
           const t = Date.now();
           const r = await fn();
           add(system, name, r);

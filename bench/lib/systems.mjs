@@ -128,7 +128,7 @@ export async function producer(system, url, prefix) {
     const tasks = dispatcher.tasks(BenchTasks);
     return {
       enqueue: async (payload, kind = 'noop') => (await tasks[kind].delay(payload)).id,
-      bulk: undefined,
+      bulk: async (payloads) => (await tasks.noop.delayMany(payloads.map((payload) => [payload]))).map((r) => r.id),
       info: (id) => dispatcher.result(id, { queue: QUEUE }).info(),
       close: () => dispatcher.close(),
     };

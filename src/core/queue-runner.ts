@@ -42,6 +42,8 @@ export interface RunnerHost {
   readonly workerId: string;
   readonly leaseMs: number;
   readonly resultExpiresMs: number;
+  /** Tasks the worker runs at once, across its queues. */
+  readonly concurrency: number;
   /** False once close() began: fetch nothing more. */
   accepting(): boolean;
   /** Free slots not yet promised to a fetch in flight. */
@@ -60,6 +62,10 @@ type Reply = [(string | number)[], (string | number)[], (string | number)[], num
 // and the longest a lapsed lease of a dead worker waits for an idle worker to recover it.
 const BLOCK_SECONDS = 5;
 const MAX_FINISHES_PER_CALL = 500;
+// Script calls one runner keeps in flight: with two, Redis runs one batch while this process
+// runs the tasks of the other (measured: see BENCHMARKS.md). Each fetches at most half the
+// worker's concurrency, so the two batches alternate instead of moving in lockstep.
+const MAX_CALLS_IN_FLIGHT = 2;
 const STARTED_FIELDS = 6;
 
 /**
@@ -85,6 +91,15 @@ export class QueueRunner {
   private readonly abandonedCall: Promise<never>;
   private rejectAbandoned: ((err: Error) => void) | undefined;
   private readonly fixedArgs: (string | number)[];
+  /** Script calls sent and not yet answered. */
+  private inFlight = 0;
+  /** Ids whose finish travels in a call in flight (a reclaim must count them as known). */
+  private readonly finishing = new Set<string>();
+  /** Set while backing off after a failed call. */
+  private pausing = false;
+  private failures = 0;
+  /** Most tasks one call starts. */
+  private readonly maxWant: number;
 
   constructor(
     private readonly host: RunnerHost,
@@ -93,6 +108,7 @@ export class QueueRunner {
     private readonly blocker: Redis,
   ) {
     this.fixedArgs = [keys.base, host.workerId, host.leaseMs];
+    this.maxWant = Math.max(1, Math.ceil(host.concurrency / MAX_CALLS_IN_FLIGHT));
     this.abandonedCall = new Promise<never>((_, reject) => (this.rejectAbandoned = reject));
     this.abandonedCall.catch(() => undefined);
   }
@@ -156,10 +172,14 @@ export class QueueRunner {
   }
 
   private async loop(): Promise<void> {
-    let failures = 0;
     for (;;) {
-      if (this.abandoned) return;
-      if (this.reclaimNeeded && this.pending.length === 0) {
+      if (this.abandoned) {
+        if (this.inFlight === 0) return;
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        continue;
+      }
+      // A reclaim must see every task this worker knows of, so it waits for the calls in flight.
+      if (this.reclaimNeeded && this.inFlight === 0 && this.pending.length === 0 && !this.pausing) {
         // Not left until a slot frees: tasks a lost fetch reply started have leases running out.
         try {
           await this.reclaim([]);
@@ -167,73 +187,93 @@ export class QueueRunner {
           // tried again before the next call
         }
       }
-      const fin = this.pending.splice(0, MAX_FINISHES_PER_CALL);
-      const want = !this.idle && this.host.accepting() ? this.host.freeSlots() : 0;
-      if (fin.length === 0 && want === 0) {
-        if (!this.host.accepting() && this.running.size === 0 && this.pending.length === 0) return;
-        if (this.idle && this.host.accepting()) this.block();
+      const canSend = !this.pausing && this.inFlight < (this.reclaimNeeded ? 1 : MAX_CALLS_IN_FLIGHT);
+      const want = canSend && !this.idle && this.host.accepting() ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
+      if (!canSend || (this.pending.length === 0 && want === 0)) {
+        if (!this.host.accepting() && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0) return;
+        if (this.idle && this.host.accepting() && this.inFlight === 0 && !this.pausing) this.block();
         await new Promise<void>((resolve) => (this.wake = resolve));
         continue;
       }
+      const fin = this.pending.splice(0, MAX_FINISHES_PER_CALL);
       this.host.reserve(want);
-      let reply: Reply;
-      try {
-        if (this.reclaimNeeded) await this.reclaim(fin);
-        const seed = Math.floor(Math.random() * 2 ** 31);
-        const common = [...this.fixedArgs, want, seed, this.host.resultExpiresMs];
-        const keys = [this.keys.wait, this.keys.delayed, this.keys.active];
-        if (fin.length === 0) {
-          reply = await Promise.race([this.scripts.run<Reply>(fetchScript, keys, common), this.abandonedCall]);
-        } else {
-          const flat: (string | number)[] = [fin.length];
-          for (const f of fin) flat.push(f.id, f.state, f.field, f.value, f.expireMs, f.retryDelayMs, f.deadReason);
-          reply = await Promise.race([this.scripts.run<Reply>(finishScript, keys, [...common, ...flat]), this.abandonedCall]);
-        }
-        failures = 0;
-      } catch (err) {
-        this.host.reserve(-want);
-        if (this.abandoned) return;
-        this.pending.unshift(...fin);
-        this.reclaimNeeded = true;
-        this.host.reportError(err);
-        failures++;
-        // Back off while Redis is unreachable; the loop resumes by itself.
-        await Promise.race([new Promise((r) => setTimeout(r, Math.min(5000, 50 * 2 ** failures))), this.abandonedCall]).catch(
-          () => undefined,
-        );
-        continue;
-      }
-      this.host.reserve(-want);
-      const [started, limited, revoked, nextDelay, more, outcomes] = reply;
-      const stored = new Map<string, string>();
-      for (let i = 0; outcomes && i < outcomes.length; i += 2) stored.set(String(outcomes[i]), String(outcomes[i + 1]));
-      for (const f of fin) f.stored(stored.get(f.id) ?? 'STALE');
-      for (let i = 0; i < started.length; i += STARTED_FIELDS) {
-        const task: StartedTask = {
-          id: String(started[i]),
-          name: String(started[i + 1]),
-          argsJson: String(started[i + 2]),
-          attempt: Number(started[i + 3]),
-          timeLimitMs: Number(started[i + 4]),
-          retries: Number(started[i + 5]),
-        };
-        this.running.add(task.id);
-        this.host.launch(this, task);
-      }
-      for (let i = 0; i < limited.length; i += 4) {
-        this.host.rateLimited(this.keys.queue, String(limited[i]), String(limited[i + 1]), String(limited[i + 2]), Number(limited[i + 3]));
-      }
-      for (let i = 0; i < revoked.length; i += 4) {
-        this.host.revoked(this.keys.queue, String(revoked[i]), String(revoked[i + 1]), String(revoked[i + 2]), String(revoked[i + 3]));
-      }
-      if (want > 0) this.idle = more === 0 && started.length / STARTED_FIELDS < want;
-      this.scheduleDue(nextDelay);
+      this.inFlight++;
+      void this.call(fin, want).finally(() => {
+        this.inFlight--;
+        this.poke();
+      });
     }
+  }
+
+  /**
+   * One script call: stores `fin` and starts up to `want` tasks. Up to two run at once, so Redis
+   * works on one batch while this process runs the tasks of the other.
+   */
+  private async call(fin: Finish[], want: number): Promise<void> {
+    for (const f of fin) this.finishing.add(f.id);
+    let reply: Reply;
+    try {
+      if (this.reclaimNeeded) await this.reclaim(fin);
+      const seed = Math.floor(Math.random() * 2 ** 31);
+      const common = [...this.fixedArgs, want, seed, this.host.resultExpiresMs];
+      const keys = [this.keys.wait, this.keys.delayed, this.keys.active];
+      if (fin.length === 0) {
+        reply = await Promise.race([this.scripts.run<Reply>(fetchScript, keys, common), this.abandonedCall]);
+      } else {
+        const flat: (string | number)[] = [fin.length];
+        for (const f of fin) flat.push(f.id, f.state, f.field, f.value, f.expireMs, f.retryDelayMs, f.deadReason);
+        reply = await Promise.race([this.scripts.run<Reply>(finishScript, keys, [...common, ...flat]), this.abandonedCall]);
+      }
+      this.failures = 0;
+    } catch (err) {
+      for (const f of fin) this.finishing.delete(f.id);
+      this.host.reserve(-want);
+      if (this.abandoned) return;
+      this.pending.unshift(...fin);
+      this.reclaimNeeded = true;
+      this.host.reportError(err);
+      this.failures++;
+      // Back off while Redis is unreachable; the loop resumes by itself.
+      this.pausing = true;
+      await Promise.race([new Promise((r) => setTimeout(r, Math.min(5000, 50 * 2 ** this.failures))), this.abandonedCall]).catch(
+        () => undefined,
+      );
+      this.pausing = false;
+      return;
+    }
+    for (const f of fin) this.finishing.delete(f.id);
+    this.host.reserve(-want);
+    const [started, limited, revoked, nextDelay, more, outcomes] = reply;
+    if (outcomes && outcomes.length > 0) {
+      const stored = new Map<string, string>();
+      for (let i = 0; i < outcomes.length; i += 2) stored.set(String(outcomes[i]), String(outcomes[i + 1]));
+      for (const f of fin) f.stored(stored.get(f.id) ?? 'STALE');
+    }
+    for (let i = 0; i < started.length; i += STARTED_FIELDS) {
+      const task: StartedTask = {
+        id: String(started[i]),
+        name: String(started[i + 1]),
+        argsJson: String(started[i + 2]),
+        attempt: Number(started[i + 3]),
+        timeLimitMs: Number(started[i + 4]),
+        retries: Number(started[i + 5]),
+      };
+      this.running.add(task.id);
+      this.host.launch(this, task);
+    }
+    for (let i = 0; i < limited.length; i += 4) {
+      this.host.rateLimited(this.keys.queue, String(limited[i]), String(limited[i + 1]), String(limited[i + 2]), Number(limited[i + 3]));
+    }
+    for (let i = 0; i < revoked.length; i += 4) {
+      this.host.revoked(this.keys.queue, String(revoked[i]), String(revoked[i + 1]), String(revoked[i + 2]), String(revoked[i + 3]));
+    }
+    if (want > 0) this.idle = more === 0 && started.length / STARTED_FIELDS < want;
+    this.scheduleDue(nextDelay);
   }
 
   /** Hands back tasks leased to this worker that it does not know it runs (see reclaim-2.lua). */
   private async reclaim(fin: readonly Finish[]): Promise<void> {
-    const known = [...this.running, ...fin.map((f) => f.id), ...this.pending.map((f) => f.id)];
+    const known = [...this.running, ...fin.map((f) => f.id), ...this.pending.map((f) => f.id), ...this.finishing];
     const call = this.scripts.run<number>(
       reclaimScript,
       [this.keys.wait, this.keys.active],

@@ -13,6 +13,8 @@ const MIN_MAJOR = 7;
  */
 export class ScriptRunner {
   private loading: Promise<void> | undefined;
+  /** Set once load() succeeded, so later calls skip awaiting it. */
+  private loaded = false;
 
   constructor(private readonly client: Redis) {}
 
@@ -45,13 +47,18 @@ export class ScriptRunner {
   }
 
   async run<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
-    await this.load();
+    if (!this.loaded) {
+      await this.load();
+      this.loaded = true;
+    }
+    // numberOfKeys -1: the script takes as many keys as it is given.
+    const numberOfKeys = script.numberOfKeys < 0 ? keys.length : script.numberOfKeys;
     try {
-      return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
+      return (await this.client.evalsha(script.sha, numberOfKeys, ...keys, ...args)) as T;
     } catch (err) {
       if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
       await this.client.script('LOAD', script.source);
-      return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
+      return (await this.client.evalsha(script.sha, numberOfKeys, ...keys, ...args)) as T;
     }
   }
 }

@@ -6,8 +6,44 @@ import { SerializationError } from './errors.js';
  * receives a Date turned into a string or a Map turned into `{}`.
  */
 export function toJson(value: unknown, root: string): string {
-  check(value, root, new Set());
+  // The quick pass builds no paths; only a value it rejects is walked again to say where.
+  if (!plain(value, 0)) check(value, root, new Set());
   return JSON.stringify(value);
+}
+
+// Deeper than this, the quick pass leaves the value to check(), which also finds cycles.
+const MAX_QUICK_DEPTH = 100;
+
+/** True when check() would accept the value (false may also mean "too deep to tell here"). */
+function plain(value: unknown, depth: number): boolean {
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return true;
+    case 'number':
+      return Number.isFinite(value);
+    case 'object':
+      break;
+    default:
+      return false;
+  }
+  if (value === null) return true;
+  if (depth >= MAX_QUICK_DEPTH) return false;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      if (!(i in value) || !plain(value[i], depth + 1)) return false;
+    }
+    return true;
+  }
+  const proto: unknown = Object.getPrototypeOf(value);
+  if (proto !== Object.prototype && proto !== null) return false;
+  if (Object.getOwnPropertySymbols(value).length > 0) return false;
+  for (const key in value) {
+    if (!Object.prototype.hasOwnProperty.call(value, key)) continue;
+    const child = (value as Record<string, unknown>)[key];
+    if (child !== undefined && !plain(child, depth + 1)) return false;
+  }
+  return true;
 }
 
 /** Serializes task arguments. Trailing `undefined` arguments (omitted optionals) are dropped. */

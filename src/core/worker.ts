@@ -77,11 +77,23 @@ export interface CloseOptions {
   timeout?: Duration;
 }
 
+/** The AbortSignal of a run, made on first use (aborted at once if the run was already told to stop). */
+function signalOf(run: Running): AbortSignal {
+  if (!run.controller) {
+    run.controller = new AbortController();
+    if (run.aborted) run.controller.abort(run.aborted.reason);
+  }
+  return run.controller.signal;
+}
+
 /** A task this worker runs now. */
 interface Running {
   runner: QueueRunner;
   task: StartedTask;
-  controller: AbortController;
+  /** Made on first use of the task's signal: most tasks never look at it, and making one is costly. */
+  controller?: AbortController;
+  /** Set when the task was told to stop; its signal is aborted with this reason. */
+  aborted?: { reason: unknown };
   /** Its slot is free again (ended, revoked with terminate, lost, or handed back). */
   released: boolean;
   /** What currentTask() returns inside it, once it runs. */
@@ -163,6 +175,7 @@ export class Worker {
       workerId: this.id,
       leaseMs,
       resultExpiresMs,
+      concurrency,
       accepting: () => this.state === 'running',
       freeSlots: () => Math.max(0, this.concurrency - this.running - this.reserved),
       reserve: (n) => {
@@ -374,9 +387,12 @@ export class Worker {
 
   /** Fires a task's AbortSignal inside its own context, so listeners can still call currentTask(). */
   private abort(run: Running, reason: Error): void {
-    if (run.controller.signal.aborted) return;
-    if (run.context) taskStorage().run(run.context, () => run.controller.abort(reason));
-    else run.controller.abort(reason);
+    if (run.aborted) return;
+    run.aborted = { reason };
+    const controller = run.controller;
+    if (!controller) return; // nobody listens yet: signalOf() hands out an aborted signal
+    if (run.context) taskStorage().run(run.context, () => controller.abort(reason));
+    else controller.abort(reason);
   }
 
   /** Frees a task's slot once: with its end to store, or without (already ended in Redis). */
@@ -393,7 +409,7 @@ export class Worker {
 
   private async execute(runner: QueueRunner, task: StartedTask): Promise<void> {
     const queue = runner.keys.queue;
-    const run: Running = { runner, task, controller: new AbortController(), released: false };
+    const run: Running = { runner, task, released: false };
     this.inFlight.set(runKey(queue, task.id), run);
     const began = performance.now();
     const def = taskByName(task.name);
@@ -422,7 +438,9 @@ export class Worker {
         name: task.name,
         queue,
         attempt: task.attempt,
-        signal: run.controller.signal,
+        get signal() {
+          return signalOf(run);
+        },
         retry: (options) => {
           throw new RetryRequest(options);
         },

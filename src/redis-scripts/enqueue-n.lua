@@ -1,0 +1,82 @@
+--[[
+  enqueue: new tasks of one queue become PENDING, each in the wait list or (countdown/eta) the
+  delayed set, taking its unique lock in the same step. One call carries a batch: the delay()
+  calls a process makes in the same tick, or a slice of delayMany(). Each task is handled on
+  its own: a duplicate or a bad key of one does not stop the others.
+
+  KEYS[1] wait list         <prefix>:{<queue>}:wait
+  KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
+  then for task i (from 1): KEYS[1 + 2i] its hash <prefix>:{<queue>}:t:<id>, KEYS[2 + 2i] its
+  unique lock <prefix>:{<queue>}:lock:<task>:<key> (any key of the queue when not unique)
+
+  ARGV[1] number of tasks N, then per task:
+          id, countdown in ms from now on the Redis clock (0: none), eta as epoch ms (0: none;
+          wins over countdown), unique lock lifetime in ms (0: not unique), number of items F,
+          then F items: field, value pairs stored in the task hash (v, n, a, tl, ex, mr, lk, lt,
+          lw, rk, rn, rp)
+
+  Returns a flat list of three items per task:
+    1, '', 0                enqueued (also when a task with this id, name and arguments has
+                            not ended: this very call re-sent after a lost reply)
+    2, holderId, pttlMs     a unique duplicate: another task holds the lock
+    3, '', 0                the id belongs to another task that has not ended
+    4, message, 0           its keys hold values of the wrong type: nothing was written
+]]
+-- @include "now"
+
+local now = nowMs()
+local replies = {}
+local firstDue = false
+local woken = false
+local o = 2
+for i = 1, tonumber(ARGV[1]) do
+  local taskKey, lockKey = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local id, countdown, eta, lockTtl = ARGV[o], tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
+  local first, last = o + 5, o + 4 + tonumber(ARGV[o + 4])
+  o = last + 1
+
+  local code, detail, ttl = 1, '', 0
+  local previous = redis.pcall('HGET', taskKey, 's')
+  if type(previous) == 'table' then
+    code, detail = 4, 'the key ' .. taskKey .. ' of this task id holds a value that is not a hash'
+  elseif previous and previous ~= 'SUCCESS' and previous ~= 'FAILURE' and previous ~= 'REVOKED' then
+    -- The same task under the same id (re-sent by ioredis after a lost reply, or an idempotent
+    -- re-send by the caller) is already enqueued; anything else is a collision.
+    local same = redis.call('HMGET', taskKey, 'n', 'a')
+    local name, args
+    for j = first, last - 1, 2 do
+      if ARGV[j] == 'n' then name = ARGV[j + 1] elseif ARGV[j] == 'a' then args = ARGV[j + 1] end
+    end
+    if not (same[1] == name and same[2] == args) then code = 3 end
+  elseif lockTtl > 0 and not redis.pcall('SET', lockKey, id, 'NX', 'PX', lockTtl) then
+    local holder = redis.pcall('GET', lockKey)
+    if type(holder) == 'table' then
+      code, detail = 4, 'the unique lock key ' .. lockKey .. ' holds a value that is not a string'
+    else
+      code, detail, ttl = 2, holder, redis.call('PTTL', lockKey)
+    end
+  else
+    -- A reused id of an ended task starts afresh (only once the lock is ours).
+    if previous then redis.call('DEL', taskKey) end
+    local due = 0
+    if eta > 0 then due = eta elseif countdown > 0 then due = now + countdown end
+    redis.call('HSET', taskKey, 's', 'PENDING', 'c', now, unpack(ARGV, first, last))
+    if due > now then
+      redis.call('HSET', taskKey, 'd', due)
+      local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+      redis.call('ZADD', KEYS[2], due, id)
+      -- An idle worker sleeps until the earliest due time it knew of; if this task is due
+      -- earlier, wake it with a marker ('') that fetch skips.
+      if not woken and (not head[2] or due < tonumber(head[2])) and redis.call('LINDEX', KEYS[1], 0) ~= '' then
+        redis.call('LPUSH', KEYS[1], '')
+        woken = true
+      end
+    else
+      redis.call('LPUSH', KEYS[1], id)
+    end
+  end
+  table.insert(replies, code)
+  table.insert(replies, detail)
+  table.insert(replies, ttl)
+end
+return replies
