@@ -91,19 +91,25 @@ describe('npm run bench (tiny sizes)', () => {
     for (const row of result.rows) {
       expect(['lower', 'higher']).toContain(row.better);
       for (const system of systems) {
-        // Only BullMQ and bee-queue have a bulk form.
-        if (row.id === 'bulk_rate' && system === 'heimdall') expect(row.values[system]).toBeUndefined();
-        else expect(isStat(row.values[system], 1), `${row.id} of ${system}`).toBe(true);
+        expect(isStat(row.values[system], 1), `${row.id} of ${system}`).toBe(true);
       }
-      if (withOthers && row.id !== 'bulk_rate') {
+      if (withOthers) {
         expect(row.ratios.bullmq).toBeCloseTo(row.values.heimdall!.median / row.values.bullmq!.median, 9);
       }
     }
     const row = (id: string): Row => result.rows.find((r) => r.id === id)!;
-    // One EVALSHA per single enqueue, for each system; a queued task takes memory.
+    // One EVALSHA per single enqueue for BullMQ and bee-queue; heimdall-tasks sends the 100
+    // calls in flight in batches of at most 50, so at least 1 per 50 and fewer than 1 per task.
     for (const system of systems) {
-      expect(result.samples[system]!.enqueue![0]!.clientCmds).toBe(1);
-      expect(result.samples[system]!.enqueue![0]!.scriptCalls).toBe(1);
+      const enqueue = result.samples[system]!.enqueue![0]!;
+      if (system === 'heimdall') {
+        expect(enqueue.clientCmds).toBeGreaterThanOrEqual(1 / 50);
+        expect(enqueue.clientCmds).toBeLessThan(1);
+        expect(enqueue.scriptCalls).toBe(enqueue.clientCmds);
+      } else {
+        expect(enqueue.clientCmds).toBe(1);
+        expect(enqueue.scriptCalls).toBe(1);
+      }
       expect(row('bytes').values[system]!.median).toBeGreaterThan(0);
     }
     for (const p of ['lat_p50', 'lat_p95', 'lat_p99']) expect(row(p).values.heimdall!.median).toBeGreaterThan(0);
@@ -112,7 +118,7 @@ describe('npm run bench (tiny sizes)', () => {
     expect(result.heimdallOnly.map((r) => r.id)).toEqual(HEIMDALL_IDS);
     for (const r of result.heimdallOnly) expect(isStat(r.value, 1), r.id).toBe(true);
     const only = (id: string): HeimdallRow => result.heimdallOnly.find((r) => r.id === id)!;
-    expect(only('unique_cmds').value!.median).toBe(1);
+    expect(only('unique_cmds').value!.median).toBeLessThan(1);
     expect(only('unique_rate').plain!.median).toBe(row('enqueue_rate').values.heimdall!.median);
     // The rate limit [1000, 1] holds: never more than 1000 starts in one second (here 200 tasks in all).
     expect(only('rl_max_window').value!.median).toBeGreaterThan(0);

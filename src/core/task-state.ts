@@ -58,10 +58,23 @@ function json(v: string | undefined): unknown {
   }
 }
 
+/** The arguments JSON of a task hash: whole in `a`, or in `ac` pieces a, a1, a2, ... (see includes/args.lua). */
+function joinArgs(h: Record<string, string>): string | undefined {
+  const count = Number(h.ac);
+  if (h.a === undefined || !(count > 1)) return h.a;
+  let json = h.a;
+  for (let i = 1; i < count; i++) {
+    const piece = h[`a${i}`];
+    if (piece === undefined) return undefined;
+    json += piece;
+  }
+  return json;
+}
+
 /** Reads a task hash (HGETALL) into a TaskInfo. */
 export function decodeTaskInfo<T>(id: string, h: Record<string, string>): TaskInfo<T> {
   const state = (h.s as TaskState | undefined) ?? 'PENDING';
-  const args = json(h.a);
+  const args = json(joinArgs(h));
   return {
     id,
     name: h.n,

@@ -13,7 +13,7 @@
           id, countdown in ms from now on the Redis clock (0: none), eta as epoch ms (0: none;
           wins over countdown), unique lock lifetime in ms (0: not unique), number of items F,
           then F items: field, value pairs stored in the task hash (v, n, a, tl, ex, mr, lk, lt,
-          lw, rk, rn, rp)
+          lw, rk, rn, rp); long arguments (a) are stored in pieces, see includes/args.lua
 
   Returns a flat list of three items per task:
     1, '', 0                enqueued (also when a task with this id, name and arguments has
@@ -23,6 +23,7 @@
     4, message, 0           its keys hold values of the wrong type: nothing was written
 ]]
 -- @include "now"
+-- @include "args"
 
 local now = nowMs()
 local replies = {}
@@ -42,12 +43,12 @@ for i = 1, tonumber(ARGV[1]) do
   elseif previous and previous ~= 'SUCCESS' and previous ~= 'FAILURE' and previous ~= 'REVOKED' then
     -- The same task under the same id (re-sent by ioredis after a lost reply, or an idempotent
     -- re-send by the caller) is already enqueued; anything else is a collision.
-    local same = redis.call('HMGET', taskKey, 'n', 'a')
+    local same = redis.call('HMGET', taskKey, 'n', 'a', 'ac')
     local name, args
     for j = first, last - 1, 2 do
       if ARGV[j] == 'n' then name = ARGV[j + 1] elseif ARGV[j] == 'a' then args = ARGV[j + 1] end
     end
-    if not (same[1] == name and same[2] == args) then code = 3 end
+    if not (same[1] == name and joinArgs(taskKey, same[2], same[3]) == args) then code = 3 end
   elseif lockTtl > 0 and not redis.pcall('SET', lockKey, id, 'NX', 'PX', lockTtl) then
     local holder = redis.pcall('GET', lockKey)
     if type(holder) == 'table' then
@@ -60,7 +61,17 @@ for i = 1, tonumber(ARGV[1]) do
     if previous then redis.call('DEL', taskKey) end
     local due = 0
     if eta > 0 then due = eta elseif countdown > 0 then due = now + countdown end
-    redis.call('HSET', taskKey, 's', 'PENDING', 'c', now, unpack(ARGV, first, last))
+    local fields = { 's', 'PENDING', 'c', now }
+    local whole = false
+    for j = first, last - 1, 2 do
+      if ARGV[j] ~= 'a' and #ARGV[j + 1] > ARGS_CHUNK then whole = true end
+    end
+    for j = first, last - 1, 2 do
+      if ARGV[j] == 'a' then argsFields(fields, ARGV[j + 1], whole) else
+        table.insert(fields, ARGV[j]); table.insert(fields, ARGV[j + 1])
+      end
+    end
+    redis.call('HSET', taskKey, unpack(fields))
     if due > now then
       redis.call('HSET', taskKey, 'd', due)
       local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')

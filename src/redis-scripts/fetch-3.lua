@@ -20,6 +20,7 @@
 -- @include "now"
 -- @include "end-task"
 -- @include "next-delay"
+-- @include "args"
 -- @include "start-tasks"
 
 math.randomseed(tonumber(ARGV[5]))

@@ -25,6 +25,7 @@
 -- @include "now"
 -- @include "end-task"
 -- @include "next-delay"
+-- @include "args"
 -- @include "start-tasks"
 -- @include "finish-task"
 

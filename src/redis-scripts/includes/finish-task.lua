@@ -9,13 +9,13 @@
 -- A finish repeated after a lost reply returns the state the first one stored.
 local function finishTask(base, activeKey, delayedKey, workerId, now, id, state, field, value, expireMs, retryDelayMs, deadReason)
   local key = base .. 't:' .. id
-  local t = redis.pcall('HMGET', key, 'w', 'rv', 's')
+  local t = redis.pcall('HMGET', key, 'w', 'rv', 's', 'ry', 'lk', 'lw')
   if t.err or not t[1] then
     redis.call('ZREM', activeKey, id)
     return 'STALE'
   end
   if t[1] ~= workerId then return 'STALE' end
-  if not redis.call('ZSCORE', activeKey, id) then
+  if redis.call('ZREM', activeKey, id) == 0 then
     -- Still this worker's but no longer leased: either this very finish ran before and its
     -- reply was lost (ioredis re-sent it, or the worker retried it), which must answer as it
     -- did then, or the lease lapsed and the task waits to run again (PENDING): stale.
@@ -23,12 +23,12 @@ local function finishTask(base, activeKey, delayedKey, workerId, now, id, state,
     if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' or s == 'RETRY' then return s end
     return 'STALE'
   end
-  redis.call('ZREM', activeKey, id)
+  local lock = { t[5], t[6] }
   if deadReason ~= '' then deadLetter(base, id, deadReason, now) end
   if t[2] and state ~= 'SUCCESS' then
     local extra = { 'rr', t[2] }
     if field ~= '' then table.insert(extra, field); table.insert(extra, value) end
-    endTask(base, id, 'REVOKED', extra, now, expireMs)
+    endTask(base, id, 'REVOKED', extra, now, expireMs, lock)
     return 'REVOKED'
   end
   if state == 'RETRY' then
@@ -40,8 +40,8 @@ local function finishTask(base, activeKey, delayedKey, workerId, now, id, state,
   end
   local extra = {}
   if field ~= '' then extra = { field, value } end
-  -- A task that succeeds on a retry keeps no error of its earlier attempts.
-  if state == 'SUCCESS' then redis.call('HDEL', key, 'e') end
-  endTask(base, id, state, extra, now, expireMs)
+  -- A task that succeeds on a retry keeps no error of its earlier attempts (only retries store one).
+  if state == 'SUCCESS' and t[4] then redis.call('HDEL', key, 'e') end
+  endTask(base, id, state, extra, now, expireMs, lock)
   return state
 end

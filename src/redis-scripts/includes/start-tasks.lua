@@ -69,15 +69,17 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     examined = examined + 1
     if id ~= '' then -- '' is the wake-up marker pushed by enqueue
       local key = base .. 't:' .. id
-      local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry')
+      local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd')
       local state = t[1]
+      if not t.err and t[14] then t[3] = joinArgs(key, t[3], t[14]) end
       if t.err then
         deadLetter(base, id, 'its record is not a hash', now)
       elseif not state then
         deadLetter(base, id, 'the wait list names a task with no record', now)
-      elseif (state == 'PENDING' or state == 'RETRY') and redis.call('ZSCORE', delayedKey, id) then
+      elseif (state == 'PENDING' or state == 'RETRY') and t[15] and redis.call('ZSCORE', delayedKey, id) then
         -- A stale entry (an id reused for a new task, or a retry) whose task waits in the delayed
-        -- set, not yet due: dropped here, it starts when due.
+        -- set, not yet due: dropped here, it starts when due. (Only a task with a due time, d,
+        -- has ever been in the delayed set.)
       elseif state == 'PENDING' or state == 'RETRY' then
         local lockTtl, limit, period = tonumber(t[5]), tonumber(t[7]), tonumber(t[8])
         local problem = nil
