@@ -79,7 +79,7 @@ const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue', 'expires', 
 const DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024;
 /** Version of the message layout in the task hash (field `v`); workers refuse others. */
 export const MESSAGE_VERSION = '1';
-/** Reply codes of enqueue-4.lua (see its header). */
+/** Reply codes of enqueue-n.lua (see its header). */
 const DUPLICATE = 2;
 const ID_IN_USE = 3;
 const WRONG_TYPE = 4;

@@ -67,6 +67,8 @@ const MAX_FINISHES_PER_CALL = 500;
 // worker's concurrency, so the two batches alternate instead of moving in lockstep.
 const MAX_CALLS_IN_FLIGHT = 2;
 const STARTED_FIELDS = 6;
+/** nextDelay of a call that started all it asked for (start-tasks.lua skips the lookup). */
+const NOT_LOOKED_UP = -2;
 
 /**
  * Drives one queue for one worker. All script calls of the queue go through one loop, one at
@@ -283,8 +285,9 @@ export class QueueRunner {
     this.reclaimNeeded = false;
   }
 
-  /** Wakes the loop when the earliest delayed task is due. */
+  /** Wakes the loop when the earliest delayed task is due (a call that did not look keeps the timer it has). */
   private scheduleDue(delayMs: number): void {
+    if (delayMs === NOT_LOOKED_UP) return;
     if (this.dueTimer) clearTimeout(this.dueTimer);
     this.dueTimer = undefined;
     if (delayMs < 0 || !this.host.accepting()) return;

@@ -25,6 +25,14 @@
 -- @include "now"
 -- @include "args"
 
+-- A wait list or delayed set of the wrong type fails the whole call before anything is written:
+-- a script is not rolled back, so an error half way would leave records and locks of tasks that
+-- are in no list and never run.
+if type(redis.pcall('LLEN', KEYS[1])) == 'table' or type(redis.pcall('ZCARD', KEYS[2])) == 'table' then
+  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value: the wait list or ' ..
+    'delayed set of this queue; nothing was sent')
+end
+
 local now = nowMs()
 local replies = {}
 local firstDue = false

@@ -23,6 +23,5 @@
 -- @include "args"
 -- @include "start-tasks"
 
-math.randomseed(tonumber(ARGV[5]))
 return startTasks(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
-  nowMs(), tonumber(ARGV[6]))
+  nowMs(), tonumber(ARGV[6]), tonumber(ARGV[5]))

@@ -45,8 +45,7 @@ end
 local result
 local want = tonumber(ARGV[4])
 if want > 0 then
-  math.randomseed(tonumber(ARGV[5]))
-  result = startTasks(base, KEYS[1], KEYS[2], KEYS[3], workerId, tonumber(ARGV[3]), want, now, tonumber(ARGV[6]))
+  result = startTasks(base, KEYS[1], KEYS[2], KEYS[3], workerId, tonumber(ARGV[3]), want, now, tonumber(ARGV[6]), tonumber(ARGV[5]))
 else
   result = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0}
 end

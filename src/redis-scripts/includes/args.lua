@@ -32,17 +32,24 @@ local function argsFields(out, args, whole)
   table.insert(out, 'ac'); table.insert(out, count)
 end
 
--- The whole arguments of a task whose fields a and ac were read as `first` and `count`;
--- nil when a piece is missing.
-local function joinArgs(key, first, count)
+-- The whole arguments of a task whose fields a and ac were read as `first` and `count`, and
+-- a1, a2, a3 as `p1`, `p2`, `p3` when the caller read them along (nil: read here); nil when a
+-- piece is missing.
+local function joinArgs(key, first, count, p1, p2, p3)
   local n = tonumber(count)
-  if not first or not n then return first end
-  local names = {}
-  for i = 1, n - 1 do names[i] = 'a' .. i end
-  if #names == 0 then return first end
-  local rest = redis.call('HMGET', key, unpack(names))
-  for i = 1, #names do
-    if not rest[i] then return nil end
+  if not first or not n or n < 2 then return first end
+  local pieces
+  if n <= 4 and p1 then
+    pieces = { p1, p2, p3 }
+  else
+    local names = {}
+    for i = 1, n - 1 do names[i] = 'a' .. i end
+    pieces = redis.call('HMGET', key, unpack(names))
   end
-  return first .. table.concat(rest)
+  local parts = { first }
+  for i = 1, n - 1 do
+    if not pieces[i] then return nil end
+    parts[i + 1] = pieces[i]
+  end
+  return table.concat(parts)
 end

@@ -15,8 +15,9 @@
 --   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far
 --   limited: flat list of id, name, args, delay ms
 --   revoked: flat list of id, name, args, reason
---   nextDelay: ms until the earliest delayed task is due, -1 if none
---   more: 1 if the wait list still holds entries
+--   nextDelay: ms until the earliest delayed task is due, -1 if none, -2 not looked up (all
+--     `want` tasks started: the worker calls again before it could go idle)
+--   more: 0 when the wait list ran dry, 1 when it may hold more
 
 local function recoverLapsed(base, waitKey, activeKey, now, expireMs)
   local lapsed = redis.call('ZRANGEBYSCORE', activeKey, '-inf', now, 'LIMIT', 0, 100)
@@ -49,7 +50,10 @@ local function recoverLapsed(base, waitKey, activeKey, now, expireMs)
   end
 end
 
-local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseMs, want, now, expireMs)
+-- `seed` seeds the jitter of rate-limited tasks; seeding costs more than the rest of a typical
+-- call, so it is done only when a task is rate-limited.
+local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseMs, want, now, expireMs, seed)
+  local seeded = false
   recoverLapsed(base, waitKey, activeKey, now, expireMs)
 
   local due = redis.call('ZRANGEBYSCORE', delayedKey, '-inf', now, 'LIMIT', 0, 1000)
@@ -63,15 +67,20 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   local count = 0
   local examined = 0
   -- Examining is bounded so one call stays short.
+  local drained = false
   while count < want and examined < want + 64 do
     local id = redis.call('RPOP', waitKey)
-    if not id then break end
+    if not id then
+      drained = true
+      break
+    end
     examined = examined + 1
     if id ~= '' then -- '' is the wake-up marker pushed by enqueue
       local key = base .. 't:' .. id
-      local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd')
+      local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
+        'a1', 'a2', 'a3')
       local state = t[1]
-      if not t.err and t[14] then t[3] = joinArgs(key, t[3], t[14]) end
+      if not t.err and t[14] then t[3] = joinArgs(key, t[3], t[14], t[16], t[17], t[18]) end
       if t.err then
         deadLetter(base, id, 'its record is not a hash', now)
       elseif not state then
@@ -134,6 +143,10 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
               -- A slot frees when the start `limit` places back leaves the window.
               local freeing = redis.call('ZRANGE', t[6], inWindow - limit, inWindow - limit, 'WITHSCORES')
               local jitterMax = math.max(1, math.floor(math.min(1000, period / 10)))
+              if not seeded then
+                math.randomseed(seed)
+                seeded = true
+              end
               local delay = tonumber(freeing[2]) + period - now + math.random(0, jitterMax)
               redis.call('ZADD', delayedKey, now + delay, id)
               redis.call('HSET', key, 'd', now + delay)
@@ -157,7 +170,9 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     end
   end
 
-  local more = 0
-  if redis.call('LLEN', waitKey) > 0 then more = 1 end
+  -- A worker that got all it asked for calls again soon: it needs neither of these.
+  if count == want then return {started, limited, revoked, -2, 1} end
+  local more = 1
+  if drained then more = 0 end
   return {started, limited, revoked, nextDelayOf(delayedKey, now), more}
 end
