@@ -12,7 +12,7 @@ import { cpus, platform, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { startRedis } from '../scripts/redis-launcher.mjs';
 import { renderChart, renderTable } from './lib/report.mjs';
-import { ADMIN_NAME, BENCH, benchDepsInstalled, clientCommands, producer, QUEUE, rootIoredis, SYSTEMS, versions } from './lib/systems.mjs';
+import { ADMIN_NAME, BENCH, benchDepsInstalled, buildHeimdall, clientCommands, producer, QUEUE, rootIoredis, SYSTEMS, versions } from './lib/systems.mjs';
 
 const int = (name, def) => {
   const raw = process.env[name];
@@ -188,7 +188,7 @@ async function fill(p, n) {
 async function scenarioEnqueue(system, url, kind = 'noop') {
   await reset();
   const p = await producer(system, url, PREFIX);
-  await enqueueAll(p, Math.min(100, cfg.enqueue), kind); // warm-up: connections, script loads
+  await enqueueAll(p, Math.min(2_000, cfg.enqueue), kind); // warm-up: connections, script loads, the JIT
   await reset();
   const n = cfg.enqueue;
   const before = await snapshot();
@@ -380,6 +380,7 @@ const HEIMDALL_ROWS = [
 ];
 
 async function main() {
+  if (cfg.systems.includes('heimdall')) buildHeimdall();
   const redis = await startRedis({ log });
   if (!redis.started) log(`bench: using REDIS_URL ${redis.url}; it is FLUSHALLed between runs`);
   const Redis = rootIoredis();
