@@ -24,13 +24,13 @@ export function render() {
   ts += 'export interface LuaScript {\n  readonly name: string;\n  readonly numberOfKeys: number;\n  readonly source: string;\n  readonly sha: string;\n}\n\n';
   const names = [];
   for (const file of files) {
-    const m = /^([a-z-]+)-(\d+|n)\.lua$/.exec(file);
-    if (!m) throw new Error(`${file}: script files are named <name>-<numberOfKeys>.lua (n: as many keys as the caller passes)`);
+    const m = /^([a-z-]+)-(\d+)\.lua$/.exec(file);
+    if (!m) throw new Error(`${file}: script files are named <name>-<numberOfKeys>.lua`);
     const source = expand(readFileSync(join(dir, file), 'utf8'), new Set());
     const sha = createHash('sha1').update(source).digest('hex');
     const id = m[1].replace(/-([a-z])/g, (_, c) => c.toUpperCase());
     names.push(id);
-    ts += `export const ${id}: LuaScript = {\n  name: ${JSON.stringify(m[1])},\n  numberOfKeys: ${m[2] === 'n' ? -1 : m[2]},\n  sha: '${sha}',\n  source: ${JSON.stringify(source)},\n};\n\n`;
+    ts += `export const ${id}: LuaScript = {\n  name: ${JSON.stringify(m[1])},\n  numberOfKeys: ${m[2]},\n  sha: '${sha}',\n  source: ${JSON.stringify(source)},\n};\n\n`;
   }
   ts += `export const allScripts: readonly LuaScript[] = [${names.join(', ')}];\n`;
   return ts;

@@ -77,9 +77,7 @@ const newId = customAlphabet('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 const QUEUE_IN_ID = /^(.+):[0-9A-Za-z]{22}$/;
 const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue', 'expires', 'timeLimit']);
 const DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024;
-/** Version of the message layout in the task hash (field `v`); workers refuse others. */
-export const MESSAGE_VERSION = '1';
-/** Reply codes of enqueue-n.lua (see its header). */
+/** Reply codes of enqueue-2.lua (see its header). */
 const DUPLICATE = 2;
 const ID_IN_USE = 3;
 const WRONG_TYPE = 4;
@@ -280,13 +278,12 @@ export class Dispatcher {
     }
     const id = call.taskId ?? (queue === DEFAULT_QUEUE ? newId() : `${queue}:${newId()}`);
 
-    const fields: (string | number)[] = ['v', MESSAGE_VERSION, 'n', name, 'a', argsJson];
+    const fields: (string | number)[] = ['n', name, 'a', argsJson];
     const timeLimitMs = call.timeLimit !== undefined ? toMillis(call.timeLimit, 'timeLimit') : opts?.timeLimitMs;
     if (timeLimitMs !== undefined) fields.push('tl', timeLimitMs);
     if (call.expires !== undefined) fields.push('ex', expiresToMillis(call.expires));
     if (opts?.maxRecoveries !== undefined) fields.push('mr', opts.maxRecoveries);
-    const taskKey = keys.task(id);
-    let lockKey = taskKey;
+    let lockKey = '';
     let lockTtl = 0;
     const key = opts?.key ? callKeyFn(opts, args) : undefined;
     if (opts?.unique) {
@@ -302,7 +299,7 @@ export class Dispatcher {
           : opts.rateLimit;
       fields.push('rk', keys.rate(name, key), 'rn', rl.limit, 'rp', rl.periodMs);
     }
-    return { name, opts, keys, id, customId: call.taskId !== undefined, taskKey, lockKey, argv: [id, countdownMs, etaMs, lockTtl, fields.length, ...fields], bytes };
+    return { name, opts, keys, id, customId: call.taskId !== undefined, argv: [id, countdownMs, etaMs, lockKey, lockTtl, fields.length, ...fields], bytes };
   }
 
   /**
@@ -343,11 +340,8 @@ export class Dispatcher {
 
   private async sendBatch(batch: Batch): Promise<void> {
     const keys = [batch.keys.wait, batch.keys.delayed];
-    const argv: (string | number)[] = [batch.items.length];
-    for (const { p } of batch.items) {
-      keys.push(p.taskKey, p.lockKey);
-      for (const a of p.argv) argv.push(a);
-    }
+    const argv: (string | number)[] = [batch.keys.base, batch.items.length];
+    for (const { p } of batch.items) for (const a of p.argv) argv.push(a);
     let reply: (string | number)[];
     try {
       reply = await this.scripts.run<(string | number)[]>(enqueue, keys, argv);
@@ -385,9 +379,7 @@ interface Prepared {
   keys: QueueKeys;
   id: string;
   customId: boolean;
-  taskKey: string;
-  lockKey: string;
-  /** Its group of ARGV items in enqueue-n.lua. */
+  /** Its group of ARGV items in enqueue-2.lua. */
   argv: (string | number)[];
   /** Size of its serialized arguments (bytes, or characters when that is safely below the limit). */
   bytes: number;

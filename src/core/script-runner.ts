@@ -51,14 +51,12 @@ export class ScriptRunner {
       await this.load();
       this.loaded = true;
     }
-    // numberOfKeys -1: the script takes as many keys as it is given.
-    const numberOfKeys = script.numberOfKeys < 0 ? keys.length : script.numberOfKeys;
     try {
-      return (await this.client.evalsha(script.sha, numberOfKeys, ...keys, ...args)) as T;
+      return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
     } catch (err) {
       if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
       await this.client.script('LOAD', script.source);
-      return (await this.client.evalsha(script.sha, numberOfKeys, ...keys, ...args)) as T;
+      return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
     }
   }
 }

@@ -6,14 +6,16 @@
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
-  then for task i (from 1): KEYS[1 + 2i] its hash <prefix>:{<queue>}:t:<id>, KEYS[2 + 2i] its
-  unique lock <prefix>:{<queue>}:lock:<task>:<key> (any key of the queue when not unique)
+  (A task's hash, <prefix>:{<queue>}:t:<id>, is named here from the base, like the other scripts
+  do: a batch would otherwise pass two keys per task, and each item of a call costs Redis time.)
 
-  ARGV[1] number of tasks N, then per task:
+  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[2] number of tasks N, then per task:
           id, countdown in ms from now on the Redis clock (0: none), eta as epoch ms (0: none;
-          wins over countdown), unique lock lifetime in ms (0: not unique), number of items F,
-          then F items: field, value pairs stored in the task hash (v, n, a, tl, ex, mr, lk, lt,
-          lw, rk, rn, rp); long arguments (a) are stored in pieces, see includes/args.lua
+          wins over countdown), unique lock key ('' when not unique), its lifetime in ms,
+          number of items F, then F items: field, value pairs stored in the task hash (n, a, tl,
+          ex, mr, lk, lt, lw, rk, rn, rp; the script adds s, c and v); long arguments (a) are
+          stored in pieces, see includes/args.lua
 
   Returns a flat list of three items per task:
     1, '', 0                enqueued (also when a task with this id, name and arguments has
@@ -33,15 +35,16 @@ if type(redis.pcall('LLEN', KEYS[1])) == 'table' or type(redis.pcall('ZCARD', KE
     'delayed set of this queue; nothing was sent')
 end
 
+local base = ARGV[1]
 local now = nowMs()
 local replies = {}
-local firstDue = false
 local woken = false
-local o = 2
-for i = 1, tonumber(ARGV[1]) do
-  local taskKey, lockKey = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
-  local id, countdown, eta, lockTtl = ARGV[o], tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
-  local first, last = o + 5, o + 4 + tonumber(ARGV[o + 4])
+local o = 3
+for i = 1, tonumber(ARGV[2]) do
+  local id, countdown, eta = ARGV[o], tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
+  local lockKey, lockTtl = ARGV[o + 3], tonumber(ARGV[o + 4])
+  local taskKey = base .. 't:' .. id
+  local first, last = o + 6, o + 5 + tonumber(ARGV[o + 5])
   o = last + 1
 
   local code, detail, ttl = 1, '', 0
@@ -69,7 +72,8 @@ for i = 1, tonumber(ARGV[1]) do
     if previous then redis.call('DEL', taskKey) end
     local due = 0
     if eta > 0 then due = eta elseif countdown > 0 then due = now + countdown end
-    local fields = { 's', 'PENDING', 'c', now }
+    -- v: the version of this message layout, the one start-tasks.lua reads.
+    local fields = { 's', 'PENDING', 'c', now, 'v', '1' }
     local whole = false
     for j = first, last - 1, 2 do
       if ARGV[j] ~= 'a' and #ARGV[j + 1] > ARGS_CHUNK then whole = true end
