@@ -97,6 +97,8 @@ export class QueueRunner {
   private inFlight = 0;
   /** Ids whose finish travels in a call in flight (a reclaim must count them as known). */
   private readonly finishing = new Set<string>();
+  /** The last fetch started all it asked for: the queue is busy, two calls may be in flight. */
+  private lastFull = false;
   /** Set while backing off after a failed call. */
   private pausing = false;
   private failures = 0;
@@ -189,7 +191,10 @@ export class QueueRunner {
           // tried again before the next call
         }
       }
-      const canSend = !this.pausing && this.inFlight < (this.reclaimNeeded ? 1 : MAX_CALLS_IN_FLIGHT);
+      // A second call joins the first only while fetches come back full (a busy queue): a worker
+      // just woken by one task would send a second fetch that finds nothing.
+      const maxCalls = this.reclaimNeeded || !this.lastFull ? 1 : MAX_CALLS_IN_FLIGHT;
+      const canSend = !this.pausing && this.inFlight < maxCalls;
       const want = canSend && !this.idle && this.host.accepting() ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
       if (!canSend || (this.pending.length === 0 && want === 0)) {
         if (!this.host.accepting() && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0) return;
@@ -269,7 +274,10 @@ export class QueueRunner {
     for (let i = 0; i < revoked.length; i += 4) {
       this.host.revoked(this.keys.queue, String(revoked[i]), String(revoked[i + 1]), String(revoked[i + 2]), String(revoked[i + 3]));
     }
-    if (want > 0) this.idle = more === 0 && started.length / STARTED_FIELDS < want;
+    if (want > 0) {
+      this.idle = more === 0 && started.length / STARTED_FIELDS < want;
+      this.lastFull = started.length / STARTED_FIELDS >= want;
+    }
     this.scheduleDue(nextDelay);
   }
 
