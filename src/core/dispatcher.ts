@@ -55,8 +55,9 @@ export interface TaskRef<A extends readonly unknown[], R> {
   applyAsync(args: A, options?: ApplyOptions): Promise<TaskResult<R>>;
   /**
    * Sends one task per entry of `argsList`, with the same per-call options (no `taskId`), in
-   * batches of up to 1,000 tasks per Redis call. Every entry is checked before anything is sent,
-   * so a bad one rejects the whole call and sends nothing. The handles come back in order.
+   * batches of up to 50 tasks (or about 64 KiB of arguments) per Redis call. Every entry is
+   * checked before anything is sent, so a bad one rejects the whole call and sends nothing. The
+   * handles come back in order.
    * With `uniqueRaises`, a duplicate rejects with AlreadyQueuedError once the others are sent.
    */
   delayMany(argsList: readonly A[], options?: Omit<ApplyOptions, 'taskId'>): Promise<TaskResult<R>[]>;

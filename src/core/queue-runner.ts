@@ -71,9 +71,10 @@ const STARTED_FIELDS = 6;
 const NOT_LOOKED_UP = -2;
 
 /**
- * Drives one queue for one worker. All script calls of the queue go through one loop, one at
- * a time: finishes that pile up while a call is in flight travel together in the next one,
- * with a fetch for the slots they free. When the queue is empty the runner blocks on its own
+ * Drives one queue for one worker. All script calls of the queue go through one loop: finishes
+ * that pile up while a call is in flight travel together in the next one, with a fetch for the
+ * slots they free. While fetches come back full, two calls may be in flight, so Redis runs one
+ * batch while this process runs the tasks of the other. When the queue is empty the runner blocks on its own
  * connection (BLMOVE of the wait list onto itself, which moves nothing) and sets a timer for
  * the earliest delayed task, so an idle worker costs Redis nothing between events.
  */

@@ -30,7 +30,15 @@
 -- A wait list or delayed set of the wrong type fails the whole call before anything is written:
 -- a script is not rolled back, so an error half way would leave records and locks of tasks that
 -- are in no list and never run.
-if type(redis.pcall('LLEN', KEYS[1])) == 'table' or type(redis.pcall('ZCARD', KEYS[2])) == 'table' then
+-- redis.pcall answers a refused command (ACL) like a wrong-type key: only WRONGTYPE is the key's
+-- fault, anything else is raised as it is.
+local function wrongType(reply)
+  if type(reply) ~= 'table' or not reply.err then return false end
+  if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then error(reply) end
+  return true
+end
+
+if wrongType(redis.pcall('LLEN', KEYS[1])) or wrongType(redis.pcall('ZCARD', KEYS[2])) then
   return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value: the wait list or ' ..
     'delayed set of this queue; nothing was sent')
 end
@@ -49,7 +57,7 @@ for i = 1, tonumber(ARGV[2]) do
 
   local code, detail, ttl = 1, '', 0
   local previous = redis.pcall('HGET', taskKey, 's')
-  if type(previous) == 'table' then
+  if wrongType(previous) then
     code, detail = 4, 'the key ' .. taskKey .. ' of this task id holds a value that is not a hash'
   elseif previous and previous ~= 'SUCCESS' and previous ~= 'FAILURE' and previous ~= 'REVOKED' then
     -- The same task under the same id (re-sent by ioredis after a lost reply, or an idempotent
@@ -60,9 +68,9 @@ for i = 1, tonumber(ARGV[2]) do
       if ARGV[j] == 'n' then name = ARGV[j + 1] elseif ARGV[j] == 'a' then args = ARGV[j + 1] end
     end
     if not (same[1] == name and joinArgs(taskKey, same[2], same[3]) == args) then code = 3 end
-  elseif lockTtl > 0 and not redis.pcall('SET', lockKey, id, 'NX', 'PX', lockTtl) then
+  elseif lockTtl > 0 and not redis.call('SET', lockKey, id, 'NX', 'PX', lockTtl) then
     local holder = redis.pcall('GET', lockKey)
-    if type(holder) == 'table' then
+    if wrongType(holder) then
       code, detail = 4, 'the unique lock key ' .. lockKey .. ' holds a value that is not a string'
     else
       code, detail, ttl = 2, holder, redis.call('PTTL', lockKey)
