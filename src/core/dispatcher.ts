@@ -82,6 +82,7 @@ const DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024;
 const DUPLICATE = 2;
 const ID_IN_USE = 3;
 const WRONG_TYPE = 4;
+const COMMAND_FAILED = 5;
 // One enqueue call carries at most this many tasks, or about this many bytes of arguments: a
 // burst is cut into several calls, so Redis runs the first while the next is being built
 // (measured in BENCHMARKS.md: 25 to 50 tasks per call sent about 1.5x as many tasks per second
@@ -113,6 +114,7 @@ export class Dispatcher {
   /** Tasks waiting for the next enqueue call, per queue. */
   private readonly batches = new Map<string, Batch>();
   private flushScheduled = false;
+  private closing: Promise<void> | undefined;
   /** Enqueue calls in flight. */
   private readonly sending = new Set<Promise<void>>();
 
@@ -180,13 +182,16 @@ export class Dispatcher {
   }
 
   /** Closes the connections this dispatcher opened. A client you passed in stays open. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    // Tasks already handed to delay() are sent before the connection closes.
-    this.flush();
-    await Promise.allSettled([...this.sending]);
-    await Promise.all([closeClient(this.conn), closeClient(this.sub)]);
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      // Tasks already handed to delay() are sent before the connection closes (while Redis is
+      // unreachable that takes as long as the client's retries).
+      this.flush();
+      await Promise.allSettled([...this.sending]);
+      await Promise.all([closeClient(this.conn), closeClient(this.sub)]);
+    })();
+    return this.closing;
   }
 
   private keys(queue: string): QueueKeys {
@@ -248,14 +253,20 @@ export class Dispatcher {
   ): Promise<TaskResult<R>[]> {
     if (!Array.isArray(argsList)) throw new ConfigError(`delayMany of ${name} takes an array of argument lists, got ${describe(argsList)}`);
     if (call.taskId !== undefined) throw new ConfigError('delayMany takes no taskId: each task gets its own id');
-    const prepared = argsList.map((args, i) => {
+    const prepared: Prepared[] = [];
+    for (let i = 0; i < argsList.length; i++) {
       try {
-        return this.prepare(name, opts, args, call);
+        if (!(i in argsList)) throw new ConfigError('is a hole in a sparse array; pass an argument list for every task');
+        prepared.push(this.prepare(name, opts, argsList[i]!, call));
       } catch (err) {
-        if (err instanceof Error) err.message = `argsList[${i}]: ${err.message}`;
+        try {
+          if (err instanceof Error) err.message = `argsList[${i}]: ${err.message}`;
+        } catch {
+          // a frozen error keeps its message
+        }
         throw err;
       }
-    });
+    }
     const replies = prepared.map((p) => this.submit(p));
     return Promise.all(replies.map((reply, i) => reply.then((r) => this.handle<R>(prepared[i]!, r))));
   }
@@ -264,7 +275,7 @@ export class Dispatcher {
   private prepare(name: string, opts: NormalizedTaskOptions | undefined, args: readonly unknown[], call: ApplyOptions): Prepared {
     if (this.closed) throw new ConfigError('this dispatcher is closed');
     if (!Array.isArray(args)) throw new ConfigError(`arguments of ${name} must be an array, got ${describe(args)}`);
-    for (const k in call) {
+    for (const k of Object.keys(call)) {
       if (!CALL_OPTIONS.has(k)) throw new ConfigError(`unknown call option '${k}'; known: ${[...CALL_OPTIONS].join(', ')}`);
     }
     const queue = call.queue ?? opts?.queue ?? DEFAULT_QUEUE;
@@ -364,6 +375,7 @@ export class Dispatcher {
       return new TaskResult<R>(this.backend, keys, detail, name, true);
     }
     if (code === WRONG_TYPE) throw new ConfigError(`cannot send ${name} as task ${id}: ${detail}`);
+    if (code === COMMAND_FAILED) throw new Error(`cannot send ${name} as task ${id}: Redis answered ${detail}`);
     // A generated id cannot collide: code 3 then means ioredis re-sent this very call after a
     // reconnect and the first one went through.
     if (code === ID_IN_USE && p.customId) {

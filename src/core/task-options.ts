@@ -37,7 +37,7 @@ export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
   queue?: string;
   /** One queued-or-running task per key (the arguments' hash, or `key`). Default: `false`. */
   unique?: boolean;
-  /** Lifetime of the unique lock: the deadlock escape. Seconds or an `ms` string. Default: `'1h'`. */
+  /** Lifetime of the unique lock: the deadlock escape. Seconds or an `ms` string, at most 10 years. Default: `'1h'`. */
   uniqueTimeout?: Duration;
   /** A duplicate dispatch throws `AlreadyQueuedError` instead of returning the holder. Default: `false`. */
   uniqueRaises?: boolean;
@@ -108,6 +108,8 @@ export const DEFAULT_RETRIES: NormalizedRetries = {
 };
 
 const DEFAULT_UNIQUE_TIMEOUT_MS = 60 * 60 * 1000;
+// Longer lock lifetimes are refused: Lua would pass them to SET PX in exponent notation (1e+16).
+const MAX_UNIQUE_TIMEOUT_MS = 10 * 365 * 24 * 60 * 60 * 1000;
 const KNOWN = new Set([
   'name',
   'queue',
@@ -201,6 +203,9 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
   const uniqueWaitForExpiry = bool(o.uniqueWaitForExpiry, `${where}: uniqueWaitForExpiry`);
   const uniqueTimeoutMs =
     o.uniqueTimeout === undefined ? DEFAULT_UNIQUE_TIMEOUT_MS : toMillis(o.uniqueTimeout as Duration, `${where}: uniqueTimeout`);
+  if (uniqueTimeoutMs > MAX_UNIQUE_TIMEOUT_MS) {
+    throw new ConfigError(`${where}: uniqueTimeout must be at most 10 years (${MAX_UNIQUE_TIMEOUT_MS} ms), got ${uniqueTimeoutMs} ms`);
+  }
   if (!unique) {
     for (const k of ['uniqueTimeout', 'uniqueRaises', 'uniqueWaitForExpiry'] as const) {
       if (o[k] !== undefined) throw new ConfigError(`${where}: ${k} only applies to unique tasks; add unique: true`);

@@ -62,6 +62,7 @@ function json(v: string | undefined): unknown {
 function joinArgs(h: Record<string, string>): string | undefined {
   const count = Number(h.ac);
   if (h.a === undefined || !(count > 1)) return h.a;
+  if (count > 256 || !Number.isInteger(count)) return undefined; // not a record of ours (see args.lua)
   let json = h.a;
   for (let i = 1; i < count; i++) {
     const piece = h[`a${i}`];

@@ -23,22 +23,27 @@
     2, holderId, pttlMs     a unique duplicate: another task holds the lock
     3, '', 0                the id belongs to another task that has not ended
     4, message, 0           its keys hold values of the wrong type: nothing was written
+    5, message, 0           a command for it failed (e.g. refused by an ACL) after tasks before
+                            it in the batch were written: nothing was written for it
 ]]
 -- @include "now"
 -- @include "args"
 
 -- A wait list or delayed set of the wrong type fails the whole call before anything is written:
 -- a script is not rolled back, so an error half way would leave records and locks of tasks that
--- are in no list and never run.
--- redis.pcall answers a refused command (ACL) like a wrong-type key: only WRONGTYPE is the key's
--- fault, anything else is raised as it is.
-local function wrongType(reply)
-  if type(reply) ~= 'table' or not reply.err then return false end
-  if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then error(reply) end
-  return true
+-- are in no list and never run. Later in the batch, a failing command fails only its own task
+-- (code 4 or 5), as the tasks before it are written and will run.
+local wrote = false
+-- What a redis.pcall reply means: nil fine, 4 a key of the wrong type, 5 any other error (a
+-- command refused by an ACL, ...), which is raised as it is while nothing has been written.
+local function failure(reply)
+  if type(reply) ~= 'table' or not reply.err then return nil end
+  if string.sub(reply.err, 1, 9) == 'WRONGTYPE' then return 4 end
+  if not wrote then error(reply) end
+  return 5
 end
 
-if wrongType(redis.pcall('LLEN', KEYS[1])) or wrongType(redis.pcall('ZCARD', KEYS[2])) then
+if failure(redis.pcall('LLEN', KEYS[1])) or failure(redis.pcall('ZCARD', KEYS[2])) then
   return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value: the wait list or ' ..
     'delayed set of this queue; nothing was sent')
 end
@@ -57,8 +62,11 @@ for i = 1, tonumber(ARGV[2]) do
 
   local code, detail, ttl = 1, '', 0
   local previous = redis.pcall('HGET', taskKey, 's')
-  if wrongType(previous) then
+  local failed = failure(previous)
+  if failed == 4 then
     code, detail = 4, 'the key ' .. taskKey .. ' of this task id holds a value that is not a hash'
+  elseif failed then
+    code, detail = 5, previous.err
   elseif previous and previous ~= 'SUCCESS' and previous ~= 'FAILURE' and previous ~= 'REVOKED' then
     -- The same task under the same id (re-sent by ioredis after a lost reply, or an idempotent
     -- re-send by the caller) is already enqueued; anything else is a collision.
@@ -68,42 +76,56 @@ for i = 1, tonumber(ARGV[2]) do
       if ARGV[j] == 'n' then name = ARGV[j + 1] elseif ARGV[j] == 'a' then args = ARGV[j + 1] end
     end
     if not (same[1] == name and joinArgs(taskKey, same[2], same[3]) == args) then code = 3 end
-  elseif lockTtl > 0 and not redis.call('SET', lockKey, id, 'NX', 'PX', lockTtl) then
-    local holder = redis.pcall('GET', lockKey)
-    if wrongType(holder) then
-      code, detail = 4, 'the unique lock key ' .. lockKey .. ' holds a value that is not a string'
-    else
-      code, detail, ttl = 2, holder, redis.call('PTTL', lockKey)
-    end
   else
-    -- A reused id of an ended task starts afresh (only once the lock is ours).
-    if previous then redis.call('DEL', taskKey) end
-    local due = 0
-    if eta > 0 then due = eta elseif countdown > 0 then due = now + countdown end
-    -- v: the version of this message layout, the one start-tasks.lua reads.
-    local fields = { 's', 'PENDING', 'c', now, 'v', '1' }
-    local whole = false
-    for j = first, last - 1, 2 do
-      if ARGV[j] ~= 'a' and #ARGV[j + 1] > ARGS_CHUNK then whole = true end
-    end
-    for j = first, last - 1, 2 do
-      if ARGV[j] == 'a' then argsFields(fields, ARGV[j + 1], whole) else
-        table.insert(fields, ARGV[j]); table.insert(fields, ARGV[j + 1])
+    local proceed = true
+    if lockTtl > 0 then
+      local set = redis.pcall('SET', lockKey, id, 'NX', 'PX', lockTtl)
+      if failure(set) then
+        proceed, code, detail = false, 5, set.err
+      elseif not set then
+        proceed = false
+        local holder = redis.pcall('GET', lockKey)
+        local f = failure(holder)
+        if f == 4 then
+          code, detail = 4, 'the unique lock key ' .. lockKey .. ' holds a value that is not a string'
+        elseif f then
+          code, detail = 5, holder.err
+        else
+          code, detail, ttl = 2, holder, redis.call('PTTL', lockKey)
+        end
       end
     end
-    redis.call('HSET', taskKey, unpack(fields))
-    if due > now then
-      redis.call('HSET', taskKey, 'd', due)
-      local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-      redis.call('ZADD', KEYS[2], due, id)
-      -- An idle worker sleeps until the earliest due time it knew of; if this task is due
-      -- earlier, wake it with a marker ('') that fetch skips.
-      if not woken and (not head[2] or due < tonumber(head[2])) and redis.call('LINDEX', KEYS[1], 0) ~= '' then
-        redis.call('LPUSH', KEYS[1], '')
-        woken = true
+    if proceed then
+      -- A reused id of an ended task starts afresh (only once the lock is ours).
+      if previous then redis.call('DEL', taskKey) end
+      local due = 0
+      if eta > 0 then due = eta elseif countdown > 0 then due = now + countdown end
+      -- v: the version of this message layout, the one start-tasks.lua reads.
+      local fields = { 's', 'PENDING', 'c', now, 'v', '1' }
+      local whole = false
+      for j = first, last - 1, 2 do
+        if ARGV[j] ~= 'a' and #ARGV[j + 1] > ARGS_CHUNK then whole = true end
       end
-    else
-      redis.call('LPUSH', KEYS[1], id)
+      for j = first, last - 1, 2 do
+        if ARGV[j] == 'a' then argsFields(fields, ARGV[j + 1], whole) else
+          table.insert(fields, ARGV[j]); table.insert(fields, ARGV[j + 1])
+        end
+      end
+      redis.call('HSET', taskKey, unpack(fields))
+      if due > now then
+        redis.call('HSET', taskKey, 'd', due)
+        local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+        redis.call('ZADD', KEYS[2], due, id)
+        -- An idle worker sleeps until the earliest due time it knew of; if this task is due
+        -- earlier, wake it with a marker ('') that fetch skips.
+        if not woken and (not head[2] or due < tonumber(head[2])) and redis.call('LINDEX', KEYS[1], 0) ~= '' then
+          redis.call('LPUSH', KEYS[1], '')
+          woken = true
+        end
+      else
+        redis.call('LPUSH', KEYS[1], id)
+      end
+      wrote = true
     end
   end
   table.insert(replies, code)

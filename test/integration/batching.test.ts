@@ -825,3 +825,63 @@ describe('close() and the worker', () => {
     },
   );
 });
+
+// ---------------------------------------------------------------------------------------------
+// 3. Found by the review of issue 4.
+
+describe('review findings', () => {
+  const fresh = useHarness('batching');
+
+  it('a piece count (ac) that is not one of ours ends the task FAILURE with MalformedTaskError; the queue keeps running', async () => {
+    const h = fresh();
+    const svc = new BatchingService();
+    const tasks = h.dispatcher().tasks(BatchingService);
+    const broken = await tasks.echo.delay('b'.repeat(200));
+    const fine = await tasks.echo.delay('f'.repeat(200));
+    // Unbounded, this made every fetch fail ("too many results to unpack") and lost the task.
+    await h.admin.hset(h.taskKey(broken.id), 'ac', '100000');
+    expect((await broken.info()).args).toBeUndefined();
+    const worker = h.worker({ services: [svc] });
+    const errors: Error[] = [];
+    worker.on('error', (e) => errors.push(e));
+    await worker.start();
+    expect(await fine.get({ timeout: 10 })).toBe('f'.repeat(200));
+    await waitFor(async () => (await broken.status()) === 'FAILURE', { what: 'the broken task to fail' });
+    expect((await broken.info()).error).toMatchObject({ name: 'MalformedTaskError', message: 'the record lacks a task name or arguments' });
+    expect(errors).toEqual([]);
+    expect(svc.received.has(broken.id)).toBe(false);
+  });
+
+  it('an enumerable property on Object.prototype does not turn into an unknown call option', async () => {
+    const h = fresh();
+    const proto = Object.prototype as Record<string, unknown>;
+    proto.polyfilled = true;
+    try {
+      const r = await h.dispatcher().tasks(BatchingService).add.delay(1, 2);
+      expect(await r.status()).toBe('PENDING');
+    } finally {
+      delete proto.polyfilled;
+    }
+  });
+
+  it('a hole in delayMany argsList is refused, naming the entry, and nothing is sent', async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    // eslint-disable-next-line no-sparse-arrays
+    const sparse = [, [1, 2]] as unknown as [number, number][];
+    await expect(d.tasks(BatchingService).add.delayMany(sparse)).rejects.toThrow(/^argsList\[0\]: is a hole in a sparse array/);
+    await d.close();
+    expect(await h.admin.keys(`${h.prefix}:*`)).toEqual([]);
+  });
+
+  it('a second close() returns the first one\'s promise, which resolves once queued tasks are sent', async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const pending = d.tasks(BatchingService).add.delay(1, 2);
+    const first = d.close();
+    const second = d.close();
+    expect(second).toBe(first);
+    await second;
+    expect(await h.admin.hget(h.taskKey((await pending).id), 's'), 'sent before closing').toBe('PENDING');
+  });
+});

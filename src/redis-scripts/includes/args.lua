@@ -38,6 +38,9 @@ end
 local function joinArgs(key, first, count, p1, p2, p3)
   local n = tonumber(count)
   if not first or not n or n < 2 then return first end
+  -- argsFields writes at most ARGS_CHUNKED_MAX / 16 + 1 pieces (4-byte characters); more is
+  -- not a record of ours (and an unbounded count would stall Redis): treat it as malformed.
+  if n > 256 or n ~= math.floor(n) then return nil end
   local pieces
   if n <= 4 and p1 then
     pieces = { p1, p2, p3 }
