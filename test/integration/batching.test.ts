@@ -885,3 +885,26 @@ describe('review findings', () => {
     expect(await h.admin.hget(h.taskKey((await pending).id), 's'), 'sent before closing').toBe('PENDING');
   });
 });
+
+describe('fetch pops ids in bulk', () => {
+  const fresh = useHarness('batching');
+
+  it('ids popped past the examining bound go back in order: good tasks behind 80 revoked ones start once each, in FIFO order', async () => {
+    const h = fresh();
+    const svc = new BatchingService();
+    const tasks = h.dispatcher().tasks(BatchingService);
+    const revoked = await tasks.add.delayMany(Array.from({ length: 80 }, (_, i) => [i, 0] as [number, number]));
+    const good = await tasks.add.delayMany(Array.from({ length: 40 }, (_, i) => [1000 + i, 0] as [number, number]));
+    for (const r of revoked) expect(await r.revoke()).toBe('REVOKED');
+    // Concurrency 50: each call asks for 25 and pops up to 25 ids at once. Examining stops after
+    // 25 + 64 = 89 ids, in the middle of the fourth pop (5 revoked, then good ones): the ids
+    // popped and not examined must go back to the head of the queue, in their order.
+    const worker = h.worker({ services: [svc], concurrency: 50 });
+    const ev = recordEvents(worker);
+    await worker.start();
+    await waitFor(() => ev.succeeded.length === 40, { what: '40 good tasks to succeed' });
+    expect(ev.started.map((e) => e.id)).toEqual(good.map((r) => r.id));
+    expect(ev.succeeded.map((e) => e.id).sort()).toEqual(good.map((r) => r.id).sort());
+    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+  });
+});

@@ -68,12 +68,23 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   local examined = 0
   -- Examining is bounded so one call stays short.
   local drained = false
+  -- Ids are popped as many at a time as tasks are still wanted (RPOP with a count: one command,
+  -- not one per task); every popped id is examined, unless the bound stops the loop first.
+  local popped, next = {}, 1
   while count < want and examined < want + 64 do
-    local id = redis.call('RPOP', waitKey)
-    if not id then
-      drained = true
-      break
+    if next > #popped then
+      if drained then break end
+      local asked = want - count
+      popped = redis.call('RPOP', waitKey, asked)
+      next = 1
+      if not popped then
+        popped, drained = {}, true
+        break
+      end
+      if #popped < asked then drained = true end
     end
+    local id = popped[next]
+    next = next + 1
     examined = examined + 1
     if id ~= '' then -- '' is the wake-up marker pushed by enqueue
       local key = base .. 't:' .. id
@@ -169,6 +180,9 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
       end
     end
   end
+
+  -- Ids popped but not examined (the bound stopped the loop) go back where they were.
+  for k = #popped, next, -1 do redis.call('RPUSH', waitKey, popped[k]) end
 
   -- A worker that got all it asked for calls again soon: it needs neither of these.
   if count == want then return {started, limited, revoked, -2, 1} end
