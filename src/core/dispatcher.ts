@@ -79,6 +79,7 @@ const QUEUE_IN_ID = /^(.+):[0-9A-Za-z]{22}$/;
 const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue', 'expires', 'timeLimit']);
 const DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024;
 /** Reply codes of enqueue-2.lua (see its header). */
+const ENQUEUED = 1;
 const DUPLICATE = 2;
 const ID_IN_USE = 3;
 const WRONG_TYPE = 4;
@@ -381,6 +382,7 @@ export class Dispatcher {
     if (code === ID_IN_USE && p.customId) {
       throw new ConfigError(`task id ${id} belongs to a task that has not ended; choose another taskId`);
     }
+    if (code !== ENQUEUED && code !== ID_IN_USE) throw new Error(`cannot send ${name}: the enqueue script answered code ${code}`);
     return new TaskResult<R>(this.backend, keys, id, name);
   }
 }

@@ -108,7 +108,8 @@ export const DEFAULT_RETRIES: NormalizedRetries = {
 };
 
 const DEFAULT_UNIQUE_TIMEOUT_MS = 60 * 60 * 1000;
-// Longer lock lifetimes are refused: Lua would pass them to SET PX in exponent notation (1e+16).
+// Longer lock lifetimes are refused: SET PX takes a 64-bit integer of ms, and Lua numbers
+// (doubles) are exact only up to 2^53.
 const MAX_UNIQUE_TIMEOUT_MS = 10 * 365 * 24 * 60 * 60 * 1000;
 const KNOWN = new Set([
   'name',

@@ -60,9 +60,10 @@ function json(v: string | undefined): unknown {
 
 /** The arguments JSON of a task hash: whole in `a`, or in `ac` pieces a, a1, a2, ... (see includes/args.lua). */
 function joinArgs(h: Record<string, string>): string | undefined {
+  if (h.a === undefined || h.ac === undefined) return h.a;
   const count = Number(h.ac);
-  if (h.a === undefined || !(count > 1)) return h.a;
-  if (count > 256 || !Number.isInteger(count)) return undefined; // not a record of ours (see args.lua)
+  if (!Number.isInteger(count) || count > 256) return undefined; // not a record of ours (see args.lua)
+  if (count < 2) return h.a;
   let json = h.a;
   for (let i = 1; i < count; i++) {
     const piece = h[`a${i}`];

@@ -23,8 +23,10 @@
     2, holderId, pttlMs     a unique duplicate: another task holds the lock
     3, '', 0                the id belongs to another task that has not ended
     4, message, 0           its keys hold values of the wrong type: nothing was written
-    5, message, 0           a command for it failed (e.g. refused by an ACL) after tasks before
-                            it in the batch were written: nothing was written for it
+    5, message, 0           reading its hash or taking its lock failed otherwise (e.g. refused by
+                            an ACL) after tasks before it in the batch were written: nothing was
+                            written for it. (A later write failing raises for the whole call: the
+                            commands needed to write a task are the ones any enqueue needs.)
 ]]
 -- @include "now"
 -- @include "args"

@@ -636,10 +636,31 @@ const garbageCases: GarbageCase[] = [
       await h.admin.hset(h.taskKey(id), 'lt', 'forever');
       return { id, extra: { lk } };
     },
-    failure: { name: 'MalformedTaskError', message: 'the unique lock lifetime is not a positive number', attempts: 0 },
-    dead: 'the unique lock lifetime is not a positive number',
+    failure: { name: 'MalformedTaskError', message: 'the unique lock lifetime is not a positive whole number', attempts: 0 },
+    dead: 'the unique lock lifetime is not a positive whole number',
     // The lock it took at enqueue is released at its end.
     after: async (h, p) => expect(await h.admin.exists(p.extra!.lk!)).toBe(0),
+  },
+  {
+    what: 'a unique lock lifetime of 1.5 ms (SET PX takes whole ms)',
+    plant: async (h, d) => {
+      const id = await queued(d, 'once', 14);
+      await h.admin.hset(h.taskKey(id), 'lt', '1.5');
+      return { id };
+    },
+    failure: { name: 'MalformedTaskError', message: 'the unique lock lifetime is not a positive whole number', attempts: 0 },
+    dead: 'the unique lock lifetime is not a positive whole number',
+  },
+  {
+    what: 'a unique lock lifetime of 1e19 ms, past what SET PX takes (the command fails, the queue goes on)',
+    plant: async (h, d) => {
+      const id = await queued(d, 'once', 15);
+      await h.admin.hset(h.taskKey(id), 'lt', '1e19');
+      await h.admin.del((await h.admin.hget(h.taskKey(id), 'lk'))!);
+      return { id };
+    },
+    failure: { name: 'MalformedTaskError', message: 'a command on its keys failed: ERR value is not an integer or out of range', attempts: 0 },
+    dead: 'a command on its keys failed: ERR value is not an integer or out of range',
   },
   {
     what: 'a negative unique lock lifetime',
@@ -648,8 +669,8 @@ const garbageCases: GarbageCase[] = [
       await h.admin.hset(h.taskKey(id), 'lt', '-5');
       return { id };
     },
-    failure: { name: 'MalformedTaskError', message: 'the unique lock lifetime is not a positive number', attempts: 0 },
-    dead: 'the unique lock lifetime is not a positive number',
+    failure: { name: 'MalformedTaskError', message: 'the unique lock lifetime is not a positive whole number', attempts: 0 },
+    dead: 'the unique lock lifetime is not a positive whole number',
   },
   {
     what: 'a unique lock key of the wrong type (a list)',
@@ -684,8 +705,18 @@ const garbageCases: GarbageCase[] = [
       await h.admin.hset(h.taskKey(id), 'rn', '0');
       return { id };
     },
-    failure: { name: 'MalformedTaskError', message: 'the rate limit is not [n >= 1, period > 0]', attempts: 0 },
-    dead: 'the rate limit is not [n >= 1, period > 0]',
+    failure: { name: 'MalformedTaskError', message: 'the rate limit is not [whole n >= 1, whole period > 0]', attempts: 0 },
+    dead: 'the rate limit is not [whole n >= 1, whole period > 0]',
+  },
+  {
+    what: 'a rate period of half a millisecond (rp; PEXPIRE takes whole ms)',
+    plant: async (h, d) => {
+      const id = await queued(d, 'limited', 4);
+      await h.admin.hset(h.taskKey(id), 'rp', '0.5');
+      return { id };
+    },
+    failure: { name: 'MalformedTaskError', message: 'the rate limit is not [whole n >= 1, whole period > 0]', attempts: 0 },
+    dead: 'the rate limit is not [whole n >= 1, whole period > 0]',
   },
   {
     what: 'a rate period that is not a number (rp)',
@@ -694,8 +725,8 @@ const garbageCases: GarbageCase[] = [
       await h.admin.hset(h.taskKey(id), 'rp', 'a minute');
       return { id };
     },
-    failure: { name: 'MalformedTaskError', message: 'the rate limit is not [n >= 1, period > 0]', attempts: 0 },
-    dead: 'the rate limit is not [n >= 1, period > 0]',
+    failure: { name: 'MalformedTaskError', message: 'the rate limit is not [whole n >= 1, whole period > 0]', attempts: 0 },
+    dead: 'the rate limit is not [whole n >= 1, whole period > 0]',
   },
   {
     what: 'a rate bucket (rk) with no limit fields at all',
@@ -704,8 +735,8 @@ const garbageCases: GarbageCase[] = [
       await h.admin.hdel(h.taskKey(id), 'rn', 'rp');
       return { id };
     },
-    failure: { name: 'MalformedTaskError', message: 'the rate limit is not [n >= 1, period > 0]', attempts: 0 },
-    dead: 'the rate limit is not [n >= 1, period > 0]',
+    failure: { name: 'MalformedTaskError', message: 'the rate limit is not [whole n >= 1, whole period > 0]', attempts: 0 },
+    dead: 'the rate limit is not [whole n >= 1, whole period > 0]',
   },
   {
     what: 'a delayed-set member with no record',

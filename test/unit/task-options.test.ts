@@ -35,7 +35,7 @@ describe('@Task rejects bad options when the class is defined', () => {
     ['uniqueTimeout "soon"', { unique: true, uniqueTimeout: 'soon' }, `uniqueTimeout ${DURATION_HINT}, got "soon"`],
     ['uniqueTimeout 0', { unique: true, uniqueTimeout: 0 }, `uniqueTimeout ${DURATION_HINT}, got 0`],
     ['uniqueTimeout 11 years', { unique: true, uniqueTimeout: 11 * 365 * 24 * 3600 }, 'uniqueTimeout must be at most 10 years (315360000000 ms), got 346896000000 ms'],
-    ['uniqueTimeout 1e13 s (SET PX would get 1e+16)', { unique: true, uniqueTimeout: 1e13 }, 'uniqueTimeout must be at most 10 years (315360000000 ms), got 10000000000000000 ms'],
+    ['uniqueTimeout 1e13 s (1e16 ms)', { unique: true, uniqueTimeout: 1e13 }, 'uniqueTimeout must be at most 10 years (315360000000 ms), got 10000000000000000 ms'],
     ['rateLimit [0, 60]', { rateLimit: [0, 60] }, 'rateLimit: n must be a whole number of starts >= 1, got 0'],
     ['rateLimit [1.5, 60]', { rateLimit: [1.5, 60] }, 'rateLimit: n must be a whole number of starts >= 1, got 1.5'],
     ['rateLimit ["2", 60]', { rateLimit: ['2', 60] }, 'rateLimit: n must be a whole number of starts >= 1, got "2"'],

@@ -36,11 +36,12 @@ end
 -- a1, a2, a3 as `p1`, `p2`, `p3` when the caller read them along (nil: read here); nil when a
 -- piece is missing.
 local function joinArgs(key, first, count, p1, p2, p3)
+  if not first or not count then return first end
+  -- argsFields writes about ARGS_CHUNKED_MAX / 61 pieces at most; a count that is not a whole
+  -- number up to 256 is not a record of ours (and an unbounded one would stall Redis): malformed.
   local n = tonumber(count)
-  if not first or not n or n < 2 then return first end
-  -- argsFields writes at most ARGS_CHUNKED_MAX / 16 + 1 pieces (4-byte characters); more is
-  -- not a record of ours (and an unbounded count would stall Redis): treat it as malformed.
-  if n > 256 or n ~= math.floor(n) then return nil end
+  if not n or n ~= math.floor(n) or n > 256 then return nil end
+  if n < 2 then return first end
   local pieces
   if n <= 4 and p1 then
     pieces = { p1, p2, p3 }

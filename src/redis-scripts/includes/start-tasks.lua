@@ -66,26 +66,8 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   local started, limited, revoked = {}, {}, {}
   local count = 0
   local examined = 0
-  -- Examining is bounded so one call stays short.
-  local drained = false
-  -- Ids are popped as many at a time as tasks are still wanted (RPOP with a count: one command,
-  -- not one per task); every popped id is examined, unless the bound stops the loop first.
-  local popped, next = {}, 1
-  while count < want and examined < want + 64 do
-    if next > #popped then
-      if drained then break end
-      local asked = want - count
-      popped = redis.call('RPOP', waitKey, asked)
-      next = 1
-      if not popped then
-        popped, drained = {}, true
-        break
-      end
-      if #popped < asked then drained = true end
-    end
-    local id = popped[next]
-    next = next + 1
-    examined = examined + 1
+  -- Examines one popped id; run under pcall (see the loop).
+  local function examine(id)
     if id ~= '' then -- '' is the wake-up marker pushed by enqueue
       local key = base .. 't:' .. id
       local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
@@ -109,10 +91,11 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
           problem = 'message version ' .. t[10] .. ' is not one this worker reads (1)'
         elseif not t[2] or t[2] == '' or not t[3] then
           problem = 'the record lacks a task name or arguments'
-        elseif t[4] and not (lockTtl and lockTtl > 0) then
-          problem = 'the unique lock lifetime is not a positive number'
-        elseif t[6] and not (limit and limit >= 1 and period and period > 0) then
-          problem = 'the rate limit is not [n >= 1, period > 0]'
+        elseif t[4] and not (lockTtl and lockTtl > 0 and lockTtl == math.floor(lockTtl)) then
+          problem = 'the unique lock lifetime is not a positive whole number'
+        elseif t[6] and not (limit and limit >= 1 and limit == math.floor(limit) and period and period > 0 and
+            period == math.floor(period)) then
+          problem = 'the rate limit is not [whole n >= 1, whole period > 0]'
         elseif t[11] and not tonumber(t[11]) then
           problem = 'the expiry (field ex) is not a number'
         elseif t[12] and not (tonumber(t[12]) and tonumber(t[12]) >= 0) then
@@ -181,7 +164,40 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     end
   end
 
+  -- Examining is bounded so one call stays short.
+  local drained = false
+  -- Ids are popped as many at a time as tasks are still wanted (RPOP with a count: one command,
+  -- not one per task); every popped id is examined, unless the bound stops the loop first.
+  local popped, next = {}, 1
+  while count < want and examined < want + 64 do
+    if next > #popped then
+      if drained then break end
+      local asked = want - count
+      popped = redis.call('RPOP', waitKey, asked)
+      next = 1
+      if not popped then
+        popped, drained = {}, true
+        break
+      end
+      if #popped < asked then drained = true end
+    end
+    local id = popped[next]
+    next = next + 1
+    examined = examined + 1
+    local ok, err = pcall(examine, id)
+    if not ok then
+      -- A command on this task's keys failed: the task fails as malformed and the call goes on.
+      -- Should even that fail, the ids popped after it go back before the error is passed on.
+      local reason = 'a command on its keys failed: ' .. tostring(type(err) == 'table' and err.err or err)
+      if not pcall(failMalformed, base, id, reason, now, expireMs) then
+        for k = #popped, next, -1 do redis.call('RPUSH', waitKey, popped[k]) end
+        error(err)
+      end
+    end
+  end
+
   -- Ids popped but not examined (the bound stopped the loop) go back where they were.
+  if next <= #popped then drained = false end
   for k = #popped, next, -1 do redis.call('RPUSH', waitKey, popped[k]) end
 
   -- A worker that got all it asked for calls again soon: it needs neither of these.
