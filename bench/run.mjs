@@ -2,7 +2,7 @@
 // The side-by-side benchmark: heimdall-tasks, BullMQ and bee-queue on one private redis-server.
 // Run from the repository root with `npm run bench` (= node --import tsx bench/run.mjs).
 // See BENCHMARKS.md for what each figure means. Sizes come from the environment:
-//   BENCH_REPS (3), BENCH_ENQUEUE (20000), BENCH_DRAIN (20000), BENCH_LATENCY (2500 tasks),
+//   BENCH_REPS (3), BENCH_ENQUEUE (100000), BENCH_DRAIN (20000), BENCH_LATENCY (5000 tasks),
 //   BENCH_LATENCY_RATE (500/s), BENCH_RATE_TASKS (5000), BENCH_SYSTEMS (heimdall,bullmq,bee-queue),
 //   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL,
 //   BENCH_SCENARIOS (a subset, e.g. drain50,latency), BENCH_CHILD_ARGS (node flags of the workers).
@@ -23,9 +23,9 @@ const int = (name, def) => {
 };
 const cfg = {
   reps: int('BENCH_REPS', 3),
-  enqueue: int('BENCH_ENQUEUE', 20_000),
+  enqueue: int('BENCH_ENQUEUE', 100_000),
   drain: int('BENCH_DRAIN', 20_000),
-  latencyTasks: int('BENCH_LATENCY', 2_500),
+  latencyTasks: int('BENCH_LATENCY', 5_000),
   latencyRate: int('BENCH_LATENCY_RATE', 500),
   rateTasks: int('BENCH_RATE_TASKS', 5_000),
   inFlight: 100,
