@@ -1,9 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import { afterEach, expect, inject } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
 import { Dispatcher, Worker, type DispatcherOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
 import { waitFor } from './waiting.js';
+import { startRedis, type LaunchedRedis } from '../scripts/redis-launcher.mjs';
 export { nextEvent, waitFor } from './waiting.js';
 
 /** Root of the repository. */
@@ -78,13 +79,17 @@ export function gate(): Gate {
  */
 export class Harness {
   readonly prefix: string;
-  readonly url = redisUrl();
+  readonly url: string;
+  private readonly adminUrl: string;
   private readonly closers: (() => Promise<void>)[] = [];
   private adminClient: Redis | undefined;
   private readonly children = new Set<ChildProcess>();
 
-  constructor(label?: string) {
+  /** `server`: a redis-server of the test file's own (see usePrivateRedis) instead of the shared one. */
+  constructor(label?: string, server?: { url: string }) {
     this.prefix = newPrefix(label);
+    this.url = server?.url ?? redisUrl();
+    this.adminUrl = server?.url ?? (process.env.REDIS_ADMIN_URL || this.url);
   }
 
   /**
@@ -92,7 +97,7 @@ export class Harness {
    * REDIS_ADMIN_URL when set, so the suite can run as a restricted user while inspecting as admin.
    */
   get admin(): Redis {
-    this.adminClient ??= new Redis(process.env.REDIS_ADMIN_URL || this.url, { connectionName: `admin-${this.prefix}` });
+    this.adminClient ??= new Redis(this.adminUrl, { connectionName: `admin-${this.prefix}` });
     return this.adminClient;
   }
 
@@ -171,6 +176,39 @@ export function useHarness(label?: string): () => Harness {
   });
   return () => {
     current = new Harness(label);
+    return current;
+  };
+}
+
+/**
+ * Like useHarness, on a redis-server of this test file's own, started before its tests and
+ * stopped after them: for counts (INFO commandstats, MONITOR) that the other test files, running
+ * in parallel on the shared server, would disturb.
+ */
+export function usePrivateRedis(label?: string): () => Harness {
+  let server: LaunchedRedis | undefined;
+  let current: Harness | undefined;
+  beforeAll(async () => {
+    // The launcher returns REDIS_URL when it is set; here we want a server of our own.
+    const shared = process.env.REDIS_URL;
+    delete process.env.REDIS_URL;
+    try {
+      server = await startRedis({ log: () => undefined });
+    } finally {
+      if (shared !== undefined) process.env.REDIS_URL = shared;
+    }
+  });
+  afterEach(async () => {
+    const h = current;
+    current = undefined;
+    await h?.dispose();
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+  return () => {
+    if (!server) throw new Error('usePrivateRedis: the server is not started yet (call fresh() inside a test)');
+    current = new Harness(label, server);
     return current;
   };
 }

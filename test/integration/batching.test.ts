@@ -13,7 +13,7 @@
  * On that private server only our dispatcher sends EVALSHA, and only our enqueue script runs
  * LPUSH, so the deltas are exact. Everything else runs on the harness's shared server.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import {
   AlreadyQueuedError,
@@ -24,8 +24,7 @@ import {
   type Dispatcher,
   type TaskResult,
 } from 'heimdall-tasks';
-import { startRedis, type LaunchedRedis } from '../../scripts/redis-launcher.mjs';
-import { gate, Harness, recordEvents, useHarness, waitFor } from '../helpers.js';
+import { gate, Harness, recordEvents, useHarness, usePrivateRedis, waitFor } from '../helpers.js';
 
 // ---------------------------------------------------------------------------------------------
 // Tasks.
@@ -197,40 +196,8 @@ interface DeadLetter {
 // ---------------------------------------------------------------------------------------------
 // 1. Counting script calls: a private redis-server.
 
-let server: LaunchedRedis | undefined;
-
-/** A Harness (own prefix, closes everything, checks for open connections) on the private server. */
-class PrivateHarness extends Harness {
-  override readonly url: string = server!.url;
-  private own: Redis | undefined;
-  /** Always the private server (the shared harness may point admin at REDIS_ADMIN_URL). */
-  override get admin(): Redis {
-    this.own ??= new Redis(this.url, { connectionName: `admin-${this.prefix}` });
-    return this.own;
-  }
-}
-
 describe('enqueue batching: one script call per 50 tasks of a tick (private redis-server)', () => {
-  let current: PrivateHarness | undefined;
-  const fresh = (): PrivateHarness => (current = new PrivateHarness('batching'));
-
-  beforeAll(async () => {
-    const shared = process.env.REDIS_URL;
-    delete process.env.REDIS_URL;
-    try {
-      server = await startRedis({ log: () => undefined });
-    } finally {
-      if (shared !== undefined) process.env.REDIS_URL = shared;
-    }
-  });
-  afterEach(async () => {
-    const h = current;
-    current = undefined;
-    await h?.dispose();
-  });
-  afterAll(async () => {
-    await server?.stop();
-  });
+  const fresh = usePrivateRedis('batching');
 
   /** A dispatcher whose connection is up and whose scripts are loaded (warm-up task excluded from counts). */
   async function warmDispatcher(h: Harness): Promise<{ d: Dispatcher; warm: string }> {

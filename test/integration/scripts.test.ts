@@ -16,19 +16,11 @@
  * client sending a command that scripts use too (a stray HGET), it watches MONITOR, which
  * labels each command with its source: the client's address, or `lua` inside a script.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
 import { AlreadyQueuedError, Task, type Worker } from 'heimdall-tasks';
-import { startRedis, type LaunchedRedis } from '../../scripts/redis-launcher.mjs';
 import { allScripts } from '../../src/redis-scripts/scripts.generated.js';
-import { Harness, waitFor } from '../helpers.js';
-
-let server: LaunchedRedis | undefined;
-
-/** A Harness (own prefix, closes everything, checks for open connections) on the private server. */
-class PrivateHarness extends Harness {
-  override readonly url: string = server!.url;
-}
+import { Harness, usePrivateRedis, waitFor } from '../helpers.js';
 
 /** Commands our Lua scripts can call, lower-case, as INFO names them. */
 const SCRIPT_COMMANDS: ReadonlySet<string> = new Set(
@@ -131,27 +123,7 @@ class ScriptsService {
 }
 
 describe('scripts and round trips (private redis-server)', () => {
-  let current: PrivateHarness | undefined;
-  const fresh = (): PrivateHarness => (current = new PrivateHarness('scripts'));
-
-  beforeAll(async () => {
-    // The launcher returns REDIS_URL when it is set; here we want a server of our own.
-    const shared = process.env.REDIS_URL;
-    delete process.env.REDIS_URL;
-    try {
-      server = await startRedis({ log: () => undefined });
-    } finally {
-      if (shared !== undefined) process.env.REDIS_URL = shared;
-    }
-  });
-  afterEach(async () => {
-    const h = current;
-    current = undefined;
-    await h?.dispose();
-  });
-  afterAll(async () => {
-    await server?.stop();
-  });
+  const fresh = usePrivateRedis('scripts');
 
   it('the scripts call what we think they do (sanity check of the client-only filter)', () => {
     for (const cmd of ['time', 'hget', 'hset', 'lpush', 'rpop', 'set', 'get', 'zadd', 'publish']) expect(SCRIPT_COMMANDS).toContain(cmd);
