@@ -213,6 +213,14 @@ export function usePrivateRedis(label?: string): () => Harness {
   };
 }
 
+/** `INFO commandstats` as command -> calls (`script|load` style names for subcommands). */
+export async function commandStats(admin: Redis): Promise<Record<string, number>> {
+  const text = await admin.info('commandstats');
+  const stats: Record<string, number> = {};
+  for (const m of text.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) stats[m[1]!] = Number(m[2]);
+  return stats;
+}
+
 /** Resolves with a child's exit code, collecting its output. */
 export function exitOf(child: ChildProcess): Promise<{ code: number | null; stdout: string; stderr: string }> {
   let stdout = '';

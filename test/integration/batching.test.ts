@@ -24,7 +24,8 @@ import {
   type Dispatcher,
   type TaskResult,
 } from 'heimdall-tasks';
-import { gate, Harness, recordEvents, useHarness, usePrivateRedis, waitFor } from '../helpers.js';
+import { gate, Harness, recordEvents, useHarness, usePrivateRedis, waitFor, commandStats } from '../helpers.js';
+import { redisNowMs } from '../fixtures/faults/control.js';
 
 // ---------------------------------------------------------------------------------------------
 // Tasks.
@@ -129,20 +130,9 @@ async function waitOrder(h: Harness, queue = 'default'): Promise<string[]> {
   return (await h.admin.lrange(waitKey(h, queue), 0, -1)).reverse();
 }
 
-async function redisNowMs(admin: Redis): Promise<number> {
-  const [s, us] = await admin.time();
-  return Number(s) * 1000 + Math.floor(Number(us) / 1000);
-}
 
 type Stats = Record<string, number>;
 
-/** `INFO commandstats` as command -> calls. */
-async function commandStats(admin: Redis): Promise<Stats> {
-  const text = await admin.info('commandstats');
-  const stats: Stats = {};
-  for (const m of text.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) stats[m[1]!] = Number(m[2]);
-  return stats;
-}
 
 /** Runs `act` and counts what the server ran meanwhile: EVALSHA calls, LPUSHes, SCRIPT LOADs. */
 async function counted<T>(admin: Redis, act: () => Promise<T>): Promise<{ value: T; evalsha: number; lpush: number; load: number }> {

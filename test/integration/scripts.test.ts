@@ -20,7 +20,7 @@ import { describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
 import { AlreadyQueuedError, Task, type Worker } from 'heimdall-tasks';
 import { allScripts } from '../../src/redis-scripts/scripts.generated.js';
-import { Harness, usePrivateRedis, waitFor } from '../helpers.js';
+import { Harness, usePrivateRedis, waitFor, commandStats } from '../helpers.js';
 
 /** Commands our Lua scripts can call, lower-case, as INFO names them. */
 const SCRIPT_COMMANDS: ReadonlySet<string> = new Set(
@@ -29,13 +29,6 @@ const SCRIPT_COMMANDS: ReadonlySet<string> = new Set(
 
 type Stats = Record<string, number>;
 
-/** `INFO commandstats` as command -> calls (`script|load` style names for subcommands). */
-async function commandStats(admin: Redis): Promise<Stats> {
-  const text = await admin.info('commandstats');
-  const stats: Stats = {};
-  for (const m of text.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) stats[m[1]!] = Number(m[2]);
-  return stats;
-}
 
 function delta(before: Stats, after: Stats): Stats {
   const d: Stats = {};
