@@ -414,12 +414,12 @@ export class Worker {
     const began = performance.now();
     const def = taskByName(task.name);
     const expireMs = def?.options.resultExpiresMs ?? this.host.resultExpiresMs;
-    let event: TaskEvent = { id: task.id, name: task.name, queue, args: [], attempt: task.attempt };
+    const event: TaskEvent = { id: task.id, name: task.name, queue, args: [], attempt: task.attempt };
     let outcome: Outcome;
     let deadReason = '';
     try {
-      const args = parseArgs(task.argsJson);
-      event = { ...event, args };
+      event.args = parseArgs(task.argsJson);
+      const args = event.args;
       this.emit('started', event);
       if (!def) {
         throw Object.assign(
@@ -489,7 +489,8 @@ export class Worker {
         } else if (stored === 'RETRY' && !done.ok) {
           this.emit('retried', { ...event, error: done.error, delayMs: finish.retryDelayMs, runtimeMs });
         } else if (done.ok) {
-          this.emit('succeeded', { ...event, result: done.result, runtimeMs });
+          const { id, name, args, attempt } = event;
+          this.emit('succeeded', { id, name, queue, args, attempt, result: done.result, runtimeMs });
         } else {
           this.emit('failed', { ...event, error: done.error, runtimeMs });
         }
