@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
 import { Dispatcher, Worker, type DispatcherOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
 import { waitFor } from './waiting.js';
 import { startRedis, type LaunchedRedis } from '../scripts/redis-launcher.mjs';
-export { nextEvent, waitFor } from './waiting.js';
+export { nextEvent, settleWithin, waitFor } from './waiting.js';
 
 /** Root of the repository. */
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));

@@ -37,3 +37,31 @@ export async function waitFor<T>(
     await new Promise((r) => setTimeout(r, interval));
   }
 }
+
+/** How a promise settled, and how long it took (ms). */
+export type Settled<T> =
+  | { ok: true; value: T; error?: undefined; ms: number }
+  | { ok: false; value?: undefined; error: unknown; ms: number };
+
+/**
+ * Waits for `promise` to resolve or reject and says which; throws, naming `what`, when it does
+ * neither within `ms` (a call that must never hang).
+ */
+export async function settleWithin<T>(promise: Promise<T>, ms: number, what: string): Promise<Settled<T>> {
+  const began = Date.now();
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} neither resolved nor rejected within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([
+      promise.then(
+        (value): Settled<T> => ({ ok: true, value, ms: Date.now() - began }),
+        (error: unknown): Settled<T> => ({ ok: false, error, ms: Date.now() - began }),
+      ),
+      deadline,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher, Task, Worker } from 'heimdall-tasks';
-import { exitOf, ROOT, waitFor } from '../helpers.js';
+import { exitOf, ROOT, settleWithin, waitFor } from '../helpers.js';
 import { aclCommandRules, aclRules, aclUserLine, CLIENT_COMMANDS, SCRIPT_COMMANDS } from '../fixtures/security/acl-rules.js';
 import { makeCertificates, type TestCertificates } from '../fixtures/security/certificates.js';
 import { runCoreFlow } from '../fixtures/security/core-flow.js';
@@ -31,21 +31,6 @@ class SecureService {
   @Task({ unique: true })
   async once(n: number): Promise<number> {
     return n * 10;
-  }
-}
-
-/** Settles `promise` into { value } or { error }, with a 'hung' error after `ms`: a refusal must be prompt. */
-async function within<T>(ms: number, promise: Promise<T>): Promise<{ value?: T; error?: unknown; ms: number }> {
-  const began = Date.now();
-  let timer: NodeJS.Timeout | undefined;
-  const hung = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`hung for ${ms} ms`)), ms)));
-  try {
-    const value = await Promise.race([promise, hung]);
-    return { value, ms: Date.now() - began };
-  } catch (error) {
-    return { error, ms: Date.now() - began };
-  } finally {
-    clearTimeout(timer);
   }
 }
 
@@ -146,11 +131,11 @@ describe('AUTH with a password (requirepass)', () => {
     const workerErrors: Error[] = [];
     worker.on('error', (e) => workerErrors.push(e));
 
-    const sent = await within(10_000, dispatcher.tasks(SecureService).add.delay(1, 1));
+    const sent = await settleWithin(dispatcher.tasks(SecureService).add.delay(1, 1), 10_000, 'a refused call');
     expect((sent.error as Error | undefined)?.message).toMatch(error);
-    const read = await within(10_000, dispatcher.result('some-id').get({ timeout: 30 }));
+    const read = await settleWithin(dispatcher.result('some-id').get({ timeout: 30 }), 10_000, 'a refused call');
     expect((read.error as Error | undefined)?.message).toMatch(error);
-    const started = await within(10_000, worker.start());
+    const started = await settleWithin(worker.start(), 10_000, 'a refused call');
     expect((started.error as Error | undefined)?.message).toMatch(error);
     // The same cause reaches the worker's 'error' event (once a second at most).
     expect(workerErrors.map((e) => e.message)).toContainEqual(expect.stringMatching(error));
@@ -270,7 +255,7 @@ describe('an ACL user restricted to the prefix and the documented commands', () 
     const user = new Redis(userUrl, { maxRetriesPerRequest: 0 });
     try {
       const refused = async (p: Promise<unknown>): Promise<string> => {
-        const r = await within(5000, p);
+        const r = await settleWithin(p, 5000, 'a refused call');
         return r.error instanceof Error ? r.error.message : `not refused: ${String(r.value)}`;
       };
       expect(await refused(user.flushall())).toMatch(/^NOPERM .*'flushall' command/);
@@ -299,9 +284,9 @@ describe('an ACL user restricted to the prefix and the documented commands', () 
     const dispatcher = new Dispatcher({ connection: userUrl, prefix: 'app' });
     const worker = new Worker({ connection: userUrl, prefix: 'app', services: [new SecureService()] });
     try {
-      const sent = await within(10_000, dispatcher.tasks(SecureService).add.delay(1, 1));
+      const sent = await settleWithin(dispatcher.tasks(SecureService).add.delay(1, 1), 10_000, 'a refused call');
       expect((sent.error as Error | undefined)?.message).toMatch(/NOPERM/);
-      const started = await within(10_000, worker.start());
+      const started = await settleWithin(worker.start(), 10_000, 'a refused call');
       expect((started.error as Error | undefined)?.message).toMatch(/NOPERM .*channel/);
     } finally {
       await worker.close();
@@ -423,7 +408,7 @@ describe(`TLS (rediss://)${tls.ok ? '' : ` - skipped: ${tls.why}`}`, () => {
       prefix: uniquePrefix('tls-noca'),
     });
     try {
-      const sent = await within(15_000, dispatcher.tasks(SecureService).add.delay(1, 1));
+      const sent = await settleWithin(dispatcher.tasks(SecureService).add.delay(1, 1), 15_000, 'a refused call');
       expect(sent.error).toMatchObject({ name: 'RedisUnavailableError', code: 'HEIMDALL_REDIS_UNAVAILABLE' });
       // "Redis did not answer" alone sends people looking for a dead server; the TLS error
       // ioredis saw is the actual cause and must reach the caller.

@@ -6,7 +6,7 @@
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Dispatcher, type TaskResult } from 'heimdall-tasks';
-import { nextEvent, useHarness, waitFor } from '../helpers.js';
+import { nextEvent, settleWithin, useHarness, waitFor } from '../helpers.js';
 import {
   byTask,
   duplicates,
@@ -22,19 +22,6 @@ import { enqueue as enqueueScript, finish as finishScript } from '../../src/redi
 
 const TASKS = 1000;
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
-
-/** Settles `promise` or fails after `ms`: a dispatch must never hang. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} neither resolved nor rejected within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise.then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error })), deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Count of an error reply kind in INFO errorstats, e.g. NOSCRIPT. */
 async function errorCount(client: Redis, kind: string): Promise<number> {
@@ -94,7 +81,7 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     const patient = quick.delay(TASKS);
     // ...and one whose client gives up after one retry fails with a clear error.
     const impatient = dispatcher(h.prefix, { host: '127.0.0.1', port: server.port, maxRetriesPerRequest: 1 });
-    const refused = await within(impatient.tasks(FaultService).quick.delay(-1), 10_000, 'a dispatch with maxRetriesPerRequest 1');
+    const refused = await settleWithin(impatient.tasks(FaultService).quick.delay(-1), 10_000, 'a dispatch with maxRetriesPerRequest 1');
     expect(refused.ok).toBe(false);
     const refusal = (refused as { error: Error & { code?: string; cause?: Error } }).error;
     expect(refusal).toMatchObject({ name: 'RedisUnavailableError', code: 'HEIMDALL_REDIS_UNAVAILABLE' });
@@ -111,7 +98,7 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     await server.start();
     const upAt = Date.now();
 
-    const sent = await within(patient, 20_000, 'a dispatch made during the outage');
+    const sent = await settleWithin(patient, 20_000, 'a dispatch made during the outage');
     if (!sent.ok) throw sent.error;
     handles.push(sent.value);
     const results = await Promise.all(handles.map((r) => r.get({ timeout: 40_000 })));
@@ -175,7 +162,7 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     await quick.delay(1); // connected and scripts loaded
     await server.stop();
     const began = Date.now();
-    const outcome = await within(quick.delay(2), 30_000, 'a dispatch while Redis is down');
+    const outcome = await settleWithin(quick.delay(2), 30_000, 'a dispatch while Redis is down');
     const tookMs = Date.now() - began;
     expect(outcome.ok).toBe(false);
     expect((outcome as { error: unknown }).error).toMatchObject({ name: 'RedisUnavailableError', code: 'HEIMDALL_REDIS_UNAVAILABLE' });
@@ -264,7 +251,7 @@ describe('a reply lost when the connection drops after Redis ran the command', (
     await d.client.ping();
     const taskId = `fixed-${h.prefix}`;
     const dropped = p.dropNextReply((args) => args[0]?.toLowerCase() === 'evalsha' && args[1] === enqueueScript.sha);
-    const outcome = await within(quick.applyAsync([7], { taskId }), 15_000, 'an enqueue whose reply was lost');
+    const outcome = await settleWithin(quick.applyAsync([7], { taskId }), 15_000, 'an enqueue whose reply was lost');
     await dropped;
     // The task was enqueued once, by the first (unanswered) call.
     expect(await h.admin.lrange(`${h.prefix}:{default}:wait`, 0, -1)).toEqual([taskId]);
