@@ -30,6 +30,7 @@
 ]]
 -- @include "now"
 -- @include "args"
+-- @include "ended"
 
 -- A wait list or delayed set of the wrong type fails the whole call before anything is written:
 -- a script is not rolled back, so an error half way would leave records and locks of tasks that
@@ -69,7 +70,7 @@ for i = 1, tonumber(ARGV[2]) do
     code, detail = 4, 'the key ' .. taskKey .. ' of this task id holds a value that is not a hash'
   elseif failed then
     code, detail = 5, previous.err
-  elseif previous and previous ~= 'SUCCESS' and previous ~= 'FAILURE' and previous ~= 'REVOKED' then
+  elseif previous and not isEnded(previous) then
     -- The same task under the same id (re-sent by ioredis after a lost reply, or an idempotent
     -- re-send by the caller) is already enqueued; anything else is a collision.
     local same = redis.call('HMGET', taskKey, 'n', 'a', 'ac')
@@ -113,17 +114,20 @@ for i = 1, tonumber(ARGV[2]) do
           table.insert(fields, ARGV[j]); table.insert(fields, ARGV[j + 1])
         end
       end
+      if due > now then table.insert(fields, 'd'); table.insert(fields, due) end
       redis.call('HSET', taskKey, unpack(fields))
       if due > now then
-        redis.call('HSET', taskKey, 'd', due)
-        local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-        redis.call('ZADD', KEYS[2], due, id)
         -- An idle worker sleeps until the earliest due time it knew of; if this task is due
-        -- earlier, wake it with a marker ('') that fetch skips.
-        if not woken and (not head[2] or due < tonumber(head[2])) and redis.call('LINDEX', KEYS[1], 0) ~= '' then
-          redis.call('LPUSH', KEYS[1], '')
-          woken = true
+        -- earlier, wake it with a marker ('') that fetch skips. Once woken, it reads the
+        -- delayed set afresh, so the rest of the batch need not look.
+        if not woken then
+          local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+          if (not head[2] or due < tonumber(head[2])) and redis.call('LINDEX', KEYS[1], 0) ~= '' then
+            redis.call('LPUSH', KEYS[1], '')
+            woken = true
+          end
         end
+        redis.call('ZADD', KEYS[2], due, id)
       else
         redis.call('LPUSH', KEYS[1], id)
       end

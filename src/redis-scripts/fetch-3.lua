@@ -19,6 +19,7 @@
 ]]
 -- @include "now"
 -- @include "end-task"
+-- @include "dead-letter"
 -- @include "next-delay"
 -- @include "args"
 -- @include "start-tasks"

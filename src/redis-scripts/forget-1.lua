@@ -9,7 +9,9 @@
     1   deleted (or there was no record)
     0   not deleted: the task has not ended
 ]]
+-- @include "ended"
+
 local state = redis.call('HGET', KEYS[1], 's')
-if state and state ~= 'SUCCESS' and state ~= 'FAILURE' and state ~= 'REVOKED' then return 0 end
+if state and not isEnded(state) then return 0 end
 redis.call('DEL', KEYS[1])
 return 1

@@ -26,10 +26,10 @@ local now = nowMs()
 local count = 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if not known[id] then
-    local t = redis.pcall('HMGET', base .. 't:' .. id, 'w', 's')
+    local t = redis.pcall('HMGET', base .. 't:' .. id, 'w', 's', 'rv', 'lk', 'lw')
     if not t.err and t[1] == workerId and t[2] == 'STARTED' then
       redis.call('ZREM', KEYS[2], id)
-      count = count + handBack(base, KEYS[1], id, true, now, expireMs)
+      count = count + handBack(base, KEYS[1], id, t[3], { t[4], t[5] }, true, now, expireMs)
     end
   end
 end

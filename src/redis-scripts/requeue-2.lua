@@ -23,8 +23,9 @@ local now = nowMs()
 local count = 0
 for i = 4, #ARGV do
   local id = ARGV[i]
-  if redis.pcall('HGET', base .. 't:' .. id, 'w') == workerId and redis.call('ZREM', KEYS[2], id) == 1 then
-    count = count + handBack(base, KEYS[1], id, false, now, expireMs)
+  local t = redis.pcall('HMGET', base .. 't:' .. id, 'w', 'rv', 'lk', 'lw')
+  if not t.err and t[1] == workerId and redis.call('ZREM', KEYS[2], id) == 1 then
+    count = count + handBack(base, KEYS[1], id, t[2], { t[3], t[4] }, false, now, expireMs)
   end
 end
 return count

@@ -25,18 +25,19 @@
 -- @include "end-task"
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
-local state = redis.call('HGET', KEYS[1], 's')
+local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw')
+local state, lock = t[1], { t[2], t[3] }
 if not state then return {0, ''} end
-if state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED' then return {1, state} end
+if isEnded(state) then return {1, state} end
 local now = nowMs()
 if state ~= 'STARTED' then
   redis.call('ZREM', KEYS[3], id)
-  endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs)
+  endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
   return {2, 'REVOKED'}
 end
 if terminate then
   redis.call('ZREM', KEYS[2], id)
-  endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs)
+  endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
   redis.call('PUBLISH', base .. 'revoke', id .. ' 1')
   return {3, 'REVOKED'}
 end

@@ -1,3 +1,5 @@
+-- @include "ended"
+
 -- Puts a task in a final state (SUCCESS, FAILURE or REVOKED) with the given extra hash
 -- fields, sets its record to expire, releases its unique lock (compare-and-delete, unless
 -- uniqueWaitForExpiry), and announces the end on the task's done channel.
@@ -13,18 +15,4 @@ local function endTask(base, id, state, extra, now, expireMs, lock)
     if holder == id then redis.call('DEL', lock[1]) end
   end
   redis.call('PUBLISH', base .. 'done:' .. id, state)
-end
-
--- Keeps a malformed or unrunnable message for inspection: newest first, at most 1000.
-local function deadLetter(base, id, reason, now)
-  redis.call('LPUSH', base .. 'dead', cjson.encode({ id = id, reason = reason, at = now }))
-  redis.call('LTRIM', base .. 'dead', 0, 999)
-end
-
--- Ends a task whose message cannot be run as FAILURE with a MalformedTaskError, and
--- dead-letters it.
-local function failMalformed(base, id, reason, now, expireMs)
-  local err = cjson.encode({ name = 'MalformedTaskError', message = reason })
-  endTask(base, id, 'FAILURE', { 'e', err }, now, expireMs)
-  deadLetter(base, id, reason, now)
 end

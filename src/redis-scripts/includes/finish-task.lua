@@ -20,26 +20,24 @@ local function finishTask(base, activeKey, delayedKey, workerId, now, id, state,
     -- reply was lost (ioredis re-sent it, or the worker retried it), which must answer as it
     -- did then, or the lease lapsed and the task waits to run again (PENDING): stale.
     local s = t[3]
-    if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' or s == 'RETRY' then return s end
+    if isEnded(s) or s == 'RETRY' then return s end
     return 'STALE'
   end
   local lock = { t[5], t[6] }
   if deadReason ~= '' then deadLetter(base, id, deadReason, now) end
+  local extra = {}
+  if field ~= '' then extra = { field, value } end
   if t[2] and state ~= 'SUCCESS' then
-    local extra = { 'rr', t[2] }
-    if field ~= '' then table.insert(extra, field); table.insert(extra, value) end
+    table.insert(extra, 'rr'); table.insert(extra, t[2])
     endTask(base, id, 'REVOKED', extra, now, expireMs, lock)
     return 'REVOKED'
   end
   if state == 'RETRY' then
     local due = now + retryDelayMs
-    redis.call('HSET', key, 's', 'RETRY', 'd', due, field, value)
-    redis.call('HINCRBY', key, 'ry', 1)
+    redis.call('HSET', key, 's', 'RETRY', 'd', due, 'ry', (tonumber(t[4]) or 0) + 1, unpack(extra))
     redis.call('ZADD', delayedKey, due, id)
     return 'RETRY'
   end
-  local extra = {}
-  if field ~= '' then extra = { field, value } end
   -- A task that succeeds on a retry keeps no error of its earlier attempts (only retries store one).
   if state == 'SUCCESS' and t[4] then redis.call('HDEL', key, 'e') end
   endTask(base, id, state, extra, now, expireMs, lock)

@@ -1,12 +1,12 @@
 -- A worker gives back a started task it holds (its lease already removed by the caller): the
 -- task goes to the front of the wait list as PENDING, same id and lock, and `undoStart`
 -- takes back the attempt that never ran. A task whose revoke was requested while it ran (rv)
--- ends REVOKED instead. Returns 1 when the task was put back, 0 when it ended.
-local function handBack(base, waitKey, id, undoStart, now, expireMs)
+-- ends REVOKED instead. `rv`, `lock`: its fields rv and {lk, lw} as the caller read them.
+-- Returns 1 when the task was put back, 0 when it ended.
+local function handBack(base, waitKey, id, rv, lock, undoStart, now, expireMs)
   local key = base .. 't:' .. id
-  local rv = redis.call('HGET', key, 'rv')
   if rv then
-    endTask(base, id, 'REVOKED', { 'rr', rv }, now, expireMs)
+    endTask(base, id, 'REVOKED', { 'rr', rv }, now, expireMs, lock)
     return 0
   end
   redis.call('HSET', key, 's', 'PENDING')

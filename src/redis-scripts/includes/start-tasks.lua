@@ -19,6 +19,17 @@
 --     `want` tasks started: the worker calls again before it could go idle)
 --   more: 0 when the wait list ran dry, 1 when it may hold more
 
+-- RPUSHes list[#list] down to list[from], so list[from] ends nearest the tail (RPOP takes it
+-- first): one command per 1000 ids, not one per id (unpack is bounded by Lua's stack).
+local function pushToTail(waitKey, list, from)
+  local k = #list
+  while k >= from do
+    local chunk = {}
+    while k >= from and #chunk < 1000 do chunk[#chunk + 1] = list[k]; k = k - 1 end
+    redis.call('RPUSH', waitKey, unpack(chunk))
+  end
+end
+
 local function recoverLapsed(base, waitKey, activeKey, now, expireMs)
   local lapsed = redis.call('ZRANGEBYSCORE', activeKey, '-inf', now, 'LIMIT', 0, 100)
   for _, id in ipairs(lapsed) do
@@ -59,13 +70,19 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   local due = redis.call('ZRANGEBYSCORE', delayedKey, '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
     -- Oldest due goes nearest the tail, which RPOP takes first.
-    for i = #due, 1, -1 do redis.call('RPUSH', waitKey, due[i]) end
+    pushToTail(waitKey, due, 1)
     redis.call('ZREM', delayedKey, unpack(due))
   end
 
   local started, limited, revoked = {}, {}, {}
   local count = 0
   local examined = 0
+  -- Ends a candidate REVOKED without starting it (expired, duplicate) and reports it.
+  local function revokeOne(id, name, args, reason)
+    endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs)
+    table.insert(revoked, id); table.insert(revoked, name); table.insert(revoked, args)
+    table.insert(revoked, reason)
+  end
   -- Examines one popped id; run under pcall (see the loop).
   local function examine(id)
     if id ~= '' then -- '' is the wake-up marker pushed by enqueue
@@ -106,9 +123,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
           failMalformed(base, id, problem, now, expireMs)
         elseif t[11] and now > tonumber(t[11]) then
           ok = false
-          endTask(base, id, 'REVOKED', { 'rr', 'expired' }, now, expireMs)
-          table.insert(revoked, id); table.insert(revoked, t[2]); table.insert(revoked, t[3])
-          table.insert(revoked, 'expired')
+          revokeOne(id, t[2], t[3], 'expired')
         end
         if ok and t[4] then
           local holder = redis.pcall('GET', t[4])
@@ -119,9 +134,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
             redis.call('SET', t[4], id, 'PX', lockTtl)
           elseif holder ~= id then
             ok = false
-            endTask(base, id, 'REVOKED', { 'rr', 'duplicate' }, now, expireMs)
-            table.insert(revoked, id); table.insert(revoked, t[2]); table.insert(revoked, t[3])
-            table.insert(revoked, 'duplicate')
+            revokeOne(id, t[2], t[3], 'duplicate')
           end
         end
         local attempt = (tonumber(t[9]) or 0) + 1
@@ -168,7 +181,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   local drained = false
   -- Ids are popped as many at a time as tasks are still wanted (RPOP with a count: one command,
   -- not one per task); every popped id is examined, unless the bound stops the loop first.
-  local popped, next = {}, 1
+  local popped, next, fatal = {}, 1, nil
   while count < want and examined < want + 64 do
     if next > #popped then
       if drained then break end
@@ -190,15 +203,17 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
       -- Should even that fail, the ids popped after it go back before the error is passed on.
       local reason = 'a command on its keys failed: ' .. tostring(type(err) == 'table' and err.err or err)
       if not pcall(failMalformed, base, id, reason, now, expireMs) then
-        for k = #popped, next, -1 do redis.call('RPUSH', waitKey, popped[k]) end
-        error(err)
+        fatal = err
+        break
       end
     end
   end
 
-  -- Ids popped but not examined (the bound stopped the loop) go back where they were.
+  -- Ids popped but not examined (the bound stopped the loop, or an error did) go back where
+  -- they were, before the error is passed on.
   if next <= #popped then drained = false end
-  for k = #popped, next, -1 do redis.call('RPUSH', waitKey, popped[k]) end
+  pushToTail(waitKey, popped, next)
+  if fatal then error(fatal) end
 
   -- A worker that got all it asked for calls again soon: it needs neither of these.
   if count == want then return {started, limited, revoked, -2, 1} end

@@ -1,0 +1,13 @@
+-- Keeps a malformed or unrunnable message for inspection: newest first, at most 1000.
+local function deadLetter(base, id, reason, now)
+  redis.call('LPUSH', base .. 'dead', cjson.encode({ id = id, reason = reason, at = now }))
+  redis.call('LTRIM', base .. 'dead', 0, 999)
+end
+
+-- Ends a task whose message cannot be run as FAILURE with a MalformedTaskError, and
+-- dead-letters it.
+local function failMalformed(base, id, reason, now, expireMs)
+  local err = cjson.encode({ name = 'MalformedTaskError', message = reason })
+  endTask(base, id, 'FAILURE', { 'e', err }, now, expireMs)
+  deadLetter(base, id, reason, now)
+end
