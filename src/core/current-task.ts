@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { toMillis, type Duration } from './durations.js';
+import { toMillisOrZero, type Duration } from './durations.js';
 import { ConfigError } from './errors.js';
 
 /** What a running task can learn about itself through {@link currentTask}. */
@@ -42,8 +42,7 @@ export class RetryRequest extends Error {
     super(reason, { cause: options.error });
     this.name = options.error instanceof Error ? options.error.name : 'RetryRequest';
     if (options.error instanceof Error && options.error.stack) this.stack = options.error.stack;
-    this.countdownMs =
-      options.countdown === undefined || options.countdown === 0 ? (options.countdown === 0 ? 0 : undefined) : toMillis(options.countdown, 'retry({ countdown })');
+    this.countdownMs = options.countdown === undefined ? undefined : toMillisOrZero(options.countdown, 'retry({ countdown })');
     Object.defineProperty(this, RETRY_BRAND, { value: true });
   }
 

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { customAlphabet } from 'nanoid';
 import { closeClient, openClient, type ConnectionOption, type OwnedClient } from './connection.js';
-import { describe, toMillis, type Duration } from './durations.js';
+import { describe, toMillis, toMillisOrZero, type Duration } from './durations.js';
 import { AlreadyQueuedError, ConfigError, NotATaskError, PayloadTooLargeError, RedisUnavailableError } from './errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, hashArgs, QueueKeys, validateName } from './queue-keys.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
@@ -284,7 +284,7 @@ export class Dispatcher {
     const argsJson = argsToJson(args);
     const bytes = argsJson.length <= this.maxPayloadBytes / 3 ? argsJson.length : Buffer.byteLength(argsJson);
     if (bytes > this.maxPayloadBytes) throw new PayloadTooLargeError(name, bytes, this.maxPayloadBytes);
-    const countdownMs = call.countdown === undefined || call.countdown === 0 ? 0 : toMillis(call.countdown, 'countdown');
+    const countdownMs = call.countdown === undefined ? 0 : toMillisOrZero(call.countdown, 'countdown');
     const etaMs = call.eta === undefined ? 0 : etaToMillis(call.eta);
     if (call.taskId !== undefined && (typeof call.taskId !== 'string' || call.taskId === '' || /[\s{}]/.test(call.taskId))) {
       throw new ConfigError(`taskId must be a non-empty string without spaces or braces, got ${describe(call.taskId)}`);

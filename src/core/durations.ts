@@ -30,6 +30,11 @@ export function toMillis(value: Duration, what: string): number {
   return Math.max(1, Math.round(millis));
 }
 
+/** As toMillis, but the number 0 is allowed and means none (countdowns, close timeouts). */
+export function toMillisOrZero(value: Duration, what: string): number {
+  return value === 0 ? 0 : toMillis(value, what);
+}
+
 /** Short text for a bad value in an error message. */
 export function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);

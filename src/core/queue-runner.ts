@@ -94,14 +94,11 @@ export class QueueRunner {
   private readonly abandonedCall: Promise<never>;
   private rejectAbandoned: ((err: Error) => void) | undefined;
   private readonly fixedArgs: (string | number)[];
+  private readonly callKeys: string[];
   /** Script calls sent and not yet answered. */
   private inFlight = 0;
-  /** Ids whose finish travels in a call in flight (a reclaim must count them as known). */
-  private readonly finishing = new Set<string>();
   /** The last fetch started all it asked for: the queue is busy, two calls may be in flight. */
   private lastFull = false;
-  /** Set while backing off after a failed call. */
-  private pausing = false;
   private failures = 0;
   /** Most tasks one call starts. */
   private readonly maxWant: number;
@@ -113,6 +110,7 @@ export class QueueRunner {
     private readonly blocker: Redis,
   ) {
     this.fixedArgs = [keys.base, host.workerId, host.leaseMs];
+    this.callKeys = [keys.wait, keys.delayed, keys.active];
     this.maxWant = Math.max(1, Math.ceil(host.concurrency / MAX_CALLS_IN_FLIGHT));
     this.abandonedCall = new Promise<never>((_, reject) => (this.rejectAbandoned = reject));
     this.abandonedCall.catch(() => undefined);
@@ -184,7 +182,7 @@ export class QueueRunner {
         continue;
       }
       // A reclaim must see every task this worker knows of, so it waits for the calls in flight.
-      if (this.reclaimNeeded && this.inFlight === 0 && this.pending.length === 0 && !this.pausing) {
+      if (this.reclaimNeeded && this.inFlight === 0 && this.pending.length === 0) {
         // Not left until a slot frees: tasks a lost fetch reply started have leases running out.
         try {
           await this.reclaim([]);
@@ -195,11 +193,11 @@ export class QueueRunner {
       // A second call joins the first only while fetches come back full (a busy queue): a worker
       // just woken by one task would send a second fetch that finds nothing.
       const maxCalls = this.reclaimNeeded || !this.lastFull ? 1 : MAX_CALLS_IN_FLIGHT;
-      const canSend = !this.pausing && this.inFlight < maxCalls;
+      const canSend = this.inFlight < maxCalls;
       const want = canSend && !this.idle && this.host.accepting() ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
       if (!canSend || (this.pending.length === 0 && want === 0)) {
         if (!this.host.accepting() && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0) return;
-        if (this.idle && this.host.accepting() && this.inFlight === 0 && !this.pausing) this.block();
+        if (this.idle && this.host.accepting() && this.inFlight === 0) this.block();
         await new Promise<void>((resolve) => (this.wake = resolve));
         continue;
       }
@@ -218,38 +216,31 @@ export class QueueRunner {
    * works on one batch while this process runs the tasks of the other.
    */
   private async call(fin: Finish[], want: number): Promise<void> {
-    for (const f of fin) this.finishing.add(f.id);
     let reply: Reply;
     try {
       if (this.reclaimNeeded) await this.reclaim(fin);
-      const seed = Math.floor(Math.random() * 2 ** 31);
-      const common = [...this.fixedArgs, want, seed, this.host.resultExpiresMs];
-      const keys = [this.keys.wait, this.keys.delayed, this.keys.active];
-      if (fin.length === 0) {
-        reply = await Promise.race([this.scripts.run<Reply>(fetchScript, keys, common), this.abandonedCall]);
-      } else {
-        const flat: (string | number)[] = [fin.length];
-        for (const f of fin) flat.push(f.id, f.state, f.field, f.value, f.expireMs, f.retryDelayMs, f.deadReason);
-        reply = await Promise.race([this.scripts.run<Reply>(finishScript, keys, [...common, ...flat]), this.abandonedCall]);
+      const args: (string | number)[] = [...this.fixedArgs, want, Math.floor(Math.random() * 2 ** 31), this.host.resultExpiresMs];
+      if (fin.length > 0) {
+        args.push(fin.length);
+        for (const f of fin) args.push(f.id, f.state, f.field, f.value, f.expireMs, f.retryDelayMs, f.deadReason);
       }
+      const script = fin.length === 0 ? fetchScript : finishScript;
+      reply = await Promise.race([this.scripts.run<Reply>(script, this.callKeys, args), this.abandonedCall]);
       this.failures = 0;
     } catch (err) {
-      for (const f of fin) this.finishing.delete(f.id);
       this.host.reserve(-want);
       if (this.abandoned) return;
       this.pending.unshift(...fin);
       this.reclaimNeeded = true;
       this.host.reportError(err);
       this.failures++;
-      // Back off while Redis is unreachable; the loop resumes by itself.
-      this.pausing = true;
+      // Back off while Redis is unreachable: this call stays in flight meanwhile, and with
+      // reclaimNeeded set that alone keeps the loop from sending (maxCalls is 1).
       await Promise.race([new Promise((r) => setTimeout(r, Math.min(5000, 50 * 2 ** this.failures))), this.abandonedCall]).catch(
         () => undefined,
       );
-      this.pausing = false;
       return;
     }
-    for (const f of fin) this.finishing.delete(f.id);
     this.host.reserve(-want);
     const [started, limited, revoked, nextDelay, more, outcomes] = reply;
     if (outcomes && outcomes.length > 0) {
@@ -282,9 +273,13 @@ export class QueueRunner {
     this.scheduleDue(nextDelay);
   }
 
-  /** Hands back tasks leased to this worker that it does not know it runs (see reclaim-2.lua). */
+  /**
+   * Hands back tasks leased to this worker that it does not know it runs (see reclaim-2.lua).
+   * Runs only with no other call in flight (the loop's reclaim waits for inFlight 0, and
+   * maxCalls is 1 while reclaimNeeded), so `fin` holds every finish not yet stored.
+   */
   private async reclaim(fin: readonly Finish[]): Promise<void> {
-    const known = [...this.running, ...fin.map((f) => f.id), ...this.pending.map((f) => f.id), ...this.finishing];
+    const known = [...this.running, ...fin.map((f) => f.id), ...this.pending.map((f) => f.id)];
     const call = this.scripts.run<number>(
       reclaimScript,
       [this.keys.wait, this.keys.active],

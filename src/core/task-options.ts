@@ -99,10 +99,15 @@ export interface NormalizedTaskOptions {
   maxRecoveries: number | undefined;
 }
 
+/** How long a result is kept when neither the task nor the worker says otherwise: one day. */
+export const DEFAULT_RESULT_EXPIRES_MS = 24 * 60 * 60 * 1000;
+
+const DEFAULT_BACKOFF = { kind: 'exponential', baseMs: 1000, capMs: 600_000 } as const;
+
 /** Retry settings of `currentTask().retry()` on a task without a `retries` option. */
 export const DEFAULT_RETRIES: NormalizedRetries = {
   max: 3,
-  backoff: { kind: 'exponential', baseMs: 1000, capMs: 600_000 },
+  backoff: DEFAULT_BACKOFF,
   jitter: true,
   on: undefined,
 };
@@ -139,10 +144,10 @@ export function normalizeRetries(value: unknown, where: string): NormalizedRetri
   if (typeof r.max !== 'number' || !Number.isInteger(r.max) || r.max < 0) {
     throw new ConfigError(`${where}.max must be a whole number of retries >= 0, got ${describe(r.max)}`);
   }
-  let backoff: NormalizedRetries['backoff'] = DEFAULT_RETRIES.backoff;
+  let backoff: NormalizedRetries['backoff'];
   const b = r.backoff;
   if (b === 'exponential' || b === undefined) {
-    backoff = DEFAULT_RETRIES.backoff;
+    backoff = DEFAULT_BACKOFF;
   } else if (typeof b === 'object' && b !== null && !Array.isArray(b)) {
     const o = b as Record<string, unknown>;
     if (o.type !== 'exponential') {
@@ -150,8 +155,8 @@ export function normalizeRetries(value: unknown, where: string): NormalizedRetri
     }
     backoff = {
       kind: 'exponential',
-      baseMs: o.base === undefined ? 1000 : toMillis(o.base as Duration, `${where}.backoff.base`),
-      capMs: o.cap === undefined ? 600_000 : toMillis(o.cap as Duration, `${where}.backoff.cap`),
+      baseMs: o.base === undefined ? DEFAULT_BACKOFF.baseMs : toMillis(o.base as Duration, `${where}.backoff.base`),
+      capMs: o.cap === undefined ? DEFAULT_BACKOFF.capMs : toMillis(o.cap as Duration, `${where}.backoff.cap`),
     };
   } else {
     backoff = { kind: 'fixed', ms: toMillis(b as Duration, `${where}.backoff`) };

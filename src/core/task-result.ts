@@ -6,6 +6,7 @@ import type { ResultWaiter, Watch } from './result-waiter.js';
 import type { ScriptRunner } from './script-runner.js';
 import { forget, revoke } from '../redis-scripts/scripts.generated.js';
 import { taskByName } from './registry.js';
+import { DEFAULT_RESULT_EXPIRES_MS } from './task-options.js';
 import { decodeError, decodeTaskInfo, FINAL_STATES, type TaskInfo, type TaskState } from './task-state.js';
 
 /** What a TaskResult needs from the dispatcher that made it. */
@@ -17,8 +18,6 @@ export interface ResultBackend {
 
 // A waiter re-reads the state this often even without a message (a reconnect can lose one).
 const RECHECK_MS = 5_000;
-
-const DEFAULT_RESULT_EXPIRES_MS = 24 * 60 * 60 * 1000;
 
 /** Options of {@link TaskResult.revoke}. */
 export interface RevokeOptions {

@@ -3,9 +3,9 @@ import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
 import { closeClient, openClient, type OwnedClient } from './connection.js';
 import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
-import { DEFAULT_RETRIES } from './task-options.js';
+import { DEFAULT_RESULT_EXPIRES_MS, DEFAULT_RETRIES } from './task-options.js';
 import type { ConnectionOptions } from './dispatcher.js';
-import { describe, toMillis, type Duration } from './durations.js';
+import { describe, toMillis, toMillisOrZero, type Duration } from './durations.js';
 import { ConfigError, NonRetryableError, SerializationError, TaskRevokedError, TimeLimitExceededError } from './errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from './queue-keys.js';
 import { QueueRunner, type Finish, type RunnerHost, type StartedTask } from './queue-runner.js';
@@ -107,7 +107,6 @@ type Outcome =
 // A task that honours its AbortSignal gets this long to settle after its time limit.
 const TIME_LIMIT_GRACE_MS = 100;
 const DEFAULT_LEASE_MS = 30_000;
-const DEFAULT_RESULT_EXPIRES_MS = 24 * 60 * 60 * 1000;
 
 function parseArgs(json: string): unknown[] {
   try {
@@ -147,7 +146,6 @@ export class Worker {
   private readonly blockers: OwnedClient[] = [];
   private leaseTimer: NodeJS.Timeout | undefined;
   private state: 'new' | 'starting' | 'running' | 'closing' | 'closed' = 'new';
-  private running = 0;
   private reserved = 0;
   private closing: Promise<void> | undefined;
 
@@ -177,7 +175,7 @@ export class Worker {
       resultExpiresMs,
       concurrency,
       accepting: () => this.state === 'running',
-      freeSlots: () => Math.max(0, this.concurrency - this.running - this.reserved),
+      freeSlots: () => Math.max(0, this.concurrency - this.inFlight.size - this.reserved),
       reserve: (n) => {
         this.reserved += n;
         // Slots one queue's fetch reserved and gave back may be what another queue waits for.
@@ -211,7 +209,7 @@ export class Worker {
 
   /** Number of tasks running now. */
   get activeCount(): number {
-    return this.running;
+    return this.inFlight.size;
   }
 
   /** Connects, loads the scripts, and starts consuming. Resolves once the worker is fetching. */
@@ -268,8 +266,7 @@ export class Worker {
    */
   close(options: CloseOptions = {}): Promise<void> {
     if (!this.closing) {
-      const timeoutMs =
-        options.timeout === undefined ? undefined : options.timeout === 0 ? 0 : toMillis(options.timeout, 'close({ timeout })');
+      const timeoutMs = options.timeout === undefined ? undefined : toMillisOrZero(options.timeout, 'close({ timeout })');
       this.closing = this.shutdown(timeoutMs);
     }
     return this.closing;
@@ -321,7 +318,7 @@ export class Worker {
         await runner.requeue(ids);
       } catch (err) {
         // Not put back now: their leases lapse and another worker recovers them.
-        this.emit('error', err instanceof Error ? err : new Error(String(err)));
+        this.host.reportError(err);
       }
     }
   }
@@ -377,11 +374,9 @@ export class Worker {
       // runner's bookkeeping of the id, which now belongs to the new run.
       stale.released = true;
       this.inFlight.delete(runKey(runner.keys.queue, task.id));
-      this.running--;
       this.abort(stale, leaseLost(task.id));
       this.emit('error', new Error(`task ${task.id} (${task.name}) was recovered and restarted while this worker still ran it; the older run's end will not be stored`));
     }
-    this.running++;
     void this.execute(runner, task);
   }
 
@@ -400,7 +395,6 @@ export class Worker {
     if (run.released) return;
     run.released = true;
     this.inFlight.delete(runKey(run.runner.keys.queue, run.task.id));
-    this.running--;
     if (finish) run.runner.finished(finish);
     else run.runner.drop(run.task.id);
     // Another queue may be waiting for the slot.
@@ -617,7 +611,7 @@ export class Worker {
           if (run) this.stopTask(run, String(stop[i + 1]));
         }
       } catch (err) {
-        this.emit('error', err instanceof Error ? err : new Error(String(err)));
+        this.host.reportError(err);
       }
     }
   }
@@ -631,7 +625,7 @@ export class Worker {
       this.events.emit(event, ...args);
     } catch (err) {
       // A throwing listener must not stop the worker.
-      if (event !== 'error') this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      if (event !== 'error') this.host.reportError(err);
     }
   }
 }
@@ -657,8 +651,7 @@ function sleep(ms: number): Promise<false> {
 
 function safeArgs(json: string): unknown[] {
   try {
-    const v: unknown = JSON.parse(json);
-    return Array.isArray(v) ? v : [];
+    return parseArgs(json);
   } catch {
     return [];
   }
