@@ -62,7 +62,8 @@ describe('delays, send and task ids', () => {
     await worker.start();
     const handle = await h.dispatcher().tasks(DelaysService).stamp.applyAsync(['later'], { countdown: 1 });
     expect(await handle.status()).toBe('PENDING');
-    expect(await h.admin.zscore(`${h.prefix}:{default}:delayed`, handle.id)).not.toBeNull();
+    const queued = await handle.info();
+    expect(await h.admin.zscore(`${h.prefix}:{default}:delayed`, handle.id)).toBe(String(queued.dueAt!.getTime()));
     expect(await handle.get({ timeout: 10 })).toBe('later');
 
     const info = await handle.info();

@@ -195,7 +195,7 @@ describe('edge cases found in the issue 3 review', () => {
     // The fetch that pops the stale entry must leave the task delayed.
     await waitFor(async () => (await h.admin.llen(`${h.prefix}:{default}:wait`)) === 0, { what: 'the stale entry to be popped' });
     expect(await second.status()).toBe('PENDING');
-    expect(await h.admin.zscore(`${h.prefix}:{default}:delayed`, 'reused')).not.toBeNull();
+    expect(await h.admin.zscore(`${h.prefix}:{default}:delayed`, 'reused')).toBe(String((await second.info()).dueAt!.getTime()));
   });
 
   it('get() after close() says the dispatcher is closed and opens nothing', async () => {

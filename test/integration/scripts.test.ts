@@ -176,7 +176,7 @@ describe('scripts and round trips (private redis-server)', () => {
         ['uniqueRaises delay, taking the lock', () => tasks.strict.delay(1)],
         [
           'uniqueRaises delay, throwing AlreadyQueuedError',
-          () => tasks.strict.delay(1).catch((e: unknown) => expect(e).toBeInstanceOf(AlreadyQueuedError)),
+          () => expect(tasks.strict.delay(1)).rejects.toBeInstanceOf(AlreadyQueuedError),
         ],
       ];
       const figures: string[] = [];

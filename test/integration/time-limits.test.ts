@@ -203,10 +203,15 @@ describe('time limits', () => {
     expect(await h.admin.hget(h.taskKey(shorter.id), 'tl')).toBe('200');
     const failed = await failedEvent(ev, shorter.id);
     expect(failed.error.message).toBe(`task ${shorter.id} ran past its time limit of 200 ms`);
-    expect(await runMillis(h, shorter.id)).toBeLessThan(10_000);
+    const shorterRan = await runMillis(h, shorter.id);
+    expect(shorterRan).toBeGreaterThanOrEqual(200);
+    expect(shorterRan).toBeLessThan(200 + 2000);
 
     const none = await ref.noLimit.applyAsync([], { timeLimit: '150ms' });
     expect((await failedEvent(ev, none.id)).error.message).toBe(`task ${none.id} ran past its time limit of 150 ms`);
+    const noneRan = await runMillis(h, none.id);
+    expect(noneRan).toBeGreaterThanOrEqual(150);
+    expect(noneRan).toBeLessThan(150 + 2000);
 
     const longer = await ref.shortLimit.applyAsync(['b'], { timeLimit: '20s' });
     expect(await h.admin.hget(h.taskKey(longer.id), 'tl')).toBe('20000');

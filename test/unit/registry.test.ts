@@ -202,7 +202,7 @@ describe('@Task goes on public instance methods only', () => {
         set value(_v: number) {}
       }
       void RegSetter;
-    }).toThrow(ConfigError);
+    }).toThrow(new ConfigError('@Task on RegSetter.value: @Task goes on public instance methods only'));
   });
 
   it('rejects a method named by a symbol', () => {
@@ -217,15 +217,13 @@ describe('@Task goes on public instance methods only', () => {
   });
 
   it('registers nothing for a rejected member', () => {
-    try {
+    expect(() => {
       class RegRejected {
         @Task()
         static async m(): Promise<void> {}
       }
       void RegRejected;
-    } catch {
-      // expected
-    }
+    }).toThrow(ConfigError);
     expect(taskByName('RegRejected.m')).toBeUndefined();
   });
 });
