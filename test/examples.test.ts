@@ -4,7 +4,7 @@
 // program with no checks below fails its test, so no example goes unexercised. The last tests
 // stop the programs with SIGINT and SIGTERM mid-run, as a user or a supervisor would, and check
 // that they close their worker gracefully (handing a running task back to the queue).
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -46,11 +46,7 @@ interface Live {
 
 /** Starts examples/<file> with arguments, as `run` does, without waiting for its end. */
 function launch(h: Harness, file: string, args: string[] = []): Live {
-  const child = spawn(process.execPath, ['--import', 'tsx', `examples/${file}`, ...args], {
-    cwd: ROOT,
-    env: { ...process.env, REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = h.spawnTs(`examples/${file}`, {}, args);
   const exit = exitOf(child);
   let seen = '';
   const watchers = new Set<() => void>();
@@ -94,18 +90,6 @@ function line(out: Run, pattern: RegExp): RegExpMatchArray {
   const found = out.lines.map((l) => pattern.exec(l)).filter((m): m is RegExpExecArray => m !== null);
   expect(found.length, `expected one line matching ${pattern} in:\n${out.stdout}`).toBe(1);
   return found[0]!;
-}
-
-/** Keys left under the test's prefix (the examples delete theirs before exiting). */
-async function keysLeft(h: Harness): Promise<string[]> {
-  const left: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await h.admin.scan(cursor, 'MATCH', `${h.prefix}:*`, 'COUNT', 1000);
-    left.push(...keys);
-    cursor = next;
-  } while (cursor !== '0');
-  return left;
 }
 
 const checks: Record<string, (out: Run, h: Harness) => void | Promise<void>> = {
@@ -245,7 +229,7 @@ describe('examples', () => {
     const check = checks[file];
     if (!check) throw new Error(`examples/${file} is a program with no checks: add them to test/examples.test.ts`);
     await check(out, h);
-    expect(await keysLeft(h)).toEqual([]);
+    expect(await h.keys()).toEqual([]);
   });
 
   it('examples/quickstart.ts closes its worker on SIGINT mid-tour, exits 0 and leaves no keys', async () => {
@@ -264,7 +248,7 @@ describe('examples', () => {
       expect(signalled).toBeGreaterThan(0);
       expect(closed).toBeGreaterThan(signalled);
       expect(lines).not.toContain('4. A task that fails: chargeCard(7, 1999)');
-      expect(await keysLeft(h)).toEqual([]);
+      expect(await h.keys()).toEqual([]);
     } finally {
       stop(live);
     }
@@ -310,7 +294,7 @@ describe('examples', () => {
       expect(signalled).toBeGreaterThan(0);
       expect(handedBack).toBeGreaterThan(signalled);
       expect(closed).toBeGreaterThan(handedBack);
-      expect(await keysLeft(h)).toEqual([]);
+      expect(await h.keys()).toEqual([]);
     } finally {
       stop(live);
     }

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
-import { Dispatcher, Worker, type DispatcherOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
+import { ConfigError, Dispatcher, Task, Worker, currentTask, type DispatcherOptions, type TaskOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
 import { waitFor } from './waiting.js';
 import { startRedis, type LaunchedRedis } from '../scripts/redis-launcher.mjs';
 export { nextEvent, settleWithin, waitFor } from './waiting.js';
@@ -114,9 +114,9 @@ export class Harness {
     return w;
   }
 
-  /** Spawns a TypeScript file under tsx with REDIS_URL and HEIMDALL_PREFIX set. */
-  spawnTs(file: string, env: Record<string, string> = {}): ChildProcess {
-    const child = spawn(process.execPath, ['--import', 'tsx', file], {
+  /** Spawns a TypeScript file under tsx with REDIS_URL and HEIMDALL_PREFIX set; killed by dispose(). */
+  spawnTs(file: string, env: Record<string, string> = {}, args: readonly string[] = []): ChildProcess {
+    const child = spawn(process.execPath, ['--import', 'tsx', file, ...args], {
       cwd: ROOT,
       env: { ...process.env, REDIS_URL: this.url, HEIMDALL_PREFIX: this.prefix, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -131,13 +131,31 @@ export class Harness {
     return `${this.prefix}:{${queue}}:t:${id}`;
   }
 
+  /** Key of a queue structure: 'wait', 'delayed', 'active', 'dead', 'revoke' (channel), ... */
+  queueKey(name: string, queue = 'default'): string {
+    return `${this.prefix}:{${queue}}:${name}`;
+  }
+
+  /** The unique lock key a task recorded in its hash (field `lk`); fails the test if it has none. */
+  async lockKeyOf(id: string, queue = 'default'): Promise<string> {
+    const lk = await this.admin.hget(this.taskKey(id, queue), 'lk');
+    expect(lk, `task ${id} records its lock key`).toBeTypeOf('string');
+    return lk!;
+  }
+
+  /** Every key under this test's prefix (or matching `pattern` below it), sorted. */
+  keys(pattern = '*'): Promise<string[]> {
+    return scanKeys(this.admin, `${this.prefix}:${pattern}`);
+  }
+
+  /** The dead-letter list of a queue, newest first. */
+  async deadLetters(queue = 'default'): Promise<DeadLetter[]> {
+    return (await this.admin.lrange(this.queueKey('dead', queue), 0, -1)).map((s) => JSON.parse(s) as DeadLetter);
+  }
+
   /** Names of clients on the server that belong to this test's prefix. */
-  async openConnections(): Promise<string[]> {
-    const list = (await this.admin.client('LIST')) as string;
-    return list
-      .split('\n')
-      .map((line) => /(?:^| )name=(\S*)/.exec(line)?.[1] ?? '')
-      .filter((name) => name.startsWith(`heimdall:${this.prefix}:`));
+  openConnections(): Promise<string[]> {
+    return clientNames(this.admin, `heimdall:${this.prefix}:`);
   }
 
   async dispose(): Promise<void> {
@@ -152,12 +170,8 @@ export class Harness {
     } catch {
       expect(await this.openConnections(), 'connections left open after close()').toEqual([]);
     }
-    let cursor = '0';
-    do {
-      const [next, keys] = await this.admin.scan(cursor, 'MATCH', `${this.prefix}:*`, 'COUNT', 1000);
-      if (keys.length > 0) await this.admin.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
+    const left = await this.keys();
+    if (left.length > 0) await this.admin.del(...left);
     await this.admin.quit();
   }
 }
@@ -211,6 +225,77 @@ export function usePrivateRedis(label?: string): () => Harness {
     current = new Harness(label, server);
     return current;
   };
+}
+
+/** One entry of a queue's dead-letter list. */
+export interface DeadLetter {
+  id: string;
+  reason: string;
+  at: number;
+}
+
+/** Every key matching `pattern` (SCAN, so it is safe on a shared server), sorted. */
+export async function scanKeys(client: Redis, pattern: string): Promise<string[]> {
+  const found: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, keys] = await client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    found.push(...keys);
+    cursor = next;
+  } while (cursor !== '0');
+  return found.sort();
+}
+
+/** Names of the clients connected to the server whose name starts with `start`. */
+export async function clientNames(admin: Redis, start: string): Promise<string[]> {
+  const list = (await admin.client('LIST')) as string;
+  return list
+    .split('\n')
+    .map((line) => /(?:^| )name=(\S*)/.exec(line)?.[1] ?? '')
+    .filter((name) => name.startsWith(start));
+}
+
+/** Milliseconds on the Redis server's clock, as the scripts compute them. */
+export async function redisNowMs(client: Redis): Promise<number> {
+  const [sec, usec] = await client.time();
+  return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+}
+
+/** Prints one `[figures]` line of measurements. */
+export function reportFigures(title: string, figures: Record<string, number | string>): void {
+  console.info(`[figures] ${title}: ${Object.entries(figures).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+}
+
+/**
+ * Call inside a running task: pushes { id, reason: the reason's name } to `into` when the task's
+ * AbortSignal fires. Returns the signal.
+ */
+export function watchAbort(into: { id: string; reason: string }[]): AbortSignal {
+  const t = currentTask();
+  t.signal.addEventListener(
+    'abort',
+    () => {
+      const r = t.signal.reason as unknown;
+      into.push({ id: t.id, reason: r instanceof Error ? r.name : String(r) });
+    },
+    { once: true },
+  );
+  return t.signal;
+}
+
+/** Defines a class `Options` whose method `m` carries `@Task(options)`; returns the ConfigError that threw. */
+export function decorationError(options: unknown): ConfigError {
+  try {
+    class Options {
+      @Task(options as TaskOptions)
+      async m(): Promise<void> {}
+    }
+    void Options;
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error(`@Task(${JSON.stringify(options)}) was accepted`);
 }
 
 /** `INFO commandstats` as command -> calls (`script|load` style names for subcommands). */

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher, Task, Worker } from 'heimdall-tasks';
-import { exitOf, ROOT, settleWithin, waitFor } from '../helpers.js';
+import { clientNames, exitOf, ROOT, settleWithin, waitFor } from '../helpers.js';
 import { aclCommandRules, aclRules, aclUserLine, CLIENT_COMMANDS, SCRIPT_COMMANDS } from '../fixtures/security/acl-rules.js';
 import { makeCertificates, type TestCertificates } from '../fixtures/security/certificates.js';
 import { runCoreFlow } from '../fixtures/security/core-flow.js';
@@ -44,12 +44,8 @@ async function noHeimdallClients(admin: Redis): Promise<void> {
 }
 
 /** Names of clients connected to the server whose name starts with `heimdall:`. */
-async function heimdallClients(admin: Redis): Promise<string[]> {
-  const list = (await admin.client('LIST')) as string;
-  return list
-    .split('\n')
-    .map((line) => /(?:^| )name=(\S*)/.exec(line)?.[1] ?? '')
-    .filter((name) => name.startsWith('heimdall:'));
+function heimdallClients(admin: Redis): Promise<string[]> {
+  return clientNames(admin, 'heimdall:');
 }
 
 /** ACL LOG entries of `user`, as `reason object (context)`. */

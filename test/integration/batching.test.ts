@@ -24,8 +24,7 @@ import {
   type Dispatcher,
   type TaskResult,
 } from 'heimdall-tasks';
-import { gate, Harness, recordEvents, useHarness, usePrivateRedis, waitFor, commandStats } from '../helpers.js';
-import { redisNowMs } from '../fixtures/faults/control.js';
+import { gate, Harness, recordEvents, redisNowMs, useHarness, usePrivateRedis, waitFor, commandStats } from '../helpers.js';
 
 // ---------------------------------------------------------------------------------------------
 // Tasks.
@@ -119,15 +118,9 @@ async function rejection(p: Promise<unknown>): Promise<Error & Record<string, un
   throw new Error('expected a rejection, but the call resolved');
 }
 
-async function keysOf(h: Harness): Promise<string[]> {
-  return (await h.admin.keys(`${h.prefix}:*`)).sort();
-}
-
-const waitKey = (h: Harness, queue = 'default'): string => `${h.prefix}:{${queue}}:wait`;
-
 /** Ids in the wait list in the order workers take them (it is pushed on the left, popped on the right). */
 async function waitOrder(h: Harness, queue = 'default'): Promise<string[]> {
-  return (await h.admin.lrange(waitKey(h, queue), 0, -1)).reverse();
+  return (await h.admin.lrange(h.queueKey('wait', queue), 0, -1)).reverse();
 }
 
 
@@ -176,12 +169,6 @@ function expectedPieces(json: string): Buffer[] | undefined {
 }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
-
-interface DeadLetter {
-  id: string;
-  reason: string;
-  at: number;
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. Counting script calls: a private redis-server.
@@ -387,7 +374,7 @@ describe('delayMany', () => {
     const d = h.dispatcher();
     expect(await d.tasks(BatchingService).add.delayMany([])).toEqual([]);
     await d.close();
-    expect(await keysOf(h)).toEqual([]);
+    expect(await h.keys()).toEqual([]);
   });
 
   const badEntries: { what: string; size: number; at: number; bad: unknown; message: RegExp; name: string; path?: string }[] = [
@@ -435,7 +422,7 @@ describe('delayMany', () => {
     }
     // close() sends whatever is still queued: if any entry had been queued, it would land now.
     await d.close();
-    expect(await keysOf(h)).toEqual([]);
+    expect(await h.keys()).toEqual([]);
   });
 
   it('refuses a taskId option with a ConfigError, sending nothing', async () => {
@@ -445,7 +432,7 @@ describe('delayMany', () => {
     expect(error).toBeInstanceOf(ConfigError);
     expect(error.message).toBe('delayMany takes no taskId: each task gets its own id');
     await d.close();
-    expect(await keysOf(h)).toEqual([]);
+    expect(await h.keys()).toEqual([]);
   });
 
   it('countdown, queue and timeLimit apply to every task', async () => {
@@ -473,8 +460,8 @@ describe('delayMany', () => {
       expect(await h.admin.hget(h.taskKey(r.id, 'other'), 'tl')).toBe('5000');
     }
     // Nothing in the wait lists but the wake-up marker, nothing in queue default.
-    expect((await h.admin.lrange(waitKey(h, 'other'), 0, -1)).filter((id) => id !== '')).toEqual([]);
-    expect((await keysOf(h)).filter((k) => k.includes(':{default}:'))).toEqual([]);
+    expect((await h.admin.lrange(h.queueKey('wait', 'other'), 0, -1)).filter((id) => id !== '')).toEqual([]);
+    expect((await h.keys()).filter((k) => k.includes(':{default}:'))).toEqual([]);
   });
 
   it('unique: a duplicate inside the list gets the first handle (duplicate true)', async () => {
@@ -520,7 +507,7 @@ describe('a queue structure of the wrong type', () => {
     const settled = await Promise.allSettled([tasks.keyed.applyAsync([1], options), tasks.add.applyAsync([1, 1], options)]);
     expect(settled.map((r) => r.status)).toEqual(['rejected', 'rejected']);
     for (const r of settled) expect(String((r as PromiseRejectedResult).reason)).toMatch(/WRONGTYPE/);
-    expect(await keysOf(h), 'no task record and no lock left by the failed call').toEqual([garbage]);
+    expect(await h.keys(), 'no task record and no lock left by the failed call').toEqual([garbage]);
 
     // Repaired, the same unique task is sent afresh, not answered by a ghost holder.
     await h.admin.del(garbage);
@@ -643,7 +630,7 @@ describe('long arguments in 64-byte pieces', () => {
       expect(info.error?.name).toBe('MalformedTaskError');
       expect(info.error?.message).toBe('the record lacks a task name or arguments');
       expect(info.attempts).toBe(0);
-      const dead = (await h.admin.lrange(`${h.prefix}:{default}:dead`, 0, -1)).map((s) => JSON.parse(s) as DeadLetter);
+      const dead = await h.deadLetters();
       expect(dead.map(({ id, reason }) => ({ id, reason }))).toEqual([{ id: broken.id, reason: 'the record lacks a task name or arguments' }]);
       expect(svc.received.has(broken.id)).toBe(false);
       expect(svc.received.get(fine.id)).toEqual(['f'.repeat(bytes - 4)]);
@@ -778,7 +765,7 @@ describe('close() and the worker', () => {
       expect(ev.errors).toEqual([]);
       expect(await statesOf(h, handles.map((r) => r.id))).toEqual(handles.map(() => 'SUCCESS'));
       expect(await storedArgs(h, [handles[n - 1]!.id])).toEqual([`[${n - 1}]`]);
-      expect(await h.admin.llen(waitKey(h))).toBe(0);
+      expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
     },
   );
 });
@@ -828,7 +815,7 @@ describe('review findings', () => {
     const sparse = [, [1, 2]] as unknown as [number, number][];
     await expect(d.tasks(BatchingService).add.delayMany(sparse)).rejects.toThrow(/^argsList\[0\]: is a hole in a sparse array/);
     await d.close();
-    expect(await h.admin.keys(`${h.prefix}:*`)).toEqual([]);
+    expect(await h.keys()).toEqual([]);
   });
 
   it('a second close() returns the first one\'s promise, which resolves once queued tasks are sent', async () => {

@@ -3,22 +3,8 @@
  * heimdall-tasks, one test each, against a real Redis with in-process workers.
  */
 import { describe, expect, it } from 'vitest';
-import { AlreadyQueuedError, Task, type Worker, type WorkerEvents } from 'heimdall-tasks';
-import { gate, type Harness, nextEvent, useHarness, waitFor } from '../helpers.js';
-
-/** The unique lock key a task recorded in its hash (field `lk`). */
-async function lockKeyOf(h: Harness, id: string): Promise<string> {
-  const lk = await h.admin.hget(h.taskKey(id), 'lk');
-  expect(lk, `task ${id} records its lock key`).toBeTypeOf('string');
-  return lk!;
-}
-
-/** Collects a worker's events of one kind. */
-function collect<E extends keyof WorkerEvents>(worker: Worker, event: E): WorkerEvents[E][0][] {
-  const seen: WorkerEvents[E][0][] = [];
-  worker.on(event, (...args: WorkerEvents[E]) => void seen.push(args[0]));
-  return seen;
-}
+import { AlreadyQueuedError, Task } from 'heimdall-tasks';
+import { gate, nextEvent, recordEvents, useHarness, waitFor } from '../helpers.js';
 
 // README: "a unique task" (only one generate_report per arguments at a time).
 class ReadmeUniqueReports {
@@ -108,7 +94,7 @@ describe('celery-heimdall README, ported', () => {
     expect(new Set(handles.map((r) => r.id))).toEqual(new Set([id]));
     // Exactly one message is queued, and the lock names it.
     expect(await h.admin.lrange(`${h.prefix}:{default}:wait`, 0, -1)).toEqual([id]);
-    expect(await h.admin.get(await lockKeyOf(h, id))).toBe(id);
+    expect(await h.admin.get(await h.lockKeyOf(id))).toBe(id);
     // Other arguments are another report.
     const other = await reports.generateReport.delay(43);
     expect(other.duplicate).toBe(false);
@@ -125,13 +111,13 @@ describe('celery-heimdall README, ported', () => {
     const reports = h.dispatcher().tasks(ReadmeTimeoutReports);
 
     const hourly = await reports.generateReport.delay(7);
-    const pttl = await h.admin.pttl(await lockKeyOf(h, hourly.id));
+    const pttl = await h.admin.pttl(await h.lockKeyOf(hourly.id));
     expect(pttl).toBeLessThanOrEqual(3_600_000);
     expect(pttl).toBeGreaterThan(3_600_000 - 5_000);
     expect(await h.admin.hget(h.taskKey(hourly.id), 'lt')).toBe('3600000');
 
     const first = await reports.generateQuickReport.delay(7);
-    const lock = await lockKeyOf(h, first.id);
+    const lock = await h.lockKeyOf(first.id);
     const quickTtl = await h.admin.pttl(lock);
     expect(quickTtl).toBeGreaterThan(0);
     expect(quickTtl).toBeLessThanOrEqual(300);
@@ -156,7 +142,7 @@ describe('celery-heimdall README, ported', () => {
     expect(a.duplicate).toBe(false);
     expect([b.duplicate, c.duplicate]).toEqual([true, true]);
     expect([b.id, c.id]).toEqual([a.id, a.id]);
-    const lock = await lockKeyOf(h, a.id);
+    const lock = await h.lockKeyOf(a.id);
     expect(lock).toBe(`${h.prefix}:{default}:lock:ReadmeKeyedReports.generateReport:generate_report`);
     expect(await h.admin.get(lock)).toBe(a.id);
 
@@ -230,7 +216,7 @@ describe('celery-heimdall README, ported', () => {
     expect(aq.expiresIn).toBeLessThanOrEqual(60);
     expect(aq.expiresIn).toBeGreaterThan(59);
     // ...and matching the lock's remaining TTL read just after.
-    const pttl = await h.admin.pttl(await lockKeyOf(h, first.task_id));
+    const pttl = await h.admin.pttl(await h.lockKeyOf(first.task_id));
     expect(Math.abs(aq.expiresIn * 1000 - pttl)).toBeLessThan(1000);
     // Other arguments do not collide.
     expect((await myApiCall(10)).status).toBe('STARTED');
@@ -243,7 +229,7 @@ describe('celery-heimdall README, ported', () => {
     await worker.start();
 
     const first = await reports.generateReport.delay(3);
-    const lock = await lockKeyOf(h, first.id);
+    const lock = await h.lockKeyOf(first.id);
     expect(await first.get({ timeout: 10 })).toBe('report-3');
     expect(await first.status()).toBe('SUCCESS');
     // Finished, yet still holding the lock: a new dispatch is a duplicate of the finished task.
@@ -269,9 +255,7 @@ describe('celery-heimdall README, ported', () => {
       await amazon.downloadReportFromAmazon.delay(3),
     ];
     const worker = h.worker({ services: [new ReadmeAmazon()] });
-    const started = collect(worker, 'started');
-    const succeeded = collect(worker, 'succeeded');
-    const limited = collect(worker, 'rateLimited');
+    const { started, succeeded, rateLimited: limited } = recordEvents(worker);
     await worker.start();
     await waitFor(() => succeeded.length === 2 && limited.length === 1, { what: '2 successes and 1 rate-limited' });
 
@@ -307,9 +291,7 @@ describe('celery-heimdall README, ported', () => {
     expect(await h.admin.hmget(h.taskKey(eleven[0]!.id), 'rn', 'rp')).toEqual(['2', '30000']);
 
     const worker = h.worker({ services: [new ReadmeAmazonPerCustomer()] });
-    const started = collect(worker, 'started');
-    const succeeded = collect(worker, 'succeeded');
-    const limited = collect(worker, 'rateLimited');
+    const { started, succeeded, rateLimited: limited } = recordEvents(worker);
     await worker.start();
     await waitFor(() => succeeded.length === 3 && limited.length === 2, { what: '3 successes and 2 rate-limited' });
 

@@ -3,7 +3,7 @@
 // start and completion in Redis from inside the task (test/fixtures/faults/services.ts), so
 // "exactly once" is checked on what the tasks did, not on what the library says.
 import { describe, expect, it } from 'vitest';
-import { useHarness, waitFor, type Harness } from '../helpers.js';
+import { redisNowMs, reportFigures, useHarness, waitFor, type Harness } from '../helpers.js';
 import {
   byTask,
   duplicates,
@@ -11,7 +11,6 @@ import {
   lockKeys,
   openGate,
   readRuns,
-  redisNowMs,
   startFaultWorkers,
   stopFaultWorkers,
   type FaultWorker,
@@ -31,10 +30,6 @@ async function startsOf(h: Harness, attempt: number, count: number, workers: rea
     },
     { timeout: 30_000, interval: 25, what: `${count} starts of attempt ${attempt}` },
   );
-}
-
-function report(title: string, figures: Record<string, number | string>): void {
-  console.info(`[figures] ${title}: ${Object.entries(figures).map(([k, v]) => `${k}=${v}`).join(' ')}`);
 }
 
 describe('crash recovery (worker processes killed with SIGKILL)', () => {
@@ -101,7 +96,7 @@ describe('crash recovery (worker processes killed with SIGKILL)', () => {
 
     const restarts = runs.filter((e) => e.ev === 'start' && e.attempt === 2).map((e) => e.ms);
     const dones = runs.filter((e) => e.ev === 'done').map((e) => e.ms);
-    report('crash-recovery 50 tasks', {
+    reportFigures('crash-recovery 50 tasks', {
       tasks: 50,
       kills: 1,
       recoveries: recoveryCounts.filter((c) => c === '1').length,
@@ -168,7 +163,7 @@ describe('crash recovery (worker processes killed with SIGKILL)', () => {
     expect(runs).toHaveLength(3);
     const [summary] = await stopFaultWorkers([c!]);
     expect(summary).toMatchObject({ started: 0, succeeded: 0, failed: 0, errors: [] });
-    report('maxRecoveries', { tasks: 2, kills: 2, recoveries: 1, workerLostFailures: 2, duplicates: duplicates(runs) });
+    reportFigures('maxRecoveries', { tasks: 2, kills: 2, recoveries: 1, workerLostFailures: 2, duplicates: duplicates(runs) });
   });
 
   it('three live workers recovering the 30 tasks of a killed worker at once run each exactly once', { timeout: 60_000 }, async () => {
@@ -216,7 +211,7 @@ describe('crash recovery (worker processes killed with SIGKILL)', () => {
     expect(summaries.reduce((n, s) => n + s.succeeded, 0)).toBe(30);
     expect(summaries.flatMap((s) => s.errors)).toEqual([]);
     const restarts = runs.filter((e) => e.ev === 'start' && e.attempt === 2).map((e) => e.ms);
-    report('concurrent recovery', {
+    reportFigures('concurrent recovery', {
       tasks: 30,
       kills: 1,
       liveWorkers: 3,

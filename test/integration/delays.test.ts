@@ -3,20 +3,8 @@
  * name, and chosen task ids.
  */
 import { describe, expect, it } from 'vitest';
-import { ConfigError, Task, TaskFailedError, type TaskResult, type Worker, type WorkerEvents } from 'heimdall-tasks';
-import { useHarness, waitFor, type Harness } from '../helpers.js';
-
-function collect<E extends keyof WorkerEvents>(worker: Worker, event: E): WorkerEvents[E][0][] {
-  const seen: WorkerEvents[E][0][] = [];
-  worker.on(event, (...args: WorkerEvents[E]) => void seen.push(args[0]));
-  return seen;
-}
-
-/** Milliseconds on the Redis server's clock, the clock due times are set on. */
-async function serverNow(h: Harness): Promise<number> {
-  const [s, us] = await h.admin.time();
-  return Number(s) * 1000 + Math.floor(Number(us) / 1000);
-}
+import { ConfigError, Task, TaskFailedError, type TaskResult } from 'heimdall-tasks';
+import { recordEvents, redisNowMs, useHarness, waitFor, type Harness } from '../helpers.js';
 
 /** True once the worker's blocking connection is parked in BLMOVE on the server. */
 async function workerBlocked(h: Harness): Promise<boolean> {
@@ -114,7 +102,7 @@ describe('delays, send and task ids', () => {
     const h = fresh();
     const tasks = h.dispatcher().tasks(DelaysService);
     const worker = h.worker({ services: [new DelaysService()], concurrency: 4 });
-    const succeeded = collect(worker, 'succeeded');
+    const { succeeded } = recordEvents(worker);
     await worker.start();
     const countdowns = [900, 100, 1300, 400, 50, 700, 1500, 250, 1100, 600, 150, 1200, 350, 800, 1000, 450, 200, 1400, 550, 0];
     const handles = await Promise.all(
@@ -136,10 +124,10 @@ describe('delays, send and task ids', () => {
     const tasks = h.dispatcher().tasks(DelaysService);
     const handles = await Promise.all([1, 2, 3, 4, 5].map((i) => tasks.stamp.applyAsync([`d${i}`], { countdown: '200ms' })));
     const due = Math.max(...(await Promise.all(handles.map(async (r) => (await r.info()).dueAt!.getTime()))));
-    await waitFor(async () => (await serverNow(h)) > due, { timeout: 5_000, what: 'the due time to pass' });
+    await waitFor(async () => (await redisNowMs(h.admin)) > due, { timeout: 5_000, what: 'the due time to pass' });
 
     const worker = h.worker({ services: [new DelaysService()] });
-    const before = await serverNow(h);
+    const before = await redisNowMs(h.admin);
     await worker.start();
     expect(await Promise.all(handles.map((r) => r.get({ timeout: 10 })))).toEqual(['d1', 'd2', 'd3', 'd4', 'd5']);
     for (const r of handles) {

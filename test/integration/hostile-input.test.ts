@@ -24,7 +24,7 @@ import {
   currentTask,
   type TaskOptions,
 } from 'heimdall-tasks';
-import { gate, type Harness, nextEvent, useHarness, waitFor } from '../helpers.js';
+import { gate, type Harness, nextEvent, redisNowMs, useHarness, waitFor } from '../helpers.js';
 
 class HostileService {
   @Task()
@@ -89,26 +89,6 @@ function decorateWith(options: unknown): () => unknown {
     }
     return BadOptions;
   };
-}
-
-/** Every key under the test's prefix. */
-async function keysOf(h: Harness): Promise<string[]> {
-  return (await h.admin.keys(`${h.prefix}:*`)).sort();
-}
-
-interface DeadLetter {
-  id: string;
-  reason: string;
-  at: number;
-}
-
-async function deadLetters(h: Harness, queue = 'default'): Promise<DeadLetter[]> {
-  return (await h.admin.lrange(`${h.prefix}:{${queue}}:dead`, 0, -1)).map((s) => JSON.parse(s) as DeadLetter);
-}
-
-async function redisNowMs(h: Harness): Promise<number> {
-  const [s, us] = await h.admin.time();
-  return Number(s) * 1000 + Math.floor(Number(us) / 1000);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,7 +436,7 @@ describe('bad input from callers is refused at once, with a clear error, and not
     expect(err.message).toMatch(message);
     if (props) expect(err).toMatchObject(props);
     // Nothing was written: no record, no wait list, no lock.
-    expect(await keysOf(h)).toEqual([]);
+    expect(await h.keys()).toEqual([]);
   });
 
   it('the error classes of these cases are exported and match by instanceof', () => {
@@ -511,8 +491,6 @@ interface GarbageCase {
   after?: (h: Harness, p: Planted) => Promise<void>;
 }
 
-const q = (h: Harness, name: string): string => `${h.prefix}:{default}:${name}`;
-
 /** Sends a real task and returns its id, so garbage lands in a record the worker would run. */
 async function queued(d: Dispatcher, which: 'add' | 'once' | 'limited', n = 1): Promise<string> {
   const t = d.tasks(HostileService);
@@ -526,7 +504,7 @@ const garbageCases: GarbageCase[] = [
   {
     what: 'a wait-list id with no record',
     plant: async (h) => {
-      await h.admin.lpush(q(h, 'wait'), 'ghost-1');
+      await h.admin.lpush(h.queueKey('wait'), 'ghost-1');
       return { id: 'ghost-1' };
     },
     dead: NO_RECORD,
@@ -536,7 +514,7 @@ const garbageCases: GarbageCase[] = [
     what: 'a record that is a string, not a hash',
     plant: async (h) => {
       await h.admin.set(h.taskKey('stringy'), 'hello');
-      await h.admin.lpush(q(h, 'wait'), 'stringy');
+      await h.admin.lpush(h.queueKey('wait'), 'stringy');
       return { id: 'stringy' };
     },
     dead: 'its record is not a hash',
@@ -741,59 +719,59 @@ const garbageCases: GarbageCase[] = [
   {
     what: 'a delayed-set member with no record',
     plant: async (h) => {
-      await h.admin.zadd(q(h, 'delayed'), 1, 'ghost-delayed');
+      await h.admin.zadd(h.queueKey('delayed'), 1, 'ghost-delayed');
       return { id: 'ghost-delayed' };
     },
     dead: NO_RECORD,
-    after: async (h) => expect(await h.admin.zcard(q(h, 'delayed'))).toBe(0),
+    after: async (h) => expect(await h.admin.zcard(h.queueKey('delayed'))).toBe(0),
   },
   {
     what: 'an active-set member with no record and a lapsed lease',
     plant: async (h) => {
-      await h.admin.zadd(q(h, 'active'), 1, 'ghost-active');
+      await h.admin.zadd(h.queueKey('active'), 1, 'ghost-active');
       return { id: 'ghost-active' };
     },
     // A started task always has a record; one without is garbage (or evicted) and is kept for inspection.
     dead: /no record/,
     after: async (h) => {
-      expect(await h.admin.zcard(q(h, 'active'))).toBe(0);
-      expect(await h.admin.lrange(q(h, 'wait'), 0, -1)).toEqual([]);
+      expect(await h.admin.zcard(h.queueKey('active'))).toBe(0);
+      expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([]);
     },
   },
   {
     what: 'an active-set member whose record is a string, with a lapsed lease',
     plant: async (h) => {
       await h.admin.set(h.taskKey('ghost-string-active'), 'x');
-      await h.admin.zadd(q(h, 'active'), 1, 'ghost-string-active');
+      await h.admin.zadd(h.queueKey('active'), 1, 'ghost-string-active');
       return { id: 'ghost-string-active' };
     },
     dead: /not a hash/,
-    after: async (h) => expect(await h.admin.zcard(q(h, 'active'))).toBe(0),
+    after: async (h) => expect(await h.admin.zcard(h.queueKey('active'))).toBe(0),
   },
   {
     what: "300 empty '' wake-up markers",
     plant: async (h) => {
-      await h.admin.lpush(q(h, 'wait'), ...Array.from({ length: 300 }, () => ''));
+      await h.admin.lpush(h.queueKey('wait'), ...Array.from({ length: 300 }, () => ''));
       return { id: '' };
     },
     after: async (h) => {
-      await waitFor(async () => (await h.admin.llen(q(h, 'wait'))) === 0, { what: 'the markers to be skipped' });
-      expect(await deadLetters(h)).toEqual([]);
+      await waitFor(async () => (await h.admin.llen(h.queueKey('wait'))) === 0, { what: 'the markers to be skipped' });
+      expect(await h.deadLetters()).toEqual([]);
     },
   },
   {
     what: 'a wait list of 500 ids with no record',
     plant: async (h) => {
-      await h.admin.rpush(q(h, 'wait'), ...Array.from({ length: 500 }, (_, i) => `ghost-${i}`));
+      await h.admin.rpush(h.queueKey('wait'), ...Array.from({ length: 500 }, (_, i) => `ghost-${i}`));
       return { id: 'ghost-0' };
     },
     dead: NO_RECORD,
     after: async (h) => {
-      await waitFor(async () => (await h.admin.llen(q(h, 'dead'))) === 500, { what: '500 dead letters' });
-      const dead = await deadLetters(h);
+      await waitFor(async () => (await h.admin.llen(h.queueKey('dead'))) === 500, { what: '500 dead letters' });
+      const dead = await h.deadLetters();
       expect(new Set(dead.map((e) => e.id))).toEqual(new Set(Array.from({ length: 500 }, (_, i) => `ghost-${i}`)));
       expect(dead.filter((e) => e.reason !== NO_RECORD)).toEqual([]);
-      expect(await h.admin.llen(q(h, 'wait'))).toBe(0);
+      expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
     },
   },
 ];
@@ -808,7 +786,7 @@ describe('garbage in Redis never stops a worker', () => {
   it.each(garbageCases)('$what', async ({ plant, failure, dead, after }) => {
     const h = fresh();
     const d = h.dispatcher();
-    const before = await redisNowMs(h);
+    const before = await redisNowMs(h.admin);
     const planted = await plant(h, d);
     const worker = h.worker({ services: [new HostileService()], leaseDuration: '1s' });
     const errors: Error[] = [];
@@ -837,14 +815,14 @@ describe('garbage in Redis never stops a worker', () => {
       expect(await h.admin.pttl(h.taskKey(planted.id))).toBeGreaterThan(0);
     }
     if (dead) {
-      const entry = await waitFor(async () => (await deadLetters(h)).find((e) => e.id === planted.id), {
+      const entry = await waitFor(async () => (await h.deadLetters()).find((e) => e.id === planted.id), {
         timeout: 5_000,
         what: `a dead letter for ${planted.id}`,
       });
       if (typeof dead === 'string') expect(entry.reason).toBe(dead);
       else expect(entry.reason).toMatch(dead);
       expect(entry.at).toBeGreaterThanOrEqual(before);
-      expect(entry.at).toBeLessThanOrEqual(await redisNowMs(h));
+      expect(entry.at).toBeLessThanOrEqual(await redisNowMs(h.admin));
     }
     if (after) await after(h, planted);
 
@@ -874,8 +852,8 @@ describe('garbage in Redis never stops a worker', () => {
       n++;
     }
     // A marker and a burst of ghosts in the middle of it.
-    await h.admin.lpush(q(h, 'wait'), '', '', '');
-    await h.admin.lpush(q(h, 'wait'), ...Array.from({ length: 100 }, (_, i) => `burst-${i}`));
+    await h.admin.lpush(h.queueKey('wait'), '', '', '');
+    await h.admin.lpush(h.queueKey('wait'), ...Array.from({ length: 100 }, (_, i) => `burst-${i}`));
     for (let i = 0; i < 10; i++) good.push(await hostile.add.delay(100 + i, 1));
 
     const worker = h.worker({ services: [new HostileService()], concurrency: 3, leaseDuration: '1s' });
@@ -891,15 +869,15 @@ describe('garbage in Redis never stops a worker', () => {
     expect(Object.fromEntries(succeeded)).toEqual(Object.fromEntries(good.map((r) => [r.id, 1])));
     const dead = await waitFor(
       async () => {
-        const list = await deadLetters(h);
+        const list = await h.deadLetters();
         return list.length >= expectedDead.length + 100 ? list : undefined;
       },
       { what: 'every dead letter' },
     );
     expect(new Set(dead.map((e) => e.id))).toEqual(new Set([...expectedDead, ...Array.from({ length: 100 }, (_, i) => `burst-${i}`)]));
     expect(dead.length).toBe(expectedDead.length + 100);
-    expect(await h.admin.llen(q(h, 'wait'))).toBe(0);
-    expect(await h.admin.zcard(q(h, 'active'))).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
+    expect(await h.admin.zcard(h.queueKey('active'))).toBe(0);
     expect(errors).toEqual([]);
     console.log(
       `[figures] ${planted.length} garbage tasks + 3 markers + 100 ghost ids among ${n + 10} good tasks: ` +
@@ -950,7 +928,7 @@ describe('garbage in Redis never stops a worker', () => {
     const reported = new Promise<Error>((resolve) => worker.once('error', resolve));
     service.gate.open();
     expect((await reported).message).toMatch(new RegExp(`task ${handle.id} ended but this worker no longer holds it .*; its result was not stored`));
-    expect(await h.admin.zscore(q(h, 'active'), handle.id)).toBeNull();
+    expect(await h.admin.zscore(h.queueKey('active'), handle.id)).toBeNull();
     expect(await h.admin.get(h.taskKey(handle.id))).toBe('overwritten');
     expect(await (await d.tasks(HostileService).add.delay(1, 1)).get({ timeout: 10 })).toBe(2);
     expect(errors).toHaveLength(1);
@@ -982,7 +960,7 @@ describe('a queue structure of the wrong type', () => {
     'the $structure as a string: errors are reported, the worker keeps serving its other queue, and resumes once repaired',
     async ({ suffix, dispatchFails }) => {
       const h = fresh();
-      const key = q(h, suffix);
+      const key = h.queueKey(suffix);
       await h.admin.set(key, 'not a list or a zset');
       const worker = h.worker({ services: [new HostileService(), new OtherQueueService()], queues: ['default', 'other'] });
       const errors: Error[] = [];

@@ -6,13 +6,12 @@
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Dispatcher, type TaskResult } from 'heimdall-tasks';
-import { nextEvent, settleWithin, useHarness, waitFor } from '../helpers.js';
+import { nextEvent, reportFigures, scanKeys, settleWithin, useHarness, waitFor } from '../helpers.js';
 import {
   byTask,
   duplicates,
   OwnRedis,
   readRuns,
-  scanKeys,
   startFaultWorkers,
   stopFaultWorkers,
 } from '../fixtures/faults/control.js';
@@ -27,10 +26,6 @@ const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 async function errorCount(client: Redis, kind: string): Promise<number> {
   const info = await client.info('errorstats');
   return Number(new RegExp(`^errorstat_${kind}:count=(\\d+)`, 'm').exec(info)?.[1] ?? 0);
-}
-
-function report(title: string, figures: Record<string, number | string>): void {
-  console.info(`[figures] ${title}: ${Object.entries(figures).map(([k, v]) => `${k}=${v}`).join(' ')}`);
 }
 
 describe('Redis restart (appendonly, appendfsync always)', () => {
@@ -131,7 +126,7 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
       staleFinishErrors: summary!.errors.filter((e) => e.includes('its result was not stored')).length,
       workerErrors: summary!.errors.length,
     };
-    report('redis-restart', figures);
+    reportFigures('redis-restart', figures);
     if (summary!.errors.length > 0) console.info(`[worker errors]\n${summary!.errors.join('\n')}`);
     if (ranTwice.length > 0) console.info(`[ran twice]\n${ranTwice.map(([id, t]) => `${id}: ${JSON.stringify(t)}`).join('\n')}`);
 
@@ -166,7 +161,7 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     const tookMs = Date.now() - began;
     expect(outcome.ok).toBe(false);
     expect((outcome as { error: unknown }).error).toMatchObject({ name: 'RedisUnavailableError', code: 'HEIMDALL_REDIS_UNAVAILABLE' });
-    report('dispatch while Redis is down', { msToRedisUnavailableError: tookMs });
+    reportFigures('dispatch while Redis is down', { msToRedisUnavailableError: tookMs });
   });
 });
 

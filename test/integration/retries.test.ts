@@ -3,10 +3,10 @@
 import type { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import * as api from 'heimdall-tasks';
-import { ConfigError, Task, TaskFailedError, currentTask, type TaskOptions, type Worker, type WorkerEvents } from 'heimdall-tasks';
+import { ConfigError, Task, TaskFailedError, currentTask, type Worker, type WorkerEvents } from 'heimdall-tasks';
 import { NonRetryableError } from '../../src/core/errors.js';
 import { normalizeRetries } from '../../src/core/task-options.js';
-import { useHarness, waitFor, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
+import { decorationError, redisNowMs, useHarness, waitFor, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
 
 /** What a task saw of its own record at the start of one attempt (server-clock times). */
 interface Seen {
@@ -250,8 +250,7 @@ describe('retries with backoff', () => {
       between.push(
         (async () => {
           const info = await dispatcher.result(e.id).info();
-          const [sec, usec] = await h.admin.time();
-          const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+          const now = await redisNowMs(h.admin);
           return [info.state, info.error?.message, info.attempts, now < (info.dueAt?.getTime() ?? 0)];
         })(),
       );
@@ -467,20 +466,6 @@ describe('currentTask().retry()', () => {
 });
 
 describe('bad retries options are refused at decoration', () => {
-  function decorationError(options: unknown): ConfigError {
-    try {
-      class BadRetries {
-        @Task(options as TaskOptions)
-        async m(): Promise<void> {}
-      }
-      void BadRetries;
-    } catch (err) {
-      if (err instanceof ConfigError) return err;
-      throw err;
-    }
-    throw new Error(`@Task(${JSON.stringify(options)}) was accepted`);
-  }
-
   it.each<[label: string, retries: unknown, message: string]>([
     ['not an object', 3, 'retries must be an object such as { max: 3 }, got 3'],
     ['null', null, 'retries must be an object such as { max: 3 }, got null'],
@@ -503,7 +488,7 @@ describe('bad retries options are refused at decoration', () => {
     const err = decorationError({ retries });
     expect(err).toBeInstanceOf(ConfigError);
     expect(err.message).toContain(message);
-    expect(err.message).toContain('BadRetries');
+    expect(err.message).toContain('@Task on Options.m: ');
   });
 
   it('normalizes the backoff forms', () => {

@@ -1,8 +1,8 @@
 // Revoke from any process: queued, delayed, waiting to retry, running in another (worker child)
 // process with and without terminate, ended tasks, and the unique lock in each case.
 import { describe, expect, it } from 'vitest';
-import { Task, TaskRevokedError, currentTask, type Worker, type WorkerEvents } from 'heimdall-tasks';
-import { gate, useHarness, waitFor, type Gate, type Harness, recordEvents } from '../helpers.js';
+import { Task, TaskRevokedError, currentTask } from 'heimdall-tasks';
+import { gate, useHarness, waitFor, watchAbort, type Gate, type Harness, recordEvents } from '../helpers.js';
 import {
   logEntry,
   openControlGate,
@@ -20,16 +20,7 @@ class RevokeProbe {
   readonly gates = new Map<string, Gate>();
 
   private watch(): AbortSignal {
-    const t = currentTask();
-    t.signal.addEventListener(
-      'abort',
-      () => {
-        const r = t.signal.reason as unknown;
-        this.signals.push({ id: t.id, reason: r instanceof Error ? r.name : String(r) });
-      },
-      { once: true },
-    );
-    return t.signal;
+    return watchAbort(this.signals);
   }
 
   private hold(label: string): Promise<void> {
@@ -98,16 +89,6 @@ async function setup(h: Harness, extra: { concurrency?: number; leaseDuration?: 
   return { probe, worker, ev };
 }
 
-const waitKey = (h: Harness): string => `${h.prefix}:{default}:wait`;
-const delayedKey = (h: Harness): string => `${h.prefix}:{default}:delayed`;
-const activeKey = (h: Harness): string => `${h.prefix}:{default}:active`;
-
-async function lockOf(h: Harness, id: string): Promise<string> {
-  const lk = await h.admin.hget(h.taskKey(id), 'lk');
-  if (!lk) throw new Error(`task ${id} has no lock key`);
-  return lk;
-}
-
 async function expectRevokedError(promise: Promise<unknown>, reason: string): Promise<void> {
   const err = await promise.then(
     () => undefined,
@@ -125,7 +106,7 @@ describe('revoke a task that has not started', () => {
     const d = h.dispatcher();
     const ref = d.tasks(RevokeProbe).job;
     const handle = await ref.delay('q');
-    const lockKey = await lockOf(h, handle.id);
+    const lockKey = await h.lockKeyOf(handle.id);
     expect(await h.admin.get(lockKey)).toBe(handle.id);
     // Revoked from a dispatcher that did not send it.
     const other = h.dispatcher();
@@ -144,7 +125,7 @@ describe('revoke a task that has not started', () => {
     expect(probe.runs).toEqual([again.id]);
     expect(ev.started.map((e) => e.id)).toEqual([again.id]);
     expect((await handle.info()).state).toBe('REVOKED');
-    expect(await h.admin.llen(waitKey(h))).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
   });
 
   it('delayed (countdown): REVOKED at once, out of the delayed set, lock freed, never starts when due', async () => {
@@ -152,11 +133,11 @@ describe('revoke a task that has not started', () => {
     const { probe, ev } = await setup(h);
     const d = h.dispatcher();
     const handle = await d.tasks(RevokeProbe).job.applyAsync(['later'], { countdown: '300ms' });
-    const lockKey = await lockOf(h, handle.id);
+    const lockKey = await h.lockKeyOf(handle.id);
     const due = Number(await h.admin.hget(h.taskKey(handle.id), 'd'));
-    expect(await h.admin.zscore(delayedKey(h), handle.id)).toBe(String(due));
+    expect(await h.admin.zscore(h.queueKey('delayed'), handle.id)).toBe(String(due));
     expect(await handle.revoke()).toBe('REVOKED');
-    expect(await h.admin.zscore(delayedKey(h), handle.id)).toBeNull();
+    expect(await h.admin.zscore(h.queueKey('delayed'), handle.id)).toBeNull();
     expect(await h.admin.exists(lockKey)).toBe(0);
     await expectRevokedError(handle.get({ timeout: 5 }), 'revoked');
     // Past its due time, a fetch (for the marker) would have moved it if it were still delayed.
@@ -174,10 +155,10 @@ describe('revoke a task that has not started', () => {
     const handle = await h.dispatcher().tasks(RevokeProbe).failsOnce.delay('r');
     await waitFor(() => ev.retried.find((e) => e.id === handle.id), { what: 'the first failure' });
     expect(await handle.status()).toBe('RETRY');
-    const lockKey = await lockOf(h, handle.id);
+    const lockKey = await h.lockKeyOf(handle.id);
     expect(await h.admin.get(lockKey)).toBe(handle.id);
     expect(await handle.revoke()).toBe('REVOKED');
-    expect(await h.admin.zscore(delayedKey(h), handle.id)).toBeNull();
+    expect(await h.admin.zscore(h.queueKey('delayed'), handle.id)).toBeNull();
     expect(await h.admin.exists(lockKey)).toBe(0);
     const info = await handle.info();
     expect({ state: info.state, reason: info.revokeReason, attempts: info.attempts }).toEqual({ state: 'REVOKED', reason: 'revoked', attempts: 1 });
@@ -194,7 +175,7 @@ describe('revoke a task running in another process', () => {
     const d = h.dispatcher();
     const handle = await d.tasks(ControlService).honour.delay('r');
     await logEntry(h, (e) => e.ev === 'start' && e.id === handle.id, 'the task to start in the child');
-    const lockKey = await lockOf(h, handle.id);
+    const lockKey = await h.lockKeyOf(handle.id);
     expect(await h.admin.get(lockKey)).toBe(handle.id);
     const before = await redisMicros(h);
     expect(await handle.revoke()).toBe('STARTED');
@@ -207,7 +188,7 @@ describe('revoke a task running in another process', () => {
     const info = await handle.info();
     expect({ state: info.state, reason: info.revokeReason, attempts: info.attempts }).toEqual({ state: 'REVOKED', reason: 'revoked', attempts: 1 });
     expect(await h.admin.exists(lockKey)).toBe(0);
-    expect(await h.admin.zscore(activeKey(h), handle.id)).toBeNull();
+    expect(await h.admin.zscore(h.queueKey('active'), handle.id)).toBeNull();
     const events = await waitFor(
       async () => {
         const all = await readChildEvents(h);
@@ -229,14 +210,14 @@ describe('revoke a task running in another process', () => {
     const ref = d.tasks(ControlService);
     const handle = await ref.ignore.delay('t');
     await logEntry(h, (e) => e.ev === 'start' && e.id === handle.id, 'the task to start in the child');
-    const lockKey = await lockOf(h, handle.id);
+    const lockKey = await h.lockKeyOf(handle.id);
     expect(await h.admin.get(lockKey)).toBe(handle.id);
     const before = await redisMicros(h);
     expect(await handle.revoke({ terminate: true })).toBe('REVOKED');
     // Ended by the revoke call itself, before the worker hears of it.
     expect(await handle.status()).toBe('REVOKED');
     expect(await h.admin.exists(lockKey)).toBe(0);
-    expect(await h.admin.zscore(activeKey(h), handle.id)).toBeNull();
+    expect(await h.admin.zscore(h.queueKey('active'), handle.id)).toBeNull();
     expect((await handle.info()).revokeReason).toBe('revoked');
     await expectRevokedError(handle.get({ timeout: 5 }), 'revoked');
     const aborted = await logEntry(h, (e) => e.ev === 'aborted' && e.id === handle.id, 'the signal to fire in the child');
@@ -273,19 +254,19 @@ describe('revoke a task running in another process', () => {
     const d = h.dispatcher();
     const handle = await d.tasks(ControlService).ignore.delay('dies');
     await logEntry(h, (e) => e.ev === 'start' && e.id === handle.id, 'the task to start in the child');
-    const lockKey = await lockOf(h, handle.id);
+    const lockKey = await h.lockKeyOf(handle.id);
     expect(await handle.revoke()).toBe('STARTED');
     await logEntry(h, (e) => e.ev === 'aborted' && e.id === handle.id, 'the signal to fire in the child');
     child.child.kill('SIGKILL');
     await child.exit;
-    const lease = Number(await h.admin.zscore(activeKey(h), handle.id));
+    const lease = Number(await h.admin.zscore(h.queueKey('active'), handle.id));
     await redisClockPast(h, lease, 'the lease to lapse');
     // A worker in this process recovers the lapsed lease on its first fetch.
     const worker = h.worker({ services: [new ControlService(h.admin, h.prefix)], concurrency: 1, leaseDuration: '1s' });
     const ev = recordEvents(worker);
     try {
       await worker.start();
-      await waitFor(async () => (await h.admin.zscore(activeKey(h), handle.id)) !== String(lease), { what: 'the lease to be recovered' });
+      await waitFor(async () => (await h.admin.zscore(h.queueKey('active'), handle.id)) !== String(lease), { what: 'the lease to be recovered' });
       const info = await handle.info();
       expect({ state: info.state, reason: info.revokeReason, attempts: info.attempts }).toEqual({ state: 'REVOKED', reason: 'revoked', attempts: 1 });
       expect(ev.started.map((e) => e.id)).toEqual([]);
@@ -306,7 +287,7 @@ describe('revoke a task running in this process', () => {
     const { probe, ev } = await setup(h);
     const handle = await h.dispatcher().tasks(RevokeProbe).returnsAnyway.delay('x');
     await waitFor(() => ev.started.find((e) => e.id === handle.id), { what: 'the task to start' });
-    const lockKey = await lockOf(h, handle.id);
+    const lockKey = await h.lockKeyOf(handle.id);
     expect(await handle.revoke()).toBe('STARTED');
     expect(await handle.get({ timeout: 10 })).toBe('finished x anyway');
     expect(probe.signals).toEqual([{ id: handle.id, reason: 'TaskRevokedError' }]);
@@ -319,7 +300,7 @@ describe('revoke a task running in this process', () => {
     const { probe, ev } = await setup(h, { leaseDuration: '600ms' });
     const handle = await h.dispatcher().tasks(RevokeProbe).listens.delay('m');
     await waitFor(() => ev.started.find((e) => e.id === handle.id), { what: 'the task to start' });
-    const lockKey = await lockOf(h, handle.id);
+    const lockKey = await h.lockKeyOf(handle.id);
     // What the revoke script does, without its PUBLISH: as if the message was lost.
     await h.admin.hset(h.taskKey(handle.id), 'rv', 'revoked');
     const revoked = await waitFor(() => ev.revoked.find((e) => e.id === handle.id), { what: 'the revoke to be noticed' });
@@ -335,13 +316,13 @@ describe('revoke a task running in this process', () => {
     const { probe, worker } = await setup(h);
     const handle = await h.dispatcher().tasks(RevokeProbe).stubborn.delay('s');
     await waitFor(() => probe.gates.has('s'), { what: 'the task to start' });
-    const lockKey = await lockOf(h, handle.id);
+    const lockKey = await h.lockKeyOf(handle.id);
     expect(await handle.revoke()).toBe('STARTED');
     await waitFor(() => probe.signals.some((s) => s.id === handle.id), { what: 'the signal to fire' });
     await worker.close({ timeout: '200ms' });
     const info = await handle.info();
     expect({ state: info.state, reason: info.revokeReason }).toEqual({ state: 'REVOKED', reason: 'revoked' });
-    expect(await h.admin.lrange(waitKey(h), 0, -1)).toEqual([]);
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([]);
     expect(await h.admin.exists(lockKey)).toBe(0);
   });
 });

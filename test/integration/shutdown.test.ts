@@ -1,8 +1,8 @@
 // Graceful shutdown: close({ timeout }) hands running tasks back (same id, same lock), close()
 // waits for them, and a SIGTERM handler in a worker process loses no task.
 import { describe, expect, it } from 'vitest';
-import { Task, currentTask, type Worker, type WorkerEvents } from 'heimdall-tasks';
-import { gate, useHarness, waitFor, type Gate, type Harness } from '../helpers.js';
+import { Task, currentTask } from 'heimdall-tasks';
+import { gate, recordEvents, useHarness, waitFor, watchAbort, type Gate } from '../helpers.js';
 import { readChildEvents, readControlLog, redisMillis, startControlWorker } from '../fixtures/control/control.js';
 import { ControlService } from '../fixtures/control/services.js';
 
@@ -18,14 +18,7 @@ class ShutdownProbe {
     const t = currentTask();
     this.runs.push({ id: t.id, attempt: t.attempt });
     if (t.attempt > 1) return `${label} done on attempt ${t.attempt}`;
-    t.signal.addEventListener(
-      'abort',
-      () => {
-        const r = t.signal.reason as unknown;
-        this.signals.push({ id: t.id, reason: r instanceof Error ? r.name : String(r) });
-      },
-      { once: true },
-    );
+    watchAbort(this.signals);
     const g = gate();
     this.gates.set(label, g);
     await g.promise;
@@ -52,35 +45,6 @@ class ShutdownProbe {
   }
 }
 
-function track(worker: Worker) {
-  const ev = {
-    started: [] as WorkerEvents['started'][0][],
-    succeeded: [] as WorkerEvents['succeeded'][0][],
-    failed: [] as WorkerEvents['failed'][0][],
-    errors: [] as Error[],
-  };
-  worker.on('started', (e) => ev.started.push(e));
-  worker.on('succeeded', (e) => ev.succeeded.push(e));
-  worker.on('failed', (e) => ev.failed.push(e));
-  worker.on('error', (e) => ev.errors.push(e));
-  return ev;
-}
-
-const waitKey = (h: Harness): string => `${h.prefix}:{default}:wait`;
-const activeKey = (h: Harness): string => `${h.prefix}:{default}:active`;
-const delayedKey = (h: Harness): string => `${h.prefix}:{default}:delayed`;
-
-async function lockKeys(h: Harness): Promise<string[]> {
-  const found: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await h.admin.scan(cursor, 'MATCH', `${h.prefix}:{default}:lock:*`, 'COUNT', 1000);
-    found.push(...keys);
-    cursor = next;
-  } while (cursor !== '0');
-  return found;
-}
-
 describe('worker.close()', () => {
   const fresh = useHarness('shutdown');
 
@@ -92,7 +56,7 @@ describe('worker.close()', () => {
     const d = h.dispatcher();
     const handle = await d.tasks(ShutdownProbe).stubborn.delay('s');
     await waitFor(() => probe.gates.has('s'), { what: 'the task to start' });
-    const lockKey = (await h.admin.hget(h.taskKey(handle.id), 'lk'))!;
+    const lockKey = await h.lockKeyOf(handle.id);
     expect(await h.admin.get(lockKey)).toBe(handle.id);
     const before = await redisMillis(h);
     await first.close({ timeout: '300ms' });
@@ -104,15 +68,15 @@ describe('worker.close()', () => {
     expect(probe.settled).toEqual([]);
     // Back at the front of the queue, as it was, with its lock.
     expect(await handle.status()).toBe('PENDING');
-    expect(await h.admin.lrange(waitKey(h), 0, -1)).toEqual([handle.id]);
-    expect(await h.admin.zscore(activeKey(h), handle.id)).toBeNull();
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([handle.id]);
+    expect(await h.admin.zscore(h.queueKey('active'), handle.id)).toBeNull();
     expect(await h.admin.get(lockKey)).toBe(handle.id);
     expect((await handle.info()).attempts).toBe(1);
     const duplicate = await d.tasks(ShutdownProbe).stubborn.delay('s');
     expect({ id: duplicate.id, duplicate: duplicate.duplicate }).toEqual({ id: handle.id, duplicate: true });
     // A new worker runs the same task to SUCCESS.
     const second = h.worker({ services: [probe], concurrency: 1 });
-    const ev = track(second);
+    const ev = recordEvents(second);
     await second.start();
     expect(await handle.get({ timeout: 10 })).toBe('s done on attempt 2');
     const info = await handle.info();
@@ -135,7 +99,7 @@ describe('worker.close()', () => {
     const h = fresh();
     const probe = new ShutdownProbe();
     const worker = h.worker({ services: [probe], concurrency: 1 });
-    const ev = track(worker);
+    const ev = recordEvents(worker);
     await worker.start();
     const d = h.dispatcher();
     const running = await d.tasks(ShutdownProbe).gated.delay('g');
@@ -158,7 +122,7 @@ describe('worker.close()', () => {
     expect(ev.succeeded.map((e) => e.id)).toEqual([running.id]);
     expect(ev.errors).toEqual([]);
     expect(await queued.status()).toBe('PENDING');
-    expect(await h.admin.lrange(waitKey(h), 0, -1)).toEqual([queued.id]);
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([queued.id]);
     expect(probe.runs.map((r) => r.id)).toEqual([running.id]);
     expect((await h.openConnections()).filter((n) => n.includes(':worker:'))).toEqual([]);
   });
@@ -167,7 +131,7 @@ describe('worker.close()', () => {
     const h = fresh();
     const probe = new ShutdownProbe();
     const worker = h.worker({ services: [probe], concurrency: 2 });
-    const ev = track(worker);
+    const ev = recordEvents(worker);
     await worker.start();
     const d = h.dispatcher();
     const handle = await d.tasks(ShutdownProbe).gated.delay('quickly');
@@ -177,7 +141,7 @@ describe('worker.close()', () => {
     await closing;
     expect(await handle.status()).toBe('SUCCESS');
     expect(ev.succeeded.map((e) => e.id)).toEqual([handle.id]);
-    expect(await h.admin.llen(waitKey(h))).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
   });
 });
 
@@ -213,11 +177,11 @@ describe('SIGTERM in a worker process', () => {
     for (const hd of holds) {
       expect(logA.filter((e) => e.ev === 'aborted' && e.id === hd.id).map((e) => e.reason)).toEqual(['WorkerShutdownError']);
       expect(await hd.status()).toBe('PENDING');
-      const lk = (await h.admin.hget(h.taskKey(hd.id), 'lk'))!;
+      const lk = await h.lockKeyOf(hd.id);
       expect(await h.admin.get(lk)).toBe(hd.id);
     }
-    expect(await h.admin.zcard(activeKey(h))).toBe(0);
-    const waiting = await h.admin.lrange(waitKey(h), 0, -1);
+    expect(await h.admin.zcard(h.queueKey('active'))).toBe(0);
+    const waiting = await h.admin.lrange(h.queueKey('wait'), 0, -1);
     // Handed back to the front (the RPOP end): the holds come out first.
     expect(waiting.slice(-2).sort()).toEqual(holds.map((hd) => hd.id).sort());
     const doneInA = logA.filter((e) => e.ev === 'done').length;
@@ -239,10 +203,10 @@ describe('SIGTERM in a worker process', () => {
     for (const hd of holds) expect((await hd.info()).attempts).toBe(2);
     expect(log.filter((e) => e.ev === 'done' && e.pid === childA.child.pid).length).toBe(doneInA);
     expect(log.filter((e) => e.ev === 'done' && e.pid === childB.child.pid).length).toBe(all.length - doneInA);
-    expect(await lockKeys(h)).toEqual([]);
-    expect(await h.admin.llen(waitKey(h))).toBe(0);
-    expect(await h.admin.zcard(activeKey(h))).toBe(0);
-    expect(await h.admin.zcard(delayedKey(h))).toBe(0);
+    expect(await h.keys('{default}:lock:*')).toEqual([]);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
+    expect(await h.admin.zcard(h.queueKey('active'))).toBe(0);
+    expect(await h.admin.zcard(h.queueKey('delayed'))).toBe(0);
     const childErrors = (await readChildEvents(h)).filter((e) => e.ev === 'error' || e.ev === 'failed');
     expect(childErrors).toEqual([]);
     childB.child.kill('SIGTERM');

@@ -4,24 +4,8 @@
  * checked again when the task starts.
  */
 import { describe, expect, it } from 'vitest';
-import { currentTask, SerializationError, Task, type Worker, type WorkerEvents } from 'heimdall-tasks';
-import { gate, type Harness, nextEvent, useHarness, waitFor } from '../helpers.js';
-
-async function lockKeyOf(h: Harness, id: string): Promise<string> {
-  const lk = await h.admin.hget(h.taskKey(id), 'lk');
-  expect(lk, `task ${id} records its lock key`).toBeTypeOf('string');
-  return lk!;
-}
-
-async function keysOf(h: Harness): Promise<string[]> {
-  return (await h.admin.keys(`${h.prefix}:*`)).sort();
-}
-
-function collect<E extends keyof WorkerEvents>(worker: Worker, event: E): WorkerEvents[E][0][] {
-  const seen: WorkerEvents[E][0][] = [];
-  worker.on(event, (...args: WorkerEvents[E]) => void seen.push(args[0]));
-  return seen;
-}
+import { currentTask, SerializationError, Task } from 'heimdall-tasks';
+import { gate, nextEvent, recordEvents, useHarness, waitFor } from '../helpers.js';
 
 class UniqueLifecycle {
   /** Ids of the task runs, in order, as each saw itself. */
@@ -92,7 +76,7 @@ describe('unique locks', () => {
 
     const first = await tasks.succeed.delay(21);
     expect(first.duplicate).toBe(false);
-    const lock = await lockKeyOf(h, first.id);
+    const lock = await h.lockKeyOf(first.id);
     expect(lock.startsWith(`${h.prefix}:{default}:lock:UniqueLifecycle.succeed:`)).toBe(true);
     expect(await first.get({ timeout: 10 })).toBe(42);
     // Released in the same script that stored SUCCESS, so it is gone the moment get() resolves.
@@ -115,7 +99,7 @@ describe('unique locks', () => {
     await worker.start();
 
     const first = await tasks.fail.delay(1);
-    const lock = await lockKeyOf(h, first.id);
+    const lock = await h.lockKeyOf(first.id);
     await expect(first.get({ timeout: 10 })).rejects.toMatchObject({ code: 'HEIMDALL_TASK_FAILED', remoteMessage: 'no report for 1' });
     expect(await first.status()).toBe('FAILURE');
     expect(await h.admin.exists(lock)).toBe(0);
@@ -135,7 +119,7 @@ describe('unique locks', () => {
     await worker.start();
 
     const first = await tasks.oncePerMinute.delay(5);
-    const lock = await lockKeyOf(h, first.id);
+    const lock = await h.lockKeyOf(first.id);
     expect(await first.get({ timeout: 10 })).toBe(5);
     expect(await h.admin.get(lock)).toBe(first.id);
     const pttl = await h.admin.pttl(lock);
@@ -188,14 +172,14 @@ describe('unique locks', () => {
     expect(err).toBeInstanceOf(SerializationError);
     expect((err as SerializationError).path).toBe('args[0].when');
     expect((err as SerializationError).code).toBe('HEIMDALL_SERIALIZATION');
-    expect(await keysOf(h)).toEqual([]);
+    expect(await h.keys()).toEqual([]);
     expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
     expect(await tasks.plan.current({ when: '2030-01-01', customer: 4 })).toBeNull();
 
     // The same call with a storable value goes through and takes the lock.
     const ok = await tasks.plan.delay({ when: '2030-01-01', customer: 4 });
     expect(ok.duplicate).toBe(false);
-    expect(await h.admin.get(await lockKeyOf(h, ok.id))).toBe(ok.id);
+    expect(await h.admin.get(await h.lockKeyOf(ok.id))).toBe(ok.id);
     expect(await h.admin.lrange(`${h.prefix}:{default}:wait`, 0, -1)).toEqual([ok.id]);
   });
 
@@ -204,7 +188,7 @@ describe('unique locks', () => {
     const tasks = h.dispatcher().tasks(UniqueLapsing);
     // No worker yet: the first task waits in the queue while its 1 s lock lapses.
     const old = await tasks.report.delay(1);
-    const lock = await lockKeyOf(h, old.id);
+    const lock = await h.lockKeyOf(old.id);
     await waitFor(async () => (await h.admin.exists(lock)) === 0, { timeout: 5_000, what: "the old task's lock to lapse" });
     const newer = await tasks.report.delay(1);
     expect(newer.duplicate).toBe(false);
@@ -215,8 +199,7 @@ describe('unique locks', () => {
 
     const service = new UniqueLapsing();
     const worker = h.worker({ services: [service] });
-    const revoked = collect(worker, 'revoked');
-    const started = collect(worker, 'started');
+    const { revoked, started } = recordEvents(worker);
     const done = nextEvent(worker, 'succeeded', (e) => e.id === newer.id);
     await worker.start();
     await done;
@@ -239,7 +222,7 @@ describe('unique locks', () => {
     const h = fresh();
     const tasks = h.dispatcher().tasks(UniqueLapsing);
     const handle = await tasks.slowReport.delay(2);
-    const lock = await lockKeyOf(h, handle.id);
+    const lock = await h.lockKeyOf(handle.id);
     await waitFor(async () => (await h.admin.exists(lock)) === 0, { timeout: 5_000, what: 'the 600 ms lock to lapse' });
 
     const service = new UniqueLapsing();

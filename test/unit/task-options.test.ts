@@ -1,24 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, Task, type RateLimit, type TaskOptions } from 'heimdall-tasks';
+import { ConfigError, Task, type RateLimit } from 'heimdall-tasks';
 import { normalizeRateLimit, normalizeTaskOptions } from '../../src/core/task-options.js';
+import { decorationError } from '../helpers.js';
 
 const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, key, rateLimit, resultExpires, retries, timeLimit, maxRecoveries';
 const DURATION_HINT = `must be a positive number of seconds or a duration string like '1h' or '500ms'`;
-
-/** Defines a class whose method `m` carries `@Task(options)` and returns what the definition threw. */
-function decorationError(options: unknown): ConfigError {
-  try {
-    class Options {
-      @Task(options as TaskOptions)
-      async m(): Promise<void> {}
-    }
-    void Options;
-  } catch (err) {
-    if (err instanceof ConfigError) return err;
-    throw err;
-  }
-  throw new Error(`@Task(${JSON.stringify(options)}) was accepted`);
-}
 
 describe('@Task rejects bad options when the class is defined', () => {
   it('throws ConfigError out of the class definition itself', () => {
