@@ -1,0 +1,127 @@
+// Rolling deploys and shared Redis (issue 8, point 2): a worker of an older build meets a task
+// name it does not declare. It hands the task back, without counting an attempt and with a
+// growing delay (no spinning), until a worker that declares the name runs it; only when no
+// worker has declared the name within `unknownTaskGrace` does the task end FAILURE with
+// UnknownTaskError. Two worker processes of different builds share one queue; this process
+// sends by name and loads no task class.
+import { describe, expect, it } from 'vitest';
+import { Worker } from 'heimdall-tasks';
+import { redisNowMs, reportFigures, useHarness, waitFor, type Harness } from '../helpers.js';
+import { readStarts, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** The hand-back fields of a task record: when the first worker that did not declare it met it, and how often. */
+async function declines(h: Harness, id: string): Promise<{ first: number | undefined; count: number }> {
+  const [first, count] = await h.admin.hmget(h.taskKey(id), 'ud', 'un');
+  return { first: first === null ? undefined : Number(first), count: Number(count ?? 0) };
+}
+
+describe('rolling deploys: a task name the worker does not declare', () => {
+  const fresh = useHarness('deploy');
+
+  it('an old-build worker hands the tasks back until a new-build worker starts; each runs once, with one attempt', { timeout: 90_000 }, async () => {
+    const h = fresh();
+    const [old] = await startDeployWorkers(h, 1, { SERVICES: 'authority' });
+    const d = h.dispatcher();
+    const handles = await Promise.all(range(5).map((n) => d.send('FeatureService.shiny', [n])));
+    const known = await Promise.all(range(3).map((n) => d.send('AuthorityService.limited', [n])));
+
+    // The old worker met each new task and handed it back: PENDING, no attempt, not dead-lettered.
+    await waitFor(async () => (await Promise.all(handles.map((r) => declines(h, r.id)))).every((x) => x.count >= 1), {
+      timeout: 20_000,
+      what: 'the old worker to hand back every FeatureService task',
+    });
+    for (const r of handles) {
+      const info = await r.info();
+      expect(info.state).toBe('PENDING');
+      expect(info.attempts).toBe(0);
+    }
+    expect(await h.deadLetters()).toEqual([]);
+    // What the old worker declares, it runs (the first of the [1, 60] tasks starts at once).
+    await waitFor(async () => (await known[0]!.status()) === 'SUCCESS', { what: 'a task the old build knows to run' });
+
+    const newStartedAt = await redisNowMs(h.admin);
+    const [neu] = await startDeployWorkers(h, 1, { SERVICES: 'authority,feature' });
+    expect(await Promise.all(handles.map((r) => r.get({ timeout: 30 })))).toEqual([0, 10, 20, 30, 40]);
+    const doneAt = await redisNowMs(h.admin);
+    const infos = await Promise.all(handles.map((r) => r.info()));
+    expect(infos.map((i) => i.attempts)).toEqual([1, 1, 1, 1, 1]);
+    expect(infos.map((i) => i.worker)).toEqual(handles.map(() => neu!.workerId));
+    const starts = (await readStarts(h)).filter((e) => e.task === 'FeatureService.shiny');
+    expect(starts.map((e) => e.id).sort()).toEqual(handles.map((r) => r.id).sort());
+    expect(await h.deadLetters()).toEqual([]);
+
+    const [oldSummary, newSummary] = await stopDeployWorkers([old!, neu!]);
+    expect(oldSummary!.failed).toBe(0);
+    expect(oldSummary!.errors.filter((e) => /UnknownTaskError/.test(e))).toEqual([]);
+    expect(newSummary!.failed).toBe(0);
+    const handBacks = (await Promise.all(handles.map((r) => declines(h, r.id)))).map((x) => x.count);
+    reportFigures('rolling deploy', {
+      tasks: 5,
+      handBacksPerTask: handBacks.join('/'),
+      msFromNewWorkerToAllDone: doneAt - newStartedAt,
+    });
+  });
+
+  it('no spinning: while only the old build runs, each hand-back waits longer than the one before', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const [old] = await startDeployWorkers(h, 1, { SERVICES: 'authority' });
+    const d = h.dispatcher();
+    const sentAt = await redisNowMs(h.admin);
+    const r = await d.send('FeatureService.shiny', [1]);
+    const seen: { count: number; at: number; due: number }[] = [];
+    await waitFor(
+      async () => {
+        const [count, due] = await h.admin.hmget(h.taskKey(r.id), 'un', 'd');
+        const c = Number(count ?? 0);
+        if (c > 0 && seen[seen.length - 1]?.count !== c) seen.push({ count: c, at: await redisNowMs(h.admin), due: Number(due) });
+        return c >= 4;
+      },
+      { timeout: 30_000, interval: 10, what: 'four hand-backs' },
+    );
+    // The delays before the next try grow: at most 4 hand-backs in the time 4 doublings take.
+    const delays = seen.map((s) => s.due - s.at);
+    for (let i = 1; i < delays.length; i++) expect(delays[i]!).toBeGreaterThan(delays[i - 1]! * 1.2);
+    expect((await r.info()).attempts).toBe(0);
+    const summary = (await stopDeployWorkers([old!]))[0]!;
+    expect(summary.started).toBe(0);
+    reportFigures('hand-back delays', { delaysMs: delays.map((x) => Math.round(x)).join('/'), msToFourth: seen[seen.length - 1]!.at - sentAt });
+  });
+
+  it('with no worker declaring the name within unknownTaskGrace, the task ends FAILURE UnknownTaskError and is dead-lettered', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const [old] = await startDeployWorkers(h, 1, { SERVICES: 'authority', GRACE: '1s' });
+    const d = h.dispatcher();
+    const r = await d.send('FeatureService.shiny', [1]);
+    const err = await r.get({ timeout: 30 }).then(
+      () => undefined,
+      (e: unknown) => e as { remoteName?: string; remoteMessage?: string },
+    );
+    expect(err?.remoteName).toBe('UnknownTaskError');
+    expect(err?.remoteMessage).toMatch(/FeatureService\.shiny/);
+    const info = await r.info();
+    const { first } = await declines(h, r.id);
+    // Not before the grace period, counted from the first hand-back.
+    expect(info.finishedAt!.getTime() - first!).toBeGreaterThanOrEqual(1000);
+    expect(info.attempts).toBe(0);
+    const dead = await h.deadLetters();
+    expect(dead.map((x) => x.id)).toEqual([r.id]);
+    expect(dead[0]!.reason).toMatch(/FeatureService\.shiny/);
+    await stopDeployWorkers([old!]);
+  });
+
+  it('unknownTaskGrace 0 fails an undeclared task at its first start', async () => {
+    const h = fresh();
+    const w = new Worker({ connection: h.url, prefix: h.prefix, services: [], unknownTaskGrace: 0 });
+    const closing = (): Promise<void> => w.close();
+    try {
+      await w.start();
+      const r = await h.dispatcher().send('Nobody.declares', [1]);
+      await expect(r.get({ timeout: 20 })).rejects.toMatchObject({ remoteName: 'UnknownTaskError' });
+      expect((await h.deadLetters()).map((x) => x.id)).toEqual([r.id]);
+    } finally {
+      await closing();
+    }
+  });
+});

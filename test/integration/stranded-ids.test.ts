@@ -1,0 +1,189 @@
+/**
+ * No script leaves an id stranded (issue 8, point 6). Every transition moves a task id from one
+ * place (the wait list, the delayed set, the active set) to another; when Redis refuses a
+ * command half way (a Cluster slot being migrated, a full server, an ACL), the id must still be
+ * in exactly one place, or handed to the caller, which puts it back. The refusals are injected on
+ * a redis-server of this file's own with ACL users that lack one command or the right to write
+ * one key; after the permission comes back, every task runs, exactly once.
+ */
+import { Redis } from 'ioredis';
+import { describe, expect, it } from 'vitest';
+import { Task, currentTask } from 'heimdall-tasks';
+import { recordEvents, reportFigures, usePrivateRedis, waitFor, type Harness } from '../helpers.js';
+import { killHard, openGate, readRuns, startFaultWorkers } from '../fixtures/faults/control.js';
+import { FaultService, Gate, RunLog } from '../fixtures/faults/services.js';
+
+let users = 0;
+
+/** Creates an ACL user with `rules` on the test's server; returns its URL and a way to change its rules. */
+async function aclUser(h: Harness, rules: string[]): Promise<{ url: string; grant(...more: string[]): Promise<void> }> {
+  const name = `stranded_${process.pid}_${++users}`;
+  await h.admin.call('ACL', 'SETUSER', name, 'reset', 'on', '>pw', ...rules);
+  const base = new URL(h.url);
+  return {
+    url: `redis://${name}:pw@${base.host}`,
+    grant: async (...more) => void (await h.admin.call('ACL', 'SETUSER', name, ...more)),
+  };
+}
+
+/** Write rights on every key of the test's default queue except those named in `except` (wait, delayed, t:<id>...). */
+function writesExcept(h: Harness, except: string[]): string[] {
+  const base = `${h.prefix}:{default}:`;
+  const all = ['wait', 'delayed', 'active', 'dead', 'names', 't:*', 'lock:*', 'rate:*'];
+  return ['%R~*', ...all.filter((k) => !except.includes(k)).map((k) => `%W~${base}${k}`), '&*', '+@all'];
+}
+
+class StrandService {
+  readonly ran: string[] = [];
+
+  @Task()
+  async simple(n: number): Promise<number> {
+    this.ran.push(currentTask().id);
+    return n;
+  }
+
+  /** Asks for a retry on its first attempt, succeeds on the second. */
+  @Task()
+  async retryOnce(n: number): Promise<number> {
+    this.ran.push(currentTask().id);
+    if (currentTask().attempt === 1) return currentTask().retry({ countdown: 0.05 });
+    return n;
+  }
+}
+
+/** Where an id is now: which of the queue's places hold it. */
+async function placesOf(h: Harness, id: string): Promise<string[]> {
+  const places: string[] = [];
+  if ((await h.admin.lpos(h.queueKey('wait'), id)) !== null) places.push('wait');
+  if ((await h.admin.zscore(h.queueKey('delayed'), id)) !== null) places.push('delayed');
+  if ((await h.admin.zscore(h.queueKey('active'), id)) !== null) places.push('active');
+  return places;
+}
+
+describe('no script leaves an id stranded (refusals injected with ACL users)', () => {
+  const fresh = usePrivateRedis('strand');
+
+  it('recovery whose RPUSH is refused keeps the lapsed task in the active set; it runs once the push is allowed', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const [a] = await startFaultWorkers(h, h.admin, 1, { LEASE: '1s' }, h.url);
+    const task = await d.tasks(FaultService).held.delay(1);
+    await waitFor(async () => (await task.status()) === 'STARTED', { what: 'the task to start on the doomed worker' });
+    await killHard(a!);
+    await openGate(h.admin, h.prefix);
+
+    const user = await aclUser(h, ['~*', '&*', '+@all', '-rpush']);
+    const redis = new Redis(h.url, { connectionName: `strand-runlog-${process.pid}` });
+    const gate = new Gate(redis, h.prefix);
+    await gate.listen();
+    try {
+      const w = h.worker({ connection: user.url, services: [new FaultService(new RunLog(redis, h.prefix), gate)], leaseDuration: 1 });
+      const ev = recordEvents(w);
+      await w.start();
+      // The refused recovery is reported, and the task is still leased (lapsed) in the active set.
+      await waitFor(() => ev.errors.filter((e) => /can't run this command|NOPERM|refused/i.test(e.message)).length >= 2, {
+        timeout: 20_000,
+        what: 'the worker to report the refused recovery twice',
+      });
+      expect(await placesOf(h, task.id)).toEqual(['active']);
+      expect(await task.status()).toBe('STARTED');
+      await user.grant('+rpush');
+      expect(await task.get({ timeout: 30 })).toBe(1);
+      const runs = (await readRuns(h.admin, h.prefix)).filter((e) => e.id === task.id && e.ev === 'done');
+      expect(runs).toHaveLength(1);
+      await w.close();
+    } finally {
+      gate.close();
+      await redis.quit();
+    }
+  });
+
+  it('a start refused half way puts the task back and the ids popped after it too; the other tasks run on', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const user = await aclUser(h, writesExcept(h, ['t:*']));
+    await user.grant(`%W~${h.prefix}:{default}:t:ok-*`);
+    const service = new StrandService();
+    const ids = ['bad', 'ok-1', 'ok-2', 'ok-3', 'ok-4'];
+    const handles = [];
+    for (const [i, id] of ids.entries()) handles.push(await d.tasks(StrandService).simple.applyAsync([i], { taskId: id }));
+    const w = h.worker({ connection: user.url, services: [service], concurrency: 10 });
+    const ev = recordEvents(w);
+    await w.start();
+    // The tasks whose records may be written run; the refused one waits, queued, never failed.
+    expect(await Promise.all(handles.slice(1).map((r) => r.get({ timeout: 20 })))).toEqual([1, 2, 3, 4]);
+    await waitFor(() => ev.errors.length >= 2, { what: 'the refused start to be reported' });
+    const bad = handles[0]!;
+    expect(await bad.status()).toBe('PENDING');
+    await waitFor(async () => (await placesOf(h, 'bad')).join() === 'wait', { what: "'bad' back in the wait list, and only there" });
+    await user.grant(`%W~${h.prefix}:{default}:t:*`);
+    expect(await bad.get({ timeout: 20 })).toBe(0);
+    expect(service.ran.filter((id) => id === 'bad')).toHaveLength(1);
+    expect(new Set(service.ran)).toEqual(new Set(ids));
+    expect(await h.deadLetters()).toEqual([]);
+    reportFigures('refused start', { errorsReported: ev.errors.length, tasks: ids.length });
+    await w.close();
+  });
+
+  it('a retry whose move to the delayed set is refused stays with its worker, and is stored once the move is allowed', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const user = await aclUser(h, writesExcept(h, ['delayed']));
+    const service = new StrandService();
+    const w = h.worker({ connection: user.url, services: [service], leaseDuration: 1 });
+    const ev = recordEvents(w);
+    await w.start();
+    const r = await h.dispatcher().tasks(StrandService).retryOnce.delay(7);
+    await waitFor(() => ev.errors.length >= 2, { timeout: 20_000, what: 'the refused retry to be reported' });
+    // Still this worker's running task, leased: not RETRY in no list.
+    expect(await r.status()).toBe('STARTED');
+    expect(await placesOf(h, r.id)).toEqual(['active']);
+    await user.grant(`%W~${h.prefix}:{default}:delayed`);
+    expect(await r.get({ timeout: 20 })).toBe(7);
+    const info = await r.info();
+    expect(info.attempts).toBe(2);
+    expect(service.ran).toEqual([r.id, r.id]);
+    await w.close();
+  });
+
+  it('a closing worker whose hand-back is refused leaves the task leased; another worker recovers it', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const user = await aclUser(h, ['~*', '&*', '+@all', '-rpush']);
+    const redis = new Redis(h.url, { connectionName: `strand-runlog-${process.pid}` });
+    const gate = new Gate(redis, h.prefix);
+    await gate.listen();
+    try {
+      const log = new RunLog(redis, h.prefix);
+      const first = h.worker({ connection: user.url, services: [new FaultService(log, gate)], leaseDuration: 1 });
+      const ev = recordEvents(first);
+      await first.start();
+      const task = await h.dispatcher().tasks(FaultService).held.delay(2);
+      await waitFor(async () => (await task.status()) === 'STARTED', { what: 'the task to start' });
+      await first.close({ timeout: 0.1 });
+      expect(ev.errors.map((e) => e.message).join('\n')).toMatch(/can't run this command|NOPERM|refused/i);
+      expect(await placesOf(h, task.id)).toEqual(['active']);
+      await openGate(h.admin, h.prefix);
+      const second = h.worker({ services: [new FaultService(log, gate)], leaseDuration: 1 });
+      await second.start();
+      expect(await task.get({ timeout: 30 })).toBe(2);
+      await second.close();
+    } finally {
+      gate.close();
+      await redis.quit();
+    }
+  });
+
+  it('an enqueue whose push is refused fails that task alone and writes nothing of it; the others of the batch are sent', async () => {
+    const h = fresh();
+    const user = await aclUser(h, writesExcept(h, ['wait']));
+    const d = h.dispatcher({ connection: user.url });
+    const ref = d.tasks(StrandService).simple;
+    // One batch (the same tick): a delayed task first, then one for the wait list.
+    const [later, now] = await Promise.allSettled([ref.applyAsync([1], { countdown: 60, taskId: 'later' }), ref.applyAsync([2], { taskId: 'now' })]);
+    expect(later.status).toBe('fulfilled');
+    expect(now.status).toBe('rejected');
+    expect(String((now as PromiseRejectedResult).reason)).toMatch(/now/);
+    expect(await placesOf(h, 'later')).toEqual(['delayed']);
+    expect(await h.admin.hget(h.taskKey('later'), 's')).toBe('PENDING');
+    expect(await h.admin.exists(h.taskKey('now'))).toBe(0);
+  });
+});

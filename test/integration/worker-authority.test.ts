@@ -1,0 +1,151 @@
+// The worker is the authority on a task's options (issue 8, point 1). Tasks are sent by name from
+// this process, which never loads their classes (test/fixtures/deploy/services.ts is imported by
+// the worker processes only), as a scheduler, another service or another language would send
+// them. The unique lock and the rate limit of the worker's own definition still hold, across
+// two worker processes.
+import { createHash } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { Task, type TaskResult } from 'heimdall-tasks';
+import { reportFigures, useHarness, waitFor, type Harness } from '../helpers.js';
+import { openGate, readStarts, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
+
+/**
+ * The same task names as the worker's AuthorityService, as an older build of the producer
+ * declared them: `hold` was not unique yet, `limited` had a looser limit, and `plain`, which the
+ * worker does not make unique, was unique here.
+ */
+class OlderProducerBuild {
+  @Task({ name: 'AuthorityService.hold' })
+  async hold(slot: number): Promise<number> {
+    return slot;
+  }
+
+  @Task({ name: 'AuthorityService.limited', rateLimit: [5, 1] })
+  async limited(n: number): Promise<number> {
+    return n;
+  }
+
+  @Task({ name: 'AuthorityService.plain', unique: true })
+  async plain(n: number): Promise<number> {
+    return n;
+  }
+}
+
+/** Resolves once exactly one of `handles` is STARTED and the other REVOKED; returns [running, revoked]. */
+async function oneRunsOneRevoked(handles: readonly TaskResult<unknown>[]): Promise<[TaskResult<unknown>, TaskResult<unknown>]> {
+  return waitFor(
+    async () => {
+      const states = await Promise.all(handles.map((r) => r.status()));
+      const running = handles.filter((_, i) => states[i] === 'STARTED');
+      const revoked = handles.filter((_, i) => states[i] === 'REVOKED');
+      return running.length === 1 && revoked.length === handles.length - 1 ? ([running[0]!, revoked[0]!] as const) : undefined;
+    },
+    { timeout: 20_000, what: 'one task running and the other REVOKED' },
+  ).then(([a, b]) => [a, b]);
+}
+
+const lockKey = (h: Harness, task: string, key: string): string => `${h.prefix}:{default}:lock:AuthorityService.${task}:${key}`;
+
+describe('the worker applies its own unique and rate-limit options to messages sent by name', () => {
+  const fresh = useHarness('authority');
+
+  it('two by-name sends of a unique task across two worker processes: one runs under the worker key, the other ends REVOKED duplicate', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const workers = await startDeployWorkers(h, 2, { SERVICES: 'authority' });
+    const d = h.dispatcher();
+    const sent = [await d.send('AuthorityService.hold', [7]), await d.send('AuthorityService.hold', [7])];
+    // The producer knows nothing of the lock: two tasks, neither a duplicate at dispatch.
+    expect(sent[0]!.id).not.toBe(sent[1]!.id);
+    expect(sent.map((r) => r.duplicate)).toEqual([false, false]);
+
+    const [running, revoked] = await oneRunsOneRevoked(sent);
+    expect((await revoked.info()).revokeReason).toBe('duplicate');
+    // The lock is the worker's key function's, held by the running task, and recorded in its record.
+    expect(await h.admin.get(lockKey(h, 'hold', 'slot-7'))).toBe(running.id);
+    expect(await h.admin.hget(h.taskKey(running.id), 'lk')).toBe(lockKey(h, 'hold', 'slot-7'));
+    expect((await readStarts(h)).map((e) => e.id)).toEqual([running.id]);
+
+    await openGate(h, 'hold-7');
+    expect(await running.get({ timeout: 20 })).toBe(7);
+    expect(await h.admin.exists(lockKey(h, 'hold', 'slot-7'))).toBe(0);
+    const summaries = await stopDeployWorkers(workers);
+    expect(summaries.flatMap((s) => s.errors)).toEqual([]);
+    expect(summaries.reduce((n, s) => n + s.started, 0)).toBe(1);
+    expect((await readStarts(h)).map((e) => e.id)).toEqual([running.id]);
+  });
+
+  it('without a key function the lock key is the hash of the arguments, whatever their key order', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const workers = await startDeployWorkers(h, 2, { SERVICES: 'authority' });
+    const d = h.dispatcher();
+    const sent = [await d.send('AuthorityService.byArgs', [{ x: 1, y: 2 }]), await d.send('AuthorityService.byArgs', [{ y: 2, x: 1 }])];
+    const [running, revoked] = await oneRunsOneRevoked(sent);
+    expect((await revoked.info()).revokeReason).toBe('duplicate');
+    const digest = createHash('sha1').update('[{"x":1,"y":2}]').digest('hex');
+    expect(await h.admin.get(lockKey(h, 'byArgs', digest))).toBe(running.id);
+    await openGate(h, 'by-args');
+    expect(await running.get({ timeout: 20 })).toBe(2);
+    await stopDeployWorkers(workers);
+  });
+
+  it('three by-name sends of a [1, 60] task across two worker processes: one starts, two wait in the delayed set', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const workers = await startDeployWorkers(h, 2, { SERVICES: 'authority' });
+    const d = h.dispatcher();
+    const sent = await Promise.all([1, 2, 3].map((n) => d.send('AuthorityService.limited', [n])));
+    const delayed = h.queueKey('delayed');
+    // Both others are rescheduled for when the window frees: PENDING, not started, no attempt counted.
+    await waitFor(async () => (await h.admin.zcard(delayed)) === 2, { timeout: 20_000, what: 'two tasks rescheduled by the rate limit' });
+    const infos = await Promise.all(sent.map((r) => r.info()));
+    const done = infos.filter((i) => i.state === 'SUCCESS');
+    const waiting = infos.filter((i) => i.state === 'PENDING');
+    expect(done).toHaveLength(1);
+    expect(waiting).toHaveLength(2);
+    for (const w of waiting) {
+      expect(w.attempts).toBe(0);
+      // Due when the start of the first leaves its 60-s window (plus at most 1 s of jitter).
+      expect(w.dueAt!.getTime() - done[0]!.startedAt!.getTime()).toBeGreaterThanOrEqual(60_000);
+      expect(w.dueAt!.getTime() - done[0]!.startedAt!.getTime()).toBeLessThanOrEqual(61_001);
+    }
+    const starts = await readStarts(h);
+    expect(starts.map((e) => e.id)).toEqual([done[0]!.id]);
+    // The window the worker used: the task's own key, holding the one start.
+    expect(await h.admin.zcard(`${h.prefix}:{default}:rate:AuthorityService.limited`)).toBe(1);
+    const summaries = await stopDeployWorkers(workers);
+    expect(summaries.reduce((n, s) => n + s.rateLimited, 0)).toBeGreaterThanOrEqual(2);
+    reportFigures('by-name [1, 60]', { sent: 3, started: starts.length, rescheduled: 2 });
+  });
+
+  it('producer and worker disagree: what the message carries wins, what it lacks the worker fills in', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const workers = await startDeployWorkers(h, 2, { SERVICES: 'authority' });
+    const d = h.dispatcher();
+    const older = d.tasks(OlderProducerBuild);
+
+    // 1. The message has no lock (hold was not unique in the older build): the worker adds its own.
+    const holds = [await older.hold.delay(3), await older.hold.delay(3)];
+    const [running] = await oneRunsOneRevoked(holds);
+    expect(await h.admin.get(lockKey(h, 'hold', 'slot-3'))).toBe(running.id);
+    await openGate(h, 'hold-3');
+    expect(await running.get({ timeout: 20 })).toBe(3);
+
+    // 2. The message carries [5, 1] (the older, looser limit): it is checked with that limit, so
+    // all three start at once although the worker's definition says [1, 60].
+    const limited = await Promise.all([1, 2, 3].map((n) => older.limited.delay(n)));
+    expect(await Promise.all(limited.map((r) => r.get({ timeout: 20 })))).toEqual([1, 2, 3]);
+
+    // 3. The message carries a lock the worker's definition does not have: it is honoured at
+    // dispatch and at start, and released when the task ends.
+    const first = await older.plain.delay(5);
+    const again = await older.plain.delay(5);
+    expect(again.duplicate).toBe(true);
+    expect(again.id).toBe(first.id);
+    await waitFor(async () => (await first.status()) === 'STARTED', { what: 'plain(5) to start' });
+    await openGate(h, 'plain-5');
+    expect(await first.get({ timeout: 20 })).toBe(5);
+    expect(await h.admin.get(await h.lockKeyOf(first.id))).toBeNull();
+
+    const summaries = await stopDeployWorkers(workers);
+    expect(summaries.flatMap((s) => s.errors)).toEqual([]);
+  });
+});
