@@ -21,6 +21,7 @@ export {
   PayloadTooLargeError,
   RedisUnavailableError,
   SerializationError,
+  StaleRunError,
   TaskFailedError,
   TaskRevokedError,
   TimeLimitExceededError,

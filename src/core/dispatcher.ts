@@ -3,13 +3,14 @@ import { customAlphabet } from 'nanoid';
 import { closeClient, openClient, type ConnectionOption, type OwnedClient } from './connection.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from './durations.js';
 import { AlreadyQueuedError, ConfigError, NotATaskError, PayloadTooLargeError, RedisUnavailableError } from './errors.js';
-import { DEFAULT_PREFIX, DEFAULT_QUEUE, hashArgs, QueueKeys, validateName } from './queue-keys.js';
+import { callChecks, uniqueKey } from './call-checks.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from './queue-keys.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
 import { ResultWaiter } from './result-waiter.js';
 import { ScriptRunner } from './script-runner.js';
-import { argsToJson, canonicalJson } from './serialization.js';
+import { argsToJson } from './serialization.js';
 import { TaskResult, type ResultBackend } from './task-result.js';
-import { normalizeRateLimit, type NormalizedTaskOptions } from './task-options.js';
+import type { NormalizedTaskOptions } from './task-options.js';
 import { enqueue } from '../redis-scripts/scripts.generated.js';
 
 /** Options shared by Dispatcher and Worker. */
@@ -231,7 +232,7 @@ export class Dispatcher {
   private async current(def: TaskDefinition, args: readonly unknown[]): Promise<TaskResult<unknown> | null> {
     if (!def.options.unique) throw new ConfigError(`${def.name} is not unique, so no task holds a lock for it`);
     const keys = this.keys(def.options.queue);
-    const lockKey = keys.lock(def.name, uniqueKey(def.options, args, argsToJson(args)));
+    const lockKey = keys.lock(def.name, uniqueKey(def.name, def.options, args, argsToJson(args)));
     const holder = await this.conn.client.get(lockKey);
     return holder === null ? null : new TaskResult(this.backend, keys, holder, def.name);
   }
@@ -298,19 +299,15 @@ export class Dispatcher {
     if (opts?.maxRecoveries !== undefined) fields.push('mr', opts.maxRecoveries);
     let lockKey = '';
     let lockTtl = 0;
-    const key = opts?.key ? callKeyFn(opts, args) : undefined;
-    if (opts?.unique) {
-      lockKey = keys.lock(name, key ?? defaultUniqueKey(argsJson));
-      lockTtl = opts.uniqueTimeoutMs;
-      fields.push('lk', lockKey, 'lt', lockTtl);
-      if (opts.uniqueWaitForExpiry) fields.push('lw', '1');
-    }
-    if (opts?.rateLimit) {
-      const rl =
-        typeof opts.rateLimit === 'function'
-          ? normalizeRateLimit(opts.rateLimit(args), `rateLimit of ${name} for args ${argsJson}`)
-          : opts.rateLimit;
-      fields.push('rk', keys.rate(name, key), 'rn', rl.limit, 'rp', rl.periodMs);
+    if (opts) {
+      const { lock, rate } = callChecks(keys, name, opts, args, argsJson);
+      if (lock) {
+        lockKey = lock.key;
+        lockTtl = lock.ttlMs;
+        fields.push('lk', lockKey, 'lt', lockTtl);
+        if (lock.waitForExpiry) fields.push('lw', '1');
+      }
+      if (rate) fields.push('rk', rate.key, 'rn', rate.limit, 'rp', rate.periodMs);
     }
     return { name, opts, keys, id, customId: call.taskId !== undefined, argv: [id, countdownMs, etaMs, lockKey, lockTtl, fields.length, ...fields], bytes };
   }
@@ -407,23 +404,6 @@ interface Batch {
   keys: QueueKeys;
   items: { p: Prepared; resolve: (reply: EnqueueReply) => void; reject: (err: unknown) => void }[];
   bytes: number;
-}
-
-function callKeyFn(opts: NormalizedTaskOptions, args: readonly unknown[]): string {
-  const key = opts.key!(args);
-  if (typeof key !== 'string' || key === '') {
-    throw new ConfigError(`key function of ${opts.name ?? 'the task'} must return a non-empty string, got ${describe(key)}`);
-  }
-  return key;
-}
-
-function uniqueKey(opts: NormalizedTaskOptions, args: readonly unknown[], argsJson: string): string {
-  return opts.key ? callKeyFn(opts, args) : defaultUniqueKey(argsJson);
-}
-
-/** Without a `key` option, a unique task is keyed by its arguments, whatever their key order. */
-function defaultUniqueKey(argsJson: string): string {
-  return hashArgs(canonicalJson(JSON.parse(argsJson)));
 }
 
 function expiresToMillis(expires: Duration | Date): number {

@@ -175,3 +175,42 @@ export class RedisUnavailableError extends HeimdallError {
     this.lastError = options?.lastError;
   }
 }
+
+/**
+ * A worker's run of a task is no longer the task's current run, so what it reported was not
+ * stored: its end (or its lease renewal) was refused. The task's lease lapsed and it was
+ * recovered (or started again, or ended FAILURE with WorkerLostError), it was revoked with
+ * terminate, or its record was replaced. Emitted as a Worker `error` event, never as
+ * `succeeded` or `failed`.
+ */
+export class StaleRunError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_STALE_RUN';
+  readonly taskId: string;
+  readonly taskName: string;
+  /** The state Redis holds for the task now; undefined when its record is gone. */
+  readonly state: string | undefined;
+  constructor(taskId: string, taskName: string, state: string | undefined, what: 'end' | 'lease') {
+    super(
+      StaleRunError.CODE,
+      `task ${taskId} (${taskName}): this run is no longer the task's current run, so its ${what === 'end' ? 'end was not stored' : 'lease was not renewed'}; ` +
+        `${staleCause(state)}. If leases lapse while tasks run, raise leaseDuration or keep the event loop free so they are renewed`,
+    );
+    this.taskId = taskId;
+    this.taskName = taskName;
+    this.state = state;
+  }
+}
+
+function staleCause(state: string | undefined): string {
+  switch (state) {
+    case undefined:
+      return 'its record is gone (expired, deleted, or evicted by Redis)';
+    case 'PENDING':
+    case 'RETRY':
+      return `Redis holds it as ${state}: its lease lapsed and it was recovered, to run again`;
+    case 'STARTED':
+      return 'Redis holds it as STARTED under a newer run: its lease lapsed and it was started again';
+    default:
+      return `Redis holds it as ${state}, an end this run did not store (a lapsed lease ended by WorkerLostError, a revoke with terminate, or a newer run)`;
+  }
+}

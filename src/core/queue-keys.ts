@@ -42,6 +42,8 @@ export class QueueKeys {
   readonly dead: string;
   /** Pub/Sub channel on which revokes of running tasks are broadcast to workers. */
   readonly revoke: string;
+  /** HASH task name -> until when (ms, Redis clock) a worker of this queue declares it. */
+  readonly names: string;
 
   constructor(
     readonly prefix: string,
@@ -53,6 +55,7 @@ export class QueueKeys {
     this.active = `${this.base}active`;
     this.dead = `${this.base}dead`;
     this.revoke = `${this.base}revoke`;
+    this.names = `${this.base}names`;
   }
 
   /** HASH holding one task's message, state and result. */

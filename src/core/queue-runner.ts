@@ -1,7 +1,11 @@
 import type { Redis } from 'ioredis';
+import type { LockCheck, RateCheck } from './call-checks.js';
 import type { QueueKeys } from './queue-keys.js';
 import type { ScriptRunner } from './script-runner.js';
 import {
+  admit as admitScript,
+  declare as declareScript,
+  decline as declineScript,
   extendLeases,
   fetch as fetchScript,
   finish as finishScript,
@@ -19,11 +23,19 @@ export interface StartedTask {
   timeLimitMs: number;
   /** Retries already made. */
   retries: number;
+  /** This run's token: its lease, its finish and revoke signals for it carry it. */
+  token: string;
+  /** The message carried a unique lock (field lk). */
+  carriesLock: boolean;
+  /** The message carried a rate limit (field rk). */
+  carriesRate: boolean;
 }
 
 /** What a task's run came to, waiting to be written by the next finish call. */
 export interface Finish {
   id: string;
+  /** The token of the run that ended. */
+  token: string;
   state: 'SUCCESS' | 'FAILURE' | 'RETRY';
   /** 'r' (result), 'e' (error) or '' (no value). */
   field: 'r' | 'e' | '';
@@ -33,8 +45,11 @@ export interface Finish {
   retryDelayMs: number;
   /** Non-empty: also keep the task in the dead-letter list with this reason. */
   deadReason: string;
-  /** Called once the end is stored, with the state Redis kept ('STALE': not this worker's any more). */
-  stored(outcome: string): void;
+  /**
+   * Called once Redis answered: the state stored, or 'STALE' when the run was no longer the
+   * task's current run (nothing stored; `detail` is the state Redis holds).
+   */
+  stored(outcome: string, detail: string): void;
 }
 
 /** What a runner needs from its worker. */
@@ -55,7 +70,20 @@ export interface RunnerHost {
   reportError(err: unknown): void;
 }
 
-type Reply = [(string | number)[], (string | number)[], (string | number)[], number, number, string[]?];
+/** What fetch-3 and finish-3 return (see includes/start-tasks.lua). */
+type Reply = [
+  started: (string | number)[],
+  limited: (string | number)[],
+  revoked: (string | number)[],
+  nextDelay: number,
+  more: number,
+  outcomes: string[],
+  unplaced: string[],
+  problem: string,
+];
+
+/** A verdict of admit-2.lua or decline-3.lua, and its detail. */
+export type Verdict = [verdict: string, detail: string];
 
 // An idle runner blocks on the wait list at most this long, a safety net for wake-ups that
 // come from nowhere it can see (a rate-limited task rescheduled by a worker that then died),
@@ -66,7 +94,7 @@ const MAX_FINISHES_PER_CALL = 500;
 // runs the tasks of the other (measured: see BENCHMARKS.md). Each fetches at most half the
 // worker's concurrency, so the two batches alternate instead of moving in lockstep.
 const MAX_CALLS_IN_FLIGHT = 2;
-const STARTED_FIELDS = 6;
+const STARTED_FIELDS = 8;
 /** nextDelay of a call that started all it asked for (start-tasks.lua skips the lookup). */
 const NOT_LOOKED_UP = -2;
 
@@ -79,9 +107,11 @@ const NOT_LOOKED_UP = -2;
  * the earliest delayed task, so an idle worker costs Redis nothing between events.
  */
 export class QueueRunner {
-  /** Ids of the tasks of this queue that this worker runs now. */
-  readonly running = new Set<string>();
+  /** The tasks of this queue that this worker runs now: id -> run token. */
+  readonly running = new Map<string, string>();
   private pending: Finish[] = [];
+  /** Ids a call popped and could not place; put back at the front of the wait list before the next call. */
+  private unplaced: string[] = [];
   private idle = false;
   private blocking = false;
   private wake: (() => void) | undefined;
@@ -108,6 +138,7 @@ export class QueueRunner {
     readonly keys: QueueKeys,
     private readonly scripts: ScriptRunner,
     private readonly blocker: Redis,
+    private readonly commands: Redis,
   ) {
     this.fixedArgs = [keys.base, host.workerId, host.leaseMs];
     this.callKeys = [keys.wait, keys.delayed, keys.active];
@@ -122,14 +153,14 @@ export class QueueRunner {
 
   /** Queues a task's end for the next call and wakes the loop. */
   finished(f: Finish): void {
-    this.running.delete(f.id);
+    if (this.running.get(f.id) === f.token) this.running.delete(f.id);
     this.pending.push(f);
     this.poke();
   }
 
-  /** Forgets a task whose end is already in Redis (revoked with terminate, lost, handed back). */
-  drop(id: string): void {
-    this.running.delete(id);
+  /** Forgets a run whose end is in Redis already, or that is no longer current (revoked with terminate, lost, handed back, declined). */
+  drop(id: string, token: string): void {
+    if (this.running.get(id) === token) this.running.delete(id);
     this.poke();
   }
 
@@ -146,21 +177,80 @@ export class QueueRunner {
     w?.();
   }
 
-  /** Renews the leases of this queue's running tasks; returns id, reason pairs of tasks to stop. */
-  async renewLeases(): Promise<string[]> {
+  /** Renews the leases of this queue's running tasks; returns the runs to stop, and why (see extend-leases-1.lua). */
+  async renewLeases(): Promise<{ id: string; token: string; reason: string; detail: string }[]> {
     if (this.running.size === 0) return [];
-    return this.scripts.run<string[]>(extendLeases, [this.keys.active], [this.keys.base, this.host.leaseMs, this.host.workerId, ...this.running]);
+    const sent = new Map(this.running);
+    const runs: string[] = [];
+    for (const [id, token] of sent) runs.push(id, token);
+    const stop = await this.scripts.run<string[]>(extendLeases, [this.keys.active], [this.keys.base, this.host.leaseMs, this.host.workerId, ...runs]);
+    const out = [];
+    for (let i = 0; i < stop.length; i += 3) {
+      const id = String(stop[i]);
+      out.push({ id, token: sent.get(id) ?? '', reason: String(stop[i + 1]), detail: String(stop[i + 2] ?? '') });
+    }
+    return out;
   }
 
-  /** Hands tasks this worker stopped before they ended back to the front of the queue. */
-  async requeue(ids: readonly string[]): Promise<number> {
-    if (ids.length === 0) return 0;
-    return this.scripts.run<number>(requeueScript, [this.keys.wait, this.keys.active], [this.keys.base, this.host.workerId, this.host.resultExpiresMs, ...ids]);
+  /** Hands runs this worker stopped before they ended back to the front of the queue; returns how many went back. */
+  async requeue(runs: readonly StartedTask[]): Promise<number> {
+    if (runs.length === 0) return 0;
+    const [count, problem] = await this.scripts.run<[number, string]>(
+      requeueScript,
+      [this.keys.wait, this.keys.active],
+      [this.keys.base, this.host.workerId, this.host.resultExpiresMs, ...runs.flatMap((t) => [t.id, t.token])],
+    );
+    if (problem) throw new Error(`handing tasks back to queue ${this.keys.queue}: Redis refused a command (${problem}); they keep their leases and are recovered when those lapse`);
+    return count;
+  }
+
+  /** Admits a run of a message that lacks the lock or rate limit of the worker's definition (see admit-2.lua). */
+  admit(task: StartedTask, lock: LockCheck | undefined, rate: RateCheck | undefined): Promise<Verdict> {
+    return this.scripts.run<Verdict>(
+      admitScript,
+      [this.keys.delayed, this.keys.active],
+      [
+        this.keys.base,
+        this.host.workerId,
+        task.id,
+        task.token,
+        lock?.key ?? '',
+        lock?.ttlMs ?? 0,
+        lock?.waitForExpiry ? '1' : '',
+        rate?.key ?? '',
+        rate?.limit ?? 0,
+        rate?.periodMs ?? 0,
+        Math.floor(Math.random() * 2 ** 31),
+        this.host.resultExpiresMs,
+      ],
+    );
+  }
+
+  /** Hands back a run of a task this worker does not declare (see decline-3.lua). */
+  decline(task: StartedTask, graceMs: number, message: string): Promise<Verdict> {
+    return this.scripts.run<Verdict>(
+      declineScript,
+      [this.keys.delayed, this.keys.active, this.keys.names],
+      [this.keys.base, this.host.workerId, task.id, task.token, graceMs, this.host.resultExpiresMs, message, Math.floor(Math.random() * 2 ** 31)],
+    );
+  }
+
+  /** Declares the task names this worker runs on this queue, valid for `validMs` (see declare-1.lua). */
+  async declare(names: readonly string[], validMs: number): Promise<void> {
+    await this.scripts.run<number>(declareScript, [this.keys.names], [validMs, ...names]);
   }
 
   /** Gives up on ends not stored yet (close() past its timeout with Redis down); the loop stops. */
   abandon(): void {
     this.abandoned = true;
+    if (this.unplaced.length > 0) {
+      this.host.reportError(
+        new Error(
+          `queue ${this.keys.queue}: tasks ${this.unplaced.join(', ')} were taken from the wait list and could not be put back before the worker closed; they are in no list now (their records say PENDING): send them again`,
+        ),
+      );
+    }
+    this.unplaced = [];
     this.pending = [];
     this.running.clear();
     this.rejectAbandoned?.(new Error('abandoned'));
@@ -195,7 +285,7 @@ export class QueueRunner {
       const maxCalls = this.reclaimNeeded || !this.lastFull ? 1 : MAX_CALLS_IN_FLIGHT;
       const canSend = this.inFlight < maxCalls;
       const want = canSend && !this.idle && this.host.accepting() ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
-      if (!canSend || (this.pending.length === 0 && want === 0)) {
+      if (!canSend || (this.pending.length === 0 && want === 0 && this.unplaced.length === 0)) {
         if (!this.host.accepting() && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0) return;
         if (this.idle && this.host.accepting() && this.inFlight === 0) this.block();
         await new Promise<void>((resolve) => (this.wake = resolve));
@@ -218,37 +308,45 @@ export class QueueRunner {
   private async call(fin: Finish[], want: number): Promise<void> {
     let reply: Reply;
     try {
+      if (this.unplaced.length > 0) await this.putBack();
       if (this.reclaimNeeded) await this.reclaim(fin);
+      if (fin.length === 0 && want === 0) {
+        this.host.reserve(-want);
+        return;
+      }
       const args: (string | number)[] = [...this.fixedArgs, want, Math.floor(Math.random() * 2 ** 31), this.host.resultExpiresMs];
       if (fin.length > 0) {
         args.push(fin.length);
-        for (const f of fin) args.push(f.id, f.state, f.field, f.value, f.expireMs, f.retryDelayMs, f.deadReason);
+        for (const f of fin) args.push(f.id, f.token, f.state, f.field, f.value, f.expireMs, f.retryDelayMs, f.deadReason);
       }
       const script = fin.length === 0 ? fetchScript : finishScript;
       reply = await Promise.race([this.scripts.run<Reply>(script, this.callKeys, args), this.abandonedCall]);
-      this.failures = 0;
     } catch (err) {
       this.host.reserve(-want);
       if (this.abandoned) return;
       this.pending.unshift(...fin);
       this.reclaimNeeded = true;
       this.host.reportError(err);
-      this.failures++;
-      // Back off while Redis is unreachable: this call stays in flight meanwhile, and with
-      // reclaimNeeded set that alone keeps the loop from sending (maxCalls is 1).
-      await Promise.race([new Promise((r) => setTimeout(r, Math.min(5000, 50 * 2 ** this.failures))), this.abandonedCall]).catch(
-        () => undefined,
-      );
+      await this.backOff();
       return;
     }
     this.host.reserve(-want);
-    const [started, limited, revoked, nextDelay, more, outcomes] = reply;
-    if (outcomes && outcomes.length > 0) {
-      const stored = new Map<string, string>();
-      for (let i = 0; i < outcomes.length; i += 2) stored.set(String(outcomes[i]), String(outcomes[i + 1]));
-      for (const f of fin) f.stored(stored.get(f.id) ?? 'STALE');
-    }
+    const [started, limited, revoked, nextDelay, more, outcomes, unplaced, problem] = reply;
+    // Finishes Redis refused (nothing stored) go back to be sent again; the run token tells a
+    // second send apart from a first that was stored after all.
+    const refused: Finish[] = [];
+    const refusals: string[] = problem ? [String(problem)] : [];
+    fin.forEach((f, i) => {
+      const outcome = String(outcomes[2 * i] ?? 'ERROR');
+      const detail = String(outcomes[2 * i + 1] ?? '');
+      if (outcome !== 'ERROR') return f.stored(outcome, detail);
+      refused.push(f);
+      refusals.push(`storing the end of task ${f.id}: ${detail}`);
+    });
+    if (refused.length > 0) this.pending.unshift(...refused);
+    if (unplaced.length > 0) this.unplaced.push(...unplaced.map(String));
     for (let i = 0; i < started.length; i += STARTED_FIELDS) {
+      const carried = String(started[i + 7]);
       const task: StartedTask = {
         id: String(started[i]),
         name: String(started[i + 1]),
@@ -256,8 +354,11 @@ export class QueueRunner {
         attempt: Number(started[i + 3]),
         timeLimitMs: Number(started[i + 4]),
         retries: Number(started[i + 5]),
+        token: String(started[i + 6]),
+        carriesLock: carried.includes('u'),
+        carriesRate: carried.includes('r'),
       };
-      this.running.add(task.id);
+      this.running.set(task.id, task.token);
       this.host.launch(this, task);
     }
     for (let i = 0; i < limited.length; i += 4) {
@@ -271,6 +372,32 @@ export class QueueRunner {
       this.lastFull = started.length / STARTED_FIELDS >= want;
     }
     this.scheduleDue(nextDelay);
+    if (refusals.length > 0 || this.unplaced.length > 0) {
+      // Redis refused commands of the call (out of memory, an ACL, a Cluster slot on the move):
+      // what it could not do is kept here and tried again after a pause.
+      this.host.reportError(new Error(`queue ${this.keys.queue}: Redis refused a command: ${refusals.join('; ') || 'putting back popped tasks'}`));
+      await this.backOff();
+    } else {
+      this.failures = 0;
+    }
+  }
+
+  /** Waits before the next call after a failure: 100 ms, 200 ms, ... up to 5 s (the call stays in flight meanwhile). */
+  private async backOff(): Promise<void> {
+    this.failures++;
+    await Promise.race([new Promise((r) => setTimeout(r, Math.min(5000, 50 * 2 ** this.failures))), this.abandonedCall]).catch(
+      () => undefined,
+    );
+  }
+
+  /**
+   * Puts ids a call could not place back at the front of the wait list, in the order they were
+   * popped (a plain RPUSH, which a Cluster client routes to wherever the list lives now).
+   */
+  private async putBack(): Promise<void> {
+    const ids = this.unplaced;
+    await Promise.race([this.commands.rpush(this.keys.wait, ...[...ids].reverse()), this.abandonedCall]);
+    this.unplaced = this.unplaced.slice(ids.length);
   }
 
   /**
@@ -279,14 +406,15 @@ export class QueueRunner {
    * maxCalls is 1 while reclaimNeeded), so `fin` holds every finish not yet stored.
    */
   private async reclaim(fin: readonly Finish[]): Promise<void> {
-    const known = [...this.running, ...fin.map((f) => f.id), ...this.pending.map((f) => f.id)];
-    const call = this.scripts.run<number>(
+    const known = [...this.running.values(), ...fin.map((f) => f.token), ...this.pending.map((f) => f.token)];
+    const call = this.scripts.run<[number, string]>(
       reclaimScript,
       [this.keys.wait, this.keys.active],
       [this.keys.base, this.host.workerId, this.host.resultExpiresMs, ...known],
     );
-    await Promise.race([call, this.abandonedCall]);
+    const [, problem] = await Promise.race([call, this.abandonedCall]);
     this.reclaimNeeded = false;
+    if (problem) this.host.reportError(new Error(`queue ${this.keys.queue}: reclaiming tasks: Redis refused a command (${problem}); those tasks keep their leases and are recovered when those lapse`));
   }
 
   /** Wakes the loop when the earliest delayed task is due (a call that did not look keeps the timer it has). */

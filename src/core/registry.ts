@@ -71,6 +71,11 @@ export function registerTask(owner: Constructor, methodName: string, options: No
   return def;
 }
 
+/** Every task registered in this process so far. */
+export function registeredTasks(): TaskDefinition[] {
+  return [...state().byName.values()];
+}
+
 /** Looks a task up by registry name. */
 export function taskByName(name: string): TaskDefinition | undefined {
   return state().byName.get(name);

@@ -6,10 +6,11 @@ import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
 import { DEFAULT_RESULT_EXPIRES_MS, DEFAULT_RETRIES } from './task-options.js';
 import type { ConnectionOptions } from './dispatcher.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from './durations.js';
-import { ConfigError, NonRetryableError, SerializationError, TaskRevokedError, TimeLimitExceededError } from './errors.js';
+import { callChecks, type LockCheck, type RateCheck } from './call-checks.js';
+import { ConfigError, NonRetryableError, SerializationError, StaleRunError, TaskRevokedError, TimeLimitExceededError } from './errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from './queue-keys.js';
-import { QueueRunner, type Finish, type RunnerHost, type StartedTask } from './queue-runner.js';
-import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
+import { QueueRunner, type Finish, type RunnerHost, type StartedTask, type Verdict } from './queue-runner.js';
+import { discover, registeredTasks, taskByName, type Constructor, type TaskDefinition } from './registry.js';
 import { ScriptRunner } from './script-runner.js';
 import { toJson } from './serialization.js';
 import type { RemoteError } from './task-state.js';
@@ -36,6 +37,17 @@ export interface WorkerOptions extends ConnectionOptions {
    * and reclaims are matched by it. Default: `<hostname>:<pid>:<random>`.
    */
   name?: string;
+  /**
+   * How long a task whose name this worker does not run may wait for a worker that does,
+   * counted from the first time a worker handed it back: seconds or an `ms` string; `0` fails
+   * it at once. Such a task is handed back without counting an attempt, with a delay that
+   * doubles from 250 ms up to 10 s, and runs as soon as a worker that declares its name takes
+   * it; while some live worker of the queue declares the name it waits as long as that takes.
+   * Only when none has for this long does it end FAILURE with `UnknownTaskError`. Default: 5
+   * minutes: long enough for a rolling deploy to bring up the first worker of a new build, short
+   * enough that a misspelt name fails within minutes.
+   */
+  unknownTaskGrace?: Duration;
 }
 
 /** Identifies the task an event is about. */
@@ -94,6 +106,8 @@ interface Running {
   controller?: AbortController;
   /** Set when the task was told to stop; its signal is aborted with this reason. */
   aborted?: { reason: unknown };
+  /** Set when the worker could not compute the options it admits a message under (its key function threw): the run fails with it. */
+  admissionError?: unknown;
   /** Its slot is free again (ended, revoked with terminate, lost, or handed back). */
   released: boolean;
   /** What currentTask() returns inside it, once it runs. */
@@ -107,6 +121,7 @@ type Outcome =
 // A task that honours its AbortSignal gets this long to settle after its time limit.
 const TIME_LIMIT_GRACE_MS = 100;
 const DEFAULT_LEASE_MS = 30_000;
+const DEFAULT_UNKNOWN_TASK_GRACE_MS = 5 * 60_000;
 
 function parseArgs(json: string): unknown[] {
   try {
@@ -148,6 +163,7 @@ export class Worker {
   private state: 'new' | 'starting' | 'running' | 'closing' | 'closed' = 'new';
   private reserved = 0;
   private closing: Promise<void> | undefined;
+  private readonly graceMs: number;
 
   constructor(options: WorkerOptions) {
     if (typeof options !== 'object' || options === null) throw new ConfigError('new Worker() needs { connection, services }');
@@ -167,6 +183,8 @@ export class Worker {
     const leaseMs = options.leaseDuration === undefined ? DEFAULT_LEASE_MS : toMillis(options.leaseDuration, 'leaseDuration');
     const resultExpiresMs =
       options.resultExpires === undefined ? DEFAULT_RESULT_EXPIRES_MS : toMillis(options.resultExpires, 'resultExpires');
+    this.graceMs =
+      options.unknownTaskGrace === undefined ? DEFAULT_UNKNOWN_TASK_GRACE_MS : toMillisOrZero(options.unknownTaskGrace, 'unknownTaskGrace');
     this.id = options.name ?? `${hostname()}:${process.pid}:${nanoid(6)}`;
     for (const service of options.services ?? []) this.addService(service);
     this.host = {
@@ -241,14 +259,16 @@ export class Worker {
         const blocking = openClient(this.options.connection, 'blocking', name, {}, this.host.reportError);
         this.clients.push(blocking);
         this.blockers.push(blocking);
-        this.runners.push(new QueueRunner(this.host, keys, scripts, blocking.client));
+        this.runners.push(new QueueRunner(this.host, keys, scripts, blocking.client, commands.client));
       }
       // Revoke messages for running tasks arrive here, whichever process sent them.
       await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke));
+      // Before the first fetch, so other workers that meet these tasks know to hand them back.
+      await this.declareNames();
       if (this.state !== 'starting') return;
       this.state = 'running';
       for (const r of this.runners) r.start();
-      this.leaseTimer = setInterval(() => void this.renewLeases(), Math.max(50, Math.floor(this.host.leaseMs / 3)));
+      this.leaseTimer = setInterval(() => void this.tick(), this.tickMs());
       this.leaseTimer.unref();
     } catch (err) {
       if (this.state !== 'starting') return; // closed while starting: close() has the clients
@@ -304,18 +324,18 @@ export class Worker {
 
   /** Aborts the tasks still running at the close timeout and puts them back in their queues. */
   private async handBack(): Promise<void> {
-    const byRunner = new Map<QueueRunner, string[]>();
+    const byRunner = new Map<QueueRunner, StartedTask[]>();
     for (const run of [...this.inFlight.values()]) {
       // Released first, so whatever the task does after the signal is not stored.
       this.release(run, undefined);
       this.abort(run, Object.assign(new Error('the worker is shutting down'), { name: 'WorkerShutdownError' }));
-      const ids = byRunner.get(run.runner) ?? [];
-      ids.push(run.task.id);
-      byRunner.set(run.runner, ids);
+      const runs = byRunner.get(run.runner) ?? [];
+      runs.push(run.task);
+      byRunner.set(run.runner, runs);
     }
-    for (const [runner, ids] of byRunner) {
+    for (const [runner, runs] of byRunner) {
       try {
-        await runner.requeue(ids);
+        await runner.requeue(runs);
       } catch (err) {
         // Not put back now: their leases lapse and another worker recovers them.
         this.host.reportError(err);
@@ -367,17 +387,114 @@ export class Worker {
   }
 
   private launch(runner: QueueRunner, task: StartedTask): void {
-    const stale = this.inFlight.get(runKey(runner.keys.queue, task.id));
+    const key = runKey(runner.keys.queue, task.id);
+    const stale = this.inFlight.get(key);
     if (stale) {
-      // This worker's own lease on the task lapsed (a long pause or outage) and its own fetch
-      // recovered and restarted it: the old run is lost. Free its slot without touching the
-      // runner's bookkeeping of the id, which now belongs to the new run.
+      // This worker's own run of the task lost its lease (a long pause or outage) and the task
+      // was started again, here: the old run is no longer current. Free its slot without touching
+      // the runner's bookkeeping of the id, which now belongs to the new run.
       stale.released = true;
-      this.inFlight.delete(runKey(runner.keys.queue, task.id));
+      this.inFlight.delete(key);
       this.abort(stale, leaseLost(task.id));
-      this.emit('error', new Error(`task ${task.id} (${task.name}) was recovered and restarted while this worker still ran it; the older run's end will not be stored`));
+      this.emit('error', new StaleRunError(task.id, task.name, 'STARTED', 'end'));
     }
-    void this.execute(runner, task);
+    const run: Running = { runner, task, released: false };
+    this.inFlight.set(key, run);
+    void this.run(run).catch((err: unknown) => this.host.reportError(err));
+  }
+
+  /** Whether this worker runs a task: its class is registered here and served (an instance, a class in services, or resolve). */
+  private serves(def: TaskDefinition): boolean {
+    return this.options.resolve !== undefined || this.instances.has(def.owner) || this.classes.has(def.owner);
+  }
+
+  /**
+   * A started run: declined when this worker does not run the task, admitted first when the
+   * message lacks the unique lock or rate limit of the worker's definition, then executed.
+   */
+  private async run(run: Running): Promise<void> {
+    const { task } = run;
+    const def = taskByName(task.name);
+    if (!def || !this.serves(def)) return this.decline(run, def);
+    if ((def.options.unique && !task.carriesLock) || (def.options.rateLimit !== undefined && !task.carriesRate)) {
+      if (!(await this.admit(run, def))) return;
+    }
+    await this.execute(run, def);
+  }
+
+  /**
+   * Hands back a task this worker does not run, for a worker that does (a rolling deploy, another
+   * app on the same prefix): no attempt counted, FAILURE only after `unknownTaskGrace`.
+   */
+  private async decline(run: Running, def: TaskDefinition | undefined): Promise<void> {
+    const { task, runner } = run;
+    const queue = runner.keys.queue;
+    const why = def
+      ? `its class ${def.className} is registered there but not in services, and there is no resolve`
+      : 'no class registered there declares it';
+    const message =
+      `no task named '${task.name}' is run by worker ${this.id} (${why}), and no worker of queue '${queue}' ` +
+      `declared it within unknownTaskGrace (${this.graceMs} ms): import the module that defines it in the worker process and ` +
+      'list its class (or an instance) in services; under standard (TC39) decorators a class is only registered once it is listed there';
+    const verdict = await this.settle(run, () => runner.decline(task, this.graceMs, message));
+    if (!verdict) return;
+    this.release(run, undefined);
+    const [outcome, detail] = verdict;
+    if (outcome === 'FAILURE') {
+      const error = { name: 'UnknownTaskError', message: detail, traceback: undefined };
+      this.emit('failed', { id: task.id, name: task.name, queue, args: safeArgs(task.argsJson), attempt: task.attempt - 1, error, runtimeMs: 0 });
+    } else if (outcome === 'STALE') {
+      this.emit('error', new StaleRunError(task.id, task.name, detail || undefined, 'end'));
+    }
+  }
+
+  /**
+   * Admits a run under the worker's own options where the message lacks them (see admit-2.lua).
+   * Resolves true when the task may run.
+   */
+  private async admit(run: Running, def: TaskDefinition): Promise<boolean> {
+    const { task, runner } = run;
+    let lock: LockCheck | undefined;
+    let rate: RateCheck | undefined;
+    try {
+      ({ lock, rate } = callChecks(runner.keys, def.name, def.options, parseArgs(task.argsJson), task.argsJson, {
+        lock: !task.carriesLock,
+        rate: !task.carriesRate,
+      }));
+    } catch (err) {
+      // Malformed arguments, or a key or rateLimit function that throws: the run fails with it.
+      run.admissionError = err;
+      return true;
+    }
+    const verdict = await this.settle(run, () => runner.admit(task, lock, rate));
+    if (!verdict) return false;
+    const [outcome, detail] = verdict;
+    if (outcome === 'RUN') return true;
+    this.release(run, undefined);
+    const queue = runner.keys.queue;
+    const args = safeArgs(task.argsJson);
+    if (outcome === 'REVOKED') this.emit('revoked', { id: task.id, name: task.name, queue, args, reason: detail });
+    else if (outcome === 'LIMITED') this.emit('rateLimited', { id: task.id, name: task.name, queue, args, delayMs: Number(detail) });
+    else if (outcome === 'FAILURE') {
+      const error = { name: 'MalformedTaskError', message: detail, traceback: undefined };
+      this.emit('failed', { id: task.id, name: task.name, queue, args, attempt: task.attempt, error, runtimeMs: 0 });
+    } else this.emit('error', new StaleRunError(task.id, task.name, detail || undefined, 'end'));
+    return false;
+  }
+
+  /** Runs an admit or decline call until Redis answers; undefined when the run was released meanwhile (handed back at close). */
+  private async settle(run: Running, call: () => Promise<Verdict>): Promise<Verdict | undefined> {
+    for (let failures = 0; ; failures++) {
+      try {
+        const verdict = await call();
+        return run.released ? undefined : verdict;
+      } catch (err) {
+        if (run.released) return undefined;
+        this.host.reportError(err);
+        await sleep(Math.min(5000, 100 * 2 ** failures));
+        if (run.released) return undefined;
+      }
+    }
   }
 
   /** Fires a task's AbortSignal inside its own context, so listeners can still call currentTask(). */
@@ -396,18 +513,16 @@ export class Worker {
     run.released = true;
     this.inFlight.delete(runKey(run.runner.keys.queue, run.task.id));
     if (finish) run.runner.finished(finish);
-    else run.runner.drop(run.task.id);
+    else run.runner.drop(run.task.id, run.task.token);
     // Another queue may be waiting for the slot.
     for (const r of this.runners) if (r !== run.runner) r.poke();
   }
 
-  private async execute(runner: QueueRunner, task: StartedTask): Promise<void> {
+  private async execute(run: Running, def: TaskDefinition): Promise<void> {
+    const { runner, task } = run;
     const queue = runner.keys.queue;
-    const run: Running = { runner, task, released: false };
-    this.inFlight.set(runKey(queue, task.id), run);
     const began = performance.now();
-    const def = taskByName(task.name);
-    const expireMs = def?.options.resultExpiresMs ?? this.host.resultExpiresMs;
+    const expireMs = def.options.resultExpiresMs ?? this.host.resultExpiresMs;
     const event: TaskEvent = { id: task.id, name: task.name, queue, args: [], attempt: task.attempt };
     let outcome: Outcome;
     let deadReason = '';
@@ -415,14 +530,7 @@ export class Worker {
       event.args = parseArgs(task.argsJson);
       const args = event.args;
       this.emit('started', event);
-      if (!def) {
-        throw Object.assign(
-          new Error(
-            `no task named '${task.name}' is registered in worker ${this.id}: import the module that defines it in the worker process and list its class (or an instance) in services; under standard (TC39) decorators a class is only registered once it is listed there`,
-          ),
-          { name: 'UnknownTaskError' },
-        );
-      }
+      if (run.admissionError !== undefined) throw run.admissionError;
       const instance = await this.instanceFor(def);
       if (run.released) return; // handed back or revoked with terminate while its service was resolved
       const method = (instance as Record<string, unknown>)[def.methodName];
@@ -445,21 +553,16 @@ export class Worker {
       const json = result === undefined ? undefined : toJson(result, 'result');
       outcome = { ok: true, result, json };
     } catch (err) {
-      if (err instanceof Error && (err.name === 'UnknownTaskError' || err.name === 'MalformedTaskError')) deadReason = err.message;
+      if (err instanceof Error && err.name === 'MalformedTaskError') deadReason = err.message;
       // A message that cannot be run is not retried: it would fail (and be dead-lettered) again.
       outcome = { ok: false, error: toRemoteError(err), retryDelayMs: deadReason ? undefined : this.retryDelay(def, task, err) };
     }
     if (run.released) return; // revoked with terminate, lost, or handed back meanwhile
     const runtimeMs = performance.now() - began;
     const done = outcome;
-    const stored = (result: string): void => {
+    const stored = (result: string, detail: string): void => {
       if (result === 'STALE') {
-        this.emit(
-          'error',
-          new Error(
-            `task ${task.id} ended but this worker no longer holds it (its lease lapsed and it was recovered, or its record was replaced); its result was not stored. If leases lapse, raise leaseDuration or keep the event loop free so they are renewed`,
-          ),
-        );
+        this.emit('error', new StaleRunError(task.id, task.name, detail || undefined, 'end'));
       } else if (result === 'REVOKED') {
         this.emit('revoked', { id: task.id, name: task.name, queue, args: event.args, reason: 'revoked' });
       } else if (result === 'RETRY' && !done.ok) {
@@ -475,10 +578,11 @@ export class Worker {
     let finish: Finish;
     if (done.ok) {
       const json = done.json;
-      finish = { id: task.id, state: 'SUCCESS', field: json === undefined ? '' : 'r', value: json ?? '', expireMs, retryDelayMs: 0, deadReason, stored };
+      finish = { id: task.id, token: task.token, state: 'SUCCESS', field: json === undefined ? '' : 'r', value: json ?? '', expireMs, retryDelayMs: 0, deadReason, stored };
     } else {
       finish = {
         id: task.id,
+        token: task.token,
         state: done.retryDelayMs !== undefined ? 'RETRY' : 'FAILURE',
         field: 'e',
         value: JSON.stringify(done.error),
@@ -550,8 +654,7 @@ export class Worker {
   }
 
   /** The delay before a retry of this failure, or undefined when it is final. */
-  private retryDelay(def: TaskDefinition | undefined, task: StartedTask, err: unknown): number | undefined {
-    if (!def) return undefined;
+  private retryDelay(def: TaskDefinition, task: StartedTask, err: unknown): number | undefined {
     const requested = err instanceof RetryRequest;
     const policy = def.options.retries ?? (requested ? DEFAULT_RETRIES : undefined);
     if (!policy || task.retries >= policy.max) return undefined;
@@ -575,40 +678,65 @@ export class Worker {
     return policy.jitter ? Math.floor(Math.random() * (computed + 1)) : computed;
   }
 
-  /** A revoke broadcast on a queue's revoke channel: `<id> <terminate 0|1>`. */
+  /** A revoke broadcast on a queue's revoke channel: `<id> <run token> <terminate 0|1>`. */
   private onRevokeMessage(channel: string, message: string): void {
     const runner = this.runners.find((r) => r.keys.revoke === channel);
-    const [id, terminate] = message.split(' ');
+    const parts = message.split(' ');
+    // Two parts: a message of an older version of the library, which names no run.
+    const [id, token, terminate] = parts.length === 2 ? [parts[0], undefined, parts[1]] : parts;
     const run = id === undefined || !runner ? undefined : this.inFlight.get(runKey(runner.keys.queue, id));
-    if (!run) return;
-    this.stopTask(run, terminate === '1' ? 'terminated' : 'revoked');
+    // A revoke names the run that was current when it was sent; an older run still here is not it.
+    if (!run || (token !== undefined && run.task.token !== token)) return;
+    this.stopTask(run, terminate === '1' ? 'terminated' : 'revoked', '');
   }
 
-  /** Acts on a revoke or a lost lease: fires the signal, and frees the slot when Redis already ended the task. */
-  private stopTask(run: Running, reason: string): void {
+  /** Acts on a revoke or a lost lease: fires the signal, and frees the slot when Redis already ended the run. */
+  private stopTask(run: Running, reason: string, detail: string): void {
     const { id, name } = run.task;
-    this.abort(
-      run,
-      reason === 'lost'
-        ? leaseLost(id)
-        : new TaskRevokedError(id, 'revoked'),
-    );
+    this.abort(run, reason === 'lost' ? leaseLost(id) : new TaskRevokedError(id, 'revoked'));
     if (reason === 'revoked') return; // the task's own end is stored as REVOKED (or SUCCESS)
     this.release(run, undefined);
     if (reason === 'terminated') {
       this.emit('revoked', { id, name, queue: run.runner.keys.queue, args: safeArgs(run.task.argsJson), reason: 'revoked' });
     } else {
-      this.emit('error', new Error(`task ${id} (${name}) is no longer this worker's: its lease lapsed and it was recovered`));
+      this.emit('error', new StaleRunError(id, name, detail || undefined, 'lease'));
     }
+  }
+
+  /** Every third of the lease: renews the leases of running tasks, and declares the task names this worker runs. */
+  private async tick(): Promise<void> {
+    await this.renewLeases();
+    try {
+      await this.declareNames();
+    } catch (err) {
+      this.host.reportError(err);
+    }
+  }
+
+  private tickMs(): number {
+    return Math.max(50, Math.floor(this.host.leaseMs / 3));
+  }
+
+  /**
+   * Tells Redis, per queue, which task names this worker runs (see declare-1.lua), so a worker
+   * of another build that meets one of them hands it back instead of failing it. Valid for three
+   * ticks: a stopped worker's declarations lapse by themselves.
+   */
+  private async declareNames(): Promise<void> {
+    const names = registeredTasks()
+      .filter((d) => this.serves(d))
+      .map((d) => d.name);
+    if (names.length === 0) return;
+    await Promise.all(this.runners.map((r) => r.declare(names, Math.max(10_000, 3 * this.tickMs()))));
   }
 
   private async renewLeases(): Promise<void> {
     for (const r of this.runners) {
       try {
-        const stop = await r.renewLeases();
-        for (let i = 0; i < stop.length; i += 2) {
-          const run = this.inFlight.get(runKey(r.keys.queue, String(stop[i])));
-          if (run) this.stopTask(run, String(stop[i + 1]));
+        for (const { id, token, reason, detail } of await r.renewLeases()) {
+          const run = this.inFlight.get(runKey(r.keys.queue, id));
+          // The answer is about the run whose token was sent; a newer run of the id is not it.
+          if (run && run.task.token === token) this.stopTask(run, reason, detail);
         }
       } catch (err) {
         this.host.reportError(err);

@@ -23,10 +23,11 @@
     2, holderId, pttlMs     a unique duplicate: another task holds the lock
     3, '', 0                the id belongs to another task that has not ended
     4, message, 0           its keys hold values of the wrong type: nothing was written
-    5, message, 0           reading its hash or taking its lock failed otherwise (e.g. refused by
-                            an ACL) after tasks before it in the batch were written: nothing was
-                            written for it. (A later write failing raises for the whole call: the
-                            commands needed to write a task are the ones any enqueue needs.)
+    5, message, 0           a command for it failed otherwise (refused by an ACL, by a full server,
+                            by a Cluster slot on the move) after tasks before it in the batch were
+                            written: nothing was written for it (what it wrote, lock included, is
+                            taken back). While nothing of the batch is written, such an error
+                            fails the whole call as it is.
 ]]
 -- @include "now"
 -- @include "args"
@@ -115,23 +116,35 @@ for i = 1, tonumber(ARGV[2]) do
         end
       end
       if due > now then table.insert(fields, 'd'); table.insert(fields, due) end
-      redis.call('HSET', taskKey, unpack(fields))
-      if due > now then
-        -- An idle worker sleeps until the earliest due time it knew of; if this task is due
-        -- earlier, wake it with a marker ('') that fetch skips. Once woken, it reads the
-        -- delayed set afresh, so the rest of the batch need not look.
-        if not woken then
-          local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-          if (not head[2] or due < tonumber(head[2])) and redis.call('LINDEX', KEYS[1], 0) ~= '' then
-            redis.call('LPUSH', KEYS[1], '')
-            woken = true
+      -- The record, then its place in a list. Should Redis refuse either (an ACL, a full server,
+      -- a Cluster slot on the move), what this task wrote is taken back, its lock included, so
+      -- no record or lock is left of a task that is in no list.
+      local written = redis.pcall('HSET', taskKey, unpack(fields))
+      local placed = written
+      if not (type(written) == 'table' and written.err) then
+        if due > now then
+          -- An idle worker sleeps until the earliest due time it knew of; if this task is due
+          -- earlier, wake it with a marker ('') that fetch skips. Once woken, it reads the
+          -- delayed set afresh, so the rest of the batch need not look.
+          if not woken then
+            local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+            if (not head[2] or due < tonumber(head[2])) and redis.call('LINDEX', KEYS[1], 0) ~= '' then
+              redis.pcall('LPUSH', KEYS[1], '')
+              woken = true
+            end
           end
+          placed = redis.pcall('ZADD', KEYS[2], due, id)
+        else
+          placed = redis.pcall('LPUSH', KEYS[1], id)
         end
-        redis.call('ZADD', KEYS[2], due, id)
-      else
-        redis.call('LPUSH', KEYS[1], id)
+        if type(placed) == 'table' and placed.err then redis.pcall('DEL', taskKey) end
       end
-      wrote = true
+      if type(placed) == 'table' and placed.err then
+        if lockTtl > 0 and redis.pcall('GET', lockKey) == id then redis.pcall('DEL', lockKey) end
+        code, detail = failure(placed), placed.err
+      else
+        wrote = true
+      end
     end
   end
   table.insert(replies, code)

@@ -1,6 +1,6 @@
 --[[
-  finish: ends a batch of started tasks (STARTED -> SUCCESS, FAILURE, REVOKED or RETRY; see
-  includes/finish-task.lua) and, in the same call, starts up to `want` new ones, so a busy
+  finish: ends a batch of runs of started tasks (STARTED -> SUCCESS, FAILURE, REVOKED or RETRY;
+  see includes/finish-task.lua) and, in the same call, starts up to `want` new ones, so a busy
   worker spends one round trip per task. Either part may be empty.
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
@@ -11,18 +11,21 @@
   ARGV[2] worker id
   ARGV[3] lease in ms
   ARGV[4] want: how many tasks to start at most (0: finish only)
-  ARGV[5] random seed for the rate-limit jitter
+  ARGV[5] random seed for the rate-limit jitter and the run tokens
   ARGV[6] default result lifetime in ms
-  ARGV[7] number of finished tasks F, then F groups of 7:
-          id, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error, '' none),
-          JSON value, result lifetime in ms, retry delay in ms, dead-letter reason ('' none)
+  ARGV[7] number of finished runs F, then F groups of 8:
+          id, run token, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error,
+          '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
+          ('' none)
 
-  Returns {started, limited, revoked, nextDelay, more, outcomes}: the first five as in
-  start-tasks.lua (nextDelay is given even when want is 0); outcomes is a flat list of
-  id, stored state ('SUCCESS', 'FAILURE', 'REVOKED', 'RETRY', or 'STALE' when this worker no
-  longer held the task).
+  Returns {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem}: as in
+  start-tasks.lua (with want 0: nothing started, nextDelay given, more 0); outcomes is a flat
+  list of two items per finished run, in the order given: the outcome and its detail (see
+  finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds, ERROR
+  with Redis's refusal).
 ]]
 -- @include "now"
+-- @include "refusal"
 -- @include "end-task"
 -- @include "dead-letter"
 -- @include "next-delay"
@@ -35,20 +38,19 @@ local now = nowMs()
 local outcomes = {}
 local count = tonumber(ARGV[7])
 for i = 0, count - 1 do
-  local o = 8 + i * 7
-  local id = ARGV[o]
-  local stored = finishTask(base, KEYS[3], KEYS[2], workerId, now, id, ARGV[o + 1], ARGV[o + 2], ARGV[o + 3],
-    tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), ARGV[o + 6])
-  table.insert(outcomes, id)
-  table.insert(outcomes, stored)
+  local o = 8 + i * 8
+  local ok, outcome, detail = pcall(finishTask, base, KEYS[3], KEYS[2], workerId, now, ARGV[o], ARGV[o + 1], ARGV[o + 2],
+    ARGV[o + 3], ARGV[o + 4], tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]), ARGV[o + 7])
+  -- A command refused half way (the first ones succeeded): the worker sends this finish again,
+  -- and the token tells it apart from a finish already stored.
+  if not ok then outcome, detail = 'ERROR', errorText(outcome) end
+  table.insert(outcomes, outcome)
+  table.insert(outcomes, detail)
 end
 
-local result
 local want = tonumber(ARGV[4])
 if want > 0 then
-  result = startTasks(base, KEYS[1], KEYS[2], KEYS[3], workerId, tonumber(ARGV[3]), want, now, tonumber(ARGV[6]), tonumber(ARGV[5]))
-else
-  result = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0}
+  return startTasks(base, KEYS[1], KEYS[2], KEYS[3], workerId, tonumber(ARGV[3]), want, now, tonumber(ARGV[6]),
+    tonumber(ARGV[5]), outcomes)
 end
-table.insert(result, outcomes)
-return result
+return {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, {}, ''}

@@ -1,5 +1,5 @@
 --[[
-  reclaim: after a lost connection, a worker hands back tasks leased to it that it does not
+  reclaim: after a lost connection, a worker hands back runs leased to it that it does not
   know it runs (STARTED -> PENDING at the front of the wait list, the start undone). They come
   from a fetch whose reply was lost: Redis started them, the worker never heard. Without this
   they would wait for their lease to lapse and use up a recovery.
@@ -10,12 +10,14 @@
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
   ARGV[3] result lifetime in ms, for tasks whose revoke was requested meanwhile
-  ARGV[4..] ids the worker knows it runs (or has finished and not yet reported)
+  ARGV[4..] run tokens the worker knows it runs (or has finished and not yet reported)
 
-  Returns the number of tasks handed back. A task whose revoke was requested (rv) ends
+  Returns {count, problem}: the number of tasks handed back, and '' or the text of a command
+  Redis refused (such a task keeps its lease). A task whose revoke was requested (rv) ends
   REVOKED instead.
 ]]
 -- @include "now"
+-- @include "refusal"
 -- @include "end-task"
 -- @include "hand-back"
 
@@ -23,14 +25,12 @@ local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local known = {}
 for i = 4, #ARGV do known[ARGV[i]] = true end
 local now = nowMs()
-local count = 0
+local count, problem = 0, ''
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if not known[id] then
-    local t = redis.pcall('HMGET', base .. 't:' .. id, 'w', 's', 'rv', 'lk', 'lw')
-    if not t.err and t[1] == workerId and t[2] == 'STARTED' then
-      redis.call('ZREM', KEYS[2], id)
-      count = count + handBack(base, KEYS[1], id, t[3], { t[4], t[5] }, true, now, expireMs)
-    end
+  local t = redis.pcall('HMGET', base .. 't:' .. id, 'w', 's', 'tk', 'rv', 'lk', 'lw')
+  if not t.err and t[1] == workerId and t[2] == 'STARTED' and not (t[3] and known[t[3]]) then
+    local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, true, now, expireMs)
+    if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
   end
 end
-return count
+return {count, problem}

@@ -1,7 +1,7 @@
 --[[
-  requeue: a closing worker hands back the tasks it stopped before they ended
-  (STARTED -> PENDING at the front of the wait list), keeping their ids and locks. Tasks it
-  no longer holds (recovered elsewhere, revoked) are left alone.
+  requeue: a closing worker hands back the runs it stopped before they ended (STARTED ->
+  PENDING at the front of the wait list), keeping their ids and locks. Runs that are no longer
+  the task's current run (recovered elsewhere, revoked) are left alone.
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] active zset       <prefix>:{<queue>}:active
@@ -9,23 +9,26 @@
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
   ARGV[3] result lifetime in ms, for tasks whose revoke was requested while they ran
-  ARGV[4..] ids
+  ARGV[4..] pairs of id and run token
 
-  Returns the number of tasks put back. A task whose revoke was requested while it ran (field
-  rv) is not put back: it ends REVOKED and its lock is released.
+  Returns {count, problem}: the number of tasks put back, and '' or the text of a command Redis
+  refused (such a task keeps its lease and is recovered when it lapses). A task whose revoke was
+  requested while it ran (field rv) is not put back: it ends REVOKED and its lock is released.
 ]]
 -- @include "now"
+-- @include "refusal"
 -- @include "end-task"
 -- @include "hand-back"
 
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = nowMs()
-local count = 0
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  local t = redis.pcall('HMGET', base .. 't:' .. id, 'w', 'rv', 'lk', 'lw')
-  if not t.err and t[1] == workerId and redis.call('ZREM', KEYS[2], id) == 1 then
-    count = count + handBack(base, KEYS[1], id, t[2], { t[3], t[4] }, false, now, expireMs)
+local count, problem = 0, ''
+for i = 4, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local t = redis.pcall('HMGET', base .. 't:' .. id, 's', 'w', 'tk', 'rv', 'lk', 'lw')
+  if not t.err and t[1] == 'STARTED' and t[2] == workerId and t[3] == token then
+    local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, false, now, expireMs)
+    if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
   end
 end
-return count
+return {count, problem}

@@ -6,6 +6,8 @@
       told on the revoke channel, aborts the task's signal and frees its slot.
     STARTED, no terminate -> marked (field rv); the worker is told and aborts the signal; the
       task ends REVOKED unless it still returns a value.
+    The message on the revoke channel is '<id> <run token> <0|1>': a worker acts on it only for
+    the run it names, never for an older run of the same task it may still be running.
     Ended or unknown tasks are left alone.
 
   KEYS[1] task hash         <prefix>:{<queue>}:t:<id>
@@ -25,8 +27,8 @@
 -- @include "end-task"
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
-local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw')
-local state, lock = t[1], { t[2], t[3] }
+local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk')
+local state, lock, token = t[1], { t[2], t[3] }, t[4] or ''
 if not state then return {0, ''} end
 if isEnded(state) then return {1, state} end
 local now = nowMs()
@@ -38,9 +40,9 @@ end
 if terminate then
   redis.call('ZREM', KEYS[2], id)
   endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
-  redis.call('PUBLISH', base .. 'revoke', id .. ' 1')
+  redis.call('PUBLISH', base .. 'revoke', id .. ' ' .. token .. ' 1')
   return {3, 'REVOKED'}
 end
 redis.call('HSET', KEYS[1], 'rv', reason)
-redis.call('PUBLISH', base .. 'revoke', id .. ' 0')
+redis.call('PUBLISH', base .. 'revoke', id .. ' ' .. token .. ' 0')
 return {4, 'STARTED'}

@@ -26,11 +26,13 @@ async function aclUser(h: Harness, rules: string[]): Promise<{ url: string; gran
   };
 }
 
-/** Write rights on every key of the test's default queue except those named in `except` (wait, delayed, t:<id>...). */
-function writesExcept(h: Harness, except: string[]): string[] {
+/**
+ * Every right, except that `command` may only be run on the keys of the test's default queue
+ * named in `on` (an ACL selector): run on any other key, inside a script or not, Redis refuses it.
+ */
+function allBut(h: Harness, command: string, on: string[]): string[] {
   const base = `${h.prefix}:{default}:`;
-  const all = ['wait', 'delayed', 'active', 'dead', 'names', 't:*', 'lock:*', 'rate:*'];
-  return ['%R~*', ...all.filter((k) => !except.includes(k)).map((k) => `%W~${base}${k}`), '&*', '+@all'];
+  return ['~*', '&*', '+@all', `-${command}`, `(+${command} ${on.map((k) => `~${base}${k}`).join(' ')})`];
 }
 
 class StrandService {
@@ -101,8 +103,8 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
   it('a start refused half way puts the task back and the ids popped after it too; the other tasks run on', { timeout: 60_000 }, async () => {
     const h = fresh();
     const d = h.dispatcher();
-    const user = await aclUser(h, writesExcept(h, ['t:*']));
-    await user.grant(`%W~${h.prefix}:{default}:t:ok-*`);
+    // HSET is refused on the record of 'bad' alone.
+    const user = await aclUser(h, allBut(h, 'hset', ['t:ok-*', 'names']));
     const service = new StrandService();
     const ids = ['bad', 'ok-1', 'ok-2', 'ok-3', 'ok-4'];
     const handles = [];
@@ -116,7 +118,7 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     const bad = handles[0]!;
     expect(await bad.status()).toBe('PENDING');
     await waitFor(async () => (await placesOf(h, 'bad')).join() === 'wait', { what: "'bad' back in the wait list, and only there" });
-    await user.grant(`%W~${h.prefix}:{default}:t:*`);
+    await user.grant('+hset');
     expect(await bad.get({ timeout: 20 })).toBe(0);
     expect(service.ran.filter((id) => id === 'bad')).toHaveLength(1);
     expect(new Set(service.ran)).toEqual(new Set(ids));
@@ -127,7 +129,8 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
 
   it('a retry whose move to the delayed set is refused stays with its worker, and is stored once the move is allowed', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const user = await aclUser(h, writesExcept(h, ['delayed']));
+    // ZADD is refused on the delayed set alone.
+    const user = await aclUser(h, allBut(h, 'zadd', ['active', 'rate:*']));
     const service = new StrandService();
     const w = h.worker({ connection: user.url, services: [service], leaseDuration: 1 });
     const ev = recordEvents(w);
@@ -137,7 +140,7 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     // Still this worker's running task, leased: not RETRY in no list.
     expect(await r.status()).toBe('STARTED');
     expect(await placesOf(h, r.id)).toEqual(['active']);
-    await user.grant(`%W~${h.prefix}:{default}:delayed`);
+    await user.grant('+zadd');
     expect(await r.get({ timeout: 20 })).toBe(7);
     const info = await r.info();
     expect(info.attempts).toBe(2);
@@ -174,7 +177,8 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
 
   it('an enqueue whose push is refused fails that task alone and writes nothing of it; the others of the batch are sent', async () => {
     const h = fresh();
-    const user = await aclUser(h, writesExcept(h, ['wait']));
+    // LPUSH is refused on the wait list alone.
+    const user = await aclUser(h, allBut(h, 'lpush', ['dead']));
     const d = h.dispatcher({ connection: user.url });
     const ref = d.tasks(StrandService).simple;
     // One batch (the same tick): a delayed task first, then one for the wait list.

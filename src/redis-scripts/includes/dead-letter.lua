@@ -5,9 +5,10 @@ local function deadLetter(base, id, reason, now)
 end
 
 -- Ends a task whose message cannot be run as FAILURE with a MalformedTaskError, and
--- dead-letters it.
+-- dead-letters it. The dead letter is written first: should Redis refuse it, the task is
+-- unchanged and the caller can put it back.
 local function failMalformed(base, id, reason, now, expireMs)
+  deadLetter(base, id, reason, now)
   local err = cjson.encode({ name = 'MalformedTaskError', message = reason })
   endTask(base, id, 'FAILURE', { 'e', err }, now, expireMs)
-  deadLetter(base, id, reason, now)
 end

@@ -10,73 +10,118 @@
 --     holds it now, it ends REVOKED with reason 'duplicate' and does not run;
 --   * rate limit: the rolling window is trimmed on the Redis clock; if full, the task goes
 --     back to the delayed set, due when a slot frees plus jitter, and stays PENDING;
---   * otherwise it starts: state STARTED, attempts + 1, a lease in the active set.
--- Returns {started, limited, revoked, nextDelay, more}:
---   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far
+--   * otherwise it starts: state STARTED, attempts + 1, a new run token, a lease in the active set.
+-- A command Redis refuses (isRefusal: out of memory, an ACL, a Cluster slot on the move) never
+-- fails or drops a task: what cannot be placed is handed to the caller in `unplaced`, which
+-- puts it back, and the refusal is reported in `problem`.
+-- Returns {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem}:
+--   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far,
+--     run token, and which checks the message carried ('u' unique lock, 'r' rate limit)
 --   limited: flat list of id, name, args, delay ms
 --   revoked: flat list of id, name, args, reason
 --   nextDelay: ms until the earliest delayed task is due, -1 if none, -2 not looked up (all
 --     `want` tasks started: the worker calls again before it could go idle)
 --   more: 0 when the wait list ran dry, 1 when it may hold more
+--   outcomes: as the caller passes it (finish's stored states; empty for fetch)
+--   unplaced: ids popped from the wait list that could not be started, rescheduled or put back
+--     (in the order they were popped); the caller pushes them back to the front of the list
+--   problem: '' or the text of a command Redis refused (the caller reports it and backs off)
 
--- RPUSHes list[#list] down to list[from], so list[from] ends nearest the tail (RPOP takes it
--- first): one command per 1000 ids, not one per id (unpack is bounded by Lua's stack).
-local function pushToTail(waitKey, list, from)
-  local k = #list
+-- RPUSHes list[last] down to list[from], so list[from] ends nearest the tail (RPOP takes it
+-- first): one command per 1000 ids, not one per id (unpack is bounded by Lua's stack). Returns
+-- the index of the last id not pushed (from - 1 when all were) and the error that stopped it:
+-- list[from..returned] are still to be placed.
+local function pushToTail(waitKey, list, from, last)
+  local k = last or #list
   while k >= from do
     local chunk = {}
-    while k >= from and #chunk < 1000 do chunk[#chunk + 1] = list[k]; k = k - 1 end
-    redis.call('RPUSH', waitKey, unpack(chunk))
+    local j = k
+    while j >= from and #chunk < 1000 do chunk[#chunk + 1] = list[j]; j = j - 1 end
+    local pushed = redis.pcall('RPUSH', waitKey, unpack(chunk))
+    if type(pushed) == 'table' and pushed.err then return k, pushed.err end
+    k = j
   end
+  return from - 1, nil
 end
 
-local function recoverLapsed(base, waitKey, activeKey, now, expireMs)
-  local lapsed = redis.call('ZRANGEBYSCORE', activeKey, '-inf', now, 'LIMIT', 0, 100)
-  for _, id in ipairs(lapsed) do
+-- Recovers one lapsed lease (see recoverLapsed). Raises when Redis refuses a command; every
+-- write comes after the one that places the id, so a refusal leaves it leased, to be tried again.
+local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
+  local key = base .. 't:' .. id
+  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw')
+  if t.err then
+    if isRefusal(t) then error(t) end
+    deadLetter(base, id, 'the active set names a task whose record is not a hash', now)
     redis.call('ZREM', activeKey, id)
-    local key = base .. 't:' .. id
-    local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv')
-    if t.err then
-      deadLetter(base, id, 'the active set names a task whose record is not a hash', now)
-    elseif not t[1] then
-      deadLetter(base, id, 'the active set names a task with no record', now)
-    elseif t[1] == 'STARTED' and t[5] then
-      -- Its revoke was requested while it ran: it ends as the revoke asked and never runs again.
-      endTask(base, id, 'REVOKED', { 'rr', t[5] }, now, expireMs)
-    elseif t[1] == 'STARTED' then
-      local recoveries = (tonumber(t[2]) or 0) + 1
-      local max = tonumber(t[3]) or 1
-      if recoveries > max then
-        local err = cjson.encode({
-          name = 'WorkerLostError',
-          message = 'worker ' .. tostring(t[4]) .. ' stopped renewing the lease of this task (it died or hung); ' ..
-            'it was recovered ' .. (recoveries - 1) .. ' time(s) and maxRecoveries is ' .. max,
-        })
-        endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs)
-      else
-        redis.call('HSET', key, 's', 'PENDING', 'rc', recoveries)
-        redis.call('RPUSH', waitKey, id)
-      end
+    return
+  end
+  local state, recovered, maxRecoveries, owner, revoke = t[1], t[2], t[3], t[4], t[5]
+  if not state then
+    deadLetter(base, id, 'the active set names a task with no record', now)
+    redis.call('ZREM', activeKey, id)
+  elseif state ~= 'STARTED' then
+    -- A lease left behind by a task that has moved on.
+    redis.call('ZREM', activeKey, id)
+  elseif owner == workerId and expiry > now - leaseMs then
+    -- The caller's own task, lapsed less than a lease ago. The caller is alive (it is calling),
+    -- so its renewal was held up (a stalled connection, a busy event loop), not lost: it gets
+    -- one more lease to renew or finish the task. Any other worker recovers it at once.
+  elseif revoke then
+    -- Its revoke was requested while it ran: it ends as the revoke asked and never runs again.
+    endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { t[6], t[7] })
+    redis.call('ZREM', activeKey, id)
+  else
+    local recoveries = (tonumber(recovered) or 0) + 1
+    local max = tonumber(maxRecoveries) or 1
+    if recoveries > max then
+      local err = cjson.encode({
+        name = 'WorkerLostError',
+        message = 'worker ' .. tostring(owner) .. ' stopped renewing the lease of this task (it died or hung); ' ..
+          'it was recovered ' .. (recoveries - 1) .. ' time(s) and maxRecoveries is ' .. max,
+      })
+      endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { t[6], t[7] })
+    else
+      redis.call('RPUSH', waitKey, id)
+      redis.call('HSET', key, 's', 'PENDING', 'rc', recoveries)
     end
+    redis.call('ZREM', activeKey, id)
   end
 end
 
--- `seed` seeds the jitter of rate-limited tasks; seeding costs more than the rest of a typical
--- call, so it is done only when a task is rate-limited.
-local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseMs, want, now, expireMs, seed)
+-- Up to 100 lapsed leases of the active set. Returns the text of a refusal, or nil.
+local function recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs)
+  local lapsed = redis.call('ZRANGEBYSCORE', activeKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)
+  local problem = nil
+  for i = 1, #lapsed, 2 do
+    local ok, err = pcall(recoverOne, base, waitKey, activeKey, lapsed[i], tonumber(lapsed[i + 1]), now, expireMs, workerId,
+      leaseMs)
+    if not ok then problem = 'recovering task ' .. lapsed[i] .. ': ' .. errorText(err) end
+  end
+  return problem
+end
+
+-- `seed` seeds the jitter of rate-limited tasks and the run tokens; seeding costs more than the
+-- rest of a typical call, so it is done only when a task is rate-limited. `outcomes` goes into
+-- the reply as it is.
+local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseMs, want, now, expireMs, seed, outcomes)
   local seeded = false
-  recoverLapsed(base, waitKey, activeKey, now, expireMs)
+  local problem = recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs)
 
   local due = redis.call('ZRANGEBYSCORE', delayedKey, '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
-    -- Oldest due goes nearest the tail, which RPOP takes first.
-    pushToTail(waitKey, due, 1)
-    redis.call('ZREM', delayedKey, unpack(due))
+    -- Oldest due goes nearest the tail, which RPOP takes first. Only the ids pushed leave the
+    -- delayed set; the others are due still and tried again by the next call.
+    local left, err = pushToTail(waitKey, due, 1)
+    if left < #due then redis.pcall('ZREM', delayedKey, unpack(due, left + 1, #due)) end
+    if err then problem = 'moving due tasks to the wait list: ' .. err end
   end
 
-  local started, limited, revoked = {}, {}, {}
+  local started, limited, revoked, unplaced = {}, {}, {}, {}
   local count = 0
   local examined = 0
+  -- What examining the current id has done so far, so a failure half way can be undone:
+  -- its lease, its start counted in a rate window, its place in the delayed set.
+  local leased, counted, placed
   -- Ends a candidate REVOKED without starting it (expired, duplicate) and reports it.
   local function revokeOne(id, name, args, reason)
     endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs)
@@ -85,103 +130,118 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   end
   -- Examines one popped id; run under pcall (see the loop).
   local function examine(id)
-    if id ~= '' then -- '' is the wake-up marker pushed by enqueue
-      local key = base .. 't:' .. id
-      local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
-        'a1', 'a2', 'a3')
-      local state = t[1]
-      if not t.err and t[14] then t[3] = joinArgs(key, t[3], t[14], t[16], t[17], t[18]) end
-      if t.err then
-        deadLetter(base, id, 'its record is not a hash', now)
-      elseif not state then
-        deadLetter(base, id, 'the wait list names a task with no record', now)
-      elseif (state == 'PENDING' or state == 'RETRY') and t[15] and redis.call('ZSCORE', delayedKey, id) then
-        -- A stale entry (an id reused for a new task, or a retry) whose task waits in the delayed
-        -- set, not yet due: dropped here, it starts when due. (Only a task with a due time, d,
-        -- has ever been in the delayed set.)
-      elseif state == 'PENDING' or state == 'RETRY' then
-        local lockTtl, limit, period = tonumber(t[5]), tonumber(t[7]), tonumber(t[8])
-        local problem = nil
-        if not t[10] then
-          problem = 'the record has no message version (field v); this worker reads version 1'
-        elseif t[10] ~= '1' then
-          problem = 'message version ' .. t[10] .. ' is not one this worker reads (1)'
-        elseif not t[2] or t[2] == '' or not t[3] then
-          problem = 'the record lacks a task name or arguments'
-        elseif t[4] and not (lockTtl and lockTtl > 0 and lockTtl == math.floor(lockTtl)) then
-          problem = 'the unique lock lifetime is not a positive whole number'
-        elseif t[6] and not (limit and limit >= 1 and limit == math.floor(limit) and period and period > 0 and
-            period == math.floor(period)) then
-          problem = 'the rate limit is not [whole n >= 1, whole period > 0]'
-        elseif t[11] and not tonumber(t[11]) then
-          problem = 'the expiry (field ex) is not a number'
-        elseif t[12] and not (tonumber(t[12]) and tonumber(t[12]) >= 0) then
-          problem = 'the time limit (field tl) is not a number >= 0'
-        end
-        local ok = problem == nil
-        if not ok then
-          failMalformed(base, id, problem, now, expireMs)
-        elseif t[11] and now > tonumber(t[11]) then
-          ok = false
-          revokeOne(id, t[2], t[3], 'expired')
-        end
-        if ok and t[4] then
-          local holder = redis.pcall('GET', t[4])
-          if type(holder) == 'table' then
-            ok = false
-            failMalformed(base, id, 'its unique lock key holds a value of the wrong type', now, expireMs)
-          elseif not holder then
-            redis.call('SET', t[4], id, 'PX', lockTtl)
-          elseif holder ~= id then
-            ok = false
-            revokeOne(id, t[2], t[3], 'duplicate')
-          end
-        end
-        local attempt = (tonumber(t[9]) or 0) + 1
-        if ok and t[6] then
-          local trimmed = redis.pcall('ZREMRANGEBYSCORE', t[6], '-inf', now - period)
-          if type(trimmed) == 'table' then
-            ok = false
-            failMalformed(base, id, 'its rate window key holds a value of the wrong type', now, expireMs)
-          else
-            local inWindow = redis.call('ZCARD', t[6])
-            if inWindow >= limit then
-              ok = false
-              -- A slot frees when the start `limit` places back leaves the window.
-              local freeing = redis.call('ZRANGE', t[6], inWindow - limit, inWindow - limit, 'WITHSCORES')
-              local jitterMax = math.max(1, math.floor(math.min(1000, period / 10)))
-              if not seeded then
-                math.randomseed(seed)
-                seeded = true
-              end
-              local delay = tonumber(freeing[2]) + period - now + math.random(0, jitterMax)
-              redis.call('ZADD', delayedKey, now + delay, id)
-              redis.call('HSET', key, 'd', now + delay)
-              table.insert(limited, id); table.insert(limited, t[2]); table.insert(limited, t[3])
-              table.insert(limited, delay)
-            else
-              redis.call('ZADD', t[6], now, id .. ':' .. attempt)
-              redis.call('PEXPIRE', t[6], period)
-            end
-          end
-        end
-        if ok then
-          redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt)
-          redis.call('ZADD', activeKey, now + leaseMs, id)
-          table.insert(started, id); table.insert(started, t[2]); table.insert(started, t[3])
-          table.insert(started, attempt); table.insert(started, tonumber(t[12]) or 0)
-          table.insert(started, tonumber(t[13]) or 0)
-          count = count + 1
-        end
+    leased, counted, placed = false, nil, false
+    if id == '' then return end -- the wake-up marker pushed by enqueue
+    local key = base .. 't:' .. id
+    local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
+      'a1', 'a2', 'a3')
+    if t.err then
+      if isRefusal(t) then error(t) end
+      deadLetter(base, id, 'its record is not a hash', now)
+      return
+    end
+    local state, name, args, lockKey, lockLife, rateKey, rateLimit, ratePeriod = t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
+    local attempts, version, expires, timeLimit, retries, pieces, dueAt = t[9], t[10], t[11], t[12], t[13], t[14], t[15]
+    if pieces then args = joinArgs(key, args, pieces, t[16], t[17], t[18]) end
+    if not state then
+      deadLetter(base, id, 'the wait list names a task with no record', now)
+      return
+    end
+    if state ~= 'PENDING' and state ~= 'RETRY' then return end -- revoked while queued, or a stale entry
+    -- A stale entry (an id reused for a new task, or a retry) whose task waits in the delayed
+    -- set, not yet due: dropped here, it starts when due. (Only a task with a due time, d, has
+    -- ever been in the delayed set.)
+    if dueAt and redis.call('ZSCORE', delayedKey, id) then return end
+
+    local lockTtl, limit, period = tonumber(lockLife), tonumber(rateLimit), tonumber(ratePeriod)
+    local problemOfRecord = nil
+    if not version then
+      problemOfRecord = 'the record has no message version (field v); this worker reads version 1'
+    elseif version ~= '1' then
+      problemOfRecord = 'message version ' .. version .. ' is not one this worker reads (1)'
+    elseif not name or name == '' or not args then
+      problemOfRecord = 'the record lacks a task name or arguments'
+    elseif lockKey and not (lockTtl and lockTtl > 0 and lockTtl == math.floor(lockTtl)) then
+      problemOfRecord = 'the unique lock lifetime is not a positive whole number'
+    elseif rateKey and not (limit and limit >= 1 and limit == math.floor(limit) and period and period > 0 and
+        period == math.floor(period)) then
+      problemOfRecord = 'the rate limit is not [whole n >= 1, whole period > 0]'
+    elseif expires and not tonumber(expires) then
+      problemOfRecord = 'the expiry (field ex) is not a number'
+    elseif timeLimit and not (tonumber(timeLimit) and tonumber(timeLimit) >= 0) then
+      problemOfRecord = 'the time limit (field tl) is not a number >= 0'
+    end
+    if problemOfRecord then
+      failMalformed(base, id, problemOfRecord, now, expireMs)
+      return
+    end
+    if expires and now > tonumber(expires) then
+      revokeOne(id, name, args, 'expired')
+      return
+    end
+    if lockKey then
+      local holder = redis.pcall('GET', lockKey)
+      if type(holder) == 'table' then
+        if isRefusal(holder) then error(holder) end
+        failMalformed(base, id, 'its unique lock key holds a value of the wrong type', now, expireMs)
+        return
+      elseif not holder then
+        redis.call('SET', lockKey, id, 'PX', lockTtl)
+      elseif holder ~= id then
+        revokeOne(id, name, args, 'duplicate')
+        return
       end
     end
+    local attempt = (tonumber(attempts) or 0) + 1
+    if rateKey then
+      local trimmed = redis.pcall('ZREMRANGEBYSCORE', rateKey, '-inf', now - period)
+      if type(trimmed) == 'table' then
+        if isRefusal(trimmed) then error(trimmed) end
+        failMalformed(base, id, 'its rate window key holds a value of the wrong type', now, expireMs)
+        return
+      end
+      local inWindow = redis.call('ZCARD', rateKey)
+      if inWindow >= limit then
+        -- A slot frees when the start `limit` places back leaves the window.
+        local freeing = redis.call('ZRANGE', rateKey, inWindow - limit, inWindow - limit, 'WITHSCORES')
+        local jitterMax = math.max(1, math.floor(math.min(1000, period / 10)))
+        if not seeded then
+          math.randomseed(seed)
+          seeded = true
+        end
+        local delay = tonumber(freeing[2]) + period - now + math.random(0, jitterMax)
+        redis.call('ZADD', delayedKey, now + delay, id)
+        placed = true
+        redis.call('HSET', key, 'd', now + delay)
+        table.insert(limited, id); table.insert(limited, name); table.insert(limited, args)
+        table.insert(limited, delay)
+        return
+      end
+      counted = { rateKey, id .. ':' .. attempt }
+      redis.call('ZADD', rateKey, now, counted[2])
+      redis.call('PEXPIRE', rateKey, period)
+    end
+    -- The lease first: should the record not be written, the id is still in a place.
+    redis.call('ZADD', activeKey, now + leaseMs, id)
+    leased = true
+    -- The run token: unique per start of this task (a per-call random seed and the position in
+    -- the call), so the lease, the finish and revoke signals of this run can tell it from others.
+    local token = seed .. '.' .. count
+    redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt, 'tk', token)
+    local carried = ''
+    if lockKey then carried = 'u' end
+    if rateKey then carried = carried .. 'r' end
+    table.insert(started, id); table.insert(started, name); table.insert(started, args)
+    table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
+    table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)
+    count = count + 1
   end
 
   -- Examining is bounded so one call stays short.
   local drained = false
   -- Ids are popped as many at a time as tasks are still wanted (RPOP with a count: one command,
   -- not one per task); every popped id is examined, unless the bound stops the loop first.
-  local popped, next, fatal = {}, 1, nil
+  local popped, next = {}, 1
   while count < want and examined < want + 64 do
     if next > #popped then
       if drained then break end
@@ -199,25 +259,34 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     examined = examined + 1
     local ok, err = pcall(examine, id)
     if not ok then
-      -- A command on this task's keys failed: the task fails as malformed and the call goes on.
-      -- Should even that fail, the ids popped after it go back before the error is passed on.
-      local reason = 'a command on its keys failed: ' .. tostring(type(err) == 'table' and err.err or err)
-      if not pcall(failMalformed, base, id, reason, now, expireMs) then
-        fatal = err
-        break
+      -- Undo what the examination did before it failed, then: a refusal keeps the task as it was
+      -- (back to the caller); any other error means its record cannot be run (malformed).
+      if leased then redis.pcall('ZREM', activeKey, id) end
+      if counted then redis.pcall('ZREM', counted[1], counted[2]) end
+      local keep = isRefusal(err)
+      if not keep then
+        local fine, failed = pcall(failMalformed, base, id, 'a command on its keys failed: ' .. errorText(err), now, expireMs)
+        if not fine then keep, err = true, failed end
+      end
+      if keep then
+        if not placed then table.insert(unplaced, id) end
+        problem = 'task ' .. id .. ': ' .. errorText(err)
       end
     end
   end
 
-  -- Ids popped but not examined (the bound stopped the loop, or an error did) go back where
-  -- they were, before the error is passed on.
+  -- Ids popped but not examined (the bound stopped the loop) go back where they were; those the
+  -- list refuses go to the caller.
   if next <= #popped then drained = false end
-  pushToTail(waitKey, popped, next)
-  if fatal then error(fatal) end
+  local left, err = pushToTail(waitKey, popped, next)
+  for i = next, left do table.insert(unplaced, popped[i]) end
+  if err then problem = 'putting back popped ids: ' .. err end
 
   -- A worker that got all it asked for calls again soon: it needs neither of these.
-  if count == want then return {started, limited, revoked, -2, 1} end
-  local more = 1
-  if drained then more = 0 end
-  return {started, limited, revoked, nextDelayOf(delayedKey, now), more}
+  local nextDelay, more = -2, 1
+  if count < want then
+    nextDelay = nextDelayOf(delayedKey, now)
+    if drained then more = 0 end
+  end
+  return {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem or ''}
 end

@@ -1,0 +1,70 @@
+import { ConfigError } from './errors.js';
+import { describe } from './durations.js';
+import { hashArgs, type QueueKeys } from './queue-keys.js';
+import { canonicalJson } from './serialization.js';
+import { normalizeRateLimit, type NormalizedTaskOptions } from './task-options.js';
+
+/** The unique lock one call of a task takes. */
+export interface LockCheck {
+  key: string;
+  ttlMs: number;
+  waitForExpiry: boolean;
+}
+
+/** The rate window one call of a task is counted in, with its limit. */
+export interface RateCheck {
+  key: string;
+  limit: number;
+  periodMs: number;
+}
+
+/**
+ * The unique lock and rate window of one call, from the task's options and the call's
+ * arguments: the dispatcher computes them at dispatch and writes them into the message; a
+ * worker computes the ones a message lacks before it runs the task (the worker is the authority
+ * on a task's options). `want` picks which to compute. Throws ConfigError when `key` or a
+ * dynamic `rateLimit` returns something unusable.
+ */
+export function callChecks(
+  keys: QueueKeys,
+  name: string,
+  opts: NormalizedTaskOptions,
+  args: readonly unknown[],
+  argsJson: string,
+  want: { lock: boolean; rate: boolean } = { lock: true, rate: true },
+): { lock: LockCheck | undefined; rate: RateCheck | undefined } {
+  const needLock = want.lock && opts.unique;
+  const needRate = want.rate && opts.rateLimit !== undefined;
+  const key = (needLock || needRate) && opts.key ? callKey(name, opts, args) : undefined;
+  let lock: LockCheck | undefined;
+  if (needLock) {
+    lock = { key: keys.lock(name, key ?? defaultUniqueKey(argsJson)), ttlMs: opts.uniqueTimeoutMs, waitForExpiry: opts.uniqueWaitForExpiry };
+  }
+  let rate: RateCheck | undefined;
+  if (needRate) {
+    const rl =
+      typeof opts.rateLimit === 'function'
+        ? normalizeRateLimit(opts.rateLimit(args), `rateLimit of ${name} for args ${argsJson}`)
+        : opts.rateLimit!;
+    rate = { key: keys.rate(name, key), limit: rl.limit, periodMs: rl.periodMs };
+  }
+  return { lock, rate };
+}
+
+/** The unique key of a call: `key(args)`, or the hash of the arguments. */
+export function uniqueKey(name: string, opts: NormalizedTaskOptions, args: readonly unknown[], argsJson: string): string {
+  return opts.key ? callKey(name, opts, args) : defaultUniqueKey(argsJson);
+}
+
+function callKey(name: string, opts: NormalizedTaskOptions, args: readonly unknown[]): string {
+  const key = opts.key!(args);
+  if (typeof key !== 'string' || key === '') {
+    throw new ConfigError(`key function of ${name} must return a non-empty string, got ${describe(key)}`);
+  }
+  return key;
+}
+
+/** Without a `key` option, a unique task is keyed by its arguments, whatever their key order. */
+function defaultUniqueKey(argsJson: string): string {
+  return hashArgs(canonicalJson(JSON.parse(argsJson)));
+}

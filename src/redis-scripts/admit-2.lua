@@ -1,0 +1,114 @@
+--[[
+  admit: the worker is the authority on a task's options. A message sent by a process that
+  did not know the task (by name, from a scheduler, another service or another language) lacks
+  the unique lock or the rate limit the task's definition in the worker has; the fetch started
+  it without them. Before running it, the worker computes what is missing (its key function,
+  its rate limit for these arguments) and admits the run here, with the same checks a message
+  carrying them gets at start:
+    * unique: the lock is taken (or re-taken); held by another task, this one ends REVOKED
+      'duplicate' and does not run;
+    * rate limit: over the limit, the start is taken back and the task goes to the delayed set,
+      due when a slot frees plus jitter (PENDING, no attempt counted);
+  and the fields are written into the record, so later starts (retries, recoveries) check them
+  in the fetch as for any message. Only the current run is admitted (STARTED, this worker, this
+  run token).
+
+  KEYS[1] delayed zset      <prefix>:{<queue>}:delayed
+  KEYS[2] active zset       <prefix>:{<queue>}:active
+
+  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[2] worker id
+  ARGV[3] task id
+  ARGV[4] run token
+  ARGV[5] unique lock key ('' when the message has one or the task is not unique)
+  ARGV[6] its lifetime in ms
+  ARGV[7] '1' with uniqueWaitForExpiry, else ''
+  ARGV[8] rate window key ('' when the message has one or the task has no rate limit)
+  ARGV[9] the limit n
+  ARGV[10] the period in ms
+  ARGV[11] random seed for the jitter
+  ARGV[12] result lifetime in ms, for a task that ends here
+
+  Returns {verdict, detail}: 'RUN', '' (run it); 'REVOKED', 'duplicate'; 'LIMITED', delay ms;
+  'FAILURE', message (its lock or rate window key holds a value of the wrong type: malformed,
+  dead-lettered); 'STALE', state (the run is no longer current).
+]]
+-- @include "now"
+-- @include "refusal"
+-- @include "end-task"
+-- @include "dead-letter"
+-- @include "undo-start"
+
+local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local rateKey, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local expireMs = tonumber(ARGV[12])
+local key = base .. 't:' .. id
+local t = redis.call('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk')
+if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
+local attempt, retries, carriedRate = tonumber(t[4]) or 1, t[5], t[6]
+local now = nowMs()
+
+-- What the worker fills in goes into the record, as a producer that knew the task would have
+-- written it.
+local fields = {}
+if lockKey ~= '' then
+  table.insert(fields, 'lk'); table.insert(fields, lockKey); table.insert(fields, 'lt'); table.insert(fields, lockTtl)
+  if waitForExpiry == '1' then table.insert(fields, 'lw'); table.insert(fields, '1') end
+end
+if rateKey ~= '' then
+  table.insert(fields, 'rk'); table.insert(fields, rateKey); table.insert(fields, 'rn'); table.insert(fields, limit)
+  table.insert(fields, 'rp'); table.insert(fields, period)
+end
+
+-- Ends the run without running it: the lease goes, and a start its message's rate window counted.
+local function endHere(state, extra, lock)
+  endTask(base, id, state, extra, now, expireMs, lock)
+  if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
+  redis.call('ZREM', KEYS[2], id)
+end
+
+if lockKey ~= '' then
+  local holder = redis.pcall('GET', lockKey)
+  if type(holder) == 'table' then
+    if isRefusal(holder) then error(holder) end
+    local reason = 'its unique lock key holds a value of the wrong type'
+    deadLetter(base, id, reason, now)
+    endHere('FAILURE', { 'e', cjson.encode({ name = 'MalformedTaskError', message = reason }) })
+    return {'FAILURE', reason}
+  elseif holder and holder ~= id then
+    redis.call('HSET', key, unpack(fields))
+    endHere('REVOKED', { 'rr', 'duplicate' }, { lockKey, waitForExpiry })
+    return {'REVOKED', 'duplicate'}
+  elseif not holder then
+    redis.call('SET', lockKey, id, 'PX', lockTtl)
+  end
+end
+
+if rateKey ~= '' then
+  local trimmed = redis.pcall('ZREMRANGEBYSCORE', rateKey, '-inf', now - period)
+  if type(trimmed) == 'table' then
+    if isRefusal(trimmed) then error(trimmed) end
+    local reason = 'its rate window key holds a value of the wrong type'
+    deadLetter(base, id, reason, now)
+    endHere('FAILURE', { 'e', cjson.encode({ name = 'MalformedTaskError', message = reason }) })
+    return {'FAILURE', reason}
+  end
+  local inWindow = redis.call('ZCARD', rateKey)
+  if inWindow >= limit then
+    local freeing = redis.call('ZRANGE', rateKey, inWindow - limit, inWindow - limit, 'WITHSCORES')
+    math.randomseed(tonumber(ARGV[11]))
+    local delay = tonumber(freeing[2]) + period - now + math.random(0, math.max(1, math.floor(math.min(1000, period / 10))))
+    -- The delayed set first, so the id is never in no place; then the start is taken back.
+    redis.call('ZADD', KEYS[1], now + delay, id)
+    table.insert(fields, 'd'); table.insert(fields, now + delay)
+    redis.call('HSET', key, unpack(fields))
+    undoStart(base, KEYS[2], id, attempt, retries, carriedRate or nil)
+    return {'LIMITED', delay}
+  end
+  redis.call('ZADD', rateKey, now, id .. ':' .. attempt)
+  redis.call('PEXPIRE', rateKey, period)
+end
+
+if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+return {'RUN', ''}

@@ -1,0 +1,63 @@
+--[[
+  decline: a worker started a task whose name it does not declare (a worker of an older build,
+  or of another app on the same prefix, during a rolling deploy). It hands the run back without
+  counting an attempt: the task waits in the delayed set, with a delay that doubles at each
+  hand-back (250 ms, 500 ms, ... at most 10 s), so a worker that declares the name takes it
+  when it is due and one that does not never spins on it. Only when no worker has declared the
+  name (see declare-1.lua) for the grace period since the first hand-back does the task end
+  FAILURE with UnknownTaskError, dead-lettered. Only the current run is declined (STARTED,
+  this worker, this run token).
+
+  KEYS[1] delayed zset      <prefix>:{<queue>}:delayed
+  KEYS[2] active zset       <prefix>:{<queue>}:active
+  KEYS[3] declared names    <prefix>:{<queue>}:names
+
+  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[2] worker id
+  ARGV[3] task id
+  ARGV[4] run token
+  ARGV[5] grace period in ms (0: fail at once)
+  ARGV[6] result lifetime in ms, for a task that ends here
+  ARGV[7] the error message of that end
+  ARGV[8] random seed for the jitter
+
+  Returns {verdict, detail}: 'DEFERRED', delay ms; 'FAILURE', message; 'STALE', state.
+  Record fields: ud (ms of the first hand-back), un (hand-backs so far).
+]]
+-- @include "now"
+-- @include "end-task"
+-- @include "dead-letter"
+-- @include "undo-start"
+
+local BASE_DELAY_MS, MAX_DELAY_MS = 250, 10000
+local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local grace, expireMs, message = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local key = base .. 't:' .. id
+local t = redis.call('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un')
+if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
+local attempt, retries, carriedRate = tonumber(t[5]) or 1, t[6], t[7]
+local now = nowMs()
+local first = tonumber(t[8]) or now
+local declaredUntil = tonumber(redis.call('HGET', KEYS[3], t[4]))
+local declared = declaredUntil ~= nil and declaredUntil > now
+
+if not declared and now - first >= grace then
+  deadLetter(base, id, message, now)
+  local err = cjson.encode({ name = 'UnknownTaskError', message = message })
+  endTask(base, id, 'FAILURE', { 'e', err, 'at', attempt - 1 }, now, expireMs)
+  if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
+  redis.call('ZREM', KEYS[2], id)
+  return {'FAILURE', message}
+end
+
+local count = (tonumber(t[9]) or 0) + 1
+local delay = math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ^ (count - 1))
+math.randomseed(tonumber(ARGV[8]))
+delay = math.floor(delay + math.random(0, math.floor(delay / 10)))
+-- Nobody declares the name yet: come back no later than the end of the grace period.
+if not declared then delay = math.max(1, math.min(delay, first + grace - now)) end
+-- The delayed set first, so the id is never in no place; then the start is taken back.
+redis.call('ZADD', KEYS[1], now + delay, id)
+redis.call('HSET', key, 'd', now + delay, 'ud', first, 'un', count)
+undoStart(base, KEYS[2], id, attempt, retries, carriedRate or nil)
+return {'DEFERRED', delay}
