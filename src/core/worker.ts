@@ -4,12 +4,20 @@ import { nanoid } from 'nanoid';
 import { closeClient, openClient, type OwnedClient } from './connection.js';
 import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
 import { DEFAULT_RESULT_EXPIRES_MS, DEFAULT_RETRIES } from './task-options.js';
-import type { ConnectionOptions } from './dispatcher.js';
+import { DEFAULT_MAX_PAYLOAD_BYTES, type ConnectionOptions } from './dispatcher.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from './durations.js';
-import { ConfigError, NonRetryableError, SerializationError, TaskRevokedError, TimeLimitExceededError } from './errors.js';
+import {
+  ConfigError,
+  NonRetryableError,
+  PayloadTooLargeError,
+  SerializationError,
+  TaskRevokedError,
+  TimeLimitExceededError,
+} from './errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from './queue-keys.js';
 import { QueueRunner, type Finish, type RunnerHost, type StartedTask } from './queue-runner.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
+import { safeInstanceOf, toRemoteError } from './remote-error.js';
 import { ScriptRunner } from './script-runner.js';
 import { toJson } from './serialization.js';
 import type { RemoteError } from './task-state.js';
@@ -31,6 +39,11 @@ export interface WorkerOptions extends ConnectionOptions {
   leaseDuration?: Duration;
   /** How long results are kept, unless the task sets its own. Seconds or an `ms` string. Default: one day. */
   resultExpires?: Duration;
+  /**
+   * Largest result stored, in bytes of its JSON (UTF-8). A task whose result is larger ends
+   * FAILURE with a PayloadTooLargeError. Default: 524288 (512 KiB), as the Dispatcher's.
+   */
+  maxPayloadBytes?: number;
   /**
    * This worker's id in task records. It must be unique among live workers: leases, finishes
    * and reclaims are matched by it. Default: `<hostname>:<pid>:<random>`.
@@ -118,11 +131,6 @@ function parseArgs(json: string): unknown[] {
   throw Object.assign(new Error(`the task's arguments are not a JSON array: ${json.slice(0, 200)}`), { name: 'MalformedTaskError' });
 }
 
-function toRemoteError(err: unknown): RemoteError {
-  if (err instanceof Error) return { name: err.name, message: err.message, traceback: err.stack };
-  return { name: 'Error', message: typeof err === 'string' ? err : describe(err), traceback: undefined };
-}
-
 /**
  * Runs tasks. Start as many as you like, in as many processes: unique locks and rate limits
  * hold across all of them.
@@ -136,6 +144,7 @@ export class Worker {
   readonly concurrency: number;
   private readonly prefix: string;
   private readonly options: WorkerOptions;
+  private readonly maxPayloadBytes: number;
   private readonly events = new EventEmitter();
   private readonly instances = new Map<object, object | Promise<object>>();
   private readonly classes = new Set<object>();
@@ -161,6 +170,11 @@ export class Worker {
       throw new ConfigError(`concurrency must be a whole number >= 1, got ${describe(concurrency)}`);
     }
     this.concurrency = concurrency;
+    const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    if (!Number.isInteger(maxPayloadBytes) || maxPayloadBytes < 1) {
+      throw new ConfigError(`maxPayloadBytes must be a whole number of bytes >= 1, got ${describe(options.maxPayloadBytes)}`);
+    }
+    this.maxPayloadBytes = maxPayloadBytes;
     if (options.resolve !== undefined && typeof options.resolve !== 'function') {
       throw new ConfigError('resolve must be a function (cls) => instance');
     }
@@ -185,7 +199,9 @@ export class Worker {
       rateLimited: (queue, id, name, argsJson, delayMs) =>
         this.emit('rateLimited', { id, name, queue, args: safeArgs(argsJson), delayMs }),
       revoked: (queue, id, name, argsJson, reason) => this.emit('revoked', { id, name, queue, args: safeArgs(argsJson), reason }),
-      reportError: (err) => this.emit('error', err instanceof Error ? err : new Error(String(err))),
+      // Anything a listener throws gets here: it is described without being trusted.
+      reportError: (err) =>
+        this.emit('error', safeInstanceOf(err, Error) === true ? (err as Error) : new Error(toRemoteError(err).message)),
     };
   }
 
@@ -377,7 +393,39 @@ export class Worker {
       this.abort(stale, leaseLost(task.id));
       this.emit('error', new Error(`task ${task.id} (${task.name}) was recovered and restarted while this worker still ran it; the older run's end will not be stored`));
     }
-    void this.execute(runner, task);
+    const run: Running = { runner, task, released: false };
+    this.inFlight.set(runKey(runner.keys.queue, task.id), run);
+    void this.execute(run).catch((err: unknown) => this.executeFailed(run, err));
+  }
+
+  /**
+   * Last resort, for a fault in execute() itself: the task still ends FAILURE (unless its slot
+   * was freed already), and the fault is reported instead of becoming an unhandled rejection.
+   */
+  private executeFailed(run: Running, err: unknown): void {
+    const { runner, task } = run;
+    try {
+      const error = toRemoteError(err);
+      this.emit('error', new Error(`task ${task.id} (${task.name}) failed inside the worker: ${error.name}: ${error.message}`));
+      if (run.released) return;
+      const queue = runner.keys.queue;
+      const event: TaskEvent = { id: task.id, name: task.name, queue, args: safeArgs(task.argsJson), attempt: task.attempt };
+      this.release(run, {
+        id: task.id,
+        state: 'FAILURE',
+        field: 'e',
+        value: JSON.stringify(error),
+        expireMs: taskByName(task.name)?.options.resultExpiresMs ?? this.host.resultExpiresMs,
+        retryDelayMs: 0,
+        deadReason: '',
+        stored: (outcome) => {
+          if (outcome === 'FAILURE') this.emit('failed', { ...event, error, runtimeMs: 0 });
+        },
+      });
+    } catch {
+      // Not even that: free the slot; the lease lapses and the task is recovered elsewhere.
+      if (!run.released) this.release(run, undefined);
+    }
   }
 
   /** Fires a task's AbortSignal inside its own context, so listeners can still call currentTask(). */
@@ -401,10 +449,9 @@ export class Worker {
     for (const r of this.runners) if (r !== run.runner) r.poke();
   }
 
-  private async execute(runner: QueueRunner, task: StartedTask): Promise<void> {
+  private async execute(run: Running): Promise<void> {
+    const { runner, task } = run;
     const queue = runner.keys.queue;
-    const run: Running = { runner, task, released: false };
-    this.inFlight.set(runKey(queue, task.id), run);
     const began = performance.now();
     const def = taskByName(task.name);
     const expireMs = def?.options.resultExpiresMs ?? this.host.resultExpiresMs;
@@ -443,16 +490,23 @@ export class Worker {
       const running = taskStorage().run(context, () => method.apply(instance, args) as unknown);
       const result = task.timeLimitMs > 0 ? await this.withTimeLimit(run, Promise.resolve(running)) : await running;
       const json = result === undefined ? undefined : toJson(result, 'result');
+      if (json !== undefined && json.length > this.maxPayloadBytes / 3) {
+        // Up to 3 bytes per UTF-16 unit: only a long result needs counting.
+        const bytes = Buffer.byteLength(json);
+        if (bytes > this.maxPayloadBytes) throw new PayloadTooLargeError(task.name, bytes, this.maxPayloadBytes, 'result');
+      }
       outcome = { ok: true, result, json };
     } catch (err) {
-      if (err instanceof Error && (err.name === 'UnknownTaskError' || err.name === 'MalformedTaskError')) deadReason = err.message;
+      // Whatever was thrown, described without trusting it: strings only, bounded.
+      const error = toRemoteError(err);
+      if (error.name === 'UnknownTaskError' || error.name === 'MalformedTaskError') deadReason = error.message;
       // A message that cannot be run is not retried: it would fail (and be dead-lettered) again.
-      outcome = { ok: false, error: toRemoteError(err), retryDelayMs: deadReason ? undefined : this.retryDelay(def, task, err) };
+      outcome = { ok: false, error, retryDelayMs: deadReason ? undefined : this.retryDelay(def, task, err) };
     }
     if (run.released) return; // revoked with terminate, lost, or handed back meanwhile
     const runtimeMs = performance.now() - began;
     const done = outcome;
-    const stored = (result: string): void => {
+    const announce = (result: string): void => {
       if (result === 'STALE') {
         this.emit(
           'error',
@@ -470,6 +524,14 @@ export class Worker {
         this.emit('succeeded', { id, name, queue, args, attempt, result: done.result, runtimeMs });
       } else {
         this.emit('failed', { ...event, error: done.error, runtimeMs });
+      }
+    };
+    // Called from the queue runner's loop, which must not stop for anything thrown here.
+    const stored = (result: string): void => {
+      try {
+        announce(result);
+      } catch (err) {
+        this.host.reportError(err);
       }
     };
     let finish: Finish;
@@ -549,24 +611,24 @@ export class Worker {
     });
   }
 
-  /** The delay before a retry of this failure, or undefined when it is final. */
+  /**
+   * The delay before a retry of this failure, or undefined when it is final. A thrown value that
+   * cannot be classified safely (a revoked Proxy, a throwing `Symbol.hasInstance`) is not retried.
+   */
   private retryDelay(def: TaskDefinition | undefined, task: StartedTask, err: unknown): number | undefined {
     if (!def) return undefined;
-    const requested = err instanceof RetryRequest;
+    const requested = safeInstanceOf(err, RetryRequest);
+    if (requested === undefined) return undefined;
     const policy = def.options.retries ?? (requested ? DEFAULT_RETRIES : undefined);
     if (!policy || task.retries >= policy.max) return undefined;
     if (!requested) {
-      if (
-        err instanceof ConfigError ||
-        err instanceof SerializationError ||
-        err instanceof NonRetryableError ||
-        err instanceof TaskRevokedError
-      ) {
-        return undefined;
+      for (const never of [ConfigError, SerializationError, PayloadTooLargeError, NonRetryableError, TaskRevokedError]) {
+        if (safeInstanceOf(err, never) !== false) return undefined;
       }
-      if (policy.on && !policy.on.some((cls) => err instanceof cls)) return undefined;
-    } else if (err.countdownMs !== undefined) {
-      return err.countdownMs;
+      if (policy.on && !policy.on.some((cls) => safeInstanceOf(err, cls) === true)) return undefined;
+    } else {
+      const countdownMs = (err as RetryRequest).countdownMs;
+      if (countdownMs !== undefined) return countdownMs;
     }
     const computed =
       policy.backoff.kind === 'fixed'
@@ -618,7 +680,12 @@ export class Worker {
 
   private emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void {
     if (event === 'error' && this.events.listenerCount('error') === 0) {
-      console.error(`[heimdall-tasks] worker ${this.id}:`, args[0]);
+      try {
+        console.error(`[heimdall-tasks] worker ${this.id}:`, args[0]);
+      } catch {
+        // Printing an error runs its own getters (stack, message), which may throw.
+        console.error(`[heimdall-tasks] worker ${this.id}: ${toRemoteError(args[0]).message}`);
+      }
       return;
     }
     try {
