@@ -78,7 +78,8 @@ export type TaskProxy<T> = {
 const newId = customAlphabet('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz', 22);
 const QUEUE_IN_ID = /^(.+):[0-9A-Za-z]{22}$/;
 const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue', 'expires', 'timeLimit']);
-const DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024;
+/** Default `maxPayloadBytes` of the Dispatcher (arguments) and the Worker (results): 512 KiB. */
+export const DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024;
 /** Reply codes of enqueue-2.lua (see its header). */
 const ENQUEUED = 1;
 const DUPLICATE = 2;

@@ -1,3 +1,4 @@
+import { types } from 'node:util';
 import ms from 'ms';
 import { ConfigError } from './errors.js';
 
@@ -35,13 +36,49 @@ export function toMillisOrZero(value: Duration, what: string): number {
   return value === 0 ? 0 : toMillis(value, what);
 }
 
-/** Short text for a bad value in an error message. */
+// describe() shows at most this much of an array or a string, and arrays this many levels deep.
+const MAX_SHOWN_ITEMS = 20;
+const MAX_SHOWN_CHARS = 1000;
+const MAX_SHOWN_DEPTH = 3;
+
+/**
+ * Short text for a bad value in an error message. Never throws: a revoked Proxy, an element
+ * getter that throws and an array that holds itself are all shown as something.
+ */
 export function describe(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (typeof value === 'function') return 'a function';
-  if (Array.isArray(value)) return `[${value.map(describe).join(', ')}]`;
+  try {
+    return describeAt(value, 0);
+  } catch {
+    return 'an array that cannot be shown';
+  }
+}
+
+function describeAt(value: unknown, depth: number): string {
+  if (typeof value === 'string') {
+    if (value.length <= MAX_SHOWN_CHARS) return JSON.stringify(value);
+    return `${JSON.stringify(value.slice(0, MAX_SHOWN_CHARS))} ... (${value.length - MAX_SHOWN_CHARS} more characters)`;
+  }
+  if (typeof value === 'function') return isRevokedProxy(value) ? 'a revoked Proxy' : 'a function';
   if (typeof value === 'bigint') return `${value}n`;
-  if (typeof value === 'symbol') return value.toString();
-  if (value !== null && typeof value === 'object') return 'an object';
-  return String(value);
+  if (typeof value === 'symbol') return String(value);
+  if (value === null || typeof value !== 'object') return String(value);
+  if (isRevokedProxy(value)) return 'a revoked Proxy';
+  if (!Array.isArray(value)) return 'an object';
+  if (depth >= MAX_SHOWN_DEPTH) return '[...]';
+  const items: string[] = [];
+  for (let i = 0; i < Math.min(value.length, MAX_SHOWN_ITEMS); i++) items.push(describeAt(value[i], depth + 1));
+  if (value.length > MAX_SHOWN_ITEMS) items.push(`... (${value.length - MAX_SHOWN_ITEMS} more)`);
+  return `[${items.join(', ')}]`;
+}
+
+/** True for a Proxy that was revoked, on which every operation throws. Runs no code of the value's. */
+export function isRevokedProxy(value: unknown): boolean {
+  if (!types.isProxy(value)) return false;
+  try {
+    // IsArray calls no trap; it throws only when the Proxy (or one it wraps) is revoked.
+    Array.isArray(value);
+    return false;
+  } catch {
+    return true;
+  }
 }

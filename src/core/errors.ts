@@ -142,18 +142,24 @@ export class TimeLimitExceededError extends HeimdallError {
   }
 }
 
-/** The arguments of a dispatch serialize to more than `maxPayloadBytes`; nothing was sent. */
+/**
+ * A dispatch's arguments serialize to more than the Dispatcher's `maxPayloadBytes` (nothing was
+ * sent), or a task's result to more than the Worker's (the task ends FAILURE with this error).
+ */
 export class PayloadTooLargeError extends HeimdallError {
   static readonly CODE = 'HEIMDALL_PAYLOAD_TOO_LARGE';
-  /** Size of the serialized arguments, in bytes. */
+  /** Size of the serialized arguments or result, in bytes. */
   readonly bytes: number;
-  /** The dispatcher's `maxPayloadBytes`. */
+  /** The `maxPayloadBytes` it is over: the dispatcher's for arguments, the worker's for a result. */
   readonly limit: number;
-  constructor(taskName: string, bytes: number, limit: number) {
+  constructor(taskName: string, bytes: number, limit: number, what: 'arguments' | 'result' = 'arguments') {
     super(
       PayloadTooLargeError.CODE,
-      `arguments of ${taskName} are ${bytes} bytes as JSON, over maxPayloadBytes (${limit}); ` +
-        `store large data elsewhere and pass a reference, or raise maxPayloadBytes`,
+      what === 'result'
+        ? `the result of ${taskName} is ${bytes} bytes as JSON, over the worker's maxPayloadBytes (${limit}); ` +
+            `store large data elsewhere and return a reference, or raise maxPayloadBytes`
+        : `arguments of ${taskName} are ${bytes} bytes as JSON, over maxPayloadBytes (${limit}); ` +
+            `store large data elsewhere and pass a reference, or raise maxPayloadBytes`,
     );
     this.bytes = bytes;
     this.limit = limit;

@@ -1,4 +1,6 @@
+import { isRevokedProxy } from './durations.js';
 import { SerializationError } from './errors.js';
+import { toRemoteError } from './remote-error.js';
 
 /**
  * Strict JSON: a value is accepted only if `JSON.parse(JSON.stringify(value))` gives it back
@@ -6,9 +8,18 @@ import { SerializationError } from './errors.js';
  * receives a Date turned into a string or a Map turned into `{}`.
  */
 export function toJson(value: unknown, root: string): string {
-  // The quick pass builds no paths; only a value it rejects is walked again to say where.
-  if (!plain(value, 0)) check(value, root, new Set());
+  // The quick pass builds no paths; only a value it rejects (or that throws on it, such as a
+  // getter) is walked again to say where.
+  if (!quickPass(value)) check(value, root, new Set());
   return JSON.stringify(value);
+}
+
+function quickPass(value: unknown): boolean {
+  try {
+    return plain(value, 0);
+  } catch {
+    return false;
+  }
 }
 
 // Deeper than this, the quick pass leaves the value to check(), which also finds cycles.
@@ -58,6 +69,28 @@ function pathOf(parent: string, key: string | number): string {
   return /^[A-Za-z_$][\w$]*$/.test(key) ? `${parent}.${key}` : `${parent}[${JSON.stringify(key)}]`;
 }
 
+/** A property of a value being checked; a getter (or Proxy trap) that throws is a SerializationError at its path. */
+function read(obj: object, key: string | number, path: string): unknown {
+  try {
+    return (obj as Record<string | number, unknown>)[key];
+  } catch (err) {
+    const e = toRemoteError(err);
+    throw new SerializationError(pathOf(path, key), `could not be read: reading it threw ${e.name}: ${e.message}`);
+  }
+}
+
+/** Name of the class of an instance, for the message; a throwing getter gives a generic one. */
+function classOf(obj: object): { kind: string; hint: string } {
+  try {
+    const kind = (obj as { constructor?: { name?: string } }).constructor?.name || 'class instance';
+    const hint =
+      obj instanceof Date ? ' (pass date.toISOString() or a timestamp)' : obj instanceof Map ? ' (pass Object.fromEntries(map))' : obj instanceof Set ? ' (pass [...set])' : '';
+    return { kind: String(kind), hint };
+  } catch {
+    return { kind: 'class instance', hint: '' };
+  }
+}
+
 function check(value: unknown, path: string, seen: Set<object>): void {
   switch (typeof value) {
     case 'string':
@@ -79,21 +112,20 @@ function check(value: unknown, path: string, seen: Set<object>): void {
   }
   if (value === null) return;
   const obj = value as object;
+  if (isRevokedProxy(obj)) throw new SerializationError(path, 'is a revoked Proxy, which cannot be read');
   if (seen.has(obj)) throw new SerializationError(path, 'refers back to one of its parents (a cycle)');
   if (Array.isArray(obj)) {
     seen.add(obj);
     for (let i = 0; i < obj.length; i++) {
       if (!(i in obj)) throw new SerializationError(pathOf(path, i), 'is a hole in a sparse array');
-      check(obj[i], pathOf(path, i), seen);
+      check(read(obj, i, path), pathOf(path, i), seen);
     }
     seen.delete(obj);
     return;
   }
   const proto: unknown = Object.getPrototypeOf(obj);
   if (proto !== Object.prototype && proto !== null) {
-    const kind = (obj as { constructor?: { name?: string } }).constructor?.name || 'class instance';
-    const hint =
-      obj instanceof Date ? ' (pass date.toISOString() or a timestamp)' : obj instanceof Map ? ' (pass Object.fromEntries(map))' : obj instanceof Set ? ' (pass [...set])' : '';
+    const { kind, hint } = classOf(obj);
     throw new SerializationError(path, `is ${/^[AEIO]/.test(kind) ? 'an' : 'a'} ${kind}, which JSON would not bring back as it was${hint}`);
   }
   if (Object.getOwnPropertySymbols(obj).length > 0) {
@@ -101,7 +133,7 @@ function check(value: unknown, path: string, seen: Set<object>): void {
   }
   seen.add(obj);
   for (const key of Object.keys(obj)) {
-    const child = (obj as Record<string, unknown>)[key];
+    const child = read(obj, key, path);
     // An undefined property is simply absent after a round trip, which reads the same.
     if (child === undefined) continue;
     check(child, pathOf(path, key), seen);

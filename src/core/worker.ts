@@ -4,13 +4,22 @@ import { nanoid } from 'nanoid';
 import { closeClient, openClient, type OwnedClient } from './connection.js';
 import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
 import { DEFAULT_RESULT_EXPIRES_MS, DEFAULT_RETRIES } from './task-options.js';
-import type { ConnectionOptions } from './dispatcher.js';
+import { DEFAULT_MAX_PAYLOAD_BYTES, type ConnectionOptions } from './dispatcher.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from './durations.js';
 import { callChecks, type LockCheck, type RateCheck } from './call-checks.js';
-import { ConfigError, NonRetryableError, SerializationError, StaleRunError, TaskRevokedError, TimeLimitExceededError } from './errors.js';
+import {
+  ConfigError,
+  NonRetryableError,
+  PayloadTooLargeError,
+  SerializationError,
+  StaleRunError,
+  TaskRevokedError,
+  TimeLimitExceededError,
+} from './errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from './queue-keys.js';
 import { QueueRunner, type Finish, type RunnerHost, type StartedTask, type Verdict } from './queue-runner.js';
 import { discover, registeredTasks, taskByName, type Constructor, type TaskDefinition } from './registry.js';
+import { safeInstanceOf, toRemoteError } from './remote-error.js';
 import { ScriptRunner } from './script-runner.js';
 import { toJson } from './serialization.js';
 import type { RemoteError } from './task-state.js';
@@ -32,6 +41,11 @@ export interface WorkerOptions extends ConnectionOptions {
   leaseDuration?: Duration;
   /** How long results are kept, unless the task sets its own. Seconds or an `ms` string. Default: one day. */
   resultExpires?: Duration;
+  /**
+   * Largest result stored, in bytes of its JSON (UTF-8). A task whose result is larger ends
+   * FAILURE with a PayloadTooLargeError. Default: 524288 (512 KiB), as the Dispatcher's.
+   */
+  maxPayloadBytes?: number;
   /**
    * This worker's id in task records. It must be unique among live workers: leases, finishes
    * and reclaims are matched by it. Default: `<hostname>:<pid>:<random>`.
@@ -133,11 +147,6 @@ function parseArgs(json: string): unknown[] {
   throw Object.assign(new Error(`the task's arguments are not a JSON array: ${json.slice(0, 200)}`), { name: 'MalformedTaskError' });
 }
 
-function toRemoteError(err: unknown): RemoteError {
-  if (err instanceof Error) return { name: err.name, message: err.message, traceback: err.stack };
-  return { name: 'Error', message: typeof err === 'string' ? err : describe(err), traceback: undefined };
-}
-
 /**
  * Runs tasks. Start as many as you like, in as many processes: unique locks and rate limits
  * hold across all of them.
@@ -151,6 +160,7 @@ export class Worker {
   readonly concurrency: number;
   private readonly prefix: string;
   private readonly options: WorkerOptions;
+  private readonly maxPayloadBytes: number;
   private readonly events = new EventEmitter();
   private readonly instances = new Map<object, object | Promise<object>>();
   private readonly classes = new Set<object>();
@@ -177,6 +187,11 @@ export class Worker {
       throw new ConfigError(`concurrency must be a whole number >= 1, got ${describe(concurrency)}`);
     }
     this.concurrency = concurrency;
+    const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    if (!Number.isInteger(maxPayloadBytes) || maxPayloadBytes < 1) {
+      throw new ConfigError(`maxPayloadBytes must be a whole number of bytes >= 1, got ${describe(options.maxPayloadBytes)}`);
+    }
+    this.maxPayloadBytes = maxPayloadBytes;
     if (options.resolve !== undefined && typeof options.resolve !== 'function') {
       throw new ConfigError('resolve must be a function (cls) => instance');
     }
@@ -203,7 +218,9 @@ export class Worker {
       rateLimited: (queue, id, name, argsJson, delayMs) =>
         this.emit('rateLimited', { id, name, queue, args: safeArgs(argsJson), delayMs }),
       revoked: (queue, id, name, argsJson, reason) => this.emit('revoked', { id, name, queue, args: safeArgs(argsJson), reason }),
-      reportError: (err) => this.emit('error', err instanceof Error ? err : new Error(String(err))),
+      // Anything a listener throws gets here: it is described without being trusted.
+      reportError: (err) =>
+        this.emit('error', safeInstanceOf(err, Error) === true ? (err as Error) : new Error(toRemoteError(err).message)),
     };
   }
 
@@ -400,7 +417,7 @@ export class Worker {
     }
     const run: Running = { runner, task, released: false };
     this.inFlight.set(key, run);
-    void this.run(run).catch((err: unknown) => this.host.reportError(err));
+    void this.run(run).catch((err: unknown) => this.executeFailed(run, err));
   }
 
   /** Whether this worker runs a task: its class is registered here and served (an instance, a class in services, or resolve). */
@@ -497,6 +514,38 @@ export class Worker {
     }
   }
 
+  /**
+   * Last resort, for a fault in execute() itself: the task still ends FAILURE (unless its slot
+   * was freed already), and the fault is reported instead of becoming an unhandled rejection.
+   */
+  private executeFailed(run: Running, err: unknown): void {
+    const { runner, task } = run;
+    try {
+      const error = toRemoteError(err);
+      this.emit('error', new Error(`task ${task.id} (${task.name}) failed inside the worker: ${error.name}: ${error.message}`));
+      if (run.released) return;
+      const queue = runner.keys.queue;
+      const event: TaskEvent = { id: task.id, name: task.name, queue, args: safeArgs(task.argsJson), attempt: task.attempt };
+      this.release(run, {
+        id: task.id,
+        token: task.token,
+        state: 'FAILURE',
+        field: 'e',
+        value: JSON.stringify(error),
+        expireMs: taskByName(task.name)?.options.resultExpiresMs ?? this.host.resultExpiresMs,
+        retryDelayMs: 0,
+        deadReason: '',
+        stored: (outcome, detail) => {
+          if (outcome === 'FAILURE') this.emit('failed', { ...event, error, runtimeMs: 0 });
+          else if (outcome === 'STALE') this.emit('error', new StaleRunError(task.id, task.name, detail || undefined, 'end'));
+        },
+      });
+    } catch {
+      // Not even that: free the slot; the lease lapses and the task is recovered elsewhere.
+      if (!run.released) this.release(run, undefined);
+    }
+  }
+
   /** Fires a task's AbortSignal inside its own context, so listeners can still call currentTask(). */
   private abort(run: Running, reason: Error): void {
     if (run.aborted) return;
@@ -551,16 +600,23 @@ export class Worker {
       const running = taskStorage().run(context, () => method.apply(instance, args) as unknown);
       const result = task.timeLimitMs > 0 ? await this.withTimeLimit(run, Promise.resolve(running)) : await running;
       const json = result === undefined ? undefined : toJson(result, 'result');
+      if (json !== undefined && json.length > this.maxPayloadBytes / 3) {
+        // Up to 3 bytes per UTF-16 unit: only a long result needs counting.
+        const bytes = Buffer.byteLength(json);
+        if (bytes > this.maxPayloadBytes) throw new PayloadTooLargeError(task.name, bytes, this.maxPayloadBytes, 'result');
+      }
       outcome = { ok: true, result, json };
     } catch (err) {
-      if (err instanceof Error && err.name === 'MalformedTaskError') deadReason = err.message;
+      // Whatever was thrown, described without trusting it: strings only, bounded.
+      const error = toRemoteError(err);
+      if (error.name === 'MalformedTaskError') deadReason = error.message;
       // A message that cannot be run is not retried: it would fail (and be dead-lettered) again.
-      outcome = { ok: false, error: toRemoteError(err), retryDelayMs: deadReason ? undefined : this.retryDelay(def, task, err) };
+      outcome = { ok: false, error, retryDelayMs: deadReason ? undefined : this.retryDelay(def, task, err) };
     }
     if (run.released) return; // revoked with terminate, lost, or handed back meanwhile
     const runtimeMs = performance.now() - began;
     const done = outcome;
-    const stored = (result: string, detail: string): void => {
+    const announce = (result: string, detail: string): void => {
       if (result === 'STALE') {
         this.emit('error', new StaleRunError(task.id, task.name, detail || undefined, 'end'));
       } else if (result === 'REVOKED') {
@@ -573,6 +629,14 @@ export class Worker {
         this.emit('succeeded', { id, name, queue, args, attempt, result: done.result, runtimeMs });
       } else {
         this.emit('failed', { ...event, error: done.error, runtimeMs });
+      }
+    };
+    // Called from the queue runner's loop, which must not stop for anything thrown here.
+    const stored = (result: string, detail: string): void => {
+      try {
+        announce(result, detail);
+      } catch (err) {
+        this.host.reportError(err);
       }
     };
     let finish: Finish;
@@ -653,23 +717,23 @@ export class Worker {
     });
   }
 
-  /** The delay before a retry of this failure, or undefined when it is final. */
+  /**
+   * The delay before a retry of this failure, or undefined when it is final. A thrown value that
+   * cannot be classified safely (a revoked Proxy, a throwing `Symbol.hasInstance`) is not retried.
+   */
   private retryDelay(def: TaskDefinition, task: StartedTask, err: unknown): number | undefined {
-    const requested = err instanceof RetryRequest;
+    const requested = safeInstanceOf(err, RetryRequest);
+    if (requested === undefined) return undefined;
     const policy = def.options.retries ?? (requested ? DEFAULT_RETRIES : undefined);
     if (!policy || task.retries >= policy.max) return undefined;
     if (!requested) {
-      if (
-        err instanceof ConfigError ||
-        err instanceof SerializationError ||
-        err instanceof NonRetryableError ||
-        err instanceof TaskRevokedError
-      ) {
-        return undefined;
+      for (const never of [ConfigError, SerializationError, PayloadTooLargeError, NonRetryableError, TaskRevokedError]) {
+        if (safeInstanceOf(err, never) !== false) return undefined;
       }
-      if (policy.on && !policy.on.some((cls) => err instanceof cls)) return undefined;
-    } else if (err.countdownMs !== undefined) {
-      return err.countdownMs;
+      if (policy.on && !policy.on.some((cls) => safeInstanceOf(err, cls) === true)) return undefined;
+    } else {
+      const countdownMs = (err as RetryRequest).countdownMs;
+      if (countdownMs !== undefined) return countdownMs;
     }
     const computed =
       policy.backoff.kind === 'fixed'
@@ -746,7 +810,12 @@ export class Worker {
 
   private emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void {
     if (event === 'error' && this.events.listenerCount('error') === 0) {
-      console.error(`[heimdall-tasks] worker ${this.id}:`, args[0]);
+      try {
+        console.error(`[heimdall-tasks] worker ${this.id}:`, args[0]);
+      } catch {
+        // Printing an error runs its own getters (stack, message), which may throw.
+        console.error(`[heimdall-tasks] worker ${this.id}: ${toRemoteError(args[0]).message}`);
+      }
       return;
     }
     try {

@@ -81,3 +81,31 @@ describe('describe (values in error messages)', () => {
     expect(describeValue(value)).toBe(shown);
   });
 });
+
+describe('describe never throws', () => {
+  const { proxy: revoked, revoke } = Proxy.revocable({}, {});
+  revoke();
+  const cyclic: unknown[] = [1];
+  cyclic.push(cyclic);
+  const getter: unknown[] = [1];
+  Object.defineProperty(getter, 1, {
+    get(): never {
+      throw new Error('element getter exploded');
+    },
+    enumerable: true,
+  });
+
+  it.each<[string, unknown, string | RegExp]>([
+    ['a revoked Proxy', revoked, 'a revoked Proxy'],
+    ['an array holding a revoked Proxy', [1, revoked], '[1, a revoked Proxy]'],
+    ['an array that holds itself', cyclic, '[1, [1, [1, [...]]]]'],
+    ['an array whose element getter throws', getter, 'an array that cannot be shown'],
+    ['a long array', Array.from({ length: 1000 }, (_, i) => i), /^\[0, 1, .*, 19, \.\.\. \(980 more\)\]$/],
+    ['a long string', 'x'.repeat(5000), /^"x{1000}" \.\.\. \(4000 more characters\)$/],
+  ])('shows %s', (_label, value, shown) => {
+    let text: string | undefined;
+    expect(() => (text = describeValue(value))).not.toThrow();
+    if (typeof shown === 'string') expect(text).toBe(shown);
+    else expect(text).toMatch(shown);
+  });
+});

@@ -27,6 +27,23 @@ function sparse(): unknown[] {
   return a;
 }
 
+function throwingElement(): unknown[] {
+  const a: unknown[] = [1];
+  Object.defineProperty(a, 1, {
+    get(): never {
+      throw new Error('element exploded');
+    },
+    enumerable: true,
+  });
+  return a;
+}
+
+function revokedProxy(): object {
+  const { proxy, revoke } = Proxy.revocable({}, {});
+  revoke();
+  return proxy;
+}
+
 function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
@@ -69,6 +86,9 @@ describe('argsToJson rejects what JSON would not bring back, naming the path', (
     ['a key with a quote', [{ 'say "hi"': { when: new Date(0) } }], 'args[0]["say \\"hi\\""].when', 'is a Date'],
     ['a numeric key', [{ 7: 10n }], 'args[0]["7"]', 'is a BigInt'],
     ['an object without a prototype holding a bad value', [Object.assign(Object.create(null) as object, { f: Symbol('x') })], 'args[0].f', 'is a symbol'],
+    ['a getter that throws', [{ ok: 1, get boom(): never { throw new Error('getter exploded'); } }], 'args[0].boom', 'could not be read: reading it threw Error: getter exploded'],
+    ['an array element getter that throws', [throwingElement()], 'args[0][1]', 'could not be read: reading it threw Error: element exploded'],
+    ['a revoked Proxy', [{ p: revokedProxy() }], 'args[0].p', 'is a revoked Proxy'],
   ])('%s', (_kind, args, path, problem) => {
     const err = rejection(args);
     expect(err.path).toBe(path);
