@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { ConfigError } from './errors.js';
+import { ConfigError, outOfMemory } from './errors.js';
 import { allScripts, type LuaScript } from '../redis-scripts/scripts.generated.js';
 
 type Arg = string | number;
@@ -46,11 +46,21 @@ export class ScriptRunner {
     }
   }
 
+  /** Runs a script; Redis's out-of-memory reply becomes a RedisOutOfMemoryError naming the script. */
   async run<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
     if (!this.loaded) {
       await this.load();
       this.loaded = true;
     }
+    try {
+      return await this.evalsha<T>(script, keys, args);
+    } catch (err) {
+      throw outOfMemory(err, `the ${script.name} script`);
+    }
+  }
+
+  /** EVALSHA; on NOSCRIPT, loads the script and tries once more. */
+  private async evalsha<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
     try {
       return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
     } catch (err) {

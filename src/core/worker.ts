@@ -6,7 +6,7 @@ import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
 import { DEFAULT_RESULT_EXPIRES_MS, DEFAULT_RETRIES } from './task-options.js';
 import type { ConnectionOptions } from './dispatcher.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from './durations.js';
-import { ConfigError, NonRetryableError, SerializationError, TaskRevokedError, TimeLimitExceededError } from './errors.js';
+import { ConfigError, NonRetryableError, outOfMemory, SerializationError, TaskRevokedError, TimeLimitExceededError } from './errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from './queue-keys.js';
 import { QueueRunner, type Finish, type RunnerHost, type StartedTask } from './queue-runner.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
@@ -185,7 +185,10 @@ export class Worker {
       rateLimited: (queue, id, name, argsJson, delayMs) =>
         this.emit('rateLimited', { id, name, queue, args: safeArgs(argsJson), delayMs }),
       revoked: (queue, id, name, argsJson, reason) => this.emit('revoked', { id, name, queue, args: safeArgs(argsJson), reason }),
-      reportError: (err) => this.emit('error', err instanceof Error ? err : new Error(String(err))),
+      reportError: (reported) => {
+        const err = outOfMemory(reported, `worker ${this.id}`);
+        this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      },
     };
   }
 
