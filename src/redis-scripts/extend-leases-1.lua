@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[
   extend-leases: a worker renews the leases of all its running tasks in one call, and learns
   which of them it should stop: revoked while running (a revoke message it may have missed),
