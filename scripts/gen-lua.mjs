@@ -1,19 +1,37 @@
 // Turns src/redis-scripts/*.lua into src/redis-scripts/scripts.generated.ts, inlining
 // `-- @include "name"` lines from src/redis-scripts/includes/. The generated module is
 // committed; `npm test` starts with `--check`, which fails when it is out of date.
+//
+// A script may open with a Redis 7 shebang such as `#!lua flags=allow-oom`. Redis reads the
+// flags only when `#!` are the first two bytes of the source, so the shebang is taken off
+// before the includes are expanded and put back first; a `#!` line anywhere else (later in a
+// script, or in an include, whose text lands in the middle of a script) is an error.
 // Usage: node scripts/gen-lua.mjs [--check]
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const dir = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'redis-scripts');
-const out = join(dir, 'scripts.generated.ts');
+const scriptsDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'redis-scripts');
+const out = join(scriptsDir, 'scripts.generated.ts');
 
-export function render() {
+/** Splits `#!lua ...` off the first line of a script; refuses a `#!` line anywhere else. */
+function splitShebang(text, what) {
+  const first = /^#![^\n]*\n/.exec(text);
+  if (first && !first[0].startsWith('#!lua')) throw new Error(`${what}: a shebang must name the engine: #!lua [flags=...]`);
+  const shebang = first ? first[0] : '';
+  const body = text.slice(shebang.length);
+  if (/^#!/m.test(body)) throw new Error(`${what}: a #! line is only read by Redis as the first line of a script`);
+  return [shebang, body];
+}
+
+/** The generated module for the scripts in `dir` (default: src/redis-scripts). */
+export function render(dir = scriptsDir) {
   const included = (name, seen) => {
     if (seen.has(name)) throw new Error(`include cycle at ${name}`);
-    return expand(readFileSync(join(dir, 'includes', `${name}.lua`), 'utf8'), new Set([...seen, name]));
+    const text = readFileSync(join(dir, 'includes', `${name}.lua`), 'utf8');
+    if (/^#!/m.test(text)) throw new Error(`includes/${name}.lua: an include cannot carry a #! line; put the shebang in the script`);
+    return expand(text, new Set([...seen, name]));
   };
   const expand = (text, seen) =>
     text.replace(/^-- @include "([\w-]+)"$/gm, (_, name) => included(name, seen).trimEnd());
@@ -26,7 +44,8 @@ export function render() {
   for (const file of files) {
     const m = /^([a-z-]+)-(\d+)\.lua$/.exec(file);
     if (!m) throw new Error(`${file}: script files are named <name>-<numberOfKeys>.lua`);
-    const source = expand(readFileSync(join(dir, file), 'utf8'), new Set());
+    const [shebang, body] = splitShebang(readFileSync(join(dir, file), 'utf8'), file);
+    const source = shebang + expand(body, new Set());
     const sha = createHash('sha1').update(source).digest('hex');
     const id = m[1].replace(/-([a-z])/g, (_, c) => c.toUpperCase());
     names.push(id);

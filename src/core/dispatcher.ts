@@ -2,8 +2,17 @@ import type { Redis } from 'ioredis';
 import { customAlphabet } from 'nanoid';
 import { closeClient, openClient, type ConnectionOption, type OwnedClient } from './connection.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from './durations.js';
-import { AlreadyQueuedError, ConfigError, NotATaskError, PayloadTooLargeError, RedisUnavailableError } from './errors.js';
 import { callChecks, uniqueKey } from './call-checks.js';
+import {
+  AlreadyQueuedError,
+  ConfigError,
+  NotATaskError,
+  outOfMemory,
+  PartialDispatchError,
+  PayloadTooLargeError,
+  RedisOutOfMemoryError,
+  RedisUnavailableError,
+} from './errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from './queue-keys.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
 import { ResultWaiter } from './result-waiter.js';
@@ -57,9 +66,11 @@ export interface TaskRef<A extends readonly unknown[], R> {
   /**
    * Sends one task per entry of `argsList`, with the same per-call options (no `taskId`), in
    * batches of up to 50 tasks (or about 64 KiB of arguments) per Redis call. Every entry is
-   * checked before anything is sent, so a bad one rejects the whole call and sends nothing. The
-   * handles come back in order.
-   * With `uniqueRaises`, a duplicate rejects with AlreadyQueuedError once the others are sent.
+   * checked before anything is sent, so a bad one rejects the whole call and sends nothing.
+   * Resolves to the handles in order when every task was sent. When none was, it rejects with
+   * the error of the first entry (e.g. RedisOutOfMemoryError), and the whole call can be sent
+   * again. When some were and some not (a batch refused by a full Redis, a duplicate with
+   * `uniqueRaises`), it rejects with a PartialDispatchError holding each entry's handle or error.
    */
   delayMany(argsList: readonly A[], options?: Omit<ApplyOptions, 'taskId'>): Promise<TaskResult<R>[]>;
   /** The task holding the unique lock for these arguments, or null when none does (unique tasks only). */
@@ -270,8 +281,14 @@ export class Dispatcher {
         throw err;
       }
     }
-    const replies = prepared.map((p) => this.submit(p));
-    return Promise.all(replies.map((reply, i) => reply.then((r) => this.handle<R>(prepared[i]!, r))));
+    const settled = await Promise.allSettled(prepared.map((p) => this.submit(p).then((reply) => this.handle<R>(p, reply))));
+    const results = settled.map((s) => (s.status === 'fulfilled' ? s.value : undefined));
+    const failed = settled.findIndex((s) => s.status === 'rejected');
+    if (failed === -1) return results as TaskResult<R>[];
+    const errors = settled.map((s) => (s.status === 'rejected' ? (s.reason as unknown) : undefined));
+    // Nothing sent: the error itself, so the caller can send the whole list again.
+    if (results.every((r) => r === undefined)) throw errors[failed];
+    throw new PartialDispatchError<R>(name, results, errors);
   }
 
   /** Checks one call and builds what the enqueue script needs for it; throws on bad input, sending nothing. */
@@ -358,7 +375,7 @@ export class Dispatcher {
       reply = await this.scripts.run<(string | number)[]>(enqueue, keys, argv);
     } catch (err) {
       const what = batch.items.length === 1 ? `sending ${batch.items[0]!.p.name}` : `sending ${batch.items.length} tasks`;
-      const error = unavailable(err, what, this.conn.lastError);
+      const error = redisFailure(err, what, this.conn.lastError);
       for (const item of batch.items) item.reject(error);
       return;
     }
@@ -412,12 +429,17 @@ function expiresToMillis(expires: Duration | Date): number {
   return Date.now() + toMillis(expires, 'expires');
 }
 
-/** ioredis gives up after maxRetriesPerRequest; say so in our words, keeping its error as the cause. */
-export function unavailable(err: unknown, what: string, lastError?: Error): unknown {
+/**
+ * ioredis gave up after maxRetriesPerRequest, or Redis is full: say so in our words, naming
+ * what was being sent and keeping the original error as the cause.
+ */
+function redisFailure(err: unknown, what: string, lastError?: Error): unknown {
   if (err instanceof Error && err.name === 'MaxRetriesPerRequestError') {
     return new RedisUnavailableError(what, { cause: err, lastError });
   }
-  return err;
+  // The script runner has already said which script; here we know which tasks.
+  if (err instanceof RedisOutOfMemoryError) return new RedisOutOfMemoryError(what, { cause: err.cause });
+  return outOfMemory(err, what);
 }
 
 function etaToMillis(eta: Date | number): number {

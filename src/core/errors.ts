@@ -3,6 +3,8 @@
  * `code`. `instanceof` is answered from a `Symbol.for` brand, so it holds even when an app
  * ends up with two copies of the package (its ESM and CommonJS builds, or two versions).
  */
+import type { TaskResult } from './task-result.js';
+
 const BRAND = Symbol.for('heimdall-tasks.error');
 
 function brandOf(value: unknown): string | undefined {
@@ -218,5 +220,69 @@ function staleCause(state: string | undefined): string {
       return 'Redis holds it as STARTED under a newer run: its lease lapsed and it was started again';
     default:
       return `Redis holds it as ${state}, an end this run did not store (a lapsed lease ended by WorkerLostError, a revoke with terminate, or a newer run)`;
+  }
+}
+
+/**
+ * Redis refused a write because it is full: its used memory is over `maxmemory` and its
+ * `maxmemory-policy` is `noeviction` (or, under a `volatile-*` policy, no key with a TTL is left
+ * to evict). Redis refuses such a command, or a script at its first write, so nothing of the
+ * call was written. `cause` is Redis's own error. See docs/redis-memory.md.
+ */
+export class RedisOutOfMemoryError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_REDIS_OOM';
+  constructor(what: string, options?: { cause?: unknown }) {
+    super(
+      RedisOutOfMemoryError.CODE,
+      `${what}: Redis is out of memory (used memory is over maxmemory) and refused to write, so nothing of this call was written; ` +
+        'free memory in Redis (delete keys you do not need, shorten resultExpires) or raise its maxmemory, then try again',
+      { cause: options?.cause },
+    );
+  }
+}
+
+/** Whether an error is Redis's out-of-memory reply (`OOM command not allowed when used memory > 'maxmemory'`, ...). */
+export function isOutOfMemoryReply(err: unknown): boolean {
+  return err instanceof Error && err.name === 'ReplyError' && err.message.startsWith('OOM ');
+}
+
+/** Redis's out-of-memory reply as a RedisOutOfMemoryError saying `what` was refused; anything else as it is. */
+export function outOfMemory(err: unknown, what: string): unknown {
+  return isOutOfMemoryReply(err) ? new RedisOutOfMemoryError(what, { cause: err }) : err;
+}
+
+/**
+ * `delayMany` sent some of its tasks and not the others. `results[i]` is the handle of entry i
+ * when its task is in Redis (enqueued, or a unique duplicate's holder), undefined when it is
+ * not; `errors[i]` is why entry i was not sent, undefined when it was. A task whose error is a
+ * RedisUnavailableError may or may not have been enqueued (Redis's reply was lost); every other
+ * error means nothing of that task was written, so sending those entries again is safe.
+ */
+export class PartialDispatchError<R = unknown> extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_PARTIAL_DISPATCH';
+  /** Per entry of the list: its handle, or undefined when it was not sent. */
+  readonly results: (TaskResult<R> | undefined)[];
+  /** Per entry of the list: why it was not sent, or undefined when it was. */
+  readonly errors: unknown[];
+  /** Entries sent (with a handle in `results`). */
+  readonly sent: number;
+  /** Entries not sent (with an error in `errors`). */
+  readonly failed: number;
+  constructor(taskName: string, results: (TaskResult<R> | undefined)[], errors: unknown[]) {
+    const sent = results.filter((r) => r !== undefined).length;
+    const failed = results.length - sent;
+    const first = results.findIndex((r) => r === undefined);
+    const reason = errors[first];
+    const said = reason instanceof Error ? `${reason.name}: ${reason.message}` : String(reason);
+    super(
+      PartialDispatchError.CODE,
+      `delayMany of ${taskName}: ${sent} of ${results.length} tasks were sent and ${failed} ${failed === 1 ? 'was' : 'were'} not; ` +
+        `the first not sent, argsList[${first}], failed with ${said}. ` +
+        'The error\'s results hold the handles of the tasks sent, its errors the error of each entry not sent',
+    );
+    this.results = results;
+    this.errors = errors;
+    this.sent = sent;
+    this.failed = failed;
   }
 }

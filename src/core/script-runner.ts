@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
-import { ConfigError } from './errors.js';
+import { ConfigError, outOfMemory } from './errors.js';
+import { warnIfEvicting } from './eviction-policy.js';
 import { allScripts, type LuaScript } from '../redis-scripts/scripts.generated.js';
 
 type Arg = string | number;
@@ -9,7 +10,8 @@ const MIN_MAJOR = 7;
 /**
  * Runs the Lua scripts on one connection: `SCRIPT LOAD` of all of them once at startup,
  * `EVALSHA` afterwards, and a transparent reload when the server answers `NOSCRIPT`
- * (after a restart or `SCRIPT FLUSH`).
+ * (after a restart or `SCRIPT FLUSH`). At startup it also checks the server's version and
+ * warns when its `maxmemory-policy` may evict heimdall's keys.
  */
 export class ScriptRunner {
   private loading: Promise<void> | undefined;
@@ -22,7 +24,7 @@ export class ScriptRunner {
   load(): Promise<void> {
     if (!this.loading) {
       this.loading = Promise.all([
-        this.checkVersion(),
+        this.checkServer(),
         ...allScripts.map((s) => this.client.script('LOAD', s.source)),
       ]).then(
         () => undefined,
@@ -35,22 +37,42 @@ export class ScriptRunner {
     return this.loading;
   }
 
-  /** Refuses servers older than Redis 7.0 (BLMOVE, script effects replication) with a clear error. */
-  private async checkVersion(): Promise<void> {
-    const info = await this.client.info('server');
-    const version = /^redis_version:(\d+)\.(\d+)/m.exec(info);
+  /**
+   * Refuses servers older than Redis 7.0 (BLMOVE, script effects replication, script flags)
+   * with a clear error, and warns about an evicting `maxmemory-policy`. Two INFO calls, not one
+   * with two sections, which Redis 6 would refuse before its version could be read.
+   */
+  private async checkServer(): Promise<void> {
+    const [server, memory] = await Promise.all([
+      this.client.info('server'),
+      // Only for a warning: a server that refuses it still runs heimdall.
+      this.client.info('memory').catch(() => ''),
+    ]);
+    const version = /^redis_version:(\d+)\.(\d+)/m.exec(server);
     if (version && Number(version[1]) < MIN_MAJOR) {
       throw new ConfigError(
         `Redis ${version[1]}.${version[2]} is too old: heimdall-tasks needs Redis ${MIN_MAJOR}.0 or newer (or Valkey)`,
       );
     }
+    const { host, port, path } = this.client.options;
+    warnIfEvicting(server, memory, path ?? `${host ?? 'localhost'}:${port ?? 6379}`);
   }
 
+  /** Runs a script; Redis's out-of-memory reply becomes a RedisOutOfMemoryError naming the script. */
   async run<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
     if (!this.loaded) {
       await this.load();
       this.loaded = true;
     }
+    try {
+      return await this.evalsha<T>(script, keys, args);
+    } catch (err) {
+      throw outOfMemory(err, `the ${script.name} script`);
+    }
+  }
+
+  /** EVALSHA; on NOSCRIPT, loads the script and tries once more. */
+  private async evalsha<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
     try {
       return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
     } catch (err) {

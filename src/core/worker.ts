@@ -10,6 +10,7 @@ import { callChecks, type LockCheck, type RateCheck } from './call-checks.js';
 import {
   ConfigError,
   NonRetryableError,
+  outOfMemory,
   PayloadTooLargeError,
   SerializationError,
   StaleRunError,
@@ -218,9 +219,12 @@ export class Worker {
       rateLimited: (queue, id, name, argsJson, delayMs) =>
         this.emit('rateLimited', { id, name, queue, args: safeArgs(argsJson), delayMs }),
       revoked: (queue, id, name, argsJson, reason) => this.emit('revoked', { id, name, queue, args: safeArgs(argsJson), reason }),
-      // Anything a listener throws gets here: it is described without being trusted.
-      reportError: (err) =>
-        this.emit('error', safeInstanceOf(err, Error) === true ? (err as Error) : new Error(toRemoteError(err).message)),
+      // Anything a listener throws gets here: it is described without being trusted. A full
+      // Redis's refusal becomes a RedisOutOfMemoryError.
+      reportError: (reported) => {
+        const err = outOfMemory(reported, `worker ${this.id}`);
+        this.emit('error', safeInstanceOf(err, Error) === true ? (err as Error) : new Error(toRemoteError(err).message));
+      },
     };
   }
 

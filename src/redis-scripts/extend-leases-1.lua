@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[
   extend-leases: a worker renews the leases of its running tasks in one call, and learns which
   of them it should stop. A lease is renewed only for a run that is still the task's current

@@ -19,6 +19,7 @@ import {
   AlreadyQueuedError,
   ConfigError,
   currentTask,
+  PartialDispatchError,
   SerializationError,
   Task,
   type Dispatcher,
@@ -473,18 +474,42 @@ describe('delayMany', () => {
     expect(await waitOrder(h)).toEqual([handles[0]!.id, handles[1]!.id, handles[3]!.id]);
   });
 
-  it('uniqueRaises: a duplicate rejects with AlreadyQueuedError, and the other tasks were sent', async () => {
+  it('uniqueRaises: a duplicate is one entry not sent; PartialDispatchError reports it beside the handles of the others', async () => {
     const h = fresh();
     const tasks = h.dispatcher().tasks(BatchingService);
     const error = await rejection(tasks.strict.delayMany([[1], [2], [1], [3]]));
-    expect(error).toBeInstanceOf(AlreadyQueuedError);
+    expect(error).toBeInstanceOf(PartialDispatchError);
+    const partial = error as unknown as PartialDispatchError<number>;
     const lock = (n: number): string => `${h.prefix}:{default}:lock:BatchingService.strict:n${n}`;
     const [h1, h2, h3] = await h.admin.mget(lock(1), lock(2), lock(3));
-    expect(error.likelyCulprit).toBe(h1);
-    expect(error.expiresIn).toBeGreaterThan(3590);
-    expect(error.expiresIn).toBeLessThanOrEqual(3600);
+    expect(partial.results.map((r) => r?.id)).toEqual([h1, h2, undefined, h3]);
+    expect(partial.results.map((r) => r?.duplicate)).toEqual([false, false, undefined, false]);
+    expect(partial.errors.map((e) => e === undefined)).toEqual([true, true, false, true]);
+    expect([partial.sent, partial.failed]).toEqual([3, 1]);
+    const duplicate = partial.errors[2] as AlreadyQueuedError;
+    expect(duplicate).toBeInstanceOf(AlreadyQueuedError);
+    expect(duplicate.likelyCulprit).toBe(h1);
+    expect(duplicate.expiresIn).toBeGreaterThan(3590);
+    expect(duplicate.expiresIn).toBeLessThanOrEqual(3600);
+    expect(partial.message).toBe(
+      'delayMany of BatchingService.strict: 3 of 4 tasks were sent and 1 was not; the first not sent, argsList[2], ' +
+        `failed with AlreadyQueuedError: ${duplicate.message}. ` +
+        "The error's results hold the handles of the tasks sent, its errors the error of each entry not sent",
+    );
+    // The report is what Redis has: the three handles, queued once each, and no other record.
     expect(await waitOrder(h)).toEqual([h1, h2, h3]);
     expect(await statesOf(h, [h1!, h2!, h3!])).toEqual(['PENDING', 'PENDING', 'PENDING']);
+    expect((await h.keys('{default}:t:*')).sort()).toEqual([h1, h2, h3].map((id) => h.taskKey(id!)).sort());
+  });
+
+  it('uniqueRaises: when every entry is a duplicate, nothing was sent and it rejects with the first AlreadyQueuedError itself', async () => {
+    const h = fresh();
+    const tasks = h.dispatcher().tasks(BatchingService);
+    const holder = await tasks.strict.delay(1);
+    const error = await rejection(tasks.strict.delayMany([[1], [1]]));
+    expect(error).toBeInstanceOf(AlreadyQueuedError);
+    expect(error.likelyCulprit).toBe(holder.id);
+    expect(await waitOrder(h)).toEqual([holder.id]);
   });
 });
 

@@ -1,14 +1,24 @@
+import { ReplyError } from 'ioredis';
 import { describe, expect, it, vi } from 'vitest';
 import {
   AlreadyQueuedError,
   ConfigError,
   HeimdallError,
   NotATaskError,
+  PartialDispatchError,
+  RedisOutOfMemoryError,
   SerializationError,
   TaskFailedError,
   TaskRevokedError,
   TimeoutError,
+  type TaskResult,
 } from 'heimdall-tasks';
+import { outOfMemory } from '../../src/core/errors.js';
+
+/** What Redis answers a write it refuses while over maxmemory under noeviction. */
+const OOM_TEXT = "OOM command not allowed when used memory > 'maxmemory'. script: 41f6c1cbe2cca4f8777c0a4870ec7620b471b146, on @user_script:26.";
+/** A stand-in handle: PartialDispatchError only holds handles. */
+const handle = (id: string): TaskResult<number> => ({ id }) as unknown as TaskResult<number>;
 
 const BRAND = Symbol.for('heimdall-tasks.error');
 
@@ -24,6 +34,16 @@ const cases = [
   { cls: TaskRevokedError, code: 'HEIMDALL_TASK_REVOKED', make: () => new TaskRevokedError('ID3', 'duplicate') },
   { cls: TimeoutError, code: 'HEIMDALL_TIMEOUT', make: () => new TimeoutError('too slow') },
   { cls: NotATaskError, code: 'HEIMDALL_NOT_A_TASK', make: () => new NotATaskError('S.plain') },
+  {
+    cls: RedisOutOfMemoryError,
+    code: 'HEIMDALL_REDIS_OOM',
+    make: () => new RedisOutOfMemoryError('sending 50 tasks', { cause: new ReplyError(OOM_TEXT) }),
+  },
+  {
+    cls: PartialDispatchError,
+    code: 'HEIMDALL_PARTIAL_DISPATCH',
+    make: () => new PartialDispatchError('S.m', [handle('A'), undefined], [undefined, new ConfigError('no')]),
+  },
 ] as const;
 
 describe('error classes', () => {
@@ -74,6 +94,50 @@ describe('error classes', () => {
     expect(ser.message.startsWith('args[0].when is a Date; ')).toBe(true);
 
     expect(new NotATaskError('S.plain').message).toBe('S.plain is not a task: decorate the method with @Task()');
+  });
+
+  it('RedisOutOfMemoryError says what was refused, that nothing of it was written, and what to do; Redis\'s reply is its cause', () => {
+    const reply = new ReplyError(OOM_TEXT);
+    const err = new RedisOutOfMemoryError('sending ReportService.generateReport', { cause: reply });
+    expect(err.message).toBe(
+      'sending ReportService.generateReport: Redis is out of memory (used memory is over maxmemory) and refused to write, ' +
+        'so nothing of this call was written; free memory in Redis (delete keys you do not need, shorten resultExpires) ' +
+        'or raise its maxmemory, then try again',
+    );
+    expect(err.cause).toBe(reply);
+  });
+
+  it('outOfMemory turns only Redis\'s OOM replies into RedisOutOfMemoryError', () => {
+    for (const text of [OOM_TEXT, "OOM allow-oom flag is not set on the script, can not run it when used memory > 'maxmemory'"]) {
+      const reply = new ReplyError(text);
+      const err = outOfMemory(reply, 'the finish script');
+      expect(err).toBeInstanceOf(RedisOutOfMemoryError);
+      expect((err as RedisOutOfMemoryError).message.startsWith('the finish script: Redis is out of memory')).toBe(true);
+      expect((err as RedisOutOfMemoryError).cause).toBe(reply);
+    }
+    // Another reply, a task's own error with the same words, and a non-error pass through as they are.
+    const others: unknown[] = [new ReplyError('WRONGTYPE Operation against a key holding the wrong kind of value'), new Error(OOM_TEXT), OOM_TEXT];
+    for (const other of others) expect(outOfMemory(other, 'x')).toBe(other);
+  });
+
+  it('PartialDispatchError holds a handle or an error per entry, the counts, and names the first entry not sent', () => {
+    const duplicate = new AlreadyQueuedError('S.m', 'HOLDER', 12);
+    const oom = new RedisOutOfMemoryError('sending 2 tasks', { cause: new ReplyError(OOM_TEXT) });
+    const results = [handle('A'), undefined, handle('C'), undefined];
+    const errors = [undefined, duplicate, undefined, oom];
+    const err = new PartialDispatchError<number>('S.m', results, errors);
+    expect(err.results).toBe(results);
+    expect(err.errors).toBe(errors);
+    expect(err.sent).toBe(2);
+    expect(err.failed).toBe(2);
+    expect(err.message).toBe(
+      'delayMany of S.m: 2 of 4 tasks were sent and 2 were not; the first not sent, argsList[1], failed with ' +
+        `AlreadyQueuedError: ${duplicate.message}. ` +
+        "The error's results hold the handles of the tasks sent, its errors the error of each entry not sent",
+    );
+    const one = new PartialDispatchError<number>('S.m', [undefined, handle('B')], ['a string reason', undefined]);
+    expect([one.sent, one.failed]).toEqual([1, 1]);
+    expect(one.message.startsWith('delayMany of S.m: 1 of 2 tasks were sent and 1 was not; the first not sent, argsList[0], failed with a string reason.')).toBe(true);
   });
 
   it('HeimdallError takes a cause', () => {

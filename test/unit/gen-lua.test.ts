@@ -1,0 +1,60 @@
+/**
+ * scripts/gen-lua.mjs on scripts of its own, in a temporary directory: a `#!lua` shebang stays
+ * the first line of the generated source (Redis reads script flags only there), whatever the
+ * includes expand to, and a `#!` line anywhere else is refused.
+ */
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { render } from '../../scripts/gen-lua.mjs';
+
+const made: string[] = [];
+afterEach(() => {
+  for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A scripts directory holding `files` (paths relative to it, e.g. 'includes/now.lua'). */
+function scriptsDir(files: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'heimdall-gen-lua-'));
+  made.push(dir);
+  mkdirSync(join(dir, 'includes'));
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+  return dir;
+}
+
+/** The source and SHA the module generated for the script exported as `id`. */
+function generated(ts: string, id: string): { source: string; sha: string } {
+  const m = new RegExp(`export const ${id}: LuaScript = \\{\\n[^]*?sha: '([0-9a-f]{40})',\\n  source: ("(?:[^"\\\\]|\\\\.)*"),`).exec(ts);
+  expect(m, `the module exports ${id}`).not.toBeNull();
+  return { sha: m![1]!, source: JSON.parse(m![2]!) as string };
+}
+
+describe('gen-lua: shebangs', () => {
+  it('keeps a #!lua line first, before the expanded includes, and hashes the source as written', () => {
+    const dir = scriptsDir({
+      'renew-1.lua': '#!lua flags=allow-oom\n-- @include "now"\nreturn nowMs()\n',
+      'plain-0.lua': '-- @include "now"\nreturn 1\n',
+      'includes/now.lua': 'local function nowMs() return 1 end\n',
+    });
+    const ts = render(dir);
+    const renew = generated(ts, 'renew');
+    expect(renew.source).toBe('#!lua flags=allow-oom\nlocal function nowMs() return 1 end\nreturn nowMs()\n');
+    expect(renew.sha).toBe(createHash('sha1').update(renew.source).digest('hex'));
+    expect(generated(ts, 'plain').source).toBe('local function nowMs() return 1 end\nreturn 1\n');
+  });
+
+  const refused: { what: string; files: Record<string, string>; error: RegExp }[] = [
+    { what: 'a #! line after the first', files: { 'late-0.lua': '-- header\n#!lua flags=allow-oom\nreturn 1\n' }, error: /^late-0\.lua: a #! line is only read by Redis as the first line of a script$/ },
+    {
+      what: 'an include with a #! line',
+      files: { 'uses-0.lua': '-- @include "flagged"\nreturn 1\n', 'includes/flagged.lua': '#!lua flags=allow-oom\nlocal x = 1\n' },
+      error: /^includes\/flagged\.lua: an include cannot carry a #! line; put the shebang in the script$/,
+    },
+    { what: 'a shebang of another engine', files: { 'other-0.lua': '#!python\nreturn 1\n' }, error: /^other-0\.lua: a shebang must name the engine: #!lua \[flags=\.\.\.\]$/ },
+  ];
+  it.each(refused)('refuses $what', ({ files, error }) => {
+    expect(() => render(scriptsDir(files))).toThrow(error);
+  });
+});
