@@ -212,7 +212,7 @@ export class StaleRunError extends HeimdallError {
 function staleCause(state: string | undefined): string {
   switch (state) {
     case undefined:
-      return 'its record is gone (expired, deleted, or evicted by Redis)';
+      return 'its record is gone or unreadable (expired, deleted, overwritten by another value, or evicted by Redis)';
     case 'PENDING':
     case 'RETRY':
       return `Redis holds it as ${state}: its lease lapsed and it was recovered, to run again`;
@@ -243,7 +243,11 @@ export class RedisOutOfMemoryError extends HeimdallError {
 
 /** Whether an error is Redis's out-of-memory reply (`OOM command not allowed when used memory > 'maxmemory'`, ...). */
 export function isOutOfMemoryReply(err: unknown): boolean {
-  return err instanceof Error && err.name === 'ReplyError' && err.message.startsWith('OOM ');
+  try {
+    return err instanceof Error && err.name === 'ReplyError' && err.message.startsWith('OOM ');
+  } catch {
+    return false; // a hostile value (a revoked Proxy, a throwing getter) is no reply of Redis's
+  }
 }
 
 /** Redis's out-of-memory reply as a RedisOutOfMemoryError saying `what` was refused; anything else as it is. */

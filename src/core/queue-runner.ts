@@ -130,6 +130,7 @@ export class QueueRunner {
   /** The last fetch started all it asked for: the queue is busy, two calls may be in flight. */
   private lastFull = false;
   private failures = 0;
+  private lastRefusalReport = 0;
   /** Most tasks one call starts. */
   private readonly maxWant: number;
 
@@ -344,7 +345,11 @@ export class QueueRunner {
       refusals.push(`storing the end of task ${f.id}: ${detail}`);
     });
     if (refused.length > 0) this.pending.unshift(...refused);
-    if (unplaced.length > 0) this.unplaced.push(...unplaced.map(String));
+    if (unplaced.length > 0) {
+      // Back in the list at once: an id held here is lost if this process dies.
+      this.unplaced.push(...unplaced.map(String));
+      await this.putBack().catch((err: unknown) => this.host.reportError(err));
+    }
     for (let i = 0; i < started.length; i += STARTED_FIELDS) {
       const carried = String(started[i + 7]);
       const task: StartedTask = {
@@ -372,14 +377,26 @@ export class QueueRunner {
       this.lastFull = started.length / STARTED_FIELDS >= want;
     }
     this.scheduleDue(nextDelay);
-    if (refusals.length > 0 || this.unplaced.length > 0) {
-      // Redis refused commands of the call (out of memory, an ACL, a Cluster slot on the move):
-      // what it could not do is kept here and tried again after a pause.
-      this.host.reportError(new Error(`queue ${this.keys.queue}: Redis refused a command: ${refusals.join('; ') || 'putting back popped tasks'}`));
+    if (refusals.length > 0) this.reportRefusal(refusals.join('; '));
+    if (refused.length > 0 || this.unplaced.length > 0 || (problem && started.length === 0 && fin.length === 0)) {
+      // Redis refused commands of the call (out of memory, an ACL, a Cluster slot on the move)
+      // and the call got nothing done: what it could not do is kept here and tried again after a pause.
       await this.backOff();
     } else {
       this.failures = 0;
     }
+  }
+
+  /**
+   * Reports commands Redis refused during a call, at most once a second: a worker that keeps
+   * working around a refusal (a full Redis that will not move due delayed tasks) would otherwise
+   * report it on every call.
+   */
+  private reportRefusal(what: string): void {
+    const now = Date.now();
+    if (now - this.lastRefusalReport < 1000) return;
+    this.lastRefusalReport = now;
+    this.host.reportError(new Error(`queue ${this.keys.queue}: Redis refused a command: ${what}`));
   }
 
   /** Waits before the next call after a failure: 100 ms, 200 ms, ... up to 5 s (the call stays in flight meanwhile). */
@@ -406,7 +423,9 @@ export class QueueRunner {
    * maxCalls is 1 while reclaimNeeded), so `fin` holds every finish not yet stored.
    */
   private async reclaim(fin: readonly Finish[]): Promise<void> {
-    const known = [...this.running.values(), ...fin.map((f) => f.token), ...this.pending.map((f) => f.token)];
+    const known: string[] = [];
+    for (const [id, token] of this.running) known.push(id, token);
+    for (const f of [...fin, ...this.pending]) known.push(f.id, f.token);
     const call = this.scripts.run<[number, string]>(
       reclaimScript,
       [this.keys.wait, this.keys.active],

@@ -222,8 +222,8 @@ export class Worker {
       // Anything a listener throws gets here: it is described without being trusted. A full
       // Redis's refusal becomes a RedisOutOfMemoryError.
       reportError: (reported) => {
-        const err = outOfMemory(reported, `worker ${this.id}`);
-        this.emit('error', safeInstanceOf(err, Error) === true ? (err as Error) : new Error(toRemoteError(err).message));
+        if (safeInstanceOf(reported, Error) !== true) return this.emit('error', new Error(toRemoteError(reported).message));
+        this.emit('error', outOfMemory(reported, `worker ${this.id}`) as Error);
       },
     };
   }
@@ -285,7 +285,8 @@ export class Worker {
       // Revoke messages for running tasks arrive here, whichever process sent them.
       await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke));
       // Before the first fetch, so other workers that meet these tasks know to hand them back.
-      await this.declareNames();
+      // Not a reason to refuse to start: the next tick declares them again.
+      await this.declareNames().catch((err: unknown) => this.host.reportError(err));
       if (this.state !== 'starting') return;
       this.state = 'running';
       for (const r of this.runners) r.start();

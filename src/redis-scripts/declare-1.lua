@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[
   declare: a worker says which task names it runs, on one queue. Each name's value is the time
   (ms, Redis clock) until which the declaration holds; the worker declares again before then,
@@ -9,7 +10,11 @@
   ARGV[1] how long the declaration holds, in ms from now
   ARGV[2..] task names
 
-  Returns the number of names declared. Names nobody has declared for a day are removed.
+  Returns the number of names declared. The hash keeps one field per name ever declared on the
+  queue (a renamed task leaves its old name behind, a few bytes).
+  Runs even when Redis is full (allow-oom): it rewrites the same fields with new times, so it
+  does not grow memory once the names are there, and a full Redis must not make workers of
+  other builds give up on tasks this worker runs.
 ]]
 -- @include "now"
 
@@ -20,11 +25,4 @@ for i = 2, #ARGV do
   table.insert(fields, ARGV[i]); table.insert(fields, untilMs)
 end
 if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
--- Declarations of names no worker runs any more are dropped after a day, so the hash stays as
--- small as the set of names in use.
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local valid = tonumber(all[i + 1])
-  if not valid or valid < now - 86400000 then redis.call('HDEL', KEYS[1], all[i]) end
-end
 return #ARGV - 1

@@ -18,6 +18,10 @@
   terminate: also free its slot), 'lost' (no longer the current run: free its slot; the detail
   is the state Redis holds). A run whose record Redis refuses to read is left alone until the
   next renewal.
+
+  The first line lets it run while Redis is full (allow-oom): it only moves the scores of
+  members already in the set, so it grows nothing, and a live worker must not lose its running
+  tasks because Redis refuses new writes.
 ]]
 -- @include "now"
 -- @include "refusal"

@@ -39,7 +39,7 @@ local outcomes = {}
 local count = tonumber(ARGV[7])
 for i = 0, count - 1 do
   local o = 8 + i * 8
-  local ok, outcome, detail = pcall(finishTask, base, KEYS[3], KEYS[2], workerId, now, ARGV[o], ARGV[o + 1], ARGV[o + 2],
+  local ok, outcome, detail = pcall(finishTask, base, KEYS[3], KEYS[2], workerId, tonumber(ARGV[3]), now, ARGV[o], ARGV[o + 1], ARGV[o + 2],
     ARGV[o + 3], ARGV[o + 4], tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]), ARGV[o + 7])
   -- A command refused half way (the first ones succeeded): the worker sends this finish again,
   -- and the token tells it apart from a finish already stored.

@@ -10,7 +10,8 @@
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
   ARGV[3] result lifetime in ms, for tasks whose revoke was requested meanwhile
-  ARGV[4..] run tokens the worker knows it runs (or has finished and not yet reported)
+  ARGV[4..] pairs of id and run token of the runs the worker knows it runs (or has finished and
+            not yet reported)
 
   Returns {count, problem}: the number of tasks handed back, and '' or the text of a command
   Redis refused (such a task keeps its lease). A task whose revoke was requested (rv) ends
@@ -23,12 +24,13 @@
 
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local known = {}
-for i = 4, #ARGV do known[ARGV[i]] = true end
+-- Keyed by id and token: tokens are unique among the runs of one task, not across tasks.
+for i = 4, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
 local now = nowMs()
 local count, problem = 0, ''
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   local t = redis.pcall('HMGET', base .. 't:' .. id, 'w', 's', 'tk', 'rv', 'lk', 'lw')
-  if not t.err and t[1] == workerId and t[2] == 'STARTED' and not (t[3] and known[t[3]]) then
+  if not t.err and t[1] == workerId and t[2] == 'STARTED' and not (t[3] and known[id .. ' ' .. t[3]]) then
     local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, true, now, expireMs)
     if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
   end

@@ -141,7 +141,8 @@ describe('delays, send and task ids', () => {
   it("send('Name', args, { queue }) dispatches by registry name", async () => {
     const h = fresh();
     const dispatcher = h.dispatcher();
-    const worker = h.worker({ services: [new DelaysMailer()], queues: ['mail'] });
+    // unknownTaskGrace 0: the name nobody declares below fails at once.
+    const worker = h.worker({ services: [new DelaysMailer()], queues: ['mail'], unknownTaskGrace: 0 });
     await worker.start();
 
     const handle = await dispatcher.send<string>('DelaysMailer.deliver', ['ops@example.com'], { queue: 'mail' });

@@ -96,9 +96,9 @@ describe('edge cases', () => {
     expect(failed.error.message).toBe('resolve(ResolvedService) returned undefined; it must return an instance of the class');
   });
 
-  it('an unknown task name fails with advice on registering it', async () => {
+  it('an unknown task name fails with advice on registering it (unknownTaskGrace 0: at once)', async () => {
     const h = fresh();
-    const worker = h.worker({ services: [new EdgeService()] });
+    const worker = h.worker({ services: [new EdgeService()], unknownTaskGrace: 0 });
     await worker.start();
     const handle = await h.dispatcher().send('Nobody.knows', [1]);
     const failed = await nextEvent(worker, 'failed', (e) => e.id === handle.id);

@@ -603,8 +603,9 @@ const garbageCases: GarbageCase[] = [
   {
     what: 'a task name no worker knows',
     plant: async (h, d) => ({ id: (await d.send('Nowhere.toBeFound', [1])).id }),
-    failure: { name: 'UnknownTaskError', message: /^no task named 'Nowhere\.toBeFound' is registered in worker \S+: import the module/, attempts: 1 },
-    dead: /^no task named 'Nowhere\.toBeFound' is registered in worker /,
+    // unknownTaskGrace 0: failed at its first start, which is taken back (it never ran).
+    failure: { name: 'UnknownTaskError', message: /^no task named 'Nowhere\.toBeFound' is run by worker \S+ \(no class registered there declares it\).*: import the module/, attempts: 0 },
+    dead: /^no task named 'Nowhere\.toBeFound' is run by worker /,
   },
   {
     what: 'a unique lock lifetime that is not a number',
@@ -788,7 +789,7 @@ describe('garbage in Redis never stops a worker', () => {
     const d = h.dispatcher();
     const before = await redisNowMs(h.admin);
     const planted = await plant(h, d);
-    const worker = h.worker({ services: [new HostileService()], leaseDuration: '1s' });
+    const worker = h.worker({ services: [new HostileService()], leaseDuration: '1s', unknownTaskGrace: 0 });
     const errors: Error[] = [];
     worker.on('error', (e) => errors.push(e));
     const failed: { id: string; name: string }[] = [];
@@ -809,8 +810,10 @@ describe('garbage in Redis never stops a worker', () => {
       const info = await handle.info();
       expect(info.state).toBe('FAILURE');
       expect(info.attempts).toBe(failure.attempts);
-      // A task the worker started (attempts 1) is reported as failed; one refused at fetch never ran.
-      expect(failed).toEqual(failure.attempts === 1 ? [{ id: planted.id, name: failure.name }] : []);
+      // A task the worker started (attempts 1) is reported as failed, and so is one whose name it
+      // does not run (its start taken back); one refused at fetch never reached the worker.
+      const reported = failure.attempts === 1 || failure.name === 'UnknownTaskError';
+      expect(failed).toEqual(reported ? [{ id: planted.id, name: failure.name }] : []);
       // Its record expires like any ended task's.
       expect(await h.admin.pttl(h.taskKey(planted.id))).toBeGreaterThan(0);
     }
@@ -856,7 +859,7 @@ describe('garbage in Redis never stops a worker', () => {
     await h.admin.lpush(h.queueKey('wait'), ...Array.from({ length: 100 }, (_, i) => `burst-${i}`));
     for (let i = 0; i < 10; i++) good.push(await hostile.add.delay(100 + i, 1));
 
-    const worker = h.worker({ services: [new HostileService()], concurrency: 3, leaseDuration: '1s' });
+    const worker = h.worker({ services: [new HostileService()], concurrency: 3, leaseDuration: '1s', unknownTaskGrace: 0 });
     const errors: Error[] = [];
     worker.on('error', (e) => errors.push(e));
     const succeeded = new Map<string, number>();
@@ -927,7 +930,8 @@ describe('garbage in Redis never stops a worker', () => {
     await h.admin.set(h.taskKey(handle.id), 'overwritten');
     const reported = new Promise<Error>((resolve) => worker.once('error', resolve));
     service.gate.open();
-    expect((await reported).message).toMatch(new RegExp(`task ${handle.id} ended but this worker no longer holds it .*; its result was not stored`));
+    expect((await reported).message).toMatch(new RegExp(`task ${handle.id} \\(HeldService\\.held\\): this run is no longer the task's current run, so its end was not stored; its record is gone or unreadable`));
+    expect(await reported).toMatchObject({ code: 'HEIMDALL_STALE_RUN', state: undefined });
     expect(await h.admin.zscore(h.queueKey('active'), handle.id)).toBeNull();
     expect(await h.admin.get(h.taskKey(handle.id))).toBe('overwritten');
     expect(await (await d.tasks(HostileService).add.delay(1, 1)).get({ timeout: 10 })).toBe(2);

@@ -12,38 +12,48 @@
 --   'STALE', state: not stored, the run is no longer the task's current run (its lease lapsed and
 --     it was recovered, it was revoked with terminate, its record was replaced or is gone);
 --     the detail is the state Redis holds ('' when there is no record);
---   'ERROR', message: Redis refused a command; nothing changed, the worker tries again later.
-local function finishTask(base, activeKey, delayedKey, workerId, now, id, token, state, field, value, expireMs, retryDelayMs,
-                          deadReason)
+--   'ERROR', message: Redis refused a command; the run keeps its lease (renewed from now), the
+--     worker tries again later.
+local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value, expireMs,
+                          retryDelayMs, deadReason)
   local key = base .. 't:' .. id
   local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw')
-  if t.err then
-    if isRefusal(t) then return 'ERROR', t.err end
+  if t.err and isRefusal(t) then return 'ERROR', t.err end
+  if t.err or not t[1] then
+    -- No record, or not one of ours: nobody can run the task any more; its lease goes too.
+    redis.call('ZREM', activeKey, id)
     return 'STALE', ''
   end
   local current, owner, runToken, finished, revoke, retries = t[1], t[2], t[3], t[4], t[5], t[6]
   if not (current == 'STARTED' and owner == workerId and runToken == token) then
     if finished and string.sub(finished, 1, #token + 1) == token .. ' ' then return string.sub(finished, #token + 2), '' end
-    return 'STALE', current or ''
+    return 'STALE', current
   end
   local stored = state
   if revoke and state ~= 'SUCCESS' then stored = 'REVOKED' end
   local extra = { 'fk', token .. ' ' .. stored }
   if field ~= '' then table.insert(extra, field); table.insert(extra, value) end
-  if stored == 'RETRY' then
-    -- The delayed set first: should Redis refuse it, nothing has changed.
-    local due = now + retryDelayMs
-    local placed = redis.pcall('ZADD', delayedKey, due, id)
-    if type(placed) == 'table' and placed.err then return 'ERROR', placed.err end
-    redis.call('HSET', key, 's', 'RETRY', 'd', due, 'ry', (tonumber(retries) or 0) + 1, unpack(extra))
-    redis.call('ZREM', activeKey, id)
-    return 'RETRY', ''
-  end
-  if deadReason ~= '' then deadLetter(base, id, deadReason, now) end
-  if stored == 'REVOKED' then table.insert(extra, 'rr'); table.insert(extra, revoke) end
-  -- A task that succeeds on a retry keeps no error of its earlier attempts (only retries store one).
-  if state == 'SUCCESS' and retries then redis.call('HDEL', key, 'e') end
-  endTask(base, id, stored, extra, now, expireMs, { t[7], t[8] })
+  -- The lease goes first. Besides ending the run, that lets the rest of the script through a
+  -- full Redis (under noeviction Redis refuses a script's first write only, and ZREM frees
+  -- memory). Should a later command be refused, the lease is put back and nothing else changed.
   redis.call('ZREM', activeKey, id)
+  local ok, err = pcall(function()
+    if stored == 'RETRY' then
+      local due = now + retryDelayMs
+      redis.call('ZADD', delayedKey, due, id)
+      redis.call('HSET', key, 's', 'RETRY', 'd', due, 'ry', (tonumber(retries) or 0) + 1, unpack(extra))
+      return
+    end
+    if deadReason ~= '' then deadLetter(base, id, deadReason, now) end
+    if stored == 'REVOKED' then table.insert(extra, 'rr'); table.insert(extra, revoke) end
+    -- A task that succeeds on a retry keeps no error of its earlier attempts (only retries store one).
+    if state == 'SUCCESS' and retries then redis.call('HDEL', key, 'e') end
+    endTask(base, id, stored, extra, now, expireMs, { t[7], t[8] })
+  end)
+  if not ok then
+    redis.pcall('ZADD', activeKey, now + leaseMs, id)
+    if stored == 'RETRY' then redis.pcall('ZREM', delayedKey, id) end
+    return 'ERROR', errorText(err)
+  end
   return stored, ''
 end
