@@ -180,15 +180,15 @@ export class QueueRunner {
 
   /** Renews the leases of this queue's running tasks; returns the runs to stop, and why (see extend-leases-1.lua). */
   async renewLeases(): Promise<{ id: string; token: string; reason: string; detail: string }[]> {
-    if (this.running.size === 0) return [];
-    const sent = new Map(this.running);
+    if (this.running.size === 0 && this.pending.length === 0) return [];
     const runs: string[] = [];
-    for (const [id, token] of sent) runs.push(id, token);
+    for (const [id, token] of this.running) runs.push(id, token);
+    // Ends waiting to be stored (Redis refused them, or is unreachable) keep their leases too.
+    for (const f of this.pending) runs.push(f.id, f.token);
     const stop = await this.scripts.run<string[]>(extendLeases, [this.keys.active], [this.keys.base, this.host.leaseMs, this.host.workerId, ...runs]);
     const out = [];
-    for (let i = 0; i < stop.length; i += 3) {
-      const id = String(stop[i]);
-      out.push({ id, token: sent.get(id) ?? '', reason: String(stop[i + 1]), detail: String(stop[i + 2] ?? '') });
+    for (let i = 0; i < stop.length; i += 4) {
+      out.push({ id: String(stop[i]), token: String(stop[i + 1]), reason: String(stop[i + 2]), detail: String(stop[i + 3] ?? '') });
     }
     return out;
   }
@@ -412,9 +412,15 @@ export class QueueRunner {
    * popped (a plain RPUSH, which a Cluster client routes to wherever the list lives now).
    */
   private async putBack(): Promise<void> {
-    const ids = this.unplaced;
-    await Promise.race([this.commands.rpush(this.keys.wait, ...[...ids].reverse()), this.abandonedCall]);
-    this.unplaced = this.unplaced.slice(ids.length);
+    // Taken out first, so two calls in flight never push the same ids; back in front on failure.
+    const ids = this.unplaced.splice(0);
+    if (ids.length === 0) return;
+    try {
+      await Promise.race([this.commands.rpush(this.keys.wait, ...[...ids].reverse()), this.abandonedCall]);
+    } catch (err) {
+      if (!this.abandoned) this.unplaced.unshift(...ids);
+      throw err;
+    }
   }
 
   /**

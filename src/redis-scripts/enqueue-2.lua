@@ -100,8 +100,6 @@ for i = 1, tonumber(ARGV[2]) do
       end
     end
     if proceed then
-      -- A reused id of an ended task starts afresh (only once the lock is ours).
-      if previous then redis.call('DEL', taskKey) end
       local due = 0
       if eta > 0 then due = eta elseif countdown > 0 then due = now + countdown end
       -- v: the version of this message layout, the one start-tasks.lua reads.
@@ -119,7 +117,9 @@ for i = 1, tonumber(ARGV[2]) do
       -- The record, then its place in a list. Should Redis refuse either (an ACL, a full server,
       -- a Cluster slot on the move), what this task wrote is taken back, its lock included, so
       -- no record or lock is left of a task that is in no list.
-      local written = redis.pcall('HSET', taskKey, unpack(fields))
+      -- A reused id of an ended task starts afresh (only once the lock is ours).
+      local written = previous and redis.pcall('DEL', taskKey)
+      if not (type(written) == 'table' and written.err) then written = redis.pcall('HSET', taskKey, unpack(fields)) end
       local placed = written
       if not (type(written) == 'table' and written.err) then
         if due > now then

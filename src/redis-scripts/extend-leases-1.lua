@@ -11,9 +11,10 @@
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] lease in ms
   ARGV[3] worker id
-  ARGV[4..] pairs of id and run token of the runs the worker is running
+  ARGV[4..] pairs of id and run token of the runs the worker is running, and of runs whose ends
+            wait to be stored (refused, or Redis unreachable)
 
-  Returns a flat list of three items per run to stop: id, reason, detail. Reasons: 'revoked'
+  Returns a flat list of four items per run to stop: id, run token, reason, detail. Reasons: 'revoked'
   (revoke requested, still the current run: fire its signal), 'terminated' (revoked with
   terminate: also free its slot), 'lost' (no longer the current run: free its slot; the detail
   is the state Redis holds). A run whose record Redis refuses to read is left alone until the
@@ -29,22 +30,21 @@
 local base, workerId = ARGV[1], ARGV[3]
 local expires = nowMs() + tonumber(ARGV[2])
 local stop = {}
+local function report(id, token, reason, detail)
+  table.insert(stop, id); table.insert(stop, token); table.insert(stop, reason); table.insert(stop, detail)
+end
 for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local t = redis.pcall('HMGET', base .. 't:' .. id, 's', 'w', 'tk', 'rv')
   if t.err then
-    if not isRefusal(t) then
-      table.insert(stop, id); table.insert(stop, 'lost'); table.insert(stop, 'its record is not a hash')
-    end
+    if not isRefusal(t) then report(id, token, 'lost', 'its record is not a hash') end
   elseif t[1] == 'STARTED' and t[2] == workerId and t[3] == token then
     redis.call('ZADD', KEYS[1], 'XX', expires, id)
-    if t[4] then
-      table.insert(stop, id); table.insert(stop, 'revoked'); table.insert(stop, '')
-    end
+    if t[4] then report(id, token, 'revoked', '') end
   elseif t[3] == token and t[1] == 'REVOKED' then
-    table.insert(stop, id); table.insert(stop, 'terminated'); table.insert(stop, '')
+    report(id, token, 'terminated', '')
   else
-    table.insert(stop, id); table.insert(stop, 'lost'); table.insert(stop, t[1] or '')
+    report(id, token, 'lost', t[1] or '')
   end
 end
 return stop
