@@ -231,10 +231,17 @@ function staleCause(state: string | undefined): string {
  */
 export class RedisOutOfMemoryError extends HeimdallError {
   static readonly CODE = 'HEIMDALL_REDIS_OOM';
-  constructor(what: string, options?: { cause?: unknown }) {
+  /**
+   * `refused`: a worker's call went on around commands Redis refused inside it (its text names
+   * them, e.g. moving due delayed tasks); without it, nothing of the call was written.
+   */
+  constructor(what: string, options?: { cause?: unknown; refused?: string }) {
     super(
       RedisOutOfMemoryError.CODE,
-      `${what}: Redis is out of memory (used memory is over maxmemory) and refused to write, so nothing of this call was written; ` +
+      `${what}: Redis is out of memory (used memory is over maxmemory) and refused to write, so ` +
+        (options?.refused === undefined
+          ? 'nothing of this call was written; '
+          : `these steps were not done and are tried again (${options.refused}); `) +
         'free memory in Redis (delete keys you do not need, shorten resultExpires) or raise its maxmemory, then try again',
       { cause: options?.cause },
     );

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { LockCheck, RateCheck } from './call-checks.js';
+import { RedisOutOfMemoryError } from './errors.js';
 import type { QueueKeys } from './queue-keys.js';
 import type { ScriptRunner } from './script-runner.js';
 import {
@@ -82,7 +83,7 @@ type Reply = [
   problem: string,
 ];
 
-/** A verdict of admit-2.lua or decline-3.lua, and its detail. */
+/** A verdict of admit-3.lua or decline-4.lua, and its detail. */
 export type Verdict = [verdict: string, detail: string];
 
 // An idle runner blocks on the wait list at most this long, a safety net for wake-ups that
@@ -205,11 +206,11 @@ export class QueueRunner {
     return count;
   }
 
-  /** Admits a run of a message that lacks the lock or rate limit of the worker's definition (see admit-2.lua). */
+  /** Admits a run of a message that lacks the lock or rate limit of the worker's definition (see admit-3.lua). */
   admit(task: StartedTask, lock: LockCheck | undefined, rate: RateCheck | undefined): Promise<Verdict> {
     return this.scripts.run<Verdict>(
       admitScript,
-      [this.keys.delayed, this.keys.active],
+      [this.keys.wait, this.keys.delayed, this.keys.active],
       [
         this.keys.base,
         this.host.workerId,
@@ -227,11 +228,11 @@ export class QueueRunner {
     );
   }
 
-  /** Hands back a run of a task this worker does not declare (see decline-3.lua). */
+  /** Hands back a run of a task this worker does not declare (see decline-4.lua). */
   decline(task: StartedTask, graceMs: number, message: string): Promise<Verdict> {
     return this.scripts.run<Verdict>(
       declineScript,
-      [this.keys.delayed, this.keys.active, this.keys.names],
+      [this.keys.wait, this.keys.delayed, this.keys.active, this.keys.names],
       [this.keys.base, this.host.workerId, task.id, task.token, graceMs, this.host.resultExpiresMs, message, Math.floor(Math.random() * 2 ** 31)],
     );
   }
@@ -396,7 +397,9 @@ export class QueueRunner {
     const now = Date.now();
     if (now - this.lastRefusalReport < 1000) return;
     this.lastRefusalReport = now;
-    this.host.reportError(new Error(`queue ${this.keys.queue}: Redis refused a command: ${what}`));
+    const where = `queue ${this.keys.queue}`;
+    // A full Redis is named as such, so alerts on HEIMDALL_REDIS_OOM see it.
+    this.host.reportError(/\bOOM /.test(what) ? new RedisOutOfMemoryError(where, { refused: what }) : new Error(`${where}: Redis refused a command: ${what}`));
   }
 
   /** Waits before the next call after a failure: 100 ms, 200 ms, ... up to 5 s (the call stays in flight meanwhile). */

@@ -471,7 +471,7 @@ export class Worker {
   }
 
   /**
-   * Admits a run under the worker's own options where the message lacks them (see admit-2.lua).
+   * Admits a run under the worker's own options where the message lacks them (see admit-3.lua).
    * Resolves true when the task may run.
    */
   private async admit(run: Running, def: TaskDefinition): Promise<boolean> {

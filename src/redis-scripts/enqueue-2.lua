@@ -32,6 +32,7 @@
 -- @include "now"
 -- @include "args"
 -- @include "ended"
+-- @include "wake"
 
 -- A wait list or delayed set of the wrong type fails the whole call before anything is written:
 -- a script is not rolled back, so an error half way would leave records and locks of tasks that
@@ -126,13 +127,7 @@ for i = 1, tonumber(ARGV[2]) do
           -- An idle worker sleeps until the earliest due time it knew of; if this task is due
           -- earlier, wake it with a marker ('') that fetch skips. Once woken, it reads the
           -- delayed set afresh, so the rest of the batch need not look.
-          if not woken then
-            local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-            if (not head[2] or due < tonumber(head[2])) and redis.call('LINDEX', KEYS[1], 0) ~= '' then
-              redis.pcall('LPUSH', KEYS[1], '')
-              woken = true
-            end
-          end
+          if not woken then woken = wakeIfEarliest(KEYS[1], KEYS[2], due) end
           placed = redis.pcall('ZADD', KEYS[2], due, id)
         else
           placed = redis.pcall('LPUSH', KEYS[1], id)

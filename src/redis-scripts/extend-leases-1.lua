@@ -17,7 +17,7 @@
   Returns a flat list of four items per run to stop: id, run token, reason, detail. Reasons: 'revoked'
   (revoke requested, still the current run: fire its signal), 'terminated' (revoked with
   terminate: also free its slot), 'lost' (no longer the current run: free its slot; the detail
-  is the state Redis holds). A run whose record Redis refuses to read is left alone until the
+  is the state Redis holds, '' when the record is gone or not a hash). A run whose record Redis refuses to read is left alone until the
   next renewal.
 
   The first line lets it run while Redis is full (allow-oom): it only moves the scores of
@@ -37,7 +37,7 @@ for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local t = redis.pcall('HMGET', base .. 't:' .. id, 's', 'w', 'tk', 'rv')
   if t.err then
-    if not isRefusal(t) then report(id, token, 'lost', 'its record is not a hash') end
+    if not isRefusal(t) then report(id, token, 'lost', '') end
   elseif t[1] == 'STARTED' and t[2] == workerId and t[3] == token then
     redis.call('ZADD', KEYS[1], 'XX', expires, id)
     if t[4] then report(id, token, 'revoked', '') end

@@ -24,6 +24,7 @@
 -- @include "dead-letter"
 -- @include "next-delay"
 -- @include "args"
+-- @include "move-to-wait"
 -- @include "start-tasks"
 
 return startTasks(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),

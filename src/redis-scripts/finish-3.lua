@@ -30,6 +30,7 @@
 -- @include "dead-letter"
 -- @include "next-delay"
 -- @include "args"
+-- @include "move-to-wait"
 -- @include "start-tasks"
 -- @include "finish-task"
 

@@ -25,7 +25,7 @@
 --   outcomes: as the caller passes it (finish's stored states; empty for fetch)
 --   unplaced: ids popped from the wait list that could not be started, rescheduled or put back
 --     (in the order they were popped); the caller pushes them back to the front of the list
---   problem: '' or the text of a command Redis refused (the caller reports it and backs off)
+--   problem: '' or the text of the commands Redis refused (the caller reports it and backs off)
 
 -- RPUSHes list[last] down to list[from], so list[from] ends nearest the tail (RPOP takes it
 -- first): one command per 1000 ids, not one per id (unpack is bounded by Lua's stack). Returns
@@ -44,8 +44,8 @@ local function pushToTail(waitKey, list, from, last)
   return from - 1, nil
 end
 
--- Recovers one lapsed lease (see recoverLapsed). Raises when Redis refuses a command; every
--- write comes after the one that places the id, so a refusal leaves it leased, to be tried again.
+-- Recovers one lapsed lease (see recoverLapsed). Raises when Redis refuses a command; the id
+-- is back in the active set then, to be tried again.
 local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
   local key = base .. 't:' .. id
   local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw')
@@ -80,24 +80,23 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
           'it was recovered ' .. (recoveries - 1) .. ' time(s) and maxRecoveries is ' .. max,
       })
       endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { t[6], t[7] })
+      redis.call('ZREM', activeKey, id)
     else
-      redis.call('RPUSH', waitKey, id)
+      local refused = moveToWait(waitKey, activeKey, { id, expiry })
+      if refused then error({ err = refused }) end
       redis.call('HSET', key, 's', 'PENDING', 'rc', recoveries)
     end
-    redis.call('ZREM', activeKey, id)
   end
 end
 
--- Up to 100 lapsed leases of the active set. Returns the text of a refusal, or nil.
-local function recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs)
+-- Up to 100 lapsed leases of the active set. Adds the text of each refusal to `problems`.
+local function recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs, problems)
   local lapsed = redis.call('ZRANGEBYSCORE', activeKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)
-  local problem = nil
   for i = 1, #lapsed, 2 do
     local ok, err = pcall(recoverOne, base, waitKey, activeKey, lapsed[i], tonumber(lapsed[i + 1]), now, expireMs, workerId,
       leaseMs)
-    if not ok then problem = 'recovering task ' .. lapsed[i] .. ': ' .. errorText(err) end
+    if not ok then table.insert(problems, 'recovering task ' .. lapsed[i] .. ': ' .. errorText(err)) end
   end
-  return problem
 end
 
 -- `seed` seeds the jitter of rate-limited tasks and the run tokens; seeding costs more than the
@@ -105,15 +104,14 @@ end
 -- the reply as it is.
 local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseMs, want, now, expireMs, seed, outcomes)
   local seeded = false
-  local problem = recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs)
+  local problems = {}
+  recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs, problems)
 
-  local due = redis.call('ZRANGEBYSCORE', delayedKey, '-inf', now, 'LIMIT', 0, 1000)
+  -- Due delayed tasks join the wait list, oldest nearest the tail, which RPOP takes first.
+  local due = redis.call('ZRANGEBYSCORE', delayedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
   if #due > 0 then
-    -- Oldest due goes nearest the tail, which RPOP takes first. Only the ids pushed leave the
-    -- delayed set; the others are due still and tried again by the next call.
-    local left, err = pushToTail(waitKey, due, 1)
-    if left < #due then redis.pcall('ZREM', delayedKey, unpack(due, left + 1, #due)) end
-    if err then problem = 'moving due tasks to the wait list: ' .. err end
+    local refused = moveToWait(waitKey, delayedKey, due)
+    if refused then table.insert(problems, 'moving due tasks to the wait list: ' .. refused) end
   end
 
   local started, limited, revoked, unplaced = {}, {}, {}, {}
@@ -270,7 +268,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
       end
       if keep then
         if not placed then table.insert(unplaced, id) end
-        problem = 'task ' .. id .. ': ' .. errorText(err)
+        table.insert(problems, 'task ' .. id .. ': ' .. errorText(err))
       end
     end
   end
@@ -280,7 +278,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   if next <= #popped then drained = false end
   local left, err = pushToTail(waitKey, popped, next)
   for i = next, left do table.insert(unplaced, popped[i]) end
-  if err then problem = 'putting back popped ids: ' .. err end
+  if err then table.insert(problems, 'putting back popped ids: ' .. err) end
 
   -- A worker that got all it asked for calls again soon: it needs neither of these.
   local nextDelay, more = -2, 1
@@ -288,5 +286,5 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     nextDelay = nextDelayOf(delayedKey, now)
     if drained then more = 0 end
   end
-  return {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem or ''}
+  return {started, limited, revoked, nextDelay, more, outcomes, unplaced, table.concat(problems, '; ')}
 end

@@ -13,8 +13,9 @@
   in the fetch as for any message. Only the current run is admitted (STARTED, this worker, this
   run token).
 
-  KEYS[1] delayed zset      <prefix>:{<queue>}:delayed
-  KEYS[2] active zset       <prefix>:{<queue>}:active
+  KEYS[1] wait list         <prefix>:{<queue>}:wait (for the wake-up marker)
+  KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
+  KEYS[3] active zset       <prefix>:{<queue>}:active
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
@@ -38,6 +39,7 @@
 -- @include "end-task"
 -- @include "dead-letter"
 -- @include "undo-start"
+-- @include "wake"
 
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
@@ -65,7 +67,7 @@ end
 local function endHere(state, extra, lock)
   endTask(base, id, state, extra, now, expireMs, lock)
   if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
-  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
 end
 
 if lockKey ~= '' then
@@ -100,10 +102,11 @@ if rateKey ~= '' then
     math.randomseed(tonumber(ARGV[11]))
     local delay = tonumber(freeing[2]) + period - now + math.random(0, math.max(1, math.floor(math.min(1000, period / 10))))
     -- The delayed set first, so the id is never in no place; then the start is taken back.
-    redis.call('ZADD', KEYS[1], now + delay, id)
+    wakeIfEarliest(KEYS[1], KEYS[2], now + delay)
+    redis.call('ZADD', KEYS[2], now + delay, id)
     table.insert(fields, 'd'); table.insert(fields, now + delay)
     redis.call('HSET', key, unpack(fields))
-    undoStart(base, KEYS[2], id, attempt, retries, carriedRate or nil)
+    undoStart(base, KEYS[3], id, attempt, retries, carriedRate or nil)
     return {'LIMITED', delay}
   end
   redis.call('ZADD', rateKey, now, id .. ':' .. attempt)

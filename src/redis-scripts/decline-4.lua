@@ -1,0 +1,81 @@
+--[[
+  decline: a worker started a task whose name it does not declare (a worker of an older build,
+  or of another app on the same prefix, during a rolling deploy). It hands the run back without
+  counting an attempt: the task waits in the delayed set, with a delay that doubles at each
+  hand-back (250 ms, 500 ms, ... at most 10 s), so a worker that declares the name takes it
+  when it is due and one that does not never spins on it. Only when no worker has declared the
+  name (see declare-1.lua) for the grace period since the first hand-back does the task end
+  FAILURE with UnknownTaskError, dead-lettered. Only the current run is declined (STARTED,
+  this worker, this run token).
+
+  KEYS[1] wait list         <prefix>:{<queue>}:wait (for the wake-up marker)
+  KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
+  KEYS[3] active zset       <prefix>:{<queue>}:active
+  KEYS[4] declared names    <prefix>:{<queue>}:names
+
+  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[2] worker id
+  ARGV[3] task id
+  ARGV[4] run token
+  ARGV[5] grace period in ms (0: fail at once)
+  ARGV[6] result lifetime in ms, for a task that ends here
+  ARGV[7] the error message of that end
+  ARGV[8] random seed for the jitter
+
+  Returns {verdict, detail}: 'DEFERRED', delay ms; 'FAILURE', message; 'STALE', state.
+  Record fields: ud (ms of the first hand-back of the current series), un (hand-backs in it), ua
+  (the attempts the task had then: a run since, by a worker that runs it, starts a new series).
+  A hand-back pushes the wake-up marker when the task becomes the earliest of the delayed set,
+  so blocked workers that run it see it when it is due.
+]]
+-- @include "now"
+-- @include "end-task"
+-- @include "dead-letter"
+-- @include "undo-start"
+-- @include "wake"
+
+local BASE_DELAY_MS, MAX_DELAY_MS = 250, 10000
+local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local grace, expireMs, message = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local key = base .. 't:' .. id
+local t = redis.call('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua')
+if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
+local attempt, retries, carriedRate = tonumber(t[5]) or 1, t[6], t[7]
+local now = nowMs()
+-- A series of hand-backs belongs to the attempts the task had when it began: a run since (by a
+-- worker that runs the task) ends it, and a later hand-back starts a new one with a new grace.
+local first, previous = tonumber(t[8]), tonumber(t[9]) or 0
+if not first or tonumber(t[10]) ~= attempt - 1 then first, previous = now, 0 end
+local declaredUntil = tonumber(redis.call('HGET', KEYS[4], t[4]))
+local declared = declaredUntil ~= nil and declaredUntil > now
+
+-- The lease goes first: the run ends here either way, and a removal lets the rest of the script
+-- through a full Redis (which refuses only a script's first write). Should a later command be
+-- refused, the lease is put back and the worker sends the hand-back again.
+local expiry = redis.call('ZSCORE', KEYS[3], id)
+redis.call('ZREM', KEYS[3], id)
+local ok, result = pcall(function()
+  if not declared and now - first >= grace then
+    deadLetter(base, id, message, now)
+    local err = cjson.encode({ name = 'UnknownTaskError', message = message })
+    endTask(base, id, 'FAILURE', { 'e', err, 'at', attempt - 1 }, now, expireMs)
+    if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
+    return {'FAILURE', message}
+  end
+  local count = previous + 1
+  local delay = math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ^ (count - 1))
+  math.randomseed(tonumber(ARGV[8]))
+  delay = math.floor(delay + math.random(0, math.floor(delay / 10)))
+  -- Nobody declares the name yet: come back no later than the end of the grace period.
+  if not declared then delay = math.max(1, math.min(delay, first + grace - now)) end
+  wakeIfEarliest(KEYS[1], KEYS[2], now + delay)
+  redis.call('ZADD', KEYS[2], now + delay, id)
+  redis.call('HSET', key, 'd', now + delay, 'ud', first, 'un', count, 'ua', attempt - 1)
+  undoStart(base, KEYS[3], id, attempt, retries, carriedRate or nil)
+  return {'DEFERRED', delay}
+end)
+if not ok then
+  if expiry then redis.pcall('ZADD', KEYS[3], expiry, id) end
+  error(result)
+end
+return result
