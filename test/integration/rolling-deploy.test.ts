@@ -111,6 +111,31 @@ describe('rolling deploys: a task name the worker does not declare', () => {
     await stopDeployWorkers([old!]);
   });
 
+  it('a task that ran since its last hand-backs gets a new grace when a worker that does not run it meets it again', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const [old] = await startDeployWorkers(h, 1, { SERVICES: 'authority', GRACE: '2s' });
+    // Some worker declares the name (played by writing its declaration), so the old worker hands
+    // the task back however long it waits.
+    await h.admin.hset(h.queueKey('names'), 'FeatureService.flaky', String((await redisNowMs(h.admin)) + 600_000));
+    const d = h.dispatcher();
+    const r = await d.send('FeatureService.flaky', [5]);
+    await waitFor(async () => (await declines(h, r.id)).count >= 1, { what: 'a first hand-back' });
+    // A new-build worker runs the first attempt (it fails, RETRY in 3 s), then goes away, and its
+    // declarations with it (played by deleting them rather than waiting for them to lapse).
+    const [neu] = await startDeployWorkers(h, 1, { SERVICES: 'authority,feature' });
+    await waitFor(async () => (await r.status()) === 'RETRY', { what: 'the first attempt to fail into RETRY' });
+    await stopDeployWorkers([neu!]);
+    await h.admin.del(h.queueKey('names'));
+    const retryDue = (await r.info()).dueAt!.getTime();
+    // The old worker meets the retry more than 2 s after the first hand-back: it starts a new
+    // series, with a grace of its own, instead of failing the task at once.
+    await expect(r.get({ timeout: 30 })).rejects.toMatchObject({ remoteName: 'UnknownTaskError' });
+    const info = await r.info();
+    expect(info.finishedAt!.getTime() - retryDue).toBeGreaterThanOrEqual(1900);
+    expect(info.attempts).toBe(1);
+    await stopDeployWorkers([old!]);
+  });
+
   it('unknownTaskGrace 0 fails an undeclared task at its first start', async () => {
     const h = fresh();
     const w = new Worker({ connection: h.url, prefix: h.prefix, services: [], unknownTaskGrace: 0 });
