@@ -465,6 +465,8 @@ export class Worker {
     if (outcome === 'FAILURE') {
       const error = { name: 'UnknownTaskError', message: detail, traceback: undefined };
       this.emit('failed', { id: task.id, name: task.name, queue, args: safeArgs(task.argsJson), attempt: task.attempt - 1, error, runtimeMs: 0 });
+    } else if (outcome === 'REVOKED') {
+      this.emit('revoked', { id: task.id, name: task.name, queue, args: safeArgs(task.argsJson), reason: detail });
     } else if (outcome === 'STALE') {
       this.emit('error', new StaleRunError(task.id, task.name, detail || undefined, 'end'));
     }

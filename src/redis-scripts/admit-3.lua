@@ -30,7 +30,8 @@
   ARGV[11] random seed for the jitter
   ARGV[12] result lifetime in ms, for a task that ends here
 
-  Returns {verdict, detail}: 'RUN', '' (run it); 'REVOKED', 'duplicate'; 'LIMITED', delay ms;
+  Returns {verdict, detail}: 'RUN', '' (run it); 'REVOKED', 'duplicate' (or the revoke reason:
+  a revoke was requested since the fetch started it); 'LIMITED', delay ms;
   'FAILURE', message (its lock or rate window key holds a value of the wrong type: malformed,
   dead-lettered); 'STALE', state (the run is no longer current).
 ]]
@@ -46,7 +47,7 @@ local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local rateKey, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local expireMs = tonumber(ARGV[12])
 local key = base .. 't:' .. id
-local t = redis.call('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk')
+local t = redis.call('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw')
 if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
 local attempt, retries, carriedRate = tonumber(t[4]) or 1, t[5], t[6]
 local now = nowMs()
@@ -63,11 +64,19 @@ if rateKey ~= '' then
   table.insert(fields, 'rp'); table.insert(fields, period)
 end
 
--- Ends the run without running it: the lease goes, and a start its message's rate window counted.
+-- Ends the run without running it: the lease goes, the attempt is not counted, and neither is
+-- the start its message's rate window counted.
 local function endHere(state, extra, lock)
+  table.insert(extra, 'at'); table.insert(extra, attempt - 1)
   endTask(base, id, state, extra, now, expireMs, lock)
   if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
   redis.call('ZREM', KEYS[3], id)
+end
+
+-- Revoked since the fetch started it: it ends as the revoke asked, and never runs.
+if t[7] then
+  endHere('REVOKED', { 'rr', t[7] }, { t[8], t[9] })
+  return {'REVOKED', t[7]}
 end
 
 if lockKey ~= '' then

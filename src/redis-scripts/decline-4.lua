@@ -4,7 +4,8 @@
   counting an attempt: the task waits in the delayed set, with a delay that doubles at each
   hand-back (250 ms, 500 ms, ... at most 10 s), so a worker that declares the name takes it
   when it is due and one that does not never spins on it. Only when no worker has declared the
-  name (see declare-1.lua) for the grace period since the first hand-back does the task end
+  name (see declare-1.lua) for the grace period (since the first hand-back, or the last one that
+  found the name declared) does the task end
   FAILURE with UnknownTaskError, dead-lettered. Only the current run is declined (STARTED,
   this worker, this run token).
 
@@ -22,8 +23,10 @@
   ARGV[7] the error message of that end
   ARGV[8] random seed for the jitter
 
-  Returns {verdict, detail}: 'DEFERRED', delay ms; 'FAILURE', message; 'STALE', state.
-  Record fields: ud (ms of the first hand-back of the current series), un (hand-backs in it), ua
+  Returns {verdict, detail}: 'DEFERRED', delay ms; 'FAILURE', message; 'REVOKED', reason (a
+  revoke was requested since the fetch started it: it ends REVOKED, never runs); 'STALE', state.
+  Record fields: ud (ms of the last hand-back of the current series that found the name declared,
+  or of its first: the grace counts from it), un (hand-backs in the series), ua
   (the attempts the task had then: a run since, by a worker that runs it, starts a new series).
   A hand-back pushes the wake-up marker when the task becomes the earliest of the delayed set,
   so blocked workers that run it see it when it is due.
@@ -38,7 +41,7 @@ local BASE_DELAY_MS, MAX_DELAY_MS = 250, 10000
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local grace, expireMs, message = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local key = base .. 't:' .. id
-local t = redis.call('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua')
+local t = redis.call('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua', 'rv', 'lk', 'lw')
 if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
 local attempt, retries, carriedRate = tonumber(t[5]) or 1, t[6], t[7]
 local now = nowMs()
@@ -46,8 +49,11 @@ local now = nowMs()
 -- worker that runs the task) ends it, and a later hand-back starts a new one with a new grace.
 local first, previous = tonumber(t[8]), tonumber(t[9]) or 0
 if not first or tonumber(t[10]) ~= attempt - 1 then first, previous = now, 0 end
-local declaredUntil = tonumber(redis.call('HGET', KEYS[4], t[4]))
+-- A names hash of the wrong type declares nothing (pcall: it must not wedge the worker).
+local declaredUntil = tonumber(redis.pcall('HGET', KEYS[4], t[4]))
 local declared = declaredUntil ~= nil and declaredUntil > now
+-- The grace counts from the last hand-back that found the name declared (or the first one).
+if declared then first = now end
 
 -- The lease goes first: the run ends here either way, and a removal lets the rest of the script
 -- through a full Redis (which refuses only a script's first write). Should a later command be
@@ -55,6 +61,12 @@ local declared = declaredUntil ~= nil and declaredUntil > now
 local expiry = redis.call('ZSCORE', KEYS[3], id)
 redis.call('ZREM', KEYS[3], id)
 local ok, result = pcall(function()
+  if t[11] then
+    -- Revoked since the fetch started it: it ends as the revoke asked, and never runs.
+    endTask(base, id, 'REVOKED', { 'rr', t[11], 'at', attempt - 1 }, now, expireMs, { t[12], t[13] })
+    if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
+    return {'REVOKED', t[11]}
+  end
   if not declared and now - first >= grace then
     deadLetter(base, id, message, now)
     local err = cjson.encode({ name = 'UnknownTaskError', message = message })

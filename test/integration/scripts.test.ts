@@ -16,6 +16,7 @@
  * client sending a command that scripts use too (a stray HGET), it watches MONITOR, which
  * labels each command with its source: the client's address, or `lua` inside a script.
  */
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
 import { AlreadyQueuedError, Task, type Worker } from 'heimdall-tasks';
@@ -113,6 +114,11 @@ class ScriptsService {
   async strict(n: number): Promise<number> {
     return n;
   }
+
+  @Task({ unique: true, rateLimit: [1000, 1] })
+  async guarded(n: number): Promise<number> {
+    return n;
+  }
 }
 
 describe('scripts and round trips (private redis-server)', () => {
@@ -202,6 +208,42 @@ describe('scripts and round trips (private redis-server)', () => {
       console.log(`[round trips] per dispatch:\n  ${figures.join('\n  ')}`);
     } finally {
       mon.close();
+    }
+  });
+
+  it('a message that carries its lock and rate limit costs no admission call; one that lacks them costs one', async () => {
+    const h = fresh();
+    const worker = h.worker({ services: [new ScriptsService()] });
+    await worker.start();
+    const tasks = h.dispatcher().tasks(ScriptsService);
+    const admitSha = shaOf('admit');
+    const mon = await h.admin.monitor();
+    const admissions: string[] = [];
+    mon.on('monitor', (_time: string, args: string[]) => {
+      if (String(args[0]).toLowerCase() === 'evalsha' && args[1] === admitSha) admissions.push(String(args[8])); // evalsha, sha, 3, three keys, base, worker, id
+    });
+    try {
+      // Sent by a process that knows the task: the message carries lk and rk.
+      const carried = await Promise.all(Array.from({ length: 20 }, (_, n) => tasks.guarded.delay(n)));
+      expect(await Promise.all(carried.map((r) => r.get({ timeout: 10 })))).toEqual(Array.from({ length: 20 }, (_, n) => n));
+      // One without them, as a process that did not know the task writes it: the worker admits it.
+      const bare = await tasks.guarded.applyAsync([100], { countdown: 60 });
+      await h.admin.hdel(h.taskKey(bare.id), 'lk', 'lt', 'rk', 'rn', 'rp');
+      await h.admin.zadd(h.queueKey('delayed'), 0, bare.id);
+      await h.admin.lpush(h.queueKey('wait'), ''); // the wake-up marker: the idle worker fetches now
+      expect(await bare.get({ timeout: 10 })).toBe(100);
+      await h.admin.echo('fence');
+      await waitFor(() => admissions.length >= 1, { what: 'MONITOR to show the admission' });
+      expect(admissions).toEqual([bare.id]);
+      // The admission wrote what the message lacked, as a producer that knew the task would have.
+      expect(await h.admin.hmget(h.taskKey(bare.id), 'lk', 'rk', 'rn', 'rp')).toEqual([
+        `${h.prefix}:{default}:lock:ScriptsService.guarded:${createHash('sha1').update('[100]').digest('hex')}`,
+        `${h.prefix}:{default}:rate:ScriptsService.guarded`,
+        '1000',
+        '1000',
+      ]);
+    } finally {
+      mon.disconnect();
     }
   });
 

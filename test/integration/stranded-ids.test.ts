@@ -100,6 +100,84 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     }
   });
 
+  it('recovery whose record write is refused puts the lease back: the task stays leased and STARTED, and runs once the write is allowed', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const [a] = await startFaultWorkers(h, h.admin, 1, { LEASE: '1s' }, h.url);
+    const task = await d.tasks(FaultService).held.delay(3);
+    await waitFor(async () => (await task.status()) === 'STARTED', { what: 'the task to start on the doomed worker' });
+    await killHard(a!);
+    await openGate(h.admin, h.prefix);
+
+    // HSET is refused on the task records (the worker may still declare its names).
+    const user = await aclUser(h, allBut(h, 'hset', ['names']));
+    const redis = new Redis(h.url, { connectionName: `strand-runlog-${process.pid}` });
+    const gate = new Gate(redis, h.prefix);
+    await gate.listen();
+    try {
+      const w = h.worker({ connection: user.url, services: [new FaultService(new RunLog(redis, h.prefix), gate)], leaseDuration: 1 });
+      const ev = recordEvents(w);
+      await w.start();
+      await waitFor(() => ev.errors.filter((e) => /recovering task/.test(e.message)).length >= 2, {
+        timeout: 20_000,
+        what: 'the worker to report the refused recovery twice',
+      });
+      expect(await placesOf(h, task.id)).toEqual(['active']);
+      expect(await task.status()).toBe('STARTED');
+      await user.grant('+hset');
+      expect(await task.get({ timeout: 30 })).toBe(3);
+      expect((await readRuns(h.admin, h.prefix)).filter((e) => e.id === task.id && e.ev === 'done')).toHaveLength(1);
+      await w.close();
+    } finally {
+      gate.close();
+      await redis.quit();
+    }
+  });
+
+  it('ids popped but not examined, whose push back is refused, are kept by the worker and pushed back once allowed', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const ref = d.tasks(StrandService).simple;
+    // 66 entries a fetch drops (revoked while queued), then 5 tasks: a worker of concurrency 6
+    // asks for 3 at a time and examines at most 3 + 64 ids per call, so the call that reaches
+    // the tasks starts the first and stops with 2 popped and not examined.
+    const stale = await ref.delayMany(Array.from({ length: 66 }, (_, i) => [i] as [number]));
+    for (const r of stale) expect(await r.revoke()).toBe('REVOKED');
+    const tasks = await ref.delayMany([[100], [101], [102], [103], [104]]);
+    const user = await aclUser(h, ['~*', '&*', '+@all', '-rpush']);
+    const service = new StrandService();
+    const w = h.worker({ connection: user.url, services: [service], concurrency: 6 });
+    const ev = recordEvents(w);
+    await w.start();
+    await waitFor(() => ev.errors.length >= 2, { what: 'the refused push back to be reported' });
+    expect(service.ran).toEqual([tasks[0]!.id]);
+    // Two ids are with the worker now, in no list of Redis: it pushes them back when allowed.
+    expect(await placesOf(h, tasks[1]!.id)).toEqual([]);
+    expect(await placesOf(h, tasks[2]!.id)).toEqual([]);
+    await user.grant('+rpush');
+    expect(await Promise.all(tasks.map((r) => r.get({ timeout: 20 })))).toEqual([100, 101, 102, 103, 104]);
+    expect([...service.ran].sort()).toEqual(tasks.map((r) => r.id).sort());
+    await w.close();
+  });
+
+  it('a malformed record whose dead letter is refused stays queued (not failed, not lost) until it can be dead-lettered', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const r = await h.dispatcher().tasks(StrandService).simple.applyAsync([1], { taskId: 'malformed' });
+    await h.admin.hset(h.taskKey('malformed'), 'v', '2');
+    const user = await aclUser(h, allBut(h, 'lpush', ['wait']));
+    const w = h.worker({ connection: user.url, services: [new StrandService()] });
+    const ev = recordEvents(w);
+    await w.start();
+    await waitFor(() => ev.errors.length >= 2, { what: 'the refused dead letter to be reported' });
+    expect(await r.status()).toBe('PENDING');
+    await waitFor(async () => (await placesOf(h, 'malformed')).join() === 'wait', { what: "'malformed' back in the wait list, and only there" });
+    expect(await h.deadLetters()).toEqual([]);
+    await user.grant('+lpush');
+    await expect(r.get({ timeout: 20 })).rejects.toMatchObject({ remoteName: 'MalformedTaskError' });
+    expect((await h.deadLetters()).map((x) => x.id)).toEqual(['malformed']);
+    await w.close();
+  });
+
   it('a start refused half way puts the task back and the ids popped after it too; the other tasks run on', { timeout: 60_000 }, async () => {
     const h = fresh();
     const d = h.dispatcher();

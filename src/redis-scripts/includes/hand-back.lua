@@ -1,22 +1,20 @@
 -- A worker gives back a started task it holds (the run the caller checked is current): the
 -- task goes to the front of the wait list as PENDING, same id and lock, and `undoStart` takes
--- back the attempt that never ran. A task whose revoke was requested while it ran (rv) ends
--- REVOKED instead. `rv`, `lock`: its fields rv and {lk, lw} as the caller read them.
--- The id moves from the active set to the wait list with moveToWait: should Redis refuse the
--- push, the task keeps its lease and is recovered when it lapses, so it is never in no place.
+-- back the attempt that never ran (`attempt`: the record's at). A task whose revoke was
+-- requested while it ran (rv) ends REVOKED instead. `rv`, `lock`: its fields rv and {lk, lw} as
+-- the caller read them. The moves undo themselves when Redis refuses a step (requeueLeased,
+-- endLeased), so the task keeps its lease, to be recovered when it lapses, never in no place.
 -- Returns 1 when the task was put back, 0 when it ended; raises on a refusal.
-local function handBack(base, waitKey, activeKey, id, rv, lock, undoStart, now, expireMs)
-  local key = base .. 't:' .. id
-  if rv then
-    endTask(base, id, 'REVOKED', { 'rr', rv }, now, expireMs, lock)
-    redis.call('ZREM', activeKey, id)
-    return 0
-  end
+local function handBack(base, waitKey, activeKey, id, rv, lock, undoStart, attempt, now, expireMs)
   local expiry = redis.call('ZSCORE', activeKey, id)
   if not expiry then return 0 end
-  local refused = moveToWait(waitKey, activeKey, { id, expiry })
-  if refused then error({ err = refused }) end
-  redis.call('HSET', key, 's', 'PENDING')
-  if undoStart then redis.call('HINCRBY', key, 'at', -1) end
+  if rv then
+    endLeased(activeKey, id, expiry, function() endTask(base, id, 'REVOKED', { 'rr', rv }, now, expireMs, lock) end)
+    return 0
+  end
+  local at = tonumber(attempt) or 0
+  local fields, restore = {}, {}
+  if undoStart then fields, restore = { 'at', at - 1 }, { 'at', at } end
+  requeueLeased(base .. 't:' .. id, waitKey, activeKey, id, expiry, fields, restore)
   return 1
 end

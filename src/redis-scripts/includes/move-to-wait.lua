@@ -18,3 +18,35 @@ local function moveToWait(waitKey, setKey, members)
   end
   return nil
 end
+
+-- Puts a leased task back at the tail of the wait list as PENDING (a recovery, a hand-back), in
+-- steps that undo each other: the lease leaves the active set (a write a full Redis allows,
+-- letting the rest through), the record says PENDING (with `fields`), the id joins the wait
+-- list. Should Redis refuse a step, the ones before it are undone (`restore`: the old values of
+-- `fields`), so the task is either leased and STARTED or queued and PENDING, never in no place.
+-- Raises on a refusal.
+local function requeueLeased(key, waitKey, activeKey, id, expiry, fields, restore)
+  redis.call('ZREM', activeKey, id)
+  local written = redis.pcall('HSET', key, 's', 'PENDING', unpack(fields))
+  if type(written) == 'table' and written.err then
+    redis.pcall('ZADD', activeKey, expiry, id)
+    error(written)
+  end
+  local pushed = redis.pcall('RPUSH', waitKey, id)
+  if type(pushed) == 'table' and pushed.err then
+    redis.pcall('HSET', key, 's', 'STARTED', unpack(restore))
+    redis.pcall('ZADD', activeKey, expiry, id)
+    error(pushed)
+  end
+end
+
+-- Ends a leased task (`finish`: a function that writes its end): the lease leaves the active set
+-- first (letting the rest through a full Redis), and comes back if `finish` raises.
+local function endLeased(activeKey, id, expiry, finish)
+  redis.call('ZREM', activeKey, id)
+  local ok, err = pcall(finish)
+  if not ok then
+    redis.pcall('ZADD', activeKey, expiry, id)
+    error(err)
+  end
+end

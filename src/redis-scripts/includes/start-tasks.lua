@@ -44,8 +44,8 @@ local function pushToTail(waitKey, list, from, last)
   return from - 1, nil
 end
 
--- Recovers one lapsed lease (see recoverLapsed). Raises when Redis refuses a command; the id
--- is back in the active set then, to be tried again.
+-- Recovers one lapsed lease (see recoverLapsed). Raises when Redis refuses a command; the task
+-- is then as it was, leased, to be tried again.
 local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
   local key = base .. 't:' .. id
   local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw')
@@ -68,8 +68,7 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
     -- one more lease to renew or finish the task. Any other worker recovers it at once.
   elseif revoke then
     -- Its revoke was requested while it ran: it ends as the revoke asked and never runs again.
-    endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { t[6], t[7] })
-    redis.call('ZREM', activeKey, id)
+    endLeased(activeKey, id, expiry, function() endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { t[6], t[7] }) end)
   else
     local recoveries = (tonumber(recovered) or 0) + 1
     local max = tonumber(maxRecoveries) or 1
@@ -79,12 +78,11 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
         message = 'worker ' .. tostring(owner) .. ' stopped renewing the lease of this task (it died or hung); ' ..
           'it was recovered ' .. (recoveries - 1) .. ' time(s) and maxRecoveries is ' .. max,
       })
-      endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { t[6], t[7] })
-      redis.call('ZREM', activeKey, id)
+      endLeased(activeKey, id, expiry, function()
+        endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { t[6], t[7] })
+      end)
     else
-      local refused = moveToWait(waitKey, activeKey, { id, expiry })
-      if refused then error({ err = refused }) end
-      redis.call('HSET', key, 's', 'PENDING', 'rc', recoveries)
+      requeueLeased(key, waitKey, activeKey, id, expiry, { 'rc', recoveries }, { 'rc', tonumber(recovered) or 0 })
     end
   end
 end
