@@ -47,7 +47,9 @@ local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local rateKey, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local expireMs = tonumber(ARGV[12])
 local key = base .. 't:' .. id
-local t = redis.call('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw')
+local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw')
+-- A record replaced by a value of another type since the fetch is not this run's any more.
+if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
 if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
 local attempt, retries, carriedRate = tonumber(t[4]) or 1, t[5], t[6]
 local now = nowMs()

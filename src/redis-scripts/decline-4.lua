@@ -32,6 +32,7 @@
   so blocked workers that run it see it when it is due.
 ]]
 -- @include "now"
+-- @include "refusal"
 -- @include "end-task"
 -- @include "dead-letter"
 -- @include "undo-start"
@@ -41,7 +42,9 @@ local BASE_DELAY_MS, MAX_DELAY_MS = 250, 10000
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local grace, expireMs, message = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local key = base .. 't:' .. id
-local t = redis.call('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua', 'rv', 'lk', 'lw')
+local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua', 'rv', 'lk', 'lw')
+-- A record replaced by a value of another type since the fetch is not this run's any more.
+if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
 if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
 local attempt, retries, carriedRate = tonumber(t[5]) or 1, t[6], t[7]
 local now = nowMs()
