@@ -2,8 +2,9 @@
   decline: a worker started a task whose name it does not declare (a worker of an older build,
   or of another app on the same prefix, during a rolling deploy). It hands the run back without
   counting an attempt: the task waits in the delayed set, with a delay that doubles at each
-  hand-back (250 ms, 500 ms, ... at most 10 s), so a worker that declares the name takes it
-  when it is due and one that does not never spins on it. Only when no worker has declared the
+  hand-back (250 ms, 500 ms, ... at most 10 s, or 2 s while some worker declares the name), so
+  a worker that declares the name takes it when it is due and one that does not never spins on
+  it. Only when no worker has declared the
   name (see declare-1.lua) for the grace period (since the first hand-back, or the last one that
   found the name declared) does the task end
   FAILURE with UnknownTaskError, dead-lettered. Only the current run is declined (STARTED,
@@ -38,7 +39,9 @@
 -- @include "undo-start"
 -- @include "wake"
 
-local BASE_DELAY_MS, MAX_DELAY_MS = 250, 10000
+-- While some worker declares the name, the delay stays short: every worker whose timer fires when
+-- the task is due may take it, and a worker that runs it should win one of the next few tries.
+local BASE_DELAY_MS, MAX_DELAY_MS, DECLARED_MAX_DELAY_MS = 250, 10000, 2000
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local grace, expireMs, message = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local key = base .. 't:' .. id
@@ -78,7 +81,7 @@ local ok, result = pcall(function()
     return {'FAILURE', message}
   end
   local count = previous + 1
-  local delay = math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ^ (count - 1))
+  local delay = math.min(declared and DECLARED_MAX_DELAY_MS or MAX_DELAY_MS, BASE_DELAY_MS * 2 ^ (count - 1))
   math.randomseed(tonumber(ARGV[8]))
   delay = math.floor(delay + math.random(0, math.floor(delay / 10)))
   -- Nobody declares the name yet: come back no later than the end of the grace period.
