@@ -422,7 +422,16 @@ export class Worker {
     }
     const run: Running = { runner, task, released: false };
     this.inFlight.set(key, run);
-    void this.run(run).catch((err: unknown) => this.executeFailed(run, err));
+    const def = taskByName(task.name);
+    // Most runs go straight to execute(); only a name this worker does not run, or a message that
+    // lacks a check the worker's definition has, takes one more script call first.
+    const direct = def !== undefined && this.serves(def) && !this.needsAdmission(def, task);
+    const running = direct ? this.execute(run, def) : this.run(run, def);
+    running.catch((err: unknown) => this.executeFailed(run, err));
+  }
+
+  private needsAdmission(def: TaskDefinition, task: StartedTask): boolean {
+    return (def.options.unique && !task.carriesLock) || (def.options.rateLimit !== undefined && !task.carriesRate);
   }
 
   /** Whether this worker runs a task: its class is registered here and served (an instance, a class in services, or resolve). */
@@ -434,13 +443,9 @@ export class Worker {
    * A started run: declined when this worker does not run the task, admitted first when the
    * message lacks the unique lock or rate limit of the worker's definition, then executed.
    */
-  private async run(run: Running): Promise<void> {
-    const { task } = run;
-    const def = taskByName(task.name);
+  private async run(run: Running, def: TaskDefinition | undefined): Promise<void> {
     if (!def || !this.serves(def)) return this.decline(run, def);
-    if ((def.options.unique && !task.carriesLock) || (def.options.rateLimit !== undefined && !task.carriesRate)) {
-      if (!(await this.admit(run, def))) return;
-    }
+    if (this.needsAdmission(def, run.task) && !(await this.admit(run, def))) return;
     await this.execute(run, def);
   }
 

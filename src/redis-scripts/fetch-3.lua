@@ -28,4 +28,4 @@
 -- @include "start-tasks"
 
 return startTasks(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
-  nowMs(), tonumber(ARGV[6]), tonumber(ARGV[5]), {})
+  nowMs(), tonumber(ARGV[6]), ARGV[5], {})

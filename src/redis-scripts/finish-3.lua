@@ -52,6 +52,6 @@ end
 local want = tonumber(ARGV[4])
 if want > 0 then
   return startTasks(base, KEYS[1], KEYS[2], KEYS[3], workerId, tonumber(ARGV[3]), want, now, tonumber(ARGV[6]),
-    tonumber(ARGV[5]), outcomes)
+    ARGV[5], outcomes)
 end
 return {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, {}, ''}

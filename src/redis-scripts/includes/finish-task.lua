@@ -14,6 +14,23 @@
 --     the detail is the state Redis holds ('' when there is no record);
 --   'ERROR', message: Redis refused a command; the run keeps its lease (renewed from now), the
 --     worker tries again later.
+-- Writes a run's end (finishTask, after the lease is gone): RETRY back to the delayed set, or a
+-- final state through endTask. Run under pcall: a refusal is undone by the caller.
+local function writeEnd(base, key, delayedKey, id, state, stored, extra, retries, revoke, now, expireMs, retryDelayMs,
+                        deadReason, lockKey, lockWait)
+  if stored == 'RETRY' then
+    local due = now + retryDelayMs
+    redis.call('ZADD', delayedKey, due, id)
+    redis.call('HSET', key, 's', 'RETRY', 'd', due, 'ry', (tonumber(retries) or 0) + 1, unpack(extra))
+    return
+  end
+  if deadReason ~= '' then deadLetter(base, id, deadReason, now) end
+  if stored == 'REVOKED' then table.insert(extra, 'rr'); table.insert(extra, revoke) end
+  -- A task that succeeds on a retry keeps no error of its earlier attempts (only retries store one).
+  if state == 'SUCCESS' and retries then redis.call('HDEL', key, 'e') end
+  endTask(base, id, stored, extra, now, expireMs, { lockKey, lockWait })
+end
+
 local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value, expireMs,
                           retryDelayMs, deadReason)
   local key = base .. 't:' .. id
@@ -37,19 +54,8 @@ local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, i
   -- full Redis (under noeviction Redis refuses a script's first write only, and ZREM frees
   -- memory). Should a later command be refused, the lease is put back and nothing else changed.
   redis.call('ZREM', activeKey, id)
-  local ok, err = pcall(function()
-    if stored == 'RETRY' then
-      local due = now + retryDelayMs
-      redis.call('ZADD', delayedKey, due, id)
-      redis.call('HSET', key, 's', 'RETRY', 'd', due, 'ry', (tonumber(retries) or 0) + 1, unpack(extra))
-      return
-    end
-    if deadReason ~= '' then deadLetter(base, id, deadReason, now) end
-    if stored == 'REVOKED' then table.insert(extra, 'rr'); table.insert(extra, revoke) end
-    -- A task that succeeds on a retry keeps no error of its earlier attempts (only retries store one).
-    if state == 'SUCCESS' and retries then redis.call('HDEL', key, 'e') end
-    endTask(base, id, stored, extra, now, expireMs, { t[7], t[8] })
-  end)
+  local ok, err = pcall(writeEnd, base, key, delayedKey, id, state, stored, extra, retries, revoke, now, expireMs,
+    retryDelayMs, deadReason, t[7], t[8])
   if not ok then
     redis.pcall('ZADD', activeKey, now + leaseMs, id)
     if stored == 'RETRY' then redis.pcall('ZREM', delayedKey, id) end

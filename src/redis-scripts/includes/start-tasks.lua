@@ -97,9 +97,10 @@ local function recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, 
   end
 end
 
--- `seed` seeds the jitter of rate-limited tasks and the run tokens; seeding costs more than the
--- rest of a typical call, so it is done only when a task is rate-limited. `outcomes` goes into
--- the reply as it is.
+-- `seed` (a random whole number, as text) seeds the jitter of rate-limited tasks (seeding costs
+-- more than the rest of a typical call, so it is done only when a task is rate-limited) and is
+-- the run token of every task this call starts: a task is started at most once per call, and
+-- tokens are compared per task. `outcomes` goes into the reply as it is.
 local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseMs, want, now, expireMs, seed, outcomes)
   local seeded = false
   local problems = {}
@@ -202,7 +203,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
         local freeing = redis.call('ZRANGE', rateKey, inWindow - limit, inWindow - limit, 'WITHSCORES')
         local jitterMax = math.max(1, math.floor(math.min(1000, period / 10)))
         if not seeded then
-          math.randomseed(seed)
+          math.randomseed(tonumber(seed))
           seeded = true
         end
         local delay = tonumber(freeing[2]) + period - now + math.random(0, jitterMax)
@@ -220,9 +221,9 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     -- The lease first: should the record not be written, the id is still in a place.
     redis.call('ZADD', activeKey, now + leaseMs, id)
     leased = true
-    -- The run token: unique per start of this task (a per-call random seed and the position in
-    -- the call), so the lease, the finish and revoke signals of this run can tell it from others.
-    local token = seed .. '.' .. count
+    -- The run token (the call's random seed): the lease renewals, the finish and revoke signals
+    -- of this run carry it, so they can tell it from the task's other runs.
+    local token = seed
     redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt, 'tk', token)
     local carried = ''
     if lockKey then carried = 'u' end
