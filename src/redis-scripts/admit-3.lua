@@ -75,6 +75,15 @@ local function endHere(state, extra, lock)
   redis.call('ZREM', KEYS[3], id)
 end
 
+-- A lock or window key that could not be read: a refusal is raised as it is (the worker sends
+-- the admission again); a value of the wrong type makes the task malformed (dead-lettered).
+local function malformed(err, reason)
+  if isRefusal(err) then error(err) end
+  deadLetter(base, id, reason, now)
+  endHere('FAILURE', { 'e', cjson.encode({ name = 'MalformedTaskError', message = reason }) })
+  return {'FAILURE', reason}
+end
+
 -- Revoked since the fetch started it: it ends as the revoke asked, and never runs.
 if t[7] then
   endHere('REVOKED', { 'rr', t[7] }, { t[8], t[9] })
@@ -84,11 +93,7 @@ end
 if lockKey ~= '' then
   local holder = redis.pcall('GET', lockKey)
   if type(holder) == 'table' then
-    if isRefusal(holder) then error(holder) end
-    local reason = 'its unique lock key holds a value of the wrong type'
-    deadLetter(base, id, reason, now)
-    endHere('FAILURE', { 'e', cjson.encode({ name = 'MalformedTaskError', message = reason }) })
-    return {'FAILURE', reason}
+    return malformed(holder, 'its unique lock key holds a value of the wrong type')
   elseif holder and holder ~= id then
     redis.call('HSET', key, unpack(fields))
     endHere('REVOKED', { 'rr', 'duplicate' }, { lockKey, waitForExpiry })
@@ -101,11 +106,7 @@ end
 if rateKey ~= '' then
   local trimmed = redis.pcall('ZREMRANGEBYSCORE', rateKey, '-inf', now - period)
   if type(trimmed) == 'table' then
-    if isRefusal(trimmed) then error(trimmed) end
-    local reason = 'its rate window key holds a value of the wrong type'
-    deadLetter(base, id, reason, now)
-    endHere('FAILURE', { 'e', cjson.encode({ name = 'MalformedTaskError', message = reason }) })
-    return {'FAILURE', reason}
+    return malformed(trimmed, 'its rate window key holds a value of the wrong type')
   end
   local inWindow = redis.call('ZCARD', rateKey)
   if inWindow >= limit then

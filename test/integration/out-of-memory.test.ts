@@ -24,7 +24,7 @@ import {
   type TaskResult,
 } from 'heimdall-tasks';
 import { extendLeases } from '../../src/redis-scripts/scripts.generated.js';
-import { gate, nextEvent, recordEvents, redisNowMs, reportFigures, usePrivateRedis, waitFor, type Harness } from '../helpers.js';
+import { gate, recordEvents, redisNowMs, reportFigures, usePrivateRedis, waitFor, type Harness } from '../helpers.js';
 
 class MemoryService {
   /** Starts of each task id, so a second run of one task shows. */

@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Task, currentTask, type TaskResult } from 'heimdall-tasks';
-import { gate, nextEvent, recordEvents, reportFigures, useHarness, waitFor } from '../helpers.js';
+import { gate, recordEvents, reportFigures, useHarness, waitFor } from '../helpers.js';
 import { openGate, readRuns, startFaultWorkers, stopFaultWorkers } from '../fixtures/faults/control.js';
 import { FaultService } from '../fixtures/faults/services.js';
 import { StallProxy } from '../fixtures/faults/stall-proxy.js';

@@ -62,76 +62,55 @@ async function placesOf(h: Harness, id: string): Promise<string[]> {
   return places;
 }
 
+/**
+ * A worker process dies holding task `n` (a held FaultService task); a worker connected as an
+ * ACL user with `rules` then meets the lapsed lease. Checks that the refused recovery is
+ * reported (`reported`) and leaves the task leased and STARTED, then grants `grant` and checks
+ * that the task runs, once.
+ */
+async function recoveryRefused(h: Harness, n: number, rules: string[], grant: string, reported: RegExp): Promise<void> {
+  const d = h.dispatcher();
+  const [a] = await startFaultWorkers(h, h.admin, 1, { LEASE: '1s' }, h.url);
+  const task = await d.tasks(FaultService).held.delay(n);
+  await waitFor(async () => (await task.status()) === 'STARTED', { what: 'the task to start on the doomed worker' });
+  await killHard(a!);
+  await openGate(h.admin, h.prefix);
+
+  const user = await aclUser(h, rules);
+  const redis = new Redis(h.url, { connectionName: `strand-runlog-${process.pid}` });
+  const gate = new Gate(redis, h.prefix);
+  await gate.listen();
+  try {
+    const w = h.worker({ connection: user.url, services: [new FaultService(new RunLog(redis, h.prefix), gate)], leaseDuration: 1 });
+    const ev = recordEvents(w);
+    await w.start();
+    await waitFor(() => ev.errors.filter((e) => reported.test(e.message)).length >= 2, {
+      timeout: 20_000,
+      what: 'the worker to report the refused recovery twice',
+    });
+    expect(await placesOf(h, task.id)).toEqual(['active']);
+    expect(await task.status()).toBe('STARTED');
+    await user.grant(grant);
+    expect(await task.get({ timeout: 30 })).toBe(n);
+    expect((await readRuns(h.admin, h.prefix)).filter((e) => e.id === task.id && e.ev === 'done')).toHaveLength(1);
+    await w.close();
+  } finally {
+    gate.close();
+    await redis.quit();
+  }
+}
+
 describe('no script leaves an id stranded (refusals injected with ACL users)', () => {
   const fresh = usePrivateRedis('strand');
 
   it('recovery whose RPUSH is refused keeps the lapsed task in the active set; it runs once the push is allowed', { timeout: 60_000 }, async () => {
-    const h = fresh();
-    const d = h.dispatcher();
-    const [a] = await startFaultWorkers(h, h.admin, 1, { LEASE: '1s' }, h.url);
-    const task = await d.tasks(FaultService).held.delay(1);
-    await waitFor(async () => (await task.status()) === 'STARTED', { what: 'the task to start on the doomed worker' });
-    await killHard(a!);
-    await openGate(h.admin, h.prefix);
-
-    const user = await aclUser(h, ['~*', '&*', '+@all', '-rpush']);
-    const redis = new Redis(h.url, { connectionName: `strand-runlog-${process.pid}` });
-    const gate = new Gate(redis, h.prefix);
-    await gate.listen();
-    try {
-      const w = h.worker({ connection: user.url, services: [new FaultService(new RunLog(redis, h.prefix), gate)], leaseDuration: 1 });
-      const ev = recordEvents(w);
-      await w.start();
-      // The refused recovery is reported, and the task is still leased (lapsed) in the active set.
-      await waitFor(() => ev.errors.filter((e) => /can't run this command|NOPERM|refused/i.test(e.message)).length >= 2, {
-        timeout: 20_000,
-        what: 'the worker to report the refused recovery twice',
-      });
-      expect(await placesOf(h, task.id)).toEqual(['active']);
-      expect(await task.status()).toBe('STARTED');
-      await user.grant('+rpush');
-      expect(await task.get({ timeout: 30 })).toBe(1);
-      const runs = (await readRuns(h.admin, h.prefix)).filter((e) => e.id === task.id && e.ev === 'done');
-      expect(runs).toHaveLength(1);
-      await w.close();
-    } finally {
-      gate.close();
-      await redis.quit();
-    }
+    await recoveryRefused(fresh(), 1, ['~*', '&*', '+@all', '-rpush'], '+rpush', /recovering task .*can't run this command/);
   });
 
   it('recovery whose record write is refused puts the lease back: the task stays leased and STARTED, and runs once the write is allowed', { timeout: 60_000 }, async () => {
-    const h = fresh();
-    const d = h.dispatcher();
-    const [a] = await startFaultWorkers(h, h.admin, 1, { LEASE: '1s' }, h.url);
-    const task = await d.tasks(FaultService).held.delay(3);
-    await waitFor(async () => (await task.status()) === 'STARTED', { what: 'the task to start on the doomed worker' });
-    await killHard(a!);
-    await openGate(h.admin, h.prefix);
-
     // HSET is refused on the task records (the worker may still declare its names).
-    const user = await aclUser(h, allBut(h, 'hset', ['names']));
-    const redis = new Redis(h.url, { connectionName: `strand-runlog-${process.pid}` });
-    const gate = new Gate(redis, h.prefix);
-    await gate.listen();
-    try {
-      const w = h.worker({ connection: user.url, services: [new FaultService(new RunLog(redis, h.prefix), gate)], leaseDuration: 1 });
-      const ev = recordEvents(w);
-      await w.start();
-      await waitFor(() => ev.errors.filter((e) => /recovering task/.test(e.message)).length >= 2, {
-        timeout: 20_000,
-        what: 'the worker to report the refused recovery twice',
-      });
-      expect(await placesOf(h, task.id)).toEqual(['active']);
-      expect(await task.status()).toBe('STARTED');
-      await user.grant('+hset');
-      expect(await task.get({ timeout: 30 })).toBe(3);
-      expect((await readRuns(h.admin, h.prefix)).filter((e) => e.id === task.id && e.ev === 'done')).toHaveLength(1);
-      await w.close();
-    } finally {
-      gate.close();
-      await redis.quit();
-    }
+    const h = fresh();
+    await recoveryRefused(h, 3, allBut(h, 'hset', ['names']), '+hset', /recovering task .*can't access/);
   });
 
   it('ids popped but not examined, whose push back is refused, are kept by the worker and pushed back once allowed', { timeout: 60_000 }, async () => {

@@ -5,24 +5,9 @@
 // two worker processes.
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import type { TaskResult } from 'heimdall-tasks';
-import { reportFigures, useHarness, waitFor, type Harness } from '../helpers.js';
-import { openGate, readStarts, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
+import { reportFigures, useHarness, waitFor } from '../helpers.js';
+import { authorityLockKey, oneRunsOneRevoked, openGate, readStarts, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
 
-/** Resolves once exactly one of `handles` is STARTED and the other REVOKED; returns [running, revoked]. */
-async function oneRunsOneRevoked(handles: readonly TaskResult<unknown>[]): Promise<[TaskResult<unknown>, TaskResult<unknown>]> {
-  return waitFor(
-    async () => {
-      const states = await Promise.all(handles.map((r) => r.status()));
-      const running = handles.filter((_, i) => states[i] === 'STARTED');
-      const revoked = handles.filter((_, i) => states[i] === 'REVOKED');
-      return running.length === 1 && revoked.length === handles.length - 1 ? ([running[0]!, revoked[0]!] as const) : undefined;
-    },
-    { timeout: 20_000, what: 'one task running and the other REVOKED' },
-  ).then(([a, b]) => [a, b]);
-}
-
-const lockKey = (h: Harness, task: string, key: string): string => `${h.prefix}:{default}:lock:AuthorityService.${task}:${key}`;
 
 describe('the worker applies its own unique and rate-limit options to messages sent by name', () => {
   const fresh = useHarness('authority');
@@ -39,13 +24,13 @@ describe('the worker applies its own unique and rate-limit options to messages s
     const [running, revoked] = await oneRunsOneRevoked(sent);
     expect((await revoked.info()).revokeReason).toBe('duplicate');
     // The lock is the worker's key function's, held by the running task, and recorded in its record.
-    expect(await h.admin.get(lockKey(h, 'hold', 'slot-7'))).toBe(running.id);
-    expect(await h.admin.hget(h.taskKey(running.id), 'lk')).toBe(lockKey(h, 'hold', 'slot-7'));
+    expect(await h.admin.get(authorityLockKey(h, 'hold', 'slot-7'))).toBe(running.id);
+    expect(await h.admin.hget(h.taskKey(running.id), 'lk')).toBe(authorityLockKey(h, 'hold', 'slot-7'));
     expect((await readStarts(h)).map((e) => e.id)).toEqual([running.id]);
 
     await openGate(h, 'hold-7');
     expect(await running.get({ timeout: 20 })).toBe(7);
-    expect(await h.admin.exists(lockKey(h, 'hold', 'slot-7'))).toBe(0);
+    expect(await h.admin.exists(authorityLockKey(h, 'hold', 'slot-7'))).toBe(0);
     const summaries = await stopDeployWorkers(workers);
     expect(summaries.flatMap((s) => s.errors)).toEqual([]);
     expect(summaries.reduce((n, s) => n + s.started, 0)).toBe(1);
@@ -60,7 +45,7 @@ describe('the worker applies its own unique and rate-limit options to messages s
     const [running, revoked] = await oneRunsOneRevoked(sent);
     expect((await revoked.info()).revokeReason).toBe('duplicate');
     const digest = createHash('sha1').update('[{"x":1,"y":2}]').digest('hex');
-    expect(await h.admin.get(lockKey(h, 'byArgs', digest))).toBe(running.id);
+    expect(await h.admin.get(authorityLockKey(h, 'byArgs', digest))).toBe(running.id);
     await openGate(h, 'by-args');
     expect(await running.get({ timeout: 20 })).toBe(2);
     await stopDeployWorkers(workers);

@@ -3,9 +3,9 @@
 // lacks, the worker fills in from its own definition. (A file of its own: the class below
 // registers these task names in this process, which the by-name tests must not have.)
 import { describe, expect, it } from 'vitest';
-import { Task, type TaskResult } from 'heimdall-tasks';
-import { useHarness, waitFor, type Harness } from '../helpers.js';
-import { openGate, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
+import { Task } from 'heimdall-tasks';
+import { useHarness, waitFor } from '../helpers.js';
+import { authorityLockKey, oneRunsOneRevoked, openGate, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
 
 /**
  * The same task names as the worker's AuthorityService, as an older build of the producer
@@ -29,20 +29,6 @@ class OlderProducerBuild {
   }
 }
 
-/** Resolves once exactly one of `handles` is STARTED and the other REVOKED; returns [running, revoked]. */
-async function oneRunsOneRevoked(handles: readonly TaskResult<unknown>[]): Promise<[TaskResult<unknown>, TaskResult<unknown>]> {
-  return waitFor(
-    async () => {
-      const states = await Promise.all(handles.map((r) => r.status()));
-      const running = handles.filter((_, i) => states[i] === 'STARTED');
-      const revoked = handles.filter((_, i) => states[i] === 'REVOKED');
-      return running.length === 1 && revoked.length === handles.length - 1 ? ([running[0]!, revoked[0]!] as const) : undefined;
-    },
-    { timeout: 20_000, what: 'one task running and the other REVOKED' },
-  ).then(([a, b]) => [a, b]);
-}
-
-const lockKey = (h: Harness, task: string, key: string): string => `${h.prefix}:{default}:lock:AuthorityService.${task}:${key}`;
 
 describe('producer and worker disagree', () => {
   const fresh = useHarness('disagree');
@@ -56,7 +42,7 @@ describe('producer and worker disagree', () => {
     // 1. The message has no lock (hold was not unique in the older build): the worker adds its own.
     const holds = [await older.hold.delay(3), await older.hold.delay(3)];
     const [running] = await oneRunsOneRevoked(holds);
-    expect(await h.admin.get(lockKey(h, 'hold', 'slot-3'))).toBe(running.id);
+    expect(await h.admin.get(authorityLockKey(h, 'hold', 'slot-3'))).toBe(running.id);
     await openGate(h, 'hold-3');
     expect(await running.get({ timeout: 20 })).toBe(3);
 
