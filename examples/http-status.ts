@@ -22,10 +22,9 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { Dispatcher, TaskRevokedError, Worker, type TaskResult } from 'heimdall-tasks';
+import { Dispatcher, TaskRevokedError, Worker, type TaskResult, onShutdownSignal } from 'heimdall-tasks';
 import { ExportService } from './services/export-service.js';
 import { deleteKeys } from './services/cleanup.js';
-import { onShutdownSignal } from './services/shutdown.js';
 
 const connection = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const prefix = process.env.HEIMDALL_PREFIX ?? `heimdall-demo-${randomBytes(4).toString('hex')}`;

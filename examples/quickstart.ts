@@ -3,10 +3,9 @@
 // in different processes (an HTTP server sends, one or more workers run), with the same code.
 // Ctrl-C (or SIGTERM) during the tour closes the worker gracefully, as a worker process should.
 import { randomBytes } from 'node:crypto';
-import { Dispatcher, TaskFailedError, Worker, type TaskProxy, type TaskResult } from 'heimdall-tasks';
+import { Dispatcher, TaskFailedError, Worker, type TaskProxy, type TaskResult, onShutdownSignal } from 'heimdall-tasks';
 import { ReportService } from './services/report-service.js';
 import { deleteKeys } from './services/cleanup.js';
-import { onShutdownSignal } from './services/shutdown.js';
 
 const connection = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 // Every key this demo writes starts with this prefix, and is deleted at the end.

@@ -1,26 +1,30 @@
 export { Task, TASK_METADATA } from './decorators/task.decorator.js';
-export { Dispatcher } from './core/dispatcher.js';
-export type { ApplyOptions, ConnectionOptions, DispatcherOptions, TaskProxy, TaskRef } from './core/dispatcher.js';
-export { Worker } from './core/worker.js';
-export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './core/worker.js';
-export { TaskResult } from './core/task-result.js';
-export type { GetOptions, RevokeOptions } from './core/task-result.js';
-export type { RemoteError, TaskInfo, TaskState } from './core/task-state.js';
-export { currentTask } from './core/current-task.js';
-export type { CurrentTask, RetryRequestOptions } from './core/current-task.js';
-export type { Backoff, ErrorClass, RateLimit, RetryOptions, TaskOptions } from './core/task-options.js';
-export type { Duration } from './core/durations.js';
-export type { ConnectionOption } from './core/connection.js';
-export type { Constructor } from './core/registry.js';
+export { Dispatcher } from './core/producer/dispatcher.js';
+export type { ApplyOptions, ConnectionOptions, DispatcherOptions, TaskProxy, TaskRef } from './core/producer/dispatcher.js';
+export { Worker } from './core/worker/worker.js';
+export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './core/worker/worker-options.js';
+export { onShutdownSignal } from './core/worker/shutdown-signals.js';
+export { TaskResult } from './core/producer/task-result.js';
+export type { GetOptions, RevokeOptions } from './core/producer/task-result.js';
+export type { RemoteError, RevokeReason, TaskInfo, TaskState } from './core/protocol/task-record.js';
+export { currentTask } from './core/worker/current-task.js';
+export type { CurrentTask, RetryRequestOptions } from './core/worker/current-task.js';
+export type { Backoff, ErrorClass, RateLimit, RetryOptions, TaskOptions } from './core/task/task-options.js';
+export type { Duration } from './core/task/durations.js';
+export type { ConnectionOption } from './core/protocol/connection.js';
+export type { Constructor } from './core/task/registry.js';
 export {
   AlreadyQueuedError,
   ConfigError,
   HeimdallError,
+  LeaseLostError,
+  MalformedTaskError,
   NonRetryableError,
   NotATaskError,
   PartialDispatchError,
   PayloadTooLargeError,
   RedisOutOfMemoryError,
+  RedisRefusedError,
   RedisUnavailableError,
   SerializationError,
   StaleRunError,
@@ -28,4 +32,7 @@ export {
   TaskRevokedError,
   TimeLimitExceededError,
   TimeoutError,
+  UnexpectedReplyError,
+  UnknownTaskError,
+  WorkerShutdownError,
 } from './core/errors.js';

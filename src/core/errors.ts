@@ -3,7 +3,7 @@
  * `code`. `instanceof` is answered from a `Symbol.for` brand, so it holds even when an app
  * ends up with two copies of the package (its ESM and CommonJS builds, or two versions).
  */
-import type { TaskResult } from './task-result.js';
+import type { TaskResult } from './producer/task-result.js';
 
 const BRAND = Symbol.for('heimdall-tasks.error');
 
@@ -295,5 +295,75 @@ export class PartialDispatchError<R = unknown> extends HeimdallError {
     this.errors = errors;
     this.sent = sent;
     this.failed = failed;
+  }
+}
+
+/**
+ * A task's record cannot be run by this version of heimdall-tasks: arguments that are not a JSON
+ * array, a field of the wrong kind, a key of the wrong type. The task ends FAILURE with it and is
+ * dead-lettered. (Made by the worker, and by the scripts under this name.)
+ */
+export class MalformedTaskError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_MALFORMED_TASK';
+  constructor(message: string) {
+    super(MalformedTaskError.CODE, message);
+  }
+}
+
+/**
+ * No worker has declared the task's name for the worker's `unknownTaskGrace`: the task ends
+ * FAILURE with it and is dead-lettered. (Stored by the decline script under this name.)
+ */
+export class UnknownTaskError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_UNKNOWN_TASK';
+  constructor(message: string) {
+    super(UnknownTaskError.CODE, message);
+  }
+}
+
+/**
+ * The reason a run's AbortSignal fires when the run is no longer its task's current run: its
+ * lease lapsed and the task was recovered, or started again.
+ */
+export class LeaseLostError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_LEASE_LOST';
+  readonly taskId: string;
+  constructor(taskId: string) {
+    super(
+      LeaseLostError.CODE,
+      `task ${taskId} is no longer this worker's: its lease lapsed and it was recovered; raise leaseDuration, or keep the event loop free (a task that blocks it stops lease renewals)`,
+    );
+    this.taskId = taskId;
+  }
+}
+
+/**
+ * The reason a run's AbortSignal fires when `worker.close({ timeout })` stops waiting for it: the
+ * task goes back to the front of its queue.
+ */
+export class WorkerShutdownError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_WORKER_SHUTDOWN';
+  constructor(workerId: string) {
+    super(WorkerShutdownError.CODE, `worker ${workerId} is shutting down: the task goes back to its queue`);
+  }
+}
+
+/**
+ * Redis refused a command for reasons outside the task's data (an ACL, a full Redis, a Cluster
+ * slot on the move): from a dispatch, the task was not sent and nothing of it was written; from
+ * a worker (an `error` event), what it could not do is kept and tried again.
+ */
+export class RedisRefusedError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_REDIS_REFUSED';
+  constructor(message: string) {
+    super(RedisRefusedError.CODE, message);
+  }
+}
+
+/** A Lua script answered something this version does not know: a bug, or scripts of another version on the same server. */
+export class UnexpectedReplyError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_UNEXPECTED_REPLY';
+  constructor(message: string) {
+    super(UnexpectedReplyError.CODE, message);
   }
 }

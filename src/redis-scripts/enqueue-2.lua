@@ -33,6 +33,7 @@
 -- @include "args"
 -- @include "ended"
 -- @include "wake"
+-- @include "keys"
 
 -- A wait list or delayed set of the wrong type fails the whole call before anything is written:
 -- a script is not rolled back, so an error half way would leave records and locks of tasks that
@@ -61,7 +62,7 @@ local o = 3
 for i = 1, tonumber(ARGV[2]) do
   local id, countdown, eta = ARGV[o], tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
   local lockKey, lockTtl = ARGV[o + 3], tonumber(ARGV[o + 4])
-  local taskKey = base .. 't:' .. id
+  local taskKey = taskKey(base, id)
   local first, last = o + 6, o + 5 + tonumber(ARGV[o + 5])
   o = last + 1
 

@@ -1,8 +1,10 @@
 --[[
-  fetch: starts up to `want` tasks for a worker (PENDING/RETRY -> STARTED with a lease and a
-  run token), after recovering lapsed leases and moving due delayed tasks to the wait list.
-  Checks the unique lock, the expiry and the rate window of each candidate in the same step;
-  see includes/start-tasks.lua for the rules.
+  fetch: a worker's one call to a queue. It ends a batch of runs of started tasks (STARTED ->
+  SUCCESS, FAILURE, REVOKED or RETRY; see includes/finish-task.lua) and, in the same call,
+  recovers lapsed leases, moves due delayed tasks to the wait list and starts up to `want`
+  tasks (PENDING/RETRY -> STARTED with a lease and a run token; see includes/start-tasks.lua).
+  So a busy worker spends one round trip per task. Either part may be empty: with no ends it is
+  a plain fetch, with `want` 0 a plain finish.
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
@@ -11,21 +13,42 @@
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
   ARGV[3] lease in ms
-  ARGV[4] want: how many tasks to start at most
+  ARGV[4] want: how many tasks to start at most (0: finish only)
   ARGV[5] random seed for the rate-limit jitter and the run tokens
-  ARGV[6] result lifetime in ms, for tasks that end here (revoked, expired, malformed, lost)
+  ARGV[6] default result lifetime in ms
+  ARGV[7] number of finished runs F (0 for a plain fetch), then F groups of 8:
+          id, run token, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error,
+          '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
+          ('' none)
 
-  Returns {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem} as described
-  in start-tasks.lua (outcomes always empty).
+  Returns {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem}: as in
+  start-tasks.lua (with want 0: nothing started, nextDelay given, more 0); outcomes is a flat
+  list of two items per finished run, in the order given: the outcome and its detail (see
+  finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds, ERROR
+  with Redis's refusal).
 ]]
 -- @include "now"
--- @include "refusal"
--- @include "end-task"
--- @include "dead-letter"
--- @include "next-delay"
--- @include "args"
--- @include "move-to-wait"
 -- @include "start-tasks"
+-- @include "finish-task"
 
-return startTasks(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
-  nowMs(), tonumber(ARGV[6]), ARGV[5], {})
+local base, workerId = ARGV[1], ARGV[2]
+local now = nowMs()
+local outcomes = {}
+local count = tonumber(ARGV[7])
+for i = 0, count - 1 do
+  local o = 8 + i * 8
+  local ok, outcome, detail = pcall(finishTask, base, KEYS[3], KEYS[2], workerId, tonumber(ARGV[3]), now, ARGV[o], ARGV[o + 1], ARGV[o + 2],
+    ARGV[o + 3], ARGV[o + 4], tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]), ARGV[o + 7])
+  -- A command refused half way (the first ones succeeded): the worker sends this finish again,
+  -- and the token tells it apart from a finish already stored.
+  if not ok then outcome, detail = 'ERROR', errorText(outcome) end
+  table.insert(outcomes, outcome)
+  table.insert(outcomes, detail)
+end
+
+local want = tonumber(ARGV[4])
+if want > 0 then
+  return startTasks(base, KEYS[1], KEYS[2], KEYS[3], workerId, tonumber(ARGV[3]), want, now, tonumber(ARGV[6]),
+    ARGV[5], outcomes)
+end
+return {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, {}, ''}

@@ -24,6 +24,7 @@
   3 revoked and terminated while running, 4 revoke requested while running.
 ]]
 -- @include "now"
+-- @include "keys"
 -- @include "end-task"
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
@@ -40,9 +41,9 @@ end
 if terminate then
   redis.call('ZREM', KEYS[2], id)
   endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
-  redis.call('PUBLISH', base .. 'revoke', id .. ' ' .. token .. ' 1')
+  redis.call('PUBLISH', revokeChannel(base), id .. ' ' .. token .. ' 1')
   return {3, 'REVOKED'}
 end
 redis.call('HSET', KEYS[1], 'rv', reason)
-redis.call('PUBLISH', base .. 'revoke', id .. ' ' .. token .. ' 0')
+redis.call('PUBLISH', revokeChannel(base), id .. ' ' .. token .. ' 0')
 return {4, 'STARTED'}

@@ -17,7 +17,7 @@ import {
 } from '../fixtures/faults/control.js';
 import { ReplyDropper } from '../fixtures/faults/reply-dropper.js';
 import { FaultService, Gate, RunLog, faultKeys } from '../fixtures/faults/services.js';
-import { enqueue as enqueueScript, finish as finishScript } from '../../src/redis-scripts/scripts.generated.js';
+import { enqueue as enqueueScript, fetch as fetchScript } from '../../src/redis-scripts/scripts.generated.js';
 
 const TASKS = 1000;
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
@@ -209,7 +209,7 @@ describe('a reply lost when the connection drops after Redis ran the command', (
     worker.on('error', (err) => errors.push(err.message));
     const succeeded = new Set<string>();
     worker.on('succeeded', (e) => succeeded.add(e.id));
-    const dropped = p.dropNextReply((args) => args[0]?.toLowerCase() === 'evalsha' && args[1] === finishScript.sha);
+    const dropped = p.dropNextReply((args) => args[0]?.toLowerCase() === 'evalsha' && args[1] === fetchScript.sha && args[12] !== '0'); // a fetch that carries ends (ARGV[7] = number of ends)
     await worker.start();
     const lost = await dropped;
     // The lost reply held the end of `first` and the start of `second`.

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import * as api from 'heimdall-tasks';
 import { ConfigError, Task, TaskFailedError, currentTask, type Worker, type WorkerEvents } from 'heimdall-tasks';
 import { NonRetryableError } from '../../src/core/errors.js';
-import { normalizeRetries } from '../../src/core/task-options.js';
+import { normalizeRetries } from '../../src/core/task/task-options.js';
 import { decorationError, redisNowMs, useHarness, waitFor, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
 
 /** What a task saw of its own record at the start of one attempt (server-clock times). */

@@ -8,41 +8,34 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
-import { QueueKeys } from '../../src/core/queue-keys.js';
-import { ScriptRunner } from '../../src/core/script-runner.js';
-import { admit, decline, fetch, finish } from '../../src/redis-scripts/scripts.generated.js';
+import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
+import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
+import { admit, decline, fetch, type EndOutcome, type Verdict } from '../../src/core/protocol/scripts.js';
 import { useHarness, type Harness } from '../helpers.js';
 
-const LEASE = 30_000;
 const TTL = 86_400_000;
-type Reply = [(string | number)[], unknown[], unknown[], number, number, string[], string[], string];
 
-/** A worker's side of the scripts, by hand. */
+/** A worker's side of the scripts, by hand, through the protocol layer. */
 function scripts(h: Harness, admin: Redis) {
   const keys = new QueueKeys(h.prefix, 'default');
   const runner = new ScriptRunner(admin);
-  const three = [keys.wait, keys.delayed, keys.active];
+  const as = (workerId: string) => ({ workerId, leaseMs: 30_000, resultExpiresMs: TTL });
   return {
     keys,
     /** Starts up to `want` tasks as `worker`; returns [id, token] of each. */
     async fetch(worker: string, want = 1): Promise<[string, string][]> {
-      const [started] = await runner.run<Reply>(fetch, three, [keys.base, worker, LEASE, want, Math.floor(Math.random() * 2 ** 31), TTL]);
-      const out: [string, string][] = [];
-      for (let i = 0; i < started.length; i += 8) out.push([String(started[i]), String(started[i + 6])]);
-      return out;
+      const reply = await fetch(runner, keys, as(worker), want, []);
+      return reply.started.map((r) => [r.id, r.token]);
     },
-    /** Sends one finish as `worker`; returns its outcome and detail. */
-    async finish(worker: string, id: string, token: string, state: string, retryDelayMs = 0): Promise<string[]> {
-      const reply = await runner.run<Reply>(finish, three, [
-        keys.base, worker, LEASE, 0, 1, TTL, 1,
-        id, token, state, 'e', JSON.stringify({ name: 'Error', message: 'boom' }), TTL, retryDelayMs, '',
-      ]);
-      return reply[5];
+    /** Sends one end as `worker` (starting nothing); returns what became of it. */
+    async finish(worker: string, id: string, token: string, state: 'SUCCESS' | 'FAILURE' | 'RETRY', retryDelayMs = 0): Promise<EndOutcome | undefined> {
+      const end = { id, token, state, field: 'e' as const, value: JSON.stringify({ name: 'Error', message: 'boom' }), expireMs: TTL, retryDelayMs, deadReason: '' };
+      const reply = await fetch(runner, keys, as(worker), 0, [end]);
+      return reply.outcomes[0];
     },
-    decline: (worker: string, id: string, token: string) =>
-      runner.run<string[]>(decline, [keys.wait, keys.delayed, keys.active, keys.names], [keys.base, worker, id, token, 60_000, TTL, 'no such task', 1]),
-    admit: (worker: string, id: string, token: string, lockKey: string) =>
-      runner.run<string[]>(admit, [keys.wait, keys.delayed, keys.active], [keys.base, worker, id, token, lockKey, 60_000, '', '', 0, 0, 1, TTL]),
+    decline: (worker: string, id: string, token: string): Promise<Verdict> => decline(runner, keys, as(worker), { id, token }, 60_000, 'no such task'),
+    admit: (worker: string, id: string, token: string, lockKey: string): Promise<Verdict> =>
+      admit(runner, keys, as(worker), { id, token }, { lock: { key: lockKey, ttlMs: 60_000, waitForExpiry: false }, rate: undefined }),
   };
 }
 
@@ -55,18 +48,18 @@ describe('run tokens in the scripts', () => {
     const r = await h.dispatcher().send('Anywhere.task', [1]);
     const [[id, first]] = (await s.fetch('W')) as [[string, string]];
     expect(id).toBe(r.id);
-    expect(await s.finish('W', id, first, 'RETRY', 0)).toEqual(['RETRY', '']);
+    expect(await s.finish('W', id, first, 'RETRY', 0)).toEqual({ kind: 'stored', state: 'RETRY' });
     // Due at once: the same worker starts it again, under a new token.
     const [[again, second]] = (await s.fetch('W')) as [[string, string]];
     expect(again).toBe(id);
     expect(second).not.toBe(first);
     // The first finish again, as ioredis re-sends it after a lost reply.
-    expect(await s.finish('W', id, first, 'RETRY', 0)).toEqual(['RETRY', '']);
+    expect(await s.finish('W', id, first, 'RETRY', 0)).toEqual({ kind: 'stored', state: 'RETRY' });
     expect(await h.admin.hmget(h.taskKey(id), 's', 'ry', 'tk', 'at')).toEqual(['STARTED', '1', second, '2']);
     expect(await h.admin.zscore(s.keys.active, id)).not.toBeNull();
     expect(await h.admin.zscore(s.keys.delayed, id)).toBeNull();
     // The current run's own end is stored as usual.
-    expect(await s.finish('W', id, second, 'FAILURE')).toEqual(['FAILURE', '']);
+    expect(await s.finish('W', id, second, 'FAILURE')).toEqual({ kind: 'stored', state: 'FAILURE' });
     expect(await r.status()).toBe('FAILURE');
   });
 
@@ -75,8 +68,8 @@ describe('run tokens in the scripts', () => {
     const s = scripts(h, h.admin);
     await h.dispatcher().send('Anywhere.task', [2]);
     const [[id, token]] = (await s.fetch('A')) as [[string, string]];
-    expect(await s.finish('B', id, token, 'SUCCESS')).toEqual(['STALE', 'STARTED']);
-    expect(await s.finish('A', id, `${token}x`, 'SUCCESS')).toEqual(['STALE', 'STARTED']);
+    expect(await s.finish('B', id, token, 'SUCCESS')).toEqual({ kind: 'stale', state: 'STARTED' });
+    expect(await s.finish('A', id, `${token}x`, 'SUCCESS')).toEqual({ kind: 'stale', state: 'STARTED' });
     expect(await h.admin.hget(h.taskKey(id), 's')).toBe('STARTED');
   });
 
@@ -86,7 +79,7 @@ describe('run tokens in the scripts', () => {
     const r = await h.dispatcher().send('Nobody.runs', [3]);
     const [[id, token]] = (await s.fetch('old')) as [[string, string]];
     expect(await r.revoke()).toBe('STARTED');
-    expect(await s.decline('old', id, token)).toEqual(['REVOKED', 'revoked']);
+    expect(await s.decline('old', id, token)).toEqual({ verdict: 'REVOKED', reason: 'revoked' });
     expect(await r.info()).toMatchObject({ state: 'REVOKED', revokeReason: 'revoked', attempts: 0 });
     for (const place of [s.keys.delayed, s.keys.active]) expect(await h.admin.zscore(place, id)).toBeNull();
     expect(await h.admin.lpos(s.keys.wait, id)).toBeNull();
@@ -99,7 +92,7 @@ describe('run tokens in the scripts', () => {
     const [[id, token]] = (await s.fetch('new')) as [[string, string]];
     expect(await r.revoke()).toBe('STARTED');
     const lockKey = `${s.keys.base}lock:Somebody.runs:k`;
-    expect(await s.admit('new', id, token, lockKey)).toEqual(['REVOKED', 'revoked']);
+    expect(await s.admit('new', id, token, lockKey)).toEqual({ verdict: 'REVOKED', reason: 'revoked' });
     expect(await r.info()).toMatchObject({ state: 'REVOKED', revokeReason: 'revoked', attempts: 0 });
     expect(await h.admin.zscore(s.keys.active, id)).toBeNull();
     expect(await h.admin.exists(lockKey)).toBe(0);
@@ -110,8 +103,8 @@ describe('run tokens in the scripts', () => {
     const s = scripts(h, h.admin);
     await h.dispatcher().send('Anywhere.task', [5]);
     const [[id, token]] = (await s.fetch('A')) as [[string, string]];
-    expect(await s.decline('A', id, `${token}x`)).toEqual(['STALE', 'STARTED']);
-    expect(await s.admit('B', id, token, `${s.keys.base}lock:x`)).toEqual(['STALE', 'STARTED']);
+    expect(await s.decline('A', id, `${token}x`)).toEqual({ verdict: 'STALE', state: 'STARTED' });
+    expect(await s.admit('B', id, token, `${s.keys.base}lock:x`)).toEqual({ verdict: 'STALE', state: 'STARTED' });
     expect(await h.admin.hmget(h.taskKey(id), 's', 'tk')).toEqual(['STARTED', token]);
     expect(await h.admin.zscore(s.keys.active, id)).not.toBeNull();
   });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from 'heimdall-tasks';
-import { describe as describeValue, toMillis } from '../../src/core/durations.js';
+import { describe as describeValue, toMillis } from '../../src/core/task/durations.js';
 
 describe('toMillis', () => {
   it.each([

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from 'heimdall-tasks';
-import { DEFAULT_PREFIX, DEFAULT_QUEUE, hashArgs, QueueKeys, validateName } from '../../src/core/queue-keys.js';
-import { argsToJson } from '../../src/core/serialization.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, hashArgs, QueueKeys, validateName } from '../../src/core/protocol/queue-keys.js';
+import { argsToJson } from '../../src/core/task/serialization.js';
 
 /** The part of a key Redis Cluster hashes: the first non-empty `{...}`, else the whole key. */
 function hashTagOf(key: string): string {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, Task } from 'heimdall-tasks';
-import { discover, taskByName, taskOptionsOf, type Constructor } from '../../src/core/registry.js';
+import { discover, taskByName, taskOptionsOf, type Constructor } from '../../src/core/task/registry.js';
 
 // The registry is process-wide (on globalThis), so every class here has a name no other test uses.
 

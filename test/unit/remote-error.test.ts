@@ -10,8 +10,8 @@ import {
   MAX_TRACEBACK_CHARS,
   safeInstanceOf,
   toRemoteError,
-} from '../../src/core/remote-error.js';
-import type { RemoteError } from '../../src/core/task-state.js';
+} from '../../src/core/worker/remote-error.js';
+import type { RemoteError } from '../../src/core/protocol/task-record.js';
 
 class PoisonError extends Error {}
 

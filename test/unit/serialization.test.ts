@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { HeimdallError, SerializationError } from 'heimdall-tasks';
-import { argsToJson, toJson } from '../../src/core/serialization.js';
+import { argsToJson, toJson } from '../../src/core/task/serialization.js';
 
 class Point {
   constructor(

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, Task, type RateLimit } from 'heimdall-tasks';
-import { normalizeRateLimit, normalizeTaskOptions } from '../../src/core/task-options.js';
+import { normalizeRateLimit, normalizeTaskOptions } from '../../src/core/task/task-options.js';
 import { decorationError } from '../helpers.js';
 
 const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, key, rateLimit, resultExpires, retries, timeLimit, maxRecoveries';

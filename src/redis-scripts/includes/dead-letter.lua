@@ -1,7 +1,9 @@
+-- @include "keys"
+-- @include "end-task"
 -- Keeps a malformed or unrunnable message for inspection: newest first, at most 1000.
 local function deadLetter(base, id, reason, now)
-  redis.call('LPUSH', base .. 'dead', cjson.encode({ id = id, reason = reason, at = now }))
-  redis.call('LTRIM', base .. 'dead', 0, 999)
+  redis.call('LPUSH', deadKey(base), cjson.encode({ id = id, reason = reason, at = now }))
+  redis.call('LTRIM', deadKey(base), 0, 999)
 end
 
 -- Ends a task whose message cannot be run as FAILURE with a MalformedTaskError, and

@@ -1,3 +1,7 @@
+-- @include "refusal"
+-- @include "keys"
+-- @include "end-task"
+-- @include "dead-letter"
 -- Ends one run of a started task as its worker reports it, if that run is the task's current
 -- one: the task is STARTED, by this worker, under this run token (`tk`).
 --   SUCCESS / FAILURE: final (see endTask); a FAILURE of a task whose revoke was requested
@@ -33,7 +37,7 @@ end
 
 local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value, expireMs,
                           retryDelayMs, deadReason)
-  local key = base .. 't:' .. id
+  local key = taskKey(base, id)
   local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw')
   if t.err and isRefusal(t) then return 'ERROR', t.err end
   if t.err or not t[1] then

@@ -1,3 +1,6 @@
+-- @include "keys"
+-- @include "end-task"
+-- @include "move-to-wait"
 -- A worker gives back a started task it holds (the run the caller checked is current): the
 -- task goes to the front of the wait list as PENDING, same id and lock, and `undoStart` takes
 -- back the attempt that never ran (`attempt`: the record's at). A task whose revoke was
@@ -15,6 +18,6 @@ local function handBack(base, waitKey, activeKey, id, rv, lock, undoStart, attem
   local at = tonumber(attempt) or 0
   local fields, restore = {}, {}
   if undoStart then fields, restore = { 'at', at - 1 }, { 'at', at } end
-  requeueLeased(base .. 't:' .. id, waitKey, activeKey, id, expiry, fields, restore)
+  requeueLeased(taskKey(base, id), waitKey, activeKey, id, expiry, fields, restore)
   return 1
 end

@@ -1,3 +1,10 @@
+-- @include "refusal"
+-- @include "keys"
+-- @include "end-task"
+-- @include "dead-letter"
+-- @include "next-delay"
+-- @include "args"
+-- @include "move-to-wait"
 -- Recovers lapsed leases, moves due delayed tasks to the wait list, then starts up to `want`
 -- tasks from it. Recovery: a STARTED task whose lease lapsed (its worker died or hung) goes
 -- back to the front of the wait list keeping its id and lock, or, after `mr` recoveries
@@ -47,7 +54,7 @@ end
 -- Recovers one lapsed lease (see recoverLapsed). Raises when Redis refuses a command; the task
 -- is then as it was, leased, to be tried again.
 local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
-  local key = base .. 't:' .. id
+  local key = taskKey(base, id)
   local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw')
   if t.err then
     if isRefusal(t) then error(t) end
@@ -129,7 +136,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   local function examine(id)
     leased, counted, placed = false, nil, false
     if id == '' then return end -- the wake-up marker pushed by enqueue
-    local key = base .. 't:' .. id
+    local key = taskKey(base, id)
     local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
       'a1', 'a2', 'a3')
     if t.err then

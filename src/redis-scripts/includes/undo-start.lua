@@ -1,3 +1,4 @@
+-- @include "keys"
 -- Takes back a start the worker did not go on with: its admission under the worker's own
 -- options sent it back to the delayed set, or the worker does not declare the task. The lease
 -- goes, the attempt is not counted, the state is again what it was before the start (RETRY
@@ -5,7 +6,7 @@
 -- its rate window counted is taken out of it. The caller has already placed the id elsewhere
 -- (the delayed set), so the id is never in no place.
 local function undoStart(base, activeKey, id, attempt, retries, rateKey)
-  local key = base .. 't:' .. id
+  local key = taskKey(base, id)
   local prior = 'PENDING'
   if (tonumber(retries) or 0) > 0 then prior = 'RETRY' end
   redis.call('HSET', key, 's', prior, 'at', attempt - 1)

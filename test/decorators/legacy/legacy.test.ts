@@ -1,7 +1,7 @@
 import 'reflect-metadata';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, Task, TASK_METADATA, type TaskOptions } from 'heimdall-tasks';
-import { discover, taskByName } from '../../../src/core/registry.js';
+import { discover, taskByName } from '../../../src/core/task/registry.js';
 import { nextEvent, useHarness } from '../../helpers.js';
 
 // Compiled with the root tsconfig: experimentalDecorators true (legacy, as NestJS apps use).

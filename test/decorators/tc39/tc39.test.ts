@@ -1,7 +1,7 @@
 import 'reflect-metadata';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, Task, TASK_METADATA, type TaskOptions } from 'heimdall-tasks';
-import { discover, taskByName } from '../../../src/core/registry.js';
+import { discover, taskByName } from '../../../src/core/task/registry.js';
 import { nextEvent, useHarness } from '../../helpers.js';
 // helpers.ts calls inject('redisUrl'), which global-setup.ts declares; this tsconfig only
 // includes this folder, so bring that declaration in for `tsc -p test/decorators/tc39`.

@@ -1,13 +1,14 @@
 import type { Redis } from 'ioredis';
-import { toMillis, type Duration } from './durations.js';
-import { ConfigError, TaskFailedError, TaskRevokedError, TimeoutError } from './errors.js';
-import type { QueueKeys } from './queue-keys.js';
+import { toMillis, type Duration } from '../task/durations.js';
+import { ConfigError, TaskFailedError, TaskRevokedError, TimeoutError } from '../errors.js';
+import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { ResultWaiter, Watch } from './result-waiter.js';
-import type { ScriptRunner } from './script-runner.js';
-import { forget, revoke } from '../redis-scripts/scripts.generated.js';
-import { taskByName } from './registry.js';
-import { DEFAULT_RESULT_EXPIRES_MS } from './task-options.js';
-import { decodeError, decodeTaskInfo, FINAL_STATES, type TaskInfo, type TaskState } from './task-state.js';
+import type { ScriptRunner } from '../protocol/script-runner.js';
+import { forget, revoke } from '../protocol/scripts.js';
+import { FIELDS } from '../protocol/task-fields.js';
+import { taskByName } from '../task/registry.js';
+import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
+import { decodeError, decodeTaskInfo, FINAL_STATES, type RevokeReason, type TaskInfo, type TaskState } from '../protocol/task-record.js';
 
 /** What a TaskResult needs from the dispatcher that made it. */
 export interface ResultBackend {
@@ -35,21 +36,56 @@ export interface GetOptions {
   timeout?: Duration;
 }
 
+const INTERNALS: unique symbol = Symbol('heimdall-tasks.task-result');
+
+/**
+ * What a TaskResult is made from. Only the library makes one (a Dispatcher's `delay`, `send`,
+ * `result`, ...): its only member is keyed by a symbol that is not exported.
+ */
+export interface TaskResultInternals {
+  readonly [INTERNALS]: {
+    backend: ResultBackend;
+    keys: QueueKeys;
+    id: string;
+    name: string | undefined;
+    duplicate: boolean;
+  };
+}
+
+/** Makes a TaskResult (for the library's own use). */
+export function makeTaskResult<T = unknown>(
+  backend: ResultBackend,
+  keys: QueueKeys,
+  id: string,
+  name: string | undefined,
+  duplicate: boolean,
+): TaskResult<T> {
+  return new TaskResult<T>({ [INTERNALS]: { backend, keys, id, name, duplicate } });
+}
+
 /**
  * A handle on a sent task, as Celery's AsyncResult: read its state, wait for its result.
- * Cheap to create; every method reads Redis afresh.
+ * Cheap to create; every method reads Redis afresh. Get one from a Dispatcher (`delay`,
+ * `applyAsync`, `send`, `delayMany`, `current`, `result(id)`); it cannot be built by hand.
  */
 export class TaskResult<T = unknown> {
-  constructor(
-    private readonly backend: ResultBackend,
-    private readonly keys: QueueKeys,
-    /** The task's id. */
-    readonly id: string,
-    /** The task's registry name, when known to this process. */
-    readonly name: string | undefined,
-    /** True when a unique dispatch found the lock taken and returned the holder instead. */
-    readonly duplicate = false,
-  ) {}
+  private readonly backend: ResultBackend;
+  private readonly keys: QueueKeys;
+  /** The task's id. */
+  readonly id: string;
+  /** The task's registry name, when known to this process. */
+  readonly name: string | undefined;
+  /** True when a unique dispatch found the lock taken and returned the holder instead. */
+  readonly duplicate: boolean;
+
+  constructor(internals: TaskResultInternals) {
+    const i = internals[INTERNALS];
+    this.backend = i.backend;
+    this.keys = i.keys;
+    this.id = i.id;
+    this.name = i.name;
+    this.duplicate = i.duplicate;
+  }
 
   /** The queue the task was sent to. */
   get queue(): string {
@@ -58,7 +94,7 @@ export class TaskResult<T = unknown> {
 
   /** Current state; `PENDING` for queued, delayed, or unknown ids. */
   async status(): Promise<TaskState> {
-    const s = await this.backend.client.hget(this.keys.task(this.id), 's');
+    const s = await this.backend.client.hget(this.keys.task(this.id), FIELDS.state);
     return (s as TaskState | null) ?? 'PENDING';
   }
 
@@ -100,10 +136,10 @@ export class TaskResult<T = unknown> {
     }
     try {
       for (;;) {
-        const [s, r, e, rr] = await this.backend.client.hmget(this.keys.task(this.id), 's', 'r', 'e', 'rr');
+        const [s, r, e, rr] = await this.backend.client.hmget(this.keys.task(this.id), FIELDS.state, FIELDS.result, FIELDS.error, FIELDS.revokeReason);
         if (s === 'SUCCESS') return (r === null || r === undefined ? undefined : JSON.parse(r)) as T;
         if (s === 'FAILURE') throw new TaskFailedError(this.id, decodeError(e ?? '{}'));
-        if (s === 'REVOKED') throw new TaskRevokedError(this.id, rr ?? 'revoked');
+        if (s === 'REVOKED') throw new TaskRevokedError(this.id, (rr as RevokeReason | null) ?? 'revoked');
         const remaining = deadline - Date.now();
         if (remaining <= 0) {
           throw new TimeoutError(
@@ -139,12 +175,7 @@ export class TaskResult<T = unknown> {
    */
   async revoke(options: RevokeOptions = {}): Promise<TaskState> {
     const expireMs = (this.name && taskByName(this.name)?.options.resultExpiresMs) || DEFAULT_RESULT_EXPIRES_MS;
-    const [code, state] = await this.backend.scripts.run<[number, string]>(
-      revoke,
-      [this.keys.task(this.id), this.keys.active, this.keys.delayed],
-      [this.keys.base, this.id, options.terminate ? '1' : '0', expireMs, 'revoked'],
-    );
-    return code === 0 ? 'PENDING' : (state as TaskState);
+    return (await revoke(this.backend.scripts, this.keys, this.id, options.terminate === true, expireMs, 'revoked')).state;
   }
 
   /**
@@ -152,8 +183,7 @@ export class TaskResult<T = unknown> {
    * Rejects with ConfigError while the task is still queued or running.
    */
   async forget(): Promise<void> {
-    const deleted = await this.backend.scripts.run<number>(forget, [this.keys.task(this.id)], []);
-    if (deleted !== 1) {
+    if (!(await forget(this.backend.scripts, this.keys, this.id))) {
       throw new ConfigError(`task ${this.id} has not ended; forget() deletes the records of ended tasks only`);
     }
   }

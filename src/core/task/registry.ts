@@ -1,4 +1,4 @@
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../errors.js';
 import type { NormalizedTaskOptions } from './task-options.js';
 
 /** A class whose instances carry task methods. */

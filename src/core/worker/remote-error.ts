@@ -1,6 +1,6 @@
 import { inspect, types } from 'node:util';
-import { describe, isRevokedProxy } from './durations.js';
-import type { RemoteError } from './task-state.js';
+import { describe, isRevokedProxy } from '../task/durations.js';
+import type { RemoteError } from '../protocol/task-record.js';
 
 /** Longest error name stored for a task, in characters (UTF-16 code units). */
 export const MAX_ERROR_NAME_CHARS = 200;

@@ -1,17 +1,33 @@
 import { createHash } from 'node:crypto';
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../errors.js';
 
 /** Default key prefix of every Redis key heimdall-tasks writes. */
 export const DEFAULT_PREFIX = 'heimdall';
 /** Default queue of a task. */
 export const DEFAULT_QUEUE = 'default';
 
-// Lua scripts build per-task keys from the queue's base (`<prefix>:{<queue>}:`) with these
-// same suffixes; keep both sides in step (see docs/architecture.md).
-const TASK = 't:';
-const LOCK = 'lock:';
-const RATE = 'rate:';
-const DONE = 'done:';
+/**
+ * The names of a queue's keys after its base `<prefix>:{<queue>}:`. A name ending in `:` is
+ * followed by an id or a task name. The Lua scripts build keys from the same table:
+ * `npm run gen` writes src/redis-scripts/includes/keys.lua from it (keep each value a plain
+ * string literal: the generator reads this object from the source).
+ */
+export const KEY_NAMES = {
+  wait: 'wait',
+  delayed: 'delayed',
+  active: 'active',
+  dead: 'dead',
+  names: 'names',
+  task: 't:',
+  lock: 'lock:',
+  rate: 'rate:',
+} as const;
+
+/** The names of a queue's Pub/Sub channels after its base, read by the generator as KEY_NAMES is. */
+export const CHANNEL_NAMES = {
+  revoke: 'revoke',
+  done: 'done:',
+} as const;
 
 const BAD_NAME = /[{}\u0000-\u001f\u007f\s]/;
 
@@ -50,32 +66,32 @@ export class QueueKeys {
     readonly queue: string,
   ) {
     this.base = `${prefix}:{${queue}}:`;
-    this.wait = `${this.base}wait`;
-    this.delayed = `${this.base}delayed`;
-    this.active = `${this.base}active`;
-    this.dead = `${this.base}dead`;
-    this.revoke = `${this.base}revoke`;
-    this.names = `${this.base}names`;
+    this.wait = this.base + KEY_NAMES.wait;
+    this.delayed = this.base + KEY_NAMES.delayed;
+    this.active = this.base + KEY_NAMES.active;
+    this.dead = this.base + KEY_NAMES.dead;
+    this.revoke = this.base + CHANNEL_NAMES.revoke;
+    this.names = this.base + KEY_NAMES.names;
   }
 
   /** HASH holding one task's message, state and result. */
   task(id: string): string {
-    return `${this.base}${TASK}${id}`;
+    return this.base + KEY_NAMES.task + id;
   }
 
   /** STRING unique lock of `taskName` for `key`; its value is the holder's task id. */
   lock(taskName: string, key: string): string {
-    return `${this.base}${LOCK}${taskName}:${key}`;
+    return `${this.base}${KEY_NAMES.lock}${taskName}:${key}`;
   }
 
   /** ZSET rolling window of start times for a rate-limit bucket. */
   rate(taskName: string, key: string | undefined): string {
-    return key === undefined ? `${this.base}${RATE}${taskName}` : `${this.base}${RATE}${taskName}:${key}`;
+    return key === undefined ? this.base + KEY_NAMES.rate + taskName : `${this.base}${KEY_NAMES.rate}${taskName}:${key}`;
   }
 
   /** Pub/Sub channel on which the end of a task is announced. */
   done(id: string): string {
-    return `${this.base}${DONE}${id}`;
+    return this.base + CHANNEL_NAMES.done + id;
   }
 }
 

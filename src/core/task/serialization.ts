@@ -1,6 +1,6 @@
 import { isRevokedProxy } from './durations.js';
-import { SerializationError } from './errors.js';
-import { toRemoteError } from './remote-error.js';
+import { SerializationError } from '../errors.js';
+import { toRemoteError } from '../worker/remote-error.js';
 
 /**
  * Strict JSON: a value is accepted only if `JSON.parse(JSON.stringify(value))` gives it back

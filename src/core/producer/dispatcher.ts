@@ -1,26 +1,20 @@
 import type { Redis } from 'ioredis';
 import { customAlphabet } from 'nanoid';
-import { closeClient, openClient, type ConnectionOption, type OwnedClient } from './connection.js';
-import { describe, toMillis, toMillisOrZero, type Duration } from './durations.js';
-import { callChecks, uniqueKey } from './call-checks.js';
-import {
-  AlreadyQueuedError,
-  ConfigError,
-  NotATaskError,
-  outOfMemory,
-  PartialDispatchError,
-  PayloadTooLargeError,
-  RedisOutOfMemoryError,
-  RedisUnavailableError,
-} from './errors.js';
-import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from './queue-keys.js';
-import { discover, taskByName, type Constructor, type TaskDefinition } from './registry.js';
+import { closeClient, openClient, type ConnectionOption, type OwnedClient } from '../protocol/connection.js';
+import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
+import { callChecks, uniqueKey } from '../task/call-checks.js';
+import { ConfigError, NotATaskError, PartialDispatchError, PayloadTooLargeError } from '../errors.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
+import { discover, taskByName, type Constructor, type TaskDefinition } from '../task/registry.js';
 import { ResultWaiter } from './result-waiter.js';
-import { ScriptRunner } from './script-runner.js';
-import { argsToJson } from './serialization.js';
-import { TaskResult, type ResultBackend } from './task-result.js';
-import type { NormalizedTaskOptions } from './task-options.js';
-import { enqueue } from '../redis-scripts/scripts.generated.js';
+import { ScriptRunner } from '../protocol/script-runner.js';
+import { argsToJson } from '../task/serialization.js';
+import { makeTaskResult, type ResultBackend, type TaskResult } from './task-result.js';
+import type { NormalizedTaskOptions } from '../task/task-options.js';
+import { Enqueuer } from './enqueuer.js';
+import { enqueued } from '../protocol/reply-codes.js';
+import type { EnqueueOutcome, EnqueueTask } from '../protocol/scripts.js';
+import { encodeMessage } from '../protocol/task-record.js';
 
 /** Options shared by Dispatcher and Worker. */
 export interface ConnectionOptions {
@@ -91,18 +85,6 @@ const QUEUE_IN_ID = /^(.+):[0-9A-Za-z]{22}$/;
 const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue', 'expires', 'timeLimit']);
 /** Default `maxPayloadBytes` of the Dispatcher (arguments) and the Worker (results): 512 KiB. */
 export const DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024;
-/** Reply codes of enqueue-2.lua (see its header). */
-const ENQUEUED = 1;
-const DUPLICATE = 2;
-const ID_IN_USE = 3;
-const WRONG_TYPE = 4;
-const COMMAND_FAILED = 5;
-// One enqueue call carries at most this many tasks, or about this many bytes of arguments: a
-// burst is cut into several calls, so Redis runs the first while the next is being built
-// (measured in BENCHMARKS.md: 25 to 50 tasks per call sent about 1.5x as many tasks per second
-// as 1,000).
-const MAX_BATCH_TASKS = 50;
-const MAX_BATCH_BYTES = 64 * 1024;
 
 /** Reads the queue a generated id was made for (ids of non-default queues are `<queue>:<random>`). */
 function queueOfId(id: string): string | undefined {
@@ -125,12 +107,8 @@ export class Dispatcher {
   private readonly backend: ResultBackend;
   private closed = false;
   private readonly maxPayloadBytes: number;
-  /** Tasks waiting for the next enqueue call, per queue. */
-  private readonly batches = new Map<string, Batch>();
-  private flushScheduled = false;
+  private readonly enqueuer: Enqueuer;
   private closing: Promise<void> | undefined;
-  /** Enqueue calls in flight. */
-  private readonly sending = new Set<Promise<void>>();
 
   constructor(options: DispatcherOptions) {
     if (typeof options !== 'object' || options === null) throw new ConfigError('new Dispatcher() needs { connection }');
@@ -148,6 +126,7 @@ export class Dispatcher {
       autoPipeliningIgnoredCommands: ['evalsha'],
     });
     this.scripts = new ScriptRunner(this.conn.client);
+    this.enqueuer = new Enqueuer(this.scripts, () => this.conn.lastError);
     this.backend = { client: this.conn.client, scripts: this.scripts, waiter: () => this.waiter() };
   }
 
@@ -192,7 +171,7 @@ export class Dispatcher {
   result<R = unknown>(id: string, options: { queue?: string } = {}): TaskResult<R> {
     if (typeof id !== 'string' || id === '') throw new ConfigError('result() needs a task id');
     const queue = options.queue ?? queueOfId(id) ?? DEFAULT_QUEUE;
-    return new TaskResult<R>(this.backend, this.keys(queue), id, undefined);
+    return makeTaskResult<R>(this.backend, this.keys(queue), id, undefined, false);
   }
 
   /** Closes the connections this dispatcher opened. A client you passed in stays open. */
@@ -201,8 +180,7 @@ export class Dispatcher {
       this.closed = true;
       // Tasks already handed to delay() are sent before the connection closes (while Redis is
       // unreachable that takes as long as the client's retries).
-      this.flush();
-      await Promise.allSettled([...this.sending]);
+      await this.enqueuer.drain();
       await Promise.all([closeClient(this.conn), closeClient(this.sub)]);
     })();
     return this.closing;
@@ -246,7 +224,7 @@ export class Dispatcher {
     const keys = this.keys(def.options.queue);
     const lockKey = keys.lock(def.name, uniqueKey(def.name, def.options, args, argsToJson(args)));
     const holder = await this.conn.client.get(lockKey);
-    return holder === null ? null : new TaskResult(this.backend, keys, holder, def.name);
+    return holder === null ? null : makeTaskResult(this.backend, keys, holder, def.name, false);
   }
 
   private enqueue<R>(name: string, opts: NormalizedTaskOptions | undefined, args: readonly unknown[], call: ApplyOptions): Promise<TaskResult<R>> {
@@ -256,7 +234,7 @@ export class Dispatcher {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.submit(prepared).then((reply) => this.handle<R>(prepared, reply));
+    return this.submit(prepared).then((outcome) => this.handle<R>(prepared, outcome));
   }
 
   private async enqueueMany<R>(
@@ -281,7 +259,7 @@ export class Dispatcher {
         throw err;
       }
     }
-    const settled = await Promise.allSettled(prepared.map((p) => this.submit(p).then((reply) => this.handle<R>(p, reply))));
+    const settled = await Promise.allSettled(prepared.map((p) => this.submit(p).then((outcome) => this.handle<R>(p, outcome))));
     const results = settled.map((s) => (s.status === 'fulfilled' ? s.value : undefined));
     const failed = settled.findIndex((s) => s.status === 'rejected');
     if (failed === -1) return results as TaskResult<R>[];
@@ -310,95 +288,30 @@ export class Dispatcher {
     }
     const id = call.taskId ?? (queue === DEFAULT_QUEUE ? newId() : `${queue}:${newId()}`);
 
-    const fields: (string | number)[] = ['n', name, 'a', argsJson];
     const timeLimitMs = call.timeLimit !== undefined ? toMillis(call.timeLimit, 'timeLimit') : opts?.timeLimitMs;
-    if (timeLimitMs !== undefined) fields.push('tl', timeLimitMs);
-    if (call.expires !== undefined) fields.push('ex', expiresToMillis(call.expires));
-    if (opts?.maxRecoveries !== undefined) fields.push('mr', opts.maxRecoveries);
-    let lockKey = '';
-    let lockTtl = 0;
-    if (opts) {
-      const { lock, rate } = callChecks(keys, name, opts, args, argsJson);
-      if (lock) {
-        lockKey = lock.key;
-        lockTtl = lock.ttlMs;
-        fields.push('lk', lockKey, 'lt', lockTtl);
-        if (lock.waitForExpiry) fields.push('lw', '1');
-      }
-      if (rate) fields.push('rk', rate.key, 'rn', rate.limit, 'rp', rate.periodMs);
-    }
-    return { name, opts, keys, id, customId: call.taskId !== undefined, argv: [id, countdownMs, etaMs, lockKey, lockTtl, fields.length, ...fields], bytes };
-  }
-
-  /**
-   * Queues a prepared task for the next enqueue call of its queue. Calls made in the same tick
-   * travel together in one script call (sent on the next process.nextTick), so a burst of
-   * delay() costs one round trip and one script run instead of one each.
-   */
-  private submit(p: Prepared): Promise<EnqueueReply> {
-    return new Promise<EnqueueReply>((resolve, reject) => {
-      let batch = this.batches.get(p.keys.queue);
-      if (!batch) {
-        batch = { keys: p.keys, items: [], bytes: 0 };
-        this.batches.set(p.keys.queue, batch);
-      }
-      batch.items.push({ p, resolve, reject });
-      batch.bytes += p.bytes;
-      if (batch.items.length >= MAX_BATCH_TASKS || batch.bytes >= MAX_BATCH_BYTES) {
-        this.batches.delete(p.keys.queue);
-        this.track(this.sendBatch(batch));
-      } else if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        process.nextTick(() => this.flush());
-      }
+    const { lock, rate } = opts ? callChecks(keys, name, opts, args, argsJson) : { lock: undefined, rate: undefined };
+    const fields = encodeMessage({
+      name,
+      argsJson,
+      timeLimitMs,
+      expiresAt: call.expires === undefined ? undefined : expiresToMillis(call.expires),
+      maxRecoveries: opts?.maxRecoveries,
+      lock,
+      rate,
     });
+    const task: EnqueueTask = { id, countdownMs, etaMs, lockKey: lock?.key ?? '', lockTtlMs: lock?.ttlMs ?? 0, fields };
+    return { name, opts, keys, id, customId: call.taskId !== undefined, task, bytes };
   }
 
-  private flush(): void {
-    this.flushScheduled = false;
-    const batches = [...this.batches.values()];
-    this.batches.clear();
-    for (const batch of batches) this.track(this.sendBatch(batch));
+  /** Hands a prepared task to the enqueuer: it shares one script call with the other tasks of this tick. */
+  private submit(p: Prepared): Promise<EnqueueOutcome> {
+    return this.enqueuer.send(p.keys, p.task, p.bytes, `sending ${p.name}`);
   }
 
-  private track(sent: Promise<void>): void {
-    this.sending.add(sent);
-    void sent.finally(() => this.sending.delete(sent));
-  }
-
-  private async sendBatch(batch: Batch): Promise<void> {
-    const keys = [batch.keys.wait, batch.keys.delayed];
-    const argv: (string | number)[] = [batch.keys.base, batch.items.length];
-    for (const { p } of batch.items) for (const a of p.argv) argv.push(a);
-    let reply: (string | number)[];
-    try {
-      reply = await this.scripts.run<(string | number)[]>(enqueue, keys, argv);
-    } catch (err) {
-      const what = batch.items.length === 1 ? `sending ${batch.items[0]!.p.name}` : `sending ${batch.items.length} tasks`;
-      const error = redisFailure(err, what, this.conn.lastError);
-      for (const item of batch.items) item.reject(error);
-      return;
-    }
-    batch.items.forEach((item, i) => item.resolve([Number(reply[3 * i]), String(reply[3 * i + 1] ?? ''), Number(reply[3 * i + 2])]));
-  }
-
-  /** Turns the script's answer for one task into its handle (or the error it calls for). */
-  private handle<R>(p: Prepared, [code, detail, pttl]: EnqueueReply): TaskResult<R> {
-    const { name, opts, keys, id } = p;
-    if (code === DUPLICATE) {
-      const expiresIn = Math.max(0, pttl) / 1000;
-      if (opts?.uniqueRaises) throw new AlreadyQueuedError(name, detail, expiresIn);
-      return new TaskResult<R>(this.backend, keys, detail, name, true);
-    }
-    if (code === WRONG_TYPE) throw new ConfigError(`cannot send ${name} as task ${id}: ${detail}`);
-    if (code === COMMAND_FAILED) throw new Error(`cannot send ${name} as task ${id}: Redis answered ${detail}`);
-    // A generated id cannot collide: code 3 then means ioredis re-sent this very call after a
-    // reconnect and the first one went through.
-    if (code === ID_IN_USE && p.customId) {
-      throw new ConfigError(`task id ${id} belongs to a task that has not ended; choose another taskId`);
-    }
-    if (code !== ENQUEUED && code !== ID_IN_USE) throw new Error(`cannot send ${name}: the enqueue script answered code ${code}`);
-    return new TaskResult<R>(this.backend, keys, id, name);
+  /** Turns the script's answer for one task into its handle (or the error it calls for, see reply-codes.ts). */
+  private handle<R>(p: Prepared, outcome: EnqueueOutcome): TaskResult<R> {
+    const { id, duplicate } = enqueued(outcome, { name: p.name, id: p.id, customId: p.customId, uniqueRaises: p.opts?.uniqueRaises === true });
+    return makeTaskResult<R>(this.backend, p.keys, id, p.name, duplicate);
   }
 }
 
@@ -409,37 +322,15 @@ interface Prepared {
   keys: QueueKeys;
   id: string;
   customId: boolean;
-  /** Its group of ARGV items in enqueue-2.lua. */
-  argv: (string | number)[];
+  /** What the enqueue script gets for it. */
+  task: EnqueueTask;
   /** Size of its serialized arguments (bytes, or characters when that is safely below the limit). */
-  bytes: number;
-}
-
-/** The script's answer for one task: code, holder id or message, lock TTL in ms. */
-type EnqueueReply = [number, string, number];
-
-interface Batch {
-  keys: QueueKeys;
-  items: { p: Prepared; resolve: (reply: EnqueueReply) => void; reject: (err: unknown) => void }[];
   bytes: number;
 }
 
 function expiresToMillis(expires: Duration | Date): number {
   if (expires instanceof Date) return etaToMillis(expires);
   return Date.now() + toMillis(expires, 'expires');
-}
-
-/**
- * ioredis gave up after maxRetriesPerRequest, or Redis is full: say so in our words, naming
- * what was being sent and keeping the original error as the cause.
- */
-function redisFailure(err: unknown, what: string, lastError?: Error): unknown {
-  if (err instanceof Error && err.name === 'MaxRetriesPerRequestError') {
-    return new RedisUnavailableError(what, { cause: err, lastError });
-  }
-  // The script runner has already said which script; here we know which tasks.
-  if (err instanceof RedisOutOfMemoryError) return new RedisOutOfMemoryError(what, { cause: err.cause });
-  return outOfMemory(err, what);
 }
 
 function etaToMillis(eta: Date | number): number {

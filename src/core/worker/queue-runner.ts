@@ -1,63 +1,36 @@
 import type { Redis } from 'ioredis';
-import type { LockCheck, RateCheck } from './call-checks.js';
-import { RedisOutOfMemoryError } from './errors.js';
-import type { QueueKeys } from './queue-keys.js';
-import type { ScriptRunner } from './script-runner.js';
+import { RedisOutOfMemoryError, RedisRefusedError } from '../errors.js';
+import type { QueueKeys } from '../protocol/queue-keys.js';
+import type { ScriptRunner } from '../protocol/script-runner.js';
+import type { RevokeReason } from '../protocol/task-record.js';
 import {
   admit as admitScript,
   declare as declareScript,
   decline as declineScript,
   extendLeases,
   fetch as fetchScript,
-  finish as finishScript,
+  NOT_LOOKED_UP,
   reclaim as reclaimScript,
   requeue as requeueScript,
-} from '../redis-scripts/scripts.generated.js';
+  type AdmissionChecks,
+  type EndOutcome,
+  type FetchReply,
+  type RunEnd,
+  type RunRef,
+  type RunToStop,
+  type StartedRun,
+  type Verdict,
+  type WorkerIdentity,
+} from '../protocol/scripts.js';
 
-/** A started task as the fetch script hands it over. */
-export interface StartedTask {
-  id: string;
-  name: string;
-  argsJson: string;
-  attempt: number;
-  /** Time limit of this run in ms; 0 for none. */
-  timeLimitMs: number;
-  /** Retries already made. */
-  retries: number;
-  /** This run's token: its lease, its finish and revoke signals for it carry it. */
-  token: string;
-  /** The message carried a unique lock (field lk). */
-  carriesLock: boolean;
-  /** The message carried a rate limit (field rk). */
-  carriesRate: boolean;
-}
-
-/** What a task's run came to, waiting to be written by the next finish call. */
-export interface Finish {
-  id: string;
-  /** The token of the run that ended. */
-  token: string;
-  state: 'SUCCESS' | 'FAILURE' | 'RETRY';
-  /** 'r' (result), 'e' (error) or '' (no value). */
-  field: 'r' | 'e' | '';
-  value: string;
-  expireMs: number;
-  /** Delay before the retry, for state RETRY. */
-  retryDelayMs: number;
-  /** Non-empty: also keep the task in the dead-letter list with this reason. */
-  deadReason: string;
-  /**
-   * Called once Redis answered: the state stored, or 'STALE' when the run was no longer the
-   * task's current run (nothing stored; `detail` is the state Redis holds).
-   */
-  stored(outcome: string, detail: string): void;
+/** A run's end waiting for the next call, and who to tell what became of it. */
+export interface Finish extends RunEnd {
+  /** Called once Redis answered: stored (now or before), stale (not stored: no longer the task's current run). */
+  stored(outcome: Exclude<EndOutcome, { kind: 'refused' }>): void;
 }
 
 /** What a runner needs from its worker. */
-export interface RunnerHost {
-  readonly workerId: string;
-  readonly leaseMs: number;
-  readonly resultExpiresMs: number;
+export interface RunnerHost extends WorkerIdentity {
   /** Tasks the worker runs at once, across its queues. */
   readonly concurrency: number;
   /** False once close() began: fetch nothing more. */
@@ -65,26 +38,11 @@ export interface RunnerHost {
   /** Free slots not yet promised to a fetch in flight. */
   freeSlots(): number;
   reserve(n: number): void;
-  launch(runner: QueueRunner, task: StartedTask): void;
+  launch(runner: QueueRunner, task: StartedRun): void;
   rateLimited(queue: string, id: string, name: string, argsJson: string, delayMs: number): void;
-  revoked(queue: string, id: string, name: string, argsJson: string, reason: string): void;
+  revoked(queue: string, id: string, name: string, argsJson: string, reason: RevokeReason): void;
   reportError(err: unknown): void;
 }
-
-/** What fetch-3 and finish-3 return (see includes/start-tasks.lua). */
-type Reply = [
-  started: (string | number)[],
-  limited: (string | number)[],
-  revoked: (string | number)[],
-  nextDelay: number,
-  more: number,
-  outcomes: string[],
-  unplaced: string[],
-  problem: string,
-];
-
-/** A verdict of admit-3.lua or decline-4.lua, and its detail. */
-export type Verdict = [verdict: string, detail: string];
 
 // An idle runner blocks on the wait list at most this long, a safety net for wake-ups that
 // come from nowhere it can see (a rate-limited task rescheduled by a worker that then died),
@@ -95,9 +53,6 @@ const MAX_FINISHES_PER_CALL = 500;
 // runs the tasks of the other (measured: see BENCHMARKS.md). Each fetches at most half the
 // worker's concurrency, so the two batches alternate instead of moving in lockstep.
 const MAX_CALLS_IN_FLIGHT = 2;
-const STARTED_FIELDS = 8;
-/** nextDelay of a call that started all it asked for (start-tasks.lua skips the lookup). */
-const NOT_LOOKED_UP = -2;
 
 /**
  * Drives one queue for one worker. All script calls of the queue go through one loop: finishes
@@ -124,8 +79,6 @@ export class QueueRunner {
   /** Rejects on abandon(): a call to an unreachable Redis may never settle (ioredis keeps it queued). */
   private readonly abandonedCall: Promise<never>;
   private rejectAbandoned: ((err: Error) => void) | undefined;
-  private readonly fixedArgs: (string | number)[];
-  private readonly callKeys: string[];
   /** Script calls sent and not yet answered. */
   private inFlight = 0;
   /** The last fetch started all it asked for: the queue is busy, two calls may be in flight. */
@@ -142,8 +95,6 @@ export class QueueRunner {
     private readonly blocker: Redis,
     private readonly commands: Redis,
   ) {
-    this.fixedArgs = [keys.base, host.workerId, host.leaseMs];
-    this.callKeys = [keys.wait, keys.delayed, keys.active];
     this.maxWant = Math.max(1, Math.ceil(host.concurrency / MAX_CALLS_IN_FLIGHT));
     this.abandonedCall = new Promise<never>((_, reject) => (this.rejectAbandoned = reject));
     this.abandonedCall.catch(() => undefined);
@@ -179,67 +130,40 @@ export class QueueRunner {
     w?.();
   }
 
-  /** Renews the leases of this queue's running tasks; returns the runs to stop, and why (see extend-leases-1.lua). */
-  async renewLeases(): Promise<{ id: string; token: string; reason: string; detail: string }[]> {
+  /** Renews the leases of this queue's running runs, and of runs whose ends wait to be stored; returns the runs to stop (extend-leases-1.lua). */
+  async renewLeases(): Promise<RunToStop[]> {
     if (this.running.size === 0 && this.pending.length === 0) return [];
-    const runs: string[] = [];
-    for (const [id, token] of this.running) runs.push(id, token);
-    // Ends waiting to be stored (Redis refused them, or is unreachable) keep their leases too.
-    for (const f of this.pending) runs.push(f.id, f.token);
-    const stop = await this.scripts.run<string[]>(extendLeases, [this.keys.active], [this.keys.base, this.host.leaseMs, this.host.workerId, ...runs]);
-    const out = [];
-    for (let i = 0; i < stop.length; i += 4) {
-      out.push({ id: String(stop[i]), token: String(stop[i + 1]), reason: String(stop[i + 2]), detail: String(stop[i + 3] ?? '') });
-    }
-    return out;
+    const runs: RunRef[] = [];
+    for (const [id, token] of this.running) runs.push({ id, token });
+    for (const f of this.pending) runs.push(f);
+    return extendLeases(this.scripts, this.keys, this.host, runs);
   }
 
   /** Hands runs this worker stopped before they ended back to the front of the queue; returns how many went back. */
-  async requeue(runs: readonly StartedTask[]): Promise<number> {
+  async requeue(runs: readonly RunRef[]): Promise<number> {
     if (runs.length === 0) return 0;
-    const [count, problem] = await this.scripts.run<[number, string]>(
-      requeueScript,
-      [this.keys.wait, this.keys.active],
-      [this.keys.base, this.host.workerId, this.host.resultExpiresMs, ...runs.flatMap((t) => [t.id, t.token])],
-    );
-    if (problem) throw new Error(`handing tasks back to queue ${this.keys.queue}: Redis refused a command (${problem}); they keep their leases and are recovered when those lapse`);
+    const { count, problem } = await requeueScript(this.scripts, this.keys, this.host, runs);
+    if (problem) {
+      throw new RedisRefusedError(
+        `handing tasks back to queue ${this.keys.queue}: Redis refused a command (${problem}); they keep their leases and are recovered when those lapse`,
+      );
+    }
     return count;
   }
 
-  /** Admits a run of a message that lacks the lock or rate limit of the worker's definition (see admit-3.lua). */
-  admit(task: StartedTask, lock: LockCheck | undefined, rate: RateCheck | undefined): Promise<Verdict> {
-    return this.scripts.run<Verdict>(
-      admitScript,
-      [this.keys.wait, this.keys.delayed, this.keys.active],
-      [
-        this.keys.base,
-        this.host.workerId,
-        task.id,
-        task.token,
-        lock?.key ?? '',
-        lock?.ttlMs ?? 0,
-        lock?.waitForExpiry ? '1' : '',
-        rate?.key ?? '',
-        rate?.limit ?? 0,
-        rate?.periodMs ?? 0,
-        Math.floor(Math.random() * 2 ** 31),
-        this.host.resultExpiresMs,
-      ],
-    );
+  /** Admits a run of a message that lacks the lock or rate limit of the worker's definition (admit-3.lua). */
+  admit(run: RunRef, checks: AdmissionChecks): Promise<Verdict> {
+    return admitScript(this.scripts, this.keys, this.host, run, checks);
   }
 
-  /** Hands back a run of a task this worker does not declare (see decline-4.lua). */
-  decline(task: StartedTask, graceMs: number, message: string): Promise<Verdict> {
-    return this.scripts.run<Verdict>(
-      declineScript,
-      [this.keys.wait, this.keys.delayed, this.keys.active, this.keys.names],
-      [this.keys.base, this.host.workerId, task.id, task.token, graceMs, this.host.resultExpiresMs, message, Math.floor(Math.random() * 2 ** 31)],
-    );
+  /** Hands back a run of a task this worker does not run (decline-4.lua). */
+  decline(run: RunRef, graceMs: number, message: string): Promise<Verdict> {
+    return declineScript(this.scripts, this.keys, this.host, run, graceMs, message);
   }
 
-  /** Declares the task names this worker runs on this queue, valid for `validMs` (see declare-1.lua). */
-  async declare(names: readonly string[], validMs: number): Promise<void> {
-    await this.scripts.run<number>(declareScript, [this.keys.names], [validMs, ...names]);
+  /** Declares the task names this worker runs on this queue, valid for `validMs` (declare-1.lua). */
+  declare(names: readonly string[], validMs: number): Promise<void> {
+    return declareScript(this.scripts, this.keys, names, validMs);
   }
 
   /** Gives up on ends not stored yet (close() past its timeout with Redis down); the loop stops. */
@@ -247,7 +171,7 @@ export class QueueRunner {
     this.abandoned = true;
     if (this.unplaced.length > 0) {
       this.host.reportError(
-        new Error(
+        new RedisRefusedError(
           `queue ${this.keys.queue}: tasks ${this.unplaced.join(', ')} were taken from the wait list and could not be put back before the worker closed; they are in no list now (their records say PENDING): send them again`,
         ),
       );
@@ -308,7 +232,7 @@ export class QueueRunner {
    * works on one batch while this process runs the tasks of the other.
    */
   private async call(fin: Finish[], want: number): Promise<void> {
-    let reply: Reply;
+    let reply: FetchReply;
     try {
       if (this.unplaced.length > 0) await this.putBack();
       if (this.reclaimNeeded) await this.reclaim(fin);
@@ -316,13 +240,7 @@ export class QueueRunner {
         this.host.reserve(-want);
         return;
       }
-      const args: (string | number)[] = [...this.fixedArgs, want, Math.floor(Math.random() * 2 ** 31), this.host.resultExpiresMs];
-      if (fin.length > 0) {
-        args.push(fin.length);
-        for (const f of fin) args.push(f.id, f.token, f.state, f.field, f.value, f.expireMs, f.retryDelayMs, f.deadReason);
-      }
-      const script = fin.length === 0 ? fetchScript : finishScript;
-      reply = await Promise.race([this.scripts.run<Reply>(script, this.callKeys, args), this.abandonedCall]);
+      reply = await Promise.race([fetchScript(this.scripts, this.keys, this.host, want, fin), this.abandonedCall]);
     } catch (err) {
       this.host.reserve(-want);
       if (this.abandoned) return;
@@ -333,53 +251,35 @@ export class QueueRunner {
       return;
     }
     this.host.reserve(-want);
-    const [started, limited, revoked, nextDelay, more, outcomes, unplaced, problem] = reply;
-    // Finishes Redis refused (nothing stored) go back to be sent again; the run token tells a
+    // Ends Redis refused (nothing stored) go back to be sent again; the run token tells a
     // second send apart from a first that was stored after all.
     const refused: Finish[] = [];
-    const refusals: string[] = problem ? [String(problem)] : [];
+    const refusals: string[] = reply.problem ? [reply.problem] : [];
     fin.forEach((f, i) => {
-      const outcome = String(outcomes[2 * i] ?? 'ERROR');
-      const detail = String(outcomes[2 * i + 1] ?? '');
-      if (outcome !== 'ERROR') return f.stored(outcome, detail);
+      const outcome = reply.outcomes[i]!;
+      if (outcome.kind !== 'refused') return f.stored(outcome);
       refused.push(f);
-      refusals.push(`storing the end of task ${f.id}: ${detail}`);
+      refusals.push(`storing the end of task ${f.id}: ${outcome.message}`);
     });
     if (refused.length > 0) this.pending.unshift(...refused);
-    if (unplaced.length > 0) {
+    if (reply.unplaced.length > 0) {
       // Back in the list at once: an id held here is lost if this process dies.
-      this.unplaced.push(...unplaced.map(String));
+      this.unplaced.push(...reply.unplaced);
       await this.putBack().catch((err: unknown) => this.host.reportError(err));
     }
-    for (let i = 0; i < started.length; i += STARTED_FIELDS) {
-      const carried = String(started[i + 7]);
-      const task: StartedTask = {
-        id: String(started[i]),
-        name: String(started[i + 1]),
-        argsJson: String(started[i + 2]),
-        attempt: Number(started[i + 3]),
-        timeLimitMs: Number(started[i + 4]),
-        retries: Number(started[i + 5]),
-        token: String(started[i + 6]),
-        carriesLock: carried.includes('u'),
-        carriesRate: carried.includes('r'),
-      };
+    for (const task of reply.started) {
       this.running.set(task.id, task.token);
       this.host.launch(this, task);
     }
-    for (let i = 0; i < limited.length; i += 4) {
-      this.host.rateLimited(this.keys.queue, String(limited[i]), String(limited[i + 1]), String(limited[i + 2]), Number(limited[i + 3]));
-    }
-    for (let i = 0; i < revoked.length; i += 4) {
-      this.host.revoked(this.keys.queue, String(revoked[i]), String(revoked[i + 1]), String(revoked[i + 2]), String(revoked[i + 3]));
-    }
+    for (const t of reply.limited) this.host.rateLimited(this.keys.queue, t.id, t.name, t.argsJson, t.delayMs);
+    for (const t of reply.revoked) this.host.revoked(this.keys.queue, t.id, t.name, t.argsJson, t.reason);
     if (want > 0) {
-      this.idle = more === 0 && started.length / STARTED_FIELDS < want;
-      this.lastFull = started.length / STARTED_FIELDS >= want;
+      this.idle = !reply.more && reply.started.length < want;
+      this.lastFull = reply.started.length >= want;
     }
-    this.scheduleDue(nextDelay);
+    this.scheduleDue(reply.nextDelayMs);
     if (refusals.length > 0) this.reportRefusal(refusals.join('; '));
-    if (refused.length > 0 || this.unplaced.length > 0 || (problem && started.length === 0 && fin.length === 0)) {
+    if (refused.length > 0 || this.unplaced.length > 0 || (reply.problem && reply.started.length === 0 && fin.length === 0)) {
       // Redis refused commands of the call (out of memory, an ACL, a Cluster slot on the move)
       // and the call got nothing done: what it could not do is kept here and tried again after a pause.
       await this.backOff();
@@ -399,7 +299,7 @@ export class QueueRunner {
     this.lastRefusalReport = now;
     const where = `queue ${this.keys.queue}`;
     // A full Redis is named as such, so alerts on HEIMDALL_REDIS_OOM see it.
-    this.host.reportError(/\bOOM /.test(what) ? new RedisOutOfMemoryError(where, { refused: what }) : new Error(`${where}: Redis refused a command: ${what}`));
+    this.host.reportError(/\bOOM /.test(what) ? new RedisOutOfMemoryError(where, { refused: what }) : new RedisRefusedError(`${where}: Redis refused a command: ${what}`));
   }
 
   /** Waits before the next call after a failure: 100 ms, 200 ms, ... up to 5 s (the call stays in flight meanwhile). */
@@ -432,17 +332,19 @@ export class QueueRunner {
    * maxCalls is 1 while reclaimNeeded), so `fin` holds every finish not yet stored.
    */
   private async reclaim(fin: readonly Finish[]): Promise<void> {
-    const known: string[] = [];
-    for (const [id, token] of this.running) known.push(id, token);
-    for (const f of [...fin, ...this.pending]) known.push(f.id, f.token);
-    const call = this.scripts.run<[number, string]>(
-      reclaimScript,
-      [this.keys.wait, this.keys.active],
-      [this.keys.base, this.host.workerId, this.host.resultExpiresMs, ...known],
-    );
-    const [, problem] = await Promise.race([call, this.abandonedCall]);
+    const known: RunRef[] = [];
+    for (const [id, token] of this.running) known.push({ id, token });
+    for (const f of fin) known.push(f);
+    for (const f of this.pending) known.push(f);
+    const { problem } = await Promise.race([reclaimScript(this.scripts, this.keys, this.host, known), this.abandonedCall]);
     this.reclaimNeeded = false;
-    if (problem) this.host.reportError(new Error(`queue ${this.keys.queue}: reclaiming tasks: Redis refused a command (${problem}); those tasks keep their leases and are recovered when those lapse`));
+    if (problem) {
+      this.host.reportError(
+        new RedisRefusedError(
+          `queue ${this.keys.queue}: reclaiming tasks: Redis refused a command (${problem}); those tasks keep their leases and are recovered when those lapse`,
+        ),
+      );
+    }
   }
 
   /** Wakes the loop when the earliest delayed task is due (a call that did not look keeps the timer it has). */

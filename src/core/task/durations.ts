@@ -1,6 +1,6 @@
 import { types } from 'node:util';
 import ms from 'ms';
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../errors.js';
 
 /**
  * A span of time: a number of **seconds** (as in Celery, so `60` is one minute), or a string

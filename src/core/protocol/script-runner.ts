@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
-import { ConfigError, outOfMemory } from './errors.js';
+import { ConfigError, outOfMemory } from '../errors.js';
 import { warnIfEvicting } from './eviction-policy.js';
-import { allScripts, type LuaScript } from '../redis-scripts/scripts.generated.js';
+import { allScripts, type LuaScript } from '../../redis-scripts/scripts.generated.js';
 
 type Arg = string | number;
 

@@ -1,6 +1,6 @@
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../errors.js';
 import { describe } from './durations.js';
-import { hashArgs, type QueueKeys } from './queue-keys.js';
+import { hashArgs, type QueueKeys } from '../protocol/queue-keys.js';
 import { canonicalJson } from './serialization.js';
 import { normalizeRateLimit, type NormalizedTaskOptions } from './task-options.js';
 

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { toMillisOrZero, type Duration } from './durations.js';
-import { ConfigError } from './errors.js';
+import { toMillisOrZero, type Duration } from '../task/durations.js';
+import { ConfigError } from '../errors.js';
 
 /** What a running task can learn about itself through {@link currentTask}. */
 export interface CurrentTask {

@@ -1,3 +1,8 @@
+// Encoding and decoding of a task record, the HASH `<prefix>:{<queue>}:t:<id>` (fields in
+// task-fields.ts): what a producer writes into it (the message) and what a reader gets out of it.
+// docs/protocol.md is the contract for producers in other languages.
+import { FIELDS } from './task-fields.js';
+
 /**
  * The states of a task, as in Celery. `PENDING` also stands for an unknown id, since a task
  * that was never sent and one still queued look the same from outside.
@@ -29,8 +34,8 @@ export interface TaskInfo<T = unknown> {
   result: T | undefined;
   /** The error, once FAILURE. */
   error: RemoteError | undefined;
-  /** Why the task was REVOKED (`'duplicate'`, ...). */
-  revokeReason: string | undefined;
+  /** Why the task was REVOKED. */
+  revokeReason: RevokeReason | undefined;
   /** How many times the task was started. */
   attempts: number;
   /** When the task was sent (Redis clock). */
@@ -58,15 +63,20 @@ function json(v: string | undefined): unknown {
   }
 }
 
+/** Why a task ended REVOKED. */
+export type RevokeReason = 'revoked' | 'duplicate' | 'expired';
+
 /** The arguments JSON of a task hash: whole in `a`, or in `ac` pieces a, a1, a2, ... (see includes/args.lua). */
 function joinArgs(h: Record<string, string>): string | undefined {
-  if (h.a === undefined || h.ac === undefined) return h.a;
-  const count = Number(h.ac);
+  const first = h[FIELDS.args];
+  const pieces = h[FIELDS.argsPieces];
+  if (first === undefined || pieces === undefined) return first;
+  const count = Number(pieces);
   if (!Number.isInteger(count) || count > 256) return undefined; // not a record of ours (see args.lua)
-  if (count < 2) return h.a;
-  let json = h.a;
+  if (count < 2) return first;
+  let json = first;
   for (let i = 1; i < count; i++) {
-    const piece = h[`a${i}`];
+    const piece = h[`${FIELDS.args}${i}`];
     if (piece === undefined) return undefined;
     json += piece;
   }
@@ -75,23 +85,52 @@ function joinArgs(h: Record<string, string>): string | undefined {
 
 /** Reads a task hash (HGETALL) into a TaskInfo. */
 export function decodeTaskInfo<T>(id: string, h: Record<string, string>): TaskInfo<T> {
-  const state = (h.s as TaskState | undefined) ?? 'PENDING';
+  const state = (h[FIELDS.state] as TaskState | undefined) ?? 'PENDING';
   const args = json(joinArgs(h));
+  const error = h[FIELDS.error];
   return {
     id,
-    name: h.n,
+    name: h[FIELDS.name],
     state,
     args: Array.isArray(args) ? args : undefined,
-    result: json(h.r) as T | undefined,
-    error: h.e === undefined ? undefined : decodeError(h.e),
-    revokeReason: h.rr,
-    attempts: Number(h.at ?? 0),
-    createdAt: date(h.c),
-    dueAt: date(h.d),
-    startedAt: date(h.st),
-    finishedAt: date(h.f),
-    worker: h.w,
+    result: json(h[FIELDS.result]) as T | undefined,
+    error: error === undefined ? undefined : decodeError(error),
+    revokeReason: h[FIELDS.revokeReason] as RevokeReason | undefined,
+    attempts: Number(h[FIELDS.attempts] ?? 0),
+    createdAt: date(h[FIELDS.created]),
+    dueAt: date(h[FIELDS.due]),
+    startedAt: date(h[FIELDS.startedAt]),
+    finishedAt: date(h[FIELDS.finishedAt]),
+    worker: h[FIELDS.worker],
   };
+}
+
+/** What a producer puts in a task's message (see docs/protocol.md). */
+export interface TaskMessage {
+  name: string;
+  /** The arguments as a JSON array. */
+  argsJson: string;
+  /** Time limit of each run, ms. */
+  timeLimitMs?: number | undefined;
+  /** Not started after this epoch ms (the producer's clock), it ends REVOKED 'expired'. */
+  expiresAt?: number | undefined;
+  maxRecoveries?: number | undefined;
+  lock?: { key: string; ttlMs: number; waitForExpiry: boolean } | undefined;
+  rate?: { key: string; limit: number; periodMs: number } | undefined;
+}
+
+/** The field, value pairs of a message, as the enqueue script takes them (it adds state, created and version, and splits long arguments). */
+export function encodeMessage(m: TaskMessage): (string | number)[] {
+  const fields: (string | number)[] = [FIELDS.name, m.name, FIELDS.args, m.argsJson];
+  if (m.timeLimitMs !== undefined) fields.push(FIELDS.timeLimit, m.timeLimitMs);
+  if (m.expiresAt !== undefined) fields.push(FIELDS.expires, m.expiresAt);
+  if (m.maxRecoveries !== undefined) fields.push(FIELDS.maxRecoveries, m.maxRecoveries);
+  if (m.lock) {
+    fields.push(FIELDS.lockKey, m.lock.key, FIELDS.lockTtl, m.lock.ttlMs);
+    if (m.lock.waitForExpiry) fields.push(FIELDS.lockWaitForExpiry, '1');
+  }
+  if (m.rate) fields.push(FIELDS.rateKey, m.rate.key, FIELDS.rateLimit, m.rate.limit, FIELDS.ratePeriod, m.rate.periodMs);
+  return fields;
 }
 
 /** Reads the stored error JSON, tolerating anything. */

@@ -1,5 +1,6 @@
 // What a process that runs a Worker does when it is asked to stop: Ctrl-C in a terminal
-// (SIGINT), or `kill`, `docker stop`, systemd or Kubernetes (SIGTERM).
+// (SIGINT), or `kill`, `docker stop`, systemd or Kubernetes (SIGTERM). Exported for apps, the
+// examples and a command-line worker.
 
 /**
  * Runs `shutdown` on the first SIGINT or SIGTERM, then exits with code 0 (1 if it threw).

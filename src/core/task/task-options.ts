@@ -1,6 +1,6 @@
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../errors.js';
 import { describe, toMillis, type Duration } from './durations.js';
-import { DEFAULT_QUEUE, validateName } from './queue-keys.js';
+import { DEFAULT_QUEUE, validateName } from '../protocol/queue-keys.js';
 
 /** `[n, period]`: at most `n` starts in any rolling window of `period` (seconds, or an `ms` string). */
 export type RateLimit = readonly [limit: number, period: Duration];

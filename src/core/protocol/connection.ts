@@ -1,5 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../errors.js';
 
 /** Where Redis is: a URL (`redis://`, `rediss://`), ioredis options, or an ioredis client you own. */
 export type ConnectionOption = string | RedisOptions | Redis;

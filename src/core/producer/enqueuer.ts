@@ -1,0 +1,116 @@
+import { outOfMemory, RedisOutOfMemoryError, RedisUnavailableError } from '../errors.js';
+import type { QueueKeys } from '../protocol/queue-keys.js';
+import type { ScriptRunner } from '../protocol/script-runner.js';
+import { enqueue, enqueueItems, type EnqueueOutcome, type EnqueueTask } from '../protocol/scripts.js';
+
+// One enqueue call carries at most this many tasks, or about this many bytes of arguments: a
+// burst is cut into several calls, so Redis runs the first while the next is being built
+// (docs/decisions.md: 25 to 50 tasks per call sent about 1.5x as many tasks per second as 1,000).
+const MAX_BATCH_TASKS = 50;
+const MAX_BATCH_BYTES = 64 * 1024;
+
+interface Pending {
+  items: (string | number)[];
+  what: string;
+  resolve: (outcome: EnqueueOutcome) => void;
+  reject: (err: unknown) => void;
+}
+
+interface Batch {
+  keys: QueueKeys;
+  tasks: Pending[];
+  bytes: number;
+}
+
+/**
+ * Sends tasks to Redis through the enqueue script, batched: the tasks handed to `send` in the
+ * same tick share one script call per queue (per 50 tasks or 64 KiB of arguments), sent on the
+ * next `process.nextTick`, so a burst of dispatches costs one round trip and one script run
+ * instead of one each. The Dispatcher sends through one; anything else that enqueues (a
+ * scheduler) can hold its own.
+ */
+export class Enqueuer {
+  /** Tasks waiting for the next call, per queue. */
+  private readonly batches = new Map<string, Batch>();
+  private flushScheduled = false;
+  /** Calls in flight. */
+  private readonly sending = new Set<Promise<void>>();
+
+  /** `lastError`: the connection's last error, named when Redis cannot be reached. */
+  constructor(
+    private readonly scripts: ScriptRunner,
+    private readonly lastError: () => Error | undefined = () => undefined,
+  ) {}
+
+  /**
+   * Queues one task for the next enqueue call of its queue; resolves with the script's answer
+   * for it (see reply-codes.ts). `bytes`: the size of its arguments, for cutting batches;
+   * `what`: how errors name it (`sending ReportService.generateReport`).
+   */
+  send(keys: QueueKeys, task: EnqueueTask, bytes: number, what: string): Promise<EnqueueOutcome> {
+    return new Promise<EnqueueOutcome>((resolve, reject) => {
+      let batch = this.batches.get(keys.queue);
+      if (!batch) {
+        batch = { keys, tasks: [], bytes: 0 };
+        this.batches.set(keys.queue, batch);
+      }
+      batch.tasks.push({ items: enqueueItems(task), what, resolve, reject });
+      batch.bytes += bytes;
+      if (batch.tasks.length >= MAX_BATCH_TASKS || batch.bytes >= MAX_BATCH_BYTES) {
+        this.batches.delete(keys.queue);
+        this.track(this.sendBatch(batch));
+      } else if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        process.nextTick(() => this.flush());
+      }
+    });
+  }
+
+  /** Sends what waits for the next tick now, and resolves once every call in flight has settled. */
+  async drain(): Promise<void> {
+    this.flush();
+    await Promise.allSettled([...this.sending]);
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const batches = [...this.batches.values()];
+    this.batches.clear();
+    for (const batch of batches) this.track(this.sendBatch(batch));
+  }
+
+  private track(sent: Promise<void>): void {
+    this.sending.add(sent);
+    void sent.finally(() => this.sending.delete(sent));
+  }
+
+  private async sendBatch(batch: Batch): Promise<void> {
+    let outcomes: EnqueueOutcome[];
+    try {
+      outcomes = await enqueue(
+        this.scripts,
+        batch.keys,
+        batch.tasks.map((t) => t.items),
+      );
+    } catch (err) {
+      const what = batch.tasks.length === 1 ? batch.tasks[0]!.what : `sending ${batch.tasks.length} tasks`;
+      const error = redisFailure(err, what, this.lastError());
+      for (const t of batch.tasks) t.reject(error);
+      return;
+    }
+    batch.tasks.forEach((t, i) => t.resolve(outcomes[i]!));
+  }
+}
+
+/**
+ * ioredis gave up after maxRetriesPerRequest, or Redis is full: say so in our words, naming
+ * what was being sent and keeping the original error as the cause.
+ */
+function redisFailure(err: unknown, what: string, lastError?: Error): unknown {
+  if (err instanceof Error && err.name === 'MaxRetriesPerRequestError') {
+    return new RedisUnavailableError(what, { cause: err, lastError });
+  }
+  // The script runner has already said which script; here we know which tasks.
+  if (err instanceof RedisOutOfMemoryError) return new RedisOutOfMemoryError(what, { cause: err.cause });
+  return outOfMemory(err, what);
+}

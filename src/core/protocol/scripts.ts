@@ -1,0 +1,339 @@
+// One typed function per Lua script: packs its KEYS and ARGV as the script's header says, and
+// decodes its reply. The scripts' headers (src/redis-scripts/*.lua) are the contract; nothing
+// else in the library builds a script's arguments or reads its reply.
+import { UnexpectedReplyError } from '../errors.js';
+import type { QueueKeys } from './queue-keys.js';
+import type { ScriptRunner } from './script-runner.js';
+import type { RevokeReason, TaskState } from './task-record.js';
+import {
+  admit as admitScript,
+  declare as declareScript,
+  decline as declineScript,
+  enqueue as enqueueScript,
+  extendLeases as extendLeasesScript,
+  fetch as fetchScript,
+  forget as forgetScript,
+  reclaim as reclaimScript,
+  requeue as requeueScript,
+  revoke as revokeScript,
+} from '../../redis-scripts/scripts.generated.js';
+
+/** A random whole number for a script call: the rate-limit jitter's seed, and the run token of the tasks the call starts. */
+function seed(): number {
+  return Math.floor(Math.random() * 2 ** 31);
+}
+
+// ---------------------------------------------------------------------------------- enqueue
+
+/** One task of an enqueue call (enqueue-2.lua). */
+export interface EnqueueTask {
+  id: string;
+  /** Ms from now on the Redis clock (0: none). */
+  countdownMs: number;
+  /** Epoch ms (0: none); wins over countdownMs. */
+  etaMs: number;
+  /** '' when not unique. */
+  lockKey: string;
+  /** 0 when not unique. */
+  lockTtlMs: number;
+  /** The message's field, value pairs (task-record.ts encodeMessage). */
+  fields: readonly (string | number)[];
+}
+
+/** What enqueue-2.lua answered for one task (see its header and reply-codes.ts). */
+export interface EnqueueOutcome {
+  code: number;
+  /** The holder's id (code 2) or Redis's message (codes 4, 5). */
+  detail: string;
+  /** The holder's lock TTL in ms (code 2). */
+  pttlMs: number;
+}
+
+/** The items one task adds to an enqueue call: its size decides how a batch is cut. */
+export function enqueueItems(t: EnqueueTask): (string | number)[] {
+  return [t.id, t.countdownMs, t.etaMs, t.lockKey, t.lockTtlMs, t.fields.length, ...t.fields];
+}
+
+/** Enqueues a batch of tasks of one queue, each on its own (`items`: enqueueItems of each). */
+export async function enqueue(runner: ScriptRunner, keys: QueueKeys, items: readonly (readonly (string | number)[])[]): Promise<EnqueueOutcome[]> {
+  const argv: (string | number)[] = [keys.base, items.length];
+  for (const item of items) for (const a of item) argv.push(a);
+  const reply = await runner.run<(string | number)[]>(enqueueScript, [keys.wait, keys.delayed], argv);
+  const out: EnqueueOutcome[] = [];
+  for (let i = 0; i < items.length; i++) {
+    out.push({ code: Number(reply[3 * i]), detail: String(reply[3 * i + 1] ?? ''), pttlMs: Number(reply[3 * i + 2]) });
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------ fetch/finish
+
+/** The worker a call is made for. */
+export interface WorkerIdentity {
+  readonly workerId: string;
+  readonly leaseMs: number;
+  readonly resultExpiresMs: number;
+}
+
+/** A run the fetch started. */
+export interface StartedRun {
+  id: string;
+  name: string;
+  argsJson: string;
+  attempt: number;
+  /** Time limit of this run in ms; 0 for none. */
+  timeLimitMs: number;
+  /** Retries already made. */
+  retries: number;
+  /** This run's token: its lease renewals, its finish and revoke signals for it carry it. */
+  token: string;
+  /** The message carried a unique lock (field lk). */
+  carriesLock: boolean;
+  /** The message carried a rate limit (field rk). */
+  carriesRate: boolean;
+}
+
+/** The end of a run, as the fetch script stores it. */
+export interface RunEnd {
+  id: string;
+  token: string;
+  state: 'SUCCESS' | 'FAILURE' | 'RETRY';
+  /** 'r' (result), 'e' (error) or '' (no value). */
+  field: 'r' | 'e' | '';
+  value: string;
+  expireMs: number;
+  /** Delay before the retry, for state RETRY. */
+  retryDelayMs: number;
+  /** Non-empty: also keep the task in the dead-letter list with this reason. */
+  deadReason: string;
+}
+
+/** What became of a run's end (finish-task.lua). */
+export type EndOutcome =
+  | { kind: 'stored'; state: 'SUCCESS' | 'FAILURE' | 'REVOKED' | 'RETRY' }
+  | { kind: 'stale'; state: TaskState | undefined }
+  | { kind: 'refused'; message: string };
+
+/** The reply of fetch-3.lua. */
+export interface FetchReply {
+  started: StartedRun[];
+  limited: { id: string; name: string; argsJson: string; delayMs: number }[];
+  revoked: { id: string; name: string; argsJson: string; reason: RevokeReason }[];
+  /** Ms until the earliest delayed task; -1 none; -2 not looked up (all wanted tasks started). */
+  nextDelayMs: number;
+  /** False when the wait list ran dry. */
+  more: boolean;
+  /** One per end sent, in order. */
+  outcomes: EndOutcome[];
+  /** Ids popped and not placed: the caller puts them back at the front of the wait list. */
+  unplaced: string[];
+  /** '' or the text of the commands Redis refused. */
+  problem: string;
+}
+
+/** nextDelayMs of a call that started all it asked for: the delayed set was not read. */
+export const NOT_LOOKED_UP = -2;
+
+type RawFetch = [(string | number)[], (string | number)[], (string | number)[], number, number, string[], string[], string];
+
+const STARTED_ITEMS = 8;
+
+/** Stores `ends` and starts up to `want` tasks, in one call (fetch-3.lua). */
+export async function fetch(
+  runner: ScriptRunner,
+  keys: QueueKeys,
+  worker: WorkerIdentity,
+  want: number,
+  ends: readonly RunEnd[],
+): Promise<FetchReply> {
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, ends.length];
+  for (const e of ends) args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason);
+  const [started, limited, revoked, nextDelay, more, outcomes, unplaced, problem] = await runner.run<RawFetch>(
+    fetchScript,
+    [keys.wait, keys.delayed, keys.active],
+    args,
+  );
+  const reply: FetchReply = {
+    started: [],
+    limited: [],
+    revoked: [],
+    nextDelayMs: Number(nextDelay),
+    more: Number(more) !== 0,
+    outcomes: [],
+    unplaced: unplaced.map(String),
+    problem: String(problem ?? ''),
+  };
+  for (let i = 0; i < started.length; i += STARTED_ITEMS) {
+    const carried = String(started[i + 7]);
+    reply.started.push({
+      id: String(started[i]),
+      name: String(started[i + 1]),
+      argsJson: String(started[i + 2]),
+      attempt: Number(started[i + 3]),
+      timeLimitMs: Number(started[i + 4]),
+      retries: Number(started[i + 5]),
+      token: String(started[i + 6]),
+      carriesLock: carried.includes('u'),
+      carriesRate: carried.includes('r'),
+    });
+  }
+  for (let i = 0; i < limited.length; i += 4) {
+    reply.limited.push({ id: String(limited[i]), name: String(limited[i + 1]), argsJson: String(limited[i + 2]), delayMs: Number(limited[i + 3]) });
+  }
+  for (let i = 0; i < revoked.length; i += 4) {
+    reply.revoked.push({ id: String(revoked[i]), name: String(revoked[i + 1]), argsJson: String(revoked[i + 2]), reason: String(revoked[i + 3]) as RevokeReason });
+  }
+  for (let i = 0; i < ends.length; i++) reply.outcomes.push(endOutcome(String(outcomes[2 * i] ?? 'ERROR'), String(outcomes[2 * i + 1] ?? '')));
+  return reply;
+}
+
+function endOutcome(outcome: string, detail: string): EndOutcome {
+  if (outcome === 'STALE') return { kind: 'stale', state: detail === '' ? undefined : (detail as TaskState) };
+  if (outcome === 'ERROR') return { kind: 'refused', message: detail };
+  return { kind: 'stored', state: outcome as 'SUCCESS' | 'FAILURE' | 'REVOKED' | 'RETRY' };
+}
+
+// ------------------------------------------------------------------------------------ leases
+
+/** A run of this worker: id and token. */
+export interface RunRef {
+  id: string;
+  token: string;
+}
+
+/** Why a worker should stop a run (extend-leases-1.lua). */
+export type StopReason = 'revoked' | 'terminated' | 'lost';
+
+/** A run to stop, and why; `state` is what Redis holds for a lost run (undefined: no record). */
+export interface RunToStop extends RunRef {
+  reason: StopReason;
+  state: TaskState | undefined;
+}
+
+/** Renews the leases of `runs` (extend-leases-1.lua); returns the runs to stop. */
+export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<RunToStop[]> {
+  const args: (string | number)[] = [keys.base, worker.leaseMs, worker.workerId];
+  for (const r of runs) args.push(r.id, r.token);
+  const stop = await runner.run<string[]>(extendLeasesScript, [keys.active], args);
+  const out: RunToStop[] = [];
+  for (let i = 0; i < stop.length; i += 4) {
+    const detail = String(stop[i + 3] ?? '');
+    out.push({ id: String(stop[i]), token: String(stop[i + 1]), reason: String(stop[i + 2]) as StopReason, state: detail === '' ? undefined : (detail as TaskState) });
+  }
+  return out;
+}
+
+/** Hands runs a closing worker stopped back to the front of the queue (requeue-2.lua). */
+export async function requeue(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<{ count: number; problem: string }> {
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs];
+  for (const r of runs) args.push(r.id, r.token);
+  const [count, problem] = await runner.run<[number, string]>(requeueScript, [keys.wait, keys.active], args);
+  return { count: Number(count), problem: String(problem ?? '') };
+}
+
+/** Hands back runs leased to this worker that it does not know it runs (reclaim-2.lua). */
+export async function reclaim(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, known: readonly RunRef[]): Promise<{ count: number; problem: string }> {
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs];
+  for (const r of known) args.push(r.id, r.token);
+  const [count, problem] = await runner.run<[number, string]>(reclaimScript, [keys.wait, keys.active], args);
+  return { count: Number(count), problem: String(problem ?? '') };
+}
+
+// ------------------------------------------------------------------- admission and hand-back
+
+/** The answer of admit-3.lua or decline-4.lua. */
+export type Verdict =
+  | { verdict: 'RUN' }
+  | { verdict: 'REVOKED'; reason: RevokeReason }
+  | { verdict: 'LIMITED'; delayMs: number }
+  | { verdict: 'DEFERRED'; delayMs: number }
+  | { verdict: 'FAILURE'; message: string }
+  | { verdict: 'STALE'; state: TaskState | undefined };
+
+function verdictOf([verdict, detail]: [string, string]): Verdict {
+  switch (verdict) {
+    case 'RUN':
+      return { verdict };
+    case 'REVOKED':
+      return { verdict, reason: detail as RevokeReason };
+    case 'LIMITED':
+    case 'DEFERRED':
+      return { verdict, delayMs: Number(detail) };
+    case 'FAILURE':
+      return { verdict, message: detail };
+    default:
+      return { verdict: 'STALE', state: detail === '' ? undefined : (detail as TaskState) };
+  }
+}
+
+/** The checks a worker fills in for a message that lacks them. */
+export interface AdmissionChecks {
+  lock: { key: string; ttlMs: number; waitForExpiry: boolean } | undefined;
+  rate: { key: string; limit: number; periodMs: number } | undefined;
+}
+
+/** Admits a run under the worker's own unique lock and rate limit (admit-3.lua). */
+export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, run: RunRef, checks: AdmissionChecks): Promise<Verdict> {
+  const { lock, rate } = checks;
+  const reply = await runner.run<[string, string]>(
+    admitScript,
+    [keys.wait, keys.delayed, keys.active],
+    [
+      keys.base,
+      worker.workerId,
+      run.id,
+      run.token,
+      lock?.key ?? '',
+      lock?.ttlMs ?? 0,
+      lock?.waitForExpiry ? '1' : '',
+      rate?.key ?? '',
+      rate?.limit ?? 0,
+      rate?.periodMs ?? 0,
+      seed(),
+      worker.resultExpiresMs,
+    ],
+  );
+  return verdictOf(reply);
+}
+
+/** Hands back a run of a task this worker does not run (decline-4.lua). */
+export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, run: RunRef, graceMs: number, message: string): Promise<Verdict> {
+  const reply = await runner.run<[string, string]>(
+    declineScript,
+    [keys.wait, keys.delayed, keys.active, keys.names],
+    [keys.base, worker.workerId, run.id, run.token, graceMs, worker.resultExpiresMs, message, seed()],
+  );
+  return verdictOf(reply);
+}
+
+/** Declares the task names a worker runs on a queue, valid for `validMs` (declare-1.lua). */
+export async function declare(runner: ScriptRunner, keys: QueueKeys, names: readonly string[], validMs: number): Promise<void> {
+  await runner.run<number>(declareScript, [keys.names], [validMs, ...names]);
+}
+
+// ------------------------------------------------------------------------- revoke and forget
+
+/** What revoke-3.lua did (its reply code), and the state after it. */
+export interface RevokeReply {
+  code: 'unknown' | 'ended' | 'revoked' | 'terminated' | 'requested';
+  state: TaskState;
+}
+
+const REVOKE_CODES: readonly RevokeReply['code'][] = ['unknown', 'ended', 'revoked', 'terminated', 'requested'];
+
+/** Revokes a task from any process (revoke-3.lua). */
+export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, terminate: boolean, expireMs: number, reason: RevokeReason): Promise<RevokeReply> {
+  const [code, state] = await runner.run<[number, string]>(
+    revokeScript,
+    [keys.task(id), keys.active, keys.delayed],
+    [keys.base, id, terminate ? '1' : '0', expireMs, reason],
+  );
+  const name = REVOKE_CODES[Number(code)];
+  if (name === undefined) throw new UnexpectedReplyError(`the revoke script answered code ${String(code)}`);
+  return { code: name, state: name === 'unknown' ? 'PENDING' : (String(state) as TaskState) };
+}
+
+/** Deletes the record of an ended task (forget-1.lua); false when the task has not ended. */
+export async function forget(runner: ScriptRunner, keys: QueueKeys, id: string): Promise<boolean> {
+  return (await runner.run<number>(forgetScript, [keys.task(id)], [])) === 1;
+}

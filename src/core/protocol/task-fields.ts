@@ -1,0 +1,72 @@
+/**
+ * The fields of a task record (the HASH `<prefix>:{<queue>}:t:<id>`), by meaning: the one
+ * table the TypeScript side names them from (as QueueKeys is for keys). docs/protocol.md is the
+ * contract for other producers; the Lua scripts use the same letters.
+ */
+export const FIELDS = {
+  /** Message layout version, `'1'`; the fetch refuses any other. */
+  version: 'v',
+  /** Task name. */
+  name: 'n',
+  /** Arguments, a JSON array; when kept in pieces, the first piece. */
+  args: 'a',
+  /** Number of pieces of the arguments (`a`, `a1`, `a2`, ...); absent when `a` holds them whole. */
+  argsPieces: 'ac',
+  /** State: PENDING, STARTED, RETRY, SUCCESS, FAILURE or REVOKED. */
+  state: 's',
+  /** Created, ms, Redis clock. */
+  created: 'c',
+  /** Due, ms, Redis clock (countdown, eta, rate-limit reschedule, retry, hand-back). */
+  due: 'd',
+  /** Last start, ms, Redis clock. */
+  startedAt: 'st',
+  /** Ended, ms, Redis clock. */
+  finishedAt: 'f',
+  /** Worker id of the last start. */
+  worker: 'w',
+  /** Starts so far. */
+  attempts: 'at',
+  /** Result JSON. */
+  result: 'r',
+  /** Error JSON `{ name, message, traceback }`. */
+  error: 'e',
+  /** Why the task ended REVOKED. */
+  revokeReason: 'rr',
+  /** A revoke of the running task was requested (the reason). */
+  revokeRequested: 'rv',
+  /** Expires, epoch ms of the producer's clock. */
+  expires: 'ex',
+  /** Time limit of each run, ms. */
+  timeLimit: 'tl',
+  /** maxRecoveries. */
+  maxRecoveries: 'mr',
+  /** Recoveries so far. */
+  recoveries: 'rc',
+  /** Retries so far. */
+  retries: 'ry',
+  /** The unique lock's key. */
+  lockKey: 'lk',
+  /** The unique lock's lifetime, ms. */
+  lockTtl: 'lt',
+  /** `'1'`: keep the lock after the end (uniqueWaitForExpiry). */
+  lockWaitForExpiry: 'lw',
+  /** The rate window's key. */
+  rateKey: 'rk',
+  /** The rate limit n. */
+  rateLimit: 'rn',
+  /** The rate period, ms. */
+  ratePeriod: 'rp',
+  /** Run token of the last start. */
+  token: 'tk',
+  /** `<token> <state>` of the last end a run stored itself. */
+  finishedRun: 'fk',
+  /** Hand-backs by workers that do not run the task: when the grace counts from (ms). */
+  declinedAt: 'ud',
+  /** Hand-backs in the current series. */
+  declines: 'un',
+  /** Attempts the task had when the series began. */
+  declinedAttempts: 'ua',
+} as const;
+
+/** A field name of a task record. */
+export type TaskField = (typeof FIELDS)[keyof typeof FIELDS];

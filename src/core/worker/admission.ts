@@ -1,0 +1,113 @@
+import { MalformedTaskError, StaleRunError, UnknownTaskError } from '../errors.js';
+import type { AdmissionChecks, Verdict } from '../protocol/scripts.js';
+import { callChecks } from '../task/call-checks.js';
+import type { TaskDefinition } from '../task/registry.js';
+import type { RemoteError } from '../protocol/task-record.js';
+import { parseArgs, safeArgs, type Run } from './run.js';
+import type { WorkerEvents } from './worker-options.js';
+
+/** What admitting or handing back a run needs from its worker. */
+export interface AdmissionHost {
+  readonly workerId: string;
+  /** unknownTaskGrace, ms. */
+  readonly graceMs: number;
+  /** Frees the run's slot without storing an end (Redis has what became of it). */
+  release(run: Run): void;
+  emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void;
+  reportError(err: unknown): void;
+}
+
+/** Whether a run's message lacks a check the worker's definition of its task has. */
+export function needsAdmission(def: TaskDefinition, run: Run): boolean {
+  return (def.options.unique && !run.task.carriesLock) || (def.options.rateLimit !== undefined && !run.task.carriesRate);
+}
+
+/**
+ * Admits a run under the worker's own unique lock and rate limit where its message lacks them
+ * (admit-3.lua). Resolves true when the task may run; otherwise the run is released and the
+ * event for what became of it is emitted.
+ */
+export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost): Promise<boolean> {
+  const { task, runner } = run;
+  let checks: AdmissionChecks;
+  try {
+    checks = callChecks(runner.keys, def.name, def.options, parseArgs(task.argsJson), task.argsJson, {
+      lock: !task.carriesLock,
+      rate: !task.carriesRate,
+    });
+  } catch (err) {
+    // Malformed arguments, or a key or rateLimit function that throws: the run fails with it.
+    run.admissionError = err;
+    return true;
+  }
+  const verdict = await settle(run, host, () => runner.admit(task, checks));
+  if (!verdict) return false;
+  if (verdict.verdict === 'RUN') return true;
+  host.release(run);
+  const base = { id: task.id, name: task.name, queue: runner.keys.queue, args: safeArgs(task.argsJson) };
+  switch (verdict.verdict) {
+    case 'REVOKED':
+      host.emit('revoked', { ...base, reason: verdict.reason });
+      break;
+    case 'LIMITED':
+      host.emit('rateLimited', { ...base, delayMs: verdict.delayMs });
+      break;
+    case 'FAILURE':
+      host.emit('failed', { ...base, attempt: task.attempt - 1, error: remote(new MalformedTaskError(verdict.message)), runtimeMs: 0 });
+      break;
+    case 'STALE':
+      host.emit('error', new StaleRunError(task.id, task.name, verdict.state, 'end'));
+      break;
+    default:
+      break;
+  }
+  return false;
+}
+
+/**
+ * Hands back a run of a task this worker does not run (decline-4.lua), for a worker that does
+ * (a rolling deploy, another app on the same prefix): no attempt counted; FAILURE only when no
+ * worker has declared the name for `unknownTaskGrace`.
+ */
+export async function decline(run: Run, def: TaskDefinition | undefined, host: AdmissionHost): Promise<void> {
+  const { task, runner } = run;
+  const queue = runner.keys.queue;
+  const why = def
+    ? `its class ${def.className} is registered there but not in services, and there is no resolve`
+    : 'no class registered there declares it';
+  const message =
+    `no task named '${task.name}' is run by worker ${host.workerId} (${why}), and no worker of queue '${queue}' ` +
+    `declared it within unknownTaskGrace (${host.graceMs} ms): import the module that defines it in the worker process and ` +
+    'list its class (or an instance) in services; under standard (TC39) decorators a class is only registered once it is listed there';
+  const verdict = await settle(run, host, () => runner.decline(task, host.graceMs, message));
+  if (!verdict) return;
+  host.release(run);
+  const base = { id: task.id, name: task.name, queue, args: safeArgs(task.argsJson) };
+  if (verdict.verdict === 'FAILURE') {
+    host.emit('failed', { ...base, attempt: task.attempt - 1, error: remote(new UnknownTaskError(verdict.message)), runtimeMs: 0 });
+  } else if (verdict.verdict === 'REVOKED') {
+    host.emit('revoked', { ...base, reason: verdict.reason });
+  } else if (verdict.verdict === 'STALE') {
+    host.emit('error', new StaleRunError(task.id, task.name, verdict.state, 'end'));
+  }
+}
+
+/** Sends an admit or decline call until Redis answers; undefined when the run was released meanwhile (handed back at close). */
+async function settle(run: Run, host: AdmissionHost, call: () => Promise<Verdict>): Promise<Verdict | undefined> {
+  for (let failures = 0; ; failures++) {
+    try {
+      const verdict = await call();
+      return run.released ? undefined : verdict;
+    } catch (err) {
+      if (run.released) return undefined;
+      host.reportError(err);
+      await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** failures)).unref());
+      if (run.released) return undefined;
+    }
+  }
+}
+
+/** An error the script stored, as the event reports it: the name and message Redis holds, no traceback (it was made in Redis). */
+function remote(err: Error): RemoteError {
+  return { name: err.name, message: err.message, traceback: undefined };
+}

@@ -1,0 +1,130 @@
+import { ConfigError, MalformedTaskError, PayloadTooLargeError, StaleRunError } from '../errors.js';
+import type { RemoteError } from '../protocol/task-record.js';
+import type { TaskDefinition } from '../task/registry.js';
+import { toJson } from '../task/serialization.js';
+import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
+import type { Finish } from './queue-runner.js';
+import { safeInstanceOf, toRemoteError } from './remote-error.js';
+import { retryDelay } from './retry-policy.js';
+import { parseArgs, signalOf, type Run } from './run.js';
+import { withTimeLimit } from './time-limit.js';
+import type { TaskEvent, WorkerEvents } from './worker-options.js';
+
+/** What executing a run needs from its worker. */
+export interface ExecutionHost {
+  readonly workerId: string;
+  readonly resultExpiresMs: number;
+  /** Largest result stored, bytes of JSON. */
+  readonly maxPayloadBytes: number;
+  instanceFor(def: TaskDefinition): object | Promise<object>;
+  emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void;
+  reportError(err: unknown): void;
+}
+
+type Outcome = { ok: true; result: unknown; json: string | undefined } | { ok: false; error: RemoteError; retryDelayMs: number | undefined };
+
+/**
+ * Runs one task: calls its method inside `currentTask()`'s context, races it against its time
+ * limit, and turns whatever comes out (a value, anything thrown, a result that cannot be
+ * stored) into the end to store, with the events that announce it once Redis has answered.
+ * Resolves undefined when the run was released meanwhile (handed back, revoked with terminate,
+ * lost): nothing of it is stored.
+ */
+export async function execute(run: Run, def: TaskDefinition, host: ExecutionHost): Promise<Finish | undefined> {
+  const { runner, task } = run;
+  const queue = runner.keys.queue;
+  const began = performance.now();
+  const event: TaskEvent = { id: task.id, name: task.name, queue, args: [], attempt: task.attempt };
+  let outcome: Outcome;
+  let deadReason = '';
+  try {
+    event.args = parseArgs(task.argsJson);
+    const args = event.args;
+    host.emit('started', event);
+    if (run.admissionError !== undefined) throw run.admissionError;
+    const instance = await host.instanceFor(def);
+    if (run.released) return undefined; // handed back or revoked with terminate while its service was resolved
+    const method = (instance as Record<string, unknown>)[def.methodName];
+    if (typeof method !== 'function') throw new ConfigError(`${def.className}.${def.methodName} is not a method of the instance`);
+    const context: CurrentTask = {
+      id: task.id,
+      name: task.name,
+      queue,
+      attempt: task.attempt,
+      get signal() {
+        return signalOf(run);
+      },
+      retry: (options) => {
+        throw new RetryRequest(options);
+      },
+    };
+    run.context = context;
+    const running = taskStorage().run(context, () => method.apply(instance, args) as unknown);
+    const result =
+      task.timeLimitMs > 0
+        ? await withTimeLimit(run, Promise.resolve(running), () =>
+            host.reportError(
+              new Error(
+                `task ${task.id} (${task.name}) ignored the AbortSignal at its time limit; its promise is still running (pass currentTask().signal to what the task awaits)`,
+              ),
+            ),
+          )
+        : await running;
+    const json = result === undefined ? undefined : toJson(result, 'result');
+    if (json !== undefined && json.length > host.maxPayloadBytes / 3) {
+      // Up to 3 bytes per UTF-16 unit: only a long result needs counting.
+      const bytes = Buffer.byteLength(json);
+      if (bytes > host.maxPayloadBytes) throw new PayloadTooLargeError(task.name, bytes, host.maxPayloadBytes, 'result');
+    }
+    outcome = { ok: true, result, json };
+  } catch (err) {
+    // Whatever was thrown, described without trusting it: strings only, bounded. A message that
+    // cannot be run (recognised by class: a task's own error named so is not) is dead-lettered
+    // and not retried, since it would fail again.
+    const error = toRemoteError(err);
+    if (safeInstanceOf(err, MalformedTaskError) === true) deadReason = error.message;
+    outcome = { ok: false, error, retryDelayMs: deadReason ? undefined : retryDelay(def.options.retries, task.retries, err) };
+  }
+  if (run.released) return undefined;
+  const runtimeMs = performance.now() - began;
+  const done = outcome;
+  const announce: Finish['stored'] = (stored) => {
+    if (stored.kind === 'stale') {
+      host.emit('error', new StaleRunError(task.id, task.name, stored.state, 'end'));
+    } else if (stored.state === 'REVOKED') {
+      host.emit('revoked', { id: task.id, name: task.name, queue, args: event.args, reason: 'revoked' });
+    } else if (stored.state === 'RETRY' && !done.ok) {
+      host.emit('retried', { ...event, error: done.error, delayMs: done.retryDelayMs ?? 0, runtimeMs });
+    } else if (done.ok) {
+      // Built field by field: an object spread here cost measurable CPU per task (docs/decisions.md).
+      const { id, name, args, attempt } = event;
+      host.emit('succeeded', { id, name, queue, args, attempt, result: done.result, runtimeMs });
+    } else {
+      host.emit('failed', { ...event, error: done.error, runtimeMs });
+    }
+  };
+  // Called from the queue runner's loop, which must not stop for anything thrown here.
+  const stored: Finish['stored'] = (s) => {
+    try {
+      announce(s);
+    } catch (err) {
+      host.reportError(err);
+    }
+  };
+  const expireMs = def.options.resultExpiresMs ?? host.resultExpiresMs;
+  if (done.ok) {
+    const json = done.json;
+    return { id: task.id, token: task.token, state: 'SUCCESS', field: json === undefined ? '' : 'r', value: json ?? '', expireMs, retryDelayMs: 0, deadReason, stored };
+  }
+  return {
+    id: task.id,
+    token: task.token,
+    state: done.retryDelayMs !== undefined ? 'RETRY' : 'FAILURE',
+    field: 'e',
+    value: JSON.stringify(done.error),
+    expireMs,
+    retryDelayMs: done.retryDelayMs ?? 0,
+    deadReason,
+    stored,
+  };
+}

@@ -1,0 +1,69 @@
+import { LeaseLostError, MalformedTaskError } from '../errors.js';
+import type { StartedRun } from '../protocol/scripts.js';
+import { taskStorage, type CurrentTask } from './current-task.js';
+import type { QueueRunner } from './queue-runner.js';
+
+/** A run this worker holds: started by a fetch, until its end is handed to the runner or it is released otherwise. */
+export interface Run {
+  runner: QueueRunner;
+  task: StartedRun;
+  /** Made on first use of the task's signal: most tasks never look at it, and making one is costly. */
+  controller?: AbortController;
+  /** Set when the run was told to stop; its signal is aborted with this reason. */
+  aborted?: { reason: unknown };
+  /** Set when the worker could not compute the options it admits a message under (its key function threw): the run fails with it. */
+  admissionError?: unknown;
+  /** Its slot is free again (ended, revoked with terminate, lost, handed back or declined). */
+  released: boolean;
+  /** What currentTask() returns inside it, once it runs. */
+  context?: CurrentTask;
+}
+
+/** Key of a run in the worker's map: ids are unique per queue only (a custom taskId may repeat). */
+export function runKey(queue: string, id: string): string {
+  return `${queue}\u0000${id}`;
+}
+
+/** The AbortSignal of a run, made on first use (aborted at once if the run was already told to stop). */
+export function signalOf(run: Run): AbortSignal {
+  if (!run.controller) {
+    run.controller = new AbortController();
+    if (run.aborted) run.controller.abort(run.aborted.reason);
+  }
+  return run.controller.signal;
+}
+
+/** Fires a run's AbortSignal inside its own context, so listeners can still call currentTask(). Once per run. */
+export function abortRun(run: Run, reason: Error): void {
+  if (run.aborted) return;
+  run.aborted = { reason };
+  const controller = run.controller;
+  if (!controller) return; // nobody listens yet: signalOf() hands out an aborted signal
+  if (run.context) taskStorage().run(run.context, () => controller.abort(reason));
+  else controller.abort(reason);
+}
+
+/** The signal reason of a run whose lease lapsed and whose task was recovered or started again. */
+export function leaseLost(id: string): LeaseLostError {
+  return new LeaseLostError(id);
+}
+
+/** A task's arguments; a MalformedTaskError when they are not a JSON array. */
+export function parseArgs(json: string): unknown[] {
+  try {
+    const v: unknown = JSON.parse(json);
+    if (Array.isArray(v)) return v;
+  } catch {
+    // reported below
+  }
+  throw new MalformedTaskError(`the task's arguments are not a JSON array: ${json.slice(0, 200)}`);
+}
+
+/** A task's arguments for an event; [] when they are not a JSON array. */
+export function safeArgs(json: string): unknown[] {
+  try {
+    return parseArgs(json);
+  } catch {
+    return [];
+  }
+}

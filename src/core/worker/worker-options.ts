@@ -1,0 +1,87 @@
+import type { ConnectionOptions } from '../producer/dispatcher.js';
+import type { RemoteError, RevokeReason } from '../protocol/task-record.js';
+import type { Duration } from '../task/durations.js';
+import type { Constructor } from '../task/registry.js';
+
+/** Options of `new Worker()`. */
+export interface WorkerOptions extends ConnectionOptions {
+  /**
+   * Objects whose `@Task` methods this worker runs: instances, used as they are, or classes,
+   * built with `resolve` (or `new Class()` when there is no `resolve`). Default: `[]`.
+   */
+  services?: readonly object[];
+  /** Builds the instance for a task's class, e.g. `(cls) => app.get(cls)` in NestJS. Called once per class. Default: none. */
+  resolve?: (cls: Constructor) => object | Promise<object>;
+  /** Queues to consume. Default: `['default']`. */
+  queues?: readonly string[];
+  /** Tasks run at once by this worker, across its queues. Default: 10. */
+  concurrency?: number;
+  /** A started task's lease; the worker renews it every third of this. Seconds or an `ms` string. Default: 30 s. */
+  leaseDuration?: Duration;
+  /** How long results are kept, unless the task sets its own. Seconds or an `ms` string. Default: one day. */
+  resultExpires?: Duration;
+  /**
+   * Largest result stored, in bytes of its JSON (UTF-8). A task whose result is larger ends
+   * FAILURE with a PayloadTooLargeError. Default: 524288 (512 KiB), as the Dispatcher's.
+   */
+  maxPayloadBytes?: number;
+  /**
+   * This worker's id in task records. It must be unique among live workers: leases, finishes
+   * and reclaims are matched by it. Default: `<hostname>:<pid>:<random>`.
+   */
+  name?: string;
+  /**
+   * How long a task whose name this worker does not run may wait for a worker that does,
+   * counted from the first time a worker handed it back (or the last one that found the name
+   * declared): seconds or an `ms` string; `0` fails it at once. Such a task is handed back
+   * without counting an attempt, with a delay that doubles from 250 ms up to 10 s (2 s while
+   * some worker declares the name), and runs as soon as a worker that declares its name takes
+   * it; while some live worker of the queue declares the name it waits as long as that takes.
+   * Only when none has for this long does it end FAILURE with `UnknownTaskError`. Default: 5
+   * minutes: long enough for a rolling deploy to bring up the first worker of a new build, short
+   * enough that a misspelt name fails within minutes.
+   */
+  unknownTaskGrace?: Duration;
+}
+
+/** Identifies the task an event is about. */
+export interface TaskEvent {
+  id: string;
+  name: string;
+  queue: string;
+  args: unknown[];
+  attempt: number;
+}
+
+/** Events of a Worker and their payloads. */
+export interface WorkerEvents {
+  /** A task began to run. */
+  started: [TaskEvent];
+  /** A task returned; its result is stored. `runtimeMs` is its run time in milliseconds. */
+  succeeded: [TaskEvent & { result: unknown; runtimeMs: number }];
+  /**
+   * A task threw (or its result could not be stored); the error is stored. Also a task this
+   * worker does not run that it ended with `UnknownTaskError` (`attempt` 0: it never ran).
+   */
+  failed: [TaskEvent & { error: RemoteError; runtimeMs: number }];
+  /** A task was over its rate limit and goes back to the delayed set for `delayMs` milliseconds. */
+  rateLimited: [Omit<TaskEvent, 'attempt'> & { delayMs: number }];
+  /** A task failed and will run again after `delayMs` milliseconds (state RETRY). */
+  retried: [TaskEvent & { error: RemoteError; delayMs: number; runtimeMs: number }];
+  /**
+   * A task ended REVOKED: `reason` 'revoked' (by a user), 'duplicate' (another task holds its
+   * unique lock), or 'expired' (not started before its `expires`).
+   */
+  revoked: [Omit<TaskEvent, 'attempt'> & { reason: RevokeReason }];
+  /** A problem outside any task, such as a lost connection. The worker carries on. */
+  error: [Error];
+}
+
+/** Options of `worker.close()`. */
+export interface CloseOptions {
+  /**
+   * How long to wait for running tasks: seconds or an `ms` string. Tasks still running then
+   * get their AbortSignal fired and go back to the queue. Default: wait as long as they take.
+   */
+  timeout?: Duration;
+}

@@ -1,0 +1,405 @@
+import { EventEmitter } from 'node:events';
+import { hostname } from 'node:os';
+import { nanoid } from 'nanoid';
+import { ConfigError, outOfMemory, StaleRunError, TaskRevokedError, WorkerShutdownError } from '../errors.js';
+import { DEFAULT_MAX_PAYLOAD_BYTES } from '../producer/dispatcher.js';
+import { closeClient, openClient, type OwnedClient } from '../protocol/connection.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
+import { ScriptRunner } from '../protocol/script-runner.js';
+import type { RunRef, StartedRun, StopReason } from '../protocol/scripts.js';
+import type { TaskState } from '../protocol/task-record.js';
+import { describe, toMillis, toMillisOrZero } from '../task/durations.js';
+import { registeredTasks, taskByName } from '../task/registry.js';
+import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
+import { admit, decline, needsAdmission, type AdmissionHost } from './admission.js';
+import { execute, type ExecutionHost } from './execution.js';
+import { QueueRunner, type Finish, type RunnerHost } from './queue-runner.js';
+import { safeInstanceOf, toRemoteError } from './remote-error.js';
+import { abortRun, leaseLost, runKey, safeArgs, type Run } from './run.js';
+import { ServiceDirectory } from './services.js';
+import type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './worker-options.js';
+
+export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './worker-options.js';
+
+const DEFAULT_LEASE_MS = 30_000;
+const DEFAULT_UNKNOWN_TASK_GRACE_MS = 5 * 60_000;
+
+/**
+ * Runs tasks. Start as many as you like, in as many processes: unique locks and rate limits
+ * hold across all of them.
+ */
+export class Worker {
+  /** This worker's id, as stored in the records of the tasks it runs. */
+  readonly id: string;
+  /** Queues this worker consumes. */
+  readonly queues: readonly string[];
+  /** Tasks run at once. */
+  readonly concurrency: number;
+  private readonly prefix: string;
+  private readonly options: WorkerOptions;
+  private readonly events = new EventEmitter();
+  private readonly services: ServiceDirectory;
+  private readonly runners: QueueRunner[] = [];
+  private readonly clients: OwnedClient[] = [];
+  private readonly host: RunnerHost;
+  private readonly execution: ExecutionHost;
+  private readonly admission: AdmissionHost;
+  private readonly inFlight = new Map<string, Run>();
+  private readonly blockers: OwnedClient[] = [];
+  private leaseTimer: NodeJS.Timeout | undefined;
+  private state: 'new' | 'starting' | 'running' | 'closing' | 'closed' = 'new';
+  private reserved = 0;
+  private closing: Promise<void> | undefined;
+
+  constructor(options: WorkerOptions) {
+    if (typeof options !== 'object' || options === null) throw new ConfigError('new Worker() needs { connection, services }');
+    this.options = options;
+    this.prefix = options.prefix === undefined ? DEFAULT_PREFIX : validateName(options.prefix, 'prefix');
+    const queues = options.queues ?? [DEFAULT_QUEUE];
+    if (!Array.isArray(queues) || queues.length === 0) throw new ConfigError('queues must be a non-empty array of queue names');
+    this.queues = [...new Set(queues.map((q) => validateName(q, 'queue')))];
+    const concurrency = options.concurrency ?? 10;
+    if (!Number.isInteger(concurrency) || concurrency < 1) {
+      throw new ConfigError(`concurrency must be a whole number >= 1, got ${describe(concurrency)}`);
+    }
+    this.concurrency = concurrency;
+    const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    if (!Number.isInteger(maxPayloadBytes) || maxPayloadBytes < 1) {
+      throw new ConfigError(`maxPayloadBytes must be a whole number of bytes >= 1, got ${describe(options.maxPayloadBytes)}`);
+    }
+    if (options.resolve !== undefined && typeof options.resolve !== 'function') {
+      throw new ConfigError('resolve must be a function (cls) => instance');
+    }
+    const leaseMs = options.leaseDuration === undefined ? DEFAULT_LEASE_MS : toMillis(options.leaseDuration, 'leaseDuration');
+    const resultExpiresMs =
+      options.resultExpires === undefined ? DEFAULT_RESULT_EXPIRES_MS : toMillis(options.resultExpires, 'resultExpires');
+    const graceMs =
+      options.unknownTaskGrace === undefined ? DEFAULT_UNKNOWN_TASK_GRACE_MS : toMillisOrZero(options.unknownTaskGrace, 'unknownTaskGrace');
+    this.id = options.name ?? `${hostname()}:${process.pid}:${nanoid(6)}`;
+    this.services = new ServiceDirectory(options.services ?? [], options.resolve, this.id);
+    // Anything a listener throws gets here: it is described without being trusted. A full
+    // Redis's refusal becomes a RedisOutOfMemoryError.
+    const reportError = (reported: unknown): void => {
+      if (safeInstanceOf(reported, Error) !== true) return this.emit('error', new Error(toRemoteError(reported).message));
+      this.emit('error', outOfMemory(reported, `worker ${this.id}`) as Error);
+    };
+    const emit = <E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void => this.emit(event, ...args);
+    this.host = {
+      workerId: this.id,
+      leaseMs,
+      resultExpiresMs,
+      concurrency,
+      accepting: () => this.state === 'running',
+      freeSlots: () => Math.max(0, this.concurrency - this.inFlight.size - this.reserved),
+      reserve: (n) => {
+        this.reserved += n;
+        // Slots one queue's fetch reserved and gave back may be what another queue waits for.
+        if (n < 0) for (const r of this.runners) r.poke();
+      },
+      launch: (runner, task) => this.launch(runner, task),
+      rateLimited: (queue, id, name, argsJson, delayMs) => this.emit('rateLimited', { id, name, queue, args: safeArgs(argsJson), delayMs }),
+      revoked: (queue, id, name, argsJson, reason) => this.emit('revoked', { id, name, queue, args: safeArgs(argsJson), reason }),
+      reportError,
+    };
+    this.execution = { workerId: this.id, resultExpiresMs, maxPayloadBytes, instanceFor: (def) => this.services.instanceFor(def), emit, reportError };
+    this.admission = { workerId: this.id, graceMs, release: (run) => this.release(run, undefined), emit, reportError };
+  }
+
+  /** Subscribes to a worker event. */
+  on<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this {
+    this.events.on(event, listener as (...args: unknown[]) => void);
+    return this;
+  }
+
+  /** Subscribes to the next occurrence of a worker event. */
+  once<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this {
+    this.events.once(event, listener as (...args: unknown[]) => void);
+    return this;
+  }
+
+  /** Removes a listener. */
+  off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this {
+    this.events.off(event, listener as (...args: unknown[]) => void);
+    return this;
+  }
+
+  /** Number of tasks running now. */
+  get activeCount(): number {
+    return this.inFlight.size;
+  }
+
+  /** Connects, loads the scripts, and starts consuming. Resolves once the worker is fetching. */
+  async start(): Promise<void> {
+    if (this.state !== 'new') {
+      throw new ConfigError(
+        this.state === 'closing' || this.state === 'closed'
+          ? 'this worker was closed; create a new Worker to start again'
+          : 'this worker was already started',
+      );
+    }
+    this.state = 'starting';
+    try {
+      const name = `heimdall:${this.prefix}:worker`;
+      const commands = openClient(this.options.connection, 'commands', name, {}, this.host.reportError);
+      this.clients.push(commands);
+      const scripts = new ScriptRunner(commands.client);
+      await scripts.load();
+      // After a reconnect, a fetch whose reply was lost may have started tasks this worker never heard of.
+      commands.client.on('ready', () => {
+        for (const r of this.runners) r.reconnected();
+      });
+      if (this.state !== 'starting') return; // close() was called meanwhile and closes the clients
+      const subscriber = openClient(this.options.connection, 'subscriber', name, {}, this.host.reportError);
+      this.clients.push(subscriber);
+      subscriber.client.on('message', (channel: string, message: string) => this.onRevokeMessage(channel, message));
+      for (const queue of this.queues) {
+        const keys = new QueueKeys(this.prefix, queue);
+        const blocking = openClient(this.options.connection, 'blocking', name, {}, this.host.reportError);
+        this.clients.push(blocking);
+        this.blockers.push(blocking);
+        this.runners.push(new QueueRunner(this.host, keys, scripts, blocking.client, commands.client));
+      }
+      // Revoke messages for running tasks arrive here, whichever process sent them.
+      await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke));
+      // Before the first fetch, so other workers that meet these tasks know to hand them back.
+      // Not a reason to refuse to start: the next tick declares them again.
+      await this.declareNames().catch((err: unknown) => this.host.reportError(err));
+      if (this.state !== 'starting') return;
+      this.state = 'running';
+      for (const r of this.runners) r.start();
+      this.leaseTimer = setInterval(() => void this.tick(), this.tickMs());
+      this.leaseTimer.unref();
+    } catch (err) {
+      if (this.state !== 'starting') return; // closed while starting: close() has the clients
+      this.state = 'closed';
+      await Promise.all(this.clients.map((c) => closeClient(c)));
+      throw err;
+    }
+  }
+
+  /**
+   * Stops fetching and waits for running tasks to end and their results to be stored, then
+   * closes the connections. With `timeout`, tasks still running then get their AbortSignal
+   * fired and go back to the front of the queue (same id, same lock), so no task is lost.
+   * Safe to call more than once.
+   */
+  close(options: CloseOptions = {}): Promise<void> {
+    if (!this.closing) {
+      const timeoutMs = options.timeout === undefined ? undefined : toMillisOrZero(options.timeout, 'close({ timeout })');
+      this.closing = this.shutdown(timeoutMs);
+    }
+    return this.closing;
+  }
+
+  private async shutdown(timeoutMs: number | undefined): Promise<void> {
+    const wasRunning = this.state === 'running';
+    this.state = 'closing';
+    if (wasRunning) {
+      // Ends the blocking BLMOVEs at once; the command connection stays for the last finishes.
+      for (const b of this.blockers) b.client.disconnect();
+      const drained = Promise.all(this.runners.map((r) => r.stop()));
+      if (timeoutMs !== undefined) {
+        let timer: NodeJS.Timeout | undefined;
+        const expired = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs)));
+        const timedOut = await Promise.race([drained.then(() => false), expired]);
+        clearTimeout(timer);
+        if (timedOut) {
+          await this.handBack();
+          // Ends that cannot be stored (Redis down) must not hold close() forever: their leases
+          // lapse and the tasks are recovered elsewhere.
+          const stored = await Promise.race([drained.then(() => true), sleep(Math.max(1000, timeoutMs))]);
+          if (!stored) {
+            for (const r of this.runners) r.abandon();
+            this.clients[0]?.client.disconnect();
+          }
+        }
+      }
+      await drained;
+    }
+    if (this.leaseTimer) clearInterval(this.leaseTimer);
+    await Promise.all(this.clients.map((c) => closeClient(c)));
+    this.state = 'closed';
+  }
+
+  /** Aborts the tasks still running at the close timeout and puts them back in their queues. */
+  private async handBack(): Promise<void> {
+    const byRunner = new Map<QueueRunner, RunRef[]>();
+    for (const run of [...this.inFlight.values()]) {
+      // Released first, so whatever the task does after the signal is not stored.
+      this.release(run, undefined);
+      abortRun(run, new WorkerShutdownError(this.id));
+      const runs = byRunner.get(run.runner) ?? [];
+      runs.push(run.task);
+      byRunner.set(run.runner, runs);
+    }
+    for (const [runner, runs] of byRunner) {
+      try {
+        await runner.requeue(runs);
+      } catch (err) {
+        // Not put back now: their leases lapse and another worker recovers them.
+        this.host.reportError(err);
+      }
+    }
+  }
+
+  /**
+   * A run a fetch started. Most go straight to execution; a name this worker does not run is
+   * handed back, and a message that lacks a check the worker's definition has is admitted first.
+   */
+  private launch(runner: QueueRunner, task: StartedRun): void {
+    const key = runKey(runner.keys.queue, task.id);
+    const stale = this.inFlight.get(key);
+    if (stale) {
+      // This worker's own run of the task lost its lease (a long pause or outage) and the task
+      // was started again, here: the old run is no longer current. Free its slot without touching
+      // the runner's bookkeeping of the id, which now belongs to the new run.
+      stale.released = true;
+      this.inFlight.delete(key);
+      abortRun(stale, leaseLost(task.id));
+      this.emit('error', new StaleRunError(task.id, task.name, 'STARTED', 'end'));
+    }
+    const run: Run = { runner, task, released: false };
+    this.inFlight.set(key, run);
+    const def = taskByName(task.name);
+    const running =
+      def !== undefined && this.services.serves(def) && !needsAdmission(def, run)
+        ? this.execute(run, def)
+        : (async () => {
+            if (!def || !this.services.serves(def)) return decline(run, def, this.admission);
+            if (await admit(run, def, this.admission)) await this.execute(run, def);
+          })();
+    running.catch((err: unknown) => this.executeFailed(run, err));
+  }
+
+  private async execute(run: Run, def: NonNullable<ReturnType<typeof taskByName>>): Promise<void> {
+    const finish = await execute(run, def, this.execution);
+    if (finish) this.release(run, finish);
+  }
+
+  /**
+   * Last resort, for a fault in the worker's own code while it runs a task: the task still ends
+   * FAILURE (unless its slot was freed already), and the fault is reported instead of becoming an
+   * unhandled rejection.
+   */
+  private executeFailed(run: Run, err: unknown): void {
+    const { runner, task } = run;
+    try {
+      const error = toRemoteError(err);
+      this.emit('error', new Error(`task ${task.id} (${task.name}) failed inside the worker: ${error.name}: ${error.message}`));
+      if (run.released) return;
+      const event: TaskEvent = { id: task.id, name: task.name, queue: runner.keys.queue, args: safeArgs(task.argsJson), attempt: task.attempt };
+      this.release(run, {
+        id: task.id,
+        token: task.token,
+        state: 'FAILURE',
+        field: 'e',
+        value: JSON.stringify(error),
+        expireMs: taskByName(task.name)?.options.resultExpiresMs ?? this.host.resultExpiresMs,
+        retryDelayMs: 0,
+        deadReason: '',
+        stored: (outcome) => {
+          if (outcome.kind === 'stale') this.emit('error', new StaleRunError(task.id, task.name, outcome.state, 'end'));
+          else if (outcome.state === 'FAILURE') this.emit('failed', { ...event, error, runtimeMs: 0 });
+        },
+      });
+    } catch {
+      // Not even that: free the slot; the lease lapses and the task is recovered elsewhere.
+      if (!run.released) this.release(run, undefined);
+    }
+  }
+
+  /** Frees a run's slot once: with its end to store, or without (Redis already has what became of it). */
+  private release(run: Run, finish: Finish | undefined): void {
+    if (run.released) return;
+    run.released = true;
+    this.inFlight.delete(runKey(run.runner.keys.queue, run.task.id));
+    if (finish) run.runner.finished(finish);
+    else run.runner.drop(run.task.id, run.task.token);
+    // Another queue may be waiting for the slot.
+    for (const r of this.runners) if (r !== run.runner) r.poke();
+  }
+
+  /** A revoke broadcast on a queue's revoke channel: `<id> <run token> <terminate 0|1>`. */
+  private onRevokeMessage(channel: string, message: string): void {
+    const runner = this.runners.find((r) => r.keys.revoke === channel);
+    const parts = message.split(' ');
+    // Two parts: a message of an older version of the library, which names no run.
+    const [id, token, terminate] = parts.length === 2 ? [parts[0], undefined, parts[1]] : parts;
+    const run = id === undefined || !runner ? undefined : this.inFlight.get(runKey(runner.keys.queue, id));
+    // A revoke names the run that was current when it was sent; an older run still here is not it.
+    if (!run || (token !== undefined && run.task.token !== token)) return;
+    this.stopRun(run, terminate === '1' ? 'terminated' : 'revoked', undefined);
+  }
+
+  /** Acts on a revoke or a lost lease: fires the signal, and frees the slot when Redis already ended the run. */
+  private stopRun(run: Run, reason: StopReason, state: TaskState | undefined): void {
+    const { id, name } = run.task;
+    abortRun(run, reason === 'lost' ? leaseLost(id) : new TaskRevokedError(id, 'revoked'));
+    if (reason === 'revoked') return; // the task's own end is stored as REVOKED (or SUCCESS)
+    this.release(run, undefined);
+    if (reason === 'terminated') {
+      this.emit('revoked', { id, name, queue: run.runner.keys.queue, args: safeArgs(run.task.argsJson), reason: 'revoked' });
+    } else {
+      this.emit('error', new StaleRunError(id, name, state, 'lease'));
+    }
+  }
+
+  /** Every third of the lease: renews the leases of running tasks, and declares the task names this worker runs. */
+  private async tick(): Promise<void> {
+    for (const r of this.runners) {
+      try {
+        for (const { id, token, reason, state } of await r.renewLeases()) {
+          const run = this.inFlight.get(runKey(r.keys.queue, id));
+          // The answer is about the run whose token was sent; a newer run of the id is not it.
+          if (run && run.task.token === token) this.stopRun(run, reason, state);
+        }
+      } catch (err) {
+        this.host.reportError(err);
+      }
+    }
+    try {
+      await this.declareNames();
+    } catch (err) {
+      this.host.reportError(err);
+    }
+  }
+
+  private tickMs(): number {
+    return Math.max(50, Math.floor(this.host.leaseMs / 3));
+  }
+
+  /**
+   * Tells Redis, per queue, which task names this worker runs (declare-1.lua), so a worker of
+   * another build that meets one of them hands it back instead of failing it. Valid for three
+   * ticks (at least 10 s): a stopped worker's declarations lapse by themselves.
+   */
+  private async declareNames(): Promise<void> {
+    const names = registeredTasks()
+      .filter((d) => this.services.serves(d))
+      .map((d) => d.name);
+    if (names.length === 0) return;
+    await Promise.all(this.runners.map((r) => r.declare(names, Math.max(10_000, 3 * this.tickMs()))));
+  }
+
+  private emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void {
+    if (event === 'error' && this.events.listenerCount('error') === 0) {
+      try {
+        console.error(`[heimdall-tasks] worker ${this.id}:`, args[0]);
+      } catch {
+        // Printing an error runs its own getters (stack, message), which may throw.
+        console.error(`[heimdall-tasks] worker ${this.id}: ${toRemoteError(args[0]).message}`);
+      }
+      return;
+    }
+    try {
+      this.events.emit(event, ...args);
+    } catch (err) {
+      // A throwing listener must not stop the worker.
+      if (event !== 'error') this.host.reportError(err);
+    }
+  }
+}
+
+function sleep(ms: number): Promise<false> {
+  return new Promise((resolve) => setTimeout(() => resolve(false), ms).unref());
+}
