@@ -4,6 +4,7 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
 import { ConfigError, Dispatcher, Task, Worker, currentTask, type DispatcherOptions, type TaskOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
 import { waitFor } from './waiting.js';
+import { QueueKeys } from '../src/core/protocol/queue-keys.js';
 import { startRedis, type LaunchedRedis } from '../scripts/redis-launcher.mjs';
 export { nextEvent, settleWithin, waitFor } from './waiting.js';
 
@@ -126,14 +127,19 @@ export class Harness {
     return child;
   }
 
-  /** Key of a task's hash. */
-  taskKey(id: string, queue = 'default'): string {
-    return `${this.prefix}:{${queue}}:t:${id}`;
+  /** The keys of a queue under this test's prefix, as the library builds them. */
+  queueKeys(queue = 'default'): QueueKeys {
+    return new QueueKeys(this.prefix, queue);
   }
 
-  /** Key of a queue structure: 'wait', 'delayed', 'active', 'dead', 'revoke' (channel), ... */
-  queueKey(name: string, queue = 'default'): string {
-    return `${this.prefix}:{${queue}}:${name}`;
+  /** Key of a task's hash. */
+  taskKey(id: string, queue = 'default'): string {
+    return this.queueKeys(queue).task(id);
+  }
+
+  /** Key of a queue structure: 'wait', 'delayed', 'active', 'dead', 'names', or the 'revoke' channel. */
+  queueKey(name: 'wait' | 'delayed' | 'active' | 'dead' | 'names' | 'revoke', queue = 'default'): string {
+    return this.queueKeys(queue)[name];
   }
 
   /** The unique lock key a task recorded in its hash (field `lk`); fails the test if it has none. */

@@ -11,6 +11,7 @@
  *    `rediss://` with ioredis `tls: { ca }`. Skipped, saying why, if redis-server lacks TLS.
  */
 import { spawn } from 'node:child_process';
+import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -146,7 +147,7 @@ describe('AUTH with a password (requirepass)', () => {
     // INFO then fails, rejecting the pending SUBSCRIBEs: a get() would fail for no reason.
     const prefix = uniquePrefix('burst');
     const ids = Array.from({ length: 40 }, (_, i) => `done-${i}`);
-    for (const id of ids) await admin.hset(`${prefix}:{default}:t:${id}`, 's', 'SUCCESS', 'r', JSON.stringify(id));
+    for (const id of ids) await admin.hset(new QueueKeys(prefix, 'default').task(id), 's', 'SUCCESS', 'r', JSON.stringify(id));
     const failures: string[] = [];
     let resolved = 0;
     for (let round = 0; round < 15; round++) {
@@ -170,7 +171,7 @@ describe('AUTH with a password (requirepass)', () => {
       await Promise.all(gets);
       await dispatcher.close();
     }
-    await admin.del(...ids.map((id) => `${prefix}:{default}:t:${id}`));
+    await admin.del(...ids.map((id) => new QueueKeys(prefix, 'default').task(id)));
     expect(failures).toEqual([]);
     expect(resolved).toBe(15 * ids.length);
   });

@@ -274,7 +274,7 @@ describe('enqueue batching: one script call per 50 tasks of a tick (private redi
     const svc = new BatchingService();
     // A custom id whose key holds a string, and a unique lock key that holds a list.
     await h.admin.set(h.taskKey('stringy'), 'x');
-    const listLock = `${h.prefix}:{default}:lock:BatchingService.keyed:n5`;
+    const listLock = h.queueKeys().lock('BatchingService.keyed', 'n5');
     await h.admin.rpush(listLock, 'not', 'a', 'lock');
 
     const { value: settled, evalsha } = await counted(h.admin, () =>
@@ -323,7 +323,7 @@ describe('enqueue batching: one script call per 50 tasks of a tick (private redi
     expect(ok(3).duplicate).toBe(false);
     expect(ok(4).duplicate).toBe(true);
     expect(ok(4).id).toBe(ok(3).id);
-    expect(await h.admin.get(`${h.prefix}:{default}:lock:BatchingService.keyed:n6`)).toBe(ok(3).id);
+    expect(await h.admin.get(h.queueKeys().lock('BatchingService.keyed', 'n6'))).toBe(ok(3).id);
 
     expect(ok(5).id).toBe('mine');
     expect(err(6)).toBeInstanceOf(ConfigError);
@@ -448,7 +448,7 @@ describe('delayMany', () => {
     expect(handles.map((r) => r.queue)).toEqual(handles.map(() => 'other'));
     expect(handles.every((r) => /^other:[0-9A-Za-z]{22}$/.test(r.id))).toBe(true);
     // All in the delayed set of queue other, due 60 s after they were sent (Redis clock).
-    const delayed = await h.admin.zrange(`${h.prefix}:{other}:delayed`, 0, -1, 'WITHSCORES');
+    const delayed = await h.admin.zrange(h.queueKey('delayed', 'other'), 0, -1, 'WITHSCORES');
     const due = new Map<string, number>();
     for (let i = 0; i < delayed.length; i += 2) due.set(delayed[i]!, Number(delayed[i + 1]));
     expect([...due.keys()].sort()).toEqual(handles.map((r) => r.id).sort());
@@ -480,7 +480,7 @@ describe('delayMany', () => {
     const error = await rejection(tasks.strict.delayMany([[1], [2], [1], [3]]));
     expect(error).toBeInstanceOf(PartialDispatchError);
     const partial = error as unknown as PartialDispatchError<number>;
-    const lock = (n: number): string => `${h.prefix}:{default}:lock:BatchingService.strict:n${n}`;
+    const lock = (n: number): string => h.queueKeys().lock('BatchingService.strict', `n${n}`);
     const [h1, h2, h3] = await h.admin.mget(lock(1), lock(2), lock(3));
     expect(partial.results.map((r) => r?.id)).toEqual([h1, h2, undefined, h3]);
     expect(partial.results.map((r) => r?.duplicate)).toEqual([false, false, undefined, false]);
@@ -761,7 +761,7 @@ describe('close() and the worker', () => {
     // '' is the wake-up marker the countdown task pushes (the delayed set was empty).
     expect(await waitOrder(h)).toEqual([warm.id, a!.id, '', c!.id]);
     expect(await statesOf(h, [a!.id, b!.id, c!.id])).toEqual(['PENDING', 'PENDING', 'PENDING']);
-    expect(await h.admin.zrange(`${h.prefix}:{default}:delayed`, 0, -1)).toEqual([b!.id]);
+    expect(await h.admin.zrange(h.queueKey('delayed'), 0, -1)).toEqual([b!.id]);
     await waitFor(async () => (await h.openConnections()).length === 0, { timeout: 3000, what: 'the dispatcher connection to close' });
   });
 
@@ -874,6 +874,6 @@ describe('fetch pops ids in bulk', () => {
     await waitFor(() => ev.succeeded.length === 40, { what: '40 good tasks to succeed' });
     expect(ev.started.map((e) => e.id)).toEqual(good.map((r) => r.id));
     expect(ev.succeeded.map((e) => e.id).sort()).toEqual(good.map((r) => r.id).sort());
-    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
   });
 });

@@ -93,7 +93,7 @@ describe('celery-heimdall README, ported', () => {
     expect(handles.filter((r) => r.duplicate)).toHaveLength(9);
     expect(new Set(handles.map((r) => r.id))).toEqual(new Set([id]));
     // Exactly one message is queued, and the lock names it.
-    expect(await h.admin.lrange(`${h.prefix}:{default}:wait`, 0, -1)).toEqual([id]);
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([id]);
     expect(await h.admin.get(await h.lockKeyOf(id))).toBe(id);
     // Other arguments are another report.
     const other = await reports.generateReport.delay(43);
@@ -143,7 +143,7 @@ describe('celery-heimdall README, ported', () => {
     expect([b.duplicate, c.duplicate]).toEqual([true, true]);
     expect([b.id, c.id]).toEqual([a.id, a.id]);
     const lock = await h.lockKeyOf(a.id);
-    expect(lock).toBe(`${h.prefix}:{default}:lock:ReadmeKeyedReports.generateReport:generate_report`);
+    expect(lock).toBe(h.queueKeys().lock('ReadmeKeyedReports.generateReport', 'generate_report'));
     expect(await h.admin.get(lock)).toBe(a.id);
 
     const worker = h.worker({ services: [new ReadmeKeyedReports()] });
@@ -271,8 +271,8 @@ describe('celery-heimdall README, ported', () => {
     // It waits in the delayed set, not counted as an attempt, and stays PENDING.
     expect(await handles[2]!.status()).toBe('PENDING');
     expect((await handles[2]!.info()).attempts).toBe(0);
-    expect(await h.admin.zscore(`${h.prefix}:{default}:delayed`, late.id)).toBe(String((await handles[2]!.info()).dueAt!.getTime()));
-    expect(await h.admin.zcard(`${h.prefix}:{default}:rate:ReadmeAmazon.downloadReportFromAmazon`)).toBe(2);
+    expect(await h.admin.zscore(h.queueKey('delayed'), late.id)).toBe(String((await handles[2]!.info()).dueAt!.getTime()));
+    expect(await h.admin.zcard(h.queueKeys().rate('ReadmeAmazon.downloadReportFromAmazon', undefined))).toBe(2);
     expect(await Promise.all(handles.slice(0, 2).map((r) => r.get({ timeout: 5 })))).toEqual([1, 2]);
     expect(started).toHaveLength(2);
   });
@@ -303,7 +303,7 @@ describe('celery-heimdall README, ported', () => {
       expect(e.delayMs).toBeGreaterThan(20_000);
       expect(e.delayMs).toBeLessThanOrEqual(31_000);
     }
-    const rate = `${h.prefix}:{default}:rate:ReadmeAmazonPerCustomer.downloadReportFromAmazon`;
+    const rate = h.queueKeys().rate('ReadmeAmazonPerCustomer.downloadReportFromAmazon', undefined);
     expect(await h.admin.zcard(`${rate}:customer_10`)).toBe(1);
     expect(await h.admin.zcard(`${rate}:customer_11`)).toBe(2);
     expect(await ten[1]!.status()).toBe('PENDING');

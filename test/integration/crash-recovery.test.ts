@@ -39,7 +39,7 @@ describe('crash recovery (worker processes killed with SIGKILL)', () => {
     const h = fresh();
     const d = h.dispatcher();
     const ref = d.tasks(FaultService).held;
-    const active = `${h.prefix}:{default}:active`;
+    const active = h.queueKey('active');
     const [a] = await startFaultWorkers(h, h.admin, 1, { CONCURRENCY: '50', LEASE });
     const handles = await Promise.all(range(50).map((n) => ref.delay(n)));
     const ids = handles.map((r) => r.id);
@@ -89,7 +89,7 @@ describe('crash recovery (worker processes killed with SIGKILL)', () => {
     expect(recoveryCounts).toEqual(ids.map(() => '1'));
     expect(await lockKeys(h.admin, h.prefix)).toEqual([]);
     expect(await h.admin.zcard(active)).toBe(0);
-    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
 
     const [summary] = await stopFaultWorkers([b!]);
     expect(summary).toMatchObject({ started: 50, succeeded: 50, failed: 0, errors: [] });
@@ -148,7 +148,7 @@ describe('crash recovery (worker processes killed with SIGKILL)', () => {
     expect(onceInfo.error?.message).toContain('maxRecoveries is 1');
     expect(await h.admin.hget(h.taskKey(once.id), 'rc')).toBe('2');
     expect(await lockKeys(h.admin, h.prefix)).toEqual([]);
-    expect(await h.admin.zcard(`${h.prefix}:{default}:active`)).toBe(0);
+    expect(await h.admin.zcard(h.queueKey('active'))).toBe(0);
 
     // Neither ran to completion anywhere; the third worker ran nothing.
     const runs = await readRuns(h.admin, h.prefix);
@@ -178,7 +178,7 @@ describe('crash recovery (worker processes killed with SIGKILL)', () => {
     await startsOf(h, 1, 30, [a!]);
     // The others are up (and idle: the queue is empty) before A dies.
     const others = await startFaultWorkers(h, h.admin, 3, { CONCURRENCY: '10', LEASE });
-    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
 
     const killedAt = await redisNowMs(h.admin);
     await killHard(a!);
@@ -204,7 +204,7 @@ describe('crash recovery (worker processes killed with SIGKILL)', () => {
     const finals = await Promise.all(handles.map((r) => r.info()));
     expect(finals.map((i) => [i.state, i.attempts])).toEqual(ids.map(() => ['SUCCESS', 2]));
     expect(await lockKeys(h.admin, h.prefix)).toEqual([]);
-    expect(await h.admin.zcard(`${h.prefix}:{default}:active`)).toBe(0);
+    expect(await h.admin.zcard(h.queueKey('active'))).toBe(0);
 
     const summaries = await stopFaultWorkers(others);
     expect(summaries.reduce((n, s) => n + s.started, 0)).toBe(30);

@@ -51,7 +51,7 @@ describe('delays, send and task ids', () => {
     const handle = await h.dispatcher().tasks(DelaysService).stamp.applyAsync(['later'], { countdown: 1 });
     expect(await handle.status()).toBe('PENDING');
     const queued = await handle.info();
-    expect(await h.admin.zscore(`${h.prefix}:{default}:delayed`, handle.id)).toBe(String(queued.dueAt!.getTime()));
+    expect(await h.admin.zscore(h.queueKey('delayed'), handle.id)).toBe(String(queued.dueAt!.getTime()));
     expect(await handle.get({ timeout: 10 })).toBe('later');
 
     const info = await handle.info();
@@ -175,7 +175,7 @@ describe('delays, send and task ids', () => {
     const tasks = h.dispatcher().tasks(DelaysService);
     const handle = await tasks.stamp.applyAsync(['mine'], { taskId: 'invoice-2024-0001' });
     expect(handle.id).toBe('invoice-2024-0001');
-    expect(await h.admin.lrange(`${h.prefix}:{default}:wait`, 0, -1)).toEqual(['invoice-2024-0001']);
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual(['invoice-2024-0001']);
 
     const reuse = await tasks.stamp.applyAsync(['again'], { taskId: 'invoice-2024-0001' }).then(
       () => undefined,
@@ -185,7 +185,7 @@ describe('delays, send and task ids', () => {
     expect((reuse as ConfigError).message).toContain('invoice-2024-0001');
     // The pending task is untouched and nothing more was queued.
     expect((await handle.info()).args).toEqual(['mine']);
-    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(1);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(1);
 
     await expect(tasks.stamp.applyAsync(['x'], { taskId: 'has space' })).rejects.toBeInstanceOf(ConfigError);
 

@@ -52,14 +52,14 @@ describe('edge cases', () => {
     const edge = h.dispatcher().tasks(EdgeService);
     const first = await edge.once.delay(1);
     await expect(first.forget()).rejects.toThrow(/has not ended/);
-    const lockKey = await h.admin.hget(`${h.prefix}:{default}:t:${first.id}`, 'lk');
+    const lockKey = await h.admin.hget(h.taskKey(first.id), 'lk');
     expect(lockKey).toMatch(new RegExp(`^${h.prefix}:\\{default\\}:lock:EdgeService\\.once:[0-9a-f]{40}$`));
     expect(await h.admin.get(lockKey!)).toBe(first.id);
     const worker = h.worker({ services: [new EdgeService()] });
     await worker.start();
     expect(await first.get({ timeout: 10 })).toBe(1);
     await first.forget();
-    expect(await h.admin.exists(`${h.prefix}:{default}:t:${first.id}`)).toBe(0);
+    expect(await h.admin.exists(h.taskKey(first.id))).toBe(0);
     expect(await first.status()).toBe('PENDING');
   });
 
@@ -117,7 +117,7 @@ describe('edge cases', () => {
     const limited = await nextEvent(worker, 'rateLimited', (e) => e.id === b.id);
     const info = await b.info();
     expect(info.state).toBe('PENDING');
-    const due = await h.admin.zscore(`${h.prefix}:{default}:delayed`, b.id);
+    const due = await h.admin.zscore(h.queueKey('delayed'), b.id);
     expect(info.dueAt?.getTime()).toBe(Number(due));
     expect(limited.delayMs).toBeGreaterThan(50_000);
   });
@@ -193,9 +193,9 @@ describe('edge cases found in the issue 3 review', () => {
     const worker = h.worker({ services: [new EdgeService()] });
     await worker.start();
     // The fetch that pops the stale entry must leave the task delayed.
-    await waitFor(async () => (await h.admin.llen(`${h.prefix}:{default}:wait`)) === 0, { what: 'the stale entry to be popped' });
+    await waitFor(async () => (await h.admin.llen(h.queueKey('wait'))) === 0, { what: 'the stale entry to be popped' });
     expect(await second.status()).toBe('PENDING');
-    expect(await h.admin.zscore(`${h.prefix}:{default}:delayed`, 'reused')).toBe(String((await second.info()).dueAt!.getTime()));
+    expect(await h.admin.zscore(h.queueKey('delayed'), 'reused')).toBe(String((await second.info()).dueAt!.getTime()));
   });
 
   it('get() after close() says the dispatcher is closed and opens nothing', async () => {

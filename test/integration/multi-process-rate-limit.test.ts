@@ -66,10 +66,10 @@ describe('rate limits across processes', () => {
     for (const c of customers) {
       const mine = sent.filter((s) => s.c === c).map((s) => s.r);
       // The limit was computed at dispatch and travels in the message.
-      const fields = await Promise.all(mine.map((r) => h.admin.hmget(`${h.prefix}:{default}:t:${r.id}`, 'rk', 'rn', 'rp')));
+      const fields = await Promise.all(mine.map((r) => h.admin.hmget(h.taskKey(r.id), 'rk', 'rn', 'rp')));
       const [limit, periodMs] = c === 10 ? [1, 1000] : [3, 1000];
       expect(fields).toEqual(
-        mine.map(() => [`${h.prefix}:{default}:rate:ProbeService.perCustomer:customer_${c}`, String(limit), String(periodMs)]),
+        mine.map(() => [h.queueKeys().rate('ProbeService.perCustomer', `customer_${c}`), String(limit), String(periodMs)]),
       );
       const infos = await Promise.all(mine.map((r) => r.info()));
       expect(infos.map((i) => [i.state, i.attempts])).toEqual(mine.map(() => ['SUCCESS', 1]));

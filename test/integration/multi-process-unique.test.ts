@@ -47,7 +47,7 @@ describe('unique tasks across processes', () => {
     const dispatchers = Array.from({ length: 4 }, () =>
       spawnProc(h, DISPATCH_PROGRAM, { TASK: 'gated', ARGS: JSON.stringify([label]), COUNT: '5', ROUNDS: '2' }),
     );
-    const waitKey = `${h.prefix}:{default}:wait`;
+    const waitKey = h.queueKey('wait');
 
     // Round 1: nobody consumes yet.
     const first = (await runRound(h, dispatchers, 1)).flatMap((r) => r.results);
@@ -95,7 +95,7 @@ describe('unique tasks across processes', () => {
     expect(summaries.map((s) => s.workerId)).toContain(info.worker);
     expect(await ref.current(label)).toBeNull();
     expect(await h.admin.llen(waitKey)).toBe(0);
-    expect(await h.admin.zcard(`${h.prefix}:{default}:active`)).toBe(0);
+    expect(await h.admin.zcard(h.queueKey('active'))).toBe(0);
     console.log(`[mp-unique] one task from 40 concurrent delays in 4 processes, run once; ${Date.now() - began} ms`);
   });
 

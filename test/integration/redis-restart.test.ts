@@ -60,7 +60,7 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     const d = dispatcher(h.prefix, server.url);
     const quick = d.tasks(FaultService).quick;
     const handles: TaskResult<number>[] = await Promise.all(range(TASKS).map((n) => quick.delay(n)));
-    expect(await admin.llen(`${h.prefix}:{default}:wait`)).toBe(TASKS);
+    expect(await admin.llen(h.queueKey('wait'))).toBe(TASKS);
 
     const [w] = await startFaultWorkers(h, admin, 1, { CONCURRENCY: '20', LEASE: '5s' }, server.url);
     const runsKey = faultKeys(h.prefix).runs;
@@ -105,7 +105,7 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     expect(tasks.size).toBe(TASKS + 1);
     const ranTwice = [...tasks.entries()].filter(([, t]) => t.dones.length !== 1 || t.starts.length !== 1);
     const infos = await Promise.all(handles.map((r) => r.info()));
-    const recovered = await Promise.all(ids.map((id) => admin.hget(`${h.prefix}:{default}:t:${id}`, 'rc')));
+    const recovered = await Promise.all(ids.map((id) => admin.hget(h.taskKey(id), 'rc')));
     const resent = Number((await admin.get(faultKeys(h.prefix).resent)) ?? 0);
     const noscript = await errorCount(admin, 'NOSCRIPT');
     const [summary] = await stopFaultWorkers([w!]);
@@ -143,10 +143,10 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     expect(figures.workerSucceededEvents).toBe(TASKS + 1);
     expect(figures.attemptsOver1).toBe(0);
     // The refused dispatch left nothing behind: 1,001 task records, queues empty.
-    expect(await scanKeys(admin, `${h.prefix}:{default}:t:*`)).toHaveLength(TASKS + 1);
-    expect(await admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
-    expect(await admin.zcard(`${h.prefix}:{default}:active`)).toBe(0);
-    expect(await admin.zcard(`${h.prefix}:{default}:delayed`)).toBe(0);
+    expect(await scanKeys(admin, h.taskKey('*'))).toHaveLength(TASKS + 1);
+    expect(await admin.llen(h.queueKey('wait'))).toBe(0);
+    expect(await admin.zcard(h.queueKey('active'))).toBe(0);
+    expect(await admin.zcard(h.queueKey('delayed'))).toBe(0);
   });
 
   it('with Redis down for good, a dispatch with default client settings fails with RedisUnavailableError within a bound', { timeout: 60_000 }, async () => {
@@ -249,7 +249,7 @@ describe('a reply lost when the connection drops after Redis ran the command', (
     const outcome = await settleWithin(quick.applyAsync([7], { taskId }), 15_000, 'an enqueue whose reply was lost');
     await dropped;
     // The task was enqueued once, by the first (unanswered) call.
-    expect(await h.admin.lrange(`${h.prefix}:{default}:wait`, 0, -1)).toEqual([taskId]);
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([taskId]);
     expect(await h.admin.hget(h.taskKey(taskId), 's')).toBe('PENDING');
     const error = outcome.ok ? undefined : (outcome.error as Error);
     console.info(`[lost enqueue reply] ${outcome.ok ? `resolved ${outcome.value.id}` : `${error!.name}: ${error!.message}`}`);

@@ -274,7 +274,7 @@ describe('results', () => {
     expect(handle.queue).toBe('reports');
     expect(handle.id).toMatch(/^reports:[0-9A-Za-z]{22}$/);
     expect(await h.admin.exists(h.taskKey(handle.id, 'reports'))).toBe(1);
-    expect(await h.admin.lrange(`${h.prefix}:{reports}:wait`, 0, -1)).toEqual([handle.id]);
+    expect(await h.admin.lrange(h.queueKey('wait', 'reports'), 0, -1)).toEqual([handle.id]);
 
     const worker = h.worker({ services: [new ReportsQueueService()], queues: ['reports'] });
     await worker.start();

@@ -357,7 +357,7 @@ describe('a unique task keeps its lock through its retries', () => {
     const { probe, ev, worker } = await setup(h);
     const d = h.dispatcher();
     const ref = d.tasks(RetryProbe).lockedFlaky;
-    const lockKey = `${h.prefix}:{default}:lock:RetryProbe.lockedFlaky:k1`;
+    const lockKey = h.queueKeys().lock('RetryProbe.lockedFlaky', 'k1');
     // At each announced retry (400 ms before the next attempt is due), read state, lock and the
     // Redis clock in one transaction; the clock proves the read came before the next attempt.
     const between: Promise<[unknown, unknown, unknown, unknown]>[] = [];

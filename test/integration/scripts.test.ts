@@ -236,8 +236,8 @@ describe('scripts and round trips (private redis-server)', () => {
       expect(admissions).toEqual([bare.id]);
       // The admission wrote what the message lacked, as a producer that knew the task would have.
       expect(await h.admin.hmget(h.taskKey(bare.id), 'lk', 'rk', 'rn', 'rp')).toEqual([
-        `${h.prefix}:{default}:lock:ScriptsService.guarded:${createHash('sha1').update('[100]').digest('hex')}`,
-        `${h.prefix}:{default}:rate:ScriptsService.guarded`,
+        h.queueKeys().lock('ScriptsService.guarded', createHash('sha1').update('[100]').digest('hex')),
+        h.queueKeys().rate('ScriptsService.guarded', undefined),
         '1000',
         '1000',
       ]);
@@ -253,7 +253,7 @@ describe('scripts and round trips (private redis-server)', () => {
       const dispatcher = h.dispatcher();
       const tasks = dispatcher.tasks(ScriptsService);
       const handles = await Promise.all(Array.from({ length: N }, (_, i) => tasks.add.delay(i, 1)));
-      expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(N);
+      expect(await h.admin.llen(h.queueKey('wait'))).toBe(N);
       await dispatcher.close();
 
       const adminAddr = await addressOf(h.admin, `admin-${h.prefix}`);
@@ -295,8 +295,8 @@ describe('scripts and round trips (private redis-server)', () => {
         expect(stray).toEqual([]);
         expect(fromWorker.length / N).toBeLessThanOrEqual(2);
 
-        expect(await h.admin.hget(`${h.prefix}:{default}:t:${handles[N - 1]!.id}`, 's')).toBe('SUCCESS');
-        expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+        expect(await h.admin.hget(h.taskKey(handles[N - 1]!.id), 's')).toBe('SUCCESS');
+        expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
       } finally {
         mon.close();
       }

@@ -31,7 +31,7 @@ async function aclUser(h: Harness, rules: string[]): Promise<{ url: string; gran
  * named in `on` (an ACL selector): run on any other key, inside a script or not, Redis refuses it.
  */
 function allBut(h: Harness, command: string, on: string[]): string[] {
-  const base = `${h.prefix}:{default}:`;
+  const base = h.queueKeys().base;
   return ['~*', '&*', '+@all', `-${command}`, `(+${command} ${on.map((k) => `~${base}${k}`).join(' ')})`];
 }
 

@@ -262,7 +262,7 @@ describe('time limits', () => {
       }
       void BadLimit;
     }).toThrow(/timeLimit must be a positive number of seconds/);
-    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
   });
 
   it('TimeLimitExceededError is part of the public API', () => {
@@ -313,7 +313,7 @@ describe('expires', () => {
     expect(ev.started.map((e) => e.id)).toEqual([kept.id]);
     expect(await h.admin.exists(lockKey)).toBe(0);
     expect(await ref.current('dur')).toBeNull();
-    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
   });
 
   it('a delayed task due after its expiry is REVOKED "expired" when due, without running', async () => {
@@ -349,6 +349,6 @@ describe('expires', () => {
     await expect(ref.applyAsync([1], { expires: 0 })).rejects.toThrow(ConfigError);
     await expect(ref.applyAsync([1], { expires: -5 })).rejects.toThrow(ConfigError);
     await expect(ref.applyAsync([1], { expires: new Date(Number.NaN) })).rejects.toThrow(ConfigError);
-    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
   });
 });

@@ -77,7 +77,7 @@ describe('unique locks', () => {
     const first = await tasks.succeed.delay(21);
     expect(first.duplicate).toBe(false);
     const lock = await h.lockKeyOf(first.id);
-    expect(lock.startsWith(`${h.prefix}:{default}:lock:UniqueLifecycle.succeed:`)).toBe(true);
+    expect(lock.startsWith(h.queueKeys().lock('UniqueLifecycle.succeed', ''))).toBe(true);
     expect(await first.get({ timeout: 10 })).toBe(42);
     // Released in the same script that stored SUCCESS, so it is gone the moment get() resolves.
     expect(await h.admin.exists(lock)).toBe(0);
@@ -130,7 +130,7 @@ describe('unique locks', () => {
     expect(again.duplicate).toBe(true);
     expect(again.id).toBe(first.id);
     expect((await tasks.oncePerMinute.current(5))?.id).toBe(first.id);
-    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
     expect(service.ran).toEqual([first.id]);
   });
 
@@ -173,14 +173,14 @@ describe('unique locks', () => {
     expect((err as SerializationError).path).toBe('args[0].when');
     expect((err as SerializationError).code).toBe('HEIMDALL_SERIALIZATION');
     expect(await h.keys()).toEqual([]);
-    expect(await h.admin.llen(`${h.prefix}:{default}:wait`)).toBe(0);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
     expect(await tasks.plan.current({ when: '2030-01-01', customer: 4 })).toBeNull();
 
     // The same call with a storable value goes through and takes the lock.
     const ok = await tasks.plan.delay({ when: '2030-01-01', customer: 4 });
     expect(ok.duplicate).toBe(false);
     expect(await h.admin.get(await h.lockKeyOf(ok.id))).toBe(ok.id);
-    expect(await h.admin.lrange(`${h.prefix}:{default}:wait`, 0, -1)).toEqual([ok.id]);
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([ok.id]);
   });
 
   it('a task whose lock lapsed in the queue and was taken by a newer task ends REVOKED (duplicate) and never runs', async () => {
@@ -195,7 +195,7 @@ describe('unique locks', () => {
     expect(newer.id).not.toBe(old.id);
     expect(await h.admin.get(lock)).toBe(newer.id);
     // Both wait in the queue, the old one first.
-    expect(await h.admin.lrange(`${h.prefix}:{default}:wait`, 0, -1)).toEqual([newer.id, old.id]);
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([newer.id, old.id]);
 
     const service = new UniqueLapsing();
     const worker = h.worker({ services: [service] });

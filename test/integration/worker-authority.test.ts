@@ -73,7 +73,7 @@ describe('the worker applies its own unique and rate-limit options to messages s
     const starts = await readStarts(h);
     expect(starts.map((e) => e.id)).toEqual([done[0]!.id]);
     // The window the worker used: the task's own key, holding the one start.
-    expect(await h.admin.zcard(`${h.prefix}:{default}:rate:AuthorityService.limited`)).toBe(1);
+    expect(await h.admin.zcard(h.queueKeys().rate('AuthorityService.limited', undefined))).toBe(1);
     const summaries = await stopDeployWorkers(workers);
     expect(summaries.reduce((n, s) => n + s.rateLimited, 0)).toBeGreaterThanOrEqual(2);
     reportFigures('by-name [1, 60]', { sent: 3, started: starts.length, rescheduled: 2 });

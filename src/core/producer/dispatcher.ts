@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../protocol/connection.js';
 import { customAlphabet } from 'nanoid';
 import { closeClient, openClient, type ConnectionOption, type OwnedClient } from '../protocol/connection.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
@@ -131,7 +131,7 @@ export class Dispatcher {
   }
 
   /** The Redis client that sends commands (yours if you passed one). */
-  get client(): Redis {
+  get client(): RedisClient {
     return this.conn.client;
   }
 

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../protocol/connection.js';
 
 /** A subscription to one task's done channel. */
 export interface Watch {
@@ -19,7 +19,7 @@ export class ResultWaiter {
   /** Resolves when the subscriber connection's handshake in progress ends. */
   private handshake: Promise<void> | undefined;
 
-  constructor(private readonly subscriber: Redis) {
+  constructor(private readonly subscriber: RedisClient) {
     subscriber.on('message', (channel: string) => {
       for (const fire of this.listeners.get(channel) ?? []) fire();
     });

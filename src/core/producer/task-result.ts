@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../protocol/connection.js';
 import { toMillis, type Duration } from '../task/durations.js';
 import { ConfigError, TaskFailedError, TaskRevokedError, TimeoutError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
@@ -12,7 +12,7 @@ import { decodeError, decodeTaskInfo, FINAL_STATES, type RevokeReason, type Task
 
 /** What a TaskResult needs from the dispatcher that made it. */
 export interface ResultBackend {
-  readonly client: Redis;
+  readonly client: RedisClient;
   readonly scripts: ScriptRunner;
   waiter(): ResultWaiter;
 }

@@ -1,18 +1,29 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import { Redis, type Cluster, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { ConfigError } from '../errors.js';
 
-/** Where Redis is: a URL (`redis://`, `rediss://`), ioredis options, or an ioredis client you own. */
-export type ConnectionOption = string | RedisOptions | Redis;
+/**
+ * A client heimdall-tasks sends commands through: an ioredis `Redis`, or an ioredis `Cluster`.
+ * Nothing inside relies on which (no `instanceof`): both are told apart by ioredis's own
+ * `isCluster` flag where they differ (duplicating a connection, its options).
+ */
+export type RedisClient = Redis | Cluster;
+
+/**
+ * Where Redis is: a URL (`redis://`, `rediss://`), ioredis options, or an ioredis client you own
+ * (a `Redis`, or a `Cluster`: accepted and duplicated as a Cluster, though the queue's keys are
+ * not yet placed in one hash slot, so a Cluster of more than one shard refuses the scripts).
+ */
+export type ConnectionOption = string | RedisOptions | Redis | Cluster;
 
 /** A connection heimdall-tasks uses, and whether it is ours to close. */
 export interface OwnedClient {
-  client: Redis;
+  client: RedisClient;
   owned: boolean;
   /** The last error the connection reported since it was last ready (ours only). */
   lastError?: Error;
 }
 
-function isClient(value: unknown): value is Redis {
+function isClient(value: unknown): value is RedisClient {
   // Duck-typed so a client from another copy of ioredis is accepted too.
   return (
     typeof value === 'object' &&
@@ -20,6 +31,30 @@ function isClient(value: unknown): value is Redis {
     typeof (value as Redis).duplicate === 'function' &&
     typeof (value as Redis).evalsha === 'function'
   );
+}
+
+function isCluster(client: RedisClient): client is Cluster {
+  return (client as { isCluster?: unknown }).isCluster === true;
+}
+
+/** The options a client was made with that matter here: the node options of a Cluster. */
+function nodeOptions(client: RedisClient): Partial<RedisOptions> {
+  if (!isCluster(client)) return client.options;
+  const options = client.options as ClusterOptions;
+  return { ...options.redisOptions, keyPrefix: options.keyPrefix ?? options.redisOptions?.keyPrefix };
+}
+
+/** A new connection like `client`, with `tuned` options on top. */
+function duplicateOf(client: RedisClient, tuned: RedisOptions): RedisClient {
+  if (!isCluster(client)) return client.duplicate(tuned);
+  const options = client.options as ClusterOptions;
+  // A Cluster takes per-node options under redisOptions; the retry budget is the Cluster's own.
+  const { maxRetriesPerRequest, ...perNode } = tuned;
+  const override: ClusterOptions = {
+    redisOptions: { ...options.redisOptions, ...perNode },
+    ...(maxRetriesPerRequest === undefined ? {} : { maxRetriesPerRequest }),
+  };
+  return client.duplicate(undefined, override);
 }
 
 /**
@@ -36,7 +71,7 @@ export function openClient(
   if (connection === undefined || connection === null || connection === '') {
     throw new ConfigError('connection is required: a Redis URL such as redis://localhost:6379, ioredis options, or a client');
   }
-  const given = isClient(connection) ? connection.options : typeof connection === 'object' ? (connection as RedisOptions) : undefined;
+  const given = isClient(connection) ? nodeOptions(connection) : typeof connection === 'object' ? (connection as RedisOptions) : undefined;
   if (given?.keyPrefix) {
     // The scripts build task keys from the prefix they are given; ioredis would prefix only
     // the declared KEYS, and the two would no longer meet.
@@ -52,8 +87,8 @@ export function openClient(
     ...extra,
   };
   if (isClient(connection) && purpose === 'commands') return { client: connection, owned: false };
-  let client: Redis;
-  if (isClient(connection)) client = connection.duplicate(tuned);
+  let client: RedisClient;
+  if (isClient(connection)) client = duplicateOf(connection, tuned);
   else if (typeof connection === 'string') {
     if (!/^rediss?:\/\//.test(connection)) {
       throw new ConfigError(`connection URL must start with redis:// or rediss://, got ${JSON.stringify(connection)}`);

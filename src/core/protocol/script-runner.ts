@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import type { RedisClient } from './connection.js';
 import { ConfigError, outOfMemory } from '../errors.js';
 import { warnIfEvicting } from './eviction-policy.js';
 import { allScripts, type LuaScript } from '../../redis-scripts/scripts.generated.js';
@@ -18,7 +19,7 @@ export class ScriptRunner {
   /** Set once load() succeeded, so later calls skip awaiting it. */
   private loaded = false;
 
-  constructor(private readonly client: Redis) {}
+  constructor(private readonly client: RedisClient) {}
 
   /** Loads every script; called once before the first use, safe to call again. */
   load(): Promise<void> {
@@ -54,8 +55,7 @@ export class ScriptRunner {
         `Redis ${version[1]}.${version[2]} is too old: heimdall-tasks needs Redis ${MIN_MAJOR}.0 or newer (or Valkey)`,
       );
     }
-    const { host, port, path } = this.client.options;
-    warnIfEvicting(server, memory, path ?? `${host ?? 'localhost'}:${port ?? 6379}`);
+    warnIfEvicting(server, memory, whereIs(this.client));
   }
 
   /** Runs a script; Redis's out-of-memory reply becomes a RedisOutOfMemoryError naming the script. */
@@ -81,4 +81,11 @@ export class ScriptRunner {
       return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
     }
   }
+}
+
+/** How a warning names the server a client talks to. */
+function whereIs(client: RedisClient): string {
+  if (client.isCluster) return 'the Redis Cluster';
+  const { host, port, path } = (client as Redis).options;
+  return path ?? `${host ?? 'localhost'}:${port ?? 6379}`;
 }

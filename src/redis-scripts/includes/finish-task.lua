@@ -45,7 +45,7 @@ local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, i
     redis.call('ZREM', activeKey, id)
     return 'STALE', ''
   end
-  local current, owner, runToken, finished, revoke, retries = t[1], t[2], t[3], t[4], t[5], t[6]
+  local current, owner, runToken, finished, revoke, retries, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
   if not (current == 'STARTED' and owner == workerId and runToken == token) then
     if finished and string.sub(finished, 1, #token + 1) == token .. ' ' then return string.sub(finished, #token + 2), '' end
     return 'STALE', current
@@ -59,7 +59,7 @@ local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, i
   -- memory). Should a later command be refused, the lease is put back and nothing else changed.
   redis.call('ZREM', activeKey, id)
   local ok, err = pcall(writeEnd, base, key, delayedKey, id, state, stored, extra, retries, revoke, now, expireMs,
-    retryDelayMs, deadReason, t[7], t[8])
+    retryDelayMs, deadReason, lockKey, lockWait)
   if not ok then
     redis.pcall('ZADD', activeKey, now + leaseMs, id)
     if stored == 'RETRY' then redis.pcall('ZREM', delayedKey, id) end

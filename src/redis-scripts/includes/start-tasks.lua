@@ -62,7 +62,7 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
     redis.call('ZREM', activeKey, id)
     return
   end
-  local state, recovered, maxRecoveries, owner, revoke = t[1], t[2], t[3], t[4], t[5]
+  local state, recovered, maxRecoveries, owner, revoke, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7]
   if not state then
     deadLetter(base, id, 'the active set names a task with no record', now)
     redis.call('ZREM', activeKey, id)
@@ -75,7 +75,7 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
     -- one more lease to renew or finish the task. Any other worker recovers it at once.
   elseif revoke then
     -- Its revoke was requested while it ran: it ends as the revoke asked and never runs again.
-    endLeased(activeKey, id, expiry, function() endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { t[6], t[7] }) end)
+    endLeased(activeKey, id, expiry, function() endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { lockKey, lockWait }) end)
   else
     local recoveries = (tonumber(recovered) or 0) + 1
     local max = tonumber(maxRecoveries) or 1
@@ -86,7 +86,7 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
           'it was recovered ' .. (recoveries - 1) .. ' time(s) and maxRecoveries is ' .. max,
       })
       endLeased(activeKey, id, expiry, function()
-        endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { t[6], t[7] })
+        endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { lockKey, lockWait })
       end)
     else
       requeueLeased(key, waitKey, activeKey, id, expiry, { 'rc', recoveries }, { 'rc', tonumber(recovered) or 0 })
@@ -146,7 +146,8 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     end
     local state, name, args, lockKey, lockLife, rateKey, rateLimit, ratePeriod = t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
     local attempts, version, expires, timeLimit, retries, pieces, dueAt = t[9], t[10], t[11], t[12], t[13], t[14], t[15]
-    if pieces then args = joinArgs(key, args, pieces, t[16], t[17], t[18]) end
+    local piece1, piece2, piece3 = t[16], t[17], t[18]
+    if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
     if not state then
       deadLetter(base, id, 'the wait list names a task with no record', now)
       return
