@@ -7,10 +7,17 @@ export default defineConfig({
     alias: { 'heimdall-tasks': fileURLToPath(new URL('./src/index.ts', import.meta.url)) },
   },
   test: {
-    include: ['test/**/*.test.ts'],
-    globalSetup: ['test/global-setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 30_000,
     pool: 'forks',
+    projects: [
+      // Pure code: no Redis is started (`npm run test:unit`).
+      { extends: true, test: { name: 'unit', include: ['test/unit/**/*.test.ts'] } },
+      // Everything that talks to Redis: one private redis-server for the run (test/global-setup.ts).
+      {
+        extends: true,
+        test: { name: 'redis', include: ['test/**/*.test.ts'], exclude: ['test/unit/**'], globalSetup: ['test/global-setup.ts'] },
+      },
+    ],
   },
 });

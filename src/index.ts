@@ -26,6 +26,7 @@ export {
   RedisOutOfMemoryError,
   RedisRefusedError,
   RedisUnavailableError,
+  RunawayTaskError,
   SerializationError,
   StaleRunError,
   TaskFailedError,
@@ -34,5 +35,6 @@ export {
   TimeoutError,
   UnexpectedReplyError,
   UnknownTaskError,
+  WorkerFaultError,
   WorkerShutdownError,
 } from './core/errors.js';

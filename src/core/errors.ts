@@ -4,6 +4,7 @@
  * ends up with two copies of the package (its ESM and CommonJS builds, or two versions).
  */
 import type { TaskResult } from './producer/task-result.js';
+import type { RevokeReason, TaskState } from './protocol/task-record.js';
 
 const BRAND = Symbol.for('heimdall-tasks.error');
 
@@ -100,9 +101,9 @@ export class TaskFailedError extends HeimdallError {
 export class TaskRevokedError extends HeimdallError {
   static readonly CODE = 'HEIMDALL_TASK_REVOKED';
   readonly taskId: string;
-  /** Why: `'revoked'`, `'duplicate'`, `'expired'`... */
-  readonly reason: string;
-  constructor(taskId: string, reason: string) {
+  /** Why: `'revoked'` (by `revoke()`), `'duplicate'` (a newer holder of its unique lock), `'expired'` (not started by `expires`). */
+  readonly reason: RevokeReason;
+  constructor(taskId: string, reason: RevokeReason) {
     super(TaskRevokedError.CODE, `task ${taskId} was revoked (${reason})`);
     this.taskId = taskId;
     this.reason = reason;
@@ -196,8 +197,8 @@ export class StaleRunError extends HeimdallError {
   readonly taskId: string;
   readonly taskName: string;
   /** The state Redis holds for the task now; undefined when its record is gone. */
-  readonly state: string | undefined;
-  constructor(taskId: string, taskName: string, state: string | undefined, what: 'end' | 'lease') {
+  readonly state: TaskState | undefined;
+  constructor(taskId: string, taskName: string, state: TaskState | undefined, what: 'end' | 'lease') {
     super(
       StaleRunError.CODE,
       `task ${taskId} (${taskName}): this run is no longer the task's current run, so its ${what === 'end' ? 'end was not stored' : 'lease was not renewed'}; ` +
@@ -209,7 +210,7 @@ export class StaleRunError extends HeimdallError {
   }
 }
 
-function staleCause(state: string | undefined): string {
+function staleCause(state: TaskState | undefined): string {
   switch (state) {
     case undefined:
       return 'its record is gone or unreadable (expired, deleted, overwritten by another value, or evicted by Redis)';
@@ -365,5 +366,32 @@ export class UnexpectedReplyError extends HeimdallError {
   static readonly CODE = 'HEIMDALL_UNEXPECTED_REPLY';
   constructor(message: string) {
     super(UnexpectedReplyError.CODE, message);
+  }
+}
+
+/**
+ * A fault in the worker's own code, or in a listener of its events, reported as an `error`
+ * event: the task it names still ends (FAILURE), and the worker goes on.
+ */
+export class WorkerFaultError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_WORKER_FAULT';
+  constructor(message: string) {
+    super(WorkerFaultError.CODE, message);
+  }
+}
+
+/**
+ * A task went on after its AbortSignal fired at its time limit: it has ended (FAILURE or RETRY)
+ * and its slot is free, but its promise still runs. Reported as an `error` event.
+ */
+export class RunawayTaskError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_RUNAWAY_TASK';
+  readonly taskId: string;
+  constructor(taskId: string, taskName: string) {
+    super(
+      RunawayTaskError.CODE,
+      `task ${taskId} (${taskName}) ignored the AbortSignal at its time limit; its promise is still running (pass currentTask().signal to what the task awaits)`,
+    );
+    this.taskId = taskId;
   }
 }

@@ -47,14 +47,9 @@ function nodeOptions(client: RedisClient): Partial<RedisOptions> {
 /** A new connection like `client`, with `tuned` options on top. */
 function duplicateOf(client: RedisClient, tuned: RedisOptions): RedisClient {
   if (!isCluster(client)) return client.duplicate(tuned);
+  // A Cluster takes the options of its node connections under redisOptions.
   const options = client.options as ClusterOptions;
-  // A Cluster takes per-node options under redisOptions; the retry budget is the Cluster's own.
-  const { maxRetriesPerRequest, ...perNode } = tuned;
-  const override: ClusterOptions = {
-    redisOptions: { ...options.redisOptions, ...perNode },
-    ...(maxRetriesPerRequest === undefined ? {} : { maxRetriesPerRequest }),
-  };
-  return client.duplicate(undefined, override);
+  return client.duplicate(undefined, { redisOptions: { ...options.redisOptions, ...tuned } } satisfies ClusterOptions);
 }
 
 /**

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { toMillisOrZero, type Duration } from '../task/durations.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, HeimdallError } from '../errors.js';
 
 /** What a running task can learn about itself through {@link currentTask}. */
 export interface CurrentTask {
@@ -33,13 +33,17 @@ export interface RetryRequestOptions {
 
 const RETRY_BRAND = Symbol.for('heimdall-tasks.retry-request');
 
-/** Thrown by `currentTask().retry()`; the worker turns it into a RETRY. */
-export class RetryRequest extends Error {
+/**
+ * Thrown by `currentTask().retry()`; the worker turns it into a RETRY. It carries the name,
+ * message and stack of the error given as the reason, if any.
+ */
+export class RetryRequest extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_RETRY_REQUESTED';
   /** Requested delay in ms, or undefined for the task's backoff. */
   readonly countdownMs: number | undefined;
   constructor(options: RetryRequestOptions = {}) {
     const reason = options.error instanceof Error ? options.error.message : 'the task asked to be retried';
-    super(reason, { cause: options.error });
+    super(RetryRequest.CODE, reason, { cause: options.error });
     this.name = options.error instanceof Error ? options.error.name : 'RetryRequest';
     if (options.error instanceof Error && options.error.stack) this.stack = options.error.stack;
     this.countdownMs = options.countdown === undefined ? undefined : toMillisOrZero(options.countdown, 'retry({ countdown })');

@@ -1,12 +1,12 @@
-import { ConfigError, MalformedTaskError, PayloadTooLargeError, StaleRunError } from '../errors.js';
+import { ConfigError, PayloadTooLargeError, RunawayTaskError, StaleRunError } from '../errors.js';
 import type { RemoteError } from '../protocol/task-record.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { toJson } from '../task/serialization.js';
 import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
 import type { Finish } from './queue-runner.js';
-import { safeInstanceOf, toRemoteError } from './remote-error.js';
+import { toRemoteError } from './remote-error.js';
 import { retryDelay } from './retry-policy.js';
-import { parseArgs, signalOf, type Run } from './run.js';
+import { isMessageFault, parseArgs, signalOf, type Run } from './run.js';
 import { withTimeLimit } from './time-limit.js';
 import type { TaskEvent, WorkerEvents } from './worker-options.js';
 
@@ -62,13 +62,7 @@ export async function execute(run: Run, def: TaskDefinition, host: ExecutionHost
     const running = taskStorage().run(context, () => method.apply(instance, args) as unknown);
     const result =
       task.timeLimitMs > 0
-        ? await withTimeLimit(run, Promise.resolve(running), () =>
-            host.reportError(
-              new Error(
-                `task ${task.id} (${task.name}) ignored the AbortSignal at its time limit; its promise is still running (pass currentTask().signal to what the task awaits)`,
-              ),
-            ),
-          )
+        ? await withTimeLimit(run, Promise.resolve(running), () => host.reportError(new RunawayTaskError(task.id, task.name)))
         : await running;
     const json = result === undefined ? undefined : toJson(result, 'result');
     if (json !== undefined && json.length > host.maxPayloadBytes / 3) {
@@ -79,10 +73,10 @@ export async function execute(run: Run, def: TaskDefinition, host: ExecutionHost
     outcome = { ok: true, result, json };
   } catch (err) {
     // Whatever was thrown, described without trusting it: strings only, bounded. A message that
-    // cannot be run (recognised by class: a task's own error named so is not) is dead-lettered
-    // and not retried, since it would fail again.
+    // cannot be run (the worker's own error about it, known by identity: no error a task throws
+    // counts, whatever its class or name) is dead-lettered and not retried: it would fail again.
     const error = toRemoteError(err);
-    if (safeInstanceOf(err, MalformedTaskError) === true) deadReason = error.message;
+    if (isMessageFault(err)) deadReason = error.message;
     outcome = { ok: false, error, retryDelayMs: deadReason ? undefined : retryDelay(def.options.retries, task.retries, err) };
   }
   if (run.released) return undefined;

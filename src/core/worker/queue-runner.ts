@@ -1,5 +1,5 @@
 import type { RedisClient } from '../protocol/connection.js';
-import { RedisOutOfMemoryError, RedisRefusedError } from '../errors.js';
+import { RedisOutOfMemoryError, RedisRefusedError, WorkerShutdownError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { ScriptRunner } from '../protocol/script-runner.js';
 import type { RevokeReason } from '../protocol/task-record.js';
@@ -179,7 +179,7 @@ export class QueueRunner {
     this.unplaced = [];
     this.pending = [];
     this.running.clear();
-    this.rejectAbandoned?.(new Error('abandoned'));
+    this.rejectAbandoned?.(new WorkerShutdownError(this.host.workerId));
     this.poke();
   }
 

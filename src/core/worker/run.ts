@@ -56,7 +56,21 @@ export function parseArgs(json: string): unknown[] {
   } catch {
     // reported below
   }
-  throw new MalformedTaskError(`the task's arguments are not a JSON array: ${json.slice(0, 200)}`);
+  const fault = new MalformedTaskError(`the task's arguments are not a JSON array: ${json.slice(0, 200)}`);
+  messageFaults.add(fault);
+  throw fault;
+}
+
+/** Errors the worker made because a message cannot be run (not thrown by any task). */
+const messageFaults = new WeakSet<object>();
+
+/**
+ * True for an error the worker made about a message it cannot run (parseArgs): such a task is
+ * dead-lettered and never retried. Known by identity, so an error a task throws is never taken
+ * for one, whatever its class or name.
+ */
+export function isMessageFault(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && messageFaults.has(err);
 }
 
 /** A task's arguments for an event; [] when they are not a JSON array. */

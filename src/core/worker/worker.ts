@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
-import { ConfigError, outOfMemory, StaleRunError, TaskRevokedError, WorkerShutdownError } from '../errors.js';
+import { ConfigError, outOfMemory, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
 import { DEFAULT_MAX_PAYLOAD_BYTES } from '../producer/dispatcher.js';
 import { closeClient, openClient, type OwnedClient } from '../protocol/connection.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
@@ -80,7 +80,7 @@ export class Worker {
     // Anything a listener throws gets here: it is described without being trusted. A full
     // Redis's refusal becomes a RedisOutOfMemoryError.
     const reportError = (reported: unknown): void => {
-      if (safeInstanceOf(reported, Error) !== true) return this.emit('error', new Error(toRemoteError(reported).message));
+      if (safeInstanceOf(reported, Error) !== true) return this.emit('error', new WorkerFaultError(toRemoteError(reported).message));
       this.emit('error', outOfMemory(reported, `worker ${this.id}`) as Error);
     };
     const emit = <E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void => this.emit(event, ...args);
@@ -285,7 +285,7 @@ export class Worker {
     const { runner, task } = run;
     try {
       const error = toRemoteError(err);
-      this.emit('error', new Error(`task ${task.id} (${task.name}) failed inside the worker: ${error.name}: ${error.message}`));
+      this.emit('error', new WorkerFaultError(`task ${task.id} (${task.name}) failed inside the worker: ${error.name}: ${error.message}`));
       if (run.released) return;
       const event: TaskEvent = { id: task.id, name: task.name, queue: runner.keys.queue, args: safeArgs(task.argsJson), attempt: task.attempt };
       this.release(run, {
