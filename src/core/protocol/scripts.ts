@@ -81,8 +81,8 @@ export interface StartedRun {
   name: string;
   argsJson: string;
   attempt: number;
-  /** Time limit of this run in ms; 0 for none. */
-  timeLimitMs: number;
+  /** Time limit of this run in ms from the message (field tl; 0 for none); undefined when the message has none: the worker's own option applies. */
+  timeLimitMs: number | undefined;
   /** Retries already made. */
   retries: number;
   /** This run's token: its lease renewals, its finish and revoke signals for it carry it. */
@@ -170,7 +170,7 @@ export async function fetch(
       name: String(started[i + 1]),
       argsJson: String(started[i + 2]),
       attempt: Number(started[i + 3]),
-      timeLimitMs: Number(started[i + 4]),
+      timeLimitMs: carried.includes('t') ? Number(started[i + 4]) : undefined,
       retries: Number(started[i + 5]),
       token: String(started[i + 6]),
       carriesLock: carried.includes('u'),

@@ -60,9 +60,11 @@ export async function execute(run: Run, def: TaskDefinition, host: ExecutionHost
     };
     run.context = context;
     const running = taskStorage().run(context, () => method.apply(instance, args) as unknown);
+    // The message's time limit, or else the task's own in this worker (a message sent by name).
+    const limitMs = task.timeLimitMs ?? def.options.timeLimitMs ?? 0;
     const result =
-      task.timeLimitMs > 0
-        ? await withTimeLimit(run, Promise.resolve(running), () => host.reportError(new RunawayTaskError(task.id, task.name)))
+      limitMs > 0
+        ? await withTimeLimit(run, Promise.resolve(running), limitMs, () => host.reportError(new RunawayTaskError(task.id, task.name)))
         : await running;
     const json = result === undefined ? undefined : toJson(result, 'result');
     if (json !== undefined && json.length > host.maxPayloadBytes / 3) {

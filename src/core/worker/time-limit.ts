@@ -5,14 +5,13 @@ import { abortRun, type Run } from './run.js';
 const TIME_LIMIT_GRACE_MS = 100;
 
 /**
- * Races a run's promise against its time limit (`run.task.timeLimitMs`). At the limit the
+ * Races a run's promise against its time limit of `limitMs`. At the limit the
  * run's signal fires; a task that honours it gets 100 ms to settle, one that ignores it is left
  * running (`ignored` is called, to report it) while its end is stored. Either way the result is
  * a TimeLimitExceededError. A run released meanwhile (handed back, revoked with terminate, lost)
  * is no longer limited or reported.
  */
-export function withTimeLimit(run: Run, promise: Promise<unknown>, ignored: () => void): Promise<unknown> {
-  const limitMs = run.task.timeLimitMs;
+export function withTimeLimit(run: Run, promise: Promise<unknown>, limitMs: number, ignored: () => void): Promise<unknown> {
   return new Promise((resolve, reject) => {
     let settled = false;
     let timedOut = false;

@@ -23,7 +23,8 @@
 -- puts it back, and the refusal is reported in `problem`.
 -- Returns {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem}:
 --   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far,
---     run token, and which checks the message carried ('u' unique lock, 'r' rate limit)
+--     run token, and which options the message carried ('u' unique lock, 'r' rate limit,
+--     't' time limit; the worker applies its own for the others)
 --   limited: flat list of id, name, args, delay ms
 --   revoked: flat list of id, name, args, reason
 --   nextDelay: ms until the earliest delayed task is due, -1 if none, -2 not looked up (all
@@ -236,6 +237,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     local carried = ''
     if lockKey then carried = 'u' end
     if rateKey then carried = carried .. 'r' end
+    if timeLimit then carried = carried .. 't' end
     table.insert(started, id); table.insert(started, name); table.insert(started, args)
     table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
     table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)

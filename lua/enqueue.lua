@@ -1,0 +1,240 @@
+--[[
+  enqueue: new tasks of one queue become PENDING, each in the wait list or (countdown/eta) the
+  delayed set, taking its unique lock in the same step. One call carries a batch: the delay()
+  calls a process makes in the same tick, or a slice of delayMany(). Each task is handled on
+  its own: a duplicate or a bad key of one does not stop the others.
+
+  KEYS[1] wait list         <prefix>:{<queue>}:wait
+  KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
+  (A task's hash, <prefix>:{<queue>}:t:<id>, is named here from the base, like the other scripts
+  do: a batch would otherwise pass two keys per task, and each item of a call costs Redis time.)
+
+  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[2] number of tasks N, then per task:
+          id, countdown in ms from now on the Redis clock (0: none), eta as epoch ms (0: none;
+          wins over countdown), unique lock key ('' when not unique), its lifetime in ms,
+          number of items F, then F items: field, value pairs stored in the task hash (n, a, tl,
+          ex, mr, lk, lt, lw, rk, rn, rp; the script adds s, c and v); long arguments (a) are
+          stored in pieces, see includes/args.lua
+
+  Returns a flat list of three items per task:
+    1, '', 0                enqueued (also when a task with this id, name and arguments has
+                            not ended: this very call re-sent after a lost reply)
+    2, holderId, pttlMs     a unique duplicate: another task holds the lock
+    3, '', 0                the id belongs to another task that has not ended
+    4, message, 0           its keys hold values of the wrong type: nothing was written
+    5, message, 0           a command for it failed otherwise (refused by an ACL, by a full server,
+                            by a Cluster slot on the move) after tasks before it in the batch were
+                            written: nothing was written for it (what it wrote, lock included, is
+                            taken back). While nothing of the batch is written, such an error
+                            fails the whole call as it is.
+]]
+-- Milliseconds on the Redis server's clock: the only clock heimdall trusts for due times,
+-- leases and rate windows, so workers with skewed clocks agree.
+local function nowMs()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Arguments longer than 64 bytes (Redis's default hash-max-listpack-value) would turn the task
+-- hash from a compact listpack into a hashtable, more than doubling its memory. So arguments
+-- of up to ARGS_CHUNKED_MAX bytes are kept in pieces of at most ARGS_CHUNK bytes: the first in field a,
+-- the others in a1, a2, ..., and their count in ac. Longer ones (the hash would be too big to
+-- stay a listpack anyway) and short ones are kept whole in a, with no ac.
+local ARGS_CHUNK = 64
+local ARGS_CHUNKED_MAX = 48 * 64
+
+-- The hash fields, value pairs that hold `args`, appended to `out`. `whole`: keep them in one
+-- piece anyway (another field of the hash is too long for a listpack, so pieces save nothing).
+local function argsFields(out, args, whole)
+  local n = #args
+  if whole or n <= ARGS_CHUNK or n > ARGS_CHUNKED_MAX then
+    table.insert(out, 'a'); table.insert(out, args)
+    return
+  end
+  -- Pieces end on whole UTF-8 characters, so a client that decodes each field alone (HGETALL
+  -- in TaskResult.info()) reads them right.
+  local count, start = 0, 1
+  while start <= n do
+    local stop = math.min(n, start + ARGS_CHUNK - 1)
+    while stop < n and stop > start do
+      local b = string.byte(args, stop + 1)
+      if b < 128 or b >= 192 then break end
+      stop = stop - 1
+    end
+    if count == 0 then table.insert(out, 'a') else table.insert(out, 'a' .. count) end
+    table.insert(out, string.sub(args, start, stop))
+    count = count + 1
+    start = stop + 1
+  end
+  table.insert(out, 'ac'); table.insert(out, count)
+end
+
+-- The whole arguments of a task whose fields a and ac were read as `first` and `count`, and
+-- a1, a2, a3 as `p1`, `p2`, `p3` when the caller read them along (nil: read here); nil when a
+-- piece is missing.
+local function joinArgs(key, first, count, p1, p2, p3)
+  if not first or not count then return first end
+  -- argsFields writes about ARGS_CHUNKED_MAX / 61 pieces at most; a count that is not a whole
+  -- number up to 256 is not a record of ours (and an unbounded one would stall Redis): malformed.
+  local n = tonumber(count)
+  if not n or n ~= math.floor(n) or n > 256 then return nil end
+  if n < 2 then return first end
+  local pieces
+  if n <= 4 and p1 then
+    pieces = { p1, p2, p3 }
+  else
+    local names = {}
+    for i = 1, n - 1 do names[i] = 'a' .. i end
+    pieces = redis.call('HMGET', key, unpack(names))
+  end
+  local parts = { first }
+  for i = 1, n - 1 do
+    if not pieces[i] then return nil end
+    parts[i + 1] = pieces[i]
+  end
+  return table.concat(parts)
+end
+-- Whether a task state is final: SUCCESS, FAILURE or REVOKED (false for nil: no record).
+local function isEnded(s)
+  return s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED'
+end
+-- An idle worker sleeps until the earliest due time it knew of (or blocks on the wait list). When
+-- a task is put in the delayed set due earlier than every task there, a marker ('') pushed to
+-- the wait list wakes the blocked workers; the fetch that follows skips it and reads the
+-- delayed set afresh. At most one marker waits at the head of the list. Returns true when a
+-- marker was pushed. Called before the ZADD of the task.
+local function wakeIfEarliest(waitKey, delayedKey, due)
+  local head = redis.call('ZRANGE', delayedKey, 0, 0, 'WITHSCORES')
+  if (not head[2] or due < tonumber(head[2])) and redis.call('LINDEX', waitKey, 0) ~= '' then
+    local pushed = redis.pcall('LPUSH', waitKey, '')
+    return not (type(pushed) == 'table' and pushed.err)
+  end
+  return false
+end
+-- Generated by scripts/gen-lua.mjs from KEY_NAMES and CHANNEL_NAMES in
+-- src/core/protocol/queue-keys.ts. Do not edit. The keys and channels a script builds from its
+-- queue's base '<prefix>:{<queue>}:', named as QueueKeys names them; `id` is a task id.
+local function waitKey(base) return base .. 'wait' end
+local function delayedKey(base) return base .. 'delayed' end
+local function activeKey(base) return base .. 'active' end
+local function deadKey(base) return base .. 'dead' end
+local function namesKey(base) return base .. 'names' end
+local function taskKey(base, id) return base .. 't:' .. id end
+local function lockKey(base, id) return base .. 'lock:' .. id end
+local function rateKey(base, id) return base .. 'rate:' .. id end
+local function revokeChannel(base) return base .. 'revoke' end
+local function doneChannel(base, id) return base .. 'done:' .. id end
+
+-- A wait list or delayed set of the wrong type fails the whole call before anything is written:
+-- a script is not rolled back, so an error half way would leave records and locks of tasks that
+-- are in no list and never run. Later in the batch, a failing command fails only its own task
+-- (code 4 or 5), as the tasks before it are written and will run.
+local wrote = false
+-- What a redis.pcall reply means: nil fine, 4 a key of the wrong type, 5 any other error (a
+-- command refused by an ACL, ...), which is raised as it is while nothing has been written.
+local function failure(reply)
+  if type(reply) ~= 'table' or not reply.err then return nil end
+  if string.sub(reply.err, 1, 9) == 'WRONGTYPE' then return 4 end
+  if not wrote then error(reply) end
+  return 5
+end
+
+if failure(redis.pcall('LLEN', KEYS[1])) or failure(redis.pcall('ZCARD', KEYS[2])) then
+  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value: the wait list or ' ..
+    'delayed set of this queue; nothing was sent')
+end
+
+local base = ARGV[1]
+local now = nowMs()
+local replies = {}
+local woken = false
+local o = 3
+for i = 1, tonumber(ARGV[2]) do
+  local id, countdown, eta = ARGV[o], tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
+  local lockKey, lockTtl = ARGV[o + 3], tonumber(ARGV[o + 4])
+  local taskKey = taskKey(base, id)
+  local first, last = o + 6, o + 5 + tonumber(ARGV[o + 5])
+  o = last + 1
+
+  local code, detail, ttl = 1, '', 0
+  local previous = redis.pcall('HGET', taskKey, 's')
+  local failed = failure(previous)
+  if failed == 4 then
+    code, detail = 4, 'the key ' .. taskKey .. ' of this task id holds a value that is not a hash'
+  elseif failed then
+    code, detail = 5, previous.err
+  elseif previous and not isEnded(previous) then
+    -- The same task under the same id (re-sent by ioredis after a lost reply, or an idempotent
+    -- re-send by the caller) is already enqueued; anything else is a collision.
+    local same = redis.call('HMGET', taskKey, 'n', 'a', 'ac')
+    local name, args
+    for j = first, last - 1, 2 do
+      if ARGV[j] == 'n' then name = ARGV[j + 1] elseif ARGV[j] == 'a' then args = ARGV[j + 1] end
+    end
+    if not (same[1] == name and joinArgs(taskKey, same[2], same[3]) == args) then code = 3 end
+  else
+    local proceed = true
+    if lockTtl > 0 then
+      local set = redis.pcall('SET', lockKey, id, 'NX', 'PX', lockTtl)
+      if failure(set) then
+        proceed, code, detail = false, 5, set.err
+      elseif not set then
+        proceed = false
+        local holder = redis.pcall('GET', lockKey)
+        local f = failure(holder)
+        if f == 4 then
+          code, detail = 4, 'the unique lock key ' .. lockKey .. ' holds a value that is not a string'
+        elseif f then
+          code, detail = 5, holder.err
+        else
+          code, detail, ttl = 2, holder, redis.call('PTTL', lockKey)
+        end
+      end
+    end
+    if proceed then
+      local due = 0
+      if eta > 0 then due = eta elseif countdown > 0 then due = now + countdown end
+      -- v: the version of this message layout, the one start-tasks.lua reads.
+      local fields = { 's', 'PENDING', 'c', now, 'v', '1' }
+      local whole = false
+      for j = first, last - 1, 2 do
+        if ARGV[j] ~= 'a' and #ARGV[j + 1] > ARGS_CHUNK then whole = true end
+      end
+      for j = first, last - 1, 2 do
+        if ARGV[j] == 'a' then argsFields(fields, ARGV[j + 1], whole) else
+          table.insert(fields, ARGV[j]); table.insert(fields, ARGV[j + 1])
+        end
+      end
+      if due > now then table.insert(fields, 'd'); table.insert(fields, due) end
+      -- The record, then its place in a list. Should Redis refuse either (an ACL, a full server,
+      -- a Cluster slot on the move), what this task wrote is taken back, its lock included, so
+      -- no record or lock is left of a task that is in no list.
+      -- A reused id of an ended task starts afresh (only once the lock is ours).
+      local written = previous and redis.pcall('DEL', taskKey)
+      if not (type(written) == 'table' and written.err) then written = redis.pcall('HSET', taskKey, unpack(fields)) end
+      local placed = written
+      if not (type(written) == 'table' and written.err) then
+        if due > now then
+          -- An idle worker sleeps until the earliest due time it knew of; if this task is due
+          -- earlier, wake it with a marker ('') that fetch skips. Once woken, it reads the
+          -- delayed set afresh, so the rest of the batch need not look.
+          if not woken then woken = wakeIfEarliest(KEYS[1], KEYS[2], due) end
+          placed = redis.pcall('ZADD', KEYS[2], due, id)
+        else
+          placed = redis.pcall('LPUSH', KEYS[1], id)
+        end
+        if type(placed) == 'table' and placed.err then redis.pcall('DEL', taskKey) end
+      end
+      if type(placed) == 'table' and placed.err then
+        if lockTtl > 0 and redis.pcall('GET', lockKey) == id then redis.pcall('DEL', lockKey) end
+        code, detail = failure(placed), placed.err
+      else
+        wrote = true
+      end
+    end
+  end
+  table.insert(replies, code)
+  table.insert(replies, detail)
+  table.insert(replies, ttl)
+end
+return replies
