@@ -1,7 +1,10 @@
-import type { ConnectionOptions } from '../producer/dispatcher.js';
+import { ConfigError } from '../errors.js';
+import { DEFAULT_MAX_PAYLOAD_BYTES, type ConnectionOptions } from '../producer/dispatcher.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, validateName } from '../protocol/queue-keys.js';
 import type { RemoteError, RevokeReason } from '../protocol/task-record.js';
-import type { Duration } from '../task/durations.js';
+import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
 import type { Constructor } from '../task/registry.js';
+import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
 
 /** Options of `new Worker()`. */
 export interface WorkerOptions extends ConnectionOptions {
@@ -84,4 +87,47 @@ export interface CloseOptions {
    * get their AbortSignal fired and go back to the queue. Default: wait as long as they take.
    */
   timeout?: Duration;
+}
+
+const DEFAULT_LEASE_MS = 30_000;
+const DEFAULT_UNKNOWN_TASK_GRACE_MS = 5 * 60_000;
+
+/** Worker options after validation, with defaults applied and durations in ms. */
+export interface WorkerSettings {
+  prefix: string;
+  queues: readonly string[];
+  concurrency: number;
+  maxPayloadBytes: number;
+  leaseMs: number;
+  resultExpiresMs: number;
+  unknownTaskGraceMs: number;
+}
+
+/** Checks the options of `new Worker()`; a ConfigError names the first bad one. */
+export function workerSettings(options: WorkerOptions): WorkerSettings {
+  if (typeof options !== 'object' || options === null) throw new ConfigError('new Worker() needs { connection, services }');
+  const prefix = options.prefix === undefined ? DEFAULT_PREFIX : validateName(options.prefix, 'prefix');
+  const queues = options.queues ?? [DEFAULT_QUEUE];
+  if (!Array.isArray(queues) || queues.length === 0) throw new ConfigError('queues must be a non-empty array of queue names');
+  const concurrency = options.concurrency ?? 10;
+  if (!Number.isInteger(concurrency) || concurrency < 1) {
+    throw new ConfigError(`concurrency must be a whole number >= 1, got ${describe(concurrency)}`);
+  }
+  const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+  if (!Number.isInteger(maxPayloadBytes) || maxPayloadBytes < 1) {
+    throw new ConfigError(`maxPayloadBytes must be a whole number of bytes >= 1, got ${describe(options.maxPayloadBytes)}`);
+  }
+  if (options.resolve !== undefined && typeof options.resolve !== 'function') {
+    throw new ConfigError('resolve must be a function (cls) => instance');
+  }
+  return {
+    prefix,
+    queues: [...new Set(queues.map((q) => validateName(q, 'queue')))],
+    concurrency,
+    maxPayloadBytes,
+    leaseMs: options.leaseDuration === undefined ? DEFAULT_LEASE_MS : toMillis(options.leaseDuration, 'leaseDuration'),
+    resultExpiresMs: options.resultExpires === undefined ? DEFAULT_RESULT_EXPIRES_MS : toMillis(options.resultExpires, 'resultExpires'),
+    unknownTaskGraceMs:
+      options.unknownTaskGrace === undefined ? DEFAULT_UNKNOWN_TASK_GRACE_MS : toMillisOrZero(options.unknownTaskGrace, 'unknownTaskGrace'),
+  };
 }

@@ -2,27 +2,22 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
 import { ConfigError, outOfMemory, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
-import { DEFAULT_MAX_PAYLOAD_BYTES } from '../producer/dispatcher.js';
 import { closeClient, openClient, type OwnedClient } from '../protocol/connection.js';
-import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
+import { QueueKeys } from '../protocol/queue-keys.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
 import type { RunRef, StartedRun, StopReason } from '../protocol/scripts.js';
 import type { TaskState } from '../protocol/task-record.js';
-import { describe, toMillis, toMillisOrZero } from '../task/durations.js';
+import { toMillisOrZero } from '../task/durations.js';
 import { registeredTasks, taskByName } from '../task/registry.js';
-import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
 import { admit, decline, needsAdmission, type AdmissionHost } from './admission.js';
 import { execute, type ExecutionHost } from './execution.js';
 import { QueueRunner, type Finish, type RunnerHost } from './queue-runner.js';
 import { safeInstanceOf, toRemoteError } from './remote-error.js';
 import { abortRun, leaseLost, runKey, safeArgs, type Run } from './run.js';
 import { ServiceDirectory } from './services.js';
-import type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './worker-options.js';
+import { workerSettings, type CloseOptions, type TaskEvent, type WorkerEvents, type WorkerOptions } from './worker-options.js';
 
 export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './worker-options.js';
-
-const DEFAULT_LEASE_MS = 30_000;
-const DEFAULT_UNKNOWN_TASK_GRACE_MS = 5 * 60_000;
 
 /**
  * Runs tasks. Start as many as you like, in as many processes: unique locks and rate limits
@@ -52,29 +47,11 @@ export class Worker {
   private closing: Promise<void> | undefined;
 
   constructor(options: WorkerOptions) {
-    if (typeof options !== 'object' || options === null) throw new ConfigError('new Worker() needs { connection, services }');
+    const { prefix, queues, concurrency, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs } = workerSettings(options);
     this.options = options;
-    this.prefix = options.prefix === undefined ? DEFAULT_PREFIX : validateName(options.prefix, 'prefix');
-    const queues = options.queues ?? [DEFAULT_QUEUE];
-    if (!Array.isArray(queues) || queues.length === 0) throw new ConfigError('queues must be a non-empty array of queue names');
-    this.queues = [...new Set(queues.map((q) => validateName(q, 'queue')))];
-    const concurrency = options.concurrency ?? 10;
-    if (!Number.isInteger(concurrency) || concurrency < 1) {
-      throw new ConfigError(`concurrency must be a whole number >= 1, got ${describe(concurrency)}`);
-    }
+    this.prefix = prefix;
+    this.queues = queues;
     this.concurrency = concurrency;
-    const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
-    if (!Number.isInteger(maxPayloadBytes) || maxPayloadBytes < 1) {
-      throw new ConfigError(`maxPayloadBytes must be a whole number of bytes >= 1, got ${describe(options.maxPayloadBytes)}`);
-    }
-    if (options.resolve !== undefined && typeof options.resolve !== 'function') {
-      throw new ConfigError('resolve must be a function (cls) => instance');
-    }
-    const leaseMs = options.leaseDuration === undefined ? DEFAULT_LEASE_MS : toMillis(options.leaseDuration, 'leaseDuration');
-    const resultExpiresMs =
-      options.resultExpires === undefined ? DEFAULT_RESULT_EXPIRES_MS : toMillis(options.resultExpires, 'resultExpires');
-    const graceMs =
-      options.unknownTaskGrace === undefined ? DEFAULT_UNKNOWN_TASK_GRACE_MS : toMillisOrZero(options.unknownTaskGrace, 'unknownTaskGrace');
     this.id = options.name ?? `${hostname()}:${process.pid}:${nanoid(6)}`;
     this.services = new ServiceDirectory(options.services ?? [], options.resolve, this.id);
     // Anything a listener throws gets here: it is described without being trusted. A full
