@@ -264,6 +264,37 @@ export function outOfMemory(err: unknown, what: string): unknown {
 }
 
 /**
+ * An error of a call to Redis in heimdall's terms, naming `what` was being done: ioredis giving
+ * up after its retry budget is a RedisUnavailableError (with the connection's `lastError`), a
+ * full Redis a RedisOutOfMemoryError, any other error reply of Redis's (an ACL, a key of the
+ * wrong type, a Cluster redirection) a RedisRefusedError, a closed connection a
+ * RedisUnavailableError; Redis's or ioredis's own error is the `cause`. A HeimdallError, or
+ * anything else, is returned as it is.
+ */
+export function fromRedis(err: unknown, what: string, lastError?: Error): unknown {
+  if (err instanceof HeimdallError || !(err instanceof Error)) return err;
+  try {
+    if (err.name === 'MaxRetriesPerRequestError' || /^Connection is closed\.?$/.test(err.message)) {
+      return new RedisUnavailableError(what, { cause: err, lastError });
+    }
+    if (isOutOfMemoryReply(err)) return new RedisOutOfMemoryError(what, { cause: err });
+    if (err.name === 'ReplyError') return new RedisRefusedError(`${what}: Redis answered ${err.message}`, { cause: err });
+  } catch {
+    // a hostile value passes as it is
+  }
+  return err;
+}
+
+/** Runs a call to Redis; what it rejects with goes through {@link fromRedis}. */
+export async function redisCall<T>(what: string, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    throw fromRedis(err, what);
+  }
+}
+
+/**
  * `delayMany` sent some of its tasks and not the others. `results[i]` is the handle of entry i
  * when its task is in Redis (enqueued, or a unique duplicate's holder), undefined when it is
  * not; `errors[i]` is why entry i was not sent, undefined when it was. A task whose error is a
@@ -350,14 +381,15 @@ export class WorkerShutdownError extends HeimdallError {
 }
 
 /**
- * Redis refused a command for reasons outside the task's data (an ACL, a full Redis, a Cluster
- * slot on the move): from a dispatch, the task was not sent and nothing of it was written; from
- * a worker (an `error` event), what it could not do is kept and tried again.
+ * Redis answered a command with an error (an ACL, a key of the wrong type, a Cluster slot on the
+ * move; a full Redis is a RedisOutOfMemoryError): from a dispatch, the task was not sent and
+ * nothing of it was written; from a worker (an `error` event), what it could not do is kept
+ * and tried again. `cause`, when set, is Redis's reply.
  */
 export class RedisRefusedError extends HeimdallError {
   static readonly CODE = 'HEIMDALL_REDIS_REFUSED';
-  constructor(message: string) {
-    super(RedisRefusedError.CODE, message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(RedisRefusedError.CODE, message, options);
   }
 }
 

@@ -128,12 +128,19 @@ describe('AUTH with a password (requirepass)', () => {
     const workerErrors: Error[] = [];
     worker.on('error', (e) => workerErrors.push(e));
 
+    // Each a RedisRefusedError saying what was being done, with Redis's reply as its cause.
+    const refused = (settled: { error?: unknown }, what: string): void => {
+      const e = settled.error as (Error & { code?: string; cause?: Error }) | undefined;
+      expect({ name: e?.name, code: e?.code }).toEqual({ name: 'RedisRefusedError', code: 'HEIMDALL_REDIS_REFUSED' });
+      expect(e?.message.startsWith(`${what}: Redis answered `)).toBe(true);
+      expect(e?.cause?.message).toMatch(error);
+    };
     const sent = await settleWithin(dispatcher.tasks(SecureService).add.delay(1, 1), 10_000, 'a refused call');
-    expect((sent.error as Error | undefined)?.message).toMatch(error);
+    refused(sent, 'sending SecureService.add');
     const read = await settleWithin(dispatcher.result('some-id').get({ timeout: 30 }), 10_000, 'a refused call');
-    expect((read.error as Error | undefined)?.message).toMatch(error);
+    refused(read, 'waiting for task some-id');
     const started = await settleWithin(worker.start(), 10_000, 'a refused call');
-    expect((started.error as Error | undefined)?.message).toMatch(error);
+    refused(started, `starting worker ${worker.id}`);
     // The same cause reaches the worker's 'error' event (once a second at most).
     expect(workerErrors.map((e) => e.message)).toContainEqual(expect.stringMatching(error));
     // Nothing was written.

@@ -81,6 +81,12 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     const refusal = (refused as { error: Error & { code?: string; cause?: Error } }).error;
     expect(refusal).toMatchObject({ name: 'RedisUnavailableError', code: 'HEIMDALL_REDIS_UNAVAILABLE' });
     expect(refusal.cause?.name).toBe('MaxRetriesPerRequestError');
+    // A read gives up the same way, with the same class.
+    const read = await settleWithin(impatient.result('any-id').status(), 10_000, 'a status() with maxRetriesPerRequest 1');
+    expect((read as { error?: { name?: string; message?: string } }).error).toMatchObject({
+      name: 'RedisUnavailableError',
+      message: expect.stringMatching(/^reading the state of task any-id: /),
+    });
     // Redis stays down until the worker process has noticed (a refused reconnect), so the
     // worker goes through its reconnect path, not just a blip.
     await waitFor(

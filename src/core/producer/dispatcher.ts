@@ -3,7 +3,7 @@ import { customAlphabet } from 'nanoid';
 import { closeClient, openClient, type ConnectionOption, type OwnedClient } from '../protocol/connection.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
 import { callChecks, uniqueKey } from '../task/call-checks.js';
-import { ConfigError, NotATaskError, PartialDispatchError, PayloadTooLargeError } from '../errors.js';
+import { ConfigError, NotATaskError, PartialDispatchError, PayloadTooLargeError, redisCall } from '../errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from '../task/registry.js';
 import { ResultWaiter } from './result-waiter.js';
@@ -223,7 +223,7 @@ export class Dispatcher {
     if (!def.options.unique) throw new ConfigError(`${def.name} is not unique, so no task holds a lock for it`);
     const keys = this.keys(def.options.queue);
     const lockKey = keys.lock(def.name, uniqueKey(def.name, def.options, args, argsToJson(args)));
-    const holder = await this.conn.client.get(lockKey);
+    const holder = await redisCall(`reading the unique lock of ${def.name}`, () => this.conn.client.get(lockKey));
     return holder === null ? null : makeTaskResult(this.backend, keys, holder, def.name, false);
   }
 

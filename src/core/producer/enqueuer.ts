@@ -1,4 +1,4 @@
-import { outOfMemory, RedisOutOfMemoryError, RedisUnavailableError } from '../errors.js';
+import { fromRedis, RedisOutOfMemoryError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { ScriptRunner } from '../protocol/script-runner.js';
 import { enqueue, enqueueItems, type EnqueueOutcome, type EnqueueTask } from '../protocol/scripts.js';
@@ -102,15 +102,9 @@ export class Enqueuer {
   }
 }
 
-/**
- * ioredis gave up after maxRetriesPerRequest, or Redis is full: say so in our words, naming
- * what was being sent and keeping the original error as the cause.
- */
+/** What a failed enqueue call rejects each of its tasks with (see fromRedis). */
 function redisFailure(err: unknown, what: string, lastError?: Error): unknown {
-  if (err instanceof Error && err.name === 'MaxRetriesPerRequestError') {
-    return new RedisUnavailableError(what, { cause: err, lastError });
-  }
   // The script runner has already said which script; here we know which tasks.
   if (err instanceof RedisOutOfMemoryError) return new RedisOutOfMemoryError(what, { cause: err.cause });
-  return outOfMemory(err, what);
+  return fromRedis(err, what, lastError);
 }

@@ -1,6 +1,6 @@
 import type { RedisClient } from '../protocol/connection.js';
 import { toMillis, type Duration } from '../task/durations.js';
-import { ConfigError, TaskFailedError, TaskRevokedError, TimeoutError } from '../errors.js';
+import { ConfigError, redisCall, TaskFailedError, TaskRevokedError, TimeoutError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { ResultWaiter, Watch } from './result-waiter.js';
 import type { ScriptRunner } from '../protocol/script-runner.js';
@@ -94,13 +94,14 @@ export class TaskResult<T = unknown> {
 
   /** Current state; `PENDING` for queued, delayed, or unknown ids. */
   async status(): Promise<TaskState> {
-    const s = await this.backend.client.hget(this.keys.task(this.id), FIELDS.state);
+    const s = await redisCall(`reading the state of task ${this.id}`, () => this.backend.client.hget(this.keys.task(this.id), FIELDS.state));
     return (s as TaskState | null) ?? 'PENDING';
   }
 
   /** Everything stored about the task: state, result, error and traceback, attempts, timestamps, worker. */
   async info(): Promise<TaskInfo<T>> {
-    return decodeTaskInfo<T>(this.id, await this.backend.client.hgetall(this.keys.task(this.id)));
+    const record = await redisCall(`reading task ${this.id}`, () => this.backend.client.hgetall(this.keys.task(this.id)));
+    return decodeTaskInfo<T>(this.id, record);
   }
 
   /** True once the task has ended (SUCCESS, FAILURE or REVOKED). */
@@ -126,7 +127,8 @@ export class TaskResult<T = unknown> {
   async get(options: GetOptions = {}): Promise<T> {
     const limit = options.timeout === undefined ? Infinity : toMillis(options.timeout, 'get({ timeout })');
     const deadline = Date.now() + limit;
-    const watching = this.backend.waiter().watch(this.keys.done(this.id));
+    const what = `waiting for task ${this.id}`;
+    const watching = redisCall(what, () => this.backend.waiter().watch(this.keys.done(this.id)));
     let watch: Watch;
     try {
       watch = await this.withDeadline(watching, deadline, limit);
@@ -136,7 +138,9 @@ export class TaskResult<T = unknown> {
     }
     try {
       for (;;) {
-        const [s, r, e, rr] = await this.backend.client.hmget(this.keys.task(this.id), FIELDS.state, FIELDS.result, FIELDS.error, FIELDS.revokeReason);
+        const [s, r, e, rr] = await redisCall(what, () =>
+          this.backend.client.hmget(this.keys.task(this.id), FIELDS.state, FIELDS.result, FIELDS.error, FIELDS.revokeReason),
+        );
         if (s === 'SUCCESS') return (r === null || r === undefined ? undefined : JSON.parse(r)) as T;
         if (s === 'FAILURE') throw new TaskFailedError(this.id, decodeError(e ?? '{}'));
         if (s === 'REVOKED') throw new TaskRevokedError(this.id, (rr as RevokeReason | null) ?? 'revoked');
@@ -175,7 +179,8 @@ export class TaskResult<T = unknown> {
    */
   async revoke(options: RevokeOptions = {}): Promise<TaskState> {
     const expireMs = (this.name && taskByName(this.name)?.options.resultExpiresMs) || DEFAULT_RESULT_EXPIRES_MS;
-    return (await revoke(this.backend.scripts, this.keys, this.id, options.terminate === true, expireMs, 'revoked')).state;
+    const reply = await redisCall(`revoking task ${this.id}`, () => revoke(this.backend.scripts, this.keys, this.id, options.terminate === true, expireMs, 'revoked'));
+    return reply.state;
   }
 
   /**
@@ -183,7 +188,7 @@ export class TaskResult<T = unknown> {
    * Rejects with ConfigError while the task is still queued or running.
    */
   async forget(): Promise<void> {
-    if (!(await forget(this.backend.scripts, this.keys, this.id))) {
+    if (!(await redisCall(`forgetting task ${this.id}`, () => forget(this.backend.scripts, this.keys, this.id)))) {
       throw new ConfigError(`task ${this.id} has not ended; forget() deletes the records of ended tasks only`);
     }
   }

@@ -10,8 +10,8 @@ export type RedisClient = Redis | Cluster;
 
 /**
  * Where Redis is: a URL (`redis://`, `rediss://`), ioredis options, or an ioredis client you own
- * (a `Redis`, or a `Cluster`: accepted and duplicated as a Cluster, though the queue's keys are
- * not yet placed in one hash slot, so a Cluster of more than one shard refuses the scripts).
+ * (a `Redis`, or a `Cluster`, duplicated as a Cluster for the worker's blocking and subscriber
+ * connections; tested on a one-node Cluster only so far).
  */
 export type ConnectionOption = string | RedisOptions | Redis | Cluster;
 

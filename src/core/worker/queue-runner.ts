@@ -145,7 +145,7 @@ export class QueueRunner {
     const { count, problem } = await requeueScript(this.scripts, this.keys, this.host, runs);
     if (problem) {
       throw new RedisRefusedError(
-        `handing tasks back to queue ${this.keys.queue}: RedisClient refused a command (${problem}); they keep their leases and are recovered when those lapse`,
+        `handing tasks back to queue ${this.keys.queue}: Redis refused a command (${problem}); they keep their leases and are recovered when those lapse`,
       );
     }
     return count;
@@ -299,7 +299,7 @@ export class QueueRunner {
     this.lastRefusalReport = now;
     const where = `queue ${this.keys.queue}`;
     // A full Redis is named as such, so alerts on HEIMDALL_REDIS_OOM see it.
-    this.host.reportError(/\bOOM /.test(what) ? new RedisOutOfMemoryError(where, { refused: what }) : new RedisRefusedError(`${where}: RedisClient refused a command: ${what}`));
+    this.host.reportError(/\bOOM /.test(what) ? new RedisOutOfMemoryError(where, { refused: what }) : new RedisRefusedError(`${where}: Redis refused a command: ${what}`));
   }
 
   /** Waits before the next call after a failure: 100 ms, 200 ms, ... up to 5 s (the call stays in flight meanwhile). */
@@ -341,7 +341,7 @@ export class QueueRunner {
     if (problem) {
       this.host.reportError(
         new RedisRefusedError(
-          `queue ${this.keys.queue}: reclaiming tasks: RedisClient refused a command (${problem}); those tasks keep their leases and are recovered when those lapse`,
+          `queue ${this.keys.queue}: reclaiming tasks: Redis refused a command (${problem}); those tasks keep their leases and are recovered when those lapse`,
         ),
       );
     }

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
-import { ConfigError, outOfMemory, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
+import { ConfigError, fromRedis, outOfMemory, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
 import { closeClient, openClient, type OwnedClient } from '../protocol/connection.js';
 import { QueueKeys } from '../protocol/queue-keys.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
@@ -150,7 +150,7 @@ export class Worker {
       if (this.state !== 'starting') return; // closed while starting: close() has the clients
       this.state = 'closed';
       await Promise.all(this.clients.map((c) => closeClient(c)));
-      throw err;
+      throw fromRedis(err, `starting worker ${this.id}`);
     }
   }
 
