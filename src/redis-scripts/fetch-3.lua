@@ -30,6 +30,8 @@
 -- @include "now"
 -- @include "start-tasks"
 -- @include "finish-task"
+-- @include "next-delay"
+-- @include "refusal"
 
 local base, workerId = ARGV[1], ARGV[2]
 local now = nowMs()

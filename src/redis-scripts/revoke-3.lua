@@ -26,6 +26,7 @@
 -- @include "now"
 -- @include "keys"
 -- @include "end-task"
+-- @include "ended"
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
 local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk')

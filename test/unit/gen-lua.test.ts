@@ -58,3 +58,54 @@ describe('gen-lua: shebangs', () => {
     expect(() => render(scriptsDir(files))).toThrow(error);
   });
 });
+
+describe('gen-lua: includes', () => {
+  it('puts each fragment in once, before the first fragment that needs it, its own includes first', () => {
+    const dir = scriptsDir({
+      'both-0.lua': '-- @include "lease"\n-- @include "now"\nreturn lease(nowMs())\n',
+      'includes/now.lua': 'local function nowMs() return 1 end\n',
+      'includes/lease.lua': '-- @include "now"\nlocal function lease(t) return t + nowMs() end\n',
+    });
+    expect(generated(render(dir), 'both').source).toBe(
+      'local function nowMs() return 1 end\nlocal function lease(t) return t + nowMs() end\n\nreturn lease(nowMs())\n',
+    );
+  });
+
+  const refused: { what: string; files: Record<string, string>; error: RegExp }[] = [
+    {
+      what: 'a cycle',
+      files: { 'a-0.lua': '-- @include "x"\nreturn 1\n', 'includes/x.lua': '-- @include "y"\n', 'includes/y.lua': '-- @include "x"\n' },
+      error: /^include cycle: x -> y -> x$/,
+    },
+    { what: 'an include with no file', files: { 'a-0.lua': '-- @include "gone"\nreturn 1\n' }, error: /includes "gone", which has no includes\/gone\.lua$/ },
+    {
+      what: 'a script that calls a fragment it does not include (it came in through another)',
+      files: {
+        'a-0.lua': '-- @include "lease"\nreturn lease(nowMs())\n',
+        'includes/now.lua': 'local function nowMs() return 1 end\n',
+        'includes/lease.lua': '-- @include "now"\nlocal function lease(t) return t end\n',
+      },
+      error: /^a-0\.lua uses nowMs of includes\/now\.lua without -- @include "now"$/,
+    },
+    {
+      what: 'an include that names a constant of another without including it',
+      files: {
+        'a-0.lua': '-- @include "size"\n-- @include "limits"\nreturn size()\n',
+        'includes/limits.lua': 'local MAX = 5\n',
+        'includes/size.lua': 'local function size() return MAX end\n',
+      },
+      error: /^includes\/size\.lua uses MAX of includes\/limits\.lua without -- @include "limits"$/,
+    },
+  ];
+  it.each(refused)('refuses $what', ({ files, error }) => {
+    expect(() => render(scriptsDir(files))).toThrow(error);
+  });
+
+  it('a local variable that shares a fragment function\'s name is not a use of it', () => {
+    const dir = scriptsDir({
+      'a-0.lua': 'local waitKey = KEYS[1]\nreturn waitKey\n',
+      'includes/keys.lua': 'local function waitKey(base) return base .. "wait" end\n',
+    });
+    expect(generated(render(dir), 'a').source).toBe('local waitKey = KEYS[1]\nreturn waitKey\n');
+  });
+});
