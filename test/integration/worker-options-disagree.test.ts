@@ -5,7 +5,8 @@
 import { describe, expect, it } from 'vitest';
 import { Task } from 'heimdall-tasks';
 import { useHarness, waitFor } from '../helpers.js';
-import { authorityLockKey, oneRunsOneRevoked, openGate, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
+import { authorityLockKey, oneRunsOneRevoked, openGate } from '../fixtures/deploy/control.js';
+import { startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 
 /**
  * The same task names as the worker's AuthorityService, as an older build of the producer
@@ -35,7 +36,7 @@ describe('producer and worker disagree', () => {
 
   it('what the message carries wins, what it lacks the worker fills in', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const workers = await startDeployWorkers(h, 2, { SERVICES: 'authority' });
+    const workers = await startWorkerProcesses(h, 2, { services: ['authority'], concurrency: 4 });
     const d = h.dispatcher();
     const older = d.tasks(OlderProducerBuild);
 
@@ -62,7 +63,7 @@ describe('producer and worker disagree', () => {
     expect(await first.get({ timeout: 20 })).toBe(5);
     expect(await h.admin.get(await h.lockKeyOf(first.id))).toBeNull();
 
-    const summaries = await stopDeployWorkers(workers);
+    const summaries = await stopWorkerProcesses(workers);
     expect(summaries.flatMap((s) => s.errors)).toEqual([]);
   });
 });
