@@ -199,7 +199,7 @@ describe('poison-proof execution (guards inside the worker)', () => {
     const d = h.dispatcher();
     const worker = h.worker({ services: [new InProcessService()], concurrency: 1 });
     const ev = recordEvents(worker);
-    // Fault injection: no input reaches this path any more, so a bug is played by the method that
+    // Fault injection: no input reaches this path, so a bug is played by the method that
     // classifies a failure for retries throwing after the task did.
     fault.on = true;
     try {

@@ -1,9 +1,9 @@
-// Rolling deploys and shared Redis (issue 8, point 2): a worker of an older build meets a task
-// name it does not declare. It hands the task back, without counting an attempt and with a
-// growing delay (no spinning), until a worker that declares the name runs it; only when no
-// worker has declared the name within `unknownTaskGrace` does the task end FAILURE with
-// UnknownTaskError. Two worker processes of different builds share one queue; this process
-// sends by name and loads no task class.
+// Rolling deploys and shared Redis: a worker of an older build meets a task name it does not
+// declare. It hands the task back, without counting an attempt and with a growing delay (no
+// spinning), until a worker that declares the name runs it; only when no worker has declared
+// the name within `unknownTaskGrace` does the task end FAILURE with UnknownTaskError. Two
+// worker processes of different builds share one queue; this process sends by name and loads no
+// task class.
 import { describe, expect, it } from 'vitest';
 import { Worker } from 'heimdall-tasks';
 import { redisNowMs, reportFigures, useHarness, waitFor, type Harness } from '../helpers.js';

@@ -1,6 +1,6 @@
-// Every start of a task gets a token (issue 8, point 3): the lease, its renewals, the finish
-// and revoke signals carry it, so the end or renewal of a run that is no longer the task's
-// current run is refused and reported as such, never emitted as `succeeded`.
+// Every start of a task gets a token: the lease, its renewals, the finish and revoke signals
+// carry it, so the end or renewal of a run that is no longer the task's current run is refused
+// and reported as such, never emitted as `succeeded`.
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Task, currentTask, type TaskResult } from 'heimdall-tasks';

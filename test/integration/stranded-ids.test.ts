@@ -1,8 +1,8 @@
 /**
- * No script leaves an id stranded (issue 8, point 6). Every transition moves a task id from one
- * place (the wait list, the delayed set, the active set) to another; when Redis refuses a
- * command half way (a Cluster slot being migrated, a full server, an ACL), the id must still be
- * in exactly one place, or handed to the caller, which puts it back. The refusals are injected on
+ * No script leaves an id stranded. Every transition moves a task id from one place (the wait
+ * list, the delayed set, the active set) to another; when Redis refuses a command half way (a
+ * Cluster slot being migrated, a full server, an ACL), the id must still be in exactly one
+ * place, or handed to the caller, which puts it back. The refusals are injected on
  * a redis-server of this file's own with ACL users that lack one command or the right to write
  * one key; after the permission comes back, every task runs, exactly once.
  */

@@ -1,8 +1,8 @@
-// The worker is the authority on a task's options (issue 8, point 1). Tasks are sent by name from
-// this process, which never loads their classes (test/fixtures/deploy/services.ts is imported by
-// the worker processes only), as a scheduler, another service or another language would send
-// them. The unique lock and the rate limit of the worker's own definition still hold, across
-// two worker processes.
+// The worker is the authority on a task's options. Tasks are sent by name from this process,
+// which never loads their classes (test/fixtures/deploy/services.ts is imported by the worker
+// processes only), as a scheduler, another service or another language would send them. The
+// unique lock and the rate limit of the worker's own definition still hold, across two worker
+// processes.
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { reportFigures, useHarness, waitFor } from '../helpers.js';

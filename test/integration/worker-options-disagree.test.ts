@@ -1,7 +1,7 @@
-// Producer and worker disagree on a task's options (issue 8, point 1): a producer of an older
-// build declares the worker's tasks with other options. What the message carries wins; what it
-// lacks, the worker fills in from its own definition. (A file of its own: the class below
-// registers these task names in this process, which the by-name tests must not have.)
+// Producer and worker disagree on a task's options: a producer of an older build declares the
+// worker's tasks with other options. What the message carries wins; what it lacks, the worker
+// fills in from its own definition. (A file of its own: the class below registers these task
+// names in this process, which the by-name tests must not have.)
 import { describe, expect, it } from 'vitest';
 import { Task } from 'heimdall-tasks';
 import { useHarness, waitFor } from '../helpers.js';
