@@ -310,7 +310,7 @@ describe('an ACL user restricted to the prefix and the documented commands', () 
         'test/integration/unique.test.ts',
         'test/integration/results.test.ts',
         'test/integration/delays.test.ts',
-        'test/integration/celery-heimdall-readme.test.ts',
+        'test/integration/unique-and-rate-limit-recipes.test.ts',
         'test/integration/edge-cases.test.ts',
         'test/integration/retries.test.ts',
         'test/integration/time-limits.test.ts',

@@ -1,12 +1,14 @@
 /**
- * Issue 4 mechanics against a real Redis: enqueue batching (the delay() calls of one tick travel
- * in ceil(N/50) enqueue script calls, cut earlier at 64 KiB of arguments, one batch per queue),
- * per-task outcomes inside one batch (a wrong-type task hash or lock key fails only its own task,
- * a duplicate in the same batch gets the first task's handle), delayMany (checked before
- * anything is sent, handles in order, options for all), long arguments kept in 64-byte pieces
- * (fields a, a1.., ac; the hash stays a listpack; readers join them; a missing piece is a
- * MalformedTaskError), close() right after an un-awaited delay(), and a worker with two script
- * calls in flight never running more than its concurrency.
+ * Dispatch batching and what travels with it, against a real Redis: enqueue batching (the
+ * delay() calls of one tick travel in ceil(N/50) enqueue script calls, cut earlier at 64 KiB of
+ * arguments, one batch per queue), per-task outcomes inside one batch (a wrong-type task hash
+ * or lock key fails only its own task, a duplicate in the same batch gets the first task's
+ * handle), delayMany (checked before anything is sent, handles in order, options for all), call
+ * options read from the object's own properties only, long arguments kept in 64-byte pieces
+ * (fields a, a1.., ac; the hash stays a listpack; readers join them; a missing piece or a piece
+ * count not of ours is a MalformedTaskError), close() right after an un-awaited delay() and a
+ * second close(), a worker with two script calls in flight never running more than its
+ * concurrency, and a fetch that pops ids in bulk.
  *
  * The counting tests use a redis-server of their own (as scripts.test.ts does): INFO
  * commandstats is server-wide and the other test files run in parallel on the shared server.
@@ -345,7 +347,7 @@ describe('enqueue batching: one script call per 50 tasks of a tick (private redi
 });
 
 // ---------------------------------------------------------------------------------------------
-// 2. delayMany, long arguments, close(), concurrency: the shared server.
+// 2. delayMany, call options, long arguments, close(), the worker: the shared server.
 
 describe('delayMany', () => {
   const fresh = useHarness('batching');
@@ -510,6 +512,32 @@ describe('delayMany', () => {
     expect(error).toBeInstanceOf(AlreadyQueuedError);
     expect(error.likelyCulprit).toBe(holder.id);
     expect(await waitOrder(h)).toEqual([holder.id]);
+  });
+
+  it('a hole in delayMany argsList is refused, naming the entry, and nothing is sent', async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    // eslint-disable-next-line no-sparse-arrays
+    const sparse = [, [1, 2]] as unknown as [number, number][];
+    await expect(d.tasks(BatchingService).add.delayMany(sparse)).rejects.toThrow(/^argsList\[0\]: is a hole in a sparse array/);
+    await d.close();
+    expect(await h.keys()).toEqual([]);
+  });
+});
+
+describe('call options', () => {
+  const fresh = useHarness('batching');
+
+  it('an enumerable property on Object.prototype does not turn into an unknown call option', async () => {
+    const h = fresh();
+    const proto = Object.prototype as Record<string, unknown>;
+    proto.polyfilled = true;
+    try {
+      const r = await h.dispatcher().tasks(BatchingService).add.delay(1, 2);
+      expect(await r.status()).toBe('PENDING');
+    } finally {
+      delete proto.polyfilled;
+    }
   });
 });
 
@@ -721,6 +749,26 @@ describe('long arguments in 64-byte pieces', () => {
     expect(await reused.get({ timeout: 10 })).toBe(shorter);
     expect(svc.received.get('report-7')).toEqual([shorter]);
   });
+
+  it('a piece count (ac) that is not one of ours ends the task FAILURE with MalformedTaskError; the queue keeps running', async () => {
+    const h = fresh();
+    const svc = new BatchingService();
+    const tasks = h.dispatcher().tasks(BatchingService);
+    const broken = await tasks.echo.delay('b'.repeat(200));
+    const fine = await tasks.echo.delay('f'.repeat(200));
+    // Unbounded, it would make every fetch fail ("too many results to unpack") and lose the task.
+    await h.admin.hset(h.taskKey(broken.id), 'ac', '100000');
+    expect((await broken.info()).args).toBeUndefined();
+    const worker = h.worker({ services: [svc] });
+    const errors: Error[] = [];
+    worker.on('error', (e) => errors.push(e));
+    await worker.start();
+    expect(await fine.get({ timeout: 10 })).toBe('f'.repeat(200));
+    await waitFor(async () => (await broken.status()) === 'FAILURE', { what: 'the broken task to fail' });
+    expect((await broken.info()).error).toMatchObject({ name: 'MalformedTaskError', message: 'the record lacks a task name or arguments' });
+    expect(errors).toEqual([]);
+    expect(svc.received.has(broken.id)).toBe(false);
+  });
 });
 
 describe('close() and the worker', () => {
@@ -765,6 +813,17 @@ describe('close() and the worker', () => {
     await waitFor(async () => (await h.openConnections()).length === 0, { timeout: 3000, what: 'the dispatcher connection to close' });
   });
 
+  it('a second close() returns the first one\'s promise, which resolves once queued tasks are sent', async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const pending = d.tasks(BatchingService).add.delay(1, 2);
+    const first = d.close();
+    const second = d.close();
+    expect(second).toBe(first);
+    await second;
+    expect(await h.admin.hget(h.taskKey((await pending).id), 's'), 'sent before closing').toBe('PENDING');
+  });
+
   // Each of the two calls in flight fetches at most ceil(concurrency / 2) tasks, and only for
   // slots the other has not reserved: at an odd concurrency the two halves overlap (3 + 3 > 5)
   // unless the reservation is counted.
@@ -793,66 +852,6 @@ describe('close() and the worker', () => {
       expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
     },
   );
-});
-
-// ---------------------------------------------------------------------------------------------
-// 3. Found by the review of issue 4.
-
-describe('review findings', () => {
-  const fresh = useHarness('batching');
-
-  it('a piece count (ac) that is not one of ours ends the task FAILURE with MalformedTaskError; the queue keeps running', async () => {
-    const h = fresh();
-    const svc = new BatchingService();
-    const tasks = h.dispatcher().tasks(BatchingService);
-    const broken = await tasks.echo.delay('b'.repeat(200));
-    const fine = await tasks.echo.delay('f'.repeat(200));
-    // Unbounded, this made every fetch fail ("too many results to unpack") and lost the task.
-    await h.admin.hset(h.taskKey(broken.id), 'ac', '100000');
-    expect((await broken.info()).args).toBeUndefined();
-    const worker = h.worker({ services: [svc] });
-    const errors: Error[] = [];
-    worker.on('error', (e) => errors.push(e));
-    await worker.start();
-    expect(await fine.get({ timeout: 10 })).toBe('f'.repeat(200));
-    await waitFor(async () => (await broken.status()) === 'FAILURE', { what: 'the broken task to fail' });
-    expect((await broken.info()).error).toMatchObject({ name: 'MalformedTaskError', message: 'the record lacks a task name or arguments' });
-    expect(errors).toEqual([]);
-    expect(svc.received.has(broken.id)).toBe(false);
-  });
-
-  it('an enumerable property on Object.prototype does not turn into an unknown call option', async () => {
-    const h = fresh();
-    const proto = Object.prototype as Record<string, unknown>;
-    proto.polyfilled = true;
-    try {
-      const r = await h.dispatcher().tasks(BatchingService).add.delay(1, 2);
-      expect(await r.status()).toBe('PENDING');
-    } finally {
-      delete proto.polyfilled;
-    }
-  });
-
-  it('a hole in delayMany argsList is refused, naming the entry, and nothing is sent', async () => {
-    const h = fresh();
-    const d = h.dispatcher();
-    // eslint-disable-next-line no-sparse-arrays
-    const sparse = [, [1, 2]] as unknown as [number, number][];
-    await expect(d.tasks(BatchingService).add.delayMany(sparse)).rejects.toThrow(/^argsList\[0\]: is a hole in a sparse array/);
-    await d.close();
-    expect(await h.keys()).toEqual([]);
-  });
-
-  it('a second close() returns the first one\'s promise, which resolves once queued tasks are sent', async () => {
-    const h = fresh();
-    const d = h.dispatcher();
-    const pending = d.tasks(BatchingService).add.delay(1, 2);
-    const first = d.close();
-    const second = d.close();
-    expect(second).toBe(first);
-    await second;
-    expect(await h.admin.hget(h.taskKey((await pending).id), 's'), 'sent before closing').toBe('PENDING');
-  });
 });
 
 describe('fetch pops ids in bulk', () => {

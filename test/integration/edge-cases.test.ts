@@ -1,7 +1,9 @@
 /**
- * Edges found in review: ioredis keyPrefix, forget() on live tasks, close() during start(),
- * get() while Redis is unreachable, a resolve() that returns nothing, an unknown task's
- * message, the due time of a rate-limited task, and a reused taskId that hits a lock.
+ * Edge cases: ioredis keyPrefix, forget() on live tasks, close() during start(), get() while
+ * Redis is unreachable, a resolve() that returns nothing, an unknown task's message, the due
+ * time of a rate-limited task, and a reused taskId that hits a lock; then custom task ids
+ * reused across queues or after a revoke, and closing (get() after close(), close({ timeout })
+ * while Redis is down).
  */
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
@@ -160,8 +162,8 @@ class TwoQueueService {
 }
 const heldTasks = new Set<() => void>();
 
-describe('edge cases found in the issue 3 review', () => {
-  const fresh = useHarness('edge3');
+describe('edge cases: a custom taskId on two queues or reused after a revoke, and closing', () => {
+  const fresh = useHarness('edge-ids');
 
   it('one custom taskId on two queues: each task is its own (run, revoke, end)', async () => {
     const h = fresh();

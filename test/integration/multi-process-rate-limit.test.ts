@@ -1,14 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { reportFigures, useHarness } from '../helpers.js';
-import { maxInWindow, readLog, startWorkers, stopWorkers, total } from '../fixtures/processes/control.js';
+import { maxInWindow, readLog, total } from '../fixtures/processes/control.js';
 import { micros, ProbeService } from '../fixtures/processes/services.js';
+import { startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 
 describe('rate limits across processes', () => {
   const fresh = useHarness('mp-rate');
 
   it('[3, 2] with 4 worker processes: 30 tasks finish, never more than 3 starts in 2 s', { timeout: 150_000 }, async () => {
     const h = fresh();
-    const workers = await startWorkers(h, 4, { CONCURRENCY: '4' });
+    const workers = await startWorkerProcesses(h, 4, { services: ['probe'], concurrency: 4 });
     const d = h.dispatcher();
     const began = Date.now();
     const handles = await Promise.all(Array.from({ length: 30 }, (_, i) => d.tasks(ProbeService).limited.delay(i)));
@@ -16,7 +17,7 @@ describe('rate limits across processes', () => {
     const results = await Promise.all(handles.map((r) => r.get({ timeout: 90 })));
     const elapsed = Date.now() - began;
     expect(results).toEqual(Array.from({ length: 30 }, (_, i) => i));
-    const summaries = await stopWorkers(workers);
+    const summaries = await stopWorkerProcesses(workers);
     expect(summaries.flatMap((s) => s.errors)).toEqual([]);
     expect(total(summaries, 'started')).toBe(30);
     expect(total(summaries, 'succeeded')).toBe(30);
@@ -51,14 +52,14 @@ describe('rate limits across processes', () => {
     const perCustomer = 6;
     const d = h.dispatcher();
     const ref = d.tasks(ProbeService).perCustomer;
-    const workers = await startWorkers(h, 2, { CONCURRENCY: '5' });
+    const workers = await startWorkerProcesses(h, 2, { services: ['probe'], concurrency: 5 });
     const began = Date.now();
     const sent = await Promise.all(
       customers.flatMap((c) => Array.from({ length: perCustomer }, (_, n) => ref.delay(c, n).then((r) => ({ c, r })))),
     );
     await Promise.all(sent.map(({ r }) => r.get({ timeout: 60 })));
     const elapsed = Date.now() - began;
-    const summaries = await stopWorkers(workers);
+    const summaries = await stopWorkerProcesses(workers);
     expect(summaries.flatMap((s) => s.errors)).toEqual([]);
     expect(total(summaries, 'started')).toBe(customers.length * perCustomer);
 
@@ -86,11 +87,11 @@ describe('rate limits across processes', () => {
 
   it('[50, 1] with 3 worker processes: at most 50 starts in any second on the Redis clock, while task bodies may begin in denser bursts', { timeout: 120_000 }, async () => {
     const h = fresh();
-    const workers = await startWorkers(h, 3, { CONCURRENCY: '50' });
+    const workers = await startWorkerProcesses(h, 3, { services: ['probe'], concurrency: 50 });
     const d = h.dispatcher();
     const handles = await d.tasks(ProbeService).burst.delayMany(Array.from({ length: 300 }, (_, i) => [i] as [number]));
     await Promise.all(handles.map((r) => r.get({ timeout: 60 })));
-    const summaries = await stopWorkers(workers);
+    const summaries = await stopWorkerProcesses(workers);
     expect(summaries.flatMap((s) => s.errors)).toEqual([]);
     const infos = await Promise.all(handles.map((r) => r.info()));
     // What the limit promises: the starts, stamped by the start script with Redis TIME.

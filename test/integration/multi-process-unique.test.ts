@@ -1,17 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { useHarness, waitFor, type Harness } from '../helpers.js';
-import {
-  assertAlive,
-  DISPATCH_PROGRAM,
-  readLog,
-  spawnProc,
-  startWorkers,
-  stopWorkers,
-  total,
-  type Proc,
-} from '../fixtures/processes/control.js';
+import { DISPATCH_PROGRAM, readLog, total } from '../fixtures/processes/control.js';
 import type { DispatchReport } from '../fixtures/processes/dispatch.js';
 import { micros, ProbeService, testKeys, type LogEntry } from '../fixtures/processes/services.js';
+import { assertAlive, spawnProc, startWorkerProcesses, stopWorkerProcesses, type Proc } from '../fixtures/worker-processes.js';
 
 /** Waits until every dispatcher process waits for `round`, releases them together, and returns their reports. */
 async function runRound(h: Harness, procs: Proc[], round: number): Promise<DispatchReport[]> {
@@ -66,7 +58,7 @@ describe('unique tasks across processes', () => {
     expect(await holder!.status()).toBe('PENDING');
 
     // Two worker processes race for it; the task holds its gate until we open it.
-    const workers = await startWorkers(h, 2, { CONCURRENCY: '4' });
+    const workers = await startWorkerProcesses(h, 2, { services: ['probe'], concurrency: 4 });
     const result = d.result<string>(id);
     await waitFor(async () => (await result.status()) === 'STARTED', { timeout: 30_000, what: 'the task to start' });
 
@@ -79,7 +71,7 @@ describe('unique tasks across processes', () => {
 
     await h.admin.rpush(testKeys(h.prefix).gate(label), 'open');
     expect(await result.get({ timeout: 30 })).toMatch(/^ran in \d+$/);
-    const summaries = await stopWorkers(workers);
+    const summaries = await stopWorkerProcesses(workers);
 
     expect(total(summaries, 'started')).toBe(1);
     expect(total(summaries, 'succeeded')).toBe(1);
@@ -105,7 +97,7 @@ describe('unique tasks across processes', () => {
     const keys = ['k0', 'k1', 'k2', 'k3', 'k4'];
     const runsPerKey = 6;
     const workMs = 60;
-    const workers = await startWorkers(h, 3, { CONCURRENCY: '3' });
+    const workers = await startWorkerProcesses(h, 3, { services: ['probe'], concurrency: 3 });
     const d = h.dispatcher();
     const ref = d.tasks(ProbeService).keyed;
 
@@ -134,7 +126,7 @@ describe('unique tasks across processes', () => {
     const handles = [...created.keys()].map((id) => d.result<string>(id));
     const results = await Promise.all(handles.map((r) => r.get({ timeout: 60 })));
     expect(results.sort()).toEqual([...created.values()].sort());
-    const summaries = await stopWorkers(workers);
+    const summaries = await stopWorkerProcesses(workers);
     expect(summaries.flatMap((s) => s.errors)).toEqual([]);
     expect(total(summaries, 'started')).toBe(created.size);
     expect(total(summaries, 'revoked')).toBe(0);

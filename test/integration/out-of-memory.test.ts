@@ -1,5 +1,5 @@
 /**
- * Issue 8, point 5: a Redis that is full, and one that evicts.
+ * A Redis that is full, and one that evicts.
  *
  * Under `maxmemory-policy noeviction` a full Redis refuses every command that may grow memory,
  * and a script at its first such write (unless the script opens with `#!lua flags=allow-oom`).

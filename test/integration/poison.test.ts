@@ -1,6 +1,6 @@
 /**
- * Poison-proof execution. A worker in a child process (test/fixtures/poison/worker.ts, with
- * concurrency 2 and maxPayloadBytes 1024) runs one task per kind of poison: thrown values that
+ * Poison-proof execution. A worker in a child process (test/fixtures/worker-process.ts with the
+ * poison kit, concurrency 2 and maxPayloadBytes 1024) runs one task per kind of poison: thrown values that
  * break naive description or classification (a string, undefined, null, a cyclic object, Errors
  * whose message, name or stack getter throws, Errors with a cyclic or BigInt message, a revoked
  * Proxy) and return values that cannot be stored (BigInt, a cycle, a function, a Map, a symbol,
@@ -12,12 +12,11 @@
  * hold one of the two slots for ever). Then, in this process, the two guards behind that: a
  * listener that throws a revoked Proxy, and a fault inside the worker's own code at a task's end.
  */
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it, vi } from 'vitest';
 import { ConfigError, Task, type TaskResult, type TaskState } from 'heimdall-tasks';
-import { recordEvents, useHarness, waitFor, type Harness } from '../helpers.js';
-import { assertAlive, spawnProc, type Proc } from '../fixtures/processes/control.js';
-import { POISON_MAX_PAYLOAD_BYTES, poisonKeys } from '../fixtures/poison/services.js';
+import { recordEvents, useHarness, waitFor } from '../helpers.js';
+import { POISON_MAX_PAYLOAD_BYTES } from '../fixtures/poison/services.js';
+import { assertAlive, startWorkerProcess, type Proc } from '../fixtures/worker-processes.js';
 
 // Fault injection for the last test: the retry policy, which classifies a failure after the
 // task threw, throws itself while `fault.on` is set.
@@ -33,8 +32,6 @@ vi.mock('../../src/core/worker/retry-policy.js', async (importOriginal) => {
     },
   };
 });
-
-const PROGRAM = fileURLToPath(new URL('../fixtures/poison/worker.ts', import.meta.url));
 
 const notAnError = (shown: string): string => `${shown} (thrown, not an Error)`;
 const unreadable = (what: string): string => `(the ${what} could not be read: reading it threw Error: ${what} getter exploded)`;
@@ -75,19 +72,6 @@ const KINDS: Record<string, { name: string; message: string | RegExp; traceback?
   },
 };
 
-/** Starts the poison worker process and resolves once it is fetching. */
-async function startPoisonWorker(h: Harness, env: Record<string, string>): Promise<Proc> {
-  const proc = spawnProc(h, PROGRAM, env);
-  await waitFor(
-    async () => {
-      assertAlive([proc]);
-      return (await h.admin.llen(poisonKeys(h.prefix).ready)) > 0;
-    },
-    { timeout: 45_000, interval: 50, what: 'the poison worker process to start' },
-  );
-  return proc;
-}
-
 /** Waits until every task has ended, failing at once if the worker process dies; names the laggards at the deadline. */
 async function allEnded(proc: Proc, handles: Record<string, TaskResult<unknown>>): Promise<void> {
   const states = async (): Promise<[string, TaskState][]> =>
@@ -118,11 +102,11 @@ describe('poison-proof execution (a worker process with concurrency 2)', () => {
   const fresh = useHarness('poison');
 
   it.each([
-    ['with Node’s default unhandled-rejection behaviour', {}],
-    ['in an app that keeps the process alive after an unhandled rejection', { KEEP_ALIVE: '1' }],
-  ])('%s: every kind of poison ends FAILURE with a description, and the worker goes on', { timeout: 120_000 }, async (_mode, env) => {
+    ['with Node’s default unhandled-rejection behaviour', false],
+    ['in an app that keeps the process alive after an unhandled rejection', true],
+  ])('%s: every kind of poison ends FAILURE with a description, and the worker goes on', { timeout: 120_000 }, async (_mode, keepAlive) => {
     const h = fresh();
-    const proc = await startPoisonWorker(h, env);
+    const proc = await startWorkerProcess(h, { services: ['poison'], concurrency: 2, maxPayloadBytes: POISON_MAX_PAYLOAD_BYTES, keepAlive });
     const d = h.dispatcher();
 
     const handles: Record<string, TaskResult<unknown>> = {};
@@ -215,7 +199,7 @@ describe('poison-proof execution (guards inside the worker)', () => {
     const d = h.dispatcher();
     const worker = h.worker({ services: [new InProcessService()], concurrency: 1 });
     const ev = recordEvents(worker);
-    // Fault injection: no input reaches this path any more, so a bug is played by the method that
+    // Fault injection: no input reaches this path, so a bug is played by the method that
     // classifies a failure for retries throwing after the task did.
     fault.on = true;
     try {

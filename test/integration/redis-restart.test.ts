@@ -7,16 +7,10 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Dispatcher, type TaskResult } from 'heimdall-tasks';
 import { nextEvent, reportFigures, scanKeys, settleWithin, useHarness, waitFor } from '../helpers.js';
-import {
-  byTask,
-  duplicates,
-  OwnRedis,
-  readRuns,
-  startFaultWorkers,
-  stopFaultWorkers,
-} from '../fixtures/faults/control.js';
+import { byTask, duplicates, OwnRedis, readRuns } from '../fixtures/faults/control.js';
 import { ReplyDropper } from '../fixtures/faults/reply-dropper.js';
 import { FaultService, Gate, RunLog, faultKeys } from '../fixtures/faults/services.js';
+import { startWorkerProcess, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 import { enqueue as enqueueScript, fetch as fetchScript } from '../../src/redis-scripts/scripts.generated.js';
 
 const TASKS = 1000;
@@ -62,13 +56,13 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     const handles: TaskResult<number>[] = await Promise.all(range(TASKS).map((n) => quick.delay(n)));
     expect(await admin.llen(h.queueKey('wait'))).toBe(TASKS);
 
-    const [w] = await startFaultWorkers(h, admin, 1, { CONCURRENCY: '20', LEASE: '5s' }, server.url);
+    const w = await startWorkerProcess(h, { services: ['fault'], concurrency: 20, lease: '5s' }, { url: server.url, client: admin });
     const runsKey = faultKeys(h.prefix).runs;
     // Restart mid-run: some done, most still queued.
     await waitFor(async () => (await admin.llen(runsKey)) >= 200, { timeout: 30_000, interval: 10, what: 'the first 100 tasks to run' });
 
     const doneBeforeStop = (await readRuns(admin, h.prefix)).filter((e) => e.ev === 'done').length;
-    const linesBefore = w!.lines.length;
+    const linesBefore = w.lines.length;
     const downAt = Date.now();
     await server.stop();
     const stoppedAt = Date.now();
@@ -91,8 +85,8 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     // worker goes through its reconnect path, not just a blip.
     await waitFor(
       () => {
-        if (w!.exited) throw new Error(`worker exited:\n${w!.exited.stderr}`);
-        return w!.lines.slice(linesBefore).some((l) => l.startsWith('error ') && l.includes('ECONNREFUSED'));
+        if (w.exited) throw new Error(`worker exited:\n${w.exited.stderr}`);
+        return w.lines.slice(linesBefore).some((l) => l.startsWith('error ') && l.includes('ECONNREFUSED'));
       },
       { timeout: 10_000, interval: 10, what: 'the worker process to notice Redis is down' },
     );
@@ -114,7 +108,7 @@ describe('Redis restart (appendonly, appendfsync always)', () => {
     const recovered = await Promise.all(ids.map((id) => admin.hget(h.taskKey(id), 'rc')));
     const resent = Number((await admin.get(faultKeys(h.prefix).resent)) ?? 0);
     const noscript = await errorCount(admin, 'NOSCRIPT');
-    const [summary] = await stopFaultWorkers([w!]);
+    const [summary] = await stopWorkerProcesses([w]);
     const figures = {
       tasks: TASKS + 1,
       restarts: 1,

@@ -3,16 +3,9 @@
 import { describe, expect, it } from 'vitest';
 import { Task, TaskRevokedError, currentTask } from 'heimdall-tasks';
 import { gate, useHarness, waitFor, watchAbort, type Gate, type Harness, recordEvents } from '../helpers.js';
-import {
-  logEntry,
-  openControlGate,
-  readChildEvents,
-  readControlLog,
-  redisClockPast,
-  redisMicros,
-  startControlWorker,
-} from '../fixtures/control/control.js';
+import { logEntry, openControlGate, readChildEvents, readControlLog, redisClockPast, redisMicros } from '../fixtures/control/control.js';
 import { ControlService } from '../fixtures/control/services.js';
+import { killWorkerProcess, startWorkerProcess } from '../fixtures/worker-processes.js';
 
 class RevokeProbe {
   readonly runs: string[] = [];
@@ -171,7 +164,7 @@ describe('revoke a task running in another process', () => {
 
   it('fires its AbortSignal within a second; a task honouring it ends REVOKED and frees its lock', async () => {
     const h = fresh();
-    await startControlWorker(h, { CONCURRENCY: '1' });
+    await startWorkerProcess(h, { services: ['control'], concurrency: 1 });
     const d = h.dispatcher();
     const handle = await d.tasks(ControlService).honour.delay('r');
     await logEntry(h, (e) => e.ev === 'start' && e.id === handle.id, 'the task to start in the child');
@@ -205,7 +198,7 @@ describe('revoke a task running in another process', () => {
 
   it('terminate on a task ignoring its signal: REVOKED at once, slot freed in the child, lock freed', async () => {
     const h = fresh();
-    await startControlWorker(h, { CONCURRENCY: '1' });
+    await startWorkerProcess(h, { services: ['control'], concurrency: 1 });
     const d = h.dispatcher();
     const ref = d.tasks(ControlService);
     const handle = await ref.ignore.delay('t');
@@ -250,15 +243,14 @@ describe('revoke a task running in another process', () => {
 
   it('a revoked task whose worker process dies is not run again when its lease is recovered', async () => {
     const h = fresh();
-    const child = await startControlWorker(h, { CONCURRENCY: '1', LEASE: '1s' });
+    const child = await startWorkerProcess(h, { services: ['control'], concurrency: 1, lease: '1s' });
     const d = h.dispatcher();
     const handle = await d.tasks(ControlService).ignore.delay('dies');
     await logEntry(h, (e) => e.ev === 'start' && e.id === handle.id, 'the task to start in the child');
     const lockKey = await h.lockKeyOf(handle.id);
     expect(await handle.revoke()).toBe('STARTED');
     await logEntry(h, (e) => e.ev === 'aborted' && e.id === handle.id, 'the signal to fire in the child');
-    child.child.kill('SIGKILL');
-    await child.exit;
+    await killWorkerProcess(child);
     const lease = Number(await h.admin.zscore(h.queueKey('active'), handle.id));
     await redisClockPast(h, lease, 'the lease to lapse');
     // A worker in this process recovers the lapsed lease on its first fetch.

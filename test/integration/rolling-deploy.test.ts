@@ -1,13 +1,14 @@
-// Rolling deploys and shared Redis (issue 8, point 2): a worker of an older build meets a task
-// name it does not declare. It hands the task back, without counting an attempt and with a
-// growing delay (no spinning), until a worker that declares the name runs it; only when no
-// worker has declared the name within `unknownTaskGrace` does the task end FAILURE with
-// UnknownTaskError. Two worker processes of different builds share one queue; this process
-// sends by name and loads no task class.
+// Rolling deploys and shared Redis: a worker of an older build meets a task name it does not
+// declare. It hands the task back, without counting an attempt and with a growing delay (no
+// spinning), until a worker that declares the name runs it; only when no worker has declared
+// the name within `unknownTaskGrace` does the task end FAILURE with UnknownTaskError. Two
+// worker processes of different builds share one queue; this process sends by name and loads no
+// task class.
 import { describe, expect, it } from 'vitest';
 import { Worker } from 'heimdall-tasks';
 import { redisNowMs, reportFigures, useHarness, waitFor, type Harness } from '../helpers.js';
-import { readStarts, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
+import { readStarts } from '../fixtures/deploy/control.js';
+import { startWorkerProcess, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
@@ -22,7 +23,7 @@ describe('rolling deploys: a task name the worker does not declare', () => {
 
   it('an old-build worker hands the tasks back until a new-build worker starts; each runs once, with one attempt', { timeout: 90_000 }, async () => {
     const h = fresh();
-    const [old] = await startDeployWorkers(h, 1, { SERVICES: 'authority' });
+    const old = await startWorkerProcess(h, { services: ['authority'], concurrency: 4 });
     const d = h.dispatcher();
     const handles = await Promise.all(range(5).map((n) => d.send('FeatureService.shiny', [n])));
     const known = await Promise.all(range(3).map((n) => d.send('AuthorityService.limited', [n])));
@@ -42,17 +43,17 @@ describe('rolling deploys: a task name the worker does not declare', () => {
     await waitFor(async () => (await known[0]!.status()) === 'SUCCESS', { what: 'a task the old build knows to run' });
 
     const newStartedAt = await redisNowMs(h.admin);
-    const [neu] = await startDeployWorkers(h, 1, { SERVICES: 'authority,feature' });
+    const neu = await startWorkerProcess(h, { services: ['authority', 'feature'], concurrency: 4 });
     expect(await Promise.all(handles.map((r) => r.get({ timeout: 30 })))).toEqual([0, 10, 20, 30, 40]);
     const doneAt = await redisNowMs(h.admin);
     const infos = await Promise.all(handles.map((r) => r.info()));
     expect(infos.map((i) => i.attempts)).toEqual([1, 1, 1, 1, 1]);
-    expect(infos.map((i) => i.worker)).toEqual(handles.map(() => neu!.workerId));
+    expect(infos.map((i) => i.worker)).toEqual(handles.map(() => neu.workerId));
     const starts = (await readStarts(h)).filter((e) => e.task === 'FeatureService.shiny');
     expect(starts.map((e) => e.id).sort()).toEqual(handles.map((r) => r.id).sort());
     expect(await h.deadLetters()).toEqual([]);
 
-    const [oldSummary, newSummary] = await stopDeployWorkers([old!, neu!]);
+    const [oldSummary, newSummary] = await stopWorkerProcesses([old, neu]);
     expect(oldSummary!.failed).toBe(0);
     expect(oldSummary!.errors.filter((e) => /UnknownTaskError/.test(e))).toEqual([]);
     expect(newSummary!.failed).toBe(0);
@@ -66,7 +67,7 @@ describe('rolling deploys: a task name the worker does not declare', () => {
 
   it('no spinning: while only the old build runs, each hand-back waits longer than the one before', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const [old] = await startDeployWorkers(h, 1, { SERVICES: 'authority' });
+    const old = await startWorkerProcess(h, { services: ['authority'], concurrency: 4 });
     const d = h.dispatcher();
     const sentAt = await redisNowMs(h.admin);
     const r = await d.send('FeatureService.shiny', [1]);
@@ -87,14 +88,14 @@ describe('rolling deploys: a task name the worker does not declare', () => {
     expect(gaps.length, `gaps between consecutive hand-backs seen: ${gaps.join('/')}`).toBeGreaterThanOrEqual(2);
     for (let i = 1; i < gaps.length; i++) expect(gaps[i]!).toBeGreaterThan(gaps[i - 1]! * 1.3);
     expect((await r.info()).attempts).toBe(0);
-    const summary = (await stopDeployWorkers([old!]))[0]!;
+    const summary = (await stopWorkerProcesses([old]))[0]!;
     expect(summary.started).toBe(0);
     reportFigures('hand-back delays', { gapsBetweenDueTimesMs: gaps.join('/'), msFromSendToFourthDue: seen[seen.length - 1]!.due - sentAt });
   });
 
   it('with no worker declaring the name within unknownTaskGrace, the task ends FAILURE UnknownTaskError and is dead-lettered', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const [old] = await startDeployWorkers(h, 1, { SERVICES: 'authority', GRACE: '1s' });
+    const old = await startWorkerProcess(h, { services: ['authority'], concurrency: 4, unknownTaskGrace: '1s' });
     const d = h.dispatcher();
     const r = await d.send('FeatureService.shiny', [1]);
     const err = await r.get({ timeout: 30 }).then(
@@ -111,12 +112,12 @@ describe('rolling deploys: a task name the worker does not declare', () => {
     const dead = await h.deadLetters();
     expect(dead.map((x) => x.id)).toEqual([r.id]);
     expect(dead[0]!.reason).toMatch(/FeatureService\.shiny/);
-    await stopDeployWorkers([old!]);
+    await stopWorkerProcesses([old]);
   });
 
   it('a task that ran since its last hand-backs gets a new grace when a worker that does not run it meets it again', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const [old] = await startDeployWorkers(h, 1, { SERVICES: 'authority', GRACE: '2s' });
+    const old = await startWorkerProcess(h, { services: ['authority'], concurrency: 4, unknownTaskGrace: '2s' });
     // Some worker declares the name (played by writing its declaration), so the old worker hands
     // the task back however long it waits.
     await h.admin.hset(h.queueKey('names'), 'FeatureService.flaky', String((await redisNowMs(h.admin)) + 600_000));
@@ -125,9 +126,9 @@ describe('rolling deploys: a task name the worker does not declare', () => {
     await waitFor(async () => (await declines(h, r.id)).count >= 1, { what: 'a first hand-back' });
     // A new-build worker runs the first attempt (it fails, RETRY in 3 s), then goes away, and its
     // declarations with it (played by deleting them rather than waiting for them to lapse).
-    const [neu] = await startDeployWorkers(h, 1, { SERVICES: 'authority,feature' });
+    const neu = await startWorkerProcess(h, { services: ['authority', 'feature'], concurrency: 4 });
     await waitFor(async () => (await r.status()) === 'RETRY', { what: 'the first attempt to fail into RETRY' });
-    await stopDeployWorkers([neu!]);
+    await stopWorkerProcesses([neu]);
     await h.admin.del(h.queueKey('names'));
     const retryDue = (await r.info()).dueAt!.getTime();
     // The old worker meets the retry more than 2 s after the first hand-back: it starts a new
@@ -136,7 +137,7 @@ describe('rolling deploys: a task name the worker does not declare', () => {
     const info = await r.info();
     expect(info.finishedAt!.getTime() - retryDue).toBeGreaterThanOrEqual(1900);
     expect(info.attempts).toBe(1);
-    await stopDeployWorkers([old!]);
+    await stopWorkerProcesses([old]);
   });
 
   it('unknownTaskGrace 0 fails an undeclared task at its first start', async () => {

@@ -1,13 +1,14 @@
-// Every start of a task gets a token (issue 8, point 3): the lease, its renewals, the finish
-// and revoke signals carry it, so the end or renewal of a run that is no longer the task's
-// current run is refused and reported as such, never emitted as `succeeded`.
+// Every start of a task gets a token: the lease, its renewals, the finish and revoke signals
+// carry it, so the end or renewal of a run that is no longer the task's current run is refused
+// and reported as such, never emitted as `succeeded`.
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Task, currentTask, type TaskResult } from 'heimdall-tasks';
 import { gate, recordEvents, reportFigures, useHarness, waitFor } from '../helpers.js';
-import { openGate, readRuns, startFaultWorkers, stopFaultWorkers } from '../fixtures/faults/control.js';
+import { openGate, readRuns } from '../fixtures/faults/control.js';
 import { FaultService } from '../fixtures/faults/services.js';
 import { StallProxy } from '../fixtures/faults/stall-proxy.js';
+import { startWorkerProcess, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
@@ -53,27 +54,27 @@ describe('a token per run', () => {
     const h = fresh();
     const d = h.dispatcher();
     // A long lease, so A's renewal timer is not due when it wakes: its finishes reach Redis first.
-    const [a] = await startFaultWorkers(h, h.admin, 1, { CONCURRENCY: '20', LEASE: '30s' });
+    const a = await startWorkerProcess(h, { services: ['fault'], concurrency: 20, lease: '30s' });
     const handles = await Promise.all(range(20).map((n) => d.tasks(FaultService).fragile.delay(n)));
     await waitFor(async () => (await readRuns(h.admin, h.prefix)).filter((e) => e.ev === 'start').length === 20, {
       timeout: 20_000,
       what: '20 tasks to start on worker A',
     });
-    a!.child.kill('SIGSTOP');
+    a.child.kill('SIGSTOP');
     try {
       // A stays stopped past its leases: played by moving their expiry into the past.
       const active = h.queueKey('active');
       for (const r of handles) await h.admin.zadd(active, 'XX', 1, r.id);
       // B recovers the lapsed leases: maxRecoveries 0, so each ends FAILURE WorkerLostError.
-      const [b] = await startFaultWorkers(h, h.admin, 1, { CONCURRENCY: '20', LEASE: '1s' });
+      const b = await startWorkerProcess(h, { services: ['fault'], concurrency: 20, lease: '1s' });
       await waitFor(async () => (await Promise.all(handles.map((r) => r.status()))).every((s) => s === 'FAILURE'), {
         timeout: 30_000,
         what: 'the 20 tasks of the stopped worker to end FAILURE',
       });
       await openGate(h.admin, h.prefix);
-      await stopFaultWorkers([b!]);
+      await stopWorkerProcesses([b]);
     } finally {
-      a!.child.kill('SIGCONT');
+      a.child.kill('SIGCONT');
     }
     // A wakes, its tasks pass the open gate and end: every end must be refused.
     await waitFor(async () => (await readRuns(h.admin, h.prefix)).filter((e) => e.ev === 'done').length === 20, {
@@ -81,7 +82,7 @@ describe('a token per run', () => {
       what: 'the 20 runs on A to complete after SIGCONT',
     });
     // close() waits until every end has had its answer from Redis.
-    const [summary] = await stopFaultWorkers([a!]);
+    const [summary] = await stopWorkerProcesses([a]);
     expect(summary!.succeeded).toBe(0);
     expect(summary!.failed).toBe(0);
     for (const r of handles) {

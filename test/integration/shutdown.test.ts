@@ -3,8 +3,9 @@
 import { describe, expect, it } from 'vitest';
 import { Task, currentTask } from 'heimdall-tasks';
 import { gate, recordEvents, useHarness, waitFor, watchAbort, type Gate } from '../helpers.js';
-import { readChildEvents, readControlLog, redisMillis, startControlWorker } from '../fixtures/control/control.js';
+import { readChildEvents, readControlLog, redisMillis } from '../fixtures/control/control.js';
 import { ControlService } from '../fixtures/control/services.js';
+import { startWorkerProcess } from '../fixtures/worker-processes.js';
 
 class ShutdownProbe {
   readonly runs: { id: string; attempt: number }[] = [];
@@ -152,7 +153,7 @@ describe('SIGTERM in a worker process', () => {
     const h = fresh();
     const d = h.dispatcher();
     const ref = d.tasks(ControlService);
-    const childA = await startControlWorker(h, { CONCURRENCY: '3', CLOSE_TIMEOUT: '300ms' });
+    const childA = await startWorkerProcess(h, { services: ['control'], concurrency: 3, closeTimeout: '300ms' });
     // Two tasks that ignore their signal on their first attempt occupy two of three slots.
     const holds = [await ref.holdOnce.delay('h1'), await ref.holdOnce.delay('h2')];
     const early = await Promise.all(Array.from({ length: 10 }, (_, i) => ref.quick.delay(`early-${i}`)));
@@ -186,7 +187,7 @@ describe('SIGTERM in a worker process', () => {
     expect(waiting.slice(-2).sort()).toEqual(holds.map((hd) => hd.id).sort());
     const doneInA = logA.filter((e) => e.ev === 'done').length;
 
-    const childB = await startControlWorker(h, { CONCURRENCY: '3' });
+    const childB = await startWorkerProcess(h, { services: ['control'], concurrency: 3 });
     const all = [...holds, ...early, ...late];
     const results = await Promise.all(all.map((hd) => hd.get({ timeout: 30 })));
     expect(results).toEqual([

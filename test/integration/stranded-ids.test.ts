@@ -1,8 +1,8 @@
 /**
- * No script leaves an id stranded (issue 8, point 6). Every transition moves a task id from one
- * place (the wait list, the delayed set, the active set) to another; when Redis refuses a
- * command half way (a Cluster slot being migrated, a full server, an ACL), the id must still be
- * in exactly one place, or handed to the caller, which puts it back. The refusals are injected on
+ * No script leaves an id stranded. Every transition moves a task id from one place (the wait
+ * list, the delayed set, the active set) to another; when Redis refuses a command half way (a
+ * Cluster slot being migrated, a full server, an ACL), the id must still be in exactly one
+ * place, or handed to the caller, which puts it back. The refusals are injected on
  * a redis-server of this file's own with ACL users that lack one command or the right to write
  * one key; after the permission comes back, every task runs, exactly once.
  */
@@ -10,8 +10,9 @@ import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { Task, currentTask } from 'heimdall-tasks';
 import { recordEvents, reportFigures, usePrivateRedis, waitFor, type Harness } from '../helpers.js';
-import { killHard, openGate, readRuns, startFaultWorkers } from '../fixtures/faults/control.js';
+import { openGate, readRuns } from '../fixtures/faults/control.js';
 import { FaultService, Gate, RunLog } from '../fixtures/faults/services.js';
+import { killWorkerProcess, startWorkerProcess } from '../fixtures/worker-processes.js';
 
 let users = 0;
 
@@ -70,10 +71,10 @@ async function placesOf(h: Harness, id: string): Promise<string[]> {
  */
 async function recoveryRefused(h: Harness, n: number, rules: string[], grant: string, reported: RegExp): Promise<void> {
   const d = h.dispatcher();
-  const [a] = await startFaultWorkers(h, h.admin, 1, { LEASE: '1s' }, h.url);
+  const a = await startWorkerProcess(h, { services: ['fault'], lease: '1s' });
   const task = await d.tasks(FaultService).held.delay(n);
   await waitFor(async () => (await task.status()) === 'STARTED', { what: 'the task to start on the doomed worker' });
-  await killHard(a!);
+  await killWorkerProcess(a);
   await openGate(h.admin, h.prefix);
 
   const user = await aclUser(h, rules);

@@ -1,12 +1,13 @@
-// The worker is the authority on a task's options (issue 8, point 1). Tasks are sent by name from
-// this process, which never loads their classes (test/fixtures/deploy/services.ts is imported by
-// the worker processes only), as a scheduler, another service or another language would send
-// them. The unique lock and the rate limit of the worker's own definition still hold, across
-// two worker processes.
+// The worker is the authority on a task's options. Tasks are sent by name from this process,
+// which never loads their classes (test/fixtures/deploy/services.ts is imported by the worker
+// processes only), as a scheduler, another service or another language would send them. The
+// unique lock and the rate limit of the worker's own definition still hold, across two worker
+// processes.
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { reportFigures, useHarness, waitFor } from '../helpers.js';
-import { authorityLockKey, oneRunsOneRevoked, openGate, readStarts, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
+import { authorityLockKey, oneRunsOneRevoked, openGate, readStarts } from '../fixtures/deploy/control.js';
+import { startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 
 
 describe('the worker applies its own unique and rate-limit options to messages sent by name', () => {
@@ -14,7 +15,7 @@ describe('the worker applies its own unique and rate-limit options to messages s
 
   it('two by-name sends of a unique task across two worker processes: one runs under the worker key, the other ends REVOKED duplicate', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const workers = await startDeployWorkers(h, 2, { SERVICES: 'authority' });
+    const workers = await startWorkerProcesses(h, 2, { services: ['authority'], concurrency: 4 });
     const d = h.dispatcher();
     const sent = [await d.send('AuthorityService.hold', [7]), await d.send('AuthorityService.hold', [7])];
     // The producer knows nothing of the lock: two tasks, neither a duplicate at dispatch.
@@ -31,7 +32,7 @@ describe('the worker applies its own unique and rate-limit options to messages s
     await openGate(h, 'hold-7');
     expect(await running.get({ timeout: 20 })).toBe(7);
     expect(await h.admin.exists(authorityLockKey(h, 'hold', 'slot-7'))).toBe(0);
-    const summaries = await stopDeployWorkers(workers);
+    const summaries = await stopWorkerProcesses(workers);
     expect(summaries.flatMap((s) => s.errors)).toEqual([]);
     expect(summaries.reduce((n, s) => n + s.started, 0)).toBe(1);
     expect((await readStarts(h)).map((e) => e.id)).toEqual([running.id]);
@@ -39,7 +40,7 @@ describe('the worker applies its own unique and rate-limit options to messages s
 
   it('without a key function the lock key is the hash of the arguments, whatever their key order', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const workers = await startDeployWorkers(h, 2, { SERVICES: 'authority' });
+    const workers = await startWorkerProcesses(h, 2, { services: ['authority'], concurrency: 4 });
     const d = h.dispatcher();
     const sent = [await d.send('AuthorityService.byArgs', [{ x: 1, y: 2 }]), await d.send('AuthorityService.byArgs', [{ y: 2, x: 1 }])];
     const [running, revoked] = await oneRunsOneRevoked(sent);
@@ -48,12 +49,12 @@ describe('the worker applies its own unique and rate-limit options to messages s
     expect(await h.admin.get(authorityLockKey(h, 'byArgs', digest))).toBe(running.id);
     await openGate(h, 'by-args');
     expect(await running.get({ timeout: 20 })).toBe(2);
-    await stopDeployWorkers(workers);
+    await stopWorkerProcesses(workers);
   });
 
   it('three by-name sends of a [1, 60] task across two worker processes: one starts, two wait in the delayed set', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const workers = await startDeployWorkers(h, 2, { SERVICES: 'authority' });
+    const workers = await startWorkerProcesses(h, 2, { services: ['authority'], concurrency: 4 });
     const d = h.dispatcher();
     const sent = await Promise.all([1, 2, 3].map((n) => d.send('AuthorityService.limited', [n])));
     const delayed = h.queueKey('delayed');
@@ -74,7 +75,7 @@ describe('the worker applies its own unique and rate-limit options to messages s
     expect(starts.map((e) => e.id)).toEqual([done[0]!.id]);
     // The window the worker used: the task's own key, holding the one start.
     expect(await h.admin.zcard(h.queueKeys().rate('AuthorityService.limited', undefined))).toBe(1);
-    const summaries = await stopDeployWorkers(workers);
+    const summaries = await stopWorkerProcesses(workers);
     expect(summaries.reduce((n, s) => n + s.rateLimited, 0)).toBeGreaterThanOrEqual(2);
     reportFigures('by-name [1, 60]', { sent: 3, started: starts.length, rescheduled: 2 });
   });

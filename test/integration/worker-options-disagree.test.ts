@@ -1,11 +1,12 @@
-// Producer and worker disagree on a task's options (issue 8, point 1): a producer of an older
-// build declares the worker's tasks with other options. What the message carries wins; what it
-// lacks, the worker fills in from its own definition. (A file of its own: the class below
-// registers these task names in this process, which the by-name tests must not have.)
+// Producer and worker disagree on a task's options: a producer of an older build declares the
+// worker's tasks with other options. What the message carries wins; what it lacks, the worker
+// fills in from its own definition. (A file of its own: the class below registers these task
+// names in this process, which the by-name tests must not have.)
 import { describe, expect, it } from 'vitest';
 import { Task } from 'heimdall-tasks';
 import { useHarness, waitFor } from '../helpers.js';
-import { authorityLockKey, oneRunsOneRevoked, openGate, startDeployWorkers, stopDeployWorkers } from '../fixtures/deploy/control.js';
+import { authorityLockKey, oneRunsOneRevoked, openGate } from '../fixtures/deploy/control.js';
+import { startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 
 /**
  * The same task names as the worker's AuthorityService, as an older build of the producer
@@ -35,7 +36,7 @@ describe('producer and worker disagree', () => {
 
   it('what the message carries wins, what it lacks the worker fills in', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const workers = await startDeployWorkers(h, 2, { SERVICES: 'authority' });
+    const workers = await startWorkerProcesses(h, 2, { services: ['authority'], concurrency: 4 });
     const d = h.dispatcher();
     const older = d.tasks(OlderProducerBuild);
 
@@ -62,7 +63,7 @@ describe('producer and worker disagree', () => {
     expect(await first.get({ timeout: 20 })).toBe(5);
     expect(await h.admin.get(await h.lockKeyOf(first.id))).toBeNull();
 
-    const summaries = await stopDeployWorkers(workers);
+    const summaries = await stopWorkerProcesses(workers);
     expect(summaries.flatMap((s) => s.errors)).toEqual([]);
   });
 });

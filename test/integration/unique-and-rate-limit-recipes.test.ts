@@ -1,6 +1,7 @@
 /**
- * Every example of the celery-heimdall README (shared/reference/000_…), ported to
- * heimdall-tasks, one test each, against a real Redis with in-process workers.
+ * Unique tasks and rate limits, recipe by recipe: every example of the celery-heimdall README
+ * (shared/reference/000_…), ported to heimdall-tasks, one test each, against a real Redis with
+ * in-process workers.
  */
 import { describe, expect, it } from 'vitest';
 import { AlreadyQueuedError, Task } from 'heimdall-tasks';
@@ -80,8 +81,8 @@ class ReadmeAmazonPerCustomer {
   }
 }
 
-describe('celery-heimdall README, ported', () => {
-  const fresh = useHarness('readme');
+describe('unique tasks and rate limits, recipe by recipe (the celery-heimdall README examples)', () => {
+  const fresh = useHarness('recipes');
 
   it('unique task: ten presses of the button make one task; nine duplicates carry its id', async () => {
     const h = fresh();
