@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
 import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
-import { admit, decline, fetch, type EndOutcome, type Verdict } from '../../src/core/protocol/scripts.js';
+import { admit, decline, fetch, readFetchReply, type EndOutcome, type Verdict } from '../../src/core/protocol/scripts.js';
 import { useHarness, type Harness } from '../helpers.js';
 
 const TTL = 86_400_000;
@@ -24,13 +24,13 @@ function scripts(h: Harness, admin: Redis) {
     keys,
     /** Starts up to `want` tasks as `worker`; returns [id, token] of each. */
     async fetch(worker: string, want = 1): Promise<[string, string][]> {
-      const reply = await fetch(runner, keys, as(worker), want, []);
+      const reply = readFetchReply(await fetch(runner, keys, as(worker), want, []), 0);
       return reply.started.map((r) => [r.id, r.token]);
     },
     /** Sends one end as `worker` (starting nothing); returns what became of it. */
     async finish(worker: string, id: string, token: string, state: 'SUCCESS' | 'FAILURE' | 'RETRY', retryDelayMs = 0): Promise<EndOutcome | undefined> {
       const end = { id, token, state, field: 'e' as const, value: JSON.stringify({ name: 'Error', message: 'boom' }), expireMs: TTL, retryDelayMs, deadReason: '' };
-      const reply = await fetch(runner, keys, as(worker), 0, [end]);
+      const reply = readFetchReply(await fetch(runner, keys, as(worker), 0, [end]), 1);
       return reply.outcomes[0];
     },
     decline: (worker: string, id: string, token: string): Promise<Verdict> => decline(runner, keys, as(worker), { id, token }, 60_000, 'no such task'),

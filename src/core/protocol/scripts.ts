@@ -117,16 +117,16 @@ export type EndOutcome =
 /** The reply of fetch-3.lua. */
 export interface FetchReply {
   started: StartedRun[];
-  limited: { id: string; name: string; argsJson: string; delayMs: number }[];
-  revoked: { id: string; name: string; argsJson: string; reason: RevokeReason }[];
+  readonly limited: readonly { id: string; name: string; argsJson: string; delayMs: number }[];
+  readonly revoked: readonly { id: string; name: string; argsJson: string; reason: RevokeReason }[];
   /** Ms until the earliest delayed task; -1 none; -2 not looked up (all wanted tasks started). */
   nextDelayMs: number;
   /** False when the wait list ran dry. */
   more: boolean;
   /** One per end sent, in order. */
-  outcomes: EndOutcome[];
+  readonly outcomes: readonly EndOutcome[];
   /** Ids popped and not placed: the caller puts them back at the front of the wait list. */
-  unplaced: string[];
+  readonly unplaced: readonly string[];
   /** '' or the text of the commands Redis refused. */
   problem: string;
 }
@@ -134,34 +134,36 @@ export interface FetchReply {
 /** nextDelayMs of a call that started all it asked for: the delayed set was not read. */
 export const NOT_LOOKED_UP = -2;
 
-type RawFetch = [(string | number)[], (string | number)[], (string | number)[], number, number, string[], string[], string];
+/** fetch-3.lua's reply as Redis sent it: read it with readFetchReply. */
+export type RawFetchReply = [(string | number)[], (string | number)[], (string | number)[], number, number, string[], string[], string];
 
 const STARTED_ITEMS = 8;
+const NONE: readonly never[] = Object.freeze([]);
 
-/** Stores `ends` and starts up to `want` tasks, in one call (fetch-3.lua). */
-export async function fetch(
-  runner: ScriptRunner,
-  keys: QueueKeys,
-  worker: WorkerIdentity,
-  want: number,
-  ends: readonly RunEnd[],
-): Promise<FetchReply> {
+/**
+ * Stores `ends` and starts up to `want` tasks, in one call (fetch-3.lua). Resolves Redis's
+ * reply as sent; `readFetchReply` decodes it. Two steps instead of one async function: this is
+ * the call every task of a busy worker goes through, and the extra promise per call showed in
+ * the worker's CPU per task at concurrency 1 (BENCHMARKS.md).
+ */
+export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[]): Promise<RawFetchReply> {
   const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, ends.length];
   for (const e of ends) args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason);
-  const [started, limited, revoked, nextDelay, more, outcomes, unplaced, problem] = await runner.run<RawFetch>(
-    fetchScript,
-    [keys.wait, keys.delayed, keys.active],
-    args,
-  );
+  return runner.run<RawFetchReply>(fetchScript, [keys.wait, keys.delayed, keys.active], args);
+}
+
+/** Decodes the reply of a fetch call that sent `endCount` ends. */
+export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply {
+  const [started, limited, revoked, nextDelay, more, outcomes, unplaced, problem] = raw;
   const reply: FetchReply = {
     started: [],
-    limited: [],
-    revoked: [],
+    limited: limited.length === 0 ? NONE : [],
+    revoked: revoked.length === 0 ? NONE : [],
     nextDelayMs: Number(nextDelay),
     more: Number(more) !== 0,
-    outcomes: [],
-    unplaced: unplaced.map(String),
-    problem: String(problem ?? ''),
+    outcomes: endCount === 0 ? NONE : [],
+    unplaced: unplaced.length === 0 ? NONE : unplaced.map(String),
+    problem: problem ? String(problem) : '',
   };
   for (let i = 0; i < started.length; i += STARTED_ITEMS) {
     const carried = String(started[i + 7]);
@@ -177,17 +179,30 @@ export async function fetch(
       carriesRate: carried.includes('r'),
     });
   }
+  const limitedOut = reply.limited as FetchReply['limited'][number][];
   for (let i = 0; i < limited.length; i += 4) {
-    reply.limited.push({ id: String(limited[i]), name: String(limited[i + 1]), argsJson: String(limited[i + 2]), delayMs: Number(limited[i + 3]) });
+    limitedOut.push({ id: String(limited[i]), name: String(limited[i + 1]), argsJson: String(limited[i + 2]), delayMs: Number(limited[i + 3]) });
   }
+  const revokedOut = reply.revoked as FetchReply['revoked'][number][];
   for (let i = 0; i < revoked.length; i += 4) {
-    reply.revoked.push({ id: String(revoked[i]), name: String(revoked[i + 1]), argsJson: String(revoked[i + 2]), reason: String(revoked[i + 3]) as RevokeReason });
+    revokedOut.push({ id: String(revoked[i]), name: String(revoked[i + 1]), argsJson: String(revoked[i + 2]), reason: String(revoked[i + 3]) as RevokeReason });
   }
-  for (let i = 0; i < ends.length; i++) reply.outcomes.push(endOutcome(String(outcomes[2 * i] ?? 'ERROR'), String(outcomes[2 * i + 1] ?? '')));
+  const outcomesOut = reply.outcomes as EndOutcome[];
+  for (let i = 0; i < endCount; i++) outcomesOut.push(endOutcome(String(outcomes[2 * i] ?? 'ERROR'), String(outcomes[2 * i + 1] ?? '')));
   return reply;
 }
 
+// The outcomes of stored ends, made once: one object per finish showed in the worker's CPU per task.
+const STORED: Readonly<Record<string, EndOutcome>> = Object.freeze({
+  SUCCESS: Object.freeze({ kind: 'stored', state: 'SUCCESS' }),
+  FAILURE: Object.freeze({ kind: 'stored', state: 'FAILURE' }),
+  REVOKED: Object.freeze({ kind: 'stored', state: 'REVOKED' }),
+  RETRY: Object.freeze({ kind: 'stored', state: 'RETRY' }),
+});
+
 function endOutcome(outcome: string, detail: string): EndOutcome {
+  const stored = STORED[outcome];
+  if (stored !== undefined) return stored;
   if (outcome === 'STALE') return { kind: 'stale', state: detail === '' ? undefined : (detail as TaskState) };
   if (outcome === 'ERROR') return { kind: 'refused', message: detail };
   return { kind: 'stored', state: outcome as 'SUCCESS' | 'FAILURE' | 'REVOKED' | 'RETRY' };

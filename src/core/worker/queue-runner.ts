@@ -10,6 +10,7 @@ import {
   extendLeases,
   fetch as fetchScript,
   NOT_LOOKED_UP,
+  readFetchReply,
   reclaim as reclaimScript,
   requeue as requeueScript,
   type AdmissionChecks,
@@ -240,7 +241,8 @@ export class QueueRunner {
         this.host.reserve(-want);
         return;
       }
-      reply = await Promise.race([fetchScript(this.scripts, this.keys, this.host, want, fin), this.abandonedCall]);
+      const raw = await Promise.race([fetchScript(this.scripts, this.keys, this.host, want, fin), this.abandonedCall]);
+      reply = readFetchReply(raw, fin.length);
     } catch (err) {
       this.host.reserve(-want);
       if (this.abandoned) return;

@@ -60,7 +60,8 @@ export class Worker {
       if (safeInstanceOf(reported, Error) !== true) return this.emit('error', new WorkerFaultError(toRemoteError(reported).message));
       this.emit('error', outOfMemory(reported, `worker ${this.id}`) as Error);
     };
-    const emit = <E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void => this.emit(event, ...args);
+    // Bound rather than wrapped in an arrow: a second rest parameter would cost an array per event.
+    const emit = this.emit.bind(this) as <E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]) => void;
     this.host = {
       workerId: this.id,
       leaseMs,
@@ -78,7 +79,15 @@ export class Worker {
       revoked: (queue, id, name, argsJson, reason) => this.emit('revoked', { id, name, queue, args: safeArgs(argsJson), reason }),
       reportError,
     };
-    this.execution = { workerId: this.id, resultExpiresMs, maxPayloadBytes, instanceFor: (def) => this.services.instanceFor(def), emit, reportError };
+    this.execution = {
+      workerId: this.id,
+      resultExpiresMs,
+      maxPayloadBytes,
+      instanceFor: (def) => this.services.instanceFor(def),
+      emit,
+      reportError,
+      finished: (run, finish) => this.release(run, finish),
+    };
     this.admission = { workerId: this.id, graceMs, release: (run) => this.release(run, undefined), emit, reportError };
   }
 
@@ -240,17 +249,12 @@ export class Worker {
     const def = taskByName(task.name);
     const running =
       def !== undefined && this.services.serves(def) && !needsAdmission(def, run)
-        ? this.execute(run, def)
+        ? execute(run, def, this.execution)
         : (async () => {
             if (!def || !this.services.serves(def)) return decline(run, def, this.admission);
-            if (await admit(run, def, this.admission)) await this.execute(run, def);
+            if (await admit(run, def, this.admission)) await execute(run, def, this.execution);
           })();
     running.catch((err: unknown) => this.executeFailed(run, err));
-  }
-
-  private async execute(run: Run, def: NonNullable<ReturnType<typeof taskByName>>): Promise<void> {
-    const finish = await execute(run, def, this.execution);
-    if (finish) this.release(run, finish);
   }
 
   /**
