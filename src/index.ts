@@ -1,4 +1,4 @@
-export { Task, TASK_METADATA } from './decorators/task.decorator.js';
+export { Task, TASK_METADATA } from './core/task/task.decorator.js';
 export { Dispatcher } from './core/producer/dispatcher.js';
 export type { ApplyOptions, ConnectionOptions, DispatcherOptions, TaskProxy, TaskRef } from './core/producer/dispatcher.js';
 export { Worker } from './core/worker/worker.js';

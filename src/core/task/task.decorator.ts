@@ -1,7 +1,7 @@
 import 'reflect-metadata';
-import { ConfigError } from '../core/errors.js';
-import { markTaskMethod, registerTask, type Constructor } from '../core/task/registry.js';
-import { normalizeTaskOptions, type TaskOptions } from '../core/task/task-options.js';
+import { ConfigError } from '../errors.js';
+import { markTaskMethod, registerTask, type Constructor } from './registry.js';
+import { normalizeTaskOptions, type TaskOptions } from './task-options.js';
 
 /** Metadata key under which `@Task` stores its options on the method (readable by Nest's `Reflector`). */
 export const TASK_METADATA = 'heimdall:task';
