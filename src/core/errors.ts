@@ -27,12 +27,18 @@ export class HeimdallError extends Error {
   }
 
   static override [Symbol.hasInstance](value: unknown): boolean {
+    // The prototype chain first: it answers for an app's own subclasses (with or without a
+    // CODE of their own) as for any class.
+    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+    // Then the brand, for an error made by another copy of the package: the base class matches
+    // every branded error; one of the library's classes, the errors of its own code. A class
+    // that only inherits a CODE (an app's `class MyConfig extends ConfigError`) is matched by
+    // the prototype chain alone, so a plain ConfigError is no MyConfig.
     const brand = brandOf(value);
     if (brand === undefined) return false;
-    // The base class matches every branded error; a subclass matches its own code.
     if (this === HeimdallError) return true;
-    const own = (this as unknown as { CODE?: string }).CODE;
-    return own !== undefined && own === brand;
+    if (!Object.prototype.hasOwnProperty.call(this, 'CODE')) return false;
+    return (this as unknown as { CODE?: unknown }).CODE === brand;
   }
 }
 
@@ -273,6 +279,8 @@ export function outOfMemory(err: unknown, what: string): unknown {
  */
 export function fromRedis(err: unknown, what: string, lastError?: Error): unknown {
   if (err instanceof HeimdallError || !(err instanceof Error)) return err;
+  // ioredis's errors are known by name, not class: the app's ioredis (a Cluster or client it
+  // passes in) may be another copy than the one this package imports.
   try {
     if (err.name === 'MaxRetriesPerRequestError' || /^Connection is closed\.?$/.test(err.message)) {
       return new RedisUnavailableError(what, { cause: err, lastError });

@@ -6,7 +6,7 @@
  * `retries`, never dead-lettered).
  */
 import { describe, expect, it } from 'vitest';
-import { MalformedTaskError, Task } from 'heimdall-tasks';
+import { HeimdallError, MalformedTaskError, RedisRefusedError, Task } from 'heimdall-tasks';
 import { recordEvents, useHarness, waitFor } from '../helpers.js';
 
 /** A task's own error that happens to carry the name of one of the worker's. */
@@ -69,5 +69,26 @@ describe("a task's own errors are never taken for the worker's", () => {
     expect(entry.reason).toMatch(/^the task's arguments are not a JSON array/);
     const info = await h.dispatcher().result(id).info();
     expect([info.state, info.error?.name, info.attempts]).toEqual(['FAILURE', 'MalformedTaskError', 1]);
+  });
+});
+
+describe("the worker's error events carry its own errors", () => {
+  const fresh = useHarness('worker-errors');
+
+  it('a command Redis refuses (the wait list of the wrong type) is reported as a RedisRefusedError with Redis\'s reply as its cause', async () => {
+    const h = fresh();
+    // The wait list is a string: Redis answers WRONGTYPE to the worker's blocking wait on it.
+    await h.admin.set(h.queueKey('wait'), 'not a list');
+    const worker = h.worker({ services: [new LookalikeService()] });
+    const ev = recordEvents(worker);
+    await worker.start();
+    await waitFor(() => ev.errors.length > 0, { timeout: 10_000, what: 'an error event' });
+    await worker.close();
+    for (const e of ev.errors) {
+      expect(e).toBeInstanceOf(HeimdallError);
+      expect(e).toBeInstanceOf(RedisRefusedError);
+      expect(e.message).toMatch(/WRONGTYPE/);
+      expect((e.cause as Error).name).toBe('ReplyError');
+    }
   });
 });

@@ -176,6 +176,38 @@ describe('error classes', () => {
   });
 });
 
+describe("instanceof an app's own subclasses", () => {
+  class AppError extends HeimdallError {
+    constructor(message: string) {
+      super('APP_ERROR', message);
+    }
+  }
+  class AppConfigError extends ConfigError {}
+  class CodedAppError extends HeimdallError {
+    static readonly CODE = 'APP_CODED';
+    constructor() {
+      super(CodedAppError.CODE, 'coded');
+    }
+  }
+
+  it('an app subclass of HeimdallError is an instance of itself and of HeimdallError, not of the library classes', () => {
+    const err = new AppError('mine');
+    expect(err instanceof AppError).toBe(true);
+    expect(err instanceof HeimdallError).toBe(true);
+    expect(err instanceof ConfigError).toBe(false);
+    expect(new CodedAppError() instanceof CodedAppError).toBe(true);
+    expect(new AppError('x') instanceof CodedAppError).toBe(false);
+  });
+
+  it('a subclass of a library class matches its own instances, and a plain instance of the library class is not one of it', () => {
+    expect(new AppConfigError('x') instanceof AppConfigError).toBe(true);
+    expect(new AppConfigError('x') instanceof ConfigError).toBe(true);
+    expect(new ConfigError('x') instanceof AppConfigError).toBe(false);
+    // A branded error from another copy of the package is a ConfigError, not the app's subclass.
+    expect({ [BRAND]: 'HEIMDALL_CONFIG' } instanceof AppConfigError).toBe(false);
+  });
+});
+
 describe('instanceof across two copies of the package', () => {
   it('answers from the brand: an object branded with a code is an instance of that class', () => {
     // What an error thrown by another copy (the CJS build, another version) looks like here.

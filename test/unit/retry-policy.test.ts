@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   ConfigError,
+  HeimdallError,
   MalformedTaskError,
   NonRetryableError,
   PayloadTooLargeError,
@@ -23,7 +24,20 @@ const never = (): number => {
   throw new Error('random() must not be called without jitter');
 };
 
+/** An app's own error class, derived from the library's base class. */
+class AppError extends HeimdallError {
+  constructor(message: string) {
+    super('APP_ERROR', message);
+  }
+}
+
 describe('retryDelay', () => {
+  it("an app's own HeimdallError subclass in retries.on is retried; one of another class is not", () => {
+    const p = noJitter({ max: 2, backoff: '10ms', on: [AppError] });
+    expect(retryDelay(p, 0, new AppError('retry me'), never)).toBe(10);
+    expect(retryDelay(p, 0, new Error('not mine'), never)).toBeUndefined();
+  });
+
   it('no policy: no retry, whatever was thrown', () => {
     for (const err of [new Error('x'), 'a string', undefined, null, new TypeError('t')]) {
       expect(retryDelay(undefined, 0, err, never)).toBeUndefined();

@@ -1,5 +1,5 @@
 import type { RedisClient } from '../protocol/connection.js';
-import { RedisOutOfMemoryError, RedisRefusedError, WorkerShutdownError } from '../errors.js';
+import { fromRedis, RedisOutOfMemoryError, RedisRefusedError, WorkerShutdownError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { ScriptRunner } from '../protocol/script-runner.js';
 import type { RevokeReason } from '../protocol/task-record.js';
@@ -248,7 +248,7 @@ export class QueueRunner {
       if (this.abandoned) return;
       this.pending.unshift(...fin);
       this.reclaimNeeded = true;
-      this.host.reportError(err);
+      this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: fetching and storing ends`));
       await this.backOff();
       return;
     }
@@ -267,7 +267,7 @@ export class QueueRunner {
     if (reply.unplaced.length > 0) {
       // Back in the list at once: an id held here is lost if this process dies.
       this.unplaced.push(...reply.unplaced);
-      await this.putBack().catch((err: unknown) => this.host.reportError(err));
+      await this.putBack().catch((err: unknown) => this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: putting taken ids back`)));
     }
     for (const task of reply.started) {
       this.running.set(task.id, task.token);
@@ -371,7 +371,7 @@ export class QueueRunner {
       .blmove(this.keys.wait, this.keys.wait, 'RIGHT', 'RIGHT', BLOCK_SECONDS)
       .catch(async (err: unknown) => {
         if (!this.host.accepting()) return;
-        this.host.reportError(err);
+        this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: waiting for tasks`));
         await new Promise((r) => setTimeout(r, 1000));
       })
       .finally(() => {

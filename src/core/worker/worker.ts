@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
-import { ConfigError, fromRedis, outOfMemory, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
+import { ConfigError, fromRedis, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
 import { closeClient, openClient, type OwnedClient } from '../protocol/connection.js';
 import { QueueKeys } from '../protocol/queue-keys.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
@@ -54,11 +54,13 @@ export class Worker {
     this.concurrency = concurrency;
     this.id = options.name ?? `${hostname()}:${process.pid}:${nanoid(6)}`;
     this.services = new ServiceDirectory(options.services ?? [], options.resolve, this.id);
-    // Anything a listener throws gets here: it is described without being trusted. A full
-    // Redis's refusal becomes a RedisOutOfMemoryError.
+    // Anything a listener throws gets here: it is described without being trusted. A call Redis
+    // refused or could not be reached for becomes a HeimdallError (fromRedis: RedisRefusedError,
+    // RedisOutOfMemoryError, RedisUnavailableError, Redis's error as its cause); the connection
+    // errors ioredis emits itself (ECONNREFUSED, TLS) pass as they are.
     const reportError = (reported: unknown): void => {
       if (safeInstanceOf(reported, Error) !== true) return this.emit('error', new WorkerFaultError(toRemoteError(reported).message));
-      this.emit('error', outOfMemory(reported, `worker ${this.id}`) as Error);
+      this.emit('error', fromRedis(reported, `worker ${this.id}`) as Error);
     };
     // Bound rather than wrapped in an arrow: a second rest parameter would cost an array per event.
     const emit = this.emit.bind(this) as <E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]) => void;
@@ -223,7 +225,7 @@ export class Worker {
         await runner.requeue(runs);
       } catch (err) {
         // Not put back now: their leases lapse and another worker recovers them.
-        this.host.reportError(err);
+        this.host.reportError(fromRedis(err, `queue ${runner.keys.queue}: handing running tasks back`));
       }
     }
   }
@@ -335,13 +337,13 @@ export class Worker {
           if (run && run.task.token === token) this.stopRun(run, reason, state);
         }
       } catch (err) {
-        this.host.reportError(err);
+        this.host.reportError(fromRedis(err, `queue ${r.keys.queue}: renewing leases`));
       }
     }
     try {
       await this.declareNames();
     } catch (err) {
-      this.host.reportError(err);
+      this.host.reportError(fromRedis(err, 'declaring the task names this worker runs'));
     }
   }
 
