@@ -3,7 +3,8 @@
  * forget(), expiry of records, unstorable results, and reading a result from anywhere.
  */
 import { describe, expect, it } from 'vitest';
-import { Dispatcher, Task, TaskFailedError, TimeoutError } from 'heimdall-tasks';
+import { Dispatcher, MalformedTaskError, Task, TaskFailedError, TimeoutError } from 'heimdall-tasks';
+import { FIELDS } from '../../src/core/protocol/task-fields.js';
 import { gate, type Harness, nextEvent, useHarness } from '../helpers.js';
 
 // A named function, so the traceback must mention it.
@@ -159,6 +160,17 @@ describe('results', () => {
     const info = await unknown.info();
     expect(info).toMatchObject({ id: 'no-such-task', name: undefined, state: 'PENDING', args: undefined, attempts: 0 });
     expect(await unknown.ready()).toBe(false);
+  });
+
+  it('a SUCCESS whose stored result is not JSON: get() rejects with MalformedTaskError naming the task, info() shows no result', async () => {
+    const h = fresh();
+    // A record another writer damaged: SUCCESS with a result that is not JSON.
+    await h.admin.hset(h.taskKey('damaged'), FIELDS.state, 'SUCCESS', FIELDS.result, '{not json');
+    const r = h.dispatcher().result('damaged');
+    const err = await r.get({ timeout: 5 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(MalformedTaskError);
+    expect((err as Error).message).toMatch(/task damaged is SUCCESS but its stored result is not JSON: \{not json/);
+    expect((await r.info()).result).toBeUndefined();
   });
 
   it('get({ timeout: 0.3 }) on a task nobody runs rejects with TimeoutError', async () => {

@@ -8,7 +8,7 @@ import { forget, revoke } from '../protocol/scripts.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import { taskByName } from '../task/registry.js';
 import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
-import { decodeError, decodeTaskInfo, FINAL_STATES, type RevokeReason, type TaskInfo, type TaskState } from '../protocol/task-record.js';
+import { decodeError, decodeResult, decodeTaskInfo, FINAL_STATES, type RevokeReason, type TaskInfo, type TaskState } from '../protocol/task-record.js';
 
 /** What a TaskResult needs from the dispatcher that made it. */
 export interface ResultBackend {
@@ -122,7 +122,8 @@ export class TaskResult<T = unknown> {
   /**
    * Waits for the task to end and returns its result. Wakes on the worker's announcement
    * rather than polling. Rejects with `TaskFailedError` (FAILURE, with the remote name,
-   * message and traceback), `TaskRevokedError` (REVOKED) or `TimeoutError`.
+   * message and traceback), `TaskRevokedError` (REVOKED) or `TimeoutError`; with
+   * `MalformedTaskError` for a SUCCESS whose stored result is not JSON (a damaged record).
    */
   async get(options: GetOptions = {}): Promise<T> {
     const limit = options.timeout === undefined ? Infinity : toMillis(options.timeout, 'get({ timeout })');
@@ -141,7 +142,7 @@ export class TaskResult<T = unknown> {
         const [s, r, e, rr] = await redisCall(what, () =>
           this.backend.client.hmget(this.keys.task(this.id), FIELDS.state, FIELDS.result, FIELDS.error, FIELDS.revokeReason),
         );
-        if (s === 'SUCCESS') return (r === null || r === undefined ? undefined : JSON.parse(r)) as T;
+        if (s === 'SUCCESS') return decodeResult(this.id, r) as T;
         if (s === 'FAILURE') throw new TaskFailedError(this.id, decodeError(e ?? '{}'));
         if (s === 'REVOKED') throw new TaskRevokedError(this.id, (rr as RevokeReason | null) ?? 'revoked');
         const remaining = deadline - Date.now();

@@ -1,6 +1,7 @@
 // Encoding and decoding of a task record, the HASH `<prefix>:{<queue>}:t:<id>` (fields in
 // task-fields.ts): what a producer writes into it (the message) and what a reader gets out of it.
 // docs/protocol.md is the contract for producers in other languages.
+import { MalformedTaskError } from '../errors.js';
 import { FIELDS } from './task-fields.js';
 
 /**
@@ -131,6 +132,21 @@ export function encodeMessage(m: TaskMessage): (string | number)[] {
   }
   if (m.rate) fields.push(FIELDS.rateKey, m.rate.key, FIELDS.rateLimit, m.rate.limit, FIELDS.ratePeriod, m.rate.periodMs);
   return fields;
+}
+
+/**
+ * The stored result of a SUCCESS (field `r`; absent: the task returned undefined). A value that
+ * is not JSON (a record some other writer made or damaged) is a MalformedTaskError naming the
+ * task: get() must not hand back a value the task did not return. decodeTaskInfo, which
+ * describes a record for inspection, shows such a result as undefined instead.
+ */
+export function decodeResult(id: string, text: string | null | undefined): unknown {
+  if (text === null || text === undefined) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new MalformedTaskError(`task ${id} is SUCCESS but its stored result is not JSON: ${text.slice(0, 200)}`);
+  }
 }
 
 /** Reads the stored error JSON, tolerating anything. */
