@@ -1,6 +1,6 @@
 // What the scripts' reply codes mean for the caller, and which error class each calls for: the one
 // table of them. (The codes themselves are in each script's header.)
-import { AlreadyQueuedError, ConfigError, RedisRefusedError, UnexpectedReplyError } from '../errors.js';
+import { AlreadyQueuedError, ConfigError, MalformedTaskError, RedisRefusedError, UnexpectedReplyError, UnknownTaskError } from '../errors.js';
 import type { EnqueueOutcome } from './scripts.js';
 
 /** Reply codes of enqueue-2.lua, per task. */
@@ -52,4 +52,45 @@ export function enqueued(outcome: EnqueueOutcome, t: EnqueueContext): Enqueued {
     default:
       throw new UnexpectedReplyError(`cannot send ${t.name}: the enqueue script answered code ${outcome.code}`);
   }
+}
+
+/** What a run's end came to (finish-task.lua), the first of its two reply items; a stored state is the state itself. */
+export const END_OUTCOMES = {
+  /** Not stored: the run is no longer the task's current one; the detail is the state Redis holds ('' for no record). */
+  stale: 'STALE',
+  /** Redis refused a command (out of memory, an ACL): nothing stored; the detail is its message. The end is sent again. */
+  refused: 'ERROR',
+  /** Stored (now, or by an earlier send of the same end), as this state. */
+  stored: ['SUCCESS', 'FAILURE', 'REVOKED', 'RETRY'],
+} as const;
+
+/** The verdicts of admit-3.lua and decline-4.lua, the first of their two reply items (the second is its detail). */
+export const VERDICTS = {
+  /** Admitted: run it. */
+  run: 'RUN',
+  /** Ended REVOKED; the detail is the reason (a unique duplicate, expired, or revoked meanwhile). */
+  revoked: 'REVOKED',
+  /** Rate-limited: put back in the delayed set; the detail is the delay in ms. */
+  limited: 'LIMITED',
+  /** Handed back for another worker; the detail is the delay in ms. */
+  deferred: 'DEFERRED',
+  /** Ended FAILURE and dead-lettered; the detail is the stored message (the error class: FAILURE_ERRORS). */
+  failure: 'FAILURE',
+  /** The run is no longer the task's current one; the detail is the state Redis holds. */
+  stale: 'STALE',
+} as const;
+
+/**
+ * The error class of a FAILURE verdict, per script: admit fails a message it cannot read
+ * (a lock or rate window of the wrong type), decline a name no worker declared within
+ * unknownTaskGrace. The script stores the class's name with the message; the worker emits it.
+ */
+export const FAILURE_ERRORS = { admit: MalformedTaskError, decline: UnknownTaskError } as const;
+
+/** The reply codes of revoke-3.lua, by position (0 to 4). */
+export const REVOKE_CODES = ['unknown', 'ended', 'revoked', 'terminated', 'requested'] as const;
+
+/** A reply item no table above names: the script and the library disagree, or someone else wrote it. */
+export function unexpectedReply(script: string, what: string, value: unknown): UnexpectedReplyError {
+  return new UnexpectedReplyError(`the ${script} script answered ${what} ${JSON.stringify(String(value)).slice(0, 200)}, which this version does not know`);
 }

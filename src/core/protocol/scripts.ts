@@ -3,6 +3,7 @@
 // else in the library builds a script's arguments or reads its reply.
 import { UnexpectedReplyError } from '../errors.js';
 import type { QueueKeys } from './queue-keys.js';
+import { END_OUTCOMES, REVOKE_CODES, unexpectedReply, VERDICTS } from './reply-codes.js';
 import type { ScriptRunner } from './script-runner.js';
 import type { RevokeReason, TaskState } from './task-record.js';
 import {
@@ -112,7 +113,8 @@ export interface RunEnd {
 export type EndOutcome =
   | { kind: 'stored'; state: 'SUCCESS' | 'FAILURE' | 'REVOKED' | 'RETRY' }
   | { kind: 'stale'; state: TaskState | undefined }
-  | { kind: 'refused'; message: string };
+  | { kind: 'refused'; message: string }
+  | { kind: 'unexpected'; error: UnexpectedReplyError };
 
 /** The reply of fetch-3.lua. */
 export interface FetchReply {
@@ -193,19 +195,14 @@ export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply
 }
 
 // The outcomes of stored ends, made once: one object per finish showed in the worker's CPU per task.
-const STORED: Readonly<Record<string, EndOutcome>> = Object.freeze({
-  SUCCESS: Object.freeze({ kind: 'stored', state: 'SUCCESS' }),
-  FAILURE: Object.freeze({ kind: 'stored', state: 'FAILURE' }),
-  REVOKED: Object.freeze({ kind: 'stored', state: 'REVOKED' }),
-  RETRY: Object.freeze({ kind: 'stored', state: 'RETRY' }),
-});
+const STORED = new Map<string, EndOutcome>(END_OUTCOMES.stored.map((state) => [state, Object.freeze({ kind: 'stored', state })]));
 
 function endOutcome(outcome: string, detail: string): EndOutcome {
-  const stored = STORED[outcome];
+  const stored = STORED.get(outcome);
   if (stored !== undefined) return stored;
-  if (outcome === 'STALE') return { kind: 'stale', state: detail === '' ? undefined : (detail as TaskState) };
-  if (outcome === 'ERROR') return { kind: 'refused', message: detail };
-  return { kind: 'stored', state: outcome as 'SUCCESS' | 'FAILURE' | 'REVOKED' | 'RETRY' };
+  if (outcome === END_OUTCOMES.stale) return { kind: 'stale', state: detail === '' ? undefined : (detail as TaskState) };
+  if (outcome === END_OUTCOMES.refused) return { kind: 'refused', message: detail };
+  return { kind: 'unexpected', error: unexpectedReply('fetch', "for a run's end", outcome) };
 }
 
 // ------------------------------------------------------------------------------------ leases
@@ -263,21 +260,26 @@ export type Verdict =
   | { verdict: 'LIMITED'; delayMs: number }
   | { verdict: 'DEFERRED'; delayMs: number }
   | { verdict: 'FAILURE'; message: string }
-  | { verdict: 'STALE'; state: TaskState | undefined };
+  | { verdict: 'STALE'; state: TaskState | undefined }
+  /** A verdict this version does not know: the worker reports it and lets go of the run. */
+  | { verdict: 'UNEXPECTED'; error: UnexpectedReplyError };
 
-function verdictOf([verdict, detail]: [string, string]): Verdict {
+/** Decodes the reply of admit-3.lua or decline-4.lua. */
+export function readVerdict(script: 'admit' | 'decline', [verdict, detail]: [string, string]): Verdict {
   switch (verdict) {
-    case 'RUN':
+    case VERDICTS.run:
       return { verdict };
-    case 'REVOKED':
+    case VERDICTS.revoked:
       return { verdict, reason: detail as RevokeReason };
-    case 'LIMITED':
-    case 'DEFERRED':
+    case VERDICTS.limited:
+    case VERDICTS.deferred:
       return { verdict, delayMs: Number(detail) };
-    case 'FAILURE':
+    case VERDICTS.failure:
       return { verdict, message: detail };
+    case VERDICTS.stale:
+      return { verdict, state: detail === '' ? undefined : (detail as TaskState) };
     default:
-      return { verdict: 'STALE', state: detail === '' ? undefined : (detail as TaskState) };
+      return { verdict: 'UNEXPECTED', error: unexpectedReply(script, 'the verdict', verdict) };
   }
 }
 
@@ -308,7 +310,7 @@ export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: Worke
       worker.resultExpiresMs,
     ],
   );
-  return verdictOf(reply);
+  return readVerdict('admit', reply);
 }
 
 /** Hands back a run of a task this worker does not run (decline-4.lua). */
@@ -318,7 +320,7 @@ export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: Wor
     [keys.wait, keys.delayed, keys.active, keys.names],
     [keys.base, worker.workerId, run.id, run.token, graceMs, worker.resultExpiresMs, message, seed()],
   );
-  return verdictOf(reply);
+  return readVerdict('decline', reply);
 }
 
 /** Declares the task names a worker runs on a queue, valid for `validMs` (declare-1.lua). */
@@ -330,11 +332,9 @@ export async function declare(runner: ScriptRunner, keys: QueueKeys, names: read
 
 /** What revoke-3.lua did (its reply code), and the state after it. */
 export interface RevokeReply {
-  code: 'unknown' | 'ended' | 'revoked' | 'terminated' | 'requested';
+  code: (typeof REVOKE_CODES)[number];
   state: TaskState;
 }
-
-const REVOKE_CODES: readonly RevokeReply['code'][] = ['unknown', 'ended', 'revoked', 'terminated', 'requested'];
 
 /** Revokes a task from any process (revoke-3.lua). */
 export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, terminate: boolean, expireMs: number, reason: RevokeReason): Promise<RevokeReply> {
@@ -344,7 +344,7 @@ export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, 
     [keys.base, id, terminate ? '1' : '0', expireMs, reason],
   );
   const name = REVOKE_CODES[Number(code)];
-  if (name === undefined) throw new UnexpectedReplyError(`the revoke script answered code ${String(code)}`);
+  if (name === undefined) throw unexpectedReply('revoke', 'code', code);
   return { code: name, state: name === 'unknown' ? 'PENDING' : (String(state) as TaskState) };
 }
 

@@ -1,4 +1,5 @@
-import { MalformedTaskError, StaleRunError, UnknownTaskError } from '../errors.js';
+import { StaleRunError } from '../errors.js';
+import { FAILURE_ERRORS } from '../protocol/reply-codes.js';
 import type { AdmissionChecks, Verdict } from '../protocol/scripts.js';
 import { callChecks } from '../task/call-checks.js';
 import type { TaskDefinition } from '../task/registry.js';
@@ -53,10 +54,13 @@ export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost):
       host.emit('rateLimited', { ...base, delayMs: verdict.delayMs });
       break;
     case 'FAILURE':
-      host.emit('failed', { ...base, attempt: task.attempt - 1, error: remote(new MalformedTaskError(verdict.message)), runtimeMs: 0 });
+      host.emit('failed', { ...base, attempt: task.attempt - 1, error: remote(new FAILURE_ERRORS.admit(verdict.message)), runtimeMs: 0 });
       break;
     case 'STALE':
       host.emit('error', new StaleRunError(task.id, task.name, verdict.state, 'end'));
+      break;
+    case 'UNEXPECTED':
+      host.reportError(verdict.error);
       break;
     default:
       break;
@@ -84,11 +88,13 @@ export async function decline(run: Run, def: TaskDefinition | undefined, host: A
   host.release(run);
   const base = { id: task.id, name: task.name, queue, args: safeArgs(task.argsJson) };
   if (verdict.verdict === 'FAILURE') {
-    host.emit('failed', { ...base, attempt: task.attempt - 1, error: remote(new UnknownTaskError(verdict.message)), runtimeMs: 0 });
+    host.emit('failed', { ...base, attempt: task.attempt - 1, error: remote(new FAILURE_ERRORS.decline(verdict.message)), runtimeMs: 0 });
   } else if (verdict.verdict === 'REVOKED') {
     host.emit('revoked', { ...base, reason: verdict.reason });
   } else if (verdict.verdict === 'STALE') {
     host.emit('error', new StaleRunError(task.id, task.name, verdict.state, 'end'));
+  } else if (verdict.verdict === 'UNEXPECTED') {
+    host.reportError(verdict.error);
   }
 }
 

@@ -27,7 +27,7 @@ import {
 /** A run's end waiting for the next call, and who to tell what became of it. */
 export interface Finish extends RunEnd {
   /** Called once Redis answered: stored (now or before), stale (not stored: no longer the task's current run). */
-  stored(outcome: Exclude<EndOutcome, { kind: 'refused' }>): void;
+  stored(outcome: Exclude<EndOutcome, { kind: 'refused' } | { kind: 'unexpected' }>): void;
 }
 
 /** What a runner needs from its worker. */
@@ -259,6 +259,8 @@ export class QueueRunner {
     const refusals: string[] = reply.problem ? [reply.problem] : [];
     fin.forEach((f, i) => {
       const outcome = reply.outcomes[i]!;
+      // An outcome this version does not know: reported, not sent again (Redis holds whatever the script did).
+      if (outcome.kind === 'unexpected') return this.host.reportError(outcome.error);
       if (outcome.kind !== 'refused') return f.stored(outcome);
       refused.push(f);
       refusals.push(`storing the end of task ${f.id}: ${outcome.message}`);
