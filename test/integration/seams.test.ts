@@ -3,8 +3,9 @@
  *  - the connection accepts an ioredis Cluster client (a Redis Cluster support will need it):
  *    no `instanceof Redis` inside, duplicated as a Cluster, its keyPrefix refused as a plain
  *    client's is; and a whole round trip runs through one, on a one-node Redis Cluster;
- *  - enqueueing is callable without a Dispatcher (a scheduler will need it): the Enqueuer, over
- *    the protocol layer's message encoding, sends tasks a worker runs;
+ *  - enqueueing is callable without a Dispatcher (a scheduler will need it): prepareCall checks a
+ *    call and builds its message, locks and rate keys included, from a registry definition, and
+ *    an Enqueuer of the scheduler's own sends it; MONITOR counts its enqueue calls;
  *  - `TaskResult` cannot be built from outside: its constructor takes an opaque token only the
  *    library holds (type-checked below with @ts-expect-error, by `npm run typecheck`).
  * The graceful-shutdown helper (`onShutdownSignal`, in src for a CLI) is exercised by the two
@@ -12,13 +13,27 @@
  */
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, Dispatcher, Task, TaskResult, Worker, type ConnectionOption } from 'heimdall-tasks';
+import {
+  ConfigError,
+  Dispatcher,
+  PayloadTooLargeError,
+  SerializationError,
+  Task,
+  TaskResult,
+  Worker,
+  type ApplyOptions,
+  type ConnectionOption,
+} from 'heimdall-tasks';
+import { DEFAULT_MAX_PAYLOAD_BYTES } from '../../src/core/producer/dispatcher.js';
 import { Enqueuer } from '../../src/core/producer/enqueuer.js';
+import { prepareCall, type PreparedCall } from '../../src/core/producer/prepare-call.js';
 import { closeClient, openClient } from '../../src/core/protocol/connection.js';
 import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
 import { enqueued } from '../../src/core/protocol/reply-codes.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
-import { encodeMessage } from '../../src/core/protocol/task-record.js';
+import { callChecks } from '../../src/core/task/call-checks.js';
+import { taskByName, type TaskDefinition } from '../../src/core/task/registry.js';
+import { enqueue as enqueueScript } from '../../src/redis-scripts/scripts.generated.js';
 import { startRedis, type LaunchedRedis } from '../../scripts/redis-launcher.mjs';
 import { newPrefix, recordEvents, useHarness, waitFor } from '../helpers.js';
 
@@ -139,33 +154,90 @@ describe('a round trip through an ioredis Cluster client (a one-node Redis Clust
 describe('enqueueing without a Dispatcher', () => {
   const fresh = useHarness('enqueuer');
 
-  it('an Enqueuer over a ScriptRunner sends tasks a worker runs; one call carries the tasks of a tick', async () => {
-    const h = fresh();
-    const worker = h.worker({ services: [new SeamService()] });
-    await worker.start();
-    const client = new Redis(h.url);
-    try {
-      const enqueuer = new Enqueuer(new ScriptRunner(client));
-      const keys = new QueueKeys(h.prefix, 'default');
-      const send = (id: string, args: unknown[]) => {
-        const argsJson = JSON.stringify(args);
-        const fields = encodeMessage({ name: 'SeamService.add', argsJson });
-        return enqueuer.send(keys, { id, countdownMs: 0, etaMs: 0, lockKey: '', lockTtlMs: 0, fields }, argsJson.length, `scheduling ${id}`);
-      };
-      const outcomes = await Promise.all([send('sched-1', [1, 2]), send('sched-2', [3, 4])]);
-      const ids = outcomes.map((o, i) => enqueued(o, { name: 'SeamService.add', id: `sched-${i + 1}`, customId: true, uniqueRaises: false }));
-      expect(ids).toEqual([
-        { id: 'sched-1', duplicate: false },
-        { id: 'sched-2', duplicate: false },
-      ]);
-      await enqueuer.drain();
-      const d = h.dispatcher();
-      expect(await d.result<number>('sched-1').get({ timeout: 10 })).toBe(3);
-      expect(await d.result<number>('sched-2').get({ timeout: 10 })).toBe(7);
-    } finally {
-      await client.quit();
-    }
-  });
+  it(
+    'a scheduler prepares calls with prepareCall from the registry definition and sends them through its own Enqueuer: ' +
+      'the worker runs them, a unique call sent twice in one tick is one task and one duplicate, and one EVALSHA carries the tick',
+    async () => {
+      const h = fresh();
+      // The worker is built first: under standard decorators its services are what registers the class.
+      const worker = h.worker({ services: [new SeamService()] });
+      const ev = recordEvents(worker);
+      const add = taskByName('SeamService.add');
+      const once = taskByName('SeamService.once');
+      expect(add?.options.unique).toBe(false);
+      expect(once?.options.unique).toBe(true);
+      const keysFor = (queue: string): QueueKeys => new QueueKeys(h.prefix, queue);
+      const prepare = (def: TaskDefinition, args: unknown[], call: ApplyOptions = {}): PreparedCall =>
+        prepareCall(def.name, def.options, args, call, keysFor, DEFAULT_MAX_PAYLOAD_BYTES);
+
+      // The checks come with it: a bad call throws, as delay() would, before anything is sent.
+      expect(() => prepare(add!, [1, () => 2])).toThrow(SerializationError);
+      expect(() => prepare(add!, [1, 2], { countdwn: 1 } as ApplyOptions)).toThrow(/^unknown call option 'countdwn'; known: /);
+      expect(() => prepareCall(add!.name, add!.options, [1, 2], {}, keysFor, 4)).toThrow(PayloadTooLargeError);
+
+      const calls = [prepare(add!, [1, 2], { taskId: 'sched-1' }), prepare(add!, [3, 4]), prepare(once!, [5]), prepare(once!, [5])];
+      const [, second, firstOnce, againOnce] = calls as [PreparedCall, PreparedCall, PreparedCall, PreparedCall];
+      // The lock key the message carries is the one a worker computes at admission for a message without one.
+      const workerLock = callChecks(h.queueKeys(), once!.name, once!.options, [5], JSON.stringify([5]), { lock: true, rate: false }).lock!;
+      expect(workerLock.key.startsWith(`${h.prefix}:{default}:lock:SeamService.once:`)).toBe(true);
+      expect(firstOnce.task.lockKey).toBe(workerLock.key);
+      expect(firstOnce.task.lockTtlMs).toBe(60_000);
+
+      // Every enqueue call of this test's queue, as Redis runs it (the server may be shared: filter by our keys).
+      const wait = h.queueKey('wait');
+      const enqueueCalls: string[][] = [];
+      const marker = `fence-${h.prefix}`;
+      let fenced = false;
+      const mon = await h.admin.monitor();
+      mon.on('monitor', (_time: string, args: string[]) => {
+        const command = String(args[0]).toLowerCase();
+        if (command === 'evalsha' && args[1] === enqueueScript.sha && args[3] === wait) enqueueCalls.push(args);
+        else if (command === 'echo' && args[1] === marker) fenced = true;
+      });
+      const client = new Redis(h.url);
+      try {
+        const enqueuer = new Enqueuer(new ScriptRunner(client));
+        // One tick: four sends, one queue.
+        const outcomes = await Promise.all(calls.map((p) => enqueuer.send(p.keys, p.task, p.bytes, `scheduling ${p.name}`)));
+        const sent = outcomes.map((o, i) => {
+          const p = calls[i]!;
+          return enqueued(o, { name: p.name, id: p.id, customId: p.customId, uniqueRaises: p.opts?.uniqueRaises === true });
+        });
+        expect(sent).toEqual([
+          { id: 'sched-1', duplicate: false },
+          { id: second.id, duplicate: false },
+          { id: firstOnce.id, duplicate: false },
+          { id: firstOnce.id, duplicate: true },
+        ]);
+
+        // MONITOR shows commands in the order Redis ran them: once our marker is there, so is every enqueue call before it.
+        await h.admin.echo(marker);
+        await waitFor(() => fenced, { timeout: 10_000, what: 'MONITOR to show the fence' });
+        expect(enqueueCalls, 'enqueue calls of this tick').toHaveLength(1);
+        expect(enqueueCalls[0]![6], 'tasks in that call (ARGV[2])').toBe('4');
+
+        // Before any worker runs: the lock is held by the first call, under the worker's name for it; the duplicate wrote nothing.
+        expect(await h.admin.get(workerLock.key)).toBe(firstOnce.id);
+        expect(await h.lockKeyOf(firstOnce.id)).toBe(workerLock.key);
+        expect(await h.admin.exists(h.taskKey(againOnce.id))).toBe(0);
+        const d = h.dispatcher();
+        expect((await d.tasks(SeamService).once.current(5))?.id).toBe(firstOnce.id);
+
+        await worker.start();
+        expect(await d.result<number>('sched-1').get({ timeout: 10 })).toBe(3);
+        expect(await d.result<number>(second.id).get({ timeout: 10 })).toBe(7);
+        expect(await d.result<number>(firstOnce.id).get({ timeout: 10 })).toBe(50);
+        await waitFor(() => ev.succeeded.length === 3, { what: 'three succeeded events' });
+        expect(ev.started.map((e) => e.id).sort()).toEqual(['sched-1', second.id, firstOnce.id].sort());
+        expect(ev.errors).toEqual([]);
+        // The worker released the lock at SUCCESS under the same name.
+        expect(await h.admin.exists(workerLock.key)).toBe(0);
+      } finally {
+        mon.disconnect();
+        await client.quit();
+      }
+    },
+  );
 });
 
 // TaskResult's constructor takes the library's opaque token; nothing a user has fits it.

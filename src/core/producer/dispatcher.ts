@@ -1,9 +1,8 @@
 import type { RedisClient } from '../protocol/connection.js';
-import { customAlphabet } from 'nanoid';
 import { closeClient, openClient, type ConnectionOption, type OwnedClient } from '../protocol/connection.js';
-import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
-import { callChecks, uniqueKey } from '../task/call-checks.js';
-import { ConfigError, NotATaskError, PartialDispatchError, PayloadTooLargeError, redisCall } from '../errors.js';
+import { describe } from '../task/durations.js';
+import { uniqueKey } from '../task/call-checks.js';
+import { ConfigError, NotATaskError, PartialDispatchError, redisCall } from '../errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from '../task/registry.js';
 import { ResultWaiter } from './result-waiter.js';
@@ -13,8 +12,10 @@ import { makeTaskResult, type ResultBackend, type TaskResult } from './task-resu
 import type { NormalizedTaskOptions } from '../task/task-options.js';
 import { Enqueuer } from './enqueuer.js';
 import { enqueued } from '../protocol/reply-codes.js';
-import type { EnqueueOutcome, EnqueueTask } from '../protocol/scripts.js';
-import { encodeMessage } from '../protocol/task-record.js';
+import type { EnqueueOutcome } from '../protocol/scripts.js';
+import { prepareCall, type ApplyOptions, type PreparedCall } from './prepare-call.js';
+
+export type { ApplyOptions } from './prepare-call.js';
 
 /** Options shared by Dispatcher and Worker. */
 export interface ConnectionOptions {
@@ -28,25 +29,6 @@ export interface ConnectionOptions {
 export interface DispatcherOptions extends ConnectionOptions {
   /** Largest serialized arguments accepted, in bytes; larger dispatches fail with PayloadTooLargeError. Default: 512 KiB. */
   maxPayloadBytes?: number;
-}
-
-/** Per-call options of `applyAsync` and `send`. */
-export interface ApplyOptions {
-  /** Start no sooner than this long from now: seconds or an `ms` string. Default: at once. */
-  countdown?: Duration;
-  /** Start no sooner than this moment (a Date or epoch milliseconds). Wins over `countdown`. */
-  eta?: Date | number;
-  /** Use this id instead of a generated one. It must not belong to a task that has not ended. */
-  taskId?: string;
-  /** Send to this queue instead of the task's own. Unique locks and rate windows live under the queue. */
-  queue?: string;
-  /**
-   * A task not started by then is REVOKED with reason 'expired' and never runs: a Duration from
-   * now (seconds or an `ms` string), or a Date. Default: never.
-   */
-  expires?: Duration | Date;
-  /** Time limit of this call's run, overriding the task's `timeLimit`. Seconds or an `ms` string. */
-  timeLimit?: Duration;
 }
 
 /** The typed handle of one task of a class, from `dispatcher.tasks(Class)`. */
@@ -80,9 +62,7 @@ export type TaskProxy<T> = {
     : never;
 };
 
-const newId = customAlphabet('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz', 22);
 const QUEUE_IN_ID = /^(.+):[0-9A-Za-z]{22}$/;
-const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue', 'expires', 'timeLimit']);
 /** Default `maxPayloadBytes` of the Dispatcher (arguments) and the Worker (results): 512 KiB. */
 export const DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024;
 
@@ -102,6 +82,15 @@ export class Dispatcher {
   private readonly connection: ConnectionOption;
   private readonly scripts: ScriptRunner;
   private readonly keyCache = new Map<string, QueueKeys>();
+  /** The keys of a queue, validating its name once (a bound function: prepareCall takes it per call). */
+  private readonly keys = (queue: string): QueueKeys => {
+    let k = this.keyCache.get(queue);
+    if (!k) {
+      k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
+      this.keyCache.set(queue, k);
+    }
+    return k;
+  };
   private sub: OwnedClient | undefined;
   private resultWaiter: ResultWaiter | undefined;
   private readonly backend: ResultBackend;
@@ -186,15 +175,6 @@ export class Dispatcher {
     return this.closing;
   }
 
-  private keys(queue: string): QueueKeys {
-    let k = this.keyCache.get(queue);
-    if (!k) {
-      k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
-      this.keyCache.set(queue, k);
-    }
-    return k;
-  }
-
   private waiter(): ResultWaiter {
     if (this.closed) throw new ConfigError('this dispatcher is closed; create a new Dispatcher to wait for results');
     if (!this.resultWaiter) {
@@ -228,7 +208,7 @@ export class Dispatcher {
   }
 
   private enqueue<R>(name: string, opts: NormalizedTaskOptions | undefined, args: readonly unknown[], call: ApplyOptions): Promise<TaskResult<R>> {
-    let prepared: Prepared;
+    let prepared: PreparedCall;
     try {
       prepared = this.prepare(name, opts, args, call);
     } catch (err) {
@@ -245,7 +225,7 @@ export class Dispatcher {
   ): Promise<TaskResult<R>[]> {
     if (!Array.isArray(argsList)) throw new ConfigError(`delayMany of ${name} takes an array of argument lists, got ${describe(argsList)}`);
     if (call.taskId !== undefined) throw new ConfigError('delayMany takes no taskId: each task gets its own id');
-    const prepared: Prepared[] = [];
+    const prepared: PreparedCall[] = [];
     for (let i = 0; i < argsList.length; i++) {
       try {
         if (!(i in argsList)) throw new ConfigError('is a hole in a sparse array; pass an argument list for every task');
@@ -269,74 +249,20 @@ export class Dispatcher {
     throw new PartialDispatchError<R>(name, results, errors);
   }
 
-  /** Checks one call and builds what the enqueue script needs for it; throws on bad input, sending nothing. */
-  private prepare(name: string, opts: NormalizedTaskOptions | undefined, args: readonly unknown[], call: ApplyOptions): Prepared {
+  /** Checks one call and builds what the enqueue script needs for it (prepare-call.ts); throws on bad input, sending nothing. */
+  private prepare(name: string, opts: NormalizedTaskOptions | undefined, args: readonly unknown[], call: ApplyOptions): PreparedCall {
     if (this.closed) throw new ConfigError('this dispatcher is closed');
-    if (!Array.isArray(args)) throw new ConfigError(`arguments of ${name} must be an array, got ${describe(args)}`);
-    for (const k of Object.keys(call)) {
-      if (!CALL_OPTIONS.has(k)) throw new ConfigError(`unknown call option '${k}'; known: ${[...CALL_OPTIONS].join(', ')}`);
-    }
-    const queue = call.queue ?? opts?.queue ?? DEFAULT_QUEUE;
-    const keys = this.keys(queue);
-    const argsJson = argsToJson(args);
-    const bytes = argsJson.length <= this.maxPayloadBytes / 3 ? argsJson.length : Buffer.byteLength(argsJson);
-    if (bytes > this.maxPayloadBytes) throw new PayloadTooLargeError(name, bytes, this.maxPayloadBytes);
-    const countdownMs = call.countdown === undefined ? 0 : toMillisOrZero(call.countdown, 'countdown');
-    const etaMs = call.eta === undefined ? 0 : etaToMillis(call.eta);
-    if (call.taskId !== undefined && (typeof call.taskId !== 'string' || call.taskId === '' || /[\s{}]/.test(call.taskId))) {
-      throw new ConfigError(`taskId must be a non-empty string without spaces or braces, got ${describe(call.taskId)}`);
-    }
-    const id = call.taskId ?? (queue === DEFAULT_QUEUE ? newId() : `${queue}:${newId()}`);
-
-    const timeLimitMs = call.timeLimit !== undefined ? toMillis(call.timeLimit, 'timeLimit') : opts?.timeLimitMs;
-    const { lock, rate } = opts ? callChecks(keys, name, opts, args, argsJson) : { lock: undefined, rate: undefined };
-    const fields = encodeMessage({
-      name,
-      argsJson,
-      timeLimitMs,
-      expiresAt: call.expires === undefined ? undefined : expiresToMillis(call.expires),
-      maxRecoveries: opts?.maxRecoveries,
-      lock,
-      rate,
-    });
-    const task: EnqueueTask = { id, countdownMs, etaMs, lockKey: lock?.key ?? '', lockTtlMs: lock?.ttlMs ?? 0, fields };
-    return { name, opts, keys, id, customId: call.taskId !== undefined, task, bytes };
+    return prepareCall(name, opts, args, call, this.keys, this.maxPayloadBytes);
   }
 
   /** Hands a prepared task to the enqueuer: it shares one script call with the other tasks of this tick. */
-  private submit(p: Prepared): Promise<EnqueueOutcome> {
+  private submit(p: PreparedCall): Promise<EnqueueOutcome> {
     return this.enqueuer.send(p.keys, p.task, p.bytes, `sending ${p.name}`);
   }
 
   /** Turns the script's answer for one task into its handle (or the error it calls for, see reply-codes.ts). */
-  private handle<R>(p: Prepared, outcome: EnqueueOutcome): TaskResult<R> {
+  private handle<R>(p: PreparedCall, outcome: EnqueueOutcome): TaskResult<R> {
     const { id, duplicate } = enqueued(outcome, { name: p.name, id: p.id, customId: p.customId, uniqueRaises: p.opts?.uniqueRaises === true });
     return makeTaskResult<R>(this.backend, p.keys, id, p.name, duplicate);
   }
-}
-
-/** One checked call, ready for the enqueue script. */
-interface Prepared {
-  name: string;
-  opts: NormalizedTaskOptions | undefined;
-  keys: QueueKeys;
-  id: string;
-  customId: boolean;
-  /** What the enqueue script gets for it. */
-  task: EnqueueTask;
-  /** Size of its serialized arguments (bytes, or characters when that is safely below the limit). */
-  bytes: number;
-}
-
-function expiresToMillis(expires: Duration | Date): number {
-  if (expires instanceof Date) return etaToMillis(expires);
-  return Date.now() + toMillis(expires, 'expires');
-}
-
-function etaToMillis(eta: Date | number): number {
-  const t = eta instanceof Date ? eta.getTime() : eta;
-  if (typeof t !== 'number' || !Number.isFinite(t) || t <= 0) {
-    throw new ConfigError(`eta must be a Date or epoch milliseconds, got ${describe(eta)}`);
-  }
-  return Math.round(t);
 }

@@ -1,0 +1,108 @@
+import { customAlphabet } from 'nanoid';
+import { ConfigError, PayloadTooLargeError } from '../errors.js';
+import { DEFAULT_QUEUE, type QueueKeys } from '../protocol/queue-keys.js';
+import type { EnqueueTask } from '../protocol/scripts.js';
+import { encodeMessage } from '../protocol/task-record.js';
+import { callChecks } from '../task/call-checks.js';
+import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
+import { argsToJson } from '../task/serialization.js';
+import type { NormalizedTaskOptions } from '../task/task-options.js';
+
+/** Per-call options of `applyAsync` and `send`. */
+export interface ApplyOptions {
+  /** Start no sooner than this long from now: seconds or an `ms` string. Default: at once. */
+  countdown?: Duration;
+  /** Start no sooner than this moment (a Date or epoch milliseconds). Wins over `countdown`. */
+  eta?: Date | number;
+  /** Use this id instead of a generated one. It must not belong to a task that has not ended. */
+  taskId?: string;
+  /** Send to this queue instead of the task's own. Unique locks and rate windows live under the queue. */
+  queue?: string;
+  /**
+   * A task not started by then is REVOKED with reason 'expired' and never runs: a Duration from
+   * now (seconds or an `ms` string), or a Date. Default: never.
+   */
+  expires?: Duration | Date;
+  /** Time limit of this call's run, overriding the task's `timeLimit`. Seconds or an `ms` string. */
+  timeLimit?: Duration;
+}
+
+/** One checked call, ready for an Enqueuer (`send(keys, task, bytes, ...)`). */
+export interface PreparedCall {
+  name: string;
+  /** The task's options as given to prepareCall (undefined for a name this process does not know). */
+  opts: NormalizedTaskOptions | undefined;
+  /** The keys of the queue it goes to. */
+  keys: QueueKeys;
+  id: string;
+  /** The caller chose the id (`taskId`), which `enqueued()` needs to read the reply. */
+  customId: boolean;
+  /** What the enqueue script gets for it. */
+  task: EnqueueTask;
+  /** Size of its serialized arguments (bytes, or characters when that is safely below the limit). */
+  bytes: number;
+}
+
+const newId = customAlphabet('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz', 22);
+const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue', 'expires', 'timeLimit']);
+
+/**
+ * Checks one call of a task and builds what the enqueue script needs for it: the arguments'
+ * JSON (refused over `maxPayloadBytes`), the unique lock and rate window (`callChecks`), the id
+ * (generated unless `call.taskId`) and the message (`encodeMessage`). Throws on bad input, so
+ * nothing is sent. Everything that enqueues (the Dispatcher, a scheduler) goes through it, so
+ * its messages carry the same locks and limits. `opts`: the task's normalized options, or
+ * undefined for a name this process does not know (the worker then fills in lock and rate
+ * limit). `keysFor`: the QueueKeys of a queue, validating its name.
+ */
+export function prepareCall(
+  name: string,
+  opts: NormalizedTaskOptions | undefined,
+  args: readonly unknown[],
+  call: ApplyOptions,
+  keysFor: (queue: string) => QueueKeys,
+  maxPayloadBytes: number,
+): PreparedCall {
+  if (!Array.isArray(args)) throw new ConfigError(`arguments of ${name} must be an array, got ${describe(args)}`);
+  for (const k of Object.keys(call)) {
+    if (!CALL_OPTIONS.has(k)) throw new ConfigError(`unknown call option '${k}'; known: ${[...CALL_OPTIONS].join(', ')}`);
+  }
+  const queue = call.queue ?? opts?.queue ?? DEFAULT_QUEUE;
+  const keys = keysFor(queue);
+  const argsJson = argsToJson(args);
+  const bytes = argsJson.length <= maxPayloadBytes / 3 ? argsJson.length : Buffer.byteLength(argsJson);
+  if (bytes > maxPayloadBytes) throw new PayloadTooLargeError(name, bytes, maxPayloadBytes);
+  const countdownMs = call.countdown === undefined ? 0 : toMillisOrZero(call.countdown, 'countdown');
+  const etaMs = call.eta === undefined ? 0 : etaToMillis(call.eta);
+  if (call.taskId !== undefined && (typeof call.taskId !== 'string' || call.taskId === '' || /[\s{}]/.test(call.taskId))) {
+    throw new ConfigError(`taskId must be a non-empty string without spaces or braces, got ${describe(call.taskId)}`);
+  }
+  const id = call.taskId ?? (queue === DEFAULT_QUEUE ? newId() : `${queue}:${newId()}`);
+
+  const timeLimitMs = call.timeLimit !== undefined ? toMillis(call.timeLimit, 'timeLimit') : opts?.timeLimitMs;
+  const { lock, rate } = opts ? callChecks(keys, name, opts, args, argsJson) : { lock: undefined, rate: undefined };
+  const fields = encodeMessage({
+    name,
+    argsJson,
+    timeLimitMs,
+    expiresAt: call.expires === undefined ? undefined : expiresToMillis(call.expires),
+    maxRecoveries: opts?.maxRecoveries,
+    lock,
+    rate,
+  });
+  const task: EnqueueTask = { id, countdownMs, etaMs, lockKey: lock?.key ?? '', lockTtlMs: lock?.ttlMs ?? 0, fields };
+  return { name, opts, keys, id, customId: call.taskId !== undefined, task, bytes };
+}
+
+function expiresToMillis(expires: Duration | Date): number {
+  if (expires instanceof Date) return etaToMillis(expires);
+  return Date.now() + toMillis(expires, 'expires');
+}
+
+function etaToMillis(eta: Date | number): number {
+  const t = eta instanceof Date ? eta.getTime() : eta;
+  if (typeof t !== 'number' || !Number.isFinite(t) || t <= 0) {
+    throw new ConfigError(`eta must be a Date or epoch milliseconds, got ${describe(eta)}`);
+  }
+  return Math.round(t);
+}
