@@ -8,8 +8,8 @@
  *    an Enqueuer of the scheduler's own sends it; MONITOR counts its enqueue calls;
  *  - `TaskResult` cannot be built from outside: its constructor takes an opaque token only the
  *    library holds (type-checked below with @ts-expect-error, by `npm run typecheck`).
- * The graceful-shutdown helper (`onShutdownSignal`, in src for a CLI) is exercised by the two
- * example programs under SIGTERM in test/examples.test.ts.
+ * The graceful-shutdown helper (`onShutdownSignal`, in src for a CLI) has its own test,
+ * shutdown-signal.test.ts, and runs in the two example programs (test/examples.test.ts).
  */
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

@@ -34,7 +34,7 @@ export const FIELDS = {
   revokeReason: 'rr',
   /** A revoke of the running task was requested (the reason). */
   revokeRequested: 'rv',
-  /** Expires, epoch ms of the producer's clock. */
+  /** Expires: epoch ms, computed on the producer's clock, compared with the Redis clock when the task would start. */
   expires: 'ex',
   /** Time limit of each run, ms. */
   timeLimit: 'tl',

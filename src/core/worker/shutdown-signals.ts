@@ -14,11 +14,11 @@
  * and wrappers such as `npm run` forward it again, so one key press can arrive more than once.
  * The close timeout bounds the wait.
  */
-export function onShutdownSignal(shutdown: (signal: NodeJS.Signals) => Promise<void>): { readonly requested: boolean } {
-  const state = { requested: false };
+export function onShutdownSignal(shutdown: (signal: NodeJS.Signals) => Promise<void>): ShutdownSignalHandle {
+  let requested = false;
   const handler = (signal: NodeJS.Signals): void => {
-    if (state.requested) return;
-    state.requested = true;
+    if (requested) return;
+    requested = true;
     shutdown(signal).then(
       () => process.exit(0),
       (err: unknown) => {
@@ -29,5 +29,24 @@ export function onShutdownSignal(shutdown: (signal: NodeJS.Signals) => Promise<v
   };
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
-  return state;
+  return {
+    get requested() {
+      return requested;
+    },
+    remove() {
+      process.off('SIGINT', handler);
+      process.off('SIGTERM', handler);
+    },
+  };
+}
+
+/** What onShutdownSignal returns. */
+export interface ShutdownSignalHandle {
+  /** True once a signal has started the shutdown. */
+  readonly requested: boolean;
+  /**
+   * Takes the handlers off SIGINT and SIGTERM again (a test, or an app that installs its own),
+   * so the signals do what they did before. A shutdown already started goes on.
+   */
+  remove(): void;
 }
