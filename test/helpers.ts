@@ -5,8 +5,11 @@ import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
 import { ConfigError, Dispatcher, Task, Worker, currentTask, type DispatcherOptions, type TaskOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
 import { waitFor } from './waiting.js';
 import { QueueKeys } from '../src/core/protocol/queue-keys.js';
+import { FIELDS } from '../src/core/protocol/task-fields.js';
 import { startRedis, type LaunchedRedis } from '../scripts/redis-launcher.mjs';
 export { nextEvent, settleWithin, waitFor } from './waiting.js';
+/** The field letters of a task record, by meaning: tests name fields through it. */
+export { FIELDS };
 
 /** Root of the repository. */
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -142,9 +145,14 @@ export class Harness {
     return this.queueKeys(queue)[name];
   }
 
-  /** The unique lock key a task recorded in its hash (field `lk`); fails the test if it has none. */
+  /** One field of a task's record, named by meaning (`'state'`, `'lockKey'`: see FIELDS); null when absent. */
+  field(id: string, field: keyof typeof FIELDS, queue = 'default'): Promise<string | null> {
+    return this.admin.hget(this.taskKey(id, queue), FIELDS[field]);
+  }
+
+  /** The unique lock key a task recorded in its hash (FIELDS.lockKey); fails the test if it has none. */
   async lockKeyOf(id: string, queue = 'default'): Promise<string> {
-    const lk = await this.admin.hget(this.taskKey(id, queue), 'lk');
+    const lk = await this.field(id, 'lockKey', queue);
     expect(lk, `task ${id} records its lock key`).toBeTypeOf('string');
     return lk!;
   }

@@ -47,7 +47,7 @@ local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local rateKey, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local expireMs = tonumber(ARGV[12])
-local key = taskKey(base, id)
+local key = taskKeyOf(base, id)
 local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end

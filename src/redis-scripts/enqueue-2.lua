@@ -62,7 +62,7 @@ local o = 3
 for i = 1, tonumber(ARGV[2]) do
   local id, countdown, eta = ARGV[o], tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
   local lockKey, lockTtl = ARGV[o + 3], tonumber(ARGV[o + 4])
-  local taskKey = taskKey(base, id)
+  local taskKey = taskKeyOf(base, id)
   local first, last = o + 6, o + 5 + tonumber(ARGV[o + 5])
   o = last + 1
 

@@ -36,7 +36,7 @@ local function report(id, token, reason, detail)
 end
 for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local t = redis.pcall('HMGET', taskKey(base, id), 's', 'w', 'tk', 'rv')
+  local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'w', 'tk', 'rv')
   if t.err then
     if not isRefusal(t) then report(id, token, 'lost', '') end
   elseif t[1] == 'STARTED' and t[2] == workerId and t[3] == token then

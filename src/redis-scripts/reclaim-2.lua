@@ -29,7 +29,7 @@ for i = 4, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
 local now = nowMs()
 local count, problem = 0, ''
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local t = redis.pcall('HMGET', taskKey(base, id), 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at')
+  local t = redis.pcall('HMGET', taskKeyOf(base, id), 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at')
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
   if not t.err and t[1] == workerId and t[2] == 'STARTED' and not (t[3] and known[id .. ' ' .. t[3]]) then
     local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, true, t[7], now, expireMs)

@@ -25,7 +25,7 @@ local now = nowMs()
 local count, problem = 0, ''
 for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local t = redis.pcall('HMGET', taskKey(base, id), 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at')
+  local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at')
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
   if not t.err and t[1] == 'STARTED' and t[2] == workerId and t[3] == token then
     local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, false, t[7], now, expireMs)

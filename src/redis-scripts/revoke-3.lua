@@ -42,9 +42,9 @@ end
 if terminate then
   redis.call('ZREM', KEYS[2], id)
   endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
-  redis.call('PUBLISH', revokeChannel(base), id .. ' ' .. token .. ' 1')
+  redis.call('PUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 1')
   return {3, 'REVOKED'}
 end
 redis.call('HSET', KEYS[1], 'rv', reason)
-redis.call('PUBLISH', revokeChannel(base), id .. ' ' .. token .. ' 0')
+redis.call('PUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 0')
 return {4, 'STARTED'}

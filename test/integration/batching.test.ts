@@ -27,7 +27,7 @@ import {
   type Dispatcher,
   type TaskResult,
 } from 'heimdall-tasks';
-import { gate, Harness, recordEvents, redisNowMs, useHarness, usePrivateRedis, waitFor, commandStats } from '../helpers.js';
+import { FIELDS, gate, Harness, recordEvents, redisNowMs, useHarness, usePrivateRedis, waitFor, commandStats } from '../helpers.js';
 
 // ---------------------------------------------------------------------------------------------
 // Tasks.
@@ -139,16 +139,16 @@ async function counted<T>(admin: Redis, act: () => Promise<T>): Promise<{ value:
   return { value, evalsha: d('evalsha'), lpush: d('lpush'), load: d('script|load') };
 }
 
-/** Stored args of each task, as raw field `a` (short arguments are never split). */
+/** Stored args of each task, as the raw field FIELDS.args (short arguments are never split). */
 async function storedArgs(h: Harness, ids: readonly string[], queue = 'default'): Promise<(string | null)[]> {
   const pipe = h.admin.pipeline();
-  for (const id of ids) pipe.hget(h.taskKey(id, queue), 'a');
+  for (const id of ids) pipe.hget(h.taskKey(id, queue), FIELDS.args);
   return ((await pipe.exec()) ?? []).map(([, v]) => v as string | null);
 }
 
 async function statesOf(h: Harness, ids: readonly string[], queue = 'default'): Promise<(string | null)[]> {
   const pipe = h.admin.pipeline();
-  for (const id of ids) pipe.hget(h.taskKey(id, queue), 's');
+  for (const id of ids) pipe.hget(h.taskKey(id, queue), FIELDS.state);
   return ((await pipe.exec()) ?? []).map(([, v]) => v as string | null);
 }
 

@@ -6,7 +6,7 @@ import * as api from 'heimdall-tasks';
 import { ConfigError, Task, TaskFailedError, currentTask, type Worker, type WorkerEvents } from 'heimdall-tasks';
 import { NonRetryableError } from '../../src/core/errors.js';
 import { normalizeRetries } from '../../src/core/task/task-options.js';
-import { decorationError, redisNowMs, useHarness, waitFor, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
+import { decorationError, FIELDS, redisNowMs, useHarness, waitFor, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
 
 /** What a task saw of its own record at the start of one attempt (server-clock times). */
 interface Seen {
@@ -37,7 +37,8 @@ class RetryProbe {
   /** Reads the running task's record: the only way to get each attempt's server-clock start. */
   private async observe(): Promise<Seen> {
     const t = currentTask();
-    const [st, d, ry, lk, s] = await this.redis.hmget(this.taskKey(t.id), 'st', 'd', 'ry', 'lk', 's');
+    const { startedAt, due, retries, lockKey, state } = FIELDS;
+    const [st, d, ry, lk, s] = await this.redis.hmget(this.taskKey(t.id), startedAt, due, retries, lockKey, state);
     const lockHolder = lk ? await this.redis.get(lk) : undefined;
     const seen: Seen = { id: t.id, attempt: t.attempt, st: Number(st), d: d === null ? undefined : Number(d), ry: Number(ry ?? 0), lockHolder, state: s ?? null };
     this.seen.push(seen);

@@ -11,7 +11,7 @@ import type { Redis } from 'ioredis';
 import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
 import { admit, decline, fetch, readFetchReply, type EndOutcome, type Verdict } from '../../src/core/protocol/scripts.js';
-import { useHarness, type Harness } from '../helpers.js';
+import { FIELDS, useHarness, type Harness } from '../helpers.js';
 
 const TTL = 86_400_000;
 
@@ -55,7 +55,7 @@ describe('run tokens in the scripts', () => {
     expect(second).not.toBe(first);
     // The first finish again, as ioredis re-sends it after a lost reply.
     expect(await s.finish('W', id, first, 'RETRY', 0)).toEqual({ kind: 'stored', state: 'RETRY' });
-    expect(await h.admin.hmget(h.taskKey(id), 's', 'ry', 'tk', 'at')).toEqual(['STARTED', '1', second, '2']);
+    expect(await h.admin.hmget(h.taskKey(id), FIELDS.state, FIELDS.retries, FIELDS.token, FIELDS.attempts)).toEqual(['STARTED', '1', second, '2']);
     expect(await h.admin.zscore(s.keys.active, id)).not.toBeNull();
     expect(await h.admin.zscore(s.keys.delayed, id)).toBeNull();
     // The current run's own end is stored as usual.
@@ -70,7 +70,7 @@ describe('run tokens in the scripts', () => {
     const [[id, token]] = (await s.fetch('A')) as [[string, string]];
     expect(await s.finish('B', id, token, 'SUCCESS')).toEqual({ kind: 'stale', state: 'STARTED' });
     expect(await s.finish('A', id, `${token}x`, 'SUCCESS')).toEqual({ kind: 'stale', state: 'STARTED' });
-    expect(await h.admin.hget(h.taskKey(id), 's')).toBe('STARTED');
+    expect(await h.field(id, 'state')).toBe('STARTED');
   });
 
   it('a revoke between the fetch and a hand-back ends the task REVOKED; it is not put back to run later', async () => {
@@ -105,7 +105,7 @@ describe('run tokens in the scripts', () => {
     const [[id, token]] = (await s.fetch('A')) as [[string, string]];
     expect(await s.decline('A', id, `${token}x`)).toEqual({ verdict: 'STALE', state: 'STARTED' });
     expect(await s.admit('B', id, token, `${s.keys.base}lock:x`)).toEqual({ verdict: 'STALE', state: 'STARTED' });
-    expect(await h.admin.hmget(h.taskKey(id), 's', 'tk')).toEqual(['STARTED', token]);
+    expect(await h.admin.hmget(h.taskKey(id), FIELDS.state, FIELDS.token)).toEqual(['STARTED', token]);
     expect(await h.admin.zscore(s.keys.active, id)).not.toBeNull();
   });
 });

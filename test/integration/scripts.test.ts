@@ -21,7 +21,7 @@ import { describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
 import { AlreadyQueuedError, Task, type Worker } from 'heimdall-tasks';
 import { allScripts } from '../../src/redis-scripts/scripts.generated.js';
-import { Harness, usePrivateRedis, waitFor, commandStats } from '../helpers.js';
+import { FIELDS, Harness, usePrivateRedis, waitFor, commandStats } from '../helpers.js';
 
 /** Commands our Lua scripts can call, lower-case, as INFO names them. */
 const SCRIPT_COMMANDS: ReadonlySet<string> = new Set(
@@ -227,7 +227,8 @@ describe('scripts and round trips (private redis-server)', () => {
       expect(await Promise.all(carried.map((r) => r.get({ timeout: 10 })))).toEqual(Array.from({ length: 20 }, (_, n) => n));
       // One without them, as a process that did not know the task writes it: the worker admits it.
       const bare = await tasks.guarded.applyAsync([100], { countdown: 60 });
-      await h.admin.hdel(h.taskKey(bare.id), 'lk', 'lt', 'rk', 'rn', 'rp');
+      const { lockKey, lockTtl, rateKey, rateLimit, ratePeriod } = FIELDS;
+      await h.admin.hdel(h.taskKey(bare.id), lockKey, lockTtl, rateKey, rateLimit, ratePeriod);
       await h.admin.zadd(h.queueKey('delayed'), 0, bare.id);
       await h.admin.lpush(h.queueKey('wait'), ''); // the wake-up marker: the idle worker fetches now
       expect(await bare.get({ timeout: 10 })).toBe(100);
@@ -235,7 +236,7 @@ describe('scripts and round trips (private redis-server)', () => {
       await waitFor(() => admissions.length >= 1, { what: 'MONITOR to show the admission' });
       expect(admissions).toEqual([bare.id]);
       // The admission wrote what the message lacked, as a producer that knew the task would have.
-      expect(await h.admin.hmget(h.taskKey(bare.id), 'lk', 'rk', 'rn', 'rp')).toEqual([
+      expect(await h.admin.hmget(h.taskKey(bare.id), lockKey, rateKey, rateLimit, ratePeriod)).toEqual([
         h.queueKeys().lock('ScriptsService.guarded', createHash('sha1').update('[100]').digest('hex')),
         h.queueKeys().rate('ScriptsService.guarded', undefined),
         '1000',
@@ -295,7 +296,7 @@ describe('scripts and round trips (private redis-server)', () => {
         expect(stray).toEqual([]);
         expect(fromWorker.length / N).toBeLessThanOrEqual(2);
 
-        expect(await h.admin.hget(h.taskKey(handles[N - 1]!.id), 's')).toBe('SUCCESS');
+        expect(await h.field(handles[N - 1]!.id, 'state')).toBe('SUCCESS');
         expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
       } finally {
         mon.close();

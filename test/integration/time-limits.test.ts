@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import * as api from 'heimdall-tasks';
 import { ConfigError, Task, TaskFailedError, TaskRevokedError, currentTask, type Worker, type WorkerEvents } from 'heimdall-tasks';
 import { TimeLimitExceededError } from '../../src/core/errors.js';
-import { gate, useHarness, waitFor, type Gate, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
+import { FIELDS, gate, useHarness, waitFor, type Gate, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
 import { redisClockPast, redisMillis } from '../fixtures/control/control.js';
 
 /** What a task's AbortSignal said when it fired. */
@@ -127,7 +127,7 @@ function failedEvent(ev: RecordedEvents, id: string) {
 
 /** Milliseconds from the start (st) to the end (f) of a task, on the Redis clock. */
 async function runMillis(h: Harness, id: string): Promise<number> {
-  const [st, f] = await h.admin.hmget(h.taskKey(id), 'st', 'f');
+  const [st, f] = await h.admin.hmget(h.taskKey(id), FIELDS.startedAt, FIELDS.finishedAt);
   return Number(f) - Number(st);
 }
 

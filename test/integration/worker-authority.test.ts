@@ -26,7 +26,7 @@ describe('the worker applies its own unique and rate-limit options to messages s
     expect((await revoked.info()).revokeReason).toBe('duplicate');
     // The lock is the worker's key function's, held by the running task, and recorded in its record.
     expect(await h.admin.get(authorityLockKey(h, 'hold', 'slot-7'))).toBe(running.id);
-    expect(await h.admin.hget(h.taskKey(running.id), 'lk')).toBe(authorityLockKey(h, 'hold', 'slot-7'));
+    expect(await h.lockKeyOf(running.id)).toBe(authorityLockKey(h, 'hold', 'slot-7'));
     expect((await readStarts(h)).map((e) => e.id)).toEqual([running.id]);
 
     await openGate(h, 'hold-7');

@@ -1,14 +1,15 @@
 /**
  * scripts/gen-lua.mjs on scripts of its own, in a temporary directory: a `#!lua` shebang stays
  * the first line of the generated source (Redis reads script flags only there), whatever the
- * includes expand to, and a `#!` line anywhere else is refused.
+ * includes expand to, and a `#!` line anywhere else is refused; includes are resolved and
+ * checked; a local named like a function of includes/keys.lua is refused at its file and line.
  */
 import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { render } from '../../scripts/gen-lua.mjs';
+import { render, renderKeys } from '../../scripts/gen-lua.mjs';
 
 const made: string[] = [];
 afterEach(() => {
@@ -103,9 +104,77 @@ describe('gen-lua: includes', () => {
 
   it('a local variable that shares a fragment function\'s name is not a use of it', () => {
     const dir = scriptsDir({
-      'a-0.lua': 'local waitKey = KEYS[1]\nreturn waitKey\n',
-      'includes/keys.lua': 'local function waitKey(base) return base .. "wait" end\n',
+      'a-0.lua': 'local lease = KEYS[1]\nreturn lease\n',
+      'includes/lease.lua': 'local function lease(t) return t end\n',
     });
-    expect(generated(render(dir), 'a').source).toBe('local waitKey = KEYS[1]\nreturn waitKey\n');
+    expect(generated(render(dir), 'a').source).toBe('local lease = KEYS[1]\nreturn lease\n');
+  });
+});
+
+describe('gen-lua: locals named like a key function', () => {
+  const keys = 'local function waitKeyOf(base) return base .. "wait" end\nlocal function taskKeyOf(base, id) return base .. "t:" .. id end\n';
+
+  it('accepts locals that hold keys under other names, and the names in comments and strings', () => {
+    const dir = scriptsDir({
+      'a-0.lua': [
+        '-- @include "keys"',
+        '-- local waitKeyOf = nothing: a comment',
+        'local waitKey, id = KEYS[1], ARGV[1]',
+        "local note = 'local taskKeyOf = 1'",
+        'return redis.call("RPUSH", waitKey, taskKeyOf("b:", id))',
+        '',
+      ].join('\n'),
+      'includes/keys.lua': keys,
+    });
+    expect(() => render(dir)).not.toThrow();
+  });
+
+  const refused: { what: string; files: Record<string, string>; error: RegExp }[] = [
+    {
+      what: 'a local variable of a script (one of several on its line)',
+      files: { 'a-0.lua': '-- @include "keys"\nlocal id, taskKeyOf = ARGV[1], ARGV[2]\nreturn id\n' },
+      error: /^a-0\.lua:2: the local taskKeyOf has the name of a function of includes\/keys\.lua, which it would hide; rename it$/,
+    },
+    {
+      what: 'a parameter of an include, on the second line of its list',
+      files: {
+        'a-0.lua': '-- @include "move"\nreturn move(KEYS[1], ARGV[1])\n',
+        'includes/move.lua': '-- Moves an id.\nlocal function move(setKey,\n                    waitKeyOf, id)\n  return redis.call("RPUSH", waitKeyOf, id)\nend\n',
+      },
+      error: /^includes\/move\.lua:3: the parameter waitKeyOf has the name of a function of includes\/keys\.lua, which it would hide; rename it$/,
+    },
+    {
+      what: 'a parameter of an anonymous function',
+      files: { 'a-0.lua': 'local f = function(taskKeyOf) return taskKeyOf end\nreturn f(1)\n' },
+      error: /^a-0\.lua:1: the parameter taskKeyOf has the name/,
+    },
+    {
+      what: 'a loop variable',
+      files: { 'a-0.lua': 'for _, waitKeyOf in ipairs(KEYS) do redis.call("DEL", waitKeyOf) end\nreturn 1\n' },
+      error: /^a-0\.lua:1: the loop variable waitKeyOf has the name/,
+    },
+    {
+      what: 'a local function of the same name',
+      files: { 'a-0.lua': 'local function taskKeyOf(id) return id end\nreturn taskKeyOf(1)\n' },
+      error: /^a-0\.lua:1: the local function taskKeyOf has the name/,
+    },
+  ];
+  it.each(refused)('refuses $what, naming its file and line', ({ files, error }) => {
+    expect(() => render(scriptsDir({ 'includes/keys.lua': keys, ...files }))).toThrow(error);
+  });
+
+  it('names every clash, in file and line order', () => {
+    const dir = scriptsDir({
+      'includes/keys.lua': keys,
+      'b-0.lua': 'local waitKeyOf = 1\nlocal taskKeyOf = 2\nreturn 1\n',
+      'a-0.lua': 'local x = 1\nlocal taskKeyOf = 2\nreturn x\n',
+    });
+    expect(() => render(dir)).toThrow(/^a-0\.lua:2: .*\nb-0\.lua:1: .*waitKeyOf.*\nb-0\.lua:2: .*taskKeyOf.*$/);
+  });
+
+  it('holds for the repository\'s scripts: the generated key functions are named <name>KeyOf / <name>ChannelOf', () => {
+    expect(renderKeys()).toMatch(/^local function taskKeyOf\(base, id\) return base \.\. 't:' \.\. id end$/m);
+    for (const m of renderKeys().matchAll(/^local function (\w+)/gm)) expect(m[1]).toMatch(/(Key|Channel)Of$/);
+    expect(() => render()).not.toThrow();
   });
 });

@@ -2,8 +2,8 @@
 -- @include "end-task"
 -- Keeps a malformed or unrunnable message for inspection: newest first, at most 1000.
 local function deadLetter(base, id, reason, now)
-  redis.call('LPUSH', deadKey(base), cjson.encode({ id = id, reason = reason, at = now }))
-  redis.call('LTRIM', deadKey(base), 0, 999)
+  redis.call('LPUSH', deadKeyOf(base), cjson.encode({ id = id, reason = reason, at = now }))
+  redis.call('LTRIM', deadKeyOf(base), 0, 999)
 end
 
 -- Ends a task whose message cannot be run as FAILURE with a MalformedTaskError, and

@@ -7,7 +7,7 @@
 -- `extra` is a flat list of field, value pairs (may be empty). `lock`: the task's fields lk, lw
 -- when the caller has read them already (nil: read here).
 local function endTask(base, id, state, extra, now, expireMs, lock)
-  local key = taskKey(base, id)
+  local key = taskKeyOf(base, id)
   redis.call('HSET', key, 's', state, 'f', now, unpack(extra))
   redis.call('PEXPIRE', key, expireMs)
   lock = lock or redis.call('HMGET', key, 'lk', 'lw')
@@ -15,5 +15,5 @@ local function endTask(base, id, state, extra, now, expireMs, lock)
     local holder = redis.pcall('GET', lock[1])
     if holder == id then redis.call('DEL', lock[1]) end
   end
-  redis.call('PUBLISH', doneChannel(base, id), state)
+  redis.call('PUBLISH', doneChannelOf(base, id), state)
 end

@@ -37,7 +37,7 @@ end
 
 local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value, expireMs,
                           retryDelayMs, deadReason)
-  local key = taskKey(base, id)
+  local key = taskKeyOf(base, id)
   local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw')
   if t.err and isRefusal(t) then return 'ERROR', t.err end
   if t.err or not t[1] then

@@ -18,6 +18,6 @@ local function handBack(base, waitKey, activeKey, id, rv, lock, undoStart, attem
   local at = tonumber(attempt) or 0
   local fields, restore = {}, {}
   if undoStart then fields, restore = { 'at', at - 1 }, { 'at', at } end
-  requeueLeased(taskKey(base, id), waitKey, activeKey, id, expiry, fields, restore)
+  requeueLeased(taskKeyOf(base, id), waitKey, activeKey, id, expiry, fields, restore)
   return 1
 end

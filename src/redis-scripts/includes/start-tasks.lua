@@ -55,7 +55,7 @@ end
 -- Recovers one lapsed lease (see recoverLapsed). Raises when Redis refuses a command; the task
 -- is then as it was, leased, to be tried again.
 local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
-  local key = taskKey(base, id)
+  local key = taskKeyOf(base, id)
   local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw')
   if t.err then
     if isRefusal(t) then error(t) end
@@ -137,7 +137,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   local function examine(id)
     leased, counted, placed = false, nil, false
     if id == '' then return end -- the wake-up marker pushed by enqueue
-    local key = taskKey(base, id)
+    local key = taskKeyOf(base, id)
     local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
       'a1', 'a2', 'a3')
     if t.err then

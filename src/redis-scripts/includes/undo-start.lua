@@ -6,7 +6,7 @@
 -- its rate window counted is taken out of it. The caller has already placed the id elsewhere
 -- (the delayed set), so the id is never in no place.
 local function undoStart(base, activeKey, id, attempt, retries, rateKey)
-  local key = taskKey(base, id)
+  local key = taskKeyOf(base, id)
   local prior = 'PENDING'
   if (tonumber(retries) or 0) > 0 then prior = 'RETRY' end
   redis.call('HSET', key, 's', prior, 'at', attempt - 1)
