@@ -16,7 +16,7 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Dispatcher, Task, Worker } from 'heimdall-tasks';
+import { Dispatcher, RedisRefusedError, Task, Worker } from 'heimdall-tasks';
 import { clientNames, exitOf, ROOT, settleWithin, waitFor } from '../helpers.js';
 import { aclCommandRules, aclRules, aclUserLine, CLIENT_COMMANDS, SCRIPT_COMMANDS } from '../fixtures/security/acl-rules.js';
 import { makeCertificates, type TestCertificates } from '../fixtures/security/certificates.js';
@@ -141,8 +141,15 @@ describe('AUTH with a password (requirepass)', () => {
     refused(read, 'waiting for task some-id');
     const started = await settleWithin(worker.start(), 10_000, 'a refused call');
     refused(started, `starting worker ${worker.id}`);
-    // The same cause reaches the worker's 'error' event (once a second at most).
-    expect(workerErrors.map((e) => e.message)).toContainEqual(expect.stringMatching(error));
+    // The same refusal reaches the worker's 'error' event (once a second at most per connection),
+    // as a RedisRefusedError naming the connection, with Redis's reply as its cause.
+    expect(workerErrors.length).toBeGreaterThan(0);
+    for (const e of workerErrors) {
+      expect(e).toBeInstanceOf(RedisRefusedError);
+      expect(e.message.startsWith(`worker ${worker.id}, its `)).toBe(true);
+      expect(e.message).toMatch(/ connection: Redis answered /);
+      expect((e.cause as Error).message).toMatch(error);
+    }
     // Nothing was written.
     expect(await admin.keys(`${prefix}:*`)).toEqual([]);
     console.log(`[figures] ${auth || 'no auth'}: dispatch refused in ${sent.ms} ms, get() in ${read.ms} ms, worker.start() in ${started.ms} ms`);

@@ -303,7 +303,7 @@ describe('a full Redis under noeviction (private redis-server)', () => {
       expect(ev.failed).toEqual([]);
       expect(Object.fromEntries(svc.starts)).toEqual(Object.fromEntries(ids.map((id) => [id, 1])));
       // Only the refused blocking waits: no lost lease, no stale end.
-      for (const e of ev.errors) expectOutOfMemory(e, /^worker \S+: /);
+      for (const e of ev.errors) expectOutOfMemory(e, /^queue default: waiting for tasks: /);
       reportFigures('leases under OOM', { errorEvents: ev.errors.length, attempts: 1 });
     } finally {
       svc.release.open();

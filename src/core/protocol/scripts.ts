@@ -3,6 +3,7 @@
 // else in the library builds a script's arguments or reads its reply.
 import { UnexpectedReplyError } from '../errors.js';
 import type { QueueKeys } from './queue-keys.js';
+import type { FIELDS } from './task-fields.js';
 import { END_OUTCOMES, REVOKE_CODES, unexpectedReply, VERDICTS } from './reply-codes.js';
 import type { ScriptRunner } from './script-runner.js';
 import type { RevokeReason, TaskState } from './task-record.js';
@@ -99,8 +100,8 @@ export interface RunEnd {
   id: string;
   token: string;
   state: 'SUCCESS' | 'FAILURE' | 'RETRY';
-  /** 'r' (result), 'e' (error) or '' (no value). */
-  field: 'r' | 'e' | '';
+  /** The field its value goes in: the result, the error, or '' (no value). */
+  field: typeof FIELDS.result | typeof FIELDS.error | '';
   value: string;
   expireMs: number;
   /** Delay before the retry, for state RETRY. */

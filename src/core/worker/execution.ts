@@ -1,6 +1,7 @@
 import { ConfigError, PayloadTooLargeError, RunawayTaskError, StaleRunError } from '../errors.js';
 import type { RemoteError } from '../protocol/task-record.js';
 import type { TaskDefinition } from '../task/registry.js';
+import { FIELDS } from '../protocol/task-fields.js';
 import { toJson } from '../task/serialization.js';
 import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
 import type { Finish } from './queue-runner.js';
@@ -113,14 +114,14 @@ export async function execute(run: Run, def: TaskDefinition, host: ExecutionHost
   const expireMs = def.options.resultExpiresMs ?? host.resultExpiresMs;
   if (done.ok) {
     const json = done.json;
-    host.finished(run, { id: task.id, token: task.token, state: 'SUCCESS', field: json === undefined ? '' : 'r', value: json ?? '', expireMs, retryDelayMs: 0, deadReason, stored });
+    host.finished(run, { id: task.id, token: task.token, state: 'SUCCESS', field: json === undefined ? '' : FIELDS.result, value: json ?? '', expireMs, retryDelayMs: 0, deadReason, stored });
     return;
   }
   host.finished(run, {
     id: task.id,
     token: task.token,
     state: done.retryDelayMs !== undefined ? 'RETRY' : 'FAILURE',
-    field: 'e',
+    field: FIELDS.error,
     value: JSON.stringify(done.error),
     expireMs,
     retryDelayMs: done.retryDelayMs ?? 0,

@@ -4,6 +4,7 @@ import { nanoid } from 'nanoid';
 import { ConfigError, fromRedis, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
 import { closeClient, openClient, type OwnedClient } from '../protocol/connection.js';
 import { QueueKeys } from '../protocol/queue-keys.js';
+import { FIELDS } from '../protocol/task-fields.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
 import type { RunRef, StartedRun, StopReason } from '../protocol/scripts.js';
 import type { TaskState } from '../protocol/task-record.js';
@@ -128,7 +129,11 @@ export class Worker {
     this.state = 'starting';
     try {
       const name = `heimdall:${this.prefix}:worker`;
-      const commands = openClient(this.options.connection, 'commands', name, {}, this.host.reportError);
+      // A connection error Redis itself answered (a refused AUTH) becomes a RedisRefusedError; the
+      // socket errors of ioredis (ECONNREFUSED, TLS) pass as they are.
+      const connectionError = (purpose: string) => (err: Error) =>
+        this.host.reportError(fromRedis(err, `worker ${this.id}, its ${purpose} connection`));
+      const commands = openClient(this.options.connection, 'commands', name, {}, connectionError('commands'));
       this.clients.push(commands);
       const scripts = new ScriptRunner(commands.client);
       await scripts.load();
@@ -137,12 +142,12 @@ export class Worker {
         for (const r of this.runners) r.reconnected();
       });
       if (this.state !== 'starting') return; // close() was called meanwhile and closes the clients
-      const subscriber = openClient(this.options.connection, 'subscriber', name, {}, this.host.reportError);
+      const subscriber = openClient(this.options.connection, 'subscriber', name, {}, connectionError('subscriber'));
       this.clients.push(subscriber);
       subscriber.client.on('message', (channel: string, message: string) => this.onRevokeMessage(channel, message));
       for (const queue of this.queues) {
         const keys = new QueueKeys(this.prefix, queue);
-        const blocking = openClient(this.options.connection, 'blocking', name, {}, this.host.reportError);
+        const blocking = openClient(this.options.connection, 'blocking', name, {}, connectionError(`queue ${queue} blocking`));
         this.clients.push(blocking);
         this.blockers.push(blocking);
         this.runners.push(new QueueRunner(this.host, keys, scripts, blocking.client, commands.client));
@@ -275,7 +280,7 @@ export class Worker {
         id: task.id,
         token: task.token,
         state: 'FAILURE',
-        field: 'e',
+        field: FIELDS.error,
         value: JSON.stringify(error),
         expireMs: taskByName(task.name)?.options.resultExpiresMs ?? this.host.resultExpiresMs,
         retryDelayMs: 0,
