@@ -1,7 +1,8 @@
 /**
  * Every error heimdall-tasks throws is a subclass of {@link HeimdallError} with a stable
- * `code`. `instanceof` is answered from a `Symbol.for` brand, so it holds even when an app
- * ends up with two copies of the package (its ESM and CommonJS builds, or two versions).
+ * `code`. `instanceof` is answered from the prototype chain, then from a `Symbol.for` brand, so
+ * it holds for an app's own subclasses and even when an app ends up with two copies of the
+ * package (its ESM and CommonJS builds, or two versions).
  */
 import type { TaskResult } from './producer/task-result.js';
 import type { RevokeReason, TaskState } from './protocol/task-record.js';
@@ -278,10 +279,11 @@ export function outOfMemory(err: unknown, what: string): unknown {
  * anything else, is returned as it is.
  */
 export function fromRedis(err: unknown, what: string, lastError?: Error): unknown {
-  if (err instanceof HeimdallError || !(err instanceof Error)) return err;
   // ioredis's errors are known by name, not class: the app's ioredis (a Cluster or client it
-  // passes in) may be another copy than the one this package imports.
+  // passes in) may be another copy than the one this package imports. Everything is read under
+  // try: a hostile value (a Proxy whose traps throw) passes as it is, for the caller to describe.
   try {
+    if (err instanceof HeimdallError || !(err instanceof Error)) return err;
     if (err.name === 'MaxRetriesPerRequestError' || /^Connection is closed\.?$/.test(err.message)) {
       return new RedisUnavailableError(what, { cause: err, lastError });
     }

@@ -194,6 +194,34 @@ describe('poison-proof execution (guards inside the worker)', () => {
     expect(ev.succeeded.map((e) => e.result)).toEqual([1, 2, 3]);
   });
 
+  it('listeners of started and revoked that throw a Proxy whose traps throw: the task still succeeds, the expired one is revoked, the worker goes on', async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const worker = h.worker({ services: [new InProcessService()], concurrency: 1 });
+    const ev = recordEvents(worker);
+    const trap = (): never => {
+      throw new Error('trap');
+    };
+    const hostile = (): Error => new Proxy(new Error('x'), { get: trap, getOwnPropertyDescriptor: trap, has: trap });
+    worker.on('started', () => {
+      throw hostile();
+    });
+    worker.on('revoked', () => {
+      throw hostile();
+    });
+    await worker.start();
+    const ref = d.tasks(InProcessService);
+    // Due in 200 ms but expired after 50 ms: the fetch that finds it due ends it REVOKED expired.
+    const expired = await ref.succeeds.applyAsync([0], { countdown: '200ms', expires: '50ms' });
+    const ok = await ref.succeeds.delay(5);
+    expect(await ok.get({ timeout: 15 })).toBe(5);
+    await waitFor(async () => (await expired.status()) === 'REVOKED', { timeout: 10_000, what: `task ${expired.id} to end REVOKED` });
+    await waitFor(() => ev.revoked.length === 1 && ev.errors.length >= 2, { timeout: 5000, what: 'the revoked event and two error events' });
+    expect(ev.succeeded.map((e) => e.result)).toEqual([5]);
+    // The worker still runs tasks.
+    expect(await (await ref.succeeds.delay(6)).get({ timeout: 15 })).toBe(6);
+  });
+
   it('a fault in the worker while it ends a task: the task still ends FAILURE, its slot is freed, and an error event names it', async () => {
     const h = fresh();
     const d = h.dispatcher();

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { spawnProc, type Proc } from '../fixtures/worker-processes.js';
-import { useHarness, waitFor } from '../helpers.js';
+import { settleWithin, useHarness, waitFor } from '../helpers.js';
 
 const PROGRAM = new URL('../fixtures/signals/shutdown-program.ts', import.meta.url).pathname;
 
@@ -24,9 +24,11 @@ describe('onShutdownSignal', () => {
     await waitFor(() => proc.lines.some((l) => l.startsWith('shutdown')), { timeout: 10_000, what: 'the shutdown to begin' });
     // Later signals while the shutdown runs (a terminal's Ctrl-C arriving twice, a wrapper forwarding it) change nothing.
     proc.child.kill('SIGINT');
-    await waitFor(() => proc.lines.includes('signal SIGINT'), { timeout: 10_000, what: 'the SIGINT to arrive' });
+    await waitFor(() => proc.lines.some((l) => l.startsWith('signal SIGINT')), { timeout: 10_000, what: 'the SIGINT to arrive' });
     proc.child.kill('SIGTERM');
-    await waitFor(() => proc.lines.filter((l) => l === 'signal SIGTERM').length === 2, { timeout: 10_000, what: 'the second SIGTERM to arrive' });
+    await waitFor(() => proc.lines.filter((l) => l.startsWith('signal SIGTERM')).length === 2, { timeout: 10_000, what: 'the second SIGTERM to arrive' });
+    // The helper's handlers were still installed for each later signal: without the printer, none would have killed the process.
+    expect(proc.lines.filter((l) => l.startsWith('signal '))).toEqual(['signal SIGTERM listeners=2', 'signal SIGINT listeners=2', 'signal SIGTERM listeners=2']);
     proc.child.kill('SIGUSR2');
     const exit = await proc.exit;
     expect(exit.code).toBe(0);
@@ -49,7 +51,7 @@ describe('onShutdownSignal', () => {
     const proc = spawnProc(fresh(), PROGRAM, { MODE: 'remove' });
     await started(proc);
     proc.child.kill('SIGTERM');
-    await proc.exit;
+    await settleWithin(proc.exit, 10_000, 'the process to be killed by the signal');
     expect(proc.child.signalCode).toBe('SIGTERM');
     expect(proc.lines.some((l) => l.startsWith('shutdown'))).toBe(false);
   });

@@ -16,7 +16,10 @@
  *      function that passes its list on: endTask's `extra`, requeueLeased's `fields`): the
  *      literals in field position of a constructor whose first item is a literal, unless the
  *      constructor is returned (`return {'STALE', ''}` is a reply, not a field list);
- *   3. pairs appended with table.insert on one line: `table.insert(t, 'd'); table.insert(t, due)`.
+ *   3. literals appended with table.insert (`table.insert(t, 'd'); table.insert(t, due)`), but
+ *      not a value made only of digits (the '1' of `lw`);
+ *   4. a literal compared with an ARGV item indexed by a variable (`ARGV[j] == 'n'`: enqueue
+ *      reading the producer's field list).
  * Not seen: a field built at run time (`'a' .. i`, the pieces of the arguments) or passed in
  * ARGV (the producer's fields of enqueue, the `r`/`e` field of a finish). The pieces `a1`,
  * `a2`, ... are accepted as FIELDS.args followed by digits.
@@ -34,7 +37,7 @@ const SCRIPTS = join(ROOT, 'src', 'redis-scripts');
 interface FieldUse {
   field: string;
   line: number;
-  /** Which of the three places: the command, or 'table' / 'table.insert'. */
+  /** Which of the four places: the command, or 'table' / 'table.insert' / 'ARGV comparison'. */
   via: string;
 }
 
@@ -112,9 +115,16 @@ function fieldUses(source: string): FieldUse[] {
       if (i % 2 === 0) add(literal(item.text), item.at, 'table');
     });
   }
-  // 3. Pairs appended with table.insert.
-  for (const m of code.matchAll(/table\.insert\((\w+),\s*('[^'\\\n]*'|"[^"\\\n]*")\)\s*;?\s*table\.insert\(\1,/g)) {
-    add(literal(m[2]!), m.index + m[0].indexOf(m[2]!), 'table.insert');
+  // 3. Literals appended with table.insert: field names, except a value made only of digits
+  //    (`table.insert(fields, 'lw'); table.insert(fields, '1')`).
+  for (const m of code.matchAll(/table\.insert\(\w+,\s*('[^'\\\n]*'|"[^"\\\n]*")\)/g)) {
+    const field = literal(m[1]!);
+    if (field !== undefined && !/^\d+$/.test(field)) add(field, m.index + m[0].indexOf(m[1]!), 'table.insert');
+  }
+  // 4. A field name of the producer's list compared with a literal: `ARGV[j] == 'n'` (an ARGV
+  //    item indexed by a variable; a fixed one such as `ARGV[3] == '1'` is a flag, not a field).
+  for (const m of code.matchAll(/ARGV\[[^\]]*[a-z_][^\]]*\]\s*[~=]=\s*('[^'\\\n]*'|"[^"\\\n]*")/g)) {
+    add(literal(m[1]!), m.index + m[0].indexOf(m[1]!), 'ARGV comparison');
   }
   return uses;
 }

@@ -1,4 +1,4 @@
-import { StaleRunError } from '../errors.js';
+import { fromRedis, StaleRunError } from '../errors.js';
 import { FAILURE_ERRORS } from '../protocol/reply-codes.js';
 import type { AdmissionChecks, Verdict } from '../protocol/scripts.js';
 import { callChecks } from '../task/call-checks.js';
@@ -41,7 +41,7 @@ export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost):
     run.admissionError = err;
     return true;
   }
-  const verdict = await settle(run, host, () => runner.admit(task, checks));
+  const verdict = await settle(run, host, 'admitting it under this worker\'s options', () => runner.admit(task, checks));
   if (!verdict) return false;
   if (verdict.verdict === 'RUN') return true;
   host.release(run);
@@ -83,7 +83,7 @@ export async function decline(run: Run, def: TaskDefinition | undefined, host: A
     `no task named '${task.name}' is run by worker ${host.workerId} (${why}), and no worker of queue '${queue}' ` +
     `declared it within unknownTaskGrace (${host.graceMs} ms): import the module that defines it in the worker process and ` +
     'list its class (or an instance) in services; under standard (TC39) decorators a class is only registered once it is listed there';
-  const verdict = await settle(run, host, () => runner.decline(task, host.graceMs, message));
+  const verdict = await settle(run, host, 'handing it back for a worker that runs it', () => runner.decline(task, host.graceMs, message));
   if (!verdict) return;
   host.release(run);
   const base = { id: task.id, name: task.name, queue, args: safeArgs(task.argsJson) };
@@ -99,14 +99,14 @@ export async function decline(run: Run, def: TaskDefinition | undefined, host: A
 }
 
 /** Sends an admit or decline call until Redis answers; undefined when the run was released meanwhile (handed back at close). */
-async function settle(run: Run, host: AdmissionHost, call: () => Promise<Verdict>): Promise<Verdict | undefined> {
+async function settle(run: Run, host: AdmissionHost, what: string, call: () => Promise<Verdict>): Promise<Verdict | undefined> {
   for (let failures = 0; ; failures++) {
     try {
       const verdict = await call();
       return run.released ? undefined : verdict;
     } catch (err) {
       if (run.released) return undefined;
-      host.reportError(err);
+      host.reportError(fromRedis(err, `task ${run.task.id} (${run.task.name}): ${what}`));
       await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** failures)).unref());
       if (run.released) return undefined;
     }

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
-import { ConfigError, fromRedis, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
+import { ConfigError, fromRedis, outOfMemory, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
 import { closeClient, openClient, type OwnedClient } from '../protocol/connection.js';
 import { QueueKeys } from '../protocol/queue-keys.js';
 import { FIELDS } from '../protocol/task-fields.js';
@@ -55,13 +55,13 @@ export class Worker {
     this.concurrency = concurrency;
     this.id = options.name ?? `${hostname()}:${process.pid}:${nanoid(6)}`;
     this.services = new ServiceDirectory(options.services ?? [], options.resolve, this.id);
-    // Anything a listener throws gets here: it is described without being trusted. A call Redis
-    // refused or could not be reached for becomes a HeimdallError (fromRedis: RedisRefusedError,
-    // RedisOutOfMemoryError, RedisUnavailableError, Redis's error as its cause); the connection
-    // errors ioredis emits itself (ECONNREFUSED, TLS) pass as they are.
+    // Anything a listener throws gets here too: it is described without being trusted, and an
+    // Error passes as it is. The worker's calls to Redis wrap their failures with fromRedis where
+    // they are made, naming the call; a full Redis's refusal that got here bare still becomes a
+    // RedisOutOfMemoryError.
     const reportError = (reported: unknown): void => {
       if (safeInstanceOf(reported, Error) !== true) return this.emit('error', new WorkerFaultError(toRemoteError(reported).message));
-      this.emit('error', fromRedis(reported, `worker ${this.id}`) as Error);
+      this.emit('error', outOfMemory(reported, `worker ${this.id}`) as Error);
     };
     // Bound rather than wrapped in an arrow: a second rest parameter would cost an array per event.
     const emit = this.emit.bind(this) as <E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]) => void;
@@ -156,7 +156,7 @@ export class Worker {
       await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke));
       // Before the first fetch, so other workers that meet these tasks know to hand them back.
       // Not a reason to refuse to start: the next tick declares them again.
-      await this.declareNames().catch((err: unknown) => this.host.reportError(err));
+      await this.declareNames().catch((err: unknown) => this.host.reportError(fromRedis(err, 'declaring the task names this worker runs')));
       if (this.state !== 'starting') return;
       this.state = 'running';
       for (const r of this.runners) r.start();
