@@ -134,82 +134,94 @@ const checks: Record<string, (out: Run, h: Harness) => void | Promise<void>> = {
     line(out, /^Closed the worker and the dispatcher and deleted the demo keys\. Done\.$/);
   },
 
-  'http-status.ts': (out) => {
-    interface Get {
+  'http-api.ts': (out) => {
+    interface Call {
+      method: string;
       path: string;
+      body: unknown;
       code: number;
-      body: Record<string, unknown>;
+      answer: Record<string, unknown>;
     }
-    const gets: Get[] = [];
+    const calls: Call[] = [];
     for (const l of out.lines) {
-      const m = /^GET (\S+) -> (\d{3}) (\{.*\})$/.exec(l);
-      if (m) gets.push({ path: m[1]!, code: Number(m[2]), body: JSON.parse(m[3]!) as Record<string, unknown> });
+      const m = /^(GET|POST|DELETE) (\S+)(?: (\{[^}]*\}))? -> (\d{3}) (\{.*\})$/.exec(l);
+      if (m) {
+        calls.push({
+          method: m[1]!,
+          path: m[2]!,
+          body: m[3] === undefined ? undefined : (JSON.parse(m[3]) as unknown),
+          code: Number(m[4]),
+          answer: JSON.parse(m[5]!) as Record<string, unknown>,
+        });
+      }
     }
-    expect(gets.map((g) => g.path.replace(new RegExp(ID), '<id>'))).toEqual([
-      '/start?rows=3',
-      '/start?rows=5',
-      '/status',
-      '/status?id=<id>',
-      '/status',
-      '/start?rows=-1',
-      '/status?id=<id>',
-      '/start?rows=10000000',
-      '/status',
-      '/cancel',
-      '/status?id=<id>',
-      '/start?rows=2',
+    expect(calls.map((c) => `${c.method} ${c.path.replace(new RegExp(ID), '<id>')}`)).toEqual([
+      'POST /reports',
+      'POST /reports',
+      'GET /reports/current',
+      'GET /reports/<id>',
+      'GET /reports/current',
+      'POST /reports',
+      'GET /reports/<id>',
+      'POST /reports',
+      'GET /reports/current',
+      'DELETE /reports/<id>',
+      'GET /reports/<id>',
+      'POST /reports',
+      'DELETE /reports/<id>',
     ]);
-    const [start, again, queued, done, idle, failing, failed, big, running, cancel, revoked, next] = gets as [
-      Get, Get, Get, Get, Get, Get, Get, Get, Get, Get, Get, Get,
+    const [start, again, queued, done, idle, failing, failed, big, running, cancel, revoked, next, late] = calls as [
+      Call, Call, Call, Call, Call, Call, Call, Call, Call, Call, Call, Call, Call,
     ];
-    const id = start.body.id as string;
+    const id = start.answer.id as string;
     expect(id).toMatch(new RegExp(`^${ID}$`));
-    // No worker yet: the export is queued, and a second start (other arguments, same key) returns it.
-    expect(start).toEqual({ path: '/start?rows=3', code: 202, body: { id, status: 'PENDING', duplicate: false } });
-    expect(again).toEqual({ path: '/start?rows=5', code: 200, body: { id, status: 'PENDING', duplicate: true } });
-    expect(queued).toEqual({ path: '/status', code: 200, body: { id, status: 'PENDING' } });
-    // After the worker ran it: its result by id, and no current export.
+    // No worker yet: the report is queued, and a second start (other arguments, same key) is
+    // refused with the report that holds the lock.
+    expect(start).toMatchObject({ body: { pages: 3 }, code: 202, answer: { id, status: 'PENDING' } });
+    expect(again).toMatchObject({ body: { pages: 5 }, code: 409, answer: { error: 'a report is already queued or running', id, status: 'PENDING' } });
+    expect(queued).toMatchObject({ code: 200, answer: { id, status: 'PENDING' } });
+    // After the worker ran it: its result by id, and no current report.
     expect(done).toEqual({
-      path: `/status?id=${id}`,
+      method: 'GET',
+      path: `/reports/${id}`,
+      body: undefined,
       code: 200,
-      body: { id, status: 'SUCCESS', result: { rows: 3, file: '/exports/export-3.csv' } },
+      answer: { id, status: 'SUCCESS', result: { pages: 3, file: '/reports/report-3.pdf' } },
     });
-    expect(idle.code).toBe(404);
-    // The lock was released, so a new export starts; it fails and /status shows the traceback.
-    const second = failing.body.id as string;
+    expect(idle).toMatchObject({ code: 404, answer: { error: 'no report is queued or running' } });
+    // The lock was released, so a new report starts; it fails and GET shows the traceback.
+    const second = failing.answer.id as string;
     expect(failing.code).toBe(202);
-    expect(failing.body.duplicate).toBe(false);
     expect(second).toMatch(new RegExp(`^${ID}$`));
     expect(second).not.toBe(id);
-    expect(failed).toEqual({
-      path: `/status?id=${second}`,
+    expect(failed).toMatchObject({
+      path: `/reports/${second}`,
       code: 200,
-      body: { id: second, status: 'FAILURE', error: 'RangeError: rows must be a whole number >= 0, got -1' },
+      answer: { id: second, status: 'FAILURE', error: 'RangeError: pages must be a whole number >= 0, got -1' },
     });
     const tb = out.lines.filter((l) => l.startsWith('traceback: '));
-    expect(tb[0]).toBe('traceback: RangeError: rows must be a whole number >= 0, got -1');
-    expect(tb[1]).toMatch(/^traceback: at _?ExportService\.runExport \(.*examples\/services\/export-service\.ts:\d+:\d+\)$/);
-    // Only the FAILURE shows a traceback (the REVOKED export shows its reason instead).
+    expect(tb[0]).toBe('traceback: RangeError: pages must be a whole number >= 0, got -1');
+    expect(tb[1]).toMatch(/^traceback: at _?ReportBuilder\.build \(.*examples\/services\/report-builder\.ts:\d+:\d+\)$/);
+    // Only the FAILURE shows a traceback (the REVOKED report shows its reason instead).
     expect(tb).toHaveLength(3);
 
-    // Cancel: a 100 s export, revoked while it runs (the program waited for the worker's
+    // Cancel: a 100 s report, revoked while it runs (the program waited for the worker's
     // 'started' event), is told through Redis, stops at its next step and ends REVOKED.
-    const third = big.body.id as string;
+    const third = big.answer.id as string;
     expect(big.code).toBe(202);
-    expect(third).toMatch(new RegExp(`^${ID}$`));
     expect([id, second]).not.toContain(third);
-    expect(big.body.duplicate).toBe(false);
-    expect(['PENDING', 'STARTED']).toContain(big.body.status);
-    expect(running).toEqual({ path: '/status', code: 200, body: { id: third, status: 'STARTED' } });
+    expect(['PENDING', 'STARTED']).toContain(big.answer.status);
+    expect(running).toMatchObject({ code: 200, answer: { id: third, status: 'STARTED' } });
     // revoke() without terminate answers STARTED: the signal is fired, the task has yet to stop.
-    expect(cancel).toEqual({ path: '/cancel', code: 202, body: { id: third, status: 'STARTED' } });
+    expect(cancel).toMatchObject({ path: `/reports/${third}`, code: 202, answer: { id: third, status: 'STARTED' } });
     line(out, new RegExp(`^get\\(\\) rejected with TaskRevokedError: task ${third} was revoked \\(revoked\\)$`));
-    expect(revoked).toEqual({ path: `/status?id=${third}`, code: 200, body: { id: third, status: 'REVOKED', reason: 'revoked' } });
-    // Its lock went with it: the next export is a new task at once, not a duplicate.
+    expect(revoked).toMatchObject({ path: `/reports/${third}`, code: 200, answer: { id: third, status: 'REVOKED', reason: 'revoked' } });
+    // Its lock went with it: the next report is a new task at once, not refused.
     expect(next.code).toBe(202);
-    expect(next.body.duplicate).toBe(false);
-    expect([id, second, third]).not.toContain(next.body.id);
-    expect(['PENDING', 'STARTED', 'SUCCESS']).toContain(next.body.status);
+    expect([id, second, third]).not.toContain(next.answer.id);
+    expect(['PENDING', 'STARTED', 'SUCCESS']).toContain(next.answer.status);
+    // A report that has ended cannot be cancelled.
+    expect(late).toMatchObject({ path: `/reports/${next.answer.id as string}`, code: 409, answer: { status: 'SUCCESS', error: 'it has already ended' } });
     line(out, /^Closed the server, the worker and the dispatcher\. Done\.$/);
   },
 };
@@ -254,42 +266,47 @@ describe('examples', () => {
     }
   });
 
-  it('examples/http-status.ts --serve: /cancel?terminate=1 frees the lock at once, SIGTERM hands the running export back', async () => {
+  it('examples/http-api.ts --serve: real HTTP requests; DELETE ?terminate=1 frees the lock at once, an unknown id is 404, SIGTERM hands the running report back', async () => {
     const h = fresh();
-    const live = launch(h, 'http-status.ts', ['--serve']);
+    const live = launch(h, 'http-api.ts', ['--serve']);
     try {
       const [, base] = await live.line(/^Serving (http:\/\/127\.0\.0\.1:\d+) until Ctrl-C or SIGTERM;/);
-      const get = async (path: string): Promise<{ code: number; body: Record<string, unknown> }> => {
-        const res = await fetch(base! + path);
+      const request = async (method: string, path: string, body?: unknown): Promise<{ code: number; body: Record<string, unknown> }> => {
+        const res = await fetch(base! + path, { method, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
         return { code: res.status, body: (await res.json()) as Record<string, unknown> };
       };
-      const startedExport = async (): Promise<string> => {
-        const started = await get('/start?rows=10000000');
+      const startedReport = async (): Promise<string> => {
+        const started = await request('POST', '/reports', { pages: 10_000_000 });
         expect(started.code).toBe(202);
-        expect(started.body.duplicate).toBe(false);
         const id = started.body.id as string;
-        await waitFor(async () => (await get('/status')).body.status === 'STARTED', { what: `export ${id} to start` });
+        await waitFor(async () => (await request('GET', '/reports/current')).body.status === 'STARTED', { what: `report ${id} to start` });
         return id;
       };
 
+      // A second start while one runs is refused with the running one.
+      const first = await startedReport();
+      expect(await request('POST', '/reports', { pages: 1 })).toEqual({
+        code: 409,
+        body: { error: 'a report is already queued or running', id: first, status: 'STARTED' },
+      });
       // terminate: REVOKED at once (200, not 202), and the lock is free at once.
-      const first = await startedExport();
-      expect(await get('/cancel?terminate=1')).toEqual({ code: 200, body: { id: first, status: 'REVOKED' } });
-      expect(await get(`/status?id=${first}`)).toEqual({ code: 200, body: { id: first, status: 'REVOKED', reason: 'revoked' } });
-      expect((await get('/status')).code).toBe(404);
-      expect(await get(`/cancel?id=${first}`)).toEqual({ code: 200, body: { id: first, status: 'REVOKED' } });
+      expect(await request('DELETE', `/reports/${first}?terminate=1`)).toEqual({ code: 200, body: { id: first, status: 'REVOKED' } });
+      expect(await request('GET', `/reports/${first}`)).toEqual({ code: 200, body: { id: first, status: 'REVOKED', reason: 'revoked' } });
+      expect((await request('GET', '/reports/current')).code).toBe(404);
+      expect(await request('DELETE', `/reports/${first}`)).toEqual({ code: 200, body: { id: first, status: 'REVOKED' } });
+      expect(await request('GET', '/reports/no-such-id')).toEqual({ code: 404, body: { id: 'no-such-id', error: 'no such report' } });
 
-      // A second export runs when SIGTERM arrives: after the 1 s close timeout its signal fires
+      // A second report runs when SIGTERM arrives: after the 1 s close timeout its signal fires
       // and it goes back to the queue, PENDING with the same id, still holding the lock.
-      const second = await startedExport();
+      const second = await startedReport();
       expect(second).not.toBe(first);
       live.child.kill('SIGTERM');
       const { code, stdout, stderr } = await live.exit;
       expect(code, `stdout:\n${stdout}\nstderr:\n${stderr}`).toBe(0);
       expect(stderr).toBe('');
       const lines = stdout.split('\n').map((l) => l.trim());
-      const signalled = lines.indexOf('SIGTERM: closing the worker; a running export gets 1 s to end, then goes back to the queue');
-      const handedBack = lines.indexOf(`Export ${second} was handed back: it is PENDING and still holds the lock, for the next worker to run.`);
+      const signalled = lines.indexOf('SIGTERM: closing the worker; a running report gets 1 s to end, then goes back to the queue');
+      const handedBack = lines.indexOf(`Report ${second} was handed back: it is PENDING and still holds the lock, for the next worker to run.`);
       const closed = lines.indexOf('Closed the server, the worker and the dispatcher. Done.');
       expect(signalled).toBeGreaterThan(0);
       expect(handedBack).toBeGreaterThan(signalled);
