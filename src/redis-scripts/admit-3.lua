@@ -1,14 +1,16 @@
 --[[
   admit: the worker is the authority on a task's options. A message sent by a process that
   did not know the task (by name, from a scheduler, another service or another language) lacks
-  the unique lock or the rate limit the task's definition in the worker has; the fetch started
-  it without them. Before running it, the worker computes what is missing (its key function,
+  the unique lock or the rate limit the task's definition in the worker has, or its
+  maxRecoveries; the fetch started it without them. Before running it, the worker computes what is missing (its key function,
   its rate limit for these arguments) and admits the run here, with the same checks a message
   carrying them gets at start:
     * unique: the lock is taken (or re-taken); held by another task, this one ends REVOKED
       'duplicate' and does not run;
     * rate limit: over the limit, the start is taken back and the task goes to the delayed set,
       due when a slot frees plus jitter (PENDING, no attempt counted);
+  * maxRecoveries: written into the record, so a recovery of this run counts against the
+    worker's value rather than the default of 1;
   and the fields are written into the record, so later starts (retries, recoveries) check them
   in the fetch as for any message. Only the current run is admitted (STARTED, this worker, this
   run token).
@@ -29,6 +31,7 @@
   ARGV[10] the period in ms
   ARGV[11] random seed for the jitter
   ARGV[12] result lifetime in ms, for a task that ends here
+  ARGV[13] maxRecoveries ('' when the message has one or the worker leaves the default)
 
   Returns {verdict, detail}: 'RUN', '' (run it); 'REVOKED', 'duplicate' (or the revoke reason:
   a revoke was requested since the fetch started it); 'LIMITED', delay ms;
@@ -47,6 +50,7 @@ local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local rateKey, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local expireMs = tonumber(ARGV[12])
+local maxRecoveries = ARGV[13]
 local key = taskKeyOf(base, id)
 local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
@@ -58,6 +62,7 @@ local now = nowMs()
 -- What the worker fills in goes into the record, as a producer that knew the task would have
 -- written it.
 local fields = {}
+if maxRecoveries ~= '' then table.insert(fields, 'mr'); table.insert(fields, maxRecoveries) end
 if lockKey ~= '' then
   table.insert(fields, 'lk'); table.insert(fields, lockKey); table.insert(fields, 'lt'); table.insert(fields, lockTtl)
   if waitForExpiry == '1' then table.insert(fields, 'lw'); table.insert(fields, '1') end

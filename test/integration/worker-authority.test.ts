@@ -7,7 +7,8 @@ import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { reportFigures, useHarness, waitFor } from '../helpers.js';
 import { authorityLockKey, oneRunsOneRevoked, openGate, readStarts } from '../fixtures/deploy/control.js';
-import { startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
+import { killWorkerProcess, startWorkerProcess, startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
+import { FIELDS } from '../helpers.js';
 
 
 describe('the worker applies its own unique and rate-limit options to messages sent by name', () => {
@@ -78,5 +79,24 @@ describe('the worker applies its own unique and rate-limit options to messages s
     const summaries = await stopWorkerProcesses(workers);
     expect(summaries.reduce((n, s) => n + s.rateLimited, 0)).toBeGreaterThanOrEqual(2);
     reportFigures('by-name [1, 60]', { sent: 3, started: starts.length, rescheduled: 2 });
+  });
+
+  it("a by-name send of a task with maxRecoveries 0: the worker writes its value into the record, and a lost run ends FAILURE instead of running again", { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const first = await startWorkerProcess(h, { services: ['authority'], lease: '1s' });
+    const d = h.dispatcher();
+    const sent = await d.send('AuthorityService.fragile', [3]);
+    // The message carries no mr; the worker fills in its own at admission.
+    await waitFor(async () => (await readStarts(h)).length === 1, { timeout: 20_000, what: 'the task to start' });
+    expect(await h.admin.hget(h.taskKey(sent.id), FIELDS.maxRecoveries)).toBe('0');
+    // The worker dies mid-run; another one finds the lapsed lease and, with maxRecoveries 0,
+    // ends the task instead of running it again (the default of 1 would run it a second time).
+    await killWorkerProcess(first);
+    const second = await startWorkerProcess(h, { services: ['authority'], lease: '1s' });
+    await waitFor(async () => (await sent.status()) === 'FAILURE', { timeout: 20_000, what: `task ${sent.id} to end FAILURE` });
+    const info = await sent.info();
+    expect([info.error?.name, info.attempts]).toEqual(['WorkerLostError', 1]);
+    expect((await readStarts(h)).map((e) => e.id)).toEqual([sent.id]);
+    await stopWorkerProcesses([second]);
   });
 });

@@ -93,6 +93,8 @@ export interface StartedRun {
   carriesLock: boolean;
   /** The message carried a rate limit (field rk). */
   carriesRate: boolean;
+  /** The message carried maxRecoveries (field mr). */
+  carriesRecoveries: boolean;
 }
 
 /** The end of a run, as the fetch script stores it. */
@@ -180,6 +182,7 @@ export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply
       token: String(started[i + 6]),
       carriesLock: carried.includes('u'),
       carriesRate: carried.includes('r'),
+      carriesRecoveries: carried.includes('m'),
     });
   }
   const limitedOut = reply.limited as FetchReply['limited'][number][];
@@ -288,6 +291,8 @@ export function readVerdict(script: 'admit' | 'decline', [verdict, detail]: [str
 export interface AdmissionChecks {
   lock: { key: string; ttlMs: number; waitForExpiry: boolean } | undefined;
   rate: { key: string; limit: number; periodMs: number } | undefined;
+  /** The worker's maxRecoveries, for a message without one; undefined leaves the record as it is. */
+  maxRecoveries?: number | undefined;
 }
 
 /** Admits a run under the worker's own unique lock and rate limit (admit-3.lua). */
@@ -309,6 +314,7 @@ export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: Worke
       rate?.periodMs ?? 0,
       seed(),
       worker.resultExpiresMs,
+      checks.maxRecoveries ?? '',
     ],
   );
   return readVerdict('admit', reply);

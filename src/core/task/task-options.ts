@@ -105,6 +105,9 @@ export const DEFAULT_RESULT_EXPIRES_MS = 24 * 60 * 60 * 1000;
 const DEFAULT_BACKOFF = { kind: 'exponential', baseMs: 1000, capMs: 600_000 } as const;
 
 /** Retry settings of `currentTask().retry()` on a task without a `retries` option. */
+/** How many times a run whose worker was lost is recovered when the message says nothing (start-tasks.lua applies it). */
+export const DEFAULT_MAX_RECOVERIES = 1;
+
 export const DEFAULT_RETRIES: NormalizedRetries = {
   max: 3,
   backoff: DEFAULT_BACKOFF,

@@ -2,6 +2,7 @@ import { fromRedis, StaleRunError } from '../errors.js';
 import { FAILURE_ERRORS } from '../protocol/reply-codes.js';
 import type { AdmissionChecks, Verdict } from '../protocol/scripts.js';
 import { callChecks } from '../task/call-checks.js';
+import { DEFAULT_MAX_RECOVERIES } from '../task/task-options.js';
 import type { TaskDefinition } from '../task/registry.js';
 import type { RemoteError } from '../protocol/task-record.js';
 import { parseArgs, safeArgs, type Run } from './run.js';
@@ -20,7 +21,20 @@ export interface AdmissionHost {
 
 /** Whether a run's message lacks a check the worker's definition of its task has. */
 export function needsAdmission(def: TaskDefinition, run: Run): boolean {
-  return (def.options.unique && !run.task.carriesLock) || (def.options.rateLimit !== undefined && !run.task.carriesRate);
+  return (
+    (def.options.unique && !run.task.carriesLock) ||
+    (def.options.rateLimit !== undefined && !run.task.carriesRate) ||
+    recoveriesToFill(def, run) !== undefined
+  );
+}
+
+/**
+ * The worker's maxRecoveries for a message that lacks one, when it differs from the default of 1
+ * that recovery applies to such a message (so the default costs no admission call).
+ */
+function recoveriesToFill(def: TaskDefinition, run: Run): number | undefined {
+  const mine = def.options.maxRecoveries;
+  return mine !== undefined && mine !== DEFAULT_MAX_RECOVERIES && !run.task.carriesRecoveries ? mine : undefined;
 }
 
 /**
@@ -32,10 +46,13 @@ export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost):
   const { task, runner } = run;
   let checks: AdmissionChecks;
   try {
-    checks = callChecks(runner.keys, def.name, def.options, parseArgs(task.argsJson), task.argsJson, {
-      lock: !task.carriesLock,
-      rate: !task.carriesRate,
-    });
+    checks = {
+      ...callChecks(runner.keys, def.name, def.options, parseArgs(task.argsJson), task.argsJson, {
+        lock: !task.carriesLock,
+        rate: !task.carriesRate,
+      }),
+      maxRecoveries: recoveriesToFill(def, run),
+    };
   } catch (err) {
     // Malformed arguments, or a key or rateLimit function that throws: the run fails with it.
     run.admissionError = err;

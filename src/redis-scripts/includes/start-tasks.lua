@@ -24,7 +24,7 @@
 -- Returns {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem}:
 --   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far,
 --     run token, and which options the message carried ('u' unique lock, 'r' rate limit,
---     't' time limit; the worker applies its own for the others)
+--     't' time limit, 'm' maxRecoveries; the worker applies its own for the others)
 --   limited: flat list of id, name, args, delay ms
 --   revoked: flat list of id, name, args, reason
 --   nextDelay: ms until the earliest delayed task is due, -1 if none, -2 not looked up (all
@@ -139,7 +139,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     if id == '' then return end -- the wake-up marker pushed by enqueue
     local key = taskKeyOf(base, id)
     local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
-      'a1', 'a2', 'a3')
+      'a1', 'a2', 'a3', 'mr')
     if t.err then
       if isRefusal(t) then error(t) end
       deadLetter(base, id, 'its record is not a hash', now)
@@ -147,7 +147,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     end
     local state, name, args, lockKey, lockLife, rateKey, rateLimit, ratePeriod = t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
     local attempts, version, expires, timeLimit, retries, pieces, dueAt = t[9], t[10], t[11], t[12], t[13], t[14], t[15]
-    local piece1, piece2, piece3 = t[16], t[17], t[18]
+    local piece1, piece2, piece3, maxRecoveries = t[16], t[17], t[18], t[19]
     if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
     if not state then
       deadLetter(base, id, 'the wait list names a task with no record', now)
@@ -238,6 +238,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     if lockKey then carried = 'u' end
     if rateKey then carried = carried .. 'r' end
     if timeLimit then carried = carried .. 't' end
+    if maxRecoveries then carried = carried .. 'm' end
     table.insert(started, id); table.insert(started, name); table.insert(started, args)
     table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
     table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)
