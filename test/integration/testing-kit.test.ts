@@ -78,6 +78,23 @@ describe('startRedis', () => {
     await redis.stop(); // twice is fine
   });
 
+  it('passes extra arguments to redis-server; a server that cannot start is an error with its output', async () => {
+    const redis = await startRedis({ args: ['--maxmemory', '12mb'] });
+    try {
+      const client = new Redis(redis.url);
+      try {
+        expect(await client.config('GET', 'maxmemory')).toEqual(['maxmemory', String(12 * 1024 * 1024)]);
+      } finally {
+        await client.quit();
+      }
+    } finally {
+      await redis.stop();
+    }
+    const err = await startRedis({ args: ['--no-such-option', 'x'] }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toMatch(/could not start .*redis-server.*no-such-option/is);
+  });
+
   it('reuses a given URL (e.g. REDIS_URL) and starts nothing', async () => {
     const url = redisUrl();
     const redis = await startRedis({ reuse: url });
