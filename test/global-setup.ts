@@ -1,6 +1,7 @@
 import type {} from 'vitest';
 import type { TestProject } from 'vitest/node';
-import { startRedis } from '../scripts/redis-launcher.mjs';
+import { RedisServerNotFoundError, startRedis } from '../src/testing/index.js';
+import { startRedis as launchWithInstall } from '../scripts/redis-launcher.mjs';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -8,9 +9,17 @@ declare module 'vitest' {
   }
 }
 
-/** Starts one private redis-server for the whole run (or uses REDIS_URL) and stops it at the end. */
+/**
+ * Starts one private redis-server for the whole run (or uses REDIS_URL) and stops it at the end,
+ * with the package's own startRedis, as a user's globalSetup would. Where no redis-server is on
+ * the PATH, the project's launcher looks in the usual places and, on a Debian-like machine
+ * where we are root, installs it (startRedis itself never installs anything).
+ */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const redis = await startRedis();
+  const redis = await startRedis({ reuse: process.env.REDIS_URL }).catch((err: unknown) => {
+    if (err instanceof RedisServerNotFoundError) return launchWithInstall();
+    throw err;
+  });
   project.provide('redisUrl', redis.url);
   return () => redis.stop();
 }

@@ -125,6 +125,17 @@ export class TimeoutError extends HeimdallError {
   }
 }
 
+/**
+ * `startRedis()` of `heimdall-tasks/testing` found no `redis-server` to run. It never installs
+ * one: the message names the command that does.
+ */
+export class RedisServerNotFoundError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_REDIS_SERVER_NOT_FOUND';
+  constructor(message: string) {
+    super(RedisServerNotFoundError.CODE, message);
+  }
+}
+
 /** A member of a class was used as a task but carries no `@Task` decorator. */
 export class NotATaskError extends HeimdallError {
   static readonly CODE = 'HEIMDALL_NOT_A_TASK';

@@ -1,6 +1,7 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { Task } from 'heimdall-tasks';
-import { useHarness } from '../helpers.js';
+import { createTestApp, type TestApp } from 'heimdall-tasks/testing';
+import { redisUrl } from '../helpers.js';
 
 class SmokeService {
   @Task()
@@ -10,13 +11,18 @@ class SmokeService {
 }
 
 describe('smoke', () => {
-  const fresh = useHarness('smoke');
+  let app: TestApp | undefined;
+  afterEach(async () => {
+    await app?.close();
+    app = undefined;
+  });
+
   it('runs a task and returns its result', async () => {
-    const h = fresh();
-    const worker = h.worker({ services: [new SmokeService()] });
-    await worker.start();
-    const handle = await h.dispatcher().tasks(SmokeService).add.delay(2, 3);
+    app = await createTestApp({ services: [new SmokeService()], connection: redisUrl() });
+    const handle = await app.tasks(SmokeService).add.delay(2, 3);
     expect(await handle.get({ timeout: 10 })).toBe(5);
     expect(await handle.status()).toBe('SUCCESS');
+    const { ran } = await app.drain();
+    expect(ran).toEqual([{ id: handle.id, name: 'SmokeService.add', queue: 'default', args: [2, 3], state: 'SUCCESS', result: 5, attempts: 1 }]);
   });
 });

@@ -1,0 +1,194 @@
+import { TimeoutError } from '../core/errors.js';
+import type { RedisClient } from '../core/protocol/connection.js';
+import { QueueKeys } from '../core/protocol/queue-keys.js';
+import { FIELDS } from '../core/protocol/task-fields.js';
+import type { RemoteError, RevokeReason } from '../core/protocol/task-record.js';
+import { toMillis, type Duration } from '../core/task/durations.js';
+import type { Worker } from '../core/worker/worker.js';
+import type { TaskEvent, WorkerEvents } from '../core/worker/worker-options.js';
+
+/** Options of `app.drain()`. */
+export interface DrainOptions {
+  /** The longest to wait: seconds or an `ms` string. Default: 10 s. */
+  timeout?: Duration;
+  /**
+   * What to do with delayed tasks (a countdown or eta, a retry's backoff, a rate-limit
+   * reschedule) that are not due yet:
+   * - `'wait'`: they count as pending; drain waits until they are due and have run. When one is
+   *   due after drain's deadline, drain rejects at once with a TimeoutError naming it, rather
+   *   than wait for a deadline it cannot meet.
+   * - `'leave'`: they are left in the delayed set and listed in the report's `delayed`.
+   *
+   * Default: `'wait'`.
+   */
+  delayed?: 'wait' | 'leave';
+}
+
+/** A task that ended, as the app's worker reported it. */
+export interface FinishedTask {
+  id: string;
+  name: string;
+  queue: string;
+  args: unknown[];
+  /** How it ended. */
+  state: 'SUCCESS' | 'FAILURE' | 'REVOKED';
+  /** The returned value (SUCCESS only). */
+  result?: unknown;
+  /** What it threw (FAILURE only). */
+  error?: RemoteError;
+  /** Why it was revoked (REVOKED only). */
+  reason?: RevokeReason;
+  /** Runs it took, retries included; 0 when it never ran (revoked before its start, or an unknown name). */
+  attempts: number;
+}
+
+/** A task `drain({ delayed: 'leave' })` left in a delayed set. */
+export interface DelayedTask {
+  id: string;
+  queue: string;
+  /** Milliseconds until it is due, on the Redis server's clock, when drain resolved. */
+  dueInMs: number;
+}
+
+/** What `app.drain()` resolves with. */
+export interface DrainReport {
+  /** Tasks that ended since the previous drain (or since the app was created), in the order they ended. */
+  ran: FinishedTask[];
+  /** Tasks left for later (`delayed: 'leave'` only; otherwise empty), soonest first. */
+  delayed: DelayedTask[];
+}
+
+/** Records a worker's ends, and which started runs have yet to end, for drain(). */
+export class TaskLog {
+  /** Ends not yet reported by a drain. */
+  private ended: FinishedTask[] = [];
+  /** Runs started and not yet ended (or sent to retry), by `<queue>\0<id>`. */
+  readonly running = new Map<string, TaskEvent>();
+  private readonly listeners: { [E in keyof WorkerEvents]?: (...args: WorkerEvents[E]) => void } = {
+    started: (e) => this.running.set(keyOf(e), e),
+    retried: (e) => this.running.delete(keyOf(e)),
+    succeeded: (e) => this.end(e, { state: 'SUCCESS', result: e.result, attempts: e.attempt }),
+    failed: (e) => this.end(e, { state: 'FAILURE', error: e.error, attempts: e.attempt }),
+    revoked: (e) => this.end(e, { state: 'REVOKED', reason: e.reason, attempts: this.running.get(keyOf(e))?.attempt ?? 0 }),
+  };
+
+  constructor(private readonly worker: Worker) {
+    for (const [event, listener] of Object.entries(this.listeners)) {
+      worker.on(event as 'started', listener as (e: TaskEvent) => void);
+    }
+  }
+
+  /** The ends recorded since the last call. */
+  take(): FinishedTask[] {
+    const out = this.ended;
+    this.ended = [];
+    return out;
+  }
+
+  detach(): void {
+    for (const [event, listener] of Object.entries(this.listeners)) {
+      this.worker.off(event as 'started', listener as (e: TaskEvent) => void);
+    }
+  }
+
+  private end(e: Omit<TaskEvent, 'attempt'>, how: Omit<FinishedTask, 'id' | 'name' | 'queue' | 'args'>): void {
+    this.running.delete(keyOf(e));
+    this.ended.push({ id: e.id, name: e.name, queue: e.queue, args: e.args, ...how });
+  }
+}
+
+function keyOf(e: { queue: string; id: string }): string {
+  return `${e.queue}\u0000${e.id}`;
+}
+
+/** What drain() looks at. */
+export interface DrainTarget {
+  client: RedisClient;
+  prefix: string;
+  queues: readonly string[];
+  worker: Worker;
+  log: TaskLog;
+}
+
+/** One look at the app's queues. */
+interface Look {
+  /** Tasks waiting, running, or delayed and due (or not due, under 'wait'), per queue: `queue: n`. */
+  busy: string[];
+  delayedLater: DelayedTask[];
+}
+
+/** How often drain() looks at Redis, in ms. */
+const POLL_MS = 15;
+
+/**
+ * Resolves when, on every queue of the app, the wait list and the active set are empty, the
+ * delayed set holds nothing due (nothing at all under 'wait'), the worker runs nothing, and every
+ * run the worker started has reported its end.
+ */
+export async function drainApp(target: DrainTarget, options: DrainOptions = {}): Promise<DrainReport> {
+  const timeoutMs = options.timeout === undefined ? 10_000 : toMillis(options.timeout, 'drain({ timeout })');
+  const mode = options.delayed ?? 'wait';
+  if (mode !== 'wait' && mode !== 'leave') throw new TypeError(`drain({ delayed }) must be 'wait' or 'leave', got ${String(mode)}`);
+  const keys = target.queues.map((q) => new QueueKeys(target.prefix, q));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const look = await lookAt(target.client, keys);
+    const remainingMs = deadline - Date.now();
+    if (mode === 'wait') {
+      const late = look.delayedLater.filter((d) => d.dueInMs > remainingMs);
+      if (late.length > 0) {
+        const names = await Promise.all(late.slice(0, 5).map((d) => nameOf(target.client, target.prefix, d)));
+        throw new TimeoutError(
+          `drain(): ${late.length} delayed task(s) are due after drain's deadline (${timeoutMs} ms), e.g. ${names.join(', ')}; ` +
+            "pass a longer timeout, or delayed: 'leave' to leave them",
+        );
+      }
+    }
+    const idle =
+      look.busy.length === 0 && (mode === 'leave' || look.delayedLater.length === 0) && target.worker.activeCount === 0 && target.log.running.size === 0;
+    if (idle) return { ran: target.log.take(), delayed: mode === 'leave' ? look.delayedLater : [] };
+    if (remainingMs <= 0) {
+      const running = [...target.log.running.values()].map((e) => `${e.name} ${e.id}`);
+      throw new TimeoutError(
+        `drain() timed out after ${timeoutMs} ms with tasks left: ${[...look.busy, ...(mode === 'wait' && look.delayedLater.length > 0 ? [`${look.delayedLater.length} delayed`] : [])].join(', ') || 'none in Redis'}` +
+          (running.length > 0 ? `; still running here: ${running.join(', ')}` : '') +
+          (target.worker.activeCount === 0 && running.length === 0 && look.busy.length > 0 ? '; is the worker started?' : ''),
+      );
+    }
+    await new Promise((r) => setTimeout(r, Math.min(POLL_MS, Math.max(1, remainingMs))));
+  }
+}
+
+async function lookAt(client: RedisClient, keys: readonly QueueKeys[]): Promise<Look> {
+  const [sec, usec] = await client.time();
+  const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+  const per = await Promise.all(
+    keys.map(async (k) => {
+      const [waiting, active, delayed] = await Promise.all([
+        client.llen(k.wait),
+        client.zcard(k.active),
+        client.zrange(k.delayed, 0, -1, 'WITHSCORES'),
+      ]);
+      return { k, waiting, active, delayed };
+    }),
+  );
+  const busy: string[] = [];
+  const delayedLater: DelayedTask[] = [];
+  for (const { k, waiting, active, delayed } of per) {
+    let due = 0;
+    for (let i = 0; i + 1 < delayed.length; i += 2) {
+      const dueInMs = Number(delayed[i + 1]) - now;
+      if (dueInMs <= 0) due++;
+      else delayedLater.push({ id: delayed[i]!, queue: k.queue, dueInMs });
+    }
+    const parts = [waiting > 0 ? `${waiting} waiting` : '', active > 0 ? `${active} running` : '', due > 0 ? `${due} due` : ''].filter(Boolean);
+    if (parts.length > 0) busy.push(`queue ${k.queue}: ${parts.join(', ')}`);
+  }
+  delayedLater.sort((a, b) => a.dueInMs - b.dueInMs);
+  return { busy, delayedLater };
+}
+
+async function nameOf(client: RedisClient, prefix: string, d: DelayedTask): Promise<string> {
+  const name = await client.hget(new QueueKeys(prefix, d.queue).task(d.id), FIELDS.name);
+  return `${name ?? '?'} ${d.id} in ${(d.dueInMs / 1000).toFixed(1)} s`;
+}

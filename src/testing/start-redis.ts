@@ -1,0 +1,180 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { createConnection, createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { ConfigError, RedisServerNotFoundError } from '../core/errors.js';
+import { toMillis, type Duration } from '../core/task/durations.js';
+
+/** Options of `startRedis()`. */
+export interface StartRedisOptions {
+  /**
+   * A Redis to use instead of starting one, e.g. `process.env.REDIS_URL`: when it is a non-empty
+   * string, nothing is started, `started` is false and `stop()` does nothing. `undefined` or `''`
+   * starts a private server. Default: `undefined`.
+   */
+  reuse?: string | undefined;
+  /** The `redis-server` to run. Default: the first `redis-server` (`redis-server.exe` on Windows) on the PATH. */
+  bin?: string;
+  /** More `redis-server` arguments, e.g. `['--maxmemory', '64mb']`; they come last, so they win. Default: `[]`. */
+  args?: readonly string[];
+  /** How long the server may take to answer PING: seconds or an `ms` string. Default: 10 s. */
+  startTimeout?: Duration;
+}
+
+/** A Redis server for a test run, from `startRedis()`. */
+export interface StartedRedis {
+  /** `redis://127.0.0.1:<port>` (or the `reuse` URL as given). */
+  readonly url: string;
+  /** The TCP port (of the `reuse` URL when it names one; 6379 when it does not). */
+  readonly port: number;
+  /** True when this call started the server (and `stop()` stops it); false with `reuse`. */
+  readonly started: boolean;
+  /** Stops the server (SIGTERM, SIGKILL after 5 s) and deletes its temporary directory. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+const INSTALL_HINT =
+  'install Redis >= 7 (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis), ' +
+  'pass { bin: "/path/to/redis-server" }, or point the tests at a running Redis with { reuse: process.env.REDIS_URL }';
+
+/** The first executable `redis-server` on the PATH. */
+function onPath(): string | undefined {
+  const names = process.platform === 'win32' ? ['redis-server.exe', 'redis-server'] : ['redis-server'];
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (!dir) continue;
+    for (const name of names) {
+      const candidate = join(dir, name);
+      try {
+        accessSync(candidate, constants.X_OK);
+        return candidate;
+      } catch {
+        // not here
+      }
+    }
+  }
+  return undefined;
+}
+
+/** A loopback port the OS says is free (it is released before this resolves). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** True when a Redis on the port answers PING with PONG. */
+function pong(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = createConnection({ port, host: '127.0.0.1' });
+    let data = '';
+    const done = (ok: boolean): void => {
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.setTimeout(500);
+    sock.on('connect', () => sock.write('PING\r\n'));
+    sock.on('data', (d: Buffer) => {
+      data += d.toString();
+      if (data.includes('\r\n')) done(data.startsWith('+PONG'));
+    });
+    sock.on('error', () => done(false));
+    sock.on('timeout', () => done(false));
+  });
+}
+
+function portOf(url: string): number {
+  try {
+    const port = new URL(url).port;
+    return port === '' ? 6379 : Number(port);
+  } catch {
+    throw new ConfigError(`startRedis: reuse must be a Redis URL such as redis://127.0.0.1:6379, got ${JSON.stringify(url)}`);
+  }
+}
+
+/**
+ * Starts a private `redis-server` for tests: on a free loopback port, with a temporary
+ * directory, no RDB snapshots and no AOF. It runs `bin` or the `redis-server` on the PATH and
+ * never installs anything: without one it rejects with a `RedisServerNotFoundError` naming the
+ * install command. With `reuse` (e.g. `process.env.REDIS_URL`) it starts nothing and returns
+ * that URL. Call `stop()` when done, e.g. as the teardown of a vitest `globalSetup`.
+ */
+export async function startRedis(options: StartRedisOptions = {}): Promise<StartedRedis> {
+  if (typeof options.reuse === 'string' && options.reuse !== '') {
+    const url = options.reuse;
+    return { url, port: portOf(url), started: false, stop: async () => undefined };
+  }
+  const bin = options.bin ?? onPath();
+  if (bin === undefined) throw new RedisServerNotFoundError(`startRedis: no redis-server on the PATH; ${INSTALL_HINT}`);
+  const startMs = options.startTimeout === undefined ? 10_000 : toMillis(options.startTimeout, 'startTimeout');
+  const dir = mkdtempSync(join(tmpdir(), 'heimdall-test-redis-'));
+  let lastError = '';
+  // A port found free can be taken before redis-server binds it: try a few.
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const port = await freePort();
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--daemonize', 'no', ...(options.args ?? [])];
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const collect = (d: Buffer): void => {
+      if (output.length < 8192) output += d.toString();
+    };
+    child.stdout.on('data', collect);
+    child.stderr.on('data', collect);
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    let settled = false;
+    const failed = await new Promise<Error | undefined>((resolve) => {
+      child.once('error', (err) => resolve(err));
+      void exited.then(() => resolve(new Error(output.trim() || `redis-server exited with ${String(child.exitCode ?? child.signalCode)}`)));
+      void (async () => {
+        const deadline = Date.now() + startMs;
+        while (!settled && child.exitCode === null && child.signalCode === null && Date.now() < deadline) {
+          if (await pong(port)) return resolve(undefined);
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        resolve(new Error(`redis-server did not answer PING on port ${port} within ${startMs} ms`));
+      })();
+    }).finally(() => (settled = true));
+    if (failed === undefined) {
+      // The server's output is no longer needed; reading it keeps its pipes from filling.
+      child.stdout.resume();
+      child.stderr.resume();
+      return { url: `redis://127.0.0.1:${port}`, port, started: true, stop: stopper(child, exited, dir) };
+    }
+    if ((failed as NodeJS.ErrnoException).code === 'ENOENT') {
+      rmSync(dir, { recursive: true, force: true });
+      throw new RedisServerNotFoundError(`startRedis: cannot run ${bin} (not found); ${INSTALL_HINT}`);
+    }
+    lastError = failed.message;
+    await kill(child, exited);
+  }
+  rmSync(dir, { recursive: true, force: true });
+  throw new ConfigError(`startRedis: could not start ${bin} on a free loopback port: ${lastError}`);
+}
+
+async function kill(child: ChildProcess, exited: Promise<void>): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), 5000)));
+  const tooLate = await Promise.race([exited.then(() => false), late]);
+  clearTimeout(timer);
+  if (tooLate) {
+    child.kill('SIGKILL');
+    await exited;
+  }
+}
+
+function stopper(child: ChildProcess, exited: Promise<void>, dir: string): () => Promise<void> {
+  let stopping: Promise<void> | undefined;
+  return () =>
+    (stopping ??= (async () => {
+      await kill(child, exited);
+      rmSync(dir, { recursive: true, force: true });
+    })());
+}

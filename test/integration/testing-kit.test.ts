@@ -1,0 +1,231 @@
+// heimdall-tasks/testing: startRedis() runs a private redis-server (and never installs one),
+// createTestApp() gives a test a dispatcher and a worker on a prefix of its own, drain() waits
+// until everything has ended and reports it, close() leaves no key and no connection behind.
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Task, TimeoutError } from 'heimdall-tasks';
+import { createTestApp, RedisServerNotFoundError, startRedis, type TestApp } from 'heimdall-tasks/testing';
+import { clientNames, redisUrl, scanKeys } from '../helpers.js';
+
+const failures = new Map<string, number>();
+
+class KitMailer {
+  @Task({ queue: 'kit-emails' })
+  async send(to: string): Promise<string> {
+    return `sent to ${to}`;
+  }
+}
+
+class KitService {
+  @Task()
+  async add(a: number, b: number): Promise<number> {
+    return a + b;
+  }
+
+  @Task()
+  async explode(why: string): Promise<never> {
+    throw new RangeError(why);
+  }
+
+  /** Fails the first `times` runs for `key`, then succeeds. */
+  @Task({ retries: { max: 3, backoff: '50ms', jitter: false } })
+  async flaky(key: string, times: number): Promise<string> {
+    const n = (failures.get(key) ?? 0) + 1;
+    failures.set(key, n);
+    if (n <= times) throw new Error(`failure ${n}`);
+    return `ok after ${n}`;
+  }
+
+  @Task({ rateLimit: [1, '400ms'] })
+  async limited(n: number): Promise<number> {
+    return n;
+  }
+}
+
+/** True when something accepts TCP connections on the loopback port. */
+async function answers(url: string): Promise<boolean> {
+  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    return (await client.ping()) === 'PONG';
+  } catch {
+    return false;
+  } finally {
+    client.disconnect();
+  }
+}
+
+describe('startRedis', () => {
+  it('starts a private redis-server on a free loopback port, without persistence, and stop() ends it', async () => {
+    const redis = await startRedis();
+    try {
+      expect(redis.started).toBe(true);
+      expect(redis.url).toBe(`redis://127.0.0.1:${redis.port}`);
+      const client = new Redis(redis.url);
+      try {
+        expect(await client.ping()).toBe('PONG');
+        expect(await client.config('GET', 'save')).toEqual(['save', '']);
+        expect(await client.config('GET', 'appendonly')).toEqual(['appendonly', 'no']);
+        expect(await client.config('GET', 'dir')).toEqual(['dir', expect.stringMatching(/heimdall-test-redis-/)]);
+      } finally {
+        await client.quit();
+      }
+    } finally {
+      await redis.stop();
+    }
+    expect(await answers(redis.url)).toBe(false);
+    await redis.stop(); // twice is fine
+  });
+
+  it('passes extra arguments to redis-server; a server that cannot start is an error with its output', async () => {
+    const redis = await startRedis({ args: ['--maxmemory', '12mb'] });
+    try {
+      const client = new Redis(redis.url);
+      try {
+        expect(await client.config('GET', 'maxmemory')).toEqual(['maxmemory', String(12 * 1024 * 1024)]);
+      } finally {
+        await client.quit();
+      }
+    } finally {
+      await redis.stop();
+    }
+    const err = await startRedis({ args: ['--no-such-option', 'x'] }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toMatch(/could not start .*redis-server.*no-such-option/is);
+  });
+
+  it('reuses a given URL (e.g. REDIS_URL) and starts nothing', async () => {
+    const url = redisUrl();
+    const redis = await startRedis({ reuse: url });
+    expect(redis).toMatchObject({ url, started: false });
+    await redis.stop();
+    expect(await answers(url)).toBe(true);
+  });
+
+  it('without redis-server on the PATH: a RedisServerNotFoundError naming the install commands, nothing installed', async () => {
+    const path = process.env.PATH;
+    process.env.PATH = '/nonexistent-heimdall-dir';
+    try {
+      const err = await startRedis().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RedisServerNotFoundError);
+      expect((err as RedisServerNotFoundError).code).toBe('HEIMDALL_REDIS_SERVER_NOT_FOUND');
+      expect((err as Error).message).toContain('apt-get install redis-server');
+      expect((err as Error).message).toContain('brew install redis');
+      const missing = await startRedis({ bin: '/nonexistent-heimdall-dir/redis-server' }).catch((e: unknown) => e);
+      expect(missing).toBeInstanceOf(RedisServerNotFoundError);
+    } finally {
+      process.env.PATH = path;
+    }
+  });
+});
+
+describe('createTestApp', () => {
+  const apps: TestApp[] = [];
+  const app = async (options: Partial<Parameters<typeof createTestApp>[0]> = {}): Promise<TestApp> => {
+    const a = await createTestApp({ services: [new KitService(), new KitMailer()], connection: redisUrl(), ...options });
+    apps.push(a);
+    return a;
+  };
+  afterEach(async () => {
+    await Promise.all(apps.splice(0).map((a) => a.close()));
+  });
+
+  it('drain() waits for every queue (retries and rate-limit reschedules too) and reports what ran', async () => {
+    const a = await app();
+    expect(a.prefix).toMatch(/^heimdall-test-[0-9a-f]{16}$/);
+    expect([...a.queues].sort()).toEqual(['default', 'kit-emails']);
+    const svc = a.tasks(KitService);
+    const added = await svc.add.delay(2, 3);
+    const exploded = await svc.explode.delay('no');
+    const flaky = await svc.flaky.delay(a.prefix, 2);
+    const limited = await Promise.all([svc.limited.delay(1), svc.limited.delay(2)]);
+    const later = await svc.add.applyAsync([10, 20], { countdown: '300ms' });
+    const mail = await a.tasks(KitMailer).send.delay('ada@example.com');
+
+    const { ran, delayed } = await a.drain();
+    expect(delayed).toEqual([]);
+    const byId = new Map(ran.map((t) => [t.id, t]));
+    expect(ran).toHaveLength(7);
+    expect(byId.get(added.id)).toEqual({ id: added.id, name: 'KitService.add', queue: 'default', args: [2, 3], state: 'SUCCESS', result: 5, attempts: 1 });
+    expect(byId.get(exploded.id)).toMatchObject({ state: 'FAILURE', error: { name: 'RangeError', message: 'no' }, attempts: 1 });
+    expect(byId.get(flaky.id)).toMatchObject({ state: 'SUCCESS', result: 'ok after 3', attempts: 3 });
+    for (const l of limited) expect(byId.get(l.id)).toMatchObject({ state: 'SUCCESS', name: 'KitService.limited' });
+    expect(byId.get(later.id)).toMatchObject({ state: 'SUCCESS', result: 30 });
+    expect(byId.get(mail.id)).toMatchObject({ queue: 'kit-emails', state: 'SUCCESS', result: 'sent to ada@example.com' });
+    // What drain() reports agrees with Redis.
+    expect(await added.status()).toBe('SUCCESS');
+    expect(await later.status()).toBe('SUCCESS');
+
+    // The next drain reports only what ended since.
+    const again = await svc.add.delay(1, 1);
+    expect((await a.drain()).ran.map((t) => t.id)).toEqual([again.id]);
+    expect((await a.drain()).ran).toEqual([]);
+  });
+
+  it("delayed tasks past the deadline: 'wait' rejects at once naming them, 'leave' resolves and lists them", async () => {
+    const a = await app();
+    const svc = a.tasks(KitService);
+    const far = await svc.add.applyAsync([1, 2], { countdown: 3600 });
+    const now = await svc.add.delay(3, 4);
+
+    const began = Date.now();
+    const err = await a.drain({ timeout: 5 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect((err as Error).message).toContain(`KitService.add ${far.id}`);
+    expect(Date.now() - began).toBeLessThan(4000);
+
+    const report = await a.drain({ delayed: 'leave' });
+    expect(report.ran.map((t) => t.id)).toEqual([now.id]);
+    expect(report.delayed).toEqual([{ id: far.id, queue: 'default', dueInMs: expect.any(Number) }]);
+    expect(report.delayed[0]!.dueInMs).toBeGreaterThan(3_500_000);
+    expect(await far.status()).toBe('PENDING');
+  });
+
+  it('drain() times out naming what is left when no worker runs the tasks', async () => {
+    const a = await app({ start: false });
+    await a.tasks(KitService).add.delay(1, 1);
+    const err = await a.drain({ timeout: '300ms' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect((err as Error).message).toMatch(/queue default: 1 waiting.*is the worker started\?/);
+    await a.worker.start();
+    expect((await a.drain()).ran).toHaveLength(1);
+  });
+
+  it('each app has its own prefix; close() deletes its keys and closes its connections', async () => {
+    const a = await app();
+    const b = await app();
+    expect(a.prefix).not.toBe(b.prefix);
+    await a.tasks(KitService).add.delay(1, 2);
+    await a.tasks(KitMailer).send.delay('x@example.com');
+    await a.drain();
+    const admin = new Redis(redisUrl());
+    try {
+      expect((await scanKeys(admin, `${a.prefix}:*`)).length).toBeGreaterThan(0);
+      // b holds only its worker's declaration of the task names, nothing of a's tasks.
+      expect((await scanKeys(admin, `${b.prefix}:*`)).filter((k) => !k.endsWith('}:names'))).toEqual([]);
+      expect((await clientNames(admin, `heimdall:${a.prefix}:`)).length).toBeGreaterThan(0);
+      await a.close();
+      await a.close();
+      expect(await scanKeys(admin, `${a.prefix}:*`)).toEqual([]);
+      const deadline = Date.now() + 3000;
+      while ((await clientNames(admin, `heimdall:${a.prefix}:`)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(await clientNames(admin, `heimdall:${a.prefix}:`)).toEqual([]);
+      // The other app goes on.
+      const h = await b.tasks(KitService).add.delay(4, 4);
+      expect(await h.get({ timeout: 10 })).toBe(8);
+    } finally {
+      await admin.quit();
+    }
+  });
+
+  it('needs a Redis: no connection and no REDIS_URL is a ConfigError that says so', async () => {
+    const env = process.env.REDIS_URL;
+    delete process.env.REDIS_URL;
+    try {
+      await expect(createTestApp({ services: [] })).rejects.toThrow(/pass \{ connection \}.*or set REDIS_URL/);
+    } finally {
+      if (env !== undefined) process.env.REDIS_URL = env;
+    }
+  });
+});
