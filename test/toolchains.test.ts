@@ -5,7 +5,8 @@
  * fails unless configured as docs/toolchains.md says, and its fix is tested word for word.
  *
  * The toolchains are devDependencies of test/toolchains and test/toolchains/vite7, not of the
- * library. .ci/run installs them; a checkout where they are missing gets them here (two
+ * library. .ci/run installs them; a checkout where they are missing (or older than their lock
+ * files) gets them here (two
  * `npm ci`, about 10 s) before the first leg runs.
  */
 import { execFileSync } from 'node:child_process';

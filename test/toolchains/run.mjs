@@ -2,7 +2,7 @@
 // one decorator mode, runs it, and returns what service/probe.ts wrote (mode, names, class names).
 // Also a command: `node test/toolchains/run.mjs [leg ...]` prints the result of each leg.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,9 +26,12 @@ export const EXPECTED_NAMES = [
 /** The command that installs the matrix's own toolchains. */
 export const INSTALL = 'npm ci --prefix test/toolchains && npm ci --prefix test/toolchains/vite7';
 
-/** Whether the matrix's packages are installed (and current with their lock files). */
+/** Whether the matrix's packages are installed, and not older than their lock files. */
 export function installed() {
-  return [HERE, join(HERE, 'vite7')].every((dir) => existsSync(join(dir, 'node_modules', '.package-lock.json')));
+  return [HERE, join(HERE, 'vite7')].every((dir) => {
+    const done = join(dir, 'node_modules', '.package-lock.json');
+    return existsSync(done) && statSync(done).mtimeMs >= statSync(join(dir, 'package-lock.json')).mtimeMs;
+  });
 }
 
 function run(cmd, args, { cwd = HERE, env = {} } = {}) {
