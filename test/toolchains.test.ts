@@ -6,8 +6,7 @@
  *
  * The toolchains are devDependencies of test/toolchains and test/toolchains/vite7, not of the
  * library. .ci/run installs them; a checkout where they are missing (or older than their lock
- * files) gets them here (two
- * `npm ci`, about 10 s) before the first leg runs.
+ * files) gets them here, two `npm ci` of about 10 s, before the first leg runs.
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
