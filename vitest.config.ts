@@ -20,7 +20,7 @@ export default defineConfig({
       // Everything that talks to Redis: one private redis-server for the run (test/global-setup.ts).
       {
         extends: true,
-        test: { name: 'redis', include: ['test/**/*.test.ts'], exclude: ['test/unit/**'], globalSetup: ['test/global-setup.ts'] },
+        test: { name: 'redis', include: ['test/**/*.test.ts'], exclude: ['test/unit/**', 'test/toolchains/**'], globalSetup: ['test/global-setup.ts'] },
       },
     ],
   },

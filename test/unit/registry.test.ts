@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, Task } from 'heimdall-tasks';
-import { discover, taskByName, taskOptionsOf, type Constructor } from '../../src/core/task/registry.js';
+import { discover, taskByName, taskOptionsOf, underscoreTwin, type Constructor } from '../../src/core/task/registry.js';
 
 // The registry is process-wide (on globalThis), so every class here has a name no other test uses.
 
@@ -17,6 +17,54 @@ describe('registry', () => {
     expect(def!.methodName).toBe('generate');
     expect(def!.owner).toBe(RegDefaultName);
     expect(def!.options.queue).toBe('default');
+  });
+
+  it('drops leading underscores from the class part of a default name, as toolchains add them', () => {
+    // esbuild (vite 7, vitest, bundles) turns a self-referencing `RegSelfRef` into `_RegSelfRef`
+    // and a self-referencing `_RegSelfRef` (as here, under this suite's vitest) into `__RegSelfRef`;
+    // the names given to classes that tsc and swc leave alone are the same.
+    class _RegSelfRef {
+      static readonly shared = new _RegSelfRef();
+      @Task()
+      async run(): Promise<void> {}
+    }
+    class __RegOwnUnderscore {
+      @Task()
+      async run(): Promise<void> {}
+    }
+    class _RegOwnUnderscore {
+      @Task()
+      async other(): Promise<void> {}
+    }
+    expect(taskByName('RegSelfRef.run')?.owner).toBe(_RegSelfRef);
+    expect(taskByName('RegSelfRef.run')?.className).toBe('RegSelfRef');
+    expect(taskByName('_RegSelfRef.run')).toBeUndefined();
+    expect(taskByName('RegOwnUnderscore.run')?.owner).toBe(__RegOwnUnderscore);
+    expect(taskByName('RegOwnUnderscore.other')?.owner).toBe(_RegOwnUnderscore);
+    // A class named only with underscores keeps its name; `name` is never changed.
+    class __ {
+      @Task()
+      async run(): Promise<void> {}
+      @Task({ name: '_reg.explicit' })
+      async explicit(): Promise<void> {}
+    }
+    expect(taskByName('__.run')?.owner).toBe(__);
+    expect(taskByName('_reg.explicit')?.owner).toBe(__);
+  });
+
+  it('finds the registered twin of a name that differs only by leading underscores', () => {
+    class RegTwin {
+      @Task()
+      async run(): Promise<void> {}
+      @Task({ name: '_RegTwinExplicit.run' })
+      async explicit(): Promise<void> {}
+    }
+    expect(taskByName('RegTwin.run')?.owner).toBe(RegTwin);
+    expect(underscoreTwin('_RegTwin.run')).toBe('RegTwin.run');
+    expect(underscoreTwin('__RegTwin.run')).toBe('RegTwin.run');
+    expect(underscoreTwin('RegTwinExplicit.run')).toBe('_RegTwinExplicit.run');
+    expect(underscoreTwin('RegTwin.run')).toBeUndefined();
+    expect(underscoreTwin('RegTwin.other')).toBeUndefined();
   });
 
   it('uses `name` instead of the default', () => {

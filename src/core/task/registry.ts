@@ -51,7 +51,7 @@ export function taskOptionsOf(method: unknown): NormalizedTaskOptions | undefine
  * twice) replaces it; a name taken by another method is a ConfigError naming both.
  */
 export function registerTask(owner: Constructor, methodName: string, options: NormalizedTaskOptions): TaskDefinition {
-  const className = owner.name || '<anonymous class>';
+  const className = defaultClassName(owner);
   const name = options.name ?? `${className}.${methodName}`;
   const s = state();
   const existing = s.byName.get(name);
@@ -69,6 +69,30 @@ export function registerTask(owner: Constructor, methodName: string, options: No
   }
   methods.set(methodName, def);
   return def;
+}
+
+/**
+ * The class part of a default task name: the class's `name` without leading underscores.
+ * esbuild (vite 7 and vitest on it, esbuild bundles) renames a class that refers to itself to `_Class` (and
+ * `_Class` to `__Class`), while tsc, swc, tsx and Oxc keep its name; dropping the underscores gives
+ * every toolchain the same name (docs/decisions.md, "Default task names drop leading underscores").
+ */
+export function defaultClassName(owner: Constructor): string {
+  const name = owner.name;
+  if (!name) return '<anonymous class>';
+  return name.replace(/^_+/, '') || name;
+}
+
+/**
+ * A registered name that differs from `name` only by leading underscores on its class part, as a
+ * toolchain's renaming (or an older heimdall that kept them) would make it, or undefined.
+ */
+export function underscoreTwin(name: string): string | undefined {
+  const bare = name.replace(/^_+/, '');
+  for (const other of state().byName.keys()) {
+    if (other !== name && other.replace(/^_+/, '') === bare) return other;
+  }
+  return undefined;
 }
 
 /** Every task registered in this process so far. */

@@ -3,7 +3,7 @@ import { FAILURE_ERRORS } from '../protocol/reply-codes.js';
 import type { AdmissionChecks, Verdict } from '../protocol/scripts.js';
 import { callChecks } from '../task/call-checks.js';
 import { DEFAULT_MAX_RECOVERIES } from '../task/task-options.js';
-import type { TaskDefinition } from '../task/registry.js';
+import { underscoreTwin, type TaskDefinition } from '../task/registry.js';
 import type { RemoteError } from '../protocol/task-record.js';
 import { parseArgs, safeArgs, type Run } from './run.js';
 import type { WorkerEvents } from './worker-options.js';
@@ -86,6 +86,21 @@ export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost):
 }
 
 /**
+ * The hint for a name that a toolchain's renaming of the class would explain: this worker knows
+ * the same name with other leading underscores (a producer built by a tool or a heimdall version
+ * that kept esbuild's `_Class`).
+ */
+function renamingHint(name: string): string {
+  const twin = underscoreTwin(name);
+  if (!twin) return '';
+  return (
+    `. This worker runs '${twin}', which differs only by leading underscores: a build tool renamed the class ` +
+    `(esbuild renames a class that refers to itself to _Class). Build producer and worker with one heimdall-tasks version, ` +
+    `or give the task an explicit name: @Task({ name: '${twin.replace(/^_+/, '')}' }) (see docs/toolchains.md)`
+  );
+}
+
+/**
  * Hands back a run of a task this worker does not run (decline-4.lua), for a worker that does
  * (a rolling deploy, another app on the same prefix): no attempt counted; FAILURE only when no
  * worker has declared the name for `unknownTaskGrace`.
@@ -99,7 +114,8 @@ export async function decline(run: Run, def: TaskDefinition | undefined, host: A
   const message =
     `no task named '${task.name}' is run by worker ${host.workerId} (${why}), and no worker of queue '${queue}' ` +
     `declared it within unknownTaskGrace (${host.graceMs} ms): import the module that defines it in the worker process and ` +
-    'list its class (or an instance) in services; under standard (TC39) decorators a class is only registered once it is listed there';
+    'list its class (or an instance) in services; under standard (TC39) decorators a class is only registered once it is listed there' +
+    renamingHint(task.name);
   const verdict = await settle(run, host, 'handing it back for a worker that runs it', () => runner.decline(task, host.graceMs, message));
   if (!verdict) return;
   host.release(run);

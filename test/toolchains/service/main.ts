@@ -1,0 +1,4 @@
+// Entry point of the toolchains that build a program (tsc, swc, esbuild, tsx).
+import { report } from './probe.js';
+
+report();
