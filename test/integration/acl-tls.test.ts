@@ -312,8 +312,10 @@ describe('an ACL user restricted to the prefix and the documented commands', () 
     async () => {
       await admin.call('ACL', 'LOG', 'RESET');
       // Only these files (never this one, so no recursion), none of which starts its own Redis.
+      // Not smoke.test.ts: it runs through heimdall-tasks/testing, whose createTestApp picks its
+      // own prefix (outside this user's key pattern) and deletes its keys with SCAN, which the
+      // documented rule set leaves out.
       const files = [
-        'test/integration/smoke.test.ts',
         'test/integration/unique.test.ts',
         'test/integration/results.test.ts',
         'test/integration/delays.test.ts',
