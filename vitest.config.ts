@@ -4,7 +4,11 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   resolve: {
     // Tests and examples import the package by name, as users do; here it resolves to the source.
-    alias: { 'heimdall-tasks': fileURLToPath(new URL('./src/index.ts', import.meta.url)) },
+    alias: {
+      // The subpath first: an alias also matches what starts with its key and a slash.
+      'heimdall-tasks/nestjs': fileURLToPath(new URL('./src/nestjs/index.ts', import.meta.url)),
+      'heimdall-tasks': fileURLToPath(new URL('./src/index.ts', import.meta.url)),
+    },
   },
   test: {
     testTimeout: 60_000,

@@ -1,0 +1,90 @@
+// heimdall-tasks/nestjs as users get it: the package built with the repo's build configs and
+// installed into a node_modules of its own (outside this repo, so only what is linked there
+// resolves), then used by child processes.
+//   - A Nest app compiled by tsc with emitDecoratorMetadata, as a CommonJS and as an ESM consumer.
+//   - The root entry `heimdall-tasks` loads, as CommonJS and ESM, where @nestjs is not installed at
+//     all; `heimdall-tasks/nestjs` there fails naming @nestjs (an optional peer dependency).
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ROOT, newPrefix, redisUrl } from '../helpers.js';
+
+const TSC = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+let dir = '';
+
+function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = {}): SpawnSyncReturns<string> {
+  const out = spawnSync(cmd, args, { cwd, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
+  if (out.error) throw out.error;
+  return out;
+}
+
+function ok(out: SpawnSyncReturns<string>, what: string): string {
+  expect(out.status, `${what}\n${out.stdout}\n${out.stderr}`).toBe(0);
+  return out.stdout;
+}
+
+/** A project dir whose node_modules holds the built package and links to the repo's packages (except `without`). */
+function project(name: string, without: string[]): string {
+  const at = join(dir, name);
+  mkdirSync(join(at, 'node_modules'), { recursive: true });
+  cpSync(join(dir, 'package'), join(at, 'node_modules', 'heimdall-tasks'), { recursive: true });
+  for (const entry of readdirSync(join(ROOT, 'node_modules'))) {
+    if (entry.startsWith('.') || entry === 'heimdall-tasks' || without.includes(entry)) continue;
+    symlinkSync(join(ROOT, 'node_modules', entry), join(at, 'node_modules', entry));
+  }
+  return at;
+}
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'heimdall-nest-consumers-'));
+  const pkg = join(dir, 'package');
+  ok(run(process.execPath, [TSC, '-p', 'tsconfig.build.json', '--outDir', join(pkg, 'dist/esm')], ROOT), 'ESM build');
+  ok(run(process.execPath, [TSC, '-p', 'tsconfig.build.cjs.json', '--outDir', join(pkg, 'dist/cjs')], ROOT), 'CommonJS build');
+  writeFileSync(join(pkg, 'dist/cjs/package.json'), JSON.stringify({ type: 'commonjs' }));
+  copyFileSync(join(ROOT, 'package.json'), join(pkg, 'package.json'));
+}, 180_000);
+
+afterAll(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('a Nest app compiled by tsc (emitDecoratorMetadata) against the built package', () => {
+  let app = '';
+  beforeAll(() => {
+    app = project('nest-app', []);
+    copyFileSync(join(ROOT, 'test/nestjs/fixtures/consumer-app.ts'), join(app, 'app.cts'));
+    copyFileSync(join(ROOT, 'test/nestjs/fixtures/consumer-app.ts'), join(app, 'app.mts'));
+    const flags = ['--strict', '--target', 'es2022', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--skipLibCheck'];
+    const decorators = ['--experimentalDecorators', '--emitDecoratorMetadata', '--types', 'node', '--outDir', 'out', '--rootDir', '.'];
+    ok(run(process.execPath, [TSC, ...flags, ...decorators, 'app.cts', 'app.mts'], app), 'tsc of the consumer');
+  }, 120_000);
+
+  it.each([
+    ['CommonJS', 'app.cjs', 'commonjs'],
+    ['ESM', 'app.mjs', 'esm'],
+  ])('%s consumer: a task runs on the container instance with its dependency injected by type', (_label, file, format) => {
+    const out = ok(run(process.execPath, [join('out', file)], app, { REDIS_URL: redisUrl(), HEIMDALL_PREFIX: newPrefix('nest-consumer') }), file);
+    expect(JSON.parse(out.trim().split('\n').pop() ?? '')).toEqual({ result: { total: 15 }, sameDispatcher: true, format });
+  });
+});
+
+describe('the root entry where @nestjs is not installed', () => {
+  let bare = '';
+  beforeAll(() => {
+    bare = project('no-nest', ['@nestjs']);
+  });
+
+  it('loads as CommonJS and ESM; the nestjs entry fails naming @nestjs', () => {
+    writeFileSync(join(bare, 'root.cjs'), "const h = require('heimdall-tasks'); console.log(typeof h.Dispatcher, typeof h.Worker);\n");
+    writeFileSync(join(bare, 'root.mjs'), "const h = await import('heimdall-tasks'); console.log(typeof h.Dispatcher, typeof h.Worker);\n");
+    expect(ok(run(process.execPath, ['root.cjs'], bare), 'require root').trim()).toBe('function function');
+    expect(ok(run(process.execPath, ['root.mjs'], bare), 'import root').trim()).toBe('function function');
+
+    writeFileSync(join(bare, 'nest.cjs'), "require('heimdall-tasks/nestjs');\n");
+    const failed = run(process.execPath, ['nest.cjs'], bare);
+    expect(failed.status).not.toBe(0);
+    expect(failed.stderr).toMatch(/Cannot find (module|package) '@nestjs\/(common|core)'/);
+  });
+});
