@@ -2,14 +2,17 @@
 // installed into a node_modules of its own (outside this repo, so only what is linked there
 // resolves), then used by child processes.
 //   - A Nest app compiled by tsc with emitDecoratorMetadata, as a CommonJS and as an ESM consumer.
+//   - A worker-only Nest process with enableShutdownHooks: SIGTERM mid-task lets the task finish.
 //   - The root entry `heimdall-tasks` loads, as CommonJS and ESM, where @nestjs is not installed at
 //     all; `heimdall-tasks/nestjs` there fails naming @nestjs (an optional peer dependency).
-import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ROOT, newPrefix, redisUrl } from '../helpers.js';
+import { Dispatcher } from 'heimdall-tasks';
+import { Redis } from 'ioredis';
+import { ROOT, exitOf, newPrefix, redisUrl, waitFor } from '../helpers.js';
 
 const TSC = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
 let dir = '';
@@ -56,9 +59,10 @@ describe('a Nest app compiled by tsc (emitDecoratorMetadata) against the built p
     app = project('nest-app', []);
     copyFileSync(join(ROOT, 'test/nestjs/fixtures/consumer-app.ts'), join(app, 'app.cts'));
     copyFileSync(join(ROOT, 'test/nestjs/fixtures/consumer-app.ts'), join(app, 'app.mts'));
+    copyFileSync(join(ROOT, 'test/nestjs/fixtures/worker-app.ts'), join(app, 'worker.mts'));
     const flags = ['--strict', '--target', 'es2022', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--skipLibCheck'];
     const decorators = ['--experimentalDecorators', '--emitDecoratorMetadata', '--types', 'node', '--outDir', 'out', '--rootDir', '.'];
-    ok(run(process.execPath, [TSC, ...flags, ...decorators, 'app.cts', 'app.mts'], app), 'tsc of the consumer');
+    ok(run(process.execPath, [TSC, ...flags, ...decorators, 'app.cts', 'app.mts', 'worker.mts'], app), 'tsc of the consumer');
   }, 120_000);
 
   it.each([
@@ -67,6 +71,56 @@ describe('a Nest app compiled by tsc (emitDecoratorMetadata) against the built p
   ])('%s consumer: a task runs on the container instance with its dependency injected by type', (_label, file, format) => {
     const out = ok(run(process.execPath, [join('out', file)], app, { REDIS_URL: redisUrl(), HEIMDALL_PREFIX: newPrefix('nest-consumer') }), file);
     expect(JSON.parse(out.trim().split('\n').pop() ?? '')).toEqual({ result: { total: 15 }, sameDispatcher: true, format });
+  });
+
+  it('worker-only process: SIGTERM (enableShutdownHooks) closes the worker gracefully, after the running task ends', async () => {
+    const prefix = newPrefix('nest-sigterm');
+    const list = `${prefix}:release`;
+    const child = spawn(process.execPath, [join('out', 'worker.mjs')], {
+      cwd: app,
+      env: { ...process.env, REDIS_URL: redisUrl(), HEIMDALL_PREFIX: prefix },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = exitOf(child);
+    let seen = '';
+    const waiters = new Set<() => void>();
+    child.stdout.on('data', (d: Buffer) => {
+      seen += d.toString();
+      for (const w of [...waiters]) w();
+    });
+    const line = (pattern: RegExp): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const check = (): void => {
+          if (!pattern.test(seen)) return;
+          waiters.delete(check);
+          resolve();
+        };
+        waiters.add(check);
+        void exited.then(({ stderr }) => reject(new Error(`the worker exited before printing ${pattern}:\n${seen}\n${stderr}`)));
+        check();
+      });
+
+    const dispatcher = new Dispatcher({ connection: redisUrl(), prefix });
+    const redis = new Redis(redisUrl());
+    try {
+      await line(/^ready$/m);
+      const handle = await dispatcher.send<string>('Holder.hold', [list]);
+      await line(new RegExp(`^started ${handle.id}$`, 'm'));
+      child.kill('SIGTERM');
+      // The worker is closing (its blocking fetch connection is gone) and waits for the task.
+      const connections = async (): Promise<string> => String(await redis.call('CLIENT', 'LIST'));
+      await waitFor(async () => !(await connections()).includes(`name=heimdall:${prefix}:worker:blocking`), { what: 'the worker to begin closing' });
+      expect(await connections()).toContain(`name=heimdall:${prefix}:worker:commands`);
+      expect(child.exitCode).toBeNull();
+      await redis.rpush(list, 'go');
+      const { stderr } = await exited;
+      expect(child.signalCode ?? child.exitCode, stderr).toBe('SIGTERM');
+      expect(await handle.info()).toMatchObject({ state: 'SUCCESS', result: 'released' });
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      redis.disconnect();
+      await dispatcher.close();
+    }
   });
 });
 
