@@ -40,6 +40,32 @@ function project(name: string, without: string[]): string {
   return at;
 }
 
+/** A child process still running: a way to wait for a line of its output, and its exit. */
+function launch(file: string, cwd: string, env: NodeJS.ProcessEnv) {
+  const child = spawn(process.execPath, [file], { cwd, env: { ...process.env, REDIS_URL: redisUrl(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = exitOf(child);
+  let seen = '';
+  const waiters = new Set<() => void>();
+  child.stdout.on('data', (d: Buffer) => {
+    seen += d.toString();
+    for (const w of [...waiters]) w();
+  });
+  /** Resolves with the first line of stdout matching `pattern`; rejects if the process exits first. */
+  const line = (pattern: RegExp): Promise<RegExpExecArray> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        const m = pattern.exec(seen);
+        if (!m) return;
+        waiters.delete(check);
+        resolve(m);
+      };
+      waiters.add(check);
+      void exited.then(({ stderr }) => reject(new Error(`${file} exited before printing ${pattern}:\n${seen}\n${stderr}`)));
+      check();
+    });
+  return { child, line, exited };
+}
+
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'heimdall-nest-consumers-'));
   const pkg = join(dir, 'package');
@@ -76,30 +102,7 @@ describe('a Nest app compiled by tsc (emitDecoratorMetadata) against the built p
   it('worker-only process: SIGTERM (enableShutdownHooks) closes the worker gracefully, after the running task ends', async () => {
     const prefix = newPrefix('nest-sigterm');
     const list = `${prefix}:release`;
-    const child = spawn(process.execPath, [join('out', 'worker.mjs')], {
-      cwd: app,
-      env: { ...process.env, REDIS_URL: redisUrl(), HEIMDALL_PREFIX: prefix },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const exited = exitOf(child);
-    let seen = '';
-    const waiters = new Set<() => void>();
-    child.stdout.on('data', (d: Buffer) => {
-      seen += d.toString();
-      for (const w of [...waiters]) w();
-    });
-    const line = (pattern: RegExp): Promise<void> =>
-      new Promise((resolve, reject) => {
-        const check = (): void => {
-          if (!pattern.test(seen)) return;
-          waiters.delete(check);
-          resolve();
-        };
-        waiters.add(check);
-        void exited.then(({ stderr }) => reject(new Error(`the worker exited before printing ${pattern}:\n${seen}\n${stderr}`)));
-        check();
-      });
-
+    const { child, line, exited } = launch(join('out', 'worker.mjs'), app, { HEIMDALL_PREFIX: prefix });
     const dispatcher = new Dispatcher({ connection: redisUrl(), prefix });
     const redis = new Redis(redisUrl());
     try {
@@ -140,5 +143,52 @@ describe('the root entry where @nestjs is not installed', () => {
     const failed = run(process.execPath, ['nest.cjs'], bare);
     expect(failed.status).not.toBe(0);
     expect(failed.stderr).toMatch(/Cannot find (module|package) '@nestjs\/(common|core)'/);
+  });
+});
+
+describe('examples/nestjs-app', () => {
+  let example = '';
+  beforeAll(() => {
+    example = join(project('example', []), 'nestjs-app');
+    cpSync(join(ROOT, 'examples/nestjs-app'), example, { recursive: true });
+    writeFileSync(join(example, 'package.json'), JSON.stringify({ type: 'module' }));
+    const flags = ['--strict', '--target', 'es2022', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--skipLibCheck'];
+    const decorators = ['--experimentalDecorators', '--emitDecoratorMetadata', '--types', 'node', '--outDir', 'dist', '--rootDir', '.'];
+    ok(run(process.execPath, [TSC, ...flags, ...decorators, 'main.ts', 'worker.ts'], example), 'tsc of examples/nestjs-app');
+  }, 120_000);
+
+  it('the web tier dispatches over HTTP (one report per customer at a time); the worker process runs it', async () => {
+    const env = { HEIMDALL_PREFIX: newPrefix('nest-example'), PORT: '0' };
+    const web = launch('dist/main.js', example, env);
+    let worker: ReturnType<typeof launch> | undefined;
+    try {
+      const [, base] = await web.line(/^listening on (\S+)$/m);
+      const post = async (): Promise<{ id: string; duplicate: boolean }> => {
+        const res = await fetch(`${base}/reports/42`, { method: 'POST' });
+        expect(res.status).toBe(201);
+        return (await res.json()) as { id: string; duplicate: boolean };
+      };
+      // No worker yet: the first report is queued, and a second request for the customer gets it.
+      const first = await post();
+      const second = await post();
+      expect(first.duplicate).toBe(false);
+      expect(second).toEqual({ id: first.id, duplicate: true });
+
+      worker = launch('dist/worker.js', example, env);
+      await worker.line(/^worker ready$/m);
+      const done = await waitFor(
+        async () => {
+          const body = (await (await fetch(`${base}/reports/${first.id}`)).json()) as { state: string; result: unknown };
+          return body.state === 'SUCCESS' ? body : undefined;
+        },
+        { what: 'the report to succeed', timeout: 20_000 },
+      );
+      expect(done.result).toEqual({ url: 'https://reports.example.com/customer-42-4200-rows.pdf' });
+
+      for (const p of [web, worker]) p.child.kill('SIGTERM');
+      for (const p of [web, worker]) expect((await p.exited).code === 0 || p.child.signalCode === 'SIGTERM').toBe(true);
+    } finally {
+      for (const p of [web, worker]) if (p && p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+    }
   });
 });

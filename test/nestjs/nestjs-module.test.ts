@@ -230,3 +230,23 @@ describe('a producer-only HTTP app and a worker-only app on one prefix', () => {
     expect(done.result).toEqual({ total: 12 });
   });
 });
+
+describe('types', () => {
+  it('@InjectTasks handles and @OnTaskEvent listeners are checked at compile time', () => {
+    // Compiled by `tsc -p .` (npm run typecheck); never called.
+    const compileOnly = (shop: Shop): void => {
+      void shop.billing.invoice.delay(5);
+      // @ts-expect-error: invoice takes a number
+      void shop.billing.invoice.delay('five');
+      // @ts-expect-error: Billing has no task named audit
+      void shop.billing.audit;
+    };
+    class WrongListener {
+      // @ts-expect-error: a 'failed' listener receives the failed event's payload, not a number
+      @OnTaskEvent('failed')
+      onFailed(_count: number): void {}
+    }
+    expect(typeof compileOnly).toBe('function');
+    expect(typeof WrongListener).toBe('function');
+  });
+});
