@@ -105,6 +105,7 @@ describe('Test.createTestingModule', () => {
     }).compile();
     open.push(moduleRef);
     await moduleRef.init();
+    expect(moduleRef.get(HeimdallLifecycle).currentWorker?.queues).toEqual(['default']);
     return moduleRef;
   }
 
@@ -142,6 +143,18 @@ describe('Test.createTestingModule', () => {
 
     const [x, y] = await Promise.all([dispatcher.tasks(Fresh).serialOf.delay(), dispatcher.tasks(Fresh).serialOf.delay()]);
     expect(await x.get({ timeout: 20 })).not.toBe(await y.get({ timeout: 20 }));
+  });
+
+  it('starts no worker when no provider has @Task methods', async () => {
+    const moduleRef = await Test.createTestingModule({
+      imports: [HeimdallModule.forRoot({ connection: redisUrl(), prefix: newPrefix('nest-none') })],
+      providers: [Pricing],
+    }).compile();
+    moduleRef.useLogger(false);
+    open.push(moduleRef);
+    await moduleRef.init();
+    expect(moduleRef.get(HeimdallLifecycle).currentWorker).toBeUndefined();
+    expect(moduleRef.get(Dispatcher)).toBeInstanceOf(CoreDispatcher);
   });
 
   it('closes the worker gracefully on shutdown, waiting for a running task, then the dispatcher', async () => {
@@ -200,8 +213,20 @@ describe('a producer-only HTTP app and a worker-only app on one prefix', () => {
     @Module({ imports: [HeimdallModule.forRoot({ connection: redisUrl(), prefix, worker: false })], controllers: [InvoiceController] })
     class WebModule {}
 
+    class Settings {
+      constructor(readonly prefix: string) {}
+    }
+    @Module({ providers: [{ provide: Settings, useValue: new Settings(prefix) }], exports: [Settings] })
+    class SettingsModule {}
+
     @Module({
-      imports: [HeimdallModule.forRootAsync({ inject: [], useFactory: async () => ({ connection: redisUrl(), prefix, worker: { concurrency: 2 } }) })],
+      imports: [
+        HeimdallModule.forRootAsync({
+          imports: [SettingsModule],
+          inject: [Settings],
+          useFactory: async (settings: Settings) => ({ connection: redisUrl(), prefix: settings.prefix, worker: { concurrency: 2 } }),
+        }),
+      ],
       providers: [Pricing, Billing],
     })
     class WorkerModule {}
