@@ -40,6 +40,8 @@ const logger = new Logger('HeimdallModule');
  */
 export function exploreProviders(discovery: DiscoveryService, scanner: MetadataScanner, moduleRef: ModuleRef): ExploredProviders {
   const seen = new Set<object>();
+  // One instance can sit behind several providers (an alias, a re-provided value): listen once.
+  const listening = new Set<object>();
   const explored: ExploredProviders = { services: [], classes: [], listeners: [] };
   for (const wrapper of discovery.getProviders()) {
     const scoped = wrapper.isTransient || !wrapper.isDependencyTreeStatic();
@@ -64,6 +66,8 @@ export function exploreProviders(discovery: DiscoveryService, scanner: MetadataS
         explored.classes.push(cls.name);
       }
     }
+    if (listening.has(instance)) continue;
+    listening.add(instance);
     for (const name of scanner.getAllMethodNames(Object.getPrototypeOf(instance) as object)) {
       const method: unknown = (instance as Record<string, unknown>)[name];
       for (const event of taskEventsOf(method)) {

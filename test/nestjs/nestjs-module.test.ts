@@ -101,7 +101,8 @@ describe('Test.createTestingModule', () => {
   async function boot(prefix: string) {
     const moduleRef = await Test.createTestingModule({
       imports: [HeimdallModule.forRoot({ connection: redisUrl(), prefix, worker: { concurrency: 4 } })],
-      providers: [Pricing, Billing, Shop, Observer, PerTask, Fresh],
+      // Observer also behind an alias: its listeners must still be called once per event.
+      providers: [Pricing, Billing, Shop, Observer, { provide: 'observer-alias', useExisting: Observer }, PerTask, Fresh],
     }).compile();
     open.push(moduleRef);
     await moduleRef.init();
@@ -129,6 +130,7 @@ describe('Test.createTestingModule', () => {
     const observer = app.get(Observer);
     const failed = await waitFor(() => observer.failed.find((e) => e.id === handle.id), { what: 'the failed event' });
     expect(failed).toMatchObject({ name: 'Billing.refuse', args: ['no stock'], error: { message: 'refused: no stock' } });
+    expect(observer.failed.filter((e) => e.id === handle.id)).toHaveLength(1);
   });
 
   it('resolves a fresh request-scoped or transient instance per task run, with REQUEST bound to the task', async () => {
