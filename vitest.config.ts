@@ -4,10 +4,11 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   resolve: {
     // Tests and examples import the package by name, as users do; here it resolves to the source.
-    // Exact matches, so 'heimdall-tasks/testing' is not read as 'heimdall-tasks' plus a path.
+    // Exact matches, so a subpath such as 'heimdall-tasks/testing' is not read as 'heimdall-tasks' plus a path.
     alias: [
       { find: /^heimdall-tasks$/, replacement: fileURLToPath(new URL('./src/index.ts', import.meta.url)) },
       { find: /^heimdall-tasks\/testing$/, replacement: fileURLToPath(new URL('./src/testing/index.ts', import.meta.url)) },
+      { find: /^heimdall-tasks\/nestjs$/, replacement: fileURLToPath(new URL('./src/nestjs/index.ts', import.meta.url)) },
     ],
   },
   test: {

@@ -10,6 +10,8 @@
 //     it on the same page: it is compiled together with the blocks before it, back to the
 //     nearest block that does not start with that line.
 //   - A block opened with ```ts nocheck is not compiled; say next to it why it cannot be.
+//   - A block opened with ```ts legacy is compiled under legacy decorators only: NestJS code
+//     (parameter decorators, which standard decorators do not have). A block continuing it is too.
 // Blocks are written to files under .tmp/ (ignored by git, inside tsconfig.json's rootDir) and
 // checked by one tsc run per decorator mode; each error is reported at its page and line. A
 // canary file with a deliberate type error proves that a broken block would fail the test.
@@ -71,6 +73,8 @@ interface Unit {
   /** For each line of the file, the page and line it comes from. */
   origin: { page: string; line: number }[];
   text: string;
+  /** Compiled under legacy decorators only (```ts legacy). */
+  legacyOnly: boolean;
 }
 
 const units: Unit[] = [];
@@ -100,7 +104,8 @@ for (const [page, { fences }] of parsed) {
     text.push('export {};');
     const name = `${page}:${fence.line}`;
     const file = `${page.replace(/[^A-Za-z0-9]+/g, '-')}-L${fence.line}.ts`;
-    units.push({ name, file, origin, text: text.join('\n') + '\n' });
+    const legacyOnly = chain.some((f) => /\blegacy\b/.test(f.info));
+    units.push({ name, file, origin, text: text.join('\n') + '\n', legacyOnly });
   }
 }
 
@@ -132,7 +137,7 @@ beforeAll(() => {
         extends: join(ROOT, 'tsconfig.json'),
         compilerOptions: { noEmit: true, experimentalDecorators: mode.experimentalDecorators },
         include: [],
-        files: [...units.map((u) => u.file), CANARY],
+        files: [...units.filter((u) => mode.experimentalDecorators || !u.legacyOnly).map((u) => u.file), CANARY],
       }),
     );
     const run = spawnSync(process.execPath, [TSC, '-p', config, '--pretty', 'false'], { cwd: ROOT, encoding: 'utf8' });
@@ -181,7 +186,8 @@ describe('TypeScript blocks of README.md and docs/*.md', () => {
 
   for (const mode of MODES) {
     describe(mode.name, () => {
-      it.each(units.map((u) => [u.name, u] as const))('%s compiles', (_name, unit) => {
+      const checked = units.filter((u) => mode.experimentalDecorators || !u.legacyOnly);
+      it.each(checked.map((u) => [u.name, u] as const))('%s compiles', (_name, unit) => {
         expect(errorsOf(mode.name, unit)).toEqual([]);
       });
     });

@@ -1,0 +1,64 @@
+import type { OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
+import type { DiscoveryService, MetadataScanner, ModuleRef } from '@nestjs/core';
+import type { Dispatcher } from '../core/producer/dispatcher.js';
+import { Worker } from '../core/worker/worker.js';
+import type { HeimdallModuleOptions } from './heimdall-options.js';
+import { exploreProviders, heimdallLogger as logger } from './task-explorer.js';
+
+/**
+ * Starts the worker when the application has bootstrapped and closes it, then the dispatcher,
+ * when the application shuts down. Built by a factory provider, so it needs no decorator metadata.
+ */
+export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
+  private worker: Worker | undefined;
+
+  constructor(
+    private readonly options: HeimdallModuleOptions,
+    private readonly dispatcher: Dispatcher,
+    private readonly discovery: DiscoveryService,
+    private readonly scanner: MetadataScanner,
+    private readonly moduleRef: ModuleRef,
+  ) {}
+
+  /** The running worker, or undefined (producer-only, or no provider has tasks). */
+  get currentWorker(): Worker | undefined {
+    return this.worker;
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    if (this.options.worker === false) return;
+    const { closeTimeout: _closeTimeout, ...workerOptions } = this.options.worker ?? {};
+    const explored = exploreProviders(this.discovery, this.scanner, this.moduleRef);
+    if (explored.services.length === 0) {
+      logger.warn('no provider has @Task methods: the worker is not started (set worker: false for a producer-only application)');
+      return;
+    }
+    const worker = new Worker({ ...workerOptions, connection: this.options.connection, prefix: this.options.prefix, services: explored.services });
+    worker.on('error', (err) => logger.error(`worker ${worker.id}: ${err.message}`, err.stack));
+    for (const listener of explored.listeners) {
+      worker.on(listener.event, (payload: unknown) => {
+        const fail = (err: unknown): void => logger.error(`@OnTaskEvent('${listener.event}') ${listener.owner} threw: ${String(err)}`);
+        try {
+          const returned = listener.call(payload);
+          if (returned instanceof Promise) returned.catch(fail);
+        } catch (err) {
+          fail(err);
+        }
+      });
+    }
+    this.worker = worker;
+    await worker.start();
+    logger.log(`worker ${worker.id} started on ${worker.queues.join(', ')}: ${explored.classes.join(', ')}`);
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    const worker = this.worker;
+    this.worker = undefined;
+    try {
+      if (worker && this.options.worker !== false) await worker.close({ timeout: this.options.worker?.closeTimeout });
+    } finally {
+      // Last: providers may still dispatch while the worker's running tasks end.
+      await this.dispatcher.close();
+    }
+  }
+}
