@@ -868,7 +868,9 @@ describe('garbage in Redis never stops a worker', () => {
 
     const sums = await Promise.all(good.map((r) => r.get({ timeout: 20 })));
     expect(sums).toEqual([...Array.from({ length: n }, (_, i) => i + 1), ...Array.from({ length: 10 }, (_, i) => 101 + i)]);
-    // Every good task, by id, succeeded exactly once.
+    // Every good task, by id, succeeded exactly once. The event comes once the worker has read
+    // Redis's answer to the call that stored the end, which may be after get() saw the result.
+    await waitFor(() => good.every((r) => succeeded.has(r.id)), { timeout: 10_000, what: 'a succeeded event for every good task' });
     expect(Object.fromEntries(succeeded)).toEqual(Object.fromEntries(good.map((r) => [r.id, 1])));
     const dead = await waitFor(
       async () => {

@@ -216,7 +216,7 @@ describe('poison-proof execution (guards inside the worker)', () => {
     const ok = await ref.succeeds.delay(5);
     expect(await ok.get({ timeout: 15 })).toBe(5);
     await waitFor(async () => (await expired.status()) === 'REVOKED', { timeout: 10_000, what: `task ${expired.id} to end REVOKED` });
-    await waitFor(() => ev.revoked.length === 1 && ev.errors.length >= 2, { timeout: 5000, what: 'the revoked event and two error events' });
+    await waitFor(() => ev.revoked.length === 1 && ev.succeeded.length === 1 && ev.errors.length >= 2, { timeout: 5000, what: 'the revoked and succeeded events and two error events' });
     expect(ev.succeeded.map((e) => e.result)).toEqual([5]);
     // The worker still runs tasks.
     expect(await (await ref.succeeds.delay(6)).get({ timeout: 15 })).toBe(6);
