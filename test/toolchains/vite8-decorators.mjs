@@ -2,7 +2,7 @@
 // word for word from there (test/toolchains.test.ts checks that they agree).
 // --- docs/toolchains.md: vite 8 ---
 import { defineConfig } from 'vitest/config';
-import { transformWithEsbuild } from 'vite';
+import { transform as esbuildTransform } from 'esbuild';
 
 export default defineConfig({
   // Oxc, vite 8's TypeScript transform, leaves standard decorators in the code, and Node cannot
@@ -13,10 +13,14 @@ export default defineConfig({
       name: 'esbuild-decorators',
       enforce: 'pre',
       async transform(code, id) {
-        if (!/\.[cm]?tsx?$/.test(id.split('?')[0])) return null;
-        return transformWithEsbuild(code, id, { target: 'es2022', sourcemap: true });
+        if (!/\.[cm]?tsx?($|\?)/.test(id)) return null;
+        const loader = /\.[cm]?tsx($|\?)/.test(id) ? 'tsx' : 'ts';
+        const out = await esbuildTransform(code, { loader, sourcefile: id, target: 'es2022', sourcemap: true });
+        return { code: out.code, map: out.map };
       },
     },
   ],
+  // With a globalSetup (docs/testing.md), it goes here as usual:
+  // test: { globalSetup: ['test/global-setup.ts'] },
 });
 // --- end ---
