@@ -26,6 +26,20 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
   }
 
   async onApplicationBootstrap(): Promise<void> {
+    try {
+      await this.startWorker();
+    } catch (err) {
+      // Nest does not run the shutdown hooks of an application that failed to bootstrap: close
+      // what was opened here, so no connection keeps the process alive.
+      const worker = this.worker;
+      this.worker = undefined;
+      await worker?.close({ timeout: 0 }).catch(() => undefined);
+      await this.dispatcher.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async startWorker(): Promise<void> {
     if (this.options.worker === false) return;
     const { closeTimeout: _closeTimeout, ...workerOptions } = this.options.worker ?? {};
     const explored = exploreProviders(this.discovery, this.scanner, this.moduleRef);

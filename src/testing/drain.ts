@@ -1,4 +1,4 @@
-import { TimeoutError } from '../core/errors.js';
+import { RedisRefusedError, StaleRunError, TimeoutError } from '../core/errors.js';
 import type { RedisClient } from '../core/protocol/connection.js';
 import { QueueKeys } from '../core/protocol/queue-keys.js';
 import { FIELDS } from '../core/protocol/task-fields.js';
@@ -70,6 +70,13 @@ export class TaskLog {
     succeeded: (e) => this.end(e, { state: 'SUCCESS', result: e.result, attempts: e.attempt }),
     failed: (e) => this.end(e, { state: 'FAILURE', error: e.error, attempts: e.attempt }),
     revoked: (e) => this.end(e, { state: 'REVOKED', reason: e.reason, attempts: this.running.get(keyOf(e))?.attempt ?? 0 }),
+    // A run that is no longer its task's current one (its lease lapsed and the task was
+    // recovered, or it was revoked with terminate) never reports an end: it is not running here
+    // any more. Redis still shows the task if it runs elsewhere or again.
+    error: (e) => {
+      if (!(e instanceof StaleRunError)) return;
+      for (const key of [...this.running.keys()]) if (key.endsWith(`\u0000${e.taskId}`)) this.running.delete(key);
+    },
   };
 
   constructor(private readonly worker: Worker) {
@@ -164,11 +171,15 @@ async function lookAt(client: RedisClient, keys: readonly QueueKeys[]): Promise<
   const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
   const per = await Promise.all(
     keys.map(async (k) => {
-      const [waiting, active, delayed] = await Promise.all([
-        client.llen(k.wait),
-        client.zcard(k.active),
-        client.zrange(k.delayed, 0, -1, 'WITHSCORES'),
-      ]);
+      // One MULTI per queue, so the three are one snapshot: a fetch that moves a due task from
+      // the delayed set to the active set between two reads cannot hide it (a queue's keys share
+      // one Cluster slot).
+      const replies = await client.multi().llen(k.wait).zcard(k.active).zrange(k.delayed, 0, -1, 'WITHSCORES').exec();
+      if (!replies) throw new RedisRefusedError(`drain(): the MULTI reading queue ${k.queue} was discarded`);
+      for (const [err] of replies) if (err) throw err;
+      const waiting = replies[0]![1] as number;
+      const active = replies[1]![1] as number;
+      const delayed = replies[2]![1] as string[];
       return { k, waiting, active, delayed };
     }),
   );

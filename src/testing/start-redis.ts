@@ -18,7 +18,7 @@ export interface StartRedisOptions {
   bin?: string;
   /** More `redis-server` arguments, e.g. `['--maxmemory', '64mb']`; they come last, so they win. Default: `[]`. */
   args?: readonly string[];
-  /** How long the server may take to answer PING: seconds or an `ms` string. Default: 10 s. */
+  /** How long the server may take to start answering: seconds or an `ms` string. Default: 10 s. */
   startTimeout?: Duration;
 }
 
@@ -69,8 +69,12 @@ function freePort(): Promise<number> {
   });
 }
 
-/** True when a Redis on the port answers PING with PONG. */
-function pong(port: number): Promise<boolean> {
+/**
+ * Whether the server answering on `port` is the process `pid`: its `INFO server` names its
+ * process id. Another server that took the port between the check for a free port and the bind
+ * answers too, and must not pass for ours.
+ */
+function answersAs(port: number, pid: number | undefined): Promise<boolean> {
   return new Promise((resolve) => {
     const sock = createConnection({ port, host: '127.0.0.1' });
     let data = '';
@@ -79,10 +83,12 @@ function pong(port: number): Promise<boolean> {
       resolve(ok);
     };
     sock.setTimeout(500);
-    sock.on('connect', () => sock.write('PING\r\n'));
+    sock.on('connect', () => sock.write('INFO server\r\n'));
     sock.on('data', (d: Buffer) => {
       data += d.toString();
-      if (data.includes('\r\n')) done(data.startsWith('+PONG'));
+      if (data.startsWith('-')) return done(false); // loading, or not a server we can ask
+      const m = /process_id:(\d+)\r\n/.exec(data);
+      if (m) done(pid !== undefined && Number(m[1]) === pid);
     });
     sock.on('error', () => done(false));
     sock.on('timeout', () => done(false));
@@ -134,10 +140,10 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Start
       void (async () => {
         const deadline = Date.now() + startMs;
         while (!settled && child.exitCode === null && child.signalCode === null && Date.now() < deadline) {
-          if (await pong(port)) return resolve(undefined);
+          if (await answersAs(port, child.pid)) return resolve(undefined);
           await new Promise((r) => setTimeout(r, 25));
         }
-        resolve(new Error(`redis-server did not answer PING on port ${port} within ${startMs} ms`));
+        resolve(new Error(`redis-server did not answer on port ${port} within ${startMs} ms`));
       })();
     }).finally(() => (settled = true));
     if (failed === undefined) {

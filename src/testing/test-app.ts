@@ -131,7 +131,9 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp> {
           await worker.close({ timeout: closeOptions.timeout ?? 5 });
         } finally {
           try {
-            await deleteKeys(dispatcher.client, `${prefix}:*`);
+            // Only this app's keys: every key heimdall writes is `<prefix>:{<queue>}:...`, and glob
+            // characters a prefix may hold are escaped, so `app` never matches `app:ci:...` or `app-prod:...`.
+            await deleteKeys(dispatcher.client, `${escapeGlob(prefix)}:{*}:*`);
           } finally {
             log.detach();
             await dispatcher.close();
@@ -162,4 +164,9 @@ async function deleteKeys(client: RedisClient, pattern: string): Promise<void> {
       cursor = next;
     } while (cursor !== '0');
   }
+}
+
+/** `text` with the characters SCAN's MATCH reads as a pattern escaped. */
+function escapeGlob(text: string): string {
+  return text.replace(/[\\*?[\]]/g, (c) => `\\${c}`);
 }

@@ -219,6 +219,26 @@ describe('createTestApp', () => {
     }
   });
 
+  it("close() deletes only its own prefix's keys: not those of a longer prefix, nor those a glob in its prefix would match", async () => {
+    const base = `kit-close-${Math.random().toString(36).slice(2, 10)}`;
+    const admin = new Redis(redisUrl());
+    const others = [`${base}:ci:{default}:t:keep`, `${base}-prod:{default}:t:keep`, `${base}x:{default}:t:keep`];
+    try {
+      await Promise.all(others.map((k) => admin.set(k, '1')));
+      for (const prefix of [base, `${base}*`, `${base}?`]) {
+        const a = await app({ prefix });
+        await a.tasks(KitService).add.delay(1, 1);
+        await a.drain();
+        await a.close();
+        expect(await scanKeys(admin, `${base}*`)).toEqual(expect.arrayContaining(others));
+        expect((await scanKeys(admin, `${base}*`)).sort()).toEqual([...others].sort());
+      }
+    } finally {
+      await admin.del(...others);
+      await admin.quit();
+    }
+  });
+
   it('needs a Redis: no connection and no REDIS_URL is a ConfigError that says so', async () => {
     const env = process.env.REDIS_URL;
     delete process.env.REDIS_URL;

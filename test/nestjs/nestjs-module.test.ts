@@ -159,6 +159,20 @@ describe('Test.createTestingModule', () => {
     expect(moduleRef.get(Dispatcher)).toBeInstanceOf(CoreDispatcher);
   });
 
+  it('a worker that cannot start fails the bootstrap, and leaves no connection open', async () => {
+    const moduleRef = await Test.createTestingModule({
+      imports: [HeimdallModule.forRoot({ connection: redisUrl(), prefix: newPrefix('nest-bad'), worker: { concurrency: -1 } })],
+      providers: [Pricing, Billing],
+    }).compile();
+    moduleRef.useLogger(false);
+    open.push(moduleRef);
+    const dispatcher = moduleRef.get(Dispatcher);
+    await expect(moduleRef.init()).rejects.toThrow(/concurrency/);
+    expect(moduleRef.get(HeimdallLifecycle).currentWorker).toBeUndefined();
+    // Closed, not left connecting or connected (a disconnect while connecting ends a moment later).
+    await waitFor(() => dispatcher.client.status === 'end', { timeout: 5000, what: "the dispatcher's connection to end" });
+  });
+
   it('closes the worker gracefully on shutdown, waiting for a running task, then the dispatcher', async () => {
     const prefix = newPrefix('nest-close');
     const app = await boot(prefix);
@@ -184,7 +198,8 @@ describe('Test.createTestingModule', () => {
     } finally {
       await reader.close();
     }
-    expect(dispatcher.client.status).toBe('end');
+    // Closed, not left connecting or connected (a disconnect while connecting ends a moment later).
+    await waitFor(() => dispatcher.client.status === 'end', { timeout: 5000, what: "the dispatcher's connection to end" });
   });
 });
 

@@ -118,6 +118,21 @@ describe('registry', () => {
     }).toThrow(/by RegHolder\.job and by RegSquatter\.other/);
   });
 
+  it('rejects _Report and Report, whose default names are both Report.run: two classes, one name', () => {
+    class Report {
+      @Task()
+      async run(): Promise<void> {}
+    }
+    void Report;
+    expect(() => {
+      class _Report {
+        @Task()
+        async run(): Promise<void> {}
+      }
+      void _Report;
+    }).toThrow("task name 'Report.run' is used twice: by Report.run and by _Report.run; give one of them another name");
+  });
+
   it('rejects two methods of one class with one name', () => {
     expect(() => {
       class RegSameClass {

@@ -55,9 +55,11 @@ export function registerTask(owner: Constructor, methodName: string, options: No
   const name = options.name ?? `${className}.${methodName}`;
   const s = state();
   const existing = s.byName.get(name);
-  if (existing && (existing.className !== className || existing.methodName !== methodName)) {
+  // The same class evaluated twice has the same runtime name; `_Report` and `Report` do not,
+  // though both give tasks named Report.*: compared as written, they are two classes.
+  if (existing && (existing.owner.name !== owner.name || existing.methodName !== methodName)) {
     throw new ConfigError(
-      `task name '${name}' is used twice: by ${existing.className}.${existing.methodName} and by ${className}.${methodName}; give one of them another name`,
+      `task name '${name}' is used twice: by ${existing.owner.name}.${existing.methodName} and by ${owner.name}.${methodName}; give one of them another name`,
     );
   }
   const def: TaskDefinition = { name, className, methodName, owner, options };
