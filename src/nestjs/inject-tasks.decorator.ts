@@ -1,4 +1,5 @@
 import { Inject } from '@nestjs/common';
+import { ConfigError } from '../core/errors.js';
 import type { Constructor } from '../core/task/registry.js';
 
 // One token per class, and one table per process even when the ESM and CommonJS builds are both loaded.
@@ -39,6 +40,6 @@ export function getTasksToken(cls: Constructor): symbol {
  * application was created (decorators run when their file is imported, so that is all of them).
  */
 export function InjectTasks<T extends object>(cls: Constructor<T>): PropertyDecorator & ParameterDecorator {
-  if (typeof cls !== 'function') throw new TypeError(`@InjectTasks() takes a class with @Task methods, got ${typeof cls}`);
+  if (typeof cls !== 'function') throw new ConfigError(`@InjectTasks() takes a class with @Task methods, got ${typeof cls}`);
   return Inject(getTasksToken(cls));
 }

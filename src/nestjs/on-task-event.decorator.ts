@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import { ConfigError } from '../core/errors.js';
 import type { WorkerEvents } from '../core/worker/worker-options.js';
 
 /** Metadata key under which `@OnTaskEvent` stores its event names on the method. */
@@ -20,7 +21,7 @@ export type TaskEventName = Exclude<keyof WorkerEvents, 'error'>;
 export function OnTaskEvent<E extends TaskEventName>(event: E) {
   return (_target: object, _key: string | symbol, descriptor: TypedPropertyDescriptor<(payload: WorkerEvents[E][0]) => unknown>): void => {
     const method = descriptor.value;
-    if (typeof method !== 'function') throw new TypeError('@OnTaskEvent goes on methods');
+    if (typeof method !== 'function') throw new ConfigError('@OnTaskEvent goes on methods');
     const events = (Reflect.getMetadata(TASK_EVENT_METADATA, method) as TaskEventName[] | undefined) ?? [];
     Reflect.defineMetadata(TASK_EVENT_METADATA, [...events, event], method);
   };

@@ -1,4 +1,4 @@
-import { RedisRefusedError, StaleRunError, TimeoutError } from '../core/errors.js';
+import { ConfigError, RedisRefusedError, StaleRunError, TimeoutError } from '../core/errors.js';
 import type { RedisClient } from '../core/protocol/connection.js';
 import { QueueKeys } from '../core/protocol/queue-keys.js';
 import { FIELDS } from '../core/protocol/task-fields.js';
@@ -135,7 +135,7 @@ const POLL_MS = 15;
 export async function drainApp(target: DrainTarget, options: DrainOptions = {}): Promise<DrainReport> {
   const timeoutMs = options.timeout === undefined ? 10_000 : toMillis(options.timeout, 'drain({ timeout })');
   const mode = options.delayed ?? 'wait';
-  if (mode !== 'wait' && mode !== 'leave') throw new TypeError(`drain({ delayed }) must be 'wait' or 'leave', got ${String(mode)}`);
+  if (mode !== 'wait' && mode !== 'leave') throw new ConfigError(`drain({ delayed }) must be 'wait' or 'leave', got ${String(mode)}`);
   const keys = target.queues.map((q) => new QueueKeys(target.prefix, q));
   const deadline = Date.now() + timeoutMs;
   for (;;) {

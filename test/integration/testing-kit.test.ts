@@ -2,10 +2,10 @@
 // createTestApp() gives a test a dispatcher and a worker on a prefix of its own, drain() waits
 // until everything has ended and reports it, close() leaves no key and no connection behind.
 import { Redis } from 'ioredis';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Task, TimeoutError } from 'heimdall-tasks';
 import { createTestApp, RedisServerNotFoundError, startRedis, type TestApp } from 'heimdall-tasks/testing';
-import { clientNames, redisUrl, scanKeys } from '../helpers.js';
+import { clientNames, gate, redisUrl, scanKeys, waitFor } from '../helpers.js';
 
 const failures = new Map<string, number>();
 
@@ -40,7 +40,16 @@ class KitService {
   async limited(n: number): Promise<number> {
     return n;
   }
+
+  /** Runs until the test opens `held`. */
+  @Task()
+  async hold(label: string): Promise<string> {
+    await held.promise;
+    return `released ${label}`;
+  }
 }
+
+let held = gate();
 
 /** True when something accepts TCP connections on the loopback port. */
 async function answers(url: string): Promise<boolean> {
@@ -161,6 +170,23 @@ describe('createTestApp', () => {
     const again = await svc.add.delay(1, 1);
     expect((await a.drain()).ran.map((t) => t.id)).toEqual([again.id]);
     expect((await a.drain()).ran).toEqual([]);
+  });
+
+  it('drain() stays pending while a task runs, and resolves with it once its end is stored', async () => {
+    held = gate();
+    const a = await app();
+    const handle = await a.tasks(KitService).hold.delay('x');
+    await waitFor(async () => (await handle.status()) === 'STARTED', { timeout: 10_000, what: 'the held task to start' });
+    // Counts drain's looks at Redis (one MULTI per queue per look) on the app's own connection.
+    const multi = vi.spyOn(a.dispatcher.client, 'multi');
+    let settled = false;
+    const draining = a.drain({ timeout: 20 }).finally(() => (settled = true));
+    await waitFor(() => multi.mock.calls.length >= 2 * a.queues.length, { timeout: 10_000, what: 'drain() to look at Redis twice' });
+    expect(settled).toBe(false);
+    held.open();
+    const report = await draining;
+    multi.mockRestore();
+    expect(report.ran.map((t) => [t.id, t.state, t.result])).toEqual([[handle.id, 'SUCCESS', 'released x']]);
   });
 
   it("delayed tasks past the deadline: 'wait' rejects at once naming them, 'leave' resolves and lists them", async () => {

@@ -187,6 +187,9 @@ describe('Test.createTestingModule', () => {
     // Shutdown has begun: the module has let go of its worker, which is now waiting for the task.
     await waitFor(() => app.get(HeimdallLifecycle).currentWorker === undefined, { what: 'the shutdown to begin' });
     expect(closed).toBe(false);
+    // The dispatcher closes last: while the worker waits for the task, providers can still dispatch.
+    expect(dispatcher.client.status).toBe('ready');
+    expect((await dispatcher.result(handle.id).status())).toBe('STARTED');
     held.gate.open();
     await closing;
 
@@ -198,8 +201,7 @@ describe('Test.createTestingModule', () => {
     } finally {
       await reader.close();
     }
-    // Closed, not left connecting or connected (a disconnect while connecting ends a moment later).
-    await waitFor(() => dispatcher.client.status === 'end', { timeout: 5000, what: "the dispatcher's connection to end" });
+    expect(dispatcher.client.status).toBe('end');
   });
 });
 
