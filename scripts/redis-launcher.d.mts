@@ -10,3 +10,5 @@ export interface LaunchedRedis {
 export function startRedis(options?: { log?: (message: string) => void; args?: string[] }): Promise<LaunchedRedis>;
 /** A free loopback port: the OS picks it, and it is free again once this resolves. */
 export function freePort(): Promise<number>;
+/** The redis-server to run, found (PATH or the usual places) or installed with apt-get as root on Debian; throws with advice otherwise. */
+export function redisServerBin(options?: { log?: (message: string) => void }): string;

@@ -67,8 +67,12 @@ function ping(port) {
  * Returns { url, stop, started }. With REDIS_URL set it starts nothing.
  * Extra redis-server arguments (e.g. ['--appendonly', 'yes']) go in `args`.
  */
-export async function startRedis({ log = (m) => console.error(m), args = [] } = {}) {
-  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, stop: async () => {}, started: false };
+/**
+ * The redis-server to run: on the PATH or in the usual places; when there is none and this is a
+ * Debian-like machine where we are root, Debian's package is installed first. Throws with one
+ * line of advice otherwise.
+ */
+export function redisServerBin({ log = (m) => console.error(m) } = {}) {
   let bin = findRedisServer();
   if (!bin && installWithApt(log)) bin = findRedisServer();
   if (!bin) {
@@ -76,6 +80,12 @@ export async function startRedis({ log = (m) => console.error(m), args = [] } = 
     err.code = 'HEIMDALL_NO_REDIS';
     throw err;
   }
+  return bin;
+}
+
+export async function startRedis({ log = (m) => console.error(m), args = [] } = {}) {
+  if (process.env.REDIS_URL) return { url: process.env.REDIS_URL, stop: async () => {}, started: false };
+  const bin = redisServerBin({ log });
   const dir = mkdtempSync(join(tmpdir(), 'heimdall-redis-'));
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = await freePort();

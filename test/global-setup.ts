@@ -1,7 +1,7 @@
 import type {} from 'vitest';
 import type { TestProject } from 'vitest/node';
-import { RedisServerNotFoundError, startRedis } from '../src/testing/index.js';
-import { startRedis as launchWithInstall } from '../scripts/redis-launcher.mjs';
+import { startRedis } from '../src/testing/index.js';
+import { redisServerBin } from '../scripts/redis-launcher.mjs';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -16,10 +16,8 @@ declare module 'vitest' {
  * where we are root, installs it (startRedis itself never installs anything).
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const redis = await startRedis({ reuse: process.env.REDIS_URL }).catch((err: unknown) => {
-    if (err instanceof RedisServerNotFoundError) return launchWithInstall();
-    throw err;
-  });
+  const reuse = process.env.REDIS_URL;
+  const redis = await startRedis(reuse ? { reuse } : { bin: redisServerBin() });
   project.provide('redisUrl', redis.url);
   return () => redis.stop();
 }

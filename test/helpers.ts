@@ -6,7 +6,8 @@ import { ConfigError, Dispatcher, Task, Worker, currentTask, type DispatcherOpti
 import { waitFor } from './waiting.js';
 import { QueueKeys } from '../src/core/protocol/queue-keys.js';
 import { FIELDS } from '../src/core/protocol/task-fields.js';
-import { startRedis, type LaunchedRedis } from '../scripts/redis-launcher.mjs';
+import { redisServerBin } from '../scripts/redis-launcher.mjs';
+import { startRedis, type StartedRedis } from '../src/testing/index.js';
 export { nextEvent, settleWithin, waitFor } from './waiting.js';
 /** The field letters of a task record, by meaning: tests name fields through it. */
 export { FIELDS };
@@ -214,17 +215,11 @@ export function useHarness(label?: string): () => Harness {
  * in parallel on the shared server, would disturb.
  */
 export function usePrivateRedis(label?: string): () => Harness {
-  let server: LaunchedRedis | undefined;
+  let server: StartedRedis | undefined;
   let current: Harness | undefined;
   beforeAll(async () => {
-    // The launcher returns REDIS_URL when it is set; here we want a server of our own.
-    const shared = process.env.REDIS_URL;
-    delete process.env.REDIS_URL;
-    try {
-      server = await startRedis({ log: () => undefined });
-    } finally {
-      if (shared !== undefined) process.env.REDIS_URL = shared;
-    }
+    // A server of our own, even when REDIS_URL names a shared one (startRedis reuses only when asked).
+    server = await startRedis({ bin: redisServerBin({ log: () => undefined }) });
   });
   afterEach(async () => {
     const h = current;

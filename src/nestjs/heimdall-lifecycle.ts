@@ -2,6 +2,7 @@ import type { OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/comm
 import type { DiscoveryService, MetadataScanner, ModuleRef } from '@nestjs/core';
 import type { Dispatcher } from '../core/producer/dispatcher.js';
 import { Worker } from '../core/worker/worker.js';
+import type { Duration } from '../core/task/durations.js';
 import type { HeimdallModuleOptions } from './heimdall-options.js';
 import { exploreProviders, heimdallLogger as logger } from './task-explorer.js';
 
@@ -11,6 +12,8 @@ import { exploreProviders, heimdallLogger as logger } from './task-explorer.js';
  */
 export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
   private worker: Worker | undefined;
+  /** How long shutdown waits for the running tasks (the `worker.closeTimeout` option); undefined: as long as they take. */
+  private closeTimeout: Duration | undefined;
 
   constructor(
     private readonly options: HeimdallModuleOptions,
@@ -41,7 +44,7 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
 
   private async startWorker(): Promise<void> {
     if (this.options.worker === false) return;
-    const { closeTimeout: _closeTimeout, ...workerOptions } = this.options.worker ?? {};
+    const { closeTimeout, ...workerOptions } = this.options.worker ?? {};
     const explored = exploreProviders(this.discovery, this.scanner, this.moduleRef);
     if (explored.services.length === 0) {
       logger.warn('no provider has @Task methods: the worker is not started (set worker: false for a producer-only application)');
@@ -61,6 +64,7 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
       });
     }
     this.worker = worker;
+    this.closeTimeout = closeTimeout;
     await worker.start();
     logger.log(`worker ${worker.id} started on ${worker.queues.join(', ')}: ${explored.classes.join(', ')}`);
   }
@@ -69,7 +73,7 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
     const worker = this.worker;
     this.worker = undefined;
     try {
-      if (worker && this.options.worker !== false) await worker.close({ timeout: this.options.worker?.closeTimeout });
+      if (worker) await worker.close({ timeout: this.closeTimeout });
     } finally {
       // Last: providers may still dispatch while the worker's running tasks end.
       await this.dispatcher.close();

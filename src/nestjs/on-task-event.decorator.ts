@@ -22,8 +22,7 @@ export function OnTaskEvent<E extends TaskEventName>(event: E) {
   return (_target: object, _key: string | symbol, descriptor: TypedPropertyDescriptor<(payload: WorkerEvents[E][0]) => unknown>): void => {
     const method = descriptor.value;
     if (typeof method !== 'function') throw new ConfigError('@OnTaskEvent goes on methods');
-    const events = (Reflect.getMetadata(TASK_EVENT_METADATA, method) as TaskEventName[] | undefined) ?? [];
-    Reflect.defineMetadata(TASK_EVENT_METADATA, [...events, event], method);
+    Reflect.defineMetadata(TASK_EVENT_METADATA, [...taskEventsOf(method), event], method);
   };
 }
 

@@ -4,14 +4,19 @@
  * arrive, the process exits 0 after it (1 when it throws), and remove() gives the signals back.
  */
 import { describe, expect, it } from 'vitest';
-import { spawnProc, type Proc } from '../fixtures/worker-processes.js';
+import { assertAlive, spawnProc, type Proc } from '../fixtures/worker-processes.js';
 import { settleWithin, useHarness, waitFor } from '../helpers.js';
 
 const PROGRAM = new URL('../fixtures/signals/shutdown-program.ts', import.meta.url).pathname;
 
 async function started(proc: Proc): Promise<void> {
-  await waitFor(() => proc.lines.includes('ready') || proc.exited !== undefined, { timeout: 20_000, what: 'the program to install its handlers' });
-  if (proc.exited) throw new Error(`the program exited early: ${proc.exited.stderr}`);
+  await waitFor(
+    () => {
+      assertAlive([proc]);
+      return proc.lines.includes('ready');
+    },
+    { timeout: 20_000, what: 'the program to install its handlers' },
+  );
 }
 
 describe('onShutdownSignal', () => {

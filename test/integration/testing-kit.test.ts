@@ -234,9 +234,8 @@ describe('createTestApp', () => {
       await a.close();
       await a.close();
       expect(await scanKeys(admin, `${a.prefix}:*`)).toEqual([]);
-      const deadline = Date.now() + 3000;
-      while ((await clientNames(admin, `heimdall:${a.prefix}:`)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-      expect(await clientNames(admin, `heimdall:${a.prefix}:`)).toEqual([]);
+      // Redis drops a closed connection from CLIENT LIST a moment after the client has quit.
+      await waitFor(async () => (await clientNames(admin, `heimdall:${a.prefix}:`)).length === 0, { timeout: 3000, what: "a's connections to be gone" });
       // The other app goes on.
       const h = await b.tasks(KitService).add.delay(4, 4);
       expect(await h.get({ timeout: 10 })).toBe(8);
@@ -256,7 +255,6 @@ describe('createTestApp', () => {
         await a.tasks(KitService).add.delay(1, 1);
         await a.drain();
         await a.close();
-        expect(await scanKeys(admin, `${base}*`)).toEqual(expect.arrayContaining(others));
         expect((await scanKeys(admin, `${base}*`)).sort()).toEqual([...others].sort());
       }
     } finally {

@@ -18,6 +18,7 @@ import {
   reclaim as reclaimScript,
   requeue as requeueScript,
   revoke as revokeScript,
+  type LuaScript,
 } from '../../redis-scripts/scripts.generated.js';
 
 /** A random whole number for a script call: the rate-limit jitter's seed, and the run token of the tasks the call starts. */
@@ -240,18 +241,26 @@ export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker
 }
 
 /** Hands runs a closing worker stopped back to the front of the queue (requeue-2.lua). */
-export async function requeue(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<{ count: number; problem: string }> {
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs];
-  for (const r of runs) args.push(r.id, r.token);
-  const [count, problem] = await runner.run<[number, string]>(requeueScript, [keys.wait, keys.active], args);
-  return { count: Number(count), problem: String(problem ?? '') };
+export function requeue(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
+  return handBack(requeueScript, runner, keys, worker, runs);
 }
 
-/** Hands back runs leased to this worker that it does not know it runs (reclaim-2.lua). */
-export async function reclaim(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, known: readonly RunRef[]): Promise<{ count: number; problem: string }> {
+/** Hands back runs leased to this worker that it does not know it runs (reclaim-2.lua; `known`: the runs it does). */
+export function reclaim(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, known: readonly RunRef[]): Promise<HandBack> {
+  return handBack(reclaimScript, runner, keys, worker, known);
+}
+
+/** What requeue-2.lua and reclaim-2.lua answer: how many runs went back, and '' or what Redis refused. */
+export interface HandBack {
+  count: number;
+  problem: string;
+}
+
+/** requeue-2.lua and reclaim-2.lua take the same KEYS and ARGV and answer alike. */
+async function handBack(script: LuaScript, runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
   const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs];
-  for (const r of known) args.push(r.id, r.token);
-  const [count, problem] = await runner.run<[number, string]>(reclaimScript, [keys.wait, keys.active], args);
+  for (const r of runs) args.push(r.id, r.token);
+  const [count, problem] = await runner.run<[number, string]>(script, [keys.wait, keys.active], args);
   return { count: Number(count), problem: String(problem ?? '') };
 }
 

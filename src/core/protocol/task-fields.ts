@@ -67,6 +67,3 @@ export const FIELDS = {
   /** Attempts the task had when the series began. */
   declinedAttempts: 'ua',
 } as const;
-
-/** A field name of a task record. */
-export type TaskField = (typeof FIELDS)[keyof typeof FIELDS];

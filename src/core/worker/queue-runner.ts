@@ -237,10 +237,7 @@ export class QueueRunner {
     try {
       if (this.unplaced.length > 0) await this.putBack();
       if (this.reclaimNeeded) await this.reclaim(fin);
-      if (fin.length === 0 && want === 0) {
-        this.host.reserve(-want);
-        return;
-      }
+      if (fin.length === 0 && want === 0) return; // want 0: nothing was reserved
       const raw = await Promise.race([fetchScript(this.scripts, this.keys, this.host, want, fin), this.abandonedCall]);
       reply = readFetchReply(raw, fin.length);
     } catch (err) {
