@@ -6,6 +6,7 @@ import type { RemoteError, RevokeReason } from '../core/protocol/task-record.js'
 import { toMillis, type Duration } from '../core/task/durations.js';
 import type { Worker } from '../core/worker/worker.js';
 import type { TaskEvent, WorkerEvents } from '../core/worker/worker-options.js';
+import type { InlineTransport } from './inline.js';
 
 /** Options of `app.drain()`. */
 export interface DrainOptions {
@@ -58,6 +59,12 @@ export interface DrainReport {
   delayed: DelayedTask[];
 }
 
+/** What emits the Worker's events: a Worker, or an inline app's engine. */
+export interface TaskEventSource {
+  on<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): unknown;
+  off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): unknown;
+}
+
 /** Records a worker's ends, and which started runs have yet to end, for drain(). */
 export class TaskLog {
   /** Ends not yet reported by a drain. */
@@ -79,7 +86,7 @@ export class TaskLog {
     },
   };
 
-  constructor(private readonly worker: Worker) {
+  constructor(private readonly worker: TaskEventSource) {
     for (const [event, listener] of Object.entries(this.listeners)) {
       worker.on(event as 'started', listener as (e: TaskEvent) => void);
     }
@@ -133,9 +140,7 @@ const POLL_MS = 15;
  * run the worker started has reported its end.
  */
 export async function drainApp(target: DrainTarget, options: DrainOptions = {}): Promise<DrainReport> {
-  const timeoutMs = options.timeout === undefined ? 10_000 : toMillis(options.timeout, 'drain({ timeout })');
-  const mode = options.delayed ?? 'wait';
-  if (mode !== 'wait' && mode !== 'leave') throw new ConfigError(`drain({ delayed }) must be 'wait' or 'leave', got ${String(mode)}`);
+  const { timeoutMs, mode } = drainSettings(options);
   const keys = target.queues.map((q) => new QueueKeys(target.prefix, q));
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -163,6 +168,57 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
       );
     }
     await new Promise((r) => setTimeout(r, Math.min(POLL_MS, Math.max(1, remainingMs))));
+  }
+}
+
+function drainSettings(options: DrainOptions): { timeoutMs: number; mode: 'wait' | 'leave' } {
+  if (typeof options !== 'object' || options === null) throw new ConfigError('drain() takes an options object such as { timeout: 5 }');
+  const timeoutMs = options.timeout === undefined ? 10_000 : toMillis(options.timeout, 'drain({ timeout })');
+  const mode = options.delayed ?? 'wait';
+  if (mode !== 'wait' && mode !== 'leave') throw new ConfigError(`drain({ delayed }) must be 'wait' or 'leave', got ${String(mode)}`);
+  return { timeoutMs, mode };
+}
+
+/**
+ * drain() of an inline app: resolves when no task of it is running or due (nor delayed, under
+ * 'wait'), waking on each change rather than polling.
+ */
+export async function drainInline(engine: InlineTransport, log: TaskLog, options: DrainOptions = {}): Promise<DrainReport> {
+  const { timeoutMs, mode } = drainSettings(options);
+  const deadline = Date.now() + timeoutMs;
+  const describeTask = (d: { id: string; queue: string; dueAt: number }, now: number): string =>
+    `${engine.nameOf(d.queue, d.id)} ${d.id} in ${((d.dueAt - now) / 1000).toFixed(1)} s`;
+  for (;;) {
+    const now = Date.now();
+    const { running, due, delayed } = engine.pending();
+    delayed.sort((a, b) => a.dueAt - b.dueAt);
+    if (mode === 'wait') {
+      const late = delayed.filter((d) => d.dueAt > deadline);
+      if (late.length > 0) {
+        throw new TimeoutError(
+          `drain(): ${late.length} delayed task(s) are due after drain's deadline (${timeoutMs} ms), e.g. ${late.slice(0, 5).map((d) => describeTask(d, now)).join(', ')}; ` +
+            "pass a longer timeout, or delayed: 'leave' to leave them",
+        );
+      }
+    }
+    if (running === 0 && due === 0 && (mode === 'leave' || delayed.length === 0)) {
+      return { ran: log.take(), delayed: mode === 'leave' ? delayed.map((d) => ({ id: d.id, queue: d.queue, dueInMs: d.dueAt - now })) : [] };
+    }
+    if (now >= deadline) {
+      const names = [...log.running.values()].map((e) => `${e.name} ${e.id}`);
+      throw new TimeoutError(
+        `drain() timed out after ${timeoutMs} ms with tasks left: ${running} running${names.length > 0 ? ` (${names.join(', ')})` : ''}, ${due} due, ${mode === 'wait' ? delayed.length : 0} delayed`,
+      );
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(wake, Math.max(1, deadline - now));
+      const stop = engine.onChange(wake);
+      function wake(): void {
+        clearTimeout(timer);
+        stop();
+        resolve();
+      }
+    });
   }
 }
 

@@ -1,14 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import type { Cluster } from 'ioredis';
 import { ConfigError } from '../core/errors.js';
-import { Dispatcher, type DispatcherOptions, type TaskProxy } from '../core/producer/dispatcher.js';
+import { DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, dispatcherOver, type DispatcherOptions, type TaskProxy } from '../core/producer/dispatcher.js';
 import type { ConnectionOption, RedisClient } from '../core/protocol/connection.js';
 import { DEFAULT_QUEUE, validateName } from '../core/protocol/queue-keys.js';
-import type { Duration } from '../core/task/durations.js';
+import { toMillis, type Duration } from '../core/task/durations.js';
 import { discover, type Constructor } from '../core/task/registry.js';
 import { Worker } from '../core/worker/worker.js';
-import type { WorkerOptions } from '../core/worker/worker-options.js';
-import { drainApp, TaskLog, type DrainOptions, type DrainReport } from './drain.js';
+import type { WorkerEvents, WorkerOptions } from '../core/worker/worker-options.js';
+import { drainApp, drainInline, TaskLog, type DrainOptions, type DrainReport } from './drain.js';
+import { InlineTransport } from './inline.js';
 
 /** Options of `createTestApp()`. */
 export interface TestAppOptions {
@@ -36,6 +37,14 @@ export interface TestAppOptions {
   worker?: Omit<WorkerOptions, 'connection' | 'prefix' | 'services' | 'queues' | 'concurrency' | 'resolve'>;
   /** More Dispatcher options. Default: none. */
   dispatcher?: Omit<DispatcherOptions, 'connection' | 'prefix'>;
+  /**
+   * Inline mode (Celery's `task_always_eager`): no Redis and no Worker. `delay()` checks the call
+   * as usual and starts the task in this process at once (its countdown, retries and rate
+   * windows on timers), with unique locks and rate windows kept in memory; `connection`,
+   * `concurrency`, `start` and `worker` are not used. What differs from a real Redis is in
+   * docs/testing.md. Default: false.
+   */
+  inline?: boolean;
 }
 
 /** Options of `app.close()`. */
@@ -47,18 +56,22 @@ export interface TestAppCloseOptions {
   timeout?: Duration;
 }
 
-/** A Dispatcher and a Worker on a key prefix of their own, from `createTestApp()`. */
-export interface TestApp {
-  /** The key prefix every key of this app starts with. */
+/** What a test app is, with Redis or inline. */
+export interface TestAppBase {
+  /** True for an inline app (`inline: true`): no Redis, no Worker. */
+  readonly inline: boolean;
+  /** The key prefix every key of this app starts with (inline: the prefix its task ids and locks are named under). */
   readonly prefix: string;
   /** The queues the worker consumes and `drain()` watches. */
   readonly queues: readonly string[];
-  /** The app's Dispatcher (on `prefix`). */
+  /** The app's Dispatcher (on `prefix`); inline, one whose tasks run in this process (its `client` is a ConfigError). */
   readonly dispatcher: Dispatcher;
-  /** The app's Worker (on `prefix`), started unless `start: false`. */
-  readonly worker: Worker;
   /** Typed handles on the tasks of a class: the Dispatcher's `tasks()`. */
   tasks<T extends object>(cls: Constructor<T>): TaskProxy<T>;
+  /** Listens to the tasks' events (the Worker's events: started, succeeded, failed, retried, revoked, ...). */
+  on<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this;
+  /** Stops listening. */
+  off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this;
   /**
    * Resolves when nothing of the app is left to run: see {@link DrainOptions} for what counts.
    * The report lists the tasks that ended since the previous `drain()` (or since the app was
@@ -67,9 +80,22 @@ export interface TestApp {
   drain(options?: DrainOptions): Promise<DrainReport>;
   /**
    * Closes the worker (gracefully, within `timeout`), deletes every key under the prefix
-   * (SCAN + UNLINK) and closes the dispatcher. Safe to call twice.
+   * (SCAN + UNLINK) and closes the dispatcher. Inline: waits up to `timeout` for running tasks
+   * and drops the scheduled ones. Safe to call twice.
    */
   close(options?: TestAppCloseOptions): Promise<void>;
+}
+
+/** A Dispatcher and a Worker on a key prefix of their own, from `createTestApp()`. */
+export interface TestApp extends TestAppBase {
+  readonly inline: false;
+  /** The app's Worker (on `prefix`), started unless `start: false`. */
+  readonly worker: Worker;
+}
+
+/** An inline test app, from `createTestApp({ inline: true })`: tasks run in this process, without Redis. */
+export interface InlineTestApp extends TestAppBase {
+  readonly inline: true;
 }
 
 /** The queues the `@Task` methods of these services name, with 'default'. */
@@ -88,10 +114,17 @@ function queuesOf(services: readonly object[]): string[] {
  * `app.tasks(Class)` to dispatch, `await app.drain()` to let everything run, and
  * `await app.close()` at the end (e.g. in `afterEach`), which also deletes the app's keys.
  */
-export async function createTestApp(options: TestAppOptions): Promise<TestApp> {
+export async function createTestApp(options: TestAppOptions & { inline: true }): Promise<InlineTestApp>;
+export async function createTestApp(options: TestAppOptions & { inline?: false }): Promise<TestApp>;
+export async function createTestApp(options: TestAppOptions): Promise<TestApp | InlineTestApp>;
+export async function createTestApp(options: TestAppOptions): Promise<TestApp | InlineTestApp> {
   if (typeof options !== 'object' || options === null || !Array.isArray(options.services)) {
     throw new ConfigError('createTestApp() needs { services: [...] }');
   }
+  if (options.inline !== undefined && typeof options.inline !== 'boolean') {
+    throw new ConfigError(`createTestApp({ inline }) must be true or false, got ${typeof options.inline}`);
+  }
+  if (options.inline === true) return createInlineApp(options);
   const connection = options.connection ?? process.env.REDIS_URL;
   if (connection === undefined || connection === '') {
     throw new ConfigError(
@@ -119,11 +152,20 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp> {
   const log = new TaskLog(worker);
   let closing: Promise<void> | undefined;
   const app: TestApp = {
+    inline: false,
     prefix,
     queues: worker.queues,
     dispatcher,
     worker,
     tasks: (cls) => dispatcher.tasks(cls),
+    on(event, listener) {
+      worker.on(event, listener);
+      return this;
+    },
+    off(event, listener) {
+      worker.off(event, listener);
+      return this;
+    },
     drain: (drainOptions) => drainApp({ client: dispatcher.client, prefix, queues: worker.queues, worker, log }, drainOptions),
     close: (closeOptions = {}) =>
       (closing ??= (async () => {
@@ -150,6 +192,46 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp> {
     }
   }
   return app;
+}
+
+/** createTestApp({ inline: true }): a Dispatcher over an InlineTransport, with the same drain() and events. */
+function createInlineApp(options: TestAppOptions): InlineTestApp {
+  const prefix = options.prefix === undefined ? `heimdall-inline-${randomBytes(8).toString('hex')}` : validateName(options.prefix, 'prefix');
+  const queues = [...new Set(options.queues ?? queuesOf(options.services))].map((q) => validateName(q, 'queue'));
+  const engine = new InlineTransport({
+    // An empty list (a test that dispatches by name only) still lets resolve or `new` build any registered class.
+    services: options.services.length === 0 && options.resolve === undefined ? undefined : options.services,
+    resolve: options.resolve,
+    maxPayloadBytes: options.dispatcher?.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
+  });
+  const dispatcher = dispatcherOver(engine, { ...options.dispatcher, prefix });
+  const log = new TaskLog(engine);
+  let closing: Promise<void> | undefined;
+  return {
+    inline: true,
+    prefix,
+    queues,
+    dispatcher,
+    tasks: (cls) => dispatcher.tasks(cls),
+    on(event, listener) {
+      engine.on(event, listener);
+      return this;
+    },
+    off(event, listener) {
+      engine.off(event, listener);
+      return this;
+    },
+    drain: (drainOptions) => drainInline(engine, log, drainOptions),
+    close: (closeOptions = {}) =>
+      (closing ??= (async () => {
+        try {
+          await engine.close(toMillis(closeOptions.timeout ?? 5, 'close({ timeout })'));
+        } finally {
+          log.detach();
+          await dispatcher.close();
+        }
+      })()),
+  };
 }
 
 /** Deletes every key matching `pattern` (SCAN + UNLINK), on every master of a Cluster. */

@@ -4,7 +4,7 @@
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Task, TimeoutError } from 'heimdall-tasks';
-import { createTestApp, RedisServerNotFoundError, startRedis, type TestApp } from 'heimdall-tasks/testing';
+import { createTestApp, RedisServerNotFoundError, startRedis, type TestApp, type TestAppOptions } from 'heimdall-tasks/testing';
 import { clientNames, gate, redisUrl, scanKeys, waitFor } from '../helpers.js';
 
 const failures = new Map<string, number>();
@@ -131,7 +131,7 @@ describe('startRedis', () => {
 
 describe('createTestApp', () => {
   const apps: TestApp[] = [];
-  const app = async (options: Partial<Parameters<typeof createTestApp>[0]> = {}): Promise<TestApp> => {
+  const app = async (options: Partial<TestAppOptions> & { inline?: false } = {}): Promise<TestApp> => {
     const a = await createTestApp({ services: [new KitService(), new KitMailer()], connection: redisUrl(), ...options });
     apps.push(a);
     return a;

@@ -1,19 +1,17 @@
 import type { RedisClient } from '../protocol/connection.js';
-import { closeClient, openClient, type ConnectionOption, type OwnedClient } from '../protocol/connection.js';
+import type { ConnectionOption } from '../protocol/connection.js';
 import { describe } from '../task/durations.js';
 import { uniqueKey } from '../task/call-checks.js';
-import { ConfigError, NotATaskError, PartialDispatchError, redisCall } from '../errors.js';
+import { ConfigError, NotATaskError, PartialDispatchError } from '../errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { discover, taskByName, type Constructor, type TaskDefinition } from '../task/registry.js';
-import { ResultWaiter } from './result-waiter.js';
-import { ScriptRunner } from '../protocol/script-runner.js';
 import { argsToJson } from '../task/serialization.js';
-import { makeTaskResult, type ResultBackend, type TaskResult } from './task-result.js';
+import { makeTaskResult, type TaskResult } from './task-result.js';
 import type { NormalizedTaskOptions } from '../task/task-options.js';
-import { Enqueuer } from './enqueuer.js';
 import { enqueued } from '../protocol/reply-codes.js';
 import type { EnqueueOutcome } from '../protocol/scripts.js';
 import { prepareCall, type ApplyOptions, type PreparedCall } from './prepare-call.js';
+import { RedisTransport, type DispatchTransport } from './transport.js';
 
 export type { ApplyOptions } from './prepare-call.js';
 
@@ -71,6 +69,23 @@ function queueOfId(id: string): string | undefined {
   return QUEUE_IN_ID.exec(id)?.[1];
 }
 
+// Internal: a DispatcherOptions carrying a transport under this key uses it instead of Redis
+// (heimdall-tasks/testing's inline mode). The symbol is not exported from the package.
+const TRANSPORT: unique symbol = Symbol('heimdall-tasks.transport');
+
+/** Options of a Dispatcher over another transport than Redis (for the library's own use). */
+export interface TransportDispatcherOptions {
+  readonly [TRANSPORT]: DispatchTransport;
+  prefix?: string;
+  maxPayloadBytes?: number;
+}
+
+/** A Dispatcher that sends through `transport` (heimdall-tasks/testing's inline mode). */
+export function dispatcherOver(transport: DispatchTransport, options: { prefix?: string; maxPayloadBytes?: number } = {}): Dispatcher {
+  const internal: TransportDispatcherOptions = { ...options, [TRANSPORT]: transport };
+  return new Dispatcher(internal as unknown as DispatcherOptions);
+}
+
 /**
  * Sends tasks to Redis and hands out their results. One per process is plenty; it holds one
  * connection (auto-pipelined) plus a subscriber opened by the first `get()`.
@@ -78,9 +93,7 @@ function queueOfId(id: string): string | undefined {
 export class Dispatcher {
   /** First segment of every key this dispatcher writes. */
   readonly prefix: string;
-  private readonly conn: OwnedClient;
-  private readonly connection: ConnectionOption;
-  private readonly scripts: ScriptRunner;
+  private readonly transport: DispatchTransport;
   private readonly keyCache = new Map<string, QueueKeys>();
   /** The keys of a queue, validating its name once (a bound function: prepareCall takes it per call). */
   private readonly keys = (queue: string): QueueKeys => {
@@ -91,12 +104,8 @@ export class Dispatcher {
     }
     return k;
   };
-  private sub: OwnedClient | undefined;
-  private resultWaiter: ResultWaiter | undefined;
-  private readonly backend: ResultBackend;
   private closed = false;
   private readonly maxPayloadBytes: number;
-  private readonly enqueuer: Enqueuer;
   private closing: Promise<void> | undefined;
 
   constructor(options: DispatcherOptions) {
@@ -107,21 +116,13 @@ export class Dispatcher {
       throw new ConfigError(`maxPayloadBytes must be a whole number of bytes >= 1, got ${describe(options.maxPayloadBytes)}`);
     }
     this.maxPayloadBytes = max;
-    this.connection = options.connection;
-    this.conn = openClient(options.connection, 'commands', `heimdall:${this.prefix}:dispatcher`, {
-      enableAutoPipelining: true,
-      // Enqueue calls are batched by the dispatcher itself; each goes out at once, so Redis runs one
-      // batch while the next is being built.
-      autoPipeliningIgnoredCommands: ['evalsha'],
-    });
-    this.scripts = new ScriptRunner(this.conn.client);
-    this.enqueuer = new Enqueuer(this.scripts, () => this.conn.lastError);
-    this.backend = { client: this.conn.client, scripts: this.scripts, waiter: () => this.waiter() };
+    this.transport =
+      (options as Partial<TransportDispatcherOptions>)[TRANSPORT] ?? new RedisTransport(options.connection, `heimdall:${this.prefix}:dispatcher`);
   }
 
-  /** The Redis client that sends commands (yours if you passed one). */
+  /** The Redis client that sends commands (yours if you passed one). A ConfigError for an inline dispatcher, which has none. */
   get client(): RedisClient {
-    return this.conn.client;
+    return this.transport.client();
   }
 
   /**
@@ -160,28 +161,16 @@ export class Dispatcher {
   result<R = unknown>(id: string, options: { queue?: string } = {}): TaskResult<R> {
     if (typeof id !== 'string' || id === '') throw new ConfigError('result() needs a task id');
     const queue = options.queue ?? queueOfId(id) ?? DEFAULT_QUEUE;
-    return makeTaskResult<R>(this.backend, this.keys(queue), id, undefined, false);
+    return makeTaskResult<R>(this.transport.results, this.keys(queue), id, undefined, false);
   }
 
   /** Closes the connections this dispatcher opened. A client you passed in stays open. */
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.closed = true;
-      // Tasks already handed to delay() are sent before the connection closes (while Redis is
-      // unreachable that takes as long as the client's retries).
-      await this.enqueuer.drain();
-      await Promise.all([closeClient(this.conn), closeClient(this.sub)]);
+      await this.transport.close();
     })();
     return this.closing;
-  }
-
-  private waiter(): ResultWaiter {
-    if (this.closed) throw new ConfigError('this dispatcher is closed; create a new Dispatcher to wait for results');
-    if (!this.resultWaiter) {
-      this.sub = openClient(this.connection, 'subscriber', `heimdall:${this.prefix}:dispatcher`);
-      this.resultWaiter = new ResultWaiter(this.sub.client);
-    }
-    return this.resultWaiter;
   }
 
   private refFor(def: TaskDefinition): TaskRef<unknown[], unknown> {
@@ -203,8 +192,8 @@ export class Dispatcher {
     if (!def.options.unique) throw new ConfigError(`${def.name} is not unique, so no task holds a lock for it`);
     const keys = this.keys(def.options.queue);
     const lockKey = keys.lock(def.name, uniqueKey(def.name, def.options, args, argsToJson(args)));
-    const holder = await redisCall(`reading the unique lock of ${def.name}`, () => this.conn.client.get(lockKey));
-    return holder === null ? null : makeTaskResult(this.backend, keys, holder, def.name, false);
+    const holder = await this.transport.lockHolder(keys, lockKey, `reading the unique lock of ${def.name}`);
+    return holder === null ? null : makeTaskResult(this.transport.results, keys, holder, def.name, false);
   }
 
   private enqueue<R>(name: string, opts: NormalizedTaskOptions | undefined, args: readonly unknown[], call: ApplyOptions): Promise<TaskResult<R>> {
@@ -255,14 +244,14 @@ export class Dispatcher {
     return prepareCall(name, opts, args, call, this.keys, this.maxPayloadBytes);
   }
 
-  /** Hands a prepared task to the enqueuer: it shares one script call with the other tasks of this tick. */
+  /** Hands a prepared task to the transport (Redis: it shares one script call with the other tasks of this tick). */
   private submit(p: PreparedCall): Promise<EnqueueOutcome> {
-    return this.enqueuer.send(p.keys, p.task, p.bytes, `sending ${p.name}`);
+    return this.transport.send(p);
   }
 
   /** Turns the script's answer for one task into its handle (or the error it calls for, see reply-codes.ts). */
   private handle<R>(p: PreparedCall, outcome: EnqueueOutcome): TaskResult<R> {
     const { id, duplicate } = enqueued(outcome, { name: p.name, id: p.id, customId: p.customId, uniqueRaises: p.opts?.uniqueRaises === true });
-    return makeTaskResult<R>(this.backend, p.keys, id, p.name, duplicate);
+    return makeTaskResult<R>(this.transport.results, p.keys, id, p.name, duplicate);
   }
 }

@@ -1,20 +1,28 @@
-import type { RedisClient } from '../protocol/connection.js';
 import { toMillis, type Duration } from '../task/durations.js';
 import { ConfigError, redisCall, TaskFailedError, TaskRevokedError, TimeoutError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
-import type { ResultWaiter, Watch } from './result-waiter.js';
-import type { ScriptRunner } from '../protocol/script-runner.js';
-import { forget, revoke } from '../protocol/scripts.js';
+import type { Watch } from './result-waiter.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import { taskByName } from '../task/registry.js';
 import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
 import { decodeError, decodeResult, decodeTaskInfo, FINAL_STATES, type RevokeReason, type TaskInfo, type TaskState } from '../protocol/task-record.js';
 
-/** What a TaskResult needs from the dispatcher that made it. */
+/**
+ * Where a TaskResult reads and changes its task: Redis (redis-transport.ts), or the in-process
+ * store of an inline dispatcher (heimdall-tasks/testing). Records are task hashes with the
+ * fields of task-fields.ts either way, so they decode alike.
+ */
 export interface ResultBackend {
-  readonly client: RedisClient;
-  readonly scripts: ScriptRunner;
-  waiter(): ResultWaiter;
+  /** Some fields of a task's record, null for absent ones (HMGET). */
+  read(keys: QueueKeys, id: string, fields: readonly string[]): Promise<(string | null)[]>;
+  /** The whole record; empty for an unknown id (HGETALL). */
+  readAll(keys: QueueKeys, id: string): Promise<Record<string, string>>;
+  /** Wakes the caller when the task may have ended (its done channel). */
+  watch(keys: QueueKeys, id: string): Promise<Watch>;
+  /** Revokes the task (revoke-3.lua's transitions); resolves with its state afterwards. */
+  revoke(keys: QueueKeys, id: string, terminate: boolean, expireMs: number): Promise<TaskState>;
+  /** Deletes an ended task's record; false when it has not ended. */
+  forget(keys: QueueKeys, id: string): Promise<boolean>;
 }
 
 // A waiter re-reads the state this often even without a message (a reconnect can lose one).
@@ -35,6 +43,8 @@ export interface GetOptions {
   /** How long to wait: seconds or an `ms` string. Default: no limit. */
   timeout?: Duration;
 }
+
+const GET_FIELDS = [FIELDS.state, FIELDS.result, FIELDS.error, FIELDS.revokeReason];
 
 const INTERNALS: unique symbol = Symbol('heimdall-tasks.task-result');
 
@@ -94,13 +104,13 @@ export class TaskResult<T = unknown> {
 
   /** Current state; `PENDING` for queued, delayed, or unknown ids. */
   async status(): Promise<TaskState> {
-    const s = await redisCall(`reading the state of task ${this.id}`, () => this.backend.client.hget(this.keys.task(this.id), FIELDS.state));
-    return (s as TaskState | null) ?? 'PENDING';
+    const [s] = await redisCall(`reading the state of task ${this.id}`, () => this.backend.read(this.keys, this.id, [FIELDS.state]));
+    return (s as TaskState | null | undefined) ?? 'PENDING';
   }
 
   /** Everything stored about the task: state, result, error and traceback, attempts, timestamps, worker. */
   async info(): Promise<TaskInfo<T>> {
-    const record = await redisCall(`reading task ${this.id}`, () => this.backend.client.hgetall(this.keys.task(this.id)));
+    const record = await redisCall(`reading task ${this.id}`, () => this.backend.readAll(this.keys, this.id));
     return decodeTaskInfo<T>(this.id, record);
   }
 
@@ -129,7 +139,7 @@ export class TaskResult<T = unknown> {
     const limit = options.timeout === undefined ? Infinity : toMillis(options.timeout, 'get({ timeout })');
     const deadline = Date.now() + limit;
     const what = `waiting for task ${this.id}`;
-    const watching = redisCall(what, () => this.backend.waiter().watch(this.keys.done(this.id)));
+    const watching = redisCall(what, () => this.backend.watch(this.keys, this.id));
     let watch: Watch;
     try {
       watch = await this.withDeadline(watching, deadline, limit);
@@ -140,7 +150,7 @@ export class TaskResult<T = unknown> {
     try {
       for (;;) {
         const [s, r, e, rr] = await redisCall(what, () =>
-          this.backend.client.hmget(this.keys.task(this.id), FIELDS.state, FIELDS.result, FIELDS.error, FIELDS.revokeReason),
+          this.backend.read(this.keys, this.id, GET_FIELDS),
         );
         if (s === 'SUCCESS') return decodeResult(this.id, r) as T;
         if (s === 'FAILURE') throw new TaskFailedError(this.id, decodeError(e ?? '{}'));
@@ -180,8 +190,7 @@ export class TaskResult<T = unknown> {
    */
   async revoke(options: RevokeOptions = {}): Promise<TaskState> {
     const expireMs = (this.name && taskByName(this.name)?.options.resultExpiresMs) || DEFAULT_RESULT_EXPIRES_MS;
-    const reply = await redisCall(`revoking task ${this.id}`, () => revoke(this.backend.scripts, this.keys, this.id, options.terminate === true, expireMs, 'revoked'));
-    return reply.state;
+    return redisCall(`revoking task ${this.id}`, () => this.backend.revoke(this.keys, this.id, options.terminate === true, expireMs));
   }
 
   /**
@@ -189,7 +198,7 @@ export class TaskResult<T = unknown> {
    * Rejects with ConfigError while the task is still queued or running.
    */
   async forget(): Promise<void> {
-    if (!(await redisCall(`forgetting task ${this.id}`, () => forget(this.backend.scripts, this.keys, this.id)))) {
+    if (!(await redisCall(`forgetting task ${this.id}`, () => this.backend.forget(this.keys, this.id)))) {
       throw new ConfigError(`task ${this.id} has not ended; forget() deletes the records of ended tasks only`);
     }
   }

@@ -7,12 +7,12 @@ import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
 import type { Finish } from './queue-runner.js';
 import { toRemoteError } from './remote-error.js';
 import { retryDelay } from './retry-policy.js';
-import { isMessageFault, parseArgs, signalOf, type Run } from './run.js';
+import { isMessageFault, parseArgs, signalOf, type Run, type RunOwner } from './run.js';
 import { withTimeLimit } from './time-limit.js';
 import type { TaskEvent, WorkerEvents } from './worker-options.js';
 
-/** What executing a run needs from its worker. */
-export interface ExecutionHost {
+/** What executing a run needs from its worker (or an inline dispatcher). */
+export interface ExecutionHost<R extends Run<RunOwner> = Run> {
   readonly workerId: string;
   readonly resultExpiresMs: number;
   /** Largest result stored, bytes of JSON. */
@@ -21,7 +21,7 @@ export interface ExecutionHost {
   emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void;
   reportError(err: unknown): void;
   /** Frees the run's slot and hands its end to its queue runner to store. */
-  finished(run: Run, finish: Finish): void;
+  finished(run: R, finish: Finish): void;
 }
 
 type Outcome = { ok: true; result: unknown; json: string | undefined } | { ok: false; error: RemoteError; retryDelayMs: number | undefined };
@@ -34,7 +34,7 @@ type Outcome = { ok: true; result: unknown; json: string | undefined } | { ok: f
  * back, revoked with terminate, lost). The end is handed over from here rather than returned:
  * one promise less per task (measured, see BENCHMARKS.md).
  */
-export async function execute(run: Run, def: TaskDefinition, host: ExecutionHost): Promise<void> {
+export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefinition, host: ExecutionHost<R>): Promise<void> {
   const { runner, task } = run;
   const queue = runner.keys.queue;
   const began = performance.now();

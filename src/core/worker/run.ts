@@ -1,11 +1,17 @@
 import { LeaseLostError, MalformedTaskError } from '../errors.js';
 import type { StartedRun } from '../protocol/scripts.js';
 import { taskStorage, type CurrentTask } from './current-task.js';
+import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { QueueRunner } from './queue-runner.js';
 
+/** What a run belongs to: the queue runner of a worker, or an inline dispatcher's queue. */
+export interface RunOwner {
+  readonly keys: QueueKeys;
+}
+
 /** A run this worker holds: started by a fetch, until its end is handed to the runner or it is released otherwise. */
-export interface Run {
-  runner: QueueRunner;
+export interface Run<O extends RunOwner = QueueRunner> {
+  runner: O;
   task: StartedRun;
   /** Made on first use of the task's signal: most tasks never look at it, and making one is costly. */
   controller?: AbortController;
@@ -25,7 +31,7 @@ export function runKey(queue: string, id: string): string {
 }
 
 /** The AbortSignal of a run, made on first use (aborted at once if the run was already told to stop). */
-export function signalOf(run: Run): AbortSignal {
+export function signalOf(run: Run<RunOwner>): AbortSignal {
   if (!run.controller) {
     run.controller = new AbortController();
     if (run.aborted) run.controller.abort(run.aborted.reason);
@@ -34,7 +40,7 @@ export function signalOf(run: Run): AbortSignal {
 }
 
 /** Fires a run's AbortSignal inside its own context, so listeners can still call currentTask(). Once per run. */
-export function abortRun(run: Run, reason: Error): void {
+export function abortRun(run: Run<RunOwner>, reason: Error): void {
   if (run.aborted) return;
   run.aborted = { reason };
   const controller = run.controller;

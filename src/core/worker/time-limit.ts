@@ -1,5 +1,5 @@
 import { TimeLimitExceededError } from '../errors.js';
-import { abortRun, type Run } from './run.js';
+import { abortRun, type Run, type RunOwner } from './run.js';
 
 // A task that honours its AbortSignal gets this long to settle after its time limit.
 const TIME_LIMIT_GRACE_MS = 100;
@@ -11,7 +11,7 @@ const TIME_LIMIT_GRACE_MS = 100;
  * a TimeLimitExceededError. A run released meanwhile (handed back, revoked with terminate, lost)
  * is no longer limited or reported.
  */
-export function withTimeLimit(run: Run, promise: Promise<unknown>, limitMs: number, ignored: () => void): Promise<unknown> {
+export function withTimeLimit(run: Run<RunOwner>, promise: Promise<unknown>, limitMs: number, ignored: () => void): Promise<unknown> {
   return new Promise((resolve, reject) => {
     let settled = false;
     let timedOut = false;

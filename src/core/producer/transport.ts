@@ -1,0 +1,100 @@
+import type { RedisClient } from '../protocol/connection.js';
+import { closeClient, openClient, type ConnectionOption, type OwnedClient } from '../protocol/connection.js';
+import { ConfigError, redisCall } from '../errors.js';
+import type { QueueKeys } from '../protocol/queue-keys.js';
+import { ScriptRunner } from '../protocol/script-runner.js';
+import { forget, revoke, type EnqueueOutcome } from '../protocol/scripts.js';
+import type { TaskState } from '../protocol/task-record.js';
+import { Enqueuer } from './enqueuer.js';
+import type { PreparedCall } from './prepare-call.js';
+import { ResultWaiter, type Watch } from './result-waiter.js';
+import type { ResultBackend } from './task-result.js';
+
+/**
+ * Where a Dispatcher's checked calls go and its TaskResults read from: Redis (RedisTransport),
+ * or in-process runs (heimdall-tasks/testing's inline mode). Everything before it (option and
+ * argument checks, ids, locks and rate keys: prepare-call.ts) and after it (reading the answer:
+ * reply-codes.ts) is the Dispatcher's, the same for both.
+ */
+export interface DispatchTransport {
+  /** What TaskResults of this dispatcher read and change their task through. */
+  readonly results: ResultBackend;
+  /** The Redis client, or a ConfigError's message when there is none (inline). */
+  client(): RedisClient;
+  /** Sends one checked call; resolves with the enqueue script's answer for it (reply-codes.ts). */
+  send(call: PreparedCall): Promise<EnqueueOutcome>;
+  /** The id holding a unique lock, or null. */
+  lockHolder(keys: QueueKeys, lockKey: string, what: string): Promise<string | null>;
+  /** Sends what is still waiting, then lets go of what it holds. */
+  close(): Promise<void>;
+}
+
+/** The Redis transport: one auto-pipelined connection, batched enqueues, and a subscriber opened by the first `get()`. */
+export class RedisTransport implements DispatchTransport, ResultBackend {
+  readonly results: ResultBackend = this;
+  private readonly conn: OwnedClient;
+  private readonly scripts: ScriptRunner;
+  private readonly enqueuer: Enqueuer;
+  private sub: OwnedClient | undefined;
+  private waiter: ResultWaiter | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly connection: ConnectionOption,
+    private readonly clientName: string,
+  ) {
+    this.conn = openClient(connection, 'commands', clientName, {
+      enableAutoPipelining: true,
+      // Enqueue calls are batched by the enqueuer itself; each goes out at once, so Redis runs one
+      // batch while the next is being built.
+      autoPipeliningIgnoredCommands: ['evalsha'],
+    });
+    this.scripts = new ScriptRunner(this.conn.client);
+    this.enqueuer = new Enqueuer(this.scripts, () => this.conn.lastError);
+  }
+
+  client(): RedisClient {
+    return this.conn.client;
+  }
+
+  send(p: PreparedCall): Promise<EnqueueOutcome> {
+    return this.enqueuer.send(p.keys, p.task, p.bytes, `sending ${p.name}`);
+  }
+
+  lockHolder(_keys: QueueKeys, lockKey: string, what: string): Promise<string | null> {
+    return redisCall(what, () => this.conn.client.get(lockKey));
+  }
+
+  read(keys: QueueKeys, id: string, fields: readonly string[]): Promise<(string | null)[]> {
+    return this.conn.client.hmget(keys.task(id), ...fields);
+  }
+
+  readAll(keys: QueueKeys, id: string): Promise<Record<string, string>> {
+    return this.conn.client.hgetall(keys.task(id));
+  }
+
+  watch(keys: QueueKeys, id: string): Promise<Watch> {
+    if (this.closed) throw new ConfigError('this dispatcher is closed; create a new Dispatcher to wait for results');
+    if (!this.waiter) {
+      this.sub = openClient(this.connection, 'subscriber', this.clientName);
+      this.waiter = new ResultWaiter(this.sub.client);
+    }
+    return this.waiter.watch(keys.done(id));
+  }
+
+  async revoke(keys: QueueKeys, id: string, terminate: boolean, expireMs: number): Promise<TaskState> {
+    return (await revoke(this.scripts, keys, id, terminate, expireMs, 'revoked')).state;
+  }
+
+  forget(keys: QueueKeys, id: string): Promise<boolean> {
+    return forget(this.scripts, keys, id);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    // Tasks already handed to delay() are sent before the connection closes (while Redis is
+    // unreachable that takes as long as the client's retries).
+    await this.enqueuer.drain();
+    await Promise.all([closeClient(this.conn), closeClient(this.sub)]);
+  }
+}

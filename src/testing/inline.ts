@@ -1,0 +1,470 @@
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { ConfigError, TaskRevokedError, UnknownTaskError, WorkerShutdownError } from '../core/errors.js';
+import type { RedisClient } from '../core/protocol/connection.js';
+import type { QueueKeys } from '../core/protocol/queue-keys.js';
+import { ENQUEUE_CODES } from '../core/protocol/reply-codes.js';
+import type { EnqueueOutcome, StartedRun } from '../core/protocol/scripts.js';
+import { FIELDS } from '../core/protocol/task-fields.js';
+import { FINAL_STATES, type RevokeReason, type TaskState } from '../core/protocol/task-record.js';
+import type { PreparedCall } from '../core/producer/prepare-call.js';
+import type { Watch } from '../core/producer/result-waiter.js';
+import type { ResultBackend } from '../core/producer/task-result.js';
+import type { DispatchTransport } from '../core/producer/transport.js';
+import { taskByName, type Constructor } from '../core/task/registry.js';
+import { DEFAULT_RESULT_EXPIRES_MS } from '../core/task/task-options.js';
+import { execute, type ExecutionHost } from '../core/worker/execution.js';
+import type { Finish } from '../core/worker/queue-runner.js';
+import { toRemoteError } from '../core/worker/remote-error.js';
+import { abortRun, safeArgs, type Run, type RunOwner } from '../core/worker/run.js';
+import { ServiceDirectory } from '../core/worker/services.js';
+import type { WorkerEvents } from '../core/worker/worker-options.js';
+
+/** The worker id inline runs are recorded under (the record's `worker`). */
+export const INLINE_WORKER_ID = 'inline';
+
+type InlineRun = Run<RunOwner>;
+
+/** One task of an inline dispatcher: its record (a task hash, as Redis would hold it) and what is scheduled for it. */
+interface Entry {
+  readonly keys: QueueKeys;
+  readonly id: string;
+  readonly record: Record<string, string>;
+  /** Its next start, when it waits for a countdown, a retry's backoff or a rate window. */
+  timer?: NodeJS.Timeout;
+  /** When that start is due (epoch ms). */
+  dueAt?: number;
+  /** Its start is queued for the next microtask (due at once). */
+  queued?: boolean;
+  /** Its current run. */
+  run?: InlineRun;
+}
+
+interface Lock {
+  holder: string;
+  expiresAt: number;
+}
+
+/** What `InlineTransport` was made with. */
+export interface InlineSettings {
+  services: readonly object[] | undefined;
+  resolve: ((cls: Constructor) => object | Promise<object>) | undefined;
+  maxPayloadBytes: number;
+}
+
+/**
+ * The inline mode's engine: a DispatchTransport that runs each task in this process instead of
+ * sending it to Redis, through the worker's own `execute()` (so a task sees the same
+ * `currentTask()`, time limit, retry policy, result checks and events), with the task records,
+ * unique locks and rate windows kept in memory under the same rules as the scripts (see
+ * docs/testing.md for where it differs). Time is `Date.now()` and timers are `setTimeout`,
+ * so fake timers drive countdowns, backoffs and rate windows.
+ */
+export class InlineTransport implements DispatchTransport, ResultBackend {
+  readonly results: ResultBackend = this;
+  private readonly events = new EventEmitter();
+  private readonly entries = new Map<string, Entry>();
+  private readonly locks = new Map<string, Lock>();
+  private readonly windows = new Map<string, number[]>();
+  private readonly watchers = new Map<string, Set<() => void>>();
+  /** Called on every change of any task (drain waits on it). */
+  private readonly changed = new Set<() => void>();
+  private readonly services: ServiceDirectory;
+  private readonly host: ExecutionHost<InlineRun>;
+  private closed = false;
+
+  constructor(private readonly settings: InlineSettings) {
+    const fallback = settings.services === undefined ? (cls: Constructor): object => new (cls as new () => object)() : undefined;
+    this.services = new ServiceDirectory(settings.services ?? [], settings.resolve ?? fallback, INLINE_WORKER_ID);
+    this.host = {
+      workerId: INLINE_WORKER_ID,
+      resultExpiresMs: DEFAULT_RESULT_EXPIRES_MS,
+      maxPayloadBytes: settings.maxPayloadBytes,
+      instanceFor: (def) => this.services.instanceFor(def),
+      emit: (event, ...args) => this.emit(event, ...args),
+      reportError: (err) => this.emit('error', err instanceof Error ? err : new Error(toRemoteError(err).message)),
+      finished: (run, finish) => this.finished(run, finish),
+    };
+  }
+
+  /** Listens to what the inline runs do: the Worker's events. */
+  on<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this {
+    this.events.on(event, listener as (...args: unknown[]) => void);
+    return this;
+  }
+
+  /** Stops listening. */
+  off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this {
+    this.events.off(event, listener as (...args: unknown[]) => void);
+    return this;
+  }
+
+  client(): RedisClient {
+    throw new ConfigError('an inline dispatcher has no Redis client: its tasks run in this process');
+  }
+
+  // ---- sending (enqueue-2.lua's rules) ----
+
+  send(p: PreparedCall): Promise<EnqueueOutcome> {
+    if (this.closed) return Promise.reject(new ConfigError('this inline dispatcher is closed'));
+    const now = Date.now();
+    const key = p.keys.task(p.id);
+    const existing = this.entries.get(key);
+    if (existing && !FINAL_STATES.has(existing.record[FIELDS.state] as TaskState)) {
+      return Promise.resolve({ code: ENQUEUE_CODES.idInUse, detail: '', pttlMs: 0 });
+    }
+    const { lockKey, lockTtlMs } = p.task;
+    if (lockKey !== '') {
+      const held = this.lockOf(lockKey, now);
+      if (held) return Promise.resolve({ code: ENQUEUE_CODES.duplicate, detail: held.holder, pttlMs: held.expiresAt - now });
+      this.locks.set(lockKey, { holder: p.id, expiresAt: now + lockTtlMs });
+    }
+    if (existing) this.cancel(existing);
+    const record: Record<string, string> = {};
+    const fields = p.task.fields;
+    for (let i = 0; i + 1 < fields.length; i += 2) record[String(fields[i])] = String(fields[i + 1]);
+    record[FIELDS.version] = '1';
+    record[FIELDS.state] = 'PENDING';
+    record[FIELDS.created] = String(now);
+    const dueAt = p.task.etaMs > 0 ? p.task.etaMs : p.task.countdownMs > 0 ? now + p.task.countdownMs : now;
+    const entry: Entry = { keys: p.keys, id: p.id, record };
+    this.entries.set(key, entry);
+    this.schedule(entry, dueAt, now);
+    return Promise.resolve({ code: ENQUEUE_CODES.enqueued, detail: '', pttlMs: 0 });
+  }
+
+  lockHolder(_keys: QueueKeys, lockKey: string): Promise<string | null> {
+    return Promise.resolve(this.lockOf(lockKey, Date.now())?.holder ?? null);
+  }
+
+  // ---- reading and changing tasks (TaskResult) ----
+
+  read(keys: QueueKeys, id: string, fields: readonly string[]): Promise<(string | null)[]> {
+    const record = this.entries.get(keys.task(id))?.record;
+    return Promise.resolve(fields.map((f) => record?.[f] ?? null));
+  }
+
+  readAll(keys: QueueKeys, id: string): Promise<Record<string, string>> {
+    return Promise.resolve({ ...this.entries.get(keys.task(id))?.record });
+  }
+
+  watch(keys: QueueKeys, id: string): Promise<Watch> {
+    const key = keys.task(id);
+    let set = this.watchers.get(key);
+    if (!set) {
+      set = new Set();
+      this.watchers.set(key, set);
+    }
+    const listeners = set;
+    let wake: (() => void) | undefined;
+    let fired = false;
+    const fire = (): void => {
+      fired = true;
+      wake?.();
+    };
+    listeners.add(fire);
+    return Promise.resolve({
+      next: (ms: number) =>
+        new Promise<void>((resolve) => {
+          if (fired) {
+            fired = false;
+            resolve();
+            return;
+          }
+          const timer = setTimeout(done, ms);
+          function done(): void {
+            clearTimeout(timer);
+            wake = undefined;
+            fired = false;
+            resolve();
+          }
+          wake = done;
+        }),
+      close: () => {
+        listeners.delete(fire);
+        if (listeners.size === 0) this.watchers.delete(key);
+      },
+    });
+  }
+
+  /** revoke-3.lua's transitions. */
+  revoke(keys: QueueKeys, id: string, terminate: boolean): Promise<TaskState> {
+    const entry = this.entries.get(keys.task(id));
+    const state = entry?.record[FIELDS.state] as TaskState | undefined;
+    if (!entry || state === undefined) return Promise.resolve('PENDING');
+    if (FINAL_STATES.has(state)) return Promise.resolve(state);
+    const run = entry.run;
+    if (state !== 'STARTED' || !run) {
+      // No event: with Redis no worker ever sees a task revoked before it started.
+      this.cancel(entry);
+      this.end(entry, 'REVOKED', { [FIELDS.revokeReason]: 'revoked' });
+      return Promise.resolve('REVOKED');
+    }
+    const stop = new TaskRevokedError(id, 'revoked');
+    if (terminate) {
+      run.released = true;
+      entry.run = undefined;
+      this.end(entry, 'REVOKED', { [FIELDS.revokeReason]: 'revoked' });
+      this.emitRevoked(entry, 'revoked');
+      // The worker hears of it on the revoke channel, after the revoke's reply.
+      queueMicrotask(() => abortRun(run, stop));
+      return Promise.resolve('REVOKED');
+    }
+    entry.record[FIELDS.revokeRequested] = 'revoked';
+    queueMicrotask(() => abortRun(run, stop));
+    return Promise.resolve('STARTED');
+  }
+
+  forget(keys: QueueKeys, id: string): Promise<boolean> {
+    const key = keys.task(id);
+    const state = this.entries.get(key)?.record[FIELDS.state] as TaskState | undefined;
+    if (state !== undefined && !FINAL_STATES.has(state)) return Promise.resolve(false);
+    this.entries.delete(key);
+    return Promise.resolve(true);
+  }
+
+  // ---- for drain() and close() ----
+
+  /** Tasks not ended: running, due now, or waiting for a timer (with when it is due). */
+  pending(): { running: number; due: number; delayed: { id: string; queue: string; dueAt: number }[] } {
+    let running = 0;
+    let due = 0;
+    const delayed: { id: string; queue: string; dueAt: number }[] = [];
+    for (const e of this.entries.values()) {
+      if (e.run) running++;
+      else if (e.queued) due++;
+      else if (e.timer !== undefined) delayed.push({ id: e.id, queue: e.keys.queue, dueAt: e.dueAt ?? 0 });
+    }
+    return { running, due, delayed };
+  }
+
+  /** The task name of a task, or '?'. */
+  nameOf(queue: string, id: string): string {
+    for (const e of this.entries.values()) if (e.id === id && e.keys.queue === queue) return e.record[FIELDS.name] ?? '?';
+    return '?';
+  }
+
+  /** Calls `listener` on every change of any task until the returned function is called. */
+  onChange(listener: () => void): () => void {
+    this.changed.add(listener);
+    return () => this.changed.delete(listener);
+  }
+
+  /**
+   * Refuses new tasks, drops the scheduled ones (they stay PENDING or RETRY) and waits up to
+   * `timeoutMs` for the running ones; those still running then get their AbortSignal fired
+   * with a WorkerShutdownError and are let go (their record stays STARTED).
+   */
+  async close(timeoutMs = 5_000): Promise<void> {
+    this.closed = true;
+    for (const e of this.entries.values()) this.cancel(e);
+    const deadline = Date.now() + timeoutMs;
+    while (this.pending().running > 0 && Date.now() < deadline) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(finish, Math.max(1, deadline - Date.now()));
+        const stop = this.onChange(finish);
+        function finish(): void {
+          clearTimeout(timer);
+          stop();
+          resolve();
+        }
+      });
+    }
+    for (const e of this.entries.values()) {
+      const run = e.run;
+      if (!run) continue;
+      run.released = true;
+      e.run = undefined;
+      abortRun(run, new WorkerShutdownError(INLINE_WORKER_ID));
+    }
+    this.changed.clear();
+  }
+
+  // ---- running ----
+
+  private lockOf(lockKey: string, now: number): Lock | undefined {
+    const lock = this.locks.get(lockKey);
+    if (lock && lock.expiresAt <= now) {
+      this.locks.delete(lockKey);
+      return undefined;
+    }
+    return lock;
+  }
+
+  private releaseLock(entry: Entry): void {
+    const lockKey = entry.record[FIELDS.lockKey];
+    if (lockKey === undefined || entry.record[FIELDS.lockWaitForExpiry] === '1') return;
+    if (this.locks.get(lockKey)?.holder === entry.id) this.locks.delete(lockKey);
+  }
+
+  private schedule(entry: Entry, dueAt: number, now: number): void {
+    if (this.closed) return;
+    if (dueAt > now) {
+      entry.record[FIELDS.due] = String(dueAt);
+      entry.dueAt = dueAt;
+      entry.timer = setTimeout(() => {
+        entry.timer = undefined;
+        entry.dueAt = undefined;
+        this.start(entry);
+      }, dueAt - now);
+    } else {
+      entry.queued = true;
+      queueMicrotask(() => {
+        if (!entry.queued) return;
+        entry.queued = false;
+        this.start(entry);
+      });
+    }
+    this.notifyChange();
+  }
+
+  private cancel(entry: Entry): void {
+    if (entry.timer !== undefined) clearTimeout(entry.timer);
+    entry.timer = undefined;
+    entry.dueAt = undefined;
+    entry.queued = false;
+  }
+
+  /** start-tasks.lua's checks, then the run. */
+  private start(entry: Entry): void {
+    const r = entry.record;
+    if (this.closed || (r[FIELDS.state] !== 'PENDING' && r[FIELDS.state] !== 'RETRY')) return;
+    const now = Date.now();
+    const expires = Number(r[FIELDS.expires] ?? 0);
+    if (expires > 0 && expires <= now) {
+      this.end(entry, 'REVOKED', { [FIELDS.revokeReason]: 'expired' });
+      this.emitRevoked(entry, 'expired');
+      return;
+    }
+    const lockKey = r[FIELDS.lockKey];
+    if (lockKey !== undefined) {
+      const held = this.lockOf(lockKey, now);
+      if (held && held.holder !== entry.id) {
+        // Another task took the lock after this one's lapsed: this one ends, the lock stays.
+        delete r[FIELDS.lockKey];
+        this.end(entry, 'REVOKED', { [FIELDS.revokeReason]: 'duplicate' });
+        this.emitRevoked(entry, 'duplicate');
+        return;
+      }
+      this.locks.set(lockKey, { holder: entry.id, expiresAt: now + Number(r[FIELDS.lockTtl] ?? 0) });
+    }
+    const rateKey = r[FIELDS.rateKey];
+    if (rateKey !== undefined) {
+      const limit = Number(r[FIELDS.rateLimit]);
+      const periodMs = Number(r[FIELDS.ratePeriod]);
+      const starts = (this.windows.get(rateKey) ?? []).filter((t) => t > now - periodMs);
+      this.windows.set(rateKey, starts);
+      if (starts.length >= limit) {
+        const delayMs = Math.max(1, starts[0]! + periodMs - now);
+        this.emit('rateLimited', { id: entry.id, name: r[FIELDS.name] ?? '', queue: entry.keys.queue, args: safeArgs(r[FIELDS.args] ?? ''), delayMs });
+        this.schedule(entry, now + delayMs, now);
+        return;
+      }
+      starts.push(now);
+    }
+    const name = r[FIELDS.name] ?? '';
+    const def = taskByName(name);
+    if (!def || !this.services.serves(def)) {
+      const error = toRemoteError(
+        new UnknownTaskError(
+          def
+            ? `no task named '${name}' is served by this inline app: add ${def.className} (or an instance of it) to services, or pass resolve`
+            : `no task named '${name}' is registered in this process; inline tasks run here, so the class that declares it must be imported`,
+        ),
+      );
+      this.end(entry, 'FAILURE', { [FIELDS.error]: JSON.stringify(error) });
+      this.emit('failed', { id: entry.id, name, queue: entry.keys.queue, args: safeArgs(r[FIELDS.args] ?? ''), attempt: 0, error, runtimeMs: 0 });
+      return;
+    }
+    const attempt = Number(r[FIELDS.attempts] ?? 0) + 1;
+    const token = randomBytes(6).toString('hex');
+    r[FIELDS.state] = 'STARTED';
+    r[FIELDS.attempts] = String(attempt);
+    r[FIELDS.startedAt] = String(now);
+    r[FIELDS.worker] = INLINE_WORKER_ID;
+    r[FIELDS.token] = token;
+    const task: StartedRun = {
+      id: entry.id,
+      name,
+      argsJson: r[FIELDS.args] ?? '',
+      attempt,
+      timeLimitMs: r[FIELDS.timeLimit] === undefined ? undefined : Number(r[FIELDS.timeLimit]),
+      retries: Number(r[FIELDS.retries] ?? 0),
+      token,
+      carriesLock: lockKey !== undefined,
+      carriesRate: rateKey !== undefined,
+      carriesRecoveries: r[FIELDS.maxRecoveries] !== undefined,
+    };
+    const run: InlineRun = { runner: { keys: entry.keys }, task, released: false };
+    entry.run = run;
+    this.notifyChange();
+    void execute(run, def, this.host).catch((err: unknown) => this.host.reportError(err));
+  }
+
+  /** finish-task.lua's rules for a run's end. */
+  private finished(run: InlineRun, finish: Finish): void {
+    const entry = this.entries.get(run.runner.keys.task(run.task.id));
+    if (run.released || !entry || entry.run !== run) {
+      finish.stored({ kind: 'stale', state: entry?.record[FIELDS.state] as TaskState | undefined });
+      return;
+    }
+    run.released = true;
+    entry.run = undefined;
+    const r = entry.record;
+    const revoke = r[FIELDS.revokeRequested] as RevokeReason | undefined;
+    const value = finish.field === '' ? {} : { [finish.field]: finish.value };
+    if (revoke !== undefined && finish.state !== 'SUCCESS') {
+      this.end(entry, 'REVOKED', { [FIELDS.revokeReason]: revoke });
+      finish.stored({ kind: 'stored', state: 'REVOKED' });
+      return;
+    }
+    if (finish.state === 'RETRY') {
+      const now = Date.now();
+      Object.assign(r, value);
+      r[FIELDS.state] = 'RETRY';
+      r[FIELDS.retries] = String(Number(r[FIELDS.retries] ?? 0) + 1);
+      this.schedule(entry, now + finish.retryDelayMs, now);
+      finish.stored({ kind: 'stored', state: 'RETRY' });
+      this.notifyTask(entry);
+      return;
+    }
+    this.end(entry, finish.state, value);
+    finish.stored({ kind: 'stored', state: finish.state });
+  }
+
+  /** Ends a task: its state and fields, its lock released (unless kept until it lapses), its waiters woken. */
+  private end(entry: Entry, state: 'SUCCESS' | 'FAILURE' | 'REVOKED', fields: Record<string, string>): void {
+    Object.assign(entry.record, fields);
+    entry.record[FIELDS.state] = state;
+    entry.record[FIELDS.finishedAt] = String(Date.now());
+    this.releaseLock(entry);
+    this.notifyTask(entry);
+  }
+
+  private notifyTask(entry: Entry): void {
+    for (const fire of this.watchers.get(entry.keys.task(entry.id)) ?? []) fire();
+    this.notifyChange();
+  }
+
+  private notifyChange(): void {
+    for (const listener of [...this.changed]) listener();
+  }
+
+  private emitRevoked(entry: Entry, reason: RevokeReason): void {
+    const r = entry.record;
+    this.emit('revoked', { id: entry.id, name: r[FIELDS.name] ?? '', queue: entry.keys.queue, args: safeArgs(r[FIELDS.args] ?? ''), reason });
+  }
+
+  private emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void {
+    if (event === 'error' && this.events.listenerCount('error') === 0) {
+      console.error('[heimdall-tasks] inline:', toRemoteError(args[0]).message);
+      return;
+    }
+    try {
+      this.events.emit(event, ...args);
+    } catch (err) {
+      // A throwing listener must not stop the other runs.
+      if (event !== 'error') this.emit('error', err instanceof Error ? err : new Error(toRemoteError(err).message));
+    }
+  }
+}
