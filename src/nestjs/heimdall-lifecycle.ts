@@ -2,9 +2,11 @@ import type { OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/comm
 import type { DiscoveryService, MetadataScanner, ModuleRef } from '@nestjs/core';
 import type { Dispatcher } from '../core/producer/dispatcher.js';
 import { Worker } from '../core/worker/worker.js';
-import type { Duration } from '../core/task/durations.js';
+import { toMillis, type Duration } from '../core/task/durations.js';
+import type { InlineTransport } from '../testing/inline.js';
+import type { TaskEventSource } from '../testing/drain.js';
 import type { HeimdallModuleOptions } from './heimdall-options.js';
-import { exploreProviders, heimdallLogger as logger } from './task-explorer.js';
+import { exploreProviders, heimdallLogger as logger, type ExploredProviders } from './task-explorer.js';
 
 /**
  * Starts the worker when the application has bootstrapped and closes it, then the dispatcher,
@@ -18,6 +20,7 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
   constructor(
     private readonly options: HeimdallModuleOptions,
     private readonly dispatcher: Dispatcher,
+    private readonly inline: InlineTransport | null,
     private readonly discovery: DiscoveryService,
     private readonly scanner: MetadataScanner,
     private readonly moduleRef: ModuleRef,
@@ -43,17 +46,41 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
   }
 
   private async startWorker(): Promise<void> {
-    if (this.options.worker === false) return;
-    const { closeTimeout, ...workerOptions } = this.options.worker ?? {};
+    const options = this.options;
+    if (options.worker === false) return;
+    if (options.inline === true) {
+      this.startInline(this.inline!, options.worker?.closeTimeout);
+      return;
+    }
+    const { closeTimeout, ...workerOptions } = options.worker ?? {};
     const explored = exploreProviders(this.discovery, this.scanner, this.moduleRef);
     if (explored.services.length === 0) {
       logger.warn('no provider has @Task methods: the worker is not started (set worker: false for a producer-only application)');
       return;
     }
-    const worker = new Worker({ ...workerOptions, connection: this.options.connection, prefix: this.options.prefix, services: explored.services });
+    const worker = new Worker({ ...workerOptions, connection: options.connection, prefix: options.prefix, services: explored.services });
     worker.on('error', (err) => logger.error(`worker ${worker.id}: ${err.message}`, err.stack));
-    for (const listener of explored.listeners) {
-      worker.on(listener.event, (payload: unknown) => {
+    this.listen(worker, explored.listeners);
+    this.worker = worker;
+    this.closeTimeout = closeTimeout;
+    await worker.start();
+    logger.log(`worker ${worker.id} started on ${worker.queues.join(', ')}: ${explored.classes.join(', ')}`);
+  }
+
+  /** Inline mode: the providers run the tasks in this process; no worker. */
+  private startInline(inline: InlineTransport, closeTimeout: Duration | undefined): void {
+    const explored = exploreProviders(this.discovery, this.scanner, this.moduleRef);
+    inline.on('error', (err) => logger.error(`inline: ${err.message}`, err.stack));
+    this.listen(inline, explored.listeners);
+    this.closeTimeout = closeTimeout;
+    inline.serve(explored.services);
+    logger.log(`inline mode: tasks run in this process, without Redis: ${explored.classes.join(', ') || 'no provider has @Task methods'}`);
+  }
+
+  /** Calls the `@OnTaskEvent` methods on the events of the worker (or the inline engine). */
+  private listen(source: TaskEventSource, listeners: ExploredProviders['listeners']): void {
+    for (const listener of listeners) {
+      source.on(listener.event, (payload: unknown) => {
         const fail = (err: unknown): void => logger.error(`@OnTaskEvent('${listener.event}') ${listener.owner} threw: ${String(err)}`);
         try {
           const returned = listener.call(payload);
@@ -63,10 +90,6 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
         }
       });
     }
-    this.worker = worker;
-    this.closeTimeout = closeTimeout;
-    await worker.start();
-    logger.log(`worker ${worker.id} started on ${worker.queues.join(', ')}: ${explored.classes.join(', ')}`);
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -74,6 +97,7 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
     this.worker = undefined;
     try {
       if (worker) await worker.close({ timeout: this.closeTimeout });
+      if (this.inline) await this.inline.close(this.closeTimeout === undefined ? Infinity : toMillis(this.closeTimeout, 'worker.closeTimeout'));
     } finally {
       // Last: providers may still dispatch while the worker's running tasks end.
       await this.dispatcher.close();

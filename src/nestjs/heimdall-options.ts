@@ -6,6 +6,9 @@ import type { WorkerOptions } from '../core/worker/worker-options.js';
 /** Injection token of the resolved `HeimdallModuleOptions` (internal to the module). */
 export const HEIMDALL_OPTIONS = Symbol.for('heimdall-tasks.nestjs.options');
 
+/** Injection token of the inline mode's engine, or null on Redis (internal to the module). */
+export const HEIMDALL_INLINE = Symbol.for('heimdall-tasks.nestjs.inline');
+
 /**
  * The worker of a Nest application. Every `WorkerOptions` field except `connection` and `prefix`
  * (taken from the module) and `services` / `resolve` (the module finds the providers with `@Task`
@@ -24,7 +27,12 @@ export interface HeimdallWorkerOptions extends Omit<WorkerOptions, 'connection' 
 export type HeimdallDispatcherOptions = Omit<DispatcherOptions, 'connection' | 'prefix'>;
 
 /** Options of `HeimdallModule.forRoot()`, and what the factory of `forRootAsync()` returns. */
-export interface HeimdallModuleOptions extends ConnectionOptions {
+export type HeimdallModuleOptions = HeimdallRedisOptions | HeimdallInlineOptions;
+
+/** The module on Redis: a Dispatcher, and a Worker unless `worker: false`. */
+export interface HeimdallRedisOptions extends ConnectionOptions {
+  /** Inline mode instead: see {@link HeimdallInlineOptions}. Default: false. */
+  inline?: false;
   /**
    * The worker that runs the `@Task` methods of this application's providers, started on
    * `onApplicationBootstrap` and closed on `onApplicationShutdown`; `false` for a producer-only
@@ -50,4 +58,24 @@ export interface HeimdallModuleAsyncOptions<A extends unknown[] = never[]> exten
   inject?: (InjectionToken | OptionalFactoryDependency)[];
   /** Builds the options, e.g. from a ConfigService. */
   useFactory: (...args: A) => HeimdallModuleOptions | Promise<HeimdallModuleOptions>;
+}
+
+/**
+ * The module in inline mode (Celery's `task_always_eager`), for tests: no Redis and no Worker.
+ * The injected Dispatcher and `@InjectTasks` handles run each task in this process on the
+ * container's providers, with the same call checks, unique locks and rate windows kept in
+ * memory (heimdall-tasks/testing's inline mode; docs/testing.md lists where it differs).
+ * Tasks sent before the application's bootstrap start once it has bootstrapped.
+ */
+export interface HeimdallInlineOptions {
+  inline: true;
+  /** Prefix the task ids and unique locks are named under. Default: `'heimdall'`. */
+  prefix?: string;
+  /** Options of the injectable Dispatcher. Default: `{}`. */
+  dispatcher?: HeimdallDispatcherOptions;
+  /**
+   * `false`: tasks are accepted but never run (a producer-only application). Otherwise only
+   * `closeTimeout` is used: how long shutdown waits for running tasks. Default: `{}`.
+   */
+  worker?: Pick<HeimdallWorkerOptions, 'closeTimeout'> | false;
 }

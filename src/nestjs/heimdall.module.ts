@@ -1,9 +1,10 @@
 import type { DynamicModule, Provider } from '@nestjs/common';
 import { DiscoveryModule, DiscoveryService, MetadataScanner, ModuleRef } from '@nestjs/core';
-import { Dispatcher } from '../core/producer/dispatcher.js';
+import { DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, dispatcherOver } from '../core/producer/dispatcher.js';
+import { InlineTransport } from '../testing/inline.js';
 import { ConfigError } from '../core/errors.js';
 import { HeimdallLifecycle } from './heimdall-lifecycle.js';
-import { HEIMDALL_OPTIONS, type HeimdallModuleAsyncOptions, type HeimdallModuleOptions, type HeimdallModuleScope } from './heimdall-options.js';
+import { HEIMDALL_INLINE, HEIMDALL_OPTIONS, type HeimdallModuleAsyncOptions, type HeimdallModuleOptions, type HeimdallModuleScope } from './heimdall-options.js';
 import { taskTokens } from './inject-tasks.decorator.js';
 
 /**
@@ -18,7 +19,7 @@ import { taskTokens } from './inject-tasks.decorator.js';
 export class HeimdallModule {
   /** The module with options known now. Global unless `global: false`. */
   static forRoot(options: HeimdallModuleOptions & HeimdallModuleScope): DynamicModule {
-    if (typeof options !== 'object' || options === null) throw new ConfigError('HeimdallModule.forRoot() needs { connection }');
+    if (typeof options !== 'object' || options === null) throw new ConfigError('HeimdallModule.forRoot() needs { connection } (or { inline: true })');
     const { global, ...heimdall } = options;
     return build({ provide: HEIMDALL_OPTIONS, useValue: heimdall }, [], global);
   }
@@ -39,15 +40,34 @@ function build(optionsProvider: Provider, imports: NonNullable<DynamicModule['im
   const fixed: Provider[] = [
     optionsProvider,
     {
-      provide: Dispatcher,
-      useFactory: (o: HeimdallModuleOptions) => new Dispatcher({ ...o.dispatcher, connection: o.connection, prefix: o.prefix }),
+      provide: HEIMDALL_INLINE,
+      useFactory: (o: HeimdallModuleOptions): InlineTransport | null => {
+        if (o.inline !== undefined && typeof o.inline !== 'boolean') throw new ConfigError(`HeimdallModule: inline must be true or false, got ${typeof o.inline}`);
+        if (o.inline !== true) return null;
+        // Held until the bootstrap has found the providers that run the tasks.
+        return new InlineTransport({ services: [], resolve: undefined, maxPayloadBytes: o.dispatcher?.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES, held: true });
+      },
       inject: [HEIMDALL_OPTIONS],
     },
     {
+      provide: Dispatcher,
+      useFactory: (o: HeimdallModuleOptions, inline: InlineTransport | null) =>
+        inline !== null || o.inline === true
+          ? dispatcherOver(inline!, { ...o.dispatcher, prefix: o.prefix })
+          : new Dispatcher({ ...o.dispatcher, connection: o.connection, prefix: o.prefix }),
+      inject: [HEIMDALL_OPTIONS, HEIMDALL_INLINE],
+    },
+    {
       provide: HeimdallLifecycle,
-      useFactory: (o: HeimdallModuleOptions, d: Dispatcher, discovery: DiscoveryService, scanner: MetadataScanner, moduleRef: ModuleRef) =>
-        new HeimdallLifecycle(o, d, discovery, scanner, moduleRef),
-      inject: [HEIMDALL_OPTIONS, Dispatcher, DiscoveryService, MetadataScanner, ModuleRef],
+      useFactory: (
+        o: HeimdallModuleOptions,
+        d: Dispatcher,
+        inline: InlineTransport | null,
+        discovery: DiscoveryService,
+        scanner: MetadataScanner,
+        moduleRef: ModuleRef,
+      ) => new HeimdallLifecycle(o, d, inline, discovery, scanner, moduleRef),
+      inject: [HEIMDALL_OPTIONS, Dispatcher, HEIMDALL_INLINE, DiscoveryService, MetadataScanner, ModuleRef],
     },
   ];
   const taskProviders = (): Provider[] =>

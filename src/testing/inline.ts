@@ -47,9 +47,12 @@ interface Lock {
 
 /** What `InlineTransport` was made with. */
 export interface InlineSettings {
+  /** The services tasks run on; undefined: any registered class, built with `resolve` or `new`. */
   services: readonly object[] | undefined;
   resolve: ((cls: Constructor) => object | Promise<object>) | undefined;
   maxPayloadBytes: number;
+  /** Start nothing until `serve()` names the services (a Nest application before its bootstrap). Default: false. */
+  held?: boolean;
 }
 
 /**
@@ -69,13 +72,16 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   private readonly watchers = new Map<string, Set<() => void>>();
   /** Called on every change of any task (drain waits on it). */
   private readonly changed = new Set<() => void>();
-  private readonly services: ServiceDirectory;
+  private services: ServiceDirectory;
   private readonly host: ExecutionHost<InlineRun>;
   private closed = false;
+  private closing: Promise<void> | undefined;
+  private held: boolean;
 
-  constructor(private readonly settings: InlineSettings) {
+  constructor(settings: InlineSettings) {
     const fallback = settings.services === undefined ? (cls: Constructor): object => new (cls as new () => object)() : undefined;
     this.services = new ServiceDirectory(settings.services ?? [], settings.resolve ?? fallback, INLINE_WORKER_ID);
+    this.held = settings.held === true;
     this.host = {
       workerId: INLINE_WORKER_ID,
       resultExpiresMs: DEFAULT_RESULT_EXPIRES_MS,
@@ -97,6 +103,20 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this {
     this.events.off(event, listener as (...args: unknown[]) => void);
     return this;
+  }
+
+  /**
+   * Runs tasks on these services from now on (a Nest application's providers, found at its
+   * bootstrap), and starts what was sent while the transport was held.
+   */
+  serve(services: readonly object[], resolve?: (cls: Constructor) => object | Promise<object>): void {
+    this.services = new ServiceDirectory(services, resolve, INLINE_WORKER_ID);
+    if (!this.held) return;
+    this.held = false;
+    const now = Date.now();
+    for (const e of this.entries.values()) {
+      if (!e.run && e.timer === undefined && !e.queued && !FINAL_STATES.has(e.record[FIELDS.state] as TaskState)) this.schedule(e, now, now);
+    }
   }
 
   client(): RedisClient {
@@ -252,16 +272,22 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
 
   /**
    * Refuses new tasks, drops the scheduled ones (they stay PENDING or RETRY) and waits up to
-   * `timeoutMs` for the running ones; those still running then get their AbortSignal fired
+   * `timeoutMs` (Infinity: as long as they take) for the running ones; those still running then get their AbortSignal fired
    * with a WorkerShutdownError and are let go (their record stays STARTED).
    */
-  async close(timeoutMs = 5_000): Promise<void> {
+  close(timeoutMs = 5_000): Promise<void> {
+    this.closing ??= this.shutDown(timeoutMs);
+    return this.closing;
+  }
+
+  private async shutDown(timeoutMs: number): Promise<void> {
     this.closed = true;
     for (const e of this.entries.values()) this.cancel(e);
     const deadline = Date.now() + timeoutMs;
     while (this.pending().running > 0 && Date.now() < deadline) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(finish, Math.max(1, deadline - Date.now()));
+        // No timer without a deadline (setTimeout would read Infinity as 1 ms).
+        const timer = Number.isFinite(deadline) ? setTimeout(finish, Math.max(1, deadline - Date.now())) : undefined;
         const stop = this.onChange(finish);
         function finish(): void {
           clearTimeout(timer);
@@ -328,7 +354,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   /** start-tasks.lua's checks, then the run. */
   private start(entry: Entry): void {
     const r = entry.record;
-    if (this.closed || (r[FIELDS.state] !== 'PENDING' && r[FIELDS.state] !== 'RETRY')) return;
+    if (this.closed || this.held || (r[FIELDS.state] !== 'PENDING' && r[FIELDS.state] !== 'RETRY')) return;
     const now = Date.now();
     const expires = Number(r[FIELDS.expires] ?? 0);
     if (expires > 0 && expires <= now) {

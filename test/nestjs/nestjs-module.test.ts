@@ -205,6 +205,65 @@ describe('Test.createTestingModule', () => {
   });
 });
 
+@Injectable()
+class EarlyBird {
+  sent: Promise<unknown> | undefined;
+  constructor(@InjectTasks(Billing) private readonly billing: TaskProxy<Billing>) {}
+
+  /** Dispatches before the application has bootstrapped. */
+  onModuleInit(): void {
+    this.sent = this.billing.invoice.delay(2);
+  }
+}
+
+describe('HeimdallModule.forRoot({ inline: true })', () => {
+  it('runs the tasks on the container providers in this process, without Redis: dependencies, events, scopes, early dispatches', async () => {
+    const moduleRef = await Test.createTestingModule({
+      imports: [HeimdallModule.forRoot({ inline: true })],
+      providers: [Pricing, Billing, Shop, Observer, PerTask, EarlyBird],
+    }).compile();
+    open.push(moduleRef);
+    await moduleRef.init();
+    const dispatcher = moduleRef.get(Dispatcher);
+    expect(dispatcher).toBeInstanceOf(CoreDispatcher);
+    expect(() => dispatcher.client).toThrow(/no Redis client/);
+    expect(moduleRef.get(HeimdallLifecycle).currentWorker).toBeUndefined();
+
+    const early = (await moduleRef.get(EarlyBird).sent) as Awaited<ReturnType<TaskProxy<Billing>['invoice']['delay']>>;
+    expect(await early.get({ timeout: 5 })).toEqual({ total: 6 });
+    const handle = await moduleRef.get(Shop).billing.invoice.delay(5);
+    expect(await handle.get({ timeout: 5 })).toEqual({ total: 15 });
+    expect((await handle.info()).worker).toBe('inline');
+
+    const refused = await moduleRef.get(Shop).billing.refuse.delay('no stock');
+    await expect(refused.get({ timeout: 5 })).rejects.toThrow(/refused: no stock/);
+    const observer = moduleRef.get(Observer);
+    await waitFor(() => observer.failed.find((e) => e.id === refused.id), { what: 'the failed event' });
+    expect(observer.started.map((e) => e.id)).toEqual(expect.arrayContaining([early.id, handle.id, refused.id]));
+
+    const [a, b] = await Promise.all([dispatcher.tasks(PerTask).whoAmI.delay(), dispatcher.tasks(PerTask).whoAmI.delay()]);
+    const [ra, rb] = await Promise.all([a.get({ timeout: 5 }), b.get({ timeout: 5 })]);
+    expect(ra.taskId).toBe(a.id);
+    expect(ra.serial).not.toBe(rb.serial);
+  });
+
+  it('shutdown waits for a running inline task, then closes the dispatcher', async () => {
+    const moduleRef = await Test.createTestingModule({
+      imports: [HeimdallModule.forRoot({ inline: true, worker: { closeTimeout: 10 } })],
+      providers: [Pricing, Billing],
+    }).compile();
+    await moduleRef.init();
+    const dispatcher = moduleRef.get(Dispatcher);
+    const slow = await dispatcher.tasks(Billing).slow.delay(4);
+    await waitFor(async () => (await slow.status()) === 'STARTED', { what: 'the slow task to start' });
+    const closing = moduleRef.close();
+    held.gate.open();
+    await closing;
+    expect(await slow.status()).toBe('SUCCESS');
+    await expect(dispatcher.tasks(Billing).invoice.delay(1)).rejects.toThrow(/closed/);
+  });
+});
+
 describe('a producer-only HTTP app and a worker-only app on one prefix', () => {
   @Controller('invoices')
   class InvoiceController {
