@@ -9,6 +9,7 @@ export default defineConfig({
       { find: /^heimdall-tasks$/, replacement: fileURLToPath(new URL('./src/index.ts', import.meta.url)) },
       { find: /^heimdall-tasks\/testing$/, replacement: fileURLToPath(new URL('./src/testing/index.ts', import.meta.url)) },
       { find: /^heimdall-tasks\/nestjs$/, replacement: fileURLToPath(new URL('./src/nestjs/index.ts', import.meta.url)) },
+      { find: /^heimdall-tasks\/vite$/, replacement: fileURLToPath(new URL('./src/vite/index.ts', import.meta.url)) },
     ],
   },
   test: {

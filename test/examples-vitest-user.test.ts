@@ -34,7 +34,7 @@ describe('examples/vitest-user', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('installs heimdall-tasks from its packed tarball and its own vitest suite passes', { timeout: 180_000 }, async () => {
-    const built = ['dist/esm/testing/index.js', 'dist/cjs/testing/index.js', 'dist/esm/index.js'].filter((f) => !existsSync(join(ROOT, f)));
+    const built = ['dist/esm/testing/index.js', 'dist/cjs/testing/index.js', 'dist/esm/index.js', 'dist/esm/vite/index.js'].filter((f) => !existsSync(join(ROOT, f)));
     expect(built, 'the package is not built: run `npm run build` (npm ci does it through `prepare`)').toEqual([]);
 
     // --ignore-scripts: packing must not rebuild dist while other test files run.
@@ -53,6 +53,7 @@ describe('examples/vitest-user', () => {
     // The installed copy is the packed one, with its testing entry, not a link into this repo.
     const installed = join(app, 'node_modules', 'heimdall-tasks');
     expect(existsSync(join(installed, 'dist', 'cjs', 'testing', 'index.d.ts'))).toBe(true);
+    expect(existsSync(join(installed, 'dist', 'esm', 'vite', 'index.js'))).toBe(true);
     expect(readdirSync(installed)).not.toContain('test');
 
     const report = join(dir, 'report.json');
@@ -60,12 +61,21 @@ describe('examples/vitest-user', () => {
     const result = JSON.parse(readFileSync(report, 'utf8')) as {
       numPassedTests: number;
       numFailedTests: number;
-      testResults: { assertionResults: { title: string; status: string }[] }[];
+      testResults: { assertionResults: { title: string; status: string; ancestorTitles?: string[] }[] }[];
     };
     expect(result.numFailedTests).toBe(0);
     expect(result.testResults.flatMap((f) => f.assertionResults.map((a) => `${a.status} ${a.title}`)).sort()).toEqual([
       'passed gets a fresh prefix in every test',
+      'passed gets a fresh prefix in every test',
       'passed invoices once per customer while one is queued, and runs the reminders queue too',
+      'passed invoices once per customer while one is queued, and runs the reminders queue too',
+    ]);
+    // Both modes ran: on the globalSetup's Redis, and inline.
+    expect(result.testResults.flatMap((f) => f.assertionResults.map((a) => (a.ancestorTitles ?? []).join(' '))).sort()).toEqual([
+      "BillingService tasks ('inline')",
+      "BillingService tasks ('inline')",
+      "BillingService tasks ('redis')",
+      "BillingService tasks ('redis')",
     ]);
   });
 });

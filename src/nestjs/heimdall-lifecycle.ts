@@ -3,8 +3,8 @@ import type { DiscoveryService, MetadataScanner, ModuleRef } from '@nestjs/core'
 import type { Dispatcher } from '../core/producer/dispatcher.js';
 import { Worker } from '../core/worker/worker.js';
 import { toMillis, type Duration } from '../core/task/durations.js';
-import type { InlineTransport } from '../testing/inline.js';
-import type { TaskEventSource } from '../testing/drain.js';
+import type { InlineTransport } from '../core/inline/inline-transport.js';
+import type { TaskEventSource } from '../core/worker/worker-options.js';
 import type { HeimdallModuleOptions } from './heimdall-options.js';
 import { exploreProviders, heimdallLogger as logger, type ExploredProviders } from './task-explorer.js';
 

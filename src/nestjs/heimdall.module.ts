@@ -1,7 +1,7 @@
 import type { DynamicModule, Provider } from '@nestjs/common';
 import { DiscoveryModule, DiscoveryService, MetadataScanner, ModuleRef } from '@nestjs/core';
 import { DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, dispatcherOver } from '../core/producer/dispatcher.js';
-import { InlineTransport } from '../testing/inline.js';
+import { InlineTransport } from '../core/inline/inline-transport.js';
 import { ConfigError } from '../core/errors.js';
 import { HeimdallLifecycle } from './heimdall-lifecycle.js';
 import { HEIMDALL_INLINE, HEIMDALL_OPTIONS, type HeimdallModuleAsyncOptions, type HeimdallModuleOptions, type HeimdallModuleScope } from './heimdall-options.js';

@@ -5,8 +5,8 @@ import { FIELDS } from '../core/protocol/task-fields.js';
 import type { RemoteError, RevokeReason } from '../core/protocol/task-record.js';
 import { toMillis, type Duration } from '../core/task/durations.js';
 import type { Worker } from '../core/worker/worker.js';
-import type { TaskEvent, WorkerEvents } from '../core/worker/worker-options.js';
-import type { InlineTransport } from './inline.js';
+import type { TaskEvent, TaskEventSource, WorkerEvents } from '../core/worker/worker-options.js';
+import type { InlineTransport } from '../core/inline/inline-transport.js';
 
 /** Options of `app.drain()`. */
 export interface DrainOptions {
@@ -57,12 +57,6 @@ export interface DrainReport {
   ran: FinishedTask[];
   /** Tasks left for later (`delayed: 'leave'` only; otherwise empty), soonest first. */
   delayed: DelayedTask[];
-}
-
-/** What emits the Worker's events: a Worker, or an inline app's engine. */
-export interface TaskEventSource {
-  on<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): unknown;
-  off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): unknown;
 }
 
 /** Records a worker's ends, and which started runs have yet to end, for drain(). */

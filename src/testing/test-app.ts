@@ -9,7 +9,7 @@ import { discover, type Constructor } from '../core/task/registry.js';
 import { Worker } from '../core/worker/worker.js';
 import type { WorkerEvents, WorkerOptions } from '../core/worker/worker-options.js';
 import { drainApp, drainInline, TaskLog, type DrainOptions, type DrainReport } from './drain.js';
-import { InlineTransport } from './inline.js';
+import { InlineTransport } from '../core/inline/inline-transport.js';
 
 /** Options of `createTestApp()`. */
 export interface TestAppOptions {

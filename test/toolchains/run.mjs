@@ -61,9 +61,10 @@ export function prepare() {
     const common = { bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', logLevel: 'silent' };
     await esbuild.build({ ...common, entryPoints: [join(ROOT, 'src/index.ts')], outfile: join(pkg, 'index.js') });
     await esbuild.build({ ...common, entryPoints: [join(ROOT, 'src/core/task/registry.ts')], outfile: join(pkg, 'internal.js') });
+    await esbuild.build({ ...common, entryPoints: [join(ROOT, 'src/vite/index.ts')], outfile: join(pkg, 'vite.js') });
     writeFileSync(
       join(pkg, 'package.json'),
-      JSON.stringify({ name: 'heimdall-tasks', type: 'module', exports: { '.': './index.js', './internal': './internal.js' } }),
+      JSON.stringify({ name: 'heimdall-tasks', type: 'module', exports: { '.': './index.js', './internal': './internal.js', './vite': './vite.js' } }),
     );
     mkdirSync(OUT, { recursive: true });
     writeFileSync(join(OUT, 'package.json'), JSON.stringify({ type: 'module' }));
@@ -143,11 +144,12 @@ const runners = {
   'vitest-vite7': vitest(join(HERE, 'vite7'), 'vitest.config.mjs'),
   'vitest-vite8': vitest(HERE, 'vitest.config.mjs'),
   'vitest-vite8-esbuild': vitest(HERE, 'vitest.fixed.config.mjs'),
+  'vitest-vite8-plugin': vitest(HERE, 'vitest.plugin.config.mjs'),
 };
 
 /** Every leg: `<toolchain> <mode>`. vitest-vite8 tc39 is the unfixed vite 8: it fails (see docs/toolchains.md). */
 export const LEGS = [...Object.keys(builders), ...Object.keys(runners)].flatMap((t) =>
-  t === 'vitest-vite8-esbuild' ? [`${t} tc39`] : [`${t} legacy`, `${t} tc39`],
+  t === 'vitest-vite8-esbuild' || t === 'vitest-vite8-plugin' ? [`${t} tc39`] : [`${t} legacy`, `${t} tc39`],
 );
 
 /** Runs one leg; resolves to { mode, names, atDefinition, classNames } or { failed, output }. */

@@ -28,4 +28,14 @@ describe('heimdall-tasks/testing', () => {
       require: { types: './dist/cjs/testing/index.d.ts', default: './dist/cjs/testing/index.js' },
     });
   });
+
+  it('heimdall-tasks/vite is exported for import and require, with types, and loads no bundler itself', () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { exports: Record<string, unknown> };
+    expect(pkg.exports['./vite']).toEqual({
+      import: { types: './dist/esm/vite/index.d.ts', default: './dist/esm/vite/index.js' },
+      require: { types: './dist/cjs/vite/index.d.ts', default: './dist/cjs/vite/index.js' },
+    });
+    // esbuild is the user's dev dependency, loaded when the plugin first transforms a file.
+    expect(readFileSync(join(ROOT, 'src', 'vite', 'index.ts'), 'utf8')).not.toMatch(/from ['"]esbuild['"]/);
+  });
 });

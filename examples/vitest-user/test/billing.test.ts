@@ -1,9 +1,14 @@
 import { afterEach, beforeEach, describe, expect, inject, it } from 'vitest';
-import { createTestApp, type TestApp } from 'heimdall-tasks/testing';
+import { createTestApp, type TestAppBase } from 'heimdall-tasks/testing';
 import { BillingService, type Ledger } from '../src/billing-service.js';
 
-describe('BillingService tasks', () => {
-  let app: TestApp;
+// The same tests on a real Redis (the globalSetup's) and in inline mode (no Redis: tasks run in
+// this process, with unique locks and rate limits kept in memory).
+describe.each([
+  { mode: 'redis', inline: false },
+  { mode: 'inline', inline: true },
+])('BillingService tasks ($mode)', ({ inline }) => {
+  let app: TestAppBase;
   let recorded: [number, number][];
 
   beforeEach(async () => {
@@ -14,19 +19,20 @@ describe('BillingService tasks', () => {
         return `inv-${customerId}-${recorded.length}`;
       },
     };
-    // A dispatcher and a worker on a fresh key prefix, on the Redis of the globalSetup.
-    app = await createTestApp({ connection: inject('redisUrl'), services: [new BillingService(ledger)] });
+    // A dispatcher and a worker on a fresh key prefix, on the Redis of the globalSetup (or inline).
+    app = await createTestApp({ connection: inject('redisUrl'), services: [new BillingService(ledger)], inline });
   });
 
   afterEach(async () => {
-    // Closes both and deletes every key of this test's prefix.
+    // Closes both and deletes every key of this test's prefix (inline: lets running tasks end).
     await app.close();
   });
 
   it('invoices once per customer while one is queued, and runs the reminders queue too', async () => {
     const billing = app.tasks(BillingService);
-    const first = await billing.invoice.delay(7, 1999);
-    const again = await billing.invoice.delay(7, 1999);
+    // Sent together, so the second finds the first's lock in either mode (inline, a task that is
+    // sent alone may already be done when delay() resolves).
+    const [first, again] = await Promise.all([billing.invoice.delay(7, 1999), billing.invoice.delay(7, 1999)]);
     expect(again.duplicate).toBe(true);
     expect(again.id).toBe(first.id);
     const declined = await billing.invoice.delay(8, 0);

@@ -80,6 +80,12 @@ export interface WorkerEvents {
   error: [Error];
 }
 
+/** What emits the Worker's events: a Worker, or an inline dispatcher's engine. */
+export interface TaskEventSource {
+  on<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): unknown;
+  off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): unknown;
+}
+
 /** Options of `worker.close()`. */
 export interface CloseOptions {
   /**
