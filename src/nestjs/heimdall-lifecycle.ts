@@ -1,4 +1,4 @@
-import type { OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
+import type { OnApplicationBootstrap, OnApplicationShutdown, OnModuleDestroy } from '@nestjs/common';
 import type { DiscoveryService, MetadataScanner, ModuleRef } from '@nestjs/core';
 import type { Dispatcher } from '../core/producer/dispatcher.js';
 import { Worker } from '../core/worker/worker.js';
@@ -9,10 +9,14 @@ import type { HeimdallModuleOptions } from './heimdall-options.js';
 import { exploreProviders, heimdallLogger as logger, type ExploredProviders } from './task-explorer.js';
 
 /**
- * Starts the worker when the application has bootstrapped and closes it, then the dispatcher,
- * when the application shuts down. Built by a factory provider, so it needs no decorator metadata.
+ * Starts the worker when the application has bootstrapped; closes it in `onModuleDestroy`, the
+ * first shutdown phase, and the dispatcher in `onApplicationShutdown`, the last. Nest runs a
+ * global module's shutdown hooks after every other module's in each phase, so the worker has
+ * let its running tasks end before any provider's `beforeApplicationShutdown` or
+ * `onApplicationShutdown` closes what they use (docs/nestjs.md, Shutdown). Built by a factory
+ * provider, so it needs no decorator metadata.
  */
-export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationShutdown {
+export class HeimdallLifecycle implements OnApplicationBootstrap, OnModuleDestroy, OnApplicationShutdown {
   private worker: Worker | undefined;
   /** How long shutdown waits for the running tasks (the `worker.closeTimeout` option); undefined: as long as they take. */
   private closeTimeout: Duration | undefined;
@@ -58,7 +62,9 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
       logger.warn('no provider has @Task methods: the worker is not started (set worker: false for a producer-only application)');
       return;
     }
-    const worker = new Worker({ ...workerOptions, connection: options.connection, prefix: options.prefix, services: explored.services });
+    // Without `queues`, every queue the providers' tasks name (with 'default'), as createTestApp does.
+    const queues = workerOptions.queues ?? [...new Set(['default', ...explored.queues])];
+    const worker = new Worker({ ...workerOptions, queues, connection: options.connection, prefix: options.prefix, services: explored.services });
     worker.on('error', (err) => logger.error(`worker ${worker.id}: ${err.message}`, err.stack));
     this.listen(worker, explored.listeners);
     this.worker = worker;
@@ -92,12 +98,18 @@ export class HeimdallLifecycle implements OnApplicationBootstrap, OnApplicationS
     }
   }
 
-  async onApplicationShutdown(): Promise<void> {
+  /** Stops fetching and waits for the running tasks (up to `worker.closeTimeout`). */
+  async onModuleDestroy(): Promise<void> {
     const worker = this.worker;
     this.worker = undefined;
+    if (worker) await worker.close({ timeout: this.closeTimeout });
+    if (this.inline) await this.inline.close(this.closeTimeout === undefined ? Infinity : toMillis(this.closeTimeout, 'worker.closeTimeout'));
+  }
+
+  async onApplicationShutdown(): Promise<void> {
     try {
-      if (worker) await worker.close({ timeout: this.closeTimeout });
-      if (this.inline) await this.inline.close(this.closeTimeout === undefined ? Infinity : toMillis(this.closeTimeout, 'worker.closeTimeout'));
+      // Already done in onModuleDestroy, unless that hook was skipped.
+      await this.onModuleDestroy();
     } finally {
       // Last: providers may still dispatch while the worker's running tasks end.
       await this.dispatcher.close();

@@ -1,4 +1,4 @@
-import { Logger } from '@nestjs/common';
+import { Logger, type InjectionToken } from '@nestjs/common';
 import { ContextIdFactory, type DiscoveryService, type MetadataScanner, type ModuleRef } from '@nestjs/core';
 import type { InstanceWrapper } from '@nestjs/core/injector/instance-wrapper.js';
 import { currentTask, type CurrentTask } from '../core/worker/current-task.js';
@@ -26,6 +26,8 @@ export interface ExploredProviders {
   services: object[];
   /** Names of the classes, for the log. */
   classes: string[];
+  /** The queues their tasks name. */
+  queues: string[];
   listeners: TaskEventListener[];
 }
 
@@ -42,7 +44,7 @@ export function exploreProviders(discovery: DiscoveryService, scanner: MetadataS
   const seen = new Set<object>();
   // One instance can sit behind several providers (an alias, a re-provided value): listen once.
   const listening = new Set<object>();
-  const explored: ExploredProviders = { services: [], classes: [], listeners: [] };
+  const explored: ExploredProviders = { services: [], classes: [], queues: [], listeners: [] };
   for (const wrapper of discovery.getProviders()) {
     const scoped = wrapper.isTransient || !wrapper.isDependencyTreeStatic();
     if (scoped) {
@@ -51,7 +53,9 @@ export function exploreProviders(discovery: DiscoveryService, scanner: MetadataS
       const tasks = discover(cls);
       if (tasks.size === 0) continue;
       seen.add(cls);
-      explored.services.push(standIn(cls, [...tasks.keys()], moduleRef));
+      for (const def of tasks.values()) explored.queues.push(def.options.queue);
+      // Resolved by its token: a class provided under another token (a string, an abstract class) is not found by its class.
+      explored.services.push(standIn(cls, wrapper.token as InjectionToken, [...tasks.keys()], moduleRef));
       explored.classes.push(`${cls.name} (${wrapper.isTransient ? 'transient' : 'request-scoped'}: a fresh instance per task run)`);
       continue;
     }
@@ -61,7 +65,9 @@ export function exploreProviders(discovery: DiscoveryService, scanner: MetadataS
     if (typeof cls !== 'function' || cls === Object) continue;
     if (!seen.has(cls)) {
       seen.add(cls);
-      if (discover(cls).size > 0) {
+      const tasks = discover(cls);
+      if (tasks.size > 0) {
+        for (const def of tasks.values()) explored.queues.push(def.options.queue);
         explored.services.push(instance);
         explored.classes.push(cls.name);
       }
@@ -85,14 +91,14 @@ function classOf(wrapper: InstanceWrapper): Constructor | undefined {
 }
 
 /** An object of the class whose task methods each resolve a fresh instance and run on it. */
-function standIn(cls: Constructor, methods: string[], moduleRef: ModuleRef): object {
+function standIn(cls: Constructor, token: InjectionToken, methods: string[], moduleRef: ModuleRef): object {
   const stand = Object.create(cls.prototype as object) as Record<string, unknown>;
   for (const name of methods) {
     stand[name] = async (...args: unknown[]): Promise<unknown> => {
       const contextId = ContextIdFactory.create();
       const request: HeimdallTaskRequest = { task: currentTask() };
       moduleRef.registerRequestByContextId(request, contextId);
-      const instance = await moduleRef.resolve<object, Record<string, (...a: unknown[]) => unknown>>(cls, contextId, { strict: false });
+      const instance = await moduleRef.resolve<object, Record<string, (...a: unknown[]) => unknown>>(token, contextId, { strict: false });
       return instance[name]!(...args);
     };
   }

@@ -205,6 +205,91 @@ describe('Test.createTestingModule', () => {
   });
 });
 
+/** A resource closed at shutdown the way TypeORM closes its connection (onApplicationShutdown). */
+@Injectable()
+class Database {
+  open = true;
+  closedAt: 'beforeApplicationShutdown' | 'onApplicationShutdown' | undefined;
+  constructor(@Inject('db-closes-in') private readonly closesIn: 'beforeApplicationShutdown' | 'onApplicationShutdown') {}
+  beforeApplicationShutdown(): void {
+    if (this.closesIn === 'beforeApplicationShutdown') this.close();
+  }
+  onApplicationShutdown(): void {
+    if (this.closesIn === 'onApplicationShutdown') this.close();
+  }
+  private close(): void {
+    this.open = false;
+    this.closedAt = this.closesIn;
+  }
+}
+
+@Injectable()
+class Ledger {
+  constructor(@Inject(Database) private readonly db: Database) {}
+
+  @Task()
+  async post(): Promise<string> {
+    await held.gate.promise;
+    if (!this.db.open) throw new Error('db closed while the task ran');
+    return 'posted';
+  }
+
+  @Task({ queue: 'nest-ledger-audit' })
+  async audit(): Promise<string> {
+    return 'audited';
+  }
+}
+
+@Injectable()
+class PerRunByToken {
+  @Task()
+  async token(): Promise<string> {
+    return 'resolved by its token';
+  }
+}
+
+describe('shutdown order, queues and tokens', () => {
+  it.each(['beforeApplicationShutdown', 'onApplicationShutdown'] as const)(
+    'a running task ends before a provider closes what it uses in %s',
+    async (closesIn) => {
+      const prefix = newPrefix('nest-order');
+      const moduleRef = await Test.createTestingModule({
+        imports: [HeimdallModule.forRoot({ connection: redisUrl(), prefix })],
+        providers: [{ provide: 'db-closes-in', useValue: closesIn }, Database, Ledger],
+      }).compile();
+      await moduleRef.init();
+      const handle = await moduleRef.get(Dispatcher).tasks(Ledger).post.delay();
+      await waitFor(async () => (await handle.status()) === 'STARTED', { what: 'the task to start' });
+      const db = moduleRef.get(Database);
+      const closing = moduleRef.close();
+      // Whichever comes first: the database closing, or the worker being let go (it then waits for the task).
+      await waitFor(() => !db.open || moduleRef.get(HeimdallLifecycle).currentWorker === undefined, { what: 'the shutdown to begin' });
+      held.gate.open();
+      await closing;
+      expect(db.closedAt).toBe(closesIn);
+      const reader = new CoreDispatcher({ connection: redisUrl(), prefix });
+      try {
+        expect(await reader.result(handle.id).info()).toMatchObject({ state: 'SUCCESS', result: 'posted' });
+      } finally {
+        await reader.close();
+      }
+    },
+  );
+
+  it('the worker consumes every queue the providers name; a scoped provider under a string token is resolved by it', async () => {
+    const moduleRef = await Test.createTestingModule({
+      imports: [HeimdallModule.forRoot({ connection: redisUrl(), prefix: newPrefix('nest-queues') })],
+      providers: [{ provide: 'db-closes-in', useValue: 'onApplicationShutdown' }, Database, Ledger, { provide: 'PER_RUN', useClass: PerRunByToken, scope: Scope.REQUEST }],
+    }).compile();
+    open.push(moduleRef);
+    await moduleRef.init();
+    expect(moduleRef.get(HeimdallLifecycle).currentWorker?.queues).toEqual(['default', 'nest-ledger-audit']);
+    const dispatcher = moduleRef.get(Dispatcher);
+    expect(await (await dispatcher.tasks(Ledger).audit.delay()).get({ timeout: 20 })).toBe('audited');
+    expect(await (await dispatcher.tasks(PerRunByToken).token.delay()).get({ timeout: 20 })).toBe('resolved by its token');
+  });
+});
+
 @Injectable()
 class EarlyBird {
   sent: Promise<unknown> | undefined;
