@@ -1,12 +1,13 @@
-import { ConfigError, RedisRefusedError, StaleRunError, TimeoutError } from '../core/errors.js';
+import { ConfigError, fromRedis, RedisRefusedError, StaleRunError, TimeoutError } from '../core/errors.js';
 import type { RedisClient } from '../core/protocol/connection.js';
-import { QueueKeys } from '../core/protocol/queue-keys.js';
+import { KEY_NAMES, QueueKeys } from '../core/protocol/queue-keys.js';
 import { FIELDS } from '../core/protocol/task-fields.js';
 import type { RemoteError, RevokeReason } from '../core/protocol/task-record.js';
 import { toMillis, type Duration } from '../core/task/durations.js';
 import type { Worker } from '../core/worker/worker.js';
 import type { TaskEvent, TaskEventSource, WorkerEvents } from '../core/worker/worker-options.js';
 import type { InlineTransport } from '../core/inline/inline-transport.js';
+import { escapeGlob, scanKeys } from './keys.js';
 
 /** Options of `app.drain()`. */
 export interface DrainOptions {
@@ -75,12 +76,20 @@ export class TaskLog {
     // recovered, or it was revoked with terminate) never reports an end: it is not running here
     // any more. Redis still shows the task if it runs elsewhere or again.
     error: (e) => {
-      if (!(e instanceof StaleRunError)) return;
+      if (!(e instanceof StaleRunError)) {
+        // This listener turns the Worker's own printing off: print what nobody else hears.
+        if (!this.heard()) console.error('[heimdall-tasks] test app worker:', e);
+        return;
+      }
       for (const key of [...this.running.keys()]) if (key.endsWith(`\u0000${e.taskId}`)) this.running.delete(key);
     },
   };
 
-  constructor(private readonly worker: TaskEventSource) {
+  /** `heard`: whether someone else listens to 'error' (else errors are printed, as a Worker does). */
+  constructor(
+    private readonly worker: TaskEventSource,
+    private readonly heard: () => boolean = () => false,
+  ) {
     for (const [event, listener] of Object.entries(this.listeners)) {
       worker.on(event as 'started', listener as (e: TaskEvent) => void);
     }
@@ -137,8 +146,10 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
   const { timeoutMs, mode } = drainSettings(options);
   const keys = target.queues.map((q) => new QueueKeys(target.prefix, q));
   const deadline = Date.now() + timeoutMs;
+  /** Queues of the prefix the worker does not consume, found holding tasks. */
+  const strangers: string[] = [];
   for (;;) {
-    const look = await lookAt(target.client, keys);
+    const look = await withinDeadline(lookAt(target.client, keys), deadline, timeoutMs);
     const remainingMs = deadline - Date.now();
     if (mode === 'wait') {
       const late = look.delayedLater.filter((d) => d.dueInMs > remainingMs);
@@ -152,16 +163,64 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
     }
     const idle =
       look.busy.length === 0 && (mode === 'leave' || look.delayedLater.length === 0) && target.worker.activeCount === 0 && target.log.running.size === 0;
-    if (idle) return { ran: target.log.take(), delayed: mode === 'leave' ? look.delayedLater : [] };
+    if (idle) {
+      // Before saying so: a task sent to a queue the worker does not consume (applyAsync's
+      // `queue`) would never run; look for one under the prefix, and wait on its queue too.
+      const more = await withinDeadline(otherQueues(target.client, target.prefix, keys), deadline, timeoutMs);
+      if (more.length === 0) return { ran: target.log.take(), delayed: mode === 'leave' ? look.delayedLater : [] };
+      for (const q of more) {
+        keys.push(new QueueKeys(target.prefix, q));
+        strangers.push(q);
+      }
+      continue;
+    }
     if (remainingMs <= 0) {
       const running = [...target.log.running.values()].map((e) => `${e.name} ${e.id}`);
       throw new TimeoutError(
         `drain() timed out after ${timeoutMs} ms with tasks left: ${[...look.busy, ...(mode === 'wait' && look.delayedLater.length > 0 ? [`${look.delayedLater.length} delayed`] : [])].join(', ') || 'none in Redis'}` +
           (running.length > 0 ? `; still running here: ${running.join(', ')}` : '') +
-          (target.worker.activeCount === 0 && running.length === 0 && look.busy.length > 0 ? '; is the worker started?' : ''),
+          (strangers.length > 0
+            ? `; the app's worker does not consume ${strangers.map((q) => `'${q}'`).join(', ')} (add to createTestApp({ queues }))`
+            : target.worker.activeCount === 0 && running.length === 0 && look.busy.length > 0
+              ? '; is the worker started?'
+              : ''),
       );
     }
     await new Promise((r) => setTimeout(r, Math.min(POLL_MS, Math.max(1, remainingMs))));
+  }
+}
+
+// `<queue>}:wait` (or active, delayed) after `<prefix>:{`.
+const QUEUE_LISTS = new RegExp(`^(.*)\\}:(?:${KEY_NAMES.wait}|${KEY_NAMES.active}|${KEY_NAMES.delayed})$`);
+
+/** The queues of `prefix` other than `known` whose wait list, active set or delayed set exists (holds tasks). */
+async function otherQueues(client: RedisClient, prefix: string, known: readonly QueueKeys[]): Promise<string[]> {
+  const knownQueues = new Set(known.map((k) => k.queue));
+  const found = new Set<string>();
+  const head = `${prefix}:{`;
+  await scanKeys(client, `${escapeGlob(prefix)}:{*}:*`, (_node, names) => {
+    for (const key of names) {
+      const m = QUEUE_LISTS.exec(key.slice(head.length));
+      if (m && !knownQueues.has(m[1]!)) found.add(m[1]!);
+    }
+  });
+  return [...found];
+}
+
+/** A Redis read of drain(), bounded by its deadline, its errors said as heimdall's (fromRedis). */
+async function withinDeadline<T>(read: Promise<T>, deadline: number, timeoutMs: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new TimeoutError(`drain() timed out after ${timeoutMs} ms: Redis did not answer (is it running?)`)),
+      Math.max(1, deadline - Date.now() + 1000),
+    );
+  });
+  try {
+    return await Promise.race([read.catch((err: unknown) => Promise.reject(fromRedis(err, 'drain(): reading the queues'))), late]);
+  } finally {
+    clearTimeout(timer);
+    read.catch(() => undefined);
   }
 }
 

@@ -69,30 +69,45 @@ function freePort(): Promise<number> {
   });
 }
 
+type Answer = 'ours' | 'not-ours' | 'noauth';
+
 /**
  * Whether the server answering on `port` is the process `pid`: its `INFO server` names its
  * process id. Another server that took the port between the check for a free port and the bind
- * answers too, and must not pass for ours.
+ * answers too, and must not pass for ours. `password`: sent first with AUTH (`--requirepass`).
  */
-function answersAs(port: number, pid: number | undefined): Promise<boolean> {
+function answersAs(port: number, pid: number | undefined, password: string | undefined): Promise<Answer> {
   return new Promise((resolve) => {
     const sock = createConnection({ port, host: '127.0.0.1' });
     let data = '';
-    const done = (ok: boolean): void => {
+    const done = (answer: Answer): void => {
       sock.destroy();
-      resolve(ok);
+      resolve(answer);
     };
     sock.setTimeout(500);
-    sock.on('connect', () => sock.write('INFO server\r\n'));
+    sock.on('connect', () => {
+      // RESP arrays, so that a password with spaces or quotes goes through whole.
+      const auth = password === undefined ? '' : `*2\r\n$4\r\nAUTH\r\n$${Buffer.byteLength(password)}\r\n${password}\r\n`;
+      sock.write(`${auth}*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n`);
+    });
     sock.on('data', (d: Buffer) => {
       data += d.toString();
-      if (data.startsWith('-')) return done(false); // loading, or not a server we can ask
+      if (password !== undefined && data.startsWith('+OK\r\n')) data = data.slice(5);
+      if (data.startsWith('-NOAUTH') || data.startsWith('-WRONGPASS')) return done('noauth');
+      if (data.startsWith('-')) return done('not-ours'); // loading, or not a server we can ask
       const m = /process_id:(\d+)\r\n/.exec(data);
-      if (m) done(pid !== undefined && Number(m[1]) === pid);
+      if (m) done(pid !== undefined && Number(m[1]) === pid ? 'ours' : 'not-ours');
     });
-    sock.on('error', () => done(false));
-    sock.on('timeout', () => done(false));
+    sock.on('error', () => done('not-ours'));
+    sock.on('timeout', () => done('not-ours'));
   });
+}
+
+/** The value of the last `--requirepass` in redis-server's arguments. */
+function passwordIn(args: readonly string[]): string | undefined {
+  let password: string | undefined;
+  for (let i = 0; i + 1 < args.length; i++) if (args[i] === '--requirepass') password = args[i + 1];
+  return password === '' ? undefined : password;
 }
 
 function portOf(url: string): number {
@@ -120,6 +135,7 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Start
   if (bin === undefined) throw new RedisServerNotFoundError(`startRedis: no redis-server on the PATH; ${INSTALL_HINT}`);
   const startMs = options.startTimeout === undefined ? 10_000 : toMillis(options.startTimeout, 'startTimeout');
   const dir = mkdtempSync(join(tmpdir(), 'heimdall-test-redis-'));
+  const password = passwordIn(options.args ?? []);
   let lastError = '';
   // A port found free can be taken before redis-server binds it: try a few.
   for (let attempt = 0; attempt < 5; attempt++) {
@@ -140,7 +156,11 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Start
       void (async () => {
         const deadline = Date.now() + startMs;
         while (!settled && child.exitCode === null && child.signalCode === null && Date.now() < deadline) {
-          if (await answersAs(port, child.pid)) return resolve(undefined);
+          const answer = await answersAs(port, child.pid, password);
+          if (answer === 'ours') return resolve(undefined);
+          if (answer === 'noauth') {
+            return resolve(new NoAuth(`redis-server on port ${port} asks for a password startRedis does not know; pass it in args as ['--requirepass', '<password>']`));
+          }
           await new Promise((r) => setTimeout(r, 25));
         }
         resolve(new Error(`redis-server did not answer on port ${port} within ${startMs} ms`));
@@ -150,7 +170,14 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Start
       // The server's output is no longer needed; reading it keeps its pipes from filling.
       child.stdout.resume();
       child.stderr.resume();
-      return { url: `redis://127.0.0.1:${port}`, port, started: true, stop: stopper(child, exited, dir) };
+      const guard = guardian(child.pid!, dir);
+      const auth = password === undefined ? '' : `:${encodeURIComponent(password)}@`;
+      return { url: `redis://${auth}127.0.0.1:${port}`, port, started: true, stop: stopper(child, exited, dir, guard) };
+    }
+    if (failed instanceof NoAuth) {
+      await kill(child, exited);
+      rmSync(dir, { recursive: true, force: true });
+      throw new ConfigError(`startRedis: ${failed.message}`);
     }
     if ((failed as NodeJS.ErrnoException).code === 'ENOENT') {
       rmSync(dir, { recursive: true, force: true });
@@ -176,11 +203,52 @@ async function kill(child: ChildProcess, exited: Promise<void>): Promise<void> {
   }
 }
 
-function stopper(child: ChildProcess, exited: Promise<void>, dir: string): () => Promise<void> {
+function stopper(child: ChildProcess, exited: Promise<void>, dir: string, guard: ChildProcess): () => Promise<void> {
   let stopping: Promise<void> | undefined;
   return () =>
     (stopping ??= (async () => {
       await kill(child, exited);
       rmSync(dir, { recursive: true, force: true });
+      guard.kill('SIGKILL');
     })());
+}
+
+class NoAuth extends Error {}
+
+// The guardian: a small Node process holding the read end of a pipe from this process. When this
+// process ends in any way (a test runner killed with SIGKILL, a cancelled CI job), the pipe
+// closes, and the guardian stops the server and deletes its directory, so no redis-server is
+// left running on its own. argv: the server's pid, its directory.
+const GUARDIAN = `
+const pid = Number(process.argv[1]);
+const dir = process.argv[2];
+const alive = () => { try { process.kill(pid, 0); return true; } catch { return false; } };
+let stopping = false;
+const stop = () => {
+  if (stopping) return;
+  stopping = true;
+  try { process.kill(pid, 'SIGTERM'); } catch {}
+  const started = Date.now();
+  const timer = setInterval(() => {
+    if (alive() && Date.now() - started < 5000) return;
+    if (alive()) { try { process.kill(pid, 'SIGKILL'); } catch {} }
+    clearInterval(timer);
+    try { require('node:fs').rmSync(dir, { recursive: true, force: true }); } catch {}
+    process.exit(0);
+  }, 50);
+};
+process.stdin.on('data', () => {});
+process.stdin.on('end', stop);
+process.stdin.on('close', stop);
+process.stdin.on('error', stop);
+`;
+
+/** Starts the guardian of the server `pid`; it keeps neither this process alive nor its exit waiting. */
+function guardian(pid: number, dir: string): ChildProcess {
+  // NODE_OPTIONS cleared: a loader of the test run (tsx, a coverage hook) has no business here.
+  const guard = spawn(process.execPath, ['-e', GUARDIAN, String(pid), dir], { stdio: ['pipe', 'ignore', 'ignore'], env: { ...process.env, NODE_OPTIONS: '' } });
+  guard.on('error', () => undefined);
+  guard.unref();
+  (guard.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+  return guard;
 }

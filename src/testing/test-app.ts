@@ -1,15 +1,15 @@
 import { randomBytes } from 'node:crypto';
-import type { Cluster } from 'ioredis';
-import { ConfigError } from '../core/errors.js';
+import { ConfigError, fromRedis, TimeoutError } from '../core/errors.js';
 import { DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, dispatcherOver, type DispatcherOptions, type TaskProxy } from '../core/producer/dispatcher.js';
 import type { ConnectionOption, RedisClient } from '../core/protocol/connection.js';
 import { DEFAULT_QUEUE, validateName } from '../core/protocol/queue-keys.js';
-import { toMillis, type Duration } from '../core/task/durations.js';
+import { toMillis, toMillisOrZero, type Duration } from '../core/task/durations.js';
 import { discover, type Constructor } from '../core/task/registry.js';
 import { Worker } from '../core/worker/worker.js';
 import type { WorkerEvents, WorkerOptions } from '../core/worker/worker-options.js';
 import { drainApp, drainInline, TaskLog, type DrainOptions, type DrainReport } from './drain.js';
 import { InlineTransport } from '../core/inline/inline-transport.js';
+import { escapeGlob, scanKeys } from './keys.js';
 
 /** Options of `createTestApp()`. */
 export interface TestAppOptions {
@@ -149,7 +149,8 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp | 
     await dispatcher.close();
     throw err;
   }
-  const log = new TaskLog(worker);
+  let errorListeners = 0;
+  const log = new TaskLog(worker, () => errorListeners > 0);
   let closing: Promise<void> | undefined;
   const app: TestApp = {
     inline: false,
@@ -159,10 +160,12 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp | 
     worker,
     tasks: (cls) => dispatcher.tasks(cls),
     on(event, listener) {
+      if (event === 'error') errorListeners++;
       worker.on(event, listener);
       return this;
     },
     off(event, listener) {
+      if (event === 'error') errorListeners = Math.max(0, errorListeners - 1);
       worker.off(event, listener);
       return this;
     },
@@ -175,7 +178,9 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp | 
           try {
             // Only this app's keys: every key heimdall writes is `<prefix>:{<queue>}:...`, and glob
             // characters a prefix may hold are escaped, so `app` never matches `app:ci:...` or `app-prod:...`.
-            await deleteKeys(dispatcher.client, `${escapeGlob(prefix)}:{*}:*`);
+            // Bounded by the close timeout: with Redis gone, ioredis would retry each command for seconds.
+            const timeoutMs = toMillisOrZero(closeOptions.timeout ?? 5, 'close({ timeout })');
+            await bounded(deleteKeys(dispatcher.client, `${escapeGlob(prefix)}:{*}:*`), Math.max(1000, timeoutMs), `close(): deleting the keys of ${prefix}`);
           } finally {
             log.detach();
             await dispatcher.close();
@@ -205,7 +210,8 @@ function createInlineApp(options: TestAppOptions): InlineTestApp {
     maxPayloadBytes: options.dispatcher?.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
   });
   const dispatcher = dispatcherOver(engine, { ...options.dispatcher, prefix });
-  const log = new TaskLog(engine);
+  let errorListeners = 0;
+  const log = new TaskLog(engine, () => errorListeners > 0);
   let closing: Promise<void> | undefined;
   return {
     inline: true,
@@ -214,10 +220,12 @@ function createInlineApp(options: TestAppOptions): InlineTestApp {
     dispatcher,
     tasks: (cls) => dispatcher.tasks(cls),
     on(event, listener) {
+      if (event === 'error') errorListeners++;
       engine.on(event, listener);
       return this;
     },
     off(event, listener) {
+      if (event === 'error') errorListeners = Math.max(0, errorListeners - 1);
       engine.off(event, listener);
       return this;
     },
@@ -225,7 +233,7 @@ function createInlineApp(options: TestAppOptions): InlineTestApp {
     close: (closeOptions = {}) =>
       (closing ??= (async () => {
         try {
-          await engine.close(toMillis(closeOptions.timeout ?? 5, 'close({ timeout })'));
+          await engine.close(toMillisOrZero(closeOptions.timeout ?? 5, 'close({ timeout })'));
         } finally {
           log.detach();
           await dispatcher.close();
@@ -234,21 +242,24 @@ function createInlineApp(options: TestAppOptions): InlineTestApp {
   };
 }
 
-/** Deletes every key matching `pattern` (SCAN + UNLINK), on every master of a Cluster. */
-async function deleteKeys(client: RedisClient, pattern: string): Promise<void> {
-  const nodes = (client as { isCluster?: unknown }).isCluster === true ? (client as Cluster).nodes('master') : [client];
-  for (const node of nodes) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-      // One key per UNLINK: keys of different queues live in different Cluster slots.
-      await Promise.all(keys.map((k) => node.unlink(k)));
-      cursor = next;
-    } while (cursor !== '0');
+/** `work`, or a TimeoutError after `ms`; its own errors in heimdall's terms (fromRedis). */
+async function bounded<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new TimeoutError(`${what}: Redis did not answer within ${ms} ms (is it running?)`)), ms);
+  });
+  work.catch(() => undefined);
+  try {
+    return await Promise.race([work.catch((err: unknown) => Promise.reject(fromRedis(err, what))), late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
-/** `text` with the characters SCAN's MATCH reads as a pattern escaped. */
-function escapeGlob(text: string): string {
-  return text.replace(/[\\*?[\]]/g, (c) => `\\${c}`);
+/** Deletes every key matching `pattern` (SCAN + UNLINK), on every master of a Cluster. */
+async function deleteKeys(client: RedisClient, pattern: string): Promise<void> {
+  // One key per UNLINK: keys of different queues live in different Cluster slots.
+  await scanKeys(client, pattern, async (node, keys) => {
+    await Promise.all(keys.map((k) => node.unlink(k)));
+  });
 }

@@ -1,11 +1,14 @@
 // heimdall-tasks/testing: startRedis() runs a private redis-server (and never installs one),
 // createTestApp() gives a test a dispatcher and a worker on a prefix of its own, drain() waits
 // until everything has ended and reports it, close() leaves no key and no connection behind.
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Task, TimeoutError } from 'heimdall-tasks';
 import { createTestApp, RedisServerNotFoundError, startRedis, type TestApp, type TestAppOptions } from 'heimdall-tasks/testing';
-import { clientNames, gate, redisUrl, scanKeys, waitFor } from '../helpers.js';
+import { clientNames, gate, redisUrl, ROOT, scanKeys, waitFor } from '../helpers.js';
 
 const failures = new Map<string, number>();
 
@@ -102,6 +105,39 @@ describe('startRedis', () => {
     const err = await startRedis({ args: ['--no-such-option', 'x'] }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Error);
     expect((err as Error).message).toMatch(/could not start .*redis-server.*no-such-option/is);
+  });
+
+  it('with --requirepass: authenticates its own check and gives a URL with the password', async () => {
+    const redis = await startRedis({ args: ['--requirepass', 's3cret w/ space'] });
+    try {
+      expect(redis.url).toBe(`redis://:${encodeURIComponent('s3cret w/ space')}@127.0.0.1:${redis.port}`);
+      const client = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 0 });
+      try {
+        await client.connect();
+        expect(await client.ping()).toBe('PONG');
+      } finally {
+        client.disconnect();
+      }
+    } finally {
+      await redis.stop();
+    }
+  });
+
+  it('a server whose starter is killed with SIGKILL is stopped by its guardian, not left running', async () => {
+    const script = [
+      `const { startRedis } = await import(${JSON.stringify(pathToFileURL(join(ROOT, 'src/testing/start-redis.ts')).href)});`,
+      'const redis = await startRedis();',
+      'console.log(`PORT ${redis.port}`);',
+      'setInterval(() => undefined, 1000);',
+    ].join('\n');
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const port = Number((await waitFor(() => /PORT (\d+)/.exec(out), { what: 'the child to start redis', timeout: 30_000 }))[1]);
+    const url = `redis://127.0.0.1:${port}`;
+    expect(await answers(url)).toBe(true);
+    child.kill('SIGKILL');
+    await waitFor(async () => !(await answers(url)), { what: 'the orphaned redis-server to be stopped', timeout: 15_000 });
   });
 
   it('reuses a given URL (e.g. REDIS_URL) and starts nothing', async () => {
@@ -216,6 +252,53 @@ describe('createTestApp', () => {
     expect((err as Error).message).toMatch(/queue default: 1 waiting.*is the worker started\?/);
     await a.worker.start();
     expect((await a.drain()).ran).toHaveLength(1);
+  });
+
+  it('drain() does not resolve while a task waits in a queue the worker does not consume; it names the queue', async () => {
+    const a = await app();
+    const stray = await a.tasks(KitService).add.applyAsync([2, 2], { queue: 'kit-elsewhere' });
+    const err = await a.drain({ timeout: '400ms' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect((err as Error).message).toContain('queue kit-elsewhere: 1 waiting');
+    expect((err as Error).message).toContain("does not consume 'kit-elsewhere'");
+    expect(await stray.status()).toBe('PENDING');
+  });
+
+  it("drain() and close() with Redis gone reject within their timeouts, in heimdall's terms", async () => {
+    const a = await app({ connection: 'redis://127.0.0.1:1', start: false });
+    const began = Date.now();
+    const err = await a.drain({ timeout: '500ms' }).catch((e: unknown) => e);
+    expect(Date.now() - began).toBeLessThan(5_000);
+    expect((err as Error).name).toMatch(/TimeoutError|RedisUnavailableError/);
+    apps.splice(apps.indexOf(a), 1);
+    // close() too: its key deletion is bounded by its timeout (at least 1 s).
+    const closing = Date.now();
+    const closeErr = await a.close({ timeout: 0 }).catch((e: unknown) => e);
+    expect(Date.now() - closing).toBeLessThan(5_000);
+    expect((closeErr as Error).name).toMatch(/TimeoutError|RedisUnavailableError/);
+  });
+
+  it('prints what the worker reports when the test does not listen for errors, and stays quiet when it does', async () => {
+    const printed: unknown[][] = [];
+    const spy = vi.spyOn(console, 'error').mockImplementation((...args: unknown[]) => void printed.push(args));
+    try {
+      const a = await app();
+      a.on('started', () => {
+        throw new Error('a listener that throws');
+      });
+      await a.tasks(KitService).add.delay(1, 1);
+      await a.drain();
+      await waitFor(() => printed.some((p) => String(p[1]).includes('a listener that throws')), { what: 'the printed error' });
+      printed.length = 0;
+      const heard: Error[] = [];
+      a.on('error', (e) => heard.push(e));
+      await a.tasks(KitService).add.delay(2, 2);
+      await a.drain();
+      await waitFor(() => heard.some((e) => e.message.includes('a listener that throws')), { what: 'the heard error' });
+      expect(printed.filter((p) => String(p[1]).includes('a listener that throws'))).toEqual([]);
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('each app has its own prefix; close() deletes its keys and closes its connections', async () => {
