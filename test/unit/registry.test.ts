@@ -169,6 +169,30 @@ describe('registry', () => {
     expect(taskByName('reg.reloaded-named')?.owner).toBe(second);
   });
 
+  it('rejects two different classes of one name (as in two namespaces): they must not share a task', () => {
+    // Two scopes, as two namespaces compile to, each with its own class RegReport.
+    const billing = (() => {
+      class RegReport {
+        @Task()
+        async run(): Promise<string> {
+          return 'billing';
+        }
+      }
+      return RegReport;
+    })();
+    void billing;
+    expect(() => {
+      class RegReport {
+        @Task()
+        async run(): Promise<string> {
+          return 'analytics, a different body';
+        }
+      }
+      void RegReport;
+    }).toThrow("task name 'RegReport.run' is claimed by two different classes named RegReport (in two namespaces or modules?): give the tasks of one of them an explicit @Task({ name })");
+    expect(taskByName('RegReport.run')?.owner).toBe(billing);
+  });
+
   it('discover() finds the tasks of a class and of its base classes, and nothing else', () => {
     class RegBase {
       @Task()

@@ -62,6 +62,15 @@ export function registerTask(owner: Constructor, methodName: string, options: No
       `task name '${name}' is used twice: by ${existing.owner.name}.${existing.methodName} and by ${owner.name}.${methodName}; give one of them another name`,
     );
   }
+  // Same name and method, another class object: the same module evaluated again (its source is
+  // the same), or two classes of one name, e.g. in two namespaces (`Billing.Report` and
+  // `Analytics.Report`), which must not share the task silently.
+  if (existing && existing.owner !== owner && sourceOf(existing.owner) !== sourceOf(owner)) {
+    throw new ConfigError(
+      `task name '${name}' is claimed by two different classes named ${owner.name} (in two namespaces or modules?): ` +
+        `give the tasks of one of them an explicit @Task({ name })`,
+    );
+  }
   const def: TaskDefinition = { name, className, methodName, owner, options };
   s.byName.set(name, def);
   let methods = s.byClass.get(owner);
@@ -71,6 +80,15 @@ export function registerTask(owner: Constructor, methodName: string, options: No
   }
   methods.set(methodName, def);
   return def;
+}
+
+/** A class's source text, to tell a class evaluated again from another class of the same name. */
+function sourceOf(cls: Constructor): string {
+  try {
+    return Function.prototype.toString.call(cls);
+  } catch {
+    return '';
+  }
 }
 
 /**
