@@ -51,8 +51,13 @@ export function exploreProviders(discovery: DiscoveryService, scanner: MetadataS
       const cls = classOf(wrapper);
       if (!cls || seen.has(cls)) continue;
       const tasks = discover(cls);
-      if (tasks.size === 0) continue;
+      if (tasks.size === 0) {
+        warnOfScopedListeners(cls, scanner);
+        seen.add(cls);
+        continue;
+      }
       seen.add(cls);
+      warnOfScopedListeners(cls, scanner);
       for (const def of tasks.values()) explored.queues.push(def.options.queue);
       // Resolved by its token: a class provided under another token (a string, an abstract class) is not found by its class.
       explored.services.push(standIn(cls, wrapper.token as InjectionToken, [...tasks.keys()], moduleRef));
@@ -82,6 +87,14 @@ export function exploreProviders(discovery: DiscoveryService, scanner: MetadataS
     }
   }
   return explored;
+}
+
+/** `@OnTaskEvent` needs one instance to call: on a request-scoped or transient provider it is not called. Says so. */
+function warnOfScopedListeners(cls: Constructor, scanner: MetadataScanner): void {
+  const methods = scanner.getAllMethodNames(cls.prototype as object).filter((name) => taskEventsOf((cls.prototype as Record<string, unknown>)[name]).length > 0);
+  if (methods.length > 0) {
+    logger.warn(`@OnTaskEvent on ${methods.map((m) => `${cls.name}.${m}`).join(', ')} is not called: ${cls.name} is request-scoped or transient; put listeners on a singleton provider`);
+  }
 }
 
 function classOf(wrapper: InstanceWrapper): Constructor | undefined {
