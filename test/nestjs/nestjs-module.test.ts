@@ -301,6 +301,36 @@ class EarlyBird {
   }
 }
 
+@Injectable()
+class Grumpy {
+  @OnTaskEvent('succeeded')
+  onSucceeded(): void {
+    throw new Error('a listener that throws');
+  }
+
+  @OnTaskEvent('started')
+  async onStarted(): Promise<void> {
+    throw new Error('a listener that rejects');
+  }
+}
+
+describe('@OnTaskEvent listeners that throw', () => {
+  it('change nothing for the task, and the other listeners are still called', async () => {
+    const moduleRef = await Test.createTestingModule({
+      imports: [HeimdallModule.forRoot({ connection: redisUrl(), prefix: newPrefix('nest-grumpy') })],
+      providers: [Pricing, Billing, Grumpy, Observer],
+    }).compile();
+    open.push(moduleRef);
+    await moduleRef.init();
+    const handle = await moduleRef.get(Dispatcher).tasks(Billing).invoice.delay(3);
+    expect(await handle.get({ timeout: 20 })).toEqual({ total: 9 });
+    expect(await handle.status()).toBe('SUCCESS');
+    await waitFor(() => moduleRef.get(Observer).started.some((e) => e.id === handle.id), { what: 'the other listener' });
+    // The worker goes on: a second task runs too.
+    expect(await (await moduleRef.get(Dispatcher).tasks(Billing).invoice.delay(4)).get({ timeout: 20 })).toEqual({ total: 12 });
+  });
+});
+
 describe('HeimdallModule.forRoot({ inline: true })', () => {
   it('runs the tasks on the container providers in this process, without Redis: dependencies, events, scopes, early dispatches', async () => {
     const moduleRef = await Test.createTestingModule({
