@@ -6,7 +6,7 @@
 //   - The root entry `heimdall-tasks` loads, as CommonJS and ESM, where @nestjs is not installed at
 //     all; `heimdall-tasks/nestjs` there fails naming @nestjs (an optional peer dependency).
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -124,6 +124,31 @@ describe('a Nest app compiled by tsc (emitDecoratorMetadata) against the built p
       redis.disconnect();
       await dispatcher.close();
     }
+  });
+});
+
+describe('NestJS 11 (the peer range admits it)', () => {
+  const NEST11 = join(ROOT, 'test/nestjs/nest11');
+  let app = '';
+  beforeAll(() => {
+    // Its own packages (test/nestjs/nest11/package.json), installed by .ci/run, or here when missing.
+    const installed = join(NEST11, 'node_modules', '.package-lock.json');
+    if (!existsSync(installed) || statSync(installed).mtimeMs < statSync(join(NEST11, 'package-lock.json')).mtimeMs) {
+      ok(run('npm', ['ci', '--no-audit', '--no-fund'], NEST11), 'npm ci in test/nestjs/nest11');
+    }
+    app = project('nest11-app', ['@nestjs', 'rxjs', 'reflect-metadata']);
+    for (const entry of ['@nestjs', 'rxjs', 'reflect-metadata']) symlinkSync(join(NEST11, 'node_modules', entry), join(app, 'node_modules', entry));
+    copyFileSync(join(ROOT, 'test/nestjs/fixtures/consumer-app.ts'), join(app, 'app.cts'));
+    const flags = ['--strict', '--target', 'es2022', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--skipLibCheck'];
+    const decorators = ['--experimentalDecorators', '--emitDecoratorMetadata', '--types', 'node', '--outDir', 'out', '--rootDir', '.'];
+    ok(run(process.execPath, [TSC, ...flags, ...decorators, 'app.cts'], app), 'tsc of the consumer against NestJS 11');
+  }, 180_000);
+
+  it('a CommonJS consumer on NestJS 11: the task runs on the container instance', () => {
+    const version = (JSON.parse(readFileSync(join(app, 'node_modules/@nestjs/core/package.json'), 'utf8')) as { version: string }).version;
+    expect(version.split('.')[0]).toBe('11');
+    const out = ok(run(process.execPath, [join('out', 'app.cjs')], app, { REDIS_URL: redisUrl(), HEIMDALL_PREFIX: newPrefix('nest11') }), 'app.cjs on NestJS 11');
+    expect(JSON.parse(out.trim().split('\n').pop() ?? '')).toEqual({ result: { total: 15 }, sameDispatcher: true, format: 'commonjs' });
   });
 });
 

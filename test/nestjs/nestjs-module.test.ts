@@ -304,12 +304,12 @@ class EarlyBird {
 @Injectable()
 class Grumpy {
   @OnTaskEvent('succeeded')
-  onSucceeded(): void {
+  onSucceeded(_event: WorkerEvents['succeeded'][0]): void {
     throw new Error('a listener that throws');
   }
 
   @OnTaskEvent('started')
-  async onStarted(): Promise<void> {
+  async onStarted(_event: WorkerEvents['started'][0]): Promise<void> {
     throw new Error('a listener that rejects');
   }
 }
