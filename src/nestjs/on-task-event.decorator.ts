@@ -19,7 +19,9 @@ export type TaskEventName = Exclude<keyof WorkerEvents, 'error'>;
  * onFailed(event: WorkerEvents['failed'][0]) { this.alerts.send(event.name, event.error.message); }
  */
 export function OnTaskEvent<E extends TaskEventName>(event: E) {
-  return (_target: object, _key: string | symbol, descriptor: TypedPropertyDescriptor<(payload: WorkerEvents[E][0]) => unknown>): void => {
+  // Generic in the method's own type: a TypedPropertyDescriptor is invariant, so a fixed type would
+  // refuse an async listener (returning a Promise) that the constraint itself accepts.
+  return <M extends (payload: WorkerEvents[E][0]) => unknown>(_target: object, _key: string | symbol, descriptor: TypedPropertyDescriptor<M>): void => {
     const method = descriptor.value;
     if (typeof method !== 'function') throw new ConfigError('@OnTaskEvent goes on methods');
     Reflect.defineMetadata(TASK_EVENT_METADATA, [...taskEventsOf(method), event], method);
