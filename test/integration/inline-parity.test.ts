@@ -124,6 +124,14 @@ async function transcript(app: TestAppBase, tag: string): Promise<string[]> {
   const expired = await svc.add.applyAsync([1, 1], { countdown: '60ms', expires: '20ms' });
   note(`expired: ${await expired.get({ timeout: 10 }).catch((e: unknown) => (e as Error).message.replace(expired.id, '<id>'))}`);
 
+  const custom = await svc.add.applyAsync([5, 5], { taskId: `custom-${tag}`, countdown: 30 });
+  const customAgain = await svc.add.applyAsync([5, 5], { taskId: `custom-${tag}`, countdown: 30 });
+  note(`custom id re-sent: same=${customAgain.id === custom.id}`);
+  note(`custom id collision: ${await svc.add.applyAsync([6, 6], { taskId: `custom-${tag}` }).then(() => 'sent', (e: unknown) => (e as Error).name)}`);
+  note(`custom id revoked: ${await custom.revoke()}`);
+  const many = await svc.add.delayMany([[1, 1], [2, 2], [3, 3]]);
+  note(`delayMany: ${(await Promise.all(many.map((r) => r.get({ timeout: 10 })))).join(',')}`);
+
   note(`unknown id: ${await app.dispatcher.result('no-such-task').status()}`);
   const forgetting = await svc.add.delay(1, 2);
   await forgetting.get({ timeout: 10 });

@@ -302,6 +302,19 @@ describe('inline mode', () => {
     expect(seen).toEqual([]);
   });
 
+  it('a custom taskId: the same task sent again is the same task; another one under a live id is refused', async () => {
+    const app = await inlineApp();
+    const reports = app.tasks(InlineReports);
+    const first = await reports.build.applyAsync([1, 'a'], { taskId: 'report-1', countdown: 60 });
+    const again = await reports.build.applyAsync([1, 'a'], { taskId: 'report-1', countdown: 60 });
+    expect(again.id).toBe(first.id);
+    await expect(reports.build.applyAsync([2, 'b'], { taskId: 'report-1' })).rejects.toThrow(/belongs to a task that has not ended/);
+    await first.revoke();
+    // Ended: the id can be used again, for another task.
+    const reused = await reports.build.applyAsync([3, 'c'], { taskId: 'report-1' });
+    expect(await reused.get({ timeout: 5 })).toMatchObject({ id: 3 });
+  });
+
   it('revoking a unique task frees its lock', async () => {
     const app = await inlineApp();
     const ref = app.tasks(InlineReports).exclusive;

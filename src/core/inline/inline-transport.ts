@@ -25,6 +25,12 @@ export const INLINE_WORKER_ID = 'inline';
 
 type InlineRun = Run<RunOwner>;
 
+/** The value of `field` among a message's field, value pairs. */
+function fieldOf(fields: readonly (string | number)[], field: string): string | undefined {
+  for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === field) return String(fields[i + 1]);
+  return undefined;
+}
+
 /** One task of an inline dispatcher: its record (a task hash, as Redis would hold it) and what is scheduled for it. */
 interface Entry {
   readonly keys: QueueKeys;
@@ -131,7 +137,9 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     const key = p.keys.task(p.id);
     const existing = this.entries.get(key);
     if (existing && !FINAL_STATES.has(existing.record[FIELDS.state] as TaskState)) {
-      return Promise.resolve({ code: ENQUEUE_CODES.idInUse, detail: '', pttlMs: 0 });
+      // As enqueue-2: the same task under the same id is an idempotent re-send; anything else collides.
+      const same = existing.record[FIELDS.name] === p.name && existing.record[FIELDS.args] === fieldOf(p.task.fields, FIELDS.args);
+      return Promise.resolve({ code: same ? ENQUEUE_CODES.enqueued : ENQUEUE_CODES.idInUse, detail: '', pttlMs: 0 });
     }
     const { lockKey, lockTtlMs } = p.task;
     if (lockKey !== '') {
