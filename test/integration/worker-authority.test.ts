@@ -61,6 +61,8 @@ describe('the worker applies its own unique and rate-limit options to messages s
     const delayed = h.queueKey('delayed');
     // Both others are rescheduled for when the window frees: PENDING, not started, no attempt counted.
     await waitFor(async () => (await h.admin.zcard(delayed)) === 2, { timeout: 20_000, what: 'two tasks rescheduled by the rate limit' });
+    // The one that started may still be storing its end when the other two are rescheduled.
+    await waitFor(async () => (await Promise.all(sent.map((r) => r.status()))).includes('SUCCESS'), { timeout: 20_000, what: 'the started task to end' });
     const infos = await Promise.all(sent.map((r) => r.info()));
     const done = infos.filter((i) => i.state === 'SUCCESS');
     const waiting = infos.filter((i) => i.state === 'PENDING');
