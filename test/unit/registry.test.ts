@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, Task } from 'heimdall-tasks';
+import { ConfigError, Task, Worker } from 'heimdall-tasks';
+import { createTestApp } from 'heimdall-tasks/testing';
 import { discover, taskByName, taskOptionsOf, underscoreTwin, type Constructor } from '../../src/core/task/registry.js';
 
 // The registry is process-wide (on globalThis), so every class here has a name no other test uses.
@@ -169,7 +170,7 @@ describe('registry', () => {
     expect(taskByName('reg.reloaded-named')?.owner).toBe(second);
   });
 
-  it('rejects two different classes of one name (as in two namespaces): they must not share a task', () => {
+  it('two different classes of one name (as in two namespaces): each runs its own task; one worker cannot serve both', async () => {
     // Two scopes, as two namespaces compile to, each with its own class RegReport.
     const billing = (() => {
       class RegReport {
@@ -180,17 +181,28 @@ describe('registry', () => {
       }
       return RegReport;
     })();
-    void billing;
-    expect(() => {
+    const analytics = (() => {
       class RegReport {
         @Task()
         async run(): Promise<string> {
-          return 'analytics, a different body';
+          return 'analytics';
         }
       }
-      void RegReport;
-    }).toThrow("task name 'RegReport.run' is claimed by two different classes named RegReport (in two namespaces or modules?): give the tasks of one of them an explicit @Task({ name })");
-    expect(taskByName('RegReport.run')?.owner).toBe(billing);
+      return RegReport;
+    })();
+    // A worker (here inline) that serves one of them runs that one's task, whichever registered last.
+    for (const [cls, body] of [[billing, 'billing'], [analytics, 'analytics']] as const) {
+      const app = await createTestApp({ services: [new cls()], inline: true });
+      try {
+        expect(await (await app.tasks(cls).run.delay()).get({ timeout: 5 })).toBe(body);
+      } finally {
+        await app.close();
+      }
+    }
+    // One that serves both cannot tell which a message means.
+    expect(() => new Worker({ connection: 'redis://127.0.0.1:1', services: [new billing(), new analytics()] })).toThrow(
+      "task name 'RegReport.run' is claimed by two classes this worker serves, both named RegReport (in two namespaces or modules?): give the tasks of one of them an explicit @Task({ name })",
+    );
   });
 
   it('discover() finds the tasks of a class and of its base classes, and nothing else', () => {

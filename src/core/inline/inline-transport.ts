@@ -11,7 +11,7 @@ import type { PreparedCall } from '../producer/prepare-call.js';
 import type { Watch } from '../producer/result-waiter.js';
 import type { ResultBackend } from '../producer/task-result.js';
 import type { DispatchTransport } from '../producer/transport.js';
-import { taskByName, type Constructor } from '../task/registry.js';
+import type { Constructor } from '../task/registry.js';
 import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
 import { execute, type ExecutionHost } from '../worker/execution.js';
 import type { Finish } from '../worker/queue-runner.js';
@@ -397,7 +397,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       starts.push(now);
     }
     const name = r[FIELDS.name] ?? '';
-    const def = taskByName(name);
+    const def = this.services.taskNamed(name);
     if (!def || !this.services.serves(def)) {
       const error = toRemoteError(
         new UnknownTaskError(

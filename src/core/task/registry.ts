@@ -48,7 +48,10 @@ export function taskOptionsOf(method: unknown): NormalizedTaskOptions | undefine
 
 /**
  * Adds a task to the registry. Re-registering the same `Class.method` (a module evaluated
- * twice) replaces it; a name taken by another method is a ConfigError naming both.
+ * twice, or another class of the same name, as in two namespaces) replaces it here: a worker
+ * resolves names among the classes it serves first (ServiceDirectory.taskNamed), and one that
+ * serves two classes claiming a name refuses to start. A name taken by another method is a
+ * ConfigError naming both.
  */
 export function registerTask(owner: Constructor, methodName: string, options: NormalizedTaskOptions): TaskDefinition {
   const className = defaultClassName(owner);
@@ -62,15 +65,6 @@ export function registerTask(owner: Constructor, methodName: string, options: No
       `task name '${name}' is used twice: by ${existing.owner.name}.${existing.methodName} and by ${owner.name}.${methodName}; give one of them another name`,
     );
   }
-  // Same name and method, another class object: the same module evaluated again (its source is
-  // the same), or two classes of one name, e.g. in two namespaces (`Billing.Report` and
-  // `Analytics.Report`), which must not share the task silently.
-  if (existing && existing.owner !== owner && sourceOf(existing.owner) !== sourceOf(owner)) {
-    throw new ConfigError(
-      `task name '${name}' is claimed by two different classes named ${owner.name} (in two namespaces or modules?): ` +
-        `give the tasks of one of them an explicit @Task({ name })`,
-    );
-  }
   const def: TaskDefinition = { name, className, methodName, owner, options };
   s.byName.set(name, def);
   let methods = s.byClass.get(owner);
@@ -80,15 +74,6 @@ export function registerTask(owner: Constructor, methodName: string, options: No
   }
   methods.set(methodName, def);
   return def;
-}
-
-/** A class's source text, to tell a class evaluated again from another class of the same name. */
-function sourceOf(cls: Constructor): string {
-  try {
-    return Function.prototype.toString.call(cls);
-  } catch {
-    return '';
-  }
 }
 
 /**

@@ -1,6 +1,6 @@
 import { ConfigError } from '../errors.js';
 import { describe } from '../task/durations.js';
-import { discover, type Constructor, type TaskDefinition } from '../task/registry.js';
+import { discover, taskByName, type Constructor, type TaskDefinition } from '../task/registry.js';
 
 /**
  * The service objects a worker runs tasks on: instances given in `services` (each serves its
@@ -10,6 +10,8 @@ import { discover, type Constructor, type TaskDefinition } from '../task/registr
 export class ServiceDirectory {
   private readonly instances = new Map<object, object | Promise<object>>();
   private readonly classes = new Set<object>();
+  /** The tasks of the classes given in services, by name. */
+  private readonly named = new Map<string, TaskDefinition>();
 
   constructor(
     services: readonly object[],
@@ -17,6 +19,15 @@ export class ServiceDirectory {
     private readonly workerId: string,
   ) {
     for (const service of services) this.add(service);
+  }
+
+  /**
+   * The task a message's name stands for here: among the classes given in services first (two
+   * classes of one name, e.g. in two namespaces, can share a process as long as no worker serves
+   * both), then in the registry.
+   */
+  taskNamed(name: string): TaskDefinition | undefined {
+    return this.named.get(name) ?? taskByName(name);
   }
 
   /** Whether this worker runs a task: its class is served here (an instance, a class in services, or resolve). */
@@ -51,7 +62,7 @@ export class ServiceDirectory {
 
   private add(service: object): void {
     if (typeof service === 'function') {
-      discover(service as Constructor);
+      this.name(discover(service as Constructor));
       this.classes.add(service);
       return;
     }
@@ -59,8 +70,22 @@ export class ServiceDirectory {
       throw new ConfigError(`services must hold instances or classes, got ${describe(service)}`);
     }
     for (let c: unknown = service.constructor; typeof c === 'function' && c !== Object; c = Object.getPrototypeOf(c)) {
-      discover(c as Constructor);
+      this.name(discover(c as Constructor));
       if (!this.instances.has(c)) this.instances.set(c, service);
+    }
+  }
+
+  /** Records the tasks of a served class by name; two classes claiming one name is a ConfigError. */
+  private name(defs: ReadonlyMap<string, TaskDefinition>): void {
+    for (const def of defs.values()) {
+      const other = this.named.get(def.name);
+      if (other && other.owner !== def.owner) {
+        throw new ConfigError(
+          `task name '${def.name}' is claimed by two classes this worker serves, both named ${def.owner.name} (in two namespaces or modules?): ` +
+            'give the tasks of one of them an explicit @Task({ name })',
+        );
+      }
+      this.named.set(def.name, def);
     }
   }
 }

@@ -9,7 +9,7 @@ import { ScriptRunner } from '../protocol/script-runner.js';
 import type { RunRef, StartedRun, StopReason } from '../protocol/scripts.js';
 import type { TaskState } from '../protocol/task-record.js';
 import { toMillisOrZero } from '../task/durations.js';
-import { registeredTasks, taskByName } from '../task/registry.js';
+import { registeredTasks } from '../task/registry.js';
 import { admit, decline, needsAdmission, type AdmissionHost } from './admission.js';
 import { execute, type ExecutionHost } from './execution.js';
 import { QueueRunner, type Finish, type RunnerHost } from './queue-runner.js';
@@ -253,7 +253,7 @@ export class Worker {
     }
     const run: Run = { runner, task, released: false };
     this.inFlight.set(key, run);
-    const def = taskByName(task.name);
+    const def = this.services.taskNamed(task.name);
     const running =
       def !== undefined && this.services.serves(def) && !needsAdmission(def, run)
         ? execute(run, def, this.execution)
@@ -282,7 +282,7 @@ export class Worker {
         state: 'FAILURE',
         field: FIELDS.error,
         value: JSON.stringify(error),
-        expireMs: taskByName(task.name)?.options.resultExpiresMs ?? this.host.resultExpiresMs,
+        expireMs: this.services.taskNamed(task.name)?.options.resultExpiresMs ?? this.host.resultExpiresMs,
         retryDelayMs: 0,
         deadReason: '',
         stored: (outcome) => {
