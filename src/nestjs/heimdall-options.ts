@@ -14,7 +14,9 @@ export const HEIMDALL_INLINE = Symbol.for('heimdall-tasks.nestjs.inline');
  * (taken from the module) and `services` / `resolve` (the module finds the providers with `@Task`
  * methods in the container itself).
  */
-export interface HeimdallWorkerOptions extends Omit<WorkerOptions, 'connection' | 'prefix' | 'services' | 'resolve'> {
+export interface HeimdallWorkerOptions extends Omit<WorkerOptions, 'connection' | 'prefix' | 'services' | 'resolve' | 'queues'> {
+  /** Queues to consume. Default: `'default'` and every queue the providers' `@Task`s name. */
+  queues?: readonly string[];
   /**
    * How long the application's shutdown waits for running tasks: seconds or an `ms` string.
    * Tasks still running then get their AbortSignal fired and go back to the queue.
@@ -68,6 +70,7 @@ export interface HeimdallModuleAsyncOptions<A extends unknown[] = never[]> exten
  * Tasks sent before the application's bootstrap start once it has bootstrapped.
  */
 export interface HeimdallInlineOptions {
+  /** Inline mode on: tasks run in this process, on the container's providers, without Redis. */
   inline: true;
   /** Prefix the task ids and unique locks are named under. Default: `'heimdall'`. */
   prefix?: string;

@@ -45,7 +45,13 @@ function build(optionsProvider: Provider, imports: NonNullable<DynamicModule['im
         if (o.inline !== undefined && typeof o.inline !== 'boolean') throw new ConfigError(`HeimdallModule: inline must be true or false, got ${typeof o.inline}`);
         if (o.inline !== true) return null;
         // Held until the bootstrap has found the providers that run the tasks.
-        return new InlineTransport({ services: [], resolve: undefined, maxPayloadBytes: o.dispatcher?.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES, held: true });
+        return new InlineTransport({
+          services: [],
+          resolve: undefined,
+          maxPayloadBytes: o.dispatcher?.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
+          held: true,
+          unservedHint: (c) => `add ${c} to the providers of a module of this application`,
+        });
       },
       inject: [HEIMDALL_OPTIONS],
     },

@@ -146,10 +146,13 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
   const { timeoutMs, mode } = drainSettings(options);
   const keys = target.queues.map((q) => new QueueKeys(target.prefix, q));
   const deadline = Date.now() + timeoutMs;
-  /** Queues of the prefix the worker does not consume, found holding tasks. */
-  const strangers: string[] = [];
+  /** Queues of the prefix the worker does not consume, found holding tasks that have not ended. */
+  const strangers: QueueKeys[] = [];
   for (;;) {
     const look = await withinDeadline(lookAt(target.client, keys), deadline, timeoutMs);
+    // Nothing consumes a stranger queue, so a revoked id stays in its lists: count live tasks.
+    const strayBusy = strangers.length === 0 ? [] : await withinDeadline(liveTasks(target.client, strangers), deadline, timeoutMs);
+    look.busy.push(...strayBusy);
     const remainingMs = deadline - Date.now();
     if (mode === 'wait') {
       const late = look.delayedLater.filter((d) => d.dueInMs > remainingMs);
@@ -166,12 +169,13 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
     if (idle) {
       // Before saying so: a task sent to a queue the worker does not consume (applyAsync's
       // `queue`) would never run; look for one under the prefix, and wait on its queue too.
-      const more = await withinDeadline(otherQueues(target.client, target.prefix, keys), deadline, timeoutMs);
-      if (more.length === 0) return { ran: target.log.take(), delayed: mode === 'leave' ? look.delayedLater : [] };
-      for (const q of more) {
-        keys.push(new QueueKeys(target.prefix, q));
-        strangers.push(q);
-      }
+      const more = await withinDeadline(otherQueues(target.client, target.prefix, [...keys, ...strangers]), deadline, timeoutMs);
+      const found = (await withinDeadline(Promise.all(more.map(async (q) => {
+        const k = new QueueKeys(target.prefix, q);
+        return (await liveTasks(target.client, [k])).length > 0 ? k : undefined;
+      })), deadline, timeoutMs)).filter((k): k is QueueKeys => k !== undefined);
+      if (found.length === 0) return { ran: target.log.take(), delayed: mode === 'leave' ? look.delayedLater : [] };
+      strangers.push(...found);
       continue;
     }
     if (remainingMs <= 0) {
@@ -180,7 +184,7 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
         `drain() timed out after ${timeoutMs} ms with tasks left: ${[...look.busy, ...(mode === 'wait' && look.delayedLater.length > 0 ? [`${look.delayedLater.length} delayed`] : [])].join(', ') || 'none in Redis'}` +
           (running.length > 0 ? `; still running here: ${running.join(', ')}` : '') +
           (strangers.length > 0
-            ? `; the app's worker does not consume ${strangers.map((q) => `'${q}'`).join(', ')} (add to createTestApp({ queues }))`
+            ? `; the app's worker does not consume ${strangers.map((k) => `'${k.queue}'`).join(', ')} (add to createTestApp({ queues }))`
             : target.worker.activeCount === 0 && running.length === 0 && look.busy.length > 0
               ? '; is the worker started?'
               : ''),
@@ -205,6 +209,19 @@ async function otherQueues(client: RedisClient, prefix: string, known: readonly 
     }
   });
   return [...found];
+}
+
+/** `queue <q>: <n> waiting` for each queue holding tasks that have not ended (at most 1,000 ids read per queue). */
+async function liveTasks(client: RedisClient, queues: readonly QueueKeys[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const k of queues) {
+    const [waiting, delayed, active] = await Promise.all([client.lrange(k.wait, 0, 999), client.zrange(k.delayed, 0, 999), client.zrange(k.active, 0, 999)]);
+    const ids = [...new Set([...waiting, ...delayed, ...active])];
+    const states = await Promise.all(ids.map((id) => client.hget(k.task(id), FIELDS.state)));
+    const live = states.filter((st) => st !== null && st !== 'SUCCESS' && st !== 'FAILURE' && st !== 'REVOKED').length;
+    if (live > 0) out.push(`queue ${k.queue}: ${live} waiting`);
+  }
+  return out;
 }
 
 /** A Redis read of drain(), bounded by its deadline, its errors said as heimdall's (fromRedis). */
@@ -243,7 +260,7 @@ export async function drainInline(engine: InlineTransport, log: TaskLog, options
     `${engine.nameOf(d.queue, d.id)} ${d.id} in ${((d.dueAt - now) / 1000).toFixed(1)} s`;
   for (;;) {
     const now = Date.now();
-    const { running, due, delayed } = engine.pending();
+    const { running, due, delayed, parked } = engine.pending();
     delayed.sort((a, b) => a.dueAt - b.dueAt);
     if (mode === 'wait') {
       const late = delayed.filter((d) => d.dueAt > deadline);
@@ -254,13 +271,16 @@ export async function drainInline(engine: InlineTransport, log: TaskLog, options
         );
       }
     }
-    if (running === 0 && due === 0 && (mode === 'leave' || delayed.length === 0)) {
+    if (running === 0 && due === 0 && parked.size === 0 && (mode === 'leave' || delayed.length === 0)) {
       return { ran: log.take(), delayed: mode === 'leave' ? delayed.map((d) => ({ id: d.id, queue: d.queue, dueInMs: d.dueAt - now })) : [] };
     }
     if (now >= deadline) {
       const names = [...log.running.values()].map((e) => `${e.name} ${e.id}`);
+      const strangers = [...parked.keys()];
       throw new TimeoutError(
-        `drain() timed out after ${timeoutMs} ms with tasks left: ${running} running${names.length > 0 ? ` (${names.join(', ')})` : ''}, ${due} due, ${mode === 'wait' ? delayed.length : 0} delayed`,
+        `drain() timed out after ${timeoutMs} ms with tasks left: ${running} running${names.length > 0 ? ` (${names.join(', ')})` : ''}, ${due} due, ${mode === 'wait' ? delayed.length : 0} delayed` +
+          [...parked].map(([q, n]) => `, queue ${q}: ${n} waiting`).join('') +
+          (strangers.length > 0 ? `; the app's worker does not consume ${strangers.map((q) => `'${q}'`).join(', ')} (add to createTestApp({ queues }))` : ''),
       );
     }
     await new Promise<void>((resolve) => {

@@ -208,6 +208,9 @@ function createInlineApp(options: TestAppOptions): InlineTestApp {
     services: options.services.length === 0 && options.resolve === undefined ? undefined : options.services,
     resolve: options.resolve,
     maxPayloadBytes: options.dispatcher?.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
+    // As the Redis app's worker: tasks sent to other queues stay PENDING (with no services, any
+    // registered class runs, on any queue).
+    queues: options.queues === undefined && options.services.length === 0 ? undefined : queues,
   });
   const dispatcher = dispatcherOver(engine, { ...options.dispatcher, prefix });
   let errorListeners = 0;

@@ -106,7 +106,7 @@ async function transcript(app: TestAppBase, tag: string): Promise<string[]> {
   note(`explode: ${err instanceof TaskFailedError} ${(err as TaskFailedError).remoteName}: ${(err as TaskFailedError).remoteMessage}`);
 
   const flaky = await svc.flaky.delay(tag);
-  note(`flaky: ${await flaky.get({ timeout: 10 })} attempts=${(await flaky.info()).attempts}`);
+  note(`flaky: ${await flaky.get({ timeout: 10 })} attempts=${(await flaky.info()).attempts} error=${(await flaky.info()).error?.message ?? 'none'}`);
 
   const slow = await svc.slow.delay();
   const limitErr = await slow.get({ timeout: 10 }).catch((e: unknown) => e);
@@ -119,7 +119,13 @@ async function transcript(app: TestAppBase, tag: string): Promise<string[]> {
   await waitFor(async () => (await running.status()) === 'STARTED', { what: 'untilRevoked to start' });
   note(`revoke running: ${await running.revoke()}`);
   const revokedErr = await running.get({ timeout: 10 }).catch((e: unknown) => e);
-  note(`after revoke: ${revokedErr instanceof TaskRevokedError} ${(await running.info()).revokeReason}`);
+  note(`after revoke: ${revokedErr instanceof TaskRevokedError} ${(await running.info()).revokeReason} error=${(await running.info()).error?.name}`);
+
+  // A queue the app's worker does not consume: the task waits there, and drain() says so.
+  const stray = await svc.add.applyAsync([9, 9], { queue: 'parity-elsewhere', countdown: '20ms' });
+  const strayErr = await app.drain({ timeout: '400ms' }).catch((e: unknown) => (e as Error).message);
+  note(`stray queue: ${String(strayErr).includes("does not consume 'parity-elsewhere'")} ${await stray.status()}`);
+  note(`stray revoked: ${await stray.revoke()}`);
 
   const expired = await svc.add.applyAsync([1, 1], { countdown: '60ms', expires: '20ms' });
   note(`expired: ${await expired.get({ timeout: 10 }).catch((e: unknown) => (e as Error).message.replace(expired.id, '<id>'))}`);

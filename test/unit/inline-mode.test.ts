@@ -58,6 +58,12 @@ class InlineReports {
     return Date.now();
   }
 
+  @Task({ unique: true, uniqueTimeout: '300ms' })
+  async shortLock(label: string): Promise<string> {
+    await held.promise;
+    return label;
+  }
+
   @Task({ rateLimit: [2, '300ms'] })
   async limited(n: number): Promise<number> {
     starts.push(Date.now());
@@ -238,6 +244,35 @@ describe('inline mode', () => {
       },
       { timeout: 5_000, interval: 20 },
     );
+  });
+
+  it('unique: a start keeps the expiry the lock got at dispatch (it is re-taken only once lapsed)', async () => {
+    const app = await inlineApp();
+    const ref = app.tasks(InlineReports).shortLock;
+    const first = await ref.applyAsync(['x'], { countdown: '150ms' });
+    await vi.waitFor(async () => expect(await first.status()).toBe('STARTED'), { timeout: 5_000 });
+    // 300 ms after the dispatch the lock has lapsed, though the task still runs.
+    await new Promise<void>((resolve) => setTimeout(resolve, 350));
+    const second = await ref.delay('x');
+    expect(second.duplicate).toBe(false);
+  });
+
+  it('closing the app ends a get() that waits, and refuses one that starts', async () => {
+    const app = await inlineApp();
+    const later = await app.tasks(InlineReports).build.applyAsync([1, 'a'], { countdown: 60 });
+    const waiting = later.get().catch((e: unknown) => e);
+    await app.close();
+    expect(String(await waiting)).toMatch(/inline app is closed/);
+    await expect(app.dispatcher.result(later.id).get()).rejects.toThrow(/closed/);
+  });
+
+  it('tasks on a queue the app does not consume stay PENDING, and drain() names the queue', async () => {
+    const app = await inlineApp({ queues: ['default'] });
+    const stray = await app.tasks(InlineReports).build.applyAsync([1, 'a'], { queue: 'inline-elsewhere' });
+    const err = await app.drain({ timeout: '300ms' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect((err as Error).message).toContain("queue inline-elsewhere: 1 waiting; the app's worker does not consume 'inline-elsewhere'");
+    expect(await stray.status()).toBe('PENDING');
   });
 
   it('rate limit: never more starts in a window than allowed; the rest wait for room (rateLimited events)', async () => {

@@ -42,6 +42,8 @@ interface Entry {
   dueAt?: number;
   /** Its start is queued for the next microtask (due at once). */
   queued?: boolean;
+  /** Due, but its queue is not one this app consumes: it stays PENDING. */
+  parked?: boolean;
   /** Its current run. */
   run?: InlineRun;
 }
@@ -49,6 +51,10 @@ interface Entry {
 interface Lock {
   holder: string;
   expiresAt: number;
+}
+
+function closedWhileWaiting(id: string): ConfigError {
+  return new ConfigError(`this inline app is closed: task ${id} will not run any more, so there is nothing to wait for`);
 }
 
 /** What `InlineTransport` was made with. */
@@ -59,6 +65,13 @@ export interface InlineSettings {
   maxPayloadBytes: number;
   /** Start nothing until `serve()` names the services (a Nest application before its bootstrap). Default: false. */
   held?: boolean;
+  /** How the "not served" error says to fix it. Default: add the class to `services`. */
+  unservedHint?: (className: string) => string;
+  /**
+   * The queues whose tasks run, as a worker's `queues`; a task sent to another stays PENDING, as
+   * with Redis and no worker consuming its queue. Default: every queue.
+   */
+  queues?: readonly string[] | undefined;
 }
 
 /**
@@ -83,8 +96,15 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   private closed = false;
   private closing: Promise<void> | undefined;
   private held: boolean;
+  private readonly queues: ReadonlySet<string> | undefined;
+  /** Waits of get()s in progress: they are told when the transport closes. */
+  private readonly waits = new Set<() => void>();
+
+  private readonly unserved: (className: string) => string;
 
   constructor(settings: InlineSettings) {
+    this.unserved = settings.unservedHint ?? ((c) => `add ${c} (or an instance of it) to services, or pass resolve`);
+    this.queues = settings.queues === undefined ? undefined : new Set(settings.queues);
     const fallback = settings.services === undefined ? (cls: Constructor): object => new (cls as new () => object)() : undefined;
     this.services = new ServiceDirectory(settings.services ?? [], settings.resolve ?? fallback, INLINE_WORKER_ID);
     this.held = settings.held === true;
@@ -131,8 +151,12 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
 
   // ---- sending (enqueue-2.lua's rules) ----
 
+  /**
+   * Stores a checked call and schedules its start. After close() a task is still accepted, and
+   * stays PENDING, as a task sent to Redis while no worker runs (the Dispatcher refuses calls
+   * itself once it is closed).
+   */
   send(p: PreparedCall): Promise<EnqueueOutcome> {
-    if (this.closed) return Promise.reject(new ConfigError('this inline dispatcher is closed'));
     const now = Date.now();
     const key = p.keys.task(p.id);
     const existing = this.entries.get(key);
@@ -177,6 +201,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   }
 
   watch(keys: QueueKeys, id: string): Promise<Watch> {
+    if (this.closed) return Promise.reject(closedWhileWaiting(id));
     const key = keys.task(id);
     let set = this.watchers.get(key);
     if (!set) {
@@ -191,17 +216,31 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       wake?.();
     };
     listeners.add(fire);
+    const waits = this.waits;
     return Promise.resolve({
       next: (ms: number) =>
-        new Promise<void>((resolve) => {
+        new Promise<void>((resolve, reject) => {
+          if (this.closed) {
+            reject(closedWhileWaiting(id));
+            return;
+          }
           if (fired) {
             fired = false;
             resolve();
             return;
           }
           const timer = setTimeout(done, ms);
+          // A get() waiting when the transport closes would wait for ever: nothing runs any more.
+          const fail = (): void => {
+            clearTimeout(timer);
+            waits.delete(fail);
+            wake = undefined;
+            reject(closedWhileWaiting(id));
+          };
+          waits.add(fail);
           function done(): void {
             clearTimeout(timer);
+            waits.delete(fail);
             wake = undefined;
             fired = false;
             resolve();
@@ -254,16 +293,19 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   // ---- for drain() and close() ----
 
   /** Tasks not ended: running, due now, or waiting for a timer (with when it is due). */
-  pending(): { running: number; due: number; delayed: { id: string; queue: string; dueAt: number }[] } {
+  pending(): { running: number; due: number; delayed: { id: string; queue: string; dueAt: number }[]; parked: Map<string, number> } {
     let running = 0;
     let due = 0;
     const delayed: { id: string; queue: string; dueAt: number }[] = [];
+    /** Tasks waiting on queues this app does not consume, per queue. */
+    const parked = new Map<string, number>();
     for (const e of this.entries.values()) {
       if (e.run) running++;
       else if (e.queued) due++;
       else if (e.timer !== undefined) delayed.push({ id: e.id, queue: e.keys.queue, dueAt: e.dueAt ?? 0 });
+      else if (e.parked) parked.set(e.keys.queue, (parked.get(e.keys.queue) ?? 0) + 1);
     }
-    return { running, due, delayed };
+    return { running, due, delayed, parked };
   }
 
   /** The task name of a task, or '?'. */
@@ -311,6 +353,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       e.run = undefined;
       abortRun(run, new WorkerShutdownError(INLINE_WORKER_ID));
     }
+    for (const fail of [...this.waits]) fail();
     this.changed.clear();
   }
 
@@ -357,15 +400,21 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     entry.timer = undefined;
     entry.dueAt = undefined;
     entry.queued = false;
+    entry.parked = false;
   }
 
   /** start-tasks.lua's checks, then the run. */
   private start(entry: Entry): void {
     const r = entry.record;
     if (this.closed || this.held || (r[FIELDS.state] !== 'PENDING' && r[FIELDS.state] !== 'RETRY')) return;
+    if (this.queues && !this.queues.has(entry.keys.queue)) {
+      entry.parked = true;
+      this.notifyChange();
+      return;
+    }
     const now = Date.now();
     const expires = Number(r[FIELDS.expires] ?? 0);
-    if (expires > 0 && expires <= now) {
+    if (expires > 0 && now > expires) {
       this.end(entry, 'REVOKED', { [FIELDS.revokeReason]: 'expired' });
       this.emitRevoked(entry, 'expired');
       return;
@@ -380,7 +429,8 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
         this.emitRevoked(entry, 'duplicate');
         return;
       }
-      this.locks.set(lockKey, { holder: entry.id, expiresAt: now + Number(r[FIELDS.lockTtl] ?? 0) });
+      // Re-taken only when it lapsed: a lock this task holds keeps its expiry (start-tasks.lua).
+      if (!held) this.locks.set(lockKey, { holder: entry.id, expiresAt: now + Number(r[FIELDS.lockTtl] ?? 0) });
     }
     const rateKey = r[FIELDS.rateKey];
     if (rateKey !== undefined) {
@@ -402,7 +452,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       const error = toRemoteError(
         new UnknownTaskError(
           def
-            ? `no task named '${name}' is served by this inline app: add ${def.className} (or an instance of it) to services, or pass resolve`
+            ? `no task named '${name}' is served by this inline app: ${this.unserved(def.className)}`
             : `no task named '${name}' is registered in this process; inline tasks run here, so the class that declares it must be imported`,
         ),
       );
@@ -448,7 +498,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     const revoke = r[FIELDS.revokeRequested] as RevokeReason | undefined;
     const value = finish.field === '' ? {} : { [finish.field]: finish.value };
     if (revoke !== undefined && finish.state !== 'SUCCESS') {
-      this.end(entry, 'REVOKED', { [FIELDS.revokeReason]: revoke });
+      this.end(entry, 'REVOKED', { ...value, [FIELDS.revokeReason]: revoke });
       finish.stored({ kind: 'stored', state: 'REVOKED' });
       return;
     }
@@ -462,6 +512,8 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       this.notifyTask(entry);
       return;
     }
+    // A task that succeeds on a retry keeps no error of its earlier attempts (finish-task.lua).
+    if (finish.state === 'SUCCESS') delete r[FIELDS.error];
     this.end(entry, finish.state, value);
     finish.stored({ kind: 'stored', state: finish.state });
   }
