@@ -331,6 +331,17 @@ describe('@OnTaskEvent listeners that throw', () => {
   });
 });
 
+@Injectable()
+class LastWords {
+  sent: string | undefined;
+  constructor(@InjectTasks(Billing) private readonly billing: TaskProxy<Billing>) {}
+
+  /** Dispatches during shutdown, after the worker (or the inline engine) has stopped. */
+  async onApplicationShutdown(): Promise<void> {
+    this.sent = (await this.billing.invoice.delay(1)).id;
+  }
+}
+
 describe('HeimdallModule.forRoot({ inline: true })', () => {
   it('runs the tasks on the container providers in this process, without Redis: dependencies, events, scopes, early dispatches', async () => {
     const moduleRef = await Test.createTestingModule({
@@ -362,10 +373,10 @@ describe('HeimdallModule.forRoot({ inline: true })', () => {
     expect(ra.serial).not.toBe(rb.serial);
   });
 
-  it('shutdown waits for a running inline task, then closes the dispatcher', async () => {
+  it('shutdown waits for a running inline task, then closes the dispatcher; providers can dispatch until then', async () => {
     const moduleRef = await Test.createTestingModule({
       imports: [HeimdallModule.forRoot({ inline: true, worker: { closeTimeout: 10 } })],
-      providers: [Pricing, Billing],
+      providers: [Pricing, Billing, LastWords],
     }).compile();
     await moduleRef.init();
     const dispatcher = moduleRef.get(Dispatcher);
@@ -375,6 +386,9 @@ describe('HeimdallModule.forRoot({ inline: true })', () => {
     held.gate.open();
     await closing;
     expect(await slow.status()).toBe('SUCCESS');
+    // Sent in onApplicationShutdown: accepted, and left PENDING (nothing runs any more), as with Redis.
+    const last = moduleRef.get(LastWords).sent;
+    expect(last).toBeDefined();
     await expect(dispatcher.tasks(Billing).invoice.delay(1)).rejects.toThrow(/closed/);
   });
 });
