@@ -1,6 +1,7 @@
 export { Task, TASK_METADATA } from './core/task/task.decorator.js';
 export { Dispatcher } from './core/producer/dispatcher.js';
-export type { ApplyOptions, ConnectionOptions, DispatcherOptions, TaskProxy, TaskRef } from './core/producer/dispatcher.js';
+export type { ApplyOptions, ConnectionOptions, DispatcherOptions, PingOptions, TaskProxy, TaskRef, WorkersOptions } from './core/producer/dispatcher.js';
+export type { PingReply, RunningTask, WorkerInfo } from './core/protocol/worker-info.js';
 export { Worker } from './core/worker/worker.js';
 export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './core/worker/worker-options.js';
 export { onShutdownSignal } from './core/worker/shutdown-signals.js';

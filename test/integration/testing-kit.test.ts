@@ -311,8 +311,8 @@ describe('createTestApp', () => {
     const admin = new Redis(redisUrl());
     try {
       expect((await scanKeys(admin, `${a.prefix}:*`)).length).toBeGreaterThan(0);
-      // b holds only its worker's declaration of the task names, nothing of a's tasks.
-      expect((await scanKeys(admin, `${b.prefix}:*`)).filter((k) => !k.endsWith('}:names'))).toEqual([]);
+      // b holds only its worker's declaration of the task names and its registry entry, nothing of a's tasks.
+      expect((await scanKeys(admin, `${b.prefix}:*`)).filter((k) => !/}:(names|workers|worker-info)$/.test(k))).toEqual([]);
       expect((await clientNames(admin, `heimdall:${a.prefix}:`)).length).toBeGreaterThan(0);
       await a.close();
       await a.close();

@@ -11,6 +11,7 @@ import type { PreparedCall } from '../producer/prepare-call.js';
 import type { Watch } from '../producer/result-waiter.js';
 import type { ResultBackend } from '../producer/task-result.js';
 import type { DispatchTransport } from '../producer/transport.js';
+import type { PingReply, WorkerInfo } from '../protocol/worker-info.js';
 import type { Constructor } from '../task/registry.js';
 import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
 import { execute, type ExecutionHost } from '../worker/execution.js';
@@ -183,6 +184,16 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     this.entries.set(key, entry);
     this.schedule(entry, dueAt, now);
     return Promise.resolve({ code: ENQUEUE_CODES.enqueued, detail: '', pttlMs: 0 });
+  }
+
+  /** No worker processes: tasks run in this one. */
+  workers(): Promise<WorkerInfo[]> {
+    return Promise.resolve([]);
+  }
+
+  /** No worker processes answer. */
+  ping(): Promise<PingReply[]> {
+    return Promise.resolve([]);
   }
 
   lockHolder(_keys: QueueKeys, lockKey: string): Promise<string | null> {

@@ -1,10 +1,11 @@
 import type { RedisClient } from '../protocol/connection.js';
 import type { ConnectionOption } from '../protocol/connection.js';
-import { describe } from '../task/durations.js';
+import { describe, toMillis, type Duration } from '../task/durations.js';
 import { uniqueKey } from '../task/call-checks.js';
-import { ConfigError, NotATaskError, PartialDispatchError } from '../errors.js';
+import { ConfigError, NotATaskError, PartialDispatchError, redisCall } from '../errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
-import { discover, taskByName, type Constructor, type TaskDefinition } from '../task/registry.js';
+import { discover, registeredTasks, taskByName, type Constructor, type TaskDefinition } from '../task/registry.js';
+import type { PingReply, WorkerInfo } from '../protocol/worker-info.js';
 import { argsToJson } from '../task/serialization.js';
 import { makeTaskResult, type TaskResult } from './task-result.js';
 import type { NormalizedTaskOptions } from '../task/task-options.js';
@@ -27,6 +28,18 @@ export interface ConnectionOptions {
 export interface DispatcherOptions extends ConnectionOptions {
   /** Largest serialized arguments accepted, in bytes; larger dispatches fail with PayloadTooLargeError. Default: 512 KiB. */
   maxPayloadBytes?: number;
+}
+
+/** Options of `dispatcher.workers()`. */
+export interface WorkersOptions {
+  /** The queues whose workers are listed. Default: `'default'` and every queue a task registered in this process names. */
+  queues?: readonly string[];
+}
+
+/** Options of `dispatcher.ping()`. */
+export interface PingOptions extends WorkersOptions {
+  /** How long to wait for answers: seconds or an `ms` string. Default: 1 s. */
+  timeout?: Duration;
 }
 
 /** The typed handle of one task of a class, from `dispatcher.tasks(Class)`. */
@@ -162,6 +175,46 @@ export class Dispatcher {
     if (typeof id !== 'string' || id === '') throw new ConfigError('result() needs a task id');
     const queue = options.queue ?? queueOfId(id) ?? DEFAULT_QUEUE;
     return makeTaskResult<R>(this.transport.results, this.keys(queue), id, undefined, false);
+  }
+
+  /**
+   * The live workers, from the registry each worker renews every third of its lease: what they
+   * are (host, pid, version, queues, concurrency), what they run, and their counts of ended tasks.
+   * A worker that stopped heartbeating is gone once its lease has passed. `queues`: where to look.
+   * Default: `'default'` and every queue a task registered in this process names.
+   */
+  workers(options: WorkersOptions = {}): Promise<WorkerInfo[]> {
+    let queues: QueueKeys[];
+    try {
+      queues = this.registryQueues(options.queues, 'workers');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return redisCall('reading the worker registry', () => this.transport.workers(queues));
+  }
+
+  /**
+   * Asks the workers of these queues to answer (Celery's `inspect ping`), over Pub/Sub; resolves
+   * after `timeout` with those that did, each once. Default queues as `workers()`.
+   */
+  ping(options: PingOptions = {}): Promise<PingReply[]> {
+    let queues: QueueKeys[];
+    let timeoutMs: number;
+    try {
+      queues = this.registryQueues(options.queues, 'ping');
+      timeoutMs = options.timeout === undefined ? 1000 : toMillis(options.timeout, 'ping({ timeout })');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return redisCall('pinging the workers', () => this.transport.ping(queues, timeoutMs));
+  }
+
+  /** The queues `workers()` and `ping()` look at: the given ones, or 'default' and the registered tasks' queues. */
+  private registryQueues(given: readonly string[] | undefined, what: string): QueueKeys[] {
+    if (this.closed) throw new ConfigError('this dispatcher is closed');
+    if (given !== undefined && !Array.isArray(given)) throw new ConfigError(`${what}({ queues }) must be an array of queue names`);
+    const names = given ?? [...new Set([DEFAULT_QUEUE, ...registeredTasks().map((d) => d.options.queue)])];
+    return names.map((q) => this.keys(q));
   }
 
   /** Closes the connections this dispatcher opened. A client you passed in stays open. */

@@ -13,15 +13,15 @@ export interface Watch {
  * still re-reads the state now and then in case a message was lost in a reconnect.
  */
 export class ResultWaiter {
-  private readonly listeners = new Map<string, Set<() => void>>();
+  private readonly listeners = new Map<string, Set<(message: string) => void>>();
   /** The SUBSCRIBE in flight (or done) for each watched channel, so a second watcher awaits it too. */
   private readonly subscribed = new Map<string, Promise<unknown>>();
   /** Resolves when the subscriber connection's handshake in progress ends. */
   private handshake: Promise<void> | undefined;
 
   constructor(private readonly subscriber: RedisClient) {
-    subscriber.on('message', (channel: string) => {
-      for (const fire of this.listeners.get(channel) ?? []) fire();
+    subscriber.on('message', (channel: string, message: string) => {
+      for (const fire of this.listeners.get(channel) ?? []) fire(message);
     });
   }
 
@@ -48,19 +48,17 @@ export class ResultWaiter {
     return this.handshake;
   }
 
-  async watch(channel: string): Promise<Watch> {
-    let fired = false;
-    let wake: (() => void) | undefined;
-    const listener = (): void => {
-      fired = true;
-      wake?.();
-    };
+  /**
+   * Calls `onMessage` with each message on `channel` until the returned function is called.
+   * Resolves once subscribed, so a reply published after it is not missed.
+   */
+  async listen(channel: string, onMessage: (message: string) => void): Promise<() => void> {
     let set = this.listeners.get(channel);
     if (!set) {
       set = new Set();
       this.listeners.set(channel, set);
     }
-    set.add(listener);
+    set.add(onMessage);
     let subscribing = this.subscribed.get(channel);
     if (!subscribing) {
       subscribing = this.handshakeDone().then(() => this.subscriber.subscribe(channel));
@@ -69,10 +67,29 @@ export class ResultWaiter {
     try {
       await subscribing;
     } catch (err) {
-      set.delete(listener);
+      set.delete(onMessage);
       if (this.subscribed.get(channel) === subscribing) this.subscribed.delete(channel);
       throw err;
     }
+    return () => {
+      const current = this.listeners.get(channel);
+      if (!current) return;
+      current.delete(onMessage);
+      if (current.size === 0) {
+        this.listeners.delete(channel);
+        this.subscribed.delete(channel);
+        if (this.subscriber.status === 'ready') this.subscriber.unsubscribe(channel).catch(() => undefined);
+      }
+    };
+  }
+
+  async watch(channel: string): Promise<Watch> {
+    let fired = false;
+    let wake: (() => void) | undefined;
+    const stop = await this.listen(channel, () => {
+      fired = true;
+      wake?.();
+    });
     return {
       next: (ms) =>
         new Promise<void>((resolve) => {
@@ -90,16 +107,7 @@ export class ResultWaiter {
           }
           wake = done;
         }),
-      close: () => {
-        const current = this.listeners.get(channel);
-        if (!current) return;
-        current.delete(listener);
-        if (current.size === 0) {
-          this.listeners.delete(channel);
-          this.subscribed.delete(channel);
-          if (this.subscriber.status === 'ready') this.subscriber.unsubscribe(channel).catch(() => undefined);
-        }
-      },
+      close: stop,
     };
   }
 }

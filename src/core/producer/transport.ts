@@ -9,6 +9,8 @@ import { Enqueuer } from './enqueuer.js';
 import type { PreparedCall } from './prepare-call.js';
 import { ResultWaiter, type Watch } from './result-waiter.js';
 import type { ResultBackend } from './task-result.js';
+import { randomBytes } from 'node:crypto';
+import { decodeWorkerInfo, type PingReply, type PingRequest, type WorkerInfo } from '../protocol/worker-info.js';
 
 /**
  * Where a Dispatcher's checked calls go and its TaskResults read from: Redis (RedisTransport),
@@ -25,6 +27,10 @@ export interface DispatchTransport {
   send(call: PreparedCall): Promise<EnqueueOutcome>;
   /** The id holding a unique lock, or null. */
   lockHolder(keys: QueueKeys, lockKey: string, what: string): Promise<string | null>;
+  /** The live workers registered on these queues (heartbeat-2.lua), each once. */
+  workers(queues: readonly QueueKeys[]): Promise<WorkerInfo[]>;
+  /** Asks the workers of these queues to answer on a reply channel; resolves after `timeoutMs` with the answers. */
+  ping(queues: readonly QueueKeys[], timeoutMs: number): Promise<PingReply[]>;
   /** Sends what is still waiting, then lets go of what it holds. */
   close(): Promise<void>;
 }
@@ -74,12 +80,17 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
   }
 
   watch(keys: QueueKeys, id: string): Promise<Watch> {
+    return this.subscriber().watch(keys.done(id));
+  }
+
+  /** The subscriber connection's waiter, opened on first use. */
+  private subscriber(): ResultWaiter {
     if (this.closed) throw new ConfigError('this dispatcher is closed; create a new Dispatcher to wait for results');
     if (!this.waiter) {
       this.sub = openClient(this.connection, 'subscriber', this.clientName);
       this.waiter = new ResultWaiter(this.sub.client);
     }
-    return this.waiter.watch(keys.done(id));
+    return this.waiter;
   }
 
   async revoke(keys: QueueKeys, id: string, terminate: boolean, expireMs: number): Promise<TaskState> {
@@ -88,6 +99,63 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
 
   forget(keys: QueueKeys, id: string): Promise<boolean> {
     return forget(this.scripts, keys, id);
+  }
+
+  async workers(queues: readonly QueueKeys[]): Promise<WorkerInfo[]> {
+    const client = this.conn.client;
+    const [sec, usec] = await client.time();
+    const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+    const byId = new Map<string, WorkerInfo>();
+    await Promise.all(
+      queues.map(async (k) => {
+        const members = await client.zrangebyscore(k.workers, `(${now}`, '+inf', 'WITHSCORES', 'LIMIT', 0, 1000);
+        const ids: string[] = [];
+        const until: number[] = [];
+        for (let i = 0; i + 1 < members.length; i += 2) {
+          ids.push(members[i]!);
+          until.push(Number(members[i + 1]));
+        }
+        if (ids.length === 0) return;
+        const infos = await client.hmget(k.workerInfo, ...ids);
+        infos.forEach((json, i) => {
+          const info = decodeWorkerInfo(json, until[i]!);
+          const known = info && byId.get(info.id);
+          if (info && (!known || known.heartbeatAt < info.heartbeatAt)) byId.set(info.id, info);
+        });
+      }),
+    );
+    return [...byId.values()].sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  async ping(queues: readonly QueueKeys[], timeoutMs: number): Promise<PingReply[]> {
+    if (queues.length === 0) return [];
+    const nonce = randomBytes(8).toString('hex');
+    const channel = queues[0]!.reply(nonce);
+    const replies = new Map<string, PingReply>();
+    const began = performance.now();
+    const stop = await this.subscriber().listen(channel, (message) => {
+      try {
+        const r = JSON.parse(message) as Partial<PingReply> & { nonce?: string };
+        if (r.nonce !== nonce || typeof r.id !== 'string' || replies.has(r.id)) return;
+        replies.set(r.id, {
+          id: r.id,
+          host: String(r.host ?? ''),
+          pid: Number(r.pid ?? 0),
+          queues: Array.isArray(r.queues) ? r.queues.map(String) : [],
+          latencyMs: Math.round((performance.now() - began) * 10) / 10,
+        });
+      } catch {
+        // not an answer of ours
+      }
+    });
+    try {
+      const request: PingRequest = { op: 'ping', nonce, reply: channel };
+      await Promise.all(queues.map((k) => this.conn.client.publish(k.control, JSON.stringify(request))));
+      await new Promise((resolve) => setTimeout(resolve, timeoutMs));
+    } finally {
+      stop();
+    }
+    return [...replies.values()].sort((a, b) => a.id.localeCompare(b.id));
   }
 
   async close(): Promise<void> {

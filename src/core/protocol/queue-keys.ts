@@ -21,12 +21,16 @@ export const KEY_NAMES = {
   task: 't:',
   lock: 'lock:',
   rate: 'rate:',
+  workers: 'workers',
+  workerInfo: 'worker-info',
 } as const;
 
 /** The names of a queue's Pub/Sub channels after its base, read by the generator as KEY_NAMES is. */
 export const CHANNEL_NAMES = {
   revoke: 'revoke',
   done: 'done:',
+  control: 'control',
+  reply: 'reply:',
 } as const;
 
 const BAD_NAME = /[{}\u0000-\u001f\u007f\s]/;
@@ -60,6 +64,12 @@ export class QueueKeys {
   readonly revoke: string;
   /** HASH task name -> until when (ms, Redis clock) a worker of this queue declares it. */
   readonly names: string;
+  /** ZSET worker id -> until when (ms, Redis clock) its registration on this queue holds. */
+  readonly workers: string;
+  /** HASH worker id -> JSON of what it last said of itself (WorkerInfo), beside `workers`. */
+  readonly workerInfo: string;
+  /** Pub/Sub channel on which requests to the workers of this queue are broadcast (ping). */
+  readonly control: string;
 
   constructor(
     readonly prefix: string,
@@ -72,6 +82,9 @@ export class QueueKeys {
     this.dead = this.base + KEY_NAMES.dead;
     this.revoke = this.base + CHANNEL_NAMES.revoke;
     this.names = this.base + KEY_NAMES.names;
+    this.workers = this.base + KEY_NAMES.workers;
+    this.workerInfo = this.base + KEY_NAMES.workerInfo;
+    this.control = this.base + CHANNEL_NAMES.control;
   }
 
   /** HASH holding one task's message, state and result. */
@@ -92,6 +105,11 @@ export class QueueKeys {
   /** Pub/Sub channel on which the end of a task is announced. */
   done(id: string): string {
     return this.base + CHANNEL_NAMES.done + id;
+  }
+
+  /** Pub/Sub channel on which workers answer one request (a ping) sent on `control`. */
+  reply(nonce: string): string {
+    return this.base + CHANNEL_NAMES.reply + nonce;
   }
 }
 

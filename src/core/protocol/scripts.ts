@@ -15,6 +15,7 @@ import {
   extendLeases as extendLeasesScript,
   fetch as fetchScript,
   forget as forgetScript,
+  heartbeat as heartbeatScript,
   reclaim as reclaimScript,
   requeue as requeueScript,
   revoke as revokeScript,
@@ -337,6 +338,14 @@ export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: Wor
     [keys.base, worker.workerId, run.id, run.token, graceMs, worker.resultExpiresMs, message, seed()],
   );
   return readVerdict('decline', reply);
+}
+
+/**
+ * Registers a worker on a queue for `validMs` with what it says of itself (JSON), or removes it
+ * with `validMs` 0 (heartbeat-2.lua). Resolves with the number of workers registered there.
+ */
+export async function heartbeat(runner: ScriptRunner, keys: QueueKeys, workerId: string, validMs: number, infoJson: string): Promise<number> {
+  return runner.run<number>(heartbeatScript, [keys.workers, keys.workerInfo], validMs > 0 ? [workerId, validMs, infoJson] : [workerId, 0]);
 }
 
 /** Declares the task names a worker runs on a queue, valid for `validMs` (declare-1.lua). */

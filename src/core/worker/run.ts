@@ -23,6 +23,8 @@ export interface Run<O extends RunOwner = QueueRunner> {
   released: boolean;
   /** What currentTask() returns inside it, once it runs. */
   context?: CurrentTask;
+  /** When this worker launched it (ms, its clock), for the registry. */
+  startedAt?: number;
 }
 
 /** Key of a run in the worker's map: ids are unique per queue only (a custom taskId may repeat). */

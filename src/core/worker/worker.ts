@@ -16,6 +16,7 @@ import { QueueRunner, type Finish, type RunnerHost } from './queue-runner.js';
 import { safeInstanceOf, toRemoteError } from './remote-error.js';
 import { abortRun, leaseLost, runKey, safeArgs, type Run } from './run.js';
 import { ServiceDirectory } from './services.js';
+import { WorkerRegistration } from './registration.js';
 import { workerSettings, type CloseOptions, type TaskEvent, type WorkerEvents, type WorkerOptions } from './worker-options.js';
 
 export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './worker-options.js';
@@ -46,6 +47,8 @@ export class Worker {
   private state: 'new' | 'starting' | 'running' | 'closing' | 'closed' = 'new';
   private reserved = 0;
   private closing: Promise<void> | undefined;
+  /** Its entry in the registry (heartbeat-2.lua), from start(). */
+  private registration: WorkerRegistration | undefined;
 
   constructor(options: WorkerOptions) {
     const { prefix, queues, concurrency, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs } = workerSettings(options);
@@ -144,7 +147,11 @@ export class Worker {
       if (this.state !== 'starting') return; // close() was called meanwhile and closes the clients
       const subscriber = openClient(this.options.connection, 'subscriber', name, {}, connectionError('subscriber'));
       this.clients.push(subscriber);
-      subscriber.client.on('message', (channel: string, message: string) => this.onRevokeMessage(channel, message));
+      const controls = new Set(this.queues.map((q) => new QueueKeys(this.prefix, q).control));
+      subscriber.client.on('message', (channel: string, message: string) => {
+        if (controls.has(channel)) this.registration?.onControl(message);
+        else this.onRevokeMessage(channel, message);
+      });
       for (const queue of this.queues) {
         const keys = new QueueKeys(this.prefix, queue);
         const blocking = openClient(this.options.connection, 'blocking', name, {}, connectionError(`queue ${queue} blocking`));
@@ -152,11 +159,18 @@ export class Worker {
         this.blockers.push(blocking);
         this.runners.push(new QueueRunner(this.host, keys, scripts, blocking.client, commands.client));
       }
-      // Revoke messages for running tasks arrive here, whichever process sent them.
-      await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke));
+      this.registration = new WorkerRegistration(
+        { id: this.id, queues: this.queues, concurrency: this.concurrency, runs: () => this.inFlight.values() },
+        scripts,
+        commands.client,
+        this.prefix,
+      );
+      // Revoke messages for running tasks arrive here, whichever process sent them; pings too.
+      await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke), ...controls);
       // Before the first fetch, so other workers that meet these tasks know to hand them back.
       // Not a reason to refuse to start: the next tick declares them again.
       await this.declareNames().catch((err: unknown) => this.host.reportError(fromRedis(err, 'declaring the task names this worker runs')));
+      await this.heartbeat();
       if (this.state !== 'starting') return;
       this.state = 'running';
       for (const r of this.runners) r.start();
@@ -210,6 +224,7 @@ export class Worker {
       await drained;
     }
     if (this.leaseTimer) clearInterval(this.leaseTimer);
+    if (wasRunning) await this.unregister();
     await Promise.all(this.clients.map((c) => closeClient(c)));
     this.state = 'closed';
   }
@@ -251,7 +266,7 @@ export class Worker {
       abortRun(stale, leaseLost(task.id));
       this.emit('error', new StaleRunError(task.id, task.name, 'STARTED', 'end'));
     }
-    const run: Run = { runner, task, released: false };
+    const run: Run = { runner, task, released: false, startedAt: Date.now() };
     this.inFlight.set(key, run);
     const def = this.services.taskNamed(task.name);
     const running =
@@ -350,6 +365,29 @@ export class Worker {
     } catch (err) {
       this.host.reportError(fromRedis(err, 'declaring the task names this worker runs'));
     }
+    await this.heartbeat();
+  }
+
+  /** Renews this worker's entry in the registry, valid for three ticks. A failure is reported, never thrown. */
+  private async heartbeat(): Promise<void> {
+    try {
+      await this.registration?.renew(
+        this.runners.map((r) => r.keys),
+        3 * this.tickMs(),
+      );
+    } catch (err) {
+      this.host.reportError(fromRedis(err, 'renewing this worker in the registry'));
+    }
+  }
+
+  /** Leaves the registry as the worker closes: at most a second (with Redis gone the entry lapses by itself). */
+  private async unregister(): Promise<void> {
+    const registration = this.registration;
+    if (!registration) return;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, 1000)));
+    await Promise.race([registration.remove(this.runners.map((r) => r.keys)).catch(() => undefined), late]);
+    clearTimeout(timer);
   }
 
   private tickMs(): number {
@@ -370,6 +408,12 @@ export class Worker {
   }
 
   private emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void {
+    const r = this.registration;
+    if (r) {
+      if (event === 'succeeded') r.succeeded++;
+      else if (event === 'failed') r.failed++;
+      else if (event === 'retried') r.retried++;
+    }
     if (event === 'error' && this.events.listenerCount('error') === 0) {
       try {
         console.error(`[heimdall-tasks] worker ${this.id}:`, args[0]);

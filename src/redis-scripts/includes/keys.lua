@@ -11,5 +11,9 @@ local function namesKeyOf(base) return base .. 'names' end
 local function taskKeyOf(base, id) return base .. 't:' .. id end
 local function lockKeyOf(base, tail) return base .. 'lock:' .. tail end
 local function rateKeyOf(base, tail) return base .. 'rate:' .. tail end
+local function workersKeyOf(base) return base .. 'workers' end
+local function workerInfoKeyOf(base) return base .. 'worker-info' end
 local function revokeChannelOf(base) return base .. 'revoke' end
 local function doneChannelOf(base, id) return base .. 'done:' .. id end
+local function controlChannelOf(base) return base .. 'control' end
+local function replyChannelOf(base, tail) return base .. 'reply:' .. tail end
