@@ -7,7 +7,7 @@ import { toMillis, type Duration } from '../core/task/durations.js';
 import type { Worker } from '../core/worker/worker.js';
 import type { TaskEvent, TaskEventSource, WorkerEvents } from '../core/worker/worker-options.js';
 import type { InlineTransport } from '../core/inline/inline-transport.js';
-import { escapeGlob, scanKeys } from './keys.js';
+import { escapeGlob, scanKeys } from '../core/protocol/scan.js';
 
 /** Options of `app.drain()`. */
 export interface DrainOptions {

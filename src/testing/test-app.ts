@@ -9,7 +9,7 @@ import { Worker } from '../core/worker/worker.js';
 import type { WorkerEvents, WorkerOptions } from '../core/worker/worker-options.js';
 import { drainApp, drainInline, TaskLog, type DrainOptions, type DrainReport } from './drain.js';
 import { InlineTransport } from '../core/inline/inline-transport.js';
-import { escapeGlob, scanKeys } from './keys.js';
+import { escapeGlob, scanKeys } from '../core/protocol/scan.js';
 
 /** Options of `createTestApp()`. */
 export interface TestAppOptions {

@@ -17,6 +17,7 @@ import {
   forget as forgetScript,
   heartbeat as heartbeatScript,
   reclaim as reclaimScript,
+  releaseLock as releaseLockScript,
   requeue as requeueScript,
   revoke as revokeScript,
   type LuaScript,
@@ -338,6 +339,18 @@ export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: Wor
     [keys.base, worker.workerId, run.id, run.token, graceMs, worker.resultExpiresMs, message, seed()],
   );
   return readVerdict('decline', reply);
+}
+
+/** What became of an operator's release of a lock (release-lock-1.lua). */
+export type LockRelease = { released: true } | { released: false; reason: 'gone' } | { released: false; reason: 'held-by-another'; holder: string };
+
+/** Releases the lock `lockKey` if `holder` still holds it (release-lock-1.lua). */
+export async function releaseLock(runner: ScriptRunner, lockKey: string, holder: string): Promise<LockRelease> {
+  const [code, detail] = await runner.run<[number, string]>(releaseLockScript, [lockKey], [holder]);
+  if (code === 1) return { released: true };
+  if (code === 0) return { released: false, reason: 'gone' };
+  if (code === 2) return { released: false, reason: 'held-by-another', holder: String(detail) };
+  throw unexpectedReply('release-lock', 'code', code);
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { Cluster } from 'ioredis';
-import type { RedisClient } from '../core/protocol/connection.js';
+import type { RedisClient } from './connection.js';
 
 /** `text` with the characters SCAN's MATCH reads as a pattern escaped. */
 export function escapeGlob(text: string): string {

@@ -1,0 +1,294 @@
+import { ConfigError, redisCall } from '../errors.js';
+import { closeClient, openClient, type OwnedClient, type RedisClient } from '../protocol/connection.js';
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, KEY_NAMES, QueueKeys, validateName } from '../protocol/queue-keys.js';
+import { escapeGlob, scanKeys } from '../protocol/scan.js';
+import { ScriptRunner } from '../protocol/script-runner.js';
+import { releaseLock, type LockRelease } from '../protocol/scripts.js';
+import { FIELDS } from '../protocol/task-fields.js';
+import type { TaskState } from '../protocol/task-record.js';
+import type { ConnectionOptions } from '../producer/dispatcher.js';
+import { registeredTasks } from '../task/registry.js';
+
+/** How many keys or entries one listing reads at most, unless told otherwise. */
+const DEFAULT_LIMIT = 100;
+/** Hard bound on what one listing reads. */
+const MAX_LIMIT = 10_000;
+
+/** The counts of one queue, read in one MULTI (a snapshot). */
+export interface QueueStats {
+  queue: string;
+  /** Tasks in the wait list, ready to start. */
+  waiting: number;
+  /** Tasks due later (countdown, eta, retries, rate-limit reschedules, hand-backs). */
+  delayed: number;
+  /** Tasks running (holding a lease). */
+  running: number;
+  /** Dead letters kept (at most 1,000). */
+  dead: number;
+  /** Live workers registered on the queue. */
+  workers: number;
+  /** Milliseconds the oldest waiting task has been waiting since it was sent (Redis clock), or null when none waits. */
+  oldestWaitingMs: number | null;
+}
+
+/** A unique lock and its holder. */
+export interface LockInfo {
+  queue: string;
+  /** The whole Redis key, as `releaseLock()` takes it. */
+  key: string;
+  /** The task name the lock is for. */
+  task: string;
+  /** The lock's key part (`key(args)`, or the arguments' hash). */
+  lockKey: string;
+  /** The id of the task holding it. */
+  holder: string;
+  /** The holder's state; undefined when its record is gone (forgotten, expired). */
+  holderState: TaskState | undefined;
+  /** Milliseconds until the lock lapses (`uniqueTimeout`), or null when it has no expiry. */
+  ttlMs: number | null;
+}
+
+/** A rate window: starts counted in its period. */
+export interface RateWindowInfo {
+  queue: string;
+  /** The whole Redis key. */
+  key: string;
+  /** The task name, when a task registered in this process owns the window. */
+  task: string | undefined;
+  /** Its limit and period, when that task's `rateLimit` is static; undefined otherwise. */
+  limit: number | undefined;
+  periodMs: number | undefined;
+  /** Starts within the period (all starts the window holds when the period is unknown). */
+  starts: number;
+  /** Milliseconds until a start slot frees: 0 when one is free now; undefined when the limit is unknown. */
+  nextFreeInMs: number | undefined;
+}
+
+/** A dead letter: a task that could not be run, and why. */
+export interface DeadLetter {
+  queue: string;
+  id: string;
+  reason: string;
+  /** When it was dead-lettered (Redis clock). */
+  at: Date;
+}
+
+/** Options of the listings: how many entries to read at most (default 100, at most 10,000). */
+export interface ListOptions {
+  limit?: number;
+}
+
+/** Options of `new Inspector()`: where Redis is and the key prefix, as for a Dispatcher. */
+export type InspectorOptions = ConnectionOptions;
+
+/**
+ * Reads what is in Redis for operators and tools (the CLI, a dashboard): per-queue counts, unique
+ * locks with their holders, rate windows, dead letters; and releases a lock on purpose. Reads are
+ * bounded (`SCAN` with a `COUNT`, `LRANGE`/`ZRANGE` with limits), never `KEYS`. Listings that
+ * find keys by pattern use `SCAN`, which a restricted ACL user needs (`+scan`).
+ */
+export class Inspector {
+  /** First segment of every key it reads. */
+  readonly prefix: string;
+  private readonly conn: OwnedClient;
+  private readonly scripts: ScriptRunner;
+
+  constructor(options: InspectorOptions) {
+    if (typeof options !== 'object' || options === null) throw new ConfigError('new Inspector() needs { connection }');
+    this.prefix = options.prefix === undefined ? DEFAULT_PREFIX : validateName(options.prefix, 'prefix');
+    this.conn = openClient(options.connection, 'commands', `heimdall:${this.prefix}:inspector`);
+    this.scripts = new ScriptRunner(this.conn.client);
+  }
+
+  private get client(): RedisClient {
+    return this.conn.client;
+  }
+
+  /**
+   * The queues of the prefix that hold anything (found with SCAN), with 'default' and the queues of
+   * the tasks registered in this process, sorted.
+   */
+  async queueNames(): Promise<string[]> {
+    const found = new Set<string>([DEFAULT_QUEUE, ...registeredTasks().map((d) => d.options.queue)]);
+    const head = `${this.prefix}:{`;
+    await redisCall('listing the queues', () =>
+      scanKeys(this.client, `${escapeGlob(this.prefix)}:{*}:*`, (_node, keys) => {
+        for (const key of keys) {
+          const end = key.indexOf('}:', head.length);
+          if (key.startsWith(head) && end > head.length) found.add(key.slice(head.length, end));
+        }
+      }),
+    );
+    return [...found].sort();
+  }
+
+  /** The counts of each queue (default: every queue `queueNames()` finds). */
+  async queues(names?: readonly string[]): Promise<QueueStats[]> {
+    const queues = names ?? (await this.queueNames());
+    return Promise.all(queues.map((q) => this.queueStats(new QueueKeys(this.prefix, validateName(q, 'queue')))));
+  }
+
+  private async queueStats(k: QueueKeys): Promise<QueueStats> {
+    const replies = await redisCall(`reading queue ${k.queue}`, async () => {
+      const [sec, usec] = await this.client.time();
+      const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+      const r = await this.client
+        .multi()
+        .llen(k.wait)
+        .zcard(k.delayed)
+        .zcard(k.active)
+        .llen(k.dead)
+        .zcount(k.workers, `(${now}`, '+inf')
+        // The oldest waiting ids are at the tail (RPOP takes them first); skip wake markers ('').
+        .lrange(k.wait, -10, -1)
+        .exec();
+      if (!r) throw new ConfigError(`the MULTI reading queue ${k.queue} was discarded`);
+      for (const [err] of r) if (err) throw err;
+      return { now, r: r.map(([, v]) => v) };
+    });
+    const [waitLen, delayed, running, dead, workers, tail] = replies.r as [number, number, number, number, number, string[]];
+    const markers = tail.filter((id) => id === '').length;
+    const oldestId = [...tail].reverse().find((id) => id !== '');
+    let oldestWaitingMs: number | null = null;
+    if (oldestId !== undefined) {
+      const created = await redisCall(`reading task ${oldestId}`, () => this.client.hget(k.task(oldestId), FIELDS.created));
+      if (created !== null) oldestWaitingMs = Math.max(0, replies.now - Number(created));
+    }
+    return { queue: k.queue, waiting: Math.max(0, waitLen - markers), delayed, running, dead, workers, oldestWaitingMs };
+  }
+
+  /** The unique locks of a queue with their holders (found with SCAN; at most `limit`). */
+  async locks(queue: string = DEFAULT_QUEUE, options: ListOptions = {}): Promise<LockInfo[]> {
+    const k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
+    const limit = limitOf(options);
+    const keys = await this.scan(`${escapeGlob(k.base)}${KEY_NAMES.lock}*`, limit, `listing the locks of queue ${k.queue}`);
+    const names = taskNames();
+    const locks = await Promise.all(
+      keys.map(async (key): Promise<LockInfo | undefined> => {
+        const [holder, ttl] = await redisCall(`reading lock ${key}`, () => Promise.all([this.client.get(key), this.client.pttl(key)]));
+        if (holder === null) return undefined; // lapsed or released meanwhile
+        const state = (await redisCall(`reading task ${holder}`, () => this.client.hget(k.task(holder), FIELDS.state))) as TaskState | null;
+        const rest = key.slice(k.base.length + KEY_NAMES.lock.length);
+        const task = ownerOf(rest, names);
+        return {
+          queue: k.queue,
+          key,
+          task: task ?? rest,
+          lockKey: task === undefined ? '' : rest.slice(task.length + 1),
+          holder,
+          holderState: state ?? undefined,
+          ttlMs: ttl >= 0 ? ttl : null,
+        };
+      }),
+    );
+    return locks.filter((l): l is LockInfo => l !== undefined).sort((a, b) => a.key.localeCompare(b.key));
+  }
+
+  /**
+   * Releases a unique lock on purpose, only if `holder` still holds it (so a lock another task
+   * took meanwhile is left alone). The holder keeps running. `key`: the whole key, as `locks()`
+   * lists it.
+   */
+  async releaseLock(key: string, holder: string): Promise<LockRelease> {
+    if (typeof key !== 'string' || !key.startsWith(`${this.prefix}:{`) || !key.includes(`}:${KEY_NAMES.lock}`)) {
+      throw new ConfigError(`releaseLock() takes a lock key of this prefix, as locks() lists it, got ${JSON.stringify(key)}`);
+    }
+    if (typeof holder !== 'string' || holder === '') throw new ConfigError('releaseLock() needs the holder id the lock is expected to have');
+    return redisCall(`releasing lock ${key}`, () => releaseLock(this.scripts, key, holder));
+  }
+
+  /** The rate windows of a queue (found with SCAN; at most `limit`): starts in the period and when a slot frees. */
+  async rateWindows(queue: string = DEFAULT_QUEUE, options: ListOptions = {}): Promise<RateWindowInfo[]> {
+    const k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
+    const limit = limitOf(options);
+    const keys = await this.scan(`${escapeGlob(k.base)}${KEY_NAMES.rate}*`, limit, `listing the rate windows of queue ${k.queue}`);
+    const names = taskNames();
+    const [sec, usec] = await redisCall('reading the Redis clock', () => this.client.time());
+    const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+    const windows = await Promise.all(
+      keys.map(async (key): Promise<RateWindowInfo> => {
+        const task = ownerOf(key.slice(k.base.length + KEY_NAMES.rate.length), names);
+        const rate = task === undefined ? undefined : names.get(task)?.rate;
+        const periodMs = rate?.periodMs;
+        const starts = await redisCall(`reading window ${key}`, () =>
+          periodMs === undefined ? this.client.zcard(key) : this.client.zcount(key, `(${now - periodMs}`, '+inf'),
+        );
+        let nextFreeInMs: number | undefined;
+        if (rate) {
+          if (starts < rate.limit) nextFreeInMs = 0;
+          else {
+            // The slot frees when the start `limit` places from the newest leaves the period.
+            const freeing = await redisCall(`reading window ${key}`, () => this.client.zrange(key, starts - rate.limit, starts - rate.limit, 'WITHSCORES'));
+            const at = Number(freeing[1] ?? now);
+            nextFreeInMs = Math.max(0, at + rate.periodMs - now);
+          }
+        }
+        return { queue: k.queue, key, task, limit: rate?.limit, periodMs, starts, nextFreeInMs };
+      }),
+    );
+    return windows.sort((a, b) => a.key.localeCompare(b.key));
+  }
+
+  /** The dead letters of a queue, newest first (at most `limit`). */
+  async deadLetters(queue: string = DEFAULT_QUEUE, options: ListOptions = {}): Promise<DeadLetter[]> {
+    const k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
+    const limit = limitOf(options);
+    const raw = await redisCall(`reading the dead letters of queue ${k.queue}`, () => this.client.lrange(k.dead, 0, limit - 1));
+    const out: DeadLetter[] = [];
+    for (const line of raw) {
+      try {
+        const e = JSON.parse(line) as { id?: unknown; reason?: unknown; at?: unknown };
+        out.push({ queue: k.queue, id: String(e.id ?? ''), reason: String(e.reason ?? ''), at: new Date(Number(e.at ?? 0)) });
+      } catch {
+        out.push({ queue: k.queue, id: '', reason: `(not JSON) ${line.slice(0, 200)}`, at: new Date(0) });
+      }
+    }
+    return out;
+  }
+
+  /** Closes the connection it opened (a client you passed stays open). */
+  async close(): Promise<void> {
+    await closeClient(this.conn);
+  }
+
+  /** Up to `limit` keys matching `pattern`, sorted. */
+  private async scan(pattern: string, limit: number, what: string): Promise<string[]> {
+    const found: string[] = [];
+    await redisCall(what, () =>
+      scanKeys(this.client, pattern, (_node, keys) => {
+        for (const key of keys) if (found.length < limit) found.push(key);
+      }),
+    );
+    return found.sort();
+  }
+}
+
+function limitOf(options: ListOptions): number {
+  const limit = options.limit ?? DEFAULT_LIMIT;
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
+    throw new ConfigError(`limit must be a whole number from 1 to ${MAX_LIMIT}, got ${String(options.limit)}`);
+  }
+  return limit;
+}
+
+/** The task names registered in this process, with their static rate limits. */
+function taskNames(): Map<string, { rate: { limit: number; periodMs: number } | undefined }> {
+  const names = new Map<string, { rate: { limit: number; periodMs: number } | undefined }>();
+  for (const d of registeredTasks()) {
+    const r = d.options.rateLimit;
+    names.set(d.name, { rate: r !== undefined && typeof r !== 'function' ? r : undefined });
+  }
+  return names;
+}
+
+/**
+ * The registered task a lock or window key belongs to: `rest` is `<task>` or `<task>:<key>`, and a
+ * task name may itself hold ':' (the longest registered name that fits wins).
+ */
+function ownerOf(rest: string, names: ReadonlyMap<string, unknown>): string | undefined {
+  let best: string | undefined;
+  for (const name of names.keys()) {
+    if ((rest === name || rest.startsWith(`${name}:`)) && (best === undefined || name.length > best.length)) best = name;
+  }
+  return best;
+}

@@ -1,0 +1,19 @@
+--[[
+  release-lock: an operator releases a unique lock on purpose (heimdall locks release), only if
+  it is still held by the task they saw holding it, so a lock taken by another task meanwhile is
+  never released by mistake. The holder keeps running; its end leaves a lock that is no longer
+  its own alone (endTask deletes a lock only when it names the ending task).
+
+  KEYS[1] lock              <prefix>:{<queue>}:lock:<task>:<key>
+
+  ARGV[1] the holder's task id, as the operator saw it
+
+  Returns {code, holder}: 1 released; 0 no such lock (it ended or lapsed); 2 held by another task
+  now (its id given), left alone.
+]]
+
+local holder = redis.call('GET', KEYS[1])
+if not holder then return {0, ''} end
+if holder ~= ARGV[1] then return {2, holder} end
+redis.call('DEL', KEYS[1])
+return {1, holder}

@@ -1,0 +1,78 @@
+// The Inspector (issue 11, point 2): counts per queue, unique locks with their holders (and an
+// owner-checked release), rate windows, dead letters; read from a live system.
+import { afterEach, describe, expect, it } from 'vitest';
+import { Dispatcher, Inspector, Task, Worker } from 'heimdall-tasks';
+import { gate, useHarness, waitFor } from '../helpers.js';
+
+let held = gate();
+
+class InspectedService {
+  @Task({ unique: true, key: ([report]: [string]) => `report-${report}`, queue: 'inspected' })
+  async build(report: string): Promise<string> {
+    await held.promise;
+    return report;
+  }
+
+  @Task({ rateLimit: [1, '60s'], queue: 'inspected' })
+  async limited(n: number): Promise<number> {
+    return n;
+  }
+}
+
+const fresh = useHarness('inspector');
+const open: { close(): Promise<unknown> }[] = [];
+afterEach(async () => {
+  // The gate stays open until everything is closed: a task started late must not wait on a new one.
+  held.open();
+  for (const c of open.splice(0).reverse()) await c.close();
+  held = gate();
+});
+
+describe('Inspector', () => {
+  it('shows a held lock with its holder, a full rate window, the counts, a dead letter; releases a lock only for its holder', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new InspectedService()], queues: ['inspected'] });
+    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    open.push(worker, d, inspector);
+    await worker.start();
+    const svc = d.tasks(InspectedService);
+
+    const building = await svc.build.delay('q3');
+    await waitFor(async () => (await building.status()) === 'STARTED', { what: 'the unique task to start' });
+    const limited = await Promise.all([1, 2].map((n) => svc.limited.delay(n)));
+    await waitFor(async () => (await h.admin.zcard(`${h.prefix}:{inspected}:delayed`)) === 1, { what: 'the second limited task to wait for its window' });
+    // A task in a queue no worker consumes, and a dead letter (an id with no record in the wait list).
+    await d.send('Nobody.listens', [], { queue: 'inspected-idle' });
+    await h.admin.rpush(`${h.prefix}:{inspected}:wait`, 'ghost-id');
+    await waitFor(async () => (await h.admin.llen(`${h.prefix}:{inspected}:dead`)) === 1, { what: 'the dead letter' });
+
+    expect(await inspector.queueNames()).toEqual(expect.arrayContaining(['inspected', 'inspected-idle']));
+    const [inspected, idle] = await inspector.queues(['inspected', 'inspected-idle']);
+    expect(inspected).toMatchObject({ queue: 'inspected', waiting: 0, delayed: 1, running: 1, dead: 1, workers: 1, oldestWaitingMs: null });
+    expect(idle).toMatchObject({ queue: 'inspected-idle', waiting: 1, delayed: 0, running: 0, dead: 0, workers: 0 });
+    expect(idle!.oldestWaitingMs).toBeGreaterThanOrEqual(0);
+
+    const [lock] = await inspector.locks('inspected');
+    expect(lock).toMatchObject({ queue: 'inspected', task: 'InspectedService.build', lockKey: 'report-q3', holder: building.id, holderState: 'STARTED' });
+    expect(lock!.ttlMs).toBeGreaterThan(3_000_000); // the default uniqueTimeout, one hour
+
+    const [window] = await inspector.rateWindows('inspected');
+    expect(window).toMatchObject({ task: 'InspectedService.limited', limit: 1, periodMs: 60_000, starts: 1 });
+    expect(window!.nextFreeInMs).toBeGreaterThan(50_000);
+    expect(limited.map((r) => r.id)).toHaveLength(2);
+
+    const [dead] = await inspector.deadLetters('inspected');
+    expect(dead).toMatchObject({ queue: 'inspected', id: 'ghost-id', reason: 'the wait list names a task with no record' });
+
+    // Release: refused for another holder, done for the one that holds it, then gone.
+    expect(await inspector.releaseLock(lock!.key, 'someone-else')).toEqual({ released: false, reason: 'held-by-another', holder: building.id });
+    expect(await inspector.releaseLock(lock!.key, building.id)).toEqual({ released: true });
+    expect(await inspector.releaseLock(lock!.key, building.id)).toEqual({ released: false, reason: 'gone' });
+    expect(await inspector.locks('inspected')).toEqual([]);
+    // The lock is free for a new task while the old holder still runs.
+    const again = await svc.build.delay('q3');
+    expect(again.duplicate).toBe(false);
+    await expect(inspector.releaseLock('other-prefix:{x}:lock:a', 'id')).rejects.toThrow(/lock key of this prefix/);
+  });
+});
