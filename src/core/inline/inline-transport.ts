@@ -117,6 +117,14 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       emit: (event, ...args) => this.emit(event, ...args),
       reportError: (err) => this.emit('error', err instanceof Error ? err : new Error(toRemoteError(err).message)),
       finished: (run, finish) => this.finished(run, finish),
+      writeProgress: (run, json) => {
+        // As progress-1.lua: stored for the task's current run only.
+        const entry = this.entries.get(run.runner.keys.task(run.task.id));
+        if (entry && entry.run === run) {
+          entry.record[FIELDS.progress] = json;
+          this.notifyChange();
+        }
+      },
     };
   }
 

@@ -16,6 +16,7 @@ import {
   fetch as fetchScript,
   forget as forgetScript,
   heartbeat as heartbeatScript,
+  progress as progressScript,
   reclaim as reclaimScript,
   releaseLock as releaseLockScript,
   requeue as requeueScript,
@@ -339,6 +340,11 @@ export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: Wor
     [keys.base, worker.workerId, run.id, run.token, graceMs, worker.resultExpiresMs, message, seed()],
   );
   return readVerdict('decline', reply);
+}
+
+/** Stores a running task's progress for its run `token` (progress-1.lua); false when dropped (not that run, or not running). */
+export async function progress(runner: ScriptRunner, keys: QueueKeys, id: string, token: string, json: string): Promise<boolean> {
+  return (await runner.run<number>(progressScript, [keys.task(id)], [token, json])) === 1;
 }
 
 /** What became of an operator's release of a lock (release-lock-1.lua). */

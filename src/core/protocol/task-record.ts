@@ -23,6 +23,23 @@ export interface RemoteError {
   traceback: string | undefined;
 }
 
+/** How far a running task said it has got (`currentTask().progress()`). */
+export interface TaskProgress {
+  /** A fraction from 0 to 1. */
+  value: number;
+  /** What it said with it, if anything. */
+  message: string | undefined;
+  /** When it said so (the worker's clock). */
+  at: Date;
+}
+
+/** Reads a stored progress; undefined when absent or not one of ours. */
+export function decodeProgress(text: string | null | undefined): TaskProgress | undefined {
+  const p = json(text ?? undefined) as { v?: unknown; m?: unknown; at?: unknown } | undefined;
+  if (typeof p !== 'object' || p === null || typeof p.v !== 'number') return undefined;
+  return { value: p.v, message: typeof p.m === 'string' ? p.m : undefined, at: new Date(typeof p.at === 'number' ? p.at : 0) };
+}
+
 /** Everything the result backend knows of a task. */
 export interface TaskInfo<T = unknown> {
   id: string;
@@ -49,6 +66,8 @@ export interface TaskInfo<T = unknown> {
   finishedAt: Date | undefined;
   /** Id of the worker that ran (or runs) its last attempt. */
   worker: string | undefined;
+  /** The last progress its running task reported (kept after it ends), or undefined. */
+  progress: TaskProgress | undefined;
 }
 
 function date(v: string | undefined): Date | undefined {
@@ -103,6 +122,7 @@ export function decodeTaskInfo<T>(id: string, h: Record<string, string>): TaskIn
     startedAt: date(h[FIELDS.startedAt]),
     finishedAt: date(h[FIELDS.finishedAt]),
     worker: h[FIELDS.worker],
+    progress: decodeProgress(h[FIELDS.progress]),
   };
 }
 

@@ -21,6 +21,15 @@ export interface CurrentTask {
    * last statement, e.g. `return currentTask().retry({ countdown: 5 })`.
    */
   retry(options?: RetryRequestOptions): never;
+  /**
+   * Reports how far the task has got: `value` a fraction from 0 to 1, `message` a short text (at
+   * most 200 characters kept). Stored on the task (`info().progress`, kept after it ends) and
+   * emitted as the worker's `progress` event. Cheap to call in a loop: at most one write per
+   * 250 ms per run, the latest value winning, and the last one written before the run's end.
+   * Throws ConfigError for a value outside 0..1; a write Redis refuses is reported as a worker
+   * `error`, never thrown here.
+   */
+  progress(value: number, message?: string): void;
 }
 
 /** Options of `currentTask().retry()`. */

@@ -9,6 +9,7 @@ import { toRemoteError } from './remote-error.js';
 import { retryDelay } from './retry-policy.js';
 import { isMessageFault, parseArgs, signalOf, type Run, type RunOwner } from './run.js';
 import { withTimeLimit } from './time-limit.js';
+import { progressReport, ProgressThrottle } from './progress.js';
 import type { TaskEvent, WorkerEvents } from './worker-options.js';
 
 /** What executing a run needs from its worker (or an inline dispatcher). */
@@ -22,6 +23,8 @@ export interface ExecutionHost<R extends Run<RunOwner> = Run> {
   reportError(err: unknown): void;
   /** Frees the run's slot and hands its end to its queue runner to store. */
   finished(run: R, finish: Finish): void;
+  /** Stores a progress report of the run, for its run only (progress-1.lua); failures are the host's to report. */
+  writeProgress(run: R, json: string): void;
 }
 
 type Outcome = { ok: true; result: unknown; json: string | undefined } | { ok: false; error: RemoteError; retryDelayMs: number | undefined };
@@ -61,6 +64,15 @@ export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefiniti
       retry: (options) => {
         throw new RetryRequest(options);
       },
+      progress: (value, message) => {
+        const report = progressReport(value, message);
+        if (run.released) return;
+        run.progress ??= new ProgressThrottle((r) => {
+          if (!run.released) host.writeProgress(run, JSON.stringify(r));
+        });
+        run.progress.report(report);
+        host.emit('progress', { id: task.id, name: task.name, queue, args: event.args, attempt: task.attempt, value: report.v, message: report.m });
+      },
     };
     run.context = context;
     const running = taskStorage().run(context, () => method.apply(instance, args) as unknown);
@@ -85,6 +97,8 @@ export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefiniti
     if (isMessageFault(err)) deadReason = error.message;
     outcome = { ok: false, error, retryDelayMs: deadReason ? undefined : retryDelay(def.options.retries, task.retries, err) };
   }
+  // The last progress goes out before the end (one connection keeps them in order).
+  run.progress?.flush();
   if (run.released) return;
   const runtimeMs = performance.now() - began;
   const done = outcome;

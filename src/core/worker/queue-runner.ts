@@ -6,6 +6,7 @@ import type { RevokeReason } from '../protocol/task-record.js';
 import {
   admit as admitScript,
   declare as declareScript,
+  progress as progressScript,
   decline as declineScript,
   extendLeases,
   fetch as fetchScript,
@@ -165,6 +166,11 @@ export class QueueRunner {
   /** Declares the task names this worker runs on this queue, valid for `validMs` (declare-1.lua). */
   declare(names: readonly string[], validMs: number): Promise<void> {
     return declareScript(this.scripts, this.keys, names, validMs);
+  }
+
+  /** Stores a running task's progress for its run (progress-1.lua). */
+  async progress(id: string, token: string, json: string): Promise<void> {
+    await progressScript(this.scripts, this.keys, id, token, json);
   }
 
   /** Gives up on ends not stored yet (close() past its timeout with Redis down); the loop stops. */

@@ -3,6 +3,7 @@ import type { StartedRun } from '../protocol/scripts.js';
 import { taskStorage, type CurrentTask } from './current-task.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { QueueRunner } from './queue-runner.js';
+import type { ProgressThrottle } from './progress.js';
 
 /** What a run belongs to: the queue runner of a worker, or an inline dispatcher's queue. */
 export interface RunOwner {
@@ -25,6 +26,8 @@ export interface Run<O extends RunOwner = QueueRunner> {
   context?: CurrentTask;
   /** When this worker launched it (ms, its clock), for the registry. */
   startedAt?: number;
+  /** Its progress writes, once it reported progress. */
+  progress?: ProgressThrottle;
 }
 
 /** Key of a run in the worker's map: ids are unique per queue only (a custom taskId may repeat). */

@@ -93,6 +93,9 @@ export class Worker {
       emit,
       reportError,
       finished: (run, finish) => this.release(run, finish),
+      writeProgress: (run, json) => {
+        run.runner.progress(run.task.id, run.task.token, json).catch((err: unknown) => reportError(fromRedis(err, `storing the progress of task ${run.task.id}`)));
+      },
     };
     this.admission = { workerId: this.id, graceMs, release: (run) => this.release(run, undefined), emit, reportError };
   }
