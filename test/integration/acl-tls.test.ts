@@ -18,7 +18,7 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Dispatcher, RedisRefusedError, Task, Worker } from 'heimdall-tasks';
 import { clientNames, exitOf, ROOT, settleWithin, waitFor } from '../helpers.js';
-import { aclCommandRules, aclRules, aclUserLine, CLIENT_COMMANDS, SCRIPT_COMMANDS } from '../fixtures/security/acl-rules.js';
+import { aclCommandRules, aclRules, aclUserLine, CLIENT_COMMANDS, OPERATOR_COMMANDS, OPERATOR_SCRIPTS, SCRIPT_COMMANDS } from '../fixtures/security/acl-rules.js';
 import { makeCertificates, type TestCertificates } from '../fixtures/security/certificates.js';
 import { runCoreFlow } from '../fixtures/security/core-flow.js';
 import { startRedisInstance, tempDir, tlsSupport, type RedisInstance } from '../fixtures/security/redis-instance.js';
@@ -227,15 +227,21 @@ describe('an ACL user restricted to the prefix and the documented commands', () 
 
   it('every command the Lua scripts run is in the rule set, and every script command in the set is used', () => {
     const dir = join(ROOT, 'src/redis-scripts');
-    const sources = [...readdirSync(dir), ...readdirSync(join(dir, 'includes')).map((f) => `includes/${f}`)]
-      .filter((f) => f.endsWith('.lua'))
-      .map((f) => readFileSync(join(dir, f), 'utf8'));
-    const used = new Set<string>();
-    for (const src of sources) for (const m of src.matchAll(/redis\.p?call\(\s*'([A-Za-z]+)'/g)) used.add(`+${m[1]!.toLowerCase()}`);
+    const files = [...readdirSync(dir), ...readdirSync(join(dir, 'includes')).map((f) => `includes/${f}`)].filter((f) => f.endsWith('.lua'));
+    const commandsOf = (names: readonly string[]): Set<string> => {
+      const used = new Set<string>();
+      for (const f of names) for (const m of readFileSync(join(dir, f), 'utf8').matchAll(/redis\.p?call\(\s*'([A-Za-z]+)'/g)) used.add(`+${m[1]!.toLowerCase()}`);
+      return used;
+    };
+    // The workers' and dispatchers' scripts; the Inspector's own are checked with the operator's rules.
+    const used = commandsOf(files.filter((f) => !OPERATOR_SCRIPTS.includes(f)));
     expect(used.size).toBeGreaterThan(10);
     const granted = new Set(SCRIPT_COMMANDS.map((c) => c.rule));
     expect([...used].filter((c) => !granted.has(c)), 'commands scripts run but docs/acl.md does not grant').toEqual([]);
     expect([...granted].filter((c) => !used.has(c)), 'script commands granted but no script runs').toEqual([]);
+    const operator = new Set([...granted, ...OPERATOR_COMMANDS.map((c) => c.rule)]);
+    expect(OPERATOR_SCRIPTS.every((f) => files.includes(f))).toBe(true);
+    expect([...commandsOf(OPERATOR_SCRIPTS)].filter((c) => !operator.has(c)), "commands the Inspector's scripts run but the operator's rules lack").toEqual([]);
   });
 
   it('a representative flow runs as that user, under the default prefix, without one denial', async () => {

@@ -19,6 +19,13 @@ class InspectedService {
   }
 }
 
+class LateService {
+  @Task({ queue: 'inspected-late' })
+  async arrive(n: number): Promise<number> {
+    return n + 1;
+  }
+}
+
 const fresh = useHarness('inspector');
 const open: { close(): Promise<unknown> }[] = [];
 afterEach(async () => {
@@ -74,5 +81,41 @@ describe('Inspector', () => {
     const again = await svc.build.delay('q3');
     expect(again.duplicate).toBe(false);
     await expect(inspector.releaseLock('other-prefix:{x}:lock:a', 'id')).rejects.toThrow(/lock key of this prefix/);
+  });
+
+  it('retries a dead-lettered task once a worker runs it; drops letters; leaves what cannot be retried', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    // A worker that does not run LateService.arrive fails it at once (no grace) and dead-letters it.
+    const stranger = new Worker({ connection: h.url, prefix: h.prefix, services: [], queues: ['inspected-late'], unknownTaskGrace: 0 });
+    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    open.push(d, inspector);
+    await stranger.start();
+    const sent = await d.tasks(LateService).arrive.delay(41);
+    await expect(sent.get({ timeout: 20 })).rejects.toThrow(/UnknownTaskError|no task named/);
+    await h.admin.rpush(`${h.prefix}:{inspected-late}:wait`, 'ghost-late');
+    const letters = await waitFor(async () => {
+      const l = await inspector.deadLetters('inspected-late');
+      return l.length === 2 ? l : undefined;
+    }, { what: 'two dead letters' });
+    await stranger.close();
+    // Now a worker that runs the task.
+    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new LateService()], queues: ['inspected-late'] });
+    open.push(worker);
+    await worker.start();
+    const result = await inspector.retryDead('inspected-late', letters);
+    expect(result).toEqual({ done: 1, skipped: [{ id: 'ghost-late', reason: 'not-failed', state: undefined }] });
+    expect(await sent.get({ timeout: 20 })).toBe(42);
+    expect(await h.admin.ttl(`${h.prefix}:{inspected-late}:t:${sent.id}`)).toBeGreaterThan(0); // expires again once ended
+    // The same letter again: its task has not failed (it succeeded), so nothing happens.
+    expect((await inspector.retryDead('inspected-late', letters.filter((l) => l.id === sent.id))).skipped).toEqual([
+      { id: sent.id, reason: 'not-failed', state: 'SUCCESS' },
+    ]);
+    // Dropping what is left empties the list; dropping a letter again finds it gone.
+    const ghost = letters.filter((l) => l.id === 'ghost-late');
+    expect(await inspector.dropDead('inspected-late', 'all')).toEqual({ done: 1, skipped: [] });
+    expect(await inspector.deadLetters('inspected-late')).toEqual([]);
+    expect(await inspector.dropDead('inspected-late', ghost)).toEqual({ done: 0, skipped: [{ id: 'ghost-late', reason: 'gone' }] });
+    await expect(inspector.retryDead('default', letters)).rejects.toThrow(/takes letters deadLetters\('default'\) gave/);
   });
 });

@@ -3,7 +3,7 @@ import { closeClient, openClient, type OwnedClient, type RedisClient } from '../
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, KEY_NAMES, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { escapeGlob, scanKeys } from '../protocol/scan.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
-import { releaseLock, type LockRelease } from '../protocol/scripts.js';
+import { actOnDeadLetter, releaseLock, type LockRelease } from '../protocol/scripts.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import type { TaskState } from '../protocol/task-record.js';
 import type { ConnectionOptions } from '../producer/dispatcher.js';
@@ -71,6 +71,15 @@ export interface DeadLetter {
   reason: string;
   /** When it was dead-lettered (Redis clock). */
   at: Date;
+  /** The entry as stored, which `retryDead()` and `dropDead()` take. */
+  raw: string;
+}
+
+/** What `retryDead()` and `dropDead()` did: the letters acted on, and those left (with why). */
+export interface DeadLetterResult {
+  done: number;
+  /** Gone meanwhile (another operator acted), or not retried: the task's record is gone or it did not end FAILURE. */
+  skipped: { id: string; reason: 'gone' | 'not-failed'; state?: TaskState | undefined }[];
 }
 
 /** Options of the listings: how many entries to read at most (default 100, at most 10,000). */
@@ -238,12 +247,43 @@ export class Inspector {
     for (const line of raw) {
       try {
         const e = JSON.parse(line) as { id?: unknown; reason?: unknown; at?: unknown };
-        out.push({ queue: k.queue, id: String(e.id ?? ''), reason: String(e.reason ?? ''), at: new Date(Number(e.at ?? 0)) });
+        out.push({ queue: k.queue, id: String(e.id ?? ''), reason: String(e.reason ?? ''), at: new Date(Number(e.at ?? 0)), raw: line });
       } catch {
-        out.push({ queue: k.queue, id: '', reason: `(not JSON) ${line.slice(0, 200)}`, at: new Date(0) });
+        out.push({ queue: k.queue, id: '', reason: `(not JSON) ${line.slice(0, 200)}`, at: new Date(0), raw: line });
       }
     }
     return out;
+  }
+
+  /**
+   * Runs dead-lettered tasks again: each task that ended FAILURE goes back to PENDING at the head
+   * of its queue (error cleared, attempts kept) and its letter leaves the list; letters whose task
+   * has no record or did not fail are left (`skipped`). `letters`: from `deadLetters()`, or
+   * `'all'` (the newest 1,000).
+   */
+  retryDead(queue: string, letters: readonly DeadLetter[] | 'all'): Promise<DeadLetterResult> {
+    return this.actOnDead(queue, letters, 'retry');
+  }
+
+  /** Removes dead letters from the list (their tasks' records are left as they are). `letters`: from `deadLetters()`, or `'all'`. */
+  dropDead(queue: string, letters: readonly DeadLetter[] | 'all'): Promise<DeadLetterResult> {
+    return this.actOnDead(queue, letters, 'drop');
+  }
+
+  private async actOnDead(queue: string, letters: readonly DeadLetter[] | 'all', op: 'retry' | 'drop'): Promise<DeadLetterResult> {
+    const k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
+    const list = letters === 'all' ? await this.deadLetters(queue, { limit: 1000 }) : letters;
+    if (!Array.isArray(list)) throw new ConfigError(`${op}Dead() takes the letters deadLetters() gave, or 'all'`);
+    const result: DeadLetterResult = { done: 0, skipped: [] };
+    for (const letter of list) {
+      if (typeof letter?.raw !== 'string' || letter.queue !== k.queue) {
+        throw new ConfigError(`${op}Dead('${k.queue}', ...) takes letters deadLetters('${k.queue}') gave`);
+      }
+      const r = await redisCall(`${op === 'retry' ? 'retrying' : 'dropping'} dead letter ${letter.id}`, () => actOnDeadLetter(this.scripts, k, op, letter.raw, letter.id));
+      if (r.done) result.done++;
+      else result.skipped.push(r.reason === 'gone' ? { id: letter.id, reason: 'gone' } : { id: letter.id, reason: 'not-failed', state: r.state });
+    }
+    return result;
   }
 
   /** Closes the connection it opened (a client you passed stays open). */

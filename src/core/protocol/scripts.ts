@@ -9,6 +9,7 @@ import type { ScriptRunner } from './script-runner.js';
 import type { RevokeReason, TaskState } from './task-record.js';
 import {
   admit as admitScript,
+  deadLetter as deadLetterScript,
   declare as declareScript,
   decline as declineScript,
   enqueue as enqueueScript,
@@ -345,6 +346,18 @@ export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: Wor
 /** Stores a running task's progress for its run `token` (progress-1.lua); false when dropped (not that run, or not running). */
 export async function progress(runner: ScriptRunner, keys: QueueKeys, id: string, token: string, json: string): Promise<boolean> {
   return (await runner.run<number>(progressScript, [keys.task(id)], [token, json])) === 1;
+}
+
+/** What became of an operator's action on a dead letter (dead-letter-3.lua). */
+export type DeadLetterAction = { done: true } | { done: false; reason: 'gone' } | { done: false; reason: 'not-failed'; state: TaskState | undefined };
+
+/** Retries or drops one dead letter, given as stored (dead-letter-3.lua). */
+export async function actOnDeadLetter(runner: ScriptRunner, keys: QueueKeys, op: 'retry' | 'drop', entry: string, id: string): Promise<DeadLetterAction> {
+  const [code, detail] = await runner.run<[number, string]>(deadLetterScript, [keys.dead, keys.wait, keys.task(id)], [op, entry, id]);
+  if (code === 1) return { done: true };
+  if (code === 0) return { done: false, reason: 'gone' };
+  if (code === 2) return { done: false, reason: 'not-failed', state: detail === '' ? undefined : (String(detail) as TaskState) };
+  throw unexpectedReply('dead-letter', 'code', code);
 }
 
 /** What became of an operator's release of a lock (release-lock-1.lua). */
