@@ -19,6 +19,17 @@ class InspectedService {
   }
 }
 
+class ColonNames {
+  @Task({ name: 'insp:a', unique: true, key: ([k]: [string]) => k, queue: 'inspected-colon' })
+  async a(k: string): Promise<string> {
+    await held.promise;
+    return k;
+  }
+
+  @Task({ name: 'insp:a:b', queue: 'inspected-colon' })
+  async ab(): Promise<void> {}
+}
+
 class LateService {
   @Task({ queue: 'inspected-late' })
   async arrive(n: number): Promise<number> {
@@ -117,5 +128,46 @@ describe('Inspector', () => {
     expect(await inspector.deadLetters('inspected-late')).toEqual([]);
     expect(await inspector.dropDead('inspected-late', ghost)).toEqual({ done: 0, skipped: [{ id: 'ghost-late', reason: 'gone' }] });
     await expect(inspector.retryDead('default', letters)).rejects.toThrow(/takes letters deadLetters\('default'\) gave/);
+  });
+
+  it('counts waiting tasks without the wake markers anywhere in the list; names the task of a lock from its holder, whatever the colons', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    open.push(d, inspector);
+    // No worker on this queue: 3 tasks, a countdown task (a wake marker at the head), 2 tasks,
+    // an earlier countdown task (another marker): 5 waiting, 2 markers among them.
+    const send = (countdown?: number) => d.send('Nobody.listens', [countdown ?? 0], { queue: 'inspected-markers', ...(countdown ? { countdown } : {}) });
+    for (let i = 0; i < 3; i++) await send();
+    await send(600);
+    for (let i = 0; i < 2; i++) await send();
+    await send(300);
+    const wait = await h.admin.lrange(`${h.prefix}:{inspected-markers}:wait`, 0, -1);
+    expect(wait.filter((id) => id === '')).toHaveLength(2);
+    const [stats] = await inspector.queues(['inspected-markers']);
+    expect(stats).toMatchObject({ waiting: 5, delayed: 2 });
+
+    // A gate of this test's own (the helpers open the gates left shut after each test).
+    held = gate();
+    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new ColonNames()], queues: ['inspected-colon'] });
+    open.push(worker);
+    await worker.start();
+    const holder = await d.tasks(ColonNames).a.delay('b:c');
+    await waitFor(async () => (await holder.status()) === 'STARTED', { what: 'the holder to start' });
+    const [lock] = await inspector.locks('inspected-colon');
+    expect(lock).toMatchObject({ task: 'insp:a', lockKey: 'b:c', holder: holder.id });
+  });
+
+  it('a worker closed while it starts, or with a tick in flight, leaves no registration behind', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    for (let i = 0; i < 5; i++) {
+      const w = new Worker({ connection: h.url, prefix: h.prefix, services: [], leaseDuration: '300ms' });
+      const starting = w.start().catch(() => undefined);
+      // Close at once, or after a few ticks (100 ms apart) so that one may be in flight.
+      if (i > 0) await new Promise((r) => setTimeout(r, 60 * i));
+      await w.close();
+      await starting;
+      expect(await h.admin.zrange(`${h.prefix}:{default}:workers`, 0, -1)).toEqual([]);
+    }
   });
 });

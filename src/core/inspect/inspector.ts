@@ -1,4 +1,4 @@
-import { ConfigError, redisCall } from '../errors.js';
+import { ConfigError, fromRedis, redisCall } from '../errors.js';
 import { closeClient, openClient, type OwnedClient, type RedisClient } from '../protocol/connection.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, KEY_NAMES, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { escapeGlob, scanKeys } from '../protocol/scan.js';
@@ -53,10 +53,11 @@ export interface RateWindowInfo {
   queue: string;
   /** The whole Redis key. */
   key: string;
-  /** The task name, when a task registered in this process owns the window. */
+  /** The task name: its newest start's, or a registered task's whose name fits the key. */
   task: string | undefined;
-  /** Its limit and period, when that task's `rateLimit` is static; undefined otherwise. */
+  /** Its limit, from the record of its newest start (or the registered task's static `rateLimit`); undefined when unknown. */
   limit: number | undefined;
+  /** Its period in ms, found as `limit` is; undefined when unknown. */
   periodMs: number | undefined;
   /** Starts within the period (all starts the window holds when the period is unknown). */
   starts: number;
@@ -121,7 +122,9 @@ export class Inspector {
     const found = new Set<string>([DEFAULT_QUEUE, ...registeredTasks().map((d) => d.options.queue)]);
     const head = `${this.prefix}:{`;
     await redisCall('listing the queues', () =>
-      scanKeys(this.client, `${escapeGlob(this.prefix)}:{*}:*`, (_node, keys) => {
+      // Only the queue-level keys (wait, workers, worker-info, active, delayed, dead, names), not
+      // every task record, lock and window.
+      scanKeys(this.client, `${escapeGlob(this.prefix)}:{*}:[wadn]*`, (_node, keys) => {
         for (const key of keys) {
           const end = key.indexOf('}:', head.length);
           if (key.startsWith(head) && end > head.length) found.add(key.slice(head.length, end));
@@ -148,20 +151,25 @@ export class Inspector {
         .zcard(k.active)
         .llen(k.dead)
         .zcount(k.workers, `(${now}`, '+inf')
-        // The oldest waiting ids are at the tail (RPOP takes them first); skip wake markers ('').
+        // The oldest waiting ids are at the tail (RPOP takes them first); wake markers ('') can be
+        // anywhere in the list.
         .lrange(k.wait, -10, -1)
+        .lpos(k.wait, '', 'COUNT', 0, 'MAXLEN', 100_000)
         .exec();
       if (!r) throw new ConfigError(`the MULTI reading queue ${k.queue} was discarded`);
       for (const [err] of r) if (err) throw err;
       return { now, r: r.map(([, v]) => v) };
     });
-    const [waitLen, delayed, running, dead, workers, tail] = replies.r as [number, number, number, number, number, string[]];
-    const markers = tail.filter((id) => id === '').length;
-    const oldestId = [...tail].reverse().find((id) => id !== '');
+    const [waitLen, delayed, running, dead, workers, tail, markerAt] = replies.r as [number, number, number, number, number, string[], number[] | null];
+    const markers = markerAt?.length ?? 0;
+    // Waiting since it became ready: sent, or due (a countdown, a retry, a hand-back), whichever is later.
     let oldestWaitingMs: number | null = null;
-    if (oldestId !== undefined) {
-      const created = await redisCall(`reading task ${oldestId}`, () => this.client.hget(k.task(oldestId), FIELDS.created));
-      if (created !== null) oldestWaitingMs = Math.max(0, replies.now - Number(created));
+    for (const id of [...tail].reverse()) {
+      if (id === '') continue;
+      const [created, due] = await redisCall(`reading task ${id}`, () => this.client.hmget(k.task(id), FIELDS.created, FIELDS.due));
+      if (created === null) continue; // forgotten meanwhile: the next one
+      oldestWaitingMs = Math.max(0, replies.now - Math.max(Number(created), Number(due ?? 0)));
+      break;
     }
     return { queue: k.queue, waiting: Math.max(0, waitLen - markers), delayed, running, dead, workers, oldestWaitingMs };
   }
@@ -174,11 +182,20 @@ export class Inspector {
     const names = taskNames();
     const locks = await Promise.all(
       keys.map(async (key): Promise<LockInfo | undefined> => {
-        const [holder, ttl] = await redisCall(`reading lock ${key}`, () => Promise.all([this.client.get(key), this.client.pttl(key)]));
+        let holder: string | null;
+        let ttl: number;
+        try {
+          [holder, ttl] = await Promise.all([this.client.get(key), this.client.pttl(key)]);
+        } catch (err) {
+          if (isWrongType(err)) return undefined; // not a lock of ours
+          throw fromRedis(err, `reading lock ${key}`);
+        }
         if (holder === null) return undefined; // lapsed or released meanwhile
-        const state = (await redisCall(`reading task ${holder}`, () => this.client.hget(k.task(holder), FIELDS.state))) as TaskState | null;
+        const [state, holderName] = (await redisCall(`reading task ${holder}`, () => this.client.hmget(k.task(holder), FIELDS.state, FIELDS.name))) as [TaskState | null, string | null];
         const rest = key.slice(k.base.length + KEY_NAMES.lock.length);
-        const task = ownerOf(rest, names);
+        // The holder's record names its task; a name may hold ':', so a guess from the key alone
+        // (the registered names, longest first) is the fallback for a holder whose record is gone.
+        const task = holderName !== null && rest.startsWith(`${holderName}:`) ? holderName : ownerOf(rest, names);
         return {
           queue: k.queue,
           key,
@@ -215,9 +232,23 @@ export class Inspector {
     const [sec, usec] = await redisCall('reading the Redis clock', () => this.client.time());
     const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
     const windows = await Promise.all(
-      keys.map(async (key): Promise<RateWindowInfo> => {
-        const task = ownerOf(key.slice(k.base.length + KEY_NAMES.rate.length), names);
-        const rate = task === undefined ? undefined : names.get(task)?.rate;
+      keys.map(async (key): Promise<RateWindowInfo | undefined> => {
+        // The newest start's task record carries the window's limit and period (rn, rp) and its
+        // name; the registered tasks of this process are the fallback.
+        let newest: string[];
+        try {
+          newest = await this.client.zrange(key, -1, -1);
+        } catch (err) {
+          if (isWrongType(err)) return undefined; // not a window of ours
+          throw fromRedis(err, `reading window ${key}`);
+        }
+        const member = newest[0];
+        const starter = member === undefined ? undefined : member.slice(0, member.lastIndexOf(':'));
+        const [name, rn, rp] = starter ? await redisCall(`reading task ${starter}`, () => this.client.hmget(k.task(starter), FIELDS.name, FIELDS.rateLimit, FIELDS.ratePeriod)) : [null, null, null];
+        const rest = key.slice(k.base.length + KEY_NAMES.rate.length);
+        const task = name !== null && (rest === name || rest.startsWith(`${name}:`)) ? name : ownerOf(rest, names);
+        const recorded = rn !== null && rp !== null && Number(rn) >= 1 && Number(rp) > 0 ? { limit: Number(rn), periodMs: Number(rp) } : undefined;
+        const rate = recorded ?? (task === undefined ? undefined : names.get(task)?.rate);
         const periodMs = rate?.periodMs;
         const starts = await redisCall(`reading window ${key}`, () =>
           periodMs === undefined ? this.client.zcard(key) : this.client.zcount(key, `(${now - periodMs}`, '+inf'),
@@ -235,7 +266,7 @@ export class Inspector {
         return { queue: k.queue, key, task, limit: rate?.limit, periodMs, starts, nextFreeInMs };
       }),
     );
-    return windows.sort((a, b) => a.key.localeCompare(b.key));
+    return windows.filter((w): w is RateWindowInfo => w !== undefined).sort((a, b) => a.key.localeCompare(b.key));
   }
 
   /** The dead letters of a queue, newest first (at most `limit`). */
@@ -297,10 +328,15 @@ export class Inspector {
     await redisCall(what, () =>
       scanKeys(this.client, pattern, (_node, keys) => {
         for (const key of keys) if (found.length < limit) found.push(key);
+        return found.length < limit;
       }),
     );
     return found.sort();
   }
+}
+
+function isWrongType(err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith('WRONGTYPE');
 }
 
 function limitOf(options: ListOptions): number {

@@ -108,7 +108,14 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
     const byId = new Map<string, WorkerInfo>();
     await Promise.all(
       queues.map(async (k) => {
-        const members = await client.zrangebyscore(k.workers, `(${now}`, '+inf', 'WITHSCORES', 'LIMIT', 0, 1000);
+        let members: string[];
+        try {
+          members = await client.zrangebyscore(k.workers, `(${now}`, '+inf', 'WITHSCORES', 'LIMIT', 0, 1000);
+        } catch (err) {
+          // A key of the wrong type (not ours) hides that queue's workers, not every queue's.
+          if (err instanceof Error && err.message.startsWith('WRONGTYPE')) return;
+          throw err;
+        }
         const ids: string[] = [];
         const until: number[] = [];
         for (let i = 0; i + 1 < members.length; i += 2) {
@@ -116,9 +123,15 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
           until.push(Number(members[i + 1]));
         }
         if (ids.length === 0) return;
-        const infos = await client.hmget(k.workerInfo, ...ids);
+        let infos: (string | null)[];
+        try {
+          infos = await client.hmget(k.workerInfo, ...ids);
+        } catch (err) {
+          if (err instanceof Error && err.message.startsWith('WRONGTYPE')) return;
+          throw err;
+        }
         infos.forEach((json, i) => {
-          const info = decodeWorkerInfo(json, until[i]!);
+          const info = decodeWorkerInfo(json, until[i]!, ids[i]);
           const known = info && byId.get(info.id);
           if (info && (!known || known.heartbeatAt < info.heartbeatAt)) byId.set(info.id, info);
         });

@@ -3,8 +3,11 @@
 
 /** A task a worker runs, as its last heartbeat saw it. */
 export interface RunningTask {
+  /** The task's id. */
   id: string;
+  /** Its registry name. */
   name: string;
+  /** The queue it came from. */
   queue: string;
   /** When this run started (the worker's clock). */
   startedAt: Date;
@@ -14,7 +17,9 @@ export interface RunningTask {
 export interface WorkerInfo {
   /** The worker's id (its `name` option, or `<host>:<pid>:<random>`). */
   id: string;
+  /** The host name of its machine. */
   host: string;
+  /** Its process id. */
   pid: number;
   /** The heimdall-tasks version it runs. */
   version: string;
@@ -40,9 +45,13 @@ export interface WorkerInfo {
 
 /** A worker's answer to `dispatcher.ping()`. */
 export interface PingReply {
+  /** The worker's id. */
   id: string;
+  /** The host name of its machine. */
   host: string;
+  /** Its process id. */
   pid: number;
+  /** The queues it consumes. */
   queues: string[];
   /** Milliseconds from the ping to this answer, on the pinging process's clock. */
   latencyMs: number;
@@ -65,7 +74,7 @@ export interface WorkerInfoJson {
 }
 
 /** Reads a stored WorkerInfo; undefined for something that is not one (another writer, a damaged field). */
-export function decodeWorkerInfo(json: string | null | undefined, validUntilMs: number): WorkerInfo | undefined {
+export function decodeWorkerInfo(json: string | null | undefined, validUntilMs: number, memberId?: string): WorkerInfo | undefined {
   if (!json) return undefined;
   let v: Partial<WorkerInfoJson>;
   try {
@@ -73,7 +82,7 @@ export function decodeWorkerInfo(json: string | null | undefined, validUntilMs: 
   } catch {
     return undefined;
   }
-  if (typeof v !== 'object' || v === null || typeof v.id !== 'string') return undefined;
+  if (typeof v !== 'object' || v === null || typeof v.id !== 'string' || (memberId !== undefined && v.id !== memberId)) return undefined;
   const num = (n: unknown): number => (typeof n === 'number' && Number.isFinite(n) ? n : 0);
   return {
     id: v.id,

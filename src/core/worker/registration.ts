@@ -62,7 +62,8 @@ export class WorkerRegistration {
     }
     if (typeof request !== 'object' || request === null || request.op !== 'ping') return;
     const { nonce, reply } = request;
-    if (typeof nonce !== 'string' || typeof reply !== 'string' || !reply.startsWith(`${this.prefix}:`)) return;
+    // Only a reply channel of this prefix (not, say, a task's done channel).
+    if (typeof nonce !== 'string' || typeof reply !== 'string' || !reply.startsWith(`${this.prefix}:{`) || !reply.includes('}:reply:')) return;
     if (this.pings.includes(nonce)) return;
     this.pings.push(nonce);
     if (this.pings.length > REMEMBERED_PINGS) this.pings.shift();

@@ -49,6 +49,8 @@ export class Worker {
   private closing: Promise<void> | undefined;
   /** Its entry in the registry (heartbeat-2.lua), from start(). */
   private registration: WorkerRegistration | undefined;
+  /** The tick in flight, if any. */
+  private ticking: Promise<void> | undefined;
 
   constructor(options: WorkerOptions) {
     const { prefix, queues, concurrency, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs } = workerSettings(options);
@@ -177,7 +179,11 @@ export class Worker {
       if (this.state !== 'starting') return;
       this.state = 'running';
       for (const r of this.runners) r.start();
-      this.leaseTimer = setInterval(() => void this.tick(), this.tickMs());
+      this.leaseTimer = setInterval(() => {
+        // One tick at a time; close() waits for the one in flight before leaving the registry.
+        if (this.ticking) return;
+        this.ticking = this.tick().finally(() => (this.ticking = undefined));
+      }, this.tickMs());
       this.leaseTimer.unref();
     } catch (err) {
       if (this.state !== 'starting') return; // closed while starting: close() has the clients
@@ -227,7 +233,9 @@ export class Worker {
       await drained;
     }
     if (this.leaseTimer) clearInterval(this.leaseTimer);
-    if (wasRunning) await this.unregister();
+    // A tick in flight could renew the entry after it is removed: it ends first.
+    await this.ticking;
+    await this.unregister();
     await Promise.all(this.clients.map((c) => closeClient(c)));
     this.state = 'closed';
   }
@@ -368,11 +376,13 @@ export class Worker {
     } catch (err) {
       this.host.reportError(fromRedis(err, 'declaring the task names this worker runs'));
     }
-    await this.heartbeat();
+    await this.heartbeat(true);
   }
 
   /** Renews this worker's entry in the registry, valid for three ticks. A failure is reported, never thrown. */
-  private async heartbeat(): Promise<void> {
+  private async heartbeat(fromTick = false): Promise<void> {
+    // While closing, ticks go on renewing (running tasks may take long to end); start() does not.
+    if (!(this.state === 'starting' || this.state === 'running' || (this.state === 'closing' && fromTick))) return;
     try {
       await this.registration?.renew(
         this.runners.map((r) => r.keys),
