@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import type { RedisClient } from './connection.js';
 import { ConfigError, outOfMemory } from '../errors.js';
 import { warnIfEvicting } from './eviction-policy.js';
@@ -26,7 +26,7 @@ export class ScriptRunner {
     if (!this.loading) {
       this.loading = Promise.all([
         this.checkServer(),
-        ...allScripts.map((s) => this.client.script('LOAD', s.source)),
+        ...allScripts.map((s) => this.loadScript(s.source)),
       ]).then(
         () => undefined,
         (err: unknown) => {
@@ -71,13 +71,28 @@ export class ScriptRunner {
     }
   }
 
+  /**
+   * SCRIPT LOAD where EVALSHA will look for the script: on a Cluster, every master it knows (a
+   * plain `script('LOAD')` reaches one node, and EVALSHA runs on the node of its keys' slot).
+   */
+  private async loadScript(source: string): Promise<void> {
+    if (this.client.isCluster) {
+      const masters = (this.client as Cluster).nodes('master');
+      if (masters.length > 0) {
+        await Promise.all(masters.map((node) => node.script('LOAD', source)));
+        return;
+      }
+    }
+    await this.client.script('LOAD', source);
+  }
+
   /** EVALSHA; on NOSCRIPT, loads the script and tries once more. */
   private async evalsha<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
     try {
       return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
     } catch (err) {
       if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
-      await this.client.script('LOAD', script.source);
+      await this.loadScript(script.source);
       return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
     }
   }
