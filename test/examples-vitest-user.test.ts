@@ -5,7 +5,7 @@
 // repo (so nothing resolves through the repo's node_modules), installed with npm from that
 // tarball, and its own vitest is run. Its globalSetup starts a private redis-server, or uses
 // REDIS_URL when the suite was given one.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -54,6 +54,9 @@ describe('examples/vitest-user', () => {
     const installed = join(app, 'node_modules', 'heimdall-tasks');
     expect(existsSync(join(installed, 'dist', 'cjs', 'testing', 'index.d.ts'))).toBe(true);
     expect(existsSync(join(installed, 'dist', 'esm', 'vite', 'index.js'))).toBe(true);
+    // The package's command is installed too.
+    const bin = spawnSync(join(app, 'node_modules', '.bin', 'heimdall'), ['--version'], { encoding: 'utf8' });
+    expect(bin.stdout.trim(), bin.stderr).toMatch(/^\d+\.\d+\.\d+/);
     expect(readdirSync(installed)).not.toContain('test');
 
     const report = join(dir, 'report.json');

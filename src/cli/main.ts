@@ -1,0 +1,352 @@
+#!/usr/bin/env node
+// The `heimdall` command: inspect and steer a running system from a shell. Arguments are parsed
+// with Node's own util.parseArgs (no dependency to keep up: the subcommands are a small fixed set).
+// Exit codes: 0 done; 1 a failure (Redis unreachable, refused); 2 a usage error; 3 `status --wait`
+// saw the task end FAILURE or REVOKED. Every read takes --json. docs/cli.md.
+import { parseArgs } from 'node:util';
+import { Dispatcher } from '../core/producer/dispatcher.js';
+import { Inspector } from '../core/inspect/inspector.js';
+import { HeimdallError } from '../core/errors.js';
+import { DEFAULT_PREFIX } from '../core/protocol/queue-keys.js';
+import { VERSION } from '../core/version.js';
+
+/** Exit codes scripts can rely on. */
+export const EXIT = { ok: 0, failure: 1, usage: 2, taskDidNotSucceed: 3 } as const;
+
+class UsageError extends Error {}
+
+const COMMON = `Options of every command:
+  --url <url>        Redis URL (default: $REDIS_URL, else redis://localhost:6379)
+  --prefix <prefix>  key prefix (default: $HEIMDALL_PREFIX, else 'heimdall')
+  --json             print JSON instead of text
+  -h, --help         this help`;
+
+const HELP: Record<string, string> = {
+  main: `heimdall ${VERSION}: inspect and steer heimdall-tasks on Redis
+
+Usage: heimdall <command> [options]
+
+Commands:
+  inspect [queues|workers|locks|limits|dead]   what is in Redis (default: queues)
+  ping                                         which workers answer
+  status <id>                                  a task's state, result or error
+  revoke <id> [--terminate]                    revoke a task from here
+
+Run 'heimdall <command> --help' for a command's options.
+
+${COMMON}`,
+  inspect: `Usage: heimdall inspect [queues|workers|locks|limits|dead] [--queue <name>...] [--limit <n>]
+
+  queues   counts per queue: waiting, delayed, running, dead, workers, oldest wait
+  workers  the live workers: host, pid, queues, running tasks, counts
+  locks    unique locks with their holders and what is left of their lifetime
+  limits   rate windows: starts in the period, when the next slot frees
+  dead     dead letters, newest first
+
+  --queue <name>   a queue to look at (repeatable; default: every queue found, or 'default')
+  --limit <n>      entries per queue for locks, limits and dead (default 100)
+
+${COMMON}`,
+  ping: `Usage: heimdall ping [--queue <name>...] [--timeout <ms>]
+
+  Asks the workers of the queues to answer; exits 1 when none does.
+  --queue <name>   a queue (repeatable; default: every queue found)
+  --timeout <ms>   how long to wait for answers (default 1000)
+
+${COMMON}`,
+  status: `Usage: heimdall status <id> [--queue <name>] [--wait] [--timeout <s>]
+
+  Prints the task's state, attempts, times, result or error.
+  --queue <name>   its queue, for a custom id on a queue other than 'default'
+  --wait           wait for it to end; exit 3 if it ends FAILURE or REVOKED
+  --timeout <s>    with --wait, the longest wait in seconds (default: none)
+
+${COMMON}`,
+  revoke: `Usage: heimdall revoke <id> [--queue <name>] [--terminate]
+
+  Revokes the task: queued or delayed, it never runs; running, its signal fires.
+  --terminate      a running task ends REVOKED at once
+  --queue <name>   its queue, for a custom id on a queue other than 'default'
+
+${COMMON}`,
+};
+
+interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  env: NodeJS.ProcessEnv;
+}
+
+/** Runs one command line (argv without node and the script); resolves with the exit code. */
+export async function run(argv: readonly string[], io: Io): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
+    io.out(HELP.main!);
+    return command === undefined ? EXIT.usage : EXIT.ok;
+  }
+  if (command === '--version' || command === '-v') {
+    io.out(VERSION);
+    return EXIT.ok;
+  }
+  const help = HELP[command];
+  if (help === undefined || command === 'main') {
+    io.err(`heimdall: unknown command '${command}'; run 'heimdall --help'`);
+    return EXIT.usage;
+  }
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse(rest);
+  } catch (err) {
+    io.err(`heimdall ${command}: ${(err as Error).message}\n\n${help}`);
+    return EXIT.usage;
+  }
+  if (parsed.values.help) {
+    io.out(help);
+    return EXIT.ok;
+  }
+  const url = parsed.values.url ?? io.env.REDIS_URL ?? 'redis://localhost:6379';
+  const prefix = parsed.values.prefix ?? io.env.HEIMDALL_PREFIX ?? DEFAULT_PREFIX;
+  const print = (text: string, json: unknown): void => io.out(parsed.values.json ? JSON.stringify(json, null, 2) : text);
+  try {
+    // Fail fast when Redis cannot be reached, rather than retry for ever.
+    const connection = { ...redisOptionsOf(url), maxRetriesPerRequest: 1, retryStrategy: (times: number) => (times > 2 ? null : 200) };
+    switch (command) {
+      case 'inspect':
+        return await inspect(parsed, { connection, prefix }, print);
+      case 'ping':
+        return await ping(parsed, { connection, prefix }, print, io);
+      case 'status':
+        return await status(parsed, { connection, prefix }, print);
+      case 'revoke':
+        return await revoke(parsed, { connection, prefix }, print);
+    }
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`heimdall ${command}: ${err.message}\n\n${help}`);
+      return EXIT.usage;
+    }
+    io.err(`heimdall ${command}: ${err instanceof HeimdallError || err instanceof Error ? err.message : String(err)}`);
+    return EXIT.failure;
+  }
+  return EXIT.usage;
+}
+
+function parse(args: readonly string[]) {
+  return parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    strict: true,
+    options: {
+      url: { type: 'string' },
+      prefix: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+      queue: { type: 'string', multiple: true },
+      limit: { type: 'string' },
+      timeout: { type: 'string' },
+      wait: { type: 'boolean' },
+      terminate: { type: 'boolean' },
+    },
+  });
+}
+
+type Parsed = ReturnType<typeof parse>;
+type Target = { connection: Record<string, unknown>; prefix: string };
+type Print = (text: string, json: unknown) => void;
+
+/** ioredis options from a URL (so that the retry settings can go with them). */
+function redisOptionsOf(url: string): Record<string, unknown> {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new UsageError(`--url must be a Redis URL such as redis://localhost:6379, got ${JSON.stringify(url)}`);
+  }
+  const tls = u.protocol === 'rediss:';
+  if (!tls && u.protocol !== 'redis:') throw new UsageError(`--url must start with redis:// or rediss://, got ${JSON.stringify(url)}`);
+  const db = u.pathname.replace(/^\//, '');
+  return {
+    host: u.hostname || 'localhost',
+    port: Number(u.port || 6379),
+    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+    ...(db ? { db: Number(db) } : {}),
+    ...(tls ? { tls: {} } : {}),
+  };
+}
+
+function positiveInt(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${name} must be a whole number >= 1, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+async function queuesOf(parsed: Parsed, inspector: Inspector): Promise<string[]> {
+  return parsed.values.queue && parsed.values.queue.length > 0 ? parsed.values.queue : inspector.queueNames();
+}
+
+function table(rows: readonly (readonly string[])[]): string {
+  if (rows.length === 0) return '';
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+function ms(value: number | null | undefined): string {
+  if (value === null || value === undefined) return '-';
+  return value < 1000 ? `${value} ms` : value < 120_000 ? `${(value / 1000).toFixed(1)} s` : `${Math.round(value / 60_000)} min`;
+}
+
+async function inspect(parsed: Parsed, target: Target, print: Print): Promise<number> {
+  const what = parsed.positionals[0] ?? 'queues';
+  if (parsed.positionals.length > 1 || !['queues', 'workers', 'locks', 'limits', 'dead'].includes(what)) {
+    throw new UsageError(`inspect takes one of queues, workers, locks, limits, dead; got ${parsed.positionals.join(' ')}`);
+  }
+  const limit = positiveInt(parsed.values.limit, 'limit', 100);
+  const inspector = new Inspector(target as ConstructorParameters<typeof Inspector>[0]);
+  const dispatcher = what === 'workers' ? new Dispatcher(target as ConstructorParameters<typeof Dispatcher>[0]) : undefined;
+  try {
+    const queues = await queuesOf(parsed, inspector);
+    if (what === 'queues') {
+      const stats = await inspector.queues(queues);
+      print(
+        table([
+          ['QUEUE', 'WAITING', 'DELAYED', 'RUNNING', 'DEAD', 'WORKERS', 'OLDEST WAIT'],
+          ...stats.map((q) => [q.queue, String(q.waiting), String(q.delayed), String(q.running), String(q.dead), String(q.workers), ms(q.oldestWaitingMs)]),
+        ]),
+        stats,
+      );
+    } else if (what === 'workers') {
+      const workers = await dispatcher!.workers({ queues });
+      print(
+        workers.length === 0
+          ? 'no live workers'
+          : table([
+              ['WORKER', 'HOST', 'PID', 'QUEUES', 'RUNNING', 'SUCCEEDED', 'FAILED', 'VERSION'],
+              ...workers.map((w) => [w.id, w.host, String(w.pid), w.queues.join(','), `${w.running.length}/${w.concurrency}`, String(w.succeeded), String(w.failed), w.version]),
+            ]),
+        workers,
+      );
+    } else if (what === 'locks') {
+      const locks = (await Promise.all(queues.map((q) => inspector.locks(q, { limit })))).flat();
+      print(
+        locks.length === 0
+          ? 'no unique locks held'
+          : table([
+              ['QUEUE', 'TASK', 'KEY', 'HOLDER', 'STATE', 'LAPSES IN'],
+              ...locks.map((l) => [l.queue, l.task, l.lockKey, l.holder, l.holderState ?? '(no record)', ms(l.ttlMs)]),
+            ]),
+        locks,
+      );
+    } else if (what === 'limits') {
+      const windows = (await Promise.all(queues.map((q) => inspector.rateWindows(q, { limit })))).flat();
+      print(
+        windows.length === 0
+          ? 'no rate windows in use'
+          : table([
+              ['QUEUE', 'TASK', 'WINDOW', 'STARTS', 'NEXT SLOT'],
+              ...windows.map((w) => [
+                w.queue,
+                w.task ?? '?',
+                w.key.slice(w.key.indexOf('}:rate:') + 7),
+                `${w.starts}/${w.limit ?? '?'} per ${ms(w.periodMs)}`,
+                w.nextFreeInMs === undefined ? '?' : w.nextFreeInMs === 0 ? 'free now' : `in ${ms(w.nextFreeInMs)}`,
+              ]),
+            ]),
+        windows,
+      );
+    } else {
+      const letters = (await Promise.all(queues.map((q) => inspector.deadLetters(q, { limit })))).flat();
+      print(
+        letters.length === 0
+          ? 'no dead letters'
+          : table([['QUEUE', 'AT', 'TASK', 'REASON'], ...letters.map((d) => [d.queue, d.at.toISOString(), d.id, d.reason])]),
+        letters.map(({ raw: _raw, ...rest }) => rest),
+      );
+    }
+    return EXIT.ok;
+  } finally {
+    await inspector.close();
+    await dispatcher?.close();
+  }
+}
+
+async function ping(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
+  if (parsed.positionals.length > 0) throw new UsageError(`ping takes no arguments, got ${parsed.positionals.join(' ')}`);
+  const timeout = positiveInt(parsed.values.timeout, 'timeout', 1000);
+  const inspector = new Inspector(target as ConstructorParameters<typeof Inspector>[0]);
+  const dispatcher = new Dispatcher(target as ConstructorParameters<typeof Dispatcher>[0]);
+  try {
+    const queues = await queuesOf(parsed, inspector);
+    const replies = await dispatcher.ping({ queues, timeout: `${timeout}ms` });
+    print(replies.map((r) => `${r.id}: pong in ${r.latencyMs} ms (pid ${r.pid} on ${r.host}; ${r.queues.join(', ')})`).join('\n') || 'no worker answered', replies);
+    if (replies.length === 0) io.err(`heimdall ping: no worker of ${queues.join(', ')} answered within ${timeout} ms`);
+    return replies.length > 0 ? EXIT.ok : EXIT.failure;
+  } finally {
+    await inspector.close();
+    await dispatcher.close();
+  }
+}
+
+function idOf(parsed: Parsed, command: string): string {
+  const [id, ...more] = parsed.positionals;
+  if (id === undefined || more.length > 0) throw new UsageError(`${command} takes one task id`);
+  return id;
+}
+
+async function status(parsed: Parsed, target: Target, print: Print): Promise<number> {
+  const id = idOf(parsed, 'status');
+  const dispatcher = new Dispatcher(target as ConstructorParameters<typeof Dispatcher>[0]);
+  try {
+    const handle = dispatcher.result(id, parsed.values.queue?.[0] === undefined ? {} : { queue: parsed.values.queue[0] });
+    if (parsed.values.wait) {
+      const timeout = parsed.values.timeout === undefined ? undefined : Number(parsed.values.timeout);
+      if (timeout !== undefined && !(timeout > 0)) throw new UsageError(`--timeout must be a number of seconds > 0, got ${JSON.stringify(parsed.values.timeout)}`);
+      await handle.get(timeout === undefined ? {} : { timeout }).catch(() => undefined);
+    }
+    const info = await handle.info();
+    const lines = [
+      `task     ${info.id}${info.name ? ` (${info.name})` : ''}`,
+      `state    ${info.state}${info.revokeReason ? ` (${info.revokeReason})` : ''}`,
+      `attempts ${info.attempts}${info.worker ? `, last on ${info.worker}` : ''}`,
+    ];
+    if (info.progress) lines.push(`progress ${Math.round(info.progress.value * 100)}%${info.progress.message ? ` ${info.progress.message}` : ''}`);
+    if (info.createdAt) lines.push(`created  ${info.createdAt.toISOString()}`);
+    if (info.startedAt) lines.push(`started  ${info.startedAt.toISOString()}`);
+    if (info.finishedAt) lines.push(`finished ${info.finishedAt.toISOString()}`);
+    if (info.state === 'SUCCESS') lines.push(`result   ${JSON.stringify(info.result)}`);
+    if (info.error) lines.push(`error    ${info.error.name}: ${info.error.message}`, ...(info.error.traceback ? [info.error.traceback] : []));
+    print(lines.join('\n'), info);
+    if (parsed.values.wait && (info.state === 'FAILURE' || info.state === 'REVOKED')) return EXIT.taskDidNotSucceed;
+    return EXIT.ok;
+  } finally {
+    await dispatcher.close();
+  }
+}
+
+async function revoke(parsed: Parsed, target: Target, print: Print): Promise<number> {
+  const id = idOf(parsed, 'revoke');
+  const dispatcher = new Dispatcher(target as ConstructorParameters<typeof Dispatcher>[0]);
+  try {
+    const handle = dispatcher.result(id, parsed.values.queue?.[0] === undefined ? {} : { queue: parsed.values.queue[0] });
+    const state = await handle.revoke({ terminate: parsed.values.terminate === true });
+    print(`${id}: ${state}`, { id, state });
+    return EXIT.ok;
+  } finally {
+    await dispatcher.close();
+  }
+}
+
+// Run when executed (not when imported by a test).
+const invoked = process.argv[1] ?? '';
+if (/(?:^|[\\/])(?:main\.(?:ts|js)|heimdall)$/.test(invoked)) {
+  run(process.argv.slice(2), { out: (t) => console.log(t), err: (t) => console.error(t), env: process.env }).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      console.error(`heimdall: ${String(err)}`);
+      process.exitCode = EXIT.failure;
+    },
+  );
+}

@@ -1,0 +1,140 @@
+// The `heimdall` command (issue 11, point 3, first part), spawned as a user runs it: its output,
+// --json, and exit codes, against a live system where a unique task holds a lock and a
+// rate-limited task waits on a full window.
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { currentTask, Dispatcher, Task, Worker } from 'heimdall-tasks';
+import { gate, ROOT, useHarness, waitFor } from '../helpers.js';
+
+let held = gate();
+
+class Reports {
+  @Task({ unique: true, key: ([customer]: [number]) => `customer-${customer}`, queue: 'cli-reports' })
+  async build(customer: number): Promise<string> {
+    currentTask().progress(0.4, 'rendering page 4 of 10');
+    await held.promise;
+    return `report-${customer}.pdf`;
+  }
+
+  @Task({ rateLimit: [1, '60s'], queue: 'cli-reports' })
+  async notify(customer: number): Promise<number> {
+    return customer;
+  }
+
+  @Task({ queue: 'cli-reports' })
+  async broken(): Promise<never> {
+    throw new RangeError('no such customer');
+  }
+}
+
+interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the command as `node --import tsx src/cli/main.ts ...args`, with the harness's Redis and prefix in the environment. */
+function heimdall(env: Record<string, string>, ...args: string[]): Promise<Ran> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...args], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+const fresh = useHarness('cli');
+const open: { close(): Promise<unknown> }[] = [];
+afterEach(async () => {
+  held.open();
+  for (const c of open.splice(0).reverse()) await c.close();
+  held = gate();
+});
+
+describe('heimdall', () => {
+  it('inspect shows the held lock and the full rate window; workers, ping, status with progress; revoke; exit codes', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    held = gate();
+    const env = { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix };
+    // A 1.5-s lease: the registry entry (running tasks, counts) is renewed every 0.5 s.
+    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new Reports()], queues: ['cli-reports'], name: 'cli-worker', leaseDuration: '1500ms' });
+    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
+    open.push(worker, d);
+    await worker.start();
+    const reports = d.tasks(Reports);
+    const report = await reports.build.delay(42);
+    await waitFor(async () => (await report.info()).progress !== undefined, { what: 'the report to run and report progress' });
+    await reports.notify.delay(1);
+    await reports.notify.delay(2);
+    await waitFor(async () => (await h.admin.zcard(`${h.prefix}:{cli-reports}:delayed`)) === 1, { what: 'the second notify to wait for its window' });
+
+    const queues = await heimdall(env, 'inspect', 'queues');
+    expect(queues.code, queues.stderr).toBe(0);
+    expect(queues.stdout).toMatch(/QUEUE\s+WAITING\s+DELAYED\s+RUNNING\s+DEAD\s+WORKERS\s+OLDEST WAIT/);
+    expect(queues.stdout).toMatch(/cli-reports\s+0\s+1\s+1\s+0\s+1\s+-/);
+
+    const locks = await heimdall(env, 'inspect', 'locks', '--queue', 'cli-reports');
+    expect(locks.code, locks.stderr).toBe(0);
+    expect(locks.stdout).toMatch(new RegExp(`cli-reports\\s+Reports\\.build\\s+customer-42\\s+${report.id}\\s+STARTED\\s+\\d+ min`));
+
+    const limits = await heimdall(env, 'inspect', 'limits', '--queue', 'cli-reports', '--json');
+    expect(limits.code, limits.stderr).toBe(0);
+    const windows = JSON.parse(limits.stdout) as { task: string; starts: number; limit: number; periodMs: number; nextFreeInMs: number }[];
+    expect(windows).toEqual([expect.objectContaining({ task: 'Reports.notify', starts: 1, limit: 1, periodMs: 60_000 })]);
+    expect(windows[0]!.nextFreeInMs).toBeGreaterThan(50_000);
+
+    await waitFor(async () => {
+      const [w] = await d.workers({ queues: ['cli-reports'] });
+      return w?.running.length === 1 && w.succeeded === 1;
+    }, { what: 'a heartbeat with the running report and the notify that ran' });
+    const workers = await heimdall(env, 'inspect', 'workers', '--queue', 'cli-reports');
+    expect(workers.stdout).toMatch(/cli-worker\s+\S+\s+\d+\s+cli-reports\s+1\/10\s+1\s+0/);
+
+    const ping = await heimdall(env, 'ping', '--timeout', '300');
+    expect(ping.code, ping.stderr).toBe(0);
+    expect(ping.stdout).toMatch(/^cli-worker: pong in [\d.]+ ms/);
+
+    const status = await heimdall(env, 'status', report.id);
+    expect(status.code, status.stderr).toBe(0);
+    expect(status.stdout).toContain('state    STARTED');
+    expect(status.stdout).toContain('progress 40% rendering page 4 of 10');
+
+    // status --wait: 0 for a success, 3 for a failure (with its error), 2 for a usage error.
+    held.open();
+    const done = await heimdall(env, 'status', report.id, '--wait', '--timeout', '20');
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stdout).toContain('result   "report-42.pdf"');
+    const broken = await reports.broken.delay();
+    const failed = await heimdall(env, 'status', broken.id, '--wait', '--json');
+    expect(failed.code).toBe(3);
+    expect(JSON.parse(failed.stdout)).toMatchObject({ state: 'FAILURE', error: { name: 'RangeError', message: 'no such customer' } });
+
+    const later = await reports.notify.applyAsync([3], { countdown: 3600 });
+    const revoked = await heimdall(env, 'revoke', later.id);
+    expect(revoked).toMatchObject({ code: 0, stdout: `${later.id}: REVOKED\n` });
+
+    expect((await heimdall(env, 'inspect', 'nonsense')).code).toBe(2);
+    expect((await heimdall(env, 'status')).code).toBe(2);
+    expect((await heimdall(env, 'frobnicate')).code).toBe(2);
+    const help = await heimdall(env, 'inspect', '--help');
+    expect(help).toMatchObject({ code: 0 });
+    expect(help.stdout).toContain('Usage: heimdall inspect');
+  });
+
+  it('exits 1 with a one-line reason when Redis cannot be reached, and ping exits 1 when no worker answers', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    const down = await heimdall({ REDIS_URL: 'redis://127.0.0.1:1', HEIMDALL_PREFIX: h.prefix }, 'inspect', 'queues');
+    expect(down.code).toBe(1);
+    expect(down.stderr).toMatch(/^heimdall inspect: .*Redis/);
+    const nobody = await heimdall({ REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix }, 'ping', '--timeout', '200', '--queue', 'cli-nobody');
+    expect(nobody.code).toBe(1);
+    expect(nobody.stderr).toContain('no worker of cli-nobody answered within 200 ms');
+  });
+});
