@@ -1,9 +1,12 @@
 #!/usr/bin/env node
 // The `heimdall` command: inspect and steer a running system from a shell. Arguments are parsed
 // with Node's own util.parseArgs (no dependency to keep up: the subcommands are a small fixed set).
-// Exit codes: 0 done; 1 a failure (Redis unreachable, refused); 2 a usage error; 3 `status --wait`
-// saw the task end FAILURE or REVOKED. Every read takes --json. docs/cli.md.
+// Exit codes: 0 done; 1 a failure (Redis unreachable, refused, no such task); 2 a usage error;
+// 3 `status --wait` saw the task end FAILURE or REVOKED; 4 it had not ended at --timeout.
+// Every read takes --json. docs/cli.md.
+import { realpathSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
 import { Dispatcher } from '../core/producer/dispatcher.js';
 import { Inspector } from '../core/inspect/inspector.js';
 import { HeimdallError } from '../core/errors.js';
@@ -11,7 +14,7 @@ import { DEFAULT_PREFIX } from '../core/protocol/queue-keys.js';
 import { VERSION } from '../core/version.js';
 
 /** Exit codes scripts can rely on. */
-export const EXIT = { ok: 0, failure: 1, usage: 2, taskDidNotSucceed: 3 } as const;
+export const EXIT = { ok: 0, failure: 1, usage: 2, taskDidNotSucceed: 3, stillRunning: 4 } as const;
 
 class UsageError extends Error {}
 
@@ -59,7 +62,9 @@ ${COMMON}`,
   Prints the task's state, attempts, times, result or error.
   --queue <name>   its queue, for a custom id on a queue other than 'default'
   --wait           wait for it to end; exit 3 if it ends FAILURE or REVOKED
-  --timeout <s>    with --wait, the longest wait in seconds (default: none)
+  --timeout <s>    with --wait, the longest wait in seconds (default: none); exit 4 when
+                   the task has not ended by then
+  An id with no task (a typo, forgotten, expired) exits 1.
 
 ${COMMON}`,
   revoke: `Usage: heimdall revoke <id> [--queue <name>] [--terminate]
@@ -80,6 +85,10 @@ interface Io {
 /** Runs one command line (argv without node and the script); resolves with the exit code. */
 export async function run(argv: readonly string[], io: Io): Promise<number> {
   const [command, ...rest] = argv;
+  if (command === 'help' && rest[0] !== undefined && HELP[rest[0]] !== undefined && rest[0] !== 'main') {
+    io.out(HELP[rest[0]]!);
+    return EXIT.ok;
+  }
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
     io.out(HELP.main!);
     return command === undefined ? EXIT.usage : EXIT.ok;
@@ -107,18 +116,24 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
   const url = parsed.values.url ?? io.env.REDIS_URL ?? 'redis://localhost:6379';
   const prefix = parsed.values.prefix ?? io.env.HEIMDALL_PREFIX ?? DEFAULT_PREFIX;
   const print = (text: string, json: unknown): void => io.out(parsed.values.json ? JSON.stringify(json, null, 2) : text);
+  let client: Redis | undefined;
   try {
-    // Fail fast when Redis cannot be reached, rather than retry for ever.
-    const connection = { ...redisOptionsOf(url), maxRetriesPerRequest: 1, retryStrategy: (times: number) => (times > 2 ? null : 200) };
+    checkUrl(url, parsed.values.url === undefined ? 'REDIS_URL' : '--url');
+    // ioredis reads the URL (IPv6 hosts, passwords, TLS, the database). It fails fast when Redis
+    // cannot be reached, and a command unanswered for 10 s (a server that accepts the connection
+    // but never replies) fails too, rather than wait for ever.
+    client = new Redis(url, { maxRetriesPerRequest: 1, retryStrategy: (times: number) => (times > 2 ? null : 200), connectTimeout: 5000, commandTimeout: 10_000 });
+    client.on('error', () => undefined);
+    const target: Target = { connection: client, prefix };
     switch (command) {
       case 'inspect':
-        return await inspect(parsed, { connection, prefix }, print);
+        return await inspect(parsed, target, print);
       case 'ping':
-        return await ping(parsed, { connection, prefix }, print, io);
+        return await ping(parsed, target, print, io);
       case 'status':
-        return await status(parsed, { connection, prefix }, print);
+        return await status(parsed, target, print, io);
       case 'revoke':
-        return await revoke(parsed, { connection, prefix }, print);
+        return await revoke(parsed, target, print, io);
     }
   } catch (err) {
     if (err instanceof UsageError) {
@@ -127,6 +142,8 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
     }
     io.err(`heimdall ${command}: ${err instanceof HeimdallError || err instanceof Error ? err.message : String(err)}`);
     return EXIT.failure;
+  } finally {
+    client?.disconnect();
   }
   return EXIT.usage;
 }
@@ -151,28 +168,26 @@ function parse(args: readonly string[]) {
 }
 
 type Parsed = ReturnType<typeof parse>;
-type Target = { connection: Record<string, unknown>; prefix: string };
+type Target = { connection: Redis; prefix: string };
 type Print = (text: string, json: unknown) => void;
 
-/** ioredis options from a URL (so that the retry settings can go with them). */
-function redisOptionsOf(url: string): Record<string, unknown> {
+/** Refuses what is not a Redis URL ioredis would read right, as a usage error. */
+function checkUrl(url: string, from: string): void {
   let u: URL;
   try {
     u = new URL(url);
   } catch {
-    throw new UsageError(`--url must be a Redis URL such as redis://localhost:6379, got ${JSON.stringify(url)}`);
+    throw new UsageError(`${from} must be a Redis URL such as redis://localhost:6379, got ${JSON.stringify(url)}`);
   }
-  const tls = u.protocol === 'rediss:';
-  if (!tls && u.protocol !== 'redis:') throw new UsageError(`--url must start with redis:// or rediss://, got ${JSON.stringify(url)}`);
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new UsageError(`${from} must start with redis:// or rediss://, got ${JSON.stringify(url)}`);
   const db = u.pathname.replace(/^\//, '');
-  return {
-    host: u.hostname || 'localhost',
-    port: Number(u.port || 6379),
-    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
-    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
-    ...(db ? { db: Number(db) } : {}),
-    ...(tls ? { tls: {} } : {}),
-  };
+  if (db !== '' && !/^\d+$/.test(db)) throw new UsageError(`${from}: the database after the host must be a number, got ${JSON.stringify(db)}`);
+  try {
+    decodeURIComponent(u.username);
+    decodeURIComponent(u.password);
+  } catch {
+    throw new UsageError(`${from}: the user or password is not valid percent-encoding`);
+  }
 }
 
 function positiveInt(value: string | undefined, name: string, fallback: number): number {
@@ -203,8 +218,8 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
     throw new UsageError(`inspect takes one of queues, workers, locks, limits, dead; got ${parsed.positionals.join(' ')}`);
   }
   const limit = positiveInt(parsed.values.limit, 'limit', 100);
-  const inspector = new Inspector(target as ConstructorParameters<typeof Inspector>[0]);
-  const dispatcher = what === 'workers' ? new Dispatcher(target as ConstructorParameters<typeof Dispatcher>[0]) : undefined;
+  const inspector = new Inspector(target);
+  const dispatcher = what === 'workers' ? new Dispatcher(target) : undefined;
   try {
     const queues = await queuesOf(parsed, inspector);
     if (what === 'queues') {
@@ -274,8 +289,8 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
 async function ping(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
   if (parsed.positionals.length > 0) throw new UsageError(`ping takes no arguments, got ${parsed.positionals.join(' ')}`);
   const timeout = positiveInt(parsed.values.timeout, 'timeout', 1000);
-  const inspector = new Inspector(target as ConstructorParameters<typeof Inspector>[0]);
-  const dispatcher = new Dispatcher(target as ConstructorParameters<typeof Dispatcher>[0]);
+  const inspector = new Inspector(target);
+  const dispatcher = new Dispatcher(target);
   try {
     const queues = await queuesOf(parsed, inspector);
     const replies = await dispatcher.ping({ queues, timeout: `${timeout}ms` });
@@ -294,15 +309,29 @@ function idOf(parsed: Parsed, command: string): string {
   return id;
 }
 
-async function status(parsed: Parsed, target: Target, print: Print): Promise<number> {
-  const id = idOf(parsed, 'status');
-  const dispatcher = new Dispatcher(target as ConstructorParameters<typeof Dispatcher>[0]);
+/** A TaskResult for the command's id, or a 'no such task' failure (a typo must not read as PENDING). */
+async function known(parsed: Parsed, dispatcher: Dispatcher, command: string, io: Io) {
+  const id = idOf(parsed, command);
+  const handle = dispatcher.result(id, parsed.values.queue?.[0] === undefined ? {} : { queue: parsed.values.queue[0] });
+  if ((await handle.info()).name === undefined) {
+    io.err(`heimdall ${command}: no task ${id} on queue '${handle.queue}' (never sent, forgotten or expired; a custom id on another queue needs --queue)`);
+    return undefined;
+  }
+  return handle;
+}
+
+async function status(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
+  const timeout = parsed.values.timeout === undefined ? undefined : Number(parsed.values.timeout);
+  if (timeout !== undefined && !(timeout > 0)) throw new UsageError(`--timeout must be a number of seconds > 0, got ${JSON.stringify(parsed.values.timeout)}`);
+  const dispatcher = new Dispatcher(target);
   try {
-    const handle = dispatcher.result(id, parsed.values.queue?.[0] === undefined ? {} : { queue: parsed.values.queue[0] });
+    const handle = await known(parsed, dispatcher, 'status', io);
+    if (!handle) return EXIT.failure;
+    let timedOut = false;
     if (parsed.values.wait) {
-      const timeout = parsed.values.timeout === undefined ? undefined : Number(parsed.values.timeout);
-      if (timeout !== undefined && !(timeout > 0)) throw new UsageError(`--timeout must be a number of seconds > 0, got ${JSON.stringify(parsed.values.timeout)}`);
-      await handle.get(timeout === undefined ? {} : { timeout }).catch(() => undefined);
+      await handle.get(timeout === undefined ? {} : { timeout }).catch((err: unknown) => {
+        if (err instanceof Error && err.name === 'TimeoutError') timedOut = true;
+      });
     }
     const info = await handle.info();
     const lines = [
@@ -318,28 +347,39 @@ async function status(parsed: Parsed, target: Target, print: Print): Promise<num
     if (info.error) lines.push(`error    ${info.error.name}: ${info.error.message}`, ...(info.error.traceback ? [info.error.traceback] : []));
     print(lines.join('\n'), info);
     if (parsed.values.wait && (info.state === 'FAILURE' || info.state === 'REVOKED')) return EXIT.taskDidNotSucceed;
+    if (timedOut) {
+      io.err(`heimdall status: task ${info.id} had not ended after ${timeout} s (it is ${info.state})`);
+      return EXIT.stillRunning;
+    }
     return EXIT.ok;
   } finally {
     await dispatcher.close();
   }
 }
 
-async function revoke(parsed: Parsed, target: Target, print: Print): Promise<number> {
-  const id = idOf(parsed, 'revoke');
-  const dispatcher = new Dispatcher(target as ConstructorParameters<typeof Dispatcher>[0]);
+async function revoke(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
+  const dispatcher = new Dispatcher(target);
   try {
-    const handle = dispatcher.result(id, parsed.values.queue?.[0] === undefined ? {} : { queue: parsed.values.queue[0] });
+    const handle = await known(parsed, dispatcher, 'revoke', io);
+    if (!handle) return EXIT.failure;
     const state = await handle.revoke({ terminate: parsed.values.terminate === true });
-    print(`${id}: ${state}`, { id, state });
+    print(`${handle.id}: ${state}`, { id: handle.id, state });
     return EXIT.ok;
   } finally {
     await dispatcher.close();
   }
 }
 
-// Run when executed (not when imported by a test).
-const invoked = process.argv[1] ?? '';
-if (/(?:^|[\\/])(?:main\.(?:ts|js)|heimdall)$/.test(invoked)) {
+// Run when executed (not when imported by a test), also through a link of another name.
+function invokedPath(): string {
+  const given = process.argv[1] ?? '';
+  try {
+    return realpathSync(given);
+  } catch {
+    return given;
+  }
+}
+if (/(?:^|[\\/])cli[\\/]main\.(?:ts|js)$/.test(invokedPath())) {
   run(process.argv.slice(2), { out: (t) => console.log(t), err: (t) => console.error(t), env: process.env }).then(
     (code) => {
       process.exitCode = code;

@@ -2,7 +2,7 @@
   dead-letter: an operator acts on one dead letter (Inspector.retryDead / dropDead).
     drop:  the entry leaves the dead-letter list; the task's record is left as it is.
     retry: a task that ended FAILURE goes back to PENDING at the head of the wait list (its
-           error, end time and hand-back series cleared, its expiry lifted, its attempts kept),
+           error, end time, progress and hand-back series cleared, its expiry lifted, its attempts kept),
            and the entry leaves the list. Anything else (no record, not FAILURE) is left alone.
 
   KEYS[1] dead list         <prefix>:{<queue>}:dead
@@ -24,7 +24,7 @@ if op == 'retry' then
 end
 if redis.call('LREM', KEYS[1], 1, entry) == 0 then return {0, ''} end
 if op == 'retry' then
-  redis.call('HDEL', KEYS[3], 'e', 'f', 'rr', 'fk', 'ud', 'un', 'ua', 'rc', 'd')
+  redis.call('HDEL', KEYS[3], 'e', 'f', 'rr', 'fk', 'ud', 'un', 'ua', 'rc', 'd', 'pg')
   redis.call('HSET', KEYS[3], 's', 'PENDING')
   redis.call('PERSIST', KEYS[3])
   -- RPUSH: the tail is the head of the queue (RPOP takes it first).

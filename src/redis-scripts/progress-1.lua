@@ -6,7 +6,8 @@
   KEYS[1] task hash         <prefix>:{<queue>}:t:<id>
 
   ARGV[1] run token         (the record's tk)
-  ARGV[2] progress, JSON    { "v": fraction 0..1, "m": message or absent, "at": ms, worker clock }
+  ARGV[2] progress, JSON    { "v": fraction 0..1, "m": message or absent, "at": ms, worker clock,
+                            "t": the run token, so a later run of the task does not show it }
 
   Returns 1 stored, 0 dropped (not this run, or not STARTED).
 ]]

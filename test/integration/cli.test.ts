@@ -120,6 +120,18 @@ describe('heimdall', () => {
     const revoked = await heimdall(env, 'revoke', later.id);
     expect(revoked).toMatchObject({ code: 0, stdout: `${later.id}: REVOKED\n` });
 
+    // A typo'd id is not a PENDING task; a wait that runs out says so.
+    const typo = await heimdall(env, 'status', 'no-such-id');
+    expect(typo.code).toBe(1);
+    expect(typo.stderr).toContain("no task no-such-id on queue 'default'");
+    expect((await heimdall(env, 'revoke', 'no-such-id')).code).toBe(1);
+    const pending = await reports.notify.applyAsync([4], { countdown: 3600 });
+    const waited = await heimdall(env, 'status', pending.id, '--wait', '--timeout', '0.3');
+    expect(waited.code).toBe(4);
+    expect(waited.stderr).toContain('had not ended after 0.3 s (it is PENDING)');
+    expect((await heimdall({ REDIS_URL: `${h.url}/abc`, HEIMDALL_PREFIX: h.prefix }, 'inspect')).code).toBe(2);
+    expect((await heimdall(env, 'help', 'ping')).stdout).toContain('Usage: heimdall ping');
+
     expect((await heimdall(env, 'inspect', 'nonsense')).code).toBe(2);
     expect((await heimdall(env, 'status')).code).toBe(2);
     expect((await heimdall(env, 'frobnicate')).code).toBe(2);

@@ -23,6 +23,17 @@ class Reporting {
     return 'finished';
   }
 
+  /** Reports 0.9 on its first attempt and fails; the retry holds at the gate without reporting. */
+  @Task({ retries: { max: 1, backoff: '50ms', jitter: false } })
+  async retried(): Promise<string> {
+    if (currentTask().attempt === 1) {
+      currentTask().progress(0.9, 'almost done (attempt 1)');
+      throw new Error('first attempt fails');
+    }
+    await held.promise;
+    return 'second attempt';
+  }
+
   @Task()
   async outOfRange(): Promise<void> {
     currentTask().progress(1.5);
@@ -69,6 +80,24 @@ describe('currentTask().progress()', () => {
       held.open();
       expect(await handle.get({ timeout: 10 })).toBe('finished');
       expect((await handle.info()).progress).toMatchObject({ value: 1, message: 'done' });
+    } finally {
+      await worker.close();
+    }
+  });
+
+  it("a retry does not show the progress of the attempt before it", async () => {
+    const h = fresh();
+    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new Reporting()] });
+    await worker.start();
+    try {
+      const handle = await h.dispatcher().tasks(Reporting).retried.delay();
+      await waitFor(async () => {
+        const info = await handle.info();
+        return info.state === 'STARTED' && info.attempts === 2;
+      }, { what: 'the second attempt to run' });
+      expect((await handle.info()).progress).toBeUndefined();
+      held.open();
+      expect(await handle.get({ timeout: 10 })).toBe('second attempt');
     } finally {
       await worker.close();
     }

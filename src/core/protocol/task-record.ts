@@ -33,10 +33,15 @@ export interface TaskProgress {
   at: Date;
 }
 
-/** Reads a stored progress; undefined when absent or not one of ours. */
-export function decodeProgress(text: string | null | undefined): TaskProgress | undefined {
-  const p = json(text ?? undefined) as { v?: unknown; m?: unknown; at?: unknown } | undefined;
+/**
+ * Reads a stored progress; undefined when absent, not one of ours, or reported by another run
+ * than the record's last (`token`: the record's tk), so a retry does not show the progress of
+ * the attempt before it.
+ */
+export function decodeProgress(text: string | null | undefined, token?: string): TaskProgress | undefined {
+  const p = json(text ?? undefined) as { v?: unknown; m?: unknown; at?: unknown; t?: unknown } | undefined;
   if (typeof p !== 'object' || p === null || typeof p.v !== 'number') return undefined;
+  if (p.t !== undefined && token !== undefined && String(p.t) !== token) return undefined;
   return { value: p.v, message: typeof p.m === 'string' ? p.m : undefined, at: new Date(typeof p.at === 'number' ? p.at : 0) };
 }
 
@@ -122,7 +127,7 @@ export function decodeTaskInfo<T>(id: string, h: Record<string, string>): TaskIn
     startedAt: date(h[FIELDS.startedAt]),
     finishedAt: date(h[FIELDS.finishedAt]),
     worker: h[FIELDS.worker],
-    progress: decodeProgress(h[FIELDS.progress]),
+    progress: decodeProgress(h[FIELDS.progress], h[FIELDS.token]),
   };
 }
 

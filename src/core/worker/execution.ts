@@ -68,7 +68,8 @@ export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefiniti
         const report = progressReport(value, message);
         if (run.released) return;
         run.progress ??= new ProgressThrottle((r) => {
-          if (!run.released) host.writeProgress(run, JSON.stringify(r));
+          // With the run's token: a later run of the task does not show this run's progress.
+          if (!run.released) host.writeProgress(run, JSON.stringify({ ...r, t: task.token }));
         });
         run.progress.report(report);
         host.emit('progress', { id: task.id, name: task.name, queue, args: event.args, attempt: task.attempt, value: report.v, message: report.m });
