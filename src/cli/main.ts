@@ -34,6 +34,8 @@ Commands:
   ping                                         which workers answer
   status <id>                                  a task's state, result or error
   revoke <id> [--terminate]                    revoke a task from here
+  locks release <key> --yes                    release a unique lock on purpose
+  dead retry|drop <queue> [--id <id>...] --yes run dead-lettered tasks again, or drop the letters
 
 Run 'heimdall <command> --help' for a command's options.
 
@@ -65,6 +67,22 @@ ${COMMON}`,
   --timeout <s>    with --wait, the longest wait in seconds (default: none); exit 4 when
                    the task has not ended by then
   An id with no task (a typo, forgotten, expired) exits 1.
+
+${COMMON}`,
+  locks: `Usage: heimdall locks release <key> --yes
+
+  Releases a unique lock (its whole key, as 'inspect locks --json' gives it), only if the
+  task seen holding it still does: a lock another task took meanwhile is left alone. The
+  holder keeps running; a holder that has not started takes the lock again at its start.
+  --yes            required: the lock's protection is lifted
+
+${COMMON}`,
+  dead: `Usage: heimdall dead retry|drop <queue> [--id <id>...] --yes
+
+  retry  runs dead-lettered tasks that ended FAILURE again, at the head of their queue
+  drop   removes the letters (the tasks' records stay)
+  --id <id>        only the letters of these task ids (repeatable; default: all, newest 1,000)
+  --yes            required
 
 ${COMMON}`,
   revoke: `Usage: heimdall revoke <id> [--queue <name>] [--terminate]
@@ -134,6 +152,10 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
         return await status(parsed, target, print, io);
       case 'revoke':
         return await revoke(parsed, target, print, io);
+      case 'locks':
+        return await locks(parsed, target, print, io);
+      case 'dead':
+        return await dead(parsed, target, print);
     }
   } catch (err) {
     if (err instanceof UsageError) {
@@ -163,6 +185,8 @@ function parse(args: readonly string[]) {
       timeout: { type: 'string' },
       wait: { type: 'boolean' },
       terminate: { type: 'boolean' },
+      yes: { type: 'boolean' },
+      id: { type: 'string', multiple: true },
     },
   });
 }
@@ -367,6 +391,49 @@ async function revoke(parsed: Parsed, target: Target, print: Print, io: Io): Pro
     return EXIT.ok;
   } finally {
     await dispatcher.close();
+  }
+}
+
+function confirmed(parsed: Parsed, what: string): void {
+  if (parsed.values.yes !== true) throw new UsageError(`${what} changes Redis: add --yes`);
+}
+
+async function locks(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
+  const [action, key, ...more] = parsed.positionals;
+  if (action !== 'release' || key === undefined || more.length > 0) throw new UsageError('locks takes: release <key>');
+  confirmed(parsed, 'locks release');
+  const inspector = new Inspector(target);
+  try {
+    // The holder seen now; released only if it still holds the lock when the script runs.
+    const holder = await target.connection.get(key);
+    if (holder === null) {
+      io.err(`heimdall locks: no lock ${key} (it ended, lapsed or was released)`);
+      return EXIT.failure;
+    }
+    const r = await inspector.releaseLock(key, holder);
+    print(r.released ? `released ${key} (held by ${holder})` : `not released: ${r.reason === 'gone' ? 'the lock is gone' : `now held by ${r.holder}`}`, { key, holder, ...r });
+    return r.released ? EXIT.ok : EXIT.failure;
+  } finally {
+    await inspector.close();
+  }
+}
+
+async function dead(parsed: Parsed, target: Target, print: Print): Promise<number> {
+  const [action, queue, ...more] = parsed.positionals;
+  if ((action !== 'retry' && action !== 'drop') || queue === undefined || more.length > 0) throw new UsageError('dead takes: retry|drop <queue>');
+  confirmed(parsed, `dead ${action}`);
+  const inspector = new Inspector(target);
+  try {
+    const ids = parsed.values.id;
+    const letters = ids && ids.length > 0 ? (await inspector.deadLetters(queue, { limit: 1000 })).filter((l) => ids.includes(l.id)) : 'all';
+    const r = action === 'retry' ? await inspector.retryDead(queue, letters) : await inspector.dropDead(queue, letters);
+    print(
+      [`${action === 'retry' ? 'retried' : 'dropped'} ${r.done}`, ...r.skipped.map((k) => `skipped ${k.id}: ${k.reason === 'gone' ? 'gone' : `not FAILURE (${k.state ?? 'no record'})`}`)].join('\n'),
+      r,
+    );
+    return EXIT.ok;
+  } finally {
+    await inspector.close();
   }
 }
 

@@ -149,4 +149,36 @@ describe('heimdall', () => {
     expect(nobody.code).toBe(1);
     expect(nobody.stderr).toContain('no worker of cli-nobody answered within 200 ms');
   });
+
+  it('locks release and dead retry|drop change Redis only with --yes', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    held = gate();
+    const env = { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix };
+    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new Reports()], queues: ['cli-reports'] });
+    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
+    open.push(worker, d);
+    await worker.start();
+    const report = await d.tasks(Reports).build.delay(7);
+    await waitFor(async () => (await report.status()) === 'STARTED', { what: 'the report to start' });
+    const key = `${h.prefix}:{cli-reports}:lock:Reports.build:customer-7`;
+    expect(await h.admin.get(key)).toBe(report.id);
+
+    const refused = await heimdall(env, 'locks', 'release', key);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain('locks release changes Redis: add --yes');
+    expect(await h.admin.get(key)).toBe(report.id);
+    const released = await heimdall(env, 'locks', 'release', key, '--yes');
+    expect(released).toMatchObject({ code: 0, stdout: `released ${key} (held by ${report.id})\n` });
+    expect(await h.admin.exists(key)).toBe(0);
+    expect((await heimdall(env, 'locks', 'release', key, '--yes')).code).toBe(1);
+
+    await h.admin.rpush(`${h.prefix}:{cli-reports}:wait`, 'ghost-cli');
+    await waitFor(async () => (await h.admin.llen(`${h.prefix}:{cli-reports}:dead`)) === 1, { what: 'the dead letter' });
+    const retried = await heimdall(env, 'dead', 'retry', 'cli-reports', '--yes');
+    expect(retried).toMatchObject({ code: 0, stdout: 'retried 0\nskipped ghost-cli: not FAILURE (no record)\n' });
+    expect((await heimdall(env, 'dead', 'drop', 'cli-reports')).code).toBe(2);
+    const dropped = await heimdall(env, 'dead', 'drop', 'cli-reports', '--id', 'ghost-cli', '--yes', '--json');
+    expect(JSON.parse(dropped.stdout)).toEqual({ done: 1, skipped: [] });
+    expect(await h.admin.llen(`${h.prefix}:{cli-reports}:dead`)).toBe(0);
+  });
 });
