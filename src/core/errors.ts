@@ -281,6 +281,11 @@ export function outOfMemory(err: unknown, what: string): unknown {
   return isOutOfMemoryReply(err) ? new RedisOutOfMemoryError(what, { cause: err }) : err;
 }
 
+/** True for Redis's reply to a command on a key of another type (a key heimdall did not write). */
+export function isWrongType(err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith('WRONGTYPE');
+}
+
 /**
  * An error of a call to Redis in heimdall's terms, naming `what` was being done: ioredis giving
  * up after its retry budget is a RedisUnavailableError (with the connection's `lastError`), a

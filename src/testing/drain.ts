@@ -1,5 +1,5 @@
 import { ConfigError, fromRedis, RedisRefusedError, StaleRunError, TimeoutError } from '../core/errors.js';
-import type { RedisClient } from '../core/protocol/connection.js';
+import { redisNowMs, type RedisClient } from '../core/protocol/connection.js';
 import { KEY_NAMES, QueueKeys } from '../core/protocol/queue-keys.js';
 import { FIELDS } from '../core/protocol/task-fields.js';
 import type { RemoteError, RevokeReason } from '../core/protocol/task-record.js';
@@ -78,21 +78,32 @@ export class TaskLog {
     error: (e) => {
       if (!(e instanceof StaleRunError)) {
         // This listener turns the Worker's own printing off: print what nobody else hears.
-        if (!this.heard()) console.error('[heimdall-tasks] test app worker:', e);
+        if (this.errorListeners === 0) console.error('[heimdall-tasks] test app worker:', e);
         return;
       }
       for (const key of [...this.running.keys()]) if (key.endsWith(`\u0000${e.taskId}`)) this.running.delete(key);
     },
   };
 
-  /** `heard`: whether someone else listens to 'error' (else errors are printed, as a Worker does). */
-  constructor(
-    private readonly worker: TaskEventSource,
-    private readonly heard: () => boolean = () => false,
-  ) {
+  /** The app's own 'error' listeners (added through `on`): while there are none, errors are printed, as a Worker does. */
+  private errorListeners = 0;
+
+  constructor(private readonly worker: TaskEventSource) {
     for (const [event, listener] of Object.entries(this.listeners)) {
       worker.on(event as 'started', listener as (e: TaskEvent) => void);
     }
+  }
+
+  /** An app's `on()`: listens to the worker, counting 'error' listeners. */
+  on<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): void {
+    if (event === 'error') this.errorListeners++;
+    this.worker.on(event, listener);
+  }
+
+  /** An app's `off()`. */
+  off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): void {
+    if (event === 'error') this.errorListeners = Math.max(0, this.errorListeners - 1);
+    this.worker.off(event, listener);
   }
 
   /** The ends recorded since the last call. */
@@ -169,11 +180,7 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
     if (idle) {
       // Before saying so: a task sent to a queue the worker does not consume (applyAsync's
       // `queue`) would never run; look for one under the prefix, and wait on its queue too.
-      const more = await withinDeadline(otherQueues(target.client, target.prefix, [...keys, ...strangers]), deadline, timeoutMs);
-      const found = (await withinDeadline(Promise.all(more.map(async (q) => {
-        const k = new QueueKeys(target.prefix, q);
-        return (await liveTasks(target.client, [k])).length > 0 ? k : undefined;
-      })), deadline, timeoutMs)).filter((k): k is QueueKeys => k !== undefined);
+      const found = await withinDeadline(strangerQueues(target.client, target.prefix, [...keys, ...strangers]), deadline, timeoutMs);
       if (found.length === 0) return { ran: target.log.take(), delayed: mode === 'leave' ? look.delayedLater : [] };
       strangers.push(...found);
       continue;
@@ -224,20 +231,35 @@ async function liveTasks(client: RedisClient, queues: readonly QueueKeys[]): Pro
   return out;
 }
 
-/** A Redis read of drain(), bounded by its deadline, its errors said as heimdall's (fromRedis). */
-async function withinDeadline<T>(read: Promise<T>, deadline: number, timeoutMs: number): Promise<T> {
+/** The other queues of the prefix that hold tasks that have not ended. */
+async function strangerQueues(client: RedisClient, prefix: string, known: readonly QueueKeys[]): Promise<QueueKeys[]> {
+  const found: QueueKeys[] = [];
+  for (const q of await otherQueues(client, prefix, known)) {
+    const k = new QueueKeys(prefix, q);
+    if ((await liveTasks(client, [k])).length > 0) found.push(k);
+  }
+  return found;
+}
+
+/** A Redis read of drain(), bounded by its deadline (plus a second). */
+function withinDeadline<T>(read: Promise<T>, deadline: number, timeoutMs: number): Promise<T> {
+  return bounded(read, Math.max(1, deadline - Date.now() + 1000), 'drain(): reading the queues', `drain() timed out after ${timeoutMs} ms: Redis did not answer (is it running?)`);
+}
+
+/**
+ * `work`, or a TimeoutError after `ms` (`late`, or a message naming `what`); its own errors in
+ * heimdall's terms (fromRedis). For the kit's calls to Redis that must not outlast a test's hook.
+ */
+export async function bounded<T>(work: Promise<T>, ms: number, what: string, late = `${what}: Redis did not answer within ${ms} ms (is it running?)`): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new TimeoutError(`drain() timed out after ${timeoutMs} ms: Redis did not answer (is it running?)`)),
-      Math.max(1, deadline - Date.now() + 1000),
-    );
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new TimeoutError(late)), ms);
   });
+  work.catch(() => undefined);
   try {
-    return await Promise.race([read.catch((err: unknown) => Promise.reject(fromRedis(err, 'drain(): reading the queues'))), late]);
+    return await Promise.race([work.catch((err: unknown) => Promise.reject(fromRedis(err, what))), expired]);
   } finally {
     clearTimeout(timer);
-    read.catch(() => undefined);
   }
 }
 
@@ -283,21 +305,12 @@ export async function drainInline(engine: InlineTransport, log: TaskLog, options
           (strangers.length > 0 ? `; the app's worker does not consume ${strangers.map((q) => `'${q}'`).join(', ')} (add to createTestApp({ queues }))` : ''),
       );
     }
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(wake, Math.max(1, deadline - now));
-      const stop = engine.onChange(wake);
-      function wake(): void {
-        clearTimeout(timer);
-        stop();
-        resolve();
-      }
-    });
+    await engine.nextChange(deadline);
   }
 }
 
 async function lookAt(client: RedisClient, keys: readonly QueueKeys[]): Promise<Look> {
-  const [sec, usec] = await client.time();
-  const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+  const now = await redisNowMs(client);
   const per = await Promise.all(
     keys.map(async (k) => {
       // One MULTI per queue, so the three are one snapshot: a fetch that moves a due task from

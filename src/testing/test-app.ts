@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { ConfigError, fromRedis, TimeoutError } from '../core/errors.js';
+import { ConfigError } from '../core/errors.js';
 import { DEFAULT_MAX_PAYLOAD_BYTES, Dispatcher, dispatcherOver, type DispatcherOptions, type TaskProxy } from '../core/producer/dispatcher.js';
 import type { ConnectionOption, RedisClient } from '../core/protocol/connection.js';
 import { DEFAULT_QUEUE, validateName } from '../core/protocol/queue-keys.js';
@@ -7,7 +7,7 @@ import { toMillis, toMillisOrZero, type Duration } from '../core/task/durations.
 import { discover, type Constructor } from '../core/task/registry.js';
 import { Worker } from '../core/worker/worker.js';
 import type { WorkerEvents, WorkerOptions } from '../core/worker/worker-options.js';
-import { drainApp, drainInline, TaskLog, type DrainOptions, type DrainReport } from './drain.js';
+import { bounded, drainApp, drainInline, TaskLog, type DrainOptions, type DrainReport } from './drain.js';
 import { InlineTransport } from '../core/inline/inline-transport.js';
 import { escapeGlob, scanKeys } from '../core/protocol/scan.js';
 
@@ -149,8 +149,7 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp | 
     await dispatcher.close();
     throw err;
   }
-  let errorListeners = 0;
-  const log = new TaskLog(worker, () => errorListeners > 0);
+  const log = new TaskLog(worker);
   let closing: Promise<void> | undefined;
   const app: TestApp = {
     inline: false,
@@ -160,13 +159,11 @@ export async function createTestApp(options: TestAppOptions): Promise<TestApp | 
     worker,
     tasks: (cls) => dispatcher.tasks(cls),
     on(event, listener) {
-      if (event === 'error') errorListeners++;
-      worker.on(event, listener);
+      log.on(event, listener);
       return this;
     },
     off(event, listener) {
-      if (event === 'error') errorListeners = Math.max(0, errorListeners - 1);
-      worker.off(event, listener);
+      log.off(event, listener);
       return this;
     },
     drain: (drainOptions) => drainApp({ client: dispatcher.client, prefix, queues: worker.queues, worker, log }, drainOptions),
@@ -213,8 +210,7 @@ function createInlineApp(options: TestAppOptions): InlineTestApp {
     queues: options.queues === undefined && options.services.length === 0 ? undefined : queues,
   });
   const dispatcher = dispatcherOver(engine, { ...options.dispatcher, prefix });
-  let errorListeners = 0;
-  const log = new TaskLog(engine, () => errorListeners > 0);
+  const log = new TaskLog(engine);
   let closing: Promise<void> | undefined;
   return {
     inline: true,
@@ -223,13 +219,11 @@ function createInlineApp(options: TestAppOptions): InlineTestApp {
     dispatcher,
     tasks: (cls) => dispatcher.tasks(cls),
     on(event, listener) {
-      if (event === 'error') errorListeners++;
-      engine.on(event, listener);
+      log.on(event, listener);
       return this;
     },
     off(event, listener) {
-      if (event === 'error') errorListeners = Math.max(0, errorListeners - 1);
-      engine.off(event, listener);
+      log.off(event, listener);
       return this;
     },
     drain: (drainOptions) => drainInline(engine, log, drainOptions),
@@ -243,20 +237,6 @@ function createInlineApp(options: TestAppOptions): InlineTestApp {
         }
       })()),
   };
-}
-
-/** `work`, or a TimeoutError after `ms`; its own errors in heimdall's terms (fromRedis). */
-async function bounded<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new TimeoutError(`${what}: Redis did not answer within ${ms} ms (is it running?)`)), ms);
-  });
-  work.catch(() => undefined);
-  try {
-    return await Promise.race([work.catch((err: unknown) => Promise.reject(fromRedis(err, what))), late]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Deletes every key matching `pattern` (SCAN + UNLINK), on every master of a Cluster. */

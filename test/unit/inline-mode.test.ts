@@ -247,12 +247,15 @@ describe('inline mode', () => {
   });
 
   it('unique: a start keeps the expiry the lock got at dispatch (it is re-taken only once lapsed)', async () => {
+    vi.useFakeTimers();
     const app = await inlineApp();
     const ref = app.tasks(InlineReports).shortLock;
     const first = await ref.applyAsync(['x'], { countdown: '150ms' });
-    await vi.waitFor(async () => expect(await first.status()).toBe('STARTED'), { timeout: 5_000 });
-    // 300 ms after the dispatch the lock has lapsed, though the task still runs.
-    await new Promise<void>((resolve) => setTimeout(resolve, 350));
+    await vi.advanceTimersByTimeAsync(150);
+    expect(await first.status()).toBe('STARTED');
+    // 350 ms after the dispatch the 300-ms lock has lapsed, though the task still runs.
+    await vi.advanceTimersByTimeAsync(200);
+    expect(await first.status()).toBe('STARTED');
     const second = await ref.delay('x');
     expect(second.duplicate).toBe(false);
   });

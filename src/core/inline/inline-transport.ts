@@ -333,10 +333,19 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     return '?';
   }
 
-  /** Calls `listener` on every change of any task until the returned function is called. */
-  onChange(listener: () => void): () => void {
-    this.changed.add(listener);
-    return () => this.changed.delete(listener);
+  /** Resolves at the next change of any task (a start, an end, a schedule), or at `deadline` (epoch ms; Infinity: none). */
+  nextChange(deadline: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      // No timer without a deadline (setTimeout would read Infinity as 1 ms).
+      const timer = Number.isFinite(deadline) ? setTimeout(wake, Math.max(1, deadline - Date.now())) : undefined;
+      const changed = this.changed;
+      changed.add(wake);
+      function wake(): void {
+        clearTimeout(timer);
+        changed.delete(wake);
+        resolve();
+      }
+    });
   }
 
   /**
@@ -353,18 +362,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     this.closed = true;
     for (const e of this.entries.values()) this.cancel(e);
     const deadline = Date.now() + timeoutMs;
-    while (this.pending().running > 0 && Date.now() < deadline) {
-      await new Promise<void>((resolve) => {
-        // No timer without a deadline (setTimeout would read Infinity as 1 ms).
-        const timer = Number.isFinite(deadline) ? setTimeout(finish, Math.max(1, deadline - Date.now())) : undefined;
-        const stop = this.onChange(finish);
-        function finish(): void {
-          clearTimeout(timer);
-          stop();
-          resolve();
-        }
-      });
-    }
+    while (this.pending().running > 0 && Date.now() < deadline) await this.nextChange(deadline);
     for (const e of this.entries.values()) {
       const run = e.run;
       if (!run) continue;

@@ -1,5 +1,5 @@
-import { ConfigError, fromRedis, redisCall } from '../errors.js';
-import { closeClient, openClient, type OwnedClient, type RedisClient } from '../protocol/connection.js';
+import { ConfigError, fromRedis, isWrongType, redisCall } from '../errors.js';
+import { closeClient, openClient, redisNowMs, type OwnedClient, type RedisClient } from '../protocol/connection.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, KEY_NAMES, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { escapeGlob, scanKeys } from '../protocol/scan.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
@@ -142,8 +142,7 @@ export class Inspector {
 
   private async queueStats(k: QueueKeys): Promise<QueueStats> {
     const replies = await redisCall(`reading queue ${k.queue}`, async () => {
-      const [sec, usec] = await this.client.time();
-      const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+      const now = await redisNowMs(this.client);
       const r = await this.client
         .multi()
         .llen(k.wait)
@@ -229,8 +228,7 @@ export class Inspector {
     const limit = limitOf(options);
     const keys = await this.scan(`${escapeGlob(k.base)}${KEY_NAMES.rate}*`, limit, `listing the rate windows of queue ${k.queue}`);
     const names = taskNames();
-    const [sec, usec] = await redisCall('reading the Redis clock', () => this.client.time());
-    const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+    const now = await redisCall('reading the Redis clock', () => redisNowMs(this.client));
     const windows = await Promise.all(
       keys.map(async (key): Promise<RateWindowInfo | undefined> => {
         // The newest start's task record carries the window's limit and period (rn, rp) and its
@@ -333,10 +331,6 @@ export class Inspector {
     );
     return found.sort();
   }
-}
-
-function isWrongType(err: unknown): boolean {
-  return err instanceof Error && err.message.startsWith('WRONGTYPE');
 }
 
 function limitOf(options: ListOptions): number {

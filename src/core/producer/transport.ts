@@ -1,6 +1,6 @@
 import type { RedisClient } from '../protocol/connection.js';
-import { closeClient, openClient, type ConnectionOption, type OwnedClient } from '../protocol/connection.js';
-import { ConfigError, redisCall } from '../errors.js';
+import { closeClient, openClient, redisNowMs, type ConnectionOption, type OwnedClient } from '../protocol/connection.js';
+import { ConfigError, isWrongType, redisCall } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
 import { forget, revoke, type EnqueueOutcome } from '../protocol/scripts.js';
@@ -103,8 +103,7 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
 
   async workers(queues: readonly QueueKeys[]): Promise<WorkerInfo[]> {
     const client = this.conn.client;
-    const [sec, usec] = await client.time();
-    const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+    const now = await redisNowMs(client);
     const byId = new Map<string, WorkerInfo>();
     await Promise.all(
       queues.map(async (k) => {
@@ -113,7 +112,7 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
           members = await client.zrangebyscore(k.workers, `(${now}`, '+inf', 'WITHSCORES', 'LIMIT', 0, 1000);
         } catch (err) {
           // A key of the wrong type (not ours) hides that queue's workers, not every queue's.
-          if (err instanceof Error && err.message.startsWith('WRONGTYPE')) return;
+          if (isWrongType(err)) return;
           throw err;
         }
         const ids: string[] = [];
@@ -127,7 +126,7 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
         try {
           infos = await client.hmget(k.workerInfo, ...ids);
         } catch (err) {
-          if (err instanceof Error && err.message.startsWith('WRONGTYPE')) return;
+          if (isWrongType(err)) return;
           throw err;
         }
         infos.forEach((json, i) => {

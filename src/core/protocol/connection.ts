@@ -124,3 +124,9 @@ export async function closeClient(c: OwnedClient | undefined): Promise<void> {
   }
   c.client.disconnect();
 }
+
+/** Milliseconds on the Redis server's clock (TIME): the clock due times, leases and registrations are kept on. */
+export async function redisNowMs(client: RedisClient): Promise<number> {
+  const [sec, usec] = await client.time();
+  return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+}

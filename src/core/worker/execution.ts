@@ -3,7 +3,7 @@ import type { RemoteError } from '../protocol/task-record.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import { toJson } from '../task/serialization.js';
-import { RetryRequest, taskStorage, type CurrentTask } from './current-task.js';
+import { RetryRequest, taskStorage, type CurrentTask, type RetryRequestOptions } from './current-task.js';
 import type { Finish } from './queue-runner.js';
 import { toRemoteError } from './remote-error.js';
 import { retryDelay } from './retry-policy.js';
@@ -25,6 +25,54 @@ export interface ExecutionHost<R extends Run<RunOwner> = Run> {
   finished(run: R, finish: Finish): void;
   /** Stores a progress report of the run, for its run only (progress-1.lua); failures are the host's to report. */
   writeProgress(run: R, json: string): void;
+}
+
+/**
+ * What `currentTask()` returns in a run: one object per run, its methods on the prototype (an
+ * object literal with arrows and a getter made three functions per task on the hot path).
+ */
+class RunContext<R extends Run<RunOwner>> implements CurrentTask {
+  readonly id: string;
+  readonly name: string;
+  readonly attempt: number;
+
+  constructor(
+    private readonly run: R,
+    private readonly host: ExecutionHost<R>,
+    readonly queue: string,
+    private readonly args: unknown[],
+  ) {
+    this.id = run.task.id;
+    this.name = run.task.name;
+    this.attempt = run.task.attempt;
+  }
+
+  get signal(): AbortSignal {
+    return signalOf(this.run);
+  }
+
+  retry(options?: RetryRequestOptions): never {
+    throw new RetryRequest(options);
+  }
+
+  /** Bound on first use, so `const { progress } = currentTask()` works too. */
+  get progress(): (value: number, message?: string) => void {
+    return (this.boundProgress ??= this.report.bind(this));
+  }
+
+  private boundProgress: ((value: number, message?: string) => void) | undefined;
+
+  private report(value: number, message?: string): void {
+    const report = progressReport(value, message);
+    const { run, host } = this;
+    if (run.released) return;
+    run.progress ??= new ProgressThrottle((r) => {
+      // With the run's token: a later run of the task does not show this run's progress.
+      if (!run.released) host.writeProgress(run, JSON.stringify({ ...r, t: run.task.token }));
+    });
+    run.progress.report(report);
+    host.emit('progress', { id: this.id, name: this.name, queue: this.queue, args: this.args, attempt: this.attempt, value: report.v, message: report.m });
+  }
 }
 
 type Outcome = { ok: true; result: unknown; json: string | undefined } | { ok: false; error: RemoteError; retryDelayMs: number | undefined };
@@ -53,28 +101,7 @@ export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefiniti
     if (run.released) return; // handed back or revoked with terminate while its service was resolved
     const method = (instance as Record<string, unknown>)[def.methodName];
     if (typeof method !== 'function') throw new ConfigError(`${def.className}.${def.methodName} is not a method of the instance`);
-    const context: CurrentTask = {
-      id: task.id,
-      name: task.name,
-      queue,
-      attempt: task.attempt,
-      get signal() {
-        return signalOf(run);
-      },
-      retry: (options) => {
-        throw new RetryRequest(options);
-      },
-      progress: (value, message) => {
-        const report = progressReport(value, message);
-        if (run.released) return;
-        run.progress ??= new ProgressThrottle((r) => {
-          // With the run's token: a later run of the task does not show this run's progress.
-          if (!run.released) host.writeProgress(run, JSON.stringify({ ...r, t: task.token }));
-        });
-        run.progress.report(report);
-        host.emit('progress', { id: task.id, name: task.name, queue, args: event.args, attempt: task.attempt, value: report.v, message: report.m });
-      },
-    };
+    const context = new RunContext(run, host, queue, args);
     run.context = context;
     const running = taskStorage().run(context, () => method.apply(instance, args) as unknown);
     // The message's time limit, or else the task's own in this worker (a message sent by name).

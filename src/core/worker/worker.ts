@@ -174,8 +174,7 @@ export class Worker {
       await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke), ...controls);
       // Before the first fetch, so other workers that meet these tasks know to hand them back.
       // Not a reason to refuse to start: the next tick declares them again.
-      await this.declareNames().catch((err: unknown) => this.host.reportError(fromRedis(err, 'declaring the task names this worker runs')));
-      await this.heartbeat();
+      await Promise.all([this.declareNamesOrReport(), this.heartbeat()]);
       if (this.state !== 'starting') return;
       this.state = 'running';
       for (const r of this.runners) r.start();
@@ -371,12 +370,12 @@ export class Worker {
         this.host.reportError(fromRedis(err, `queue ${r.keys.queue}: renewing leases`));
       }
     }
-    try {
-      await this.declareNames();
-    } catch (err) {
-      this.host.reportError(fromRedis(err, 'declaring the task names this worker runs'));
-    }
-    await this.heartbeat(true);
+    // Side by side: one round trip for both (the heartbeat reports its own failures).
+    await Promise.all([this.declareNamesOrReport(), this.heartbeat(true)]);
+  }
+
+  private declareNamesOrReport(): Promise<void> {
+    return this.declareNames().catch((err: unknown) => this.host.reportError(fromRedis(err, 'declaring the task names this worker runs')));
   }
 
   /** Renews this worker's entry in the registry, valid for three ticks. A failure is reported, never thrown. */
