@@ -16,6 +16,8 @@
           number of items F, then F items: field, value pairs stored in the task hash (n, a, tl,
           ex, mr, lk, lt, lw, rk, rn, rp; the script adds s, c and v); long arguments (a) are
           stored in pieces, see includes/args.lua
+  then, optionally, the cap of the queue's event stream in entries (0: no events; absent: 10000;
+  see includes/events.lua). Last, so producers written before events keep working.
 
   Returns a flat list of three items per task:
     1, '', 0                enqueued (also when a task with this id, name and arguments has
@@ -126,10 +128,99 @@ local function lockKeyOf(base, tail) return base .. 'lock:' .. tail end
 local function rateKeyOf(base, tail) return base .. 'rate:' .. tail end
 local function workersKeyOf(base) return base .. 'workers' end
 local function workerInfoKeyOf(base) return base .. 'worker-info' end
+local function eventsKeyOf(base) return base .. 'events' end
+local function statsKeyOf(base) return base .. 'stats' end
 local function revokeChannelOf(base) return base .. 'revoke' end
 local function doneChannelOf(base, id) return base .. 'done:' .. id end
 local function controlChannelOf(base) return base .. 'control' end
 local function replyChannelOf(base, tail) return base .. 'reply:' .. tail end
+
+-- The queue's event stream (STREAM <base>events): what a call did, for dispatcher.events() and
+-- the CLI. Events are noted as the call goes (noteEvent) and written at its end (flushEvents)
+-- as ONE stream entry per call, however many tasks it moved: a fetch that ends 50 runs and
+-- starts 50 adds one entry, not 100. An entry is a list of field, value pairs: a pair whose
+-- field is an event type ('queued', 'started', ...) opens an event and names its task id; the
+-- pairs after it, up to the next type, are its details (n name, w worker, a attempt, ...; see
+-- src/core/inspect/events.ts, which reads them). The stream is capped by length (MAXLEN ~, the
+-- caller's cap) when written, and by age by the workers' heartbeat (XTRIM MINID ~).
+-- A cap of 0 turns events off. Writing them is best effort: a refused XADD (a full Redis) is
+-- ignored, never failing the transitions the call made.
+local eventPairs = {}
+local eventCap = 0
+
+local function useEvents(cap)
+  eventCap = tonumber(cap) or 0
+end
+
+local function eventsOn()
+  return eventCap > 0
+end
+
+-- noteEvent(type, id, field1, value1, ...): nil values are skipped with their field.
+local function noteEvent(kind, id, ...)
+  if eventCap <= 0 then return end
+  local n = #eventPairs
+  eventPairs[n + 1] = kind
+  eventPairs[n + 2] = id
+  n = n + 2
+  local count = select('#', ...)
+  for i = 1, count, 2 do
+    local field, value = select(i, ...)
+    if value ~= nil and value ~= false then
+      eventPairs[n + 1] = field
+      eventPairs[n + 2] = value
+      n = n + 2
+    end
+  end
+end
+
+-- A mark to rewind to, should what was noted after it be undone.
+local function eventMark()
+  return #eventPairs
+end
+
+local function eventRewind(mark)
+  for i = #eventPairs, mark + 1, -1 do eventPairs[i] = nil end
+end
+
+-- Writes the noted events: one entry, or one per 4000 items (unpack is bounded by Lua's stack),
+-- never splitting an event (an entry always starts with a type).
+local function flushEvents(base)
+  local total = #eventPairs
+  if total == 0 or eventCap <= 0 then
+    eventPairs = {}
+    return
+  end
+  local key = eventsKeyOf(base)
+  local from = 1
+  while from <= total do
+    local to = math.min(total, from + 3999)
+    -- Extend to the end of the event the slice cut (the next type opens at an odd index whose
+    -- field is not a detail: details are one or two letters, types are longer).
+    while to < total and #eventPairs[to + 1] <= 2 do to = to + 2 end
+    redis.pcall('XADD', key, 'MAXLEN', '~', eventCap, '*', unpack(eventPairs, from, to))
+    from = to + 1
+  end
+  eventPairs = {}
+end
+
+-- The name and message (at most 300 characters) of the error JSON among `fields` (a flat list of
+-- field, value pairs; the error is field 'e'), for a failed or retried event.
+local function errorSummary(fields)
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then
+      local ok, decoded = pcall(cjson.decode, fields[i + 1])
+      if ok and type(decoded) == 'table' then
+        local message = decoded.message
+        if type(message) == 'string' and #message > 300 then message = string.sub(message, 1, 300) .. '...' end
+        if type(message) ~= 'string' then message = nil end
+        if type(decoded.name) ~= 'string' then return nil, message end
+        return decoded.name, message
+      end
+    end
+  end
+  return nil, nil
+end
 
 -- A wait list or delayed set of the wrong type fails the whole call before anything is written:
 -- a script is not rolled back, so an error half way would leave records and locks of tasks that
@@ -145,6 +236,14 @@ local function failure(reply)
   return 5
 end
 
+-- The task name among a task's field, value pairs ARGV[first..last].
+local function nameIn(first, last)
+  for j = first, last - 1, 2 do
+    if ARGV[j] == 'n' then return ARGV[j + 1] end
+  end
+  return nil
+end
+
 if failure(redis.pcall('LLEN', KEYS[1])) or failure(redis.pcall('ZCARD', KEYS[2])) then
   return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value: the wait list or ' ..
     'delayed set of this queue; nothing was sent')
@@ -152,6 +251,8 @@ end
 
 local base = ARGV[1]
 local now = nowMs()
+-- The cap comes after the tasks; until it is read, events are noted under the default.
+useEvents(10000)
 local replies = {}
 local woken = false
 local o = 3
@@ -194,6 +295,7 @@ for i = 1, tonumber(ARGV[2]) do
           code, detail = 5, holder.err
         else
           code, detail, ttl = 2, holder, redis.call('PTTL', lockKey)
+          if eventsOn() then noteEvent('deduplicated', holder, 'n', nameIn(first, last)) end
         end
       end
     end
@@ -236,6 +338,7 @@ for i = 1, tonumber(ARGV[2]) do
         code, detail = failure(placed), placed.err
       else
         wrote = true
+        if due > now then noteEvent('queued', id, 'n', nameIn(first, last), 'd', due) else noteEvent('queued', id, 'n', nameIn(first, last)) end
       end
     end
   end
@@ -243,4 +346,6 @@ for i = 1, tonumber(ARGV[2]) do
   table.insert(replies, detail)
   table.insert(replies, ttl)
 end
+if ARGV[o] then useEvents(ARGV[o]) end
+flushEvents(base)
 return replies

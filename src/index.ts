@@ -2,6 +2,8 @@ export { Task, TASK_METADATA } from './core/task/task.decorator.js';
 export { Dispatcher } from './core/producer/dispatcher.js';
 export type { ApplyOptions, ConnectionOptions, DispatcherOptions, PingOptions, TaskProxy, TaskRef, WorkersOptions } from './core/producer/dispatcher.js';
 export type { PingReply, RunningTask, WorkerInfo } from './core/protocol/worker-info.js';
+export type { EventsOptions, QueueEvent, QueueEventType } from './core/events/queue-events.js';
+export type { EventsReadOptions } from './core/events/event-stream.js';
 export { Inspector } from './core/inspect/inspector.js';
 export type { DeadLetter, DeadLetterResult, InspectorOptions, ListOptions, LockInfo, QueueStats, RateWindowInfo } from './core/inspect/inspector.js';
 export type { LockRelease } from './core/protocol/scripts.js';

@@ -32,6 +32,7 @@
   ARGV[11] random seed for the jitter
   ARGV[12] result lifetime in ms, for a task that ends here
   ARGV[13] maxRecoveries ('' when the message has one or the worker leaves the default)
+  ARGV[14] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
 
   Returns {verdict, detail}: 'RUN', '' (run it); 'REVOKED', 'duplicate' (or the revoke reason:
   a revoke was requested since the fetch started it); 'LIMITED', delay ms;
@@ -45,14 +46,16 @@
 -- @include "dead-letter"
 -- @include "undo-start"
 -- @include "wake"
+-- @include "events"
 
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local rateKey, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local expireMs = tonumber(ARGV[12])
 local maxRecoveries = ARGV[13]
+useEvents(ARGV[14])
 local key = taskKeyOf(base, id)
-local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw')
+local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw', 'n')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
 if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
@@ -76,7 +79,8 @@ end
 -- the start its message's rate window counted.
 local function endHere(state, extra, lock)
   table.insert(extra, 'at'); table.insert(extra, attempt - 1)
-  endTask(base, id, state, extra, now, expireMs, lock)
+  endTask(base, id, state, extra, now, expireMs, lock, { t[10] })
+  flushEvents(base)
   if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
   redis.call('ZREM', KEYS[3], id)
 end
@@ -125,6 +129,8 @@ if rateKey ~= '' then
     table.insert(fields, 'd'); table.insert(fields, now + delay)
     redis.call('HSET', key, unpack(fields))
     undoStart(base, KEYS[3], id, attempt, retries, carriedRate or nil)
+    noteEvent('rate-limited', id, 'n', t[10], 'dl', delay)
+    flushEvents(base)
     return {'LIMITED', delay}
   end
   redis.call('ZADD', rateKey, now, id .. ':' .. attempt)

@@ -12,10 +12,13 @@
   ARGV[1] 'retry' | 'drop'
   ARGV[2] the entry, exactly as stored (JSON)
   ARGV[3] the task id
+  ARGV[4] key base          <prefix>:{<queue>}:
+  ARGV[5] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
 
   Returns {code, detail}: 1 done; 0 no such entry (already acted on); 2 not retried: the task's
   state is given ('' for no record), the entry stays.
 ]]
+-- @include "events"
 
 local op, entry, id = ARGV[1], ARGV[2], ARGV[3]
 if op == 'retry' then
@@ -29,5 +32,8 @@ if op == 'retry' then
   redis.call('PERSIST', KEYS[3])
   -- RPUSH: the tail is the head of the queue (RPOP takes it first).
   redis.call('RPUSH', KEYS[2], id)
+  useEvents(ARGV[5])
+  noteEvent('queued', id, 'n', redis.call('HGET', KEYS[3], 'n'), 'o', 'dead-letter')
+  flushEvents(ARGV[4])
 end
 return {1, ''}

@@ -23,6 +23,7 @@
   ARGV[6] result lifetime in ms, for a task that ends here
   ARGV[7] the error message of that end
   ARGV[8] random seed for the jitter
+  ARGV[9] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
 
   Returns {verdict, detail}: 'DEFERRED', delay ms; 'FAILURE', message; 'REVOKED', reason (a
   revoke was requested since the fetch started it: it ends REVOKED, never runs); 'STALE', state.
@@ -39,6 +40,7 @@
 -- @include "dead-letter"
 -- @include "undo-start"
 -- @include "wake"
+-- @include "events"
 
 -- While some worker declares the name, the delay stays short: every worker whose timer fires when
 -- the task is due may take it, and a worker that runs it should win one of the next few tries.
@@ -46,6 +48,7 @@ local BASE_DELAY_MS, MAX_DELAY_MS, DECLARED_MAX_DELAY_MS = 250, 10000, 2000
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local grace, expireMs, message = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local key = taskKeyOf(base, id)
+useEvents(ARGV[9])
 local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua', 'rv', 'lk', 'lw')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
@@ -70,14 +73,14 @@ redis.call('ZREM', KEYS[3], id)
 local ok, result = pcall(function()
   if t[11] then
     -- Revoked since the fetch started it: it ends as the revoke asked, and never runs.
-    endTask(base, id, 'REVOKED', { 'rr', t[11], 'at', attempt - 1 }, now, expireMs, { t[12], t[13] })
+    endTask(base, id, 'REVOKED', { 'rr', t[11], 'at', attempt - 1 }, now, expireMs, { t[12], t[13] }, { t[4] })
     if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
     return {'REVOKED', t[11]}
   end
   if not declared and now - first >= grace then
     deadLetter(base, id, message, now)
     local err = cjson.encode({ name = 'UnknownTaskError', message = message })
-    endTask(base, id, 'FAILURE', { 'e', err, 'at', attempt - 1 }, now, expireMs)
+    endTask(base, id, 'FAILURE', { 'e', err, 'at', attempt - 1 }, now, expireMs, nil, { t[4] })
     if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
     return {'FAILURE', message}
   end
@@ -91,10 +94,12 @@ local ok, result = pcall(function()
   redis.call('ZADD', KEYS[2], now + delay, id)
   redis.call('HSET', key, 'd', now + delay, 'ud', first, 'un', count, 'ua', attempt - 1)
   undoStart(base, KEYS[3], id, attempt, retries, carriedRate or nil)
+  noteEvent('handed-back', id, 'n', t[4], 'w', workerId, 'dl', delay)
   return {'DEFERRED', delay}
 end)
 if not ok then
   if expiry then redis.pcall('ZADD', KEYS[3], expiry, id) end
   error(result)
 end
+flushEvents(base)
 return result

@@ -16,6 +16,8 @@
           number of items F, then F items: field, value pairs stored in the task hash (n, a, tl,
           ex, mr, lk, lt, lw, rk, rn, rp; the script adds s, c and v); long arguments (a) are
           stored in pieces, see includes/args.lua
+  then, optionally, the cap of the queue's event stream in entries (0: no events; absent: 10000;
+  see includes/events.lua). Last, so producers written before events keep working.
 
   Returns a flat list of three items per task:
     1, '', 0                enqueued (also when a task with this id, name and arguments has
@@ -34,6 +36,7 @@
 -- @include "ended"
 -- @include "wake"
 -- @include "keys"
+-- @include "events"
 
 -- A wait list or delayed set of the wrong type fails the whole call before anything is written:
 -- a script is not rolled back, so an error half way would leave records and locks of tasks that
@@ -49,6 +52,14 @@ local function failure(reply)
   return 5
 end
 
+-- The task name among a task's field, value pairs ARGV[first..last].
+local function nameIn(first, last)
+  for j = first, last - 1, 2 do
+    if ARGV[j] == 'n' then return ARGV[j + 1] end
+  end
+  return nil
+end
+
 if failure(redis.pcall('LLEN', KEYS[1])) or failure(redis.pcall('ZCARD', KEYS[2])) then
   return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value: the wait list or ' ..
     'delayed set of this queue; nothing was sent')
@@ -56,6 +67,8 @@ end
 
 local base = ARGV[1]
 local now = nowMs()
+-- The cap comes after the tasks; until it is read, events are noted under the default.
+useEvents(10000)
 local replies = {}
 local woken = false
 local o = 3
@@ -98,6 +111,7 @@ for i = 1, tonumber(ARGV[2]) do
           code, detail = 5, holder.err
         else
           code, detail, ttl = 2, holder, redis.call('PTTL', lockKey)
+          if eventsOn() then noteEvent('deduplicated', holder, 'n', nameIn(first, last)) end
         end
       end
     end
@@ -140,6 +154,7 @@ for i = 1, tonumber(ARGV[2]) do
         code, detail = failure(placed), placed.err
       else
         wrote = true
+        if due > now then noteEvent('queued', id, 'n', nameIn(first, last), 'd', due) else noteEvent('queued', id, 'n', nameIn(first, last)) end
       end
     end
   end
@@ -147,4 +162,6 @@ for i = 1, tonumber(ARGV[2]) do
   table.insert(replies, detail)
   table.insert(replies, ttl)
 end
+if ARGV[o] then useEvents(ARGV[o]) end
+flushEvents(base)
 return replies

@@ -10,7 +10,8 @@
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
   ARGV[3] result lifetime in ms, for tasks whose revoke was requested meanwhile
-  ARGV[4..] pairs of id and run token of the runs the worker knows it runs (or has finished and
+  ARGV[4] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
+  ARGV[5..] pairs of id and run token of the runs the worker knows it runs (or has finished and
             not yet reported)
 
   Returns {count, problem}: the number of tasks handed back, and '' or the text of a command
@@ -21,11 +22,13 @@
 -- @include "refusal"
 -- @include "keys"
 -- @include "hand-back"
+-- @include "events"
 
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local known = {}
 -- Keyed by id and token: tokens are unique among the runs of one task, not across tasks.
-for i = 4, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
+useEvents(ARGV[4])
+for i = 5, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
 local now = nowMs()
 local count, problem = 0, ''
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -36,4 +39,5 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
   end
 end
+flushEvents(base)
 return {count, problem}

@@ -7,13 +7,20 @@
   KEYS[1] lock              <prefix>:{<queue>}:lock:<task>:<key>
 
   ARGV[1] the holder's task id, as the operator saw it
+  ARGV[2] key base          <prefix>:{<queue>}:
+  ARGV[3] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
 
   Returns {code, holder}: 1 released; 0 no such lock (it ended or lapsed); 2 held by another task
   now (its id given), left alone.
 ]]
+-- @include "events"
 
 local holder = redis.call('GET', KEYS[1])
 if not holder then return {0, ''} end
 if holder ~= ARGV[1] then return {2, holder} end
 redis.call('DEL', KEYS[1])
+-- Logged as an event of the holder: an operator let its lock go while it may still run.
+useEvents(ARGV[3])
+noteEvent('lock-released', holder, 'k', KEYS[1])
+flushEvents(ARGV[2])
 return {1, holder}

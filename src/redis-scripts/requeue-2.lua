@@ -9,7 +9,8 @@
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
   ARGV[3] result lifetime in ms, for tasks whose revoke was requested while they ran
-  ARGV[4..] pairs of id and run token
+  ARGV[4] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
+  ARGV[5..] pairs of id and run token
 
   Returns {count, problem}: the number of tasks put back, and '' or the text of a command Redis
   refused (such a task keeps its lease and is recovered when it lapses). A task whose revoke was
@@ -19,11 +20,13 @@
 -- @include "refusal"
 -- @include "keys"
 -- @include "hand-back"
+-- @include "events"
 
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = nowMs()
 local count, problem = 0, ''
-for i = 4, #ARGV, 2 do
+useEvents(ARGV[4])
+for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at')
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
@@ -32,4 +35,5 @@ for i = 4, #ARGV, 2 do
     if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
   end
 end
+flushEvents(base)
 return {count, problem}

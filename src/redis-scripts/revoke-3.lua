@@ -19,6 +19,7 @@
   ARGV[3] '1' to terminate a running task
   ARGV[4] result lifetime in ms
   ARGV[5] reason stored in rr (e.g. 'revoked')
+  ARGV[6] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
 
   Returns {code, state}: 0 unknown id, 1 already ended (state given), 2 revoked while queued,
   3 revoked and terminated while running, 4 revoke requested while running.
@@ -27,8 +28,10 @@
 -- @include "keys"
 -- @include "end-task"
 -- @include "ended"
+-- @include "events"
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
+useEvents(ARGV[6])
 local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk')
 local state, lock, token = t[1], { t[2], t[3] }, t[4] or ''
 if not state then return {0, ''} end
@@ -37,12 +40,14 @@ local now = nowMs()
 if state ~= 'STARTED' then
   redis.call('ZREM', KEYS[3], id)
   endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
+  flushEvents(base)
   return {2, 'REVOKED'}
 end
 if terminate then
   redis.call('ZREM', KEYS[2], id)
   endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
   redis.call('PUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 1')
+  flushEvents(base)
   return {3, 'REVOKED'}
 end
 redis.call('HSET', KEYS[1], 'rv', reason)

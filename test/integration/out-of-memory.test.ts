@@ -151,7 +151,7 @@ describe('a full Redis under noeviction (private redis-server)', () => {
       const tasks = d.tasks(MemoryService);
       const fillers = await fillUp(h);
       const before = await h.keys();
-      expect(before.filter((k) => !fillers.includes(k))).toEqual([h.taskKey(warm), h.queueKey('wait')].sort());
+      expect(before.filter((k) => !fillers.includes(k))).toEqual([h.taskKey(warm), h.queueKey('wait'), h.queueKeys().events].sort());
 
       expectOutOfMemory(await rejection(tasks.note.delay('refused')), /^sending MemoryService\.note: /);
       // A unique task: its lock (SET NX) is the first write, refused the same way.

@@ -19,7 +19,7 @@ const TTL = 86_400_000;
 function scripts(h: Harness, admin: Redis) {
   const keys = new QueueKeys(h.prefix, 'default');
   const runner = new ScriptRunner(admin);
-  const as = (workerId: string) => ({ workerId, leaseMs: 30_000, resultExpiresMs: TTL });
+  const as = (workerId: string) => ({ workerId, leaseMs: 30_000, resultExpiresMs: TTL, eventsCap: 0 });
   return {
     keys,
     /** Starts up to `want` tasks as `worker`; returns [id, token] of each. */

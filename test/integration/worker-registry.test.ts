@@ -1,5 +1,5 @@
 // The worker registry (issue 11, point 1): every worker heartbeats what it is and runs into
-// Redis (heartbeat-2.lua, per queue), leaves on close, and lapses when killed; a dispatcher lists
+// Redis (heartbeat-3.lua, per queue), leaves on close, and lapses when killed; a dispatcher lists
 // them and pings them over Pub/Sub. Worker processes are real child processes.
 import { describe, expect, it } from 'vitest';
 import { Dispatcher, Worker } from 'heimdall-tasks';

@@ -1,4 +1,6 @@
 import { EventEmitter } from 'node:events';
+import { MemoryEventFeed } from '../events/memory-feed.js';
+import type { QueueEvent } from '../events/queue-events.js';
 import { randomBytes } from 'node:crypto';
 import { ConfigError, TaskRevokedError, UnknownTaskError, WorkerShutdownError } from '../errors.js';
 import type { RedisClient } from '../protocol/connection.js';
@@ -85,7 +87,9 @@ export interface InlineSettings {
  */
 export class InlineTransport implements DispatchTransport, ResultBackend {
   readonly results: ResultBackend = this;
-  private readonly events = new EventEmitter();
+  private readonly emitter = new EventEmitter();
+  /** What dispatcher.events() reads: the events the scripts would write, kept in memory. */
+  private readonly feed = new MemoryEventFeed();
   private readonly entries = new Map<string, Entry>();
   private readonly locks = new Map<string, Lock>();
   private readonly windows = new Map<string, number[]>();
@@ -130,13 +134,13 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
 
   /** Listens to what the inline runs do: the Worker's events. */
   on<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this {
-    this.events.on(event, listener as (...args: unknown[]) => void);
+    this.emitter.on(event, listener as (...args: unknown[]) => void);
     return this;
   }
 
   /** Stops listening. */
   off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this {
-    this.events.off(event, listener as (...args: unknown[]) => void);
+    this.emitter.off(event, listener as (...args: unknown[]) => void);
     return this;
   }
 
@@ -177,7 +181,10 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     const { lockKey, lockTtlMs } = p.task;
     if (lockKey !== '') {
       const held = this.lockOf(lockKey, now);
-      if (held) return Promise.resolve({ code: ENQUEUE_CODES.duplicate, detail: held.holder, pttlMs: held.expiresAt - now });
+      if (held) {
+        this.feed.push({ type: 'deduplicated', id: held.holder, name: p.name, queue: p.keys.queue }, now);
+        return Promise.resolve({ code: ENQUEUE_CODES.duplicate, detail: held.holder, pttlMs: held.expiresAt - now });
+      }
       this.locks.set(lockKey, { holder: p.id, expiresAt: now + lockTtlMs });
     }
     if (existing) this.cancel(existing);
@@ -190,6 +197,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     const dueAt = p.task.etaMs > 0 ? p.task.etaMs : p.task.countdownMs > 0 ? now + p.task.countdownMs : now;
     const entry: Entry = { keys: p.keys, id: p.id, record };
     this.entries.set(key, entry);
+    this.feed.push({ type: 'queued', id: p.id, name: p.name, queue: p.keys.queue, ...(dueAt > now ? { dueAt } : {}) }, now);
     this.schedule(entry, dueAt, now);
     return Promise.resolve({ code: ENQUEUE_CODES.enqueued, detail: '', pttlMs: 0 });
   }
@@ -202,6 +210,11 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   /** No worker processes answer. */
   ping(): Promise<PingReply[]> {
     return Promise.resolve([]);
+  }
+
+  /** The events of the inline runs, as the scripts would write them (the last 10,000 kept). */
+  events(queues: readonly QueueKeys[], since: Date | number | string | undefined, signal: AbortSignal | undefined): AsyncIterableIterator<QueueEvent> {
+    return this.feed.iterate(queues.map((k) => k.queue), since, signal);
   }
 
   lockHolder(_keys: QueueKeys, lockKey: string): Promise<string | null> {
@@ -360,6 +373,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
 
   private async shutDown(timeoutMs: number): Promise<void> {
     this.closed = true;
+    this.feed.close();
     for (const e of this.entries.values()) this.cancel(e);
     const deadline = Date.now() + timeoutMs;
     while (this.pending().running > 0 && Date.now() < deadline) await this.nextChange(deadline);
@@ -559,12 +573,13 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   }
 
   private emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void {
-    if (event === 'error' && this.events.listenerCount('error') === 0) {
+    if (event === 'error' && this.emitter.listenerCount('error') === 0) {
       console.error('[heimdall-tasks] inline:', toRemoteError(args[0]).message);
       return;
     }
+    if (event !== 'error') this.feed.pushWorkerEvent(event, args);
     try {
-      this.events.emit(event, ...args);
+      this.emitter.emit(event, ...args);
     } catch (err) {
       // A throwing listener must not stop the other runs.
       if (event !== 'error') this.emit('error', err instanceof Error ? err : new Error(toRemoteError(err).message));

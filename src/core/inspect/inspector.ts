@@ -1,5 +1,6 @@
 import { ConfigError, fromRedis, isWrongType, redisCall } from '../errors.js';
 import { closeClient, openClient, redisNowMs, type OwnedClient, type RedisClient } from '../protocol/connection.js';
+import { eventsSettings, type EventsOptions } from '../events/queue-events.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, KEY_NAMES, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { escapeGlob, scanKeys } from '../protocol/scan.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
@@ -89,7 +90,14 @@ export interface ListOptions {
 }
 
 /** Options of `new Inspector()`: where Redis is and the key prefix, as for a Dispatcher. */
-export type InspectorOptions = ConnectionOptions;
+/** Options of `new Inspector()`: the connection and prefix, as a Dispatcher's. */
+export interface InspectorOptions extends ConnectionOptions {
+  /**
+   * The events it writes (a lock released, a dead letter retried), capped at `maxLength` entries
+   * per queue as a Dispatcher's are. `false` writes none. Default: `{ maxLength: 10_000 }`.
+   */
+  events?: EventsOptions | false;
+}
 
 /**
  * Reads what is in Redis for operators and tools (the CLI, a dashboard): per-queue counts, unique
@@ -102,12 +110,15 @@ export class Inspector {
   readonly prefix: string;
   private readonly conn: OwnedClient;
   private readonly scripts: ScriptRunner;
+  /** The cap of the queues' event streams for what it writes (a lock released, a letter retried); 0: no events. */
+  private readonly eventsCap: number;
 
   constructor(options: InspectorOptions) {
     if (typeof options !== 'object' || options === null) throw new ConfigError('new Inspector() needs { connection }');
     this.prefix = options.prefix === undefined ? DEFAULT_PREFIX : validateName(options.prefix, 'prefix');
     this.conn = openClient(options.connection, 'commands', `heimdall:${this.prefix}:inspector`);
     this.scripts = new ScriptRunner(this.conn.client);
+    this.eventsCap = eventsSettings(options.events).cap;
   }
 
   private get client(): RedisClient {
@@ -219,7 +230,10 @@ export class Inspector {
       throw new ConfigError(`releaseLock() takes a lock key of this prefix, as locks() lists it, got ${JSON.stringify(key)}`);
     }
     if (typeof holder !== 'string' || holder === '') throw new ConfigError('releaseLock() needs the holder id the lock is expected to have');
-    return redisCall(`releasing lock ${key}`, () => releaseLock(this.scripts, key, holder));
+    const head = `${this.prefix}:{`;
+    const queue = key.slice(head.length, key.indexOf(`}:${KEY_NAMES.lock}`, head.length));
+    const k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
+    return redisCall(`releasing lock ${key}`, () => releaseLock(this.scripts, k, key, holder, this.eventsCap));
   }
 
   /** The rate windows of a queue (found with SCAN; at most `limit`): starts in the period and when a slot frees. */
@@ -308,7 +322,7 @@ export class Inspector {
       if (typeof letter?.raw !== 'string' || letter.queue !== k.queue) {
         throw new ConfigError(`${op}Dead('${k.queue}', ...) takes letters deadLetters('${k.queue}') gave`);
       }
-      const r = await redisCall(`${op === 'retry' ? 'retrying' : 'dropping'} dead letter ${letter.id}`, () => actOnDeadLetter(this.scripts, k, op, letter.raw, letter.id));
+      const r = await redisCall(`${op === 'retry' ? 'retrying' : 'dropping'} dead letter ${letter.id}`, () => actOnDeadLetter(this.scripts, k, op, letter.raw, letter.id, this.eventsCap));
       if (r.done) result.done++;
       else result.skipped.push(r.reason === 'gone' ? { id: letter.id, reason: 'gone' } : { id: letter.id, reason: 'not-failed', state: r.state });
     }

@@ -13,6 +13,8 @@ import { enqueued } from '../protocol/reply-codes.js';
 import type { EnqueueOutcome } from '../protocol/scripts.js';
 import { prepareCall, type ApplyOptions, type PreparedCall } from './prepare-call.js';
 import { RedisTransport, type DispatchTransport } from './transport.js';
+import { eventsSettings, type EventsOptions, type QueueEvent } from '../events/queue-events.js';
+import type { EventsReadOptions } from '../events/event-stream.js';
 
 export type { ApplyOptions } from './prepare-call.js';
 
@@ -28,6 +30,12 @@ export interface ConnectionOptions {
 export interface DispatcherOptions extends ConnectionOptions {
   /** Largest serialized arguments accepted, in bytes; larger dispatches fail with PayloadTooLargeError. Default: 512 KiB. */
   maxPayloadBytes?: number;
+  /**
+   * The queues' event streams: what this dispatcher's calls write (queued, deduplicated, revoked),
+   * capped at `maxLength` entries per queue (`maxAge` is the workers' to apply). `false` writes none.
+   * Default: `{ maxLength: 10_000 }`.
+   */
+  events?: EventsOptions | false;
 }
 
 /** Options of `dispatcher.workers()`. */
@@ -129,8 +137,9 @@ export class Dispatcher {
       throw new ConfigError(`maxPayloadBytes must be a whole number of bytes >= 1, got ${describe(options.maxPayloadBytes)}`);
     }
     this.maxPayloadBytes = max;
+    const { cap } = eventsSettings(options.events);
     this.transport =
-      (options as Partial<TransportDispatcherOptions>)[TRANSPORT] ?? new RedisTransport(options.connection, `heimdall:${this.prefix}:dispatcher`);
+      (options as Partial<TransportDispatcherOptions>)[TRANSPORT] ?? new RedisTransport(options.connection, `heimdall:${this.prefix}:dispatcher`, cap);
   }
 
   /** The Redis client that sends commands (yours if you passed one). A ConfigError for an inline dispatcher, which has none. */
@@ -207,6 +216,18 @@ export class Dispatcher {
       return Promise.reject(err);
     }
     return redisCall('pinging the workers', () => this.transport.ping(queues, timeoutMs));
+  }
+
+  /**
+   * The events of these queues (queued, started, progress, succeeded, failed, retried, revoked,
+   * rate-limited, ...) as an async iterator, read from each queue's bounded Redis stream on a
+   * connection of its own; `for await` over it, and leave the loop (or abort `signal`) to close
+   * it. Default queues as `workers()`; default start: now. `since` reads what the streams still
+   * hold (they are capped by length and age), or resumes after an event's `cursor`.
+   */
+  events(options: EventsReadOptions = {}): AsyncIterableIterator<QueueEvent> {
+    const queues = this.registryQueues(options.queues, 'events');
+    return this.transport.events(queues, options.since, options.signal);
   }
 
   /** The queues `workers()` and `ping()` look at: the given ones, or 'default' and the registered tasks' queues. */

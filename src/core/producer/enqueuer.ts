@@ -2,6 +2,7 @@ import { fromRedis, RedisOutOfMemoryError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { ScriptRunner } from '../protocol/script-runner.js';
 import { enqueue, enqueueItems, type EnqueueOutcome, type EnqueueTask } from '../protocol/scripts.js';
+import { DEFAULT_EVENTS_MAX_LENGTH } from '../events/queue-events.js';
 
 // One enqueue call carries at most this many tasks, or about this many bytes of arguments: a
 // burst is cut into several calls, so Redis runs the first while the next is being built
@@ -40,6 +41,8 @@ export class Enqueuer {
   constructor(
     private readonly scripts: ScriptRunner,
     private readonly lastError: () => Error | undefined = () => undefined,
+    /** The cap of the queues' event streams, in entries (0: no events). */
+    private readonly eventsCap: number = DEFAULT_EVENTS_MAX_LENGTH,
   ) {}
 
   /**
@@ -91,6 +94,7 @@ export class Enqueuer {
         this.scripts,
         batch.keys,
         batch.tasks.map((t) => t.items),
+        this.eventsCap,
       );
     } catch (err) {
       const what = batch.tasks.length === 1 ? batch.tasks[0]!.what : `sending ${batch.tasks.length} tasks`;

@@ -11,6 +11,8 @@ import { ResultWaiter, type Watch } from './result-waiter.js';
 import type { ResultBackend } from './task-result.js';
 import { randomBytes } from 'node:crypto';
 import { decodeWorkerInfo, type PingReply, type PingRequest, type WorkerInfo } from '../protocol/worker-info.js';
+import { EventStream } from '../events/event-stream.js';
+import type { QueueEvent } from '../events/queue-events.js';
 
 /**
  * Where a Dispatcher's checked calls go and its TaskResults read from: Redis (RedisTransport),
@@ -27,10 +29,12 @@ export interface DispatchTransport {
   send(call: PreparedCall): Promise<EnqueueOutcome>;
   /** The id holding a unique lock, or null. */
   lockHolder(keys: QueueKeys, lockKey: string, what: string): Promise<string | null>;
-  /** The live workers registered on these queues (heartbeat-2.lua), each once. */
+  /** The live workers registered on these queues (heartbeat-3.lua), each once. */
   workers(queues: readonly QueueKeys[]): Promise<WorkerInfo[]>;
   /** Asks the workers of these queues to answer on a reply channel; resolves after `timeoutMs` with the answers. */
   ping(queues: readonly QueueKeys[], timeoutMs: number): Promise<PingReply[]>;
+  /** The events of these queues from `since` (see EventsReadOptions), until the iterator is closed or the transport closes. */
+  events(queues: readonly QueueKeys[], since: Date | number | string | undefined, signal: AbortSignal | undefined): AsyncIterableIterator<QueueEvent>;
   /** Sends what is still waiting, then lets go of what it holds. */
   close(): Promise<void>;
 }
@@ -44,19 +48,23 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
   private sub: OwnedClient | undefined;
   private waiter: ResultWaiter | undefined;
   private closed = false;
+  private readonly streams = new Set<EventStream>();
 
   constructor(
     private readonly connection: ConnectionOption,
     private readonly clientName: string,
+    /** The cap of the queues' event streams for what this transport writes (0: no events). */
+    private readonly eventsCap: number,
   ) {
     this.conn = openClient(connection, 'commands', clientName, {
       enableAutoPipelining: true,
       // Enqueue calls are batched by the enqueuer itself; each goes out at once, so Redis runs one
-      // batch while the next is being built.
-      autoPipeliningIgnoredCommands: ['evalsha'],
+      // batch while the next is being built. TIME too: events() asks for it to know where "now" is
+      // in the streams, and it must reach Redis before a task sent after the events() call.
+      autoPipeliningIgnoredCommands: ['evalsha', 'time'],
     });
     this.scripts = new ScriptRunner(this.conn.client);
-    this.enqueuer = new Enqueuer(this.scripts, () => this.conn.lastError);
+    this.enqueuer = new Enqueuer(this.scripts, () => this.conn.lastError, eventsCap);
   }
 
   client(): RedisClient {
@@ -94,7 +102,7 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
   }
 
   async revoke(keys: QueueKeys, id: string, terminate: boolean, expireMs: number): Promise<TaskState> {
-    return (await revoke(this.scripts, keys, id, terminate, expireMs, 'revoked')).state;
+    return (await revoke(this.scripts, keys, id, terminate, expireMs, 'revoked', this.eventsCap)).state;
   }
 
   forget(keys: QueueKeys, id: string): Promise<boolean> {
@@ -170,8 +178,17 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
     return [...replies.values()].sort((a, b) => a.id.localeCompare(b.id));
   }
 
+  events(queues: readonly QueueKeys[], since: Date | number | string | undefined, signal: AbortSignal | undefined): AsyncIterableIterator<QueueEvent> {
+    if (this.closed) throw new ConfigError('this dispatcher is closed');
+    const prefix = queues[0]?.prefix ?? '';
+    const stream = new EventStream(this.connection, prefix, queues.map((k) => k.queue), since, () => redisNowMs(this.conn.client), signal, `${this.clientName}:events`, (s) => this.streams.delete(s));
+    this.streams.add(stream);
+    return stream;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
+    await Promise.all([...this.streams].map((s) => s.close()));
     // Tasks already handed to delay() are sent before the connection closes (while Redis is
     // unreachable that takes as long as the client's retries).
     await this.enqueuer.drain();

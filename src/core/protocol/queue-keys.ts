@@ -23,6 +23,8 @@ export const KEY_NAMES = {
   rate: 'rate:',
   workers: 'workers',
   workerInfo: 'worker-info',
+  events: 'events',
+  stats: 'stats',
 } as const;
 
 /** The names of a queue's Pub/Sub channels after its base, read by the generator as KEY_NAMES is. */
@@ -70,6 +72,10 @@ export class QueueKeys {
   readonly workerInfo: string;
   /** Pub/Sub channel on which requests to the workers of this queue are broadcast (ping). */
   readonly control: string;
+  /** STREAM of the queue's events (includes/events.lua), capped by length and age. */
+  readonly events: string;
+  /** HASH of tasks ended per 10-second bucket, written by the workers' heartbeat (throughput). */
+  readonly stats: string;
 
   constructor(
     readonly prefix: string,
@@ -85,6 +91,8 @@ export class QueueKeys {
     this.workers = this.base + KEY_NAMES.workers;
     this.workerInfo = this.base + KEY_NAMES.workerInfo;
     this.control = this.base + CHANNEL_NAMES.control;
+    this.events = this.base + KEY_NAMES.events;
+    this.stats = this.base + KEY_NAMES.stats;
   }
 
   /** HASH holding one task's message, state and result. */

@@ -61,10 +61,14 @@ export function enqueueItems(t: EnqueueTask): (string | number)[] {
   return [t.id, t.countdownMs, t.etaMs, t.lockKey, t.lockTtlMs, t.fields.length, ...t.fields];
 }
 
-/** Enqueues a batch of tasks of one queue, each on its own (`items`: enqueueItems of each). */
-export async function enqueue(runner: ScriptRunner, keys: QueueKeys, items: readonly (readonly (string | number)[])[]): Promise<EnqueueOutcome[]> {
+/**
+ * Enqueues a batch of tasks of one queue, each on its own (`items`: enqueueItems of each);
+ * `eventsCap`: the cap of the queue's event stream, 0 for no events (includes/events.lua).
+ */
+export async function enqueue(runner: ScriptRunner, keys: QueueKeys, items: readonly (readonly (string | number)[])[], eventsCap: number): Promise<EnqueueOutcome[]> {
   const argv: (string | number)[] = [keys.base, items.length];
   for (const item of items) for (const a of item) argv.push(a);
+  argv.push(eventsCap);
   const reply = await runner.run<(string | number)[]>(enqueueScript, [keys.wait, keys.delayed], argv);
   const out: EnqueueOutcome[] = [];
   for (let i = 0; i < items.length; i++) {
@@ -80,6 +84,8 @@ export interface WorkerIdentity {
   readonly workerId: string;
   readonly leaseMs: number;
   readonly resultExpiresMs: number;
+  /** The cap of the queues' event streams, in entries; 0: no events (includes/events.lua). */
+  readonly eventsCap: number;
 }
 
 /** A run the fetch started. */
@@ -157,7 +163,7 @@ const NONE: readonly never[] = Object.freeze([]);
  * the worker's CPU per task at concurrency 1 (BENCHMARKS.md).
  */
 export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[]): Promise<RawFetchReply> {
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, ends.length];
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, ends.length];
   for (const e of ends) args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason);
   return runner.run<RawFetchReply>(fetchScript, [keys.wait, keys.delayed, keys.active], args);
 }
@@ -262,7 +268,7 @@ export interface HandBack {
 
 /** requeue-2.lua and reclaim-2.lua take the same KEYS and ARGV and answer alike. */
 async function handBack(script: LuaScript, runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs];
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs, worker.eventsCap];
   for (const r of runs) args.push(r.id, r.token);
   const [count, problem] = await runner.run<[number, string]>(script, [keys.wait, keys.active], args);
   return { count: Number(count), problem: String(problem ?? '') };
@@ -328,6 +334,7 @@ export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: Worke
       seed(),
       worker.resultExpiresMs,
       checks.maxRecoveries ?? '',
+      worker.eventsCap,
     ],
   );
   return readVerdict('admit', reply);
@@ -338,22 +345,22 @@ export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: Wor
   const reply = await runner.run<[string, string]>(
     declineScript,
     [keys.wait, keys.delayed, keys.active, keys.names],
-    [keys.base, worker.workerId, run.id, run.token, graceMs, worker.resultExpiresMs, message, seed()],
+    [keys.base, worker.workerId, run.id, run.token, graceMs, worker.resultExpiresMs, message, seed(), worker.eventsCap],
   );
   return readVerdict('decline', reply);
 }
 
 /** Stores a running task's progress for its run `token` (progress-1.lua); false when dropped (not that run, or not running). */
-export async function progress(runner: ScriptRunner, keys: QueueKeys, id: string, token: string, json: string): Promise<boolean> {
-  return (await runner.run<number>(progressScript, [keys.task(id)], [token, json])) === 1;
+export async function progress(runner: ScriptRunner, keys: QueueKeys, id: string, token: string, json: string, eventsCap: number): Promise<boolean> {
+  return (await runner.run<number>(progressScript, [keys.task(id)], [token, json, keys.base, id, eventsCap])) === 1;
 }
 
 /** What became of an operator's action on a dead letter (dead-letter-3.lua). */
 export type DeadLetterAction = { done: true } | { done: false; reason: 'gone' } | { done: false; reason: 'not-failed'; state: TaskState | undefined };
 
 /** Retries or drops one dead letter, given as stored (dead-letter-3.lua). */
-export async function actOnDeadLetter(runner: ScriptRunner, keys: QueueKeys, op: 'retry' | 'drop', entry: string, id: string): Promise<DeadLetterAction> {
-  const [code, detail] = await runner.run<[number, string]>(deadLetterScript, [keys.dead, keys.wait, keys.task(id)], [op, entry, id]);
+export async function actOnDeadLetter(runner: ScriptRunner, keys: QueueKeys, op: 'retry' | 'drop', entry: string, id: string, eventsCap: number): Promise<DeadLetterAction> {
+  const [code, detail] = await runner.run<[number, string]>(deadLetterScript, [keys.dead, keys.wait, keys.task(id)], [op, entry, id, keys.base, eventsCap]);
   if (code === 1) return { done: true };
   if (code === 0) return { done: false, reason: 'gone' };
   if (code === 2) return { done: false, reason: 'not-failed', state: detail === '' ? undefined : (String(detail) as TaskState) };
@@ -363,9 +370,9 @@ export async function actOnDeadLetter(runner: ScriptRunner, keys: QueueKeys, op:
 /** What became of an operator's release of a lock (release-lock-1.lua). */
 export type LockRelease = { released: true } | { released: false; reason: 'gone' } | { released: false; reason: 'held-by-another'; holder: string };
 
-/** Releases the lock `lockKey` if `holder` still holds it (release-lock-1.lua). */
-export async function releaseLock(runner: ScriptRunner, lockKey: string, holder: string): Promise<LockRelease> {
-  const [code, detail] = await runner.run<[number, string]>(releaseLockScript, [lockKey], [holder]);
+/** Releases the lock `lockKey` of the queue of `keys` if `holder` still holds it, logged as an event of the holder (release-lock-1.lua). */
+export async function releaseLock(runner: ScriptRunner, keys: QueueKeys, lockKey: string, holder: string, eventsCap: number): Promise<LockRelease> {
+  const [code, detail] = await runner.run<[number, string]>(releaseLockScript, [lockKey], [holder, keys.base, eventsCap]);
   if (code === 1) return { released: true };
   if (code === 0) return { released: false, reason: 'gone' };
   if (code === 2) return { released: false, reason: 'held-by-another', holder: String(detail) };
@@ -374,10 +381,11 @@ export async function releaseLock(runner: ScriptRunner, lockKey: string, holder:
 
 /**
  * Registers a worker on a queue for `validMs` with what it says of itself (JSON), or removes it
- * with `validMs` 0 (heartbeat-2.lua). Resolves with the number of workers registered there.
+ * with `validMs` 0, and trims the queue's events older than `eventsMaxAgeMs` (0: none)
+ * (heartbeat-3.lua). Resolves with the number of workers registered there.
  */
-export async function heartbeat(runner: ScriptRunner, keys: QueueKeys, workerId: string, validMs: number, infoJson: string): Promise<number> {
-  return runner.run<number>(heartbeatScript, [keys.workers, keys.workerInfo], validMs > 0 ? [workerId, validMs, infoJson] : [workerId, 0]);
+export async function heartbeat(runner: ScriptRunner, keys: QueueKeys, workerId: string, validMs: number, infoJson: string, eventsMaxAgeMs: number): Promise<number> {
+  return runner.run<number>(heartbeatScript, [keys.workers, keys.workerInfo, keys.events], [workerId, validMs, validMs > 0 ? infoJson : '', eventsMaxAgeMs]);
 }
 
 /** Declares the task names a worker runs on a queue, valid for `validMs` (declare-1.lua). */
@@ -394,11 +402,11 @@ export interface RevokeReply {
 }
 
 /** Revokes a task from any process (revoke-3.lua). */
-export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, terminate: boolean, expireMs: number, reason: RevokeReason): Promise<RevokeReply> {
+export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, terminate: boolean, expireMs: number, reason: RevokeReason, eventsCap: number): Promise<RevokeReply> {
   const [code, state] = await runner.run<[number, string]>(
     revokeScript,
     [keys.task(id), keys.active, keys.delayed],
-    [keys.base, id, terminate ? '1' : '0', expireMs, reason],
+    [keys.base, id, terminate ? '1' : '0', expireMs, reason, eventsCap],
   );
   const name = REVOKE_CODES[Number(code)];
   if (name === undefined) throw unexpectedReply('revoke', 'code', code);

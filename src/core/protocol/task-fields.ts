@@ -68,4 +68,11 @@ export const FIELDS = {
   declines: 'un',
   /** Attempts the task had when the series began. */
   declinedAttempts: 'ua',
+  /**
+   * The attempts before the current one, JSON array, oldest first, at most 20 (includes/history.lua):
+   * `{ a: attempt, st: started ms, f: ended ms, w: worker, en, em: error name and message, b: backoff ms }`
+   * for a retried attempt, `{ a, st, w, lost: true }` for one whose worker was lost. Written only on a
+   * retry or a recovery.
+   */
+  history: 'ah',
 } as const;

@@ -1,4 +1,4 @@
-// What a worker says of itself in the registry (heartbeat-2.lua stores it as JSON, per queue) and
+// What a worker says of itself in the registry (heartbeat-3.lua stores it as JSON, per queue) and
 // in its answer to a ping; the Dispatcher reads both. docs/architecture.md, "Worker registry".
 
 /** A task a worker runs, as its last heartbeat saw it. */

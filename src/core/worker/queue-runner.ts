@@ -170,7 +170,7 @@ export class QueueRunner {
 
   /** Stores a running task's progress for its run (progress-1.lua). */
   async progress(id: string, token: string, json: string): Promise<void> {
-    await progressScript(this.scripts, this.keys, id, token, json);
+    await progressScript(this.scripts, this.keys, id, token, json, this.host.eventsCap);
   }
 
   /** Gives up on ends not stored yet (close() past its timeout with Redis down); the loop stops. */

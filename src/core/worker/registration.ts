@@ -22,7 +22,7 @@ export interface RegisteredWorker {
 }
 
 /**
- * A worker's entry in the registry (heartbeat-2.lua, per queue it consumes): what it is and
+ * A worker's entry in the registry (heartbeat-3.lua, per queue it consumes): what it is and
  * runs, renewed every tick and removed when it closes, with its counters of ended tasks; and its
  * answers to pings on the queues' control channels.
  */
@@ -39,17 +39,19 @@ export class WorkerRegistration {
     private readonly scripts: ScriptRunner,
     private readonly commands: RedisClient,
     private readonly prefix: string,
+    /** Events older than this are trimmed at each renewal, ms (0: none). */
+    private readonly eventsMaxAgeMs: number,
   ) {}
 
   /** Registers (or renews) the worker on each of `queues` for `validMs`. */
   async renew(queues: readonly QueueKeys[], validMs: number): Promise<void> {
     const json = JSON.stringify(this.info());
-    await Promise.all(queues.map((k) => heartbeat(this.scripts, k, this.worker.id, validMs, json)));
+    await Promise.all(queues.map((k) => heartbeat(this.scripts, k, this.worker.id, validMs, json, this.eventsMaxAgeMs)));
   }
 
   /** Removes the worker's entries (it closes). */
   async remove(queues: readonly QueueKeys[]): Promise<void> {
-    await Promise.all(queues.map((k) => heartbeat(this.scripts, k, this.worker.id, 0, '')));
+    await Promise.all(queues.map((k) => heartbeat(this.scripts, k, this.worker.id, 0, '', 0)));
   }
 
   /** Answers a request on a control channel; anything that is not a ping of this prefix is ignored. */

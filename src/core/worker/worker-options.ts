@@ -1,4 +1,5 @@
 import { ConfigError } from '../errors.js';
+import { eventsSettings, type EventsOptions, type EventsSettings } from '../events/queue-events.js';
 import { DEFAULT_MAX_PAYLOAD_BYTES, type ConnectionOptions } from '../producer/dispatcher.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, validateName } from '../protocol/queue-keys.js';
 import type { RemoteError, RevokeReason } from '../protocol/task-record.js';
@@ -45,6 +46,12 @@ export interface WorkerOptions extends ConnectionOptions {
    * enough that a misspelt name fails within minutes.
    */
   unknownTaskGrace?: Duration;
+  /**
+   * The queues' event streams (read with `dispatcher.events()`): what this worker's script calls
+   * write (started, succeeded, failed, retried, ...), capped at `maxLength` entries per queue, and
+   * trimmed to `maxAge` on every heartbeat. `false` writes none. Default: `{ maxLength: 10_000, maxAge: '1h' }`.
+   */
+  events?: EventsOptions | false;
 }
 
 /** Identifies the task an event is about. */
@@ -109,6 +116,7 @@ export interface WorkerSettings {
   leaseMs: number;
   resultExpiresMs: number;
   unknownTaskGraceMs: number;
+  events: EventsSettings;
 }
 
 /** Checks the options of `new Worker()`; a ConfigError names the first bad one. */
@@ -137,5 +145,6 @@ export function workerSettings(options: WorkerOptions): WorkerSettings {
     resultExpiresMs: options.resultExpires === undefined ? DEFAULT_RESULT_EXPIRES_MS : toMillis(options.resultExpires, 'resultExpires'),
     unknownTaskGraceMs:
       options.unknownTaskGrace === undefined ? DEFAULT_UNKNOWN_TASK_GRACE_MS : toMillisOrZero(options.unknownTaskGrace, 'unknownTaskGrace'),
+    events: eventsSettings(options.events),
   };
 }

@@ -39,6 +39,8 @@ export class Worker {
   private readonly runners: QueueRunner[] = [];
   private readonly clients: OwnedClient[] = [];
   private readonly host: RunnerHost;
+  /** Events older than this are trimmed by the heartbeat, ms (0: none). */
+  private readonly eventsMaxAgeMs: number;
   private readonly execution: ExecutionHost;
   private readonly admission: AdmissionHost;
   private readonly inFlight = new Map<string, Run>();
@@ -47,13 +49,14 @@ export class Worker {
   private state: 'new' | 'starting' | 'running' | 'closing' | 'closed' = 'new';
   private reserved = 0;
   private closing: Promise<void> | undefined;
-  /** Its entry in the registry (heartbeat-2.lua), from start(). */
+  /** Its entry in the registry (heartbeat-3.lua), from start(). */
   private registration: WorkerRegistration | undefined;
   /** The tick in flight, if any. */
   private ticking: Promise<void> | undefined;
 
   constructor(options: WorkerOptions) {
-    const { prefix, queues, concurrency, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs } = workerSettings(options);
+    const { prefix, queues, concurrency, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs, events } = workerSettings(options);
+    this.eventsMaxAgeMs = events.maxAgeMs;
     this.options = options;
     this.prefix = prefix;
     this.queues = queues;
@@ -74,6 +77,7 @@ export class Worker {
       workerId: this.id,
       leaseMs,
       resultExpiresMs,
+      eventsCap: events.cap,
       concurrency,
       accepting: () => this.state === 'running',
       freeSlots: () => Math.max(0, this.concurrency - this.inFlight.size - this.reserved),
@@ -169,6 +173,7 @@ export class Worker {
         scripts,
         commands.client,
         this.prefix,
+        this.eventsMaxAgeMs,
       );
       // Revoke messages for running tasks arrive here, whichever process sent them; pings too.
       await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke), ...controls);

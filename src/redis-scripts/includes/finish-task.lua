@@ -2,6 +2,8 @@
 -- @include "keys"
 -- @include "end-task"
 -- @include "dead-letter"
+-- @include "events"
+-- @include "history"
 -- Ends one run of a started task as its worker reports it, if that run is the task's current
 -- one: the task is STARTED, by this worker, under this run token (`tk`).
 --   SUCCESS / FAILURE: final (see endTask); a FAILURE of a task whose revoke was requested
@@ -21,24 +23,28 @@
 -- Writes a run's end (finishTask, after the lease is gone): RETRY back to the delayed set, or a
 -- final state through endTask. Run under pcall: a refusal is undone by the caller.
 local function writeEnd(base, key, delayedKey, id, state, stored, extra, retries, revoke, now, expireMs, retryDelayMs,
-                        deadReason, lockKey, lockWait)
+                        deadReason, lockKey, lockWait, run)
   if stored == 'RETRY' then
     local due = now + retryDelayMs
     redis.call('ZADD', delayedKey, due, id)
     redis.call('HSET', key, 's', 'RETRY', 'd', due, 'ry', (tonumber(retries) or 0) + 1, unpack(extra))
+    local errName, errMessage = errorSummary(extra)
+    keepAttempt(key, { a = tonumber(run[4]), st = tonumber(run[3]), f = now, w = run[2], en = errName, em = errMessage,
+      b = retryDelayMs })
+    noteEvent('retried', id, 'n', run[1], 'w', run[2], 'a', run[4], 'dl', retryDelayMs, 'en', errName, 'em', errMessage)
     return
   end
   if deadReason ~= '' then deadLetter(base, id, deadReason, now) end
   if stored == 'REVOKED' then table.insert(extra, 'rr'); table.insert(extra, revoke) end
   -- A task that succeeds on a retry keeps no error of its earlier attempts (only retries store one).
   if state == 'SUCCESS' and retries then redis.call('HDEL', key, 'e') end
-  endTask(base, id, stored, extra, now, expireMs, { lockKey, lockWait })
+  endTask(base, id, stored, extra, now, expireMs, { lockKey, lockWait }, run)
 end
 
 local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value, expireMs,
                           retryDelayMs, deadReason)
   local key = taskKeyOf(base, id)
-  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw')
+  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw', 'n', 'st', 'at')
   if t.err and isRefusal(t) then return 'ERROR', t.err end
   if t.err or not t[1] then
     -- No record, or not one of ours: nobody can run the task any more; its lease goes too.
@@ -59,7 +65,7 @@ local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, i
   -- memory). Should a later command be refused, the lease is put back and nothing else changed.
   redis.call('ZREM', activeKey, id)
   local ok, err = pcall(writeEnd, base, key, delayedKey, id, state, stored, extra, retries, revoke, now, expireMs,
-    retryDelayMs, deadReason, lockKey, lockWait)
+    retryDelayMs, deadReason, lockKey, lockWait, { t[9], owner, t[10], t[11] })
   if not ok then
     redis.pcall('ZADD', activeKey, now + leaseMs, id)
     if stored == 'RETRY' then redis.pcall('ZREM', delayedKey, id) end

@@ -1,6 +1,7 @@
 -- @include "keys"
 -- @include "end-task"
 -- @include "move-to-wait"
+-- @include "events"
 -- A worker gives back a started task it holds (the run the caller checked is current): the
 -- task goes to the front of the wait list as PENDING, same id and lock, and `undoStart` takes
 -- back the attempt that never ran (`attempt`: the record's at). A task whose revoke was
@@ -19,5 +20,6 @@ local function handBack(base, waitKey, activeKey, id, rv, lock, undoStart, attem
   local fields, restore = {}, {}
   if undoStart then fields, restore = { 'at', at - 1 }, { 'at', at } end
   requeueLeased(taskKeyOf(base, id), waitKey, activeKey, id, expiry, fields, restore)
+  noteEvent('handed-back', id)
   return 1
 end

@@ -13,6 +13,8 @@ local function lockKeyOf(base, tail) return base .. 'lock:' .. tail end
 local function rateKeyOf(base, tail) return base .. 'rate:' .. tail end
 local function workersKeyOf(base) return base .. 'workers' end
 local function workerInfoKeyOf(base) return base .. 'worker-info' end
+local function eventsKeyOf(base) return base .. 'events' end
+local function statsKeyOf(base) return base .. 'stats' end
 local function revokeChannelOf(base) return base .. 'revoke' end
 local function doneChannelOf(base, id) return base .. 'done:' .. id end
 local function controlChannelOf(base) return base .. 'control' end

@@ -5,6 +5,8 @@
 -- @include "next-delay"
 -- @include "args"
 -- @include "move-to-wait"
+-- @include "events"
+-- @include "history"
 -- Recovers lapsed leases, moves due delayed tasks to the wait list, then starts up to `want`
 -- tasks from it. Recovery: a STARTED task whose lease lapsed (its worker died or hung) goes
 -- back to the front of the wait list keeping its id and lock, or, after `mr` recoveries
@@ -56,7 +58,7 @@ end
 -- is then as it was, leased, to be tried again.
 local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
   local key = taskKeyOf(base, id)
-  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw')
+  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw', 'n', 'st', 'at')
   if t.err then
     if isRefusal(t) then error(t) end
     deadLetter(base, id, 'the active set names a task whose record is not a hash', now)
@@ -64,6 +66,7 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
     return
   end
   local state, recovered, maxRecoveries, owner, revoke, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7]
+  local run = { t[8], owner, t[9] }
   if not state then
     deadLetter(base, id, 'the active set names a task with no record', now)
     redis.call('ZREM', activeKey, id)
@@ -76,7 +79,9 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
     -- one more lease to renew or finish the task. Any other worker recovers it at once.
   elseif revoke then
     -- Its revoke was requested while it ran: it ends as the revoke asked and never runs again.
-    endLeased(activeKey, id, expiry, function() endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { lockKey, lockWait }) end)
+    endLeased(activeKey, id, expiry, function()
+      endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { lockKey, lockWait }, run)
+    end)
   else
     local recoveries = (tonumber(recovered) or 0) + 1
     local max = tonumber(maxRecoveries) or 1
@@ -87,10 +92,13 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
           'it was recovered ' .. (recoveries - 1) .. ' time(s) and maxRecoveries is ' .. max,
       })
       endLeased(activeKey, id, expiry, function()
-        endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { lockKey, lockWait })
+        endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { lockKey, lockWait }, run)
       end)
     else
       requeueLeased(key, waitKey, activeKey, id, expiry, { 'rc', recoveries }, { 'rc', tonumber(recovered) or 0 })
+      -- Best effort: the task is back in the wait list whatever becomes of its history.
+      pcall(keepAttempt, key, { a = tonumber(t[10]), st = tonumber(t[9]), w = owner, lost = true })
+      noteEvent('recovered', id, 'n', t[8], 'w', owner)
     end
   end
 end
@@ -99,9 +107,13 @@ end
 local function recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs, problems)
   local lapsed = redis.call('ZRANGEBYSCORE', activeKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)
   for i = 1, #lapsed, 2 do
+    local mark = eventMark()
     local ok, err = pcall(recoverOne, base, waitKey, activeKey, lapsed[i], tonumber(lapsed[i + 1]), now, expireMs, workerId,
       leaseMs)
-    if not ok then table.insert(problems, 'recovering task ' .. lapsed[i] .. ': ' .. errorText(err)) end
+    if not ok then
+      eventRewind(mark)
+      table.insert(problems, 'recovering task ' .. lapsed[i] .. ': ' .. errorText(err))
+    end
   end
 end
 
@@ -129,7 +141,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   local leased, counted, placed
   -- Ends a candidate REVOKED without starting it (expired, duplicate) and reports it.
   local function revokeOne(id, name, args, reason)
-    endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs)
+    endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, nil, { name })
     table.insert(revoked, id); table.insert(revoked, name); table.insert(revoked, args)
     table.insert(revoked, reason)
   end
@@ -221,6 +233,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
         redis.call('HSET', key, 'd', now + delay)
         table.insert(limited, id); table.insert(limited, name); table.insert(limited, args)
         table.insert(limited, delay)
+        noteEvent('rate-limited', id, 'n', name, 'dl', delay)
         return
       end
       counted = { rateKey, id .. ':' .. attempt }
@@ -242,6 +255,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     table.insert(started, id); table.insert(started, name); table.insert(started, args)
     table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
     table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)
+    noteEvent('started', id, 'n', name, 'w', workerId, 'a', attempt)
     count = count + 1
   end
 
@@ -265,8 +279,10 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     local id = popped[next]
     next = next + 1
     examined = examined + 1
+    local mark = eventMark()
     local ok, err = pcall(examine, id)
     if not ok then
+      eventRewind(mark)
       -- Undo what the examination did before it failed, then: a refusal keeps the task as it was
       -- (back to the caller); any other error means its record cannot be run (malformed).
       if leased then redis.pcall('ZREM', activeKey, id) end
