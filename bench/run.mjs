@@ -5,7 +5,8 @@
 //   BENCH_REPS (3), BENCH_ENQUEUE (100000), BENCH_DRAIN (20000), BENCH_LATENCY (5000 tasks),
 //   BENCH_LATENCY_RATE (500/s), BENCH_RATE_TASKS (5000), BENCH_SYSTEMS (heimdall,bullmq,bee-queue),
 //   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL,
-//   BENCH_SCENARIOS (a subset, e.g. drain50,latency), BENCH_CHILD_ARGS (node flags of the workers).
+//   BENCH_SCENARIOS (a subset, e.g. drain50,latency), BENCH_CHILD_ARGS (node flags of the workers),
+//   BENCH_HEIMDALL_EVENTS (on; off runs heimdall-tasks with events: false).
 import { execFileSync, fork } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, platform, release } from 'node:os';

@@ -9,6 +9,14 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
+/** BENCH_HEIMDALL_EVENTS=off runs heimdall-tasks with its event streams off (events: false), for the on/off figure. */
+function heimdallEvents() {
+  const v = process.env.BENCH_HEIMDALL_EVENTS;
+  if (v === undefined || v === '' || v === 'on') return {};
+  if (v === 'off') return { events: false };
+  throw new Error(`BENCH_HEIMDALL_EVENTS must be on or off, got '${v}'`);
+}
+
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BENCH = fileURLToPath(new URL('../', import.meta.url));
 export const SYSTEMS = ['heimdall', 'bullmq', 'bee-queue'];
@@ -141,7 +149,7 @@ function beeQueue() {
 export async function producer(system, url, prefix) {
   if (system === 'heimdall') {
     const { lib, BenchTasks } = await heimdall();
-    const dispatcher = new lib.Dispatcher({ connection: url, prefix });
+    const dispatcher = new lib.Dispatcher({ connection: url, prefix, ...heimdallEvents() });
     const tasks = dispatcher.tasks(BenchTasks);
     return {
       enqueue: async (payload, kind = 'noop') => (await tasks[kind].delay(payload)).id,
@@ -192,7 +200,7 @@ export async function worker(system, url, prefix, { concurrency, handler, onDone
     const { lib, BenchTasks } = await heimdall();
     const service = new BenchTasks();
     heimdallHandler = handler;
-    const w = new lib.Worker({ connection: url, prefix, services: [service], queues: [QUEUE], concurrency });
+    const w = new lib.Worker({ connection: url, prefix, services: [service], queues: [QUEUE], concurrency, ...heimdallEvents() });
     w.on('succeeded', onDone);
     w.on('error', (err) => console.error(`heimdall worker error: ${err.message}`));
     await w.start();

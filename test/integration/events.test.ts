@@ -138,6 +138,11 @@ describe('dispatcher.events()', () => {
     const seen = await collect(events, (s) => typesOf(s, l2.id).includes('revoked') && typesOf(s, holder.id).includes('lock-released') && typesOf(s, ghostTask.id).includes('succeeded'));
     expect(typesOf(seen, ghostTask.id)).toEqual(['queued', 'started', 'recovered', 'started', 'progress', 'succeeded']);
     expect(seen.find((e) => e.id === ghostTask.id && e.type === 'recovered')).toMatchObject({ worker: 'ghost' });
+    // Its history: the ghost's attempt, lost, then the run that succeeded.
+    expect((await ghostTask.info()).history.map((a) => [a.attempt, a.outcome, a.worker])).toEqual([
+      [1, 'lost', 'ghost'],
+      [2, 'SUCCESS', worker.id],
+    ]);
     // The message carries the rate limit, so the fetch checks it before starting the task.
     expect(typesOf(seen, l2.id)).toEqual(['queued', 'rate-limited', 'revoked']);
     expect(seen.find((e) => e.id === l2.id && e.type === 'rate-limited')).toMatchObject({ name: 'Evented.limited' });

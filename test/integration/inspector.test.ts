@@ -1,7 +1,7 @@
 // The Inspector (issue 11, point 2): counts per queue, unique locks with their holders (and an
 // owner-checked release), rate windows, dead letters; read from a live system.
 import { afterEach, describe, expect, it } from 'vitest';
-import { Dispatcher, Inspector, Task, Worker } from 'heimdall-tasks';
+import { currentTask, Dispatcher, Inspector, Task, Worker } from 'heimdall-tasks';
 import { gate, useHarness, waitFor } from '../helpers.js';
 
 let held = gate();
@@ -28,6 +28,27 @@ class ColonNames {
 
   @Task({ name: 'insp:a:b', queue: 'inspected-colon' })
   async ab(): Promise<void> {}
+}
+
+let failures = 0;
+
+class Counted {
+  @Task({ queue: 'inspected-rate' })
+  async quick(n: number): Promise<number> {
+    return n;
+  }
+
+  @Task({ queue: 'inspected-rate', retries: { max: 2, backoff: '30ms', jitter: false } })
+  async twice(): Promise<string> {
+    if (currentTask().attempt < 3) throw new Error(`attempt ${currentTask().attempt} fails`);
+    return 'third';
+  }
+
+  @Task({ queue: 'inspected-rate', retries: { max: 1, backoff: '1h', jitter: false } })
+  async later(): Promise<void> {
+    failures++;
+    throw new TypeError('retried in an hour');
+  }
 }
 
 class LateService {
@@ -78,6 +99,9 @@ describe('Inspector', () => {
     const [window] = await inspector.rateWindows('inspected');
     expect(window).toMatchObject({ task: 'InspectedService.limited', limit: 1, periodMs: 60_000, starts: 1 });
     expect(window!.nextFreeInMs).toBeGreaterThan(50_000);
+    // The second limited task waits in the delayed set on this window.
+    expect(window!.waiting).toBe(1);
+    expect(inspected!.retrying).toBe(0);
     expect(limited.map((r) => r.id)).toHaveLength(2);
 
     const [dead] = await inspector.deadLetters('inspected');
@@ -169,5 +193,41 @@ describe('Inspector', () => {
       await starting;
       expect(await h.admin.zrange(`${h.prefix}:{default}:workers`, 0, -1)).toEqual([]);
     }
+  });
+
+  it('counts runs per second over 1, 5 and 15 minutes and the tasks waiting to retry; a task\'s info lists every attempt', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new Counted()], queues: ['inspected-rate'] });
+    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    open.push(worker, d, inspector);
+    await worker.start();
+    const svc = d.tasks(Counted);
+    await Promise.all((await svc.quick.delayMany(Array.from({ length: 30 }, (_, i) => [i] as [number]))).map((r) => r.get()));
+    const twice = await svc.twice.delay();
+    expect(await twice.get({ timeout: 10 })).toBe('third');
+    const later = await svc.later.delay();
+    await waitFor(async () => (await later.status()) === 'RETRY', { what: 'the task to wait for its retry' });
+
+    const [stats] = await inspector.queues(['inspected-rate']);
+    // 30 + 3 runs of twice + 1 of later ended: 34 in the last minute, 3 of them failed (retried).
+    // A window is read from the start of its first bucket, so it covers 60 to 70 seconds.
+    expect(stats!.tasksPerSecond.m1).toBeGreaterThanOrEqual(Math.floor((34 / 70) * 100) / 100);
+    expect(stats!.tasksPerSecond.m1).toBeLessThanOrEqual(Math.ceil((34 / 60) * 100) / 100);
+    expect(stats!.tasksPerSecond.m15).toBeLessThan(stats!.tasksPerSecond.m1);
+    expect(stats!.failedPerSecond.m1).toBeGreaterThanOrEqual(Math.floor((3 / 70) * 100) / 100);
+    expect(stats!.failedPerSecond.m1).toBeLessThanOrEqual(Math.ceil((3 / 60) * 100) / 100);
+    expect(stats).toMatchObject({ delayed: 1, retrying: 1 });
+    expect(failures).toBe(1);
+
+    const info = await twice.info();
+    expect(info.history.map((a) => [a.attempt, a.outcome, a.error?.message, a.backoffMs, a.worker])).toEqual([
+      [1, 'retried', 'attempt 1 fails', 30, worker.id],
+      [2, 'retried', 'attempt 2 fails', 30, worker.id],
+      [3, 'SUCCESS', undefined, undefined, worker.id],
+    ]);
+    for (const a of info.history) expect(a.finishedAt!.getTime()).toBeGreaterThanOrEqual(a.startedAt!.getTime());
+    const waiting = await later.info();
+    expect(waiting.history.map((a) => [a.attempt, a.outcome, a.error])).toEqual([[1, 'retried', { name: 'TypeError', message: 'retried in an hour' }]]);
   });
 });

@@ -535,6 +535,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     }
     if (finish.state === 'RETRY') {
       const now = Date.now();
+      keepAttempt(r, finish, now);
       Object.assign(r, value);
       r[FIELDS.state] = 'RETRY';
       r[FIELDS.retries] = String(Number(r[FIELDS.retries] ?? 0) + 1);
@@ -585,4 +586,28 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       if (event !== 'error') this.emit('error', err instanceof Error ? err : new Error(toRemoteError(err).message));
     }
   }
+}
+
+/** As includes/history.lua: a retried attempt kept in field ah (the last 20), before the next start overwrites st, w and e. */
+function keepAttempt(r: Record<string, string>, finish: { field: string; value: string; retryDelayMs: number }, now: number): void {
+  let list: unknown[] = [];
+  try {
+    const kept = JSON.parse(r[FIELDS.history] ?? '[]') as unknown;
+    if (Array.isArray(kept)) list = kept;
+  } catch {
+    // a history this engine did not write: start afresh
+  }
+  let en: string | undefined;
+  let em: string | undefined;
+  if (finish.field === FIELDS.error) {
+    try {
+      const e = JSON.parse(finish.value) as { name?: unknown; message?: unknown };
+      if (typeof e.name === 'string') en = e.name;
+      if (typeof e.message === 'string') em = e.message.length > 300 ? `${e.message.slice(0, 300)}...` : e.message;
+    } catch {
+      // not JSON: no error summary
+    }
+  }
+  list.push({ a: Number(r[FIELDS.attempts] ?? 0), st: Number(r[FIELDS.startedAt] ?? 0), f: now, w: r[FIELDS.worker], en, em, b: finish.retryDelayMs });
+  r[FIELDS.history] = JSON.stringify(list.slice(-20));
 }

@@ -14,6 +14,31 @@ import { registeredTasks } from '../task/registry.js';
 const DEFAULT_LIMIT = 100;
 /** Hard bound on what one listing reads. */
 const MAX_LIMIT = 10_000;
+/** Delayed tasks read to count those retrying and those waiting on a rate window. */
+const DELAYED_SAMPLE = 1_000;
+/** Width of a bucket of the stats hash (fetch-3.lua), ms. */
+const STATS_BUCKET_MS = 10_000;
+
+/**
+ * Runs ended per second over the last 1, 5 and 15 minutes, from the stats hash's 10-second
+ * buckets (fields '<kind>:<bucket>') of the kinds given ('s:' succeeded, 'f:' failed or retried).
+ */
+function throughput(stats: Record<string, string> | null, now: number, kinds: readonly string[]): Throughput {
+  // Each window is read from the start of the bucket it begins in to now, so it divides by the
+  // time its buckets cover (the current bucket is partly filled).
+  const rate = (windowMs: number): number => {
+    const since = Math.floor((now - windowMs) / STATS_BUCKET_MS) * STATS_BUCKET_MS;
+    let sum = 0;
+    for (const [field, value] of Object.entries(stats ?? {})) {
+      if (!kinds.some((kind) => field.startsWith(kind))) continue;
+      const bucketStart = Number(field.slice(2)) * STATS_BUCKET_MS;
+      const count = Number(value);
+      if (Number.isFinite(bucketStart) && Number.isFinite(count) && bucketStart >= since) sum += count;
+    }
+    return Math.round((sum / Math.max(1, (now - since) / 1000)) * 100) / 100;
+  };
+  return { m1: rate(60_000), m5: rate(300_000), m15: rate(900_000) };
+}
 
 /** The counts of one queue, read in one MULTI (a snapshot). */
 export interface QueueStats {
@@ -30,6 +55,22 @@ export interface QueueStats {
   workers: number;
   /** Milliseconds the oldest waiting task has been waiting since it was sent (Redis clock), or null when none waits. */
   oldestWaitingMs: number | null;
+  /**
+   * Of the delayed tasks, those waiting to retry (state RETRY). Counted among the 1,000 due
+   * first: a lower bound when more are delayed.
+   */
+  retrying: number;
+  /** Runs ended per second (succeeded, failed or retried), averaged over the last 1, 5 and 15 minutes (Redis clock, 10-second buckets). */
+  tasksPerSecond: Throughput;
+  /** Of those, the runs that failed or were retried. */
+  failedPerSecond: Throughput;
+}
+
+/** A rate per second over the last 1, 5 and 15 minutes. */
+export interface Throughput {
+  m1: number;
+  m5: number;
+  m15: number;
 }
 
 /** A unique lock and its holder. */
@@ -64,6 +105,11 @@ export interface RateWindowInfo {
   starts: number;
   /** Milliseconds until a start slot frees: 0 when one is free now; undefined when the limit is unknown. */
   nextFreeInMs: number | undefined;
+  /**
+   * Tasks in the delayed set that this window sent back (rate-limited, due when a slot frees).
+   * Counted among the 1,000 delayed tasks due first: a lower bound when more are delayed.
+   */
+  waiting: number;
 }
 
 /** A dead letter: a task that could not be run, and why. */
@@ -165,12 +211,13 @@ export class Inspector {
         // anywhere in the list.
         .lrange(k.wait, -10, -1)
         .lpos(k.wait, '', 'COUNT', 0, 'MAXLEN', 100_000)
+        .hgetall(k.stats)
         .exec();
       if (!r) throw new ConfigError(`the MULTI reading queue ${k.queue} was discarded`);
       for (const [err] of r) if (err) throw err;
       return { now, r: r.map(([, v]) => v) };
     });
-    const [waitLen, delayed, running, dead, workers, tail, markerAt] = replies.r as [number, number, number, number, number, string[], number[] | null];
+    const [waitLen, delayed, running, dead, workers, tail, markerAt, stats] = replies.r as [number, number, number, number, number, string[], number[] | null, Record<string, string>];
     const markers = markerAt?.length ?? 0;
     // Waiting since it became ready: sent, or due (a countdown, a retry, a hand-back), whichever is later.
     let oldestWaitingMs: number | null = null;
@@ -181,7 +228,41 @@ export class Inspector {
       oldestWaitingMs = Math.max(0, replies.now - Math.max(Number(created), Number(due ?? 0)));
       break;
     }
-    return { queue: k.queue, waiting: Math.max(0, waitLen - markers), delayed, running, dead, workers, oldestWaitingMs };
+    const { retrying } = delayed > 0 ? await this.delayedSample(k) : { retrying: 0 };
+    return {
+      queue: k.queue,
+      waiting: Math.max(0, waitLen - markers),
+      delayed,
+      running,
+      dead,
+      workers,
+      oldestWaitingMs,
+      retrying,
+      tasksPerSecond: throughput(stats, replies.now, ['s:', 'f:']),
+      failedPerSecond: throughput(stats, replies.now, ['f:']),
+    };
+  }
+
+  /**
+   * The 1,000 delayed tasks due first, by what they wait for: how many wait to retry (RETRY), and
+   * how many each rate window sent back (PENDING with the window's key), in one pipeline.
+   */
+  private async delayedSample(k: QueueKeys): Promise<{ retrying: number; byWindow: Map<string, number> }> {
+    return redisCall(`reading the delayed tasks of queue ${k.queue}`, async () => {
+      const ids = await this.client.zrange(k.delayed, 0, DELAYED_SAMPLE - 1);
+      const byWindow = new Map<string, number>();
+      let retrying = 0;
+      if (ids.length === 0) return { retrying, byWindow };
+      const pipeline = this.client.pipeline();
+      for (const id of ids) pipeline.hmget(k.task(id), FIELDS.state, FIELDS.rateKey);
+      for (const [err, fields] of (await pipeline.exec()) ?? []) {
+        if (err) continue; // a record of the wrong type: not counted
+        const [state, rateKey] = fields as [string | null, string | null];
+        if (state === 'RETRY') retrying++;
+        else if (state === 'PENDING' && rateKey !== null) byWindow.set(rateKey, (byWindow.get(rateKey) ?? 0) + 1);
+      }
+      return { retrying, byWindow };
+    });
   }
 
   /** The unique locks of a queue with their holders (found with SCAN; at most `limit`). */
@@ -243,6 +324,7 @@ export class Inspector {
     const keys = await this.scan(`${escapeGlob(k.base)}${KEY_NAMES.rate}*`, limit, `listing the rate windows of queue ${k.queue}`);
     const names = taskNames();
     const now = await redisCall('reading the Redis clock', () => redisNowMs(this.client));
+    const { byWindow } = keys.length > 0 ? await this.delayedSample(k) : { byWindow: new Map<string, number>() };
     const windows = await Promise.all(
       keys.map(async (key): Promise<RateWindowInfo | undefined> => {
         // The newest start's task record carries the window's limit and period (rn, rp) and its
@@ -275,7 +357,7 @@ export class Inspector {
             nextFreeInMs = Math.max(0, at + rate.periodMs - now);
           }
         }
-        return { queue: k.queue, key, task, limit: rate?.limit, periodMs, starts, nextFreeInMs };
+        return { queue: k.queue, key, task, limit: rate?.limit, periodMs, starts, nextFreeInMs, waiting: byWindow.get(key) ?? 0 };
       }),
     );
     return windows.filter((w): w is RateWindowInfo => w !== undefined).sort((a, b) => a.key.localeCompare(b.key));

@@ -73,6 +73,30 @@ export interface TaskInfo<T = unknown> {
   worker: string | undefined;
   /** The last progress its running task reported (kept after it ends), or undefined. */
   progress: TaskProgress | undefined;
+  /**
+   * Every attempt so far, oldest first (the last 20 before the current one, then the current):
+   * when each started and ended, on which worker, how it ended, and the backoff before the next.
+   */
+  history: AttemptInfo[];
+}
+
+/** One attempt of a task, in `TaskInfo.history`. */
+export interface AttemptInfo {
+  /** 1 for the first start. */
+  attempt: number;
+  startedAt: Date | undefined;
+  /** When it ended; undefined while it runs, or when its worker was lost. */
+  finishedAt: Date | undefined;
+  worker: string | undefined;
+  /**
+   * How it ended: 'retried' (failed, and the task ran again), 'lost' (its worker stopped renewing
+   * the lease; the task was recovered), or for the current attempt the task's state.
+   */
+  outcome: 'retried' | 'lost' | TaskState;
+  /** The error of a retried or failed attempt (name and message; the traceback is kept for the last one only, in `error`). */
+  error: { name: string; message: string } | undefined;
+  /** Milliseconds waited before the next attempt (a retry's backoff). */
+  backoffMs: number | undefined;
 }
 
 function date(v: string | undefined): Date | undefined {
@@ -128,7 +152,47 @@ export function decodeTaskInfo<T>(id: string, h: Record<string, string>): TaskIn
     finishedAt: date(h[FIELDS.finishedAt]),
     worker: h[FIELDS.worker],
     progress: decodeProgress(h[FIELDS.progress], h[FIELDS.token]),
+    history: decodeHistory(h, state),
   };
+}
+
+/** The attempts kept in field ah (includes/history.lua), then the current one from the record's own fields. */
+function decodeHistory(h: Record<string, string>, state: TaskState): AttemptInfo[] {
+  const out: AttemptInfo[] = [];
+  const kept = json(h[FIELDS.history]);
+  if (Array.isArray(kept)) {
+    for (const raw of kept as unknown[]) {
+      if (typeof raw !== 'object' || raw === null) continue;
+      const a = raw as Record<string, unknown>;
+      const n = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
+      const lost = a.lost === true;
+      out.push({
+        attempt: n(a.a) ?? out.length + 1,
+        startedAt: n(a.st) === undefined ? undefined : new Date(n(a.st)!),
+        finishedAt: n(a.f) === undefined ? undefined : new Date(n(a.f)!),
+        worker: typeof a.w === 'string' ? a.w : undefined,
+        outcome: lost ? 'lost' : 'retried',
+        error: typeof a.en === 'string' ? { name: a.en, message: typeof a.em === 'string' ? a.em : '' } : undefined,
+        backoffMs: n(a.b),
+      });
+    }
+  }
+  // The current (or last) attempt, unless the history already ends with it (a retry waiting, a recovery).
+  const attempts = Number(h[FIELDS.attempts] ?? 0);
+  if (attempts > 0 && out[out.length - 1]?.attempt !== attempts) {
+    const stored = h[FIELDS.error];
+    const err = stored === undefined ? undefined : decodeError(stored);
+    out.push({
+      attempt: attempts,
+      startedAt: date(h[FIELDS.startedAt]),
+      finishedAt: FINAL_STATES.has(state) ? date(h[FIELDS.finishedAt]) : undefined,
+      worker: h[FIELDS.worker],
+      outcome: state,
+      error: err && state === 'FAILURE' ? { name: err.name, message: err.message } : undefined,
+      backoffMs: undefined,
+    });
+  }
+  return out;
 }
 
 /** What a producer puts in a task's message (see docs/protocol.md). */
