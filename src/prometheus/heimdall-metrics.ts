@@ -5,7 +5,7 @@ import { instrument, listOf, type InstrumentationHooks, type RunInfo } from '../
 import { FIELDS } from '../core/protocol/task-fields.js';
 import { ConfigError } from '../core/errors.js';
 import { bounded } from '../core/protocol/bounded.js';
-import type { Worker } from '../core/worker/worker.js';
+import type { TaskEvent, Worker } from '../core/worker/worker.js';
 import type { RevokeReason } from '../core/protocol/task-record.js';
 
 /** Options of `heimdallMetrics()`. Each source is optional: give the ones this process has. */
@@ -55,6 +55,8 @@ export const METRIC_NAMES = {
 const RUN_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 const WAIT_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600];
 const DEPTH_STATES = ['waiting', 'delayed', 'running', 'dead'] as const;
+/** What the metrics read of a `succeeded`, `failed` or `retried` event. */
+type Ended = Pick<TaskEvent, 'queue' | 'name' | 'attempt'> & { runtimeMs: number };
 /** The `outcome` of a task that ended REVOKED, by its reason. */
 const REVOKED_OUTCOME: Record<RevokeReason, string> = { revoked: 'revoked', duplicate: 'duplicate', expired: 'expired' };
 
@@ -73,7 +75,7 @@ export function heimdallMetrics(options: HeimdallMetricsOptions = {}): HeimdallM
 
   const tasks = new Counter({
     name: METRIC_NAMES.tasks,
-    help: 'Tasks whose run ended, by outcome: succeeded, failed, retried, revoked, duplicate or expired.',
+    help: 'Task ends the workers saw, by outcome: succeeded, failed, retried, revoked, duplicate or expired.',
     labelNames: ['queue', 'task', 'outcome'],
     registers,
   });
@@ -111,9 +113,9 @@ export function heimdallMetrics(options: HeimdallMetricsOptions = {}): HeimdallM
 
   for (const worker of listOf(options.worker)) {
     const listeners = {
-      succeeded: (e: { queue: string; name: string; runtimeMs: number }) => ended(e, 'succeeded'),
-      failed: (e: { queue: string; name: string; runtimeMs: number }) => ended(e, 'failed'),
-      retried: (e: { queue: string; name: string; runtimeMs: number }) => ended(e, 'retried'),
+      succeeded: (e: Ended) => ended(e, 'succeeded'),
+      failed: (e: Ended) => ended(e, 'failed'),
+      retried: (e: Ended) => ended(e, 'retried'),
       revoked: (e: { queue: string; name: string; reason: RevokeReason }) => tasks.inc({ queue: e.queue, task: e.name, outcome: REVOKED_OUTCOME[e.reason] ?? 'revoked' }),
       rateLimited: (e: { queue: string; name: string }) => rateLimited.inc({ queue: e.queue, task: e.name }),
     };
@@ -127,10 +129,11 @@ export function heimdallMetrics(options: HeimdallMetricsOptions = {}): HeimdallM
     });
   }
 
-  function ended(e: { queue: string; name: string; runtimeMs: number }, outcome: string): void {
+  function ended(e: Ended, outcome: string): void {
     const labels = { queue: e.queue, task: e.name, outcome };
     tasks.inc(labels);
-    runDuration.observe(labels, e.runtimeMs / 1000);
+    // Attempt 0: a task no worker runs, failed with UnknownTaskError without running.
+    if (e.attempt > 0) runDuration.observe(labels, e.runtimeMs / 1000);
   }
 
   if (options.dispatcher) {
