@@ -101,6 +101,10 @@ describe('heimdall-tasks/prometheus', () => {
       sent.push(await tasks.ok.delay(1), await tasks.ok.delay(2), await tasks.boom.delay(), await tasks.flaky.delay());
       sent.push(await tasks.limited.delay(1), await tasks.limited.delay(2));
       sent.push(await tasks.later.applyAsync([], { countdown: 1.5 }));
+      // Not started before its expiry: ended REVOKED 'expired' at the fetch, never run.
+      const expired = nextEvent(worker, 'revoked', (e) => e.reason === 'expired');
+      sent.push(await tasks.ok.applyAsync([5], { expires: new Date(Date.now() - 1000) }));
+      await expired;
       // Nobody consumes 'idle': its task waits, and its age grows.
       sent.push(await dispatcher.send('Metered.ok', [3], { queue: 'idle' }));
       await limited;
@@ -120,6 +124,7 @@ describe('heimdall-tasks/prometheus', () => {
       expect(value(samples, METRIC_NAMES.tasks, { ...q, task: 'Metered.flaky', outcome: 'retried' })).toBe(1);
       expect(value(samples, METRIC_NAMES.tasks, { ...q, task: 'Metered.flaky', outcome: 'succeeded' })).toBe(1);
       expect(value(samples, METRIC_NAMES.tasks, { ...q, task: 'Metered.limited', outcome: 'succeeded' })).toBe(1);
+      expect(value(samples, METRIC_NAMES.tasks, { ...q, task: 'Metered.ok', outcome: 'expired' })).toBe(1);
       expect(value(samples, `${METRIC_NAMES.runDuration}_count`, { ...q, task: 'Metered.ok', outcome: 'succeeded' })).toBe(2);
       expect(value(samples, `${METRIC_NAMES.runDuration}_count`, { ...q, task: 'Metered.boom', outcome: 'failed' })).toBe(1);
       expect(value(samples, `${METRIC_NAMES.runDuration}_bucket`, { ...q, task: 'Metered.ok', outcome: 'succeeded', le: '+Inf' })).toBe(2);
