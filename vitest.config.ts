@@ -10,6 +10,8 @@ export default defineConfig({
       { find: /^heimdall-tasks\/testing$/, replacement: fileURLToPath(new URL('./src/testing/index.ts', import.meta.url)) },
       { find: /^heimdall-tasks\/nestjs$/, replacement: fileURLToPath(new URL('./src/nestjs/index.ts', import.meta.url)) },
       { find: /^heimdall-tasks\/vite$/, replacement: fileURLToPath(new URL('./src/vite/index.ts', import.meta.url)) },
+      { find: /^heimdall-tasks\/prometheus$/, replacement: fileURLToPath(new URL('./src/prometheus/index.ts', import.meta.url)) },
+      { find: /^heimdall-tasks\/otel$/, replacement: fileURLToPath(new URL('./src/otel/index.ts', import.meta.url)) },
     ],
   },
   test: {

@@ -34,7 +34,14 @@ describe('examples/vitest-user', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('installs heimdall-tasks from its packed tarball and its own vitest suite passes', { timeout: 180_000 }, async () => {
-    const built = ['dist/esm/testing/index.js', 'dist/cjs/testing/index.js', 'dist/esm/index.js', 'dist/esm/vite/index.js'].filter((f) => !existsSync(join(ROOT, f)));
+    const built = [
+      'dist/esm/testing/index.js',
+      'dist/cjs/testing/index.js',
+      'dist/esm/index.js',
+      'dist/esm/vite/index.js',
+      'dist/esm/prometheus/index.js',
+      'dist/cjs/otel/index.js',
+    ].filter((f) => !existsSync(join(ROOT, f)));
     expect(built, 'the package is not built: run `npm run build` (npm ci does it through `prepare`)').toEqual([]);
 
     // --ignore-scripts: packing must not rebuild dist while other test files run.
@@ -54,6 +61,16 @@ describe('examples/vitest-user', () => {
     const installed = join(app, 'node_modules', 'heimdall-tasks');
     expect(existsSync(join(installed, 'dist', 'cjs', 'testing', 'index.d.ts'))).toBe(true);
     expect(existsSync(join(installed, 'dist', 'esm', 'vite', 'index.js'))).toBe(true);
+    for (const entry of ['prometheus', 'otel']) {
+      for (const file of ['esm/index.js', 'esm/index.d.ts', 'cjs/index.js', 'cjs/index.d.ts']) {
+        const [build, name] = file.split('/') as [string, string];
+        expect(existsSync(join(installed, 'dist', build, entry, name)), `dist/${build}/${entry}/${name}`).toBe(true);
+      }
+    }
+    // Their libraries are optional peers, so npm did not install them: the suite below, which
+    // imports the package's root, passes without them.
+    expect(existsSync(join(app, 'node_modules', 'prom-client'))).toBe(false);
+    expect(existsSync(join(app, 'node_modules', '@opentelemetry', 'api'))).toBe(false);
     // The package's command is installed too.
     const bin = spawnSync(join(app, 'node_modules', '.bin', 'heimdall'), ['--version'], { encoding: 'utf8' });
     expect(bin.stdout.trim(), bin.stderr).toMatch(/^\d+\.\d+\.\d+/);

@@ -1,4 +1,4 @@
-import { ConfigError, fromRedis, RedisRefusedError, StaleRunError, TimeoutError } from '../core/errors.js';
+import { ConfigError, RedisRefusedError, StaleRunError, TimeoutError } from '../core/errors.js';
 import { redisNowMs, type RedisClient } from '../core/protocol/connection.js';
 import { KEY_NAMES, QueueKeys } from '../core/protocol/queue-keys.js';
 import { FIELDS } from '../core/protocol/task-fields.js';
@@ -8,6 +8,9 @@ import type { Worker } from '../core/worker/worker.js';
 import type { TaskEvent, TaskEventSource, WorkerEvents } from '../core/worker/worker-options.js';
 import type { InlineTransport } from '../core/inline/inline-transport.js';
 import { escapeGlob, scanKeys } from '../core/protocol/scan.js';
+import { bounded } from '../core/protocol/bounded.js';
+
+export { bounded };
 
 /** Options of `app.drain()`. */
 export interface DrainOptions {
@@ -244,23 +247,6 @@ async function strangerQueues(client: RedisClient, prefix: string, known: readon
 /** A Redis read of drain(), bounded by its deadline (plus a second). */
 function withinDeadline<T>(read: Promise<T>, deadline: number, timeoutMs: number): Promise<T> {
   return bounded(read, Math.max(1, deadline - Date.now() + 1000), 'drain(): reading the queues', `drain() timed out after ${timeoutMs} ms: Redis did not answer (is it running?)`);
-}
-
-/**
- * `work`, or a TimeoutError after `ms` (`late`, or a message naming `what`); its own errors in
- * heimdall's terms (fromRedis). For the kit's calls to Redis that must not outlast a test's hook.
- */
-export async function bounded<T>(work: Promise<T>, ms: number, what: string, late = `${what}: Redis did not answer within ${ms} ms (is it running?)`): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new TimeoutError(late)), ms);
-  });
-  work.catch(() => undefined);
-  try {
-    return await Promise.race([work.catch((err: unknown) => Promise.reject(fromRedis(err, what))), expired]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function drainSettings(options: DrainOptions): { timeoutMs: number; mode: 'wait' | 'leave' } {

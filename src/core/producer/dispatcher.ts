@@ -15,6 +15,7 @@ import { prepareCall, type ApplyOptions, type PreparedCall } from './prepare-cal
 import { RedisTransport, type DispatchTransport } from './transport.js';
 import { eventsSettings, type EventsOptions, type QueueEvent } from '../events/queue-events.js';
 import type { EventsReadOptions } from '../events/event-stream.js';
+import { HookChain, INSTRUMENT, type InstrumentationHooks } from '../instrumentation.js';
 
 export type { ApplyOptions } from './prepare-call.js';
 
@@ -128,6 +129,8 @@ export class Dispatcher {
   private closed = false;
   private readonly maxPayloadBytes: number;
   private closing: Promise<void> | undefined;
+  /** Instrumentation attached to this dispatcher (src/core/instrumentation.ts). */
+  private readonly hooks = new HookChain();
 
   constructor(options: DispatcherOptions) {
     if (typeof options !== 'object' || options === null) throw new ConfigError('new Dispatcher() needs { connection }');
@@ -247,6 +250,11 @@ export class Dispatcher {
     return this.closing;
   }
 
+  /** Internal: attaches instrumentation hooks (heimdall-tasks/prometheus, heimdall-tasks/otel); returns their detach. */
+  [INSTRUMENT](hooks: InstrumentationHooks): () => void {
+    return this.hooks.add(hooks);
+  }
+
   private refFor(def: TaskDefinition): TaskRef<unknown[], unknown> {
     return {
       name: def.name,
@@ -277,7 +285,7 @@ export class Dispatcher {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.submit(prepared).then((outcome) => this.handle<R>(prepared, outcome));
+    return this.dispatch<R>(prepared);
   }
 
   private async enqueueMany<R>(
@@ -302,7 +310,7 @@ export class Dispatcher {
         throw err;
       }
     }
-    const settled = await Promise.allSettled(prepared.map((p) => this.submit(p).then((outcome) => this.handle<R>(p, outcome))));
+    const settled = await Promise.allSettled(prepared.map((p) => this.dispatch<R>(p)));
     const results = settled.map((s) => (s.status === 'fulfilled' ? s.value : undefined));
     const failed = settled.findIndex((s) => s.status === 'rejected');
     if (failed === -1) return results as TaskResult<R>[];
@@ -316,6 +324,16 @@ export class Dispatcher {
   private prepare(name: string, opts: NormalizedTaskOptions | undefined, args: readonly unknown[], call: ApplyOptions): PreparedCall {
     if (this.closed) throw new ConfigError('this dispatcher is closed');
     return prepareCall(name, opts, args, call, this.keys, this.maxPayloadBytes);
+  }
+
+  /** Sends one prepared task and resolves to its handle, through the send hooks when any is attached. */
+  private dispatch<R>(p: PreparedCall): Promise<TaskResult<R>> {
+    const hook = this.hooks.send;
+    if (hook === undefined) return this.submit(p).then((outcome) => this.handle<R>(p, outcome));
+    return hook({ name: p.name, queue: p.keys.queue, id: p.id }, (fields) => {
+      if (fields !== undefined && fields.length > 0) p.task = { ...p.task, fields: [...p.task.fields, ...fields] };
+      return this.submit(p).then((outcome) => this.handle<unknown>(p, outcome));
+    }) as Promise<TaskResult<R>>;
   }
 
   /** Hands a prepared task to the transport (Redis: it shares one script call with the other tasks of this tick). */

@@ -75,4 +75,11 @@ export const FIELDS = {
    * retry or a recovery.
    */
   history: 'ah',
+  /**
+   * W3C `traceparent` of the span that sent the task (heimdall-tasks/otel), optional: 55
+   * characters, so the record stays a compact listpack. Written by the producer, read by workers.
+   */
+  traceParent: 'tp',
+  /** W3C `tracestate` sent with `tp`, when the producer's span has one (optional). */
+  traceState: 'ts',
 } as const;

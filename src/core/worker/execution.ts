@@ -11,6 +11,7 @@ import { isMessageFault, parseArgs, signalOf, type Run, type RunOwner } from './
 import { withTimeLimit } from './time-limit.js';
 import { progressReport, ProgressThrottle } from './progress.js';
 import type { TaskEvent, WorkerEvents } from './worker-options.js';
+import type { RunOutcome } from '../instrumentation.js';
 
 /** What executing a run needs from its worker (or an inline dispatcher). */
 export interface ExecutionHost<R extends Run<RunOwner> = Run> {
@@ -83,9 +84,10 @@ type Outcome = { ok: true; result: unknown; json: string | undefined } | { ok: f
  * stored) into the end to store, with the events that announce it once Redis has answered, and
  * hands that end to `host.finished`. Nothing is stored for a run released meanwhile (handed
  * back, revoked with terminate, lost). The end is handed over from here rather than returned:
- * one promise less per task (measured, see BENCHMARKS.md).
+ * one promise less per task (measured, see BENCHMARKS.md). Resolves to the outcome handed over
+ * (for instrumentation hooks), or undefined when none was.
  */
-export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefinition, host: ExecutionHost<R>): Promise<void> {
+export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefinition, host: ExecutionHost<R>): Promise<RunOutcome | undefined> {
   const { runner, task } = run;
   const queue = runner.keys.queue;
   const began = performance.now();
@@ -98,7 +100,7 @@ export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefiniti
     host.emit('started', event);
     if (run.admissionError !== undefined) throw run.admissionError;
     const instance = await host.instanceFor(def);
-    if (run.released) return; // handed back or revoked with terminate while its service was resolved
+    if (run.released) return undefined; // handed back or revoked with terminate while its service was resolved
     const method = (instance as Record<string, unknown>)[def.methodName];
     if (typeof method !== 'function') throw new ConfigError(`${def.className}.${def.methodName} is not a method of the instance`);
     const context = new RunContext(run, host, queue, args);
@@ -127,7 +129,7 @@ export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefiniti
   }
   // The last progress goes out before the end (one connection keeps them in order).
   run.progress?.flush();
-  if (run.released) return;
+  if (run.released) return undefined;
   const runtimeMs = performance.now() - began;
   const done = outcome;
   const announce: Finish['stored'] = (stored) => {
@@ -157,7 +159,7 @@ export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefiniti
   if (done.ok) {
     const json = done.json;
     host.finished(run, { id: task.id, token: task.token, state: 'SUCCESS', field: json === undefined ? '' : FIELDS.result, value: json ?? '', expireMs, retryDelayMs: 0, deadReason, stored });
-    return;
+    return done;
   }
   host.finished(run, {
     id: task.id,
@@ -170,4 +172,5 @@ export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefiniti
     deadReason,
     stored,
   });
+  return done;
 }

@@ -18,6 +18,8 @@ import { abortRun, leaseLost, runKey, safeArgs, type Run } from './run.js';
 import { ServiceDirectory } from './services.js';
 import { WorkerRegistration } from './registration.js';
 import { workerSettings, type CloseOptions, type TaskEvent, type WorkerEvents, type WorkerOptions } from './worker-options.js';
+import { HookChain, INSTRUMENT, type InstrumentationHooks, type RunOutcome } from '../instrumentation.js';
+import type { TaskDefinition } from '../task/registry.js';
 
 export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './worker-options.js';
 
@@ -53,6 +55,8 @@ export class Worker {
   private registration: WorkerRegistration | undefined;
   /** The tick in flight, if any. */
   private ticking: Promise<void> | undefined;
+  /** Instrumentation attached to this worker (src/core/instrumentation.ts). */
+  private readonly hooks = new HookChain();
 
   constructor(options: WorkerOptions) {
     const { prefix, queues, concurrency, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs, events } = workerSettings(options);
@@ -122,6 +126,11 @@ export class Worker {
   off<E extends keyof WorkerEvents>(event: E, listener: (...args: WorkerEvents[E]) => void): this {
     this.events.off(event, listener as (...args: unknown[]) => void);
     return this;
+  }
+
+  /** Internal: attaches instrumentation hooks (heimdall-tasks/prometheus, heimdall-tasks/otel); returns their detach. */
+  [INSTRUMENT](hooks: InstrumentationHooks): () => void {
+    return this.hooks.add(hooks);
   }
 
   /** Number of tasks running now. */
@@ -286,12 +295,35 @@ export class Worker {
     const def = this.services.taskNamed(task.name);
     const running =
       def !== undefined && this.services.serves(def) && !needsAdmission(def, run)
-        ? execute(run, def, this.execution)
+        ? this.execute(run, def)
         : (async () => {
             if (!def || !this.services.serves(def)) return decline(run, def, this.admission);
-            if (await admit(run, def, this.admission)) await execute(run, def, this.execution);
+            if (await admit(run, def, this.admission)) await this.execute(run, def);
           })();
     running.catch((err: unknown) => this.executeFailed(run, err));
+  }
+
+  /** Executes a run; through the run hooks when any is attached (without one, no closure is made). */
+  private execute(run: Run, def: TaskDefinition): Promise<RunOutcome | undefined> {
+    const hook = this.hooks.run;
+    return hook === undefined ? execute(run, def, this.execution) : this.instrumented(run, def, hook);
+  }
+
+  /** A run inside the run hooks, given the record fields they read (one HMGET; on failure, reported and left out). */
+  private async instrumented(run: Run, def: TaskDefinition, hook: NonNullable<HookChain['run']>): Promise<RunOutcome | undefined> {
+    const { task } = run;
+    const fields = this.hooks.recordFields;
+    const record: Record<string, string | undefined> = {};
+    if (fields.length > 0) {
+      try {
+        // clients[0]: the command connection, open while runs are launched.
+        const values = await this.clients[0]!.client.hmget(run.runner.keys.task(task.id), ...fields);
+        fields.forEach((f, i) => (record[f] = values[i] ?? undefined));
+      } catch (err) {
+        this.host.reportError(fromRedis(err, `reading task ${task.id} for its instrumentation`));
+      }
+    }
+    return hook({ id: task.id, name: task.name, queue: run.runner.keys.queue, attempt: task.attempt, record }, () => execute(run, def, this.execution));
   }
 
   /**

@@ -1,0 +1,2 @@
+export { heimdallMetrics, METRIC_NAMES } from './heimdall-metrics.js';
+export type { HeimdallMetrics, HeimdallMetricsOptions } from './heimdall-metrics.js';
