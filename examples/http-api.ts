@@ -13,6 +13,9 @@
 //   GET    /reports/current        the report queued or running: 200 {id, status}; 404 if none
 //   GET    /reports/:id            200 {id, status} and its result, its error with traceback, or
 //                                  why it was revoked; 404 for an id no report has
+//   GET    /reports/:id/events     its events as Server-Sent Events (queued, started, progress,
+//                                  succeeded, ...) from when it was sent, until it ends, read
+//                                  from the queue's event stream with dispatcher.events()
 //   DELETE /reports/:id[?terminate=1]
 //                                  revokes it: 200 when it is REVOKED, 202 when it is running
 //                                  and its signal was fired (it ends REVOKED when it stops; poll
@@ -74,6 +77,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
   };
   const method = req.method ?? 'GET';
   const byId = /^\/reports\/([^/]+)$/.exec(url.pathname);
+  const eventsOf = /^\/reports\/([^/]+)\/events$/.exec(url.pathname);
 
   if (method === 'POST' && url.pathname === '/reports') {
     const body = (await readJson(req)) as { pages?: unknown };
@@ -94,6 +98,11 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     if (!task) return reply(404, { id: byId[1], error: 'no such report' });
     return reply(200, await describeReport(task));
   }
+  if (method === 'GET' && eventsOf) {
+    const task = await reportById(eventsOf[1]!);
+    if (!task) return reply(404, { id: eventsOf[1], error: 'no such report' });
+    return streamEvents(task, req, res);
+  }
   if (method === 'DELETE' && byId) {
     const task = await reportById(byId[1]!);
     if (!task) return reply(404, { id: byId[1], error: 'no such report' });
@@ -103,7 +112,24 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     if (status === 'SUCCESS' || status === 'FAILURE') return reply(409, { id: task.id, status, error: 'it has already ended' });
     return reply(status === 'STARTED' ? 202 : 200, { id: task.id, status });
   }
-  reply(404, { error: 'try POST /reports, GET /reports/current, GET or DELETE /reports/:id' });
+  reply(404, { error: 'try POST /reports, GET /reports/current, GET or DELETE /reports/:id, GET /reports/:id/events' });
+}
+
+/**
+ * A report's events as Server-Sent Events, from when it was sent until it ends (or the client
+ * goes away, which aborts the read and closes its Redis connection).
+ */
+async function streamEvents(task: TaskResult, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const info = await task.info();
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  const gone = new AbortController();
+  req.on('close', () => gone.abort());
+  for await (const event of dispatcher.events({ queues: ['default'], since: info.createdAt, signal: gone.signal })) {
+    if (event.id !== task.id) continue;
+    res.write(`event: ${event.type}\nid: ${event.cursor}\ndata: ${JSON.stringify(event)}\n\n`);
+    if (event.type === 'succeeded' || event.type === 'failed' || event.type === 'revoked') break;
+  }
+  res.end();
 }
 
 async function main(): Promise<void> {

@@ -296,6 +296,20 @@ describe('examples', () => {
       expect(await request('DELETE', `/reports/${first}`)).toEqual({ code: 200, body: { id: first, status: 'REVOKED' } });
       expect(await request('GET', '/reports/no-such-id')).toEqual({ code: 404, body: { id: 'no-such-id', error: 'no such report' } });
 
+      // Its events as Server-Sent Events, from when it was sent to its end, progress included.
+      const short = await request('POST', '/reports', { pages: 3000 });
+      expect(short.code).toBe(202);
+      const sse = await fetch(`${base!}/reports/${String(short.body.id)}/events`);
+      expect(sse.headers.get('content-type')).toBe('text/event-stream');
+      const frames = (await sse.text()).split('\n\n').filter((f) => f !== '');
+      const types = frames.map((f) => /^event: (\S+)$/m.exec(f)?.[1]);
+      expect(types[0]).toBe('queued');
+      expect(types[1]).toBe('started');
+      expect(types.at(-1)).toBe('succeeded');
+      expect(types.filter((t) => t === 'progress').length).toBeGreaterThanOrEqual(1);
+      const last = JSON.parse(/^data: (.*)$/m.exec(frames.at(-1)!)![1]!) as { id: string; name: string };
+      expect(last).toMatchObject({ id: short.body.id, name: 'ReportBuilder.build' });
+
       // A second report runs when SIGTERM arrives: after the 1 s close timeout its signal fires
       // and it goes back to the queue, PENDING with the same id, still holding the lock.
       const second = await startedReport();

@@ -37,7 +37,11 @@ export class ReportBuilder {
   async build(pages: number): Promise<{ pages: number; file: string }> {
     if (!Number.isInteger(pages) || pages < 0) throw new RangeError(`pages must be a whole number >= 0, got ${pages}`);
     const { signal } = currentTask();
-    for (let done = 0; done < pages; done += BATCH) await pause(STEP_MS, signal); // pretend to render a batch
+    for (let done = 0; done < pages; done += BATCH) {
+      await pause(STEP_MS, signal); // pretend to render a batch
+      // Throttled by the library (a few writes a second), so calling it every step is fine.
+      currentTask().progress(Math.min(1, (done + BATCH) / pages), `${Math.min(pages, done + BATCH)} of ${pages} pages`);
+    }
     return { pages, file: `/reports/report-${pages}.pdf` };
   }
 }
