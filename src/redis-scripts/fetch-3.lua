@@ -80,7 +80,8 @@ for i = 0, count - 1 do
   table.insert(outcomes, detail)
 end
 
-if count > 0 then countEnds(base, outcomes, now) end
+-- Counting is best effort: a refused command (a full Redis, an ACL) must not fail the call.
+if count > 0 then pcall(countEnds, base, outcomes, now) end
 
 local want = tonumber(ARGV[4])
 local reply
