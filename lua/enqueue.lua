@@ -16,7 +16,7 @@
           number of items F, then F items: field, value pairs stored in the task hash (n, a, tl,
           ex, mr, lk, lt, lw, rk, rn, rp; the script adds s, c and v); long arguments (a) are
           stored in pieces, see includes/args.lua
-  then, optionally, the cap of the queue's event stream in entries (0: no events; absent: 10000;
+  then, optionally, the cap of the queue's event stream in events (0: no events; absent: 100000;
   see includes/events.lua). Last, so producers written before events keep working.
 
   Returns a flat list of three items per task:
@@ -141,8 +141,10 @@ local function replyChannelOf(base, tail) return base .. 'reply:' .. tail end
 -- starts 50 adds one entry, not 100. An entry is a list of field, value pairs: a pair whose
 -- field is an event type ('queued', 'started', ...) opens an event and names its task id; the
 -- pairs after it, up to the next type, are its details (n name, w worker, a attempt, ...; see
--- src/core/inspect/events.ts, which reads them). The stream is capped by length (MAXLEN ~, the
--- caller's cap) when written, and by age by the workers' heartbeat (XTRIM MINID ~).
+-- src/core/events/queue-events.ts, which reads them). The stream is capped when written (MAXLEN ~)
+-- and by age by the workers' heartbeat (XTRIM MINID ~). The cap counts events, not entries:
+-- each XADD keeps cap / (events in its entry) entries, so a stream of big entries (a busy
+-- worker's fetches) keeps about as many events as one of single-event entries.
 -- A cap of 0 turns events off. Writing them is best effort: a refused XADD (a full Redis) is
 -- ignored, never failing the transitions the call made.
 local eventPairs = {}
@@ -198,7 +200,12 @@ local function flushEvents(base)
     -- Extend to the end of the event the slice cut (the next type opens at an odd index whose
     -- field is not a detail: details are one or two letters, types are longer).
     while to < total and #eventPairs[to + 1] <= 2 do to = to + 2 end
-    redis.pcall('XADD', key, 'MAXLEN', '~', eventCap, '*', unpack(eventPairs, from, to))
+    local events = 0
+    for i = from, to, 2 do
+      if #eventPairs[i] > 2 then events = events + 1 end
+    end
+    local entries = math.max(1, math.floor(eventCap / math.max(1, events)))
+    redis.pcall('XADD', key, 'MAXLEN', '~', entries, '*', unpack(eventPairs, from, to))
     from = to + 1
   end
   eventPairs = {}
@@ -252,7 +259,7 @@ end
 local base = ARGV[1]
 local now = nowMs()
 -- The cap comes after the tasks; until it is read, events are noted under the default.
-useEvents(10000)
+useEvents(100000)
 local replies = {}
 local woken = false
 local o = 3

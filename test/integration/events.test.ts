@@ -198,6 +198,17 @@ describe('dispatcher.events()', () => {
     expect(length).toBeLessThanOrEqual(10 + 100);
     expect(length).toBeGreaterThanOrEqual(10);
 
+    // The cap counts events: entries of 20 events each (delayMany batches) keep about 100 events.
+    const big = new Dispatcher({ connection: h.url, prefix: `${h.prefix}-big`, events: { maxLength: 100 } });
+    open.push(big);
+    for (let i = 0; i < 30; i++) await big.tasks(Evented).add.delayMany(Array.from({ length: 20 }, (_, j) => [i, j] as [number, number]));
+    const entries = await h.admin.xrange(`${h.prefix}-big:{ev}:events`, '-', '+');
+    const events = entries.reduce((n, [, pairs]) => n + pairs.filter((f, k) => k % 2 === 0 && f === 'queued').length, 0);
+    expect(events).toBeGreaterThanOrEqual(100);
+    // Redis trims whole nodes (4 KB by default: a few such entries each).
+    expect(events).toBeLessThanOrEqual(100 + 5 * 20);
+    for (const k of await scanKeys(h.admin, `${h.prefix}-big:*`)) await h.admin.del(k);
+
     // By age: a worker with maxAge 200 ms (lease 300 ms: a heartbeat every 100 ms) trims old nodes.
     const worker = h.worker({ services: [new Evented()], queues: ['ev'], leaseDuration: '300ms', events: { maxAge: '200ms' } });
     open.push(worker);

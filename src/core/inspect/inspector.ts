@@ -139,8 +139,8 @@ export interface ListOptions {
 /** Options of `new Inspector()`: the connection and prefix, as a Dispatcher's. */
 export interface InspectorOptions extends ConnectionOptions {
   /**
-   * The events it writes (a lock released, a dead letter retried), capped at `maxLength` entries
-   * per queue as a Dispatcher's are. `false` writes none. Default: `{ maxLength: 10_000 }`.
+   * The events it writes (a lock released, a dead letter retried), capped at about `maxLength` events
+   * per queue as a Dispatcher's are. `false` writes none. Default: `{ maxLength: 100_000 }`.
    */
   events?: EventsOptions | false;
 }

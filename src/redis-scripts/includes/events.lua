@@ -5,8 +5,10 @@
 -- starts 50 adds one entry, not 100. An entry is a list of field, value pairs: a pair whose
 -- field is an event type ('queued', 'started', ...) opens an event and names its task id; the
 -- pairs after it, up to the next type, are its details (n name, w worker, a attempt, ...; see
--- src/core/inspect/events.ts, which reads them). The stream is capped by length (MAXLEN ~, the
--- caller's cap) when written, and by age by the workers' heartbeat (XTRIM MINID ~).
+-- src/core/events/queue-events.ts, which reads them). The stream is capped when written (MAXLEN ~)
+-- and by age by the workers' heartbeat (XTRIM MINID ~). The cap counts events, not entries:
+-- each XADD keeps cap / (events in its entry) entries, so a stream of big entries (a busy
+-- worker's fetches) keeps about as many events as one of single-event entries.
 -- A cap of 0 turns events off. Writing them is best effort: a refused XADD (a full Redis) is
 -- ignored, never failing the transitions the call made.
 local eventPairs = {}
@@ -62,7 +64,12 @@ local function flushEvents(base)
     -- Extend to the end of the event the slice cut (the next type opens at an odd index whose
     -- field is not a detail: details are one or two letters, types are longer).
     while to < total and #eventPairs[to + 1] <= 2 do to = to + 2 end
-    redis.pcall('XADD', key, 'MAXLEN', '~', eventCap, '*', unpack(eventPairs, from, to))
+    local events = 0
+    for i = from, to, 2 do
+      if #eventPairs[i] > 2 then events = events + 1 end
+    end
+    local entries = math.max(1, math.floor(eventCap / math.max(1, events)))
+    redis.pcall('XADD', key, 'MAXLEN', '~', entries, '*', unpack(eventPairs, from, to))
     from = to + 1
   end
   eventPairs = {}
