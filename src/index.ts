@@ -8,7 +8,7 @@ export type { LockRelease } from './core/protocol/scripts.js';
 export { Worker } from './core/worker/worker.js';
 export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './core/worker/worker-options.js';
 export { onShutdownSignal } from './core/worker/shutdown-signals.js';
-export type { ShutdownSignalHandle } from './core/worker/shutdown-signals.js';
+export type { ShutdownSignalHandle, ShutdownSignalOptions } from './core/worker/shutdown-signals.js';
 export { TaskResult } from './core/producer/task-result.js';
 export type { GetOptions, RevokeOptions } from './core/producer/task-result.js';
 export type { RemoteError, RevokeReason, TaskInfo, TaskState } from './core/protocol/task-record.js';

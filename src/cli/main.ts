@@ -12,11 +12,10 @@ import { Inspector } from '../core/inspect/inspector.js';
 import { HeimdallError } from '../core/errors.js';
 import { DEFAULT_PREFIX } from '../core/protocol/queue-keys.js';
 import { VERSION } from '../core/version.js';
+import { EXIT, ms, UsageError, type Io } from './shared.js';
+import { workerCommand } from './worker-command.js';
 
-/** Exit codes scripts can rely on. */
-export const EXIT = { ok: 0, failure: 1, usage: 2, taskDidNotSucceed: 3, stillRunning: 4 } as const;
-
-class UsageError extends Error {}
+export { EXIT };
 
 const COMMON = `Options of every command:
   --url <url>        Redis URL (default: $REDIS_URL, else redis://localhost:6379)
@@ -30,6 +29,7 @@ const HELP: Record<string, string> = {
 Usage: heimdall <command> [options]
 
 Commands:
+  worker --app <module>                        run a worker with the configuration a module exports
   inspect [queues|workers|locks|limits|dead]   what is in Redis (default: queues)
   ping                                         which workers answer
   status <id>                                  a task's state, result or error
@@ -38,6 +38,25 @@ Commands:
   dead retry|drop <queue> [--id <id>...] --yes run dead-lettered tasks again, or drop the letters
 
 Run 'heimdall <command> --help' for a command's options.
+
+${COMMON}`,
+  worker: `Usage: heimdall worker --app <module> [--queues <a,b>] [--concurrency <n>] [--log-level <level>]
+                       [--shutdown-timeout <s>]
+
+  Runs a Worker until SIGTERM or SIGINT. The module (a path from the current directory: .js,
+  .mjs, .cjs, or .ts when heimdall runs through tsx) exports the options of new Worker():
+    export default { services: [new Reports(db)], queues: ['reports'], concurrency: 5 };
+  or a function (may be async) returning them, or a named export 'worker'. connection and
+  prefix may be left out. The flags below, --url/REDIS_URL and --prefix/HEIMDALL_PREFIX win
+  over the module's values.
+
+  --app <module>          the module (required)
+  --queues <a,b>          queues to consume, separated by commas
+  --concurrency <n>       tasks run at once
+  --log-level <level>     debug, info (default: a line per task), warn, error or silent
+  --shutdown-timeout <s>  on the first signal, how long running tasks get to end before they
+                          go back to their queue (default 25); a second signal (1 s or more
+                          later) hands them back at once. Exit 0 once the worker has closed.
 
 ${COMMON}`,
   inspect: `Usage: heimdall inspect [queues|workers|locks|limits|dead] [--queue <name>...] [--limit <n>]
@@ -94,12 +113,6 @@ ${COMMON}`,
 ${COMMON}`,
 };
 
-interface Io {
-  out: (text: string) => void;
-  err: (text: string) => void;
-  env: NodeJS.ProcessEnv;
-}
-
 /** Runs one command line (argv without node and the script); resolves with the exit code. */
 export async function run(argv: readonly string[], io: Io): Promise<number> {
   const [command, ...rest] = argv;
@@ -131,6 +144,7 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
     io.out(help);
     return EXIT.ok;
   }
+  if (command === 'worker') return runWorker(parsed, io, help);
   const url = parsed.values.url ?? io.env.REDIS_URL ?? 'redis://localhost:6379';
   const prefix = parsed.values.prefix ?? io.env.HEIMDALL_PREFIX ?? DEFAULT_PREFIX;
   const print = (text: string, json: unknown): void => io.out(parsed.values.json ? JSON.stringify(json, null, 2) : text);
@@ -170,6 +184,36 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
   return EXIT.usage;
 }
 
+/** `heimdall worker`: no client of its own; the Worker opens its connections. */
+async function runWorker(parsed: Parsed, io: Io, help: string): Promise<number> {
+  const v = parsed.values;
+  // --url and REDIS_URL win over the module's connection, as --prefix and HEIMDALL_PREFIX over its prefix.
+  const url = v.url ?? io.env.REDIS_URL;
+  try {
+    if (url !== undefined) checkUrl(url, v.url === undefined ? 'REDIS_URL' : '--url');
+    return await workerCommand(
+      {
+        app: v.app,
+        url,
+        prefix: v.prefix ?? io.env.HEIMDALL_PREFIX,
+        queues: v.queues,
+        concurrency: v.concurrency,
+        logLevel: v['log-level'],
+        shutdownTimeout: v['shutdown-timeout'],
+      },
+      parsed.positionals,
+      io,
+    );
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`heimdall worker: ${err.message}\n\n${help}`);
+      return EXIT.usage;
+    }
+    io.err(`heimdall worker: ${err instanceof Error ? err.message : String(err)}`);
+    return EXIT.failure;
+  }
+}
+
 function parse(args: readonly string[]) {
   return parseArgs({
     args: [...args],
@@ -187,6 +231,11 @@ function parse(args: readonly string[]) {
       terminate: { type: 'boolean' },
       yes: { type: 'boolean' },
       id: { type: 'string', multiple: true },
+      app: { type: 'string' },
+      queues: { type: 'string' },
+      concurrency: { type: 'string' },
+      'log-level': { type: 'string' },
+      'shutdown-timeout': { type: 'string' },
     },
   });
 }
@@ -229,11 +278,6 @@ function table(rows: readonly (readonly string[])[]): string {
   if (rows.length === 0) return '';
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
-}
-
-function ms(value: number | null | undefined): string {
-  if (value === null || value === undefined) return '-';
-  return value < 1000 ? `${value} ms` : value < 120_000 ? `${(value / 1000).toFixed(1)} s` : `${Math.round(value / 60_000)} min`;
 }
 
 async function inspect(parsed: Parsed, target: Target, print: Print): Promise<number> {
