@@ -3,7 +3,7 @@ export { Dispatcher } from './core/producer/dispatcher.js';
 export type { ApplyOptions, ConnectionOptions, DispatcherOptions, PingOptions, TaskProxy, TaskRef, WorkersOptions } from './core/producer/dispatcher.js';
 export type { PingReply, RunningTask, WorkerInfo } from './core/protocol/worker-info.js';
 export { Inspector } from './core/inspect/inspector.js';
-export type { DeadLetter, DeadLetterResult, InspectorOptions, ListOptions, LockInfo, QueueStats, RateWindowInfo } from './core/inspect/inspector.js';
+export type { DeadLetter, DeadLetterResult, InspectorOptions, ListOptions, LockInfo, PurgeOptions, QueueStats, RateWindowInfo } from './core/inspect/inspector.js';
 export type { LockRelease } from './core/protocol/scripts.js';
 export { Worker } from './core/worker/worker.js';
 export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './core/worker/worker-options.js';

@@ -36,6 +36,7 @@ Commands:
   revoke <id> [--terminate]                    revoke a task from here
   locks release <key> --yes                    release a unique lock on purpose
   dead retry|drop <queue> [--id <id>...] --yes run dead-lettered tasks again, or drop the letters
+  purge <queue> [--delayed] --yes              revoke the tasks waiting in a queue
 
 Run 'heimdall <command> --help' for a command's options.
 
@@ -101,6 +102,14 @@ ${COMMON}`,
   retry  runs dead-lettered tasks that ended FAILURE again, at the head of their queue
   drop   removes the letters (the tasks' records stay)
   --id <id>        only the letters of these task ids (repeatable; default: all, newest 1,000)
+  --yes            required
+
+${COMMON}`,
+  purge: `Usage: heimdall purge <queue> [--delayed] --yes
+
+  Empties the queue of its waiting tasks, as 'celery purge' does: each ends REVOKED with reason
+  'purged' (its unique lock released; its record kept a day). Running tasks are left alone.
+  --delayed        the tasks due later go too (countdown, eta, retries, rate-limit waits)
   --yes            required
 
 ${COMMON}`,
@@ -170,6 +179,8 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
         return await locks(parsed, target, print, io);
       case 'dead':
         return await dead(parsed, target, print);
+      case 'purge':
+        return await purgeQueue(parsed, target, print);
     }
   } catch (err) {
     if (err instanceof UsageError) {
@@ -236,6 +247,7 @@ function parse(args: readonly string[]) {
       concurrency: { type: 'string' },
       'log-level': { type: 'string' },
       'shutdown-timeout': { type: 'string' },
+      delayed: { type: 'boolean' },
     },
   });
 }
@@ -475,6 +487,21 @@ async function dead(parsed: Parsed, target: Target, print: Print): Promise<numbe
       [`${action === 'retry' ? 'retried' : 'dropped'} ${r.done}`, ...r.skipped.map((k) => `skipped ${k.id}: ${k.reason === 'gone' ? 'gone' : `not FAILURE (${k.state ?? 'no record'})`}`)].join('\n'),
       r,
     );
+    return EXIT.ok;
+  } finally {
+    await inspector.close();
+  }
+}
+
+async function purgeQueue(parsed: Parsed, target: Target, print: Print): Promise<number> {
+  const [queue, ...more] = parsed.positionals;
+  if (queue === undefined || more.length > 0) throw new UsageError('purge takes one queue name');
+  confirmed(parsed, 'purge');
+  const delayed = parsed.values.delayed === true;
+  const inspector = new Inspector(target);
+  try {
+    const purged = await inspector.purge(queue, { delayed });
+    print(`purged ${purged} task(s) of queue '${queue}' (${delayed ? 'waiting and delayed' : 'waiting; delayed ones left'})`, { queue, purged, delayed });
     return EXIT.ok;
   } finally {
     await inspector.close();
