@@ -14,6 +14,9 @@ import { DEFAULT_PREFIX } from '../core/protocol/queue-keys.js';
 import { VERSION } from '../core/version.js';
 import { EXIT, ms, UsageError, type Io } from './shared.js';
 import { workerCommand } from './worker-command.js';
+import { ProgressBar } from './progress-bar.js';
+import { watchScreen } from './watch-screen.js';
+import type { TaskResult } from '../core/producer/task-result.js';
 
 export { EXIT };
 
@@ -30,7 +33,7 @@ Usage: heimdall <command> [options]
 
 Commands:
   worker --app <module>                        run a worker with the configuration a module exports
-  inspect [queues|workers|locks|limits|dead]   what is in Redis (default: queues)
+  inspect [queues|workers|locks|limits|dead]   what is in Redis (default: queues); --watch to follow it
   ping                                         which workers answer
   status <id>                                  a task's state, result or error
   revoke <id> [--terminate]                    revoke a task from here
@@ -61,6 +64,7 @@ ${COMMON}`,
 
 ${COMMON}`,
   inspect: `Usage: heimdall inspect [queues|workers|locks|limits|dead] [--queue <name>...] [--limit <n>]
+                        [--watch [--interval <s>]]
 
   queues   counts per queue: waiting, delayed, running, dead, workers, oldest wait
   workers  the live workers: host, pid, queues, running tasks, counts
@@ -70,6 +74,9 @@ ${COMMON}`,
 
   --queue <name>   a queue to look at (repeatable; default: every queue found, or 'default')
   --limit <n>      entries per queue for locks, limits and dead (default 100)
+  --watch          refresh until q or Ctrl-C: a live screen on a terminal; elsewhere a
+                   timestamped block per refresh (with --json, a JSON line), until SIGINT/SIGTERM
+  --interval <s>   seconds between refreshes with --watch (default 2, at least 0.1)
 
 ${COMMON}`,
   ping: `Usage: heimdall ping [--queue <name>...] [--timeout <ms>]
@@ -83,7 +90,9 @@ ${COMMON}`,
 
   Prints the task's state, attempts, times, result or error.
   --queue <name>   its queue, for a custom id on a queue other than 'default'
-  --wait           wait for it to end; exit 3 if it ends FAILURE or REVOKED
+  --wait           wait for it to end; exit 3 if it ends FAILURE or REVOKED. While it waits,
+                   the task's progress is drawn on stderr: a bar on a terminal, else a line
+                   per change
   --timeout <s>    with --wait, the longest wait in seconds (default: none); exit 4 when
                    the task has not ended by then
   An id with no task (a typo, forgotten, expired) exits 1.
@@ -168,7 +177,7 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
     const target: Target = { connection: client, prefix };
     switch (command) {
       case 'inspect':
-        return await inspect(parsed, target, print);
+        return await inspect(parsed, target, print, io);
       case 'ping':
         return await ping(parsed, target, print, io);
       case 'status':
@@ -248,6 +257,8 @@ function parse(args: readonly string[]) {
       'log-level': { type: 'string' },
       'shutdown-timeout': { type: 'string' },
       delayed: { type: 'boolean' },
+      watch: { type: 'boolean' },
+      interval: { type: 'string' },
     },
   });
 }
@@ -292,7 +303,7 @@ function table(rows: readonly (readonly string[])[]): string {
   return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
 }
 
-async function inspect(parsed: Parsed, target: Target, print: Print): Promise<number> {
+async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
   const what = parsed.positionals[0] ?? 'queues';
   if (parsed.positionals.length > 1 || !['queues', 'workers', 'locks', 'limits', 'dead'].includes(what)) {
     throw new UsageError(`inspect takes one of queues, workers, locks, limits, dead; got ${parsed.positionals.join(' ')}`);
@@ -300,20 +311,21 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
   const limit = positiveInt(parsed.values.limit, 'limit', 100);
   const inspector = new Inspector(target);
   const dispatcher = what === 'workers' ? new Dispatcher(target) : undefined;
-  try {
+  // One reading: the text and the JSON of what is asked for.
+  const snapshot = async (): Promise<[string, unknown]> => {
     const queues = await queuesOf(parsed, inspector);
     if (what === 'queues') {
       const stats = await inspector.queues(queues);
-      print(
+      return [
         table([
           ['QUEUE', 'WAITING', 'DELAYED', 'RUNNING', 'DEAD', 'WORKERS', 'OLDEST WAIT'],
           ...stats.map((q) => [q.queue, String(q.waiting), String(q.delayed), String(q.running), String(q.dead), String(q.workers), ms(q.oldestWaitingMs)]),
         ]),
         stats,
-      );
+      ];
     } else if (what === 'workers') {
       const workers = await dispatcher!.workers({ queues });
-      print(
+      return [
         workers.length === 0
           ? 'no live workers'
           : table([
@@ -321,10 +333,10 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
               ...workers.map((w) => [w.id, w.host, String(w.pid), w.queues.join(','), `${w.running.length}/${w.concurrency}`, String(w.succeeded), String(w.failed), w.version]),
             ]),
         workers,
-      );
+      ];
     } else if (what === 'locks') {
       const locks = (await Promise.all(queues.map((q) => inspector.locks(q, { limit })))).flat();
-      print(
+      return [
         locks.length === 0
           ? 'no unique locks held'
           : table([
@@ -332,10 +344,10 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
               ...locks.map((l) => [l.queue, l.task, l.lockKey, l.holder, l.holderState ?? '(no record)', ms(l.ttlMs)]),
             ]),
         locks,
-      );
+      ];
     } else if (what === 'limits') {
       const windows = (await Promise.all(queues.map((q) => inspector.rateWindows(q, { limit })))).flat();
-      print(
+      return [
         windows.length === 0
           ? 'no rate windows in use'
           : table([
@@ -349,16 +361,25 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
               ]),
             ]),
         windows,
-      );
+      ];
     } else {
       const letters = (await Promise.all(queues.map((q) => inspector.deadLetters(q, { limit })))).flat();
-      print(
+      return [
         letters.length === 0
           ? 'no dead letters'
           : table([['QUEUE', 'AT', 'TASK', 'REASON'], ...letters.map((d) => [d.queue, d.at.toISOString(), d.id, d.reason])]),
         letters.map(({ raw: _raw, ...rest }) => rest),
-      );
+      ];
     }
+  };
+  try {
+    if (parsed.values.watch) {
+      const interval = parsed.values.interval === undefined ? 2 : Number(parsed.values.interval);
+      if (!(interval >= 0.1 && Number.isFinite(interval))) throw new UsageError(`--interval must be a number of seconds >= 0.1, got ${JSON.stringify(parsed.values.interval)}`);
+      return await watchScreen(`heimdall inspect ${what}`, snapshot, { intervalMs: interval * 1000, json: parsed.values.json === true, io });
+    }
+    const [text, json] = await snapshot();
+    print(text, json);
     return EXIT.ok;
   } finally {
     await inspector.close();
@@ -409,9 +430,11 @@ async function status(parsed: Parsed, target: Target, print: Print, io: Io): Pro
     if (!handle) return EXIT.failure;
     let timedOut = false;
     if (parsed.values.wait) {
+      const watching = watchProgress(handle, io);
       await handle.get(timeout === undefined ? {} : { timeout }).catch((err: unknown) => {
         if (err instanceof Error && err.name === 'TimeoutError') timedOut = true;
       });
+      await watching.stop();
     }
     const info = await handle.info();
     const lines = [
@@ -435,6 +458,38 @@ async function status(parsed: Parsed, target: Target, print: Print, io: Io): Pro
   } finally {
     await dispatcher.close();
   }
+}
+
+/** How often `status --wait` reads the task's progress, in ms (a task stores it at most every 250 ms). */
+const PROGRESS_POLL_MS = 200;
+
+/** Draws the task's progress on stderr until stop() (which draws the last one first). */
+function watchProgress(handle: TaskResult<unknown>, io: Io): { stop(): Promise<void> } {
+  const bar = new ProgressBar((text) => io.stderr.write(text), io.stderr.isTTY === true, io.stderr.columns || 80);
+  let stopped = false;
+  let wake: (() => void) | undefined;
+  const draw = async (): Promise<void> => {
+    const p = (await handle.info()).progress;
+    if (p) bar.update(p);
+  };
+  const loop = (async () => {
+    while (!stopped) {
+      await draw().catch(() => undefined); // a failed read: the next one may work; get() reports what matters
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, PROGRESS_POLL_MS).unref();
+      });
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      wake?.();
+      await loop;
+      await draw().catch(() => undefined);
+      bar.end();
+    },
+  };
 }
 
 async function revoke(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
@@ -518,7 +573,7 @@ function invokedPath(): string {
   }
 }
 if (/(?:^|[\\/])cli[\\/]main\.(?:ts|js)$/.test(invokedPath())) {
-  run(process.argv.slice(2), { out: (t) => console.log(t), err: (t) => console.error(t), env: process.env }).then(
+  run(process.argv.slice(2), { out: (t) => console.log(t), err: (t) => console.error(t), env: process.env, stdin: process.stdin, stdout: process.stdout, stderr: process.stderr }).then(
     (code) => {
       process.exitCode = code;
     },

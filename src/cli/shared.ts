@@ -9,9 +9,15 @@ export class UsageError extends Error {}
 
 /** Where a command writes, and the environment it reads (a test passes its own). */
 export interface Io {
+  /** A line on stdout (newline added). */
   out: (text: string) => void;
+  /** A line on stderr (newline added). */
   err: (text: string) => void;
   env: NodeJS.ProcessEnv;
+  /** The streams themselves, for what draws in place (the progress bar, inspect --watch). */
+  stdin: NodeJS.ReadStream;
+  stdout: NodeJS.WriteStream;
+  stderr: NodeJS.WriteStream;
 }
 
 /** A duration in ms for people: '850 ms', '1.2 ms', '12.5 s', '3 min'; '-' for none. */

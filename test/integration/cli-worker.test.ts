@@ -4,7 +4,7 @@
 // signal that hands the running task back to its queue at once.
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { exitOf, ROOT, useHarness, waitFor, type Harness } from '../helpers.js';
+import { exitOf, ROOT, settleWithin, useHarness, waitFor, type Harness } from '../helpers.js';
 
 interface Cli {
   child: ReturnType<Harness['spawnTs']>;
@@ -77,7 +77,8 @@ describe('heimdall worker', () => {
 
   it('runs a plain .mjs app (named export worker); a second signal hands the running task back at once; --log-level warn', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const cli = heimdall(h, 'worker', '--app', 'test/fixtures/cli/worker-app.mjs', '--log-level', 'warn');
+    // A shutdown timeout of 10 minutes: only the second signal can hand the task back in time.
+    const cli = heimdall(h, 'worker', '--app', 'test/fixtures/cli/worker-app.mjs', '--log-level', 'warn', '--shutdown-timeout', '600');
     const d = h.dispatcher();
     await waitFor(async () => (await d.workers({ queues: ['cli-mjs'] })).length === 1, { timeout: 20_000, what: 'the worker to register' });
     const echo = await d.send('MjsJobs.echo', ['hi'], { queue: 'cli-mjs' });
@@ -95,7 +96,7 @@ describe('heimdall worker', () => {
       },
       { timeout: 20_000, interval: 200, what: 'the hand-back line' },
     );
-    const exit = await cli.exit;
+    const exit = (await settleWithin(cli.exit, 10_000, 'the worker to exit after handing the task back')).value!;
     expect(exit.code, exit.stderr).toBe(0);
     // Back at the head of its queue, same id, not counted as a recovery; nothing below warn was printed.
     expect(await held.status()).toBe('PENDING');
