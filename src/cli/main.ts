@@ -171,8 +171,11 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
     checkUrl(url, parsed.values.url === undefined ? 'REDIS_URL' : '--url');
     // ioredis reads the URL (IPv6 hosts, passwords, TLS, the database). It fails fast when Redis
     // cannot be reached, and a command unanswered for 10 s (a server that accepts the connection
-    // but never replies) fails too, rather than wait for ever.
-    client = new Redis(url, { maxRetriesPerRequest: 1, retryStrategy: (times: number) => (times > 2 ? null : 200), connectTimeout: 5000, commandTimeout: 10_000 });
+    // but never replies) fails too, rather than wait for ever. A --watch keeps reconnecting (every
+    // 2 s at most), so it outlives a Redis restart: meanwhile its readings fail and say so.
+    const watching = command === 'inspect' && parsed.values.watch === true;
+    const retryStrategy = (times: number): number | null => (watching ? Math.min(times * 200, 2000) : times > 2 ? null : 200);
+    client = new Redis(url, { maxRetriesPerRequest: 1, retryStrategy, connectTimeout: 5000, commandTimeout: 10_000 });
     client.on('error', () => undefined);
     const target: Target = { connection: client, prefix };
     switch (command) {

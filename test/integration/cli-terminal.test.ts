@@ -4,13 +4,12 @@
 // - `inspect --watch`: a live screen (alternate buffer, cursor hidden) that `q` or Ctrl-C quits
 //   with exit 0 and the terminal restored; timestamped blocks (or JSON lines) when stdout is a pipe.
 // Every wait is on output or state with a deadline.
-import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { currentTask, Task } from 'heimdall-tasks';
-import { exitOf, gate, ROOT, useHarness, waitFor, type Gate, type Harness } from '../helpers.js';
+import { gate, ROOT, useHarness, waitFor, type Gate, type Harness } from '../helpers.js';
+import { CLI_MAIN, spawnHeimdall } from '../fixtures/cli/heimdall.js';
 import { ptyUnavailable, spawnInPty, type PtyProcess } from '../fixtures/cli/pty.js';
 
-const MAIN = join(ROOT, 'src/cli/main.ts');
 const ALT_SCREEN_ON = '\x1b[?1049h';
 const ALT_SCREEN_OFF = '\x1b[?1049l';
 const CURSOR_HIDE = '\x1b[?25l';
@@ -43,23 +42,24 @@ afterEach(() => {
 
 /** `heimdall ...args` in a pseudo-terminal, with the harness's Redis and prefix. */
 function heimdallInPty(h: Harness, ...args: string[]): PtyProcess {
-  const proc = spawnInPty([process.execPath, '--import', 'tsx', MAIN, ...args], { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix }, { cwd: ROOT });
+  const proc = spawnInPty([process.execPath, '--import', 'tsx', CLI_MAIN, ...args], { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix }, { cwd: ROOT });
   inPty.push(proc);
   return proc;
-}
-
-/** `heimdall ...args` with pipes: its output so far, and its exit. */
-function heimdallPiped(h: Harness, ...args: string[]) {
-  const child = h.spawnTs(MAIN, {}, args);
-  const seen = { stdout: '', stderr: '' };
-  child.stdout?.on('data', (d: Buffer) => (seen.stdout += d.toString()));
-  child.stderr?.on('data', (d: Buffer) => (seen.stderr += d.toString()));
-  return { child, seen, exit: exitOf(child) };
 }
 
 /** Waits until `read()` matches `pattern`. */
 function until(read: () => string, pattern: RegExp | string, what: string): Promise<unknown> {
   return waitFor(() => (typeof pattern === 'string' ? read().includes(pattern) : pattern.test(read())), { timeout: 20_000, what });
+}
+
+/** Starts a worker and a Steps.steps task, and waits until the task has reported 25%. */
+async function stepsAtQuarter(h: Harness) {
+  first = gate();
+  second = gate();
+  await h.worker({ services: [new Steps()], queues: ['cli-term'] }).start();
+  const task = await h.dispatcher().tasks(Steps).steps.delay();
+  await waitFor(async () => (await task.info()).progress?.value === 0.25, { what: 'the first progress report' });
+  return task;
 }
 
 const unavailable = ptyUnavailable();
@@ -73,12 +73,7 @@ describe('heimdall on a terminal', () => {
 
   it('status --wait draws the progress as a bar redrawn in place on a terminal, then the final status', { timeout: 60_000 }, async () => {
     const h = fresh();
-    first = gate();
-    second = gate();
-    const worker = h.worker({ services: [new Steps()], queues: ['cli-term'] });
-    await worker.start();
-    const task = await h.dispatcher().tasks(Steps).steps.delay();
-    await waitFor(async () => (await task.info()).progress?.value === 0.25, { what: 'the first progress report' });
+    const task = await stepsAtQuarter(h);
 
     const tty = heimdallInPty(h, 'status', task.id, '--wait');
     await until(tty.output, '\r[#####...............]  25%  reading\x1b[K', 'the bar at 25%');
@@ -96,14 +91,9 @@ describe('heimdall on a terminal', () => {
 
   it('status --wait prints a line per progress change when stderr is not a terminal; stdout unchanged', { timeout: 60_000 }, async () => {
     const h = fresh();
-    first = gate();
-    second = gate();
-    const worker = h.worker({ services: [new Steps()], queues: ['cli-term'] });
-    await worker.start();
-    const task = await h.dispatcher().tasks(Steps).steps.delay();
-    await waitFor(async () => (await task.info()).progress?.value === 0.25, { what: 'the first progress report' });
+    const task = await stepsAtQuarter(h);
 
-    const piped = heimdallPiped(h, 'status', task.id, '--wait');
+    const piped = spawnHeimdall(h, 'status', task.id, '--wait');
     await until(() => piped.seen.stderr, 'progress  25%  reading\n', 'the line at 25%');
     first.open();
     await until(() => piped.seen.stderr, 'progress  50%  half way\n', 'the line at 50%');
@@ -148,7 +138,7 @@ describe('heimdall on a terminal', () => {
   it('inspect --watch without a terminal prints a timestamped block per refresh (or a JSON line with --json) until SIGINT, exit 0', { timeout: 60_000 }, async () => {
     const h = fresh();
     await h.dispatcher().tasks(Steps).idle.delay();
-    const text = heimdallPiped(h, 'inspect', 'queues', '--queue', 'cli-term-watch', '--watch', '--interval', '0.2');
+    const text = spawnHeimdall(h, 'inspect', 'queues', '--queue', 'cli-term-watch', '--watch', '--interval', '0.2');
     const block = /--- \d{4}-\d\d-\d\dT[\d:.]+Z heimdall inspect queues\nQUEUE +WAITING.*\ncli-term-watch +1 +0/g;
     await waitFor(() => (text.seen.stdout.match(block) ?? []).length >= 2, { timeout: 20_000, what: 'two refreshes' });
     text.child.kill('SIGINT');
@@ -156,7 +146,7 @@ describe('heimdall on a terminal', () => {
     expect(exit.code, exit.stderr).toBe(0);
     expect(exit.stdout).not.toContain('\x1b');
 
-    const json = heimdallPiped(h, 'inspect', 'queues', '--queue', 'cli-term-watch', '--watch', '--interval', '0.2', '--json');
+    const json = spawnHeimdall(h, 'inspect', 'queues', '--queue', 'cli-term-watch', '--watch', '--interval', '0.2', '--json');
     await waitFor(() => json.seen.stdout.split('\n').filter(Boolean).length >= 2, { timeout: 20_000, what: 'two JSON lines' });
     json.child.kill('SIGTERM');
     const jsonExit = await json.exit;

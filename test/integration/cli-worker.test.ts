@@ -2,34 +2,12 @@
 // Redis: an app module in TypeScript (through tsx) and one in plain JavaScript (.mjs); a line per
 // task at --log-level info; SIGTERM while a task runs (it ends, the process exits 0), and a second
 // signal that hands the running task back to its queue at once.
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { exitOf, ROOT, settleWithin, useHarness, waitFor, type Harness } from '../helpers.js';
-
-interface Cli {
-  child: ReturnType<Harness['spawnTs']>;
-  /** Complete stdout lines so far. */
-  lines: string[];
-  exit: ReturnType<typeof exitOf>;
-  exited: boolean;
-}
-
-/** Spawns `heimdall ...args` through tsx with the harness's Redis and prefix, following its stdout. */
-function heimdall(h: Harness, ...args: string[]): Cli {
-  const child = h.spawnTs(join(ROOT, 'src/cli/main.ts'), {}, args);
-  const cli: Cli = { child, lines: [], exit: exitOf(child), exited: false };
-  let partial = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    const parts = (partial + d.toString()).split('\n');
-    partial = parts.pop() ?? '';
-    cli.lines.push(...parts);
-  });
-  void cli.exit.then(() => (cli.exited = true));
-  return cli;
-}
+import { settleWithin, useHarness, waitFor } from '../helpers.js';
+import { spawnHeimdall as heimdall, type RunningHeimdall } from '../fixtures/cli/heimdall.js';
 
 /** Waits for a stdout line matching `pattern`; fails early, with stderr, if the process exits. */
-async function line(cli: Cli, pattern: RegExp, what: string): Promise<string> {
+async function line(cli: RunningHeimdall, pattern: RegExp, what: string): Promise<string> {
   return waitFor(
     async () => {
       const found = cli.lines.find((l) => pattern.test(l));

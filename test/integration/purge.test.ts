@@ -2,11 +2,10 @@
 // Purged tasks end in a state Redis holds (REVOKED 'purged', their unique locks released, their
 // waiters told); a running task, delayed tasks (without --delayed) and a stale wait entry of a
 // delayed task are left alone; a long queue goes in bounded batches.
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Inspector, Task, TaskRevokedError } from 'heimdall-tasks';
-import { gate, ROOT, useHarness, waitFor, type Gate } from '../helpers.js';
+import { gate, useHarness, waitFor, type Gate } from '../helpers.js';
+import { runHeimdall as heimdall } from '../fixtures/cli/heimdall.js';
 
 let held: Gate = gate();
 
@@ -26,18 +25,6 @@ class Purgeable {
   async plain(n: number): Promise<number> {
     return n;
   }
-}
-
-/** Runs `heimdall ...args` through tsx; resolves with its exit code and output. */
-function heimdall(env: Record<string, string>, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
 }
 
 describe('purge', () => {
