@@ -18,6 +18,10 @@ describe('loadWorkerApp', () => {
     expect(await load({ default: { worker: () => options } }, 'test/fixtures/cli/hold.mjs')).toBe(options);
   });
 
+  it('imports a CommonJS module whose module.exports is the function', async () => {
+    expect(await loadWorkerApp('test/fixtures/cli/options-app.cjs', ROOT)).toEqual({ queues: ['from-cjs'], concurrency: 2 });
+  });
+
   it('says what to export when the module exports no configuration', async () => {
     await expect(load({ something: 1 })).rejects.toThrow(/exports no worker configuration: 'export default \{ services: \[\.\.\.\] \}'.*got nothing$/);
     await expect(load({ default: 42 })).rejects.toThrow(/got number$/);
