@@ -5,12 +5,12 @@ export type { PingReply, RunningTask, WorkerInfo } from './core/protocol/worker-
 export type { EventsOptions, QueueEvent, QueueEventType } from './core/events/queue-events.js';
 export type { EventsReadOptions } from './core/events/event-stream.js';
 export { Inspector } from './core/inspect/inspector.js';
-export type { DeadLetter, DeadLetterResult, InspectorOptions, ListOptions, LockInfo, QueueStats, RateWindowInfo, Throughput } from './core/inspect/inspector.js';
+export type { DeadLetter, DeadLetterResult, InspectorOptions, ListOptions, LockInfo, PurgeOptions, QueueStats, RateWindowInfo, Throughput } from './core/inspect/inspector.js';
 export type { LockRelease } from './core/protocol/scripts.js';
 export { Worker } from './core/worker/worker.js';
 export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './core/worker/worker-options.js';
 export { onShutdownSignal } from './core/worker/shutdown-signals.js';
-export type { ShutdownSignalHandle } from './core/worker/shutdown-signals.js';
+export type { ShutdownSignalHandle, ShutdownSignalOptions } from './core/worker/shutdown-signals.js';
 export { TaskResult } from './core/producer/task-result.js';
 export type { GetOptions, RevokeOptions } from './core/producer/task-result.js';
 export type { AttemptInfo, RemoteError, RevokeReason, TaskInfo, TaskState } from './core/protocol/task-record.js';

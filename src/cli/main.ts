@@ -12,11 +12,13 @@ import { Inspector } from '../core/inspect/inspector.js';
 import { HeimdallError } from '../core/errors.js';
 import { DEFAULT_PREFIX } from '../core/protocol/queue-keys.js';
 import { VERSION } from '../core/version.js';
+import { EXIT, ms, UsageError, type Io } from './shared.js';
+import { workerCommand } from './worker-command.js';
+import { ProgressBar } from './progress-bar.js';
+import { watchScreen } from './watch-screen.js';
+import type { TaskResult } from '../core/producer/task-result.js';
 
-/** Exit codes scripts can rely on. */
-export const EXIT = { ok: 0, failure: 1, usage: 2, taskDidNotSucceed: 3, stillRunning: 4 } as const;
-
-class UsageError extends Error {}
+export { EXIT };
 
 const COMMON = `Options of every command:
   --url <url>        Redis URL (default: $REDIS_URL, else redis://localhost:6379)
@@ -30,17 +32,39 @@ const HELP: Record<string, string> = {
 Usage: heimdall <command> [options]
 
 Commands:
-  inspect [queues|workers|locks|limits|dead]   what is in Redis (default: queues)
+  worker --app <module>                        run a worker with the configuration a module exports
+  inspect [queues|workers|locks|limits|dead]   what is in Redis (default: queues); --watch to follow it
   ping                                         which workers answer
   status <id>                                  a task's state, result or error
   revoke <id> [--terminate]                    revoke a task from here
   locks release <key> --yes                    release a unique lock on purpose
   dead retry|drop <queue> [--id <id>...] --yes run dead-lettered tasks again, or drop the letters
+  purge <queue> [--delayed] --yes              revoke the tasks waiting in a queue
 
 Run 'heimdall <command> --help' for a command's options.
 
 ${COMMON}`,
+  worker: `Usage: heimdall worker --app <module> [--queues <a,b>] [--concurrency <n>] [--log-level <level>]
+                       [--shutdown-timeout <s>]
+
+  Runs a Worker until SIGTERM or SIGINT. The module (a path from the current directory: .js,
+  .mjs, .cjs, or .ts when heimdall runs through tsx) exports the options of new Worker():
+    export default { services: [new Reports(db)], queues: ['reports'], concurrency: 5 };
+  or a function (may be async) returning them, or a named export 'worker'. connection and
+  prefix may be left out. The flags below, --url/REDIS_URL and --prefix/HEIMDALL_PREFIX win
+  over the module's values.
+
+  --app <module>          the module (required)
+  --queues <a,b>          queues to consume, separated by commas
+  --concurrency <n>       tasks run at once
+  --log-level <level>     debug, info (default: a line per task), warn, error or silent
+  --shutdown-timeout <s>  on the first signal, how long running tasks get to end before they
+                          go back to their queue (default 25); a second signal (1 s or more
+                          later) hands them back at once. Exit 0 once the worker has closed.
+
+${COMMON}`,
   inspect: `Usage: heimdall inspect [queues|workers|locks|limits|dead] [--queue <name>...] [--limit <n>]
+                        [--watch [--interval <s>]]
 
   queues   counts per queue: waiting, delayed, running, dead, workers, oldest wait
   workers  the live workers: host, pid, queues, running tasks, counts
@@ -50,6 +74,9 @@ ${COMMON}`,
 
   --queue <name>   a queue to look at (repeatable; default: every queue found, or 'default')
   --limit <n>      entries per queue for locks, limits and dead (default 100)
+  --watch          refresh until q or Ctrl-C: a live screen on a terminal; elsewhere a
+                   timestamped block per refresh (with --json, a JSON line), until SIGINT/SIGTERM
+  --interval <s>   seconds between refreshes with --watch (default 2, at least 0.1)
 
 ${COMMON}`,
   ping: `Usage: heimdall ping [--queue <name>...] [--timeout <ms>]
@@ -63,7 +90,9 @@ ${COMMON}`,
 
   Prints the task's state, attempts, times, result or error.
   --queue <name>   its queue, for a custom id on a queue other than 'default'
-  --wait           wait for it to end; exit 3 if it ends FAILURE or REVOKED
+  --wait           wait for it to end; exit 3 if it ends FAILURE or REVOKED. While it waits,
+                   the task's progress is drawn on stderr: a bar on a terminal, else a line
+                   per change
   --timeout <s>    with --wait, the longest wait in seconds (default: none); exit 4 when
                    the task has not ended by then
   An id with no task (a typo, forgotten, expired) exits 1.
@@ -85,6 +114,14 @@ ${COMMON}`,
   --yes            required
 
 ${COMMON}`,
+  purge: `Usage: heimdall purge <queue> [--delayed] --yes
+
+  Empties the queue of its waiting tasks, as 'celery purge' does: each ends REVOKED with reason
+  'purged' (its unique lock released; its record kept a day). Running tasks are left alone.
+  --delayed        the tasks due later go too (countdown, eta, retries, rate-limit waits)
+  --yes            required
+
+${COMMON}`,
   revoke: `Usage: heimdall revoke <id> [--queue <name>] [--terminate]
 
   Revokes the task: queued or delayed, it never runs; running, its signal fires.
@@ -93,12 +130,6 @@ ${COMMON}`,
 
 ${COMMON}`,
 };
-
-interface Io {
-  out: (text: string) => void;
-  err: (text: string) => void;
-  env: NodeJS.ProcessEnv;
-}
 
 /** Runs one command line (argv without node and the script); resolves with the exit code. */
 export async function run(argv: readonly string[], io: Io): Promise<number> {
@@ -131,6 +162,7 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
     io.out(help);
     return EXIT.ok;
   }
+  if (command === 'worker') return runWorker(parsed, io, help);
   const url = parsed.values.url ?? io.env.REDIS_URL ?? 'redis://localhost:6379';
   const prefix = parsed.values.prefix ?? io.env.HEIMDALL_PREFIX ?? DEFAULT_PREFIX;
   const print = (text: string, json: unknown): void => io.out(parsed.values.json ? JSON.stringify(json, null, 2) : text);
@@ -139,13 +171,16 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
     checkUrl(url, parsed.values.url === undefined ? 'REDIS_URL' : '--url');
     // ioredis reads the URL (IPv6 hosts, passwords, TLS, the database). It fails fast when Redis
     // cannot be reached, and a command unanswered for 10 s (a server that accepts the connection
-    // but never replies) fails too, rather than wait for ever.
-    client = new Redis(url, { maxRetriesPerRequest: 1, retryStrategy: (times: number) => (times > 2 ? null : 200), connectTimeout: 5000, commandTimeout: 10_000 });
+    // but never replies) fails too, rather than wait for ever. A --watch keeps reconnecting (every
+    // 2 s at most), so it outlives a Redis restart: meanwhile its readings fail and say so.
+    const watching = command === 'inspect' && parsed.values.watch === true;
+    const retryStrategy = (times: number): number | null => (watching ? Math.min(times * 200, 2000) : times > 2 ? null : 200);
+    client = new Redis(url, { maxRetriesPerRequest: 1, retryStrategy, connectTimeout: 5000, commandTimeout: 10_000 });
     client.on('error', () => undefined);
     const target: Target = { connection: client, prefix };
     switch (command) {
       case 'inspect':
-        return await inspect(parsed, target, print);
+        return await inspect(parsed, target, print, io);
       case 'ping':
         return await ping(parsed, target, print, io);
       case 'status':
@@ -156,6 +191,8 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
         return await locks(parsed, target, print, io);
       case 'dead':
         return await dead(parsed, target, print);
+      case 'purge':
+        return await purgeQueue(parsed, target, print);
     }
   } catch (err) {
     if (err instanceof UsageError) {
@@ -168,6 +205,36 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
     client?.disconnect();
   }
   return EXIT.usage;
+}
+
+/** `heimdall worker`: no client of its own; the Worker opens its connections. */
+async function runWorker(parsed: Parsed, io: Io, help: string): Promise<number> {
+  const v = parsed.values;
+  // --url and REDIS_URL win over the module's connection, as --prefix and HEIMDALL_PREFIX over its prefix.
+  const url = v.url ?? io.env.REDIS_URL;
+  try {
+    if (url !== undefined) checkUrl(url, v.url === undefined ? 'REDIS_URL' : '--url');
+    return await workerCommand(
+      {
+        app: v.app,
+        url,
+        prefix: v.prefix ?? io.env.HEIMDALL_PREFIX,
+        queues: v.queues,
+        concurrency: v.concurrency,
+        logLevel: v['log-level'],
+        shutdownTimeout: v['shutdown-timeout'],
+      },
+      parsed.positionals,
+      io,
+    );
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`heimdall worker: ${err.message}\n\n${help}`);
+      return EXIT.usage;
+    }
+    io.err(`heimdall worker: ${err instanceof Error ? err.message : String(err)}`);
+    return EXIT.failure;
+  }
 }
 
 function parse(args: readonly string[]) {
@@ -187,6 +254,14 @@ function parse(args: readonly string[]) {
       terminate: { type: 'boolean' },
       yes: { type: 'boolean' },
       id: { type: 'string', multiple: true },
+      app: { type: 'string' },
+      queues: { type: 'string' },
+      concurrency: { type: 'string' },
+      'log-level': { type: 'string' },
+      'shutdown-timeout': { type: 'string' },
+      delayed: { type: 'boolean' },
+      watch: { type: 'boolean' },
+      interval: { type: 'string' },
     },
   });
 }
@@ -231,12 +306,7 @@ function table(rows: readonly (readonly string[])[]): string {
   return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n');
 }
 
-function ms(value: number | null | undefined): string {
-  if (value === null || value === undefined) return '-';
-  return value < 1000 ? `${value} ms` : value < 120_000 ? `${(value / 1000).toFixed(1)} s` : `${Math.round(value / 60_000)} min`;
-}
-
-async function inspect(parsed: Parsed, target: Target, print: Print): Promise<number> {
+async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
   const what = parsed.positionals[0] ?? 'queues';
   if (parsed.positionals.length > 1 || !['queues', 'workers', 'locks', 'limits', 'dead'].includes(what)) {
     throw new UsageError(`inspect takes one of queues, workers, locks, limits, dead; got ${parsed.positionals.join(' ')}`);
@@ -244,20 +314,21 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
   const limit = positiveInt(parsed.values.limit, 'limit', 100);
   const inspector = new Inspector(target);
   const dispatcher = what === 'workers' ? new Dispatcher(target) : undefined;
-  try {
+  // One reading: the text and the JSON of what is asked for.
+  const snapshot = async (): Promise<[string, unknown]> => {
     const queues = await queuesOf(parsed, inspector);
     if (what === 'queues') {
       const stats = await inspector.queues(queues);
-      print(
+      return [
         table([
           ['QUEUE', 'WAITING', 'DELAYED', 'RUNNING', 'DEAD', 'WORKERS', 'OLDEST WAIT'],
           ...stats.map((q) => [q.queue, String(q.waiting), String(q.delayed), String(q.running), String(q.dead), String(q.workers), ms(q.oldestWaitingMs)]),
         ]),
         stats,
-      );
+      ];
     } else if (what === 'workers') {
       const workers = await dispatcher!.workers({ queues });
-      print(
+      return [
         workers.length === 0
           ? 'no live workers'
           : table([
@@ -265,10 +336,10 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
               ...workers.map((w) => [w.id, w.host, String(w.pid), w.queues.join(','), `${w.running.length}/${w.concurrency}`, String(w.succeeded), String(w.failed), w.version]),
             ]),
         workers,
-      );
+      ];
     } else if (what === 'locks') {
       const locks = (await Promise.all(queues.map((q) => inspector.locks(q, { limit })))).flat();
-      print(
+      return [
         locks.length === 0
           ? 'no unique locks held'
           : table([
@@ -276,10 +347,10 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
               ...locks.map((l) => [l.queue, l.task, l.lockKey, l.holder, l.holderState ?? '(no record)', ms(l.ttlMs)]),
             ]),
         locks,
-      );
+      ];
     } else if (what === 'limits') {
       const windows = (await Promise.all(queues.map((q) => inspector.rateWindows(q, { limit })))).flat();
-      print(
+      return [
         windows.length === 0
           ? 'no rate windows in use'
           : table([
@@ -293,16 +364,25 @@ async function inspect(parsed: Parsed, target: Target, print: Print): Promise<nu
               ]),
             ]),
         windows,
-      );
+      ];
     } else {
       const letters = (await Promise.all(queues.map((q) => inspector.deadLetters(q, { limit })))).flat();
-      print(
+      return [
         letters.length === 0
           ? 'no dead letters'
           : table([['QUEUE', 'AT', 'TASK', 'REASON'], ...letters.map((d) => [d.queue, d.at.toISOString(), d.id, d.reason])]),
         letters.map(({ raw: _raw, ...rest }) => rest),
-      );
+      ];
     }
+  };
+  try {
+    if (parsed.values.watch) {
+      const interval = parsed.values.interval === undefined ? 2 : Number(parsed.values.interval);
+      if (!(interval >= 0.1 && Number.isFinite(interval))) throw new UsageError(`--interval must be a number of seconds >= 0.1, got ${JSON.stringify(parsed.values.interval)}`);
+      return await watchScreen(`heimdall inspect ${what}`, snapshot, { intervalMs: interval * 1000, json: parsed.values.json === true, io });
+    }
+    const [text, json] = await snapshot();
+    print(text, json);
     return EXIT.ok;
   } finally {
     await inspector.close();
@@ -353,9 +433,11 @@ async function status(parsed: Parsed, target: Target, print: Print, io: Io): Pro
     if (!handle) return EXIT.failure;
     let timedOut = false;
     if (parsed.values.wait) {
+      const watching = watchProgress(handle, io);
       await handle.get(timeout === undefined ? {} : { timeout }).catch((err: unknown) => {
         if (err instanceof Error && err.name === 'TimeoutError') timedOut = true;
       });
+      await watching.stop();
     }
     const info = await handle.info();
     const lines = [
@@ -379,6 +461,38 @@ async function status(parsed: Parsed, target: Target, print: Print, io: Io): Pro
   } finally {
     await dispatcher.close();
   }
+}
+
+/** How often `status --wait` reads the task's progress, in ms (a task stores it at most every 250 ms). */
+const PROGRESS_POLL_MS = 200;
+
+/** Draws the task's progress on stderr until stop() (which draws the last one first). */
+function watchProgress(handle: TaskResult<unknown>, io: Io): { stop(): Promise<void> } {
+  const bar = new ProgressBar((text) => io.stderr.write(text), io.stderr.isTTY === true, io.stderr.columns || 80);
+  let stopped = false;
+  let wake: (() => void) | undefined;
+  const draw = async (): Promise<void> => {
+    const p = (await handle.info()).progress;
+    if (p) bar.update(p);
+  };
+  const loop = (async () => {
+    while (!stopped) {
+      await draw().catch(() => undefined); // a failed read: the next one may work; get() reports what matters
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, PROGRESS_POLL_MS).unref();
+      });
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      wake?.();
+      await loop;
+      await draw().catch(() => undefined);
+      bar.end();
+    },
+  };
 }
 
 async function revoke(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
@@ -437,6 +551,21 @@ async function dead(parsed: Parsed, target: Target, print: Print): Promise<numbe
   }
 }
 
+async function purgeQueue(parsed: Parsed, target: Target, print: Print): Promise<number> {
+  const [queue, ...more] = parsed.positionals;
+  if (queue === undefined || more.length > 0) throw new UsageError('purge takes one queue name');
+  confirmed(parsed, 'purge');
+  const delayed = parsed.values.delayed === true;
+  const inspector = new Inspector(target);
+  try {
+    const purged = await inspector.purge(queue, { delayed });
+    print(`purged ${purged} task(s) of queue '${queue}' (${delayed ? 'waiting and delayed' : 'waiting; delayed ones left'})`, { queue, purged, delayed });
+    return EXIT.ok;
+  } finally {
+    await inspector.close();
+  }
+}
+
 // Run when executed (not when imported by a test), also through a link of another name.
 function invokedPath(): string {
   const given = process.argv[1] ?? '';
@@ -447,7 +576,7 @@ function invokedPath(): string {
   }
 }
 if (/(?:^|[\\/])cli[\\/]main\.(?:ts|js)$/.test(invokedPath())) {
-  run(process.argv.slice(2), { out: (t) => console.log(t), err: (t) => console.error(t), env: process.env }).then(
+  run(process.argv.slice(2), { out: (t) => console.log(t), err: (t) => console.error(t), env: process.env, stdin: process.stdin, stdout: process.stdout, stderr: process.stderr }).then(
     (code) => {
       process.exitCode = code;
     },

@@ -108,7 +108,7 @@ export class TaskFailedError extends HeimdallError {
 export class TaskRevokedError extends HeimdallError {
   static readonly CODE = 'HEIMDALL_TASK_REVOKED';
   readonly taskId: string;
-  /** Why: `'revoked'` (by `revoke()`), `'duplicate'` (a newer holder of its unique lock), `'expired'` (not started by `expires`). */
+  /** Why: `'revoked'` (by `revoke()`), `'duplicate'` (a newer holder of its unique lock), `'expired'` (not started by `expires`), `'purged'` (its queue was purged while it waited). */
   readonly reason: RevokeReason;
   constructor(taskId: string, reason: RevokeReason) {
     super(TaskRevokedError.CODE, `task ${taskId} was revoked (${reason})`);

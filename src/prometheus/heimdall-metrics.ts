@@ -58,7 +58,7 @@ const DEPTH_STATES = ['waiting', 'delayed', 'running', 'dead'] as const;
 /** What the metrics read of a `succeeded`, `failed` or `retried` event. */
 type Ended = Pick<TaskEvent, 'queue' | 'name' | 'attempt'> & { runtimeMs: number };
 /** The `outcome` of a task that ended REVOKED, by its reason. */
-const REVOKED_OUTCOME: Record<RevokeReason, string> = { revoked: 'revoked', duplicate: 'duplicate', expired: 'expired' };
+const REVOKED_OUTCOME: Record<RevokeReason, string> = { revoked: 'revoked', duplicate: 'duplicate', expired: 'expired', purged: 'purged' };
 
 /**
  * Prometheus metrics of heimdall-tasks, in `registry`: counters and histograms from the events of

@@ -1,11 +1,10 @@
 // The `heimdall` command (issue 11, point 3, first part), spawned as a user runs it: its output,
 // --json, and exit codes, against a live system where a unique task holds a lock and a
 // rate-limited task waits on a full window.
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { currentTask, Dispatcher, Task, Worker } from 'heimdall-tasks';
-import { gate, ROOT, useHarness, waitFor } from '../helpers.js';
+import { gate, useHarness, waitFor } from '../helpers.js';
+import { runHeimdall as heimdall } from '../fixtures/cli/heimdall.js';
 
 let held = gate();
 
@@ -26,28 +25,6 @@ class Reports {
   async broken(): Promise<never> {
     throw new RangeError('no such customer');
   }
-}
-
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the command as `node --import tsx src/cli/main.ts ...args`, with the harness's Redis and prefix in the environment. */
-function heimdall(env: Record<string, string>, ...args: string[]): Promise<Ran> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...args], {
-      cwd: ROOT,
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
 }
 
 const fresh = useHarness('cli');

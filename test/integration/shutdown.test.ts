@@ -144,6 +144,23 @@ describe('worker.close()', () => {
     expect(ev.succeeded.map((e) => e.id)).toEqual([handle.id]);
     expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
   });
+
+  it('a later close({ timeout: 0 }) on a closing worker hands its running task back at once (the same promise every call)', async () => {
+    const h = fresh();
+    const probe = new ShutdownProbe();
+    const worker = h.worker({ services: [probe], concurrency: 1 });
+    await worker.start();
+    const handle = await h.dispatcher().tasks(ShutdownProbe).gated.delay('g');
+    await waitFor(() => probe.gates.has('g'), { what: 'the task to start' });
+    const closing = worker.close({ timeout: 600 });
+    expect(worker.close({ timeout: 900 })).toBe(closing);
+    expect(worker.close({ timeout: 0 })).toBe(closing);
+    await closing;
+    // Handed back at once, not after 600 s: PENDING at the front of its queue, the gate still shut.
+    expect(await handle.status()).toBe('PENDING');
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([handle.id]);
+    probe.gates.get('g')!.open();
+  });
 });
 
 describe('SIGTERM in a worker process', () => {

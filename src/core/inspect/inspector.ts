@@ -9,6 +9,8 @@ import { FIELDS } from '../protocol/task-fields.js';
 import type { TaskState } from '../protocol/task-record.js';
 import type { ConnectionOptions } from '../producer/dispatcher.js';
 import { registeredTasks } from '../task/registry.js';
+import { purge } from '../protocol/scripts.js';
+import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
 
 /** How many keys or entries one listing reads at most, unless told otherwise. */
 const DEFAULT_LIMIT = 100;
@@ -427,7 +429,43 @@ export class Inspector {
     );
     return found.sort();
   }
+
+  /**
+   * Empties a queue of its waiting tasks, as Celery's `purge`: each ends REVOKED with reason
+   * `'purged'` (its unique lock released, `get()` rejecting with a `TaskRevokedError`, its record
+   * kept for one day), in batches of 200 per script call. With `delayed: true` (default false),
+   * the tasks due later go too (countdown, eta, retries, rate-limit reschedules). Running tasks
+   * are left alone. Purges the entries the queue held when called; tasks sent meanwhile may
+   * stay. Resolves with the number of tasks it ended.
+   */
+  async purge(queue: string, options: PurgeOptions = {}): Promise<number> {
+    const k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
+    const withDelayed = options.delayed === true;
+    const [waiting, delayed] = await redisCall(`reading queue ${k.queue}`, () => Promise.all([this.client.llen(k.wait), this.client.zcard(k.delayed)]));
+    let waitLeft = waiting;
+    let delayedLeft = withDelayed ? delayed : 0;
+    let purged = 0;
+    while (waitLeft > 0 || delayedLeft > 0) {
+      const step = await redisCall(`purging queue ${k.queue}`, () =>
+        purge(this.scripts, k, Math.min(PURGE_BATCH, waitLeft), Math.min(PURGE_BATCH, delayedLeft), withDelayed, DEFAULT_RESULT_EXPIRES_MS, this.eventsCap),
+      );
+      purged += step.purged;
+      waitLeft -= step.fromWait;
+      delayedLeft -= step.fromDelayed;
+      if (step.fromWait === 0 && step.fromDelayed === 0) break; // emptied meanwhile (workers took the rest)
+    }
+    return purged;
+  }
 }
+
+/** Options of `Inspector.purge()`. */
+export interface PurgeOptions {
+  /** Also purge the tasks due later (in the delayed set). Default: false, as Celery's purge. */
+  delayed?: boolean;
+}
+
+/** Entries one purge-2.lua call takes at most from the wait list, and from the delayed set. */
+const PURGE_BATCH = 200;
 
 function limitOf(options: ListOptions): number {
   const limit = options.limit ?? DEFAULT_LIMIT;

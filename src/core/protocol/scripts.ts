@@ -18,6 +18,7 @@ import {
   forget as forgetScript,
   heartbeat as heartbeatScript,
   progress as progressScript,
+  purge as purgeScript,
   reclaim as reclaimScript,
   releaseLock as releaseLockScript,
   requeue as requeueScript,
@@ -377,6 +378,23 @@ export async function releaseLock(runner: ScriptRunner, keys: QueueKeys, lockKey
   if (code === 0) return { released: false, reason: 'gone' };
   if (code === 2) return { released: false, reason: 'held-by-another', holder: String(detail) };
   throw unexpectedReply('release-lock', 'code', code);
+}
+
+/** What one purge-2.lua call did: the tasks it ended REVOKED 'purged', and the entries it took from the wait list and the delayed set. */
+export interface PurgeStep {
+  purged: number;
+  fromWait: number;
+  fromDelayed: number;
+}
+
+/** Purges one batch of a queue: up to `waitMax` wait entries, and with `withDelayed` up to `delayedMax` delayed ids (purge-2.lua). */
+export async function purge(runner: ScriptRunner, keys: QueueKeys, waitMax: number, delayedMax: number, withDelayed: boolean, expireMs: number, eventsCap: number): Promise<PurgeStep> {
+  const [purged, fromWait, fromDelayed] = await runner.run<[number, number, number]>(
+    purgeScript,
+    [keys.wait, keys.delayed],
+    [keys.base, waitMax, delayedMax, withDelayed ? '1' : '0', expireMs, eventsCap],
+  );
+  return { purged: Number(purged), fromWait: Number(fromWait), fromDelayed: Number(fromDelayed) };
 }
 
 /**

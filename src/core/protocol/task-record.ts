@@ -113,7 +113,7 @@ function json(v: string | undefined): unknown {
 }
 
 /** Why a task ended REVOKED. */
-export type RevokeReason = 'revoked' | 'duplicate' | 'expired';
+export type RevokeReason = 'revoked' | 'duplicate' | 'expired' | 'purged';
 
 /** The arguments JSON of a task hash: whole in `a`, or in `ac` pieces a, a1, a2, ... (see includes/args.lua). */
 function joinArgs(h: Record<string, string>): string | undefined {

@@ -57,6 +57,8 @@ export class Worker {
   private ticking: Promise<void> | undefined;
   /** Instrumentation attached to this worker (src/core/instrumentation.ts). */
   private readonly hooks = new HookChain();
+  /** While close() waits for running tasks: sets the hand-back to happen within `ms` at the latest. */
+  private handBackWithin: ((ms: number) => void) | undefined;
 
   constructor(options: WorkerOptions) {
     const { prefix, queues, concurrency, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs, events } = workerSettings(options);
@@ -210,13 +212,14 @@ export class Worker {
    * Stops fetching and waits for running tasks to end and their results to be stored, then
    * closes the connections. With `timeout`, tasks still running then get their AbortSignal
    * fired and go back to the front of the queue (same id, same lock), so no task is lost.
-   * Safe to call more than once.
+   * Safe to call more than once: every call returns the same promise, and a later call with a
+   * timeout that ends sooner brings the hand-back forward (`close({ timeout: 0 })` hands the
+   * running tasks back at once, as a second Ctrl-C does for `heimdall worker`).
    */
   close(options: CloseOptions = {}): Promise<void> {
-    if (!this.closing) {
-      const timeoutMs = options.timeout === undefined ? undefined : toMillisOrZero(options.timeout, 'close({ timeout })');
-      this.closing = this.shutdown(timeoutMs);
-    }
+    const timeoutMs = options.timeout === undefined ? undefined : toMillisOrZero(options.timeout, 'close({ timeout })');
+    if (!this.closing) this.closing = this.shutdown(timeoutMs);
+    else if (timeoutMs !== undefined) this.handBackWithin?.(timeoutMs);
     return this.closing;
   }
 
@@ -227,20 +230,30 @@ export class Worker {
       // Ends the blocking BLMOVEs at once; the command connection stays for the last finishes.
       for (const b of this.blockers) b.client.disconnect();
       const drained = Promise.all(this.runners.map((r) => r.stop()));
-      if (timeoutMs !== undefined) {
-        let timer: NodeJS.Timeout | undefined;
-        const expired = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs)));
-        const timedOut = await Promise.race([drained.then(() => false), expired]);
+      // The hand-back is due at the earliest deadline any close() call set; none: never.
+      let timer: NodeJS.Timeout | undefined;
+      let dueAt = Infinity;
+      let settle!: (ms: number) => void;
+      const due = new Promise<number>((resolve) => (settle = resolve));
+      const within = (ms: number): void => {
+        if (Date.now() + ms >= dueAt) return;
+        dueAt = Date.now() + ms;
         clearTimeout(timer);
-        if (timedOut) {
-          await this.handBack();
-          // Ends that cannot be stored (Redis down) must not hold close() forever: their leases
-          // lapse and the tasks are recovered elsewhere.
-          const stored = await Promise.race([drained.then(() => true), sleep(Math.max(1000, timeoutMs))]);
-          if (!stored) {
-            for (const r of this.runners) r.abandon();
-            this.clients[0]?.client.disconnect();
-          }
+        timer = setTimeout(() => settle(ms), ms);
+      };
+      this.handBackWithin = within;
+      if (timeoutMs !== undefined) within(timeoutMs);
+      const handBackAfter = await Promise.race([drained.then(() => undefined), due]);
+      clearTimeout(timer);
+      this.handBackWithin = undefined;
+      if (handBackAfter !== undefined) {
+        await this.handBack();
+        // Ends that cannot be stored (Redis down) must not hold close() forever: their leases
+        // lapse and the tasks are recovered elsewhere.
+        const stored = await Promise.race([drained.then(() => true), sleep(Math.max(1000, handBackAfter))]);
+        if (!stored) {
+          for (const r of this.runners) r.abandon();
+          this.clients[0]?.client.disconnect();
         }
       }
       await drained;
