@@ -15,6 +15,7 @@ import { VERSION } from '../core/version.js';
 import { EXIT, ms, UsageError, type Io } from './shared.js';
 import { workerCommand } from './worker-command.js';
 import { ProgressBar } from './progress-bar.js';
+import type { QueueEvent } from '../core/events/queue-events.js';
 import { watchScreen } from './watch-screen.js';
 import type { TaskResult } from '../core/producer/task-result.js';
 
@@ -35,7 +36,8 @@ Commands:
   worker --app <module>                        run a worker with the configuration a module exports
   inspect [queues|workers|locks|limits|dead]   what is in Redis (default: queues); --watch to follow it
   ping                                         which workers answer
-  status <id>                                  a task's state, result or error
+  status <id>                                  a task's state, result or error, every attempt
+  events [--queue <name>...] [--since <when>]  follow the queues' events (queued, started, ...)
   revoke <id> [--terminate]                    revoke a task from here
   locks release <key> --yes                    release a unique lock on purpose
   dead retry|drop <queue> [--id <id>...] --yes run dead-lettered tasks again, or drop the letters
@@ -66,10 +68,11 @@ ${COMMON}`,
   inspect: `Usage: heimdall inspect [queues|workers|locks|limits|dead] [--queue <name>...] [--limit <n>]
                         [--watch [--interval <s>]]
 
-  queues   counts per queue: waiting, delayed, running, dead, workers, oldest wait
+  queues   counts per queue: waiting, delayed (retrying among them), running, dead, workers,
+           oldest wait, runs ended per second over the last minute (failed among them)
   workers  the live workers: host, pid, queues, running tasks, counts
   locks    unique locks with their holders and what is left of their lifetime
-  limits   rate windows: starts in the period, when the next slot frees
+  limits   rate windows: starts in the period, when the next slot frees, tasks waiting on it
   dead     dead letters, newest first
 
   --queue <name>   a queue to look at (repeatable; default: every queue found, or 'default')
@@ -88,7 +91,8 @@ ${COMMON}`,
 ${COMMON}`,
   status: `Usage: heimdall status <id> [--queue <name>] [--wait] [--timeout <s>]
 
-  Prints the task's state, attempts, times, result or error.
+  Prints the task's state, times, progress, result or error, and every attempt (worker, how
+  it ended, its error and the backoff before the next).
   --queue <name>   its queue, for a custom id on a queue other than 'default'
   --wait           wait for it to end; exit 3 if it ends FAILURE or REVOKED. While it waits,
                    the task's progress is drawn on stderr: a bar on a terminal, else a line
@@ -120,6 +124,16 @@ ${COMMON}`,
   'purged' (its unique lock released; its record kept a day). Running tasks are left alone.
   --delayed        the tasks due later go too (countdown, eta, retries, rate-limit waits)
   --yes            required
+
+${COMMON}`,
+  events: `Usage: heimdall events [--queue <name>...] [--since <when>] [--id <id>...]
+
+  Prints the events of the queues as they happen (a line each; with --json a JSON line each),
+  until SIGINT or SIGTERM (exit 0).
+  --queue <name>   a queue (repeatable; default: every queue found, or 'default')
+  --since <when>   start earlier: a duration back from now (30s, 10m, 2h), an ISO time, or an
+                   event's cursor (to resume after it); default: from now on
+  --id <id>        only the events of these task ids (repeatable)
 
 ${COMMON}`,
   revoke: `Usage: heimdall revoke <id> [--queue <name>] [--terminate]
@@ -193,6 +207,8 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
         return await dead(parsed, target, print);
       case 'purge':
         return await purgeQueue(parsed, target, print);
+      case 'events':
+        return await followEvents(parsed, target, io);
     }
   } catch (err) {
     if (err instanceof UsageError) {
@@ -262,6 +278,7 @@ function parse(args: readonly string[]) {
       delayed: { type: 'boolean' },
       watch: { type: 'boolean' },
       interval: { type: 'string' },
+      since: { type: 'string' },
     },
   });
 }
@@ -321,8 +338,19 @@ async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Pr
       const stats = await inspector.queues(queues);
       return [
         table([
-          ['QUEUE', 'WAITING', 'DELAYED', 'RUNNING', 'DEAD', 'WORKERS', 'OLDEST WAIT'],
-          ...stats.map((q) => [q.queue, String(q.waiting), String(q.delayed), String(q.running), String(q.dead), String(q.workers), ms(q.oldestWaitingMs)]),
+          ['QUEUE', 'WAITING', 'DELAYED', 'RETRYING', 'RUNNING', 'DEAD', 'WORKERS', 'OLDEST WAIT', 'TASKS/S', 'FAILED/S'],
+          ...stats.map((q) => [
+            q.queue,
+            String(q.waiting),
+            String(q.delayed),
+            String(q.retrying),
+            String(q.running),
+            String(q.dead),
+            String(q.workers),
+            ms(q.oldestWaitingMs),
+            String(q.tasksPerSecond.m1),
+            String(q.failedPerSecond.m1),
+          ]),
         ]),
         stats,
       ];
@@ -354,13 +382,14 @@ async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Pr
         windows.length === 0
           ? 'no rate windows in use'
           : table([
-              ['QUEUE', 'TASK', 'WINDOW', 'STARTS', 'NEXT SLOT'],
+              ['QUEUE', 'TASK', 'WINDOW', 'STARTS', 'NEXT SLOT', 'WAITING'],
               ...windows.map((w) => [
                 w.queue,
                 w.task ?? '?',
                 w.key.slice(w.key.indexOf('}:rate:') + 7),
                 `${w.starts}/${w.limit ?? '?'} per ${ms(w.periodMs)}`,
                 w.nextFreeInMs === undefined ? '?' : w.nextFreeInMs === 0 ? 'free now' : `in ${ms(w.nextFreeInMs)}`,
+                String(w.waiting),
               ]),
             ]),
         windows,
@@ -451,6 +480,20 @@ async function status(parsed: Parsed, target: Target, print: Print, io: Io): Pro
     if (info.finishedAt) lines.push(`finished ${info.finishedAt.toISOString()}`);
     if (info.state === 'SUCCESS') lines.push(`result   ${JSON.stringify(info.result)}`);
     if (info.error) lines.push(`error    ${info.error.name}: ${info.error.message}`, ...(info.error.traceback ? [info.error.traceback] : []));
+    if (info.history.length > 0) {
+      lines.push('', table([
+        ['ATTEMPT', 'WORKER', 'STARTED', 'RAN', 'ENDED', 'ERROR', 'BACKOFF'],
+        ...info.history.map((a) => [
+          String(a.attempt),
+          a.worker ?? '-',
+          a.startedAt?.toISOString() ?? '-',
+          a.startedAt && a.finishedAt ? ms(a.finishedAt.getTime() - a.startedAt.getTime()) : '-',
+          a.outcome,
+          a.error ? `${a.error.name}: ${a.error.message}` : '-',
+          ms(a.backoffMs),
+        ]),
+      ]));
+    }
     print(lines.join('\n'), info);
     if (parsed.values.wait && (info.state === 'FAILURE' || info.state === 'REVOKED')) return EXIT.taskDidNotSucceed;
     if (timedOut) {
@@ -585,4 +628,76 @@ if (/(?:^|[\\/])cli[\\/]main\.(?:ts|js)$/.test(invokedPath())) {
       process.exitCode = EXIT.failure;
     },
   );
+}
+
+/** `--since`: a duration back from now ('30s', '10m', '2h'), an ISO time, or an event's cursor. */
+function sinceOf(value: string | undefined): Date | string | undefined {
+  if (value === undefined) return undefined;
+  const back = /^(\d+(?:\.\d+)?)(s|m|h|d)$/.exec(value);
+  if (back) return new Date(Date.now() - Number(back[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[back[2] as 's' | 'm' | 'h' | 'd']);
+  if (/^\d+-\d+\/\d+$/.test(value)) return value;
+  const at = new Date(value);
+  if (Number.isNaN(at.getTime())) throw new UsageError(`--since takes a duration back from now (30s, 10m, 2h), an ISO time or an event's cursor, got ${JSON.stringify(value)}`);
+  return at;
+}
+
+/** One event as a line: time, queue, type, task, and what the event carries. */
+function eventLine(e: QueueEvent): string {
+  const detail = ((): string => {
+    switch (e.type) {
+      case 'started':
+        return `on ${e.worker}, attempt ${e.attempt}`;
+      case 'progress':
+        return `${Math.round(e.value * 100)}%${e.message ? ` ${e.message}` : ''}`;
+      case 'succeeded':
+        return `${e.worker ? `on ${e.worker}` : ''}${e.runtimeMs !== undefined ? ` in ${ms(e.runtimeMs)}` : ''}`.trim();
+      case 'failed':
+        return `${e.error.name}: ${e.error.message}`;
+      case 'retried':
+        return `${e.error.name}: ${e.error.message}; again in ${ms(e.delayMs)}`;
+      case 'revoked':
+      case 'dead-lettered':
+        return e.reason;
+      case 'rate-limited':
+        return `waits ${ms(e.delayMs)}`;
+      case 'recovered':
+        return e.worker ? `lost by ${e.worker}` : '';
+      case 'handed-back':
+        return e.delayMs !== undefined ? `due in ${ms(e.delayMs)}` : '';
+      case 'queued':
+        return `${e.dueAt !== undefined ? `due ${new Date(e.dueAt).toISOString()}` : ''}${e.origin ? ` (from the ${e.origin}s)` : ''}`.trim();
+      case 'lock-released':
+        return e.lockKey;
+      case 'deduplicated':
+        return 'holds the lock; nothing sent';
+    }
+  })();
+  return `${new Date(e.at).toISOString()} ${e.queue} ${e.type.padEnd(13)} ${e.name ?? '?'} ${e.id}${detail ? `  ${detail}` : ''}`;
+}
+
+/** `heimdall events`: the queues' events as they happen, until SIGINT or SIGTERM. */
+async function followEvents(parsed: Parsed, target: Target, io: Io): Promise<number> {
+  if (parsed.positionals.length > 0) throw new UsageError(`events takes no arguments, got ${parsed.positionals.join(' ')}`);
+  const since = sinceOf(parsed.values.since);
+  const ids = parsed.values.id === undefined ? undefined : new Set(parsed.values.id);
+  const inspector = new Inspector(target);
+  const dispatcher = new Dispatcher(target);
+  const stop = new AbortController();
+  const onSignal = (): void => stop.abort();
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const queues = await queuesOf(parsed, inspector);
+    io.err(`following the events of ${queues.join(', ')}${since === undefined ? '' : ` since ${since instanceof Date ? since.toISOString() : since}`}; Ctrl-C to stop`);
+    for await (const e of dispatcher.events({ queues, ...(since === undefined ? {} : { since }), signal: stop.signal })) {
+      if (ids && !ids.has(e.id)) continue;
+      io.out(parsed.values.json ? JSON.stringify(e) : eventLine(e));
+    }
+    return EXIT.ok;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await dispatcher.close();
+    await inspector.close();
+  }
 }

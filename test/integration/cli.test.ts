@@ -4,9 +4,17 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { currentTask, Dispatcher, Task, Worker } from 'heimdall-tasks';
 import { gate, useHarness, waitFor } from '../helpers.js';
-import { runHeimdall as heimdall } from '../fixtures/cli/heimdall.js';
+import { runHeimdall as heimdall, spawnHeimdall } from '../fixtures/cli/heimdall.js';
 
 let held = gate();
+
+class Flaky {
+  @Task({ queue: 'cli-reports', retries: { max: 1, backoff: '20ms', jitter: false } })
+  async twice(): Promise<string> {
+    if (currentTask().attempt === 1) throw new TypeError('attempt 1 fails');
+    return 'second';
+  }
+}
 
 class Reports {
   @Task({ unique: true, key: ([customer]: [number]) => `customer-${customer}`, queue: 'cli-reports' })
@@ -54,8 +62,13 @@ describe('heimdall', () => {
 
     const queues = await heimdall(env, 'inspect', 'queues');
     expect(queues.code, queues.stderr).toBe(0);
-    expect(queues.stdout).toMatch(/QUEUE\s+WAITING\s+DELAYED\s+RUNNING\s+DEAD\s+WORKERS\s+OLDEST WAIT/);
-    expect(queues.stdout).toMatch(/cli-reports\s+0\s+1\s+1\s+0\s+1\s+-/);
+    expect(queues.stdout).toMatch(/QUEUE\s+WAITING\s+DELAYED\s+RETRYING\s+RUNNING\s+DEAD\s+WORKERS\s+OLDEST WAIT\s+TASKS\/S\s+FAILED\/S/);
+    // One notify ran in the last minute (1/60 to 1/70 per second, rounded to 0.02 or 0.01).
+    expect(queues.stdout).toMatch(/cli-reports\s+0\s+1\s+0\s+1\s+0\s+1\s+-\s+0\.0[12]\s+0\n/);
+
+    const limitsText = await heimdall(env, 'inspect', 'limits', '--queue', 'cli-reports');
+    expect(limitsText.stdout).toMatch(/QUEUE\s+TASK\s+WINDOW\s+STARTS\s+NEXT SLOT\s+WAITING/);
+    expect(limitsText.stdout).toMatch(/cli-reports\s+Reports\.notify\s+Reports\.notify\s+1\/1 per 60\.0 s\s+in [\d.]+ s\s+1\n/);
 
     const locks = await heimdall(env, 'inspect', 'locks', '--queue', 'cli-reports');
     expect(locks.code, locks.stderr).toBe(0);
@@ -157,5 +170,42 @@ describe('heimdall', () => {
     const dropped = await heimdall(env, 'dead', 'drop', 'cli-reports', '--id', 'ghost-cli', '--yes', '--json');
     expect(JSON.parse(dropped.stdout)).toEqual({ done: 1, skipped: [] });
     expect(await h.admin.llen(`${h.prefix}:{cli-reports}:dead`)).toBe(0);
+  });
+
+  it('events follows the queue as it happens (from a time back, for some ids, as JSON lines) and stops on SIGINT; status lists every attempt', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const env = { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix };
+    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new Reports(), new Flaky()], queues: ['cli-reports'], name: 'cli-worker' });
+    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
+    open.push(worker, d);
+    const early = await d.tasks(Reports).notify.delay(7);
+
+    const live = spawnHeimdall(h, 'events', '--queue', 'cli-reports', '--since', '10m');
+    await waitFor(() => live.seen.stderr.includes('Ctrl-C to stop'), { what: 'the events command to start' });
+    // From 10 minutes back: the task queued before the command started is there.
+    await waitFor(() => live.lines.some((l) => l.includes(`queued        Reports.notify ${early.id}`)), { what: 'the earlier queued event' });
+    await worker.start();
+    const flaky = await d.tasks(Flaky).twice.delay();
+    expect(await flaky.get({ timeout: 10 })).toBe('second');
+    await waitFor(() => live.lines.some((l) => l.includes(`succeeded     Flaky.twice ${flaky.id}`)), { what: 'the succeeded line' });
+    const mine = live.lines.filter((l) => l.includes(flaky.id)).map((l) => l.split(/\s+/)[2]);
+    expect(mine).toEqual(['queued', 'started', 'retried', 'started', 'succeeded']);
+    expect(live.lines.find((l) => l.includes(`retried       Flaky.twice ${flaky.id}`))).toMatch(/TypeError: attempt 1 fails; again in 20 ms$/);
+    live.child.kill('SIGINT');
+    expect((await live.exit).code).toBe(0);
+
+    // --id and --json: one JSON line per event of that task.
+    const json = spawnHeimdall(h, 'events', '--queue', 'cli-reports', '--since', '10m', '--id', flaky.id, '--json');
+    await waitFor(() => json.lines.length >= 5, { what: 'the JSON lines of one task' });
+    expect(json.lines.map((l) => (JSON.parse(l) as { type: string; id: string }).id)).toEqual(Array(json.lines.length).fill(flaky.id));
+    json.child.kill('SIGTERM');
+    expect((await json.exit).code).toBe(0);
+    expect((await heimdall(env, 'events', '--since', 'yesterday-ish')).code).toBe(2);
+
+    const status = await heimdall(env, 'status', flaky.id);
+    expect(status.code, status.stderr).toBe(0);
+    expect(status.stdout).toMatch(/ATTEMPT\s+WORKER\s+STARTED\s+RAN\s+ENDED\s+ERROR\s+BACKOFF/);
+    expect(status.stdout).toMatch(/\n1\s+cli-worker\s+\S+\s+[\d.]+ ms\s+retried\s+TypeError: attempt 1 fails\s+20 ms\n/);
+    expect(status.stdout).toMatch(/\n2\s+cli-worker\s+\S+\s+[\d.]+ ms\s+SUCCESS\s+-\s+-/);
   });
 });
