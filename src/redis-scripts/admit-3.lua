@@ -53,7 +53,7 @@ local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local rateKey, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local expireMs = tonumber(ARGV[12])
 local maxRecoveries = ARGV[13]
-useEvents(ARGV[14])
+useEvents(ARGV[14], workerId)
 local key = taskKeyOf(base, id)
 local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw', 'n')
 -- A record replaced by a value of another type since the fetch is not this run's any more.

@@ -48,7 +48,7 @@ local BASE_DELAY_MS, MAX_DELAY_MS, DECLARED_MAX_DELAY_MS = 250, 10000, 2000
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local grace, expireMs, message = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local key = taskKeyOf(base, id)
-useEvents(ARGV[9])
+useEvents(ARGV[9], workerId)
 local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua', 'rv', 'lk', 'lw')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end

@@ -64,7 +64,7 @@ end
 
 local base, workerId = ARGV[1], ARGV[2]
 local now = nowMs()
-useEvents(ARGV[7])
+useEvents(ARGV[7], workerId)
 local outcomes = {}
 local count = tonumber(ARGV[8])
 for i = 0, count - 1 do

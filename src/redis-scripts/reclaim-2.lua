@@ -27,7 +27,7 @@
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local known = {}
 -- Keyed by id and token: tokens are unique among the runs of one task, not across tasks.
-useEvents(ARGV[4])
+useEvents(ARGV[4], workerId)
 for i = 5, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
 local now = nowMs()
 local count, problem = 0, ''

@@ -25,7 +25,7 @@
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = nowMs()
 local count, problem = 0, ''
-useEvents(ARGV[4])
+useEvents(ARGV[4], workerId)
 for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at')

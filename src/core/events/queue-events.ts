@@ -112,18 +112,24 @@ export function entryTime(entryId: string): number {
 
 /**
  * The events of one stream entry (a flat list of field, value pairs; see includes/events.lua),
- * from index `from` on (a cursor resumes inside an entry). A pair of a type this version does
- * not know opens an event that is skipped with its details, so newer writers do not break it.
+ * from index `from` on (a cursor resumes inside an entry). Details before the first event apply
+ * to every event (a worker's calls name their worker once, `w`). A pair of a type this version
+ * does not know opens an event that is skipped with its details, so newer writers do not break it.
  */
 export function decodeEntry(queue: string, entryId: string, pairs: readonly string[], from = 0): QueueEvent[] {
   const at = entryTime(entryId);
   const out: QueueEvent[] = [];
-  let index = -1;
+  const defaults = new Map<string, string>();
   let i = 0;
+  while (i < pairs.length && pairs[i]!.length <= 2) {
+    defaults.set(pairs[i]!, pairs[i + 1] ?? '');
+    i += 2;
+  }
+  let index = -1;
   while (i < pairs.length) {
     const type = pairs[i]!;
     const id = pairs[i + 1] ?? '';
-    const details = new Map<string, string>();
+    const details = new Map<string, string>(defaults);
     i += 2;
     while (i < pairs.length && pairs[i]!.length <= 2) {
       details.set(pairs[i]!, pairs[i + 1] ?? '');

@@ -9,20 +9,26 @@
 -- and by age by the workers' heartbeat (XTRIM MINID ~). The cap counts events, not entries:
 -- each XADD keeps cap / (events in its entry) entries, so a stream of big entries (a busy
 -- worker's fetches) keeps about as many events as one of single-event entries.
+-- Details before the first event of an entry apply to all its events: a worker's calls put their
+-- worker id there once ('w'), and leave it out of each event that names that worker.
 -- A cap of 0 turns events off. Writing them is best effort: a refused XADD (a full Redis) is
 -- ignored, never failing the transitions the call made.
 local eventPairs = {}
 local eventCap = 0
+local eventWorker = nil
 
-local function useEvents(cap)
+-- `worker`: the id of the worker making the call (nil for a producer or an operator).
+local function useEvents(cap, worker)
   eventCap = tonumber(cap) or 0
+  eventWorker = worker
 end
 
 local function eventsOn()
   return eventCap > 0
 end
 
--- noteEvent(type, id, field1, value1, ...): nil values are skipped with their field.
+-- noteEvent(type, id, field1, value1, ...): nil values are skipped with their field, and so is a
+-- worker ('w') that is the calling worker (the entry names it once).
 local function noteEvent(kind, id, ...)
   if eventCap <= 0 then return end
   local n = #eventPairs
@@ -32,7 +38,7 @@ local function noteEvent(kind, id, ...)
   local count = select('#', ...)
   for i = 1, count, 2 do
     local field, value = select(i, ...)
-    if value ~= nil and value ~= false then
+    if value ~= nil and value ~= false and not (field == 'w' and value == eventWorker) then
       eventPairs[n + 1] = field
       eventPairs[n + 2] = value
       n = n + 2
@@ -58,6 +64,8 @@ local function flushEvents(base)
     return
   end
   local key = eventsKeyOf(base)
+  local header = {}
+  if eventWorker then header = { 'w', eventWorker } end
   local from = 1
   while from <= total do
     local to = math.min(total, from + 3999)
@@ -69,7 +77,11 @@ local function flushEvents(base)
       if #eventPairs[i] > 2 then events = events + 1 end
     end
     local entries = math.max(1, math.floor(eventCap / math.max(1, events)))
-    redis.pcall('XADD', key, 'MAXLEN', '~', entries, '*', unpack(eventPairs, from, to))
+    if #header > 0 then
+      redis.pcall('XADD', key, 'MAXLEN', '~', entries, '*', header[1], header[2], unpack(eventPairs, from, to))
+    else
+      redis.pcall('XADD', key, 'MAXLEN', '~', entries, '*', unpack(eventPairs, from, to))
+    end
     from = to + 1
   end
   eventPairs = {}

@@ -255,7 +255,8 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     table.insert(started, id); table.insert(started, name); table.insert(started, args)
     table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
     table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)
-    noteEvent('started', id, 'n', name, 'w', workerId, 'a', attempt)
+    -- The first attempt goes without saying (a reader takes 1).
+    noteEvent('started', id, 'n', name, 'w', workerId, 'a', attempt > 1 and attempt or nil)
     count = count + 1
   end
 
