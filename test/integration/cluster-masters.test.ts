@@ -69,11 +69,19 @@ describe('a three-master Redis Cluster', () => {
     const worker = new Worker({ connection: cluster, prefix, services: [new Spread()], queues: QUEUES, leaseDuration: '1500ms' });
     const dispatcher = new Dispatcher({ connection: cluster, prefix });
     const events = recordEvents(worker);
+    // The queues' event streams live on three masters: one XREAD cannot span them.
+    const stream = dispatcher.events({ queues: QUEUES });
     try {
       await worker.start();
       const sent = await Promise.all(QUEUES.map((queue, i) => dispatcher.tasks(Spread).add.applyAsync([i, 100], { queue })));
       expect(await Promise.all(sent.map((r) => r.get({ timeout: 20 })))).toEqual(QUEUES.map((_, i) => i + 100));
       expect(events.errors).toEqual([]);
+      const succeeded = new Set<string>();
+      for await (const e of stream) {
+        if (e.type === 'succeeded') succeeded.add(e.queue);
+        if (succeeded.size === QUEUES.length) break;
+      }
+      expect([...succeeded].sort()).toEqual([...QUEUES].sort());
 
       const [w] = await waitFor(async () => {
         const all = await dispatcher.workers({ queues: QUEUES });
@@ -93,6 +101,7 @@ describe('a three-master Redis Cluster', () => {
         await fresh.quit();
       }
     } finally {
+      await stream.return?.();
       await worker.close();
       await dispatcher.close();
       await cluster.quit();
