@@ -11,6 +11,7 @@ import { Dispatcher } from '../core/producer/dispatcher.js';
 import { Inspector } from '../core/inspect/inspector.js';
 import { HeimdallError } from '../core/errors.js';
 import { DEFAULT_PREFIX } from '../core/protocol/queue-keys.js';
+import { redisNowMs } from '../core/protocol/connection.js';
 import { VERSION } from '../core/version.js';
 import { EXIT, ms, UsageError, type Io } from './shared.js';
 import { workerCommand } from './worker-command.js';
@@ -70,7 +71,8 @@ ${COMMON}`,
 
   queues   counts per queue: waiting, delayed (retrying among them), running, dead, workers,
            oldest wait, runs ended per second over the last minute (failed among them)
-  workers  the live workers: host, pid, queues, running tasks, counts
+  workers  the live workers: host, pid, queues, running tasks, counts (as each said at its
+           last heartbeat, every third of its lease: up to that old)
   locks    unique locks with their holders and what is left of their lifetime
   limits   rate windows: starts in the period, when the next slot frees, tasks waiting on it
   dead     dead letters, newest first
@@ -134,6 +136,8 @@ ${COMMON}`,
   --since <when>   start earlier: a duration back from now (30s, 10m, 2h), an ISO time, or an
                    event's cursor (to resume after it); default: from now on
   --id <id>        only the events of these task ids (repeatable)
+  The queues are those found when it starts; a queue that first appears later is not followed
+  (name it with --queue).
 
 ${COMMON}`,
   revoke: `Usage: heimdall revoke <id> [--queue <name>] [--terminate]
@@ -338,7 +342,7 @@ async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Pr
       const stats = await inspector.queues(queues);
       return [
         table([
-          ['QUEUE', 'WAITING', 'DELAYED', 'RETRYING', 'RUNNING', 'DEAD', 'WORKERS', 'OLDEST WAIT', 'TASKS/S', 'FAILED/S'],
+          ['QUEUE', 'WAITING', 'DELAYED', 'RETRYING', 'RUNNING', 'DEAD', 'WORKERS', 'OLDEST WAIT', 'TASKS/S', 'ERRORS/S'],
           ...stats.map((q) => [
             q.queue,
             String(q.waiting),
@@ -349,7 +353,7 @@ async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Pr
             String(q.workers),
             ms(q.oldestWaitingMs),
             String(q.tasksPerSecond.m1),
-            String(q.failedPerSecond.m1),
+            String(q.errorsPerSecond.m1),
           ]),
         ]),
         stats,
@@ -602,7 +606,13 @@ async function purgeQueue(parsed: Parsed, target: Target, print: Print): Promise
   const inspector = new Inspector(target);
   try {
     const purged = await inspector.purge(queue, { delayed });
-    print(`purged ${purged} task(s) of queue '${queue}' (${delayed ? 'waiting and delayed' : 'waiting; delayed ones left'})`, { queue, purged, delayed });
+    // Tasks waiting on a rate window, a retry or a countdown are in the delayed set: say how many stay.
+    const [after] = delayed ? [undefined] : await inspector.queues([queue]);
+    const left = after?.delayed ?? 0;
+    print(
+      `purged ${purged} task(s) of queue '${queue}' (${delayed ? 'waiting and delayed' : left > 0 ? `waiting; ${left} delayed left: add --delayed to purge them too` : 'waiting; none delayed'})`,
+      { queue, purged, delayed, ...(delayed ? {} : { delayedLeft: left }) },
+    );
     return EXIT.ok;
   } finally {
     await inspector.close();
@@ -630,11 +640,11 @@ if (/(?:^|[\\/])cli[\\/]main\.(?:ts|js)$/.test(invokedPath())) {
   );
 }
 
-/** `--since`: a duration back from now ('30s', '10m', '2h'), an ISO time, or an event's cursor. */
-function sinceOf(value: string | undefined): Date | string | undefined {
+/** `--since`: a duration back from now on the Redis clock ('30s', '10m', '2h'), an ISO time, or an event's cursor. */
+async function sinceOf(value: string | undefined, client: Redis): Promise<Date | string | undefined> {
   if (value === undefined) return undefined;
   const back = /^(\d+(?:\.\d+)?)(s|m|h|d)$/.exec(value);
-  if (back) return new Date(Date.now() - Number(back[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[back[2] as 's' | 'm' | 'h' | 'd']);
+  if (back) return new Date((await redisNowMs(client)) - Number(back[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[back[2] as 's' | 'm' | 'h' | 'd']);
   if (/^\d+-\d+\/\d+$/.test(value)) return value;
   const at = new Date(value);
   if (Number.isNaN(at.getTime())) throw new UsageError(`--since takes a duration back from now (30s, 10m, 2h), an ISO time or an event's cursor, got ${JSON.stringify(value)}`);
@@ -678,7 +688,7 @@ function eventLine(e: QueueEvent): string {
 /** `heimdall events`: the queues' events as they happen, until SIGINT or SIGTERM. */
 async function followEvents(parsed: Parsed, target: Target, io: Io): Promise<number> {
   if (parsed.positionals.length > 0) throw new UsageError(`events takes no arguments, got ${parsed.positionals.join(' ')}`);
-  const since = sinceOf(parsed.values.since);
+  const since = await sinceOf(parsed.values.since, target.connection);
   const ids = parsed.values.id === undefined ? undefined : new Set(parsed.values.id);
   const inspector = new Inspector(target);
   const dispatcher = new Dispatcher(target);

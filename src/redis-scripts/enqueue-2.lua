@@ -16,7 +16,7 @@
           number of items F, then F items: field, value pairs stored in the task hash (n, a, tl,
           ex, mr, lk, lt, lw, rk, rn, rp; the script adds s, c and v); long arguments (a) are
           stored in pieces, see includes/args.lua
-  then, optionally, the cap of the queue's event stream in events (0: no events; absent: 100000;
+  then, optionally, the cap of the queue's event stream in entries (0: no events; absent: 10000;
   see includes/events.lua). Last, so producers written before events keep working.
 
   Returns a flat list of three items per task:
@@ -68,7 +68,7 @@ end
 local base = ARGV[1]
 local now = nowMs()
 -- The cap comes after the tasks; until it is read, events are noted under the default.
-useEvents(100000)
+useEvents(10000)
 local replies = {}
 local woken = false
 local o = 3

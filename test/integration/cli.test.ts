@@ -62,7 +62,7 @@ describe('heimdall', () => {
 
     const queues = await heimdall(env, 'inspect', 'queues');
     expect(queues.code, queues.stderr).toBe(0);
-    expect(queues.stdout).toMatch(/QUEUE\s+WAITING\s+DELAYED\s+RETRYING\s+RUNNING\s+DEAD\s+WORKERS\s+OLDEST WAIT\s+TASKS\/S\s+FAILED\/S/);
+    expect(queues.stdout).toMatch(/QUEUE\s+WAITING\s+DELAYED\s+RETRYING\s+RUNNING\s+DEAD\s+WORKERS\s+OLDEST WAIT\s+TASKS\/S\s+ERRORS\/S/);
     // One notify ran in the last minute (1/60 to 1/70 per second, rounded to 0.02 or 0.01).
     expect(queues.stdout).toMatch(/cli-reports\s+0\s+1\s+0\s+1\s+0\s+1\s+-\s+0\.0[12]\s+0\n/);
 

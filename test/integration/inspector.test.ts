@@ -215,8 +215,8 @@ describe('Inspector', () => {
     expect(stats!.tasksPerSecond.m1).toBeGreaterThanOrEqual(Math.floor((34 / 70) * 100) / 100);
     expect(stats!.tasksPerSecond.m1).toBeLessThanOrEqual(Math.ceil((34 / 60) * 100) / 100);
     expect(stats!.tasksPerSecond.m15).toBeLessThan(stats!.tasksPerSecond.m1);
-    expect(stats!.failedPerSecond.m1).toBeGreaterThanOrEqual(Math.floor((3 / 70) * 100) / 100);
-    expect(stats!.failedPerSecond.m1).toBeLessThanOrEqual(Math.ceil((3 / 60) * 100) / 100);
+    expect(stats!.errorsPerSecond.m1).toBeGreaterThanOrEqual(Math.floor((3 / 70) * 100) / 100);
+    expect(stats!.errorsPerSecond.m1).toBeLessThanOrEqual(Math.ceil((3 / 60) * 100) / 100);
     expect(stats).toMatchObject({ delayed: 1, retrying: 1 });
     expect(failures).toBe(1);
 

@@ -55,7 +55,7 @@ describe('purge', () => {
     expect(await unique.status()).toBe('PENDING');
 
     const purged = await heimdall(env, 'purge', 'purge-q', '--yes');
-    expect(purged, purged.stderr).toMatchObject({ code: 0, stdout: "purged 4 task(s) of queue 'purge-q' (waiting; delayed ones left)\n" });
+    expect(purged, purged.stderr).toMatchObject({ code: 0, stdout: "purged 4 task(s) of queue 'purge-q' (waiting; 1 delayed left: add --delayed to purge them too)\n" });
     for (const t of [unique, ...plain]) expect(await t.info()).toMatchObject({ state: 'REVOKED', revokeReason: 'purged' });
     expect(await h.admin.exists(lockKey)).toBe(0);
     const err = await waiter;

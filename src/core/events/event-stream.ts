@@ -19,8 +19,11 @@ export interface EventsReadOptions {
   signal?: AbortSignal;
 }
 
-/** How many entries one XREAD asks for. */
-const READ_COUNT = 100;
+/**
+ * How many entries one XREAD asks for. An entry holds up to about twice a worker's concurrency in
+ * events, so the buffer holds at most HIGH_WATER plus this many entries' events.
+ */
+const READ_COUNT = 20;
 /** How long one XREAD blocks, ms; the loop reads again (and sees a close) after it. */
 const BLOCK_MS = 5_000;
 /** Events buffered before the readers wait for the consumer. */

@@ -6,10 +6,10 @@ import { describe, toMillisOrZero, type Duration } from '../task/durations.js';
 /** Options of the queues' event streams, on a Dispatcher (what it writes) or a Worker (what it writes, and the age trim). */
 export interface EventsOptions {
   /**
-   * About how many events each queue's stream keeps (about 60 bytes each in Redis). Approximate:
-   * the stream holds one entry per script call (one event for a single dispatch, up to a few
-   * hundred for a busy worker's fetch), each write keeps `maxLength` divided by its own number of
-   * events in entries, and Redis trims whole nodes. Default: 100,000.
+   * How many entries each queue's stream keeps. An entry is one script call: one event for a
+   * single dispatch, up to about twice a worker's concurrency for a busy worker's fetch (an
+   * event is about 60 bytes in Redis). Approximate: Redis trims whole nodes of the stream, so up
+   * to a node more (100 entries or 4 KB) may stay. Default: 10,000.
    */
   maxLength?: number;
   /**
@@ -19,13 +19,13 @@ export interface EventsOptions {
   maxAge?: Duration;
 }
 
-/** Events options after validation: the stream's cap in events (0: no events) and its age limit in ms (0: none). */
+/** Events options after validation: the stream's cap in entries (0: no events) and its age limit in ms (0: none). */
 export interface EventsSettings {
   cap: number;
   maxAgeMs: number;
 }
 
-export const DEFAULT_EVENTS_MAX_LENGTH = 100_000;
+export const DEFAULT_EVENTS_MAX_LENGTH = 10_000;
 export const DEFAULT_EVENTS_MAX_AGE_MS = 60 * 60_000;
 
 /** Checks `events` of a Dispatcher, Worker or Inspector: `false` turns events off. */
@@ -34,7 +34,7 @@ export function eventsSettings(option: EventsOptions | false | undefined): Event
   if (option === undefined) return { cap: DEFAULT_EVENTS_MAX_LENGTH, maxAgeMs: DEFAULT_EVENTS_MAX_AGE_MS };
   if (typeof option !== 'object' || option === null) throw new ConfigError(`events must be false or { maxLength?, maxAge? }, got ${describe(option)}`);
   const cap = option.maxLength ?? DEFAULT_EVENTS_MAX_LENGTH;
-  if (!Number.isInteger(cap) || cap < 1) throw new ConfigError(`events.maxLength must be a whole number of events >= 1, got ${describe(option.maxLength)}`);
+  if (!Number.isInteger(cap) || cap < 1) throw new ConfigError(`events.maxLength must be a whole number of entries >= 1, got ${describe(option.maxLength)}`);
   const maxAgeMs = option.maxAge === undefined ? DEFAULT_EVENTS_MAX_AGE_MS : toMillisOrZero(option.maxAge, 'events.maxAge');
   return { cap, maxAgeMs };
 }

@@ -64,8 +64,8 @@ export interface QueueStats {
   retrying: number;
   /** Runs ended per second (succeeded, failed or retried), averaged over the last 1, 5 and 15 minutes (Redis clock, 10-second buckets). */
   tasksPerSecond: Throughput;
-  /** Of those, the runs that failed or were retried. */
-  failedPerSecond: Throughput;
+  /** Of those, the runs that threw: ended FAILURE, or were retried (errors, not only final failures). */
+  errorsPerSecond: Throughput;
 }
 
 /** A rate per second over the last 1, 5 and 15 minutes. */
@@ -141,8 +141,8 @@ export interface ListOptions {
 /** Options of `new Inspector()`: the connection and prefix, as a Dispatcher's. */
 export interface InspectorOptions extends ConnectionOptions {
   /**
-   * The events it writes (a lock released, a dead letter retried), capped at about `maxLength` events
-   * per queue as a Dispatcher's are. `false` writes none. Default: `{ maxLength: 100_000 }`.
+   * The events it writes (a lock released, a dead letter retried), capped at `maxLength` entries
+   * per queue as a Dispatcher's are. `false` writes none. Default: `{ maxLength: 10_000 }`.
    */
   events?: EventsOptions | false;
 }
@@ -241,7 +241,7 @@ export class Inspector {
       oldestWaitingMs,
       retrying,
       tasksPerSecond: throughput(stats, replies.now, ['s:', 'f:']),
-      failedPerSecond: throughput(stats, replies.now, ['f:']),
+      errorsPerSecond: throughput(stats, replies.now, ['f:']),
     };
   }
 

@@ -33,8 +33,8 @@ export interface DispatcherOptions extends ConnectionOptions {
   maxPayloadBytes?: number;
   /**
    * The queues' event streams: what this dispatcher's calls write (queued, deduplicated, revoked),
-   * capped at about `maxLength` events per queue (`maxAge` is the workers' to apply). `false` writes none.
-   * Default: `{ maxLength: 100_000 }`.
+   * capped at `maxLength` entries per queue (`maxAge` is the workers' to apply). `false` writes none.
+   * Default: `{ maxLength: 10_000 }`.
    */
   events?: EventsOptions | false;
 }

@@ -41,7 +41,7 @@ export class Enqueuer {
   constructor(
     private readonly scripts: ScriptRunner,
     private readonly lastError: () => Error | undefined = () => undefined,
-    /** The cap of the queues' event streams, in events (0: no events). */
+    /** The cap of the queues' event streams, in entries (0: no events). */
     private readonly eventsCap: number = DEFAULT_EVENTS_MAX_LENGTH,
   ) {}
 

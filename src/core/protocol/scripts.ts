@@ -85,7 +85,7 @@ export interface WorkerIdentity {
   readonly workerId: string;
   readonly leaseMs: number;
   readonly resultExpiresMs: number;
-  /** The cap of the queues' event streams, in events; 0: no events (includes/events.lua). */
+  /** The cap of the queues' event streams, in entries; 0: no events (includes/events.lua). */
   readonly eventsCap: number;
 }
 

@@ -48,8 +48,8 @@ export interface WorkerOptions extends ConnectionOptions {
   unknownTaskGrace?: Duration;
   /**
    * The queues' event streams (read with `dispatcher.events()`): what this worker's script calls
-   * write (started, succeeded, failed, retried, ...), capped at about `maxLength` events per queue, and
-   * trimmed to `maxAge` on every heartbeat. `false` writes none. Default: `{ maxLength: 100_000, maxAge: '1h' }`.
+   * write (started, succeeded, failed, retried, ...), capped at `maxLength` entries per queue, and
+   * trimmed to `maxAge` on every heartbeat. `false` writes none. Default: `{ maxLength: 10_000, maxAge: '1h' }`.
    */
   events?: EventsOptions | false;
 }

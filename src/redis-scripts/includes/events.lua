@@ -6,9 +6,11 @@
 -- field is an event type ('queued', 'started', ...) opens an event and names its task id; the
 -- pairs after it, up to the next type, are its details (n name, w worker, a attempt, ...; see
 -- src/core/events/queue-events.ts, which reads them). The stream is capped when written (MAXLEN ~)
--- and by age by the workers' heartbeat (XTRIM MINID ~). The cap counts events, not entries:
--- each XADD keeps cap / (events in its entry) entries, so a stream of big entries (a busy
--- worker's fetches) keeps about as many events as one of single-event entries.
+-- and by age by the workers' heartbeat (XTRIM MINID ~). The cap counts entries, that is script
+-- calls: an entry holds one event for a single send, up to about twice a worker's concurrency
+-- for a busy fetch. (A cap in events cannot be kept with MAXLEN, which counts the entries of
+-- the whole stream: dividing it by the events of the entry being written let one big entry trim
+-- away the history of many small ones.)
 -- Details before the first event of an entry apply to all its events: a worker's calls put their
 -- worker id there once ('w'), and leave it out of each event that names that worker.
 -- A cap of 0 turns events off. Writing them is best effort: a refused XADD (a full Redis) is
@@ -72,15 +74,10 @@ local function flushEvents(base)
     -- Extend to the end of the event the slice cut (the next type opens at an odd index whose
     -- field is not a detail: details are one or two letters, types are longer).
     while to < total and #eventPairs[to + 1] <= 2 do to = to + 2 end
-    local events = 0
-    for i = from, to, 2 do
-      if #eventPairs[i] > 2 then events = events + 1 end
-    end
-    local entries = math.max(1, math.floor(eventCap / math.max(1, events)))
     if #header > 0 then
-      redis.pcall('XADD', key, 'MAXLEN', '~', entries, '*', header[1], header[2], unpack(eventPairs, from, to))
+      redis.pcall('XADD', key, 'MAXLEN', '~', eventCap, '*', header[1], header[2], unpack(eventPairs, from, to))
     else
-      redis.pcall('XADD', key, 'MAXLEN', '~', entries, '*', unpack(eventPairs, from, to))
+      redis.pcall('XADD', key, 'MAXLEN', '~', eventCap, '*', unpack(eventPairs, from, to))
     end
     from = to + 1
   end

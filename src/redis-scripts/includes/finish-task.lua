@@ -29,8 +29,10 @@ local function writeEnd(base, key, delayedKey, id, state, stored, extra, retries
     redis.call('ZADD', delayedKey, due, id)
     redis.call('HSET', key, 's', 'RETRY', 'd', due, 'ry', (tonumber(retries) or 0) + 1, unpack(extra))
     local errName, errMessage = errorSummary(extra)
-    keepAttempt(key, { a = tonumber(run[4]), st = tonumber(run[3]), f = now, w = run[2], en = errName, em = errMessage,
-      b = retryDelayMs })
+    -- Best effort, as in a recovery: the retry above is stored and must stand whatever becomes of
+    -- the history (a refused or failing write here would leave the task RETRY in no set).
+    pcall(keepAttempt, key, { a = tonumber(run[4]), st = tonumber(run[3]), f = now, w = run[2], en = errName,
+      em = errMessage, b = retryDelayMs })
     noteEvent('retried', id, 'n', run[1], 'w', run[2], 'a', run[4], 'dl', retryDelayMs, 'en', errName, 'em', errMessage)
     return
   end
