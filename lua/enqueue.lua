@@ -147,6 +147,8 @@ local function replyChannelOf(base, tail) return base .. 'reply:' .. tail end
 -- for a busy fetch. (A cap in events cannot be kept with MAXLEN, which counts the entries of
 -- the whole stream: dividing it by the events of the entry being written let one big entry trim
 -- away the history of many small ones.)
+-- The three events every task has, started, progress and succeeded, go without the task's name
+-- (n), which the others carry: the reader takes it from the task's queued event or its record.
 -- Details before the first event of an entry apply to all its events: a worker's calls put their
 -- worker id there once ('w'), and leave it out of each event that names that worker.
 -- A cap of 0 turns events off. Writing them is best effort: a refused XADD (a full Redis) is

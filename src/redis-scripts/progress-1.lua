@@ -16,10 +16,10 @@
 ]]
 -- @include "events"
 
-local t = redis.call('HMGET', KEYS[1], 's', 'tk', 'n')
+local t = redis.call('HMGET', KEYS[1], 's', 'tk')
 if t[1] ~= 'STARTED' or t[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'pg', ARGV[2])
 useEvents(ARGV[5])
-noteEvent('progress', ARGV[4], 'n', t[3], 'p', ARGV[2])
+noteEvent('progress', ARGV[4], 'p', ARGV[2])
 flushEvents(ARGV[3])
 return 1

@@ -92,10 +92,18 @@ describe('dispatcher.events()', () => {
 
     const byType = (id: string, type: QueueEvent['type']): QueueEvent => seen.find((e) => e.id === id && e.type === type)!;
     expect(byType(add.id, 'queued')).toMatchObject({ queue: 'ev', name: 'Evented.add' });
-    expect(byType(add.id, 'started')).toMatchObject({ worker: worker.id, attempt: 1 });
-    expect(byType(add.id, 'progress')).toMatchObject({ value: 0.5, message: 'half way' });
+    // Started, progress and succeeded go without the name in Redis; the reader fills it in.
+    expect(byType(add.id, 'started')).toMatchObject({ worker: worker.id, attempt: 1, name: 'Evented.add' });
+    expect(byType(add.id, 'progress')).toMatchObject({ value: 0.5, message: 'half way', name: 'Evented.add' });
     const succeeded = byType(add.id, 'succeeded');
-    expect(succeeded).toMatchObject({ worker: worker.id });
+    expect(succeeded).toMatchObject({ worker: worker.id, name: 'Evented.add' });
+    // A reader that starts after a task's queued event reads its name from the task's record.
+    const after = await collect(d.events({ queues: ['ev'], since: byType(add.id, 'queued').cursor }), (s) => typesOf(s, add.id).includes('succeeded'));
+    expect(after.filter((e) => e.id === add.id).map((e) => [e.type, e.name])).toEqual([
+      ['started', 'Evented.add'],
+      ['progress', 'Evented.add'],
+      ['succeeded', 'Evented.add'],
+    ]);
     expect(succeeded.type === 'succeeded' && typeof succeeded.runtimeMs).toBe('number');
     expect(byType(flaky.id, 'retried')).toMatchObject({ attempt: 1, delayMs: 20, error: { name: 'TypeError', message: 'first attempt fails' } });
     expect(byType(broken.id, 'failed')).toMatchObject({ error: { name: 'RangeError', message: 'always' } });

@@ -4,6 +4,7 @@ import { ConfigError, fromRedis } from '../errors.js';
 import { openClient, type ConnectionOption, type OwnedClient, type RedisClient } from '../protocol/connection.js';
 import { QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { decodeEntry, type QueueEvent } from './queue-events.js';
+import { FIELDS } from '../protocol/task-fields.js';
 
 /** Options of `dispatcher.events()`. */
 export interface EventsReadOptions {
@@ -54,6 +55,7 @@ export class EventStream implements AsyncIterableIterator<QueueEvent> {
   private failure: Error | undefined;
   private done = false;
   private readonly onAbort = (): void => void this.return();
+  private readonly names: TaskNames;
 
   constructor(
     connection: ConnectionOption,
@@ -69,6 +71,7 @@ export class EventStream implements AsyncIterableIterator<QueueEvent> {
   ) {
     if (queues.length === 0) throw new ConfigError('events() needs at least one queue');
     const keys = queues.map((q) => new QueueKeys(prefix, validateName(q, 'queue')));
+    this.names = new TaskNames(keys);
     const starts = startsOf(keys, since);
     const start = since === undefined ? now() : undefined;
     // Read once the start is known; a failure to learn it ends the iteration with that error.
@@ -151,6 +154,7 @@ export class EventStream implements AsyncIterableIterator<QueueEvent> {
         }
         const reply = (await client.xread('COUNT', READ_COUNT, 'BLOCK', BLOCK_MS, 'STREAMS', ...keys.map((k) => k.events), ...ids)) as StreamReply;
         if (this.done || reply === null) continue;
+        const read: QueueEvent[] = [];
         for (const [key, entries] of reply) {
           const i = keys.findIndex((k) => k.events === key);
           const queue = byKey.get(key);
@@ -158,9 +162,12 @@ export class EventStream implements AsyncIterableIterator<QueueEvent> {
           for (const [entryId, pairs] of entries) {
             const from = entryId === cursors[i]!.cursorEntry ? cursors[i]!.skipThrough + 1 : 0;
             ids[i] = entryId;
-            for (const event of decodeEntry(queue, entryId, pairs, from)) this.buffer.push(event);
+            for (const event of decodeEntry(queue, entryId, pairs, from)) read.push(event);
           }
         }
+        await this.names.fill(client, read);
+        if (this.done) continue;
+        for (const event of read) this.buffer.push(event);
         this.wakeConsumer?.();
       }
     } catch (err) {
@@ -194,4 +201,55 @@ function startsOf(keys: readonly QueueKeys[], since: Date | number | string | un
   const before = BigInt(seq) > 0n ? `${ms}-${BigInt(seq) - 1n}` : BigInt(ms) > 0n ? `${BigInt(ms) - 1n}-${MAX_SEQ}` : '0-0';
   for (const k of keys) starts.set(k.queue, { id: before, cursorEntry: `${ms}-${seq}`, skipThrough: Number(index) });
   return starts;
+}
+
+/** Names remembered, at most; the oldest go first. */
+const NAMES_KEPT = 10_000;
+
+/**
+ * The task names of events that go without one (started, progress and succeeded: the hot
+ * events leave it out to cost Redis less), from the task's earlier events or, for a task not
+ * seen yet, its record (one pipelined HGET per reading, on the reader's own connection).
+ */
+class TaskNames {
+  private readonly known = new Map<string, string>();
+  private readonly byQueue: Map<string, QueueKeys>;
+
+  constructor(keys: readonly QueueKeys[]) {
+    this.byQueue = new Map(keys.map((k) => [k.queue, k]));
+  }
+
+  async fill(client: RedisClient, events: QueueEvent[]): Promise<void> {
+    const missing = new Map<string, QueueKeys>();
+    for (const e of events) {
+      const mapKey = `${e.queue}\n${e.id}`;
+      if (e.name !== undefined) this.remember(mapKey, e.name);
+      else if (!this.known.has(mapKey)) {
+        const k = this.byQueue.get(e.queue);
+        if (k) missing.set(mapKey, k);
+      }
+    }
+    if (missing.size > 0) {
+      const pipeline = client.pipeline();
+      const asked = [...missing];
+      for (const [mapKey, k] of asked) pipeline.hget(k.task(mapKey.slice(mapKey.indexOf('\n') + 1)), FIELDS.name);
+      const replies = (await pipeline.exec()) ?? [];
+      asked.forEach(([mapKey], i) => {
+        const [err, name] = replies[i] ?? [null, null];
+        if (!err && typeof name === 'string') this.remember(mapKey, name);
+      });
+    }
+    for (const e of events) {
+      if (e.name === undefined) {
+        const name = this.known.get(`${e.queue}\n${e.id}`);
+        if (name !== undefined) e.name = name;
+      }
+    }
+  }
+
+  private remember(mapKey: string, name: string): void {
+    if (this.known.has(mapKey)) return;
+    this.known.set(mapKey, name);
+    if (this.known.size > NAMES_KEPT) this.known.delete(this.known.keys().next().value as string);
+  }
 }

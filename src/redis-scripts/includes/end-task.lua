@@ -28,7 +28,7 @@ local function endTask(base, id, state, extra, now, expireMs, lock, run)
       local runtime
       if run[3] and tonumber(run[3]) then runtime = now - tonumber(run[3]) end
       if state == 'SUCCESS' then
-        noteEvent('succeeded', id, 'n', run[1], 'w', run[2], 'rt', runtime)
+        noteEvent('succeeded', id, 'w', run[2], 'rt', runtime)
       else
         local errName, errMessage = errorSummary(extra)
         noteEvent('failed', id, 'n', run[1], 'w', run[2], 'rt', runtime, 'en', errName, 'em', errMessage)

@@ -256,7 +256,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
     table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)
     -- The first attempt goes without saying (a reader takes 1).
-    noteEvent('started', id, 'n', name, 'w', workerId, 'a', attempt > 1 and attempt or nil)
+    noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil)
     count = count + 1
   end
 
