@@ -290,8 +290,8 @@ export function isWrongType(err: unknown): boolean {
  * An error of a call to Redis in heimdall's terms, naming `what` was being done: ioredis giving
  * up after its retry budget is a RedisUnavailableError (with the connection's `lastError`), a
  * full Redis a RedisOutOfMemoryError, any other error reply of Redis's (an ACL, a key of the
- * wrong type, a Cluster redirection) a RedisRefusedError, a closed connection a
- * RedisUnavailableError; Redis's or ioredis's own error is the `cause`. A HeimdallError, or
+ * wrong type, a lone MOVED) a RedisRefusedError, a closed connection or a Cluster between masters
+ * (failing over, see isFailingOver) a RedisUnavailableError; Redis's or ioredis's own error is the `cause`. A HeimdallError, or
  * anything else, is returned as it is.
  */
 export function fromRedis(err: unknown, what: string, lastError?: Error): unknown {
@@ -300,7 +300,7 @@ export function fromRedis(err: unknown, what: string, lastError?: Error): unknow
   // try: a hostile value (a Proxy whose traps throw) passes as it is, for the caller to describe.
   try {
     if (err instanceof HeimdallError || !(err instanceof Error)) return err;
-    if (err.name === 'MaxRetriesPerRequestError' || /^Connection is closed\.?$/.test(err.message)) {
+    if (err.name === 'MaxRetriesPerRequestError' || /^Connection is closed\.?$/.test(err.message) || isFailingOver(err)) {
       return new RedisUnavailableError(what, { cause: err, lastError });
     }
     if (isOutOfMemoryReply(err)) return new RedisOutOfMemoryError(what, { cause: err });
@@ -309,6 +309,16 @@ export function fromRedis(err: unknown, what: string, lastError?: Error): unknow
     // a hostile value passes as it is
   }
   return err;
+}
+
+/**
+ * A Redis Cluster between masters: ioredis ran out of redirections while a shard's master was
+ * down or being replaced ('Too many Cluster redirections', its MOVED or a closed connection as
+ * the last error), or the cluster answered that it cannot serve the slot now (CLUSTERDOWN,
+ * TRYAGAIN, MASTERDOWN). The call may go through once a replica is promoted: unavailable, not refused.
+ */
+function isFailingOver(err: Error): boolean {
+  return err.message.startsWith('Too many Cluster redirections') || /^(CLUSTERDOWN|TRYAGAIN|MASTERDOWN)\b/.test(err.message);
 }
 
 /** Runs a call to Redis; what it rejects with goes through {@link fromRedis}. */

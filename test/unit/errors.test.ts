@@ -26,7 +26,7 @@ import {
   WorkerShutdownError,
   type TaskResult,
 } from 'heimdall-tasks';
-import { outOfMemory } from '../../src/core/errors.js';
+import { fromRedis, outOfMemory } from '../../src/core/errors.js';
 
 /** What Redis answers a write it refuses while over maxmemory under noeviction. */
 const OOM_TEXT = "OOM command not allowed when used memory > 'maxmemory'. script: 41f6c1cbe2cca4f8777c0a4870ec7620b471b146, on @user_script:26.";
@@ -248,5 +248,25 @@ describe('instanceof across two copies of the package', () => {
     expect(ours).toBeInstanceOf(copy.SerializationError);
     expect(ours).toBeInstanceOf(copy.HeimdallError);
     expect(ours instanceof copy.ConfigError).toBe(false);
+  });
+});
+
+describe('fromRedis', () => {
+  it('reads a Redis Cluster between masters as unavailable, not refused', () => {
+    // What ioredis's Cluster rejects with while a shard's master is down or being replaced.
+    for (const message of [
+      'Too many Cluster redirections. Last error: ReplyError: MOVED 8965 127.0.0.1:35451',
+      'Too many Cluster redirections. Last error: Error: Connection is closed.',
+    ]) {
+      expect(fromRedis(new Error(message), 'sending Slow.work')).toBeInstanceOf(RedisUnavailableError);
+    }
+    for (const message of ['CLUSTERDOWN The cluster is down', 'TRYAGAIN Multiple keys request during rehashing of slot', 'MASTERDOWN Link with MASTER is down']) {
+      const err = fromRedis(new ReplyError(message), 'sending Slow.work');
+      expect(err).toBeInstanceOf(RedisUnavailableError);
+      expect((err as RedisUnavailableError).cause).toBeInstanceOf(ReplyError);
+    }
+    // Refusals stay refusals.
+    expect(fromRedis(new ReplyError('NOPERM this user has no permissions'), 'x')).toBeInstanceOf(RedisRefusedError);
+    expect(fromRedis(new ReplyError('MOVED 1 127.0.0.1:1'), 'x')).toBeInstanceOf(RedisRefusedError);
   });
 });
