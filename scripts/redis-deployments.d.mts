@@ -8,6 +8,8 @@ export interface LocalCluster {
   nodes: { port: number; url: string }[];
   /** As ioredis's `new Cluster(seeds)` takes them. */
   seeds: Seed[];
+  /** The nodes' process ids. */
+  pids: number[];
   stop(): Promise<void>;
   /** SIGKILLs one node. */
   kill(port: number): Promise<void>;
@@ -22,6 +24,8 @@ export interface LocalSentinel {
   sentinels: Seed[];
   master: { port: number; url: string };
   replica: { port: number; url: string };
+  /** The processes' ids: master, replica, sentinels. */
+  pids: number[];
   stop(): Promise<void>;
   kill(port: number): Promise<void>;
 }

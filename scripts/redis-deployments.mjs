@@ -45,13 +45,43 @@ async function until(check, what, timeoutMs) {
   }
 }
 
+// Every node this process started and has not seen exit: killed when the process exits, so a
+// crashed or killed test run leaves no redis-server behind (stop() is the orderly way).
+const live = new Set();
+/** The temporary directories of deployments not stopped yet: removed at exit too. */
+const roots = new Set();
+let reaperInstalled = false;
+function installReaper() {
+  if (reaperInstalled) return;
+  reaperInstalled = true;
+  process.on('exit', () => {
+    for (const child of live) child.kill('SIGKILL');
+    for (const root of roots) rmSync(root, { recursive: true, force: true });
+  });
+}
+
 /** One redis-server (or sentinel) process on `port` with `args`, and how to stop or kill it. */
 function spawnNode(bin, port, dir, args) {
+  installReaper();
   mkdirSync(dir, { recursive: true });
-  const child = spawn(bin, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-  const node = { port, dir, child, exited: false, url: `redis://127.0.0.1:${port}` };
-  child.on('exit', () => (node.exited = true));
+  const child = spawn(bin, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(child);
+  const node = { port, dir, child, exited: false, url: `redis://127.0.0.1:${port}`, output: '' };
+  // The last lines it printed, for the error should it not come up.
+  const keep = (d) => (node.output = (node.output + d).slice(-2000));
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  child.on('exit', () => {
+    node.exited = true;
+    live.delete(child);
+  });
   return node;
+}
+
+/** What a node that did not come up printed last, for an error message. */
+function lastWords(nodes) {
+  const dead = nodes.filter((n) => n.exited);
+  return dead.length === 0 ? '' : `\n${dead.map((n) => `node ${n.port} exited: ${n.output.trim().split('\n').slice(-3).join(' | ')}`).join('\n')}`;
 }
 
 async function stopNode(node) {
@@ -62,7 +92,8 @@ async function stopNode(node) {
   if (!node.exited) node.child.kill('SIGKILL');
 }
 
-async function killNode(node) {
+async function killNode(node, port) {
+  if (!node) throw new Error(`no node of this deployment listens on port ${port}`);
   if (node.exited) return;
   const gone = new Promise((r) => node.child.once('exit', r));
   node.child.kill('SIGKILL');
@@ -85,28 +116,35 @@ function redisCliBin(serverBin) {
 export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 2000, log = (m) => console.error(m) } = {}) {
   const bin = redisServerBin({ log });
   const root = mkdtempSync(join(tmpdir(), 'heimdall-cluster-'));
+  roots.add(root);
   const nodes = [];
   const stop = async () => {
     await Promise.all(nodes.map(stopNode));
     rmSync(root, { recursive: true, force: true });
+    roots.delete(root);
   };
   try {
     const count = masters * (1 + replicas);
     for (let i = 0; i < count; i++) {
       const port = await freePort();
+      // The cluster bus on a free port of its own (by default port + 10000, which may be taken).
+      const busPort = await freePort();
       const dir = join(root, String(port));
       nodes.push(
         spawnNode(bin, port, dir, [
           '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no',
           '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(nodeTimeoutMs),
-          '--cluster-announce-ip', '127.0.0.1',
+          '--cluster-announce-ip', '127.0.0.1', '--cluster-port', String(busPort),
         ]),
       );
     }
-    await until(async () => (await Promise.all(nodes.map((n) => ask(n.port, 'PING')))).every((r) => r.startsWith('+PONG')), 'the cluster nodes to answer', 10_000);
+    // The deadlines add up to 45 s, under a test hook's minute.
+    await until(async () => (await Promise.all(nodes.map((n) => ask(n.port, 'PING')))).every((r) => r.startsWith('+PONG')), 'the cluster nodes to answer', 10_000).catch((err) => {
+      throw new Error(err.message + lastWords(nodes));
+    });
     const addresses = nodes.map((n) => `127.0.0.1:${n.port}`);
     await new Promise((resolve, reject) =>
-      execFile(redisCliBin(bin), ['--cluster', 'create', ...addresses, '--cluster-replicas', String(replicas), '--cluster-yes'], { timeout: 30_000 }, (err, stdout, stderr) =>
+      execFile(redisCliBin(bin), ['--cluster', 'create', ...addresses, '--cluster-replicas', String(replicas), '--cluster-yes'], { timeout: 15_000 }, (err, stdout, stderr) =>
         err ? reject(new Error(`redis-cli --cluster create failed: ${err.message}\n${stdout}\n${stderr}`)) : resolve(),
       ),
     );
@@ -121,13 +159,15 @@ export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 
         return true;
       },
       'cluster_state:ok on every node, and every replica in sync',
-      30_000,
+      20_000,
     );
     return {
       nodes: nodes.map((n) => ({ port: n.port, url: n.url })),
       seeds: nodes.map((n) => ({ host: '127.0.0.1', port: n.port })),
+      /** The process ids of the nodes (for a test that checks stop() leaves none running). */
+      pids: nodes.map((n) => n.child.pid),
       stop,
-      kill: (port) => killNode(nodes.find((n) => n.port === port)),
+      kill: (port) => killNode(nodes.find((n) => n.port === port), port),
       /** 'master', 'replica', or 'down', as the node says now. */
       nodeFor: async (port) => {
         const node = nodes.find((n) => n.port === port);
@@ -152,10 +192,12 @@ export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 
 export async function startSentinel({ name = 'heimdall', downAfterMs = 1000, failoverTimeoutMs = 5000, log = (m) => console.error(m) } = {}) {
   const bin = redisServerBin({ log });
   const root = mkdtempSync(join(tmpdir(), 'heimdall-sentinel-'));
+  roots.add(root);
   const all = [];
   const stop = async () => {
     await Promise.all(all.map(stopNode));
     rmSync(root, { recursive: true, force: true });
+    roots.delete(root);
   };
   try {
     const base = (port, dir) => ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'];
@@ -201,14 +243,17 @@ export async function startSentinel({ name = 'heimdall', downAfterMs = 1000, fai
       },
       'the sentinels to know the master, its replica and each other',
       30_000,
-    );
+    ).catch((err) => {
+      throw new Error(err.message + lastWords(all));
+    });
     return {
       name,
       sentinels: sentinels.map((s) => ({ host: '127.0.0.1', port: s.port })),
       master: { port: masterPort, url: master.url },
       replica: { port: replicaPort, url: replica.url },
+      pids: all.map((n) => n.child.pid),
       stop,
-      kill: (port) => killNode(all.find((n) => n.port === port)),
+      kill: (port) => killNode(all.find((n) => n.port === port), port),
     };
   } catch (err) {
     await stop();

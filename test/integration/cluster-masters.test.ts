@@ -77,11 +77,22 @@ describe('a three-master Redis Cluster', () => {
       expect(await Promise.all(sent.map((r) => r.get({ timeout: 20 })))).toEqual(QUEUES.map((_, i) => i + 100));
       expect(events.errors).toEqual([]);
       const succeeded = new Set<string>();
+      const queuedCursor = new Map<string, string>();
       for await (const e of stream) {
+        if (e.type === 'queued') queuedCursor.set(e.queue, e.cursor);
         if (e.type === 'succeeded') succeeded.add(e.queue);
         if (succeeded.size === QUEUES.length) break;
       }
       expect([...succeeded].sort()).toEqual([...QUEUES].sort());
+      // Read again from just after each queue's queued event: the started and succeeded events
+      // carry no name in Redis, and the reader finds it in the task's record on that queue's master.
+      const again = dispatcher.events({ queues: QUEUES, since: queuedCursor.get(QUEUES[0]!)! });
+      const named = new Map<string, string | undefined>();
+      for await (const e of again) {
+        if (e.type === 'succeeded') named.set(e.queue, e.name);
+        if (named.size === QUEUES.length) break;
+      }
+      expect([...named.values()]).toEqual(QUEUES.map(() => 'Spread.add'));
 
       const [w] = await waitFor(async () => {
         const all = await dispatcher.workers({ queues: QUEUES });

@@ -1,7 +1,7 @@
 // The real local deployments of scripts/redis-deployments.mjs (issue 12, point 3, first part):
 // a Redis Cluster of three masters with a replica each, made with redis-cli --cluster create, and
 // a Sentinel setup (a master, a replica, three sentinels); a round trip of tasks through each,
-// and nothing left running after stop(). Failover is not tested here yet.
+// and no process left running after stop(). Failover is not tested here yet.
 import { createRequire } from 'node:module';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,13 +19,25 @@ class Deployed {
 const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key: string) => number;
 const QUEUES = ['dep-a', 'dep-b', 'dep-c', 'dep-d', 'dep-e', 'dep-f'];
 
+/** Whether a process is still running (signal 0 tests without sending). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 describe('a Redis Cluster of three masters with a replica each', () => {
   let cluster: Awaited<ReturnType<typeof startCluster>> | undefined;
   beforeAll(async () => {
     cluster = await startCluster({ log: () => undefined });
   }, 60_000);
   afterAll(async () => {
+    const pids = cluster?.pids ?? [];
     await cluster?.stop();
+    expect(pids.filter(running), 'cluster nodes left running after stop()').toEqual([]);
   });
 
   it('has three masters and three replicas, every slot covered, and runs tasks on queues of every master', { timeout: 60_000 }, async () => {
@@ -68,7 +80,9 @@ describe('a Sentinel setup: a master, a replica, three sentinels', () => {
     sentinel = await startSentinel({ log: () => undefined });
   }, 60_000);
   afterAll(async () => {
+    const pids = sentinel?.pids ?? [];
     await sentinel?.stop();
+    expect(pids.filter(running), 'sentinel processes left running after stop()').toEqual([]);
   });
 
   it('runs tasks through ioredis Sentinel options (the master found by asking the sentinels)', { timeout: 60_000 }, async () => {

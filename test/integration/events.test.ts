@@ -170,6 +170,32 @@ describe('dispatcher.events()', () => {
     expect(again.some((e) => e.id === broken.id && e.type === 'queued' && e.origin === 'dead-letter')).toBe(true);
   });
 
+  it('names each event by the task it belongs to, also when an ended task\'s id is sent again as another task', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    const worker = h.worker({ services: [new Evented()], queues: ['ev'] });
+    const d = h.dispatcher();
+    open.push(worker, d);
+    const since = Date.now() - 1000;
+    await worker.start();
+    const first = await d.tasks(Evented).add.applyAsync([1, 1], { taskId: 'reused-1' });
+    await first.get({ timeout: 10 });
+    const second = await d.tasks(Evented).flaky.applyAsync([], { taskId: 'reused-1' });
+    expect(await second.get({ timeout: 10 })).toBe('second');
+    // One reader over both runs: each event carries the name of the run it belongs to.
+    const seen = await collect(d.events({ queues: ['ev'], since }), (s) => s.filter((e) => e.type === 'succeeded').length >= 2);
+    expect(seen.map((e) => [e.type, e.name])).toEqual([
+      ['queued', 'Evented.add'],
+      ['started', 'Evented.add'],
+      ['progress', 'Evented.add'],
+      ['succeeded', 'Evented.add'],
+      ['queued', 'Evented.flaky'],
+      ['started', 'Evented.flaky'],
+      ['retried', 'Evented.flaky'],
+      ['started', 'Evented.flaky'],
+      ['succeeded', 'Evented.flaky'],
+    ]);
+  });
+
   it('starts from a time or resumes after a cursor, inside an entry of several events, losing and repeating nothing', { timeout: 30_000 }, async () => {
     const h = fresh();
     const d = h.dispatcher();

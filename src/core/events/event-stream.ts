@@ -219,36 +219,47 @@ class TaskNames {
     this.byQueue = new Map(keys.map((k) => [k.queue, k]));
   }
 
+  /**
+   * Fills in the names `events` lack, in stream order: an event with a name records it (the
+   * newest wins: an ended task's id may be sent again as another task), one without takes the
+   * name recorded last for its id, and the ids not seen at all are read from their records.
+   */
   async fill(client: RedisClient, events: QueueEvent[]): Promise<void> {
-    const missing = new Map<string, QueueKeys>();
+    const missing: QueueEvent[] = [];
     for (const e of events) {
       const mapKey = `${e.queue}\n${e.id}`;
       if (e.name !== undefined) this.remember(mapKey, e.name);
-      else if (!this.known.has(mapKey)) {
-        const k = this.byQueue.get(e.queue);
-        if (k) missing.set(mapKey, k);
-      }
-    }
-    if (missing.size > 0) {
-      const pipeline = client.pipeline();
-      const asked = [...missing];
-      for (const [mapKey, k] of asked) pipeline.hget(k.task(mapKey.slice(mapKey.indexOf('\n') + 1)), FIELDS.name);
-      const replies = (await pipeline.exec()) ?? [];
-      asked.forEach(([mapKey], i) => {
-        const [err, name] = replies[i] ?? [null, null];
-        if (!err && typeof name === 'string') this.remember(mapKey, name);
-      });
-    }
-    for (const e of events) {
-      if (e.name === undefined) {
-        const name = this.known.get(`${e.queue}\n${e.id}`);
+      else {
+        const name = this.known.get(mapKey);
         if (name !== undefined) e.name = name;
+        else if (this.byQueue.has(e.queue)) missing.push(e);
       }
+    }
+    if (missing.length === 0) return;
+    const asked = [...new Set(missing.map((e) => `${e.queue}\n${e.id}`))];
+    const pipeline = client.pipeline();
+    for (const mapKey of asked) {
+      const cut = mapKey.indexOf('\n');
+      pipeline.hget(this.byQueue.get(mapKey.slice(0, cut))!.task(mapKey.slice(cut + 1)), FIELDS.name);
+    }
+    const replies = (await pipeline.exec()) ?? [];
+    const found = new Map<string, string>();
+    asked.forEach((mapKey, i) => {
+      const [err, name] = replies[i] ?? [null, null];
+      if (!err && typeof name === 'string') {
+        found.set(mapKey, name);
+        if (!this.known.has(mapKey)) this.remember(mapKey, name);
+      }
+    });
+    for (const e of missing) {
+      const name = found.get(`${e.queue}\n${e.id}`);
+      if (name !== undefined) e.name = name;
     }
   }
 
   private remember(mapKey: string, name: string): void {
-    if (this.known.has(mapKey)) return;
+    // Delete first, so the entry moves to the newest place of the map (the oldest go first).
+    this.known.delete(mapKey);
     this.known.set(mapKey, name);
     if (this.known.size > NAMES_KEPT) this.known.delete(this.known.keys().next().value as string);
   }

@@ -7,9 +7,11 @@ import { describe, toMillisOrZero, type Duration } from '../task/durations.js';
 export interface EventsOptions {
   /**
    * How many entries each queue's stream keeps. An entry is one script call: one event for a
-   * single dispatch, up to about twice a worker's concurrency for a busy worker's fetch (an
-   * event is about 60 bytes in Redis). Approximate: Redis trims whole nodes of the stream, so up
-   * to a node more (100 entries or 4 KB) may stay. Default: 10,000.
+   * single dispatch (up to 50 for dispatches batched in one tick or a `delayMany` slice), up to
+   * about a worker's concurrency, or twice it, for a busy worker's fetch (an event is about 50
+   * to 60 bytes in Redis): at the default, roughly 0.5 MB per unit of the workers' concurrency
+   * per queue under load (25 MB at concurrency 50). Approximate: Redis trims whole nodes of the
+   * stream, so up to a node more (100 entries or 4 KB) may stay. Default: 10,000.
    */
   maxLength?: number;
   /**
@@ -45,7 +47,11 @@ interface EventBase {
   queue: string;
   /** The task's id. */
   id: string;
-  /** The task's name; absent only when its record was gone (a dead letter of a task with no record). */
+  /**
+   * The task's name. Absent when neither the event, nor an earlier event of the task this
+   * iterator read, nor the task's record names it (a dead letter of a task with no record; a
+   * started, progress or succeeded event of a task forgotten since).
+   */
   name?: string;
   /** When it happened: ms since the epoch, on the Redis clock. */
   at: number;
