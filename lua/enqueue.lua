@@ -326,9 +326,11 @@ for i = 1, tonumber(ARGV[2]) do
       for j = first, last - 1, 2 do
         if ARGV[j] ~= 'a' and #ARGV[j + 1] > ARGS_CHUNK then whole = true end
       end
+      local taskName
       for j = first, last - 1, 2 do
         if ARGV[j] == 'a' then argsFields(fields, ARGV[j + 1], whole) else
           table.insert(fields, ARGV[j]); table.insert(fields, ARGV[j + 1])
+          if ARGV[j] == 'n' then taskName = ARGV[j + 1] end
         end
       end
       if due > now then table.insert(fields, 'd'); table.insert(fields, due) end
@@ -356,7 +358,7 @@ for i = 1, tonumber(ARGV[2]) do
         code, detail = failure(placed), placed.err
       else
         wrote = true
-        if due > now then noteEvent('queued', id, 'n', nameIn(first, last), 'd', due) else noteEvent('queued', id, 'n', nameIn(first, last)) end
+        noteEvent('queued', id, 'n', taskName, 'd', due > now and due or nil)
       end
     end
   end

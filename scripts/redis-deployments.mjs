@@ -35,12 +35,15 @@ export function ask(port, command, timeoutMs = 1000) {
   });
 }
 
-/** Polls `check` every 100 ms until it is true, or throws `what` after `timeoutMs`. */
-async function until(check, what, timeoutMs) {
+/**
+ * Polls `check` every 100 ms until it is true, or throws `what` after `timeoutMs`, with the last
+ * words of any of `nodes` that exited.
+ */
+async function until(check, what, timeoutMs, nodes = []) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastWords(nodes)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -139,9 +142,7 @@ export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 
       );
     }
     // The deadlines add up to 45 s, under a test hook's minute.
-    await until(async () => (await Promise.all(nodes.map((n) => ask(n.port, 'PING')))).every((r) => r.startsWith('+PONG')), 'the cluster nodes to answer', 10_000).catch((err) => {
-      throw new Error(err.message + lastWords(nodes));
-    });
+    await until(async () => (await Promise.all(nodes.map((n) => ask(n.port, 'PING')))).every((r) => r.startsWith('+PONG')), 'the cluster nodes to answer', 10_000, nodes);
     const addresses = nodes.map((n) => `127.0.0.1:${n.port}`);
     await new Promise((resolve, reject) =>
       execFile(redisCliBin(bin), ['--cluster', 'create', ...addresses, '--cluster-replicas', String(replicas), '--cluster-yes'], { timeout: 15_000 }, (err, stdout, stderr) =>
@@ -160,6 +161,7 @@ export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 
       },
       'cluster_state:ok on every node, and every replica in sync',
       20_000,
+      nodes,
     );
     return {
       nodes: nodes.map((n) => ({ port: n.port, url: n.url })),
@@ -243,9 +245,8 @@ export async function startSentinel({ name = 'heimdall', downAfterMs = 1000, fai
       },
       'the sentinels to know the master, its replica and each other',
       30_000,
-    ).catch((err) => {
-      throw new Error(err.message + lastWords(all));
-    });
+      all,
+    );
     return {
       name,
       sentinels: sentinels.map((s) => ({ host: '127.0.0.1', port: s.port })),

@@ -12,6 +12,7 @@ import { Inspector } from '../core/inspect/inspector.js';
 import { HeimdallError } from '../core/errors.js';
 import { DEFAULT_PREFIX } from '../core/protocol/queue-keys.js';
 import { redisNowMs } from '../core/protocol/connection.js';
+import { toMillis } from '../core/task/durations.js';
 import { VERSION } from '../core/version.js';
 import { EXIT, ms, UsageError, type Io } from './shared.js';
 import { workerCommand } from './worker-command.js';
@@ -321,6 +322,11 @@ async function queuesOf(parsed: Parsed, inspector: Inspector): Promise<string[]>
   return parsed.values.queue && parsed.values.queue.length > 0 ? parsed.values.queue : inspector.queueNames();
 }
 
+/** A listing: `empty` when there are no items, else a table of `header` and a row per item. */
+function listing<T>(items: readonly T[], empty: string, header: readonly string[], row: (item: T) => readonly string[]): string {
+  return items.length === 0 ? empty : table([header, ...items.map(row)]);
+}
+
 function table(rows: readonly (readonly string[])[]): string {
   if (rows.length === 0) return '';
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
@@ -361,49 +367,48 @@ async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Pr
     } else if (what === 'workers') {
       const workers = await dispatcher!.workers({ queues });
       return [
-        workers.length === 0
-          ? 'no live workers'
-          : table([
-              ['WORKER', 'HOST', 'PID', 'QUEUES', 'RUNNING', 'SUCCEEDED', 'FAILED', 'VERSION'],
-              ...workers.map((w) => [w.id, w.host, String(w.pid), w.queues.join(','), `${w.running.length}/${w.concurrency}`, String(w.succeeded), String(w.failed), w.version]),
-            ]),
+        listing(workers, 'no live workers', ['WORKER', 'HOST', 'PID', 'QUEUES', 'RUNNING', 'SUCCEEDED', 'FAILED', 'VERSION'], (w) => [
+          w.id,
+          w.host,
+          String(w.pid),
+          w.queues.join(','),
+          `${w.running.length}/${w.concurrency}`,
+          String(w.succeeded),
+          String(w.failed),
+          w.version,
+        ]),
         workers,
       ];
     } else if (what === 'locks') {
       const locks = (await Promise.all(queues.map((q) => inspector.locks(q, { limit })))).flat();
       return [
-        locks.length === 0
-          ? 'no unique locks held'
-          : table([
-              ['QUEUE', 'TASK', 'KEY', 'HOLDER', 'STATE', 'LAPSES IN'],
-              ...locks.map((l) => [l.queue, l.task, l.lockKey, l.holder, l.holderState ?? '(no record)', ms(l.ttlMs)]),
-            ]),
+        listing(locks, 'no unique locks held', ['QUEUE', 'TASK', 'KEY', 'HOLDER', 'STATE', 'LAPSES IN'], (l) => [
+          l.queue,
+          l.task,
+          l.lockKey,
+          l.holder,
+          l.holderState ?? '(no record)',
+          ms(l.ttlMs),
+        ]),
         locks,
       ];
     } else if (what === 'limits') {
       const windows = (await Promise.all(queues.map((q) => inspector.rateWindows(q, { limit })))).flat();
       return [
-        windows.length === 0
-          ? 'no rate windows in use'
-          : table([
-              ['QUEUE', 'TASK', 'WINDOW', 'STARTS', 'NEXT SLOT', 'WAITING'],
-              ...windows.map((w) => [
-                w.queue,
-                w.task ?? '?',
-                w.key.slice(w.key.indexOf('}:rate:') + 7),
-                `${w.starts}/${w.limit ?? '?'} per ${ms(w.periodMs)}`,
-                w.nextFreeInMs === undefined ? '?' : w.nextFreeInMs === 0 ? 'free now' : `in ${ms(w.nextFreeInMs)}`,
-                String(w.waiting),
-              ]),
-            ]),
+        listing(windows, 'no rate windows in use', ['QUEUE', 'TASK', 'WINDOW', 'STARTS', 'NEXT SLOT', 'WAITING'], (w) => [
+          w.queue,
+          w.task ?? '?',
+          w.key.slice(w.key.indexOf('}:rate:') + 7),
+          `${w.starts}/${w.limit ?? '?'} per ${ms(w.periodMs)}`,
+          w.nextFreeInMs === undefined ? '?' : w.nextFreeInMs === 0 ? 'free now' : `in ${ms(w.nextFreeInMs)}`,
+          String(w.waiting),
+        ]),
         windows,
       ];
     } else {
       const letters = (await Promise.all(queues.map((q) => inspector.deadLetters(q, { limit })))).flat();
       return [
-        letters.length === 0
-          ? 'no dead letters'
-          : table([['QUEUE', 'AT', 'TASK', 'REASON'], ...letters.map((d) => [d.queue, d.at.toISOString(), d.id, d.reason])]),
+        listing(letters, 'no dead letters', ['QUEUE', 'AT', 'TASK', 'REASON'], (d) => [d.queue, d.at.toISOString(), d.id, d.reason]),
         letters.map(({ raw: _raw, ...rest }) => rest),
       ];
     }
@@ -619,32 +624,19 @@ async function purgeQueue(parsed: Parsed, target: Target, print: Print): Promise
   }
 }
 
-// Run when executed (not when imported by a test), also through a link of another name.
-function invokedPath(): string {
-  const given = process.argv[1] ?? '';
-  try {
-    return realpathSync(given);
-  } catch {
-    return given;
-  }
-}
-if (/(?:^|[\\/])cli[\\/]main\.(?:ts|js)$/.test(invokedPath())) {
-  run(process.argv.slice(2), { out: (t) => console.log(t), err: (t) => console.error(t), env: process.env, stdin: process.stdin, stdout: process.stdout, stderr: process.stderr }).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (err: unknown) => {
-      console.error(`heimdall: ${String(err)}`);
-      process.exitCode = EXIT.failure;
-    },
-  );
-}
-
 /** `--since`: a duration back from now on the Redis clock ('30s', '10m', '2h'), an ISO time, or an event's cursor. */
 async function sinceOf(value: string | undefined, client: Redis): Promise<Date | string | undefined> {
   if (value === undefined) return undefined;
-  const back = /^(\d+(?:\.\d+)?)(s|m|h|d)$/.exec(value);
-  if (back) return new Date((await redisNowMs(client)) - Number(back[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[back[2] as 's' | 'm' | 'h' | 'd']);
+  // A duration with a unit, read as every other duration is ('30s', '10m', '2h', '1d').
+  if (/^\d+(?:\.\d+)?\s*[a-z]+$/i.test(value)) {
+    let back: number;
+    try {
+      back = toMillis(value, '--since');
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+    return new Date((await redisNowMs(client)) - back);
+  }
   if (/^\d+-\d+\/\d+$/.test(value)) return value;
   const at = new Date(value);
   if (Number.isNaN(at.getTime())) throw new UsageError(`--since takes a duration back from now (30s, 10m, 2h), an ISO time or an event's cursor, got ${JSON.stringify(value)}`);
@@ -710,4 +702,25 @@ async function followEvents(parsed: Parsed, target: Target, io: Io): Promise<num
     await dispatcher.close();
     await inspector.close();
   }
+}
+
+// Run when executed (not when imported by a test), also through a link of another name.
+function invokedPath(): string {
+  const given = process.argv[1] ?? '';
+  try {
+    return realpathSync(given);
+  } catch {
+    return given;
+  }
+}
+if (/(?:^|[\\/])cli[\\/]main\.(?:ts|js)$/.test(invokedPath())) {
+  run(process.argv.slice(2), { out: (t) => console.log(t), err: (t) => console.error(t), env: process.env, stdin: process.stdin, stdout: process.stdout, stderr: process.stderr }).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      console.error(`heimdall: ${String(err)}`);
+      process.exitCode = EXIT.failure;
+    },
+  );
 }

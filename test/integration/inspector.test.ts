@@ -187,8 +187,20 @@ describe('Inspector', () => {
     for (let i = 0; i < 5; i++) {
       const w = new Worker({ connection: h.url, prefix: h.prefix, services: [], leaseDuration: '300ms' });
       const starting = w.start().catch(() => undefined);
-      // Close at once, or after a few ticks (100 ms apart) so that one may be in flight.
-      if (i > 0) await new Promise((r) => setTimeout(r, 60 * i));
+      // Close at once (while it starts), or once it has renewed its registration i times, so
+      // that a tick (every 100 ms) may be in flight.
+      if (i > 0) {
+        let renewals = 0;
+        let last = '';
+        await waitFor(async () => {
+          const score = (await h.admin.zscore(`${h.prefix}:{default}:workers`, w.id)) ?? '';
+          if (score !== '' && score !== last) {
+            renewals++;
+            last = score;
+          }
+          return renewals > i;
+        }, { timeout: 10_000, interval: 10, what: `${i} renewals of the registration` });
+      }
       await w.close();
       await starting;
       expect(await h.admin.zrange(`${h.prefix}:{default}:workers`, 0, -1)).toEqual([]);

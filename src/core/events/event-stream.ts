@@ -56,6 +56,7 @@ export class EventStream implements AsyncIterableIterator<QueueEvent> {
   private done = false;
   private readonly onAbort = (): void => void this.return();
   private readonly names: TaskNames;
+  private readonly signal: AbortSignal | undefined;
 
   constructor(
     connection: ConnectionOption,
@@ -91,8 +92,6 @@ export class EventStream implements AsyncIterableIterator<QueueEvent> {
     }
     this.signal = signal;
   }
-
-  private readonly signal: AbortSignal | undefined;
 
   [Symbol.asyncIterator](): this {
     return this;
