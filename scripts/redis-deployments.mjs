@@ -138,6 +138,8 @@ export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 
           '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no',
           '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(nodeTimeoutMs),
           '--cluster-announce-ip', '127.0.0.1', '--cluster-port', String(busPort),
+          // A shard whose master is down must not stop the others (docs/deployments.md).
+          '--cluster-require-full-coverage', 'no',
         ]),
       );
     }

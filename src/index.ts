@@ -18,7 +18,7 @@ export { currentTask } from './core/worker/current-task.js';
 export type { CurrentTask, RetryRequestOptions } from './core/worker/current-task.js';
 export type { Backoff, ErrorClass, RateLimit, RetryOptions, TaskOptions } from './core/task/task-options.js';
 export type { Duration } from './core/task/durations.js';
-export type { ConnectionOption, RedisClient } from './core/protocol/connection.js';
+export type { ClusterConnection, ConnectionOption, RedisClient } from './core/protocol/connection.js';
 export type { Constructor } from './core/task/registry.js';
 export {
   AlreadyQueuedError,

@@ -6,12 +6,11 @@
 // Every read takes --json. docs/cli.md.
 import { realpathSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { Redis } from 'ioredis';
 import { Dispatcher } from '../core/producer/dispatcher.js';
 import { Inspector } from '../core/inspect/inspector.js';
 import { HeimdallError } from '../core/errors.js';
 import { DEFAULT_PREFIX } from '../core/protocol/queue-keys.js';
-import { redisNowMs } from '../core/protocol/connection.js';
+import { createClient, planOfUrl, redisNowMs, type RedisClient } from '../core/protocol/connection.js';
 import { toMillis } from '../core/task/durations.js';
 import { VERSION } from '../core/version.js';
 import { EXIT, ms, UsageError, type Io } from './shared.js';
@@ -24,7 +23,9 @@ import type { TaskResult } from '../core/producer/task-result.js';
 export { EXIT };
 
 const COMMON = `Options of every command:
-  --url <url>        Redis URL (default: $REDIS_URL, else redis://localhost:6379)
+  --url <url>        Redis URL: redis://, rediss://, redis+cluster://h:p,h:p,
+                     redis+sentinel://h:p,h:p/<name> (default: $REDIS_URL, else
+                     redis://localhost:6379)
   --prefix <prefix>  key prefix (default: $HEIMDALL_PREFIX, else 'heimdall')
   --json             print JSON instead of text
   -h, --help         this help`;
@@ -185,7 +186,7 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
   const url = parsed.values.url ?? io.env.REDIS_URL ?? 'redis://localhost:6379';
   const prefix = parsed.values.prefix ?? io.env.HEIMDALL_PREFIX ?? DEFAULT_PREFIX;
   const print = (text: string, json: unknown): void => io.out(parsed.values.json ? JSON.stringify(json, null, 2) : text);
-  let client: Redis | undefined;
+  let client: RedisClient | undefined;
   try {
     checkUrl(url, parsed.values.url === undefined ? 'REDIS_URL' : '--url');
     // ioredis reads the URL (IPv6 hosts, passwords, TLS, the database). It fails fast when Redis
@@ -194,7 +195,7 @@ export async function run(argv: readonly string[], io: Io): Promise<number> {
     // 2 s at most), so it outlives a Redis restart: meanwhile its readings fail and say so.
     const watching = command === 'inspect' && parsed.values.watch === true;
     const retryStrategy = (times: number): number | null => (watching ? Math.min(times * 200, 2000) : times > 2 ? null : 200);
-    client = new Redis(url, { maxRetriesPerRequest: 1, retryStrategy, connectTimeout: 5000, commandTimeout: 10_000 });
+    client = createClient(url, { maxRetriesPerRequest: 1, retryStrategy, connectTimeout: 5000, commandTimeout: 10_000 });
     client.on('error', () => undefined);
     const target: Target = { connection: client, prefix };
     switch (command) {
@@ -289,18 +290,26 @@ function parse(args: readonly string[]) {
 }
 
 type Parsed = ReturnType<typeof parse>;
-type Target = { connection: Redis; prefix: string };
+type Target = { connection: RedisClient; prefix: string };
 type Print = (text: string, json: unknown) => void;
 
 /** Refuses what is not a Redis URL ioredis would read right, as a usage error. */
 function checkUrl(url: string, from: string): void {
+  if (/^rediss?\+(cluster|sentinel):\/\//.test(url)) {
+    try {
+      planOfUrl(url);
+    } catch (err) {
+      throw new UsageError(`${from}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    return;
+  }
   let u: URL;
   try {
     u = new URL(url);
   } catch {
     throw new UsageError(`${from} must be a Redis URL such as redis://localhost:6379, got ${JSON.stringify(url)}`);
   }
-  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new UsageError(`${from} must start with redis:// or rediss://, got ${JSON.stringify(url)}`);
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new UsageError(`${from} must start with redis://, rediss://, redis+cluster:// or redis+sentinel://, got ${JSON.stringify(url)}`);
   const db = u.pathname.replace(/^\//, '');
   if (db !== '' && !/^\d+$/.test(db)) throw new UsageError(`${from}: the database after the host must be a number, got ${JSON.stringify(db)}`);
   try {
@@ -625,7 +634,7 @@ async function purgeQueue(parsed: Parsed, target: Target, print: Print): Promise
 }
 
 /** `--since`: a duration back from now on the Redis clock ('30s', '10m', '2h'), an ISO time, or an event's cursor. */
-async function sinceOf(value: string | undefined, client: Redis): Promise<Date | string | undefined> {
+async function sinceOf(value: string | undefined, client: RedisClient): Promise<Date | string | undefined> {
   if (value === undefined) return undefined;
   // A duration with a unit, read as every other duration is ('30s', '10m', '2h', '1d').
   if (/^\d+(?:\.\d+)?\s*[a-z]+$/i.test(value)) {

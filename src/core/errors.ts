@@ -312,13 +312,31 @@ export function fromRedis(err: unknown, what: string, lastError?: Error): unknow
 }
 
 /**
- * A Redis Cluster between masters: ioredis ran out of redirections while a shard's master was
- * down or being replaced ('Too many Cluster redirections', its MOVED or a closed connection as
- * the last error), or the cluster answered that it cannot serve the slot now (CLUSTERDOWN,
- * TRYAGAIN, MASTERDOWN). The call may go through once a replica is promoted: unavailable, not refused.
+ * Redis between masters: ioredis ran out of Cluster redirections while a shard's master was down
+ * or being replaced ('Too many Cluster redirections', its MOVED or a closed connection as the
+ * last error), the cluster answered that it cannot serve the slot now (CLUSTERDOWN, TRYAGAIN,
+ * MASTERDOWN), or a demoted master refused a write (READONLY: the client still talks to the old
+ * master of a Sentinel set). The call may go through once a replica is promoted: unavailable,
+ * not refused.
  */
 function isFailingOver(err: Error): boolean {
-  return err.message.startsWith('Too many Cluster redirections') || /^(CLUSTERDOWN|TRYAGAIN|MASTERDOWN)\b/.test(err.message);
+  return err.message.startsWith('Too many Cluster redirections') || /^(CLUSTERDOWN|TRYAGAIN|MASTERDOWN|READONLY)\b/.test(err.message);
+}
+
+/**
+ * Whether a call that failed with `err` (as ioredis rejected it) was refused by Redis between two
+ * masters (see isFailingOver), or lost with a Cluster node's connection, so that sending it again
+ * once the new master serves is the way through. Such a call either did not run or, when the
+ * connection closed with it in flight, may have: only calls that are safe to repeat (the enqueue
+ * script, which recognises its own re-sent task) are sent again on it.
+ */
+export function isBetweenMasters(err: unknown, cluster: boolean): boolean {
+  if (!(err instanceof Error)) return false;
+  try {
+    return isFailingOver(err) || (cluster && /^Connection is closed\.?$/.test(err.message));
+  } catch {
+    return false;
+  }
 }
 
 /** Runs a call to Redis; what it rejects with goes through {@link fromRedis}. */

@@ -1,6 +1,6 @@
 import type { RedisClient } from '../protocol/connection.js';
 import type { ConnectionOption } from '../protocol/connection.js';
-import { describe, toMillis, type Duration } from '../task/durations.js';
+import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
 import { uniqueKey } from '../task/call-checks.js';
 import { ConfigError, NotATaskError, PartialDispatchError, redisCall } from '../errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
@@ -13,6 +13,7 @@ import { enqueued } from '../protocol/reply-codes.js';
 import type { EnqueueOutcome } from '../protocol/scripts.js';
 import { prepareCall, type ApplyOptions, type PreparedCall } from './prepare-call.js';
 import { RedisTransport, type DispatchTransport } from './transport.js';
+import { DEFAULT_FAILOVER_TIMEOUT_MS } from './enqueuer.js';
 import { eventsSettings, type EventsOptions, type QueueEvent } from '../events/queue-events.js';
 import type { EventsReadOptions } from '../events/event-stream.js';
 import { HookChain, INSTRUMENT, type InstrumentationHooks } from '../instrumentation.js';
@@ -37,6 +38,15 @@ export interface DispatcherOptions extends ConnectionOptions {
    * Default: `{ maxLength: 10_000 }`.
    */
   events?: EventsOptions | false;
+  /**
+   * How long a dispatch waits for Redis to come back from a failover before it fails with
+   * RedisUnavailableError: seconds or an `ms` string, counted from its first try. While a Redis
+   * Cluster promotes a replica (or a Sentinel's clients follow the new master), the calls its
+   * master cannot serve are sent again, with pauses of 100 ms to 1 s. `0` sends once. Covers a
+   * typical promotion: about 4 s with `cluster-node-timeout 2000`; allow `cluster-node-timeout`
+   * plus a few seconds. Default: 15 s.
+   */
+  failoverTimeout?: Duration;
 }
 
 /** Options of `dispatcher.workers()`. */
@@ -141,8 +151,10 @@ export class Dispatcher {
     }
     this.maxPayloadBytes = max;
     const { cap } = eventsSettings(options.events);
+    const failoverMs = options.failoverTimeout === undefined ? DEFAULT_FAILOVER_TIMEOUT_MS : toMillisOrZero(options.failoverTimeout, 'failoverTimeout');
     this.transport =
-      (options as Partial<TransportDispatcherOptions>)[TRANSPORT] ?? new RedisTransport(options.connection, `heimdall:${this.prefix}:dispatcher`, cap);
+      (options as Partial<TransportDispatcherOptions>)[TRANSPORT] ??
+      new RedisTransport(options.connection, `heimdall:${this.prefix}:dispatcher`, cap, failoverMs);
   }
 
   /** The Redis client that sends commands (yours if you passed one). A ConfigError for an inline dispatcher, which has none. */

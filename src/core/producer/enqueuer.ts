@@ -1,4 +1,4 @@
-import { fromRedis, RedisOutOfMemoryError } from '../errors.js';
+import { fromRedis, isBetweenMasters, RedisOutOfMemoryError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { ScriptRunner } from '../protocol/script-runner.js';
 import { enqueue, enqueueItems, type EnqueueOutcome, type EnqueueTask } from '../protocol/scripts.js';
@@ -43,6 +43,13 @@ export class Enqueuer {
     private readonly lastError: () => Error | undefined = () => undefined,
     /** The cap of the queues' event streams, in entries (0: no events). */
     private readonly eventsCap: number = DEFAULT_EVENTS_MAX_LENGTH,
+    /**
+     * How long a call refused between two masters (a failover: see isBetweenMasters) is sent
+     * again, in ms from its first try; 0 sends it once.
+     */
+    private readonly failoverTimeoutMs: number = DEFAULT_FAILOVER_TIMEOUT_MS,
+    /** Whether the connection is a Redis Cluster (a closed node connection is then a failover). */
+    private readonly cluster = false,
   ) {}
 
   /**
@@ -87,15 +94,28 @@ export class Enqueuer {
     void sent.finally(() => this.sending.delete(sent));
   }
 
+  /**
+   * Runs `call`, and runs it again while Redis refuses it between two masters, until
+   * `failoverTimeoutMs` after the first try: a dispatch made during a promotion waits for the new
+   * master. Safe to repeat: a re-sent enqueue recognises a task it already wrote (code 1).
+   * Pauses grow from 100 ms to 1 s.
+   */
+  private async untilServed<T>(call: () => Promise<T>): Promise<T> {
+    const deadline = Date.now() + this.failoverTimeoutMs;
+    for (let pause = 100; ; pause = Math.min(pause * 2, 1000)) {
+      try {
+        return await call();
+      } catch (err) {
+        if (!isBetweenMasters(err, this.cluster) || Date.now() + pause > deadline) throw err;
+      }
+      await new Promise((resolve) => setTimeout(resolve, pause));
+    }
+  }
+
   private async sendBatch(batch: Batch): Promise<void> {
     let outcomes: EnqueueOutcome[];
     try {
-      outcomes = await enqueue(
-        this.scripts,
-        batch.keys,
-        batch.tasks.map((t) => t.items),
-        this.eventsCap,
-      );
+      outcomes = await this.untilServed(() => enqueue(this.scripts, batch.keys, batch.tasks.map((t) => t.items), this.eventsCap));
     } catch (err) {
       const what = batch.tasks.length === 1 ? batch.tasks[0]!.what : `sending ${batch.tasks.length} tasks`;
       const error = redisFailure(err, what, this.lastError());
@@ -105,6 +125,9 @@ export class Enqueuer {
     batch.tasks.forEach((t, i) => t.resolve(outcomes[i]!));
   }
 }
+
+/** Default `failoverTimeout` of the Dispatcher: 15 s, a promotion or two (about 4 s each measured with `cluster-node-timeout 2000`). */
+export const DEFAULT_FAILOVER_TIMEOUT_MS = 15_000;
 
 /** What a failed enqueue call rejects each of its tasks with (see fromRedis). */
 function redisFailure(err: unknown, what: string, lastError?: Error): unknown {

@@ -5,7 +5,7 @@ import type { QueueKeys } from '../protocol/queue-keys.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
 import { forget, revoke, type EnqueueOutcome } from '../protocol/scripts.js';
 import type { TaskState } from '../protocol/task-record.js';
-import { Enqueuer } from './enqueuer.js';
+import { DEFAULT_FAILOVER_TIMEOUT_MS, Enqueuer } from './enqueuer.js';
 import type { PreparedCall } from './prepare-call.js';
 import { ResultWaiter, type Watch } from './result-waiter.js';
 import type { ResultBackend } from './task-result.js';
@@ -55,6 +55,8 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
     private readonly clientName: string,
     /** The cap of the queues' event streams for what this transport writes (0: no events). */
     private readonly eventsCap: number,
+    /** How long an enqueue refused between two masters is sent again, in ms (see Enqueuer). */
+    failoverTimeoutMs: number = DEFAULT_FAILOVER_TIMEOUT_MS,
   ) {
     this.conn = openClient(connection, 'commands', clientName, {
       enableAutoPipelining: true,
@@ -64,7 +66,7 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
       autoPipeliningIgnoredCommands: ['evalsha', 'time'],
     });
     this.scripts = new ScriptRunner(this.conn.client);
-    this.enqueuer = new Enqueuer(this.scripts, () => this.conn.lastError, eventsCap);
+    this.enqueuer = new Enqueuer(this.scripts, () => this.conn.lastError, eventsCap, failoverTimeoutMs, this.conn.client.isCluster === true);
   }
 
   client(): RedisClient {

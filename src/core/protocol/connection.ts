@@ -1,4 +1,4 @@
-import { Redis, type Cluster, type ClusterOptions, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type ClusterNode, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { ConfigError } from '../errors.js';
 
 /**
@@ -9,11 +9,33 @@ import { ConfigError } from '../errors.js';
 export type RedisClient = Redis | Cluster;
 
 /**
- * Where Redis is: a URL (`redis://`, `rediss://`), ioredis options, or an ioredis client you own
- * (a `Redis`, or a `Cluster`, duplicated as a Cluster for the worker's blocking and subscriber
- * connections; tested on a one-node Cluster only so far).
+ * A Redis Cluster for heimdall-tasks to connect to itself: some of its nodes and, optionally,
+ * ioredis Cluster options. The string form `redis+cluster://host:port,host:port` says the same.
  */
-export type ConnectionOption = string | RedisOptions | Redis | Cluster;
+export interface ClusterConnection {
+  /**
+   * Some nodes of the cluster, any of them (the client learns the others from them):
+   * `redis://host:port` URLs, `host:port`, or `{ host, port }`.
+   */
+  cluster: readonly (string | { host: string; port: number })[];
+  /**
+   * ioredis Cluster options; `redisOptions` applies to each node's connection (password, TLS).
+   * Default: ioredis's.
+   */
+  clusterOptions?: ClusterOptions;
+}
+
+/**
+ * Where Redis is:
+ * - a URL: `redis://host:port`, `rediss://` (TLS), `redis+cluster://host:port,host:port` (a
+ *   Redis Cluster from some of its nodes), `redis+sentinel://host:port,host:port/<name>` (the
+ *   master called `name` by these Sentinels); `rediss+cluster://` and `rediss+sentinel://` with TLS;
+ * - ioredis options (with `sentinels` and `name` for Sentinel);
+ * - `{ cluster: nodes, clusterOptions }` (a Redis Cluster);
+ * - an ioredis client you own and close: a `Redis`, or a `Cluster`. It is used as it is for
+ *   commands, and duplicated (with its options) for blocking and subscriber connections.
+ */
+export type ConnectionOption = string | RedisOptions | ClusterConnection | Redis | Cluster;
 
 /** A connection heimdall-tasks uses, and whether it is ours to close. */
 export interface OwnedClient {
@@ -35,6 +57,127 @@ function isClient(value: unknown): value is RedisClient {
 
 function isCluster(client: RedisClient): client is Cluster {
   return (client as { isCluster?: unknown }).isCluster === true;
+}
+
+function isClusterConnection(value: unknown): value is ClusterConnection {
+  return typeof value === 'object' && value !== null && 'cluster' in value;
+}
+
+/**
+ * How to make a client for a connection that is not a client: one Redis (URL or options) or a
+ * Cluster (nodes and options). Refuses what is not a connection with a ConfigError.
+ */
+type Plan = { kind: 'redis'; url?: string; options: RedisOptions } | { kind: 'cluster'; nodes: ClusterNode[]; options: ClusterOptions };
+
+function planOf(connection: string | RedisOptions | ClusterConnection): Plan {
+  if (typeof connection === 'string') return planOfUrl(connection);
+  if (isClusterConnection(connection)) {
+    const list: unknown = connection.cluster;
+    if (!Array.isArray(list) || list.length === 0) {
+      throw new ConfigError('connection.cluster must list at least one node of the cluster: redis://host:port, host:port or { host, port }');
+    }
+    const nodes = list.map((node: unknown): ClusterNode => {
+      if (typeof node === 'string') return nodeOfText(node, node.startsWith('rediss://'));
+      if (typeof node === 'object' && node !== null && typeof (node as { port?: unknown }).port === 'number') return node as ClusterNode;
+      throw new ConfigError(`connection.cluster lists ${JSON.stringify(node)}, which is not redis://host:port, host:port or { host, port }`);
+    });
+    const tls = list.some((node) => typeof node === 'string' && node.startsWith('rediss://'));
+    const options = connection.clusterOptions ?? {};
+    return {
+      kind: 'cluster',
+      nodes,
+      options: tls && !options.redisOptions?.tls ? { ...options, redisOptions: { ...options.redisOptions, tls: {} } } : options,
+    };
+  }
+  if (typeof connection === 'object' && connection !== null) return { kind: 'redis', options: connection };
+  throw new ConfigError('connection must be a Redis URL, ioredis options, { cluster: nodes } or an ioredis client');
+}
+
+const URL_FORMS = 'redis://host:port, rediss://host:port, redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/name';
+
+/** A `host:port` (or a `redis://host:port` URL) as a Cluster node. */
+function nodeOfText(text: string, tls: boolean): { host: string; port: number } {
+  let url: URL;
+  try {
+    url = new URL(/^[a-z+]+:\/\//.test(text) ? text : `${tls ? 'rediss' : 'redis'}://${text}`);
+  } catch {
+    throw new ConfigError(`${JSON.stringify(text)} is not a Redis node (host:port)`);
+  }
+  return { host: url.hostname.replace(/^\[|\]$/g, ''), port: url.port === '' ? 6379 : Number(url.port) };
+}
+
+/** Reads the URL forms (see ConnectionOption); a ConfigError says what is wrong with one. */
+export function planOfUrl(text: string): Plan {
+  const scheme = /^([a-z+]+):\/\//.exec(text)?.[1];
+  if (scheme === 'redis' || scheme === 'rediss') return { kind: 'redis', url: text, options: {} };
+  if (scheme !== 'redis+cluster' && scheme !== 'rediss+cluster' && scheme !== 'redis+sentinel' && scheme !== 'rediss+sentinel') {
+    throw new ConfigError(`connection URL must be one of ${URL_FORMS}; got ${JSON.stringify(text)}`);
+  }
+  const tls = scheme.startsWith('rediss');
+  // host:port,host:port is not one URL authority: the hosts are cut off before URL reads the rest.
+  const rest = text.slice(scheme.length + 3);
+  const authorityEnd = rest.search(/[/?]|$/);
+  const authority = rest.slice(0, authorityEnd);
+  const at = authority.lastIndexOf('@');
+  const auth = at === -1 ? '' : authority.slice(0, at);
+  const hosts = authority.slice(at + 1).split(',').filter((h) => h !== '');
+  if (hosts.length === 0) throw new ConfigError(`connection URL ${JSON.stringify(text)} names no host: ${URL_FORMS}`);
+  const tail = new URL(`redis://x${rest.slice(authorityEnd)}`);
+  const [user, password] = auth === '' ? [undefined, undefined] : auth.split(':', 2).map((p) => (p === '' ? undefined : decodeURIComponent(p)));
+  const credentials: RedisOptions = { ...(user ? { username: user } : {}), ...(password ? { password } : {}) };
+  const nodes = hosts.map((h) => nodeOfText(h, tls));
+  if (scheme.endsWith('cluster')) {
+    return { kind: 'cluster', nodes, options: { redisOptions: { ...credentials, ...(tls ? { tls: {} } : {}) } } };
+  }
+  const name = decodeURIComponent(tail.pathname.replace(/^\//, ''));
+  if (name === '') {
+    throw new ConfigError(`connection URL ${JSON.stringify(text)} names no master: write redis+sentinel://host:port,host:port/<master name>`);
+  }
+  const db = tail.searchParams.get('db');
+  return {
+    kind: 'redis',
+    options: {
+      sentinels: nodes,
+      name,
+      ...credentials,
+      ...(db !== null ? { db: Number(db) } : {}),
+      ...(tail.searchParams.get('sentinelPassword') ? { sentinelPassword: tail.searchParams.get('sentinelPassword')! } : {}),
+      ...(tls ? { tls: {}, enableTLSForSentinelMode: true } : {}),
+    },
+  };
+}
+
+/**
+ * A new client for a connection that is not a client, with `tuned` options on top (the
+ * options the caller set win over the defaults in `tuned`, except its connection name when it
+ * has none). Exported for the CLI, which opens its own.
+ */
+export function createClient(connection: string | RedisOptions | ClusterConnection, tuned: RedisOptions): RedisClient {
+  const plan = planOf(connection);
+  if (plan.kind === 'cluster') {
+    const { redisOptions, ...clusterLevel } = plan.options;
+    checkKeyPrefix(plan.options.keyPrefix ?? redisOptions?.keyPrefix);
+    const { enableAutoPipelining, autoPipeliningIgnoredCommands, ...nodeLevel } = tuned;
+    return new Cluster(plan.nodes, {
+      ...(enableAutoPipelining !== undefined ? { enableAutoPipelining } : {}),
+      ...(autoPipeliningIgnoredCommands !== undefined ? { autoPipeliningIgnoredCommands } : {}),
+      ...clusterLevel,
+      redisOptions: { ...nodeLevel, ...redisOptions, connectionName: redisOptions?.connectionName ?? nodeLevel.connectionName },
+    });
+  }
+  checkKeyPrefix(plan.options.keyPrefix);
+  // Sentinel: follow a promotion as soon as the Sentinels announce it, not at the next error.
+  const sentinel: RedisOptions = plan.options.sentinels ? { failoverDetector: true } : {};
+  if (plan.url !== undefined) return new Redis(plan.url, { ...sentinel, ...tuned });
+  return new Redis({ ...sentinel, ...tuned, ...plan.options, connectionName: plan.options.connectionName ?? tuned.connectionName });
+}
+
+/** The scripts build task keys from the prefix they are given; ioredis would prefix only the declared KEYS. */
+function checkKeyPrefix(keyPrefix: string | undefined): void {
+  if (!keyPrefix) return;
+  throw new ConfigError(
+    `the connection sets ioredis keyPrefix '${keyPrefix}', which heimdall-tasks cannot use; pass prefix: '${keyPrefix.replace(/:$/, '')}' to the Dispatcher and Worker instead`,
+  );
 }
 
 /** The options a client was made with that matter here: the node options of a Cluster. */
@@ -66,14 +209,7 @@ export function openClient(
   if (connection === undefined || connection === null || connection === '') {
     throw new ConfigError('connection is required: a Redis URL such as redis://localhost:6379, ioredis options, or a client');
   }
-  const given = isClient(connection) ? nodeOptions(connection) : typeof connection === 'object' ? (connection as RedisOptions) : undefined;
-  if (given?.keyPrefix) {
-    // The scripts build task keys from the prefix they are given; ioredis would prefix only
-    // the declared KEYS, and the two would no longer meet.
-    throw new ConfigError(
-      `the connection sets ioredis keyPrefix '${given.keyPrefix}', which heimdall-tasks cannot use; pass prefix: '${given.keyPrefix.replace(/:$/, '')}' to the Dispatcher and Worker instead`,
-    );
-  }
+  if (isClient(connection)) checkKeyPrefix(nodeOptions(connection).keyPrefix);
   const tuned: RedisOptions = {
     // Named so `CLIENT LIST` shows who is connected: heimdall:<prefix>:<role>.
     connectionName: `${name}:${purpose}`,
@@ -82,19 +218,7 @@ export function openClient(
     ...extra,
   };
   if (isClient(connection) && purpose === 'commands') return { client: connection, owned: false };
-  let client: RedisClient;
-  if (isClient(connection)) client = duplicateOf(connection, tuned);
-  else if (typeof connection === 'string') {
-    if (!/^rediss?:\/\//.test(connection)) {
-      throw new ConfigError(`connection URL must start with redis:// or rediss://, got ${JSON.stringify(connection)}`);
-    }
-    client = new Redis(connection, tuned);
-  } else if (typeof connection === 'object') {
-    const options = connection as RedisOptions;
-    client = new Redis({ ...options, ...tuned, connectionName: options.connectionName ?? tuned.connectionName });
-  } else {
-    throw new ConfigError('connection must be a Redis URL, ioredis options or an ioredis client');
-  }
+  const client = isClient(connection) ? duplicateOf(connection, tuned) : createClient(connection, tuned);
   // ioredis reconnects by itself; report a connection error at most once a second so an
   // outage is visible without flooding (and without ioredis's "Unhandled error event").
   const owned: OwnedClient = { client, owned: true };
