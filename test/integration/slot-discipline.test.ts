@@ -41,21 +41,21 @@ import { keySlot, keysOf, report, SlotChecker, type ScriptReport } from '../slot
  * scripts do exactly.
  */
 const OPEN_UNDECLARED: Readonly<Record<string, readonly string[]>> = {
-  admit: ['dead', 'events', 'lock:', 'rate:', 't:'],
-  'dead-letter': ['events'],
+  admit: ['lock:', 'rate:'],
+  'dead-letter': [],
   declare: [],
-  decline: ['dead', 'events', 't:'],
+  decline: [],
   enqueue: ['events', 'lock:', 't:'],
   'extend-leases': ['t:'],
-  fetch: ['dead', 'events', 'lock:', 'rate:', 'stats', 't:'],
+  fetch: ['lock:', 'rate:', 't:'],
   forget: [],
   heartbeat: [],
-  progress: ['events'],
-  purge: ['events', 'lock:', 't:'],
-  reclaim: ['events', 'lock:', 't:'],
-  'release-lock': ['events'],
-  requeue: ['events', 'lock:', 't:'],
-  revoke: ['events', 'lock:'],
+  progress: [],
+  purge: ['lock:', 't:'],
+  reclaim: ['lock:', 't:'],
+  'release-lock': [],
+  requeue: ['lock:', 't:'],
+  revoke: ['lock:'],
 };
 
 // Tasks of the flows. Each sent to the queue under test with applyAsync({ queue }).

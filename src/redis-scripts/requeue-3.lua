@@ -5,6 +5,7 @@
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] active zset       <prefix>:{<queue>}:active
+  KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
@@ -25,7 +26,7 @@
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = nowMs()
 local count, problem = 0, ''
-useEvents(ARGV[4], workerId)
+useEvents(ARGV[4], workerId, KEYS[3])
 for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at')
@@ -35,5 +36,5 @@ for i = 5, #ARGV, 2 do
     if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
   end
 end
-flushEvents(base)
+flushEvents()
 return {count, problem}
