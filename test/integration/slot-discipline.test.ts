@@ -46,7 +46,7 @@ const OPEN_UNDECLARED: Readonly<Record<string, readonly string[]>> = {
   declare: [],
   decline: [],
   enqueue: ['events', 'lock:', 't:'],
-  'extend-leases': ['t:'],
+  'extend-leases': [],
   fetch: ['lock:', 'rate:', 't:'],
   forget: [],
   heartbeat: [],
@@ -54,7 +54,7 @@ const OPEN_UNDECLARED: Readonly<Record<string, readonly string[]>> = {
   purge: ['lock:', 't:'],
   reclaim: ['lock:', 't:'],
   'release-lock': [],
-  requeue: ['lock:', 't:'],
+  requeue: ['lock:'],
   revoke: ['lock:'],
 };
 

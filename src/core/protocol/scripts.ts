@@ -241,8 +241,12 @@ export interface RunToStop extends RunRef {
 /** Renews the leases of `runs` (extend-leases-1.lua); returns the runs to stop. */
 export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<RunToStop[]> {
   const args: (string | number)[] = [keys.base, worker.leaseMs, worker.workerId];
-  for (const r of runs) args.push(r.id, r.token);
-  const stop = await runner.run<string[]>(extendLeasesScript, [keys.active], args);
+  const scriptKeys = [keys.active];
+  for (const r of runs) {
+    args.push(r.id, r.token);
+    scriptKeys.push(keys.task(r.id));
+  }
+  const stop = await runner.run<string[]>(extendLeasesScript, scriptKeys, args);
   const out: RunToStop[] = [];
   for (let i = 0; i < stop.length; i += 4) {
     const detail = String(stop[i + 3] ?? '');
@@ -253,12 +257,12 @@ export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker
 
 /** Hands runs a closing worker stopped back to the front of the queue (requeue-3.lua). */
 export function requeue(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
-  return handBack(requeueScript, runner, keys, worker, runs);
+  return handBack(requeueScript, runner, keys, worker, runs, runs.map((r) => keys.task(r.id)));
 }
 
 /** Hands back runs leased to this worker that it does not know it runs (reclaim-3.lua; `known`: the runs it does). */
 export function reclaim(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, known: readonly RunRef[]): Promise<HandBack> {
-  return handBack(reclaimScript, runner, keys, worker, known);
+  return handBack(reclaimScript, runner, keys, worker, known, []);
 }
 
 /** What requeue-3.lua and reclaim-3.lua answer: how many runs went back, and '' or what Redis refused. */
@@ -267,11 +271,15 @@ export interface HandBack {
   problem: string;
 }
 
-/** requeue-3.lua and reclaim-3.lua take the same KEYS and ARGV and answer alike. */
-async function handBack(script: LuaScript, runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
+/**
+ * requeue-3.lua and reclaim-3.lua take the same ARGV and answer alike; requeue also takes the
+ * record of each run it hands back (`records`), reclaim none (the runs it hands back are the
+ * ones the worker does not know).
+ */
+async function handBack(script: LuaScript, runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[], records: readonly string[]): Promise<HandBack> {
   const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs, worker.eventsCap];
   for (const r of runs) args.push(r.id, r.token);
-  const [count, problem] = await runner.run<[number, string]>(script, [keys.wait, keys.active, keys.events], args);
+  const [count, problem] = await runner.run<[number, string]>(script, [keys.wait, keys.active, keys.events, ...records], args);
   return { count: Number(count), problem: String(problem ?? '') };
 }
 
