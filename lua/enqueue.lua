@@ -134,7 +134,6 @@ local function revokeChannelOf(base) return base .. 'revoke' end
 local function doneChannelOf(base, id) return base .. 'done:' .. id end
 local function controlChannelOf(base) return base .. 'control' end
 local function replyChannelOf(base, tail) return base .. 'reply:' .. tail end
-
 -- The queue's event stream (STREAM <base>events): what a call did, for dispatcher.events() and
 -- the CLI. Events are noted as the call goes (noteEvent) and written at its end (flushEvents)
 -- as ONE stream entry per call, however many tasks it moved: a fetch that ends 50 runs and
@@ -153,14 +152,19 @@ local function replyChannelOf(base, tail) return base .. 'reply:' .. tail end
 -- worker id there once ('w'), and leave it out of each event that names that worker.
 -- A cap of 0 turns events off. Writing them is best effort: a refused XADD (a full Redis) is
 -- ignored, never failing the transitions the call made.
+-- The stream's key comes from the calling script, which declares it in its KEYS (a key built
+-- here from the base would be one Redis Cluster does not know the script touches).
 local eventPairs = {}
 local eventCap = 0
 local eventWorker = nil
+local eventStreamKey = nil
 
--- `worker`: the id of the worker making the call (nil for a producer or an operator).
-local function useEvents(cap, worker)
+-- `worker`: the id of the worker making the call (nil for a producer or an operator); `key`: the
+-- stream, <prefix>:{<queue>}:events, as the script's KEYS name it.
+local function useEvents(cap, worker, key)
   eventCap = tonumber(cap) or 0
   eventWorker = worker
+  eventStreamKey = key
 end
 
 local function eventsOn()
@@ -197,13 +201,13 @@ end
 
 -- Writes the noted events: one entry, or one per 4000 items (unpack is bounded by Lua's stack),
 -- never splitting an event (an entry always starts with a type).
-local function flushEvents(base)
+local function flushEvents()
   local total = #eventPairs
   if total == 0 or eventCap <= 0 then
     eventPairs = {}
     return
   end
-  local key = eventsKeyOf(base)
+  local key = eventStreamKey
   local header = {}
   if eventWorker then header = { 'w', eventWorker } end
   local from = 1
@@ -270,7 +274,7 @@ end
 local base = ARGV[1]
 local now = nowMs()
 -- The cap comes after the tasks; until it is read, events are noted under the default.
-useEvents(10000)
+useEvents(10000, nil, eventsKeyOf(base))
 local replies = {}
 local woken = false
 local o = 3
@@ -366,6 +370,8 @@ for i = 1, tonumber(ARGV[2]) do
   table.insert(replies, detail)
   table.insert(replies, ttl)
 end
-if ARGV[o] then useEvents(ARGV[o]) end
-flushEvents(base)
+-- The stream is named from the base, not declared: adding a key would change the producers'
+-- contract (protocol.md), so it waits for the redesign of issue 12, as the records and locks do.
+if ARGV[o] then useEvents(ARGV[o], nil, eventsKeyOf(base)) end
+flushEvents()
 return replies

@@ -2,7 +2,7 @@
 --[[
   declare: a worker says which task names it runs, on one queue. Each name's value is the time
   (ms, Redis clock) until which the declaration holds; the worker declares again before then,
-  and a stopped worker's declarations lapse by themselves. decline-4.lua reads them: a task
+  and a stopped worker's declarations lapse by themselves. decline-7.lua reads them: a task
   whose name some worker declares is handed back to wait for it, however long that takes.
 
   KEYS[1] declared names    <prefix>:{<queue>}:names (HASH task name -> valid until, ms)

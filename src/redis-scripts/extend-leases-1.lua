@@ -7,8 +7,11 @@
   terminate, or no longer current (its lease lapsed and the task was recovered, or restarted).
 
   KEYS[1] active zset       <prefix>:{<queue>}:active
+  KEYS[2..] task hashes     <prefix>:{<queue>}:t:<id> of each run of ARGV[4..], in the same order
+            (one key per run, so a call passes 1 + runs keys; the name counts the fixed one)
 
-  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[1] key base          <prefix>:{<queue>}: (unused now that the records come in KEYS; kept
+                            so the ARGV of callers of older builds reads the same)
   ARGV[2] lease in ms
   ARGV[3] worker id
   ARGV[4..] pairs of id and run token of the runs the worker is running, and of runs whose ends
@@ -26,9 +29,8 @@
 ]]
 -- @include "now"
 -- @include "refusal"
--- @include "keys"
 
-local base, workerId = ARGV[1], ARGV[3]
+local workerId = ARGV[3]
 local expires = nowMs() + tonumber(ARGV[2])
 local stop = {}
 local function report(id, token, reason, detail)
@@ -36,7 +38,7 @@ local function report(id, token, reason, detail)
 end
 for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'w', 'tk', 'rv')
+  local t = redis.pcall('HMGET', KEYS[i / 2], 's', 'w', 'tk', 'rv')
   if t.err then
     if not isRefusal(t) then report(id, token, 'lost', '') end
   elseif t[1] == 'STARTED' and t[2] == workerId and t[3] == token then

@@ -1,4 +1,4 @@
-// Purging a queue (issue 11, point 3): Inspector.purge() through purge-2.lua, and `heimdall purge`.
+// Purging a queue (issue 11, point 3): Inspector.purge() through purge-3.lua, and `heimdall purge`.
 // Purged tasks end in a state Redis holds (REVOKED 'purged', their unique locks released, their
 // waiters told); a running task, delayed tasks (without --delayed) and a stale wait entry of a
 // delayed task are left alone; a long queue goes in bounded batches.

@@ -219,7 +219,7 @@ describe('scripts and round trips (private redis-server)', () => {
     const mon = await h.admin.monitor();
     const admissions: string[] = [];
     mon.on('monitor', (_time: string, args: string[]) => {
-      if (String(args[0]).toLowerCase() === 'evalsha' && args[1] === admitSha) admissions.push(String(args[8])); // evalsha, sha, 3, three keys, base, worker, id
+      if (String(args[0]).toLowerCase() === 'evalsha' && args[1] === admitSha) admissions.push(String(args[3 + Number(args[2]) + 2])); // evalsha, sha, numkeys, the keys, base, worker, id
     });
     try {
       // Sent by a process that knows the task: the message carries lk and rk.

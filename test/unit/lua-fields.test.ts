@@ -10,7 +10,7 @@
  *      HINCRBY after the key: each literal of HGET, HMGET, HDEL and HEXISTS; for HSET and HSETNX
  *      the literals in field position (1st, 3rd, ... after the key), for HINCRBY the field, so a
  *      value such as 'PENDING' is not taken for a field. A call on a `KEYS[n]` that the script's
- *      header does not describe as a task hash (the names hash of declare-1 and decline-4) is
+ *      header does not describe as a task hash (the names hash of declare-1 and decline-7) is
  *      left out;
  *   2. field, value lists built in a table constructor (for HSET through `unpack`, or for a
  *      function that passes its list on: endTask's `extra`, requeueLeased's `fields`): the

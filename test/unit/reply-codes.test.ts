@@ -14,7 +14,7 @@ function fetchReply(outcomes: string[]): RawFetchReply {
   return [[], [], [], -1, 0, outcomes, [], ''];
 }
 
-describe("a run's end outcomes (fetch-3.lua)", () => {
+describe("a run's end outcomes (fetch-6.lua)", () => {
   it('every stored state, STALE and ERROR decode to what the queue runner acts on', () => {
     const reply = readFetchReply(fetchReply(['SUCCESS', '', 'FAILURE', '', 'REVOKED', '', 'RETRY', '', 'STALE', 'FAILURE', 'STALE', '', 'ERROR', 'OOM full']), 7);
     expect(reply.outcomes).toEqual([
@@ -68,7 +68,7 @@ describe('admit and decline verdicts', () => {
 });
 
 describe('revoke codes', () => {
-  it('are positions 0 to 4 of the table, in the order of revoke-3.lua', () => {
+  it('are positions 0 to 4 of the table, in the order of revoke-4.lua', () => {
     expect(REVOKE_CODES).toEqual(['unknown', 'ended', 'revoked', 'terminated', 'requested']);
   });
 });

@@ -122,7 +122,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       reportError: (err) => this.emit('error', err instanceof Error ? err : new Error(toRemoteError(err).message)),
       finished: (run, finish) => this.finished(run, finish),
       writeProgress: (run, json) => {
-        // As progress-1.lua: stored for the task's current run only.
+        // As progress-2.lua: stored for the task's current run only.
         const entry = this.entries.get(run.runner.keys.task(run.task.id));
         if (entry && entry.run === run) {
           entry.record[FIELDS.progress] = json;
@@ -286,7 +286,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     });
   }
 
-  /** revoke-3.lua's transitions. */
+  /** revoke-4.lua's transitions. */
   revoke(keys: QueueKeys, id: string, terminate: boolean): Promise<TaskState> {
     const entry = this.entries.get(keys.task(id));
     const state = entry?.record[FIELDS.state] as TaskState | undefined;

@@ -18,7 +18,7 @@ const DEFAULT_LIMIT = 100;
 const MAX_LIMIT = 10_000;
 /** Delayed tasks read to count those retrying and those waiting on a rate window. */
 const DELAYED_SAMPLE = 1_000;
-/** Width of a bucket of the stats hash (fetch-3.lua), ms. */
+/** Width of a bucket of the stats hash (fetch-6.lua), ms. */
 const STATS_BUCKET_MS = 10_000;
 
 /**
@@ -464,7 +464,7 @@ export interface PurgeOptions {
   delayed?: boolean;
 }
 
-/** Entries one purge-2.lua call takes at most from the wait list, and from the delayed set. */
+/** Entries one purge-3.lua call takes at most from the wait list, and from the delayed set. */
 const PURGE_BATCH = 200;
 
 function limitOf(options: ListOptions): number {

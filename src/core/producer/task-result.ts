@@ -19,7 +19,7 @@ export interface ResultBackend {
   readAll(keys: QueueKeys, id: string): Promise<Record<string, string>>;
   /** Wakes the caller when the task may have ended (its done channel). */
   watch(keys: QueueKeys, id: string): Promise<Watch>;
-  /** Revokes the task (revoke-3.lua's transitions); resolves with its state afterwards. */
+  /** Revokes the task (revoke-4.lua's transitions); resolves with its state afterwards. */
   revoke(keys: QueueKeys, id: string, terminate: boolean, expireMs: number): Promise<TaskState>;
   /** Deletes an ended task's record; false when it has not ended. */
   forget(keys: QueueKeys, id: string): Promise<boolean>;

@@ -64,7 +64,7 @@ export const END_OUTCOMES = {
   stored: ['SUCCESS', 'FAILURE', 'REVOKED', 'RETRY'],
 } as const;
 
-/** The verdicts of admit-3.lua and decline-4.lua, the first of their two reply items (the second is its detail). */
+/** The verdicts of admit-6.lua and decline-7.lua, the first of their two reply items (the second is its detail). */
 export const VERDICTS = {
   /** Admitted: run it. */
   run: 'RUN',
@@ -87,7 +87,7 @@ export const VERDICTS = {
  */
 export const FAILURE_ERRORS = { admit: MalformedTaskError, decline: UnknownTaskError } as const;
 
-/** The reply codes of revoke-3.lua, by position (0 to 4). */
+/** The reply codes of revoke-4.lua, by position (0 to 4). */
 export const REVOKE_CODES = ['unknown', 'ended', 'revoked', 'terminated', 'requested'] as const;
 
 /** A reply item no table above names: the script and the library disagree, or someone else wrote it. */

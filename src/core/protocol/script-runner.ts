@@ -58,8 +58,15 @@ export class ScriptRunner {
     warnIfEvicting(server, memory, whereIs(this.client));
   }
 
-  /** Runs a script; Redis's out-of-memory reply becomes a RedisOutOfMemoryError naming the script. */
+  /**
+   * Runs a script; Redis's out-of-memory reply becomes a RedisOutOfMemoryError naming the script.
+   * `keys`: at least the script's `numberOfKeys` (the KEYS every call passes); a script whose
+   * header lists one key per item after those (extend-leases, requeue) gets them all, as KEYS.
+   */
   async run<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
+    if (keys.length < script.numberOfKeys) {
+      throw new Error(`the ${script.name} script takes at least ${script.numberOfKeys} keys, got ${keys.length}`);
+    }
     if (!this.loaded) {
       await this.load();
       this.loaded = true;
@@ -89,11 +96,11 @@ export class ScriptRunner {
   /** EVALSHA; on NOSCRIPT, loads the script and tries once more. */
   private async evalsha<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
     try {
-      return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
+      return (await this.client.evalsha(script.sha, keys.length, ...keys, ...args)) as T;
     } catch (err) {
       if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
       await this.loadScript(script.source);
-      return (await this.client.evalsha(script.sha, script.numberOfKeys, ...keys, ...args)) as T;
+      return (await this.client.evalsha(script.sha, keys.length, ...keys, ...args)) as T;
     }
   }
 }

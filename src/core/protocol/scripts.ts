@@ -131,7 +131,7 @@ export type EndOutcome =
   | { kind: 'refused'; message: string }
   | { kind: 'unexpected'; error: UnexpectedReplyError };
 
-/** The reply of fetch-3.lua. */
+/** The reply of fetch-6.lua. */
 export interface FetchReply {
   started: StartedRun[];
   readonly limited: readonly { id: string; name: string; argsJson: string; delayMs: number }[];
@@ -151,14 +151,14 @@ export interface FetchReply {
 /** nextDelayMs of a call that started all it asked for: the delayed set was not read. */
 export const NOT_LOOKED_UP = -2;
 
-/** fetch-3.lua's reply as Redis sent it: read it with readFetchReply. */
+/** fetch-6.lua's reply as Redis sent it: read it with readFetchReply. */
 export type RawFetchReply = [(string | number)[], (string | number)[], (string | number)[], number, number, string[], string[], string];
 
 const STARTED_ITEMS = 8;
 const NONE: readonly never[] = Object.freeze([]);
 
 /**
- * Stores `ends` and starts up to `want` tasks, in one call (fetch-3.lua). Resolves Redis's
+ * Stores `ends` and starts up to `want` tasks, in one call (fetch-6.lua). Resolves Redis's
  * reply as sent; `readFetchReply` decodes it. Two steps instead of one async function: this is
  * the call every task of a busy worker goes through, and the extra promise per call showed in
  * the worker's CPU per task at concurrency 1 (BENCHMARKS.md).
@@ -166,7 +166,7 @@ const NONE: readonly never[] = Object.freeze([]);
 export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[]): Promise<RawFetchReply> {
   const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, ends.length];
   for (const e of ends) args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason);
-  return runner.run<RawFetchReply>(fetchScript, [keys.wait, keys.delayed, keys.active], args);
+  return runner.run<RawFetchReply>(fetchScript, [keys.wait, keys.delayed, keys.active, keys.dead, keys.events, keys.stats], args);
 }
 
 /** Decodes the reply of a fetch call that sent `endCount` ends. */
@@ -241,8 +241,12 @@ export interface RunToStop extends RunRef {
 /** Renews the leases of `runs` (extend-leases-1.lua); returns the runs to stop. */
 export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<RunToStop[]> {
   const args: (string | number)[] = [keys.base, worker.leaseMs, worker.workerId];
-  for (const r of runs) args.push(r.id, r.token);
-  const stop = await runner.run<string[]>(extendLeasesScript, [keys.active], args);
+  const scriptKeys = [keys.active];
+  for (const r of runs) {
+    args.push(r.id, r.token);
+    scriptKeys.push(keys.task(r.id));
+  }
+  const stop = await runner.run<string[]>(extendLeasesScript, scriptKeys, args);
   const out: RunToStop[] = [];
   for (let i = 0; i < stop.length; i += 4) {
     const detail = String(stop[i + 3] ?? '');
@@ -251,33 +255,37 @@ export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker
   return out;
 }
 
-/** Hands runs a closing worker stopped back to the front of the queue (requeue-2.lua). */
+/** Hands runs a closing worker stopped back to the front of the queue (requeue-3.lua). */
 export function requeue(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
-  return handBack(requeueScript, runner, keys, worker, runs);
+  return handBack(requeueScript, runner, keys, worker, runs, runs.map((r) => keys.task(r.id)));
 }
 
-/** Hands back runs leased to this worker that it does not know it runs (reclaim-2.lua; `known`: the runs it does). */
+/** Hands back runs leased to this worker that it does not know it runs (reclaim-3.lua; `known`: the runs it does). */
 export function reclaim(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, known: readonly RunRef[]): Promise<HandBack> {
-  return handBack(reclaimScript, runner, keys, worker, known);
+  return handBack(reclaimScript, runner, keys, worker, known, []);
 }
 
-/** What requeue-2.lua and reclaim-2.lua answer: how many runs went back, and '' or what Redis refused. */
+/** What requeue-3.lua and reclaim-3.lua answer: how many runs went back, and '' or what Redis refused. */
 export interface HandBack {
   count: number;
   problem: string;
 }
 
-/** requeue-2.lua and reclaim-2.lua take the same KEYS and ARGV and answer alike. */
-async function handBack(script: LuaScript, runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
+/**
+ * requeue-3.lua and reclaim-3.lua take the same ARGV and answer alike; requeue also takes the
+ * record of each run it hands back (`records`), reclaim none (the runs it hands back are the
+ * ones the worker does not know).
+ */
+async function handBack(script: LuaScript, runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[], records: readonly string[]): Promise<HandBack> {
   const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs, worker.eventsCap];
   for (const r of runs) args.push(r.id, r.token);
-  const [count, problem] = await runner.run<[number, string]>(script, [keys.wait, keys.active], args);
+  const [count, problem] = await runner.run<[number, string]>(script, [keys.wait, keys.active, keys.events, ...records], args);
   return { count: Number(count), problem: String(problem ?? '') };
 }
 
 // ------------------------------------------------------------------- admission and hand-back
 
-/** The answer of admit-3.lua or decline-4.lua. */
+/** The answer of admit-6.lua or decline-7.lua. */
 export type Verdict =
   | { verdict: 'RUN' }
   | { verdict: 'REVOKED'; reason: RevokeReason }
@@ -288,7 +296,7 @@ export type Verdict =
   /** A verdict this version does not know: the worker reports it and lets go of the run. */
   | { verdict: 'UNEXPECTED'; error: UnexpectedReplyError };
 
-/** Decodes the reply of admit-3.lua or decline-4.lua. */
+/** Decodes the reply of admit-6.lua or decline-7.lua. */
 export function readVerdict(script: 'admit' | 'decline', [verdict, detail]: [string, string]): Verdict {
   switch (verdict) {
     case VERDICTS.run:
@@ -315,12 +323,12 @@ export interface AdmissionChecks {
   maxRecoveries?: number | undefined;
 }
 
-/** Admits a run under the worker's own unique lock and rate limit (admit-3.lua). */
+/** Admits a run under the worker's own unique lock and rate limit (admit-6.lua). */
 export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, run: RunRef, checks: AdmissionChecks): Promise<Verdict> {
   const { lock, rate } = checks;
   const reply = await runner.run<[string, string]>(
     admitScript,
-    [keys.wait, keys.delayed, keys.active],
+    [keys.wait, keys.delayed, keys.active, keys.task(run.id), keys.dead, keys.events],
     [
       keys.base,
       worker.workerId,
@@ -341,57 +349,57 @@ export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: Worke
   return readVerdict('admit', reply);
 }
 
-/** Hands back a run of a task this worker does not run (decline-4.lua). */
+/** Hands back a run of a task this worker does not run (decline-7.lua). */
 export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, run: RunRef, graceMs: number, message: string): Promise<Verdict> {
   const reply = await runner.run<[string, string]>(
     declineScript,
-    [keys.wait, keys.delayed, keys.active, keys.names],
+    [keys.wait, keys.delayed, keys.active, keys.names, keys.task(run.id), keys.dead, keys.events],
     [keys.base, worker.workerId, run.id, run.token, graceMs, worker.resultExpiresMs, message, seed(), worker.eventsCap],
   );
   return readVerdict('decline', reply);
 }
 
-/** Stores a running task's progress for its run `token` (progress-1.lua); false when dropped (not that run, or not running). */
+/** Stores a running task's progress for its run `token` (progress-2.lua); false when dropped (not that run, or not running). */
 export async function progress(runner: ScriptRunner, keys: QueueKeys, id: string, token: string, json: string, eventsCap: number): Promise<boolean> {
-  return (await runner.run<number>(progressScript, [keys.task(id)], [token, json, keys.base, id, eventsCap])) === 1;
+  return (await runner.run<number>(progressScript, [keys.task(id), keys.events], [token, json, keys.base, id, eventsCap])) === 1;
 }
 
-/** What became of an operator's action on a dead letter (dead-letter-3.lua). */
+/** What became of an operator's action on a dead letter (dead-letter-4.lua). */
 export type DeadLetterAction = { done: true } | { done: false; reason: 'gone' } | { done: false; reason: 'not-failed'; state: TaskState | undefined };
 
-/** Retries or drops one dead letter, given as stored (dead-letter-3.lua). */
+/** Retries or drops one dead letter, given as stored (dead-letter-4.lua). */
 export async function actOnDeadLetter(runner: ScriptRunner, keys: QueueKeys, op: 'retry' | 'drop', entry: string, id: string, eventsCap: number): Promise<DeadLetterAction> {
-  const [code, detail] = await runner.run<[number, string]>(deadLetterScript, [keys.dead, keys.wait, keys.task(id)], [op, entry, id, keys.base, eventsCap]);
+  const [code, detail] = await runner.run<[number, string]>(deadLetterScript, [keys.dead, keys.wait, keys.task(id), keys.events], [op, entry, id, keys.base, eventsCap]);
   if (code === 1) return { done: true };
   if (code === 0) return { done: false, reason: 'gone' };
   if (code === 2) return { done: false, reason: 'not-failed', state: detail === '' ? undefined : (String(detail) as TaskState) };
   throw unexpectedReply('dead-letter', 'code', code);
 }
 
-/** What became of an operator's release of a lock (release-lock-1.lua). */
+/** What became of an operator's release of a lock (release-lock-2.lua). */
 export type LockRelease = { released: true } | { released: false; reason: 'gone' } | { released: false; reason: 'held-by-another'; holder: string };
 
-/** Releases the lock `lockKey` of the queue of `keys` if `holder` still holds it, logged as an event of the holder (release-lock-1.lua). */
+/** Releases the lock `lockKey` of the queue of `keys` if `holder` still holds it, logged as an event of the holder (release-lock-2.lua). */
 export async function releaseLock(runner: ScriptRunner, keys: QueueKeys, lockKey: string, holder: string, eventsCap: number): Promise<LockRelease> {
-  const [code, detail] = await runner.run<[number, string]>(releaseLockScript, [lockKey], [holder, keys.base, eventsCap]);
+  const [code, detail] = await runner.run<[number, string]>(releaseLockScript, [lockKey, keys.events], [holder, keys.base, eventsCap]);
   if (code === 1) return { released: true };
   if (code === 0) return { released: false, reason: 'gone' };
   if (code === 2) return { released: false, reason: 'held-by-another', holder: String(detail) };
   throw unexpectedReply('release-lock', 'code', code);
 }
 
-/** What one purge-2.lua call did: the tasks it ended REVOKED 'purged', and the entries it took from the wait list and the delayed set. */
+/** What one purge-3.lua call did: the tasks it ended REVOKED 'purged', and the entries it took from the wait list and the delayed set. */
 export interface PurgeStep {
   purged: number;
   fromWait: number;
   fromDelayed: number;
 }
 
-/** Purges one batch of a queue: up to `waitMax` wait entries, and with `withDelayed` up to `delayedMax` delayed ids (purge-2.lua). */
+/** Purges one batch of a queue: up to `waitMax` wait entries, and with `withDelayed` up to `delayedMax` delayed ids (purge-3.lua). */
 export async function purge(runner: ScriptRunner, keys: QueueKeys, waitMax: number, delayedMax: number, withDelayed: boolean, expireMs: number, eventsCap: number): Promise<PurgeStep> {
   const [purged, fromWait, fromDelayed] = await runner.run<[number, number, number]>(
     purgeScript,
-    [keys.wait, keys.delayed],
+    [keys.wait, keys.delayed, keys.events],
     [keys.base, waitMax, delayedMax, withDelayed ? '1' : '0', expireMs, eventsCap],
   );
   return { purged: Number(purged), fromWait: Number(fromWait), fromDelayed: Number(fromDelayed) };
@@ -413,17 +421,17 @@ export async function declare(runner: ScriptRunner, keys: QueueKeys, names: read
 
 // ------------------------------------------------------------------------- revoke and forget
 
-/** What revoke-3.lua did (its reply code), and the state after it. */
+/** What revoke-4.lua did (its reply code), and the state after it. */
 export interface RevokeReply {
   code: (typeof REVOKE_CODES)[number];
   state: TaskState;
 }
 
-/** Revokes a task from any process (revoke-3.lua). */
+/** Revokes a task from any process (revoke-4.lua). */
 export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, terminate: boolean, expireMs: number, reason: RevokeReason, eventsCap: number): Promise<RevokeReply> {
   const [code, state] = await runner.run<[number, string]>(
     revokeScript,
-    [keys.task(id), keys.active, keys.delayed],
+    [keys.task(id), keys.active, keys.delayed, keys.events],
     [keys.base, id, terminate ? '1' : '0', expireMs, reason, eventsCap],
   );
   const name = REVOKE_CODES[Number(code)];

@@ -58,7 +58,7 @@ export const FIELDS = {
   ratePeriod: 'rp',
   /** Run token of the last start. */
   token: 'tk',
-  /** Progress of the running task, JSON `{ v: 0..1, m?: message, at: ms }` (progress-1.lua). */
+  /** Progress of the running task, JSON `{ v: 0..1, m?: message, at: ms }` (progress-2.lua). */
   progress: 'pg',
   /** `<token> <state>` of the last end a run stored itself. */
   finishedRun: 'fk',

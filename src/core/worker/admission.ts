@@ -39,7 +39,7 @@ function recoveriesToFill(def: TaskDefinition, run: Run): number | undefined {
 
 /**
  * Admits a run under the worker's own unique lock and rate limit where its message lacks them
- * (admit-3.lua). Resolves true when the task may run; otherwise the run is released and the
+ * (admit-6.lua). Resolves true when the task may run; otherwise the run is released and the
  * event for what became of it is emitted.
  */
 export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost): Promise<boolean> {
@@ -101,7 +101,7 @@ function renamingHint(name: string): string {
 }
 
 /**
- * Hands back a run of a task this worker does not run (decline-4.lua), for a worker that does
+ * Hands back a run of a task this worker does not run (decline-7.lua), for a worker that does
  * (a rolling deploy, another app on the same prefix): no attempt counted; FAILURE only when no
  * worker has declared the name for `unknownTaskGrace`.
  */

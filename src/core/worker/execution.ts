@@ -24,7 +24,7 @@ export interface ExecutionHost<R extends Run<RunOwner> = Run> {
   reportError(err: unknown): void;
   /** Frees the run's slot and hands its end to its queue runner to store. */
   finished(run: R, finish: Finish): void;
-  /** Stores a progress report of the run, for its run only (progress-1.lua); failures are the host's to report. */
+  /** Stores a progress report of the run, for its run only (progress-2.lua); failures are the host's to report. */
   writeProgress(run: R, json: string): void;
 }
 

@@ -153,12 +153,12 @@ export class QueueRunner {
     return count;
   }
 
-  /** Admits a run of a message that lacks the lock or rate limit of the worker's definition (admit-3.lua). */
+  /** Admits a run of a message that lacks the lock or rate limit of the worker's definition (admit-6.lua). */
   admit(run: RunRef, checks: AdmissionChecks): Promise<Verdict> {
     return admitScript(this.scripts, this.keys, this.host, run, checks);
   }
 
-  /** Hands back a run of a task this worker does not run (decline-4.lua). */
+  /** Hands back a run of a task this worker does not run (decline-7.lua). */
   decline(run: RunRef, graceMs: number, message: string): Promise<Verdict> {
     return declineScript(this.scripts, this.keys, this.host, run, graceMs, message);
   }
@@ -168,7 +168,7 @@ export class QueueRunner {
     return declareScript(this.scripts, this.keys, names, validMs);
   }
 
-  /** Stores a running task's progress for its run (progress-1.lua). */
+  /** Stores a running task's progress for its run (progress-2.lua). */
   async progress(id: string, token: string, json: string): Promise<void> {
     await progressScript(this.scripts, this.keys, id, token, json, this.host.eventsCap);
   }
@@ -334,7 +334,7 @@ export class QueueRunner {
   }
 
   /**
-   * Hands back tasks leased to this worker that it does not know it runs (see reclaim-2.lua).
+   * Hands back tasks leased to this worker that it does not know it runs (see reclaim-3.lua).
    * Runs only with no other call in flight (the loop's reclaim waits for inFlight 0, and
    * maxCalls is 1 while reclaimNeeded), so `fin` holds every finish not yet stored.
    */

@@ -1,10 +1,20 @@
 -- @include "keys"
 -- @include "end-task"
 -- @include "events"
+-- The dead-letter list, <prefix>:{<queue>}:dead, as the calling script's KEYS name it: a script
+-- that may dead-letter declares the list and calls useDeadLetters first (a key built here from
+-- the base would be one Redis Cluster does not know the script touches).
+local deadListKey = nil
+
+local function useDeadLetters(key)
+  deadListKey = key
+end
+
 -- Keeps a malformed or unrunnable message for inspection: newest first, at most 1000.
 local function deadLetter(base, id, reason, now)
-  redis.call('LPUSH', deadKeyOf(base), cjson.encode({ id = id, reason = reason, at = now }))
-  redis.call('LTRIM', deadKeyOf(base), 0, 999)
+  if not deadListKey then error('dead-letter: the script did not name its dead-letter list (useDeadLetters)') end
+  redis.call('LPUSH', deadListKey, cjson.encode({ id = id, reason = reason, at = now }))
+  redis.call('LTRIM', deadListKey, 0, 999)
   noteEvent('dead-lettered', id, 'r', reason)
 end
 

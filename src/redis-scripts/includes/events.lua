@@ -1,4 +1,3 @@
--- @include "keys"
 -- The queue's event stream (STREAM <base>events): what a call did, for dispatcher.events() and
 -- the CLI. Events are noted as the call goes (noteEvent) and written at its end (flushEvents)
 -- as ONE stream entry per call, however many tasks it moved: a fetch that ends 50 runs and
@@ -17,14 +16,19 @@
 -- worker id there once ('w'), and leave it out of each event that names that worker.
 -- A cap of 0 turns events off. Writing them is best effort: a refused XADD (a full Redis) is
 -- ignored, never failing the transitions the call made.
+-- The stream's key comes from the calling script, which declares it in its KEYS (a key built
+-- here from the base would be one Redis Cluster does not know the script touches).
 local eventPairs = {}
 local eventCap = 0
 local eventWorker = nil
+local eventStreamKey = nil
 
--- `worker`: the id of the worker making the call (nil for a producer or an operator).
-local function useEvents(cap, worker)
+-- `worker`: the id of the worker making the call (nil for a producer or an operator); `key`: the
+-- stream, <prefix>:{<queue>}:events, as the script's KEYS name it.
+local function useEvents(cap, worker, key)
   eventCap = tonumber(cap) or 0
   eventWorker = worker
+  eventStreamKey = key
 end
 
 local function eventsOn()
@@ -61,13 +65,13 @@ end
 
 -- Writes the noted events: one entry, or one per 4000 items (unpack is bounded by Lua's stack),
 -- never splitting an event (an entry always starts with a type).
-local function flushEvents(base)
+local function flushEvents()
   local total = #eventPairs
   if total == 0 or eventCap <= 0 then
     eventPairs = {}
     return
   end
-  local key = eventsKeyOf(base)
+  local key = eventStreamKey
   local header = {}
   if eventWorker then header = { 'w', eventWorker } end
   local from = 1

@@ -18,6 +18,9 @@
   KEYS[1] wait list         <prefix>:{<queue>}:wait (for the wake-up marker)
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
   KEYS[3] active zset       <prefix>:{<queue>}:active
+  KEYS[4] task hash         <prefix>:{<queue>}:t:<id> (the id of ARGV[3])
+  KEYS[5] dead-letter list  <prefix>:{<queue>}:dead
+  KEYS[6] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
@@ -53,8 +56,11 @@ local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local rateKey, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local expireMs = tonumber(ARGV[12])
 local maxRecoveries = ARGV[13]
-useEvents(ARGV[14], workerId)
-local key = taskKeyOf(base, id)
+useEvents(ARGV[14], workerId, KEYS[6])
+useDeadLetters(KEYS[5])
+local key = KEYS[4]
+-- The included steps (endTask, undoStart) name the record from the base and the id: it must be this key.
+if key ~= taskKeyOf(base, id) then return redis.error_reply('admit: KEYS[4] is not the record of task ' .. id) end
 local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw', 'n')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
@@ -80,7 +86,7 @@ end
 local function endHere(state, extra, lock)
   table.insert(extra, 'at'); table.insert(extra, attempt - 1)
   endTask(base, id, state, extra, now, expireMs, lock, { t[10] })
-  flushEvents(base)
+  flushEvents()
   if carriedRate then redis.call('ZREM', carriedRate, id .. ':' .. attempt) end
   redis.call('ZREM', KEYS[3], id)
 end
@@ -130,7 +136,7 @@ if rateKey ~= '' then
     redis.call('HSET', key, unpack(fields))
     undoStart(base, KEYS[3], id, attempt, retries, carriedRate or nil)
     noteEvent('rate-limited', id, 'n', t[10], 'dl', delay)
-    flushEvents(base)
+    flushEvents()
     return {'LIMITED', delay}
   end
   redis.call('ZADD', rateKey, now, id .. ':' .. attempt)

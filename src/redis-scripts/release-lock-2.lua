@@ -5,6 +5,7 @@
   its own alone (endTask deletes a lock only when it names the ending task).
 
   KEYS[1] lock              <prefix>:{<queue>}:lock:<task>:<key>
+  KEYS[2] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
 
   ARGV[1] the holder's task id, as the operator saw it
   ARGV[2] key base          <prefix>:{<queue>}:
@@ -20,7 +21,7 @@ if not holder then return {0, ''} end
 if holder ~= ARGV[1] then return {2, holder} end
 redis.call('DEL', KEYS[1])
 -- Logged as an event of the holder: an operator let its lock go while it may still run.
-useEvents(ARGV[3])
+useEvents(ARGV[3], nil, KEYS[2])
 noteEvent('lock-released', holder, 'k', KEYS[1])
-flushEvents(ARGV[2])
+flushEvents()
 return {1, holder}

@@ -14,6 +14,9 @@
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
   KEYS[3] active zset       <prefix>:{<queue>}:active
   KEYS[4] declared names    <prefix>:{<queue>}:names
+  KEYS[5] task hash         <prefix>:{<queue>}:t:<id> (the id of ARGV[3])
+  KEYS[6] dead-letter list  <prefix>:{<queue>}:dead
+  KEYS[7] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
@@ -47,8 +50,11 @@
 local BASE_DELAY_MS, MAX_DELAY_MS, DECLARED_MAX_DELAY_MS = 250, 10000, 2000
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local grace, expireMs, message = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local key = taskKeyOf(base, id)
-useEvents(ARGV[9], workerId)
+local key = KEYS[5]
+-- The included steps (endTask, undoStart) name the record from the base and the id: it must be this key.
+if key ~= taskKeyOf(base, id) then return redis.error_reply('decline: KEYS[5] is not the record of task ' .. id) end
+useEvents(ARGV[9], workerId, KEYS[7])
+useDeadLetters(KEYS[6])
 local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua', 'rv', 'lk', 'lw')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
@@ -101,5 +107,5 @@ if not ok then
   if expiry then redis.pcall('ZADD', KEYS[3], expiry, id) end
   error(result)
 end
-flushEvents(base)
+flushEvents()
 return result

@@ -13,6 +13,7 @@
   KEYS[1] task hash         <prefix>:{<queue>}:t:<id>
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] delayed zset      <prefix>:{<queue>}:delayed
+  KEYS[4] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] task id
@@ -31,7 +32,7 @@
 -- @include "events"
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
-useEvents(ARGV[6])
+useEvents(ARGV[6], nil, KEYS[4])
 local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk')
 local state, lock, token = t[1], { t[2], t[3] }, t[4] or ''
 if not state then return {0, ''} end
@@ -40,14 +41,14 @@ local now = nowMs()
 if state ~= 'STARTED' then
   redis.call('ZREM', KEYS[3], id)
   endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
-  flushEvents(base)
+  flushEvents()
   return {2, 'REVOKED'}
 end
 if terminate then
   redis.call('ZREM', KEYS[2], id)
   endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
   redis.call('PUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 1')
-  flushEvents(base)
+  flushEvents()
   return {3, 'REVOKED'}
 end
 redis.call('HSET', KEYS[1], 'rv', reason)

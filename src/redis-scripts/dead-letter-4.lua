@@ -8,6 +8,7 @@
   KEYS[1] dead list         <prefix>:{<queue>}:dead
   KEYS[2] wait list         <prefix>:{<queue>}:wait
   KEYS[3] task hash         <prefix>:{<queue>}:t:<id>
+  KEYS[4] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
 
   ARGV[1] 'retry' | 'drop'
   ARGV[2] the entry, exactly as stored (JSON)
@@ -32,8 +33,8 @@ if op == 'retry' then
   redis.call('PERSIST', KEYS[3])
   -- RPUSH: the tail is the head of the queue (RPOP takes it first).
   redis.call('RPUSH', KEYS[2], id)
-  useEvents(ARGV[5])
+  useEvents(ARGV[5], nil, KEYS[4])
   noteEvent('queued', id, 'n', redis.call('HGET', KEYS[3], 'n'), 'o', 'dead-letter')
-  flushEvents(ARGV[4])
+  flushEvents()
 end
 return {1, ''}

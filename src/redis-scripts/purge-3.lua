@@ -14,6 +14,7 @@
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
+  KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] most entries to take from the wait list in this call (0: none)
@@ -33,7 +34,7 @@
 
 local base, waitMax, delayedMax, withDelayed, expireMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
 local now = nowMs()
-useEvents(ARGV[6])
+useEvents(ARGV[6], nil, KEYS[3])
 local purged = 0
 
 local function purgeOne(id)
@@ -65,5 +66,5 @@ if withDelayed and delayedMax > 0 then
   end
 end
 
-flushEvents(base)
+flushEvents()
 return {purged, fromWait, fromDelayed}

@@ -4,6 +4,7 @@
   revoked meanwhile is dropped.
 
   KEYS[1] task hash         <prefix>:{<queue>}:t:<id>
+  KEYS[2] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
 
   ARGV[1] run token         (the record's tk)
   ARGV[2] progress, JSON    { "v": fraction 0..1, "m": message or absent, "at": ms, worker clock,
@@ -19,7 +20,7 @@
 local t = redis.call('HMGET', KEYS[1], 's', 'tk')
 if t[1] ~= 'STARTED' or t[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'pg', ARGV[2])
-useEvents(ARGV[5])
+useEvents(ARGV[5], nil, KEYS[2])
 noteEvent('progress', ARGV[4], 'p', ARGV[2])
-flushEvents(ARGV[3])
+flushEvents()
 return 1

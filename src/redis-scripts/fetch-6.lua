@@ -9,6 +9,9 @@
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
   KEYS[3] active zset       <prefix>:{<queue>}:active
+  KEYS[4] dead-letter list  <prefix>:{<queue>}:dead
+  KEYS[5] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
+  KEYS[6] stats hash        <prefix>:{<queue>}:stats (runs ended per 10 s, see below)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
@@ -22,7 +25,7 @@
           '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
           ('' none)
 
-  The runs ended are counted in the queue's stats hash (<prefix>:{<queue>}:stats, fields
+  The runs ended are counted in the queue's stats hash (KEYS[6], fields
   's:<bucket>' succeeded and 'f:<bucket>' failed or retried, a bucket per 10 s of the Redis
   clock, 15 minutes kept) for the Inspector's tasks per second.
 
@@ -35,6 +38,7 @@
 -- @include "now"
 -- @include "start-tasks"
 -- @include "finish-task"
+-- @include "dead-letter"
 -- @include "next-delay"
 -- @include "refusal"
 -- @include "events"
@@ -42,13 +46,13 @@
 
 -- Counts the runs this call ended, per 10-second bucket (see the header). When a bucket opens,
 -- those older than 15 minutes go.
-local function countEnds(base, outcomes, now)
+local function countEnds(key, outcomes, now)
   local ok, failed = 0, 0
   for i = 1, #outcomes, 2 do
     local o = outcomes[i]
     if o == 'SUCCESS' then ok = ok + 1 elseif o == 'FAILURE' or o == 'RETRY' then failed = failed + 1 end
   end
-  local key, bucket = statsKeyOf(base), math.floor(now / 10000)
+  local bucket = math.floor(now / 10000)
   local opened = false
   if ok > 0 then opened = redis.pcall('HINCRBY', key, 's:' .. bucket, ok) == ok end
   if failed > 0 then opened = (redis.pcall('HINCRBY', key, 'f:' .. bucket, failed) == failed) or opened end
@@ -64,7 +68,8 @@ end
 
 local base, workerId = ARGV[1], ARGV[2]
 local now = nowMs()
-useEvents(ARGV[7], workerId)
+useEvents(ARGV[7], workerId, KEYS[5])
+useDeadLetters(KEYS[4])
 local outcomes = {}
 local count = tonumber(ARGV[8])
 for i = 0, count - 1 do
@@ -81,7 +86,7 @@ for i = 0, count - 1 do
 end
 
 -- Counting is best effort: a refused command (a full Redis, an ACL) must not fail the call.
-if count > 0 then pcall(countEnds, base, outcomes, now) end
+if count > 0 then pcall(countEnds, KEYS[6], outcomes, now) end
 
 local want = tonumber(ARGV[4])
 local reply
@@ -91,5 +96,5 @@ if want > 0 then
 else
   reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, {}, ''}
 end
-flushEvents(base)
+flushEvents()
 return reply

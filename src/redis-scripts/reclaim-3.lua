@@ -6,6 +6,7 @@
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] active zset       <prefix>:{<queue>}:active
+  KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
@@ -27,7 +28,7 @@
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local known = {}
 -- Keyed by id and token: tokens are unique among the runs of one task, not across tasks.
-useEvents(ARGV[4], workerId)
+useEvents(ARGV[4], workerId, KEYS[3])
 for i = 5, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
 local now = nowMs()
 local count, problem = 0, ''
@@ -39,5 +40,5 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
   end
 end
-flushEvents(base)
+flushEvents()
 return {count, problem}
