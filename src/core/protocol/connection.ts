@@ -45,11 +45,18 @@ function nodeOptions(client: RedisClient): Partial<RedisOptions> {
 }
 
 /** A new connection like `client`, with `tuned` options on top. */
-function duplicateOf(client: RedisClient, tuned: RedisOptions): RedisClient {
+function duplicateOf(client: RedisClient, tuned: RedisOptions, purpose: 'commands' | 'blocking' | 'subscriber'): RedisClient {
   if (!isCluster(client)) return client.duplicate(tuned);
   // A Cluster takes the options of its node connections under redisOptions.
   const options = client.options as ClusterOptions;
-  return client.duplicate(undefined, { redisOptions: { ...options.redisOptions, ...tuned } } satisfies ClusterOptions);
+  return client.duplicate(undefined, {
+    redisOptions: { ...options.redisOptions, ...tuned },
+    // heimdall-tasks's channels are sharded (SSUBSCRIBE): without this option ioredis sends
+    // SSUBSCRIBE on its one classic subscriber connection, to whichever node it picked, and the
+    // messages of other shards never arrive. With it, ioredis keeps one subscriber per master and
+    // subscribes again after a failover or a slot move.
+    ...(purpose === 'subscriber' ? { shardedSubscribers: true } : {}),
+  } satisfies ClusterOptions);
 }
 
 /**
@@ -83,7 +90,7 @@ export function openClient(
   };
   if (isClient(connection) && purpose === 'commands') return { client: connection, owned: false };
   let client: RedisClient;
-  if (isClient(connection)) client = duplicateOf(connection, tuned);
+  if (isClient(connection)) client = duplicateOf(connection, tuned, purpose);
   else if (typeof connection === 'string') {
     if (!/^rediss?:\/\//.test(connection)) {
       throw new ConfigError(`connection URL must start with redis:// or rediss://, got ${JSON.stringify(connection)}`);
