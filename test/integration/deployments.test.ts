@@ -1,12 +1,16 @@
 // The real local deployments of scripts/redis-deployments.mjs (issue 12, point 3, first part):
 // a Redis Cluster of three masters with a replica each, made with redis-cli --cluster create, and
 // a Sentinel setup (a master, a replica, three sentinels); a round trip of tasks through each,
-// and no process left running after stop(); Pub/Sub (sharded) on every shard of the cluster.
-// Failover is not tested here yet.
+// and no process left running after stop(); Pub/Sub (sharded) on every shard of the cluster, and
+// a sharded subscription through a failover and a slot move. Task runs through a failover are not
+// tested here yet.
 import { createRequire } from 'node:module';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { currentTask, Dispatcher, Task, Worker } from 'heimdall-tasks';
+import { ResultWaiter } from '../../src/core/producer/result-waiter.js';
+import { closeClient, openClient } from '../../src/core/protocol/connection.js';
+import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
 import { ask, startCluster, startSentinel } from '../../scripts/redis-deployments.mjs';
 import { newPrefix, recordEvents, waitFor } from '../helpers.js';
 
@@ -125,6 +129,77 @@ describe('a Redis Cluster of three masters with a replica each', () => {
       await worker.close();
       await dispatcher.close();
       await client.quit();
+    }
+  });
+});
+
+describe("a sharded subscription through a failover and a slot move of its channel's shard", () => {
+  let cluster: Awaited<ReturnType<typeof startCluster>> | undefined;
+  beforeAll(async () => {
+    cluster = await startCluster({ log: () => undefined });
+  }, 60_000);
+  afterAll(async () => {
+    const pids = cluster?.pids ?? [];
+    await cluster?.stop();
+    expect(pids.filter(running), 'cluster nodes left running after stop()').toEqual([]);
+  });
+
+  it("the subscriber connection heimdall-tasks duplicates from a Cluster hears a done channel again after its master is killed and after its slot moves", { timeout: 60_000 }, async () => {
+    const c = cluster!;
+    const client = new Cluster(c.seeds);
+    await new Promise((resolve) => client.once('ready', resolve));
+    // Errors while the master is down are expected; the spublish calls below say what failed.
+    client.on('error', () => undefined);
+    const sub = openClient(client, 'subscriber', 'heimdall:failover');
+    const waiter = new ResultWaiter(sub.client);
+    const keys = new QueueKeys(newPrefix('failover'), 'moving');
+    const channel = keys.done('t1');
+    const heard: string[] = [];
+    const stop = await waiter.listen(channel, (message) => heard.push(message));
+    /** Publishes `tag-<n>` until one is heard: what goes out while the shard has no master or the subscription moves is lost, as Pub/Sub is. */
+    const hears = async (tag: string): Promise<void> => {
+      let n = 0;
+      await waitFor(
+        async () => {
+          await client.spublish(channel, `${tag}-${n++}`).catch(() => undefined);
+          return heard.some((m) => m.startsWith(`${tag}-`));
+        },
+        { timeout: 30_000, interval: 200, what: `a message tagged ${tag} on ${channel}` },
+      );
+    };
+    const ownerOf = async (): Promise<number> => {
+      const slot = calculateSlot(channel);
+      const shards = await client.cluster('SLOTS');
+      return Number(shards.find(([lo, hi]) => slot >= lo && slot <= hi)?.[2]?.[1]);
+    };
+    try {
+      await hears('before');
+      // Failover: the channel's master is killed and its replica takes over.
+      const master = await ownerOf();
+      const replica = await waitFor(async () => {
+        for (const n of c.nodes) if (new RegExp(`master_port:${master}\\r`).test(await ask(n.port, 'INFO replication'))) return n.port;
+        return undefined;
+      }, { what: `the replica of ${master}` });
+      await c.kill(master);
+      await waitFor(async () => (await c.nodeFor(replica)) === 'master', { timeout: 30_000, what: `${replica} promoted` });
+      await hears('after-failover');
+      // Slot move: the (empty) slot is handed to another master; Redis drops the subscription.
+      const slot = calculateSlot(channel);
+      const source = await ownerOf();
+      expect(source).toBe(replica);
+      const shards = await client.cluster('SLOTS');
+      const target = Number(shards.find(([lo, hi]) => slot < lo || slot > hi)?.[2]?.[1]);
+      const idOf = async (port: number): Promise<string> => (await ask(port, 'CLUSTER MYID')).split('\r\n')[1]!;
+      const [sourceId, targetId] = [await idOf(source), await idOf(target)];
+      expect(await ask(target, `CLUSTER SETSLOT ${slot} IMPORTING ${sourceId}`)).toMatch(/^\+OK/);
+      expect(await ask(source, `CLUSTER SETSLOT ${slot} MIGRATING ${targetId}`)).toMatch(/^\+OK/);
+      for (const port of [target, source]) expect(await ask(port, `CLUSTER SETSLOT ${slot} NODE ${targetId}`)).toMatch(/^\+OK/);
+      await hears('after-move');
+      expect(await ownerOf()).toBe(target);
+    } finally {
+      stop();
+      await closeClient(sub);
+      client.disconnect();
     }
   });
 });
