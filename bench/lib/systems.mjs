@@ -134,18 +134,11 @@ async function heimdall() {
 /**
  * Where heimdall-tasks connects: a URL, or `{ cluster: seeds }` for a Redis Cluster (an ioredis
  * Cluster of the root's ioredis, which the caller disconnects: a client passed in is not the
- * library's to close). The Cluster is handed over once ready: on a cluster with replicas, a script
- * call on a Cluster that has not yet learnt its slots fails with 'Connection is closed' (the
- * SCRIPT LOAD goes to every seed, replicas included, while ioredis rearranges its connections).
+ * library's to close).
  */
-async function heimdallConnection(where) {
+function heimdallConnection(where) {
   if (typeof where === 'string') return where;
-  const cluster = new (rootIoredis().Cluster)(where.cluster);
-  await new Promise((resolve, reject) => {
-    cluster.once('ready', resolve);
-    cluster.once('end', () => reject(new Error('the Redis Cluster ended before it was ready')));
-  });
-  return cluster;
+  return new (rootIoredis().Cluster)(where.cluster);
 }
 const disconnectIfCluster = (connection) => {
   if (typeof connection !== 'string') connection.disconnect();
@@ -174,7 +167,7 @@ function beeQueue() {
 export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
   if (system === 'heimdall') {
     const { lib, BenchTasks } = await heimdall();
-    const connection = await heimdallConnection(url);
+    const connection = heimdallConnection(url);
     const dispatcher = new lib.Dispatcher({ connection, prefix, ...heimdallEvents() });
     const tasks = dispatcher.tasks(BenchTasks);
     // The tasks are declared on QUEUE; another queue is a per-call option.
@@ -231,7 +224,7 @@ export async function worker(system, url, prefix, { concurrency, handler, onDone
     const { lib, BenchTasks } = await heimdall();
     const service = new BenchTasks();
     heimdallHandler = handler;
-    const connection = await heimdallConnection(url);
+    const connection = heimdallConnection(url);
     const w = new lib.Worker({ connection, prefix, services: [service], queues: [queue], concurrency, ...heimdallEvents() });
     w.on('succeeded', onDone);
     w.on('error', (err) => console.error(`heimdall worker error: ${err.message}`));
