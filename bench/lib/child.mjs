@@ -7,8 +7,8 @@ import { BENCH } from './systems.mjs';
 /**
  * Forks worker-child.mjs for `system` on `url` (a Redis URL, or { cluster: seeds } for heimdall),
  * with `execArgv` as extra Node flags and `env` on top of this process's environment.
- * Returns { state, next(type), send(msg), stop() }: `next` resolves with the first message of a
- * type, `stop` asks the worker to close and resolves with its 'closed' message once it exited.
+ * Returns { state, next(type), send(msg), kill(), stop() }: `next` resolves with the first message
+ * of a type, `stop` asks the worker to close and resolves with its 'closed' message once it exited.
  */
 export function startChild(system, url, { prefix, concurrency, target, recordStarts = false, queue, execArgv = [], env = {} }) {
   const child = fork(join(BENCH, 'lib', 'worker-child.mjs'), [], {
