@@ -7,11 +7,12 @@
 //   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL,
 //   BENCH_SCENARIOS (a subset, e.g. drain50,latency), BENCH_CHILD_ARGS (node flags of the workers),
 //   BENCH_HEIMDALL_EVENTS (on; off runs heimdall-tasks with events: false).
-import { execFileSync, fork } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, platform, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { startRedis } from '../scripts/redis-launcher.mjs';
+import { startChild as startChildProcess } from './lib/child.mjs';
 import { renderChart, renderTable } from './lib/report.mjs';
 import { ADMIN_NAME, BENCH, benchDepsInstalled, buildHeimdall, clientCommands, producer, QUEUE, rootIoredis, SYSTEMS, versions } from './lib/systems.mjs';
 
@@ -103,62 +104,8 @@ async function reset() {
 }
 
 // ------------------------------------------------------------------ workers in child processes
-function startChild(system, url, { concurrency, target, recordStarts = false }) {
-  const child = fork(join(BENCH, 'lib', 'worker-child.mjs'), [], {
-    execArgv: ['--import', 'tsx', ...cfg.childArgs],
-    env: { ...process.env, BENCH_CHILD: JSON.stringify({ system, url, prefix: PREFIX, concurrency, target, recordStarts }) },
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  });
-  const waiters = new Map();
-  const seen = new Map();
-  const state = { done: 0 };
-  let failure;
-  child.on('message', (msg) => {
-    if (msg.type === 'progress') state.done = Math.max(state.done, msg.done);
-    if (msg.type === 'error') failure = new Error(`${system} worker: ${msg.message}`);
-    seen.set(msg.type, msg);
-    const w = waiters.get(msg.type);
-    if (w) {
-      waiters.delete(msg.type);
-      w.resolve(msg);
-    }
-    if (failure) for (const x of waiters.values()) x.reject(failure);
-  });
-  const exited = new Promise((resolve) => child.on('exit', resolve));
-  child.on('exit', (code) => {
-    if (code !== 0 && code !== null) {
-      failure ??= new Error(`${system} worker exited with code ${code}`);
-      for (const x of waiters.values()) x.reject(failure);
-    }
-  });
-  const next = (type, timeoutMs = 300_000) => {
-    if (seen.has(type)) return Promise.resolve(seen.get(type));
-    if (failure) return Promise.reject(failure);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${system} worker: no '${type}' within ${timeoutMs} ms`)), timeoutMs);
-      waiters.set(type, {
-        resolve: (m) => {
-          clearTimeout(timer);
-          resolve(m);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      });
-    });
-  };
-  return {
-    state,
-    next,
-    send: (msg) => child.send(msg),
-    stop: async () => {
-      child.send({ type: 'stop' });
-      const closed = await next('closed', 60_000);
-      await exited;
-      return closed;
-    },
-  };
+function startChild(system, url, options) {
+  return startChildProcess(system, url, { ...options, prefix: PREFIX, execArgv: cfg.childArgs });
 }
 
 // ------------------------------------------------------------------ scenarios

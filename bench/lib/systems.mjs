@@ -57,6 +57,11 @@ const rootRequire = createRequire(`${ROOT}package.json`);
  * BullMQ's ioredis).
  */
 export const HEIMDALL_BUILD = `${ROOT}.bench-build/`;
+/**
+ * The build this process imports: HEIMDALL_BUILD, or BENCH_HEIMDALL_BUILD (bench/cluster.mjs runs
+ * variants of one build side by side, e.g. its scripts publishing classic or sharded).
+ */
+const IMPORTED_BUILD = process.env.BENCH_HEIMDALL_BUILD || HEIMDALL_BUILD;
 
 /** Compiles src/ into HEIMDALL_BUILD with the project's own tsc (about a second). */
 export function buildHeimdall() {
@@ -99,7 +104,7 @@ async function heimdall() {
     rootIoredis();
     // The working tree compiled by buildHeimdall() (run.mjs calls it first): plain JavaScript,
     // as users run it, not the source through tsx (whose helpers cost time of their own).
-    const lib = await import(pathToFileURL(`${HEIMDALL_BUILD}index.js`).href);
+    const lib = await import(pathToFileURL(`${IMPORTED_BUILD}index.js`).href);
     class BenchTasks {
       async noop(p) {
         heimdallHandler(p);
@@ -126,6 +131,19 @@ async function heimdall() {
   return heimdallModule;
 }
 
+/**
+ * Where heimdall-tasks connects: a URL, or `{ cluster: seeds }` for a Redis Cluster (an ioredis
+ * Cluster of the root's ioredis, which the caller disconnects: a client passed in is not the
+ * library's to close).
+ */
+function heimdallConnection(where) {
+  if (typeof where === 'string') return where;
+  return new (rootIoredis().Cluster)(where.cluster);
+}
+const disconnectIfCluster = (connection) => {
+  if (typeof connection !== 'string') connection.disconnect();
+};
+
 // ---------------------------------------------------------------- BullMQ
 async function bullmq() {
   const Redis = benchRequire('ioredis');
@@ -146,16 +164,22 @@ function beeQueue() {
  * A producer: `{ enqueue(payload, kind?), bulk?(payloads), close() }`. `kind` is 'noop' (default),
  * 'unique' or 'limited' (heimdall only). enqueue resolves to the task id.
  */
-export async function producer(system, url, prefix) {
+export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
   if (system === 'heimdall') {
     const { lib, BenchTasks } = await heimdall();
-    const dispatcher = new lib.Dispatcher({ connection: url, prefix, ...heimdallEvents() });
+    const connection = heimdallConnection(url);
+    const dispatcher = new lib.Dispatcher({ connection, prefix, ...heimdallEvents() });
     const tasks = dispatcher.tasks(BenchTasks);
+    // The tasks are declared on QUEUE; another queue is a per-call option.
+    const to = queue === QUEUE ? undefined : { queue };
     return {
-      enqueue: async (payload, kind = 'noop') => (await tasks[kind].delay(payload)).id,
-      bulk: async (payloads) => (await tasks.noop.delayMany(payloads.map((payload) => [payload]))).map((r) => r.id),
-      info: (id) => dispatcher.result(id, { queue: QUEUE }).info(),
-      close: () => dispatcher.close(),
+      enqueue: async (payload, kind = 'noop') => (await (to ? tasks[kind].applyAsync([payload], to) : tasks[kind].delay(payload))).id,
+      bulk: async (payloads) => (await tasks.noop.delayMany(payloads.map((payload) => [payload]), to)).map((r) => r.id),
+      info: (id) => dispatcher.result(id, { queue }).info(),
+      close: async () => {
+        await dispatcher.close();
+        disconnectIfCluster(connection);
+      },
     };
   }
   if (system === 'bullmq') {
@@ -195,16 +219,22 @@ export async function producer(system, url, prefix) {
  * Starts a worker running `handler(payload)` for every task, calling `onDone()` after each
  * task's end is stored. Resolves when the worker is consuming: `{ close() }`.
  */
-export async function worker(system, url, prefix, { concurrency, handler, onDone }) {
+export async function worker(system, url, prefix, { concurrency, handler, onDone, queue = QUEUE }) {
   if (system === 'heimdall') {
     const { lib, BenchTasks } = await heimdall();
     const service = new BenchTasks();
     heimdallHandler = handler;
-    const w = new lib.Worker({ connection: url, prefix, services: [service], queues: [QUEUE], concurrency, ...heimdallEvents() });
+    const connection = heimdallConnection(url);
+    const w = new lib.Worker({ connection, prefix, services: [service], queues: [queue], concurrency, ...heimdallEvents() });
     w.on('succeeded', onDone);
     w.on('error', (err) => console.error(`heimdall worker error: ${err.message}`));
     await w.start();
-    return { close: () => w.close() };
+    return {
+      close: async () => {
+        await w.close();
+        disconnectIfCluster(connection);
+      },
+    };
   }
   if (system === 'bullmq') {
     const { lib, Redis } = await bullmq();

@@ -7,7 +7,8 @@
 // process on a Linux machine, so the parent can compare them with its own.
 import { clientCommands, preload, worker } from './systems.mjs';
 
-const { system, url, prefix, concurrency, target, recordStarts } = JSON.parse(process.env.BENCH_CHILD);
+// url: a Redis URL, or { cluster: seeds } (heimdall only); queue: optional, heimdall only.
+const { system, url, prefix, concurrency, target, recordStarts, queue } = JSON.parse(process.env.BENCH_CHILD);
 const send = (msg) => process.send(msg, undefined, undefined, () => {});
 
 let done = 0;
@@ -55,7 +56,7 @@ process.on('message', async (msg) => {
       cpu0 = process.cpuUsage();
       cmd0 = clientCommands.n;
       t0 = process.hrtime.bigint();
-      w = await worker(system, url, prefix, { concurrency, handler, onDone });
+      w = await worker(system, url, prefix, { concurrency, handler, onDone, queue });
       send({ type: 'started' });
     } else if (msg.type === 'stop') {
       const final = stats ?? snapshot();

@@ -7,7 +7,8 @@
     STARTED, no terminate -> marked (field rv); the worker is told and aborts the signal; the
       task ends REVOKED unless it still returns a value.
     The message on the revoke channel is '<id> <run token> <0|1>': a worker acts on it only for
-    the run it names, never for an older run of the same task it may still be running.
+    the run it names, never for an older run of the same task it may still be running. It goes
+    out with SPUBLISH (sharded Pub/Sub): workers listen with SSUBSCRIBE on the queue's shard.
     Ended or unknown tasks are left alone.
 
   KEYS[1] task hash         <prefix>:{<queue>}:t:<id>
@@ -47,10 +48,10 @@ end
 if terminate then
   redis.call('ZREM', KEYS[2], id)
   endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
-  redis.call('PUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 1')
+  redis.call('SPUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 1')
   flushEvents()
   return {3, 'REVOKED'}
 end
 redis.call('HSET', KEYS[1], 'rv', reason)
-redis.call('PUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 0')
+redis.call('SPUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 0')
 return {4, 'STARTED'}

@@ -216,13 +216,13 @@ class Producer {
     return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
   }
 
-  /** SUBSCRIBE <base>done:<id> for each id (before the tasks are sent). */
+  /** SSUBSCRIBE <base>done:<id> for each id (before the tasks are sent): the channel is sharded Pub/Sub. */
   async subscribeDone(url: string, ids: readonly string[]): Promise<void> {
     this.sub ??= new Redis(url);
-    this.sub.on('message', (channel: string, message: string) => {
+    this.sub.on('smessage', (channel: string, message: string) => {
       this.published.set(channel, [...(this.published.get(channel) ?? []), message]);
     });
-    await this.sub.subscribe(...ids.map((id) => `${this.base}done:${id}`));
+    await this.sub.ssubscribe(...ids.map((id) => `${this.base}done:${id}`));
   }
 
   /** The messages published on `done:<id>` so far. */

@@ -105,7 +105,9 @@ describe('a dispatch during a Cluster failover', () => {
 
       // Every accepted task ends, and ran once (nothing was lost with the master: a task the
       // dead master had not passed to its replica would be PENDING in no list, and time out here).
-      const values = await Promise.all(sent.map((r) => r.get({ timeout: 60 })));
+      const values = await Promise.all(sent.map((r) => r.get({ timeout: 60 }))).catch((err: unknown) => {
+        throw new Error(`${String(err)}\nworker errors: ${[...new Set(workerErrors)].slice(0, 5).join(' | ')}`);
+      });
       expect(values.length).toBe(sent.length);
       const ids = values as number[];
       const twice = ids.filter((i) => (runs.get(i) ?? 0) !== 1);

@@ -906,7 +906,7 @@ describe('garbage in Redis never stops a worker', () => {
     await waitFor(() => startedIds.size === 2, { what: 'both tasks to start' });
     const channel = h.queueKey('revoke');
     const garbage = ['', ' ', 'garbage', 'nobody-runs-this 1', `${handle.id}x 1`, `x${handle.id} 1`, '\u0000\u0001', 'x'.repeat(10_000)];
-    for (const message of garbage) expect(await h.admin.publish(channel, message)).toBe(1);
+    for (const message of garbage) expect(await h.admin.spublish(channel, message)).toBe(1);
     // A real revoke on the same channel after the garbage: once it has taken effect, the worker
     // has read every message before it.
     expect(await witness.revoke()).toBe('STARTED');

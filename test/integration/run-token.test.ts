@@ -147,8 +147,8 @@ describe('a token per run', () => {
     await waitFor(() => ev.started.length === 2, { what: 'both tasks to start' });
     const token = await h.admin.hget(h.taskKey(r.id), 'tk');
     expect(token, 'the running task records its run token').toBeTypeOf('string');
-    await h.admin.publish(h.queueKey('revoke'), `${r.id} not-${token} 0`);
-    await h.admin.publish(h.queueKey('revoke'), `${r.id} not-${token} 1`);
+    await h.admin.spublish(h.queueKey('revoke'), `${r.id} not-${token} 0`);
+    await h.admin.spublish(h.queueKey('revoke'), `${r.id} not-${token} 1`);
     // Messages on one channel arrive in order: once the fence's revoke has fired its signal, the
     // stale ones before it have been handled.
     expect(await fence.revoke()).toBe('STARTED');

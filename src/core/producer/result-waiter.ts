@@ -11,6 +11,8 @@ export interface Watch {
  * One subscriber connection shared by every `get()` of a dispatcher. Workers announce the end
  * of a task on its own channel, so a waiter wakes at once instead of polling; the caller
  * still re-reads the state now and then in case a message was lost in a reconnect.
+ * Every channel is sharded Pub/Sub (SSUBSCRIBE): on a Cluster the messages stay on the shard of
+ * the queue whose hash tag the channel carries (docs/decisions.md).
  */
 export class ResultWaiter {
   private readonly listeners = new Map<string, Set<(message: string) => void>>();
@@ -20,13 +22,13 @@ export class ResultWaiter {
   private handshake: Promise<void> | undefined;
 
   constructor(private readonly subscriber: RedisClient) {
-    subscriber.on('message', (channel: string, message: string) => {
+    subscriber.on('smessage', (channel: string, message: string) => {
       for (const fire of this.listeners.get(channel) ?? []) fire(message);
     });
   }
 
   /**
-   * ioredis writes SUBSCRIBE (which Redis allows while loading) on a connection still in its
+   * ioredis writes SSUBSCRIBE (which Redis allows while loading) on a connection still in its
    * handshake, before its ready check; the reply switches the connection to subscriber mode,
    * the ready check's INFO then fails, and ioredis rejects the pending commands and reconnects.
    * So wait for the handshake to end. In other states commands wait in the offline queue,
@@ -61,7 +63,7 @@ export class ResultWaiter {
     set.add(onMessage);
     let subscribing = this.subscribed.get(channel);
     if (!subscribing) {
-      subscribing = this.handshakeDone().then(() => this.subscriber.subscribe(channel));
+      subscribing = this.handshakeDone().then(() => this.subscriber.ssubscribe(channel));
       this.subscribed.set(channel, subscribing);
     }
     try {
@@ -78,7 +80,7 @@ export class ResultWaiter {
       if (current.size === 0) {
         this.listeners.delete(channel);
         this.subscribed.delete(channel);
-        if (this.subscriber.status === 'ready') this.subscriber.unsubscribe(channel).catch(() => undefined);
+        if (this.subscriber.status === 'ready') this.subscriber.sunsubscribe(channel).catch(() => undefined);
       }
     };
   }

@@ -172,7 +172,7 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
     });
     try {
       const request: PingRequest = { op: 'ping', nonce, reply: channel };
-      await Promise.all(queues.map((k) => this.conn.client.publish(k.control, JSON.stringify(request))));
+      await Promise.all(queues.map((k) => this.conn.client.spublish(k.control, JSON.stringify(request))));
       await new Promise((resolve) => setTimeout(resolve, timeoutMs));
     } finally {
       stop();

@@ -150,9 +150,9 @@ export function planOfUrl(text: string): Plan {
 /**
  * A new client for a connection that is not a client, with `tuned` options on top (the
  * options the caller set win over the defaults in `tuned`, except its connection name when it
- * has none). Exported for the CLI, which opens its own.
+ * has none). `subscriber`: the client will SSUBSCRIBE. Exported for the CLI, which opens its own.
  */
-export function createClient(connection: string | RedisOptions | ClusterConnection, tuned: RedisOptions): RedisClient {
+export function createClient(connection: string | RedisOptions | ClusterConnection, tuned: RedisOptions, subscriber = false): RedisClient {
   const plan = planOf(connection);
   if (plan.kind === 'cluster') {
     const { redisOptions, ...clusterLevel } = plan.options;
@@ -163,6 +163,8 @@ export function createClient(connection: string | RedisOptions | ClusterConnecti
       ...(autoPipeliningIgnoredCommands !== undefined ? { autoPipeliningIgnoredCommands } : {}),
       ...clusterLevel,
       redisOptions: { ...nodeLevel, ...redisOptions, connectionName: redisOptions?.connectionName ?? nodeLevel.connectionName },
+      // Sharded Pub/Sub needs a subscriber per master (see duplicateOf).
+      ...(subscriber ? { shardedSubscribers: true } : {}),
     });
   }
   checkKeyPrefix(plan.options.keyPrefix);
@@ -188,11 +190,18 @@ function nodeOptions(client: RedisClient): Partial<RedisOptions> {
 }
 
 /** A new connection like `client`, with `tuned` options on top. */
-function duplicateOf(client: RedisClient, tuned: RedisOptions): RedisClient {
+function duplicateOf(client: RedisClient, tuned: RedisOptions, purpose: 'commands' | 'blocking' | 'subscriber'): RedisClient {
   if (!isCluster(client)) return client.duplicate(tuned);
   // A Cluster takes the options of its node connections under redisOptions.
   const options = client.options as ClusterOptions;
-  return client.duplicate(undefined, { redisOptions: { ...options.redisOptions, ...tuned } } satisfies ClusterOptions);
+  return client.duplicate(undefined, {
+    redisOptions: { ...options.redisOptions, ...tuned },
+    // heimdall-tasks's channels are sharded (SSUBSCRIBE): without this option ioredis sends
+    // SSUBSCRIBE on its one classic subscriber connection, to whichever node it picked, and the
+    // messages of other shards never arrive. With it, ioredis keeps one subscriber per master and
+    // subscribes again after a failover or a slot move.
+    ...(purpose === 'subscriber' ? { shardedSubscribers: true } : {}),
+  } satisfies ClusterOptions);
 }
 
 /**
@@ -218,7 +227,7 @@ export function openClient(
     ...extra,
   };
   if (isClient(connection) && purpose === 'commands') return { client: connection, owned: false };
-  const client = isClient(connection) ? duplicateOf(connection, tuned) : createClient(connection, tuned);
+  const client = isClient(connection) ? duplicateOf(connection, tuned, purpose) : createClient(connection, tuned, purpose === 'subscriber');
   // ioredis reconnects by itself; report a connection error at most once a second so an
   // outage is visible without flooding (and without ioredis's "Unhandled error event").
   const owned: OwnedClient = { client, owned: true };

@@ -70,7 +70,8 @@ export class WorkerRegistration {
     this.pings.push(nonce);
     if (this.pings.length > REMEMBERED_PINGS) this.pings.shift();
     const answer = { id: this.worker.id, host: this.host, pid: process.pid, queues: this.worker.queues, nonce };
-    this.commands.publish(reply, JSON.stringify(answer)).catch(() => undefined);
+    // SPUBLISH is routed to the shard of the reply channel's queue, where the pinging dispatcher listens.
+    this.commands.spublish(reply, JSON.stringify(answer)).catch(() => undefined);
   }
 
   private info(): WorkerInfoJson {

@@ -168,7 +168,8 @@ export class Worker {
       const subscriber = openClient(this.options.connection, 'subscriber', name, {}, connectionError('subscriber'));
       this.clients.push(subscriber);
       const controls = new Set(this.queues.map((q) => new QueueKeys(this.prefix, q).control));
-      subscriber.client.on('message', (channel: string, message: string) => {
+      // Sharded Pub/Sub, as the scripts SPUBLISH: on a Cluster each queue's channels live on its shard.
+      subscriber.client.on('smessage', (channel: string, message: string) => {
         if (controls.has(channel)) this.registration?.onControl(message);
         else this.onRevokeMessage(channel, message);
       });
@@ -187,7 +188,9 @@ export class Worker {
         this.eventsMaxAgeMs,
       );
       // Revoke messages for running tasks arrive here, whichever process sent them; pings too.
-      await subscriber.client.subscribe(...this.runners.map((r) => r.keys.revoke), ...controls);
+      // One SSUBSCRIBE per queue: a queue's two channels share its slot, and on a Cluster one
+      // SSUBSCRIBE may not span slots.
+      await Promise.all(this.runners.map((r) => subscriber.client.ssubscribe(r.keys.revoke, r.keys.control)));
       // Before the first fetch, so other workers that meet these tasks know to hand them back.
       // Not a reason to refuse to start: the next tick declares them again.
       await Promise.all([this.declareNamesOrReport(), this.heartbeat()]);

@@ -4,7 +4,9 @@
 
 -- Puts a task in a final state (SUCCESS, FAILURE or REVOKED) with the given extra hash
 -- fields, sets its record to expire, releases its unique lock (compare-and-delete, unless
--- uniqueWaitForExpiry), and announces the end on the task's done channel.
+-- uniqueWaitForExpiry), and announces the end on the task's done channel. SPUBLISH, not
+-- PUBLISH: on a Cluster the message stays on the shard of the queue (whose hash tag the channel
+-- carries) instead of going to every node over the cluster bus (docs/decisions.md).
 -- `extra` is a flat list of field, value pairs (may be empty). `lock`: the task's fields lk, lw
 -- when the caller has read them already (nil: read here). `run`: the task's fields n, w, st
 -- when the caller has read them (nil: read here, only when events are on), for the event.
@@ -17,7 +19,7 @@ local function endTask(base, id, state, extra, now, expireMs, lock, run)
     local holder = redis.pcall('GET', lock[1])
     if holder == id then redis.call('DEL', lock[1]) end
   end
-  redis.call('PUBLISH', doneChannelOf(base, id), state)
+  redis.call('SPUBLISH', doneChannelOf(base, id), state)
   if eventsOn() then
     run = run or redis.call('HMGET', key, 'n', 'w', 'st')
     if state == 'REVOKED' then
