@@ -26,7 +26,7 @@
   's:<bucket>' succeeded and 'f:<bucket>' failed or retried, a bucket per 10 s of the Redis
   clock, 15 minutes kept) for the Inspector's tasks per second.
 
-  Returns {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem}: as in
+  Returns {started, limited, revoked, nextDelay, more, outcomes, problem}: as in
   start-tasks.lua (with want 0: nothing started, nextDelay given, more 0); outcomes is a flat
   list of two items per finished run, in the order given: the outcome and its detail (see
   finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds, ERROR
@@ -89,7 +89,7 @@ if want > 0 then
   reply = startTasks(base, KEYS[1], KEYS[2], KEYS[3], workerId, tonumber(ARGV[3]), want, now, tonumber(ARGV[6]),
     ARGV[5], outcomes)
 else
-  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, {}, ''}
+  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, ''}
 end
 flushEvents(base)
 return reply

@@ -142,8 +142,6 @@ export interface FetchReply {
   more: boolean;
   /** One per end sent, in order. */
   readonly outcomes: readonly EndOutcome[];
-  /** Ids popped and not placed: the caller puts them back at the front of the wait list. */
-  readonly unplaced: readonly string[];
   /** '' or the text of the commands Redis refused. */
   problem: string;
 }
@@ -152,7 +150,7 @@ export interface FetchReply {
 export const NOT_LOOKED_UP = -2;
 
 /** fetch-3.lua's reply as Redis sent it: read it with readFetchReply. */
-export type RawFetchReply = [(string | number)[], (string | number)[], (string | number)[], number, number, string[], string[], string];
+export type RawFetchReply = [(string | number)[], (string | number)[], (string | number)[], number, number, string[], string];
 
 const STARTED_ITEMS = 8;
 const NONE: readonly never[] = Object.freeze([]);
@@ -171,7 +169,7 @@ export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdent
 
 /** Decodes the reply of a fetch call that sent `endCount` ends. */
 export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply {
-  const [started, limited, revoked, nextDelay, more, outcomes, unplaced, problem] = raw;
+  const [started, limited, revoked, nextDelay, more, outcomes, problem] = raw;
   const reply: FetchReply = {
     started: [],
     limited: limited.length === 0 ? NONE : [],
@@ -179,7 +177,6 @@ export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply
     nextDelayMs: Number(nextDelay),
     more: Number(more) !== 0,
     outcomes: endCount === 0 ? NONE : [],
-    unplaced: unplaced.length === 0 ? NONE : unplaced.map(String),
     problem: problem ? String(problem) : '',
   };
   for (let i = 0; i < started.length; i += STARTED_ITEMS) {
