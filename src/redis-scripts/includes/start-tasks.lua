@@ -126,7 +126,15 @@ end
 
 -- Up to 100 lapsed leases of the active set. Adds the text of each refusal to `problems`.
 local function recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs, problems)
-  local lapsed = redis.call('ZRANGEBYSCORE', activeKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)
+  -- A refusal here is reported and the call goes on: the ends this call stored may have emptied
+  -- the active set, and in a slot being migrated an emptied (deleted) key is "non local" to the
+  -- script. (Any other error, a key of the wrong type, fails the call as before.)
+  local lapsed = redis.pcall('ZRANGEBYSCORE', activeKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)
+  if lapsed.err then
+    if not isRefusal(lapsed) then error(lapsed) end
+    table.insert(problems, 'looking for lapsed leases: ' .. lapsed.err)
+    return
+  end
   for i = 1, #lapsed, 2 do
     local mark = eventMark()
     local ok, err = pcall(recoverOne, base, waitKey, activeKey, lapsed[i], tonumber(lapsed[i + 1]), now, expireMs, workerId,
@@ -148,8 +156,11 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs, problems)
 
   -- Due delayed tasks join the wait list, oldest nearest the tail, which is read first.
-  local due = redis.call('ZRANGEBYSCORE', delayedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
-  if #due > 0 then
+  local due = redis.pcall('ZRANGEBYSCORE', delayedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+  if due.err then
+    if not isRefusal(due) then error(due) end
+    table.insert(problems, 'looking for due tasks: ' .. due.err)
+  elseif #due > 0 then
     local refused = moveToWait(waitKey, delayedKey, due)
     if refused then table.insert(problems, 'moving due tasks to the wait list: ' .. refused) end
   end
