@@ -17,7 +17,8 @@
   ARGV[5] random seed for the rate-limit jitter and the run tokens
   ARGV[6] default result lifetime in ms
   ARGV[7] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
-  ARGV[8] number of finished runs F (0 for a plain fetch), then F groups of 8:
+  ARGV[8] 1 when the caller is a Redis Cluster client, else 0 (see notHereYet in includes/refusal.lua)
+  ARGV[9] number of finished runs F (0 for a plain fetch), then F groups of 8:
           id, run token, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error,
           '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
           ('' none)
@@ -65,10 +66,11 @@ end
 local base, workerId = ARGV[1], ARGV[2]
 local now = nowMs()
 useEvents(ARGV[7], workerId)
+useCluster(ARGV[8] == '1')
 local outcomes = {}
-local count = tonumber(ARGV[8])
+local count = tonumber(ARGV[9])
 for i = 0, count - 1 do
-  local o = 9 + i * 8
+  local o = 10 + i * 8
   local mark = eventMark()
   local ok, outcome, detail = pcall(finishTask, base, KEYS[3], KEYS[2], workerId, tonumber(ARGV[3]), now, ARGV[o], ARGV[o + 1], ARGV[o + 2],
     ARGV[o + 3], ARGV[o + 4], tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]), ARGV[o + 7])

@@ -162,7 +162,7 @@ const NONE: readonly never[] = Object.freeze([]);
  * the worker's CPU per task at concurrency 1 (BENCHMARKS.md).
  */
 export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[]): Promise<RawFetchReply> {
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, ends.length];
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, runner.cluster ? 1 : 0, ends.length];
   for (const e of ends) args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason);
   return runner.run<RawFetchReply>(fetchScript, [keys.wait, keys.delayed, keys.active], args);
 }

@@ -31,10 +31,16 @@ end
 -- record not yet MIGRATEd reads as no record. The caller treats that as a refusal, to be tried
 -- again once the move is over, instead of dropping the task. Any importing slot counts (telling
 -- which slot a key is in would cost a CLUSTER KEYSLOT per key; a missing record is rare, and a
--- reshard short). False on a node without cluster support, and when the user may not run CLUSTER
--- NODES (docs/acl.md). Looked up once per call.
+-- reshard short). Asked only when the caller says it is a Cluster client (useCluster): a single
+-- node is never asked, so an ACL user without CLUSTER NODES sees no denial there. False when the
+-- user may not run CLUSTER NODES on a Cluster (docs/acl.md). Looked up once per call.
+local onCluster = false
 local importingHere
+local function useCluster(flag)
+  onCluster = flag
+end
 local function notHereYet()
+  if not onCluster then return false end
   if importingHere == nil then
     local nodes = redis.pcall('CLUSTER', 'NODES')
     importingHere = false
