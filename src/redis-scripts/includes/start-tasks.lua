@@ -310,6 +310,13 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
       local read = redis.call('LRANGE', waitKey, -(#examined + asked), -(#examined + 1))
       if #read < asked then drained = true end
       if #read == 0 then break end
+      if #examined == 0 then
+        -- A write that changes nothing (LTRIM of the whole list), so a full Redis lets the starts
+        -- through: under noeviction Redis refuses only a script's first write, and LTRIM is one it
+        -- allows. (An RPOP played that part when fetch popped its ids; reading them with LRANGE
+        -- writes nothing, and a plain fetch's first write would be a lease's ZADD, refused.)
+        redis.pcall('LTRIM', waitKey, 0, -1)
+      end
       -- LRANGE answers head to tail; the tail comes first.
       batch, next = {}, 1
       for i = #read, 1, -1 do batch[#batch + 1] = read[i] end
