@@ -144,11 +144,12 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     await w.close();
   });
 
-  it('a fetch that fails after taking ids from the wait list (ZRANGE refused: the rate-limit reschedule, then the next-delay lookup) loses none of them', { timeout: 60_000 }, async () => {
+  it('a fetch whose rate-limit reschedule and next-delay lookup are refused (no ZRANGE) loses none of the ids it read; they run once ZRANGE is allowed', { timeout: 60_000 }, async () => {
     // The user lacks ZRANGE alone. A rate-limited task over its limit needs it to find when a
     // start frees (a refusal: the task must stay queued), and so does the lookup of the next
     // delayed task at the end of a call that started fewer tasks than it wanted, which then fails
-    // the whole call. Whatever the call had taken from the wait list must still be somewhere.
+    // the whole call (before fetch read ids with LRANGE, it had popped them, and such a call lost
+    // them all). Whatever the call looked at must still be somewhere.
     const h = fresh();
     const user = await aclUser(h, ['~*', '&*', '+@all', '-zrange']);
     const tasks = await h.dispatcher().tasks(StrandService).limited.delayMany([[1], [2], [3]]);
@@ -211,6 +212,32 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     expect(new Set(service.ran)).toEqual(new Set(ids));
     expect(await h.deadLetters()).toEqual([]);
     reportFigures('refused start', { errorsReported: ev.errors.length, tasks: ids.length });
+    await w.close();
+  });
+
+  it('tasks whose start is refused stay at the front of the wait list in their order, between tasks that start', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    // HSET is refused on the records of 'bad-*'; one fetch reads all five, the refused ones
+    // among the others, and must leave exactly those two at the tail, the first read nearest it.
+    const user = await aclUser(h, allBut(h, 'hset', ['t:ok-*', 'names']));
+    const ids = ['ok-1', 'bad-1', 'ok-2', 'bad-2', 'ok-3'];
+    const handles = [];
+    for (const [i, id] of ids.entries()) handles.push(await d.tasks(StrandService).simple.applyAsync([i], { taskId: id }));
+    const service = new StrandService();
+    const w = h.worker({ connection: user.url, services: [service], concurrency: 10 });
+    const ev = recordEvents(w);
+    await w.start();
+    expect(await Promise.all([0, 2, 4].map((i) => handles[i]!.get({ timeout: 20 })))).toEqual([0, 2, 4]);
+    await waitFor(() => ev.errors.length >= 1, { what: 'the refused starts to be reported' });
+    // The order workers take them in: the tail first.
+    expect((await h.admin.lrange(h.queueKey('wait'), 0, -1)).reverse()).toEqual(['bad-1', 'bad-2']);
+    expect([await placesOf(h, 'bad-1'), await placesOf(h, 'bad-2')]).toEqual([['wait'], ['wait']]);
+    expect([await handles[1]!.status(), await handles[3]!.status()]).toEqual(['PENDING', 'PENDING']);
+    await user.grant('+hset');
+    expect(await Promise.all([1, 3].map((i) => handles[i]!.get({ timeout: 20 })))).toEqual([1, 3]);
+    expect([...service.ran].sort()).toEqual([...ids].sort());
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
     await w.close();
   });
 
