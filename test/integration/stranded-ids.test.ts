@@ -8,7 +8,7 @@
  * one key; after the permission comes back, every task runs, exactly once. */
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { Task, currentTask } from 'heimdall-tasks';
+import { Task, currentTask, type TaskResult } from 'heimdall-tasks';
 import { recordEvents, reportFigures, usePrivateRedis, waitFor, type Harness } from '../helpers.js';
 import { openGate, readRuns } from '../fixtures/faults/control.js';
 import { FaultService, Gate, RunLog } from '../fixtures/faults/services.js';
@@ -222,7 +222,7 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     // among the others, and must leave exactly those two at the tail, the first read nearest it.
     const user = await aclUser(h, allBut(h, 'hset', ['t:ok-*', 'names']));
     const ids = ['ok-1', 'bad-1', 'ok-2', 'bad-2', 'ok-3'];
-    const handles = [];
+    const handles: TaskResult<number>[] = [];
     for (const [i, id] of ids.entries()) handles.push(await d.tasks(StrandService).simple.applyAsync([i], { taskId: id }));
     const service = new StrandService();
     const w = h.worker({ connection: user.url, services: [service], concurrency: 10 });

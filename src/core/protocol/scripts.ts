@@ -237,7 +237,7 @@ export interface RunToStop extends RunRef {
 
 /** Renews the leases of `runs` (extend-leases-1.lua); returns the runs to stop. */
 export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<RunToStop[]> {
-  const args: (string | number)[] = [keys.base, worker.leaseMs, worker.workerId];
+  const args: (string | number)[] = [keys.base, worker.leaseMs, worker.workerId, runner.cluster ? 1 : 0];
   for (const r of runs) args.push(r.id, r.token);
   const stop = await runner.run<string[]>(extendLeasesScript, [keys.active], args);
   const out: RunToStop[] = [];
