@@ -37,13 +37,15 @@ interface CallCounts {
   /** Fetch calls Redis or ioredis failed (the script did not run, or failed as a whole). */
   failed: number;
   failedBy: Map<string, number>;
+  /** The distinct texts of those failures, at most 5 (Redis names the script's line). */
+  failedTexts: Set<string>;
   /** Fetch calls that ran but had commands refused (the reply's `problem`). */
   refused: number;
   refusedBy: Map<string, number>;
 }
 
 function countCalls(client: Cluster): CallCounts {
-  const counts: CallCounts = { fetches: 0, failed: 0, failedBy: new Map(), refused: 0, refusedBy: new Map() };
+  const counts: CallCounts = { fetches: 0, failed: 0, failedBy: new Map(), failedTexts: new Set(), refused: 0, refusedBy: new Map() };
   const kind = (text: string): string =>
     /non local key/.test(text) ? 'non local key' : /TRYAGAIN/.test(text) ? 'TRYAGAIN' : /redirections/.test(text) ? 'too many redirections' : text.slice(0, 60);
   const bump = (m: Map<string, number>, k: string): void => void m.set(k, (m.get(k) ?? 0) + 1);
@@ -63,7 +65,9 @@ function countCalls(client: Cluster): CallCounts {
       (err: unknown) => {
         if (isFetch) {
           counts.failed++;
-          bump(counts.failedBy, kind(String((err as Error).message)));
+          const text = String((err as Error).message);
+          bump(counts.failedBy, kind(text));
+          if (counts.failedTexts.size < 5) counts.failedTexts.add(text.replace(/[0-9a-f]{40}/, '<sha>'));
         }
         throw err;
       },
@@ -245,7 +249,7 @@ describe('resharding a busy queue', () => {
         const reasons = [...new Set(dead)].map((r) => `${dead.filter((x) => x === r).length} x ${r}`);
         throw new Error(
           `${(err as Error).message}: ${missing.length} did not run: ${JSON.stringify(Object.fromEntries(where))}; dead letters: ${reasons.join(', ') || 'none'}; ` +
-            `fetches failed: ${JSON.stringify(Object.fromEntries(counts.failedBy))}, with refusals: ${JSON.stringify(Object.fromEntries(counts.refusedBy))}`,
+            `fetches failed: ${JSON.stringify(Object.fromEntries(counts.failedBy))} (${[...counts.failedTexts].join(' | ')}), with refusals: ${JSON.stringify(Object.fromEntries(counts.refusedBy))}`,
           { cause: err },
         );
       }
@@ -281,6 +285,7 @@ describe('resharding a busy queue', () => {
         fetchesPerMove: moves.map((m) => m.fetches).join('+'),
         fetchesFailed: failedDuringMove,
         fetchesFailedBy: JSON.stringify(Object.fromEntries(counts.failedBy)),
+        fetchFailures: [...counts.failedTexts].join(' | '),
         fetchesWithRefusals: refusedDuringMove,
         refusalsBy: JSON.stringify(Object.fromEntries(counts.refusedBy)),
         workerErrorsReported: ev.errors.length,
