@@ -93,7 +93,6 @@ export class QueueRunner {
     readonly keys: QueueKeys,
     private readonly scripts: ScriptRunner,
     private readonly blocker: RedisClient,
-    private readonly commands: RedisClient,
   ) {
     this.maxWant = Math.max(1, Math.ceil(host.concurrency / MAX_CALLS_IN_FLIGHT));
     this.abandonedCall = new Promise<never>((_, reject) => (this.rejectAbandoned = reject));
