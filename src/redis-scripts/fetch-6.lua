@@ -20,7 +20,8 @@
   ARGV[5] random seed for the rate-limit jitter and the run tokens
   ARGV[6] default result lifetime in ms
   ARGV[7] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
-  ARGV[8] number of finished runs F (0 for a plain fetch), then F groups of 8:
+  ARGV[8] 1 when the caller is a Redis Cluster client, else 0 (see notHereYet in includes/refusal.lua)
+  ARGV[9] number of finished runs F (0 for a plain fetch), then F groups of 8:
           id, run token, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error,
           '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
           ('' none)
@@ -29,7 +30,7 @@
   's:<bucket>' succeeded and 'f:<bucket>' failed or retried, a bucket per 10 s of the Redis
   clock, 15 minutes kept) for the Inspector's tasks per second.
 
-  Returns {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem}: as in
+  Returns {started, limited, revoked, nextDelay, more, outcomes, problem}: as in
   start-tasks.lua (with want 0: nothing started, nextDelay given, more 0); outcomes is a flat
   list of two items per finished run, in the order given: the outcome and its detail (see
   finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds, ERROR
@@ -70,10 +71,11 @@ local base, workerId = ARGV[1], ARGV[2]
 local now = nowMs()
 useEvents(ARGV[7], workerId, KEYS[5])
 useDeadLetters(KEYS[4])
+useCluster(ARGV[8] == '1')
 local outcomes = {}
-local count = tonumber(ARGV[8])
+local count = tonumber(ARGV[9])
 for i = 0, count - 1 do
-  local o = 9 + i * 8
+  local o = 10 + i * 8
   local mark = eventMark()
   local ok, outcome, detail = pcall(finishTask, base, KEYS[3], KEYS[2], workerId, tonumber(ARGV[3]), now, ARGV[o], ARGV[o + 1], ARGV[o + 2],
     ARGV[o + 3], ARGV[o + 4], tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]), ARGV[o + 7])
@@ -94,7 +96,7 @@ if want > 0 then
   reply = startTasks(base, KEYS[1], KEYS[2], KEYS[3], workerId, tonumber(ARGV[3]), want, now, tonumber(ARGV[6]),
     ARGV[5], outcomes)
 else
-  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, {}, ''}
+  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, ''}
 end
 flushEvents()
 return reply

@@ -342,6 +342,25 @@ describe('a full Redis under noeviction (private redis-server)', () => {
     }
   });
 
+  it('while Redis is full a worker starts tasks that were only queued: the fetch opens with a write Redis allows', async () => {
+    // Nothing to recover and nothing due: the fetch's first write would otherwise be the ZADD of
+    // the first lease, which a full Redis refuses, and with it every start of the call.
+    const h = fresh();
+    try {
+      const queued = await h.dispatcher().tasks(MemoryService).note.delayMany([['a'], ['b'], ['c']]);
+      await h.admin.config('SET', 'maxmemory', String(Math.floor((await usedMemory(h.admin)) / 2)));
+      expect(await refusesWrites(h.admin, `${h.prefix}:probe`)).toBe(true);
+      const worker = h.worker({ services: [new MemoryService()] });
+      const errors: Error[] = [];
+      worker.on('error', (e) => errors.push(e)); // its idle BLMOVE is refused while Redis is full
+      await worker.start();
+      expect(await Promise.all(queued.map((r) => r.get({ timeout: 15 })))).toEqual(['a', 'b', 'c']);
+      expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
+    } finally {
+      await unlimited(h.admin);
+    }
+  });
+
   it('extend-leases opens with #!lua flags=allow-oom, and Redis computes the SHA the generated module holds', async () => {
     const h = fresh();
     expect(extendLeases.source.startsWith('#!lua flags=allow-oom\n--[[\n  extend-leases: ')).toBe(true);

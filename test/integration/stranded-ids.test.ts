@@ -1,14 +1,14 @@
 /**
  * No script leaves an id stranded. Every transition moves a task id from one place (the wait
  * list, the delayed set, the active set) to another; when Redis refuses a command half way (a
- * Cluster slot being migrated, a full server, an ACL), the id must still be in exactly one
- * place, or handed to the caller, which puts it back. The refusals are injected on
- * a redis-server of this file's own with ACL users that lack one command or the right to write
- * one key; after the permission comes back, every task runs, exactly once.
- */
+ * Cluster slot being migrated, a full server, an ACL), the id must still be in a place (a
+ * fetch reads ids from the wait list and takes them off only once they are placed, so at worst
+ * a stale entry stays behind, dropped when read again). The refusals are injected on a
+ * redis-server of this file's own with ACL users that lack one command or the right to write
+ * one key; after the permission comes back, every task runs, exactly once. */
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { Task, currentTask } from 'heimdall-tasks';
+import { Task, currentTask, type TaskResult } from 'heimdall-tasks';
 import { recordEvents, reportFigures, usePrivateRedis, waitFor, type Harness } from '../helpers.js';
 import { openGate, readRuns } from '../fixtures/faults/control.js';
 import { FaultService, Gate, RunLog } from '../fixtures/faults/services.js';
@@ -41,6 +41,13 @@ class StrandService {
 
   @Task()
   async simple(n: number): Promise<number> {
+    this.ran.push(currentTask().id);
+    return n;
+  }
+
+  /** At most one start a second, across workers. */
+  @Task({ rateLimit: [1, 1] })
+  async limited(n: number): Promise<number> {
     this.ran.push(currentTask().id);
     return n;
   }
@@ -114,13 +121,14 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     await recoveryRefused(h, 3, allBut(h, 'hset', ['names']), '+hset', /recovering task .*can't access/);
   });
 
-  it('ids popped but not examined, whose push back is refused, are kept by the worker and pushed back once allowed', { timeout: 60_000 }, async () => {
+  it('ids a call reads but does not examine (its bound) stay in the wait list: nothing is pushed back, so a user without RPUSH runs them all', { timeout: 60_000 }, async () => {
     const h = fresh();
     const d = h.dispatcher();
     const ref = d.tasks(StrandService).simple;
     // 66 entries a fetch drops (revoked while queued), then 5 tasks: a worker of concurrency 6
     // asks for 3 at a time and examines at most 3 + 64 ids per call, so the call that reaches
-    // the tasks starts the first and stops with 2 popped and not examined.
+    // the tasks starts the first and stops with 2 read and not examined. (Before fetch read the
+    // tail with LRANGE, it popped them, and had to push them back with RPUSH.)
     const stale = await ref.delayMany(Array.from({ length: 66 }, (_, i) => [i] as [number]));
     for (const r of stale) expect(await r.revoke()).toBe('REVOKED');
     const tasks = await ref.delayMany([[100], [101], [102], [103], [104]]);
@@ -129,13 +137,35 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     const w = h.worker({ connection: user.url, services: [service], concurrency: 6 });
     const ev = recordEvents(w);
     await w.start();
-    await waitFor(() => ev.errors.length >= 2, { what: 'the refused push back to be reported' });
-    expect(service.ran).toEqual([tasks[0]!.id]);
-    // Two ids are with the worker now, in no list of Redis: it pushes them back when allowed.
-    expect(await placesOf(h, tasks[1]!.id)).toEqual([]);
-    expect(await placesOf(h, tasks[2]!.id)).toEqual([]);
-    await user.grant('+rpush');
     expect(await Promise.all(tasks.map((r) => r.get({ timeout: 20 })))).toEqual([100, 101, 102, 103, 104]);
+    expect([...service.ran].sort()).toEqual(tasks.map((r) => r.id).sort());
+    expect(ev.errors).toEqual([]);
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
+    await w.close();
+  });
+
+  it('a fetch whose rate-limit reschedule and next-delay lookup are refused (no ZRANGE) loses none of the ids it read; they run once ZRANGE is allowed', { timeout: 60_000 }, async () => {
+    // The user lacks ZRANGE alone. A rate-limited task over its limit needs it to find when a
+    // start frees (a refusal: the task must stay queued), and so does the lookup of the next
+    // delayed task at the end of a call that started fewer tasks than it wanted, which then fails
+    // the whole call (before fetch read ids with LRANGE, it had popped them, and such a call lost
+    // them all). Whatever the call looked at must still be somewhere.
+    const h = fresh();
+    const user = await aclUser(h, ['~*', '&*', '+@all', '-zrange']);
+    const tasks = await h.dispatcher().tasks(StrandService).limited.delayMany([[1], [2], [3]]);
+    const service = new StrandService();
+    const w = h.worker({ connection: user.url, services: [service] });
+    const ev = recordEvents(w);
+    await w.start();
+    await waitFor(() => ev.errors.length >= 3, { timeout: 20_000, what: 'the refused ZRANGE to be reported three times' });
+    for (const t of tasks) {
+      const state = await t.status();
+      const places = await placesOf(h, t.id);
+      // Queued in a list, or started (leased) or ended: never PENDING in no place.
+      expect({ id: t.id, state, placed: state === 'SUCCESS' || places.length > 0 }).toEqual({ id: t.id, state, placed: true });
+    }
+    await user.grant('+zrange');
+    expect(await Promise.all(tasks.map((r) => r.get({ timeout: 20 })))).toEqual([1, 2, 3]);
     expect([...service.ran].sort()).toEqual(tasks.map((r) => r.id).sort());
     await w.close();
   });
@@ -182,6 +212,32 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     expect(new Set(service.ran)).toEqual(new Set(ids));
     expect(await h.deadLetters()).toEqual([]);
     reportFigures('refused start', { errorsReported: ev.errors.length, tasks: ids.length });
+    await w.close();
+  });
+
+  it('tasks whose start is refused stay at the front of the wait list in their order, between tasks that start', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    // HSET is refused on the records of 'bad-*'; one fetch reads all five, the refused ones
+    // among the others, and must leave exactly those two at the tail, the first read nearest it.
+    const user = await aclUser(h, allBut(h, 'hset', ['t:ok-*', 'names']));
+    const ids = ['ok-1', 'bad-1', 'ok-2', 'bad-2', 'ok-3'];
+    const handles: TaskResult<number>[] = [];
+    for (const [i, id] of ids.entries()) handles.push(await d.tasks(StrandService).simple.applyAsync([i], { taskId: id }));
+    const service = new StrandService();
+    const w = h.worker({ connection: user.url, services: [service], concurrency: 10 });
+    const ev = recordEvents(w);
+    await w.start();
+    expect(await Promise.all([0, 2, 4].map((i) => handles[i]!.get({ timeout: 20 })))).toEqual([0, 2, 4]);
+    await waitFor(() => ev.errors.length >= 1, { what: 'the refused starts to be reported' });
+    // The order workers take them in: the tail first.
+    expect((await h.admin.lrange(h.queueKey('wait'), 0, -1)).reverse()).toEqual(['bad-1', 'bad-2']);
+    expect([await placesOf(h, 'bad-1'), await placesOf(h, 'bad-2')]).toEqual([['wait'], ['wait']]);
+    expect([await handles[1]!.status(), await handles[3]!.status()]).toEqual(['PENDING', 'PENDING']);
+    await user.grant('+hset');
+    expect(await Promise.all([1, 3].map((i) => handles[i]!.get({ timeout: 20 })))).toEqual([1, 3]);
+    expect([...service.ran].sort()).toEqual([...ids].sort());
+    expect(await h.admin.llen(h.queueKey('wait'))).toBe(0);
     await w.close();
   });
 

@@ -142,8 +142,6 @@ export interface FetchReply {
   more: boolean;
   /** One per end sent, in order. */
   readonly outcomes: readonly EndOutcome[];
-  /** Ids popped and not placed: the caller puts them back at the front of the wait list. */
-  readonly unplaced: readonly string[];
   /** '' or the text of the commands Redis refused. */
   problem: string;
 }
@@ -152,7 +150,7 @@ export interface FetchReply {
 export const NOT_LOOKED_UP = -2;
 
 /** fetch-6.lua's reply as Redis sent it: read it with readFetchReply. */
-export type RawFetchReply = [(string | number)[], (string | number)[], (string | number)[], number, number, string[], string[], string];
+export type RawFetchReply = [(string | number)[], (string | number)[], (string | number)[], number, number, string[], string];
 
 const STARTED_ITEMS = 8;
 const NONE: readonly never[] = Object.freeze([]);
@@ -164,14 +162,14 @@ const NONE: readonly never[] = Object.freeze([]);
  * the worker's CPU per task at concurrency 1 (BENCHMARKS.md).
  */
 export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[]): Promise<RawFetchReply> {
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, ends.length];
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, runner.cluster ? 1 : 0, ends.length];
   for (const e of ends) args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason);
   return runner.run<RawFetchReply>(fetchScript, [keys.wait, keys.delayed, keys.active, keys.dead, keys.events, keys.stats], args);
 }
 
 /** Decodes the reply of a fetch call that sent `endCount` ends. */
 export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply {
-  const [started, limited, revoked, nextDelay, more, outcomes, unplaced, problem] = raw;
+  const [started, limited, revoked, nextDelay, more, outcomes, problem] = raw;
   const reply: FetchReply = {
     started: [],
     limited: limited.length === 0 ? NONE : [],
@@ -179,7 +177,6 @@ export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply
     nextDelayMs: Number(nextDelay),
     more: Number(more) !== 0,
     outcomes: endCount === 0 ? NONE : [],
-    unplaced: unplaced.length === 0 ? NONE : unplaced.map(String),
     problem: problem ? String(problem) : '',
   };
   for (let i = 0; i < started.length; i += STARTED_ITEMS) {
@@ -240,7 +237,7 @@ export interface RunToStop extends RunRef {
 
 /** Renews the leases of `runs` (extend-leases-1.lua); returns the runs to stop. */
 export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<RunToStop[]> {
-  const args: (string | number)[] = [keys.base, worker.leaseMs, worker.workerId];
+  const args: (string | number)[] = [keys.base, worker.leaseMs, worker.workerId, runner.cluster ? 1 : 0];
   const scriptKeys = [keys.active];
   for (const r of runs) {
     args.push(r.id, r.token);

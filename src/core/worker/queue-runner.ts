@@ -68,8 +68,6 @@ export class QueueRunner {
   /** The tasks of this queue that this worker runs now: id -> run token. */
   readonly running = new Map<string, string>();
   private pending: Finish[] = [];
-  /** Ids a call popped and could not place; put back at the front of the wait list before the next call. */
-  private unplaced: string[] = [];
   private idle = false;
   private blocking = false;
   private wake: (() => void) | undefined;
@@ -95,7 +93,6 @@ export class QueueRunner {
     readonly keys: QueueKeys,
     private readonly scripts: ScriptRunner,
     private readonly blocker: RedisClient,
-    private readonly commands: RedisClient,
   ) {
     this.maxWant = Math.max(1, Math.ceil(host.concurrency / MAX_CALLS_IN_FLIGHT));
     this.abandonedCall = new Promise<never>((_, reject) => (this.rejectAbandoned = reject));
@@ -176,14 +173,6 @@ export class QueueRunner {
   /** Gives up on ends not stored yet (close() past its timeout with Redis down); the loop stops. */
   abandon(): void {
     this.abandoned = true;
-    if (this.unplaced.length > 0) {
-      this.host.reportError(
-        new RedisRefusedError(
-          `queue ${this.keys.queue}: tasks ${this.unplaced.join(', ')} were taken from the wait list and could not be put back before the worker closed; they are in no list now (their records say PENDING): send them again`,
-        ),
-      );
-    }
-    this.unplaced = [];
     this.pending = [];
     this.running.clear();
     this.rejectAbandoned?.(new WorkerShutdownError(this.host.workerId));
@@ -218,7 +207,7 @@ export class QueueRunner {
       const maxCalls = this.reclaimNeeded || !this.lastFull ? 1 : MAX_CALLS_IN_FLIGHT;
       const canSend = this.inFlight < maxCalls;
       const want = canSend && !this.idle && this.host.accepting() ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
-      if (!canSend || (this.pending.length === 0 && want === 0 && this.unplaced.length === 0)) {
+      if (!canSend || (this.pending.length === 0 && want === 0)) {
         if (!this.host.accepting() && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0) return;
         if (this.idle && this.host.accepting() && this.inFlight === 0) this.block();
         await new Promise<void>((resolve) => (this.wake = resolve));
@@ -241,7 +230,6 @@ export class QueueRunner {
   private async call(fin: Finish[], want: number): Promise<void> {
     let reply: FetchReply;
     try {
-      if (this.unplaced.length > 0) await this.putBack();
       if (this.reclaimNeeded) await this.reclaim(fin);
       if (fin.length === 0 && want === 0) return; // want 0: nothing was reserved
       const raw = await Promise.race([fetchScript(this.scripts, this.keys, this.host, want, fin), this.abandonedCall]);
@@ -269,11 +257,6 @@ export class QueueRunner {
       refusals.push(`storing the end of task ${f.id}: ${outcome.message}`);
     });
     if (refused.length > 0) this.pending.unshift(...refused);
-    if (reply.unplaced.length > 0) {
-      // Back in the list at once: an id held here is lost if this process dies.
-      this.unplaced.push(...reply.unplaced);
-      await this.putBack().catch((err: unknown) => this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: putting taken ids back`)));
-    }
     for (const task of reply.started) {
       this.running.set(task.id, task.token);
       this.host.launch(this, task);
@@ -286,9 +269,11 @@ export class QueueRunner {
     }
     this.scheduleDue(reply.nextDelayMs);
     if (refusals.length > 0) this.reportRefusal(refusals.join('; '));
-    if (refused.length > 0 || this.unplaced.length > 0 || (reply.problem && reply.started.length === 0 && fin.length === 0)) {
-      // Redis refused commands of the call (out of memory, an ACL, a Cluster slot on the move)
-      // and the call got nothing done: what it could not do is kept here and tried again after a pause.
+    if (refused.length > 0 || (reply.problem && reply.started.length < want)) {
+      // Redis refused commands of the call (out of memory, an ACL, a Cluster slot on the move):
+      // ends it could not store are kept here, tasks it could not start stay in the wait list,
+      // and both are tried again after a pause. (A call that started all it wanted despite a
+      // refusal goes on at once: the queue is moving.)
       await this.backOff();
     } else {
       this.failures = 0;
@@ -315,22 +300,6 @@ export class QueueRunner {
     await Promise.race([new Promise((r) => setTimeout(r, Math.min(5000, 50 * 2 ** this.failures))), this.abandonedCall]).catch(
       () => undefined,
     );
-  }
-
-  /**
-   * Puts ids a call could not place back at the front of the wait list, in the order they were
-   * popped (a plain RPUSH, which a Cluster client routes to wherever the list lives now).
-   */
-  private async putBack(): Promise<void> {
-    // Taken out first, so two calls in flight never push the same ids; back in front on failure.
-    const ids = this.unplaced.splice(0);
-    if (ids.length === 0) return;
-    try {
-      await Promise.race([this.commands.rpush(this.keys.wait, ...[...ids].reverse()), this.abandonedCall]);
-    } catch (err) {
-      if (!this.abandoned) this.unplaced.unshift(...ids);
-      throw err;
-    }
   }
 
   /**

@@ -178,7 +178,7 @@ export class Worker {
         const blocking = openClient(this.options.connection, 'blocking', name, {}, connectionError(`queue ${queue} blocking`));
         this.clients.push(blocking);
         this.blockers.push(blocking);
-        this.runners.push(new QueueRunner(this.host, keys, scripts, blocking.client, commands.client));
+        this.runners.push(new QueueRunner(this.host, keys, scripts, blocking.client));
       }
       this.registration = new WorkerRegistration(
         { id: this.id, queues: this.queues, concurrency: this.concurrency, runs: () => this.inFlight.values() },

@@ -20,38 +20,56 @@
 --   * rate limit: the rolling window is trimmed on the Redis clock; if full, the task goes
 --     back to the delayed set, due when a slot frees plus jitter, and stays PENDING;
 --   * otherwise it starts: state STARTED, attempts + 1, a new run token, a lease in the active set.
--- A command Redis refuses (isRefusal: out of memory, an ACL, a Cluster slot on the move) never
--- fails or drops a task: what cannot be placed is handed to the caller in `unplaced`, which
--- puts it back, and the refusal is reported in `problem`.
--- Returns {started, limited, revoked, nextDelay, more, outcomes, unplaced, problem}:
+-- Ids are read from the tail of the wait list (LRANGE), not popped: while the call works, every
+-- id it looks at is still in the list, so a call that fails half way (a command Redis refuses
+-- outside a pcall, an error in the script) leaves no id in no place. At the end the ids examined
+-- are taken off the tail in one LTRIM, except those to try again, which stay at the tail in
+-- their order (see settleTail). A command Redis refuses (isRefusal: out of memory, an ACL, a
+-- Cluster slot on the move) never fails or drops a task: its start is undone, it stays in the
+-- list, and the refusal is reported in `problem`. Should the final trim itself be refused, the
+-- ids examined stay in the list too: the ones started or ended are stale entries there, dropped
+-- when read again (their state is no longer PENDING or RETRY, or they wait in the delayed set).
+-- Returns {started, limited, revoked, nextDelay, more, outcomes, problem}:
 --   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far,
 --     run token, and which options the message carried ('u' unique lock, 'r' rate limit,
 --     't' time limit, 'm' maxRecoveries; the worker applies its own for the others)
 --   limited: flat list of id, name, args, delay ms
 --   revoked: flat list of id, name, args, reason
---   nextDelay: ms until the earliest delayed task is due, -1 if none, -2 not looked up (all
---     `want` tasks started: the worker calls again before it could go idle)
+--   nextDelay: ms until the earliest delayed task is due, -1 if none (or Redis refused the
+--     lookup), -2 not looked up (all `want` tasks started: the worker calls again before it could
+--     go idle)
 --   more: 0 when the wait list ran dry, 1 when it may hold more
 --   outcomes: as the caller passes it (finish's stored states; empty for fetch)
---   unplaced: ids popped from the wait list that could not be started, rescheduled or put back
---     (in the order they were popped); the caller pushes them back to the front of the list
 --   problem: '' or the text of the commands Redis refused (the caller reports it and backs off)
 
--- RPUSHes list[last] down to list[from], so list[from] ends nearest the tail (RPOP takes it
--- first): one command per 1000 ids, not one per id (unpack is bounded by Lua's stack). Returns
--- the index of the last id not pushed (from - 1 when all were) and the error that stopped it:
--- list[from..returned] are still to be placed.
-local function pushToTail(waitKey, list, from, last)
-  local k = last or #list
-  while k >= from do
-    local chunk = {}
-    local j = k
-    while j >= from and #chunk < 1000 do chunk[#chunk + 1] = list[j]; j = j - 1 end
-    local pushed = redis.pcall('RPUSH', waitKey, unpack(chunk))
-    if type(pushed) == 'table' and pushed.err then return k, pushed.err end
-    k = j
+-- Takes the ids examined off the tail of the wait list, keeping those to try again there.
+-- `examined[i]` is the id i places from the tail (examined[1] is the last element, the one RPOP
+-- would take), as the call read them; `stays[i]` says it is to be tried again. Nothing else
+-- changed the list since it was read. The ids that stay are written (LSET) over the innermost
+-- examined places, in their order, then the rest of the examined tail goes in one LTRIM; so the
+-- list is never emptied while an id still has to go back into it (in a slot being migrated, a
+-- list key emptied and deleted could not be written again by the script: "non local key"), and
+-- each step leaves every id that stays in the list: an id that stays moves only inward, onto a
+-- place whose id is done or already copied. Returns nil, or the text of the refusal that stopped
+-- it (the ids still to take off are then stale entries in the list).
+local function settleTail(waitKey, examined, stays)
+  local k = #examined
+  local kept = {}
+  for i = 1, k do if stays[i] then kept[#kept + 1] = examined[i] end end
+  local r = #kept
+  if k == r then return nil end
+  -- The j-th id that stays ends k - r + j places from the tail; filled from the innermost, so
+  -- no id that stays is overwritten before it is copied.
+  for j = r, 1, -1 do
+    local at = k - r + j
+    if examined[at] ~= kept[j] then
+      local set = redis.pcall('LSET', waitKey, -at, kept[j])
+      if type(set) == 'table' and set.err then return set.err end
+    end
   end
-  return from - 1, nil
+  local trimmed = redis.pcall('LTRIM', waitKey, 0, -(k - r) - 1)
+  if type(trimmed) == 'table' and trimmed.err then return trimmed.err end
+  return nil
 end
 
 -- Recovers one lapsed lease (see recoverLapsed). Raises when Redis refuses a command; the task
@@ -67,7 +85,10 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
   end
   local state, recovered, maxRecoveries, owner, revoke, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7]
   local run = { t[8], owner, t[9] }
-  if not state then
+  if not state and notHereYet() then
+    -- Its record may still be on the master the slot comes from: the lease stays.
+    error({ err = 'TRYAGAIN the record of leased task ' .. id .. ' is not on this node (a slot is being imported)' })
+  elseif not state then
     deadLetter(base, id, 'the active set names a task with no record', now)
     redis.call('ZREM', activeKey, id)
   elseif state ~= 'STARTED' then
@@ -105,7 +126,15 @@ end
 
 -- Up to 100 lapsed leases of the active set. Adds the text of each refusal to `problems`.
 local function recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs, problems)
-  local lapsed = redis.call('ZRANGEBYSCORE', activeKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)
+  -- A refusal here is reported and the call goes on: the ends this call stored may have emptied
+  -- the active set, and in a slot being migrated an emptied (deleted) key is "non local" to the
+  -- script. (Any other error, a key of the wrong type, fails the call as before.)
+  local lapsed = redis.pcall('ZRANGEBYSCORE', activeKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)
+  if lapsed.err then
+    if not isRefusal(lapsed) then error(lapsed) end
+    table.insert(problems, 'looking for lapsed leases: ' .. lapsed.err)
+    return
+  end
   for i = 1, #lapsed, 2 do
     local mark = eventMark()
     local ok, err = pcall(recoverOne, base, waitKey, activeKey, lapsed[i], tonumber(lapsed[i + 1]), now, expireMs, workerId,
@@ -126,16 +155,20 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
   local problems = {}
   recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs, problems)
 
-  -- Due delayed tasks join the wait list, oldest nearest the tail, which RPOP takes first.
-  local due = redis.call('ZRANGEBYSCORE', delayedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
-  if #due > 0 then
+  -- Due delayed tasks join the wait list, oldest nearest the tail, which is read first.
+  local due = redis.pcall('ZRANGEBYSCORE', delayedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+  if due.err then
+    if not isRefusal(due) then error(due) end
+    table.insert(problems, 'looking for due tasks: ' .. due.err)
+  elseif #due > 0 then
     local refused = moveToWait(waitKey, delayedKey, due)
     if refused then table.insert(problems, 'moving due tasks to the wait list: ' .. refused) end
   end
 
-  local started, limited, revoked, unplaced = {}, {}, {}, {}
+  local started, limited, revoked = {}, {}, {}
   local count = 0
-  local examined = 0
+  -- The ids examined, from the tail inward, and which of them stay in the list (settleTail).
+  local examined, stays = {}, {}
   -- What examining the current id has done so far, so a failure half way can be undone:
   -- its lease, its start counted in a rate window, its place in the delayed set.
   local leased, counted, placed
@@ -145,7 +178,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     table.insert(revoked, id); table.insert(revoked, name); table.insert(revoked, args)
     table.insert(revoked, reason)
   end
-  -- Examines one popped id; run under pcall (see the loop).
+  -- Examines one id of the wait list; run under pcall (see the loop).
   local function examine(id)
     leased, counted, placed = false, nil, false
     if id == '' then return end -- the wake-up marker pushed by enqueue
@@ -162,6 +195,10 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     local piece1, piece2, piece3, maxRecoveries = t[16], t[17], t[18], t[19]
     if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
     if not state then
+      -- On a Cluster node importing a slot, the record may not have arrived yet: tried again.
+      if notHereYet() then
+        error({ err = 'TRYAGAIN the record of task ' .. id .. ' is not on this node (a slot is being imported)' })
+      end
       deadLetter(base, id, 'the wait list names a task with no record', now)
       return
     end
@@ -262,56 +299,69 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
 
   -- Examining is bounded so one call stays short.
   local drained = false
-  -- Ids are popped as many at a time as tasks are still wanted (RPOP with a count: one command,
-  -- not one per task); every popped id is examined, unless the bound stops the loop first.
-  local popped, next = {}, 1
-  while count < want and examined < want + 64 do
-    if next > #popped then
+  -- Ids are read from the tail as many at a time as tasks are still wanted (LRANGE: one command,
+  -- not one per task); every id read is examined, unless the bound stops the loop first (the
+  -- ones not examined are simply left in the list).
+  local batch, next = {}, 1
+  while count < want and #examined < want + 64 do
+    if next > #batch then
       if drained then break end
       local asked = want - count
-      popped = redis.call('RPOP', waitKey, asked)
-      next = 1
-      if not popped then
-        popped, drained = {}, true
-        break
+      local read = redis.call('LRANGE', waitKey, -(#examined + asked), -(#examined + 1))
+      if #read < asked then drained = true end
+      if #read == 0 then break end
+      if #examined == 0 then
+        -- A write that changes nothing (LTRIM of the whole list), so a full Redis lets the starts
+        -- through: under noeviction Redis refuses only a script's first write, and LTRIM is one it
+        -- allows. (An RPOP played that part when fetch popped its ids; reading them with LRANGE
+        -- writes nothing, and a plain fetch's first write would be a lease's ZADD, refused.)
+        redis.pcall('LTRIM', waitKey, 0, -1)
       end
-      if #popped < asked then drained = true end
+      -- LRANGE answers head to tail; the tail comes first.
+      batch, next = {}, 1
+      for i = #read, 1, -1 do batch[#batch + 1] = read[i] end
     end
-    local id = popped[next]
+    local id = batch[next]
     next = next + 1
-    examined = examined + 1
+    examined[#examined + 1] = id
     local mark = eventMark()
     local ok, err = pcall(examine, id)
     if not ok then
       eventRewind(mark)
-      -- Undo what the examination did before it failed, then: a refusal keeps the task as it was
-      -- (back to the caller); any other error means its record cannot be run (malformed).
+      -- Undo what the examination did before it failed, then: a refusal keeps the task as it was,
+      -- in the list; any other error means its record cannot be run (malformed), unless ending it
+      -- so fails too, which keeps it in the list as well.
       if leased then redis.pcall('ZREM', activeKey, id) end
       if counted then redis.pcall('ZREM', counted[1], counted[2]) end
+      if placed then redis.pcall('ZREM', delayedKey, id) end
       local keep = isRefusal(err)
       if not keep then
         local fine, failed = pcall(failMalformed, base, id, 'a command on its keys failed: ' .. errorText(err), now, expireMs)
         if not fine then keep, err = true, failed end
       end
       if keep then
-        if not placed then table.insert(unplaced, id) end
+        stays[#examined] = true
         table.insert(problems, 'task ' .. id .. ': ' .. errorText(err))
       end
     end
   end
-
-  -- Ids popped but not examined (the bound stopped the loop) go back where they were; those the
-  -- list refuses go to the caller.
-  if next <= #popped then drained = false end
-  local left, err = pushToTail(waitKey, popped, next)
-  for i = next, left do table.insert(unplaced, popped[i]) end
-  if err then table.insert(problems, 'putting back popped ids: ' .. err) end
+  if next <= #batch then drained = false end
+  local refused = settleTail(waitKey, examined, stays)
+  if refused then table.insert(problems, 'taking examined ids off the wait list: ' .. refused) end
 
   -- A worker that got all it asked for calls again soon: it needs neither of these.
   local nextDelay, more = -2, 1
   if count < want then
-    nextDelay = nextDelayOf(delayedKey, now)
+    -- Under pcall: this call may have emptied the delayed set, and in a slot being migrated a
+    -- key emptied (deleted) is "non local" to the script; a refusal must not fail the call.
+    local ok, delay = pcall(nextDelayOf, delayedKey, now)
+    if ok then
+      nextDelay = delay
+    else
+      nextDelay = -1
+      table.insert(problems, 'looking up the next due task: ' .. errorText(delay))
+    end
     if drained then more = 0 end
   end
-  return {started, limited, revoked, nextDelay, more, outcomes, unplaced, table.concat(problems, '; ')}
+  return {started, limited, revoked, nextDelay, more, outcomes, table.concat(problems, '; ')}
 end
