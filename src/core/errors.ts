@@ -315,12 +315,19 @@ export function fromRedis(err: unknown, what: string, lastError?: Error): unknow
  * Redis between masters: ioredis ran out of Cluster redirections while a shard's master was down
  * or being replaced ('Too many Cluster redirections', its MOVED or a closed connection as the
  * last error), the cluster answered that it cannot serve the slot now (CLUSTERDOWN, TRYAGAIN,
- * MASTERDOWN), or a demoted master refused a write (READONLY: the client still talks to the old
- * master of a Sentinel set). The call may go through once a replica is promoted: unavailable,
- * not refused.
+ * MASTERDOWN), a demoted master refused a write (READONLY: the client still talks to the old
+ * master of a Sentinel set), or the slot is being moved to another master (a reshard). The call
+ * may go through once a replica is promoted or the move is over: unavailable, not refused.
  */
 function isFailingOver(err: Error): boolean {
-  return err.message.startsWith('Too many Cluster redirections') || /^(CLUSTERDOWN|TRYAGAIN|MASTERDOWN|READONLY)\b/.test(err.message);
+  return (
+    err.message.startsWith('Too many Cluster redirections') ||
+    /^(CLUSTERDOWN|TRYAGAIN|MASTERDOWN|READONLY)\b/.test(err.message) ||
+    // A script meeting a key of a slot being moved to another master (a reshard): it failed
+    // before writing anything (the enqueue script writes nothing until its checks pass), and
+    // goes through once the move is over.
+    /Script attempted to access a non local key/.test(err.message)
+  );
 }
 
 /**

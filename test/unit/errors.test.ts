@@ -26,7 +26,7 @@ import {
   WorkerShutdownError,
   type TaskResult,
 } from 'heimdall-tasks';
-import { fromRedis, outOfMemory } from '../../src/core/errors.js';
+import { fromRedis, isBetweenMasters, outOfMemory } from '../../src/core/errors.js';
 
 /** What Redis answers a write it refuses while over maxmemory under noeviction. */
 const OOM_TEXT = "OOM command not allowed when used memory > 'maxmemory'. script: 41f6c1cbe2cca4f8777c0a4870ec7620b471b146, on @user_script:26.";
@@ -260,7 +260,13 @@ describe('fromRedis', () => {
     ]) {
       expect(fromRedis(new Error(message), 'sending Slow.work')).toBeInstanceOf(RedisUnavailableError);
     }
-    for (const message of ['CLUSTERDOWN The cluster is down', 'TRYAGAIN Multiple keys request during rehashing of slot', 'MASTERDOWN Link with MASTER is down']) {
+    for (const message of [
+      'CLUSTERDOWN The cluster is down',
+      'TRYAGAIN Multiple keys request during rehashing of slot',
+      'MASTERDOWN Link with MASTER is down',
+      "READONLY You can't write against a read only replica.",
+      'ERR Script attempted to access a non local key in a cluster node script: 3f2a, on @user_script:140.',
+    ]) {
       const err = fromRedis(new ReplyError(message), 'sending Slow.work');
       expect(err).toBeInstanceOf(RedisUnavailableError);
       expect((err as RedisUnavailableError).cause).toBeInstanceOf(ReplyError);
@@ -268,5 +274,16 @@ describe('fromRedis', () => {
     // Refusals stay refusals.
     expect(fromRedis(new ReplyError('NOPERM this user has no permissions'), 'x')).toBeInstanceOf(RedisRefusedError);
     expect(fromRedis(new ReplyError('MOVED 1 127.0.0.1:1'), 'x')).toBeInstanceOf(RedisRefusedError);
+  });
+
+  it('sends again, within failoverTimeout, only what Redis refused between masters', () => {
+    expect(isBetweenMasters(new ReplyError('TRYAGAIN Multiple keys request during rehashing of slot'), false)).toBe(true);
+    expect(isBetweenMasters(new ReplyError("READONLY You can't write against a read only replica."), false)).toBe(true);
+    // A lost node connection is a failover on a Cluster; on one server it is the client closing.
+    expect(isBetweenMasters(new Error('Connection is closed.'), true)).toBe(true);
+    expect(isBetweenMasters(new Error('Connection is closed.'), false)).toBe(false);
+    expect(isBetweenMasters(new ReplyError('NOPERM this user has no permissions'), true)).toBe(false);
+    expect(isBetweenMasters(new ReplyError('OOM command not allowed when used memory > maxmemory'), true)).toBe(false);
+    expect(isBetweenMasters('TRYAGAIN', true)).toBe(false);
   });
 });
