@@ -87,7 +87,7 @@ describe('purge', () => {
     // An id with no record and a task already revoked are dropped, not counted.
     await h.admin.rpush(h.queueKey('wait', 'purge-q'), 'ghost');
     await sent[0]!.revoke();
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     try {
       expect(await inspector.purge('purge-q')).toBe(449);
       expect(await h.admin.llen(h.queueKey('wait', 'purge-q'))).toBe(0);
