@@ -174,7 +174,8 @@ export class Harness {
   spawnTs(file: string, env: Record<string, string> = {}, args: readonly string[] = []): ChildProcess {
     const child = spawn(process.execPath, ['--import', 'tsx', file, ...args], {
       cwd: ROOT,
-      env: { ...process.env, REDIS_URL: this.url, HEIMDALL_PREFIX: this.prefix, ...env },
+      // The deployment too, for fixtures that connect through test/fixtures/connection.ts.
+      env: { ...process.env, REDIS_URL: this.url, HEIMDALL_TEST_TOPOLOGY_JSON: JSON.stringify(this.topology), HEIMDALL_PREFIX: this.prefix, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.children.add(child);

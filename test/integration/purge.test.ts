@@ -4,7 +4,7 @@
 // delayed task are left alone; a long queue goes in bounded batches.
 import { describe, expect, it } from 'vitest';
 import { Inspector, Task, TaskRevokedError } from 'heimdall-tasks';
-import { gate, useHarness, waitFor, type Gate } from '../helpers.js';
+import { gate, topology, useHarness, waitFor, type Gate } from '../helpers.js';
 import { runHeimdall as heimdall } from '../fixtures/cli/heimdall.js';
 
 let held: Gate = gate();
@@ -30,7 +30,8 @@ class Purgeable {
 describe('purge', () => {
   const fresh = useHarness('purge');
 
-  it('heimdall purge revokes the waiting tasks (reason purged, locks released), leaves running and delayed ones; --delayed takes those too', { timeout: 60_000 }, async () => {
+  // The heimdall CLI takes one Redis URL: this case means a single server (npm test runs it).
+  it.skipIf(topology().kind !== 'single')('heimdall purge revokes the waiting tasks (reason purged, locks released), leaves running and delayed ones; --delayed takes those too', { timeout: 60_000 }, async () => {
     const h = fresh();
     held = gate();
     const env = { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix };
