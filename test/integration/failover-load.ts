@@ -72,8 +72,14 @@ export interface Accounting {
   accepted: number;
   /** SUCCESS, run once. */
   once: number;
-  /** SUCCESS, run more than once: id and run count. */
-  repeated: { id: string; runs: number; at: number }[];
+  /**
+   * SUCCESS, run more than once: id, run count, when accepted, and why as the record tells:
+   * 'recovered' (recoveries counted: the new master had it STARTED under a lease that lapsed),
+   * else 'put back' (the new master had it waiting, its start not on the replica; or had it
+   * leased to this worker, its end not on the replica, and the worker's reclaim after the lost
+   * connection handed it back). Either way the first run's end was refused as stale.
+   */
+  repeated: { id: string; runs: number; at: number; why: 'recovered' | 'put back' }[];
   /** Accepted, but no record in Redis afterwards (the write was not on the replica): id, runs, when accepted. */
   lost: { id: string; runs: number; at: number }[];
   /** Accepted, a record, but not SUCCESS once the queues are empty: id and state. */
@@ -87,10 +93,11 @@ export interface Accounting {
 
 /** Reads the final state of every dispatched task. */
 export async function account(admin: Redis | Cluster, prefix: string, sent: readonly Dispatched[]): Promise<Accounting> {
-  const states = await Promise.all(sent.map((d) => admin.hget(new QueueKeys(prefix, d.queue).task(d.id), FIELDS.state)));
+  const records = await Promise.all(sent.map((d) => admin.hmget(new QueueKeys(prefix, d.queue).task(d.id), FIELDS.state, FIELDS.recoveries)));
   const a: Accounting = { accepted: 0, once: 0, repeated: [], lost: [], stuck: [], failedDispatches: 0, dispatchErrors: {}, failedButEnqueued: [] };
   sent.forEach((d, i) => {
-    const state = states[i] ?? null;
+    const state = records[i]?.[0] ?? null;
+    const recoveries = Number(records[i]?.[1] ?? 0);
     const ran = runs.get(d.id) ?? 0;
     if (!d.accepted) {
       a.failedDispatches++;
@@ -102,7 +109,7 @@ export async function account(admin: Redis | Cluster, prefix: string, sent: read
     a.accepted++;
     if (state === null) a.lost.push({ id: d.id, runs: ran, at: d.at });
     else if (state !== 'SUCCESS') a.stuck.push({ id: d.id, state });
-    else if (ran > 1) a.repeated.push({ id: d.id, runs: ran, at: d.at });
+    else if (ran > 1) a.repeated.push({ id: d.id, runs: ran, at: d.at, why: recoveries > 0 ? 'recovered' : 'put back' });
     else a.once++;
   });
   return a;
