@@ -12,7 +12,7 @@ import { Dispatcher, Worker } from 'heimdall-tasks';
 import { ask, startCluster, type LocalCluster } from '../../scripts/redis-deployments.mjs';
 import { QueueRunner } from '../../src/core/worker/queue-runner.js';
 import { newPrefix, recordEvents, reportFigures, waitFor } from '../helpers.js';
-import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, runs, settled, type Dispatched } from './failover-load.js';
+import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, running, runs, settled, type Dispatched } from './failover-load.js';
 
 const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key: string) => number;
 
@@ -44,7 +44,9 @@ describe('a Cluster master killed under load', () => {
     cluster = await startCluster({ log: () => undefined });
   }, 60_000);
   afterAll(async () => {
+    const pids = cluster?.pids ?? [];
     await cluster?.stop();
+    expect(pids.filter(running), 'redis processes left running after stop()').toEqual([]);
   });
 
   it('its replica is promoted; accepted tasks end SUCCESS at least once, losses only of writes the replica lacked; another master keeps serving', { timeout: 150_000 }, async () => {

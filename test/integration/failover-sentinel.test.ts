@@ -9,7 +9,7 @@ import { Dispatcher, Worker } from 'heimdall-tasks';
 import { ask, startSentinel, type LocalSentinel } from '../../scripts/redis-deployments.mjs';
 import { QueueRunner } from '../../src/core/worker/queue-runner.js';
 import { newPrefix, recordEvents, reportFigures, waitFor } from '../helpers.js';
-import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, runs, settled, type Dispatched } from './failover-load.js';
+import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, running, runs, settled, type Dispatched } from './failover-load.js';
 
 describe('the Sentinel master killed under load', () => {
   let sentinel: LocalSentinel | undefined;
@@ -17,7 +17,9 @@ describe('the Sentinel master killed under load', () => {
     sentinel = await startSentinel({ log: () => undefined });
   }, 60_000);
   afterAll(async () => {
+    const pids = sentinel?.pids ?? [];
     await sentinel?.stop();
+    expect(pids.filter(running), 'redis processes left running after stop()').toEqual([]);
   });
 
   it('the replica is promoted; accepted tasks end SUCCESS at least once, losses only of writes the replica lacked', { timeout: 150_000 }, async () => {
