@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
 import { ConfigError, Dispatcher, Task, Worker, currentTask, type DispatcherOptions, type TaskOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
 import { waitFor } from './waiting.js';
@@ -8,6 +8,7 @@ import { QueueKeys } from '../src/core/protocol/queue-keys.js';
 import { FIELDS } from '../src/core/protocol/task-fields.js';
 import { redisServerBin } from '../scripts/redis-launcher.mjs';
 import { startRedis, type StartedRedis } from '../src/testing/index.js';
+import { clientFor, isClusterClient, nodesOf, type Topology } from './topology.js';
 export { nextEvent, settleWithin, waitFor } from './waiting.js';
 /** The field letters of a task record, by meaning: tests name fields through it. */
 export { FIELDS };
@@ -15,9 +16,33 @@ export { FIELDS };
 /** Root of the repository. */
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-/** URL of the Redis the global setup started (or REDIS_URL). */
+/**
+ * URL of the Redis the global setup started (or REDIS_URL). Under another topology (see
+ * topology()): one node's or the first master's, for what needs an address but no tasks.
+ */
 export function redisUrl(): string {
   return inject('redisUrl');
+}
+
+/** The deployment the suite runs against (HEIMDALL_TEST_TOPOLOGY, test/topology.ts). */
+export function topology(): Topology {
+  return inject('topology');
+}
+
+/** What a Dispatcher or Worker takes as `connection`. */
+export type TestConnection = NonNullable<DispatcherOptions['connection']>;
+
+/**
+ * A connection to the suite's deployment for code outside a Harness (createTestApp): the URL,
+ * Sentinel options, or a Cluster client of its own that `close()` ends (the library leaves a
+ * client it was given open).
+ */
+export function openTestConnection(): { connection: TestConnection; close(): Promise<void> } {
+  const t = topology();
+  if (t.kind === 'single') return { connection: t.url, close: async () => undefined };
+  if (t.kind === 'sentinel') return { connection: { sentinels: t.sentinels, name: t.name }, close: async () => undefined };
+  const cluster = new Cluster(t.seeds);
+  return { connection: cluster, close: () => cluster.quit().then(() => undefined, () => cluster.disconnect()) };
 }
 
 /**
@@ -84,37 +109,63 @@ export function gate(): Gate {
  */
 export class Harness {
   readonly prefix: string;
+  /** An address of the deployment: under cluster or sentinel, see redisUrl(); connect with connection(). */
   readonly url: string;
+  readonly topology: Topology;
   private readonly adminUrl: string;
   private readonly closers: (() => Promise<void>)[] = [];
   private adminClient: Redis | undefined;
+  /** Clients this harness made for connection(): closed after the dispatchers and workers. */
+  private readonly ownClients: Cluster[] = [];
   private readonly children = new Set<ChildProcess>();
 
   /** `server`: a redis-server of the test file's own (see usePrivateRedis) instead of the shared one. */
   constructor(label?: string, server?: { url: string }) {
     this.prefix = newPrefix(label);
-    this.url = server?.url ?? redisUrl();
+    this.topology = server ? { kind: 'single', url: server.url } : topology();
+    this.url = this.topology.url;
     this.adminUrl = server?.url ?? (process.env.REDIS_ADMIN_URL || this.url);
   }
 
   /**
-   * A plain client for inspecting Redis (INFO, CLIENT LIST, keys); closed by dispose(). It uses
-   * REDIS_ADMIN_URL when set, so the suite can run as a restricted user while inspecting as admin.
+   * A client for inspecting Redis (INFO, CLIENT LIST, keys); closed by dispose(). On a single
+   * server it uses REDIS_ADMIN_URL when set, so the suite can run as a restricted user while
+   * inspecting as admin. On a Cluster it is an ioredis Cluster (typed as a Redis: see clientFor),
+   * through the sentinels a Redis that follows the master.
    */
   get admin(): Redis {
-    this.adminClient ??= new Redis(this.adminUrl, { connectionName: `admin-${this.prefix}` });
+    const connectionName = `admin-${this.prefix}`;
+    this.adminClient ??=
+      this.topology.kind === 'single' ? new Redis(this.adminUrl, { connectionName }) : clientFor(this.topology, { connectionName });
     return this.adminClient;
   }
 
+  /**
+   * A connection for one dispatcher or worker: the URL on a single server, `{ sentinels, name }`
+   * under Sentinel, and on a Cluster a new ioredis Cluster from the seeds (one per call, as two
+   * processes would have), closed by dispose() after the dispatchers and workers: the library
+   * does not close a client it was given.
+   */
+  connection(): TestConnection {
+    const t = this.topology;
+    if (t.kind === 'single') return this.url;
+    if (t.kind === 'sentinel') return { sentinels: t.sentinels, name: t.name };
+    // Named apart from the library's own connections (heimdall:<prefix>:...), so a test that
+    // waits for those to close does not wait for this one, which lives until dispose().
+    const cluster = new Cluster(t.seeds, { redisOptions: { connectionName: `harness-${this.prefix}` } });
+    this.ownClients.push(cluster);
+    return cluster;
+  }
+
   dispatcher(extra: Partial<DispatcherOptions> = {}): Dispatcher {
-    const d = new Dispatcher({ connection: this.url, prefix: this.prefix, ...extra });
+    const d = new Dispatcher({ connection: extra.connection ?? this.connection(), prefix: this.prefix, ...extra });
     this.closers.push(() => d.close());
     return d;
   }
 
   /** A worker (not started) with errors collected in `errors`. */
   worker(extra: Partial<WorkerOptions> = {}): Worker {
-    const w = new Worker({ connection: this.url, prefix: this.prefix, ...extra });
+    const w = new Worker({ connection: extra.connection ?? this.connection(), prefix: this.prefix, ...extra });
     this.closers.push(() => w.close());
     return w;
   }
@@ -123,7 +174,8 @@ export class Harness {
   spawnTs(file: string, env: Record<string, string> = {}, args: readonly string[] = []): ChildProcess {
     const child = spawn(process.execPath, ['--import', 'tsx', file, ...args], {
       cwd: ROOT,
-      env: { ...process.env, REDIS_URL: this.url, HEIMDALL_PREFIX: this.prefix, ...env },
+      // The deployment too, for fixtures that connect through test/fixtures/connection.ts.
+      env: { ...process.env, REDIS_URL: this.url, HEIMDALL_TEST_TOPOLOGY_JSON: JSON.stringify(this.topology), HEIMDALL_PREFIX: this.prefix, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.children.add(child);
@@ -158,7 +210,7 @@ export class Harness {
     return lk!;
   }
 
-  /** Every key under this test's prefix (or matching `pattern` below it), sorted. */
+  /** Every key under this test's prefix (or matching `pattern` below it), sorted; on every master of a Cluster. */
   keys(pattern = '*'): Promise<string[]> {
     return scanKeys(this.admin, `${this.prefix}:${pattern}`);
   }
@@ -168,7 +220,7 @@ export class Harness {
     return (await this.admin.lrange(this.queueKey('dead', queue), 0, -1)).map((s) => JSON.parse(s) as DeadLetter);
   }
 
-  /** Names of clients on the server that belong to this test's prefix. */
+  /** Names of clients on the server (every node of a Cluster) that belong to this test's prefix. */
   openConnections(): Promise<string[]> {
     return clientNames(this.admin, `heimdall:${this.prefix}:`);
   }
@@ -176,6 +228,7 @@ export class Harness {
   async dispose(): Promise<void> {
     for (const child of this.children) child.kill('SIGKILL');
     await Promise.all(this.closers.map((c) => c()));
+    await Promise.all(this.ownClients.map((c) => c.quit().catch(() => c.disconnect())));
     try {
       // close() must leave nothing behind; allow the server a moment to notice QUITs.
       await waitFor(async () => (await this.openConnections()).length === 0, {
@@ -186,7 +239,8 @@ export class Harness {
       expect(await this.openConnections(), 'connections left open after close()').toEqual([]);
     }
     const left = await this.keys();
-    if (left.length > 0) await this.admin.del(...left);
+    // One key at a time: on a Cluster the keys of one DEL must share a slot.
+    if (left.length > 0) await Promise.all(left.map((k) => this.admin.unlink(k)));
     await this.admin.quit();
   }
 }
@@ -243,25 +297,43 @@ export interface DeadLetter {
   at: number;
 }
 
-/** Every key matching `pattern` (SCAN, so it is safe on a shared server), sorted. */
-export async function scanKeys(client: Redis, pattern: string): Promise<string[]> {
+/**
+ * Every key matching `pattern` (SCAN, so it is safe on a shared server), sorted; on a Cluster,
+ * on every master.
+ */
+export async function scanKeys(client: Redis | Cluster, pattern: string): Promise<string[]> {
   const found: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    found.push(...keys);
-    cursor = next;
-  } while (cursor !== '0');
+  for (const node of await nodesWhenReady(client, 'master')) {
+    let cursor = '0';
+    do {
+      const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+      found.push(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+  }
   return found.sort();
 }
 
-/** Names of the clients connected to the server whose name starts with `start`. */
-export async function clientNames(admin: Redis, start: string): Promise<string[]> {
-  const list = (await admin.client('LIST')) as string;
-  return list
-    .split('\n')
-    .map((line) => /(?:^| )name=(\S*)/.exec(line)?.[1] ?? '')
-    .filter((name) => name.startsWith(start));
+/** Names of the clients connected to the server (every node of a Cluster) whose name starts with `start`. */
+export async function clientNames(admin: Redis | Cluster, start: string): Promise<string[]> {
+  const names: string[] = [];
+  for (const node of await nodesWhenReady(admin, 'all')) {
+    const list = (await node.client('LIST')) as string;
+    for (const line of list.split('\n')) {
+      const name = /(?:^| )name=(\S*)/.exec(line)?.[1] ?? '';
+      if (name.startsWith(start)) names.push(name);
+    }
+  }
+  return names;
+}
+
+/**
+ * The nodes of a client to ask one-node questions; a Cluster client knows its nodes only once
+ * it has loaded the slots, so it is made ready first (a PING routed anywhere).
+ */
+async function nodesWhenReady(client: Redis | Cluster, role: 'master' | 'all'): Promise<Redis[]> {
+  if (isClusterClient(client) && client.status !== 'ready') await client.ping();
+  return nodesOf(client, role);
 }
 
 /** Milliseconds on the Redis server's clock, as the scripts compute them. */

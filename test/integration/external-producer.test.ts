@@ -35,6 +35,7 @@ import { Redis } from 'ioredis';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { currentTask, Task, type Worker } from 'heimdall-tasks';
 import { gate, recordEvents, ROOT, useHarness, usePrivateRedis, waitFor, type Gate, type Harness, type RecordedEvents } from '../helpers.js';
+import { clientFor, nodesOf, type Topology } from '../topology.js';
 
 // ---------------------------------------------------------------------------------------------
 // The worker side: ordinary @Task classes.
@@ -166,15 +167,17 @@ class Producer {
   readonly published = new Map<string, string[]>();
 
   constructor(
-    url: string,
+    private readonly where: Topology,
     readonly base: string,
   ) {
-    this.redis = new Redis(url);
+    this.redis = clientFor(where);
   }
 
-  /** SCRIPT LOAD <contents of lua/enqueue.lua>. */
+  /** SCRIPT LOAD <contents of lua/enqueue.lua>; on a Cluster on every master, as EVALSHA runs on the node of its keys. */
   async load(): Promise<string> {
-    this.sha = (await this.redis.script('LOAD', ENQUEUE_LUA)) as string;
+    if (this.redis.status !== 'ready') await this.redis.ping();
+    const shas = await Promise.all(nodesOf(this.redis, 'master').map((node) => node.script('LOAD', ENQUEUE_LUA) as Promise<string>));
+    this.sha = shas[0]!;
     return this.sha;
   }
 
@@ -217,8 +220,9 @@ class Producer {
   }
 
   /** SSUBSCRIBE <base>done:<id> for each id (before the tasks are sent): the channel is sharded Pub/Sub. */
-  async subscribeDone(url: string, ids: readonly string[]): Promise<void> {
-    this.sub ??= new Redis(url);
+  async subscribeDone(ids: readonly string[]): Promise<void> {
+    // On a Cluster, SSUBSCRIBE must go to the channel's shard: ioredis does that with shardedSubscribers.
+    this.sub ??= clientFor(this.where, {}, { shardedSubscribers: true });
     this.sub.on('smessage', (channel: string, message: string) => {
       this.published.set(channel, [...(this.published.get(channel) ?? []), message]);
     });
@@ -271,7 +275,7 @@ async function startWorker(h: Harness): Promise<{ worker: Worker; events: Record
 
 /** Opens a producer on the harness's default queue (or `queue`), loads the script, runs `fn`, and quits. */
 async function withProducer<T>(h: Harness, fn: (p: Producer) => Promise<T>, queue = 'default'): Promise<T> {
-  const p = new Producer(h.url, baseOf(h.prefix, queue));
+  const p = new Producer(h.topology, baseOf(h.prefix, queue));
   try {
     await p.load();
     return await fn(p);
@@ -300,7 +304,7 @@ describe('an external producer following docs/protocol.md, with the worker apply
       const withResult = newId('plain');
       const without = newId('plain-void');
       // SUBSCRIBE first, then send, then read s.
-      await p.subscribeDone(h.url, [withResult, without]);
+      await p.subscribeDone([withResult, without]);
       const args = [6, { times: 7, tags: ['x', 'ü ✓'] }, null];
       const replies = await p.send({ id: withResult, name: 'ExtPlain.describe', args }, { id: without, name: 'ExtPlain.nothing', args: [] });
       expect(replies).toEqual([
@@ -403,7 +407,7 @@ describe('an external producer following docs/protocol.md, with the worker apply
       const lockKey = `${p.base}lock:ExtUnique.hold:${sha1(canonical(JSON.parse(argsText)))}`;
       const first = newId('unique-1');
       const second = newId('unique-2');
-      await p.subscribeDone(h.url, [first, second]);
+      await p.subscribeDone([first, second]);
 
       expect(await p.send({ id: first, name: 'ExtUnique.hold', args: argsText })).toEqual([{ code: 1, detail: '', third: 0 }]);
       await p.waitState(first, 'STARTED');
@@ -481,7 +485,7 @@ describe('an external producer following docs/protocol.md, with the worker apply
     const { events } = await startWorker(h);
     await withProducer(h, async (p) => {
       const id = newId('timed');
-      await p.subscribeDone(h.url, [id]);
+      await p.subscribeDone([id]);
       // Its gate never opens: only the signal ends it.
       expect(await p.send({ id, name: 'external.timed', args: ['never'] })).toEqual([{ code: 1, detail: '', third: 0 }]);
       const rec = await p.end(id);

@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { AlreadyQueuedError, ConfigError, currentTask, Task, TaskFailedError, TaskRevokedError } from 'heimdall-tasks';
 import { createTestApp, type TestAppBase } from 'heimdall-tasks/testing';
-import { redisUrl, waitFor } from '../helpers.js';
+import { openTestConnection, waitFor } from '../helpers.js';
 
 const tries = new Map<string, number>();
 let release: (() => void) | undefined;
@@ -159,11 +159,13 @@ describe('inline mode reports what Redis reports', () => {
     for (const inline of [false, true]) {
       tries.clear();
       release = undefined;
-      const app = await createTestApp({ services: [new ParityService()], connection: redisUrl(), inline });
+      const redis = openTestConnection();
+      const app = await createTestApp({ services: [new ParityService()], connection: redis.connection, inline });
       try {
         results.push(await transcript(app, 'k'));
       } finally {
         await app.close();
+        await redis.close();
       }
     }
     const [withRedis, inline] = results;

@@ -70,9 +70,9 @@ afterEach(async () => {
 describe('Inspector', () => {
   it('shows a held lock with its holder, a full rate window, the counts, a dead letter; releases a lock only for its holder', { timeout: 30_000 }, async () => {
     const h = fresh();
-    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new InspectedService()], queues: ['inspected'] });
-    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const worker = new Worker({ connection: h.connection(), prefix: h.prefix, services: [new InspectedService()], queues: ['inspected'] });
+    const d = new Dispatcher({ connection: h.connection(), prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     open.push(worker, d, inspector);
     await worker.start();
     const svc = d.tasks(InspectedService);
@@ -121,9 +121,9 @@ describe('Inspector', () => {
   it('retries a dead-lettered task once a worker runs it; drops letters; leaves what cannot be retried', { timeout: 30_000 }, async () => {
     const h = fresh();
     // A worker that does not run LateService.arrive fails it at once (no grace) and dead-letters it.
-    const stranger = new Worker({ connection: h.url, prefix: h.prefix, services: [], queues: ['inspected-late'], unknownTaskGrace: 0 });
-    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const stranger = new Worker({ connection: h.connection(), prefix: h.prefix, services: [], queues: ['inspected-late'], unknownTaskGrace: 0 });
+    const d = new Dispatcher({ connection: h.connection(), prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     open.push(d, inspector);
     await stranger.start();
     const sent = await d.tasks(LateService).arrive.delay(41);
@@ -135,7 +135,7 @@ describe('Inspector', () => {
     }, { what: 'two dead letters' });
     await stranger.close();
     // Now a worker that runs the task.
-    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new LateService()], queues: ['inspected-late'] });
+    const worker = new Worker({ connection: h.connection(), prefix: h.prefix, services: [new LateService()], queues: ['inspected-late'] });
     open.push(worker);
     await worker.start();
     const result = await inspector.retryDead('inspected-late', letters);
@@ -156,8 +156,8 @@ describe('Inspector', () => {
 
   it('counts waiting tasks without the wake markers anywhere in the list; names the task of a lock from its holder, whatever the colons', { timeout: 30_000 }, async () => {
     const h = fresh();
-    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const d = new Dispatcher({ connection: h.connection(), prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     open.push(d, inspector);
     // No worker on this queue: 3 tasks, a countdown task (a wake marker at the head), 2 tasks,
     // an earlier countdown task (another marker): 5 waiting, 2 markers among them.
@@ -173,7 +173,7 @@ describe('Inspector', () => {
 
     // A gate of this test's own (the helpers open the gates left shut after each test).
     held = gate();
-    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new ColonNames()], queues: ['inspected-colon'] });
+    const worker = new Worker({ connection: h.connection(), prefix: h.prefix, services: [new ColonNames()], queues: ['inspected-colon'] });
     open.push(worker);
     await worker.start();
     const holder = await d.tasks(ColonNames).a.delay('b:c');
@@ -185,7 +185,7 @@ describe('Inspector', () => {
   it('a worker closed while it starts, or with a tick in flight, leaves no registration behind', { timeout: 30_000 }, async () => {
     const h = fresh();
     for (let i = 0; i < 5; i++) {
-      const w = new Worker({ connection: h.url, prefix: h.prefix, services: [], leaseDuration: '300ms' });
+      const w = new Worker({ connection: h.connection(), prefix: h.prefix, services: [], leaseDuration: '300ms' });
       const starting = w.start().catch(() => undefined);
       // Close at once (while it starts), or once it has renewed its registration i times, so
       // that a tick (every 100 ms) may be in flight.
@@ -209,9 +209,9 @@ describe('Inspector', () => {
 
   it('counts runs per second over 1, 5 and 15 minutes and the tasks waiting to retry; a task\'s info lists every attempt', { timeout: 30_000 }, async () => {
     const h = fresh();
-    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new Counted()], queues: ['inspected-rate'] });
-    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const worker = new Worker({ connection: h.connection(), prefix: h.prefix, services: [new Counted()], queues: ['inspected-rate'] });
+    const d = new Dispatcher({ connection: h.connection(), prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     open.push(worker, d, inspector);
     await worker.start();
     const svc = d.tasks(Counted);

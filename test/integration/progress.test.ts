@@ -55,7 +55,7 @@ async function evalshaCalls(h: ReturnType<typeof fresh>): Promise<number> {
 describe('currentTask().progress()', () => {
   it('is stored on the task and emitted; a tight loop costs a few Redis calls a second; the last value is written before the end', { timeout: 30_000 }, async () => {
     const h = fresh();
-    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new Reporting()] });
+    const worker = new Worker({ connection: h.connection(), prefix: h.prefix, services: [new Reporting()] });
     const events: WorkerEvents['progress'][0][] = [];
     worker.on('progress', (e) => events.push(e));
     await worker.start();
@@ -87,7 +87,7 @@ describe('currentTask().progress()', () => {
 
   it("a retry does not show the progress of the attempt before it", async () => {
     const h = fresh();
-    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new Reporting()] });
+    const worker = new Worker({ connection: h.connection(), prefix: h.prefix, services: [new Reporting()] });
     await worker.start();
     try {
       const handle = await h.dispatcher().tasks(Reporting).retried.delay();
@@ -105,7 +105,7 @@ describe('currentTask().progress()', () => {
 
   it('a value outside 0..1 is a ConfigError inside the task, which fails', async () => {
     const h = fresh();
-    const worker = new Worker({ connection: h.url, prefix: h.prefix, services: [new Reporting()] });
+    const worker = new Worker({ connection: h.connection(), prefix: h.prefix, services: [new Reporting()] });
     await worker.start();
     try {
       const handle = await h.dispatcher().tasks(Reporting).outOfRange.delay();

@@ -81,7 +81,7 @@ describe('heimdall-tasks/prometheus', () => {
     const registry = new Registry();
     const dispatcher = h.dispatcher();
     const worker = h.worker({ services: [new MeteredService()], concurrency: 6 });
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     const metrics = heimdallMetrics({ worker, dispatcher, inspector, registry, queues: ['default', 'idle'] });
     try {
       const events = recordEvents(worker);

@@ -4,7 +4,7 @@
 // delayed task are left alone; a long queue goes in bounded batches.
 import { describe, expect, it } from 'vitest';
 import { Inspector, Task, TaskRevokedError } from 'heimdall-tasks';
-import { gate, useHarness, waitFor, type Gate } from '../helpers.js';
+import { gate, topology, useHarness, waitFor, type Gate } from '../helpers.js';
 import { runHeimdall as heimdall } from '../fixtures/cli/heimdall.js';
 
 let held: Gate = gate();
@@ -30,7 +30,8 @@ class Purgeable {
 describe('purge', () => {
   const fresh = useHarness('purge');
 
-  it('heimdall purge revokes the waiting tasks (reason purged, locks released), leaves running and delayed ones; --delayed takes those too', { timeout: 60_000 }, async () => {
+  // The heimdall CLI takes one Redis URL: this case means a single server (npm test runs it).
+  it.skipIf(topology().kind !== 'single')('heimdall purge revokes the waiting tasks (reason purged, locks released), leaves running and delayed ones; --delayed takes those too', { timeout: 60_000 }, async () => {
     const h = fresh();
     held = gate();
     const env = { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix };
@@ -87,7 +88,7 @@ describe('purge', () => {
     // An id with no record and a task already revoked are dropped, not counted.
     await h.admin.rpush(h.queueKey('wait', 'purge-q'), 'ghost');
     await sent[0]!.revoke();
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     try {
       expect(await inspector.purge('purge-q')).toBe(449);
       expect(await h.admin.llen(h.queueKey('wait', 'purge-q'))).toBe(0);

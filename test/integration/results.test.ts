@@ -292,7 +292,7 @@ describe('results', () => {
     await worker.start();
     expect(await handle.get({ timeout: 10 })).toBe('report 12');
 
-    const elsewhere = new Dispatcher({ connection: h.url, prefix: h.prefix });
+    const elsewhere = new Dispatcher({ connection: h.connection(), prefix: h.prefix });
     try {
       const found = elsewhere.result<string>(handle.id);
       expect(found.queue).toBe('reports');

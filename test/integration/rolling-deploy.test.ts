@@ -142,7 +142,7 @@ describe('rolling deploys: a task name the worker does not declare', () => {
 
   it('unknownTaskGrace 0 fails an undeclared task at its first start', async () => {
     const h = fresh();
-    const w = new Worker({ connection: h.url, prefix: h.prefix, services: [], unknownTaskGrace: 0 });
+    const w = new Worker({ connection: h.connection(), prefix: h.prefix, services: [], unknownTaskGrace: 0 });
     const closing = (): Promise<void> => w.close();
     try {
       await w.start();

@@ -1,7 +1,7 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Task } from 'heimdall-tasks';
 import { createTestApp, type TestApp } from 'heimdall-tasks/testing';
-import { redisUrl } from '../helpers.js';
+import { openTestConnection } from '../helpers.js';
 
 class SmokeService {
   @Task()
@@ -12,13 +12,15 @@ class SmokeService {
 
 describe('smoke', () => {
   let app: TestApp | undefined;
+  const redis = openTestConnection();
   afterEach(async () => {
     await app?.close();
     app = undefined;
   });
+  afterAll(() => redis.close());
 
   it('runs a task and returns its result', async () => {
-    app = await createTestApp({ services: [new SmokeService()], connection: redisUrl() });
+    app = await createTestApp({ services: [new SmokeService()], connection: redis.connection });
     const handle = await app.tasks(SmokeService).add.delay(2, 3);
     expect(await handle.get({ timeout: 10 })).toBe(5);
     expect(await handle.status()).toBe('SUCCESS');

@@ -28,6 +28,8 @@ describe('the worker applies its own unique and rate-limit options to messages s
     // The lock is the worker's key function's, held by the running task, and recorded in its record.
     expect(await h.admin.get(authorityLockKey(h, 'hold', 'slot-7'))).toBe(running.id);
     expect(await h.lockKeyOf(running.id)).toBe(authorityLockKey(h, 'hold', 'slot-7'));
+    // STARTED is in the record before the task body has written its start to the log.
+    await waitFor(async () => (await readStarts(h)).length > 0, { what: 'the running task to log its start' });
     expect((await readStarts(h)).map((e) => e.id)).toEqual([running.id]);
 
     await openGate(h, 'hold-7');

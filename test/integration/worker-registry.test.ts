@@ -47,7 +47,7 @@ describe('worker registry', () => {
     await waitFor(async () => (await d.workers()).length === 0, { what: 'the killed worker to lapse', timeout: 10_000 });
     expect(Date.now() - killedAt).toBeLessThan(5_000);
     // Its entry is trimmed by the next heartbeat of any worker of the queue.
-    const next = new Worker({ connection: h.url, prefix: h.prefix, services: [], leaseDuration: '1500ms' });
+    const next = new Worker({ connection: h.connection(), prefix: h.prefix, services: [], leaseDuration: '1500ms' });
     await next.start();
     try {
       expect(await h.admin.zrange(`${h.prefix}:{default}:workers`, 0, -1)).toEqual([next.id]);
@@ -60,10 +60,10 @@ describe('worker registry', () => {
 
   it('ping: each live worker answers once (whatever the number of its queues); a killed one does not', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const inProcess = new Worker({ connection: h.url, prefix: h.prefix, services: [], queues: ['default', 'registry-other'], name: 'in-process' });
+    const inProcess = new Worker({ connection: h.connection(), prefix: h.prefix, services: [], queues: ['default', 'registry-other'], name: 'in-process' });
     await inProcess.start();
     const workers = await startWorkerProcesses(h, 2, { services: ['fault'] });
-    const d = new Dispatcher({ connection: h.url, prefix: h.prefix });
+    const d = new Dispatcher({ connection: h.connection(), prefix: h.prefix });
     try {
       const replies = await d.ping({ queues: ['default', 'registry-other'], timeout: '500ms' });
       expect(replies.map((r) => r.id).sort()).toEqual(['in-process', ...workers.map((w) => w.workerId)].sort());

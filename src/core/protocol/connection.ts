@@ -55,7 +55,8 @@ function isClient(value: unknown): value is RedisClient {
   );
 }
 
-function isCluster(client: RedisClient): client is Cluster {
+/** Whether a client is an ioredis Cluster (ioredis's own flag, so a client of another copy of ioredis counts too). */
+export function isCluster(client: RedisClient): client is Cluster {
   return (client as { isCluster?: unknown }).isCluster === true;
 }
 

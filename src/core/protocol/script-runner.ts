@@ -29,10 +29,16 @@ export class ScriptRunner {
   /** Loads every script; called once before the first use, safe to call again. */
   load(): Promise<void> {
     if (!this.loading) {
-      this.loading = Promise.all([
-        this.checkServer(),
-        ...allScripts.map((s) => this.loadScript(s.source)),
-      ]).then(
+      this.loading = (
+        this.client.isCluster
+          ? // A Cluster client that is not ready yet takes its startup nodes for masters, replicas
+            // included: a SCRIPT LOAD sent to one of those is failed with "Connection is closed"
+            // once the slots are loaded and the replica is dropped from the pool. The INFO of the
+            // server check waits in the offline queue until the client is ready, so the scripts
+            // go to the masters it knows then.
+            this.checkServer().then(() => Promise.all(allScripts.map((s) => this.loadScript(s.source))))
+          : Promise.all([this.checkServer(), ...allScripts.map((s) => this.loadScript(s.source))])
+      ).then(
         () => undefined,
         (err: unknown) => {
           this.loading = undefined;

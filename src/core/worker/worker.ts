@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
 import { ConfigError, fromRedis, outOfMemory, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
-import { closeClient, openClient, type OwnedClient } from '../protocol/connection.js';
+import { closeClient, isCluster, openClient, type OwnedClient } from '../protocol/connection.js';
 import { QueueKeys } from '../protocol/queue-keys.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
@@ -59,6 +59,8 @@ export class Worker {
   private readonly hooks = new HookChain();
   /** While close() waits for running tasks: sets the hand-back to happen within `ms` at the latest. */
   private handBackWithin: ((ms: number) => void) | undefined;
+  /** Takes the connection-loss listeners off the command client (which may be the caller's) at close. */
+  private unhookConnection: (() => void) | undefined;
 
   constructor(options: WorkerOptions) {
     const { prefix, queues, concurrency, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs, events } = workerSettings(options);
@@ -161,7 +163,7 @@ export class Worker {
       const scripts = new ScriptRunner(commands.client);
       await scripts.load();
       // After a reconnect, a fetch whose reply was lost may have started tasks this worker never heard of.
-      commands.client.on('ready', () => {
+      this.unhookConnection = onConnectionLoss(commands.client, () => {
         for (const r of this.runners) r.reconnected();
       });
       if (this.state !== 'starting') return; // close() was called meanwhile and closes the clients
@@ -206,6 +208,7 @@ export class Worker {
     } catch (err) {
       if (this.state !== 'starting') return; // closed while starting: close() has the clients
       this.state = 'closed';
+      this.unhookConnection?.();
       await Promise.all(this.clients.map((c) => closeClient(c)));
       throw fromRedis(err, `starting worker ${this.id}`);
     }
@@ -265,6 +268,7 @@ export class Worker {
     // A tick in flight could renew the entry after it is removed: it ends first.
     await this.ticking;
     await this.unregister();
+    this.unhookConnection?.();
     await Promise.all(this.clients.map((c) => closeClient(c)));
     this.state = 'closed';
   }
@@ -495,6 +499,24 @@ export class Worker {
       if (event !== 'error') this.host.reportError(err);
     }
   }
+}
+
+/**
+ * Calls `lost` whenever calls in flight on `client` may have lost their replies; returns how to
+ * stop. A Redis client emits 'ready' after each reconnect. An ioredis Cluster emits 'ready' only
+ * when it connects as a whole (at start, or after losing every node): when one master dies and
+ * its replica is promoted, the Cluster stays ready, the dead node's connection ends ('-node';
+ * node connections are not reconnected but replaced) and its unanswered commands are sent again
+ * to the new master, so the Cluster's 'ready' would never announce it.
+ */
+function onConnectionLoss(client: OwnedClient['client'], lost: () => void): () => void {
+  client.on('ready', lost);
+  const cluster = isCluster(client);
+  if (cluster) client.on('-node', lost);
+  return () => {
+    client.off('ready', lost);
+    if (cluster) client.off('-node', lost);
+  };
 }
 
 function sleep(ms: number): Promise<false> {

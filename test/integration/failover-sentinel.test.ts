@@ -1,0 +1,124 @@
+// Issue 12, point 4 (b): the Sentinel master is killed (SIGKILL) while a worker at concurrency
+// 20 runs tasks and dispatches go on; the sentinels promote the replica, and the ioredis
+// connections (Sentinel options) find it. What docs/guarantees.md promises is checked task by
+// task from the records Redis holds afterwards, and what was repeated or lost is reported.
+// Run by `npm run test:sentinel` (vitest.sentinel.config.ts) on a Sentinel setup of its own.
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Dispatcher, Worker } from 'heimdall-tasks';
+import { ask, startSentinel, type LocalSentinel } from '../../scripts/redis-deployments.mjs';
+import { QueueRunner } from '../../src/core/worker/queue-runner.js';
+import { newPrefix, recordEvents, reportFigures, waitFor } from '../helpers.js';
+import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, running, runs, settled, type Dispatched } from './failover-load.js';
+
+describe('the Sentinel master killed under load', () => {
+  let sentinel: LocalSentinel | undefined;
+  beforeAll(async () => {
+    sentinel = await startSentinel({ log: () => undefined });
+  }, 60_000);
+  afterAll(async () => {
+    const pids = sentinel?.pids ?? [];
+    await sentinel?.stop();
+    expect(pids.filter(running), 'redis processes left running after stop()').toEqual([]);
+  });
+
+  it('the replica is promoted; accepted tasks end SUCCESS at least once, losses only of writes the replica lacked', { timeout: 150_000 }, async () => {
+    const s = sentinel!;
+    const prefix = newPrefix('failover-sentinel');
+    const connection = { sentinels: s.sentinels, name: s.name };
+    // Follows the master through the sentinels, as the library's connections do.
+    const admin = new Redis({ ...connection, connectionName: `admin-${prefix}` });
+    // Refused connections while the master is down are expected; ioredis would print them.
+    admin.on('error', () => undefined);
+    const reconnected = vi.spyOn(QueueRunner.prototype, 'reconnected');
+    const reclaimed: number[] = [];
+    const proto = QueueRunner.prototype as unknown as { reclaim(fin: unknown[]): Promise<void> };
+    const originalReclaim = proto.reclaim;
+    proto.reclaim = async function (this: unknown, fin: unknown[]): Promise<void> {
+      await originalReclaim.call(this, fin);
+      reclaimed.push(Date.now());
+    };
+    let worker: Worker | undefined;
+    let dispatcher: Dispatcher | undefined;
+    try {
+      const queue = 'fo-sentinel';
+      worker = new Worker({ connection, prefix, services: [new FailoverWork()], queues: [queue], concurrency: 20, leaseDuration: 3 });
+      const events = recordEvents(worker);
+      dispatcher = new Dispatcher({ connection, prefix });
+      await worker.start();
+
+      const sent: Dispatched[] = [];
+      await dispatchLoop(dispatcher, queue, 's0', (n) => n < 240, sent);
+      await waitFor(() => events.started.length >= 40, { timeout: 30_000, what: '40 tasks to have started' });
+
+      const reconnectsBefore = reconnected.mock.calls.length;
+      const killedAt = Date.now();
+      await s.kill(s.master.port);
+      // Four request handlers sending side by side during the promotion, then 50 more each.
+      let promotedAt = 0;
+      const loop = (label: string): Promise<void> => {
+        let from = -1;
+        return dispatchLoop(
+          dispatcher!,
+          queue,
+          label,
+          (n) => {
+            if (promotedAt === 0) return n < 2000;
+            if (from < 0) from = n;
+            return n < from + 50;
+          },
+          sent,
+        );
+      };
+      const during = Promise.all(['s1', 's2', 's3', 's4'].map(loop));
+      // Promoted: the replica says it is a master, and a sentinel names it.
+      await waitFor(
+        async () =>
+          (await ask(s.replica.port, 'INFO replication')).includes('role:master') &&
+          (await ask(s.sentinels[0]!.port, `SENTINEL get-master-addr-by-name ${s.name}`)).includes(String(s.replica.port)),
+        { timeout: 30_000, interval: 50, what: `the replica on port ${s.replica.port} to be promoted` },
+      );
+      promotedAt = Date.now();
+      await during;
+      await settled(admin, prefix, [queue], worker, 60_000);
+      const pong = await dispatcher.ping({ queues: [queue], timeout: '2s' });
+
+      const a = await account(admin, prefix, sent);
+      const failures = dispatchFailures(sent);
+      reportFigures('sentinel failover', {
+        tasks: sent.length,
+        accepted: a.accepted,
+        once: a.once,
+        repeated: a.repeated.length,
+        lost: a.lost.length,
+        stuck: a.stuck.length,
+        failedDispatches: failures.length,
+        dispatchErrors: JSON.stringify(a.dispatchErrors),
+        failedButEnqueued: a.failedButEnqueued.length,
+        promotionMs: promotedAt - killedAt,
+        reconnectHooks: reconnected.mock.calls.length - reconnectsBefore,
+        reclaimsAfterKill: reclaimed.filter((t) => t > killedAt).length,
+      });
+      if (a.repeated.length > 0) console.info('[figures] repeated:', JSON.stringify(a.repeated.map((r) => ({ ...r, at: r.at - killedAt }))));
+      if (a.lost.length > 0) console.info('[figures] lost (accepted at ms from the kill):', JSON.stringify(a.lost.map((r) => ({ ...r, at: r.at - killedAt }))));
+      console.info('[figures] worker errors:', errorSummary(events.errors));
+      for (const e of failures.slice(0, 3)) console.info('[figures] a failed dispatch:', String(e).slice(0, 300));
+
+      expect(a.stuck).toEqual([]);
+      expect(a.lost.filter((l) => l.at > killedAt)).toEqual([]);
+      expect(allUnavailable(failures), `dispatch errors: ${failures.map(String).join('; ')}`).toBe(true);
+      expect(sent.filter((d) => d.at > promotedAt + 5000 && !d.accepted)).toEqual([]);
+      // A Redis client emits 'ready' on reconnecting to the new master: the worker reclaimed.
+      expect(reconnected.mock.calls.length).toBeGreaterThan(reconnectsBefore);
+      expect(reclaimed.filter((t) => t > killedAt).length).toBeGreaterThan(0);
+      expect(pong.map((p) => p.id)).toEqual([worker.id]);
+    } finally {
+      reconnected.mockRestore();
+      proto.reclaim = originalReclaim;
+      await worker?.close({ timeout: 5 });
+      await dispatcher?.close();
+      admin.disconnect();
+      runs.clear();
+    }
+  });
+});
