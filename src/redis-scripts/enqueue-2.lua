@@ -14,14 +14,15 @@
           id, countdown in ms from now on the Redis clock (0: none), eta as epoch ms (0: none;
           wins over countdown), unique lock key ('' when not unique), its lifetime in ms,
           number of items F, then F items: field, value pairs stored in the task hash (n, a, tl,
-          ex, mr, lk, lt, lw, rk, rn, rp; the script adds s, c and v); long arguments (a) are
+          ex, mr, lk, lt, lw, rk, rn, rp, tp, ts, sn; the script adds s, c and v); long arguments (a) are
           stored in pieces, see includes/args.lua
   then, optionally, the cap of the queue's event stream in entries (0: no events; absent: 10000;
   see includes/events.lua). Last, so producers written before events keep working.
 
   Returns a flat list of three items per task:
     1, '', 0                enqueued (also when a task with this id, name and arguments has
-                            not ended: this very call re-sent after a lost reply)
+                            not ended, or has ended and carries this call's send nonce `sn`:
+                            this very call re-sent after a lost reply)
     2, holderId, pttlMs     a unique duplicate: another task holds the lock
     3, '', 0                the id belongs to another task that has not ended
     4, message, 0           its keys hold values of the wrong type: nothing was written
@@ -52,12 +53,17 @@ local function failure(reply)
   return 5
 end
 
--- The task name among a task's field, value pairs ARGV[first..last].
-local function nameIn(first, last)
+-- The value of `field` among a task's field, value pairs ARGV[first..last].
+local function fieldIn(first, last, field)
   for j = first, last - 1, 2 do
-    if ARGV[j] == 'n' then return ARGV[j + 1] end
+    if ARGV[j] == field then return ARGV[j + 1] end
   end
   return nil
+end
+
+-- The task name among a task's field, value pairs ARGV[first..last].
+local function nameIn(first, last)
+  return fieldIn(first, last, 'n')
 end
 
 if failure(redis.pcall('LLEN', KEYS[1])) or failure(redis.pcall('ZCARD', KEYS[2])) then
@@ -95,6 +101,10 @@ for i = 1, tonumber(ARGV[2]) do
       if ARGV[j] == 'n' then name = ARGV[j + 1] elseif ARGV[j] == 'a' then args = ARGV[j + 1] end
     end
     if not (same[1] == name and joinArgs(taskKey, same[2], same[3]) == args) then code = 3 end
+  elseif previous and fieldIn(first, last, 'sn') and redis.call('HGET', taskKey, 'sn') == fieldIn(first, last, 'sn') then
+    -- This very call, sent again after its reply was lost, and the task has run and ended since:
+    -- enqueued, not started afresh (a new dispatch under the same id carries another nonce).
+    code = 1
   else
     local proceed = true
     if lockTtl > 0 then

@@ -624,6 +624,25 @@ describe('an external producer following docs/protocol.md, with the worker apply
       expect(reused.s).toBe('SUCCESS');
       expect(JSON.parse(reused.r!)).toBe('reused');
 
+      // 2c. A call that carries a send nonce (sn), sent again after its task ended (its reply was
+      // lost and the task ran meanwhile): code 1, the ended record kept, not run again. The same
+      // id under another nonce is a new dispatch, and starts afresh.
+      const once = newId('resend-ended');
+      const sealed: Outgoing = { id: once, name: 'ExtGated.block', args: ['sealed'], fields: { sn: 'nonce-a' } };
+      gates.set('sealed', gate());
+      gates.get('sealed')!.open();
+      expect(await p.send(sealed)).toEqual([{ code: 1, detail: '', third: 0 }]);
+      const ended = await p.end(once);
+      expect(ended).toMatchObject({ s: 'SUCCESS', sn: 'nonce-a' });
+      expect(await p.send(sealed)).toEqual([{ code: 1, detail: '', third: 0 }]);
+      expect(await p.record(once)).toEqual(ended);
+      expect(await p.redis.llen(`${p.base}wait`)).toBe(0);
+      expect(await p.send({ ...sealed, fields: { sn: 'nonce-b' } })).toEqual([{ code: 1, detail: '', third: 0 }]);
+      await waitFor(async () => (await p.redis.hget(`${p.base}t:${once}`, 'sn')) === 'nonce-b' && (await p.state(once)) === 'SUCCESS', {
+        what: 'the new dispatch of the id to run',
+      });
+      expect(runsOf('ExtGated.block').filter((id) => id === once)).toHaveLength(2);
+
       // 3. A unique lock computed by the producer: `<base>lock:<name>:<key>`, lifetime 60 s.
       const args = ['locked'];
       const lockKey = `${p.base}lock:ExtGated.block:${sha1(canonical(args))}`;
@@ -646,7 +665,7 @@ describe('an external producer following docs/protocol.md, with the worker apply
       // Free again: the same message is now enqueued, and runs.
       expect(await p.send({ id: dup, name: 'ExtGated.block', args, lock: { key: lockKey, ms: 60_000 } })).toEqual([{ code: 1, detail: '', third: 0 }]);
       expect((await p.end(dup)).s).toBe('SUCCESS');
-      expect(runsOf('ExtGated.block')).toEqual([running, running, holder, dup]);
+      expect(runsOf('ExtGated.block')).toEqual([running, running, once, once, holder, dup]);
     });
     expect(events.errors).toEqual([]);
   });

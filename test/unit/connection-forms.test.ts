@@ -27,6 +27,16 @@ describe('connection forms', () => {
     c.disconnect();
   });
 
+  it('keeps a password with colons whole, as redis:// does', () => {
+    const c = made('redis+cluster://u:pa:ss@127.0.0.1:7000') as Cluster;
+    expect(c.options.redisOptions).toMatchObject({ username: 'u', password: 'pa:ss' });
+    c.disconnect();
+    const r = made('redis+sentinel://:only-pass@127.0.0.1:26379/m') as Redis;
+    expect(r.options.password).toBe('only-pass');
+    expect(r.options.username).toBeFalsy();
+    r.disconnect();
+  });
+
   it('reads rediss+cluster:// with TLS for the nodes', () => {
     const c = made('rediss+cluster://10.0.0.1:6380') as Cluster;
     expect(c.options.redisOptions?.tls).toEqual({});

@@ -44,6 +44,8 @@ export interface PreparedCall {
 }
 
 const newId = customAlphabet('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz', 22);
+// 8 characters of 62: two dispatches of one custom task id share a nonce once in about 2 * 10^14.
+const newNonce = customAlphabet('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz', 8);
 const CALL_OPTIONS = new Set(['countdown', 'eta', 'taskId', 'queue', 'expires', 'timeLimit']);
 
 /**
@@ -89,6 +91,9 @@ export function prepareCall(
     maxRecoveries: opts?.maxRecoveries,
     lock,
     rate,
+    // Sent again after a lost reply (by ioredis, or through a failover: failoverTimeout), a
+    // call is answered as enqueued even if its task has run and ended meanwhile.
+    sendNonce: newNonce(),
   });
   const task: EnqueueTask = { id, countdownMs, etaMs, lockKey: lock?.key ?? '', lockTtlMs: lock?.ttlMs ?? 0, fields };
   return { name, opts, keys, id, customId: call.taskId !== undefined, task, bytes };

@@ -124,7 +124,9 @@ export function planOfUrl(text: string): Plan {
   const hosts = authority.slice(at + 1).split(',').filter((h) => h !== '');
   if (hosts.length === 0) throw new ConfigError(`connection URL ${JSON.stringify(text)} names no host: ${URL_FORMS}`);
   const tail = new URL(`redis://x${rest.slice(authorityEnd)}`);
-  const [user, password] = auth === '' ? [undefined, undefined] : auth.split(':', 2).map((p) => (p === '' ? undefined : decodeURIComponent(p)));
+  // The password is everything after the first colon (it may hold colons of its own).
+  const colon = auth.indexOf(':');
+  const [user, password] = (colon === -1 ? [auth, ''] : [auth.slice(0, colon), auth.slice(colon + 1)]).map((p) => (p === '' ? undefined : decodeURIComponent(p)));
   const credentials: RedisOptions = { ...(user ? { username: user } : {}), ...(password ? { password } : {}) };
   const nodes = hosts.map((h) => nodeOfText(h, tls));
   if (scheme.endsWith('cluster')) {

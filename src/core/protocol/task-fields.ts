@@ -44,6 +44,12 @@ export const FIELDS = {
   recoveries: 'rc',
   /** Retries so far. */
   retries: 'ry',
+  /**
+   * A random token of the dispatch that wrote the record (optional; the Dispatcher sends one):
+   * the enqueue script answers a call sent again with it as enqueued (code 1), also once the
+   * task has ended, instead of starting the task afresh under its id.
+   */
+  sendNonce: 'sn',
   /** The unique lock's key. */
   lockKey: 'lk',
   /** The unique lock's lifetime, ms. */

@@ -207,6 +207,8 @@ export interface TaskMessage {
   maxRecoveries?: number | undefined;
   lock?: { key: string; ttlMs: number; waitForExpiry: boolean } | undefined;
   rate?: { key: string; limit: number; periodMs: number } | undefined;
+  /** A random token of this dispatch (FIELDS.sendNonce), so a re-sent call is known after the task ended. */
+  sendNonce?: string | undefined;
 }
 
 /** The field, value pairs of a message, as the enqueue script takes them (it adds state, created and version, and splits long arguments). */
@@ -220,6 +222,7 @@ export function encodeMessage(m: TaskMessage): (string | number)[] {
     if (m.lock.waitForExpiry) fields.push(FIELDS.lockWaitForExpiry, '1');
   }
   if (m.rate) fields.push(FIELDS.rateKey, m.rate.key, FIELDS.rateLimit, m.rate.limit, FIELDS.ratePeriod, m.rate.periodMs);
+  if (m.sendNonce !== undefined) fields.push(FIELDS.sendNonce, m.sendNonce);
   return fields;
 }
 
