@@ -10,11 +10,15 @@ process.env.HEIMDALL_TEST_TOPOLOGY = 'cluster';
 /** What cannot run against the shared Cluster, and why. */
 export const SINGLE_SERVER_ONLY: Record<string, string> = {
   'test/integration/acl-tls.test.ts': 'servers of its own with ACL users and TLS',
-  'test/integration/cli.test.ts': 'the heimdall CLI takes one Redis URL (--redis / REDIS_URL), not Cluster seeds',
-  'test/integration/cli-terminal.test.ts': 'the heimdall CLI takes one Redis URL',
-  'test/integration/cli-worker.test.ts': 'the heimdall CLI takes one Redis URL',
+  // The CLI reaches a Cluster through --url redis+cluster://... (deployment-urls.test.ts, in npm
+  // test); these tests hand it the harness's one-server URL.
+  'test/integration/cli.test.ts': 'gives the CLI the one-server URL of the harness',
+  'test/integration/cli-terminal.test.ts': 'gives the CLI the one-server URL of the harness',
+  'test/integration/cli-worker.test.ts': 'gives the CLI the one-server URL of the harness',
   'test/integration/cluster-masters.test.ts': 'makes a Cluster of its own (run by npm test)',
   'test/integration/deployments.test.ts': 'starts deployments of its own (run by npm test)',
+  'test/integration/deployment-urls.test.ts': 'starts deployments of its own (run by npm test)',
+  'test/integration/reshard.test.ts': 'makes a Cluster of its own (run by npm test)',
   'test/integration/failover-sentinel.test.ts': 'the Sentinel failover (npm run test:sentinel)',
   'test/integration/out-of-memory.test.ts': 'CONFIG SET maxmemory on a private server',
   'test/integration/redis-restart.test.ts': 'restarts a private server',

@@ -10,8 +10,7 @@
   KEYS[2..] task hashes     <prefix>:{<queue>}:t:<id> of each run of ARGV[5..], in the same order
             (one key per run, so a call passes 1 + runs keys; the name counts the fixed one)
 
-  ARGV[1] key base          <prefix>:{<queue>}: (unused now that the records come in KEYS; kept
-                            so the ARGV of callers of older builds reads the same)
+  ARGV[1] key base          <prefix>:{<queue>}: (unused now that the records come in KEYS)
   ARGV[2] lease in ms
   ARGV[3] worker id
   ARGV[4] 1 when the caller is a Redis Cluster client, else 0 (see notHereYet in includes/refusal.lua)

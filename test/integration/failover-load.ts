@@ -26,7 +26,10 @@ export class FailoverWork {
 export interface Dispatched {
   id: string;
   queue: string;
+  /** When the dispatch was answered (ms, this process's clock). */
   at: number;
+  /** When it was sent: the enqueue ran on Redis between sentAt and at. */
+  sentAt: number;
   accepted: boolean;
   error?: unknown;
 }
@@ -39,11 +42,12 @@ export interface Dispatched {
 export async function dispatchLoop(dispatcher: Dispatcher, queue: string, label: string, more: (sent: number) => boolean, into: Dispatched[]): Promise<void> {
   for (let n = 0; more(n); n++) {
     const id = `${label}-${n}`;
+    const sentAt = Date.now();
     try {
       await dispatcher.tasks(FailoverWork).work.applyAsync([n], { queue, taskId: id });
-      into.push({ id, queue, at: Date.now(), accepted: true });
+      into.push({ id, queue, at: Date.now(), sentAt, accepted: true });
     } catch (error) {
-      into.push({ id, queue, at: Date.now(), accepted: false, error });
+      into.push({ id, queue, at: Date.now(), sentAt, accepted: false, error });
     }
     // A request every few ms rather than a tight loop: the sends span the failover instead of
     // all landing before the kill.
@@ -81,7 +85,7 @@ export interface Accounting {
    */
   repeated: { id: string; runs: number; at: number; why: 'recovered' | 'put back' }[];
   /** Accepted, but no record in Redis afterwards (the write was not on the replica): id, runs, when accepted. */
-  lost: { id: string; runs: number; at: number }[];
+  lost: { id: string; runs: number; at: number; sentAt: number }[];
   /** Accepted, a record, but not SUCCESS once the queues are empty: id and state. */
   stuck: { id: string; state: string }[];
   failedDispatches: number;
@@ -107,7 +111,7 @@ export async function account(admin: Redis | Cluster, prefix: string, sent: read
       return;
     }
     a.accepted++;
-    if (state === null) a.lost.push({ id: d.id, runs: ran, at: d.at });
+    if (state === null) a.lost.push({ id: d.id, runs: ran, at: d.at, sentAt: d.sentAt });
     else if (state !== 'SUCCESS') a.stuck.push({ id: d.id, state });
     else if (ran > 1) a.repeated.push({ id: d.id, runs: ran, at: d.at, why: recoveries > 0 ? 'recovered' : 'put back' });
     else a.once++;

@@ -30,7 +30,7 @@ class Purgeable {
 describe('purge', () => {
   const fresh = useHarness('purge');
 
-  // The heimdall CLI takes one Redis URL: this case means a single server (npm test runs it).
+  // The case hands the CLI the harness's one-server URL: it runs on a single server (npm test).
   it.skipIf(topology().kind !== 'single')('heimdall purge revokes the waiting tasks (reason purged, locks released), leaves running and delayed ones; --delayed takes those too', { timeout: 60_000 }, async () => {
     const h = fresh();
     held = gate();
