@@ -7,12 +7,13 @@
 // Run by `npm run test:cluster` (vitest.cluster.config.ts) on a Cluster of its own.
 import { createRequire } from 'node:module';
 import { Cluster } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { useDeployment } from '../fixtures/local-deployment.js';
 import { Dispatcher, Worker } from 'heimdall-tasks';
 import { ask, startCluster, type LocalCluster } from '../../scripts/redis-deployments.mjs';
 import { QueueRunner } from '../../src/core/worker/queue-runner.js';
 import { newPrefix, recordEvents, reportFigures, waitFor } from '../helpers.js';
-import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, running, runs, settled, type Dispatched } from './failover-load.js';
+import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, runs, settled, type Dispatched } from './failover-load.js';
 
 const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key: string) => number;
 
@@ -39,18 +40,10 @@ async function replicaOf(c: LocalCluster, masterPort: number): Promise<number> {
 }
 
 describe('a Cluster master killed under load', () => {
-  let cluster: LocalCluster | undefined;
-  beforeAll(async () => {
-    cluster = await startCluster({ log: () => undefined });
-  }, 60_000);
-  afterAll(async () => {
-    const pids = cluster?.pids ?? [];
-    await cluster?.stop();
-    expect(pids.filter(running), 'redis processes left running after stop()').toEqual([]);
-  });
+  const cluster = useDeployment(() => startCluster({ log: () => undefined }));
 
   it('its replica is promoted; accepted tasks end SUCCESS at least once, losses only of writes the replica lacked; another master keeps serving', { timeout: 150_000 }, async () => {
-    const c = cluster!;
+    const c = cluster();
     const prefix = newPrefix('failover');
     const workerClient = new Cluster(c.seeds);
     const dispatcherClient = new Cluster(c.seeds);
@@ -191,7 +184,7 @@ describe('a Cluster master killed under load', () => {
   // is stopped (SIGSTOP) and its link dropped while tasks are dispatched, started and ended, the
   // master is killed, and the replica resumed and promoted without the writes it missed.
   it('a replica that lags: the writes it missed are lost (tasks dispatched then) or redone (tasks started or ended then), and nothing else', { timeout: 150_000 }, async () => {
-    const c = cluster!;
+    const c = cluster();
     const prefix = newPrefix('failover-lag');
     const workerClient = new Cluster(c.seeds);
     const dispatcherClient = new Cluster(c.seeds);

@@ -4,9 +4,10 @@
 // the default one, to show what the wait saves (reported, not asserted: how many calls ioredis's
 // own retries carry through varies from run to run).
 import { createRequire } from 'node:module';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useDeployment } from '../fixtures/local-deployment.js';
 import { Dispatcher, RedisUnavailableError, Task, Worker, type TaskResult } from 'heimdall-tasks';
-import { ask, startCluster, type LocalCluster } from '../../scripts/redis-deployments.mjs';
+import { ask, startCluster } from '../../scripts/redis-deployments.mjs';
 import { newPrefix, reportFigures, waitFor } from '../helpers.js';
 
 const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key: string) => number;
@@ -37,15 +38,10 @@ async function ownerOf(port: number, slot: number): Promise<{ master: number; re
 }
 
 describe('a dispatch during a Cluster failover', () => {
-  let cluster: LocalCluster;
-  beforeAll(async () => {
-    cluster = await startCluster({ log: () => undefined });
-  }, 90_000);
-  afterAll(async () => {
-    await cluster?.stop();
-  });
+  const deployment = useDeployment(() => startCluster({ log: () => undefined }));
 
   it('waits for the promoted replica (failoverTimeout) and every task it sent runs once', { timeout: 90_000 }, async () => {
+    const cluster = deployment();
     const prefix = newPrefix('failover');
     const queue = 'busy';
     const url = `redis+cluster://${cluster.seeds.map((s) => `${s.host}:${s.port}`).join(',')}`;

@@ -139,12 +139,3 @@ export function errorSummary(errors: readonly Error[]): string {
   return [...counts].map(([k, n]) => `${n}x ${k}`).join(' | ') || 'none';
 }
 
-/** Whether a process is still running (signal 0 tests without sending). */
-export function running(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -4,26 +4,19 @@
 // task from the records Redis holds afterwards, and what was repeated or lost is reported.
 // Run by `npm run test:sentinel` (vitest.sentinel.config.ts) on a Sentinel setup of its own.
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { useDeployment } from '../fixtures/local-deployment.js';
 import { Dispatcher, Worker } from 'heimdall-tasks';
-import { ask, startSentinel, type LocalSentinel } from '../../scripts/redis-deployments.mjs';
+import { ask, startSentinel } from '../../scripts/redis-deployments.mjs';
 import { QueueRunner } from '../../src/core/worker/queue-runner.js';
 import { newPrefix, recordEvents, reportFigures, waitFor } from '../helpers.js';
-import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, running, runs, settled, type Dispatched } from './failover-load.js';
+import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, runs, settled, type Dispatched } from './failover-load.js';
 
 describe('the Sentinel master killed under load', () => {
-  let sentinel: LocalSentinel | undefined;
-  beforeAll(async () => {
-    sentinel = await startSentinel({ log: () => undefined });
-  }, 60_000);
-  afterAll(async () => {
-    const pids = sentinel?.pids ?? [];
-    await sentinel?.stop();
-    expect(pids.filter(running), 'redis processes left running after stop()').toEqual([]);
-  });
+  const sentinel = useDeployment(() => startSentinel({ log: () => undefined }));
 
   it('the replica is promoted; accepted tasks end SUCCESS at least once, losses only of writes the replica lacked', { timeout: 150_000 }, async () => {
-    const s = sentinel!;
+    const s = sentinel();
     const prefix = newPrefix('failover-sentinel');
     const connection = { sentinels: s.sentinels, name: s.name };
     // Follows the master through the sentinels, as the library's connections do.
