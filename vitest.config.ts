@@ -22,14 +22,15 @@ export default defineConfig({
       // Pure code: no Redis is started (`npm run test:unit`).
       { extends: true, test: { name: 'unit', include: ['test/unit/**/*.test.ts'] } },
       // Everything that talks to Redis: one private redis-server for the run (test/global-setup.ts).
-      // The failover tests start deployments of their own and run in `npm run test:cluster` and
-      // `npm run test:sentinel` (vitest.cluster.config.ts, vitest.sentinel.config.ts).
+      // The failover tests and the bench:cluster smoke test start deployments of their own and
+      // run in `npm run test:cluster` and `npm run test:sentinel` (vitest.cluster.config.ts,
+      // vitest.sentinel.config.ts).
       {
         extends: true,
         test: {
           name: 'redis',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/unit/**', 'test/toolchains/**', 'test/integration/failover-*.test.ts'],
+          exclude: ['test/unit/**', 'test/toolchains/**', 'test/integration/failover-*.test.ts', 'test/integration/bench-cluster.test.ts'],
           globalSetup: ['test/global-setup.ts'],
         },
       },

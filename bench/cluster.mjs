@@ -16,14 +16,8 @@ import { ask, startCluster } from '../scripts/redis-deployments.mjs';
 import { redisServerBin, startRedis } from '../scripts/redis-launcher.mjs';
 import { startChild } from './lib/child.mjs';
 import { BENCH, buildHeimdall, HEIMDALL_BUILD, producer, ROOT, versions } from './lib/systems.mjs';
+import { int } from './lib/env.mjs';
 
-const int = (name, def) => {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return def;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a whole number >= 1, got '${raw}'`);
-  return n;
-};
 const cfg = {
   reps: int('BENCH_REPS', 3),
   tasks: int('BENCH_CLUSTER_TASKS', 30_000),

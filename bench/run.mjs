@@ -15,14 +15,8 @@ import { startRedis } from '../scripts/redis-launcher.mjs';
 import { startChild as startChildProcess } from './lib/child.mjs';
 import { renderChart, renderTable } from './lib/report.mjs';
 import { ADMIN_NAME, BENCH, benchDepsInstalled, buildHeimdall, clientCommands, producer, QUEUE, rootIoredis, SYSTEMS, versions } from './lib/systems.mjs';
+import { int } from './lib/env.mjs';
 
-const int = (name, def) => {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return def;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a whole number >= 1, got '${raw}'`);
-  return n;
-};
 const cfg = {
   reps: int('BENCH_REPS', 3),
   enqueue: int('BENCH_ENQUEUE', 100_000),
