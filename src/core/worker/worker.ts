@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
+import type { Redis } from 'ioredis';
 import { ConfigError, fromRedis, outOfMemory, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
 import { closeClient, isCluster, openClient, type OwnedClient } from '../protocol/connection.js';
 import { QueueKeys } from '../protocol/queue-keys.js';
@@ -508,14 +509,35 @@ export class Worker {
  * its replica is promoted, the Cluster stays ready, the dead node's connection ends ('-node';
  * node connections are not reconnected but replaced) and its unanswered commands are sent again
  * to the new master, so the Cluster's 'ready' would never announce it.
+ *
+ * On a Cluster, '-node' also fires for connections that never carried a command: until the
+ * replica is promoted, every slot refresh finds the dead master still listed and makes a new
+ * connection to it ('+node'), which fails to connect and ends ('-node'), tens of times in a
+ * failover of a few seconds. A connection that never connected lost no reply, so its end is
+ * ignored: only a connection this hook saw made and never connecting is passed over, one made
+ * before the hook (whose past is unknown) counts. The runners then coalesce what is left: `lost`
+ * sets each one's reclaim flag, and however many ends come before its next call, the runner
+ * reclaims once.
  */
 function onConnectionLoss(client: OwnedClient['client'], lost: () => void): () => void {
   client.on('ready', lost);
-  const cluster = isCluster(client);
-  if (cluster) client.on('-node', lost);
+  if (!isCluster(client)) return () => client.off('ready', lost);
+  // Node connections made since the hook that have not connected yet.
+  const neverConnected = new WeakSet<object>();
+  const added = (node: Redis): void => {
+    if (node.status === 'connect' || node.status === 'ready') return;
+    neverConnected.add(node);
+    node.once('connect', () => neverConnected.delete(node));
+  };
+  const removed = (node: Redis): void => {
+    if (!neverConnected.has(node)) lost();
+  };
+  client.on('+node', added);
+  client.on('-node', removed);
   return () => {
     client.off('ready', lost);
-    if (cluster) client.off('-node', lost);
+    client.off('+node', added);
+    client.off('-node', removed);
   };
 }
 
