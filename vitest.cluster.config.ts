@@ -10,6 +10,7 @@ process.env.HEIMDALL_TEST_TOPOLOGY = 'cluster';
 /** What cannot run against the shared Cluster, and why. */
 export const SINGLE_SERVER_ONLY: Record<string, string> = {
   'test/integration/acl-tls.test.ts': 'servers of its own with ACL users and TLS',
+  'test/integration/acl-cluster.test.ts': 'a Cluster of its own with ACL users on every node (run by npm test)',
   'test/integration/cli.test.ts': 'the heimdall CLI takes one Redis URL (--redis / REDIS_URL), not Cluster seeds',
   'test/integration/cli-terminal.test.ts': 'the heimdall CLI takes one Redis URL',
   'test/integration/cli-worker.test.ts': 'the heimdall CLI takes one Redis URL',
