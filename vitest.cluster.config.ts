@@ -10,6 +10,7 @@ process.env.HEIMDALL_TEST_TOPOLOGY = 'cluster';
 /** What cannot run against the shared Cluster, and why. */
 export const SINGLE_SERVER_ONLY: Record<string, string> = {
   'test/integration/acl-tls.test.ts': 'servers of its own with ACL users and TLS',
+  'test/integration/acl-cluster.test.ts': 'a Cluster of its own with ACL users on every node (run by npm test)',
   // The CLI reaches a Cluster through --url redis+cluster://... (deployment-urls.test.ts, in npm
   // test); these tests hand it the harness's one-server URL.
   'test/integration/cli.test.ts': 'gives the CLI the one-server URL of the harness',

@@ -23,7 +23,9 @@ import {
   aclRules,
   aclUserLine,
   CLIENT_COMMANDS,
+  CLUSTER_CLIENT_COMMANDS,
   CLUSTER_SCRIPT_COMMANDS,
+  clusterCommandRules,
   OPERATOR_COMMANDS,
   OPERATOR_SCRIPTS,
   SCRIPT_COMMANDS,
@@ -227,8 +229,10 @@ describe('an ACL user restricted to the prefix and the documented commands', () 
 
   it('docs/acl.md gives the same rules as the server under test, with a reason for each command', () => {
     const doc = readFileSync(join(ROOT, 'docs/acl.md'), 'utf8');
-    expect(doc).toContain(`user heimdall on >CHANGE-ME ${aclRules('heimdall')}`);
-    for (const c of [...CLIENT_COMMANDS, ...SCRIPT_COMMANDS, ...CLUSTER_SCRIPT_COMMANDS]) {
+    expect(doc).toContain(`user heimdall on >CHANGE-ME ${aclRules('heimdall')}\n`);
+    // The Cluster line (acl-cluster.test.ts runs it on a Cluster).
+    expect(doc).toContain(`user heimdall on >CHANGE-ME ${aclRules('heimdall', [...aclCommandRules(), ...clusterCommandRules()])}\n`);
+    for (const c of [...CLIENT_COMMANDS, ...SCRIPT_COMMANDS, ...CLUSTER_CLIENT_COMMANDS, ...CLUSTER_SCRIPT_COMMANDS]) {
       expect(doc, `docs/acl.md explains ${c.rule}`).toMatch(new RegExp(`\`${c.rule.replace(/[|+]/g, '\\$&')}\``));
     }
     expect(aclCommandRules()).toHaveLength(38);

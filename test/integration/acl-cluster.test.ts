@@ -1,0 +1,276 @@
+// docs/acl.md's Cluster rules, on a local Redis Cluster of three masters with a replica each
+// (scripts/redis-deployments.mjs): the rules are set on every node, replicas too, a Dispatcher
+// and a Worker connect as that user through a redis+cluster:// URL, an Inspector as an operator
+// user, and a flow touches queues of every master, a unique task, a rate limit, a revoke, get(),
+// ping() and the Inspector's listings; every task must end as expected and no node's ACL LOG may
+// hold a denial.
+//
+// How the Cluster rules were found: HEIMDALL_ACL_EXPLORE=1 grants +@all instead and prints, per
+// node, the commands the flow ran beyond the single-server rules (INFO commandstats; on replicas
+// the replication stream's SELECT, PING, LMOVE and PEXPIREAT come from the master's link, not the
+// user); HEIMDALL_ACL_CLUSTER_RULES='+cluster|nodes' (say) grants the single-server rules plus
+// those, and HEIMDALL_ACL_DEADLINE_MS shortens the wait before a hung flow fails with the nodes'
+// ACL LOG.
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { currentTask, Dispatcher, Inspector, Task, Worker } from 'heimdall-tasks';
+import { startCluster } from '../../scripts/redis-deployments.mjs';
+import { aclCommandRules, aclRules, clusterCommandRules, OPERATOR_COMMANDS } from '../fixtures/security/acl-rules.js';
+import { nextEvent, ROOT, waitFor } from '../helpers.js';
+
+/** The line of docs/acl.md that grants the Cluster commands. */
+const clusterLine = readFileSync(join(ROOT, 'docs/acl.md'), 'utf8').split('\n').find((l) => l.startsWith('user heimdall on ') && l.includes('+cluster|slots')) ?? '';
+const EXPLORE = process.env.HEIMDALL_ACL_EXPLORE === '1';
+const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key: string) => number;
+const QUEUES = ['acl-a', 'acl-b', 'acl-c', 'acl-d', 'acl-e', 'acl-f'];
+/** How long the flow may take before the test reads ACL LOG and fails. */
+const DEADLINE_MS = Number(process.env.HEIMDALL_ACL_DEADLINE_MS ?? 60_000);
+const PREFIX = `heimdall:acl-cluster-${process.pid}`;
+
+class ClusterFlow {
+  @Task()
+  async double(n: number): Promise<number> {
+    return n * 2;
+  }
+
+  @Task({ unique: true })
+  async once(n: number): Promise<number> {
+    return n * 10;
+  }
+
+  @Task({ rateLimit: [1, 1] })
+  async limited(n: number): Promise<number> {
+    return n;
+  }
+
+  /** Runs until revoked, then throws the revoke's reason: the task ends REVOKED. */
+  @Task()
+  async untilRevoked(): Promise<void> {
+    const signal = currentTask().signal;
+    await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+    throw signal.reason;
+  }
+}
+
+/** ACL LOG of one node, as `user: reason object (context)`. */
+async function denials(admin: Redis): Promise<string[]> {
+  const log = (await admin.call('ACL', 'LOG', '256')) as unknown[][];
+  return log.map((entry) => {
+    const f = new Map<string, unknown>();
+    for (let i = 0; i < entry.length; i += 2) f.set(String(entry[i]), entry[i + 1]);
+    return `${String(f.get('username'))}: ${String(f.get('reason'))} ${String(f.get('object'))} (${String(f.get('context'))})`;
+  });
+}
+
+/** The commands a node ran (INFO commandstats), as `name` (subcommands `name|sub`). */
+async function commandsRan(admin: Redis): Promise<string[]> {
+  const info = await admin.info('commandstats');
+  return [...info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)].map((m) => m[1]!);
+}
+
+describe('a restricted ACL user on a Redis Cluster (docs/acl.md)', () => {
+  let cluster: Awaited<ReturnType<typeof startCluster>> | undefined;
+  const admins: Redis[] = [];
+  /** The ports of the masters that own the queues' slots. */
+  const owners = new Set<number | undefined>();
+
+  beforeAll(async () => {
+    expect(clusterLine, "docs/acl.md's Cluster line").toBe(`user heimdall on >CHANGE-ME ${aclRules('heimdall', [...aclCommandRules(), ...clusterCommandRules()])}`);
+    const said: string[] = [];
+    cluster = await startCluster({ masters: 3, replicas: 1, log: (m) => said.push(m) }).catch((err: unknown) => {
+      throw new Error(`the Cluster did not start: ${err instanceof Error ? err.message : String(err)}\n${said.join('\n')}`, { cause: err });
+    });
+    for (const node of cluster.nodes) admins.push(new Redis(node.port, '127.0.0.1'));
+    const slots = await admins[0]!.cluster('SLOTS');
+    for (const q of QUEUES) owners.add(slots.find(([lo, hi]) => calculateSlot(`{${q}}`) >= lo && calculateSlot(`{${q}}`) <= hi)?.[2]?.[1]);
+    // docs/acl.md's Cluster line, as written there (the rules of acl-rules.ts, checked first), with
+    // its password replaced; the operator's user adds the Inspector's commands to it.
+    const documented = clusterLine.replace(/^user heimdall on >CHANGE-ME /, '');
+    const only = process.env.HEIMDALL_ACL_CLUSTER_RULES;
+    const worker = EXPLORE ? '~* &* +@all' : only !== undefined ? aclRules('heimdall', [...aclCommandRules(), ...only.split(' ')]) : documented;
+    const operator = EXPLORE ? '~* &* +@all' : `${worker} ${OPERATOR_COMMANDS.map((c) => c.rule).join(' ')}`;
+    for (const admin of admins) {
+      await admin.call('ACL', 'SETUSER', 'heimdall', 'reset', 'on', '>worker-secret', ...worker.split(' '));
+      await admin.call('ACL', 'SETUSER', 'operator', 'reset', 'on', '>operator-secret', ...operator.split(' '));
+      await admin.call('ACL', 'LOG', 'RESET');
+      await admin.call('CONFIG', 'RESETSTAT');
+    }
+  }, 60_000);
+
+  afterAll(async () => {
+    await Promise.all(admins.map((a) => a.quit()));
+    await cluster?.stop();
+  });
+
+  it('runs dispatches to every master, unique, rate-limited and revoked tasks, get(), ping() and the Inspector with an empty ACL LOG on every node', { timeout: 90_000 }, async () => {
+    const c = cluster!;
+    const hosts = c.nodes.map((n) => `127.0.0.1:${n.port}`).join(',');
+    const workerUrl = `redis+cluster://heimdall:worker-secret@${hosts}`;
+    const operatorUrl = `redis+cluster://operator:operator-secret@${hosts}`;
+
+    // The queues' slots fall on every master.
+    expect(owners.size).toBe(3);
+
+    const worker = new Worker({ connection: workerUrl, prefix: PREFIX, services: [new ClusterFlow()], queues: QUEUES, concurrency: 8 });
+    const errors: Error[] = [];
+    worker.on('error', (e) => errors.push(e));
+    const dispatcher = new Dispatcher({ connection: workerUrl, prefix: PREFIX });
+    const inspector = new Inspector({ connection: operatorUrl, prefix: PREFIX });
+    const tasks = dispatcher.tasks(ClusterFlow);
+    const flow = async (): Promise<void> => {
+      await worker.start();
+
+      // One task per queue: every master runs enqueue, fetch and the done announcement.
+      const sent = await Promise.all(QUEUES.map((queue, i) => tasks.double.applyAsync([i], { queue })));
+      expect(await Promise.all(sent.map((r) => r.get({ timeout: 20 })))).toEqual(QUEUES.map((_, i) => i * 2));
+
+      // Unique: the duplicate meets the lock while the first is queued or running.
+      const first = await tasks.once.applyAsync([4], { queue: 'acl-b' });
+      const duplicate = await tasks.once.applyAsync([4], { queue: 'acl-b' });
+      expect(duplicate.id).toBe(first.id);
+      expect(await first.get({ timeout: 20 })).toBe(40);
+
+      // Rate limit, one a second: one of two is pushed back to the delayed set, both end.
+      const pushedBack = nextEvent(worker, 'rateLimited', (e) => e.name === 'ClusterFlow.limited');
+      const limited = await Promise.all([1, 2].map((n) => tasks.limited.applyAsync([n], { queue: 'acl-c' })));
+      await pushedBack;
+      expect(await Promise.all(limited.map((r) => r.get({ timeout: 20 })))).toEqual([1, 2]);
+
+      // A running task revoked (SPUBLISH on its queue's revoke channel, heard by the worker's
+      // sharded subscription on that master).
+      const started = nextEvent(worker, 'started', (e) => e.name === 'ClusterFlow.untilRevoked');
+      const running = await tasks.untilRevoked.applyAsync([], { queue: 'acl-d' });
+      await started;
+      await running.revoke();
+      await waitFor(async () => (await running.status()) === 'REVOKED', { what: 'the revoked task to end REVOKED' });
+      expect(await running.info()).toMatchObject({ state: 'REVOKED' });
+
+      // ping() reaches the worker through every queue's control channel.
+      const replies = await dispatcher.ping({ queues: QUEUES, timeout: 2 });
+      expect(replies.map((r) => r.id)).toContain(worker.id);
+      expect(new Set(replies.flatMap((r) => r.queues))).toEqual(new Set(QUEUES));
+
+      // The operator's listings.
+      expect(await inspector.queueNames()).toEqual(expect.arrayContaining(QUEUES));
+      const stats = await inspector.queues(QUEUES);
+      expect(stats.map((s) => [s.queue, s.waiting, s.running, s.dead])).toEqual(QUEUES.map((q) => [q, 0, 0, 0]));
+      expect(await inspector.deadLetters('acl-a')).toEqual([]);
+
+      expect(errors.map((e) => e.message)).toEqual([]);
+    };
+    // A refused CLUSTER SLOTS or CLUSTER INFO hangs the clients (they never become ready): the
+    // flow gets a deadline, and a failure says what each node's ACL LOG holds.
+    let failure: unknown;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        flow(),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`the flow did not end within ${DEADLINE_MS} ms`)), DEADLINE_MS))),
+      ]);
+    } catch (err) {
+      failure = err;
+    } finally {
+      clearTimeout(timer);
+    }
+    const logs = await Promise.all(admins.map(async (a, i) => `${c.nodes[i]!.port}: ${(await denials(a)).join('; ')}`));
+    if (failure) {
+      for (const x of [worker, dispatcher, inspector]) void x.close().catch(() => undefined);
+      throw new Error(`${failure instanceof Error ? failure.message : String(failure)}\nACL LOG per node:\n${logs.join('\n')}`, { cause: failure });
+    }
+    await worker.close();
+    await dispatcher.close();
+    await inspector.close();
+
+    if (EXPLORE) {
+      const granted = new Set([...aclCommandRules(), ...OPERATOR_COMMANDS.map((x) => x.rule)].map((r) => r.slice(1)));
+      for (const [i, admin] of admins.entries()) {
+        const beyond = (await commandsRan(admin)).filter((cmd) => !granted.has(cmd) && !/^(acl|config)\|/.test(cmd));
+        const role = await c.nodeFor(c.nodes[i]!.port);
+        console.log(`node ${c.nodes[i]!.port} (${role}) ran beyond the single-server rules: ${beyond.join(' ')}`);
+      }
+    }
+    expect(logs).toEqual(c.nodes.map((n) => `${n.port}: `));
+  });
+  it("a fetch on a master importing the queue's slot asks CLUSTER NODES (+cluster|nodes) and keeps a task whose record has not arrived", { timeout: 90_000 }, async () => {
+    // The one Cluster rule a plain flow never uses: a reshard stopped half way, the queue's wait
+    // list and stream moved to the importing master, its task record not yet. The worker's fetch
+    // goes there (ASK), reads the id, finds no record, and asks CLUSTER NODES whether this master
+    // imports a slot: it does, so the task stays queued instead of being dead-lettered.
+    const c = cluster!;
+    const hosts = c.nodes.map((n) => `127.0.0.1:${n.port}`).join(',');
+    const url = `redis+cluster://heimdall:worker-secret@${hosts}`;
+    const queue = 'acl-reshard';
+    const slot = calculateSlot(`{${queue}}`);
+    const adminOf = (port: number): Redis => admins[c.nodes.findIndex((n) => n.port === port)]!;
+    const slots = await admins[0]!.cluster('SLOTS');
+    const sourcePort = Number(slots.find(([lo, hi]) => slot >= lo && slot <= hi)?.[2]?.[1]);
+    const roles = await Promise.all(c.nodes.map((n) => c.nodeFor(n.port)));
+    const targetPort = c.nodes.find((n, i) => roles[i] === 'master' && n.port !== sourcePort)!.port;
+    const source = adminOf(sourcePort);
+    const target = adminOf(targetPort);
+    const sourceId = String(await source.call('CLUSTER', 'MYID'));
+    const targetId = String(await target.call('CLUSTER', 'MYID'));
+    // CLUSTER NODES run or refused on the target (commandstats counts a refusal as a rejected call).
+    const nodesAsked = async (): Promise<number> => {
+      const line = /^cmdstat_cluster\|nodes:(.*)$/m.exec(await target.info('commandstats'))?.[1] ?? '';
+      return Number(/calls=(\d+)/.exec(line)?.[1] ?? 0) + Number(/rejected_calls=(\d+)/.exec(line)?.[1] ?? 0);
+    };
+    const askedBefore = await nodesAsked();
+
+    const dispatcher = new Dispatcher({ connection: url, prefix: PREFIX });
+    // One slot, so a running task keeps the next one waiting; unknown names dead-lettered at once.
+    const worker = new Worker({ connection: url, prefix: PREFIX, services: [new ClusterFlow()], queues: [queue], concurrency: 1, leaseDuration: '3s', unknownTaskGrace: 0 });
+    const tasks = dispatcher.tasks(ClusterFlow);
+    try {
+      await worker.start();
+      // A busy queue: on the importing master, under ASKING, a script runs only if every key it
+      // declares is there (TRYAGAIN otherwise), so the fetch's six keys must all exist: events
+      // and stats (a run ended), dead (an unknown task), delayed, active (a running task), wait.
+      expect(await (await tasks.double.applyAsync([1], { queue })).get({ timeout: 20 })).toBe(2);
+      const unknown = await dispatcher.send('Nobody.runs', [], { queue });
+      await waitFor(async () => (await unknown.status()) === 'FAILURE', { what: 'the unknown task to be dead-lettered' });
+      const started = nextEvent(worker, 'started', (e) => e.name === 'ClusterFlow.untilRevoked');
+      const running = await tasks.untilRevoked.applyAsync([], { queue });
+      await started;
+      await tasks.double.applyAsync([0], { queue, countdown: '1h' });
+      const pending = await tasks.double.applyAsync([21], { queue });
+
+      // The reshard, stopped half way: every key of the queue on the target but the pending task's record.
+      await target.call('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', sourceId);
+      await source.call('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', targetId);
+      const keys = (await source.call('CLUSTER', 'GETKEYSINSLOT', String(slot), '100')) as string[];
+      const record = `${PREFIX}:{${queue}}:t:${pending.id}`;
+      expect(keys).toContain(record);
+      await source.call('MIGRATE', '127.0.0.1', String(targetPort), '', '0', '5000', 'KEYS', ...keys.filter((k) => k !== record));
+
+      // Revoked (on the target): the worker learns it at its next renewal, frees its slot and
+      // fetches there; the pending task's record reads as missing, and CLUSTER NODES says why.
+      await running.revoke();
+      await waitFor(async () => (await nodesAsked()) > askedBefore, { what: 'a fetch on the importing master to ask CLUSTER NODES' });
+      expect(await pending.status()).toBe('PENDING');
+
+      // The rest of the move: the record, then the slot's new owner on every master.
+      await source.call('MIGRATE', '127.0.0.1', String(targetPort), '', '0', '5000', 'KEYS', record);
+      // The target first, then the source, then the other masters, as redis-cli does.
+      const masters = [target, source, ...admins.filter((a, i) => roles[i] === 'master' && a !== target && a !== source)];
+      for (const admin of masters) await admin.call('CLUSTER', 'SETSLOT', String(slot), 'NODE', targetId);
+      // Without +cluster|nodes the fetch had dead-lettered the id as a task with no record: lost.
+      const dead = await target.lrange(`${PREFIX}:{${queue}}:dead`, 0, -1);
+      expect(dead.filter((letter) => letter.includes(pending.id))).toEqual([]);
+      // Polled rather than get(): a get() begun now, on a Dispatcher whose sharded subscribers
+      // still map the slot to the source, was seen to get no answer for 40 s (not an ACL matter:
+      // the same with +@all).
+      await waitFor(async () => (await pending.status()) === 'SUCCESS', { timeout: 30_000, what: 'the pending task to run once its record arrived' });
+      expect(await pending.info()).toMatchObject({ state: 'SUCCESS', result: 42 });
+      expect(await running.status()).toBe('REVOKED');
+    } finally {
+      await worker.close();
+      await dispatcher.close();
+    }
+    const logs = await Promise.all(admins.map(async (a, i) => `${c.nodes[i]!.port}: ${(await denials(a)).join('; ')}`));
+    expect(logs).toEqual(c.nodes.map((n) => `${n.port}: `));
+  });
+});
