@@ -20,6 +20,7 @@ export const SINGLE_SERVER_ONLY: Record<string, string> = {
   'test/integration/deployments.test.ts': 'starts deployments of its own (run by npm test)',
   'test/integration/deployment-urls.test.ts': 'starts deployments of its own (run by npm test)',
   'test/integration/reshard.test.ts': 'makes a Cluster of its own (run by npm test)',
+  'test/integration/reshard-records-late.test.ts': 'makes a Cluster of its own (run by npm test)',
   'test/integration/failover-sentinel.test.ts': 'the Sentinel failover (npm run test:sentinel)',
   'test/integration/out-of-memory.test.ts': 'CONFIG SET maxmemory on a private server',
   'test/integration/redis-restart.test.ts': 'restarts a private server',

@@ -27,6 +27,15 @@ export interface ResultBackend {
 
 // A waiter re-reads the state this often even without a message (a reconnect can lose one).
 const RECHECK_MS = 5_000;
+/** How long get() waits for its subscription before it reads the state anyway, ms. */
+const SUBSCRIBE_GRACE_MS = 1_000;
+/** How often get() reads the state while its subscription is not there, ms. */
+const POLL_UNSUBSCRIBED_MS = 500;
+
+/** Resolves after `ms`. */
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
 
 /** Options of {@link TaskResult.revoke}. */
 export interface RevokeOptions {
@@ -139,16 +148,28 @@ export class TaskResult<T = unknown> {
     const limit = options.timeout === undefined ? Infinity : toMillis(options.timeout, 'get({ timeout })');
     const deadline = Date.now() + limit;
     const what = `waiting for task ${this.id}`;
+    // The subscription to the done channel is waited for a moment only: a subscription that
+    // does not complete (a Cluster's sharded subscriber still aiming at the old master of a slot
+    // moved by a reshard) must not hold get() up. Until it is there, the state is read every
+    // POLL_UNSUBSCRIBED_MS; once it is, on its messages and every RECHECK_MS.
     const watching = redisCall(what, () => this.backend.watch(this.keys, this.id));
-    let watch: Watch;
+    let watch: Watch | undefined;
+    let watchFailed: unknown;
+    let closed = false;
+    const settledWatch = watching.then(
+      (w) => {
+        if (closed) w.close();
+        else watch = w;
+      },
+      (err: unknown) => {
+        watchFailed = err;
+      },
+    );
     try {
-      watch = await this.withDeadline(watching, deadline, limit);
-    } catch (err) {
-      watching.then((w) => w.close(), () => undefined);
-      throw err;
-    }
-    try {
+      await this.withDeadline(Promise.race([settledWatch, pause(SUBSCRIBE_GRACE_MS)]), deadline, limit);
       for (;;) {
+        // A subscription Redis refused (an ACL without SSUBSCRIBE) fails get(), as before.
+        if (watchFailed !== undefined) throw watchFailed;
         const [s, r, e, rr] = await redisCall(what, () =>
           this.backend.read(this.keys, this.id, GET_FIELDS),
         );
@@ -161,10 +182,12 @@ export class TaskResult<T = unknown> {
             `task ${this.id} did not end within ${limit} ms (it is ${s ?? 'PENDING'}); is a worker consuming queue '${this.queue}'?`,
           );
         }
-        await watch.next(Math.min(remaining, RECHECK_MS));
+        if (watch) await watch.next(Math.min(remaining, RECHECK_MS));
+        else await Promise.race([settledWatch, pause(Math.min(remaining, POLL_UNSUBSCRIBED_MS))]);
       }
     } finally {
-      watch.close();
+      closed = true;
+      watch?.close();
     }
   }
 
