@@ -7,7 +7,8 @@
 import { once } from 'node:events';
 import { createRequire } from 'node:module';
 import { Cluster, Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useDeployment } from '../fixtures/local-deployment.js';
 import { currentTask, Dispatcher, Task, Worker } from 'heimdall-tasks';
 import { ResultWaiter } from '../../src/core/producer/result-waiter.js';
 import { closeClient, openClient } from '../../src/core/protocol/connection.js';
@@ -42,29 +43,11 @@ async function busPubsub(port: number): Promise<{ classic: number; sharded: numb
 const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key: string) => number;
 const QUEUES = ['dep-a', 'dep-b', 'dep-c', 'dep-d', 'dep-e', 'dep-f'];
 
-/** Whether a process is still running (signal 0 tests without sending). */
-function running(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 describe('a Redis Cluster of three masters with a replica each', () => {
-  let cluster: Awaited<ReturnType<typeof startCluster>> | undefined;
-  beforeAll(async () => {
-    cluster = await startCluster({ log: () => undefined });
-  }, 60_000);
-  afterAll(async () => {
-    const pids = cluster?.pids ?? [];
-    await cluster?.stop();
-    expect(pids.filter(running), 'cluster nodes left running after stop()').toEqual([]);
-  });
+  const cluster = useDeployment(() => startCluster({ log: () => undefined }));
 
   it('has three masters and three replicas, every slot covered, and runs tasks on queues of every master', { timeout: 60_000 }, async () => {
-    const c = cluster!;
+    const c = cluster();
     const roles = await Promise.all(c.nodes.map((n) => c.nodeFor(n.port)));
     expect(roles.filter((r) => r === 'master')).toHaveLength(3);
     expect(roles.filter((r) => r === 'replica')).toHaveLength(3);
@@ -100,7 +83,7 @@ describe('a Redis Cluster of three masters with a replica each', () => {
     // Until it has the slots, a Cluster client takes every seed for a master, replicas too, and
     // drops the replicas once it knows better, failing what it had sent them ("Connection is
     // closed"): the scripts must not be loaded on them (ScriptRunner waits for the INFO first).
-    const c = cluster!;
+    const c = cluster();
     const prefix = newPrefix('deployed-early');
     const early = async (): Promise<Cluster> => {
       const client = new Cluster(c.seeds);
@@ -127,7 +110,7 @@ describe('a Redis Cluster of three masters with a replica each', () => {
   });
 
   it('a Dispatcher on a Cluster client made just now sends at once, though its first SCRIPT LOADs reach the replicas among the seeds', { timeout: 30_000 }, async () => {
-    const c = cluster!;
+    const c = cluster();
     // Not ready yet: it counts all six seeds as masters until its first slot refresh, which
     // then drops the three replicas and the SCRIPT LOADs queued on them.
     const client = new Cluster(c.seeds);
@@ -143,7 +126,7 @@ describe('a Redis Cluster of three masters with a replica each', () => {
   });
 
   it('Pub/Sub is sharded on every shard: revokes reach running tasks, ping reaches the workers, nothing goes over the cluster bus to other shards', { timeout: 60_000 }, async () => {
-    const c = cluster!;
+    const c = cluster();
     const client = new Cluster(c.seeds);
     const prefix = newPrefix('sharded');
     // A 60-s lease is renewed every 20 s: a revoke heard within 10 s came by Pub/Sub, not by the
@@ -177,18 +160,10 @@ describe('a Redis Cluster of three masters with a replica each', () => {
 });
 
 describe("a sharded subscription through a failover and a slot move of its channel's shard", () => {
-  let cluster: Awaited<ReturnType<typeof startCluster>> | undefined;
-  beforeAll(async () => {
-    cluster = await startCluster({ log: () => undefined });
-  }, 60_000);
-  afterAll(async () => {
-    const pids = cluster?.pids ?? [];
-    await cluster?.stop();
-    expect(pids.filter(running), 'cluster nodes left running after stop()').toEqual([]);
-  });
+  const cluster = useDeployment(() => startCluster({ log: () => undefined }));
 
   it("the subscriber connection heimdall-tasks duplicates from a Cluster hears a done channel again after its master is killed and after its slot moves", { timeout: 60_000 }, async () => {
-    const c = cluster!;
+    const c = cluster();
     const client = new Cluster(c.seeds);
     await new Promise((resolve) => client.once('ready', resolve));
     // Errors while the master is down are expected; the spublish calls below say what failed.
@@ -248,18 +223,10 @@ describe("a sharded subscription through a failover and a slot move of its chann
 });
 
 describe('a Sentinel setup: a master, a replica, three sentinels', () => {
-  let sentinel: Awaited<ReturnType<typeof startSentinel>> | undefined;
-  beforeAll(async () => {
-    sentinel = await startSentinel({ log: () => undefined });
-  }, 60_000);
-  afterAll(async () => {
-    const pids = sentinel?.pids ?? [];
-    await sentinel?.stop();
-    expect(pids.filter(running), 'sentinel processes left running after stop()').toEqual([]);
-  });
+  const sentinel = useDeployment(() => startSentinel({ log: () => undefined }));
 
   it('runs tasks through ioredis Sentinel options (the master found by asking the sentinels)', { timeout: 60_000 }, async () => {
-    const s = sentinel!;
+    const s = sentinel();
     const connection = { sentinels: s.sentinels, name: s.name };
     const prefix = newPrefix('sentinel');
     const worker = new Worker({ connection, prefix, services: [new Deployed()] });

@@ -18,9 +18,10 @@
  * test sets up the one split that needs notHereYet.)
  */
 import { Cluster, Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useDeployment } from '../fixtures/local-deployment.js';
 import { Dispatcher, Task, Worker, currentTask, type TaskResult } from 'heimdall-tasks';
-import { startCluster, type LocalCluster } from '../../scripts/redis-deployments.mjs';
+import { startCluster } from '../../scripts/redis-deployments.mjs';
 import { gate, newPrefix, recordEvents, reportFigures, waitFor, type Gate } from '../helpers.js';
 
 const QUEUE = 'records-late';
@@ -51,16 +52,10 @@ class Late {
 }
 
 describe('a reshard that moves the queue before its task records', () => {
-  let c: LocalCluster;
-
-  beforeAll(async () => {
-    c = await startCluster({ masters: 3, replicas: 0, log: () => undefined });
-  }, 60_000);
-  afterAll(async () => {
-    await c?.stop();
-  });
+  const cluster = useDeployment(() => startCluster({ masters: 3, replicas: 0, log: () => undefined }));
 
   it('the fetch on the importing master leaves the ids in the wait list, keeps the lease and reports a refusal; once the records arrive every task runs once', { timeout: 60_000 }, async () => {
+    const c = cluster();
     const began = Date.now();
     const prefix = newPrefix('late');
     const base = `${prefix}:{${QUEUE}}:`;

@@ -9,7 +9,8 @@
  * SUCCESS, none left PENDING in no list (issue 12).
  */
 import { Cluster, Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useDeployment } from '../fixtures/local-deployment.js';
 import { Dispatcher, Task, Worker, currentTask, type TaskResult } from 'heimdall-tasks';
 import { startCluster, type LocalCluster } from '../../scripts/redis-deployments.mjs';
 import { fetch as fetchScript } from '../../src/redis-scripts/scripts.generated.js';
@@ -149,16 +150,10 @@ async function moveSlot(
 }
 
 describe('resharding a busy queue', () => {
-  let c: LocalCluster;
-
-  beforeAll(async () => {
-    c = await startCluster({ masters: 3, replicas: 0, log: () => undefined });
-  }, 60_000);
-  afterAll(async () => {
-    await c?.stop();
-  });
+  const cluster = useDeployment(() => startCluster({ masters: 3, replicas: 0, log: () => undefined }));
 
   it("moving the queue's slot to another master while tasks run and are sent loses no task and runs none twice", { timeout: 90_000 }, async () => {
+    const c = cluster();
     const began = Date.now();
     const prefix = newPrefix('reshard');
     const base = `${prefix}:{${QUEUE}}:`;
