@@ -2,8 +2,7 @@
 // with a replica each (test/global-setup.ts starts it; Harness connects through ioredis Cluster
 // clients), and the failover tests. Files that can only mean one server are left out, each for
 // the reason given beside it.
-import { defineConfig } from 'vitest/config';
-import base from './vitest.config.js';
+import { redisProjectOnly } from './vitest.config.js';
 
 process.env.HEIMDALL_TEST_TOPOLOGY = 'cluster';
 
@@ -31,22 +30,4 @@ export const SINGLE_SERVER_ONLY: Record<string, string> = {
   'test/integration/testing-kit.test.ts': 'startRedis() and its private servers are the subject',
 };
 
-// The base config's resolve and timeouts, with this one project in place of its two (merging
-// would add to them, and run the single-server project too).
-export default defineConfig({
-  ...base,
-  test: {
-    ...base.test,
-    projects: [
-      {
-        extends: true,
-        test: {
-          name: 'cluster',
-          include: ['test/integration/**/*.test.ts'],
-          exclude: Object.keys(SINGLE_SERVER_ONLY),
-          globalSetup: ['test/global-setup.ts'],
-        },
-      },
-    ],
-  },
-});
+export default redisProjectOnly('cluster', { include: ['test/integration/**/*.test.ts'], exclude: Object.keys(SINGLE_SERVER_ONLY) });

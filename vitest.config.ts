@@ -1,7 +1,7 @@
 import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
 
-export default defineConfig({
+const base = defineConfig({
   resolve: {
     // Tests and examples import the package by name, as users do; here it resolves to the source.
     // Exact matches, so a subpath such as 'heimdall-tasks/testing' is not read as 'heimdall-tasks' plus a path.
@@ -37,3 +37,16 @@ export default defineConfig({
     ],
   },
 });
+export default base;
+
+/**
+ * This config's resolve and timeouts with one Redis project of `name` in place of its two, for
+ * the suites against other deployments (merging configs would add to the projects, and run the
+ * single-server project too). The global setup starts the deployment HEIMDALL_TEST_TOPOLOGY names.
+ */
+export function redisProjectOnly(name: string, files: { include: string[]; exclude?: string[] }): typeof base {
+  return defineConfig({
+    ...base,
+    test: { ...base.test, projects: [{ extends: true, test: { name, ...files, globalSetup: ['test/global-setup.ts'] } }] },
+  });
+}

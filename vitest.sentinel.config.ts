@@ -4,8 +4,7 @@
 // master to its clients, so the whole suite would repeat `npm test`; the subset covers every
 // connection the library opens (commands, blocking fetches, Pub/Sub of results, revokes and
 // pings, the events reader, the Inspector) and the main task paths.
-import { defineConfig } from 'vitest/config';
-import base from './vitest.config.js';
+import { redisProjectOnly } from './vitest.config.js';
 
 process.env.HEIMDALL_TEST_TOPOLOGY = 'sentinel';
 
@@ -22,17 +21,4 @@ export const SENTINEL_FILES = [
   'test/integration/failover-sentinel.test.ts',
 ];
 
-// The base config's resolve and timeouts, with this one project in place of its two (merging
-// would add to them, and run the single-server project too).
-export default defineConfig({
-  ...base,
-  test: {
-    ...base.test,
-    projects: [
-      {
-        extends: true,
-        test: { name: 'sentinel', include: SENTINEL_FILES, globalSetup: ['test/global-setup.ts'] },
-      },
-    ],
-  },
-});
+export default redisProjectOnly('sentinel', { include: SENTINEL_FILES });

@@ -17,6 +17,7 @@ import { redisServerBin, startRedis } from '../scripts/redis-launcher.mjs';
 import { startChild } from './lib/child.mjs';
 import { BENCH, buildHeimdall, HEIMDALL_BUILD, producer, ROOT, versions } from './lib/systems.mjs';
 import { int } from './lib/env.mjs';
+import { cell, fmt, stats } from './lib/report.mjs';
 
 const cfg = {
   reps: int('BENCH_REPS', 3),
@@ -173,17 +174,6 @@ function variantBuild(kind) {
   writeFileSync(file, out);
   return dir;
 }
-
-// ------------------------------------------------------------------ figures
-function stats(values) {
-  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (v.length === 0) return undefined;
-  const mid = Math.floor(v.length / 2);
-  const median = v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
-  return { median, min: v[0], max: v[v.length - 1], samples: values };
-}
-const fmt = (x) => (x === undefined || !Number.isFinite(x) ? '–' : Math.abs(x) >= 1000 ? Math.round(x).toLocaleString('en-US') : Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2));
-const cell = (s) => (s ? `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})` : '–');
 
 // ------------------------------------------------------------------ part 1: classic vs sharded Pub/Sub
 /**

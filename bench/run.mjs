@@ -13,7 +13,7 @@ import { cpus, platform, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { startRedis } from '../scripts/redis-launcher.mjs';
 import { startChild as startChildProcess } from './lib/child.mjs';
-import { renderChart, renderTable } from './lib/report.mjs';
+import { renderChart, renderTable, stats } from './lib/report.mjs';
 import { ADMIN_NAME, BENCH, benchDepsInstalled, buildHeimdall, clientCommands, producer, QUEUE, rootIoredis, SYSTEMS, versions } from './lib/systems.mjs';
 import { int } from './lib/env.mjs';
 
@@ -281,13 +281,6 @@ async function scenarioRateLimited(url) {
 }
 
 // ------------------------------------------------------------------ the run
-function stats(values) {
-  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (v.length === 0) return undefined;
-  const mid = Math.floor(v.length / 2);
-  const median = v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
-  return { median, min: v[0], max: v[v.length - 1], samples: values };
-}
 
 // Each row: where its samples come from, its unit and which way is better. Machine-independent first.
 const ROWS = [

@@ -110,6 +110,22 @@ function redisCliBin(serverBin) {
 }
 
 /**
+ * A temporary directory for the nodes of a deployment, the list they join, and stop(): stops
+ * them and removes the directory (which the exit reaper does too, should stop() not be called).
+ */
+function newDeployment(kind) {
+  const root = mkdtempSync(join(tmpdir(), `heimdall-${kind}-`));
+  roots.add(root);
+  const nodes = [];
+  const stop = async () => {
+    await Promise.all(nodes.map(stopNode));
+    rmSync(root, { recursive: true, force: true });
+    roots.delete(root);
+  };
+  return { root, nodes, stop };
+}
+
+/**
  * Starts a Redis Cluster of `masters` masters with `replicas` replicas each, made with
  * `redis-cli --cluster create`, and waits until every node says `cluster_state:ok` and knows all
  * the others, and every replica is in sync with its master. Resolves with { nodes, seeds, stop,
@@ -118,14 +134,7 @@ function redisCliBin(serverBin) {
  */
 export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 2000, log = (m) => console.error(m) } = {}) {
   const bin = redisServerBin({ log });
-  const root = mkdtempSync(join(tmpdir(), 'heimdall-cluster-'));
-  roots.add(root);
-  const nodes = [];
-  const stop = async () => {
-    await Promise.all(nodes.map(stopNode));
-    rmSync(root, { recursive: true, force: true });
-    roots.delete(root);
-  };
+  const { root, nodes, stop } = newDeployment('cluster');
   try {
     const count = masters * (1 + replicas);
     for (let i = 0; i < count; i++) {
@@ -195,14 +204,7 @@ export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 
  */
 export async function startSentinel({ name = 'heimdall', downAfterMs = 1000, failoverTimeoutMs = 5000, log = (m) => console.error(m) } = {}) {
   const bin = redisServerBin({ log });
-  const root = mkdtempSync(join(tmpdir(), 'heimdall-sentinel-'));
-  roots.add(root);
-  const all = [];
-  const stop = async () => {
-    await Promise.all(all.map(stopNode));
-    rmSync(root, { recursive: true, force: true });
-    roots.delete(root);
-  };
+  const { root, nodes: all, stop } = newDeployment('sentinel');
   try {
     const base = (port, dir) => ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'];
     const masterPort = await freePort();

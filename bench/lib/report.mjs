@@ -21,7 +21,17 @@ export function fmt(v) {
   return v.toFixed(2);
 }
 
-function cell(s) {
+/** Median, min and max of the finite `values` (undefined when there are none), with the samples. */
+export function stats(values) {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  const mid = Math.floor(v.length / 2);
+  const median = v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+  return { median, min: v[0], max: v[v.length - 1], samples: values };
+}
+
+/** A table cell: median (min–max). */
+export function cell(s) {
   if (!s) return '–';
   return `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})`;
 }

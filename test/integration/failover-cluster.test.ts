@@ -7,13 +7,12 @@
 // Run by `npm run test:cluster` (vitest.cluster.config.ts) on a Cluster of its own.
 import { createRequire } from 'node:module';
 import { Cluster } from 'ioredis';
-import { describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { useDeployment } from '../fixtures/local-deployment.js';
 import { Dispatcher, Worker } from 'heimdall-tasks';
 import { ask, startCluster, type LocalCluster } from '../../scripts/redis-deployments.mjs';
-import { QueueRunner } from '../../src/core/worker/queue-runner.js';
 import { newPrefix, recordEvents, reportFigures, waitFor } from '../helpers.js';
-import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, runs, settled, type Dispatched } from './failover-load.js';
+import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, pingUntilAnswered, runs, settled, untilPromotedThen, watchReclaims, type Dispatched } from './failover-load.js';
 
 const calculateSlot = createRequire(import.meta.url)('cluster-key-slot') as (key: string) => number;
 
@@ -52,18 +51,11 @@ describe('a Cluster master killed under load', () => {
     admin.on('error', () => undefined);
     // The runner's hook for a lost connection, and the reclaim it leads to: counted to show the
     // worker redid them after the promotion.
-    const reconnected = vi.spyOn(QueueRunner.prototype, 'reconnected');
+    const reclaims = watchReclaims();
     // Every '-node' of the worker's Cluster: most are connections to the dead master that never
     // connected, which the worker passes over (onConnectionLoss in worker.ts).
     const nodeEnds: number[] = [];
     workerClient.on('-node', () => nodeEnds.push(Date.now()));
-    const reclaimed: number[] = [];
-    const proto = QueueRunner.prototype as unknown as { reclaim(fin: unknown[]): Promise<void> };
-    const originalReclaim = proto.reclaim;
-    proto.reclaim = async function (this: unknown, fin: unknown[]): Promise<void> {
-      await originalReclaim.call(this, fin);
-      reclaimed.push(Date.now());
-    };
     let worker: Worker | undefined;
     let dispatcher: Dispatcher | undefined;
     try {
@@ -91,25 +83,17 @@ describe('a Cluster master killed under load', () => {
       await Promise.all([dispatchLoop(dispatcher, busy, 'b0', (n) => n < 240, sent), dispatchLoop(dispatcher, other, 'o0', (n) => n < 60, sent)]);
       await waitFor(() => events.started.length >= 40, { timeout: 30_000, what: '40 tasks to have started' });
 
-      const reconnectsBefore = reconnected.mock.calls.length;
+      const reconnectsBefore = reclaims.hooks();
       const killedAt = Date.now();
       await c.kill(busyMaster);
       // Dispatches go on during the promotion and after it (50 more per sender once the replica
       // is master): three request handlers sending to the busy queue side by side, one to the other.
       let promotedAt = 0;
-      const keepSending = (): ((n: number) => boolean) => {
-        let from = -1;
-        return (n) => {
-          if (promotedAt === 0) return n < 2000;
-          if (from < 0) from = n;
-          return n < from + 50;
-        };
-      };
       const otherDone = (): number => events.succeeded.filter((e) => e.queue === other).length;
       const otherAtKill = otherDone();
       const during = Promise.all([
-        ...['b1', 'b2', 'b3'].map((label) => dispatchLoop(dispatcher!, busy, label, keepSending(), sent)),
-        dispatchLoop(dispatcher, other, 'o1', keepSending(), sent),
+        ...['b1', 'b2', 'b3'].map((label) => dispatchLoop(dispatcher!, busy, label, untilPromotedThen(() => promotedAt > 0), sent)),
+        dispatchLoop(dispatcher, other, 'o1', untilPromotedThen(() => promotedAt > 0), sent),
       ]);
       await waitFor(
         async () => (await c.nodeFor(replica)) === 'master' && (await ask(replica, 'CLUSTER INFO')).includes('cluster_state:ok'),
@@ -122,7 +106,9 @@ describe('a Cluster master killed under load', () => {
       await during;
       await settled(admin, prefix, [busy, other], worker, 60_000);
       // The subscriber connection came back too: the worker answers a ping on both queues.
-      const pong = await dispatcher.ping({ queues: [busy, other], timeout: '2s' });
+      // (asked until it answers, within 15 s: the worker's subscriber reconnects, and subscribes
+      // again, on its own time)
+      const pong = await pingUntilAnswered(dispatcher, [busy, other]);
 
       const mine = (queue: string): Dispatched[] => sent.filter((d) => d.queue === queue);
       const busyAccount = await account(admin, prefix, mine(busy));
@@ -144,8 +130,8 @@ describe('a Cluster master killed under load', () => {
         otherSucceededDuringPromotion: otherDuringPromotion,
         otherLongestPauseMs,
         nodeEventsAfterKill: nodeEnds.filter((t) => t > killedAt).length,
-        reconnectHooks: reconnected.mock.calls.length - reconnectsBefore,
-        reclaimsAfterKill: reclaimed.filter((t) => t > killedAt).length,
+        reconnectHooks: reclaims.hooks() - reconnectsBefore,
+        reclaimsAfterKill: reclaims.reclaimed.filter((t) => t > killedAt).length,
       });
       if (busyAccount.repeated.length > 0) console.info('[figures] repeated:', JSON.stringify(busyAccount.repeated.map((r) => ({ ...r, at: r.at - killedAt }))));
       if (busyAccount.lost.length > 0) console.info('[figures] lost (accepted at ms from the kill):', JSON.stringify(busyAccount.lost.map((r) => ({ ...r, at: r.at - killedAt }))));
@@ -172,16 +158,15 @@ describe('a Cluster master killed under load', () => {
       expect(sent.filter((d) => d.at > promotedAt + 5000 && !d.accepted)).toEqual([]);
       // The worker noticed the lost node and reclaimed after it: the hook an ioredis Cluster
       // never calls through 'ready'.
-      expect(reconnected.mock.calls.length).toBeGreaterThan(reconnectsBefore);
+      expect(reclaims.hooks()).toBeGreaterThan(reconnectsBefore);
       // Only ends of connections that had connected count: the killed master's, not the tens of
       // connections to it that slot refreshes made and that never connected (before, each of
       // those called the hook of both runners: 104 calls for 52 '-node' events in one run).
-      expect(reconnected.mock.calls.length - reconnectsBefore, "hook calls for the Cluster's '-node' events").toBeLessThanOrEqual(8);
-      expect(reclaimed.filter((t) => t > killedAt).length).toBeGreaterThan(0);
+      expect(reclaims.hooks() - reconnectsBefore, "hook calls for the Cluster's '-node' events").toBeLessThanOrEqual(8);
+      expect(reclaims.reclaimed.filter((t) => t > killedAt).length).toBeGreaterThan(0);
       expect(pong.map((p) => p.id)).toEqual([worker.id]);
     } finally {
-      reconnected.mockRestore();
-      proto.reclaim = originalReclaim;
+      reclaims.restore();
       await worker?.close({ timeout: 5 });
       await dispatcher?.close();
       for (const client of [workerClient, dispatcherClient, admin]) client.disconnect();

@@ -6,6 +6,8 @@ import type { Cluster, Redis } from 'ioredis';
 import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
 import { FIELDS } from '../../src/core/protocol/task-fields.js';
 import { waitFor } from '../helpers.js';
+import { vi } from 'vitest';
+import { QueueRunner } from '../../src/core/worker/queue-runner.js';
 
 /** Runs per task id, counted inside the task body: what the application would see. */
 export const runs = new Map<string, number>();
@@ -139,3 +141,45 @@ export function errorSummary(errors: readonly Error[]): string {
   return [...counts].map(([k, n]) => `${n}x ${k}`).join(' | ') || 'none';
 }
 
+/**
+ * Counts the queue runners' reconnect hooks (QueueRunner.reconnected) and the reclaims they lead
+ * to, with the time of each reclaim, to show a worker redid them after a failover. `restore()`
+ * puts QueueRunner back.
+ */
+export function watchReclaims(): { hooks(): number; reclaimed: number[]; restore(): void } {
+  const reconnected = vi.spyOn(QueueRunner.prototype, 'reconnected');
+  const reclaimed: number[] = [];
+  const proto = QueueRunner.prototype as unknown as { reclaim(fin: unknown[]): Promise<void> };
+  const originalReclaim = proto.reclaim;
+  proto.reclaim = async function (this: unknown, fin: unknown[]): Promise<void> {
+    await originalReclaim.call(this, fin);
+    reclaimed.push(Date.now());
+  };
+  return {
+    hooks: () => reconnected.mock.calls.length,
+    reclaimed,
+    restore: () => {
+      reconnected.mockRestore();
+      proto.reclaim = originalReclaim;
+    },
+  };
+}
+
+/** A dispatchLoop `more`: goes on (up to 2,000 sends) until `promoted()`, then `after` sends more. */
+export function untilPromotedThen(promoted: () => boolean, after = 50): (n: number) => boolean {
+  let from = -1;
+  return (n) => {
+    if (!promoted()) return n < 2000;
+    if (from < 0) from = n;
+    return n < from + after;
+  };
+}
+
+/** The workers' answers to a ping on `queues`, asked again (1 s each) until one answers, for up to 15 s; [] if none did. */
+export async function pingUntilAnswered(dispatcher: Dispatcher, queues: string[]): Promise<Awaited<ReturnType<Dispatcher['ping']>>> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const pong = await dispatcher.ping({ queues, timeout: '1s' });
+    if (pong.length > 0 || Date.now() > deadline) return pong;
+  }
+}

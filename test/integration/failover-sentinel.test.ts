@@ -4,13 +4,12 @@
 // task from the records Redis holds afterwards, and what was repeated or lost is reported.
 // Run by `npm run test:sentinel` (vitest.sentinel.config.ts) on a Sentinel setup of its own.
 import { Redis } from 'ioredis';
-import { describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { useDeployment } from '../fixtures/local-deployment.js';
 import { Dispatcher, Worker } from 'heimdall-tasks';
 import { ask, startSentinel } from '../../scripts/redis-deployments.mjs';
-import { QueueRunner } from '../../src/core/worker/queue-runner.js';
 import { newPrefix, recordEvents, reportFigures, waitFor } from '../helpers.js';
-import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, runs, settled, type Dispatched } from './failover-load.js';
+import { account, allUnavailable, dispatchFailures, dispatchLoop, errorSummary, FailoverWork, pingUntilAnswered, runs, settled, untilPromotedThen, watchReclaims, type Dispatched } from './failover-load.js';
 
 describe('the Sentinel master killed under load', () => {
   const sentinel = useDeployment(() => startSentinel({ log: () => undefined }));
@@ -23,14 +22,7 @@ describe('the Sentinel master killed under load', () => {
     const admin = new Redis({ ...connection, connectionName: `admin-${prefix}` });
     // Refused connections while the master is down are expected; ioredis would print them.
     admin.on('error', () => undefined);
-    const reconnected = vi.spyOn(QueueRunner.prototype, 'reconnected');
-    const reclaimed: number[] = [];
-    const proto = QueueRunner.prototype as unknown as { reclaim(fin: unknown[]): Promise<void> };
-    const originalReclaim = proto.reclaim;
-    proto.reclaim = async function (this: unknown, fin: unknown[]): Promise<void> {
-      await originalReclaim.call(this, fin);
-      reclaimed.push(Date.now());
-    };
+    const reclaims = watchReclaims();
     let worker: Worker | undefined;
     let dispatcher: Dispatcher | undefined;
     try {
@@ -44,26 +36,12 @@ describe('the Sentinel master killed under load', () => {
       await dispatchLoop(dispatcher, queue, 's0', (n) => n < 240, sent);
       await waitFor(() => events.started.length >= 40, { timeout: 30_000, what: '40 tasks to have started' });
 
-      const reconnectsBefore = reconnected.mock.calls.length;
+      const reconnectsBefore = reclaims.hooks();
       const killedAt = Date.now();
       await s.kill(s.master.port);
       // Four request handlers sending side by side during the promotion, then 50 more each.
       let promotedAt = 0;
-      const loop = (label: string): Promise<void> => {
-        let from = -1;
-        return dispatchLoop(
-          dispatcher!,
-          queue,
-          label,
-          (n) => {
-            if (promotedAt === 0) return n < 2000;
-            if (from < 0) from = n;
-            return n < from + 50;
-          },
-          sent,
-        );
-      };
-      const during = Promise.all(['s1', 's2', 's3', 's4'].map(loop));
+      const during = Promise.all(['s1', 's2', 's3', 's4'].map((label) => dispatchLoop(dispatcher!, queue, label, untilPromotedThen(() => promotedAt > 0), sent)));
       // Promoted: the replica says it is a master, and a sentinel names it.
       await waitFor(
         async () =>
@@ -74,7 +52,9 @@ describe('the Sentinel master killed under load', () => {
       promotedAt = Date.now();
       await during;
       await settled(admin, prefix, [queue], worker, 60_000);
-      const pong = await dispatcher.ping({ queues: [queue], timeout: '2s' });
+      // (asked until it answers, within 15 s: the worker's subscriber reconnects, and subscribes
+      // again, on its own time)
+      const pong = await pingUntilAnswered(dispatcher, [queue]);
 
       const a = await account(admin, prefix, sent);
       const failures = dispatchFailures(sent);
@@ -89,8 +69,8 @@ describe('the Sentinel master killed under load', () => {
         dispatchErrors: JSON.stringify(a.dispatchErrors),
         failedButEnqueued: a.failedButEnqueued.length,
         promotionMs: promotedAt - killedAt,
-        reconnectHooks: reconnected.mock.calls.length - reconnectsBefore,
-        reclaimsAfterKill: reclaimed.filter((t) => t > killedAt).length,
+        reconnectHooks: reclaims.hooks() - reconnectsBefore,
+        reclaimsAfterKill: reclaims.reclaimed.filter((t) => t > killedAt).length,
       });
       if (a.repeated.length > 0) console.info('[figures] repeated:', JSON.stringify(a.repeated.map((r) => ({ ...r, at: r.at - killedAt }))));
       if (a.lost.length > 0) console.info('[figures] lost (accepted at ms from the kill):', JSON.stringify(a.lost.map((r) => ({ ...r, at: r.at - killedAt }))));
@@ -102,12 +82,11 @@ describe('the Sentinel master killed under load', () => {
       expect(allUnavailable(failures), `dispatch errors: ${failures.map(String).join('; ')}`).toBe(true);
       expect(sent.filter((d) => d.at > promotedAt + 5000 && !d.accepted)).toEqual([]);
       // A Redis client emits 'ready' on reconnecting to the new master: the worker reclaimed.
-      expect(reconnected.mock.calls.length).toBeGreaterThan(reconnectsBefore);
-      expect(reclaimed.filter((t) => t > killedAt).length).toBeGreaterThan(0);
+      expect(reclaims.hooks()).toBeGreaterThan(reconnectsBefore);
+      expect(reclaims.reclaimed.filter((t) => t > killedAt).length).toBeGreaterThan(0);
       expect(pong.map((p) => p.id)).toEqual([worker.id]);
     } finally {
-      reconnected.mockRestore();
-      proto.reclaim = originalReclaim;
+      reclaims.restore();
       await worker?.close({ timeout: 5 });
       await dispatcher?.close();
       admin.disconnect();

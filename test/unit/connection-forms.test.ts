@@ -74,6 +74,16 @@ describe('connection forms', () => {
     r.disconnect();
   });
 
+  it("lets a connection's own settings win over the caller's options (a blocking connection waits through outages), but not the name the caller gave", () => {
+    const blocking = { lazyConnect: true, maxRetriesPerRequest: null, connectionName: 'heimdall:t:blocking' };
+    const r = createClient({ host: '127.0.0.1', maxRetriesPerRequest: 1, connectionName: 'mine' }, blocking) as Redis;
+    expect(r.options).toMatchObject({ maxRetriesPerRequest: null, connectionName: 'mine' });
+    r.disconnect();
+    const c = createClient({ cluster: ['127.0.0.1:7000'], clusterOptions: { redisOptions: { maxRetriesPerRequest: 1 } } }, blocking) as Cluster;
+    expect(c.options.redisOptions).toMatchObject({ maxRetriesPerRequest: null, connectionName: 'heimdall:t:blocking' });
+    c.disconnect();
+  });
+
   it('refuses what is not a connection, saying what is', () => {
     expect(() => planOfUrl('redis+sentinel://127.0.0.1:26379')).toThrow(/names no master/);
     expect(() => planOfUrl('redis+cluster:///x')).toThrow(/names no host/);

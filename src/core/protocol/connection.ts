@@ -151,30 +151,40 @@ export function planOfUrl(text: string): Plan {
 }
 
 /**
- * A new client for a connection that is not a client, with `tuned` options on top (the
- * options the caller set win over the defaults in `tuned`, except its connection name when it
- * has none). `subscriber`: the client will SSUBSCRIBE. Exported for the CLI, which opens its own.
+ * A new client for a connection that is not a client, with `tuned` options on top (they win
+ * over the caller's, as for a duplicated client, but for the connection name the caller may
+ * have set). `subscriber`: the client will SSUBSCRIBE. Exported for the CLI, which opens its own.
  */
 export function createClient(connection: string | RedisOptions | ClusterConnection, tuned: RedisOptions, subscriber = false): RedisClient {
   const plan = planOf(connection);
   if (plan.kind === 'cluster') {
-    const { redisOptions, ...clusterLevel } = plan.options;
-    checkKeyPrefix(plan.options.keyPrefix ?? redisOptions?.keyPrefix);
-    const { enableAutoPipelining, autoPipeliningIgnoredCommands, ...nodeLevel } = tuned;
-    return new Cluster(plan.nodes, {
-      ...(enableAutoPipelining !== undefined ? { enableAutoPipelining } : {}),
-      ...(autoPipeliningIgnoredCommands !== undefined ? { autoPipeliningIgnoredCommands } : {}),
-      ...clusterLevel,
-      redisOptions: { ...nodeLevel, ...redisOptions, connectionName: redisOptions?.connectionName ?? nodeLevel.connectionName },
-      // Sharded Pub/Sub needs a subscriber per master (see duplicateOf).
-      ...(subscriber ? { shardedSubscribers: true } : {}),
-    });
+    const node = plan.options.redisOptions;
+    checkKeyPrefix(plan.options.keyPrefix ?? node?.keyPrefix);
+    return new Cluster(plan.nodes, clusterOptionsWith(plan.options, { ...tuned, connectionName: node?.connectionName ?? tuned.connectionName }, subscriber));
   }
   checkKeyPrefix(plan.options.keyPrefix);
   // Sentinel: follow a promotion as soon as the Sentinels announce it, not at the next error.
   const sentinel: RedisOptions = plan.options.sentinels ? { failoverDetector: true } : {};
   if (plan.url !== undefined) return new Redis(plan.url, { ...sentinel, ...tuned });
-  return new Redis({ ...sentinel, ...tuned, ...plan.options, connectionName: plan.options.connectionName ?? tuned.connectionName });
+  return new Redis({ ...sentinel, ...plan.options, ...tuned, connectionName: plan.options.connectionName ?? tuned.connectionName });
+}
+
+/**
+ * Cluster options like `options`, with `tuned` on top: the auto-pipelining ones for the Cluster,
+ * the rest for each node's connection. A Cluster that will SSUBSCRIBE gets ioredis's
+ * `shardedSubscribers`: without it ioredis sends SSUBSCRIBE on its one classic subscriber
+ * connection, to whichever node it picked, and the messages of other shards never arrive; with
+ * it, ioredis keeps a subscriber per master and subscribes again after a failover or a slot move.
+ */
+function clusterOptionsWith(options: ClusterOptions, tuned: RedisOptions, subscriber: boolean): ClusterOptions {
+  const { enableAutoPipelining, autoPipeliningIgnoredCommands, ...node } = tuned;
+  return {
+    ...options,
+    ...(enableAutoPipelining !== undefined ? { enableAutoPipelining } : {}),
+    ...(autoPipeliningIgnoredCommands !== undefined ? { autoPipeliningIgnoredCommands } : {}),
+    redisOptions: { ...options.redisOptions, ...node },
+    ...(subscriber ? { shardedSubscribers: true } : {}),
+  };
 }
 
 /** The scripts build task keys from the prefix they are given; ioredis would prefix only the declared KEYS. */
@@ -195,16 +205,8 @@ function nodeOptions(client: RedisClient): Partial<RedisOptions> {
 /** A new connection like `client`, with `tuned` options on top. */
 function duplicateOf(client: RedisClient, tuned: RedisOptions, purpose: 'commands' | 'blocking' | 'subscriber'): RedisClient {
   if (!isCluster(client)) return client.duplicate(tuned);
-  // A Cluster takes the options of its node connections under redisOptions.
-  const options = client.options as ClusterOptions;
-  return client.duplicate(undefined, {
-    redisOptions: { ...options.redisOptions, ...tuned },
-    // heimdall-tasks's channels are sharded (SSUBSCRIBE): without this option ioredis sends
-    // SSUBSCRIBE on its one classic subscriber connection, to whichever node it picked, and the
-    // messages of other shards never arrive. With it, ioredis keeps one subscriber per master and
-    // subscribes again after a failover or a slot move.
-    ...(purpose === 'subscriber' ? { shardedSubscribers: true } : {}),
-  } satisfies ClusterOptions);
+  // A Cluster's first argument would be read as its startup nodes: undefined keeps its own.
+  return client.duplicate(undefined, clusterOptionsWith(client.options as ClusterOptions, tuned, purpose === 'subscriber'));
 }
 
 /**

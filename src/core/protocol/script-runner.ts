@@ -95,17 +95,10 @@ export class ScriptRunner {
    */
   private async loadScript(source: string): Promise<void> {
     if (this.client.isCluster) {
-      const cluster = this.client as Cluster;
-      const masters = cluster.nodes('master');
+      // load() runs this once the client is ready (see there), so its masters are known.
+      const masters = (this.client as Cluster).nodes('master');
       if (masters.length > 0) {
-        // Before its first slot refresh a Cluster counts every seed as a master, replicas
-        // included; the refresh then disconnects the replicas (they hold no slot), failing the
-        // SCRIPT LOADs queued on them with 'Connection is closed'. Only a node that is still a
-        // master must have the script: EVALSHA never goes anywhere else.
-        const loads = await Promise.allSettled(masters.map((node) => node.script('LOAD', source)));
-        const still = new Set(cluster.nodes('master'));
-        const failed = loads.find((r, i): r is PromiseRejectedResult => r.status === 'rejected' && still.has(masters[i]!));
-        if (failed) throw failed.reason;
+        await Promise.all(masters.map((node) => node.script('LOAD', source)));
         return;
       }
     }
