@@ -90,6 +90,14 @@ export class ScriptRunner {
   }
 
   /**
+   * Reads fields of one key with a plain HMGET, for a caller that must name, before a script
+   * call, keys a record names (a task's lock and rate window: the script declares them in KEYS).
+   */
+  async fields(key: string, fields: readonly string[]): Promise<(string | null)[]> {
+    return this.client.hmget(key, ...fields);
+  }
+
+  /**
    * SCRIPT LOAD where EVALSHA will look for the script: on a Cluster, every master it knows (a
    * plain `script('LOAD')` reaches one node, and EVALSHA runs on the node of its keys' slot).
    */
