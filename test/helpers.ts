@@ -194,7 +194,7 @@ export class Harness {
   }
 
   /** Key of a queue structure: 'wait', 'delayed', 'active', 'dead', 'names', or the 'revoke' channel. */
-  queueKey(name: 'wait' | 'delayed' | 'active' | 'dead' | 'names' | 'revoke', queue = 'default'): string {
+  queueKey(name: 'wait' | 'delayed' | 'active' | 'claimed' | 'dead' | 'names' | 'revoke', queue = 'default'): string {
     return this.queueKeys(queue)[name];
   }
 

@@ -204,8 +204,8 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
   }
 }
 
-// `<queue>}:wait` (or active, delayed) after `<prefix>:{`.
-const QUEUE_LISTS = new RegExp(`^(.*)\\}:(?:${KEY_NAMES.wait}|${KEY_NAMES.active}|${KEY_NAMES.delayed})$`);
+// `<queue>}:wait` (or active, delayed, claimed) after `<prefix>:{`.
+const QUEUE_LISTS = new RegExp(`^(.*)\\}:(?:${KEY_NAMES.wait}|${KEY_NAMES.active}|${KEY_NAMES.delayed}|${KEY_NAMES.claimed})$`);
 
 /** The queues of `prefix` other than `known` whose wait list, active set or delayed set exists (holds tasks). */
 async function otherQueues(client: RedisClient, prefix: string, known: readonly QueueKeys[]): Promise<string[]> {
@@ -225,8 +225,13 @@ async function otherQueues(client: RedisClient, prefix: string, known: readonly 
 async function liveTasks(client: RedisClient, queues: readonly QueueKeys[]): Promise<string[]> {
   const out: string[] = [];
   for (const k of queues) {
-    const [waiting, delayed, active] = await Promise.all([client.lrange(k.wait, 0, 999), client.zrange(k.delayed, 0, 999), client.zrange(k.active, 0, 999)]);
-    const ids = [...new Set([...waiting, ...delayed, ...active])];
+    const [waiting, delayed, active, claimed] = await Promise.all([
+      client.lrange(k.wait, 0, 999),
+      client.zrange(k.delayed, 0, 999),
+      client.zrange(k.active, 0, 999),
+      client.zrange(k.claimed, 0, 999),
+    ]);
+    const ids = [...new Set([...waiting, ...delayed, ...active, ...claimed])];
     const states = await Promise.all(ids.map((id) => client.hget(k.task(id), FIELDS.state)));
     const live = states.filter((st) => st !== null && st !== 'SUCCESS' && st !== 'FAILURE' && st !== 'REVOKED').length;
     if (live > 0) out.push(`queue ${k.queue}: ${live} waiting`);
@@ -302,10 +307,11 @@ async function lookAt(client: RedisClient, keys: readonly QueueKeys[]): Promise<
       // One MULTI per queue, so the three are one snapshot: a fetch that moves a due task from
       // the delayed set to the active set between two reads cannot hide it (a queue's keys share
       // one Cluster slot).
-      const replies = await client.multi().llen(k.wait).zcard(k.active).zrange(k.delayed, 0, -1, 'WITHSCORES').exec();
+      const replies = await client.multi().llen(k.wait).zcard(k.active).zrange(k.delayed, 0, -1, 'WITHSCORES').zcard(k.claimed).exec();
       if (!replies) throw new RedisRefusedError(`drain(): the MULTI reading queue ${k.queue} was discarded`);
       for (const [err] of replies) if (err) throw err;
-      const waiting = replies[0]![1] as number;
+      // A claimed task is waiting too: a worker took it off the wait list to start it next.
+      const waiting = (replies[0]![1] as number) + (replies[3]![1] as number);
       const active = replies[1]![1] as number;
       const delayed = replies[2]![1] as string[];
       return { k, waiting, active, delayed };

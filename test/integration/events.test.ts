@@ -1,6 +1,7 @@
 // dispatcher.events() (issue 11, point 4): typed events read from a bounded Redis stream per
 // queue, written by the scripts themselves (one entry per script call), from a start time or a
 // cursor; capped by length and by age; off with events: false; the same in inline mode.
+import { fetchStarting } from '../fetch-starting.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { currentTask, Dispatcher, Inspector, Task, Worker, type QueueEvent } from 'heimdall-tasks';
 import { createTestApp } from 'heimdall-tasks/testing';
@@ -127,7 +128,7 @@ describe('dispatcher.events()', () => {
     // A ghost worker starts a task with a short lease and vanishes; the real worker recovers it.
     const ghostTask = await svc.add.delay(1, 1);
     const runner = new ScriptRunner(h.admin);
-    const ghost = readFetchReply(await fetch(runner, h.queueKeys('ev'), { workerId: 'ghost', leaseMs: 50, resultExpiresMs: 60_000, eventsCap: 100 }, 1, []), 0);
+    const ghost = await fetchStarting(runner, h.queueKeys('ev'), { workerId: 'ghost', leaseMs: 50, resultExpiresMs: 60_000, eventsCap: 100 }, 1);
     expect(ghost.started.map((s) => s.id)).toEqual([ghostTask.id]);
 
     const worker = h.worker({ services: [new Evented()], queues: ['ev'] });

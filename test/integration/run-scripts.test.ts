@@ -6,6 +6,7 @@
  *  - a revoke that lands between the fetch that started a run and the admission or hand-back
  *    of that run ends the task REVOKED instead of putting it back to run later.
  */
+import { fetchStarting } from '../fetch-starting.js';
 import { describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
 import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
@@ -24,7 +25,7 @@ function scripts(h: Harness, admin: Redis) {
     keys,
     /** Starts up to `want` tasks as `worker`; returns [id, token] of each. */
     async fetch(worker: string, want = 1): Promise<[string, string][]> {
-      const reply = readFetchReply(await fetch(runner, keys, as(worker), want, []), 0);
+      const reply = await fetchStarting(runner, keys, as(worker), want);
       return reply.started.map((r) => [r.id, r.token]);
     },
     /** Sends one end as `worker` (starting nothing); returns what became of it. */

@@ -21,6 +21,7 @@
  * Why a private redis-server: MONITOR sees every client of the server, and SCRIPT calls of the
  * other test files (run in parallel on the shared server) would be mixed in.
  */
+import { fetchStarting } from '../fetch-starting.js';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, Dispatcher, Inspector, Task, TaskFailedError, Worker, currentTask, type TaskResult } from 'heimdall-tasks';
 import { QueueKeys, validateName } from '../../src/core/protocol/queue-keys.js';
@@ -114,7 +115,7 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
   const runner = new ScriptRunner(h.admin);
   const tasks = dispatcher.tasks(SlotService);
   const field = (id: string, name: keyof typeof FIELDS) => h.admin.hget(keys.task(id), FIELDS[name]);
-  const start = async (workerId: string, leaseMs = 30_000) => readFetchReply(await fetch(runner, keys, as(workerId, leaseMs), 1, []), 0);
+  const start = async (workerId: string, leaseMs = 30_000) => fetchStarting(runner, keys, as(workerId, leaseMs), 1);
   const finish = async (workerId: string, ends: RunEnd[]) => readFetchReply(await fetch(runner, keys, as(workerId), 0, ends), ends.length);
   const end = (id: string, token: string, state: RunEnd['state'], over: Partial<RunEnd> = {}): RunEnd => ({
     id,

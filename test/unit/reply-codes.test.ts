@@ -11,10 +11,10 @@ import { readFetchReply, readVerdict, type RawFetchReply } from '../../src/core/
 
 /** A fetch reply that started nothing and carries these end outcomes (pairs of outcome, detail). */
 function fetchReply(outcomes: string[]): RawFetchReply {
-  return [[], [], [], -1, 0, outcomes, ''];
+  return [[], [], [], -1, 0, outcomes, '', [], [], []];
 }
 
-describe("a run's end outcomes (fetch-6.lua)", () => {
+describe("a run's end outcomes (fetch-7.lua)", () => {
   it('every stored state, STALE and ERROR decode to what the queue runner acts on', () => {
     const reply = readFetchReply(fetchReply(['SUCCESS', '', 'FAILURE', '', 'REVOKED', '', 'RETRY', '', 'STALE', 'FAILURE', 'STALE', '', 'ERROR', 'OOM full']), 7);
     expect(reply.outcomes).toEqual([

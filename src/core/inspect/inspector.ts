@@ -18,7 +18,7 @@ const DEFAULT_LIMIT = 100;
 const MAX_LIMIT = 10_000;
 /** Delayed tasks read to count those retrying and those waiting on a rate window. */
 const DELAYED_SAMPLE = 1_000;
-/** Width of a bucket of the stats hash (fetch-6.lua), ms. */
+/** Width of a bucket of the stats hash (fetch-7.lua), ms. */
 const STATS_BUCKET_MS = 10_000;
 
 /**
@@ -45,7 +45,7 @@ function throughput(stats: Record<string, string> | null, now: number, kinds: re
 /** The counts of one queue, read in one MULTI (a snapshot). */
 export interface QueueStats {
   queue: string;
-  /** Tasks in the wait list, ready to start. */
+  /** Tasks ready to start: in the wait list, or claimed by a worker that starts them in its next call. */
   waiting: number;
   /** Tasks due later (countdown, eta, retries, rate-limit reschedules, hand-backs). */
   delayed: number;
@@ -214,12 +214,23 @@ export class Inspector {
         .lrange(k.wait, -10, -1)
         .lpos(k.wait, '', 'COUNT', 0, 'MAXLEN', 100_000)
         .hgetall(k.stats)
+        .zcard(k.claimed)
         .exec();
       if (!r) throw new ConfigError(`the MULTI reading queue ${k.queue} was discarded`);
       for (const [err] of r) if (err) throw err;
       return { now, r: r.map(([, v]) => v) };
     });
-    const [waitLen, delayed, running, dead, workers, tail, markerAt, stats] = replies.r as [number, number, number, number, number, string[], number[] | null, Record<string, string>];
+    const [waitLen, delayed, running, dead, workers, tail, markerAt, stats, claimed] = replies.r as [
+      number,
+      number,
+      number,
+      number,
+      number,
+      string[],
+      number[] | null,
+      Record<string, string>,
+      number,
+    ];
     const markers = markerAt?.length ?? 0;
     // Waiting since it became ready: sent, or due (a countdown, a retry, a hand-back), whichever is later.
     let oldestWaitingMs: number | null = null;
@@ -233,7 +244,8 @@ export class Inspector {
     const { retrying } = delayed > 0 ? await this.delayedSample(k) : { retrying: 0 };
     return {
       queue: k.queue,
-      waiting: Math.max(0, waitLen - markers),
+      // Claimed tasks wait too: a worker took them off the wait list to start them in its next call.
+      waiting: Math.max(0, waitLen - markers) + claimed,
       delayed,
       running,
       dead,

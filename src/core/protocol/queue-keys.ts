@@ -16,6 +16,7 @@ export const KEY_NAMES = {
   wait: 'wait',
   delayed: 'delayed',
   active: 'active',
+  claimed: 'claimed',
   dead: 'dead',
   names: 'names',
   task: 't:',
@@ -60,6 +61,8 @@ export class QueueKeys {
   readonly delayed: string;
   /** ZSET id -> lease expiry (ms, Redis clock) of started tasks. */
   readonly active: string;
+  /** ZSET id -> when the claim lapses (ms, Redis clock) of tasks a worker took off the wait list to start in its next call. */
+  readonly claimed: string;
   /** LIST of dead letters: JSON `{ id, reason, at }`, newest first, at most 1000. */
   readonly dead: string;
   /** Pub/Sub channel on which revokes of running tasks are broadcast to workers. */
@@ -85,6 +88,7 @@ export class QueueKeys {
     this.wait = this.base + KEY_NAMES.wait;
     this.delayed = this.base + KEY_NAMES.delayed;
     this.active = this.base + KEY_NAMES.active;
+    this.claimed = this.base + KEY_NAMES.claimed;
     this.dead = this.base + KEY_NAMES.dead;
     this.revoke = this.base + CHANNEL_NAMES.revoke;
     this.names = this.base + KEY_NAMES.names;

@@ -131,7 +131,18 @@ export type EndOutcome =
   | { kind: 'refused'; message: string }
   | { kind: 'unexpected'; error: UnexpectedReplyError };
 
-/** The reply of fetch-6.lua. */
+/** A task a fetch took off the wait list for this worker to start in its next call (fetch-7.lua). */
+export interface Claim {
+  id: string;
+  /** The claim's lapse time as Redis stored it: the next call names the claim by it. */
+  stamp: string;
+  /** The lock its record names, '' when none or not read yet: the next call declares it. */
+  lockKey: string;
+  /** The rate window its record names, '' when none or not read yet. */
+  rateKey: string;
+}
+
+/** The reply of fetch-7.lua. */
 export interface FetchReply {
   started: StartedRun[];
   readonly limited: readonly { id: string; name: string; argsJson: string; delayMs: number }[];
@@ -144,32 +155,86 @@ export interface FetchReply {
   readonly outcomes: readonly EndOutcome[];
   /** '' or the text of the commands Redis refused. */
   problem: string;
+  /** The claims this worker holds after the call (new, or given and kept): start them next. */
+  readonly claims: readonly Claim[];
+  /** Ids at the tail of the wait list after the call, tail first: the next call's hints. */
+  readonly peek: readonly string[];
+  /** Ids of started tasks whose leases lapsed (recoverLapsed). */
+  readonly lapsed: readonly string[];
 }
 
 /** nextDelayMs of a call that started all it asked for: the delayed set was not read. */
 export const NOT_LOOKED_UP = -2;
 
-/** fetch-6.lua's reply as Redis sent it: read it with readFetchReply. */
-export type RawFetchReply = [(string | number)[], (string | number)[], (string | number)[], number, number, string[], string];
+/** fetch-7.lua's reply as Redis sent it: read it with readFetchReply. */
+export type RawFetchReply = [
+  (string | number)[],
+  (string | number)[],
+  (string | number)[],
+  number,
+  number,
+  string[],
+  string,
+  string[],
+  string[],
+  string[],
+];
 
 const STARTED_ITEMS = 8;
 const NONE: readonly never[] = Object.freeze([]);
 
+/** What a fetch call may carry beside its ends (fetch-7.lua). */
+export interface FetchCandidates {
+  /** The lock each run of `ends` started under, by id (absent: none). */
+  readonly locks?: ReadonlyMap<string, string>;
+  /** Claims this worker holds: started by the call, or released when `want` is 0. */
+  readonly claims?: readonly Claim[];
+  /** Ids seen at the tail of the wait list (the last reply's peek): started when still there. */
+  readonly hints?: readonly string[];
+  /** How many ids at the tail to return for the next call's hints. */
+  readonly peek?: number;
+}
+
+/** The longest a claim holds: a worker starts its claims in its next call, so this bounds how long a dead worker's claims wait. */
+export const MAX_CLAIM_MS = 10_000;
+
 /**
- * Stores `ends` and starts up to `want` tasks, in one call (fetch-6.lua). Resolves Redis's
+ * Stores `ends` and starts up to `want` tasks, in one call (fetch-7.lua). Resolves Redis's
  * reply as sent; `readFetchReply` decodes it. Two steps instead of one async function: this is
  * the call every task of a busy worker goes through, and the extra promise per call showed in
- * the worker's CPU per task at concurrency 1 (BENCHMARKS.md).
+ * the worker's CPU per task at concurrency 1 (BENCHMARKS.md). Every key the script touches is
+ * declared: the records (and locks) of `ends`, and of the claims and hints in `c`.
  */
-export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[]): Promise<RawFetchReply> {
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, runner.cluster ? 1 : 0, ends.length];
-  for (const e of ends) args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason);
-  return runner.run<RawFetchReply>(fetchScript, [keys.wait, keys.delayed, keys.active, keys.dead, keys.events, keys.stats], args);
+export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[], c: FetchCandidates = {}): Promise<RawFetchReply> {
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, Math.min(worker.leaseMs, MAX_CLAIM_MS), c.peek ?? 0, ends.length];
+  const scriptKeys = [keys.wait, keys.delayed, keys.active, keys.dead, keys.events, keys.stats, keys.claimed];
+  const locks = c.locks;
+  for (const e of ends) {
+    const lock = locks?.get(e.id);
+    args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason, lock === undefined ? '' : '1');
+    scriptKeys.push(keys.task(e.id));
+    if (lock !== undefined) scriptKeys.push(lock);
+  }
+  const claims = c.claims ?? NONE;
+  const hints = c.hints ?? NONE;
+  args.push(claims.length + hints.length);
+  const mode = want > 0 ? 'c' : 'r';
+  for (const cl of claims) {
+    args.push(cl.id, mode, cl.stamp, (cl.lockKey === '' ? '' : 'l') + (cl.rateKey === '' ? '' : 'r'));
+    scriptKeys.push(keys.task(cl.id));
+    if (cl.lockKey !== '') scriptKeys.push(cl.lockKey);
+    if (cl.rateKey !== '') scriptKeys.push(cl.rateKey);
+  }
+  for (const id of hints) {
+    args.push(id, 'h', '', '');
+    scriptKeys.push(keys.task(id));
+  }
+  return runner.run<RawFetchReply>(fetchScript, scriptKeys, args);
 }
 
 /** Decodes the reply of a fetch call that sent `endCount` ends. */
 export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply {
-  const [started, limited, revoked, nextDelay, more, outcomes, problem] = raw;
+  const [started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed] = raw;
   const reply: FetchReply = {
     started: [],
     limited: limited.length === 0 ? NONE : [],
@@ -178,7 +243,14 @@ export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply
     more: Number(more) !== 0,
     outcomes: endCount === 0 ? NONE : [],
     problem: problem ? String(problem) : '',
+    claims: claims.length === 0 ? NONE : [],
+    peek: peek.length === 0 ? NONE : peek.map(String),
+    lapsed: lapsed.length === 0 ? NONE : lapsed.map(String),
   };
+  const claimsOut = reply.claims as Claim[];
+  for (let i = 0; i < claims.length; i += 4) {
+    claimsOut.push({ id: String(claims[i]), stamp: String(claims[i + 1]), lockKey: String(claims[i + 2] ?? ''), rateKey: String(claims[i + 3] ?? '') });
+  }
   for (let i = 0; i < started.length; i += STARTED_ITEMS) {
     const carried = String(started[i + 7]);
     reply.started.push({
@@ -439,4 +511,9 @@ export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, 
 /** Deletes the record of an ended task (forget-1.lua); false when the task has not ended. */
 export async function forget(runner: ScriptRunner, keys: QueueKeys, id: string): Promise<boolean> {
   return (await runner.run<number>(forgetScript, [keys.task(id)], [])) === 1;
+}
+
+// TEMPORARY until the recover script lands (wt-rec).
+export async function recoverLapsed(_runner: ScriptRunner, _keys: QueueKeys, _worker: WorkerIdentity, _ids: readonly string[]): Promise<{ count: number; problem: string }> {
+  return { count: 0, problem: '' };
 }

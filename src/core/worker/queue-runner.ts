@@ -14,7 +14,9 @@ import {
   readFetchReply,
   reclaim as reclaimScript,
   requeue as requeueScript,
+  recoverLapsed,
   type AdmissionChecks,
+  type Claim,
   type EndOutcome,
   type FetchReply,
   type RunEnd,
@@ -67,6 +69,16 @@ const MAX_CALLS_IN_FLIGHT = 2;
 export class QueueRunner {
   /** The tasks of this queue that this worker runs now: id -> run token. */
   readonly running = new Map<string, string>();
+  /** The lock each run of `running` (or of `pending`) holds, by id: its finish declares it. */
+  private readonly locks = new Map<string, string>();
+  /** Tasks a fetch claimed for this worker, to start in the next call; their slots stay reserved. */
+  private claims: Claim[] = [];
+  /** Ids the last reply saw at the tail of the wait list: the next call names them to start them at once. */
+  private hints: readonly string[] = [];
+  /** Hints sent in calls still in flight: a second call names others. */
+  private readonly hinted = new Set<string>();
+  /** When lapsed leases were last recovered (ms, this process's clock). */
+  private lastRecovery = 0;
   private pending: Finish[] = [];
   private idle = false;
   private blocking = false;
@@ -112,7 +124,10 @@ export class QueueRunner {
 
   /** Forgets a run whose end is in Redis already, or that is no longer current (revoked with terminate, lost, handed back, declined). */
   drop(id: string, token: string): void {
-    if (this.running.get(id) === token) this.running.delete(id);
+    if (this.running.get(id) === token) {
+      this.running.delete(id);
+      this.locks.delete(id);
+    }
     this.poke();
   }
 
@@ -151,8 +166,11 @@ export class QueueRunner {
   }
 
   /** Admits a run of a message that lacks the lock or rate limit of the worker's definition (admit-6.lua). */
-  admit(run: RunRef, checks: AdmissionChecks): Promise<Verdict> {
-    return admitScript(this.scripts, this.keys, this.host, run, checks);
+  async admit(run: RunRef, checks: AdmissionChecks): Promise<Verdict> {
+    const verdict = await admitScript(this.scripts, this.keys, this.host, run, checks);
+    // The run now holds the worker's lock, which its finish declares.
+    if (verdict.verdict === 'RUN' && checks.lock && this.running.get(run.id) === run.token) this.locks.set(run.id, checks.lock.key);
+    return verdict;
   }
 
   /** Hands back a run of a task this worker does not run (decline-7.lua). */
@@ -175,6 +193,8 @@ export class QueueRunner {
     this.abandoned = true;
     this.pending = [];
     this.running.clear();
+    this.locks.clear();
+    this.claims = [];
     this.rejectAbandoned?.(new WorkerShutdownError(this.host.workerId));
     this.poke();
   }
@@ -206,44 +226,74 @@ export class QueueRunner {
       // just woken by one task would send a second fetch that finds nothing.
       const maxCalls = this.reclaimNeeded || !this.lastFull ? 1 : MAX_CALLS_IN_FLIGHT;
       const canSend = this.inFlight < maxCalls;
-      const want = canSend && !this.idle && this.host.accepting() ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
-      if (!canSend || (this.pending.length === 0 && want === 0)) {
-        if (!this.host.accepting() && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0) return;
-        if (this.idle && this.host.accepting() && this.inFlight === 0) this.block();
+      const accepting = this.host.accepting();
+      const fresh = canSend && !this.idle && accepting ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
+      if (!canSend || (this.pending.length === 0 && fresh === 0 && this.claims.length === 0)) {
+        if (!accepting && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0 && this.claims.length === 0) return;
+        if (this.idle && accepting && this.inFlight === 0) this.block();
         await new Promise<void>((resolve) => (this.wake = resolve));
         continue;
       }
       const fin = this.pending.splice(0, MAX_FINISHES_PER_CALL);
-      this.host.reserve(want);
+      // Claims held go with this call: started while the worker accepts, else released.
+      const claims = this.claims;
+      this.claims = [];
+      this.host.reserve(fresh);
       this.inFlight++;
-      void this.call(fin, want).finally(() => {
+      void this.call(fin, fresh, claims, accepting).finally(() => {
         this.inFlight--;
         this.poke();
       });
     }
   }
 
+  /** Up to `n` ids of the last peek that no call in flight names. */
+  private takeHints(n: number): string[] {
+    const out: string[] = [];
+    for (const id of this.hints) {
+      if (out.length >= n) break;
+      if (this.hinted.has(id) || this.running.has(id)) continue;
+      out.push(id);
+      this.hinted.add(id);
+    }
+    return out;
+  }
+
   /**
-   * One script call: stores `fin` and starts up to `want` tasks. Up to two run at once, so Redis
-   * works on one batch while this process runs the tasks of the other.
+   * One script call: stores `fin` and starts up to `fresh` tasks beside the `claims` held (or
+   * releases those when the worker no longer accepts). Up to two run at once, so Redis works on
+   * one batch while this process runs the tasks of the other.
    */
-  private async call(fin: Finish[], want: number): Promise<void> {
+  private async call(fin: Finish[], fresh: number, claims: Claim[], accepting: boolean): Promise<void> {
     let reply: FetchReply;
+    const want = accepting ? fresh + claims.length : 0;
+    const hints = fresh > 0 ? this.takeHints(fresh) : [];
     try {
       if (this.reclaimNeeded) await this.reclaim(fin);
-      if (fin.length === 0 && want === 0) return; // want 0: nothing was reserved
-      const raw = await Promise.race([fetchScript(this.scripts, this.keys, this.host, want, fin), this.abandonedCall]);
+      if (fin.length === 0 && want === 0 && claims.length === 0) return; // nothing reserved
+      const raw = await Promise.race([
+        fetchScript(this.scripts, this.keys, this.host, want, fin, { locks: this.locks, claims, hints, peek: accepting ? this.maxWant * MAX_CALLS_IN_FLIGHT : 0 }),
+        this.abandonedCall,
+      ]);
       reply = readFetchReply(raw, fin.length);
     } catch (err) {
-      this.host.reserve(-want);
+      for (const id of hints) this.hinted.delete(id);
+      this.host.reserve(-fresh);
       if (this.abandoned) return;
+      // Claims the lost call may have started are no longer the caller's (their stamps are gone):
+      // sending them again does nothing; the runs it started are reclaimed.
+      this.claims.unshift(...claims);
       this.pending.unshift(...fin);
       this.reclaimNeeded = true;
       this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: fetching and storing ends`));
       await this.backOff();
       return;
     }
-    this.host.reserve(-want);
+    for (const id of hints) this.hinted.delete(id);
+    // The slots of the claims still held stay reserved.
+    this.host.reserve(reply.claims.length - fresh - claims.length);
+    if (reply.claims.length > 0) this.claims.push(...reply.claims);
+    if (accepting) this.hints = reply.peek;
     // Ends Redis refused (nothing stored) go back to be sent again; the run token tells a
     // second send apart from a first that was stored after all.
     const refused: Finish[] = [];
@@ -252,20 +302,32 @@ export class QueueRunner {
       const outcome = reply.outcomes[i]!;
       // An outcome this version does not know: reported, not sent again (Redis holds whatever the script did).
       if (outcome.kind === 'unexpected') return this.host.reportError(outcome.error);
-      if (outcome.kind !== 'refused') return f.stored(outcome);
+      if (outcome.kind !== 'refused') {
+        if (!this.running.has(f.id)) this.locks.delete(f.id);
+        return f.stored(outcome);
+      }
       refused.push(f);
       refusals.push(`storing the end of task ${f.id}: ${outcome.message}`);
     });
     if (refused.length > 0) this.pending.unshift(...refused);
-    for (const task of reply.started) {
-      this.running.set(task.id, task.token);
-      this.host.launch(this, task);
+    if (reply.started.length > 0) {
+      for (const task of reply.started) {
+        if (task.carriesLock) {
+          // A task starts only in a call that declared the lock its record names: a claim's.
+          const lock = claims.find((c) => c.id === task.id)?.lockKey;
+          if (lock) this.locks.set(task.id, lock);
+        }
+        this.running.set(task.id, task.token);
+        this.host.launch(this, task);
+      }
     }
     for (const t of reply.limited) this.host.rateLimited(this.keys.queue, t.id, t.name, t.argsJson, t.delayMs);
     for (const t of reply.revoked) this.host.revoked(this.keys.queue, t.id, t.name, t.argsJson, t.reason);
+    if (reply.lapsed.length > 0) this.recover(reply.lapsed);
     if (want > 0) {
-      this.idle = !reply.more && reply.started.length < want;
-      this.lastFull = reply.started.length >= want;
+      const taken = reply.started.length + reply.claims.length;
+      this.idle = !reply.more && taken < want;
+      this.lastFull = taken >= want;
     }
     this.scheduleDue(reply.nextDelayMs);
     if (refusals.length > 0) this.reportRefusal(refusals.join('; '));
@@ -278,6 +340,30 @@ export class QueueRunner {
     } else {
       this.failures = 0;
     }
+  }
+
+  /**
+   * Recovers leases that lapsed (their workers died or hung), at most once a second per queue:
+   * every worker's fetch sees them, and the first recovery takes them. This worker's own runs
+   * are left out: it renews them, and a lease of its own that lapsed is its to finish.
+   */
+  private recover(lapsed: readonly string[]): void {
+    const now = Date.now();
+    if (now - this.lastRecovery < 1000) return;
+    const ids = lapsed.filter((id) => !this.running.has(id));
+    if (ids.length === 0) return;
+    this.lastRecovery = now;
+    recoverLapsed(this.scripts, this.keys, this.host, ids).then(
+      (done) => {
+        if (done.problem) this.reportRefusal(`recovering lapsed leases: ${done.problem}`);
+        // Recovered tasks are back in the wait list: an idle worker fetches them.
+        if (done.count > 0) {
+          this.idle = false;
+          this.poke();
+        }
+      },
+      (err: unknown) => this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: recovering lapsed leases`)),
+    );
   }
 
   /**
@@ -343,6 +429,10 @@ export class QueueRunner {
     this.blocking = true;
     this.blocker
       .blmove(this.keys.wait, this.keys.wait, 'RIGHT', 'RIGHT', BLOCK_SECONDS)
+      .then((id) => {
+        // The id at the tail: the next call names it, and starts it at once if still there.
+        if (id) this.hints = [id];
+      })
       .catch(async (err: unknown) => {
         if (!this.host.accepting()) return;
         this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: waiting for tasks`));

@@ -20,9 +20,10 @@ end
 
 -- Ends a task whose message cannot be run as FAILURE with a MalformedTaskError, and
 -- dead-letters it. The dead letter is written first: should Redis refuse it, the task is
--- unchanged and the caller can put it back.
-local function failMalformed(base, id, reason, now, expireMs)
+-- unchanged and the caller can put it back. `lock`: as endTask takes it (a script that must not
+-- touch an undeclared lock passes the one it declared, or { false }: none).
+local function failMalformed(base, id, reason, now, expireMs, lock)
   deadLetter(base, id, reason, now)
   local err = cjson.encode({ name = 'MalformedTaskError', message = reason })
-  endTask(base, id, 'FAILURE', { 'e', err }, now, expireMs)
+  endTask(base, id, 'FAILURE', { 'e', err }, now, expireMs, lock)
 end

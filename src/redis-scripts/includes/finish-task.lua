@@ -18,8 +18,10 @@
 --   'STALE', state: not stored, the run is no longer the task's current run (its lease lapsed and
 --     it was recovered, it was revoked with terminate, its record was replaced or is gone);
 --     the detail is the state Redis holds ('' when there is no record);
---   'ERROR', message: Redis refused a command, or (on a Cluster node importing a slot) the record
---     is not there yet; the run keeps its lease (renewed from now), the worker tries again later.
+--   'ERROR', message: Redis refused a command; the run keeps its lease (renewed from now), the
+--     worker tries again later.
+-- `key` is the task's record and `lockDeclared` the lock the caller declared for it (false: none),
+-- both in the call's KEYS.
 -- Writes a run's end (finishTask, after the lease is gone): RETRY back to the delayed set, or a
 -- final state through endTask. Run under pcall: a refusal is undone by the caller.
 local function writeEnd(base, key, delayedKey, id, state, stored, extra, retries, revoke, now, expireMs, retryDelayMs,
@@ -43,22 +45,21 @@ local function writeEnd(base, key, delayedKey, id, state, stored, extra, retries
   endTask(base, id, stored, extra, now, expireMs, { lockKey, lockWait }, run)
 end
 
-local function finishTask(base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value, expireMs,
-                          retryDelayMs, deadReason)
-  local key = taskKeyOf(base, id)
+local function finishTask(key, lockDeclared, base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value,
+                          expireMs, retryDelayMs, deadReason)
   local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw', 'n', 'st', 'at')
   if t.err and isRefusal(t) then return 'ERROR', t.err end
   -- On a Cluster node importing a slot, the record may still be on the old master: the worker
   -- sends this end again, as after a refusal, and the run keeps its lease meanwhile.
-  if not t.err and not t[1] and notHereYet() then
-    return 'ERROR', 'TRYAGAIN the record of task ' .. id .. ' is not on this node (a slot is being imported)'
-  end
   if t.err or not t[1] then
     -- No record, or not one of ours: nobody can run the task any more; its lease goes too.
     redis.call('ZREM', activeKey, id)
     return 'STALE', ''
   end
   local current, owner, runToken, finished, revoke, retries, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
+  -- A lock the caller did not declare is not touched (it lapses with its lifetime): the worker
+  -- declares the lock it started the run under, which is the one the record names.
+  if lockKey and lockKey ~= lockDeclared then lockKey = false end
   if not (current == 'STARTED' and owner == workerId and runToken == token) then
     if finished and string.sub(finished, 1, #token + 1) == token .. ' ' then return string.sub(finished, #token + 2), '' end
     return 'STALE', current

@@ -6,6 +6,7 @@
 local function waitKeyOf(base) return base .. 'wait' end
 local function delayedKeyOf(base) return base .. 'delayed' end
 local function activeKeyOf(base) return base .. 'active' end
+local function claimedKeyOf(base) return base .. 'claimed' end
 local function deadKeyOf(base) return base .. 'dead' end
 local function namesKeyOf(base) return base .. 'names' end
 local function taskKeyOf(base, id) return base .. 't:' .. id end

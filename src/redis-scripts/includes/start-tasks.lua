@@ -6,12 +6,27 @@
 -- @include "args"
 -- @include "move-to-wait"
 -- @include "events"
--- @include "history"
--- Recovers lapsed leases, moves due delayed tasks to the wait list, then starts up to `want`
--- tasks from it. Recovery: a STARTED task whose lease lapsed (its worker died or hung) goes
--- back to the front of the wait list keeping its id and lock, or, after `mr` recoveries
--- (default 1), ends FAILURE with a WorkerLostError. For each candidate, in this order:
+-- @include "declared"
+-- Starts up to `want` tasks, touching only keys the call declares. A task's record, lock and
+-- rate window can be declared only by a caller that knows its id and its record's `lk` and `rk`
+-- before the call, so a task reaches STARTED in one of two ways:
+--   * a hint: an id the caller names because it saw it at the tail of the wait list (the last
+--     call's peek, or the id its blocking BLMOVE saw), with its record declared: when the id is
+--     still at the tail, it is examined and started in this call;
+--   * a claim: an id read from the tail that the caller did not declare is moved from the wait
+--     list to the claimed set (score: when the claim lapses, which also tells this claim apart
+--     from any later one of the same id) and returned; the caller's next call declares its record
+--     and starts it. A hinted or claimed task whose record names a lock or rate window the call
+--     did not declare is claimed (or stays claimed) and returned with those keys, for the next
+--     call to declare.
+-- A claim the caller does not start in time (it died, or lost the reply) lapses: any call that
+-- starts tasks moves lapsed claims back to the front of the wait list. A closing worker releases
+-- its claims the same way (mode 'r'). Due delayed tasks join the wait list first. Lapsed leases
+-- of started tasks are not recovered here (that needs their records declared): their ids are
+-- returned, for the caller to recover with recover-*.lua.
+-- For each task examined, in this order:
 --   * no record: dead-lettered; a state other than PENDING/RETRY (revoked): dropped;
+--   * its record names a lock or rate window the call did not declare: claimed, keys returned;
 --   * a message this version cannot read (fields missing or of the wrong kind): FAILURE with
 --     MalformedTaskError, dead-lettered;
 --   * past its `expires` time: REVOKED with reason 'expired';
@@ -23,24 +38,32 @@
 -- Ids are read from the tail of the wait list (LRANGE), not popped: while the call works, every
 -- id it looks at is still in the list, so a call that fails half way (a command Redis refuses
 -- outside a pcall, an error in the script) leaves no id in no place. At the end the ids examined
--- are taken off the tail in one LTRIM, except those to try again, which stay at the tail in
--- their order (see settleTail). A command Redis refuses (isRefusal: out of memory, an ACL, a
--- Cluster slot on the move) never fails or drops a task: its start is undone, it stays in the
--- list, and the refusal is reported in `problem`. Should the final trim itself be refused, the
--- ids examined stay in the list too: the ones started or ended are stale entries there, dropped
--- when read again (their state is no longer PENDING or RETRY, or they wait in the delayed set).
--- Returns {started, limited, revoked, nextDelay, more, outcomes, problem}:
+-- or claimed are taken off the tail in one LTRIM, except those to try again, which stay at the
+-- tail in their order (see settleTail). A command Redis refuses (isRefusal: out of memory, an
+-- ACL, a Cluster slot on the move) never fails or drops a task: its start is undone, it stays
+-- where it was (the list, or the claimed set), and the refusal is reported in `problem`. Should
+-- the final trim itself be refused, the ids examined stay in the list too: the ones started,
+-- ended or claimed are stale entries there, dropped when read again (their state is no longer
+-- PENDING or RETRY, or they wait in the delayed set, or a claim of them is started first).
+-- `cands` maps an id to what the call declared for it: { key = its record, lock, rate (nil when
+-- not declared), mode = 'h' hint, 'c' a claim to start, 'r' a claim to release, stamp = the
+-- claim's score as returned }.
+-- Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed}:
 --   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far,
 --     run token, and which options the message carried ('u' unique lock, 'r' rate limit,
 --     't' time limit, 'm' maxRecoveries; the worker applies its own for the others)
 --   limited: flat list of id, name, args, delay ms
 --   revoked: flat list of id, name, args, reason
 --   nextDelay: ms until the earliest delayed task is due, -1 if none (or Redis refused the
---     lookup), -2 not looked up (all `want` tasks started: the worker calls again before it could
---     go idle)
+--     lookup), -2 not looked up (all `want` tasks started or claimed: the worker calls again
+--     before it could go idle)
 --   more: 0 when the wait list ran dry, 1 when it may hold more
 --   outcomes: as the caller passes it (finish's stored states; empty for fetch)
 --   problem: '' or the text of the commands Redis refused (the caller reports it and backs off)
+--   claims: flat list of id, stamp, lock key, rate key ('' none or not known yet) of each claim
+--     the caller holds after the call, new or kept
+--   peek: up to `peekCount` ids at the tail of the wait list after the call, tail first
+--   lapsed: up to 20 ids of the active set whose leases lapsed
 
 -- Takes the ids examined off the tail of the wait list, keeping those to try again there.
 -- `examined[i]` is the id i places from the tail (examined[1] is the last element, the one RPOP
@@ -72,119 +95,42 @@ local function settleTail(waitKey, examined, stays)
   return nil
 end
 
--- Recovers one lapsed lease (see recoverLapsed). Raises when Redis refuses a command; the task
--- is then as it was, leased, to be tried again.
-local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
-  local key = taskKeyOf(base, id)
-  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw', 'n', 'st', 'at')
-  if t.err then
-    if isRefusal(t) then error(t) end
-    deadLetter(base, id, 'the active set names a task whose record is not a hash', now)
-    redis.call('ZREM', activeKey, id)
-    return
-  end
-  local state, recovered, maxRecoveries, owner, revoke, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7]
-  local run = { t[8], owner, t[9] }
-  if not state and notHereYet() then
-    -- Its record may still be on the master the slot comes from: the lease stays.
-    error({ err = 'TRYAGAIN the record of leased task ' .. id .. ' is not on this node (a slot is being imported)' })
-  elseif not state then
-    deadLetter(base, id, 'the active set names a task with no record', now)
-    redis.call('ZREM', activeKey, id)
-  elseif state ~= 'STARTED' then
-    -- A lease left behind by a task that has moved on.
-    redis.call('ZREM', activeKey, id)
-  elseif owner == workerId and expiry > now - leaseMs then
-    -- The caller's own task, lapsed less than a lease ago. The caller is alive (it is calling),
-    -- so its renewal was held up (a stalled connection, a busy event loop), not lost: it gets
-    -- one more lease to renew or finish the task. Any other worker recovers it at once.
-  elseif revoke then
-    -- Its revoke was requested while it ran: it ends as the revoke asked and never runs again.
-    endLeased(activeKey, id, expiry, function()
-      endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { lockKey, lockWait }, run)
-    end)
-  else
-    local recoveries = (tonumber(recovered) or 0) + 1
-    local max = tonumber(maxRecoveries) or 1
-    if recoveries > max then
-      local err = cjson.encode({
-        name = 'WorkerLostError',
-        message = 'worker ' .. tostring(owner) .. ' stopped renewing the lease of this task (it died or hung); ' ..
-          'it was recovered ' .. (recoveries - 1) .. ' time(s) and maxRecoveries is ' .. max,
-      })
-      endLeased(activeKey, id, expiry, function()
-        endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { lockKey, lockWait }, run)
-      end)
-    else
-      requeueLeased(key, waitKey, activeKey, id, expiry, { 'rc', recoveries }, { 'rc', tonumber(recovered) or 0 })
-      -- Best effort: the task is back in the wait list whatever becomes of its history.
-      pcall(keepAttempt, key, { a = tonumber(t[10]), st = tonumber(t[9]), w = owner, lost = true })
-      noteEvent('recovered', id, 'n', t[8], 'w', owner)
-    end
-  end
-end
-
--- Up to 100 lapsed leases of the active set. Adds the text of each refusal to `problems`.
-local function recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs, problems)
-  -- A refusal here is reported and the call goes on: the ends this call stored may have emptied
-  -- the active set, and in a slot being migrated an emptied (deleted) key is "non local" to the
-  -- script. (Any other error, a key of the wrong type, fails the call as before.)
-  local lapsed = redis.pcall('ZRANGEBYSCORE', activeKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)
-  if lapsed.err then
-    if not isRefusal(lapsed) then error(lapsed) end
-    table.insert(problems, 'looking for lapsed leases: ' .. lapsed.err)
-    return
-  end
-  for i = 1, #lapsed, 2 do
-    local mark = eventMark()
-    local ok, err = pcall(recoverOne, base, waitKey, activeKey, lapsed[i], tonumber(lapsed[i + 1]), now, expireMs, workerId,
-      leaseMs)
-    if not ok then
-      eventRewind(mark)
-      table.insert(problems, 'recovering task ' .. lapsed[i] .. ': ' .. errorText(err))
-    end
-  end
-end
-
 -- `seed` (a random whole number, as text) seeds the jitter of rate-limited tasks (seeding costs
 -- more than the rest of a typical call, so it is done only when a task is rate-limited) and is
 -- the run token of every task this call starts: a task is started at most once per call, and
 -- tokens are compared per task. `outcomes` goes into the reply as it is.
-local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseMs, want, now, expireMs, seed, outcomes)
+
+-- `K`: { wait = , delayed = , active = , claimed = } keys of the queue. `seed` (a random whole
+-- number, as text) seeds the jitter of rate-limited tasks (seeding costs more than the rest of a
+-- typical call, so it is done only when a task is rate-limited) and is the run token of every
+-- task this call starts: a task is started at most once per call, and tokens are compared per
+-- task. `order` lists the ids of `cands` in the order the caller gave them. `outcomes` goes into
+-- the reply as it is.
+local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed, outcomes, cands, order, claimMs, peekCount)
+  local waitKey, delayedKey, activeKey, claimedKey = K.wait, K.delayed, K.active, K.claimed
   local seeded = false
   local problems = {}
-  recoverLapsed(base, waitKey, activeKey, now, expireMs, workerId, leaseMs, problems)
-
-  -- Due delayed tasks join the wait list, oldest nearest the tail, which is read first.
-  local due = redis.pcall('ZRANGEBYSCORE', delayedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
-  if due.err then
-    if not isRefusal(due) then error(due) end
-    table.insert(problems, 'looking for due tasks: ' .. due.err)
-  elseif #due > 0 then
-    local refused = moveToWait(waitKey, delayedKey, due)
-    if refused then table.insert(problems, 'moving due tasks to the wait list: ' .. refused) end
-  end
-
-  local started, limited, revoked = {}, {}, {}
+  local started, limited, revoked, claims, lapsed, peek = {}, {}, {}, {}, {}, {}
   local count = 0
-  -- The ids examined, from the tail inward, and which of them stay in the list (settleTail).
-  local examined, stays = {}, {}
   -- What examining the current id has done so far, so a failure half way can be undone:
   -- its lease, its start counted in a rate window, its place in the delayed set.
   local leased, counted, placed
+  local function keep(id, stamp, lock, rate)
+    table.insert(claims, id); table.insert(claims, stamp); table.insert(claims, lock or ''); table.insert(claims, rate or '')
+  end
   -- Ends a candidate REVOKED without starting it (expired, duplicate) and reports it.
-  local function revokeOne(id, name, args, reason)
-    endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, nil, { name })
+  local function revokeOne(id, name, args, reason, lock)
+    endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock, { name })
     table.insert(revoked, id); table.insert(revoked, name); table.insert(revoked, args)
     table.insert(revoked, reason)
   end
-  -- Examines one id of the wait list; run under pcall (see the loop).
-  local function examine(id)
+  -- Examines one declared task; run under pcall. Returns 'keys', lock, rate when its record names
+  -- a lock or rate window the call did not declare (nothing is written then).
+  local function examine(id, c)
     leased, counted, placed = false, nil, false
-    if id == '' then return end -- the wake-up marker pushed by enqueue
-    local key = taskKeyOf(base, id)
+    local key = c.key
     local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
-      'a1', 'a2', 'a3', 'mr')
+      'a1', 'a2', 'a3', 'mr', 'lw')
     if t.err then
       if isRefusal(t) then error(t) end
       deadLetter(base, id, 'its record is not a hash', now)
@@ -192,13 +138,8 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     end
     local state, name, args, lockKey, lockLife, rateKey, rateLimit, ratePeriod = t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
     local attempts, version, expires, timeLimit, retries, pieces, dueAt = t[9], t[10], t[11], t[12], t[13], t[14], t[15]
-    local piece1, piece2, piece3, maxRecoveries = t[16], t[17], t[18], t[19]
-    if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
+    local piece1, piece2, piece3, maxRecoveries, lockWait = t[16], t[17], t[18], t[19], t[20]
     if not state then
-      -- On a Cluster node importing a slot, the record may not have arrived yet: tried again.
-      if notHereYet() then
-        error({ err = 'TRYAGAIN the record of task ' .. id .. ' is not on this node (a slot is being imported)' })
-      end
       deadLetter(base, id, 'the wait list names a task with no record', now)
       return
     end
@@ -207,6 +148,9 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     -- set, not yet due: dropped here, it starts when due. (Only a task with a due time, d, has
     -- ever been in the delayed set.)
     if dueAt and redis.call('ZSCORE', delayedKey, id) then return end
+    if (lockKey and lockKey ~= c.lock) or (rateKey and rateKey ~= c.rate) then return 'keys', lockKey, rateKey end
+    if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
+    local lock = { lockKey, lockWait }
 
     local lockTtl, limit, period = tonumber(lockLife), tonumber(rateLimit), tonumber(ratePeriod)
     local problemOfRecord = nil
@@ -227,23 +171,23 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
       problemOfRecord = 'the time limit (field tl) is not a number >= 0'
     end
     if problemOfRecord then
-      failMalformed(base, id, problemOfRecord, now, expireMs)
+      failMalformed(base, id, problemOfRecord, now, expireMs, lock)
       return
     end
     if expires and now > tonumber(expires) then
-      revokeOne(id, name, args, 'expired')
+      revokeOne(id, name, args, 'expired', lock)
       return
     end
     if lockKey then
       local holder = redis.pcall('GET', lockKey)
       if type(holder) == 'table' then
         if isRefusal(holder) then error(holder) end
-        failMalformed(base, id, 'its unique lock key holds a value of the wrong type', now, expireMs)
+        failMalformed(base, id, 'its unique lock key holds a value of the wrong type', now, expireMs, { false })
         return
       elseif not holder then
         redis.call('SET', lockKey, id, 'PX', lockTtl)
       elseif holder ~= id then
-        revokeOne(id, name, args, 'duplicate')
+        revokeOne(id, name, args, 'duplicate', lock)
         return
       end
     end
@@ -252,7 +196,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
       local trimmed = redis.pcall('ZREMRANGEBYSCORE', rateKey, '-inf', now - period)
       if type(trimmed) == 'table' then
         if isRefusal(trimmed) then error(trimmed) end
-        failMalformed(base, id, 'its rate window key holds a value of the wrong type', now, expireMs)
+        failMalformed(base, id, 'its rate window key holds a value of the wrong type', now, expireMs, lock)
         return
       end
       local inWindow = redis.call('ZCARD', rateKey)
@@ -296,12 +240,97 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil)
     count = count + 1
   end
+  -- Examines a declared task under pcall. Returns 'done' (started, ended or dropped), 'keys',
+  -- lock, rate (it needs them declared), or 'stays' (Redis refused a command, or ending it as
+  -- malformed failed: it is as it was).
+  local function tryExamine(id, c)
+    local mark = eventMark()
+    local ok, res, lock, rate = pcall(examine, id, c)
+    if ok then
+      if res == 'keys' then return 'keys', lock, rate end
+      return 'done'
+    end
+    eventRewind(mark)
+    -- Undo what the examination did before it failed, then: a refusal keeps the task as it was;
+    -- any other error means its record cannot be run (malformed), unless ending it so fails too,
+    -- which keeps it as it was too.
+    local err = res
+    if leased then redis.pcall('ZREM', activeKey, id) end
+    if counted then redis.pcall('ZREM', counted[1], counted[2]) end
+    if placed then redis.pcall('ZREM', delayedKey, id) end
+    if not isRefusal(err) then
+      local fine, failed = pcall(failMalformed, base, id, 'a command on its keys failed: ' .. errorText(err), now, expireMs,
+        { c.lock or false })
+      if fine then return 'done' end
+      err = failed
+    end
+    table.insert(problems, 'task ' .. id .. ': ' .. errorText(err))
+    return 'stays'
+  end
 
+  -- The caller's claims: started, or (mode 'r', or beyond `want`) sent back to the front of the
+  -- queue. A claim whose score is not the stamp the caller holds lapsed (and went back, or is
+  -- someone else's now): nothing to do.
+  local released = {}
+  for _, id in ipairs(order) do
+    local c = cands[id]
+    if c.mode ~= 'h' and tonumber(redis.call('ZSCORE', claimedKey, id)) == tonumber(c.stamp) then
+      if c.mode == 'r' or count >= want then
+        table.insert(released, id); table.insert(released, c.stamp)
+      else
+        local res, lock, rate = tryExamine(id, c)
+        if res == 'done' then
+          redis.call('ZREM', claimedKey, id)
+        else
+          keep(id, c.stamp, lock or c.lock, rate or c.rate)
+          count = count + 1
+        end
+      end
+    end
+  end
+
+  if #released > 0 then
+    -- In one push, so they keep their order at the front of the queue (the first at the tail).
+    local refused = moveToWait(waitKey, claimedKey, released)
+    if refused then table.insert(problems, 'releasing claims: ' .. refused) end
+  end
+
+  if want > 0 then
+    -- Lapsed claims go back to the front of the queue; lapsed leases are reported.
+    local stale = redis.pcall('ZRANGEBYSCORE', claimedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)
+    if stale.err then
+      if not isRefusal(stale) then error(stale) end
+      table.insert(problems, 'looking for lapsed claims: ' .. stale.err)
+    elseif #stale > 0 then
+      local refused = moveToWait(waitKey, claimedKey, stale)
+      if refused then table.insert(problems, 'sending lapsed claims back: ' .. refused) end
+    end
+    local gone = redis.pcall('ZRANGEBYSCORE', activeKey, '-inf', now, 'LIMIT', 0, 20)
+    if gone.err then
+      if not isRefusal(gone) then error(gone) end
+      table.insert(problems, 'looking for lapsed leases: ' .. gone.err)
+    else
+      lapsed = gone
+    end
+    -- Due delayed tasks join the wait list, oldest nearest the tail, which is read first.
+    local due = redis.pcall('ZRANGEBYSCORE', delayedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+    if due.err then
+      if not isRefusal(due) then error(due) end
+      table.insert(problems, 'looking for due tasks: ' .. due.err)
+    elseif #due > 0 then
+      local refused = moveToWait(waitKey, delayedKey, due)
+      if refused then table.insert(problems, 'moving due tasks to the wait list: ' .. refused) end
+    end
+  end
+
+  -- The ids examined, from the tail inward, and which of them stay in the list (settleTail).
+  local examined, stays = {}, {}
+  local claimedNow = {}
   -- Examining is bounded so one call stays short.
   local drained = false
   -- Ids are read from the tail as many at a time as tasks are still wanted (LRANGE: one command,
-  -- not one per task); every id read is examined, unless the bound stops the loop first (the
-  -- ones not examined are simply left in the list).
+  -- not one per task); every id read is examined or claimed, unless the bound stops the loop
+  -- first (the ones not reached are simply left in the list).
   local batch, next = {}, 1
   while count < want and #examined < want + 64 do
     if next > #batch then
@@ -313,8 +342,7 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
       if #examined == 0 then
         -- A write that changes nothing (LTRIM of the whole list), so a full Redis lets the starts
         -- through: under noeviction Redis refuses only a script's first write, and LTRIM is one it
-        -- allows. (An RPOP played that part when fetch popped its ids; reading them with LRANGE
-        -- writes nothing, and a plain fetch's first write would be a lease's ZADD, refused.)
+        -- allows. (A plain fetch's first write would otherwise be a lease's ZADD, refused.)
         redis.pcall('LTRIM', waitKey, 0, -1)
       end
       -- LRANGE answers head to tail; the tail comes first.
@@ -324,30 +352,49 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     local id = batch[next]
     next = next + 1
     examined[#examined + 1] = id
-    local mark = eventMark()
-    local ok, err = pcall(examine, id)
-    if not ok then
-      eventRewind(mark)
-      -- Undo what the examination did before it failed, then: a refusal keeps the task as it was,
-      -- in the list; any other error means its record cannot be run (malformed), unless ending it
-      -- so fails too, which keeps it in the list as well.
-      if leased then redis.pcall('ZREM', activeKey, id) end
-      if counted then redis.pcall('ZREM', counted[1], counted[2]) end
-      if placed then redis.pcall('ZREM', delayedKey, id) end
-      local keep = isRefusal(err)
-      if not keep then
-        local fine, failed = pcall(failMalformed, base, id, 'a command on its keys failed: ' .. errorText(err), now, expireMs)
-        if not fine then keep, err = true, failed end
-      end
-      if keep then
+    local c = cands[id]
+    if id == '' or claimedNow[id] then
+      -- the wake-up marker pushed by enqueue, or a second entry of an id claimed above: dropped
+    elseif c and c.mode == 'h' and not c.used then
+      c.used = true
+      local res, lock, rate = tryExamine(id, c)
+      if res == 'stays' then
         stays[#examined] = true
-        table.insert(problems, 'task ' .. id .. ': ' .. errorText(err))
+      elseif res == 'keys' then
+        local stamp = now + claimMs
+        local added = redis.pcall('ZADD', claimedKey, stamp, id)
+        if type(added) == 'table' and added.err then
+          stays[#examined] = true
+          table.insert(problems, 'claiming task ' .. id .. ': ' .. added.err)
+        else
+          claimedNow[id] = true
+          keep(id, stamp, lock, rate)
+          count = count + 1
+        end
+      end
+    else
+      local stamp = now + claimMs
+      local added = redis.pcall('ZADD', claimedKey, stamp, id)
+      if type(added) == 'table' and added.err then
+        stays[#examined] = true
+        table.insert(problems, 'claiming task ' .. id .. ': ' .. added.err)
+      else
+        claimedNow[id] = true
+        keep(id, stamp, nil, nil)
+        count = count + 1
       end
     end
   end
   if next <= #batch then drained = false end
   local refused = settleTail(waitKey, examined, stays)
   if refused then table.insert(problems, 'taking examined ids off the wait list: ' .. refused) end
+
+  if peekCount > 0 then
+    local tail = redis.call('LRANGE', waitKey, -peekCount, -1)
+    for i = #tail, 1, -1 do
+      if tail[i] ~= '' then peek[#peek + 1] = tail[i] end
+    end
+  end
 
   -- A worker that got all it asked for calls again soon: it needs neither of these.
   local nextDelay, more = -2, 1
@@ -363,5 +410,5 @@ local function startTasks(base, waitKey, delayedKey, activeKey, workerId, leaseM
     end
     if drained then more = 0 end
   end
-  return {started, limited, revoked, nextDelay, more, outcomes, table.concat(problems, '; ')}
+  return {started, limited, revoked, nextDelay, more, outcomes, table.concat(problems, '; '), claims, peek, lapsed}
 end

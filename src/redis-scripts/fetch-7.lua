@@ -1,0 +1,148 @@
+--[[
+  fetch: a worker's one call to a queue. It ends a batch of runs of started tasks (STARTED ->
+  SUCCESS, FAILURE, REVOKED or RETRY; see includes/finish-task.lua) and, in the same call, moves
+  due delayed tasks to the wait list and starts up to `want` tasks (PENDING/RETRY -> STARTED
+  with a lease and a run token), or claims them for the next call (see includes/start-tasks.lua:
+  a task starts only in a call that declares its record, lock and rate window). So a busy
+  worker spends one round trip per task. Either part may be empty: with no ends it is a plain
+  fetch, with `want` 0 a plain finish.
+
+  KEYS[1] wait list         <prefix>:{<queue>}:wait
+  KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
+  KEYS[3] active zset       <prefix>:{<queue>}:active
+  KEYS[4] dead-letter list  <prefix>:{<queue>}:dead
+  KEYS[5] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
+  KEYS[6] stats hash        <prefix>:{<queue>}:stats (runs ended per 10 s, see below)
+  KEYS[7] claimed zset      <prefix>:{<queue>}:claimed (id -> when the claim lapses, ms)
+  then, per finished run in ARGV order: its record <prefix>:{<queue>}:t:<id>, and its lock when
+  the run has one; then per candidate in ARGV order: its record, its lock when flagged 'l', its
+  rate window when flagged 'r'.
+
+  ARGV[1] key base          <prefix>:{<queue>}:
+  ARGV[2] worker id
+  ARGV[3] lease in ms
+  ARGV[4] want: how many tasks to start or claim at most, the caller's claims to start included
+          (0: finish only; claims given are then released)
+  ARGV[5] random seed for the rate-limit jitter and the run tokens
+  ARGV[6] default result lifetime in ms
+  ARGV[7] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
+  ARGV[8] claim lifetime in ms
+  ARGV[9] peek: how many ids at the tail of the wait list to return after the call (0: none)
+  ARGV[10] number of finished runs F (0 for a plain fetch), then F groups of 9:
+          id, run token, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error,
+          '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
+          ('' none), '1' when its lock follows its record in KEYS else ''
+  then the number of candidates C, then C groups of 4: id, mode ('h' an id seen at the tail of
+          the wait list, 'c' a claim of the caller to start, 'r' a claim to release), the claim's
+          stamp ('' for 'h'), flags ('l' its lock is declared, 'r' its rate window, both, or '')
+
+  The runs ended are counted in the queue's stats hash (KEYS[6], fields
+  's:<bucket>' succeeded and 'f:<bucket>' failed or retried, a bucket per 10 s of the Redis
+  clock, 15 minutes kept) for the Inspector's tasks per second.
+
+  Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed}:
+  as in start-tasks.lua (with want 0: nothing started, nextDelay given, more 0); outcomes is a
+  flat list of two items per finished run, in the order given: the outcome and its detail (see
+  finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds, ERROR
+  with Redis's refusal).
+
+  A declared record that is not the record of its id is the caller's mistake: the call fails
+  before it writes anything.
+]]
+-- @include "now"
+-- @include "start-tasks"
+-- @include "finish-task"
+-- @include "dead-letter"
+-- @include "next-delay"
+-- @include "refusal"
+-- @include "events"
+-- @include "keys"
+
+-- Counts the runs this call ended, per 10-second bucket (see the header). When a bucket opens,
+-- those older than 15 minutes go.
+local function countEnds(key, outcomes, now)
+  local ok, failed = 0, 0
+  for i = 1, #outcomes, 2 do
+    local o = outcomes[i]
+    if o == 'SUCCESS' then ok = ok + 1 elseif o == 'FAILURE' or o == 'RETRY' then failed = failed + 1 end
+  end
+  local bucket = math.floor(now / 10000)
+  local opened = false
+  if ok > 0 then opened = redis.pcall('HINCRBY', key, 's:' .. bucket, ok) == ok end
+  if failed > 0 then opened = (redis.pcall('HINCRBY', key, 'f:' .. bucket, failed) == failed) or opened end
+  if opened then
+    local old = {}
+    for _, field in ipairs(redis.call('HKEYS', key)) do
+      local b = tonumber(string.sub(field, 3))
+      if b and b < bucket - 90 then table.insert(old, field) end
+    end
+    if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  end
+end
+
+local base, workerId = ARGV[1], ARGV[2]
+local now = nowMs()
+useEvents(ARGV[7], workerId, KEYS[5])
+useDeadLetters(KEYS[4])
+
+-- The declared keys, checked before anything is written.
+local nextKey = 8
+local function declaredKey(id, what)
+  local key = KEYS[nextKey]
+  if not key then error('fetch: KEYS has no ' .. what .. ' for task ' .. id) end
+  nextKey = nextKey + 1
+  return key
+end
+local count = tonumber(ARGV[10])
+local ends = {}
+for i = 0, count - 1 do
+  local o = 11 + i * 9
+  local id = ARGV[o]
+  local key = declaredKey(id, 'record')
+  if key ~= taskKeyOf(base, id) then error('fetch: KEYS[' .. (nextKey - 1) .. '] is not the record of task ' .. id) end
+  local lock = false
+  if ARGV[o + 8] == '1' then lock = declaredKey(id, 'lock') end
+  ends[i + 1] = { key, lock, o }
+end
+local at = 11 + count * 9
+local candCount = tonumber(ARGV[at])
+local cands, order = {}, {}
+for i = 0, candCount - 1 do
+  local o = at + 1 + i * 4
+  local id, flags = ARGV[o], ARGV[o + 3]
+  local key = declaredKey(id, 'record')
+  if key ~= taskKeyOf(base, id) then error('fetch: KEYS[' .. (nextKey - 1) .. '] is not the record of task ' .. id) end
+  local c = { key = key, mode = ARGV[o + 1], stamp = ARGV[o + 2] }
+  if string.find(flags, 'l', 1, true) then c.lock = declaredKey(id, 'lock') end
+  if string.find(flags, 'r', 1, true) then c.rate = declaredKey(id, 'rate window') end
+  if not cands[id] then order[#order + 1] = id end
+  cands[id] = c
+end
+
+local outcomes = {}
+for i = 1, count do
+  local key, lock, o = ends[i][1], ends[i][2], ends[i][3]
+  local mark = eventMark()
+  local ok, outcome, detail = pcall(finishTask, key, lock, base, KEYS[3], KEYS[2], workerId, tonumber(ARGV[3]), now, ARGV[o],
+    ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]), ARGV[o + 7])
+  -- A command refused half way (the first ones succeeded): the worker sends this finish again,
+  -- and the token tells it apart from a finish already stored.
+  if not ok then outcome, detail = 'ERROR', errorText(outcome) end
+  if outcome == 'ERROR' then eventRewind(mark) end
+  table.insert(outcomes, outcome)
+  table.insert(outcomes, detail)
+end
+
+-- Counting is best effort: a refused command (a full Redis, an ACL) must not fail the call.
+if count > 0 then pcall(countEnds, KEYS[6], outcomes, now) end
+
+local want = tonumber(ARGV[4])
+local reply
+if want > 0 or candCount > 0 then
+  reply = startTasks(base, { wait = KEYS[1], delayed = KEYS[2], active = KEYS[3], claimed = KEYS[7] }, workerId,
+    tonumber(ARGV[3]), want, now, tonumber(ARGV[6]), ARGV[5], outcomes, cands, order, tonumber(ARGV[8]), tonumber(ARGV[9]))
+else
+  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, '', {}, {}, {}}
+end
+flushEvents()
+return reply
