@@ -63,6 +63,8 @@
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lockOf, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local rateOf, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local WHOSE = { [''] = true, worker = true, record = true }
+if not (WHOSE[lockOf] and WHOSE[rateOf]) then return redis.error_reply("admit: ARGV[5] and ARGV[8] are 'worker', 'record' or ''") end
 -- The declared lock and rate window, in the order of the header ('' for none).
 local declaredLock, declaredRate = '', ''
 if lockOf ~= '' then declaredLock = KEYS[7] end
