@@ -21,17 +21,23 @@
   KEYS[4] task hash         <prefix>:{<queue>}:t:<id> (the id of ARGV[3])
   KEYS[5] dead-letter list  <prefix>:{<queue>}:dead
   KEYS[6] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
+  KEYS[7..] the run's unique lock, then its rate window, each only when ARGV[5] or ARGV[8] names
+            one (so a call passes 6 to 8 keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
   ARGV[3] task id
   ARGV[4] run token
-  ARGV[5] unique lock key ('' when the message has one or the task is not unique)
-  ARGV[6] its lifetime in ms
+  ARGV[5] whose unique lock the run has: 'worker' (the worker's, for a message without one: taken
+          here and written into the record), 'record' (the one the record names, field lk, read
+          by the caller before the call), '' (none)
+  ARGV[6] the worker's lock's lifetime in ms
   ARGV[7] '1' with uniqueWaitForExpiry, else ''
-  ARGV[8] rate window key ('' when the message has one or the task has no rate limit)
-  ARGV[9] the limit n
-  ARGV[10] the period in ms
+  ARGV[8] whose rate window the run counts in: 'worker' (the worker's, for a message without a
+          rate limit: checked here and written into the record), 'record' (the one the record
+          names, field rk, read by the caller before the call), '' (none)
+  ARGV[9] the worker's limit n
+  ARGV[10] the worker's period in ms
   ARGV[11] random seed for the jitter
   ARGV[12] result lifetime in ms, for a task that ends here
   ARGV[13] maxRecoveries ('' when the message has one or the worker leaves the default)
@@ -40,7 +46,9 @@
   Returns {verdict, detail}: 'RUN', '' (run it); 'REVOKED', 'duplicate' (or the revoke reason:
   a revoke was requested since the fetch started it); 'LIMITED', delay ms;
   'FAILURE', message (its lock or rate window key holds a value of the wrong type: malformed,
-  dead-lettered); 'STALE', state (the run is no longer current).
+  dead-lettered); 'STALE', state (the run is no longer current); 'KEYS_CHANGED', '' (the record
+  names another lock or rate window than the one declared: nothing changed, the caller reads them
+  again and calls again; includes/declared.lua).
 ]]
 -- @include "now"
 -- @include "refusal"
@@ -50,10 +58,24 @@
 -- @include "undo-start"
 -- @include "wake"
 -- @include "events"
+-- @include "declared"
 
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local lockKey, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local rateKey, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local lockOf, lockTtl, waitForExpiry = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local rateOf, limit, period = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local WHOSE = { [''] = true, worker = true, record = true }
+if not (WHOSE[lockOf] and WHOSE[rateOf]) then return redis.error_reply("admit: ARGV[5] and ARGV[8] are 'worker', 'record' or ''") end
+-- The declared lock and rate window, in the order of the header ('' for none).
+local declaredLock, declaredRate = '', ''
+if lockOf ~= '' then declaredLock = KEYS[7] end
+if rateOf ~= '' then declaredRate = KEYS[#KEYS] end
+if #KEYS ~= 6 + (lockOf ~= '' and 1 or 0) + (rateOf ~= '' and 1 or 0) then
+  return redis.error_reply('admit: ' .. #KEYS .. ' keys, not the 6 and the lock and rate window ARGV[5] and ARGV[8] name')
+end
+-- The worker's own lock and window, to check and write into the record ('' for none).
+local lockKey, rateKey = '', ''
+if lockOf == 'worker' then lockKey = declaredLock end
+if rateOf == 'worker' then rateKey = declaredRate end
 local expireMs = tonumber(ARGV[12])
 local maxRecoveries = ARGV[13]
 useEvents(ARGV[14], workerId, KEYS[6])
@@ -65,6 +87,13 @@ local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk'
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
 if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
+-- Every lock and window touched below is the declared one or the one the record names (released
+-- when the task ends here, or the window of its start taken out): they must be the same. A
+-- record without one takes the worker's.
+local function sameAsDeclared(whose, declared, named)
+  return (whose == 'worker' and not named) or declaredIs(declared, named)
+end
+if not (sameAsDeclared(lockOf, declaredLock, t[8]) and sameAsDeclared(rateOf, declaredRate, t[6])) then return {KEYS_CHANGED, ''} end
 local attempt, retries, carriedRate = tonumber(t[4]) or 1, t[5], t[6]
 local now = nowMs()
 

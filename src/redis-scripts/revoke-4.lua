@@ -15,6 +15,9 @@
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] delayed zset      <prefix>:{<queue>}:delayed
   KEYS[4] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
+  KEYS[5] lock key          the task's unique lock as its record names it (field lk), read by the
+                            caller before the call; left out when the record names none (so a call
+                            passes 4 or 5 keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] task id
@@ -24,13 +27,17 @@
   ARGV[6] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
 
   Returns {code, state}: 0 unknown id, 1 already ended (state given), 2 revoked while queued,
-  3 revoked and terminated while running, 4 revoke requested while running.
+  3 revoked and terminated while running, 4 revoke requested while running; {'KEYS_CHANGED', ''}
+  when the task would end but its record names another lock than KEYS[5] (the id was reused
+  since the caller read it): nothing changed, the caller reads the lock again and calls again
+  (includes/declared.lua).
 ]]
 -- @include "now"
 -- @include "keys"
 -- @include "end-task"
 -- @include "ended"
 -- @include "events"
+-- @include "declared"
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
 useEvents(ARGV[6], nil, KEYS[4])
@@ -38,6 +45,9 @@ local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk')
 local state, lock, token = t[1], { t[2], t[3] }, t[4] or ''
 if not state then return {0, ''} end
 if isEnded(state) then return {1, state} end
+-- Ending the task releases the lock its record names, which must be the one declared; a revoke
+-- only requested leaves the lock to the run.
+if (state ~= 'STARTED' or terminate) and not declaredIs(KEYS[5] or '', lock[1]) then return {KEYS_CHANGED, ''} end
 local now = nowMs()
 if state ~= 'STARTED' then
   redis.call('ZREM', KEYS[3], id)

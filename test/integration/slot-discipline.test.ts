@@ -42,7 +42,7 @@ import { keySlot, keysOf, report, SlotChecker, type ScriptReport } from '../slot
  * scripts do exactly.
  */
 const OPEN_UNDECLARED: Readonly<Record<string, readonly string[]>> = {
-  admit: ['lock:', 'rate:'],
+  admit: [],
   'dead-letter': [],
   declare: [],
   decline: [],
@@ -55,8 +55,8 @@ const OPEN_UNDECLARED: Readonly<Record<string, readonly string[]>> = {
   purge: ['lock:', 't:'],
   reclaim: ['lock:', 't:'],
   'release-lock': [],
-  requeue: ['lock:'],
-  revoke: ['lock:'],
+  requeue: [],
+  revoke: [],
 };
 
 // Tasks of the flows. Each sent to the queue under test with applyAsync({ queue }).

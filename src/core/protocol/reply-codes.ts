@@ -90,6 +90,13 @@ export const FAILURE_ERRORS = { admit: MalformedTaskError, decline: UnknownTaskE
 /** The reply codes of revoke-4.lua, by position (0 to 4). */
 export const REVOKE_CODES = ['unknown', 'ended', 'revoked', 'terminated', 'requested'] as const;
 
+/**
+ * The answer of a script that declares the lock or rate window a task's record names, when the
+ * record names another one by the time the script runs (includes/declared.lua): it changed
+ * nothing, and the caller reads the record's keys again and calls again.
+ */
+export const KEYS_CHANGED = 'KEYS_CHANGED';
+
 /** A reply item no table above names: the script and the library disagree, or someone else wrote it. */
 export function unexpectedReply(script: string, what: string, value: unknown): UnexpectedReplyError {
   return new UnexpectedReplyError(`the ${script} script answered ${what} ${JSON.stringify(String(value)).slice(0, 200)}, which this version does not know`);

@@ -3,8 +3,8 @@
 // else in the library builds a script's arguments or reads its reply.
 import { UnexpectedReplyError } from '../errors.js';
 import type { QueueKeys } from './queue-keys.js';
-import type { FIELDS } from './task-fields.js';
-import { END_OUTCOMES, REVOKE_CODES, unexpectedReply, VERDICTS } from './reply-codes.js';
+import { FIELDS } from './task-fields.js';
+import { END_OUTCOMES, KEYS_CHANGED, REVOKE_CODES, unexpectedReply, VERDICTS } from './reply-codes.js';
 import type { ScriptRunner } from './script-runner.js';
 import type { RevokeReason, TaskState } from './task-record.js';
 import {
@@ -29,6 +29,30 @@ import {
 /** A random whole number for a script call: the rate-limit jitter's seed, and the run token of the tasks the call starts. */
 function seed(): number {
   return Math.floor(Math.random() * 2 ** 31);
+}
+
+// ----------------------------------------------------------------------- keys a record names
+
+/** How many times a call reads the keys a record names and calls its script, each answered KEYS_CHANGED, before it gives up. */
+const KEY_READS = 5;
+
+/**
+ * Runs `call` again while its script answers KEYS_CHANGED, at most KEY_READS times in all. Each
+ * call reads the lock and rate window the record names afresh and declares them (the
+ * read-then-verify of includes/declared.lua): a record replaced between the read and the script
+ * (its id reused by a new task) costs one more read; one that names other keys at every call is
+ * an UnexpectedReplyError naming `what`.
+ */
+async function withNamedKeys<T extends readonly unknown[]>(script: string, what: string, call: () => Promise<T>): Promise<T> {
+  for (let reads = 1; ; reads++) {
+    const reply = await call();
+    if (reply[0] !== KEYS_CHANGED) return reply;
+    if (reads >= KEY_READS) {
+      throw new UnexpectedReplyError(
+        `the ${script} script answered ${KEYS_CHANGED} ${reads} times: ${what} named another lock or rate window at each call than was read just before it`,
+      );
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------- enqueue
@@ -324,9 +348,25 @@ export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker
   return out;
 }
 
-/** Hands runs a closing worker stopped back to the front of the queue (requeue-3.lua). */
-export function requeue(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
-  return handBack(requeueScript, runner, keys, worker, runs, runs.map((r) => keys.task(r.id)));
+/**
+ * Hands runs a closing worker stopped back to the front of the queue (requeue-3.lua). A run whose
+ * revoke was requested ends REVOKED instead and its lock is released, so each run's record and
+ * the lock it names are declared, read before the call.
+ */
+export async function requeue(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
+  const [count, problem] = await withNamedKeys('requeue', 'the record of a run handed back', async () => {
+    const locks = await Promise.all(runs.map((r) => runner.fields(keys.task(r.id), [FIELDS.lockKey])));
+    const scriptKeys = [keys.wait, keys.active, keys.events];
+    const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs, worker.eventsCap];
+    runs.forEach((r, i) => {
+      const lock = locks[i]![0];
+      scriptKeys.push(keys.task(r.id));
+      if (lock) scriptKeys.push(lock);
+      args.push(r.id, r.token, lock ? 1 : 0);
+    });
+    return runner.run<[number | string, string]>(requeueScript, scriptKeys, args);
+  });
+  return { count: Number(count), problem: String(problem ?? '') };
 }
 
 /** Hands back runs leased to this worker that it does not know it runs (reclaim-3.lua; `known`: the runs it does). */
@@ -341,9 +381,9 @@ export interface HandBack {
 }
 
 /**
- * requeue-3.lua and reclaim-3.lua take the same ARGV and answer alike; requeue also takes the
- * record of each run it hands back (`records`), reclaim none (the runs it hands back are the
- * ones the worker does not know).
+ * reclaim-3.lua's call (requeue-3.lua answers alike, and takes the lock each run's record names
+ * besides: see requeue). `records`: none, as the runs reclaim hands back are the ones the worker
+ * does not know.
  */
 async function handBack(script: LuaScript, runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[], records: readonly string[]): Promise<HandBack> {
   const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs, worker.eventsCap];
@@ -392,29 +432,44 @@ export interface AdmissionChecks {
   maxRecoveries?: number | undefined;
 }
 
-/** Admits a run under the worker's own unique lock and rate limit (admit-6.lua). */
+/**
+ * Admits a run under the worker's own unique lock and rate limit (admit-6.lua). The script
+ * declares the run's lock and rate window: the worker's where `checks` has them, else the ones
+ * the record names (the message's), read before the call (only those, and not at all when the
+ * worker fills in both).
+ */
 export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, run: RunRef, checks: AdmissionChecks): Promise<Verdict> {
   const { lock, rate } = checks;
-  const reply = await runner.run<[string, string]>(
-    admitScript,
-    [keys.wait, keys.delayed, keys.active, keys.task(run.id), keys.dead, keys.events],
-    [
+  const record = keys.task(run.id);
+  const toRead = [...(lock ? [] : [FIELDS.lockKey]), ...(rate ? [] : [FIELDS.rateKey])];
+  const reply = await withNamedKeys('admit', `the record of task ${run.id}`, async () => {
+    const named = toRead.length > 0 ? await runner.fields(record, toRead) : [];
+    const messageLock = lock ? null : named[0];
+    const messageRate = rate ? null : named[toRead.length - 1];
+    const scriptKeys = [keys.wait, keys.delayed, keys.active, record, keys.dead, keys.events];
+    const lockOf = lock ? 'worker' : messageLock ? 'record' : '';
+    const rateOf = rate ? 'worker' : messageRate ? 'record' : '';
+    const lockKey = lock?.key ?? messageLock;
+    const rateKey = rate?.key ?? messageRate;
+    if (lockKey) scriptKeys.push(lockKey);
+    if (rateKey) scriptKeys.push(rateKey);
+    return runner.run<[string, string]>(admitScript, scriptKeys, [
       keys.base,
       worker.workerId,
       run.id,
       run.token,
-      lock?.key ?? '',
+      lockOf,
       lock?.ttlMs ?? 0,
       lock?.waitForExpiry ? '1' : '',
-      rate?.key ?? '',
+      rateOf,
       rate?.limit ?? 0,
       rate?.periodMs ?? 0,
       seed(),
       worker.resultExpiresMs,
       checks.maxRecoveries ?? '',
       worker.eventsCap,
-    ],
-  );
+    ]);
+  });
   return readVerdict('admit', reply);
 }
 
@@ -496,13 +551,18 @@ export interface RevokeReply {
   state: TaskState;
 }
 
-/** Revokes a task from any process (revoke-4.lua). */
+/**
+ * Revokes a task from any process (revoke-4.lua). A revoke that ends the task releases its
+ * unique lock, so the lock its record names is read first and declared.
+ */
 export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, terminate: boolean, expireMs: number, reason: RevokeReason, eventsCap: number): Promise<RevokeReply> {
-  const [code, state] = await runner.run<[number, string]>(
-    revokeScript,
-    [keys.task(id), keys.active, keys.delayed, keys.events],
-    [keys.base, id, terminate ? '1' : '0', expireMs, reason, eventsCap],
-  );
+  const record = keys.task(id);
+  const [code, state] = await withNamedKeys('revoke', `the record of task ${id}`, async () => {
+    const [lock] = await runner.fields(record, [FIELDS.lockKey]);
+    const scriptKeys = [record, keys.active, keys.delayed, keys.events];
+    if (lock) scriptKeys.push(lock);
+    return runner.run<[number | string, string]>(revokeScript, scriptKeys, [keys.base, id, terminate ? '1' : '0', expireMs, reason, eventsCap]);
+  });
   const name = REVOKE_CODES[Number(code)];
   if (name === undefined) throw unexpectedReply('revoke', 'code', code);
   return { code: name, state: name === 'unknown' ? 'PENDING' : (String(state) as TaskState) };
