@@ -574,6 +574,6 @@ export async function forget(runner: ScriptRunner, keys: QueueKeys, id: string):
 }
 
 // TEMPORARY until the recover script lands (wt-rec).
-export async function recoverLapsed(_runner: ScriptRunner, _keys: QueueKeys, _worker: WorkerIdentity, _ids: readonly string[]): Promise<{ count: number; problem: string }> {
-  return { count: 0, problem: '' };
+export async function recoverLapsed(_runner: ScriptRunner, _keys: QueueKeys, _worker: WorkerIdentity, _ids: readonly string[]): Promise<{ outcomes: { id: string; outcome: string }[]; problem: string }> {
+  return { outcomes: [], problem: '' };
 }

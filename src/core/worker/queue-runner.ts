@@ -357,7 +357,7 @@ export class QueueRunner {
       (done) => {
         if (done.problem) this.reportRefusal(`recovering lapsed leases: ${done.problem}`);
         // Recovered tasks are back in the wait list: an idle worker fetches them.
-        if (done.count > 0) {
+        if (done.outcomes.some((o) => o.outcome === 'requeued')) {
           this.idle = false;
           this.poke();
         }
