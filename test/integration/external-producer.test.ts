@@ -5,7 +5,8 @@
  * The producer side uses nothing of the library: keys are built by hand from the page
  * (`<prefix>:{<queue>}:` + `wait`, `delayed`, `t:<id>`, `lock:<name>:<key>`, `rate:<name>`,
  * `done:<id>`), the enqueue script is `lua/enqueue.lua` read from disk and loaded with
- * SCRIPT LOAD, tasks are sent with EVALSHA in the page's argument layout, records are read
+ * SCRIPT LOAD, tasks are sent with EVALSHA in the page's declared form (the queue's wait,
+ * delayed and events, then each task's record and lock) and argument layout, records are read
  * with HGETALL/HGET and ends are seen on the `done:<id>` channel with SUBSCRIBE. The worker
  * side is the real library (`Worker` with `@Task` classes).
  *
@@ -23,6 +24,9 @@
  *   lock sent by the producer (code 2 with the holder's id and the lock's remaining ms), an id
  *   reused after its task ended, a key of the wrong type (code 4; a wrong-typed `wait` fails the
  *   whole call);
+ * - declared keys other than the ones the base and the arguments name, or too many or too few:
+ *   the whole call fails and writes nothing;
+ * - the legacy two-key form (deprecated), once: written, placed, locked and noted as before, and run;
  * - NOSCRIPT after SCRIPT FLUSH (on a private redis-server: the flush is server-wide), then
  *   loading again and re-sending.
  * Out of scope: records of an unknown version or malformed messages (the script writes `v`;
