@@ -5,7 +5,8 @@
  * The producer side uses nothing of the library: keys are built by hand from the page
  * (`<prefix>:{<queue>}:` + `wait`, `delayed`, `t:<id>`, `lock:<name>:<key>`, `rate:<name>`,
  * `done:<id>`), the enqueue script is `lua/enqueue.lua` read from disk and loaded with
- * SCRIPT LOAD, tasks are sent with EVALSHA in the page's argument layout, records are read
+ * SCRIPT LOAD, tasks are sent with EVALSHA in the page's declared form (the queue's wait,
+ * delayed and events, then each task's record and lock) and argument layout, records are read
  * with HGETALL/HGET and ends are seen on the `done:<id>` channel with SUBSCRIBE. The worker
  * side is the real library (`Worker` with `@Task` classes).
  *
@@ -23,6 +24,9 @@
  *   lock sent by the producer (code 2 with the holder's id and the lock's remaining ms), an id
  *   reused after its task ended, a key of the wrong type (code 4; a wrong-typed `wait` fails the
  *   whole call);
+ * - declared keys other than the ones the base and the arguments name, or too many or too few:
+ *   the whole call fails and writes nothing;
+ * - the legacy two-key form (deprecated), once: written, placed, locked and noted as before, and run;
  * - NOSCRIPT after SCRIPT FLUSH (on a private redis-server: the flush is server-wide), then
  *   loading again and re-sending.
  * Out of scope: records of an unknown version or malformed messages (the script writes `v`;
@@ -196,9 +200,32 @@ class Producer {
     return argv;
   }
 
-  /** EVALSHA <sha1> 2 <base>wait <base>delayed <argv>; the flat reply, three items per task. */
-  async send(...tasks: Outgoing[]): Promise<Reply[]> {
-    const raw = (await this.redis.evalsha(this.sha, 2, `${this.base}wait`, `${this.base}delayed`, ...this.argv(tasks))) as unknown[];
+  /**
+   * The keys of the page's declared form: the queue's wait, delayed and events, then per task its
+   * record `<base>t:<id>` and, when it takes a lock at send time, the lock's key.
+   */
+  keys(tasks: readonly Outgoing[]): string[] {
+    const keys = [`${this.base}wait`, `${this.base}delayed`, `${this.base}events`];
+    for (const t of tasks) {
+      keys.push(`${this.base}t:${t.id}`);
+      if (t.lock) keys.push(t.lock.key);
+    }
+    return keys;
+  }
+
+  /** EVALSHA <sha1> <3 + tasks + locks> <keys> <argv>, the declared form; the flat reply, three items per task. */
+  send(...tasks: Outgoing[]): Promise<Reply[]> {
+    return this.call(this.keys(tasks), tasks);
+  }
+
+  /** EVALSHA <sha1> 2 <base>wait <base>delayed <argv>: the legacy form (deprecated), whose other keys the script names. */
+  sendLegacy(...tasks: Outgoing[]): Promise<Reply[]> {
+    return this.call([`${this.base}wait`, `${this.base}delayed`], tasks);
+  }
+
+  /** EVALSHA with `keys` and the page's arguments for `tasks`. */
+  async call(keys: readonly string[], tasks: readonly Outgoing[]): Promise<Reply[]> {
+    const raw = (await this.redis.evalsha(this.sha, keys.length, ...keys, ...this.argv(tasks))) as unknown[];
     expect(raw, 'three reply items per task').toHaveLength(tasks.length * 3);
     const replies: Reply[] = [];
     for (let i = 0; i < raw.length; i += 3) replies.push({ code: Number(raw[i]), detail: String(raw[i + 1]), third: Number(raw[i + 2]) });
@@ -713,6 +740,95 @@ describe('an external producer following docs/protocol.md, with the worker apply
       },
       'broken',
     );
+  });
+
+  it('declared keys: a key other than the one the base and the arguments name, or one too many or too few, fails the whole call and writes nothing', async () => {
+    const h = fresh();
+    // A queue no worker consumes: nothing but the script touches these keys.
+    await withProducer(
+      h,
+      async (p) => {
+        const first = newId('declared-first');
+        const second = newId('declared-second');
+        const lockKey = `${p.base}lock:ExtGated.block:${sha1(canonical(['declared']))}`;
+        const tasks: Outgoing[] = [
+          { id: first, name: 'ExtPlain.nothing', args: [] },
+          { id: second, name: 'ExtGated.block', args: ['declared'], lock: { key: lockKey, ms: 60_000 } },
+        ];
+        const good = p.keys(tasks);
+        expect(good).toEqual([`${p.base}wait`, `${p.base}delayed`, `${p.base}events`, `${p.base}t:${first}`, `${p.base}t:${second}`, lockKey]);
+        // Each wrong list keeps the queue's hash tag, so a Cluster runs the script and the script refuses it.
+        const wrong: [string, string[], RegExp][] = [
+          ['another record', good.map((k, i) => (i === 4 ? `${p.base}t:other` : k)), /^enqueue: KEYS\[5\] is not the hash of task .*; nothing was sent$/],
+          ['another lock', good.map((k, i) => (i === 5 ? `${lockKey}x` : k)), /^enqueue: KEYS\[6\] is not the unique lock ARGV names for task /],
+          ['another stream', good.map((k, i) => (i === 2 ? `${p.base}events2` : k)), /^enqueue: KEYS\[3\] is not /],
+          ['the lock left out', good.slice(0, 5), /^enqueue: KEYS\[6\] is not the unique lock /],
+          ['one key too many', [...good, `${p.base}t:extra`], /^enqueue: 7 keys passed, 6 named by the base and the tasks; nothing was sent$/],
+          ['the records left out', good.slice(0, 3), /^enqueue: KEYS\[4\] is not the hash of task /],
+        ];
+        for (const [what, keys, message] of wrong) {
+          await expect(p.call(keys, tasks), what).rejects.toThrow(message);
+          expect(await p.redis.exists(`${p.base}t:${first}`, `${p.base}t:${second}`, lockKey, `${p.base}wait`, `${p.base}events`), `${what}: nothing written`).toBe(0);
+        }
+        // The right keys, the same call: both are enqueued.
+        expect(await p.call(good, tasks)).toEqual([
+          { code: 1, detail: '', third: 0 },
+          { code: 1, detail: '', third: 0 },
+        ]);
+        expect(await p.redis.get(lockKey)).toBe(second);
+      },
+      'declared',
+    );
+  });
+
+  it('the legacy form, exactly two keys (deprecated): the script names the records, locks and stream itself, as before, and the tasks run', async () => {
+    const h = fresh();
+    const { events } = await startWorker(h);
+    // A queue no worker consumes: what the call wrote stays to be read.
+    await withProducer(
+      h,
+      async (p) => {
+        const plain = newId('legacy-plain');
+        const later = newId('legacy-later');
+        const holder = newId('legacy-holder');
+        const dup = newId('legacy-dup');
+        const lock = { key: `${p.base}lock:ExtGated.block:${sha1(canonical(['legacy']))}`, ms: 60_000 };
+        const replies = await p.sendLegacy(
+          { id: plain, name: 'ExtPlain.nothing', args: [] },
+          { id: later, name: 'ExtPlain.nothing', args: [], countdownMs: 3_600_000 },
+          { id: holder, name: 'ExtGated.block', args: ['legacy'], lock },
+          { id: dup, name: 'ExtGated.block', args: ['legacy'], lock },
+        );
+        expect(replies.map((r) => [r.code, r.detail])).toEqual([
+          [1, ''],
+          [1, ''],
+          [1, ''],
+          [2, holder],
+        ]);
+        // The '' between them: the marker that wakes idle workers for the delayed task (includes/wake.lua).
+        expect(await p.redis.lrange(`${p.base}wait`, 0, -1)).toEqual([holder, '', plain]);
+        const due = (await p.record(later)).d!;
+        expect(await p.redis.zscore(`${p.base}delayed`, later)).toBe(due);
+        expect(await p.redis.get(lock.key)).toBe(holder);
+        expect((await p.record(holder)).lk).toBe(lock.key);
+        expect(await p.redis.exists(`${p.base}t:${dup}`)).toBe(0);
+        // One stream entry for the call, in the queue's stream.
+        const entries = await p.redis.xrange(`${p.base}events`, '-', '+');
+        expect(entries.map(([, fields]) => fields)).toEqual([
+          ['queued', plain, 'n', 'ExtPlain.nothing', 'queued', later, 'n', 'ExtPlain.nothing', 'd', due, 'queued', holder, 'n', 'ExtGated.block', 'deduplicated', holder, 'n', 'ExtGated.block'],
+        ]);
+      },
+      'legacy',
+    );
+    // On the worker's queue, a task sent in the legacy form runs.
+    await withProducer(h, async (p) => {
+      const id = newId('legacy-run');
+      expect(await p.sendLegacy({ id, name: 'ExtPlain.describe', args: [2, { times: 3, tags: [] }, 'legacy'] })).toEqual([{ code: 1, detail: '', third: 0 }]);
+      const rec = await p.end(id);
+      expect(rec.s).toBe('SUCCESS');
+      expect(JSON.parse(rec.r!)).toEqual({ product: 6, tags: [], label: 'legacy' });
+    });
+    expect(events.errors).toEqual([]);
   });
 });
 

@@ -168,10 +168,11 @@ describe('resharding a busy queue', () => {
     const ref = dispatcher.tasks(Busy).work;
     const sent: TaskResult<number>[] = [];
     const failedSends: string[] = [];
-    // Sends one task. During the move an enqueue whose keys are split gets TRYAGAIN, and one that
-    // runs on the source cannot create the new task's record there ("non local key"); the
-    // Dispatcher sends such a call again until its failoverTimeout (15 s), so none should fail:
-    // a send that fails all the same is recorded, and the test wants none.
+    // Sends one task. During the move every enqueue of a new task gets TRYAGAIN: it declares the
+    // task's record, which no master holds yet, and in a slot being moved Redis runs a call of
+    // several keys only on a node that holds them all. So sends wait for the end of the move:
+    // the Dispatcher sends such a call again until its failoverTimeout (15 s), so none should
+    // fail; a send that fails all the same is recorded, and the test wants none.
     const send = async (n: number): Promise<void> => {
       // One in five with a countdown, so the delayed set is seldom empty: a queue with none has
       // no fetch that runs at all while its keys are split (a missing declared key is TRYAGAIN).

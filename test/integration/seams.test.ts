@@ -216,7 +216,21 @@ describe('enqueueing without a Dispatcher', () => {
         await h.admin.echo(marker);
         await waitFor(() => fenced, { timeout: 10_000, what: 'MONITOR to show the fence' });
         expect(enqueueCalls, 'enqueue calls of this tick').toHaveLength(1);
-        expect(enqueueCalls[0]![6], 'tasks in that call (ARGV[2])').toBe('4');
+        // EVALSHA sha numkeys KEYS... ARGV...: the queue's three keys, then each task's record, and
+        // its lock when unique (the two unique calls both declare the lock they ask for).
+        const [, , numkeys, ...rest] = enqueueCalls[0]!;
+        expect(rest.slice(0, Number(numkeys))).toEqual([
+          wait,
+          h.queueKey('delayed'),
+          h.queueKeys().events,
+          h.taskKey('sched-1'),
+          h.taskKey(second.id),
+          h.taskKey(firstOnce.id),
+          workerLock.key,
+          h.taskKey(againOnce.id),
+          workerLock.key,
+        ]);
+        expect(rest[Number(numkeys) + 1], 'tasks in that call (ARGV[2])').toBe('4');
 
         // Before any worker runs: the lock is held by the first call, under the worker's name for it; the duplicate wrote nothing.
         expect(await h.admin.get(workerLock.key)).toBe(firstOnce.id);

@@ -46,7 +46,7 @@ const OPEN_UNDECLARED: Readonly<Record<string, readonly string[]>> = {
   'dead-letter': [],
   declare: [],
   decline: [],
-  enqueue: ['events', 'lock:', 't:'],
+  enqueue: [],
   'extend-leases': [],
   fetch: ['lock:', 'rate:', 't:'],
   forget: [],

@@ -162,7 +162,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     throw new ConfigError('an inline dispatcher has no Redis client: its tasks run in this process');
   }
 
-  // ---- sending (enqueue-2.lua's rules) ----
+  // ---- sending (enqueue-3.lua's rules) ----
 
   /**
    * Stores a checked call and schedules its start. After close() a task is still accepted, and
@@ -174,7 +174,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     const key = p.keys.task(p.id);
     const existing = this.entries.get(key);
     if (existing && !FINAL_STATES.has(existing.record[FIELDS.state] as TaskState)) {
-      // As enqueue-2: the same task under the same id is an idempotent re-send; anything else collides.
+      // As enqueue-3: the same task under the same id is an idempotent re-send; anything else collides.
       const same = existing.record[FIELDS.name] === p.name && existing.record[FIELDS.args] === fieldOf(p.task.fields, FIELDS.args);
       return Promise.resolve({ code: same ? ENQUEUE_CODES.enqueued : ENQUEUE_CODES.idInUse, detail: '', pttlMs: 0 });
     }

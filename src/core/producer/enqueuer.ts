@@ -1,17 +1,20 @@
 import { fromRedis, isBetweenMasters, RedisOutOfMemoryError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { ScriptRunner } from '../protocol/script-runner.js';
-import { enqueue, enqueueItems, type EnqueueOutcome, type EnqueueTask } from '../protocol/scripts.js';
+import { enqueue, enqueueItems, type EnqueueItems, type EnqueueOutcome, type EnqueueTask } from '../protocol/scripts.js';
 import { DEFAULT_EVENTS_MAX_LENGTH } from '../events/queue-events.js';
 
 // One enqueue call carries at most this many tasks, or about this many bytes of arguments: a
 // burst is cut into several calls, so Redis runs the first while the next is being built
 // (docs/decisions.md: 25 to 50 tasks per call sent about 1.5x as many tasks per second as 1,000).
-const MAX_BATCH_TASKS = 50;
+// The task count also bounds the keys a call declares: three of the queue's, and each task's
+// record and unique lock, so at most 3 + 2 x 50. The bytes count the tasks' arguments only: a
+// task's keys and other items are a few hundred bytes at most, which 50 tasks keep small.
+export const MAX_BATCH_TASKS = 50;
 const MAX_BATCH_BYTES = 64 * 1024;
 
 interface Pending {
-  items: (string | number)[];
+  items: EnqueueItems;
   what: string;
   resolve: (outcome: EnqueueOutcome) => void;
   reject: (err: unknown) => void;
@@ -64,7 +67,7 @@ export class Enqueuer {
         batch = { keys, tasks: [], bytes: 0 };
         this.batches.set(keys.queue, batch);
       }
-      batch.tasks.push({ items: enqueueItems(task), what, resolve, reject });
+      batch.tasks.push({ items: enqueueItems(keys, task), what, resolve, reject });
       batch.bytes += bytes;
       if (batch.tasks.length >= MAX_BATCH_TASKS || batch.bytes >= MAX_BATCH_BYTES) {
         this.batches.delete(keys.queue);

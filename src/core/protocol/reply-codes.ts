@@ -3,7 +3,7 @@
 import { AlreadyQueuedError, ConfigError, MalformedTaskError, RedisRefusedError, UnexpectedReplyError, UnknownTaskError } from '../errors.js';
 import type { EnqueueOutcome } from './scripts.js';
 
-/** Reply codes of enqueue-2.lua, per task. */
+/** Reply codes of enqueue-3.lua, per task. */
 export const ENQUEUE_CODES = {
   /** Enqueued (or this very call sent again: the task is there). */
   enqueued: 1,
@@ -32,7 +32,7 @@ export interface EnqueueContext {
   uniqueRaises: boolean;
 }
 
-/** Turns enqueue-2.lua's answer for one task into the task it resolves to, or the error it calls for. */
+/** Turns enqueue-3.lua's answer for one task into the task it resolves to, or the error it calls for. */
 export function enqueued(outcome: EnqueueOutcome, t: EnqueueContext): Enqueued {
   switch (outcome.code) {
     case ENQUEUE_CODES.enqueued:

@@ -57,7 +57,7 @@ async function withNamedKeys<T extends readonly unknown[]>(script: string, what:
 
 // ---------------------------------------------------------------------------------- enqueue
 
-/** One task of an enqueue call (enqueue-2.lua). */
+/** One task of an enqueue call (enqueue-3.lua). */
 export interface EnqueueTask {
   id: string;
   /** Ms from now on the Redis clock (0: none). */
@@ -72,7 +72,7 @@ export interface EnqueueTask {
   fields: readonly (string | number)[];
 }
 
-/** What enqueue-2.lua answered for one task (see its header and reply-codes.ts). */
+/** What enqueue-3.lua answered for one task (see its header and reply-codes.ts). */
 export interface EnqueueOutcome {
   code: number;
   /** The holder's id (code 2) or Redis's message (codes 4, 5). */
@@ -81,20 +81,36 @@ export interface EnqueueOutcome {
   pttlMs: number;
 }
 
-/** The items one task adds to an enqueue call: its size decides how a batch is cut. */
-export function enqueueItems(t: EnqueueTask): (string | number)[] {
-  return [t.id, t.countdownMs, t.etaMs, t.lockKey, t.lockTtlMs, t.fields.length, ...t.fields];
+/** What one task adds to an enqueue call: the keys it declares and its arguments. */
+export interface EnqueueItems {
+  /** Its record, then its unique lock when it has one: one or two keys. */
+  readonly keys: readonly string[];
+  readonly args: readonly (string | number)[];
+}
+
+/** The keys and arguments one task adds to an enqueue call of queue `keys`, in the script's layout. */
+export function enqueueItems(keys: QueueKeys, t: EnqueueTask): EnqueueItems {
+  return {
+    keys: t.lockKey === '' ? [keys.task(t.id)] : [keys.task(t.id), t.lockKey],
+    args: [t.id, t.countdownMs, t.etaMs, t.lockKey, t.lockTtlMs, t.fields.length, ...t.fields],
+  };
 }
 
 /**
- * Enqueues a batch of tasks of one queue, each on its own (`items`: enqueueItems of each);
- * `eventsCap`: the cap of the queue's event stream, 0 for no events (includes/events.lua).
+ * Enqueues a batch of tasks of one queue, each on its own (`items`: enqueueItems of each), with
+ * every key the script touches declared: the queue's wait list, delayed set and event stream,
+ * then each task's record and lock. `eventsCap`: the cap of the queue's event stream, 0 for no
+ * events (includes/events.lua).
  */
-export async function enqueue(runner: ScriptRunner, keys: QueueKeys, items: readonly (readonly (string | number)[])[], eventsCap: number): Promise<EnqueueOutcome[]> {
+export async function enqueue(runner: ScriptRunner, keys: QueueKeys, items: readonly EnqueueItems[], eventsCap: number): Promise<EnqueueOutcome[]> {
+  const declared: string[] = [keys.wait, keys.delayed, keys.events];
   const argv: (string | number)[] = [keys.base, items.length];
-  for (const item of items) for (const a of item) argv.push(a);
+  for (const item of items) {
+    for (const k of item.keys) declared.push(k);
+    for (const a of item.args) argv.push(a);
+  }
   argv.push(eventsCap);
-  const reply = await runner.run<(string | number)[]>(enqueueScript, [keys.wait, keys.delayed], argv);
+  const reply = await runner.run<(string | number)[]>(enqueueScript, declared, argv);
   const out: EnqueueOutcome[] = [];
   for (let i = 0; i < items.length; i++) {
     out.push({ code: Number(reply[3 * i]), detail: String(reply[3 * i + 1] ?? ''), pttlMs: Number(reply[3 * i + 2]) });

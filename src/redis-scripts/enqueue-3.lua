@@ -6,16 +6,29 @@
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
-  (A task's hash, <prefix>:{<queue>}:t:<id>, is named here from the base, like the other scripts
-  do: a batch would otherwise pass two keys per task, and each item of a call costs Redis time.)
+  KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
+  then per task, in the order of ARGV:
+          its hash          <prefix>:{<queue>}:t:<id>
+          its unique lock   the lock key of ARGV, only when that is not ''
+  Every key is checked against what the base, the ids and the lock keys of ARGV name, before
+  anything is written: a key that differs, or a count of keys that does not match the tasks,
+  fails the whole call with an error 'enqueue: ...; nothing was sent' (a mistake of the caller;
+  writing under a key other than the one declared is what declaring prevents). A batch of N
+  tasks of which U are unique passes 3 + N + U keys.
+  The legacy form, exactly KEYS[1] and KEYS[2], is still served: the stream, the tasks' hashes
+  and their locks are then named here from the base and ARGV, as before the declared form. It
+  works on one node, and on a Cluster only because every key of a queue shares its hash tag; a
+  proxy that checks declarations refuses it. Producers written against it keep working until
+  the next major version (docs/protocol.md).
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] number of tasks N, then per task:
           id, countdown in ms from now on the Redis clock (0: none), eta as epoch ms (0: none;
-          wins over countdown), unique lock key ('' when not unique), its lifetime in ms,
-          number of items F, then F items: field, value pairs stored in the task hash (n, a, tl,
-          ex, mr, lk, lt, lw, rk, rn, rp, tp, ts, sn; the script adds s, c and v); long arguments (a) are
-          stored in pieces, see includes/args.lua
+          wins over countdown), unique lock key ('' when not unique), its lifetime in ms (a lock
+          is taken when the key is not '' and the lifetime above 0), number of items F, then F
+          items: field, value pairs stored in the task hash (n, a, tl, ex, mr, lk, lt, lw, rk,
+          rn, rp, tp, ts, sn; the script adds s, c and v); long arguments (a) are stored in
+          pieces, see includes/args.lua
   then, optionally, the cap of the queue's event stream in entries (0: no events; absent: 10000;
   see includes/events.lua). Last, so producers written before events keep working.
 
@@ -66,22 +79,69 @@ local function nameIn(first, last)
   return fieldIn(first, last, 'n')
 end
 
+-- What is wrong with the keys of a call in the declared form (nil: each is the one the base and
+-- ARGV name, and there are as many as they name). Read before anything is written, so that a
+-- mistake of the caller fails the whole call and leaves nothing half sent.
+local function declarationProblem(base, count)
+  local fixed = { waitKeyOf(base), delayedKeyOf(base), eventsKeyOf(base) }
+  for k = 1, 3 do
+    if KEYS[k] ~= fixed[k] then return 'KEYS[' .. k .. '] is not ' .. fixed[k] end
+  end
+  local k, o = 4, 3
+  for _ = 1, count do
+    local id, lockKey = ARGV[o], ARGV[o + 3]
+    if KEYS[k] ~= taskKeyOf(base, id) then return 'KEYS[' .. k .. '] is not the hash of task ' .. id end
+    k = k + 1
+    if lockKey ~= '' then
+      if KEYS[k] ~= lockKey then return 'KEYS[' .. k .. '] is not the unique lock ARGV names for task ' .. id end
+      k = k + 1
+    end
+    o = o + 6 + tonumber(ARGV[o + 5])
+  end
+  if #KEYS ~= k - 1 then return #KEYS .. ' keys passed, ' .. (k - 1) .. ' named by the base and the tasks' end
+  return nil
+end
+
+local base = ARGV[1]
+local count = tonumber(ARGV[2])
+-- Exactly two keys: the legacy form, whose other keys are named here (see the header).
+local declared = #KEYS ~= 2
+local eventsKey
+if declared then
+  local problem = declarationProblem(base, count)
+  if problem then return redis.error_reply('enqueue: ' .. problem .. '; nothing was sent') end
+  eventsKey = KEYS[3]
+else
+  eventsKey = eventsKeyOf(base)
+end
+
 if failure(redis.pcall('LLEN', KEYS[1])) or failure(redis.pcall('ZCARD', KEYS[2])) then
   return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value: the wait list or ' ..
     'delayed set of this queue; nothing was sent')
 end
 
-local base = ARGV[1]
 local now = nowMs()
 -- The cap comes after the tasks; until it is read, events are noted under the default.
-useEvents(10000, nil, eventsKeyOf(base))
+useEvents(10000, nil, eventsKey)
 local replies = {}
 local woken = false
-local o = 3
-for i = 1, tonumber(ARGV[2]) do
+local o, k = 3, 4
+for i = 1, count do
   local id, countdown, eta = ARGV[o], tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
   local lockKey, lockTtl = ARGV[o + 3], tonumber(ARGV[o + 4])
-  local taskKey = taskKeyOf(base, id)
+  local taskKey
+  if declared then
+    -- The same strings as the base and ARGV name (checked above), taken from KEYS.
+    taskKey = KEYS[k]
+    k = k + 1
+    if lockKey ~= '' then
+      lockKey = KEYS[k]
+      k = k + 1
+    end
+  else
+    taskKey = taskKeyOf(base, id)
+  end
+  local unique = lockKey ~= '' and lockTtl > 0
   local first, last = o + 6, o + 5 + tonumber(ARGV[o + 5])
   o = last + 1
 
@@ -107,7 +167,7 @@ for i = 1, tonumber(ARGV[2]) do
     code = 1
   else
     local proceed = true
-    if lockTtl > 0 then
+    if unique then
       local set = redis.pcall('SET', lockKey, id, 'NX', 'PX', lockTtl)
       if failure(set) then
         proceed, code, detail = false, 5, set.err
@@ -162,7 +222,7 @@ for i = 1, tonumber(ARGV[2]) do
         if type(placed) == 'table' and placed.err then redis.pcall('DEL', taskKey) end
       end
       if type(placed) == 'table' and placed.err then
-        if lockTtl > 0 and redis.pcall('GET', lockKey) == id then redis.pcall('DEL', lockKey) end
+        if unique and redis.pcall('GET', lockKey) == id then redis.pcall('DEL', lockKey) end
         code, detail = failure(placed), placed.err
       else
         wrote = true
@@ -174,8 +234,6 @@ for i = 1, tonumber(ARGV[2]) do
   table.insert(replies, detail)
   table.insert(replies, ttl)
 end
--- The stream is named from the base, not declared: adding a key would change the producers'
--- contract (protocol.md), so it waits for the redesign of issue 12, as the records and locks do.
-if ARGV[o] then useEvents(ARGV[o], nil, eventsKeyOf(base)) end
+if ARGV[o] then useEvents(ARGV[o], nil, eventsKey) end
 flushEvents()
 return replies
