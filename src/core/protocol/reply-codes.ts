@@ -87,6 +87,13 @@ export const VERDICTS = {
  */
 export const FAILURE_ERRORS = { admit: MalformedTaskError, decline: UnknownTaskError } as const;
 
+/**
+ * The answer of a script that declares the locks records name, when a record names another key
+ * than the one the caller read and declared (includes/declared.lua): the caller reads again and
+ * calls again.
+ */
+export const KEYS_CHANGED = 'KEYS_CHANGED';
+
 /** The reply codes of revoke-4.lua, by position (0 to 4). */
 export const REVOKE_CODES = ['unknown', 'ended', 'revoked', 'terminated', 'requested'] as const;
 
