@@ -61,11 +61,11 @@ useEvents(ARGV[6], nil, KEYS[3])
 local given, delayedIds = {}, {}
 local k = 4
 for i = 7, #ARGV, 2 do
-  local id = ARGV[i]
+  local id, withLock = ARGV[i], ARGV[i + 1]
   -- endTask names the record from the base and the id: it must be the declared key.
   if KEYS[k] ~= taskKeyOf(base, id) then return redis.error_reply('purge: KEYS[' .. k .. '] is not the record of task ' .. id) end
   local lock = ''
-  if ARGV[i + 1] == '1' then
+  if withLock == '1' then
     lock = KEYS[k + 1]
     k = k + 1
   end

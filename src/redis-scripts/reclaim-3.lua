@@ -47,12 +47,12 @@ local runs = {}
 local count, problem = 0, ''
 local k = 4
 for i = 5, #ARGV, 4 do
-  local id, expiry, token = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local id, expiry, token, withLock = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
   local key = KEYS[k]
   -- handBack names the record from the base and the id: it must be the declared key.
   if key ~= taskKeyOf(base, id) then return redis.error_reply('reclaim: KEYS[' .. k .. '] is not the record of task ' .. id) end
   local lock = ''
-  if ARGV[i + 3] == '1' then
+  if withLock == '1' then
     lock = KEYS[k + 1]
     k = k + 1
   end

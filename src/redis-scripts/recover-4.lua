@@ -52,11 +52,11 @@ local now = nowMs()
 local ids, locks, lapsed = {}, {}, {}
 local k = 5
 for i = 7, #ARGV, 2 do
-  local id = ARGV[i]
+  local id, withLock = ARGV[i], ARGV[i + 1]
   -- recoverOne names the record from the base and the id: it must be the declared key.
   if KEYS[k] ~= taskKeyOf(base, id) then return redis.error_reply('recover: KEYS[' .. k .. '] is not the record of task ' .. id) end
   local lock = ''
-  if ARGV[i + 1] == '1' then
+  if withLock == '1' then
     lock = KEYS[k + 1]
     k = k + 1
   end
