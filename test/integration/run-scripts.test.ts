@@ -157,4 +157,31 @@ describe('run tokens in the scripts', () => {
     expect(await reclaim(runner, s.keys, worker, [{ id: known, token: knownToken }])).toEqual({ count: 0, problem: '' });
     expect(calls).toBe(2);
   });
+
+  it('a reclaim leaves a run that moved on between its reads and its call: recovered and started again, by another worker or under another token, or its lease renewed', async () => {
+    const h = fresh();
+    const s = scripts(h, h.admin);
+    const d = h.dispatcher();
+    for (let i = 0; i < 3; i++) await d.send('Anywhere.task', [i]);
+    const [[elsewhere], [retoken], [renewed]] = (await s.fetch('W', 3)) as [[string, string], [string, string], [string, string]];
+    // Just before the script runs: a run is recovered and started by another worker, another
+    // started again by this one (a run it knows), the lease of the third is moved.
+    const runner = new (class extends ScriptRunner {
+      override async run<T>(script: LuaScript, keys: readonly string[], args: readonly (string | number)[]): Promise<T> {
+        if (script.name === 'reclaim') {
+          await h.admin.hset(h.taskKey(elsewhere), FIELDS.worker, 'X', FIELDS.token, 'a-later-run');
+          await h.admin.hset(h.taskKey(retoken), FIELDS.token, 'a-known-run');
+          await h.admin.zadd(s.keys.active, 'XX', Date.now() + 3_600_000, renewed);
+        }
+        return super.run<T>(script, keys, args);
+      }
+    })(h.admin);
+    const worker = { workerId: 'W', leaseMs: 30_000, resultExpiresMs: TTL, eventsCap: 0 };
+    expect(await reclaim(runner, s.keys, worker, [{ id: retoken, token: 'a-known-run' }])).toEqual({ count: 0, problem: '' });
+    for (const id of [elsewhere, retoken, renewed]) {
+      expect(await h.field(id, 'state')).toBe('STARTED');
+      expect(await h.admin.zscore(s.keys.active, id)).not.toBeNull();
+      expect(await h.admin.lpos(s.keys.wait, id)).toBeNull();
+    }
+  });
 });
