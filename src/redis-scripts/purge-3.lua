@@ -1,70 +1,150 @@
 --[[
   purge: an operator empties a queue (heimdall purge, Inspector.purge), one bounded batch per
   call, so a long queue does not block Redis.
-    Takes up to ARGV[2] entries from the head of the wait list (RPOP: the end workers take
-    from). A PENDING or RETRY task among them ends REVOKED with reason 'purged' through endTask
+    The caller reads first, with plain commands, the entries at the tail of the wait list (the
+    end workers take from) and, when delayed tasks are purged too, the earliest ids of the
+    delayed set, then the lock each of those records names (field lk), and names every record and
+    lock in KEYS. The script touches no other record or lock: it checks again what it relies on.
+    Takes entries from the tail of the wait list, up to ARGV[2], as long as each is one the
+    caller named (a wake marker '' or an id given below): an entry it was not given (pushed to
+    the tail since the read, or read only now that workers took the ones before it) stops it
+    there. A PENDING or RETRY task among them ends REVOKED with reason 'purged' through endTask
     (expiry set, unique lock released as a revoke releases it, done:<id> published), and leaves
     the delayed set if it is there. An entry whose task is in the delayed set (a stale entry) is
     dropped and the task left as it is, unless delayed tasks are purged too (ARGV[4] = '1').
     Wake markers (''), and ids of tasks that are running, ended or have no readable record, are
     dropped, as a fetch drops them.
-    Then takes up to ARGV[3] ids from the delayed set, earliest first, and ends the PENDING and
-    RETRY ones REVOKED 'purged' the same way.
-    A running task is never touched; its lease and lock stay.
+    Then takes the delayed ids given (the first ARGV[3] ids), those still in the delayed set,
+    and ends the PENDING and RETRY ones REVOKED 'purged' the same way.
+    A task whose record names another lock than the one given is left where it is (and stops
+    the wait list there); the reply says so, and the caller reads again.
+    A running task is never touched; its lease and lock stay. Every check comes before the first
+    write, and the first write is the RPOP of the wait list (or the ZREM from the delayed set),
+    which a full Redis allows.
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
   KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
+  KEYS[4..] per id of ARGV[7..], in order: its record <prefix>:{<queue>}:t:<id>, then its unique
+            lock (the record's lk) when the id's flag is '1' (so a call passes 3 + ids + locks
+            keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:
-  ARGV[2] most entries to take from the wait list in this call (0: none)
-  ARGV[3] most ids to take from the delayed set in this call (0: none)
+  ARGV[2] most entries to take from the tail of the wait list in this call (0: none): as many as
+          the caller read there
+  ARGV[3] how many of the ids of ARGV[7..] are delayed ids to take (the first ones, earliest first)
   ARGV[4] '1' when delayed tasks are purged too, '0' when they stay
   ARGV[5] result lifetime of the revoked tasks, in ms
   ARGV[6] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
+  ARGV[7..] pairs of task id and '1' when its lock follows its record in KEYS, '0' when its
+            record names none (as the caller read it): the delayed ids to take, then every other
+            id the caller read at the tail of the wait list, each id once
 
-  Returns {purged, fromWait, fromDelayed}: the tasks this call ended REVOKED, and the entries it
-  took from the wait list and the delayed set (markers and stale ids included), which the caller
-  counts against the lengths it read before the first call.
+  Returns {purged, fromWait, fromDelayed, changed}: the tasks this call ended REVOKED, the entries
+  it took from the wait list (markers and stale ids included), the delayed ids given that have
+  left the delayed set (taken by this call, or gone before it), which the caller counts against
+  the lengths it read before the first call; changed is 'KEYS_CHANGED' when the call stopped at
+  an entry it was not given or left a task whose lock changed, '' otherwise.
 ]]
 -- @include "now"
 -- @include "keys"
+-- @include "declared"
 -- @include "end-task"
 -- @include "events"
 
-local base, waitMax, delayedMax, withDelayed, expireMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
+local base, waitMax, delayedCount = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local withDelayed, expireMs = ARGV[4] == '1', tonumber(ARGV[5])
 local now = nowMs()
 useEvents(ARGV[6], nil, KEYS[3])
-local purged = 0
 
-local function purgeOne(id)
-  local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'lk', 'lw', 'n')
-  if type(t) ~= 'table' or t.err or (t[1] ~= 'PENDING' and t[1] ~= 'RETRY') then return end
-  redis.call('ZREM', KEYS[2], id)
-  endTask(base, id, 'REVOKED', { 'rr', 'purged' }, now, expireMs, { t[2], t[3] }, { t[4] })
-  purged = purged + 1
+-- The ids given, each with its declared lock ('' for none); the delayed ones in order.
+local given, delayedIds = {}, {}
+local k = 4
+for i = 7, #ARGV, 2 do
+  local id, withLock = ARGV[i], ARGV[i + 1]
+  -- endTask names the record from the base and the id: it must be the declared key.
+  if KEYS[k] ~= taskKeyOf(base, id) then return redis.error_reply('purge: KEYS[' .. k .. '] is not the record of task ' .. id) end
+  local lock = ''
+  if withLock == '1' then
+    lock = KEYS[k + 1]
+    k = k + 1
+  end
+  k = k + 1
+  given[id] = lock
+  if #delayedIds < delayedCount then delayedIds[#delayedIds + 1] = id end
 end
 
+local changed = ''
+-- The tasks to end, each once: {id, record fields s lk lw n}.
+local toPurge, planned = {}, {}
+-- 'purge' (with the fields read), 'drop' (not waiting: nothing to do), or 'changed' (its record
+-- names another lock than the one given).
+local function verdictOf(id)
+  local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'lk', 'lw', 'n')
+  if type(t) ~= 'table' or t.err or (t[1] ~= 'PENDING' and t[1] ~= 'RETRY') then return 'drop' end
+  if not declaredIs(given[id], t[2]) then return 'changed' end
+  return 'purge', t
+end
+
+-- The wait list: the entries to take, from the tail inward.
 local fromWait = 0
 if waitMax > 0 then
-  local ids = redis.call('RPOP', KEYS[1], waitMax)
-  if ids then
-    fromWait = #ids
-    for _, id in ipairs(ids) do
-      if id ~= '' and (withDelayed or not redis.call('ZSCORE', KEYS[2], id)) then purgeOne(id) end
+  local tail = redis.call('LRANGE', KEYS[1], -waitMax, -1)
+  for i = #tail, 1, -1 do
+    local id = tail[i]
+    if id ~= '' then
+      if given[id] == nil then
+        changed = KEYS_CHANGED
+        break
+      end
+      if not planned[id] and (withDelayed or not redis.call('ZSCORE', KEYS[2], id)) then
+        local verdict, t = verdictOf(id)
+        if verdict == 'changed' then
+          changed = KEYS_CHANGED
+          break
+        end
+        if verdict == 'purge' then
+          planned[id] = true
+          toPurge[#toPurge + 1] = { id, t }
+        end
+      end
+    end
+    fromWait = fromWait + 1
+  end
+end
+
+-- The delayed ids given: those still in the set are taken.
+local fromDelayed, unset = 0, {}
+if withDelayed then
+  for _, id in ipairs(delayedIds) do
+    if not redis.call('ZSCORE', KEYS[2], id) then
+      fromDelayed = fromDelayed + 1
+    elseif planned[id] then
+      -- Purged from the wait list above, which takes it out of the delayed set too.
+      fromDelayed = fromDelayed + 1
+    else
+      local verdict, t = verdictOf(id)
+      if verdict == 'changed' then
+        changed = KEYS_CHANGED
+      else
+        fromDelayed = fromDelayed + 1
+        unset[#unset + 1] = id
+        if verdict == 'purge' then
+          planned[id] = true
+          toPurge[#toPurge + 1] = { id, t }
+        end
+      end
     end
   end
 end
 
-local fromDelayed = 0
-if withDelayed and delayedMax > 0 then
-  local ids = redis.call('ZRANGE', KEYS[2], 0, delayedMax - 1)
-  fromDelayed = #ids
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', KEYS[2], id)
-    purgeOne(id)
-  end
+if fromWait > 0 then redis.call('RPOP', KEYS[1], fromWait) end
+if #unset > 0 then redis.call('ZREM', KEYS[2], unpack(unset)) end
+for _, p in ipairs(toPurge) do
+  local id, t = p[1], p[2]
+  redis.call('ZREM', KEYS[2], id)
+  endTask(base, id, 'REVOKED', { 'rr', 'purged' }, now, expireMs, { t[2], t[3] }, { t[4] })
 end
 
 flushEvents()
-return {purged, fromWait, fromDelayed}
+return {#toPurge, fromWait, fromDelayed, changed}

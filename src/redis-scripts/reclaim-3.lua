@@ -3,42 +3,74 @@
   know it runs (STARTED -> PENDING at the front of the wait list, the start undone). They come
   from a fetch whose reply was lost: Redis started them, the worker never heard. Without this
   they would wait for their lease to lapse and use up a recovery.
+  The caller finds them with plain reads (the leases of the active set, then the worker, run
+  token and lock of each record) and names each run with its record and lock, so every key the
+  script touches is declared. The script checks again that each is still that run: still leased
+  with the expiry read, its record STARTED by this worker under the token read. A run that moved
+  on meanwhile is left alone.
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
+  KEYS[4..] per run of ARGV[5..], in order: its record <prefix>:{<queue>}:t:<id>, then its
+            unique lock (the record's lk) when the run's flag is '1' (so a call passes 3 + runs
+            + locks keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:
   ARGV[2] worker id
   ARGV[3] result lifetime in ms, for tasks whose revoke was requested meanwhile
   ARGV[4] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
-  ARGV[5..] pairs of id and run token of the runs the worker knows it runs (or has finished and
-            not yet reported)
+  ARGV[5..] per run to hand back, four items: task id, its lease's expiry as read (ms), its run
+            token as read ('' when the record has none), and '1' when its lock follows its record
+            in KEYS, '0' when the record names none
 
   Returns {count, problem}: the number of tasks handed back, and '' or the text of a command
   Redis refused (such a task keeps its lease). A task whose revoke was requested (rv) ends
   REVOKED instead.
+  Or {'KEYS_CHANGED', id}: the record of task id, still that run, names another lock than the
+  one declared; nothing was changed, the caller reads again and calls again.
 ]]
 -- @include "now"
 -- @include "refusal"
 -- @include "keys"
+-- @include "declared"
 -- @include "hand-back"
 -- @include "events"
 
 local base, workerId, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local known = {}
--- Keyed by id and token: tokens are unique among the runs of one task, not across tasks.
 useEvents(ARGV[4], workerId, KEYS[3])
-for i = 5, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
 local now = nowMs()
+
+-- First every check, then the moves: a declared lock that is not the one the record names
+-- changes nothing at all.
+local runs = {}
 local count, problem = 0, ''
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local t = redis.pcall('HMGET', taskKeyOf(base, id), 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at')
-  if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
-  if not t.err and t[1] == workerId and t[2] == 'STARTED' and not (t[3] and known[id .. ' ' .. t[3]]) then
-    local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, true, t[7], now, expireMs)
-    if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
+local k = 4
+for i = 5, #ARGV, 4 do
+  local id, expiry, token, withLock = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
+  local key = KEYS[k]
+  -- handBack names the record from the base and the id: it must be the declared key.
+  if key ~= taskKeyOf(base, id) then return redis.error_reply('reclaim: KEYS[' .. k .. '] is not the record of task ' .. id) end
+  local lock = ''
+  if withLock == '1' then
+    lock = KEYS[k + 1]
+    k = k + 1
   end
+  k = k + 1
+  local t = redis.pcall('HMGET', key, 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at')
+  if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
+  -- Still the run read: leased with that expiry, STARTED by this worker under that token.
+  if not t.err and t[1] == workerId and t[2] == 'STARTED' and (t[3] or '') == token and
+      tonumber(redis.call('ZSCORE', KEYS[2], id)) == expiry then
+    if not declaredIs(lock, t[5]) then return {KEYS_CHANGED, id} end
+    runs[#runs + 1] = { id, t }
+  end
+end
+
+for _, run in ipairs(runs) do
+  local id, t = run[1], run[2]
+  local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, true, t[7], now, expireMs)
+  if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
 end
 flushEvents()
 return {count, problem}

@@ -1,13 +1,20 @@
 // Purging a queue (issue 11, point 3): Inspector.purge() through purge-3.lua, and `heimdall purge`.
 // Purged tasks end in a state Redis holds (REVOKED 'purged', their unique locks released, their
 // waiters told); a running task, delayed tasks (without --delayed) and a stale wait entry of a
-// delayed task are left alone; a long queue goes in bounded batches.
+// delayed task are left alone; a long queue goes in bounded batches. The purge reads the entries
+// and locks before each script call, so a worker fetching meanwhile races it: every task still
+// runs once or is purged, never both, never neither. A lock read just before it changed is read again.
 import { describe, expect, it } from 'vitest';
-import { Inspector, Task, TaskRevokedError } from 'heimdall-tasks';
-import { gate, topology, useHarness, waitFor, type Gate } from '../helpers.js';
+import { currentTask, Inspector, Task, TaskRevokedError } from 'heimdall-tasks';
+import { FIELDS, gate, topology, useHarness, waitFor, type Gate } from '../helpers.js';
 import { runHeimdall as heimdall } from '../fixtures/cli/heimdall.js';
+import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
+import { purge } from '../../src/core/protocol/scripts.js';
 
 let held: Gate = gate();
+/** Runs of each task of the race, and when each ran (ms, this process's clock). */
+const runs = new Map<string, number>();
+const ranAt: number[] = [];
 
 class Purgeable {
   @Task({ queue: 'purge-q' })
@@ -23,6 +30,15 @@ class Purgeable {
 
   @Task({ queue: 'purge-q' })
   async plain(n: number): Promise<number> {
+    return n;
+  }
+
+  @Task({ queue: 'purge-race' })
+  async counted(n: number): Promise<number> {
+    const id = currentTask().id;
+    runs.set(id, (runs.get(id) ?? 0) + 1);
+    ranAt.push(Date.now());
+    await new Promise((resolve) => setImmediate(resolve));
     return n;
   }
 }
@@ -98,5 +114,60 @@ describe('purge', () => {
     } finally {
       await inspector.close();
     }
+  });
+
+  it('a purge racing a worker that fetches: each task runs once or ends REVOKED purged, none is lost, and purge counts the ones it ended', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    runs.clear();
+    ranAt.length = 0;
+    const total = 3000;
+    const sent = await h.dispatcher().tasks(Purgeable).counted.delayMany(Array.from({ length: total }, (_, i) => [i] as [number]));
+    const worker = h.worker({ services: [new Purgeable()], queues: ['purge-race'], concurrency: 10 });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
+    try {
+      await worker.start();
+      await waitFor(() => runs.size >= 50, { what: 'the worker to run some tasks' });
+      const from = Date.now();
+      const purged = await inspector.purge('purge-race');
+      const to = Date.now();
+      // The worker ran tasks while the purge went on: the race took place.
+      expect(ranAt.some((t) => t > from && t < to), 'a task ran during the purge').toBe(true);
+      expect(purged).toBeGreaterThan(0);
+
+      const keys = h.queueKeys('purge-race');
+      const statesOf = () => Promise.all(sent.map((t) => h.admin.hmget(keys.task(t.id), FIELDS.state, FIELDS.revokeReason)));
+      await waitFor(async () => (await statesOf()).every(([s]) => s === 'SUCCESS' || s === 'REVOKED'), { timeout: 10_000, what: 'every task to end' });
+      const states = await statesOf();
+      const succeeded = sent.filter((_, i) => states[i]![0] === 'SUCCESS').map((t) => t.id);
+      const revoked = states.filter(([s, reason]) => s === 'REVOKED' && reason === 'purged').length;
+      // Each task ran once or was purged: never both, never twice, never neither.
+      expect([...runs.values()].every((n) => n === 1)).toBe(true);
+      expect([...runs.keys()].sort()).toEqual(succeeded.sort());
+      expect(revoked).toBe(purged);
+      expect(succeeded.length + revoked).toBe(total);
+      expect(await h.admin.llen(keys.wait)).toBe(0);
+    } finally {
+      await inspector.close();
+    }
+  });
+
+  it('a lock read just before it changed is read again: the purge still ends the task and releases its lock', async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const unique = await d.tasks(Purgeable).report.delay(11);
+    const lockKey = await h.lockKeyOf(unique.id, 'purge-q');
+    const keys = h.queueKeys('purge-q');
+    // As if the read gave a lock the record no longer names (its id reused for another unique task).
+    const runner = new ScriptRunner(h.admin);
+    let stale = 1;
+    const read = runner.fields.bind(runner);
+    runner.fields = async (key, fields) => (stale-- > 0 ? [keys.lock('Purgeable.report', 'another')] : read(key, fields));
+    const first = await purge(runner, keys, 200, 0, false, 86_400_000, 0);
+    expect(first).toEqual({ purged: 0, fromWait: 0, fromDelayed: 0, changed: true });
+    expect(await unique.status()).toBe('PENDING');
+    expect(await h.admin.llen(keys.wait)).toBe(1);
+    expect(await purge(runner, keys, 200, 0, false, 86_400_000, 0)).toEqual({ purged: 1, fromWait: 1, fromDelayed: 0, changed: false });
+    expect(await unique.info()).toMatchObject({ state: 'REVOKED', revokeReason: 'purged' });
+    expect(await h.admin.exists(lockKey)).toBe(0);
   });
 });

@@ -4,14 +4,17 @@
  *  - a finish sent again after the task was started anew answers what it stored and changes
  *    nothing (a retry is never counted twice, a newer run never touched);
  *  - a revoke that lands between the fetch that started a run and the admission or hand-back
- *    of that run ends the task REVOKED instead of putting it back to run later.
+ *    of that run ends the task REVOKED instead of putting it back to run later;
+ *  - a reclaim after a lost reply hands back only the runs of its worker that the worker does not
+ *    know, reading again a lock that changed between its reads and its call.
  */
 import { fetchStarting } from '../fetch-starting.js';
 import { describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
 import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
-import { admit, decline, fetch, readFetchReply, type EndOutcome, type Verdict } from '../../src/core/protocol/scripts.js';
+import { admit, decline, fetch, readFetchReply, reclaim, type EndOutcome, type Verdict } from '../../src/core/protocol/scripts.js';
+import type { LuaScript } from '../../src/redis-scripts/scripts.generated.js';
 import { FIELDS, useHarness, type Harness } from '../helpers.js';
 
 const TTL = 86_400_000;
@@ -108,5 +111,78 @@ describe('run tokens in the scripts', () => {
     expect(await s.admit('B', id, token, `${s.keys.base}lock:x`)).toEqual({ verdict: 'STALE', state: 'STARTED' });
     expect(await h.admin.hmget(h.taskKey(id), FIELDS.state, FIELDS.token)).toEqual(['STARTED', token]);
     expect(await h.admin.zscore(s.keys.active, id)).not.toBeNull();
+  });
+
+  it('a reclaim hands back only the runs of its worker it does not know, the attempt taken back; a lock that changed after the read is read again', async () => {
+    const h = fresh();
+    const s = scripts(h, h.admin);
+    const d = h.dispatcher();
+    for (let i = 0; i < 4; i++) await d.send('Anywhere.task', [i]);
+    const mine = await s.fetch('W', 3);
+    const [[other]] = (await s.fetch('X')) as [[string, string]];
+    const [[known, knownToken], [lost], [locked]] = mine as [[string, string], [string, string], [string, string]];
+    // One of the runs it does not know holds a unique lock.
+    const lockKey = `${s.keys.base}lock:Anywhere.task:k`;
+    await h.admin.hset(h.taskKey(locked), FIELDS.lockKey, lockKey, FIELDS.lockTtl, '60000');
+    await h.admin.set(lockKey, locked);
+    // Its first read gives another lock than the one the record names (as an id reused meanwhile would).
+    let calls = 0;
+    let stale = 1;
+    const runner = new (class extends ScriptRunner {
+      override async run<T>(script: LuaScript, keys: readonly string[], args: readonly (string | number)[]): Promise<T> {
+        if (script.name === 'reclaim') calls++;
+        return super.run<T>(script, keys, args);
+      }
+      override async fields(key: string, fields: readonly string[]): Promise<(string | null)[]> {
+        const read = await super.fields(key, fields);
+        if (key === h.taskKey(locked) && stale-- > 0) read[fields.indexOf(FIELDS.lockKey)] = `${s.keys.base}lock:Anywhere.task:other`;
+        return read;
+      }
+    })(h.admin);
+
+    const worker = { workerId: 'W', leaseMs: 30_000, resultExpiresMs: TTL, eventsCap: 0 };
+    expect(await reclaim(runner, s.keys, worker, [{ id: known, token: knownToken }])).toEqual({ count: 2, problem: '' });
+    expect(calls).toBe(2);
+    for (const id of [lost, locked]) {
+      expect(await h.admin.hmget(h.taskKey(id), FIELDS.state, FIELDS.attempts)).toEqual(['PENDING', '0']);
+      expect(await h.admin.zscore(s.keys.active, id)).toBeNull();
+      expect(await h.admin.lpos(s.keys.wait, id)).not.toBeNull();
+    }
+    expect(await h.admin.get(lockKey)).toBe(locked);
+    // The run it knows, and another worker's, are left alone.
+    for (const id of [known, other]) {
+      expect(await h.field(id, 'state')).toBe('STARTED');
+      expect(await h.admin.zscore(s.keys.active, id)).not.toBeNull();
+    }
+    // Nothing left to hand back: no script call at all.
+    expect(await reclaim(runner, s.keys, worker, [{ id: known, token: knownToken }])).toEqual({ count: 0, problem: '' });
+    expect(calls).toBe(2);
+  });
+
+  it('a reclaim leaves a run that moved on between its reads and its call: recovered and started again, by another worker or under another token, or its lease renewed', async () => {
+    const h = fresh();
+    const s = scripts(h, h.admin);
+    const d = h.dispatcher();
+    for (let i = 0; i < 3; i++) await d.send('Anywhere.task', [i]);
+    const [[elsewhere], [retoken], [renewed]] = (await s.fetch('W', 3)) as [[string, string], [string, string], [string, string]];
+    // Just before the script runs: a run is recovered and started by another worker, another
+    // started again by this one (a run it knows), the lease of the third is moved.
+    const runner = new (class extends ScriptRunner {
+      override async run<T>(script: LuaScript, keys: readonly string[], args: readonly (string | number)[]): Promise<T> {
+        if (script.name === 'reclaim') {
+          await h.admin.hset(h.taskKey(elsewhere), FIELDS.worker, 'X', FIELDS.token, 'a-later-run');
+          await h.admin.hset(h.taskKey(retoken), FIELDS.token, 'a-known-run');
+          await h.admin.zadd(s.keys.active, 'XX', Date.now() + 3_600_000, renewed);
+        }
+        return super.run<T>(script, keys, args);
+      }
+    })(h.admin);
+    const worker = { workerId: 'W', leaseMs: 30_000, resultExpiresMs: TTL, eventsCap: 0 };
+    expect(await reclaim(runner, s.keys, worker, [{ id: retoken, token: 'a-known-run' }])).toEqual({ count: 0, problem: '' });
+    for (const id of [elsewhere, retoken, renewed]) {
+      expect(await h.field(id, 'state')).toBe('STARTED');
+      expect(await h.admin.zscore(s.keys.active, id)).not.toBeNull();
+      expect(await h.admin.lpos(s.keys.wait, id)).toBeNull();
+    }
   });
 });

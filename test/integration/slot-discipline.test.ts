@@ -26,7 +26,7 @@ import { describe, expect, it } from 'vitest';
 import { ConfigError, Dispatcher, Inspector, Task, TaskFailedError, Worker, currentTask, type TaskResult } from 'heimdall-tasks';
 import { QueueKeys, validateName } from '../../src/core/protocol/queue-keys.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
-import { admit, decline, extendLeases, fetch, readFetchReply, reclaim, requeue, type RunEnd, type Verdict, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
+import { admit, decline, extendLeases, fetch, purge, readFetchReply, reclaim, recoverLapsed, requeue, type RunEnd, type Verdict, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
 import { allScripts } from '../../src/redis-scripts/scripts.generated.js';
 import { FIELDS, gate, recordEvents, redisNowMs, usePrivateRedis, waitFor, type Gate, type Harness } from '../helpers.js';
 import { keySlot, keysOf, report, SlotChecker, type ScriptReport } from '../slot-checker.js';
@@ -52,8 +52,9 @@ const OPEN_UNDECLARED: Readonly<Record<string, readonly string[]>> = {
   forget: [],
   heartbeat: [],
   progress: [],
-  purge: ['lock:', 't:'],
-  reclaim: ['lock:', 't:'],
+  purge: [],
+  reclaim: [],
+  recover: [],
   'release-lock': [],
   requeue: [],
   revoke: [],
@@ -105,10 +106,11 @@ async function redisPast(h: Harness, ms: number): Promise<void> {
 
 /**
  * The paths only a crash, a lost reply or a damaged record reach, driven through scripts.ts as a
- * worker would call them: recovery of lapsed leases (requeued, then failed with WorkerLostError),
+ * worker would call them: recovery of lapsed leases by the fetch and by the recover script
+ * (requeued, then failed with WorkerLostError; revoked; a dead letter),
  * an expired task, a duplicate found at start, malformed records and a popped id with no record,
  * finishes (RETRY, FAILURE with a dead letter, SUCCESS), reclaim, requeue, a lease renewal of a
- * live and of a lost run, a hand-back (decline) with a grace.
+ * live and of a lost run, a hand-back (decline) with a grace, a purge of waiting tasks.
  */
 async function directFlows(h: Harness, prefix: string, queue: string, dispatcher: Dispatcher): Promise<TaskResult<number>> {
   const keys = new QueueKeys(prefix, queue);
@@ -140,6 +142,25 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
   await redisPast(h, Number(await field(lost.id, 'startedAt')) + 1);
   expect((await start('third')).started).toEqual([]);
   expect(await lost.status()).toBe('FAILURE');
+
+  // The same recoveries through the recover script (its records and locks declared): a unique
+  // task re-queued, then failed with WorkerLostError, a revoke requested while it ran, and a
+  // lease that names no record (dead letter).
+  const lapsing = await tasks.single.applyAsync(['lapsing'], { queue });
+  const stopped = await tasks.single.applyAsync(['stopped'], { queue });
+  // One fetch for both: a second one would recover the first lapsed lease itself.
+  expect(readFetchReply(await fetch(runner, keys, as('ghost', 1), 2, []), 0).started.map((r) => r.id)).toEqual([lapsing.id, stopped.id]);
+  await stopped.revoke();
+  await h.admin.zadd(keys.active, 1, 'no-record-2');
+  await redisPast(h, Number(await h.admin.zscore(keys.active, stopped.id)));
+  expect((await recoverLapsed(runner, keys, as('rescuer'), [lapsing.id, stopped.id, 'no-record-2'])).outcomes.map((o) => o.outcome)).toEqual([
+    'requeued',
+    'revoked',
+    'dead-lettered',
+  ]);
+  expect((await start('ghost', 1)).started.map((r) => r.id)).toEqual([lapsing.id]);
+  await redisPast(h, Number(await h.admin.zscore(keys.active, lapsing.id)));
+  expect((await recoverLapsed(runner, keys, as('rescuer'), [lapsing.id])).outcomes).toEqual([{ id: lapsing.id, outcome: 'failed' }]);
 
   // Expired before it started: REVOKED 'expired'.
   const expired = await tasks.ok.applyAsync([2], { queue, expires: '1ms' });
@@ -209,6 +230,13 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
     await handBack(runner, keys, as('w'), handBack === requeue ? [run] : []);
     expect(await revoked.status()).toBe('REVOKED');
   }
+
+  // A purge of waiting tasks (the public flows purge only delayed ones): a unique one, whose lock
+  // it releases, and a plain one.
+  const waiting = [await tasks.single.applyAsync(['purged'], { queue }), await tasks.ok.applyAsync([7], { queue })];
+  expect(await purge(runner, keys, 200, 0, false, TTL, EVENTS_CAP)).toEqual({ purged: 2, fromWait: 2, fromDelayed: 0, changed: false });
+  for (const t of waiting) expect(await t.info()).toMatchObject({ state: 'REVOKED', revokeReason: 'purged' });
+
   // The declined task is due again soon; the public flows' worker runs it.
   return back;
 }

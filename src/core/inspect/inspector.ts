@@ -1,4 +1,4 @@
-import { ConfigError, fromRedis, isWrongType, redisCall } from '../errors.js';
+import { ConfigError, fromRedis, isWrongType, RedisRefusedError, redisCall } from '../errors.js';
 import { closeClient, openClient, redisNowMs, type OwnedClient, type RedisClient } from '../protocol/connection.js';
 import { eventsSettings, type EventsOptions } from '../events/queue-events.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, KEY_NAMES, QueueKeys, validateName } from '../protocol/queue-keys.js';
@@ -457,6 +457,10 @@ export class Inspector {
     let waitLeft = waiting;
     let delayedLeft = withDelayed ? delayed : 0;
     let purged = 0;
+    // Steps that took nothing because the queue changed between their reads and their call (an
+    // entry pushed to the tail of the wait list, a lock): each reads again; so many in a row
+    // means the queue moves faster than a purge can read it.
+    let fruitless = 0;
     while (waitLeft > 0 || delayedLeft > 0) {
       const step = await redisCall(`purging queue ${k.queue}`, () =>
         purge(this.scripts, k, Math.min(PURGE_BATCH, waitLeft), Math.min(PURGE_BATCH, delayedLeft), withDelayed, DEFAULT_RESULT_EXPIRES_MS, this.eventsCap),
@@ -464,7 +468,15 @@ export class Inspector {
       purged += step.purged;
       waitLeft -= step.fromWait;
       delayedLeft -= step.fromDelayed;
-      if (step.fromWait === 0 && step.fromDelayed === 0) break; // emptied meanwhile (workers took the rest)
+      if (step.fromWait > 0 || step.fromDelayed > 0) {
+        fruitless = 0;
+      } else if (!step.changed) {
+        break; // emptied meanwhile (workers took the rest)
+      } else if (++fruitless >= PURGE_FRUITLESS_STEPS) {
+        throw new RedisRefusedError(
+          `purging queue ${k.queue}: the queue changed between the reads and the purge script ${PURGE_FRUITLESS_STEPS} times in a row; ${purged} task(s) purged so far, call purge() again`,
+        );
+      }
     }
     return purged;
   }
@@ -478,6 +490,9 @@ export interface PurgeOptions {
 
 /** Entries one purge-3.lua call takes at most from the wait list, and from the delayed set. */
 const PURGE_BATCH = 200;
+
+/** Purge steps in a row that may find the queue changed under them before purge() gives up. */
+const PURGE_FRUITLESS_STEPS = 20;
 
 function limitOf(options: ListOptions): number {
   const limit = options.limit ?? DEFAULT_LIMIT;

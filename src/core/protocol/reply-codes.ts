@@ -87,15 +87,15 @@ export const VERDICTS = {
  */
 export const FAILURE_ERRORS = { admit: MalformedTaskError, decline: UnknownTaskError } as const;
 
-/** The reply codes of revoke-4.lua, by position (0 to 4). */
-export const REVOKE_CODES = ['unknown', 'ended', 'revoked', 'terminated', 'requested'] as const;
-
 /**
- * The answer of a script that declares the lock or rate window a task's record names, when the
- * record names another one by the time the script runs (includes/declared.lua): it changed
- * nothing, and the caller reads the record's keys again and calls again.
+ * The answer of a script that declares the locks records name, when a record names another key
+ * than the one the caller read and declared (includes/declared.lua): the caller reads again and
+ * calls again.
  */
 export const KEYS_CHANGED = 'KEYS_CHANGED';
+
+/** The reply codes of revoke-4.lua, by position (0 to 4). */
+export const REVOKE_CODES = ['unknown', 'ended', 'revoked', 'terminated', 'requested'] as const;
 
 /** A reply item no table above names: the script and the library disagree, or someone else wrote it. */
 export function unexpectedReply(script: string, what: string, value: unknown): UnexpectedReplyError {

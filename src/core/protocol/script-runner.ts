@@ -98,6 +98,26 @@ export class ScriptRunner {
   }
 
   /**
+   * The entries `start` to `stop` of a list (a plain LRANGE), for a caller that names, before a
+   * script call, the records of the ids the list holds (purge reads the tail of the wait list).
+   */
+  async listRange(key: string, start: number, stop: number): Promise<string[]> {
+    return this.client.lrange(key, start, stop);
+  }
+
+  /**
+   * The members `start` to `stop` of a sorted set with their scores (a plain ZRANGE WITHSCORES),
+   * for a caller that names, before a script call, the records of the ids the set holds (reclaim
+   * reads the leases, purge the delayed ids).
+   */
+  async scoredRange(key: string, start: number, stop: number): Promise<[string, number][]> {
+    const flat = await this.client.zrange(key, start, stop, 'WITHSCORES');
+    const out: [string, number][] = [];
+    for (let i = 0; i < flat.length; i += 2) out.push([flat[i]!, Number(flat[i + 1])]);
+    return out;
+  }
+
+  /**
    * SCRIPT LOAD where EVALSHA will look for the script: on a Cluster, every master it knows (a
    * plain `script('LOAD')` reaches one node, and EVALSHA runs on the node of its keys' slot).
    */

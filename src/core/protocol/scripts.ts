@@ -1,7 +1,7 @@
 // One typed function per Lua script: packs its KEYS and ARGV as the script's header says, and
 // decodes its reply. The scripts' headers (src/redis-scripts/*.lua) are the contract; nothing
 // else in the library builds a script's arguments or reads its reply.
-import { UnexpectedReplyError } from '../errors.js';
+import { isWrongType, UnexpectedReplyError } from '../errors.js';
 import type { QueueKeys } from './queue-keys.js';
 import { FIELDS } from './task-fields.js';
 import { END_OUTCOMES, KEYS_CHANGED, REVOKE_CODES, unexpectedReply, VERDICTS } from './reply-codes.js';
@@ -20,6 +20,7 @@ import {
   progress as progressScript,
   purge as purgeScript,
   reclaim as reclaimScript,
+  recover as recoverScript,
   releaseLock as releaseLockScript,
   requeue as requeueScript,
   revoke as revokeScript,
@@ -385,9 +386,34 @@ export async function requeue(runner: ScriptRunner, keys: QueueKeys, worker: Wor
   return { count: Number(count), problem: String(problem ?? '') };
 }
 
-/** Hands back runs leased to this worker that it does not know it runs (reclaim-3.lua; `known`: the runs it does). */
-export function reclaim(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, known: readonly RunRef[]): Promise<HandBack> {
-  return handBack(reclaimScript, runner, keys, worker, known, []);
+/**
+ * Hands back runs leased to this worker that it does not know it runs (`known`: the runs it
+ * does), in two steps: plain reads find them (the leases of the active set, then the worker, run
+ * token and lock of each record), then reclaim-3.lua hands them back with their records and
+ * locks declared, checking each is still that run. A lock changed in between (an id reused) is
+ * read again (withNamedKeys).
+ */
+export async function reclaim(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, known: readonly RunRef[]): Promise<HandBack> {
+  // Keyed by id and token: tokens are unique among the runs of one task, not across tasks.
+  const knownRuns = new Set(known.map((r) => `${r.id} ${r.token}`));
+  const [count, detail] = await withNamedKeys('reclaim', "the record of a run it hands back", async () => {
+    const leases = await runner.scoredRange(keys.active, 0, -1);
+    const records = await Promise.all(
+      leases.map(([id]) => recordFields(runner, keys, id, [FIELDS.worker, FIELDS.state, FIELDS.token, FIELDS.lockKey])),
+    );
+    const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs, worker.eventsCap];
+    const scriptKeys = [keys.wait, keys.active, keys.events];
+    leases.forEach(([id, expiry], i) => {
+      const [owner, state, token, lock] = records[i]!;
+      if (owner !== worker.workerId || state !== 'STARTED' || (token != null && knownRuns.has(`${id} ${token}`))) return;
+      args.push(id, expiry, token ?? '', lock == null ? '0' : '1');
+      scriptKeys.push(keys.task(id));
+      if (lock != null) scriptKeys.push(lock);
+    });
+    if (scriptKeys.length === 3) return [0, ''] as const;
+    return runner.run<[number | string, string]>(reclaimScript, scriptKeys, args);
+  });
+  return { count: Number(count), problem: String(detail ?? '') };
 }
 
 /** What requeue-3.lua and reclaim-3.lua answer: how many runs went back, and '' or what Redis refused. */
@@ -396,16 +422,71 @@ export interface HandBack {
   problem: string;
 }
 
+
+/** What became of a lapsed lease recover-4.lua was given (see includes/recover.lua). */
+export type RecoverOutcome =
+  /** Back at the front of the wait list, PENDING, one more recovery counted. */
+  | 'requeued'
+  /** Ended FAILURE with a WorkerLostError: its recoveries were used up (maxRecoveries). */
+  | 'failed'
+  /** Ended REVOKED: a revoke was requested while it ran. */
+  | 'revoked'
+  /** Its record is missing or not a hash: dead-lettered, the lease dropped. */
+  | 'dead-lettered'
+  /** The task is no longer STARTED: a lease left behind, dropped. */
+  | 'dropped'
+  /** The caller's own run, lapsed less than one of its leases ago: it keeps the lease. */
+  | 'kept'
+  /** No lease, or one that has not lapsed on the Redis clock: left alone. */
+  | 'not-lapsed'
+  /** Redis refused a command: the task is as it was, leased (the refusal is in `problem`). */
+  | 'refused';
+
+/** What recover-4.lua did: one outcome per id given, and '' or what Redis refused. */
+export interface Recovery {
+  outcomes: { id: string; outcome: RecoverOutcome }[];
+  problem: string;
+}
+
 /**
- * reclaim-3.lua's call (requeue-3.lua answers alike, and takes the lock each run's record names
- * besides: see requeue). `records`: none, as the runs reclaim hands back are the ones the worker
- * does not know.
+ * Recovers the runs of `ids` whose lease lapsed (their worker died or hung), as the fetch does
+ * (recover-4.lua): reads the lock each record names, then calls the script with every record
+ * and lock declared; it checks each lease has still lapsed on the Redis clock. `worker` is the
+ * caller: its own lapsed runs get one more lease. A lock changed in between (an id reused) is
+ * read again (withNamedKeys).
  */
-async function handBack(script: LuaScript, runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[], records: readonly string[]): Promise<HandBack> {
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs, worker.eventsCap];
-  for (const r of runs) args.push(r.id, r.token);
-  const [count, problem] = await runner.run<[number, string]>(script, [keys.wait, keys.active, keys.events, ...records], args);
-  return { count: Number(count), problem: String(problem ?? '') };
+export async function recoverLapsed(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, ids: readonly string[]): Promise<Recovery> {
+  const unique = [...new Set(ids)];
+  if (unique.length === 0) return { outcomes: [], problem: '' };
+  const [outcomes, detail] = await withNamedKeys('recover', 'the record of a lapsed run', async () => {
+    const locks = await Promise.all(unique.map(async (id) => (await recordFields(runner, keys, id, [FIELDS.lockKey]))[0]));
+    const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, worker.resultExpiresMs, worker.eventsCap, runner.cluster ? 1 : 0];
+    const scriptKeys = [keys.wait, keys.active, keys.dead, keys.events];
+    unique.forEach((id, i) => {
+      const lock = locks[i];
+      args.push(id, lock == null ? '0' : '1');
+      scriptKeys.push(keys.task(id));
+      if (lock != null) scriptKeys.push(lock);
+    });
+    return runner.run<[string[] | string, string]>(recoverScript, scriptKeys, args);
+  });
+  if (!Array.isArray(outcomes)) throw unexpectedReply('recover', 'reply', outcomes);
+  const out: Recovery['outcomes'] = [];
+  for (let i = 0; i < outcomes.length; i += 2) out.push({ id: String(outcomes[i]), outcome: String(outcomes[i + 1]) as RecoverOutcome });
+  return { outcomes: out, problem: String(detail ?? '') };
+}
+
+/**
+ * Fields of a task's record read before a script call that declares the keys they name (a plain
+ * HMGET); all null for a record that is missing or not a hash (the script deals with those).
+ */
+async function recordFields(runner: ScriptRunner, keys: QueueKeys, id: string, fields: readonly string[]): Promise<(string | null)[]> {
+  try {
+    return await runner.fields(keys.task(id), fields);
+  } catch (err) {
+    if (isWrongType(err)) return fields.map(() => null);
+    throw err;
+  }
 }
 
 // ------------------------------------------------------------------- admission and hand-back
@@ -528,21 +609,42 @@ export async function releaseLock(runner: ScriptRunner, keys: QueueKeys, lockKey
   throw unexpectedReply('release-lock', 'code', code);
 }
 
-/** What one purge-3.lua call did: the tasks it ended REVOKED 'purged', and the entries it took from the wait list and the delayed set. */
+/** What one purge step did: the tasks it ended REVOKED 'purged', and the entries it took from the wait list and the delayed set. */
 export interface PurgeStep {
   purged: number;
   fromWait: number;
   fromDelayed: number;
+  /**
+   * The queue changed between the reads and the script call (an entry pushed to the tail of the
+   * wait list, a record's lock): the step may have taken less than it read, and a next one reads again.
+   */
+  changed: boolean;
 }
 
-/** Purges one batch of a queue: up to `waitMax` wait entries, and with `withDelayed` up to `delayedMax` delayed ids (purge-3.lua). */
+/**
+ * Purges one batch of a queue (purge-3.lua): reads up to `waitMax` entries at the tail of the
+ * wait list and, with `withDelayed`, up to `delayedMax` delayed ids, then the lock each of those
+ * records names, and calls the script with the records and locks declared.
+ */
 export async function purge(runner: ScriptRunner, keys: QueueKeys, waitMax: number, delayedMax: number, withDelayed: boolean, expireMs: number, eventsCap: number): Promise<PurgeStep> {
-  const [purged, fromWait, fromDelayed] = await runner.run<[number, number, number]>(
-    purgeScript,
-    [keys.wait, keys.delayed, keys.events],
-    [keys.base, waitMax, delayedMax, withDelayed ? '1' : '0', expireMs, eventsCap],
-  );
-  return { purged: Number(purged), fromWait: Number(fromWait), fromDelayed: Number(fromDelayed) };
+  const [tail, due] = await Promise.all([
+    waitMax > 0 ? runner.listRange(keys.wait, -waitMax, -1) : [],
+    withDelayed && delayedMax > 0 ? runner.scoredRange(keys.delayed, 0, delayedMax - 1) : [],
+  ]);
+  if (tail.length === 0 && due.length === 0) return { purged: 0, fromWait: 0, fromDelayed: 0, changed: false };
+  // The delayed ids first (the script takes the first `due.length`), then the other ids of the tail, each once.
+  const ids = [...new Set([...due.map(([id]) => id), ...tail.filter((e) => e !== '')])];
+  const locks = await Promise.all(ids.map(async (id) => (await recordFields(runner, keys, id, [FIELDS.lockKey]))[0]));
+  const args: (string | number)[] = [keys.base, tail.length, due.length, withDelayed ? '1' : '0', expireMs, eventsCap];
+  const scriptKeys = [keys.wait, keys.delayed, keys.events];
+  ids.forEach((id, i) => {
+    const lock = locks[i];
+    args.push(id, lock == null ? '0' : '1');
+    scriptKeys.push(keys.task(id));
+    if (lock != null) scriptKeys.push(lock);
+  });
+  const [purged, fromWait, fromDelayed, changed] = await runner.run<[number, number, number, string]>(purgeScript, scriptKeys, args);
+  return { purged: Number(purged), fromWait: Number(fromWait), fromDelayed: Number(fromDelayed), changed: changed === KEYS_CHANGED };
 }
 
 /**
@@ -587,9 +689,4 @@ export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, 
 /** Deletes the record of an ended task (forget-1.lua); false when the task has not ended. */
 export async function forget(runner: ScriptRunner, keys: QueueKeys, id: string): Promise<boolean> {
   return (await runner.run<number>(forgetScript, [keys.task(id)], [])) === 1;
-}
-
-// TEMPORARY until the recover script lands (wt-rec).
-export async function recoverLapsed(_runner: ScriptRunner, _keys: QueueKeys, _worker: WorkerIdentity, _ids: readonly string[]): Promise<{ outcomes: { id: string; outcome: string }[]; problem: string }> {
-  return { outcomes: [], problem: '' };
 }

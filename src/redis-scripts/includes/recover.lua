@@ -1,0 +1,68 @@
+-- @include "refusal"
+-- @include "keys"
+-- @include "end-task"
+-- @include "dead-letter"
+-- @include "move-to-wait"
+-- @include "events"
+-- @include "history"
+-- Recovers one lapsed lease: a STARTED task whose worker stopped renewing it (it died or hung).
+-- `expiry` is the lease's score, already lapsed on the Redis clock (now); `workerId` and
+-- `leaseMs` are the calling worker's. Used by the fetch (start-tasks.lua, recoverLapsed) and by
+-- recover-4.lua, which is handed the ids with their records and locks declared. Returns what
+-- became of the lease: 'dead-lettered' (no record, or not a hash), 'dropped' (the task is no
+-- longer STARTED: a lease left behind), 'kept' (the caller's own run, one more lease), 'revoked',
+-- 'failed' (WorkerLostError after maxRecoveries), 'requeued'. Raises when Redis refuses a
+-- command; the task is then as it was, leased, to be tried again.
+local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
+  local key = taskKeyOf(base, id)
+  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw', 'n', 'st', 'at')
+  if t.err then
+    if isRefusal(t) then error(t) end
+    deadLetter(base, id, 'the active set names a task whose record is not a hash', now)
+    redis.call('ZREM', activeKey, id)
+    return 'dead-lettered'
+  end
+  local state, recovered, maxRecoveries, owner, revoke, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7]
+  local run = { t[8], owner, t[9] }
+  if not state and notHereYet() then
+    -- Its record may still be on the master the slot comes from: the lease stays.
+    error({ err = 'TRYAGAIN the record of leased task ' .. id .. ' is not on this node (a slot is being imported)' })
+  elseif not state then
+    deadLetter(base, id, 'the active set names a task with no record', now)
+    redis.call('ZREM', activeKey, id)
+    return 'dead-lettered'
+  elseif state ~= 'STARTED' then
+    -- A lease left behind by a task that has moved on.
+    redis.call('ZREM', activeKey, id)
+    return 'dropped'
+  elseif owner == workerId and expiry > now - leaseMs then
+    -- The caller's own task, lapsed less than a lease ago. The caller is alive (it is calling),
+    -- so its renewal was held up (a stalled connection, a busy event loop), not lost: it gets
+    -- one more lease to renew or finish the task. Any other worker recovers it at once.
+    return 'kept'
+  elseif revoke then
+    -- Its revoke was requested while it ran: it ends as the revoke asked and never runs again.
+    endLeased(activeKey, id, expiry, function()
+      endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { lockKey, lockWait }, run)
+    end)
+    return 'revoked'
+  end
+  local recoveries = (tonumber(recovered) or 0) + 1
+  local max = tonumber(maxRecoveries) or 1
+  if recoveries > max then
+    local err = cjson.encode({
+      name = 'WorkerLostError',
+      message = 'worker ' .. tostring(owner) .. ' stopped renewing the lease of this task (it died or hung); ' ..
+        'it was recovered ' .. (recoveries - 1) .. ' time(s) and maxRecoveries is ' .. max,
+    })
+    endLeased(activeKey, id, expiry, function()
+      endTask(base, id, 'FAILURE', { 'e', err, 'rc', recoveries }, now, expireMs, { lockKey, lockWait }, run)
+    end)
+    return 'failed'
+  end
+  requeueLeased(key, waitKey, activeKey, id, expiry, { 'rc', recoveries }, { 'rc', tonumber(recovered) or 0 })
+  -- Best effort: the task is back in the wait list whatever becomes of its history.
+  pcall(keepAttempt, key, { a = tonumber(t[10]), st = tonumber(t[9]), w = owner, lost = true })
+  noteEvent('recovered', id, 'n', t[8], 'w', owner)
+  return 'requeued'
+end
