@@ -11,7 +11,8 @@
 import { describe, expect, it } from 'vitest';
 import { Task, UnexpectedReplyError } from 'heimdall-tasks';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
-import { fetch, readFetchReply, recoverLapsed, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
+import { recoverLapsed, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
+import { fetchStarting } from '../fetch-starting.js';
 import { recover, type LuaScript } from '../../src/redis-scripts/scripts.generated.js';
 import { FIELDS, redisNowMs, useHarness, waitFor, type Harness } from '../helpers.js';
 
@@ -55,7 +56,7 @@ describe('recover-4.lua through recoverLapsed', () => {
   /** A unique task started by `workerId` with a lease of `leaseMs`; resolves with its id, token and lock key. */
   async function started(h: Harness, runner: ScriptRunner, key: string, workerId = 'ghost', leaseMs = 1): Promise<{ id: string; token: string; lock: string }> {
     const sent = await h.dispatcher().tasks(Lapsing).single.delay(key);
-    const reply = readFetchReply(await fetch(runner, h.queueKeys(), as(workerId, leaseMs), 1, []), 0);
+    const reply = await fetchStarting(runner, h.queueKeys(), as(workerId, leaseMs), 1);
     expect(reply.started.map((r) => r.id)).toEqual([sent.id]);
     return { id: sent.id, token: reply.started[0]!.token, lock: await h.lockKeyOf(sent.id) };
   }
@@ -89,7 +90,7 @@ describe('recover-4.lua through recoverLapsed', () => {
     expect(events.some((pairs) => pairs.includes('recovered') && pairs[pairs.indexOf('recovered') + 1] === run.id)).toBe(true);
 
     // The second lapse is one more than maxRecoveries (default 1): FAILURE, its lock released.
-    const again = readFetchReply(await fetch(runner, keys, as('ghost-2', 1), 1, []), 0);
+    const again = await fetchStarting(runner, keys, as('ghost-2', 1), 1);
     expect(again.started.map((r) => r.id)).toEqual([run.id]);
     await lapsed(h, run.id);
     expect((await recoverLapsed(runner, keys, as('rescuer'), [run.id])).outcomes).toEqual([{ id: run.id, outcome: 'failed' }]);

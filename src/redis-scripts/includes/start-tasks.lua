@@ -115,7 +115,10 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
   -- What examining the current id has done so far, so a failure half way can be undone:
   -- its lease, its start counted in a rate window, its place in the delayed set.
   local leased, counted, placed
+  -- Ids whose claims this call keeps for the caller: never swept as lapsed by the same call.
+  local kept = {}
   local function keep(id, stamp, lock, rate)
+    kept[id] = true
     table.insert(claims, id); table.insert(claims, stamp); table.insert(claims, lock or ''); table.insert(claims, rate or '')
   end
   -- Ends a candidate REVOKED without starting it (expired, duplicate) and reports it.
@@ -271,6 +274,10 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
   -- The caller's claims: started, or (mode 'r', or beyond `want`) sent back to the front of the
   -- queue. A claim whose score is not the stamp the caller holds lapsed (and went back, or is
   -- someone else's now): nothing to do.
+  -- A write that changes nothing (LTRIM of the whole list), so a full Redis lets the starts
+  -- through: under noeviction Redis refuses only a script's first write, and LTRIM is one it
+  -- allows. (The first write would otherwise be a lease's ZADD or a claim's, refused.)
+  redis.pcall('LTRIM', waitKey, 0, -1)
   local released = {}
   for _, id in ipairs(order) do
     local c = cands[id]
@@ -301,7 +308,14 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     if stale.err then
       if not isRefusal(stale) then error(stale) end
       table.insert(problems, 'looking for lapsed claims: ' .. stale.err)
-    elseif #stale > 0 then
+    else
+      local lapsedClaims = {}
+      for i = 1, #stale, 2 do
+        if not kept[stale[i]] then table.insert(lapsedClaims, stale[i]); table.insert(lapsedClaims, stale[i + 1]) end
+      end
+      stale = lapsedClaims
+    end
+    if not stale.err and #stale > 0 then
       local refused = moveToWait(waitKey, claimedKey, stale)
       if refused then table.insert(problems, 'sending lapsed claims back: ' .. refused) end
     end
@@ -339,12 +353,6 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
       local read = redis.call('LRANGE', waitKey, -(#examined + asked), -(#examined + 1))
       if #read < asked then drained = true end
       if #read == 0 then break end
-      if #examined == 0 then
-        -- A write that changes nothing (LTRIM of the whole list), so a full Redis lets the starts
-        -- through: under noeviction Redis refuses only a script's first write, and LTRIM is one it
-        -- allows. (A plain fetch's first write would otherwise be a lease's ZADD, refused.)
-        redis.pcall('LTRIM', waitKey, 0, -1)
-      end
       -- LRANGE answers head to tail; the tail comes first.
       batch, next = {}, 1
       for i = #read, 1, -1 do batch[#batch + 1] = read[i] end
