@@ -100,8 +100,8 @@ for i = 0, count - 1 do
   local id = ARGV[o]
   local key = declaredKey(id, 'record')
   if key ~= taskKeyOf(base, id) then error('fetch: KEYS[' .. (nextKey - 1) .. '] is not the record of task ' .. id) end
-  local lock = false
-  if ARGV[o + 8] == '1' then lock = declaredKey(id, 'lock') end
+  local lock, hasLock = false, ARGV[o + 8]
+  if hasLock == '1' then lock = declaredKey(id, 'lock') end
   ends[i + 1] = { key, lock, o }
 end
 local at = 11 + count * 9

@@ -14,7 +14,8 @@ import { describe, expect, it } from 'vitest';
 import { Task, UnexpectedReplyError } from 'heimdall-tasks';
 import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
-import { admit, fetch, readFetchReply, requeue, revoke, type RunRef, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
+import { fetchStarting } from '../fetch-starting.js';
+import { admit, requeue, revoke, type RunRef, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
 import { admit as admitScript, requeue as requeueScript, revoke as revokeScript } from '../../src/redis-scripts/scripts.generated.js';
 import { FIELDS, useHarness, type Harness } from '../helpers.js';
 
@@ -65,7 +66,7 @@ function side(h: Harness) {
     tasks: h.dispatcher().tasks(Locked),
     /** Starts the next task as WORKER; its id and run token. */
     async start(): Promise<RunRef> {
-      const [run] = readFetchReply(await fetch(runner, keys, WORKER, 1, []), 0).started;
+      const [run] = (await fetchStarting(runner, keys, WORKER, 1)).started;
       expect(run, 'a task to start').toBeDefined();
       return { id: run!.id, token: run!.token };
     },

@@ -209,7 +209,7 @@ describe('a reply lost when the connection drops after Redis ran the command', (
     worker.on('error', (err) => errors.push(err.message));
     const succeeded = new Set<string>();
     worker.on('succeeded', (e) => succeeded.add(e.id));
-    const dropped = p.dropNextReply((args) => args[0]?.toLowerCase() === 'evalsha' && args[1] === fetchScript.sha && args[3 + Number(args[2]) + 8] !== '0'); // a fetch that carries ends (ARGV[9] = number of ends, after the KEYS)
+    const dropped = p.dropNextReply((args) => args[0]?.toLowerCase() === 'evalsha' && args[1] === fetchScript.sha && args[3 + Number(args[2]) + 9] !== '0'); // a fetch that carries ends (ARGV[10] = number of ends, after the KEYS)
     await worker.start();
     const lost = await dropped;
     // The lost reply held the end of `first` and the start of `second`.
