@@ -33,14 +33,15 @@
           '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
           ('' none), '1' when its lock follows its record in KEYS else ''
   then the number of candidates C, then C groups of 4: id, mode ('h' an id seen at the tail of
-          the wait list, 'c' a claim of the caller to start, 'r' a claim to release), the claim's
+          the wait list, 'k' one further in to look ahead at, 'c' a claim of the caller to start,
+          'r' a claim to release), the claim's
           stamp ('' for 'h'), flags ('l' its lock is declared, 'r' its rate window, both, or '')
 
   The runs ended are counted in the queue's stats hash (KEYS[6], fields
   's:<bucket>' succeeded and 'f:<bucket>' failed or retried, a bucket per 10 s of the Redis
   clock, 15 minutes kept) for the Inspector's tasks per second.
 
-  Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed}:
+  Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked}:
   as in start-tasks.lua (with want 0: nothing started, nextDelay given, more 0); outcomes is a
   flat list of two items per finished run, in the order given: the outcome and its detail (see
   finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds, ERROR
@@ -142,7 +143,7 @@ if want > 0 or candCount > 0 then
   reply = startTasks(base, { wait = KEYS[1], delayed = KEYS[2], active = KEYS[3], claimed = KEYS[7] }, workerId,
     tonumber(ARGV[3]), want, now, tonumber(ARGV[6]), ARGV[5], outcomes, cands, order, tonumber(ARGV[8]), tonumber(ARGV[9]))
 else
-  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, '', {}, {}, {}}
+  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, '', {}, {}, {}, {}}
 end
 flushEvents()
 return reply

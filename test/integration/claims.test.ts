@@ -15,6 +15,9 @@ import { FIELDS, redisNowMs, useHarness, waitFor, type Harness } from '../helper
 
 const TTL = 86_400_000;
 
+/** An id seen at the tail, its keys not looked up. */
+const hint = (id: string) => ({ id, lockKey: '', rateKey: '' });
+
 class ClaimService {
   @Task()
   async plain(n: number): Promise<number> {
@@ -58,7 +61,7 @@ describe('claims and hints of the fetch', () => {
     expect(await s.claimed()).toEqual([...sent.slice(0, 2)].sort());
     expect(await s.waiting()).toEqual(sent.slice(2));
     // The claims start, in order, and the hints of the peek start in the same call.
-    const second = await s.call(w, 4, { claims: first.claims, hints: first.peek.slice(0, 2), peek: 10 });
+    const second = await s.call(w, 4, { claims: first.claims, hints: first.peek.slice(0, 2).map(hint), peek: 10 });
     expect(second.started.map((r) => r.id)).toEqual(sent.slice(0, 4));
     expect(second.claims).toEqual([]);
     expect(second.peek).toEqual([sent[4]]);
@@ -74,9 +77,9 @@ describe('claims and hints of the fetch', () => {
     const a = (await d.tasks(ClaimService).plain.delay(1)).id;
     const b = (await d.tasks(ClaimService).plain.delay(2)).id;
     // Another worker started a meanwhile.
-    const other = await s.call(s.as('other'), 1, { hints: [a] });
+    const other = await s.call(s.as('other'), 1, { hints: [hint(a)] });
     expect(other.started.map((r) => r.id)).toEqual([a]);
-    const late = await s.call(s.as('W'), 1, { hints: [a] });
+    const late = await s.call(s.as('W'), 1, { hints: [hint(a)] });
     expect(late.started).toEqual([]);
     expect(late.claims.map((c) => c.id)).toEqual([b]);
     expect(await h.admin.hget(h.taskKey(a), FIELDS.worker)).toBe('other');
@@ -89,7 +92,7 @@ describe('claims and hints of the fetch', () => {
     const [lockKey, rateKey] = await h.admin.hmget(h.taskKey(r.id), FIELDS.lockKey, FIELDS.rateKey);
     const w = s.as('W');
     // Told of the id but not of its keys: the record is read, nothing is written but the claim.
-    const first = await s.call(w, 1, { hints: [r.id] });
+    const first = await s.call(w, 1, { hints: [hint(r.id)] });
     expect(first.started).toEqual([]);
     expect(first.claims).toEqual([{ id: r.id, stamp: expect.any(String), lockKey, rateKey }]);
     expect(await h.admin.zcard(rateKey!)).toBe(0);
@@ -97,6 +100,26 @@ describe('claims and hints of the fetch', () => {
     expect(second.started.map((t) => t.id)).toEqual([r.id]);
     expect(await h.admin.get(lockKey!)).toBe(r.id);
     expect(await h.admin.zcard(rateKey!)).toBe(1);
+  });
+
+  it('an id looked ahead at (mode k) answers the lock and rate window its record names; the call that declares them starts it at once', async () => {
+    const h = fresh();
+    const s = side(h);
+    const d = h.dispatcher();
+    const first = await d.tasks(ClaimService).guarded.delay(1);
+    const second = await d.tasks(ClaimService).guarded.delay(2);
+    const [lockKey, rateKey] = await h.admin.hmget(h.taskKey(second.id), FIELDS.lockKey, FIELDS.rateKey);
+    const w = s.as('W');
+    // Starting nothing (want 0 would release), the worker looks ahead at `second` while it takes `first`.
+    const lookAhead = await s.call(w, 1, { hints: [hint(first.id)], look: [second.id] });
+    expect(lookAhead.looked).toEqual([{ id: second.id, lockKey, rateKey }]);
+    expect(lookAhead.claims.map((c) => c.id)).toEqual([first.id]); // its own keys were not declared
+    expect(await s.waiting()).toEqual([second.id]);
+    // With the keys declared, the hint starts in one call: no claim.
+    const next = await s.call(w, 2, { claims: lookAhead.claims, hints: lookAhead.looked });
+    expect(next.started.map((t) => t.id)).toEqual([first.id, second.id]);
+    expect(next.claims).toEqual([]);
+    expect(await h.admin.get(lockKey!)).toBe(second.id);
   });
 
   it('claims of a worker that died lapse and go back to the front of the queue; its late start of them does nothing', async () => {

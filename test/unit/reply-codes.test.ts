@@ -11,7 +11,7 @@ import { readFetchReply, readVerdict, type RawFetchReply } from '../../src/core/
 
 /** A fetch reply that started nothing and carries these end outcomes (pairs of outcome, detail). */
 function fetchReply(outcomes: string[]): RawFetchReply {
-  return [[], [], [], -1, 0, outcomes, '', [], [], []];
+  return [[], [], [], -1, 0, outcomes, '', [], [], [], []];
 }
 
 describe("a run's end outcomes (fetch-7.lua)", () => {

@@ -202,6 +202,15 @@ export interface FetchReply {
   readonly peek: readonly string[];
   /** Ids of started tasks whose leases lapsed (recoverLapsed). */
   readonly lapsed: readonly string[];
+  /** The lock and rate window ('' none) the records of the ids looked ahead at name: the next call declares them. */
+  readonly looked: readonly NamedKeys[];
+}
+
+/** A task id with the lock and rate window its record names ('' none, or not known). */
+export interface NamedKeys {
+  id: string;
+  lockKey: string;
+  rateKey: string;
 }
 
 /** nextDelayMs of a call that started all it asked for: the delayed set was not read. */
@@ -219,6 +228,7 @@ export type RawFetchReply = [
   string[],
   string[],
   string[],
+  string[],
 ];
 
 const STARTED_ITEMS = 8;
@@ -230,8 +240,10 @@ export interface FetchCandidates {
   readonly locks?: ReadonlyMap<string, string>;
   /** Claims this worker holds: started by the call, or released when `want` is 0. */
   readonly claims?: readonly Claim[];
-  /** Ids seen at the tail of the wait list (the last reply's peek): started when still there. */
-  readonly hints?: readonly string[];
+  /** Ids seen at the tail of the wait list (the last reply's peek), with their keys when looked up: started when still there. */
+  readonly hints?: readonly NamedKeys[];
+  /** Ids further in, whose records' lock and rate window the reply is to name (`looked`). */
+  readonly look?: readonly string[];
   /** How many ids at the tail to return for the next call's hints. */
   readonly peek?: number;
 }
@@ -258,24 +270,24 @@ export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdent
   }
   const claims = c.claims ?? NONE;
   const hints = c.hints ?? NONE;
-  args.push(claims.length + hints.length);
+  const look = c.look ?? NONE;
+  args.push(claims.length + hints.length + look.length);
   const mode = want > 0 ? 'c' : 'r';
-  for (const cl of claims) {
-    args.push(cl.id, mode, cl.stamp, (cl.lockKey === '' ? '' : 'l') + (cl.rateKey === '' ? '' : 'r'));
-    scriptKeys.push(keys.task(cl.id));
-    if (cl.lockKey !== '') scriptKeys.push(cl.lockKey);
-    if (cl.rateKey !== '') scriptKeys.push(cl.rateKey);
-  }
-  for (const id of hints) {
-    args.push(id, 'h', '', '');
+  const candidate = (id: string, m: string, stamp: string, lockKey: string, rateKey: string) => {
+    args.push(id, m, stamp, (lockKey === '' ? '' : 'l') + (rateKey === '' ? '' : 'r'));
     scriptKeys.push(keys.task(id));
-  }
+    if (lockKey !== '') scriptKeys.push(lockKey);
+    if (rateKey !== '') scriptKeys.push(rateKey);
+  };
+  for (const cl of claims) candidate(cl.id, mode, cl.stamp, cl.lockKey, cl.rateKey);
+  for (const h of hints) candidate(h.id, 'h', '', h.lockKey, h.rateKey);
+  for (const id of look) candidate(id, 'k', '', '', '');
   return runner.run<RawFetchReply>(fetchScript, scriptKeys, args);
 }
 
 /** Decodes the reply of a fetch call that sent `endCount` ends. */
 export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply {
-  const [started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed] = raw;
+  const [started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked] = raw;
   const reply: FetchReply = {
     started: [],
     limited: limited.length === 0 ? NONE : [],
@@ -287,7 +299,10 @@ export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply
     claims: claims.length === 0 ? NONE : [],
     peek: peek.length === 0 ? NONE : peek.map(String),
     lapsed: lapsed.length === 0 ? NONE : lapsed.map(String),
+    looked: looked.length === 0 ? NONE : [],
   };
+  const lookedOut = reply.looked as NamedKeys[];
+  for (let i = 0; i < looked.length; i += 3) lookedOut.push({ id: String(looked[i]), lockKey: String(looked[i + 1] ?? ''), rateKey: String(looked[i + 2] ?? '') });
   const claimsOut = reply.claims as Claim[];
   for (let i = 0; i < claims.length; i += 4) {
     claimsOut.push({ id: String(claims[i]), stamp: String(claims[i + 1]), lockKey: String(claims[i + 2] ?? ''), rateKey: String(claims[i + 3] ?? '') });

@@ -18,6 +18,7 @@ import {
   type AdmissionChecks,
   type Claim,
   type EndOutcome,
+  type NamedKeys,
   type FetchReply,
   type RunEnd,
   type RunRef,
@@ -57,6 +58,9 @@ const MAX_FINISHES_PER_CALL = 500;
 // runs the tasks of the other (measured: see BENCHMARKS.md). Each fetches at most half the
 // worker's concurrency, so the two batches alternate instead of moving in lockstep.
 const MAX_CALLS_IN_FLIGHT = 2;
+// How long after a task of the queue last had a lock or rate window its fetches look ahead at
+// the ids behind their hints (see takeHints).
+const LOOK_AHEAD_MS = 10_000;
 
 /**
  * Drives one queue for one worker. All script calls of the queue go through one loop: finishes
@@ -77,6 +81,10 @@ export class QueueRunner {
   private hints: readonly string[] = [];
   /** Hints sent in calls still in flight: a second call names others. */
   private readonly hinted = new Set<string>();
+  /** The lock and rate window the records of ids of `hints` name, looked up ahead by a fetch. */
+  private named = new Map<string, NamedKeys>();
+  /** When a task of this queue last needed a lock or rate window declared (ms, this process's clock): while recent, fetches look ahead. */
+  private keyedAt = 0;
   /** When lapsed leases were last recovered (ms, this process's clock). */
   private lastRecovery = 0;
   private pending: Finish[] = [];
@@ -247,16 +255,27 @@ export class QueueRunner {
     }
   }
 
-  /** Up to `n` ids of the last peek that no call in flight names. */
-  private takeHints(n: number): string[] {
-    const out: string[] = [];
+  /**
+   * Up to `n` ids of the last peek that no call in flight names, with the keys their records
+   * name when a fetch looked them up; and, while tasks of this queue have had locks or rate
+   * windows lately, up to `n` more ids to look ahead at, so the call that starts them can
+   * declare their keys (else such a task takes a second call: claimed, then started).
+   */
+  private takeHints(n: number): { hints: NamedKeys[]; look: string[] } {
+    const hints: NamedKeys[] = [];
+    const look: string[] = [];
+    const ahead = Date.now() - this.keyedAt < LOOK_AHEAD_MS;
     for (const id of this.hints) {
-      if (out.length >= n) break;
+      if (hints.length >= n && (!ahead || look.length >= n)) break;
       if (this.hinted.has(id) || this.running.has(id)) continue;
-      out.push(id);
-      this.hinted.add(id);
+      if (hints.length < n) {
+        hints.push(this.named.get(id) ?? { id, lockKey: '', rateKey: '' });
+        this.hinted.add(id);
+      } else if (!this.named.has(id)) {
+        look.push(id);
+      }
     }
-    return out;
+    return { hints, look };
   }
 
   /**
@@ -267,17 +286,17 @@ export class QueueRunner {
   private async call(fin: Finish[], fresh: number, claims: Claim[], accepting: boolean): Promise<void> {
     let reply: FetchReply;
     const want = accepting ? fresh + claims.length : 0;
-    const hints = fresh > 0 ? this.takeHints(fresh) : [];
+    const { hints, look } = fresh > 0 ? this.takeHints(fresh) : { hints: [], look: [] };
     try {
       if (this.reclaimNeeded) await this.reclaim(fin);
       if (fin.length === 0 && want === 0 && claims.length === 0) return; // nothing reserved
       const raw = await Promise.race([
-        fetchScript(this.scripts, this.keys, this.host, want, fin, { locks: this.locks, claims, hints, peek: accepting ? this.maxWant * MAX_CALLS_IN_FLIGHT : 0 }),
+        fetchScript(this.scripts, this.keys, this.host, want, fin, { locks: this.locks, claims, hints, look, peek: accepting ? this.maxWant * MAX_CALLS_IN_FLIGHT : 0 }),
         this.abandonedCall,
       ]);
       reply = readFetchReply(raw, fin.length);
     } catch (err) {
-      for (const id of hints) this.hinted.delete(id);
+      for (const h of hints) this.hinted.delete(h.id);
       this.host.reserve(-fresh);
       if (this.abandoned) return;
       // Claims the lost call may have started are no longer the caller's (their stamps are gone):
@@ -289,11 +308,24 @@ export class QueueRunner {
       await this.backOff();
       return;
     }
-    for (const id of hints) this.hinted.delete(id);
+    for (const h of hints) this.hinted.delete(h.id);
     // The slots of the claims still held stay reserved.
     this.host.reserve(reply.claims.length - fresh - claims.length);
-    if (reply.claims.length > 0) this.claims.push(...reply.claims);
-    if (accepting) this.hints = reply.peek;
+    if (reply.claims.length > 0) {
+      this.claims.push(...reply.claims);
+      if (reply.claims.some((c) => c.lockKey !== '' || c.rateKey !== '')) this.keyedAt = Date.now();
+    }
+    if (accepting) {
+      this.hints = reply.peek;
+      // Keys looked up for ids still at the tail are kept for the next call; the rest go.
+      const named = new Map<string, NamedKeys>();
+      for (const n of reply.looked) this.named.set(n.id, n);
+      for (const id of reply.peek) {
+        const n = this.named.get(id);
+        if (n) named.set(id, n);
+      }
+      this.named = named;
+    }
     // Ends Redis refused (nothing stored) go back to be sent again; the run token tells a
     // second send apart from a first that was stored after all.
     const refused: Finish[] = [];
@@ -312,9 +344,10 @@ export class QueueRunner {
     if (refused.length > 0) this.pending.unshift(...refused);
     if (reply.started.length > 0) {
       for (const task of reply.started) {
+        if (task.carriesLock || task.carriesRate) this.keyedAt = Date.now();
         if (task.carriesLock) {
-          // A task starts only in a call that declared the lock its record names: a claim's.
-          const lock = claims.find((c) => c.id === task.id)?.lockKey;
+          // A task starts only in a call that declared the lock its record names: a claim's or a hint's.
+          const lock = claims.find((c) => c.id === task.id)?.lockKey ?? hints.find((h) => h.id === task.id)?.lockKey;
           if (lock) this.locks.set(task.id, lock);
         }
         this.running.set(task.id, task.token);

@@ -46,9 +46,12 @@
 -- ended or claimed are stale entries there, dropped when read again (their state is no longer
 -- PENDING or RETRY, or they wait in the delayed set, or a claim of them is started first).
 -- `cands` maps an id to what the call declared for it: { key = its record, lock, rate (nil when
--- not declared), mode = 'h' hint, 'c' a claim to start, 'r' a claim to release, stamp = the
--- claim's score as returned }.
--- Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed}:
+-- not declared), mode = 'h' hint, 'k' an id further in to look ahead at (started like a hint if
+-- the call reaches it at the tail, else only its `lk` and `rk` are read and returned), 'c' a
+-- claim to start, 'r' a claim to release, stamp = the claim's score as returned }. Looking
+-- ahead lets a worker declare the lock and rate window of a task before the call that starts it,
+-- so a unique or rate-limited task starts in one call too.
+-- Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked}:
 --   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far,
 --     run token, and which options the message carried ('u' unique lock, 'r' rate limit,
 --     't' time limit, 'm' maxRecoveries; the worker applies its own for the others)
@@ -64,6 +67,8 @@
 --     the caller holds after the call, new or kept
 --   peek: up to `peekCount` ids at the tail of the wait list after the call, tail first
 --   lapsed: up to 20 ids of the active set whose leases lapsed
+--   looked: flat list of id, lock key, rate key ('' none) of each id looked ahead at (mode 'k')
+--     and not reached at the tail
 
 -- Takes the ids examined off the tail of the wait list, keeping those to try again there.
 -- `examined[i]` is the id i places from the tail (examined[1] is the last element, the one RPOP
@@ -281,7 +286,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
   local released = {}
   for _, id in ipairs(order) do
     local c = cands[id]
-    if c.mode ~= 'h' and tonumber(redis.call('ZSCORE', claimedKey, id)) == tonumber(c.stamp) then
+    if (c.mode == 'c' or c.mode == 'r') and tonumber(redis.call('ZSCORE', claimedKey, id)) == tonumber(c.stamp) then
       if c.mode == 'r' or count >= want then
         table.insert(released, id); table.insert(released, c.stamp)
       else
@@ -363,7 +368,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     local c = cands[id]
     if id == '' or claimedNow[id] then
       -- the wake-up marker pushed by enqueue, or a second entry of an id claimed above: dropped
-    elseif c and c.mode == 'h' and not c.used then
+    elseif c and (c.mode == 'h' or c.mode == 'k') and not c.used then
       c.used = true
       local res, lock, rate = tryExamine(id, c)
       if res == 'stays' then
@@ -397,6 +402,19 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
   local refused = settleTail(waitKey, examined, stays)
   if refused then table.insert(problems, 'taking examined ids off the wait list: ' .. refused) end
 
+  -- Ids the caller asked to look ahead at (mode 'k') and did not start: the lock and rate window
+  -- their records name, for the caller's next call to declare when it starts them.
+  local looked = {}
+  for _, id in ipairs(order) do
+    local c = cands[id]
+    if c.mode == 'k' and not c.used then
+      local named = redis.pcall('HMGET', c.key, 'lk', 'rk')
+      if not named.err then
+        table.insert(looked, id); table.insert(looked, named[1] or ''); table.insert(looked, named[2] or '')
+      end
+    end
+  end
+
   if peekCount > 0 then
     local tail = redis.call('LRANGE', waitKey, -peekCount, -1)
     for i = #tail, 1, -1 do
@@ -418,5 +436,5 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     end
     if drained then more = 0 end
   end
-  return {started, limited, revoked, nextDelay, more, outcomes, table.concat(problems, '; '), claims, peek, lapsed}
+  return {started, limited, revoked, nextDelay, more, outcomes, table.concat(problems, '; '), claims, peek, lapsed, looked}
 end
