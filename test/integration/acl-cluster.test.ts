@@ -238,8 +238,8 @@ describe('a restricted ACL user on a Redis Cluster (docs/acl.md)', () => {
     const askedBefore = await nodesAsked();
 
     const dispatcher = new Dispatcher({ connection: url, prefix: PREFIX });
-    // One slot, so a running task keeps the next one waiting; unknown names dead-lettered at once.
-    const worker = new Worker({ connection: url, prefix: PREFIX, services: [new ClusterFlow()], queues: [queue], concurrency: 1, leaseDuration: '3s', unknownTaskGrace: 0 });
+    // Two slots, both taken by running tasks, so the next ones wait; unknown names dead-lettered at once.
+    const worker = new Worker({ connection: url, prefix: PREFIX, services: [new ClusterFlow()], queues: [queue], concurrency: 2, leaseDuration: '3s', unknownTaskGrace: 0 });
     const fetchErrors: string[] = [];
     worker.on('error', (e) => {
       if (e.message.startsWith(`queue ${queue}: fetching`)) fetchErrors.push(e.message);
@@ -259,22 +259,27 @@ describe('a restricted ACL user on a Redis Cluster (docs/acl.md)', () => {
       for (const admin of masters) await admin.call('CLUSTER', 'SETSLOT', String(slot), 'NODE', targetId);
     };
     let record = '';
+    // Revoked at the end, or on the way out of a failure: close() waits for running tasks.
+    let keepsRunning: Awaited<ReturnType<typeof tasks.untilRevoked.applyAsync>> | undefined;
     try {
       await worker.start();
       // A busy queue, so that on the importing master every fixed key the fetch declares is
       // there and only the record is missing (with any other key missing Redis would refuse the
       // call for that alone): events and stats (a run ended), dead (an unknown task), delayed,
-      // active (a running task), wait, and claimed (a claim of a worker gone away, lapsing in an
-      // hour).
+      // active (a task that keeps running), wait (a task queued after the one whose record is
+      // late), and claimed (a claim of a worker gone away, lapsing in an hour).
       expect(await (await tasks.double.applyAsync([1], { queue })).get({ timeout: 20 })).toBe(2);
       const unknown = await dispatcher.send('Nobody.runs', [], { queue });
       await waitFor(async () => (await unknown.status()) === 'FAILURE', { what: 'the unknown task to be dead-lettered' });
-      const started = nextEvent(worker, 'started', (e) => e.name === 'ClusterFlow.untilRevoked');
       const running = await tasks.untilRevoked.applyAsync([], { queue });
-      await started;
+      keepsRunning = await tasks.untilRevoked.applyAsync([], { queue });
+      const other = keepsRunning;
+      await waitFor(() => starts.has(running.id) && starts.has(other.id), { what: 'both slots to be taken' });
       await tasks.double.applyAsync([0], { queue, countdown: '1h' });
       await source.zadd(`${base}claimed`, Date.now() + 3_600_000, `${PREFIX}-claim-of-a-worker-gone`);
+      // First in, first out: the pending task is the next to start, the one after it stays queued.
       const pending = await tasks.double.applyAsync([21], { queue });
+      const after = await tasks.double.applyAsync([5], { queue });
 
       // The reshard, stopped half way: every key of the queue on the target but the pending task's record.
       moveBegun = true;
@@ -287,8 +292,9 @@ describe('a restricted ACL user on a Redis Cluster (docs/acl.md)', () => {
       await source.call('MIGRATE', '127.0.0.1', String(targetPort), '', '0', '5000', 'KEYS', ...keys.filter((k) => k !== record));
       const refusedBefore = await tryAgains();
 
-      // Revoked (on the target): the worker learns it at its next renewal, frees its slot and
-      // asks for a task; its call that declares the pending task's record is refused.
+      // One running task revoked (on the target): the worker learns it at its next renewal,
+      // frees its slot and asks for a task; its call that declares the pending task's record is
+      // refused.
       await running.revoke();
       await waitFor(async () => fetchErrors.length > 0 && (await tryAgains()) > refusedBefore, { timeout: 30_000, what: "Redis to refuse the worker's fetch (TRYAGAIN), and the worker to report it" }).catch(async (err: Error) => {
         throw new Error(`${err.message}: ${(await tryAgains()) - refusedBefore} TRYAGAIN, worker errors: ${fetchErrors.join(' | ') || 'none'}`, { cause: err });
@@ -305,18 +311,29 @@ describe('a restricted ACL user on a Redis Cluster (docs/acl.md)', () => {
       expect((await target.lrange(`${base}dead`, 0, -1)).filter((letter) => letter.includes(pending.id))).toEqual([]);
       expect(starts.get(pending.id)).toBeUndefined();
       expect(await source.exists(record)).toBe(1);
+      // And every other key the call declares is on the target: only the record is missing, so
+      // a call that did not declare it would run there and read it as missing.
+      for (const key of ['wait', 'delayed', 'active', 'dead', 'events', 'stats', 'claimed']) {
+        await target.call('ASKING');
+        expect(await target.exists(`${base}${key}`), key).toBe(1);
+      }
 
       await finishMove(record);
       // A get() begun now, on a Dispatcher whose sharded subscriber still aims at the source:
       // its SSUBSCRIBE does not complete, and get() reads the state without it.
       expect(await pending.get({ timeout: 30 })).toBe(42);
       expect(await pending.info()).toMatchObject({ state: 'SUCCESS', result: 42 });
-      expect(starts.get(pending.id)).toBe(1);
+      expect(await after.get({ timeout: 30 })).toBe(10);
+      expect([starts.get(pending.id), starts.get(after.id)]).toEqual([1, 1]);
       expect((await target.lrange(`${base}dead`, 0, -1)).filter((letter) => letter.includes(pending.id))).toEqual([]);
       expect(await running.status()).toBe('REVOKED');
+      await other.revoke();
+      await waitFor(async () => (await other.status()) === 'REVOKED', { what: 'the other running task to end REVOKED' });
     } finally {
-      // A failure half way still ends the move: the worker could not store its ends before.
+      // A failure half way still ends the move (the worker could not store its ends before) and
+      // the task that keeps running.
       await finishMove(record);
+      await keepsRunning?.revoke().catch(() => undefined);
       await worker.close();
       await dispatcher.close();
     }
