@@ -7,23 +7,23 @@
   terminate, or no longer current (its lease lapsed and the task was recovered, or restarted).
 
   KEYS[1] active zset       <prefix>:{<queue>}:active
-  KEYS[2..] task hashes     <prefix>:{<queue>}:t:<id> of each run of ARGV[5..], in the same order
+  KEYS[2..] task hashes     <prefix>:{<queue>}:t:<id> of each run of ARGV[4..], in the same order
             (one key per run, so a call passes 1 + runs keys; the name counts the fixed one)
 
   ARGV[1] key base          <prefix>:{<queue>}: (unused now that the records come in KEYS)
   ARGV[2] lease in ms
   ARGV[3] worker id
-  ARGV[4] 1 when the caller is a Redis Cluster client, else 0 (see notHereYet in includes/refusal.lua)
-  ARGV[5..] pairs of id and run token of the runs the worker is running, and of runs whose ends
+  ARGV[4..] pairs of id and run token of the runs the worker is running, and of runs whose ends
             wait to be stored (refused, or Redis unreachable)
 
   Returns a flat list of four items per run to stop: id, run token, reason, detail. Reasons: 'revoked'
   (revoke requested, still the current run: fire its signal), 'terminated' (revoked with
   terminate: also free its slot), 'lost' (no longer the current run: free its slot; the detail
-  is the state Redis holds, '' when the record is gone or not a hash). A run whose record Redis refuses to read is left alone until the
-  next renewal, and so is one whose record is missing on a Cluster master importing a slot (a
-  reshard: the record may not have arrived; telling the worker its run is lost would free the
-  slot, and the task would run again once its lease lapsed).
+  is the state Redis holds, '' when the record is gone or not a hash). A run whose record Redis
+  refuses to read is left alone until the next renewal. A record read as missing is gone, even
+  on a Redis Cluster in the middle of a reshard: the records are declared, and Redis runs a call
+  of several keys in a slot being moved only on a master that holds all of them (TRYAGAIN or
+  ASK otherwise), so the script never runs where a record has yet to arrive.
 
   The first line lets it run while Redis is full (allow-oom): it only moves the scores of
   members already in the set, so it grows nothing, and a live worker must not lose its running
@@ -34,14 +34,13 @@
 
 local workerId = ARGV[3]
 local expires = nowMs() + tonumber(ARGV[2])
-useCluster(ARGV[4] == '1')
 local stop = {}
 local function report(id, token, reason, detail)
   table.insert(stop, id); table.insert(stop, token); table.insert(stop, reason); table.insert(stop, detail)
 end
-for i = 5, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local t = redis.pcall('HMGET', KEYS[(i - 1) / 2], 's', 'w', 'tk', 'rv')
+  local t = redis.pcall('HMGET', KEYS[i / 2], 's', 'w', 'tk', 'rv')
   if t.err then
     if not isRefusal(t) then report(id, token, 'lost', '') end
   elseif t[1] == 'STARTED' and t[2] == workerId and t[3] == token then
@@ -49,8 +48,6 @@ for i = 5, #ARGV, 2 do
     if t[4] then report(id, token, 'revoked', '') end
   elseif t[3] == token and t[1] == 'REVOKED' then
     report(id, token, 'terminated', '')
-  elseif not t[1] and notHereYet() then
-    -- Left alone, as after a refusal: renewed again next time, once the record is here.
   else
     report(id, token, 'lost', t[1] or '')
   end

@@ -6,13 +6,15 @@
   on is dropped, one whose record is missing or not a hash dead-lettered; the caller's own run,
   lapsed less than one of its leases ago, keeps its lease. Each id's lease must still have lapsed
   on the Redis clock, else it is left alone. Every key it touches is declared: the caller reads
-  the lock each record names (field lk) before the call.
+  the lock each record names (field lk) before the call. So a record read as missing is gone,
+  even in the middle of a reshard: Redis runs a call of several keys in a slot being moved only
+  on a master that holds all of them, and answers TRYAGAIN (or ASK) without running it otherwise.
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] dead-letter list  <prefix>:{<queue>}:dead
   KEYS[4] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
-  KEYS[5..] per id of ARGV[7..], in order: its record <prefix>:{<queue>}:t:<id>, then its unique
+  KEYS[5..] per id of ARGV[6..], in order: its record <prefix>:{<queue>}:t:<id>, then its unique
             lock (the record's lk) when the id's flag is '1' (so a call passes 4 + ids + locks
             keys; the name counts the fixed ones)
 
@@ -21,8 +23,7 @@
   ARGV[3] the caller's lease duration in ms (its own lapsed runs get one more lease)
   ARGV[4] result lifetime in ms, for tasks that end here
   ARGV[5] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
-  ARGV[6] '1' when the caller is a Redis Cluster client (see notHereYet in includes/refusal.lua)
-  ARGV[7..] pairs of task id and '1' when its lock follows its record in KEYS, '0' when its
+  ARGV[6..] pairs of task id and '1' when its lock follows its record in KEYS, '0' when its
             record names none (as the caller read it)
 
   Returns {outcomes, problem}: outcomes a flat list of id and what became of it, for every id
@@ -45,13 +46,12 @@
 local base, workerId, leaseMs, expireMs = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 useEvents(ARGV[5], workerId, KEYS[4])
 useDeadLetters(KEYS[3])
-useCluster(ARGV[6] == '1')
 local now = nowMs()
 
 -- The ids with their declared lock ('' for none), and the lease of each that has lapsed.
 local ids, locks, lapsed = {}, {}, {}
 local k = 5
-for i = 7, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local id, withLock = ARGV[i], ARGV[i + 1]
   -- recoverOne names the record from the base and the id: it must be the declared key.
   if KEYS[k] ~= taskKeyOf(base, id) then return redis.error_reply('recover: KEYS[' .. k .. '] is not the record of task ' .. id) end

@@ -8,9 +8,9 @@
 // How the Cluster rules were found: HEIMDALL_ACL_EXPLORE=1 grants +@all instead and prints, per
 // node, the commands the flow ran beyond the single-server rules (INFO commandstats; on replicas
 // the replication stream's SELECT, PING, LMOVE and PEXPIREAT come from the master's link, not the
-// user); HEIMDALL_ACL_CLUSTER_RULES='+cluster|nodes' (say) grants the single-server rules plus
-// those, and HEIMDALL_ACL_DEADLINE_MS shortens the wait before a hung flow fails with the nodes'
-// ACL LOG.
+// user); HEIMDALL_ACL_CLUSTER_RULES='+cluster|slots +cluster|info' (say) grants the
+// single-server rules plus those, and HEIMDALL_ACL_DEADLINE_MS shortens the wait before a hung
+// flow fails with the nodes' ACL LOG.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
@@ -194,15 +194,22 @@ describe('a restricted ACL user on a Redis Cluster (docs/acl.md)', () => {
     }
     expect(logs).toEqual(c.nodes.map((n) => `${n.port}: `));
   });
-  it("a fetch on a master importing the queue's slot asks CLUSTER NODES (+cluster|nodes) and keeps a task whose record has not arrived", { timeout: 90_000 }, async () => {
-    // The one Cluster rule a plain flow never uses: a reshard stopped half way, the queue's wait
-    // list and stream moved to the importing master, its task record not yet. The worker's fetch
-    // goes there (ASK), reads the id, finds no record, and asks CLUSTER NODES whether this master
-    // imports a slot: it does, so the task stays queued instead of being dead-lettered.
+  it("a task whose record has not reached the master importing the queue's slot is kept, and runs once after the move, with no CLUSTER command granted beyond ioredis's", { timeout: 90_000 }, async () => {
+    // A reshard stopped half way: every key of the queue moved to the importing master but a
+    // waiting task's record. The worker's call that would start the task declares its record, and
+    // in a slot being moved Redis runs a call of several keys only on a master that holds all of
+    // them: the old master holds the record but not the queue's other keys, and the importing
+    // master gets a call only through an ASK, which the old one sends once none of them is left
+    // there. So Redis answers TRYAGAIN before the script runs, and the task stays queued: it is not
+    // dead-lettered as a task with no record, as when the fetch read records it did not declare.
+    // The user has the documented line, without +cluster|nodes (those scripts asked CLUSTER NODES
+    // whether a record read as missing was only on its way).
     const c = cluster!;
+    expect(clusterLine).not.toContain('cluster|nodes');
     const hosts = c.nodes.map((n) => `127.0.0.1:${n.port}`).join(',');
     const url = `redis+cluster://heimdall:worker-secret@${hosts}`;
     const queue = 'acl-reshard';
+    const base = `${PREFIX}:{${queue}}:`;
     const slot = calculateSlot(`{${queue}}`);
     const adminOf = (port: number): Redis => admins[c.nodes.findIndex((n) => n.port === port)]!;
     const slots = await admins[0]!.cluster('SLOTS');
@@ -213,62 +220,125 @@ describe('a restricted ACL user on a Redis Cluster (docs/acl.md)', () => {
     const target = adminOf(targetPort);
     const sourceId = String(await source.call('CLUSTER', 'MYID'));
     const targetId = String(await target.call('CLUSTER', 'MYID'));
-    // CLUSTER NODES run or refused on the target (commandstats counts a refusal as a rejected call).
+    // Redis's TRYAGAIN replies on the two masters of the slot (INFO errorstats counts redirections too).
+    const tryAgains = async (): Promise<number> => {
+      let n = 0;
+      for (const admin of [source, target]) n += Number(/^errorstat_TRYAGAIN:count=(\d+)/m.exec(await admin.info('errorstats'))?.[1] ?? 0);
+      return n;
+    };
+    // CLUSTER NODES run or refused on any node (commandstats counts a refusal as a rejected call).
     const nodesAsked = async (): Promise<number> => {
-      const line = /^cmdstat_cluster\|nodes:(.*)$/m.exec(await target.info('commandstats'))?.[1] ?? '';
-      return Number(/calls=(\d+)/.exec(line)?.[1] ?? 0) + Number(/rejected_calls=(\d+)/.exec(line)?.[1] ?? 0);
+      let n = 0;
+      for (const admin of admins) {
+        const line = /^cmdstat_cluster\|nodes:(.*)$/m.exec(await admin.info('commandstats'))?.[1] ?? '';
+        n += Number(/calls=(\d+)/.exec(line)?.[1] ?? 0) + Number(/rejected_calls=(\d+)/.exec(line)?.[1] ?? 0);
+      }
+      return n;
     };
     const askedBefore = await nodesAsked();
 
     const dispatcher = new Dispatcher({ connection: url, prefix: PREFIX });
-    // One slot, so a running task keeps the next one waiting; unknown names dead-lettered at once.
-    const worker = new Worker({ connection: url, prefix: PREFIX, services: [new ClusterFlow()], queues: [queue], concurrency: 1, leaseDuration: '3s', unknownTaskGrace: 0 });
+    // Two slots, both taken by running tasks, so the next ones wait; unknown names dead-lettered at once.
+    const worker = new Worker({ connection: url, prefix: PREFIX, services: [new ClusterFlow()], queues: [queue], concurrency: 2, leaseDuration: '3s', unknownTaskGrace: 0 });
+    const fetchErrors: string[] = [];
+    worker.on('error', (e) => {
+      if (e.message.startsWith(`queue ${queue}: fetching`)) fetchErrors.push(e.message);
+    });
+    const starts = new Map<string, number>();
+    worker.on('started', (e) => starts.set(e.id, (starts.get(e.id) ?? 0) + 1));
     const tasks = dispatcher.tasks(ClusterFlow);
-    try {
-      await worker.start();
-      // A busy queue: on the importing master, under ASKING, a script runs only if every key it
-      // declares is there (TRYAGAIN otherwise), so the fetch's six keys must all exist: events
-      // and stats (a run ended), dead (an unknown task), delayed, active (a running task), wait.
-      expect(await (await tasks.double.applyAsync([1], { queue })).get({ timeout: 20 })).toBe(2);
-      const unknown = await dispatcher.send('Nobody.runs', [], { queue });
-      await waitFor(async () => (await unknown.status()) === 'FAILURE', { what: 'the unknown task to be dead-lettered' });
-      const started = nextEvent(worker, 'started', (e) => e.name === 'ClusterFlow.untilRevoked');
-      const running = await tasks.untilRevoked.applyAsync([], { queue });
-      await started;
-      await tasks.double.applyAsync([0], { queue, countdown: '1h' });
-      const pending = await tasks.double.applyAsync([21], { queue });
-
-      // The reshard, stopped half way: every key of the queue on the target but the pending task's record.
-      await target.call('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', sourceId);
-      await source.call('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', targetId);
-      const keys = (await source.call('CLUSTER', 'GETKEYSINSLOT', String(slot), '100')) as string[];
-      const record = `${PREFIX}:{${queue}}:t:${pending.id}`;
-      expect(keys).toContain(record);
-      await source.call('MIGRATE', '127.0.0.1', String(targetPort), '', '0', '5000', 'KEYS', ...keys.filter((k) => k !== record));
-
-      // Revoked (on the target): the worker learns it at its next renewal, frees its slot and
-      // fetches there; the pending task's record reads as missing, and CLUSTER NODES says why.
-      await running.revoke();
-      await waitFor(async () => (await nodesAsked()) > askedBefore, { what: 'a fetch on the importing master to ask CLUSTER NODES' });
-      expect(await pending.status()).toBe('PENDING');
-
-      // The rest of the move: the record, then the slot's new owner on every master.
+    // The rest of the move (the record, then the slot's new owner on every master), once.
+    let moveBegun = false;
+    let moved = false;
+    const finishMove = async (record: string): Promise<void> => {
+      if (!moveBegun || moved) return;
+      moved = true;
       await source.call('MIGRATE', '127.0.0.1', String(targetPort), '', '0', '5000', 'KEYS', record);
       // The target first, then the source, then the other masters, as redis-cli does.
       const masters = [target, source, ...admins.filter((a, i) => roles[i] === 'master' && a !== target && a !== source)];
       for (const admin of masters) await admin.call('CLUSTER', 'SETSLOT', String(slot), 'NODE', targetId);
-      // Without +cluster|nodes the fetch had dead-lettered the id as a task with no record: lost.
-      const dead = await target.lrange(`${PREFIX}:{${queue}}:dead`, 0, -1);
-      expect(dead.filter((letter) => letter.includes(pending.id))).toEqual([]);
+    };
+    let record = '';
+    // Revoked at the end, or on the way out of a failure: close() waits for running tasks.
+    let keepsRunning: Awaited<ReturnType<typeof tasks.untilRevoked.applyAsync>> | undefined;
+    try {
+      await worker.start();
+      // A busy queue, so that on the importing master every fixed key the fetch declares is
+      // there and only the record is missing (with any other key missing Redis would refuse the
+      // call for that alone): events and stats (a run ended), dead (an unknown task), delayed,
+      // active (a task that keeps running), wait (a task queued after the one whose record is
+      // late), and claimed (a claim of a worker gone away, lapsing in an hour).
+      expect(await (await tasks.double.applyAsync([1], { queue })).get({ timeout: 20 })).toBe(2);
+      const unknown = await dispatcher.send('Nobody.runs', [], { queue });
+      await waitFor(async () => (await unknown.status()) === 'FAILURE', { what: 'the unknown task to be dead-lettered' });
+      const running = await tasks.untilRevoked.applyAsync([], { queue });
+      keepsRunning = await tasks.untilRevoked.applyAsync([], { queue });
+      const other = keepsRunning;
+      await waitFor(() => starts.has(running.id) && starts.has(other.id), { what: 'both slots to be taken' });
+      await tasks.double.applyAsync([0], { queue, countdown: '1h' });
+      await source.zadd(`${base}claimed`, Date.now() + 3_600_000, `${PREFIX}-claim-of-a-worker-gone`);
+      // First in, first out: the pending task is the next to start, the one after it stays queued.
+      const pending = await tasks.double.applyAsync([21], { queue });
+      const after = await tasks.double.applyAsync([5], { queue });
+
+      // The reshard, stopped half way: every key of the queue on the target but the pending task's record.
+      moveBegun = true;
+      await target.call('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', sourceId);
+      await source.call('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', targetId);
+      const keys = (await source.call('CLUSTER', 'GETKEYSINSLOT', String(slot), '100')) as string[];
+      record = `${base}t:${pending.id}`;
+      expect(keys).toContain(record);
+      for (const key of ['wait', 'delayed', 'active', 'dead', 'events', 'stats', 'claimed']) expect(keys).toContain(`${base}${key}`);
+      await source.call('MIGRATE', '127.0.0.1', String(targetPort), '', '0', '5000', 'KEYS', ...keys.filter((k) => k !== record));
+      const refusedBefore = await tryAgains();
+
+      // One running task revoked (on the target): the worker learns it at its next renewal,
+      // frees its slot and asks for a task; its call that declares the pending task's record is
+      // refused.
+      await running.revoke();
+      await waitFor(async () => fetchErrors.length > 0 && (await tryAgains()) > refusedBefore, { timeout: 30_000, what: "Redis to refuse the worker's fetch (TRYAGAIN), and the worker to report it" }).catch(async (err: Error) => {
+        throw new Error(`${err.message}: ${(await tryAgains()) - refusedBefore} TRYAGAIN, worker errors: ${fetchErrors.join(' | ') || 'none'}`, { cause: err });
+      });
+      // Kept: PENDING, its id still queued on the target (in the wait list, or claimed by the
+      // worker), not dead-lettered, not run, its record still on the source.
+      expect(await pending.status()).toBe('PENDING');
+      await target.call('ASKING');
+      const waiting = await target.lrange(`${base}wait`, 0, -1);
+      await target.call('ASKING');
+      const claimed = await target.zrange(`${base}claimed`, 0, -1);
+      expect([...waiting, ...claimed].filter((id) => id === pending.id)).toEqual([pending.id]);
+      await target.call('ASKING');
+      expect((await target.lrange(`${base}dead`, 0, -1)).filter((letter) => letter.includes(pending.id))).toEqual([]);
+      expect(starts.get(pending.id)).toBeUndefined();
+      expect(await source.exists(record)).toBe(1);
+      // And every other key the call declares is on the target: only the record is missing, so
+      // a call that did not declare it would run there and read it as missing.
+      for (const key of ['wait', 'delayed', 'active', 'dead', 'events', 'stats', 'claimed']) {
+        await target.call('ASKING');
+        expect(await target.exists(`${base}${key}`), key).toBe(1);
+      }
+
+      await finishMove(record);
       // A get() begun now, on a Dispatcher whose sharded subscriber still aims at the source:
       // its SSUBSCRIBE does not complete, and get() reads the state without it.
       expect(await pending.get({ timeout: 30 })).toBe(42);
       expect(await pending.info()).toMatchObject({ state: 'SUCCESS', result: 42 });
+      expect(await after.get({ timeout: 30 })).toBe(10);
+      expect([starts.get(pending.id), starts.get(after.id)]).toEqual([1, 1]);
+      expect((await target.lrange(`${base}dead`, 0, -1)).filter((letter) => letter.includes(pending.id))).toEqual([]);
       expect(await running.status()).toBe('REVOKED');
+      await other.revoke();
+      await waitFor(async () => (await other.status()) === 'REVOKED', { what: 'the other running task to end REVOKED' });
     } finally {
+      // A failure half way still ends the move (the worker could not store its ends before) and
+      // the task that keeps running.
+      await finishMove(record);
+      await keepsRunning?.revoke().catch(() => undefined);
       await worker.close();
       await dispatcher.close();
     }
+    // No script asked CLUSTER NODES, and no node logged a denial.
+    expect(await nodesAsked()).toBe(askedBefore);
     const logs = await Promise.all(admins.map(async (a, i) => `${c.nodes[i]!.port}: ${(await denials(a)).join('; ')}`));
     expect(logs).toEqual(c.nodes.map((n) => `${n.port}: `));
   });

@@ -184,7 +184,7 @@ describe('recover-4.lua through recoverLapsed', () => {
     const keys = h.queueKeys();
     const runner = new ScriptRunner(h.admin);
     await expect(
-      runner.run(recover, [keys.wait, keys.active, keys.dead, keys.events, keys.task('b')], [keys.base, 'w', 1000, TTL, 0, 0, 'a', '0']),
+      runner.run(recover, [keys.wait, keys.active, keys.dead, keys.events, keys.task('b')], [keys.base, 'w', 1000, TTL, 0, 'a', '0']),
     ).rejects.toThrow(/KEYS\[5\] is not the record of task a/);
   });
 });

@@ -21,11 +21,6 @@ export class ScriptRunner {
 
   constructor(private readonly client: RedisClient) {}
 
-  /** Whether the client is a Redis Cluster client: fetch then lets its scripts ask the node whether a slot is being imported. */
-  get cluster(): boolean {
-    return this.client.isCluster;
-  }
-
   /** Loads every script; called once before the first use, safe to call again. */
   load(): Promise<void> {
     if (!this.loading) {

@@ -365,7 +365,7 @@ export interface RunToStop extends RunRef {
 
 /** Renews the leases of `runs` (extend-leases-1.lua); returns the runs to stop. */
 export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<RunToStop[]> {
-  const args: (string | number)[] = [keys.base, worker.leaseMs, worker.workerId, runner.cluster ? 1 : 0];
+  const args: (string | number)[] = [keys.base, worker.leaseMs, worker.workerId];
   const scriptKeys = [keys.active];
   for (const r of runs) {
     args.push(r.id, r.token);
@@ -475,7 +475,7 @@ export async function recoverLapsed(runner: ScriptRunner, keys: QueueKeys, worke
   if (unique.length === 0) return { outcomes: [], problem: '' };
   const [outcomes, detail] = await withNamedKeys('recover', 'the record of a lapsed run', async () => {
     const locks = await Promise.all(unique.map(async (id) => (await recordFields(runner, keys, id, [FIELDS.lockKey]))[0]));
-    const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, worker.resultExpiresMs, worker.eventsCap, runner.cluster ? 1 : 0];
+    const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, worker.resultExpiresMs, worker.eventsCap];
     const scriptKeys = [keys.wait, keys.active, keys.dead, keys.events];
     unique.forEach((id, i) => {
       const lock = locks[i];

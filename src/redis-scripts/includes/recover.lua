@@ -7,8 +7,8 @@
 -- @include "history"
 -- Recovers one lapsed lease: a STARTED task whose worker stopped renewing it (it died or hung).
 -- `expiry` is the lease's score, already lapsed on the Redis clock (now); `workerId` and
--- `leaseMs` are the calling worker's. Used by the fetch (start-tasks.lua, recoverLapsed) and by
--- recover-4.lua, which is handed the ids with their records and locks declared. Returns what
+-- `leaseMs` are the calling worker's. Used by recover-4.lua, which is handed the ids with their
+-- records and locks declared (the fetch returns the lapsed ids for it). Returns what
 -- became of the lease: 'dead-lettered' (no record, or not a hash), 'dropped' (the task is no
 -- longer STARTED: a lease left behind), 'kept' (the caller's own run, one more lease), 'revoked',
 -- 'failed' (WorkerLostError after maxRecoveries), 'requeued'. Raises when Redis refuses a
@@ -24,10 +24,9 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
   end
   local state, recovered, maxRecoveries, owner, revoke, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7]
   local run = { t[8], owner, t[9] }
-  if not state and notHereYet() then
-    -- Its record may still be on the master the slot comes from: the lease stays.
-    error({ err = 'TRYAGAIN the record of leased task ' .. id .. ' is not on this node (a slot is being imported)' })
-  elseif not state then
+  if not state then
+    -- Gone, not on its way: the caller declares the record, so on a Cluster in the middle of a
+    -- reshard Redis runs the call only on the master that holds it (see recover-4.lua).
     deadLetter(base, id, 'the active set names a task with no record', now)
     redis.call('ZREM', activeKey, id)
     return 'dead-lettered'
