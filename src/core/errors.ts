@@ -192,11 +192,13 @@ export class RedisUnavailableError extends HeimdallError {
   static readonly CODE = 'HEIMDALL_REDIS_UNAVAILABLE';
   /** The last error of the connection (refused, TLS, auth...), when it reported one. */
   readonly lastError: Error | undefined;
-  constructor(what: string, options?: { cause?: unknown; lastError?: Error }) {
+  constructor(what: string, options?: { cause?: unknown; lastError?: Error; betweenMasters?: string }) {
     super(
       RedisUnavailableError.CODE,
-      `${what}: Redis did not answer within the connection's retry budget (ioredis maxRetriesPerRequest); ` +
-        (options?.lastError ? `the connection failed with: ${options.lastError.message}` : 'check that Redis is up and reachable'),
+      options?.betweenMasters !== undefined
+        ? `${what}: the shard of the queue could not serve the call now (${options.betweenMasters}): its master is failing over, or the queue's slot is moving to another master; the call goes through once that is over`
+        : `${what}: Redis did not answer within the connection's retry budget (ioredis maxRetriesPerRequest); ` +
+            (options?.lastError ? `the connection failed with: ${options.lastError.message}` : 'check that Redis is up and reachable'),
       { cause: options?.cause },
     );
     this.lastError = options?.lastError;
@@ -300,7 +302,8 @@ export function fromRedis(err: unknown, what: string, lastError?: Error): unknow
   // try: a hostile value (a Proxy whose traps throw) passes as it is, for the caller to describe.
   try {
     if (err instanceof HeimdallError || !(err instanceof Error)) return err;
-    if (err.name === 'MaxRetriesPerRequestError' || /^Connection is closed\.?$/.test(err.message) || isFailingOver(err)) {
+    if (isFailingOver(err)) return new RedisUnavailableError(what, { cause: err, betweenMasters: err.message.slice(0, 200) });
+    if (err.name === 'MaxRetriesPerRequestError' || /^Connection is closed\.?$/.test(err.message)) {
       return new RedisUnavailableError(what, { cause: err, lastError });
     }
     if (isOutOfMemoryReply(err)) return new RedisOutOfMemoryError(what, { cause: err });
