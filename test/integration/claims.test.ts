@@ -122,6 +122,19 @@ describe('claims and hints of the fetch', () => {
     expect(await h.admin.get(lockKey!)).toBe(second.id);
   });
 
+  it('a record whose lock is not a key of its queue is malformed (it could not be declared in the queue\'s slot): FAILURE and a dead letter, not a claim', async () => {
+    const h = fresh();
+    const s = side(h);
+    const r = await h.dispatcher().tasks(ClaimService).guarded.delay(3);
+    await h.admin.hset(h.taskKey(r.id), FIELDS.lockKey, 'elsewhere:lock');
+    const reply = await s.call(s.as('W'), 1, { hints: [hint(r.id)] });
+    expect(reply.started).toEqual([]);
+    expect(reply.claims).toEqual([]);
+    expect(await r.info()).toMatchObject({ state: 'FAILURE', error: { name: 'MalformedTaskError' } });
+    expect((await h.deadLetters()).map((x) => x.id)).toEqual([r.id]);
+    expect(await h.admin.exists('elsewhere:lock')).toBe(0);
+  });
+
   it('claims of a worker that died lapse and go back to the front of the queue; its late start of them does nothing', async () => {
     const h = fresh();
     const s = side(h);

@@ -1,4 +1,4 @@
-// Purging a queue (issue 11, point 3): Inspector.purge() through purge-3.lua, and `heimdall purge`.
+// Purging a queue (issue 11, point 3): Inspector.purge() through purge-4.lua, and `heimdall purge`.
 // Purged tasks end in a state Redis holds (REVOKED 'purged', their unique locks released, their
 // waiters told); a running task, delayed tasks (without --delayed) and a stale wait entry of a
 // delayed task are left alone; a long queue goes in bounded batches. The purge reads the entries
@@ -9,7 +9,7 @@ import { currentTask, Inspector, Task, TaskRevokedError } from 'heimdall-tasks';
 import { FIELDS, gate, topology, useHarness, waitFor, type Gate } from '../helpers.js';
 import { runHeimdall as heimdall } from '../fixtures/cli/heimdall.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
-import { purge } from '../../src/core/protocol/scripts.js';
+import { fetch, purge, readFetchReply } from '../../src/core/protocol/scripts.js';
 
 let held: Gate = gate();
 /** Runs of each task of the race, and when each ran (ms, this process's clock). */
@@ -116,6 +116,35 @@ describe('purge', () => {
     }
   });
 
+  it('tasks a worker claimed (taken off the wait list for its next call) are purged too, their locks released; the claimed start then finds nothing to start', async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const keys = h.queueKeys('purge-q');
+    const claimedTasks = [await d.tasks(Purgeable).report.delay(1), await d.tasks(Purgeable).plain.delay(2)];
+    const waiting = await d.tasks(Purgeable).plain.delay(3);
+    // A worker's fetch (here by hand, as a worker that then died) claims the first two.
+    const runner = new ScriptRunner(h.admin);
+    const worker = { workerId: 'gone', leaseMs: 30_000, resultExpiresMs: 60_000, eventsCap: 0 };
+    const claim = readFetchReply(await fetch(runner, keys, worker, 2, []), 0);
+    expect(claim.claims.map((c) => c.id)).toEqual(claimedTasks.map((r) => r.id));
+    const lockKey = (await h.admin.hget(h.taskKey(claimedTasks[0]!.id, 'purge-q'), FIELDS.lockKey))!;
+    expect(await h.admin.get(lockKey)).toBe(claimedTasks[0]!.id);
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
+    try {
+      expect((await inspector.queues(['purge-q']))[0]!.waiting).toBe(3);
+      expect(await inspector.purge('purge-q')).toBe(3);
+      expect((await inspector.queues(['purge-q']))[0]!.waiting).toBe(0);
+    } finally {
+      await inspector.close();
+    }
+    expect(await h.admin.zcard(keys.claimed)).toBe(0);
+    expect(await h.admin.get(lockKey)).toBeNull();
+    for (const r of [...claimedTasks, waiting]) expect(await r.info()).toMatchObject({ state: 'REVOKED', revokeReason: 'purged' });
+    // The claiming worker comes back with its claims: nothing starts.
+    const late = readFetchReply(await fetch(runner, keys, worker, 2, [], { claims: claim.claims }), 0);
+    expect(late.started).toEqual([]);
+  });
+
   it('a purge racing a worker that fetches: each task runs once or ends REVOKED purged, none is lost, and purge counts the ones it ended', { timeout: 60_000 }, async () => {
     const h = fresh();
     runs.clear();
@@ -163,10 +192,10 @@ describe('purge', () => {
     const read = runner.fields.bind(runner);
     runner.fields = async (key, fields) => (stale-- > 0 ? [keys.lock('Purgeable.report', 'another')] : read(key, fields));
     const first = await purge(runner, keys, 200, 0, false, 86_400_000, 0);
-    expect(first).toEqual({ purged: 0, fromWait: 0, fromDelayed: 0, changed: true });
+    expect(first).toEqual({ purged: 0, fromWait: 0, fromDelayed: 0, fromClaimed: 0, changed: true });
     expect(await unique.status()).toBe('PENDING');
     expect(await h.admin.llen(keys.wait)).toBe(1);
-    expect(await purge(runner, keys, 200, 0, false, 86_400_000, 0)).toEqual({ purged: 1, fromWait: 1, fromDelayed: 0, changed: false });
+    expect(await purge(runner, keys, 200, 0, false, 86_400_000, 0)).toEqual({ purged: 1, fromWait: 1, fromDelayed: 0, fromClaimed: 0, changed: false });
     expect(await unique.info()).toMatchObject({ state: 'REVOKED', revokeReason: 'purged' });
     expect(await h.admin.exists(lockKey)).toBe(0);
   });

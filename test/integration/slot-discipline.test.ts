@@ -205,7 +205,7 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
   // A purge of waiting tasks (the public flows purge only delayed ones): a unique one, whose lock
   // it releases, and a plain one.
   const waiting = [await tasks.single.applyAsync(['purged'], { queue }), await tasks.ok.applyAsync([7], { queue })];
-  expect(await purge(runner, keys, 200, 0, false, TTL, EVENTS_CAP)).toEqual({ purged: 2, fromWait: 2, fromDelayed: 0, changed: false });
+  expect(await purge(runner, keys, 200, 0, false, TTL, EVENTS_CAP)).toEqual({ purged: 2, fromWait: 2, fromDelayed: 0, fromClaimed: 0, changed: false });
   for (const t of waiting) expect(await t.info()).toMatchObject({ state: 'REVOKED', revokeReason: 'purged' });
 
   // The declined task is due again soon; the public flows' worker runs it.

@@ -453,22 +453,36 @@ export class Inspector {
   async purge(queue: string, options: PurgeOptions = {}): Promise<number> {
     const k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
     const withDelayed = options.delayed === true;
-    const [waiting, delayed] = await redisCall(`reading queue ${k.queue}`, () => Promise.all([this.client.llen(k.wait), this.client.zcard(k.delayed)]));
+    const [waiting, delayed, claimed] = await redisCall(`reading queue ${k.queue}`, () =>
+      Promise.all([this.client.llen(k.wait), this.client.zcard(k.delayed), this.client.zcard(k.claimed)]),
+    );
     let waitLeft = waiting;
     let delayedLeft = withDelayed ? delayed : 0;
+    // Claimed tasks wait too: a worker's fetch took them off the wait list for its next call.
+    let claimedLeft = claimed;
     let purged = 0;
     // Steps that took nothing because the queue changed between their reads and their call (an
     // entry pushed to the tail of the wait list, a lock): each reads again; so many in a row
     // means the queue moves faster than a purge can read it.
     let fruitless = 0;
-    while (waitLeft > 0 || delayedLeft > 0) {
+    while (waitLeft > 0 || delayedLeft > 0 || claimedLeft > 0) {
       const step = await redisCall(`purging queue ${k.queue}`, () =>
-        purge(this.scripts, k, Math.min(PURGE_BATCH, waitLeft), Math.min(PURGE_BATCH, delayedLeft), withDelayed, DEFAULT_RESULT_EXPIRES_MS, this.eventsCap),
+        purge(
+          this.scripts,
+          k,
+          Math.min(PURGE_BATCH, waitLeft),
+          Math.min(PURGE_BATCH, delayedLeft),
+          withDelayed,
+          DEFAULT_RESULT_EXPIRES_MS,
+          this.eventsCap,
+          Math.min(PURGE_BATCH, claimedLeft),
+        ),
       );
       purged += step.purged;
       waitLeft -= step.fromWait;
       delayedLeft -= step.fromDelayed;
-      if (step.fromWait > 0 || step.fromDelayed > 0) {
+      claimedLeft -= step.fromClaimed;
+      if (step.fromWait > 0 || step.fromDelayed > 0 || step.fromClaimed > 0) {
         fruitless = 0;
       } else if (!step.changed) {
         break; // emptied meanwhile (workers took the rest)
@@ -488,7 +502,7 @@ export interface PurgeOptions {
   delayed?: boolean;
 }
 
-/** Entries one purge-3.lua call takes at most from the wait list, and from the delayed set. */
+/** Entries one purge-4.lua call takes at most from the wait list, from the delayed set, and from the claimed set. */
 const PURGE_BATCH = 200;
 
 /** Purge steps in a row that may find the queue changed under them before purge() gives up. */

@@ -624,11 +624,12 @@ export async function releaseLock(runner: ScriptRunner, keys: QueueKeys, lockKey
   throw unexpectedReply('release-lock', 'code', code);
 }
 
-/** What one purge step did: the tasks it ended REVOKED 'purged', and the entries it took from the wait list and the delayed set. */
+/** What one purge step did: the tasks it ended REVOKED 'purged', and the entries it took from the wait list, the delayed set and the claimed set. */
 export interface PurgeStep {
   purged: number;
   fromWait: number;
   fromDelayed: number;
+  fromClaimed: number;
   /**
    * The queue changed between the reads and the script call (an entry pushed to the tail of the
    * wait list, a record's lock): the step may have taken less than it read, and a next one reads again.
@@ -637,29 +638,49 @@ export interface PurgeStep {
 }
 
 /**
- * Purges one batch of a queue (purge-3.lua): reads up to `waitMax` entries at the tail of the
- * wait list and, with `withDelayed`, up to `delayedMax` delayed ids, then the lock each of those
+ * Purges one batch of a queue (purge-4.lua): reads up to `waitMax` entries at the tail of the
+ * wait list, with `withDelayed` up to `delayedMax` delayed ids, and up to `claimedMax` claimed
+ * ids (waiting tasks a worker's fetch took for its next call), then the lock each of those
  * records names, and calls the script with the records and locks declared.
  */
-export async function purge(runner: ScriptRunner, keys: QueueKeys, waitMax: number, delayedMax: number, withDelayed: boolean, expireMs: number, eventsCap: number): Promise<PurgeStep> {
-  const [tail, due] = await Promise.all([
+export async function purge(
+  runner: ScriptRunner,
+  keys: QueueKeys,
+  waitMax: number,
+  delayedMax: number,
+  withDelayed: boolean,
+  expireMs: number,
+  eventsCap: number,
+  claimedMax = 0,
+): Promise<PurgeStep> {
+  const [tail, due, claimed] = await Promise.all([
     waitMax > 0 ? runner.listRange(keys.wait, -waitMax, -1) : [],
     withDelayed && delayedMax > 0 ? runner.scoredRange(keys.delayed, 0, delayedMax - 1) : [],
+    claimedMax > 0 ? runner.scoredRange(keys.claimed, 0, claimedMax - 1) : [],
   ]);
-  if (tail.length === 0 && due.length === 0) return { purged: 0, fromWait: 0, fromDelayed: 0, changed: false };
-  // The delayed ids first (the script takes the first `due.length`), then the other ids of the tail, each once.
-  const ids = [...new Set([...due.map(([id]) => id), ...tail.filter((e) => e !== '')])];
+  if (tail.length === 0 && due.length === 0 && claimed.length === 0) return { purged: 0, fromWait: 0, fromDelayed: 0, fromClaimed: 0, changed: false };
+  // The delayed ids first (the script takes the first `due.length`), then the claimed ones (the
+  // next `claimedIds.length`), then the other ids of the tail, each once.
+  const delayedIds = due.map(([id]) => id);
+  const claimedIds = claimed.map(([id]) => id).filter((id) => !delayedIds.includes(id));
+  const ids = [...new Set([...delayedIds, ...claimedIds, ...tail.filter((e) => e !== '')])];
   const locks = await Promise.all(ids.map(async (id) => (await recordFields(runner, keys, id, [FIELDS.lockKey]))[0]));
-  const args: (string | number)[] = [keys.base, tail.length, due.length, withDelayed ? '1' : '0', expireMs, eventsCap];
-  const scriptKeys = [keys.wait, keys.delayed, keys.events];
+  const args: (string | number)[] = [keys.base, tail.length, delayedIds.length, withDelayed ? '1' : '0', expireMs, eventsCap, claimedIds.length];
+  const scriptKeys = [keys.wait, keys.delayed, keys.events, keys.claimed];
   ids.forEach((id, i) => {
     const lock = locks[i];
     args.push(id, lock == null ? '0' : '1');
     scriptKeys.push(keys.task(id));
     if (lock != null) scriptKeys.push(lock);
   });
-  const [purged, fromWait, fromDelayed, changed] = await runner.run<[number, number, number, string]>(purgeScript, scriptKeys, args);
-  return { purged: Number(purged), fromWait: Number(fromWait), fromDelayed: Number(fromDelayed), changed: changed === KEYS_CHANGED };
+  const [purged, fromWait, fromDelayed, changed, fromClaimed] = await runner.run<[number, number, number, string, number]>(purgeScript, scriptKeys, args);
+  return {
+    purged: Number(purged),
+    fromWait: Number(fromWait),
+    fromDelayed: Number(fromDelayed),
+    fromClaimed: Number(fromClaimed ?? 0) + (claimed.length - claimedIds.length),
+    changed: changed === KEYS_CHANGED,
+  };
 }
 
 /**

@@ -61,6 +61,8 @@ const MAX_CALLS_IN_FLIGHT = 2;
 // How long after a task of the queue last had a lock or rate window its fetches look ahead at
 // the ids behind their hints (see takeHints).
 const LOOK_AHEAD_MS = 10_000;
+// Failed calls in a row after which the claims they carried are let go, to lapse.
+const CLAIM_SENDS = 3;
 
 /**
  * Drives one queue for one worker. All script calls of the queue go through one loop: finishes
@@ -300,8 +302,14 @@ export class QueueRunner {
       this.host.reserve(-fresh);
       if (this.abandoned) return;
       // Claims the lost call may have started are no longer the caller's (their stamps are gone):
-      // sending them again does nothing; the runs it started are reclaimed.
-      this.claims.unshift(...claims);
+      // sending them again does nothing; the runs it started are reclaimed. After a few failures
+      // in a row they are let go (their slots freed) and lapse: a claim that makes every call fail
+      // (a record Redis refuses to serve) must not stop the queue for good. Hints go too: the
+      // next reply brings fresh ones.
+      if (this.failures < CLAIM_SENDS) this.claims.unshift(...claims);
+      else this.host.reserve(-claims.length);
+      this.hints = [];
+      this.named.clear();
       this.pending.unshift(...fin);
       this.reclaimNeeded = true;
       this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: fetching and storing ends`));
@@ -347,7 +355,7 @@ export class QueueRunner {
         if (task.carriesLock || task.carriesRate) this.keyedAt = Date.now();
         if (task.carriesLock) {
           // A task starts only in a call that declared the lock its record names: a claim's or a hint's.
-          const lock = claims.find((c) => c.id === task.id)?.lockKey ?? hints.find((h) => h.id === task.id)?.lockKey;
+          const lock = claims.find((c) => c.id === task.id)?.lockKey || hints.find((h) => h.id === task.id)?.lockKey;
           if (lock) this.locks.set(task.id, lock);
         }
         this.running.set(task.id, task.token);

@@ -156,6 +156,12 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     -- set, not yet due: dropped here, it starts when due. (Only a task with a due time, d, has
     -- ever been in the delayed set.)
     if dueAt and redis.call('ZSCORE', delayedKey, id) then return end
+    -- A lock or window outside the queue (written by hand, or by a foreign producer) could not be
+    -- declared beside the queue's keys on a Cluster (another slot): the message is malformed.
+    if (lockKey and string.sub(lockKey, 1, #base) ~= base) or (rateKey and string.sub(rateKey, 1, #base) ~= base) then
+      failMalformed(base, id, 'its unique lock or rate window key is not a key of its queue (' .. base .. ')', now, expireMs, { false })
+      return
+    end
     if (lockKey and lockKey ~= c.lock) or (rateKey and rateKey ~= c.rate) then return 'keys', lockKey, rateKey end
     if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
     local lock = { lockKey, lockWait }

@@ -15,7 +15,10 @@
     Wake markers (''), and ids of tasks that are running, ended or have no readable record, are
     dropped, as a fetch drops them.
     Then takes the delayed ids given (the first ARGV[3] ids), those still in the delayed set,
-    and ends the PENDING and RETRY ones REVOKED 'purged' the same way.
+    and ends the PENDING and RETRY ones REVOKED 'purged' the same way. Then the claimed ids given
+    (the next ARGV[7] ids: waiting tasks a worker's fetch took off the wait list for its next
+    call), those still claimed: a PENDING or RETRY one ends REVOKED 'purged' and leaves the
+    claimed set (the worker's start of it then finds nothing to start).
     A task whose record names another lock than the one given is left where it is (and stops
     the wait list there); the reply says so, and the caller reads again.
     A running task is never touched; its lease and lock stay. Every check comes before the first
@@ -25,8 +28,9 @@
   KEYS[1] wait list         <prefix>:{<queue>}:wait
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
   KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
-  KEYS[4..] per id of ARGV[7..], in order: its record <prefix>:{<queue>}:t:<id>, then its unique
-            lock (the record's lk) when the id's flag is '1' (so a call passes 3 + ids + locks
+  KEYS[4] claimed zset      <prefix>:{<queue>}:claimed
+  KEYS[5..] per id of ARGV[8..], in order: its record <prefix>:{<queue>}:t:<id>, then its unique
+            lock (the record's lk) when the id's flag is '1' (so a call passes 4 + ids + locks
             keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:
@@ -36,15 +40,19 @@
   ARGV[4] '1' when delayed tasks are purged too, '0' when they stay
   ARGV[5] result lifetime of the revoked tasks, in ms
   ARGV[6] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
-  ARGV[7..] pairs of task id and '1' when its lock follows its record in KEYS, '0' when its
-            record names none (as the caller read it): the delayed ids to take, then every other
-            id the caller read at the tail of the wait list, each id once
+  ARGV[7] how many of the ids of ARGV[8..], after the delayed ones, are claimed ids to take
+  ARGV[8..] pairs of task id and '1' when its lock follows its record in KEYS, '0' when its
+            record names none (as the caller read it): the delayed ids to take, the claimed ids
+            to take, then every other id the caller read at the tail of the wait list, each id
+            once
 
-  Returns {purged, fromWait, fromDelayed, changed}: the tasks this call ended REVOKED, the entries
-  it took from the wait list (markers and stale ids included), the delayed ids given that have
-  left the delayed set (taken by this call, or gone before it), which the caller counts against
-  the lengths it read before the first call; changed is 'KEYS_CHANGED' when the call stopped at
-  an entry it was not given or left a task whose lock changed, '' otherwise.
+  Returns {purged, fromWait, fromDelayed, changed, fromClaimed}: the tasks this call ended
+  REVOKED, the entries it took from the wait list (markers and stale ids included), the delayed
+  ids given that have left the delayed set (taken by this call, or gone before it), which the
+  caller counts against the lengths it read before the first call; changed is 'KEYS_CHANGED'
+  when the call stopped at an entry it was not given or left a task whose lock changed, ''
+  otherwise; fromClaimed, the claimed ids given that are done with (purged, gone, or no longer
+  waiting).
 ]]
 -- @include "now"
 -- @include "keys"
@@ -53,14 +61,15 @@
 -- @include "events"
 
 local base, waitMax, delayedCount = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local withDelayed, expireMs = ARGV[4] == '1', tonumber(ARGV[5])
+local withDelayed, expireMs, claimedCount = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[7])
 local now = nowMs()
 useEvents(ARGV[6], nil, KEYS[3])
 
 -- The ids given, each with its declared lock ('' for none); the delayed ones in order.
-local given, delayedIds = {}, {}
-local k = 4
-for i = 7, #ARGV, 2 do
+local given, delayedIds, claimedIds = {}, {}, {}
+local k = 5
+local n = 0
+for i = 8, #ARGV, 2 do
   local id, withLock = ARGV[i], ARGV[i + 1]
   -- endTask names the record from the base and the id: it must be the declared key.
   if KEYS[k] ~= taskKeyOf(base, id) then return redis.error_reply('purge: KEYS[' .. k .. '] is not the record of task ' .. id) end
@@ -71,7 +80,12 @@ for i = 7, #ARGV, 2 do
   end
   k = k + 1
   given[id] = lock
-  if #delayedIds < delayedCount then delayedIds[#delayedIds + 1] = id end
+  n = n + 1
+  if n <= delayedCount then
+    delayedIds[#delayedIds + 1] = id
+  elseif n <= delayedCount + claimedCount then
+    claimedIds[#claimedIds + 1] = id
+  end
 end
 
 local changed = ''
@@ -138,7 +152,32 @@ if withDelayed then
   end
 end
 
+-- The claimed ids given: those still claimed and waiting are taken.
+local fromClaimed, unclaim = 0, {}
+for _, id in ipairs(claimedIds) do
+  if not redis.call('ZSCORE', KEYS[4], id) then
+    fromClaimed = fromClaimed + 1
+  elseif planned[id] then
+    fromClaimed = fromClaimed + 1
+    unclaim[#unclaim + 1] = id
+  else
+    local verdict, t = verdictOf(id)
+    if verdict == 'changed' then
+      changed = KEYS_CHANGED
+    else
+      -- 'drop': not waiting (its record says otherwise): the claim is its worker's to drop.
+      fromClaimed = fromClaimed + 1
+      if verdict == 'purge' then
+        planned[id] = true
+        unclaim[#unclaim + 1] = id
+        toPurge[#toPurge + 1] = { id, t }
+      end
+    end
+  end
+end
+
 if fromWait > 0 then redis.call('RPOP', KEYS[1], fromWait) end
+if #unclaim > 0 then redis.call('ZREM', KEYS[4], unpack(unclaim)) end
 if #unset > 0 then redis.call('ZREM', KEYS[2], unpack(unset)) end
 for _, p in ipairs(toPurge) do
   local id, t = p[1], p[2]
@@ -147,4 +186,4 @@ for _, p in ipairs(toPurge) do
 end
 
 flushEvents()
-return {#toPurge, fromWait, fromDelayed, changed}
+return {#toPurge, fromWait, fromDelayed, changed, fromClaimed}
