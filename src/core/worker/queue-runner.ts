@@ -260,15 +260,17 @@ export class QueueRunner {
   /**
    * Up to `n` ids of the last peek that no call in flight names, with the keys their records
    * name when a fetch looked them up; and, while tasks of this queue have had locks or rate
-   * windows lately, up to `n` more ids to look ahead at, so the call that starts them can
+   * windows lately, up to `2n` more ids to look ahead at, so the call that starts them can
    * declare their keys (else such a task takes a second call: claimed, then started).
    */
   private takeHints(n: number): { hints: NamedKeys[]; look: string[] } {
     const hints: NamedKeys[] = [];
     const look: string[] = [];
     const ahead = Date.now() - this.keyedAt < LOOK_AHEAD_MS;
+    // Two calls may be in flight, and the second is sent before the first's reply: look far
+    // enough ahead for both (each id is looked at once: `named` keeps what was looked up).
     for (const id of this.hints) {
-      if (hints.length >= n && (!ahead || look.length >= n)) break;
+      if (hints.length >= n && (!ahead || look.length >= 2 * n)) break;
       if (this.hinted.has(id) || this.running.has(id)) continue;
       if (hints.length < n) {
         hints.push(this.named.get(id) ?? { id, lockKey: '', rateKey: '' });

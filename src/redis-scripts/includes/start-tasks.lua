@@ -100,11 +100,6 @@ local function settleTail(waitKey, examined, stays)
   return nil
 end
 
--- `seed` (a random whole number, as text) seeds the jitter of rate-limited tasks (seeding costs
--- more than the rest of a typical call, so it is done only when a task is rate-limited) and is
--- the run token of every task this call starts: a task is started at most once per call, and
--- tokens are compared per task. `outcomes` goes into the reply as it is.
-
 -- `K`: { wait = , delayed = , active = , claimed = } keys of the queue. `seed` (a random whole
 -- number, as text) seeds the jitter of rate-limited tasks (seeding costs more than the rest of a
 -- typical call, so it is done only when a task is rate-limited) and is the run token of every
