@@ -81,7 +81,7 @@ local maxRecoveries = ARGV[13]
 useEvents(ARGV[14], workerId, KEYS[6])
 useDeadLetters(KEYS[5])
 local key = KEYS[4]
--- The included steps (endTask, undoStart) name the record from the base and the id: it must be this key.
+-- endTask names the record from the base and the id: it must be this key.
 if key ~= taskKeyOf(base, id) then return redis.error_reply('admit: KEYS[4] is not the record of task ' .. id) end
 local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw', 'n')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
@@ -163,7 +163,8 @@ if rateKey ~= '' then
     redis.call('ZADD', KEYS[2], now + delay, id)
     table.insert(fields, 'd'); table.insert(fields, now + delay)
     redis.call('HSET', key, unpack(fields))
-    undoStart(base, KEYS[3], id, attempt, retries, carriedRate or nil)
+    -- The window the record names, if any: checked above to be the declared one.
+    undoStart(key, KEYS[3], id, attempt, retries, carriedRate or '')
     noteEvent('rate-limited', id, 'n', t[10], 'dl', delay)
     flushEvents()
     return {'LIMITED', delay}

@@ -1,5 +1,5 @@
 /**
- * revoke-4, requeue-3 and admit-6 declare in KEYS the unique lock and rate window they touch
+ * revoke-4, requeue-3, admit-6 and decline-7 declare in KEYS the unique lock and rate window they touch
  * (issue 12, point 2; docs/architecture.md "Slot discipline"). The caller reads the keys the
  * task's record names (lk, rk) just before the call; the script checks that the record still
  * names them and otherwise changes nothing and answers KEYS_CHANGED, and the caller reads again
@@ -15,8 +15,8 @@ import { Task, UnexpectedReplyError } from 'heimdall-tasks';
 import { QueueKeys } from '../../src/core/protocol/queue-keys.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
 import { fetchStarting } from '../fetch-starting.js';
-import { admit, requeue, revoke, type RunRef, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
-import { admit as admitScript, requeue as requeueScript, revoke as revokeScript } from '../../src/redis-scripts/scripts.generated.js';
+import { admit, decline, requeue, revoke, type RunRef, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
+import { admit as admitScript, decline as declineScript, requeue as requeueScript, revoke as revokeScript } from '../../src/redis-scripts/scripts.generated.js';
 import { FIELDS, useHarness, type Harness } from '../helpers.js';
 
 const TTL = 86_400_000;
@@ -36,6 +36,11 @@ class Locked {
   @Task()
   async plain(n: number): Promise<number> {
     return n;
+  }
+
+  @Task({ unique: true, rateLimit: [5, 3600] })
+  async guarded(key: string): Promise<string> {
+    return key;
   }
 }
 
@@ -272,5 +277,101 @@ describe("admit-6 declares the run's lock and rate window", () => {
     }
     expect(await call('record', '', [lock])).toEqual(['REVOKED', 'revoked']);
     expect(await s.where(task.id, lock)).toEqual(['REVOKED', false, null]);
+  });
+});
+
+describe('decline-7 declares the lock and rate window of the run it hands back', () => {
+  const fresh = useHarness('declared-decline');
+
+  /** A started run of a unique, rate-limited task: its lock and its rate window (which counts the start). */
+  async function guardedRun(h: Harness, s: ReturnType<typeof side>, key: string) {
+    const task = await s.tasks.guarded.applyAsync([key]);
+    const lock = await h.lockKeyOf(task.id);
+    const window = (await h.field(task.id, 'rateKey'))!;
+    const run = await s.start();
+    expect(run.id).toBe(task.id);
+    expect(await h.admin.zcard(window)).toBe(1);
+    return { task, lock, window, run };
+  }
+
+  it('answers KEYS_CHANGED and changes nothing when the record names another lock or window than declared', async () => {
+    const h = fresh();
+    const s = side(h);
+    const { task, lock, window, run } = await guardedRun(h, s, 'k');
+    expect(await task.revoke()).toBe('STARTED');
+    const other = s.keys.lock('Locked.guarded', 'other');
+    const otherWindow = s.keys.rate('Locked.guarded', 'other');
+    const call = (withLock: string, withRate: string) =>
+      s.runner.run<[string, string]>(
+        declineScript,
+        [s.keys.wait, s.keys.delayed, s.keys.active, s.keys.names, s.keys.task(task.id), s.keys.dead, s.keys.events, ...[withLock, withRate].filter((k) => k !== '')],
+        [s.keys.base, WORKER.workerId, task.id, run.token, 0, TTL, 'not run here', 1, 0, withLock === '' ? '' : '1', withRate === '' ? '' : '1'],
+      );
+    // Another lock declared; no lock declared; the right lock with another window; no window.
+    for (const [withLock, withRate] of [
+      [other, window],
+      ['', window],
+      [lock, otherWindow],
+      [lock, ''],
+    ] as const) {
+      expect(await call(withLock, withRate)).toEqual(['KEYS_CHANGED', '']);
+      expect(await s.where(task.id, lock)).toEqual(['STARTED', true, task.id]);
+      expect(await h.admin.zcard(window)).toBe(1);
+      expect(await h.admin.zscore(s.keys.delayed, task.id)).toBeNull();
+      expect(await h.admin.llen(s.keys.dead)).toBe(0);
+    }
+    expect(await call(lock, window)).toEqual(['REVOKED', 'revoked']);
+    expect(await s.where(task.id, lock)).toEqual(['REVOKED', false, null]);
+    expect(await h.admin.zcard(window)).toBe(0);
+  });
+
+  it('a declined unique task whose revoke was requested meanwhile ends REVOKED and releases the lock its record names', async () => {
+    const h = fresh();
+    const s = side(h);
+    const { task, lock, window, run } = await guardedRun(h, s, 'k');
+    expect(await task.revoke()).toBe('STARTED');
+    expect(await decline(s.runner, s.keys, WORKER, run, 60_000, 'not run here')).toEqual({ verdict: 'REVOKED', reason: 'revoked' });
+    expect(s.runner.reads).toBe(1);
+    expect(await s.where(task.id, lock)).toEqual(['REVOKED', false, null]);
+    expect(await h.admin.zcard(window)).toBe(0);
+  });
+
+  it('a DEFERRED hand-back takes its start out of the rate window and keeps the lock', async () => {
+    const h = fresh();
+    const s = side(h);
+    const { task, lock, window, run } = await guardedRun(h, s, 'k');
+    const verdict = await decline(s.runner, s.keys, WORKER, run, 60_000, 'not run here');
+    expect(verdict.verdict).toBe('DEFERRED');
+    expect(s.runner.reads).toBe(1);
+    expect(await h.admin.zcard(window)).toBe(0);
+    expect(await s.where(task.id, lock)).toEqual(['PENDING', false, task.id]);
+    expect(await h.admin.zscore(s.keys.delayed, task.id)).not.toBeNull();
+  });
+
+  it('a hand-back past the grace ends the task FAILURE, releases its lock and takes its start out of the window', async () => {
+    const h = fresh();
+    const s = side(h);
+    const { task, lock, window, run } = await guardedRun(h, s, 'k');
+    expect(await decline(s.runner, s.keys, WORKER, run, 0, 'not run here')).toEqual({ verdict: 'FAILURE', message: 'not run here' });
+    expect(s.runner.reads).toBe(1);
+    expect(await s.where(task.id, lock)).toEqual(['FAILURE', false, null]);
+    expect(await h.admin.zcard(window)).toBe(0);
+  });
+
+  it('reads the keys again when the record names another lock by the time the script runs, and releases that one', async () => {
+    const h = fresh();
+    const s = side(h);
+    const { task, lock, run } = await guardedRun(h, s, 'k');
+    expect(await task.revoke()).toBe('STARTED');
+    const second = s.keys.lock('Locked.guarded', 'second');
+    s.runner.afterRead = async (read) => {
+      if (read !== 1) return;
+      await h.admin.hset(s.keys.task(task.id), FIELDS.lockKey, second);
+      await h.admin.set(second, task.id);
+    };
+    expect(await decline(s.runner, s.keys, WORKER, run, 60_000, 'not run here')).toEqual({ verdict: 'REVOKED', reason: 'revoked' });
+    expect(s.runner.reads).toBe(2);
+    expect(await h.admin.exists(second)).toBe(0);
+    expect(await h.admin.get(lock)).toBe(task.id);
   });
 });

@@ -58,6 +58,11 @@ class SlotService {
   async limited(n: number): Promise<number> {
     return n;
   }
+
+  @Task({ unique: true, rateLimit: [10, 3600] })
+  async guarded(key: string): Promise<string> {
+    return key;
+  }
 }
 
 const TTL = 86_400_000;
@@ -79,7 +84,8 @@ async function redisPast(h: Harness, ms: number): Promise<void> {
  * (requeued, then failed with WorkerLostError; revoked; a dead letter),
  * an expired task, a duplicate found at start, malformed records and a popped id with no record,
  * finishes (RETRY, FAILURE with a dead letter, SUCCESS), reclaim, requeue, a lease renewal of a
- * live and of a lost run, a hand-back (decline) with a grace, a purge of waiting tasks.
+ * live and of a lost run, hand-backs (decline) with a grace (deferred, failed, revoked; of a
+ * unique, rate-limited task), a purge of waiting tasks.
  */
 async function directFlows(h: Harness, prefix: string, queue: string, dispatcher: Dispatcher): Promise<TaskResult<number>> {
   const keys = new QueueKeys(prefix, queue);
@@ -190,6 +196,30 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
   expect(await requeue(runner, keys, as('w'), [run])).toEqual({ count: 1, problem: '' });
   run = (await start('w')).started[0]!;
   expect((await decline(runner, keys, as('w'), run, 60_000, 'not run here')).verdict).toBe('DEFERRED');
+
+  // Hand-backs of a unique, rate-limited task (its lock and rate window declared): deferred (the
+  // start taken out of its window), then failed once the grace has passed (its lock released);
+  // and one whose revoke was requested while it was started (revoked, its lock released).
+  const GRACE_MS = 50;
+  const guarded = await tasks.guarded.applyAsync(['declined'], { queue });
+  const guardedLock = (await field(guarded.id, 'lockKey'))!;
+  const guardedRate = (await field(guarded.id, 'rateKey'))!;
+  run = (await start('w')).started[0]!;
+  expect(run.id).toBe(guarded.id);
+  expect((await decline(runner, keys, as('w'), run, GRACE_MS, 'not run here')).verdict).toBe('DEFERRED');
+  expect(await h.admin.zcard(guardedRate)).toBe(0);
+  await redisPast(h, Number(await field(guarded.id, 'due')));
+  run = (await start('w')).started[0]!;
+  expect(run.id).toBe(guarded.id);
+  await redisPast(h, Number(await field(guarded.id, 'declinedAt')) + GRACE_MS);
+  expect((await decline(runner, keys, as('w'), run, GRACE_MS, 'not run here')).verdict).toBe('FAILURE');
+  expect(await h.admin.exists(guardedLock)).toBe(0);
+  const revokedGuarded = await tasks.guarded.applyAsync(['revoked'], { queue });
+  run = (await start('w')).started[0]!;
+  expect(run.id).toBe(revokedGuarded.id);
+  await revokedGuarded.revoke();
+  expect((await decline(runner, keys, as('w'), run, GRACE_MS, 'not run here')).verdict).toBe('REVOKED');
+  expect(await h.admin.exists((await field(revokedGuarded.id, 'lockKey'))!)).toBe(0);
 
   // A revoke requested (no terminate) while a unique task runs: the requeue at close, and a
   // reclaim after a lost reply, end it REVOKED instead of putting it back, releasing its lock.

@@ -585,13 +585,32 @@ export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: Worke
   return readVerdict('admit', reply);
 }
 
-/** Hands back a run of a task this worker does not run (decline-7.lua). */
+/**
+ * Hands back a run of a task this worker does not run (decline-7.lua). A hand-back takes its
+ * start out of the rate window the record names, and one that ends the task releases its lock,
+ * so both are read first and declared.
+ */
 export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, run: RunRef, graceMs: number, message: string): Promise<Verdict> {
-  const reply = await runner.run<[string, string]>(
-    declineScript,
-    [keys.wait, keys.delayed, keys.active, keys.names, keys.task(run.id), keys.dead, keys.events],
-    [keys.base, worker.workerId, run.id, run.token, graceMs, worker.resultExpiresMs, message, seed(), worker.eventsCap],
-  );
+  const record = keys.task(run.id);
+  const reply = await withNamedKeys('decline', `the record of task ${run.id}`, async () => {
+    const [lock, rate] = await recordFields(runner, keys, run.id, [FIELDS.lockKey, FIELDS.rateKey]);
+    const scriptKeys = [keys.wait, keys.delayed, keys.active, keys.names, record, keys.dead, keys.events];
+    if (lock) scriptKeys.push(lock);
+    if (rate) scriptKeys.push(rate);
+    return runner.run<[string, string]>(declineScript, scriptKeys, [
+      keys.base,
+      worker.workerId,
+      run.id,
+      run.token,
+      graceMs,
+      worker.resultExpiresMs,
+      message,
+      seed(),
+      worker.eventsCap,
+      lock ? '1' : '',
+      rate ? '1' : '',
+    ]);
+  });
   return readVerdict('decline', reply);
 }
 
