@@ -234,7 +234,7 @@ export class QueueRunner {
       }
       // A second call joins the first only while fetches come back full (a busy queue): a worker
       // just woken by one task would send a second fetch that finds nothing.
-      const maxCalls = this.reclaimNeeded || !this.lastFull ? 1 : MAX_CALLS_IN_FLIGHT;
+      const maxCalls = this.reclaimNeeded || !this.lastFull || !this.nextHintsNamed() ? 1 : MAX_CALLS_IN_FLIGHT;
       const canSend = this.inFlight < maxCalls;
       const accepting = this.host.accepting();
       const fresh = canSend && !this.idle && accepting ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
@@ -257,6 +257,25 @@ export class QueueRunner {
     }
   }
 
+  /** Whether a task of this queue had a lock or rate window lately: fetches then look ahead (see takeHints). */
+  private lookingAhead(): boolean {
+    return Date.now() - this.keyedAt < LOOK_AHEAD_MS;
+  }
+
+  /**
+   * Whether a second call may go now without starting its tasks a call late: while tasks of this
+   * queue have locks or rate windows, the hints it would name must have their keys looked up
+   * (a call in flight is looking them up: its reply comes first). Otherwise always.
+   */
+  private nextHintsNamed(): boolean {
+    if (!this.lookingAhead()) return true;
+    for (const id of this.hints) {
+      if (this.hinted.has(id) || this.running.has(id)) continue;
+      return this.named.has(id);
+    }
+    return true;
+  }
+
   /**
    * Up to `n` ids of the last peek that no call in flight names, with the keys their records
    * name when a fetch looked them up; and, while tasks of this queue have had locks or rate
@@ -266,7 +285,7 @@ export class QueueRunner {
   private takeHints(n: number): { hints: NamedKeys[]; look: string[] } {
     const hints: NamedKeys[] = [];
     const look: string[] = [];
-    const ahead = Date.now() - this.keyedAt < LOOK_AHEAD_MS;
+    const ahead = this.lookingAhead();
     // Two calls may be in flight, and the second is sent before the first's reply: look far
     // enough ahead for both (each id is looked at once: `named` keeps what was looked up).
     for (const id of this.hints) {
@@ -295,7 +314,7 @@ export class QueueRunner {
       if (this.reclaimNeeded) await this.reclaim(fin);
       if (fin.length === 0 && want === 0 && claims.length === 0) return; // nothing reserved
       const raw = await Promise.race([
-        fetchScript(this.scripts, this.keys, this.host, want, fin, { locks: this.locks, claims, hints, look, peek: accepting ? this.maxWant * MAX_CALLS_IN_FLIGHT : 0 }),
+        fetchScript(this.scripts, this.keys, this.host, want, fin, { locks: this.locks, claims, hints, look, peek: accepting ? this.maxWant * (this.lookingAhead() ? 3 : MAX_CALLS_IN_FLIGHT) : 0 }),
         this.abandonedCall,
       ]);
       reply = readFetchReply(raw, fin.length);
@@ -328,13 +347,15 @@ export class QueueRunner {
     if (accepting) {
       this.hints = reply.peek;
       // Keys looked up for ids still at the tail are kept for the next call; the rest go.
-      const named = new Map<string, NamedKeys>();
-      for (const n of reply.looked) this.named.set(n.id, n);
-      for (const id of reply.peek) {
-        const n = this.named.get(id);
-        if (n) named.set(id, n);
+      if (this.named.size > 0 || reply.looked.length > 0) {
+        const named = new Map<string, NamedKeys>();
+        for (const n of reply.looked) this.named.set(n.id, n);
+        for (const id of reply.peek) {
+          const n = this.named.get(id);
+          if (n) named.set(id, n);
+        }
+        this.named = named;
       }
-      this.named = named;
     }
     // Ends Redis refused (nothing stored) go back to be sent again; the run token tells a
     // second send apart from a first that was stored after all.
