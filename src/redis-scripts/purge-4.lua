@@ -70,15 +70,10 @@ local given, delayedIds, claimedIds = {}, {}, {}
 local k = 5
 local n = 0
 for i = 8, #ARGV, 2 do
-  local id, withLock = ARGV[i], ARGV[i + 1]
+  local id = ARGV[i]
   -- endTask names the record from the base and the id: it must be the declared key.
-  if KEYS[k] ~= taskKeyOf(base, id) then return redis.error_reply('purge: KEYS[' .. k .. '] is not the record of task ' .. id) end
-  local lock = ''
-  if withLock == '1' then
-    lock = KEYS[k + 1]
-    k = k + 1
-  end
-  k = k + 1
+  local _, lock
+  _, lock, k = nextDeclared('purge', base, id, k, ARGV[i + 1])
   given[id] = lock
   n = n + 1
   if n <= delayedCount then

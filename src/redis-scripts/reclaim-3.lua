@@ -47,16 +47,10 @@ local runs = {}
 local count, problem = 0, ''
 local k = 4
 for i = 5, #ARGV, 4 do
-  local id, expiry, token, withLock = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
-  local key = KEYS[k]
+  local id, expiry, token = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   -- handBack names the record from the base and the id: it must be the declared key.
-  if key ~= taskKeyOf(base, id) then return redis.error_reply('reclaim: KEYS[' .. k .. '] is not the record of task ' .. id) end
-  local lock = ''
-  if withLock == '1' then
-    lock = KEYS[k + 1]
-    k = k + 1
-  end
-  k = k + 1
+  local key, lock
+  key, lock, k = nextDeclared('reclaim', base, id, k, ARGV[i + 3])
   local t = redis.pcall('HMGET', key, 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at')
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
   -- Still the run read: leased with that expiry, STARTED by this worker under that token.

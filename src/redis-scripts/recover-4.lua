@@ -52,15 +52,10 @@ local now = nowMs()
 local ids, locks, lapsed = {}, {}, {}
 local k = 5
 for i = 6, #ARGV, 2 do
-  local id, withLock = ARGV[i], ARGV[i + 1]
+  local id = ARGV[i]
   -- recoverOne names the record from the base and the id: it must be the declared key.
-  if KEYS[k] ~= taskKeyOf(base, id) then return redis.error_reply('recover: KEYS[' .. k .. '] is not the record of task ' .. id) end
-  local lock = ''
-  if withLock == '1' then
-    lock = KEYS[k + 1]
-    k = k + 1
-  end
-  k = k + 1
+  local _, lock
+  _, lock, k = nextDeclared('recover', base, id, k, ARGV[i + 1])
   ids[#ids + 1] = id
   locks[id] = lock
 end

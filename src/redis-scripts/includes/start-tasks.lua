@@ -351,6 +351,20 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
   -- Ids are read from the tail as many at a time as tasks are still wanted (LRANGE: one command,
   -- not one per task); every id read is examined or claimed, unless the bound stops the loop
   -- first (the ones not reached are simply left in the list).
+  -- Claims the id just read (the last of `examined`) for the caller's next call, with the keys its
+  -- record names when known; a refused ZADD keeps it in the list.
+  local function claim(id, lock, rate)
+    local stamp = now + claimMs
+    local added = redis.pcall('ZADD', claimedKey, stamp, id)
+    if type(added) == 'table' and added.err then
+      stays[#examined] = true
+      table.insert(problems, 'claiming task ' .. id .. ': ' .. added.err)
+    else
+      claimedNow[id] = true
+      keep(id, stamp, lock, rate)
+      count = count + 1
+    end
+  end
   local batch, next = {}, 1
   while count < want and #examined < want + 64 do
     if next > #batch then
@@ -375,28 +389,10 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
       if res == 'stays' then
         stays[#examined] = true
       elseif res == 'keys' then
-        local stamp = now + claimMs
-        local added = redis.pcall('ZADD', claimedKey, stamp, id)
-        if type(added) == 'table' and added.err then
-          stays[#examined] = true
-          table.insert(problems, 'claiming task ' .. id .. ': ' .. added.err)
-        else
-          claimedNow[id] = true
-          keep(id, stamp, lock, rate)
-          count = count + 1
-        end
+        claim(id, lock, rate)
       end
     else
-      local stamp = now + claimMs
-      local added = redis.pcall('ZADD', claimedKey, stamp, id)
-      if type(added) == 'table' and added.err then
-        stays[#examined] = true
-        table.insert(problems, 'claiming task ' .. id .. ': ' .. added.err)
-      else
-        claimedNow[id] = true
-        keep(id, stamp, nil, nil)
-        count = count + 1
-      end
+      claim(id, nil, nil)
     end
   end
   if next <= #batch then drained = false end
