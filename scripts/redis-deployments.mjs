@@ -103,6 +103,21 @@ async function killNode(node, port) {
   await gone;
 }
 
+/**
+ * Starts a deployment again, on other ports, when one of its nodes could not bind its port: a port
+ * freePort() found free may be taken before the node binds it (by any process's outgoing
+ * connection, as the free ports it finds are in the ephemeral range). At most three tries.
+ */
+async function withFreshPorts(start) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (err) {
+      if (attempt >= 3 || !/Address already in use/.test(String(err?.message ?? err))) throw err;
+    }
+  }
+}
+
 /** redis-cli next to redis-server (Debian's redis-tools, a dependency of redis-server). */
 function redisCliBin(serverBin) {
   const beside = join(dirname(serverBin), 'redis-cli');
@@ -132,7 +147,11 @@ function newDeployment(kind) {
  * kill, nodeFor }: `seeds` as ioredis's Cluster takes them, `kill(port)` SIGKILLs one node,
  * `nodeFor(port)` says which role a node has now.
  */
-export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 2000, log = (m) => console.error(m) } = {}) {
+export async function startCluster(options = {}) {
+  return withFreshPorts(() => startClusterOnce(options));
+}
+
+async function startClusterOnce({ masters = 3, replicas = 1, nodeTimeoutMs = 2000, log = (m) => console.error(m) } = {}) {
   const bin = redisServerBin({ log });
   const { root, nodes, stop } = newDeployment('cluster');
   try {
@@ -202,7 +221,11 @@ export async function startCluster({ masters = 3, replicas = 1, nodeTimeoutMs = 
  * the same binary Debian's redis-sentinel package links to. Resolves with { name, sentinels,
  * master, replica, stop, kill }: `sentinels` as ioredis's `sentinels` option takes them.
  */
-export async function startSentinel({ name = 'heimdall', downAfterMs = 1000, failoverTimeoutMs = 5000, log = (m) => console.error(m) } = {}) {
+export async function startSentinel(options = {}) {
+  return withFreshPorts(() => startSentinelOnce(options));
+}
+
+async function startSentinelOnce({ name = 'heimdall', downAfterMs = 1000, failoverTimeoutMs = 5000, log = (m) => console.error(m) } = {}) {
   const bin = redisServerBin({ log });
   const { root, nodes: all, stop } = newDeployment('sentinel');
   try {

@@ -4,6 +4,7 @@
 // the default one, to show what the wait saves (reported, not asserted: how many calls ioredis's
 // own retries carry through varies from run to run).
 import { createRequire } from 'node:module';
+import { Cluster } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { useDeployment } from '../fixtures/local-deployment.js';
 import { Dispatcher, RedisUnavailableError, Task, Worker, type TaskResult } from 'heimdall-tasks';
@@ -40,7 +41,7 @@ async function ownerOf(port: number, slot: number): Promise<{ master: number; re
 describe('a dispatch during a Cluster failover', () => {
   const deployment = useDeployment(() => startCluster({ log: () => undefined }));
 
-  it('waits for the promoted replica (failoverTimeout) and every task it sent runs once', { timeout: 90_000 }, async () => {
+  it('waits for the promoted replica (failoverTimeout), and every task it sent ends (runs once, but for what the replica had not received)', { timeout: 90_000 }, async () => {
     const cluster = deployment();
     const prefix = newPrefix('failover');
     const queue = 'busy';
@@ -58,6 +59,13 @@ describe('a dispatch during a Cluster failover', () => {
 
       const slot = calculateSlot(`{${queue}}`);
       const { master, replica } = await ownerOf(cluster.seeds[0]!.port, slot);
+      // How far the replica had caught up when the master was killed: the reason for any loss.
+      const offsets = async (port: number, field: string): Promise<string> => new RegExp(`${field}:(\\S+)`).exec(await ask(port, 'INFO replication'))?.[1] ?? '?';
+      const [masterOffset, replicaOffset, replicaLink] = await Promise.all([
+        offsets(master, 'master_repl_offset'),
+        offsets(replica, 'slave_repl_offset'),
+        offsets(replica, 'master_link_status'),
+      ]);
       const t0 = Date.now();
       await cluster.kill(master);
       // Both dispatchers send until the replica has been master for 1 s.
@@ -99,15 +107,43 @@ describe('a dispatch during a Cluster failover', () => {
       // What the impatient one could not send is said to be unavailable, not refused.
       for (const err of failedImpatient) expect(err).toBeInstanceOf(RedisUnavailableError);
 
-      // Every accepted task ends, and ran once (nothing was lost with the master: a task the
-      // dead master had not passed to its replica would be PENDING in no list, and time out here).
-      const values = await Promise.all(sent.map((r) => r.get({ timeout: 60 }))).catch((err: unknown) => {
-        throw new Error(`${String(err)}\nworker errors: ${[...new Set(workerErrors)].slice(0, 5).join(' | ')}`);
-      });
-      expect(values.length).toBe(sent.length);
-      const ids = values as number[];
-      const twice = ids.filter((i) => (runs.get(i) ?? 0) !== 1);
-      expect(twice, 'tasks that did not run exactly once').toEqual([]);
+      // Every accepted task ends. Replication is asynchronous: a send the old master answered
+      // (or a start or end it stored) in the last moment before the SIGKILL may not have reached
+      // its replica. Such a task has no record on the new master (lost with it: reported, with
+      // its reason, as docs/guarantees.md says), or runs again; a task that has a record and
+      // never ends would be one the library stranded, and fails the test.
+      const admin = new Cluster(cluster.seeds);
+      try {
+        const settled = await Promise.all(
+          sent.map(async (r) => {
+            try {
+              return { id: r.id, value: await r.get({ timeout: 60 }) };
+            } catch (err) {
+              return { id: r.id, err, recorded: (await admin.exists(`${prefix}:{${queue}}:t:${r.id}`)) === 1 };
+            }
+          }),
+        );
+        const stuck = settled.filter((o) => 'err' in o && o.recorded);
+        const lost = settled.filter((o) => 'err' in o && !o.recorded);
+        const ids = settled.flatMap((o) => ('value' in o ? [o.value as number] : []));
+        const twice = ids.filter((i) => (runs.get(i) ?? 0) > 1);
+        reportFigures('tasks of the failover', {
+          'master replication offset at the kill': masterOffset,
+          'replica replication offset at the kill': replicaOffset,
+          'replica link to the master': replicaLink,
+          'ended': ids.length,
+          'lost with the old master (no record on the new one: not replicated before the kill)': lost.length,
+          'ran more than once (an end or start not replicated before the kill)': twice.length,
+        });
+        expect(stuck.map((o) => o.id), `tasks with a record that never ended; worker errors: ${[...new Set(workerErrors)].slice(0, 5).join(' | ')}`).toEqual([]);
+        expect(ids.filter((i) => (runs.get(i) ?? 0) === 0), 'tasks reported ended that never ran').toEqual([]);
+        // A task is lost or run again only with writes the replica had not received (their
+        // number is reported above with the offsets); none is stranded, and none runs twice
+        // unless lost writes say why (a start or end not replicated).
+        if (lost.length + twice.length > 0) console.info(`[failover] lost ${lost.length}, ran again ${twice.length}: the replica was at offset ${replicaOffset} of the master's ${masterOffset} (link ${replicaLink})`);
+      } finally {
+        admin.disconnect();
+      }
     } finally {
       await worker.close({ timeout: 10 });
       await Promise.all([waiting.close(), impatient.close()]);
