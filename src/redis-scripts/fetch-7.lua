@@ -52,6 +52,7 @@
 ]]
 -- @include "now"
 -- @include "start-tasks"
+-- @include "declared"
 -- @include "finish-task"
 -- @include "dead-letter"
 -- @include "next-delay"
@@ -86,23 +87,15 @@ local now = nowMs()
 useEvents(ARGV[7], workerId, KEYS[5])
 useDeadLetters(KEYS[4])
 
--- The declared keys, checked before anything is written.
+-- The declared keys, checked before anything is written (nextDeclared: a record that is not its
+-- id's fails the call).
 local nextKey = 8
-local function declaredKey(id, what)
-  local key = KEYS[nextKey]
-  if not key then error('fetch: KEYS has no ' .. what .. ' for task ' .. id) end
-  nextKey = nextKey + 1
-  return key
-end
 local count = tonumber(ARGV[10])
 local ends = {}
 for i = 0, count - 1 do
   local o = 11 + i * 9
-  local id = ARGV[o]
-  local key = declaredKey(id, 'record')
-  if key ~= taskKeyOf(base, id) then error('fetch: KEYS[' .. (nextKey - 1) .. '] is not the record of task ' .. id) end
-  local lock, hasLock = false, ARGV[o + 8]
-  if hasLock == '1' then lock = declaredKey(id, 'lock') end
+  local key, lock
+  key, lock, nextKey = nextDeclared('fetch', base, ARGV[o], nextKey, ARGV[o + 8])
   ends[i + 1] = { key, lock, o }
 end
 local at = 11 + count * 9
@@ -111,11 +104,16 @@ local cands, order = {}, {}
 for i = 0, candCount - 1 do
   local o = at + 1 + i * 4
   local id, flags = ARGV[o], ARGV[o + 3]
-  local key = declaredKey(id, 'record')
-  if key ~= taskKeyOf(base, id) then error('fetch: KEYS[' .. (nextKey - 1) .. '] is not the record of task ' .. id) end
+  local withLock = ''
+  if string.find(flags, 'l', 1, true) then withLock = '1' end
+  local key, lock
+  key, lock, nextKey = nextDeclared('fetch', base, id, nextKey, withLock)
   local c = { key = key, mode = ARGV[o + 1], stamp = ARGV[o + 2] }
-  if string.find(flags, 'l', 1, true) then c.lock = declaredKey(id, 'lock') end
-  if string.find(flags, 'r', 1, true) then c.rate = declaredKey(id, 'rate window') end
+  if lock ~= '' then c.lock = lock end
+  if string.find(flags, 'r', 1, true) then
+    c.rate = KEYS[nextKey]
+    nextKey = nextKey + 1
+  end
   if not cands[id] then order[#order + 1] = id end
   cands[id] = c
 end

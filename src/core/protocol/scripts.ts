@@ -474,7 +474,7 @@ export async function recoverLapsed(runner: ScriptRunner, keys: QueueKeys, worke
   const unique = [...new Set(ids)];
   if (unique.length === 0) return { outcomes: [], problem: '' };
   const [outcomes, detail] = await withNamedKeys('recover', 'the record of a lapsed run', async () => {
-    const locks = await Promise.all(unique.map(async (id) => (await recordFields(runner, keys, id, [FIELDS.lockKey]))[0]));
+    const locks = await locksNamed(runner, keys, unique);
     const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, worker.resultExpiresMs, worker.eventsCap];
     const scriptKeys = [keys.wait, keys.active, keys.dead, keys.events];
     unique.forEach((id, i) => {
@@ -489,6 +489,11 @@ export async function recoverLapsed(runner: ScriptRunner, keys: QueueKeys, worke
   const out: Recovery['outcomes'] = [];
   for (let i = 0; i < outcomes.length; i += 2) out.push({ id: String(outcomes[i]), outcome: String(outcomes[i + 1]) as RecoverOutcome });
   return { outcomes: out, problem: String(detail ?? '') };
+}
+
+/** The lock the record of each of `ids` names (null: none, or no readable record), read before a call that declares them. */
+async function locksNamed(runner: ScriptRunner, keys: QueueKeys, ids: readonly string[]): Promise<(string | null)[]> {
+  return Promise.all(ids.map(async (id) => (await recordFields(runner, keys, id, [FIELDS.lockKey]))[0] ?? null));
 }
 
 /**
@@ -683,7 +688,7 @@ export async function purge(
   const delayedIds = due.map(([id]) => id);
   const claimedIds = claimed.map(([id]) => id).filter((id) => !delayedIds.includes(id));
   const ids = [...new Set([...delayedIds, ...claimedIds, ...tail.filter((e) => e !== '')])];
-  const locks = await Promise.all(ids.map(async (id) => (await recordFields(runner, keys, id, [FIELDS.lockKey]))[0]));
+  const locks = await locksNamed(runner, keys, ids);
   const args: (string | number)[] = [keys.base, tail.length, delayedIds.length, withDelayed ? '1' : '0', expireMs, eventsCap, claimedIds.length];
   const scriptKeys = [keys.wait, keys.delayed, keys.events, keys.claimed];
   ids.forEach((id, i) => {

@@ -20,7 +20,7 @@
 --     the detail is the state Redis holds ('' when there is no record);
 --   'ERROR', message: Redis refused a command; the run keeps its lease (renewed from now), the
 --     worker tries again later.
--- `key` is the task's record and `lockDeclared` the lock the caller declared for it (false: none),
+-- `key` is the task's record and `lockDeclared` the lock the caller declared for it ('' or false: none),
 -- both in the call's KEYS.
 -- Writes a run's end (finishTask, after the lease is gone): RETRY back to the delayed set, or a
 -- final state through endTask. Run under pcall: a refusal is undone by the caller.
