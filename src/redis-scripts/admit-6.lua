@@ -7,8 +7,9 @@
   carrying them gets at start:
     * unique: the lock is taken (or re-taken); held by another task, this one ends REVOKED
       'duplicate' and does not run;
-    * rate limit: over the limit, the start is taken back and the task goes to the delayed set,
-      due when a slot frees plus jitter (PENDING, no attempt counted);
+    * rate limit: counted in the window (includes/rate-window.lua); over the limit, the start is
+      taken back and the task waits for its reserved turn in the delayed set (PENDING, no
+      attempt counted);
   * maxRecoveries: written into the record, so a recovery of this run counts against the
     worker's value rather than the default of 1;
   and the fields are written into the record, so later starts (retries, recoveries) check them
@@ -38,7 +39,7 @@
           names, field rk, read by the caller before the call), '' (none)
   ARGV[9] the worker's limit n
   ARGV[10] the worker's period in ms
-  ARGV[11] random seed for the jitter
+  ARGV[11] unused (was the seed of a jitter before turns were reserved)
   ARGV[12] result lifetime in ms, for a task that ends here
   ARGV[13] maxRecoveries ('' when the message has one or the worker leaves the default)
   ARGV[14] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
@@ -58,6 +59,7 @@
 -- @include "undo-start"
 -- @include "wake"
 -- @include "events"
+-- @include "rate-window"
 -- @include "declared"
 
 local base, workerId, id, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -149,28 +151,24 @@ if lockKey ~= '' then
 end
 
 if rateKey ~= '' then
-  local trimmed = redis.pcall('ZREMRANGEBYSCORE', rateKey, '-inf', now - period)
-  if type(trimmed) == 'table' then
-    return malformed(trimmed, 'its rate window key holds a value of the wrong type')
-  end
-  local inWindow = redis.call('ZCARD', rateKey)
-  if inWindow >= limit then
-    local freeing = redis.call('ZRANGE', rateKey, inWindow - limit, inWindow - limit, 'WITHSCORES')
-    math.randomseed(tonumber(ARGV[11]))
-    local delay = tonumber(freeing[2]) + period - now + math.random(0, math.max(1, math.floor(math.min(1000, period / 10))))
-    -- The delayed set first, so the id is never in no place; then the start is taken back.
-    wakeIfEarliest(KEYS[1], KEYS[2], now + delay)
-    redis.call('ZADD', KEYS[2], now + delay, id)
-    table.insert(fields, 'd'); table.insert(fields, now + delay)
+  local verdict, detail = admitRate(rateKey, id .. ':' .. attempt, limit, period, now)
+  if verdict == 'bad' then
+    return malformed(detail, 'its rate window key holds a value of the wrong type')
+  elseif verdict == 'wait' then
+    local due = now + detail
+    -- The delayed set first, so the id is never in no place; then the start is taken back (the
+    -- start the message's own window counted, if any: not the reservation just made, in the
+    -- worker's window).
+    wakeIfEarliest(KEYS[1], KEYS[2], due)
+    redis.call('ZADD', KEYS[2], due, id)
+    table.insert(fields, 'd'); table.insert(fields, due)
     redis.call('HSET', key, unpack(fields))
     -- The window the record names, if any: checked above to be the declared one.
     undoStart(key, KEYS[3], id, attempt, retries, carriedRate or '')
-    noteEvent('rate-limited', id, 'n', t[10], 'dl', delay)
+    noteEvent('rate-limited', id, 'n', t[10], 'dl', detail)
     flushEvents()
-    return {'LIMITED', delay}
+    return {'LIMITED', detail}
   end
-  redis.call('ZADD', rateKey, now, id .. ':' .. attempt)
-  redis.call('PEXPIRE', rateKey, period)
 end
 
 if #fields > 0 then redis.call('HSET', key, unpack(fields)) end

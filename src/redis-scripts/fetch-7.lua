@@ -23,7 +23,7 @@
   ARGV[3] lease in ms
   ARGV[4] want: how many tasks to start or claim at most, the caller's claims to start included
           (0: finish only; claims given are then released)
-  ARGV[5] random seed for the rate-limit jitter and the run tokens
+  ARGV[5] random whole number: the run token of the tasks this call starts
   ARGV[6] default result lifetime in ms
   ARGV[7] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
   ARGV[8] claim lifetime in ms

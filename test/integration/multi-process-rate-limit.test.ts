@@ -12,7 +12,8 @@ describe('rate limits across processes', () => {
     const workers = await startWorkerProcesses(h, 4, { services: ['probe'], concurrency: 4 });
     const d = h.dispatcher();
     const began = Date.now();
-    const handles = await Promise.all(Array.from({ length: 30 }, (_, i) => d.tasks(ProbeService).limited.delay(i)));
+    // One call, so the order sent is the order in the queue.
+    const handles = await d.tasks(ProbeService).limited.delayMany(Array.from({ length: 30 }, (_, i) => [i] as [number]));
     expect(handles.every((r) => !r.duplicate)).toBe(true);
     const results = await Promise.all(handles.map((r) => r.get({ timeout: 90 })));
     const elapsed = Date.now() - began;
@@ -31,10 +32,19 @@ describe('rate limits across processes', () => {
     // Each task ran once.
     expect((await readLog(h)).map((e) => e.id).sort()).toEqual(handles.map((r) => r.id).sort());
 
-    // A task over the limit waits for the slot that frees, so it is put back at most once per
-    // start leaving the window (30) plus once: a spinning scheduler would be far above this.
+    // Turns are given in the order the workers' fetches take the tasks: the order sent for one
+    // worker (fair-admission.test.ts holds that exactly); across processes, tasks taken by
+    // different fetches at about the same time can swap turns. `reach`, reported: how many
+    // places behind a task the furthest task that started before it (by more than 50 ms) was sent.
+    const inOrder = infos.map((i) => i.startedAt!.getTime());
+    let reach = 0;
+    for (let i = 0; i < inOrder.length; i++) {
+      for (let j = i + 1; j < inOrder.length; j++) if (inOrder[j]! < inOrder[i]! - 50) reach = Math.max(reach, j - i);
+    }
+    // A task over the limit is put back once, for its reserved turn, and again only when a task
+    // ahead of it started late: a spinning scheduler would be far above this.
     const limited = total(summaries, 'rateLimited');
-    expect(limited).toBeLessThanOrEqual(30 * 31);
+    expect(limited).toBeLessThanOrEqual(2 * 30);
     const span = starts[29]! - starts[0]!;
     const rate = (starts.length - 1) / (span / 1000);
     const perWorker = summaries.map((s) => s.started).join('/');
@@ -42,7 +52,7 @@ describe('rate limits across processes', () => {
       `[mp-rate] [3, 2]: max ${maxSeen} starts in any 2 s window; first-to-last start ${span} ms ` +
         `(the least the limit allows is 18000 ms), achieved ${rate.toFixed(3)} starts/s over that span ` +
         `(1.5/s sustained limit); starts per worker process ${perWorker}; ` +
-        `${limited} rate-limited reschedules; all 30 done ${elapsed} ms after dispatch`,
+        `${limited} rate-limited reschedules; furthest overtaking ${reach} places; all 30 done ${elapsed} ms after dispatch`,
     );
   });
 

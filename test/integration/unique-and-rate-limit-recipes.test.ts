@@ -70,6 +70,14 @@ class ReadmeAmazon {
   }
 }
 
+// celery-heimdall's own upstream test of the limiter: [2, period], four tasks sent in order.
+class UpstreamLimited {
+  @Task({ rateLimit: [2, 1] })
+  async limited(n: number): Promise<number> {
+    return n;
+  }
+}
+
 // README: RateLimit(lambda args: (1, 30) if args[0] == 10 else (2, 30)), key f'customer_{args[0]}'
 class ReadmeAmazonPerCustomer {
   @Task({
@@ -266,16 +274,41 @@ describe('unique tasks and rate limits, recipe by recipe (the celery-heimdall RE
     expect(late.id).toBe(handles[2]!.id);
     expect(late.name).toBe('ReadmeAmazon.downloadReportFromAmazon');
     expect(late.args).toEqual([3]);
-    // Due when the first start leaves the 60 s window (plus at most 1 s of jitter).
-    expect(late.delayMs).toBeGreaterThan(50_000);
-    expect(late.delayMs).toBeLessThanOrEqual(61_000);
+    // Its turn is reserved in the window: due when the first start leaves the 60 s window.
+    expect(late.delayMs).toBeGreaterThan(59_000);
+    expect(late.delayMs).toBeLessThanOrEqual(60_000);
     // It waits in the delayed set, not counted as an attempt, and stays PENDING.
     expect(await handles[2]!.status()).toBe('PENDING');
     expect((await handles[2]!.info()).attempts).toBe(0);
     expect(await h.admin.zscore(h.queueKey('delayed'), late.id)).toBe(String((await handles[2]!.info()).dueAt!.getTime()));
-    expect(await h.admin.zcard(h.queueKeys().rate('ReadmeAmazon.downloadReportFromAmazon', undefined))).toBe(2);
+    // The window: the two starts, and the third task's turn at its due time.
+    const window = await h.admin.zrange(h.queueKeys().rate('ReadmeAmazon.downloadReportFromAmazon', undefined), 0, -1, 'WITHSCORES');
+    const firstStart = Math.min(...(await Promise.all(handles.slice(0, 2).map(async (r) => (await r.info()).startedAt!.getTime()))));
+    expect(window.slice(4)).toEqual([`${late.id}:1`, String(firstStart + 60_000)]);
+    expect(window.slice(0, 4).filter((_, i) => i % 2 === 0).sort()).toEqual([`${handles[0]!.id}:1`, `${handles[1]!.id}:1`].sort());
     expect(await Promise.all(handles.slice(0, 2).map((r) => r.get({ timeout: 5 })))).toEqual([1, 2]);
     expect(started).toHaveLength(2);
+  });
+
+  it('upstream: of four tasks sent behind [2, 1 s], the 3rd and 4th are the two that run in the second window, in the order sent', async () => {
+    const h = fresh();
+    const ref = h.dispatcher().tasks(UpstreamLimited).limited;
+    const sent = [];
+    for (const n of [1, 2, 3, 4]) sent.push(await ref.delay(n));
+    const worker = h.worker({ services: [new UpstreamLimited()], concurrency: 4 });
+    const { rateLimited: limited } = recordEvents(worker);
+    await worker.start();
+    expect(await Promise.all(sent.map((r) => r.get({ timeout: 10 })))).toEqual([1, 2, 3, 4]);
+    await worker.close();
+    const st = (await Promise.all(sent.map((r) => r.info()))).map((i) => i.startedAt!.getTime());
+    // The first two at once; the 3rd when the 1st start leaves the window, the 4th when the 2nd
+    // does: each exactly one period after, on the Redis clock (no jitter, no overtaking).
+    expect(st[2]! - st[0]!).toBeGreaterThanOrEqual(1000);
+    expect(st[3]! - st[1]!).toBeGreaterThanOrEqual(1000);
+    expect(st[2]! - st[0]!).toBeLessThan(1500);
+    expect(st[3]).toBeGreaterThanOrEqual(st[2]!);
+    // Each over-limit task was put back once, for its turn: no rescheduling again and again.
+    expect(limited.map((e) => e.args[0])).toEqual([3, 4]);
   });
 
   it('dynamic rate limit per customer key: customer 10 gets [1, 30], customer 11 gets [2, 30]', async () => {
@@ -301,12 +334,14 @@ describe('unique tasks and rate limits, recipe by recipe (the celery-heimdall RE
     expect(limited.map((e) => e.args[0]).sort()).toEqual([10, 11]);
     expect(limited.map((e) => e.id).sort()).toEqual([ten[1]!.id, eleven[2]!.id].sort());
     for (const e of limited) {
-      expect(e.delayMs).toBeGreaterThan(20_000);
-      expect(e.delayMs).toBeLessThanOrEqual(31_000);
+      expect(e.delayMs).toBeGreaterThan(29_000);
+      expect(e.delayMs).toBeLessThanOrEqual(30_000);
     }
+    // Each window: its starts, and the turn reserved for the task that waits.
     const rate = h.queueKeys().rate('ReadmeAmazonPerCustomer.downloadReportFromAmazon', undefined);
-    expect(await h.admin.zcard(`${rate}:customer_10`)).toBe(1);
-    expect(await h.admin.zcard(`${rate}:customer_11`)).toBe(2);
+    expect(await h.admin.zcard(`${rate}:customer_10`)).toBe(2);
+    expect(await h.admin.zcard(`${rate}:customer_11`)).toBe(3);
+    expect(await h.admin.zscore(`${rate}:customer_10`, `${ten[1]!.id}:1`)).toBe(String((await ten[1]!.info()).dueAt!.getTime()));
     expect(await ten[1]!.status()).toBe('PENDING');
     expect(await eleven[2]!.status()).toBe('PENDING');
   });

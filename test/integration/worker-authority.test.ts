@@ -70,16 +70,23 @@ describe('the worker applies its own unique and rate-limit options to messages s
     const waiting = infos.filter((i) => i.state === 'PENDING');
     expect(done).toHaveLength(1);
     expect(waiting).toHaveLength(2);
-    for (const w of waiting) {
-      expect(w.attempts).toBe(0);
-      // Due when the start of the first leaves its 60-s window (plus at most 1 s of jitter).
-      expect(w.dueAt!.getTime() - done[0]!.startedAt!.getTime()).toBeGreaterThanOrEqual(60_000);
-      expect(w.dueAt!.getTime() - done[0]!.startedAt!.getTime()).toBeLessThanOrEqual(61_001);
-    }
+    // Each waits for its turn, reserved in the window: the first slot to free (when the start
+    // leaves the 60-s window), and the one after it, on the Redis clock, with no jitter.
+    for (const w of waiting) expect(w.attempts).toBe(0);
     const starts = await readStarts(h);
     expect(starts.map((e) => e.id)).toEqual([done[0]!.id]);
-    // The window the worker used: the task's own key, holding the one start.
-    expect(await h.admin.zcard(h.queueKeys().rate('AuthorityService.limited', undefined))).toBe(1);
+    // The window the worker used: the task's own key, holding the one start (counted when the
+    // worker admitted it, just after the fetch started it) and the two turns.
+    const window = h.queueKeys().rate('AuthorityService.limited', undefined);
+    const counted = Number(await h.admin.zscore(window, `${done[0]!.id}:1`));
+    expect(counted - done[0]!.startedAt!.getTime()).toBeGreaterThanOrEqual(0);
+    expect(counted - done[0]!.startedAt!.getTime()).toBeLessThan(5_000);
+    const turns = waiting.sort((a, b) => a.dueAt!.getTime() - b.dueAt!.getTime());
+    expect(turns.map((w) => w.dueAt!.getTime() - counted)).toEqual([60_000, 120_000]);
+    expect(await h.admin.zrange(window, 0, -1, 'WITHSCORES')).toEqual([
+      `${done[0]!.id}:1`, String(counted),
+      ...turns.flatMap((w) => [`${w.id}:1`, String(w.dueAt!.getTime())]),
+    ]);
     const summaries = await stopWorkerProcesses(workers);
     expect(summaries.reduce((n, s) => n + s.rateLimited, 0)).toBeGreaterThanOrEqual(2);
     reportFigures('by-name [1, 60]', { sent: 3, started: starts.length, rescheduled: 2 });

@@ -22,6 +22,7 @@ import { toRemoteError } from '../worker/remote-error.js';
 import { abortRun, safeArgs, type Run, type RunOwner } from '../worker/run.js';
 import { ServiceDirectory } from '../worker/services.js';
 import type { WorkerEvents } from '../worker/worker-options.js';
+import { admitRate, type RateWindow } from './rate-window.js';
 
 /** The worker id inline runs are recorded under (the record's `worker`). */
 export const INLINE_WORKER_ID = 'inline';
@@ -92,7 +93,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   private readonly feed = new MemoryEventFeed();
   private readonly entries = new Map<string, Entry>();
   private readonly locks = new Map<string, Lock>();
-  private readonly windows = new Map<string, number[]>();
+  private readonly windows = new Map<string, RateWindow>();
   private readonly watchers = new Map<string, Set<() => void>>();
   /** Called on every change of any task (drain waits on it). */
   private readonly changed = new Set<() => void>();
@@ -467,15 +468,15 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     if (rateKey !== undefined) {
       const limit = Number(r[FIELDS.rateLimit]);
       const periodMs = Number(r[FIELDS.ratePeriod]);
-      const starts = (this.windows.get(rateKey) ?? []).filter((t) => t > now - periodMs);
-      this.windows.set(rateKey, starts);
-      if (starts.length >= limit) {
-        const delayMs = Math.max(1, starts[0]! + periodMs - now);
+      let window = this.windows.get(rateKey);
+      if (!window) this.windows.set(rateKey, (window = new Map()));
+      const member = `${entry.id}:${Number(r[FIELDS.attempts] ?? 0) + 1}`;
+      const delayMs = admitRate(window, member, limit, periodMs, now);
+      if (delayMs !== undefined) {
         this.emit('rateLimited', { id: entry.id, name: r[FIELDS.name] ?? '', queue: entry.keys.queue, args: safeArgs(r[FIELDS.args] ?? ''), delayMs });
         this.schedule(entry, now + delayMs, now);
         return;
       }
-      starts.push(now);
     }
     const name = r[FIELDS.name] ?? '';
     const def = this.services.taskNamed(name);

@@ -7,6 +7,7 @@
 -- @include "move-to-wait"
 -- @include "events"
 -- @include "declared"
+-- @include "rate-window"
 -- Starts up to `want` tasks, touching only keys the call declares. A task's record, lock and
 -- rate window can be declared only by a caller that knows its id and its record's `lk` and `rk`
 -- before the call, so a task reaches STARTED in one of two ways:
@@ -32,8 +33,8 @@
 --   * past its `expires` time: REVOKED with reason 'expired';
 --   * unique: if its lock lapsed and nobody took it, it takes it again; if another task
 --     holds it now, it ends REVOKED with reason 'duplicate' and does not run;
---   * rate limit: the rolling window is trimmed on the Redis clock; if full, the task goes
---     back to the delayed set, due when a slot frees plus jitter, and stays PENDING;
+--   * rate limit: counted in its rolling window on the Redis clock (includes/rate-window.lua);
+--     if full, its turn is reserved and it waits in the delayed set, due then, still PENDING;
 --   * otherwise it starts: state STARTED, attempts + 1, a new run token, a lease in the active set.
 -- Ids are read from the tail of the wait list (LRANGE), not popped: while the call works, every
 -- id it looks at is still in the list, so a call that fails half way (a command Redis refuses
@@ -101,14 +102,11 @@ local function settleTail(waitKey, examined, stays)
 end
 
 -- `K`: { wait = , delayed = , active = , claimed = } keys of the queue. `seed` (a random whole
--- number, as text) seeds the jitter of rate-limited tasks (seeding costs more than the rest of a
--- typical call, so it is done only when a task is rate-limited) and is the run token of every
--- task this call starts: a task is started at most once per call, and tokens are compared per
+-- number, as text) is the run token of every task this call starts: a task is started at most once per call, and tokens are compared per
 -- task. `order` lists the ids of `cands` in the order the caller gave them. `outcomes` goes into
 -- the reply as it is.
 local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed, outcomes, cands, order, claimMs, peekCount)
   local waitKey, delayedKey, activeKey, claimedKey = K.wait, K.delayed, K.active, K.claimed
-  local seeded = false
   local problems = {}
   local started, limited, revoked, claims, lapsed, peek = {}, {}, {}, {}, {}, {}
   local count = 0
@@ -202,33 +200,24 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     end
     local attempt = (tonumber(attempts) or 0) + 1
     if rateKey then
-      local trimmed = redis.pcall('ZREMRANGEBYSCORE', rateKey, '-inf', now - period)
-      if type(trimmed) == 'table' then
-        if isRefusal(trimmed) then error(trimmed) end
+      local member = id .. ':' .. attempt
+      local verdict, detail = admitRate(rateKey, member, limit, period, now)
+      if verdict == 'bad' then
+        if isRefusal(detail) then error(detail) end
         failMalformed(base, id, 'its rate window key holds a value of the wrong type', now, expireMs, lock)
         return
       end
-      local inWindow = redis.call('ZCARD', rateKey)
-      if inWindow >= limit then
-        -- A slot frees when the start `limit` places back leaves the window.
-        local freeing = redis.call('ZRANGE', rateKey, inWindow - limit, inWindow - limit, 'WITHSCORES')
-        local jitterMax = math.max(1, math.floor(math.min(1000, period / 10)))
-        if not seeded then
-          math.randomseed(tonumber(seed))
-          seeded = true
-        end
-        local delay = tonumber(freeing[2]) + period - now + math.random(0, jitterMax)
-        redis.call('ZADD', delayedKey, now + delay, id)
+      counted = { rateKey, member }
+      if verdict == 'wait' then
+        -- Its slot in the window is reserved; it waits for it in the delayed set, due then.
+        redis.call('ZADD', delayedKey, now + detail, id)
         placed = true
-        redis.call('HSET', key, 'd', now + delay)
+        redis.call('HSET', key, 'd', now + detail)
         table.insert(limited, id); table.insert(limited, name); table.insert(limited, args)
-        table.insert(limited, delay)
-        noteEvent('rate-limited', id, 'n', name, 'dl', delay)
+        table.insert(limited, detail)
+        noteEvent('rate-limited', id, 'n', name, 'dl', detail)
         return
       end
-      counted = { rateKey, id .. ':' .. attempt }
-      redis.call('ZADD', rateKey, now, counted[2])
-      redis.call('PEXPIRE', rateKey, period)
     end
     -- The lease first: should the record not be written, the id is still in a place.
     redis.call('ZADD', activeKey, now + leaseMs, id)
