@@ -404,11 +404,12 @@ async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Pr
     } else if (what === 'limits') {
       const windows = (await Promise.all(queues.map((q) => inspector.rateWindows(q, { limit })))).flat();
       return [
-        listing(windows, 'no rate windows in use', ['QUEUE', 'TASK', 'WINDOW', 'STARTS', 'NEXT SLOT', 'WAITING'], (w) => [
+        listing(windows, 'no rate windows in use', ['QUEUE', 'TASK', 'WINDOW', 'STARTS', 'TURNS', 'NEXT SLOT', 'WAITING'], (w) => [
           w.queue,
           w.task ?? '?',
           w.key.slice(w.key.indexOf('}:rate:') + 7),
           `${w.starts}/${w.limit ?? '?'} per ${ms(w.periodMs)}`,
+          String(w.turns),
           w.nextFreeInMs === undefined ? '?' : w.nextFreeInMs === 0 ? 'free now' : `in ${ms(w.nextFreeInMs)}`,
           String(w.waiting),
         ]),

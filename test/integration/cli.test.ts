@@ -67,8 +67,8 @@ describe('heimdall', () => {
     expect(queues.stdout).toMatch(/cli-reports\s+0\s+1\s+0\s+1\s+0\s+1\s+-\s+0\.0[12]\s+0\n/);
 
     const limitsText = await heimdall(env, 'inspect', 'limits', '--queue', 'cli-reports');
-    expect(limitsText.stdout).toMatch(/QUEUE\s+TASK\s+WINDOW\s+STARTS\s+NEXT SLOT\s+WAITING/);
-    expect(limitsText.stdout).toMatch(/cli-reports\s+Reports\.notify\s+Reports\.notify\s+1\/1 per 60\.0 s\s+in [\d.]+ s\s+1\n/);
+    expect(limitsText.stdout).toMatch(/QUEUE\s+TASK\s+WINDOW\s+STARTS\s+TURNS\s+NEXT SLOT\s+WAITING/);
+    expect(limitsText.stdout).toMatch(/cli-reports\s+Reports\.notify\s+Reports\.notify\s+1\/1 per 60\.0 s\s+1\s+in [\d.]+ s\s+1\n/);
 
     const locks = await heimdall(env, 'inspect', 'locks', '--queue', 'cli-reports');
     expect(locks.code, locks.stderr).toBe(0);

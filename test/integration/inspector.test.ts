@@ -97,7 +97,9 @@ describe('Inspector', () => {
     expect(lock!.ttlMs).toBeGreaterThan(3_000_000); // the default uniqueTimeout, one hour
 
     const [window] = await inspector.rateWindows('inspected');
-    expect(window).toMatchObject({ task: 'InspectedService.limited', limit: 1, periodMs: 60_000, starts: 1 });
+    expect(window).toMatchObject({ task: 'InspectedService.limited', limit: 1, periodMs: 60_000, starts: 1, turns: 1 });
+    // A task sent now would queue behind the waiting one's turn: two periods from the first start.
+    expect(window!.nextFreeInMs).toBeGreaterThan(110_000);
     expect(window!.nextFreeInMs).toBeGreaterThan(50_000);
     // The second limited task waits in the delayed set on this window.
     expect(window!.waiting).toBe(1);

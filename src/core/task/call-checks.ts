@@ -2,7 +2,7 @@ import { ConfigError } from '../errors.js';
 import { describe } from './durations.js';
 import { hashArgs, type QueueKeys } from '../protocol/queue-keys.js';
 import { canonicalJson } from './serialization.js';
-import { normalizeRateLimit, type NormalizedTaskOptions } from './task-options.js';
+import { normalizeRateLimit, type KeyOf, type NormalizedTaskOptions } from './task-options.js';
 
 /** The unique lock one call of a task takes. */
 export interface LockCheck {
@@ -35,10 +35,9 @@ export function callChecks(
 ): { lock: LockCheck | undefined; rate: RateCheck | undefined } {
   const needLock = want.lock && opts.unique;
   const needRate = want.rate && opts.rateLimit !== undefined;
-  const key = (needLock || needRate) && opts.key ? callKey(name, opts, args) : undefined;
   let lock: LockCheck | undefined;
   if (needLock) {
-    lock = { key: keys.lock(name, key ?? defaultUniqueKey(argsJson)), ttlMs: opts.uniqueTimeoutMs, waitForExpiry: opts.uniqueWaitForExpiry };
+    lock = { key: keys.lock(name, uniqueKey(name, opts, args, argsJson)), ttlMs: opts.uniqueTimeoutMs, waitForExpiry: opts.uniqueWaitForExpiry };
   }
   let rate: RateCheck | undefined;
   if (needRate) {
@@ -46,20 +45,21 @@ export function callChecks(
       typeof opts.rateLimit === 'function'
         ? normalizeRateLimit(opts.rateLimit(args), `rateLimit of ${name} for args ${argsJson}`)
         : opts.rateLimit!;
+    const key = opts.rateKey ? callKey(name, 'rateKey', opts.rateKey, args) : undefined;
     rate = { key: keys.rate(name, key), limit: rl.limit, periodMs: rl.periodMs };
   }
   return { lock, rate };
 }
 
-/** The unique key of a call: `key(args)`, or the hash of the arguments. */
+/** The unique key of a call: `uniqueKey` (or `key`) of the arguments, or their hash. */
 export function uniqueKey(name: string, opts: NormalizedTaskOptions, args: readonly unknown[], argsJson: string): string {
-  return opts.key ? callKey(name, opts, args) : defaultUniqueKey(argsJson);
+  return opts.uniqueKey ? callKey(name, 'uniqueKey', opts.uniqueKey, args) : defaultUniqueKey(argsJson);
 }
 
-function callKey(name: string, opts: NormalizedTaskOptions, args: readonly unknown[]): string {
-  const key = opts.key!(args);
+function callKey(name: string, what: string, fn: KeyOf, args: readonly unknown[]): string {
+  const key = fn(args);
   if (typeof key !== 'string' || key === '') {
-    throw new ConfigError(`key function of ${name} must return a non-empty string, got ${describe(key)}`);
+    throw new ConfigError(`${what} of ${name} must be a non-empty string, got ${describe(key)}`);
   }
   return key;
 }

@@ -5,6 +5,12 @@ import { DEFAULT_QUEUE, validateName } from '../protocol/queue-keys.js';
 /** `[n, period]`: at most `n` starts in any rolling window of `period` (seconds, or an `ms` string). */
 export type RateLimit = readonly [limit: number, period: Duration];
 
+/** A key of `@Task` options: one string for every call, or one computed from the call's arguments. */
+export type TaskKey<A extends readonly unknown[] = unknown[]> = string | ((args: A) => string);
+
+/** A key option after validation: always a function of the arguments. */
+export type KeyOf = (args: readonly unknown[]) => string;
+
 /** An error class, for `retries.on`. */
 export type ErrorClass = abstract new (...args: never) => Error;
 
@@ -44,10 +50,23 @@ export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
   /** Keep the lock after the task ends, until it lapses: "at most once per `uniqueTimeout`". Default: `false`. */
   uniqueWaitForExpiry?: boolean;
   /**
-   * The unique key and the rate-limit bucket, scoped by task name, from the call's arguments.
-   * Default: a hash of the arguments (unique) and the task itself (rate limit).
+   * The unique key and the rate-limit bucket, scoped by task name: a string (one key for every
+   * call) or a function of the call's arguments. Shorthand for `uniqueKey` and `rateKey` both;
+   * either of those, when given, wins for its own use. Default: a hash of the arguments (unique)
+   * and the task itself (rate limit).
    */
-  key?: (args: A) => string;
+  key?: TaskKey<A>;
+  /**
+   * The unique lock's key, scoped by task name: a string or a function of the arguments. Two
+   * calls with the same key are duplicates. Default: `key`, else a hash of the arguments
+   * (whatever their object key order).
+   */
+  uniqueKey?: TaskKey<A>;
+  /**
+   * The rate-limit bucket, scoped by task name: a string or a function of the arguments. Calls
+   * with the same key share one window. Default: `key`, else one window for the task.
+   */
+  rateKey?: TaskKey<A>;
   /**
    * At most `n` starts in any rolling window of `period`, across all workers, on the Redis
    * clock. A function is evaluated at dispatch, per call. Default: no limit.
@@ -91,7 +110,10 @@ export interface NormalizedTaskOptions {
   uniqueTimeoutMs: number;
   uniqueRaises: boolean;
   uniqueWaitForExpiry: boolean;
-  key: ((args: readonly unknown[]) => string) | undefined;
+  /** The unique lock's key (`uniqueKey`, else `key`); undefined: the hash of the arguments. */
+  uniqueKey: KeyOf | undefined;
+  /** The rate window's key (`rateKey`, else `key`); undefined: one window for the task. */
+  rateKey: KeyOf | undefined;
   rateLimit: RateLimitMs | ((args: readonly unknown[]) => RateLimit) | undefined;
   resultExpiresMs: number | undefined;
   retries: NormalizedRetries | undefined;
@@ -127,6 +149,8 @@ const KNOWN = new Set([
   'uniqueRaises',
   'uniqueWaitForExpiry',
   'key',
+  'uniqueKey',
+  'rateKey',
   'rateLimit',
   'resultExpires',
   'retries',
@@ -191,6 +215,14 @@ export function normalizeRateLimit(value: unknown, where: string): RateLimitMs {
   return { limit, periodMs: toMillis(period as Duration, `${where}: period`) };
 }
 
+/** Checks a key option: a non-empty string (the same key for every call) or a function. */
+function keyOption(value: unknown, where: string): KeyOf | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value === 'function') return value as KeyOf;
+  if (typeof value === 'string' && value !== '') return () => value;
+  throw new ConfigError(`${where} must be a non-empty string or a function (args) => string, got ${describe(value)}`);
+}
+
 /** Validates `@Task` options; throws ConfigError naming the option and what was wrong. */
 export function normalizeTaskOptions(options: unknown, where: string): NormalizedTaskOptions {
   if (options === undefined) options = {};
@@ -220,11 +252,16 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
       if (o[k] !== undefined) throw new ConfigError(`${where}: ${k} only applies to unique tasks; add unique: true`);
     }
   }
-  if (o.key !== undefined && typeof o.key !== 'function') {
-    throw new ConfigError(`${where}: key must be a function (args) => string, got ${describe(o.key)}`);
-  }
-  if (o.key !== undefined && !unique && o.rateLimit === undefined) {
+  const key = keyOption(o.key, `${where}: key`);
+  const uniqueKeyFn = keyOption(o.uniqueKey, `${where}: uniqueKey`);
+  const rateKeyFn = keyOption(o.rateKey, `${where}: rateKey`);
+  if (key && !unique && o.rateLimit === undefined) {
     throw new ConfigError(`${where}: key is used by unique and rateLimit; set one of them`);
+  }
+  if (uniqueKeyFn && !unique) throw new ConfigError(`${where}: uniqueKey only applies to unique tasks; add unique: true`);
+  if (rateKeyFn && o.rateLimit === undefined) throw new ConfigError(`${where}: rateKey only applies with rateLimit; set rateLimit`);
+  if (key && uniqueKeyFn && rateKeyFn) {
+    throw new ConfigError(`${where}: key is not used when both uniqueKey and rateKey are given; drop it`);
   }
   let rateLimit: NormalizedTaskOptions['rateLimit'];
   if (typeof o.rateLimit === 'function') rateLimit = o.rateLimit as (args: readonly unknown[]) => RateLimit;
@@ -244,7 +281,8 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
     uniqueTimeoutMs,
     uniqueRaises,
     uniqueWaitForExpiry,
-    key: o.key as NormalizedTaskOptions['key'],
+    uniqueKey: unique ? (uniqueKeyFn ?? key) : undefined,
+    rateKey: o.rateLimit === undefined ? undefined : (rateKeyFn ?? key),
     rateLimit,
     resultExpiresMs,
   };
