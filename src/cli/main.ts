@@ -680,6 +680,8 @@ function eventLine(e: QueueEvent): string {
         return `${e.dueAt !== undefined ? `due ${new Date(e.dueAt).toISOString()}` : ''}${e.origin ? ` (from the ${e.origin}s)` : ''}`.trim();
       case 'lock-released':
         return e.lockKey;
+      case 'lock-extended':
+        return `${e.lockKey} for ${ms(e.ttlMs)}`;
       case 'deduplicated':
         return 'holds the lock; nothing sent';
     }

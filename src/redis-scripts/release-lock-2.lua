@@ -10,15 +10,17 @@
   ARGV[1] the holder's task id, as the operator saw it
   ARGV[2] key base          <prefix>:{<queue>}:
   ARGV[3] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
+  ARGV[4] '1': forced, released whoever holds it (ARGV[1] is then not checked); absent or '':
+          only if ARGV[1] holds it
 
-  Returns {code, holder}: 1 released; 0 no such lock (it ended or lapsed); 2 held by another task
-  now (its id given), left alone.
+  Returns {code, holder}: 1 released (the holder it had given); 0 no such lock (it ended or
+  lapsed); 2 held by another task now (its id given), left alone.
 ]]
 -- @include "events"
 
 local holder = redis.call('GET', KEYS[1])
 if not holder then return {0, ''} end
-if holder ~= ARGV[1] then return {2, holder} end
+if holder ~= ARGV[1] and ARGV[4] ~= '1' then return {2, holder} end
 redis.call('DEL', KEYS[1])
 -- Logged as an event of the holder: an operator let its lock go while it may still run.
 useEvents(ARGV[3], nil, KEYS[2])

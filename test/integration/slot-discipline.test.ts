@@ -40,6 +40,7 @@ class SlotService {
   @Task()
   async ok(n: number): Promise<number> {
     currentTask().progress(0.5, 'half way');
+    await currentTask().onlyAfter('refresh', 1);
     return n;
   }
 
@@ -246,7 +247,7 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
  * The public API's paths, with one worker on the queue: enqueue, fetch (start, finish as
  * SUCCESS, RETRY, FAILURE, a duplicate, the rate limit), progress, heartbeat and declare (start,
  * tick, close), lease renewals, admission, hand-back to failure and its dead letter, retry and
- * drop of dead letters, lock release, revoke (queued, running with terminate), forget, purge,
+ * drop of dead letters, onlyAfter, lock extension and release, revoke (queued, running with terminate), forget, purge,
  * requeue at close.
  */
 async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher: Dispatcher, checker: SlotChecker, declined: TaskResult<number>): Promise<void> {
@@ -274,6 +275,7 @@ async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher
     await waitFor(() => ev.started.some((e) => e.id === holder.id), { what: 'the unique task to start' });
     expect((await tasks.single.applyAsync(['a'], { queue })).duplicate).toBe(true);
     const lock = (await inspector.locks(queue)).find((l) => l.holder === holder.id);
+    expect(await inspector.extendLock(lock!.key, holder.id, '1h')).toEqual({ extended: true, ttlMs: 3_600_000 });
     expect(await inspector.releaseLock(lock!.key, holder.id)).toEqual({ released: true });
     // Revoked with terminate while running.
     await holder.revoke({ terminate: true });

@@ -73,7 +73,8 @@ interface EventBase {
  * - `recovered`: its worker (`worker`) stopped renewing the lease; it went back to the queue;
  * - `handed-back`: a worker gave it back without running it (closing, or not running the task);
  * - `dead-lettered`: kept in the dead-letter list for `reason`;
- * - `lock-released`: an operator released the unique lock `lockKey` it held.
+ * - `lock-released`: an operator released the unique lock `lockKey` it held;
+ * - `lock-extended`: the unique lock `lockKey` it holds was given `ttlMs` from now (by the task, or an operator).
  */
 export type QueueEvent =
   | (EventBase & { type: 'queued'; dueAt?: number; origin?: 'dead-letter' })
@@ -88,7 +89,8 @@ export type QueueEvent =
   | (EventBase & { type: 'recovered'; worker?: string })
   | (EventBase & { type: 'handed-back'; worker?: string; delayMs?: number })
   | (EventBase & { type: 'dead-lettered'; reason: string })
-  | (EventBase & { type: 'lock-released'; lockKey: string });
+  | (EventBase & { type: 'lock-released'; lockKey: string })
+  | (EventBase & { type: 'lock-extended'; lockKey: string; ttlMs: number });
 
 /** The type of an event. */
 export type QueueEventType = QueueEvent['type'];
@@ -108,6 +110,7 @@ export const EVENT_TYPES: readonly QueueEventType[] = [
   'handed-back',
   'dead-lettered',
   'lock-released',
+  'lock-extended',
 ];
 const TYPES = new Set<string>(EVENT_TYPES);
 
@@ -201,5 +204,7 @@ function buildEvent(type: QueueEventType, base: EventBase, d: Map<string, string
       return { ...base, type, reason: d.get('r') ?? '' };
     case 'lock-released':
       return { ...base, type, lockKey: d.get('k') ?? '' };
+    case 'lock-extended':
+      return { ...base, type, lockKey: d.get('k') ?? '', ttlMs: num(d.get('lt')) ?? 0 };
   }
 }

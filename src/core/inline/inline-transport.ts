@@ -12,7 +12,7 @@ import { FINAL_STATES, type RevokeReason, type TaskState } from '../protocol/tas
 import type { PreparedCall } from '../producer/prepare-call.js';
 import type { Watch } from '../producer/result-waiter.js';
 import type { ResultBackend } from '../producer/task-result.js';
-import type { DispatchTransport } from '../producer/transport.js';
+import type { DispatchTransport, HeldLock } from '../producer/transport.js';
 import type { PingReply, WorkerInfo } from '../protocol/worker-info.js';
 import type { Constructor } from '../task/registry.js';
 import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
@@ -94,6 +94,8 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   private readonly entries = new Map<string, Entry>();
   private readonly locks = new Map<string, Lock>();
   private readonly windows = new Map<string, RateWindow>();
+  /** onlyAfter keys: when each lapses (ms). */
+  private readonly afterKeys = new Map<string, number>();
   private readonly watchers = new Map<string, Set<() => void>>();
   /** Called on every change of any task (drain waits on it). */
   private readonly changed = new Set<() => void>();
@@ -129,6 +131,23 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
           entry.record[FIELDS.progress] = json;
           this.notifyChange();
         }
+      },
+      lockOf: (run) => this.entries.get(run.runner.keys.task(run.task.id))?.record[FIELDS.lockKey],
+      extendLock: (run, lockKey, ttlMs) => {
+        // As extend-lock-2.lua: only while this task holds it.
+        const held = this.heldLock(lockKey, Date.now());
+        if (!held || held.holder !== run.task.id) return Promise.resolve(false);
+        held.expiresAt = Date.now() + ttlMs;
+        return Promise.resolve(true);
+      },
+      onlyAfter: (run, key, intervalMs) => {
+        // As only-after-1.lua: the first caller takes the key for the interval.
+        const afterKey = run.runner.keys.after(key);
+        const now = Date.now();
+        const taken = this.afterKeys.get(afterKey);
+        if (taken !== undefined && taken > now) return Promise.resolve(false);
+        this.afterKeys.set(afterKey, now + intervalMs);
+        return Promise.resolve(true);
       },
     };
   }
@@ -181,7 +200,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     }
     const { lockKey, lockTtlMs } = p.task;
     if (lockKey !== '') {
-      const held = this.lockOf(lockKey, now);
+      const held = this.heldLock(lockKey, now);
       if (held) {
         this.feed.push({ type: 'deduplicated', id: held.holder, name: p.name, queue: p.keys.queue }, now);
         return Promise.resolve({ code: ENQUEUE_CODES.duplicate, detail: held.holder, pttlMs: held.expiresAt - now });
@@ -218,8 +237,10 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     return this.feed.iterate(queues.map((k) => k.queue), since, signal);
   }
 
-  lockHolder(_keys: QueueKeys, lockKey: string): Promise<string | null> {
-    return Promise.resolve(this.lockOf(lockKey, Date.now())?.holder ?? null);
+  lockOf(_keys: QueueKeys, lockKey: string): Promise<HeldLock | null> {
+    const now = Date.now();
+    const held = this.heldLock(lockKey, now);
+    return Promise.resolve(held ? { holder: held.holder, ttlMs: held.expiresAt - now } : null);
   }
 
   // ---- reading and changing tasks (TaskResult) ----
@@ -391,7 +412,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
 
   // ---- running ----
 
-  private lockOf(lockKey: string, now: number): Lock | undefined {
+  private heldLock(lockKey: string, now: number): Lock | undefined {
     const lock = this.locks.get(lockKey);
     if (lock && lock.expiresAt <= now) {
       this.locks.delete(lockKey);
@@ -453,7 +474,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     }
     const lockKey = r[FIELDS.lockKey];
     if (lockKey !== undefined) {
-      const held = this.lockOf(lockKey, now);
+      const held = this.heldLock(lockKey, now);
       if (held && held.holder !== entry.id) {
         // Another task took the lock after this one's lapsed: this one ends, the lock stays.
         delete r[FIELDS.lockKey];

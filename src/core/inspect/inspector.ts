@@ -4,13 +4,14 @@ import { eventsSettings, type EventsOptions } from '../events/queue-events.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, KEY_NAMES, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { escapeGlob, scanKeys } from '../protocol/scan.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
-import { actOnDeadLetter, releaseLock, type LockRelease } from '../protocol/scripts.js';
+import { actOnDeadLetter, extendLock, releaseLock, type LockExtension, type LockRelease } from '../protocol/scripts.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import type { TaskState } from '../protocol/task-record.js';
 import type { ConnectionOptions } from '../producer/dispatcher.js';
 import { registeredTasks } from '../task/registry.js';
 import { purge } from '../protocol/scripts.js';
-import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
+import { DEFAULT_RESULT_EXPIRES_MS, lockLifetime } from '../task/task-options.js';
+import type { Duration } from '../task/durations.js';
 
 /** How many keys or entries one listing reads at most, unless told otherwise. */
 const DEFAULT_LIMIT = 100;
@@ -322,18 +323,40 @@ export class Inspector {
 
   /**
    * Releases a unique lock on purpose, only if `holder` still holds it (so a lock another task
-   * took meanwhile is left alone). The holder keeps running. `key`: the whole key, as `locks()`
-   * lists it.
+   * took meanwhile is left alone), or whoever holds it with `{ force: true }` (the answer then
+   * names the holder it had). The holder keeps running. `key`: the whole key, as `locks()` or
+   * `TaskRef.lock()` give it.
    */
-  async releaseLock(key: string, holder: string): Promise<LockRelease> {
-    if (typeof key !== 'string' || !key.startsWith(`${this.prefix}:{`) || !key.includes(`}:${KEY_NAMES.lock}`)) {
-      throw new ConfigError(`releaseLock() takes a lock key of this prefix, as locks() lists it, got ${JSON.stringify(key)}`);
+  async releaseLock(key: string, holder: string | { force: true }): Promise<LockRelease> {
+    const k = this.queueOfLock(key, 'releaseLock()');
+    const forced = typeof holder === 'object' && holder !== null && (holder as { force?: unknown }).force === true;
+    if (!forced && (typeof holder !== 'string' || holder === '')) {
+      throw new ConfigError('releaseLock() needs the holder id the lock is expected to have, or { force: true } to release it whoever holds it');
     }
-    if (typeof holder !== 'string' || holder === '') throw new ConfigError('releaseLock() needs the holder id the lock is expected to have');
+    return redisCall(`releasing lock ${key}`, () => releaseLock(this.scripts, k, key, forced ? { force: true } : (holder as string), this.eventsCap));
+  }
+
+  /**
+   * Gives a unique lock `duration` (seconds or an `ms` string) from now on the Redis clock, only
+   * if `holder` still holds it: for a task that will run longer than its `uniqueTimeout`. The
+   * lifetime is set, not added to (a shorter one shortens it). `key`: the whole key, as
+   * `locks()` or `TaskRef.lock()` give it.
+   */
+  async extendLock(key: string, holder: string, duration: Duration): Promise<LockExtension> {
+    const k = this.queueOfLock(key, 'extendLock()');
+    if (typeof holder !== 'string' || holder === '') throw new ConfigError('extendLock() needs the holder id the lock is expected to have');
+    const ttlMs = lockLifetime(duration, 'extendLock(): duration');
+    return redisCall(`extending lock ${key}`, () => extendLock(this.scripts, k, key, holder, ttlMs, this.eventsCap));
+  }
+
+  /** The keys of the queue a lock key of this prefix belongs to; ConfigError for any other key. */
+  private queueOfLock(key: string, what: string): QueueKeys {
+    if (typeof key !== 'string' || !key.startsWith(`${this.prefix}:{`) || !key.includes(`}:${KEY_NAMES.lock}`)) {
+      throw new ConfigError(`${what} takes a lock key of this prefix, as locks() lists it, got ${JSON.stringify(key)}`);
+    }
     const head = `${this.prefix}:{`;
     const queue = key.slice(head.length, key.indexOf(`}:${KEY_NAMES.lock}`, head.length));
-    const k = new QueueKeys(this.prefix, validateName(queue, 'queue'));
-    return redisCall(`releasing lock ${key}`, () => releaseLock(this.scripts, k, key, holder, this.eventsCap));
+    return new QueueKeys(this.prefix, validateName(queue, 'queue'));
   }
 
   /** The rate windows of a queue (found with SCAN; at most `limit`): starts in the period and when a slot frees. */

@@ -61,6 +61,16 @@ export interface PingOptions extends WorkersOptions {
   timeout?: Duration;
 }
 
+/** A unique lock as `TaskRef.lock()` finds it. */
+export interface UniqueLock {
+  /** The whole Redis key, as `Inspector.extendLock()` and `releaseLock()` take it. */
+  key: string;
+  /** The id of the task holding it. */
+  holder: string;
+  /** Milliseconds until it lapses, or null when it has no expiry. */
+  ttlMs: number | null;
+}
+
 /** The typed handle of one task of a class, from `dispatcher.tasks(Class)`. */
 export interface TaskRef<A extends readonly unknown[], R> {
   /** Registry name of the task. */
@@ -81,6 +91,12 @@ export interface TaskRef<A extends readonly unknown[], R> {
   delayMany(argsList: readonly A[], options?: Omit<ApplyOptions, 'taskId'>): Promise<TaskResult<R>[]>;
   /** The task holding the unique lock for these arguments, or null when none does (unique tasks only). */
   current(...args: A): Promise<TaskResult<R> | null>;
+  /**
+   * The unique lock these arguments map to, as held now: its whole Redis key (what
+   * `Inspector.extendLock()` and `releaseLock()` take), the holding task's id and the ms until it
+   * lapses; null when it is free (unique tasks only).
+   */
+  lock(...args: A): Promise<UniqueLock | null>;
 }
 
 /** The async methods of `T` as task handles; other members are absent, so using them does not compile. */
@@ -274,20 +290,26 @@ export class Dispatcher {
       applyAsync: (args, options) => this.enqueue(def.name, def.options, args, options ?? {}),
       delayMany: (argsList, options) => this.enqueueMany(def.name, def.options, argsList, options ?? {}),
       current: (...args) => this.current(def, args),
+      lock: (...args) => this.lock(def, args),
     };
   }
 
   private notATask(what: string): TaskRef<unknown[], unknown> {
     const fail = (): Promise<never> => Promise.reject(new NotATaskError(what));
-    return { name: what, delay: fail, applyAsync: fail, delayMany: fail, current: fail };
+    return { name: what, delay: fail, applyAsync: fail, delayMany: fail, current: fail, lock: fail };
   }
 
   private async current(def: TaskDefinition, args: readonly unknown[]): Promise<TaskResult<unknown> | null> {
+    const held = await this.lock(def, args);
+    return held === null ? null : makeTaskResult(this.transport.results, this.keys(def.options.queue), held.holder, def.name, false);
+  }
+
+  private async lock(def: TaskDefinition, args: readonly unknown[]): Promise<UniqueLock | null> {
     if (!def.options.unique) throw new ConfigError(`${def.name} is not unique, so no task holds a lock for it`);
     const keys = this.keys(def.options.queue);
-    const lockKey = keys.lock(def.name, uniqueKey(def.name, def.options, args, argsToJson(args)));
-    const holder = await this.transport.lockHolder(keys, lockKey, `reading the unique lock of ${def.name}`);
-    return holder === null ? null : makeTaskResult(this.transport.results, keys, holder, def.name, false);
+    const key = keys.lock(def.name, uniqueKey(def.name, def.options, args, argsToJson(args)));
+    const held = await this.transport.lockOf(keys, key, `reading the unique lock of ${def.name}`);
+    return held === null ? null : { key, ...held };
   }
 
   private enqueue<R>(name: string, opts: NormalizedTaskOptions | undefined, args: readonly unknown[], call: ApplyOptions): Promise<TaskResult<R>> {

@@ -14,6 +14,12 @@ import { decodeWorkerInfo, type PingReply, type PingRequest, type WorkerInfo } f
 import { EventStream } from '../events/event-stream.js';
 import type { QueueEvent } from '../events/queue-events.js';
 
+/** A unique lock as held now: the holding task's id, and ms until it lapses (null: no expiry). */
+export interface HeldLock {
+  holder: string;
+  ttlMs: number | null;
+}
+
 /**
  * Where a Dispatcher's checked calls go and its TaskResults read from: Redis (RedisTransport),
  * or in-process runs (heimdall-tasks/testing's inline mode). Everything before it (option and
@@ -28,7 +34,8 @@ export interface DispatchTransport {
   /** Sends one checked call; resolves with the enqueue script's answer for it (reply-codes.ts). */
   send(call: PreparedCall): Promise<EnqueueOutcome>;
   /** The id holding a unique lock, or null. */
-  lockHolder(keys: QueueKeys, lockKey: string, what: string): Promise<string | null>;
+  /** The holder of a unique lock and its time left (ms; null: no expiry), or null when the lock is free. */
+  lockOf(keys: QueueKeys, lockKey: string, what: string): Promise<HeldLock | null>;
   /** The live workers registered on these queues (heartbeat-3.lua), each once. */
   workers(queues: readonly QueueKeys[]): Promise<WorkerInfo[]>;
   /** Asks the workers of these queues to answer on a reply channel; resolves after `timeoutMs` with the answers. */
@@ -77,8 +84,13 @@ export class RedisTransport implements DispatchTransport, ResultBackend {
     return this.enqueuer.send(p.keys, p.task, p.bytes, `sending ${p.name}`);
   }
 
-  lockHolder(_keys: QueueKeys, lockKey: string, what: string): Promise<string | null> {
-    return redisCall(what, () => this.conn.client.get(lockKey));
+  async lockOf(_keys: QueueKeys, lockKey: string, what: string): Promise<HeldLock | null> {
+    // Sent together (no MULTI: the minimal ACL grants none); a lock that lapses between the two
+    // answers -2 for its time left, and is free.
+    const client = this.conn.client;
+    const [holder, ttl] = await redisCall(what, () => Promise.all([client.get(lockKey), client.pttl(lockKey)]));
+    if (holder === null || ttl === -2) return null;
+    return { holder, ttlMs: ttl >= 0 ? ttl : null };
   }
 
   read(keys: QueueKeys, id: string, fields: readonly string[]): Promise<(string | null)[]> {

@@ -22,6 +22,7 @@ export const KEY_NAMES = {
   task: 't:',
   lock: 'lock:',
   rate: 'rate:',
+  after: 'after:',
   workers: 'workers',
   workerInfo: 'worker-info',
   events: 'events',
@@ -107,6 +108,11 @@ export class QueueKeys {
   /** STRING unique lock of `taskName` for `key`; its value is the holder's task id. */
   lock(taskName: string, key: string): string {
     return `${this.base}${KEY_NAMES.lock}${taskName}:${key}`;
+  }
+
+  /** STRING taken by `currentTask().onlyAfter(key, interval)` for the interval: the task id that took it. */
+  after(key: string): string {
+    return this.base + KEY_NAMES.after + key;
   }
 
   /** ZSET rolling window of start times for a rate-limit bucket. */

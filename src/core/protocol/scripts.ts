@@ -22,6 +22,8 @@ import {
   reclaim as reclaimScript,
   recover as recoverScript,
   releaseLock as releaseLockScript,
+  extendLock as extendLockScript,
+  onlyAfter as onlyAfterScript,
   requeue as requeueScript,
   revoke as revokeScript,
   type LuaScript,
@@ -637,15 +639,49 @@ export async function actOnDeadLetter(runner: ScriptRunner, keys: QueueKeys, op:
 }
 
 /** What became of an operator's release of a lock (release-lock-2.lua). */
-export type LockRelease = { released: true } | { released: false; reason: 'gone' } | { released: false; reason: 'held-by-another'; holder: string };
+export type LockRelease =
+  | { released: true; holder?: string }
+  | { released: false; reason: 'gone' }
+  | { released: false; reason: 'held-by-another'; holder: string };
 
-/** Releases the lock `lockKey` of the queue of `keys` if `holder` still holds it, logged as an event of the holder (release-lock-2.lua). */
-export async function releaseLock(runner: ScriptRunner, keys: QueueKeys, lockKey: string, holder: string, eventsCap: number): Promise<LockRelease> {
-  const [code, detail] = await runner.run<[number, string]>(releaseLockScript, [lockKey, keys.events], [holder, keys.base, eventsCap]);
-  if (code === 1) return { released: true };
+/**
+ * Releases the lock `lockKey` of the queue of `keys` if `holder` still holds it, or whoever
+ * holds it when `holder` is `{ force: true }`; logged as an event of the holder (release-lock-2.lua).
+ * A forced release answers the holder it had.
+ */
+export async function releaseLock(
+  runner: ScriptRunner,
+  keys: QueueKeys,
+  lockKey: string,
+  holder: string | { force: true },
+  eventsCap: number,
+): Promise<LockRelease> {
+  const forced = typeof holder !== 'string';
+  const [code, detail] = await runner.run<[number, string]>(releaseLockScript, [lockKey, keys.events], [forced ? '' : holder, keys.base, eventsCap, forced ? '1' : '']);
+  if (code === 1) return forced ? { released: true, holder: String(detail) } : { released: true };
   if (code === 0) return { released: false, reason: 'gone' };
   if (code === 2) return { released: false, reason: 'held-by-another', holder: String(detail) };
   throw unexpectedReply('release-lock', 'code', code);
+}
+
+/** What extending a unique lock did. */
+export type LockExtension =
+  | { extended: true; ttlMs: number }
+  | { extended: false; reason: 'gone' }
+  | { extended: false; reason: 'held-by-another'; holder: string };
+
+/** Gives the lock `lockKey` `ttlMs` from now if `holder` still holds it (extend-lock-2.lua). */
+export async function extendLock(runner: ScriptRunner, keys: QueueKeys, lockKey: string, holder: string, ttlMs: number, eventsCap: number): Promise<LockExtension> {
+  const [code, detail] = await runner.run<[number, string]>(extendLockScript, [lockKey, keys.events], [holder, ttlMs, keys.base, eventsCap]);
+  if (code === 1) return { extended: true, ttlMs };
+  if (code === 0) return { extended: false, reason: 'gone' };
+  if (code === 2) return { extended: false, reason: 'held-by-another', holder: String(detail) };
+  throw unexpectedReply('extend-lock', 'code', code);
+}
+
+/** Takes `key` of the queue of `keys` for `intervalMs` unless taken within it: true when taken now (only-after-1.lua). */
+export async function onlyAfter(runner: ScriptRunner, keys: QueueKeys, key: string, id: string, intervalMs: number): Promise<boolean> {
+  return (await runner.run<number>(onlyAfterScript, [keys.after(key)], [id, intervalMs])) === 1;
 }
 
 /** What one purge step did: the tasks it ended REVOKED 'purged', and the entries it took from the wait list, the delayed set and the claimed set. */

@@ -159,6 +159,13 @@ const KNOWN = new Set([
 ]);
 const RETRY_KNOWN = new Set(['max', 'backoff', 'jitter', 'on']);
 
+/** A unique lock's lifetime in whole ms (at least 1, at most 10 years), from a Duration; `where` prefixes the error. */
+export function lockLifetime(duration: unknown, where: string): number {
+  const ms = Math.ceil(toMillis(duration as Duration, where));
+  if (ms > MAX_UNIQUE_TIMEOUT_MS) throw new ConfigError(`${where} must be at most 10 years (${MAX_UNIQUE_TIMEOUT_MS} ms), got ${ms} ms`);
+  return ms;
+}
+
 /** Checks a `retries` option. */
 export function normalizeRetries(value: unknown, where: string): NormalizedRetries {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {

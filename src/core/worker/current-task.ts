@@ -30,6 +30,22 @@ export interface CurrentTask {
    * `error`, never thrown here.
    */
   progress(value: number, message?: string): void;
+  /**
+   * Gives this task's unique lock `duration` (seconds or an `ms` string) from now on the Redis
+   * clock, for a task that runs longer than its `uniqueTimeout`. The lifetime is set, not added
+   * to. Resolves true when extended; false when the task no longer holds its lock (it lapsed, and
+   * another task may have taken it, or an operator released it). Rejects with ConfigError for a
+   * task that has no unique lock, or a bad duration.
+   */
+  extendLock(duration: Duration): Promise<boolean>;
+  /**
+   * celery-heimdall's `only_after`: true at most once per `interval` (seconds or an `ms` string)
+   * for `key`, across every worker and process, on the Redis clock. The first caller takes the
+   * key for the interval and gets true; every call until it lapses gets false. `key` is scoped
+   * by the task's queue (tasks of one queue that pass the same key share it); the interval starts
+   * when the key is taken, whatever the task does next.
+   */
+  onlyAfter(key: string, interval: Duration): Promise<boolean>;
 }
 
 /** Options of `currentTask().retry()`. */

@@ -1,4 +1,6 @@
 import { ConfigError, PayloadTooLargeError, RunawayTaskError, StaleRunError } from '../errors.js';
+import type { Duration } from '../task/durations.js';
+import { lockLifetime } from '../task/task-options.js';
 import type { RemoteError } from '../protocol/task-record.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { FIELDS } from '../protocol/task-fields.js';
@@ -26,6 +28,12 @@ export interface ExecutionHost<R extends Run<RunOwner> = Run> {
   finished(run: R, finish: Finish): void;
   /** Stores a progress report of the run, for its run only (progress-2.lua); failures are the host's to report. */
   writeProgress(run: R, json: string): void;
+  /** The unique lock the run holds (its whole key), or undefined when it has none. */
+  lockOf(run: R): string | undefined;
+  /** Gives the run's lock `ttlMs` from now if its task still holds it (extend-lock-2.lua). */
+  extendLock(run: R, lockKey: string, ttlMs: number): Promise<boolean>;
+  /** True when the run's task takes `key` of its queue for `intervalMs` (only-after-1.lua). */
+  onlyAfter(run: R, key: string, intervalMs: number): Promise<boolean>;
 }
 
 /**
@@ -54,6 +62,19 @@ class RunContext<R extends Run<RunOwner>> implements CurrentTask {
 
   retry(options?: RetryRequestOptions): never {
     throw new RetryRequest(options);
+  }
+
+  async extendLock(duration: Duration): Promise<boolean> {
+    const ttlMs = lockLifetime(duration, 'extendLock(duration)');
+    const lockKey = this.host.lockOf(this.run);
+    if (lockKey === undefined) throw new ConfigError(`extendLock(): task ${this.name} (${this.id}) has no unique lock`);
+    return this.host.extendLock(this.run, lockKey, ttlMs);
+  }
+
+  async onlyAfter(key: string, interval: Duration): Promise<boolean> {
+    if (typeof key !== 'string' || key === '') throw new ConfigError(`onlyAfter(key, interval): key must be a non-empty string, got ${JSON.stringify(key)}`);
+    const intervalMs = lockLifetime(interval, 'onlyAfter(key, interval): interval');
+    return this.host.onlyAfter(this.run, key, intervalMs);
   }
 
   /** Bound on first use, so `const { progress } = currentTask()` works too. */

@@ -7,6 +7,8 @@ import {
   admit as admitScript,
   declare as declareScript,
   progress as progressScript,
+  extendLock as extendLockScript,
+  onlyAfter as onlyAfterScript,
   decline as declineScript,
   extendLeases,
   fetch as fetchScript,
@@ -196,6 +198,21 @@ export class QueueRunner {
   /** Stores a running task's progress for its run (progress-2.lua). */
   async progress(id: string, token: string, json: string): Promise<void> {
     await progressScript(this.scripts, this.keys, id, token, json, this.host.eventsCap);
+  }
+
+  /** The unique lock a running task of this queue started (or was admitted) under, if any. */
+  lockOf(id: string): string | undefined {
+    return this.locks.get(id);
+  }
+
+  /** Gives the lock `lockKey` `ttlMs` from now if task `id` still holds it (extend-lock-2.lua). */
+  async extendLock(id: string, lockKey: string, ttlMs: number): Promise<boolean> {
+    return (await extendLockScript(this.scripts, this.keys, lockKey, id, ttlMs, this.host.eventsCap)).extended;
+  }
+
+  /** True when task `id` takes the key for `intervalMs` (only-after-1.lua). */
+  onlyAfter(id: string, key: string, intervalMs: number): Promise<boolean> {
+    return onlyAfterScript(this.scripts, this.keys, key, id, intervalMs);
   }
 
   /** Gives up on ends not stored yet (close() past its timeout with Redis down); the loop stops. */

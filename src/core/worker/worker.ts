@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { nanoid } from 'nanoid';
 import type { Redis } from 'ioredis';
-import { ConfigError, fromRedis, outOfMemory, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
+import { ConfigError, fromRedis, outOfMemory, redisCall, StaleRunError, TaskRevokedError, WorkerFaultError, WorkerShutdownError } from '../errors.js';
 import { closeClient, isCluster, openClient, type OwnedClient } from '../protocol/connection.js';
 import { QueueKeys } from '../protocol/queue-keys.js';
 import { FIELDS } from '../protocol/task-fields.js';
@@ -111,6 +111,11 @@ export class Worker {
       writeProgress: (run, json) => {
         run.runner.progress(run.task.id, run.task.token, json).catch((err: unknown) => reportError(fromRedis(err, `storing the progress of task ${run.task.id}`)));
       },
+      lockOf: (run) => run.runner.lockOf(run.task.id),
+      extendLock: (run, lockKey, ttlMs) =>
+        redisCall(`extending the unique lock of task ${run.task.id}`, () => run.runner.extendLock(run.task.id, lockKey, ttlMs)),
+      onlyAfter: (run, key, intervalMs) =>
+        redisCall(`onlyAfter(${JSON.stringify(key)}) of task ${run.task.id}`, () => run.runner.onlyAfter(run.task.id, key, intervalMs)),
     };
     this.admission = { workerId: this.id, graceMs, release: (run) => this.release(run, undefined), emit, reportError };
   }
