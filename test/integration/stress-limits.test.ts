@@ -1,0 +1,79 @@
+/**
+ * The rate limits under stress (issue 13's proof): 10,000 tasks in three windows of different
+ * limits, 4 worker processes, one of them SIGKILLed mid-run. No window is ever overrun, counted
+ * from every start (the lost runs' included) on the Redis clock; every task ends once; nothing
+ * is left in any list, set or lock.
+ */
+import { describe, expect, it } from 'vitest';
+import { reportFigures, useHarness, waitFor } from '../helpers.js';
+import { maxInWindow, total } from '../fixtures/processes/control.js';
+import { ProbeService, testKeys } from '../fixtures/processes/services.js';
+import { killWorkerProcess, startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
+
+const LIMITS: Record<string, number> = { a: 300, b: 150, c: 50 };
+const COUNTS: Record<string, number> = { a: 6000, b: 3000, c: 1000 };
+
+describe('rate limits under stress', () => {
+  const fresh = useHarness('stress');
+
+  it('10,000 tasks in three windows, 4 worker processes, one SIGKILLed mid-run: no window overrun, every task ends once', { timeout: 240_000 }, async () => {
+    const h = fresh();
+    const workers = await startWorkerProcesses(h, 4, { services: ['probe'], concurrency: 50, lease: '2s' });
+    const d = h.dispatcher();
+    const began = Date.now();
+    // Interleaved, so each worker's fetches meet all three windows.
+    const args: [number, string][] = [];
+    for (let i = 0; args.length < 10_000; i++) {
+      for (const b of ['a', 'b', 'c'] as const) if (i < COUNTS[b]!) args.push([args.length, b]);
+    }
+    const handles = await d.tasks(ProbeService).stress.delayMany(args);
+    const log = testKeys(h.prefix).log;
+    await waitFor(async () => (await h.admin.llen(log)) >= 3000, { timeout: 60_000, what: '3,000 starts before the kill' });
+    const victim = workers[0]!;
+    // Killed while it runs tasks: their leases lapse and the others recover them.
+    const mine = `:${String(victim.child.pid)}:`;
+    await waitFor(
+      async () => {
+        const leased = await h.admin.zrange(h.queueKey('active'), 0, -1);
+        const owners = await Promise.all(leased.map((id) => h.admin.hget(h.taskKey(id), 'w')));
+        return owners.some((w) => w?.includes(mine));
+      },
+      { timeout: 30_000, what: 'the victim to run tasks' },
+    );
+    await killWorkerProcess(victim);
+    const results = await Promise.all(handles.map((r) => r.get({ timeout: 180 })));
+    expect(results).toEqual(args.map(([n]) => n));
+    const elapsed = Date.now() - began;
+    const summaries = await stopWorkerProcesses(workers.slice(1));
+    expect(summaries.flatMap((s) => s.errors)).toEqual([]);
+
+    const infos = await Promise.all(handles.map((r) => r.info()));
+    // Every task ended once, SUCCESS; the lost runs of the killed process ran again.
+    expect(infos.filter((i) => i.state !== 'SUCCESS')).toEqual([]);
+    const recovered = infos.filter((i) => i.history.some((a) => a.outcome === 'lost')).length;
+    expect(recovered).toBeGreaterThan(0);
+    // Every start on the Redis clock, the lost attempts' included, per window.
+    const starts = new Map<string, number[]>();
+    infos.forEach((info, i) => {
+      const bucket = args[i]![1];
+      for (const a of info.history) if (a.startedAt) (starts.get(bucket) ?? starts.set(bucket, []).get(bucket)!).push(a.startedAt.getTime());
+    });
+    const maxPerWindow: Record<string, number> = {};
+    for (const [bucket, times] of starts) {
+      maxPerWindow[bucket] = maxInWindow(times, 1000);
+      expect(maxPerWindow[bucket], `window ${bucket}`).toBeLessThanOrEqual(LIMITS[bucket]!);
+    }
+    // Nothing left behind: no task queued, delayed, claimed or leased.
+    for (const name of ['wait', 'delayed', 'claimed', 'active'] as const) expect(await h.admin.exists(h.queueKey(name)), name).toBe(0);
+    const killedStarts = (await h.admin.lrange(log, 0, -1)).filter((line) => (JSON.parse(line) as { pid: number }).pid === victim.child.pid).length;
+    expect(killedStarts).toBeGreaterThan(0);
+    reportFigures('stress', {
+      tasks: 10_000,
+      seconds: (elapsed / 1000).toFixed(1),
+      recovered,
+      startsByKilledProcess: killedStarts,
+      maxStartsPer1s: Object.entries(maxPerWindow).map(([b, m]) => `${b}:${m}/${LIMITS[b]}`).join(' '),
+      rateLimitedPutBacks: total(summaries, 'rateLimited'),
+    });
+  });
+});
