@@ -70,6 +70,16 @@ class InlineReports {
     return n;
   }
 
+  @Task()
+  async refresh(key: string): Promise<boolean> {
+    return currentTask().onlyAfter(key, '1h');
+  }
+
+  @Task({ unique: true, uniqueTimeout: '1s' })
+  async stretch(_label: string): Promise<boolean> {
+    return currentTask().extendLock('1h');
+  }
+
   @Task({ retries: { max: 2, backoff: '20ms', jitter: false } })
   async flaky(key: string, failures: number): Promise<string> {
     const n = (attempts.get(key) ?? 0) + 1;
@@ -291,6 +301,27 @@ describe('inline mode', () => {
     const started = (await Promise.all(results.map(async (r) => (await r.info()).startedAt!.getTime()))).sort((a, b) => a - b);
     for (let i = 2; i < started.length; i++) expect(started[i]! - started[i - 2]!).toBeGreaterThanOrEqual(300);
     expect(limitedEvents).toBeGreaterThan(0);
+  });
+
+  it('rate limit: in the order sent, each over-limit task waiting for its turn once', async () => {
+    const app = await inlineApp();
+    const limited: number[] = [];
+    app.on('rateLimited', (e) => limited.push(e.args[0] as number));
+    const results = await app.tasks(InlineReports).limited.delayMany([1, 2, 3, 4, 5, 6].map((n) => [n] as [number]));
+    await app.drain({ timeout: 10 });
+    const started = await Promise.all(results.map(async (r) => (await r.info()).startedAt!.getTime()));
+    for (let i = 1; i < started.length; i++) expect(started[i]).toBeGreaterThanOrEqual(started[i - 1]!);
+    expect(limited).toEqual([3, 4, 5, 6]);
+  });
+
+  it("onlyAfter: true once per interval; extendLock: the task's own lock gets the new lifetime", async () => {
+    const app = await inlineApp();
+    const refresh = app.tasks(InlineReports).refresh;
+    const answers = [];
+    for (const key of ['a', 'a', 'b']) answers.push(await (await refresh.delay(key)).get({ timeout: 1 }));
+    expect(answers).toEqual([true, false, true]);
+    const stretch = app.tasks(InlineReports).stretch;
+    expect(await (await stretch.delay('x')).get({ timeout: 1 })).toBe(true);
   });
 
   it('failures, retries with the backoff, and currentTask().retry()', async () => {
