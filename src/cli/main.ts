@@ -8,7 +8,7 @@ import { realpathSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Dispatcher } from '../core/producer/dispatcher.js';
 import { Inspector } from '../core/inspect/inspector.js';
-import { HeimdallError } from '../core/errors.js';
+import { ConfigError, HeimdallError } from '../core/errors.js';
 import { DEFAULT_PREFIX } from '../core/protocol/queue-keys.js';
 import { createClient, planOfUrl, redisNowMs, type RedisClient } from '../core/protocol/connection.js';
 import { toMillis } from '../core/task/durations.js';
@@ -43,6 +43,7 @@ Commands:
   events [--queue <name>...] [--since <when>]  follow the queues' events (queued, started, ...)
   revoke <id> [--terminate]                    revoke a task from here
   locks release <key> --yes                    release a unique lock on purpose
+  locks extend <key> <duration> --yes          give a unique lock a new lifetime from now
   dead retry|drop <queue> [--id <id>...] --yes run dead-lettered tasks again, or drop the letters
   purge <queue> [--delayed] --yes              revoke the tasks waiting in a queue
 
@@ -107,11 +108,15 @@ ${COMMON}`,
 
 ${COMMON}`,
   locks: `Usage: heimdall locks release <key> --yes
+       heimdall locks extend <key> <duration> --yes
 
-  Releases a unique lock (its whole key, as 'inspect locks --json' gives it), only if the
-  task seen holding it still does: a lock another task took meanwhile is left alone. The
-  holder keeps running; a holder that has not started takes the lock again at its start.
-  --yes            required: the lock's protection is lifted
+  release  releases a unique lock (its whole key, as 'inspect locks --json' gives it), only if
+           the task seen holding it still does: a lock another task took meanwhile is left
+           alone. The holder keeps running; a holder that has not started takes the lock again
+           at its start.
+  extend   gives the lock <duration> from now ('2h', '30m', seconds), only if the task seen
+           holding it still does
+  --yes            required: the lock's protection changes
 
 ${COMMON}`,
   dead: `Usage: heimdall dead retry|drop <queue> [--id <id>...] --yes
@@ -576,8 +581,11 @@ function confirmed(parsed: Parsed, what: string): void {
 
 async function locks(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
   const [action, key, ...more] = parsed.positionals;
-  if (action !== 'release' || key === undefined || more.length > 0) throw new UsageError('locks takes: release <key>');
-  confirmed(parsed, 'locks release');
+  const duration = action === 'extend' ? more.shift() : undefined;
+  if ((action !== 'release' && action !== 'extend') || key === undefined || more.length > 0 || (action === 'extend' && duration === undefined)) {
+    throw new UsageError('locks takes: release <key> | extend <key> <duration>');
+  }
+  confirmed(parsed, `locks ${action}`);
   const inspector = new Inspector(target);
   try {
     // The holder seen now; released only if it still holds the lock when the script runs.
@@ -585,6 +593,15 @@ async function locks(parsed: Parsed, target: Target, print: Print, io: Io): Prom
     if (holder === null) {
       io.err(`heimdall locks: no lock ${key} (it ended, lapsed or was released)`);
       return EXIT.failure;
+    }
+    if (action === 'extend') {
+      let lifetime: number | string = duration!;
+      if (/^\d+(?:\.\d+)?$/.test(lifetime)) lifetime = Number(lifetime);
+      const x = await inspector.extendLock(key, holder, lifetime).catch((err: unknown) => {
+        throw err instanceof ConfigError ? new UsageError(err.message) : err;
+      });
+      print(x.extended ? `extended ${key} (held by ${holder}) for ${ms(x.ttlMs)}` : `not extended: ${x.reason === 'gone' ? 'the lock is gone' : `now held by ${x.holder}`}`, { key, holder, ...x });
+      return x.extended ? EXIT.ok : EXIT.failure;
     }
     const r = await inspector.releaseLock(key, holder);
     print(r.released ? `released ${key} (held by ${holder})` : `not released: ${r.reason === 'gone' ? 'the lock is gone' : `now held by ${r.holder}`}`, { key, holder, ...r });

@@ -140,7 +140,7 @@ describe('heimdall', () => {
     expect(nobody.stderr).toContain('no worker of cli-nobody answered within 200 ms');
   });
 
-  it('locks release and dead retry|drop change Redis only with --yes', { timeout: 30_000 }, async () => {
+  it('locks release|extend and dead retry|drop change Redis only with --yes', { timeout: 30_000 }, async () => {
     const h = fresh();
     held = gate();
     const env = { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix };
@@ -153,6 +153,11 @@ describe('heimdall', () => {
     const key = `${h.prefix}:{cli-reports}:lock:Reports.build:customer-7`;
     expect(await h.admin.get(key)).toBe(report.id);
 
+    expect((await heimdall(env, 'locks', 'extend', key, '2h')).code).toBe(2);
+    const extended = await heimdall(env, 'locks', 'extend', key, '2h', '--yes');
+    expect(extended).toMatchObject({ code: 0, stdout: `extended ${key} (held by ${report.id}) for 120 min\n` });
+    expect(await h.admin.pttl(key)).toBeGreaterThan(7_000_000);
+    expect((await heimdall(env, 'locks', 'extend', key, 'soon', '--yes')).code).toBe(2);
     const refused = await heimdall(env, 'locks', 'release', key);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toContain('locks release changes Redis: add --yes');
