@@ -33,6 +33,11 @@ class Purgeable {
     return n;
   }
 
+  @Task({ queue: 'purge-q', rateLimit: [1, 60] })
+  async limited(n: number): Promise<number> {
+    return n;
+  }
+
   @Task({ queue: 'purge-race' })
   async counted(n: number): Promise<number> {
     const id = currentTask().id;
@@ -198,5 +203,35 @@ describe('purge', () => {
     expect(await purge(runner, keys, 200, 0, false, 86_400_000, 0)).toEqual({ purged: 1, fromWait: 1, fromDelayed: 0, fromClaimed: 0, changed: false });
     expect(await unique.info()).toMatchObject({ state: 'REVOKED', revokeReason: 'purged' });
     expect(await h.admin.exists(lockKey)).toBe(0);
+  });
+
+  it("the purged tasks' turns leave the rate window, so a task sent after the purge does not queue behind them; a start stays counted", async () => {
+    const h = fresh();
+    const d = h.dispatcher();
+    const ref = d.tasks(Purgeable).limited;
+    const worker = h.worker({ services: [new Purgeable()], queues: ['purge-q'] });
+    const limited: string[] = [];
+    worker.on('rateLimited', (e) => limited.push(e.id));
+    await worker.start();
+    const sent = await ref.delayMany([[1], [2], [3], [4]]);
+    expect(await sent[0]!.get({ timeout: 5 })).toBe(1);
+    await waitFor(() => limited.length === 3, { what: 'three tasks to get their turns' });
+    const window = h.queueKeys('purge-q').rate('Purgeable.limited', undefined);
+    expect(await h.admin.zcard(window)).toBe(4);
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
+    expect(await inspector.purge('purge-q', { delayed: true })).toBe(3);
+    // The start is still counted; the three turns are gone.
+    expect(await h.admin.zrange(window, 0, -1)).toEqual([`${sent[0]!.id}:1`]);
+    const later = await ref.delay(5);
+    await waitFor(() => limited.includes(later.id), { what: 'the new task to get its turn' });
+    const first = (await sent[0]!.info()).startedAt!.getTime();
+    // Its turn is when the one start leaves the window, not after the purged tasks' turns.
+    expect(Number(await h.admin.zscore(window, `${later.id}:1`))).toBe(first + 60_000);
+    // A revoked waiting task's turn goes the same way, on request.
+    await later.revoke();
+    expect(await inspector.dropStaleTurns('purge-q')).toBe(1);
+    expect(await h.admin.zcard(window)).toBe(1);
+    await worker.close();
+    await inspector.close();
   });
 });

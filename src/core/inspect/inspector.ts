@@ -4,7 +4,7 @@ import { eventsSettings, type EventsOptions } from '../events/queue-events.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, KEY_NAMES, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { escapeGlob, scanKeys } from '../protocol/scan.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
-import { actOnDeadLetter, extendLock, releaseLock, type LockExtension, type LockRelease } from '../protocol/scripts.js';
+import { actOnDeadLetter, dropTurns, extendLock, releaseLock, type LockExtension, type LockRelease } from '../protocol/scripts.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import type { TaskState } from '../protocol/task-record.js';
 import type { ConnectionOptions } from '../producer/dispatcher.js';
@@ -527,7 +527,30 @@ export class Inspector {
         );
       }
     }
+    // The purged tasks' turns in the queue's rate windows would hold up every task sent after
+    // them until their time passed: forget them (a window's starts stay).
+    if (purged > 0) await this.dropStaleTurns(k);
     return purged;
+  }
+
+  /**
+   * Removes from the rate windows of a queue the turns of tasks that no longer wait for them
+   * (revoked or purged while they waited; purge() does it itself): a task sent to a window
+   * queues behind every turn in it. Starts are kept, so the limits hold. Resolves to the number
+   * of turns removed.
+   */
+  async dropStaleTurns(queue: string | QueueKeys): Promise<number> {
+    const k = typeof queue === 'string' ? new QueueKeys(this.prefix, validateName(queue, 'queue')) : queue;
+    const windows = await this.scan(`${escapeGlob(k.base)}${KEY_NAMES.rate}*`, MAX_LIMIT, `listing the rate windows of queue ${k.queue}`);
+    let dropped = 0;
+    for (const key of windows) {
+      try {
+        dropped += await dropTurns(this.scripts, k, key);
+      } catch (err) {
+        if (!isWrongType(err)) throw fromRedis(err, `dropping the stale turns of ${key}`);
+      }
+    }
+    return dropped;
   }
 }
 

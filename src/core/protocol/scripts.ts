@@ -23,6 +23,7 @@ import {
   recover as recoverScript,
   releaseLock as releaseLockScript,
   extendLock as extendLockScript,
+  dropTurns as dropTurnsScript,
   onlyAfter as onlyAfterScript,
   requeue as requeueScript,
   revoke as revokeScript,
@@ -662,6 +663,21 @@ export async function releaseLock(
   if (code === 0) return { released: false, reason: 'gone' };
   if (code === 2) return { released: false, reason: 'held-by-another', holder: String(detail) };
   throw unexpectedReply('release-lock', 'code', code);
+}
+
+/**
+ * Removes from the rate window `windowKey` of the queue of `keys` the turns of tasks that no
+ * longer wait in the delayed set (drop-turns-2.lua), in calls of at most 500 turns. Resolves to
+ * how many were removed.
+ */
+export async function dropTurns(runner: ScriptRunner, keys: QueueKeys, windowKey: string): Promise<number> {
+  let dropped = 0;
+  for (let below: string = '+inf'; ; ) {
+    const [n, next] = await runner.run<[number, string]>(dropTurnsScript, [windowKey, keys.delayed], [500, below]);
+    dropped += Number(n);
+    if (next === '') return dropped;
+    below = String(next);
+  }
 }
 
 /** What extending a unique lock did. */

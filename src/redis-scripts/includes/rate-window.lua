@@ -5,7 +5,8 @@
 -- tasks wait their turn: a task new to the window counts every entry, the reservations of the
 -- tasks ahead of it included, so it is given the slot after theirs (first come, first served per
 -- window) and waits in the delayed set, due exactly then: no jitter, no polling, and a task is
--- examined about twice however long the backlog (once to reserve, once to start).
+-- examined a few times however long the backlog (to reserve, to start, and once more when the
+-- start ahead of it came late).
 -- A start is exact however the schedule turned out: a task that comes back with its reservation
 -- counts only the entries up to now (the starts, and the reservations of tasks due before it
 -- that have not started yet); if those fill the window (a task ahead of it started late), it
@@ -13,7 +14,7 @@
 -- than `limit` starts, whatever the lateness of workers; the order is first come, first served
 -- up to that lateness (a few ms).
 -- A reservation whose task never starts (revoked, purged while delayed) stays in the window until
--- it ages out, a slot left unused: never an extra start.
+-- its time passes, a slot left unused: never an extra start (drop-turns-2.lua removes such turns).
 -- Returns:
 --   'bad', err         the window key could not be read (a reply of redis.pcall: a refusal, or a
 --                      key of the wrong type); nothing was written
