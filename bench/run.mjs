@@ -10,11 +10,12 @@
 // One scenario runs only when BENCH_SCENARIOS names it: `backlog` (heimdall only), a backlog of
 // BENCH_BACKLOG (10000) tasks queued at once behind a rate limit of [100, 1], drained by 2 worker
 // processes at concurrency 50. Its drain lasts BENCH_BACKLOG / 100 seconds by design (about 100 s
-// per repetition at the default size, 3 × 100 s in a default run, which would triple it), so it is
-// left out of the default set: run it with BENCH_SCENARIOS=backlog (BENCH_REPS as you like).
+// per repetition at the default size: 5 more minutes in a default run of 3 repetitions, which takes
+// about 3½ without it), so it is left out of the default set: run it with BENCH_SCENARIOS=backlog
+// (BENCH_REPS as you like).
 // BENCH_BACKLOG_TIMEOUT (seconds; default the ideal drain + 600) bounds its wait;
 // BENCH_BACKLOG_DUMP (a file name; .1, .2, ... per repetition) receives every task's send order,
-// createdAt and startedAt.
+// createdAt, startedAt and put-backs.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, platform, release } from 'node:os';
@@ -362,12 +363,21 @@ async function scenarioBacklog(url) {
     const stream = `${PREFIX}:{${QUEUE}}:events`;
     let streamLimited = 0;
     let streamQueued = 0;
+    const limitedOf = new Map();
     for (let from = '-'; ; ) {
       const entries = await admin.xrange(stream, from, '+', 'COUNT', 1000);
-      for (const [, fields] of entries) {
+      for (const [id, fields] of entries) {
         for (let k = 0; k < fields.length; k += 2) {
-          if (fields[k] === 'rate-limited') streamLimited++;
-          else if (fields[k] === 'queued') streamQueued++;
+          if (fields[k] === 'rate-limited') {
+            streamLimited++;
+            // The entry's time (ms, Redis clock) and the delay given (dl, the pair after the name).
+            const dl = fields[k + 4] === 'dl' ? fields[k + 5] : '?';
+            const seen = limitedOf.get(fields[k + 1]) ?? [];
+            seen.push(`${id.split('-')[0]}+${dl}`);
+            limitedOf.set(fields[k + 1], seen);
+          } else if (fields[k] === 'queued') {
+            streamQueued++;
+          }
         }
       }
       if (entries.length < 1000) break;
@@ -380,9 +390,12 @@ async function scenarioBacklog(url) {
     }
 
     // BENCH_BACKLOG_DUMP: a file per repetition (<name>.<rep>) for every task's send order,
-    // createdAt and startedAt (ms), one task per line.
+    // createdAt and startedAt (ms), its put-backs in the event stream and each one's time and
+    // delay (<ms>+<delay ms>), one task per line; and
+    // <name>.<rep>.commandstats, Redis's INFO commandstats at the end (the whole run's).
     if (process.env.BENCH_BACKLOG_DUMP) {
-      writeFileSync(`${process.env.BENCH_BACKLOG_DUMP}.${++backlogRuns}`, start.map((t, i) => `${i} ${created[i]} ${t}\n`).join(''));
+      writeFileSync(`${process.env.BENCH_BACKLOG_DUMP}.${++backlogRuns}`, start.map((t, i) => `${i} ${created[i]} ${t} ${(limitedOf.get(ids[i]) ?? []).length} ${(limitedOf.get(ids[i]) ?? []).join(' ')}\n`).join(''));
+      writeFileSync(`${process.env.BENCH_BACKLOG_DUMP}.${backlogRuns}.commandstats`, await admin.info('commandstats'));
     }
     const good = [...start.keys()].filter((i) => Number.isFinite(start[i]));
     const sorted = good.map((i) => start[i]).sort((a, b) => a - b);
