@@ -7,6 +7,15 @@
 //   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL,
 //   BENCH_SCENARIOS (a subset, e.g. drain50,latency), BENCH_CHILD_ARGS (node flags of the workers),
 //   BENCH_HEIMDALL_EVENTS (on; off runs heimdall-tasks with events: false).
+// One scenario runs only when BENCH_SCENARIOS names it: `backlog` (heimdall only), a backlog of
+// BENCH_BACKLOG (10000) tasks queued at once behind a rate limit of [100, 1], drained by 2 worker
+// processes at concurrency 50. Its drain lasts BENCH_BACKLOG / 100 seconds by design (about 100 s
+// per repetition at the default size: 5 more minutes in a default run of 3 repetitions, which takes
+// about 3½ without it), so it is left out of the default set: run it with BENCH_SCENARIOS=backlog
+// (BENCH_REPS as you like).
+// BENCH_BACKLOG_TIMEOUT (seconds; default the ideal drain + 600) bounds its wait;
+// BENCH_BACKLOG_DUMP (a file name; .1, .2, ... per repetition) receives every task's send order,
+// createdAt, startedAt and put-backs.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, platform, release } from 'node:os';
@@ -14,7 +23,7 @@ import { dirname, join } from 'node:path';
 import { startRedis } from '../scripts/redis-launcher.mjs';
 import { startChild as startChildProcess } from './lib/child.mjs';
 import { renderChart, renderTable, stats } from './lib/report.mjs';
-import { ADMIN_NAME, BENCH, benchDepsInstalled, buildHeimdall, clientCommands, producer, QUEUE, rootIoredis, SYSTEMS, versions } from './lib/systems.mjs';
+import { ADMIN_NAME, BACKLOG_RATE, BENCH, benchDepsInstalled, buildHeimdall, clientCommands, producer, QUEUE, rootIoredis, SYSTEMS, versions } from './lib/systems.mjs';
 import { int } from './lib/env.mjs';
 
 const cfg = {
@@ -29,9 +38,15 @@ const cfg = {
   latencyConcurrency: 50,
   rateWorkers: 4,
   rateWorkerConcurrency: 50,
+  backlog: int('BENCH_BACKLOG', 10_000),
+  backlogTimeoutS: int('BENCH_BACKLOG_TIMEOUT', Math.ceil(int('BENCH_BACKLOG', 10_000) / BACKLOG_RATE[0]) * BACKLOG_RATE[1] + 600),
+  backlogWorkers: 2,
+  backlogWorkerConcurrency: 50,
   systems: (process.env.BENCH_SYSTEMS ?? SYSTEMS.join(',')).split(',').map((s) => s.trim()).filter(Boolean),
   // Optional subset of scenarios (for profiling one of them); the report shows '–' for the rest.
+  // Scenarios left out of the default set (see the header): run only when named there.
   scenarios: process.env.BENCH_SCENARIOS ? new Set(process.env.BENCH_SCENARIOS.split(',').map((s) => s.trim())) : undefined,
+  optIn: ['backlog'],
   // Extra node flags for the worker processes, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'.
   childArgs: (process.env.BENCH_CHILD_ARGS ?? '').split(' ').filter(Boolean),
 };
@@ -280,6 +295,170 @@ async function scenarioRateLimited(url) {
   return { rate: n / (span + 1), maxWindow, spanS: span };
 }
 
+/**
+ * heimdall only: a backlog queued at once (delayMany) behind a rate limit of BACKLOG_RATE, then
+ * 2 worker processes at concurrency 50 drain it. (BullMQ's limiter counts every job of a queue,
+ * and bee-queue has none: neither has a window per kind of task to compare with.) Start and send
+ * times are the records' startedAt and createdAt, the Redis server clock.
+ */
+let backlogRuns = 0;
+async function scenarioBacklog(url) {
+  await reset();
+  const n = cfg.backlog;
+  const [limit, periodS] = BACKLOG_RATE;
+  const period = periodS * 1000;
+  const p = await producer('heimdall', url, PREFIX);
+  const ids = [];
+  for (let i = 0; i < n; i += cfg.bulkBatch) {
+    ids.push(...(await p.bulk(Array.from({ length: Math.min(cfg.bulkBatch, n - i) }, (_, k) => payload(i + k)), 'backlog')));
+  }
+  const children = Array.from({ length: cfg.backlogWorkers }, () =>
+    startChild('heimdall', url, { concurrency: cfg.backlogWorkerConcurrency, target: 0, checkRuns: true }),
+  );
+  try {
+    await Promise.all(children.map((c) => c.next('ready')));
+    const before = await snapshot();
+    for (const c of children) c.send({ type: 'go' });
+    const t0 = Date.now();
+    let shown = t0;
+    const ended = () => children.reduce((sum, c) => sum + c.state.done, 0);
+    while (ended() < n) {
+      if (Date.now() - t0 > cfg.backlogTimeoutS * 1000) {
+        const states = {};
+        for (let i = 0; i < n; i += 500) {
+          for (const inf of await Promise.all(ids.slice(i, i + 500).map((id) => p.info(id)))) states[inf.state] = (states[inf.state] ?? 0) + 1;
+        }
+        throw new Error(`backlog: ${ended()} of ${n} tasks ended after ${cfg.backlogTimeoutS} s; states ${JSON.stringify(states)}`);
+      }
+      if (Date.now() - shown >= 10_000) {
+        shown = Date.now();
+        log(`  backlog: ${ended()}/${n} ended after ${Math.round((shown - t0) / 1000)} s`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const after = await snapshot();
+    const closed = await Promise.all(children.map((c) => c.stop()));
+    const cmds = commandDelta(before.cmds, after.cmds);
+
+    // Every task ran once: the handler's runs in all processes, and the records' attempts.
+    const runsOf = new Map();
+    for (const c of closed) for (const i of c.ran) runsOf.set(i, (runsOf.get(i) ?? 0) + 1);
+    const runs = closed.reduce((sum, c) => sum + c.stats.runs, 0);
+    const twice = [...new Set([...closed.flatMap((c) => c.stats.twice), ...[...runsOf].filter(([, k]) => k > 1).map(([i]) => i)])];
+    const start = new Array(n);
+    const created = new Array(n);
+    const odd = [];
+    for (let i = 0; i < n; i += 500) {
+      const infos = await Promise.all(ids.slice(i, i + 500).map((id) => p.info(id)));
+      infos.forEach((inf, k) => {
+        if (inf.state !== 'SUCCESS' || inf.attempts !== 1 || !inf.startedAt || !inf.createdAt) {
+          odd.push(`${inf.id} (i ${i + k}): ${inf.state}, ${inf.attempts} attempt(s)`);
+        }
+        start[i + k] = inf.startedAt?.getTime() ?? NaN;
+        created[i + k] = inf.createdAt?.getTime() ?? NaN;
+      });
+    }
+    // The put-backs written to the queue's event stream: a check on the workers' count, when the
+    // stream still holds every event of the run (its cap is 10,000 entries by default).
+    const stream = `${PREFIX}:{${QUEUE}}:events`;
+    let streamLimited = 0;
+    let streamQueued = 0;
+    const limitedOf = new Map();
+    for (let from = '-'; ; ) {
+      const entries = await admin.xrange(stream, from, '+', 'COUNT', 1000);
+      for (const [id, fields] of entries) {
+        for (let k = 0; k < fields.length; k += 2) {
+          if (fields[k] === 'rate-limited') {
+            streamLimited++;
+            // The entry's time (ms, Redis clock) and the delay given (dl, the pair after the name).
+            const dl = fields[k + 4] === 'dl' ? fields[k + 5] : '?';
+            const seen = limitedOf.get(fields[k + 1]) ?? [];
+            seen.push(`${id.split('-')[0]}+${dl}`);
+            limitedOf.set(fields[k + 1], seen);
+          } else if (fields[k] === 'queued') {
+            streamQueued++;
+          }
+        }
+      }
+      if (entries.length < 1000) break;
+      from = `(${entries[entries.length - 1][0]}`;
+    }
+    await p.close();
+    if (odd.length > 0 || runs !== n || twice.length > 0) {
+      log(`backlog: ${odd.length} task(s) not ended SUCCESS after one attempt, ${runs} runs for ${n} tasks, run twice: ${twice.slice(0, 20).join(', ') || 'none'}`);
+      for (const line of odd.slice(0, 20)) log(`  ${line}`);
+    }
+
+    // BENCH_BACKLOG_DUMP: a file per repetition (<name>.<rep>) for every task's send order,
+    // createdAt and startedAt (ms), its put-backs in the event stream and each one's time and
+    // delay (<ms>+<delay ms>), one task per line; and
+    // <name>.<rep>.commandstats, Redis's INFO commandstats at the end (the whole run's).
+    if (process.env.BENCH_BACKLOG_DUMP) {
+      writeFileSync(`${process.env.BENCH_BACKLOG_DUMP}.${++backlogRuns}`, start.map((t, i) => `${i} ${created[i]} ${t} ${(limitedOf.get(ids[i]) ?? []).length} ${(limitedOf.get(ids[i]) ?? []).join(' ')}\n`).join(''));
+      writeFileSync(`${process.env.BENCH_BACKLOG_DUMP}.${backlogRuns}.commandstats`, await admin.info('commandstats'));
+    }
+    const good = [...start.keys()].filter((i) => Number.isFinite(start[i]));
+    const sorted = good.map((i) => start[i]).sort((a, b) => a - b);
+    const first = sorted[0];
+    // Most starts in any window [t, t + period) (start times are whole ms).
+    let maxWindow = 0;
+    for (let lo = 0, hi = 0; hi < sorted.length; hi++) {
+      while (sorted[hi] - sorted[lo] >= period) lo++;
+      maxWindow = Math.max(maxWindow, hi - lo + 1);
+    }
+    const waits = good.map((i) => start[i] - created[i]).sort((a, b) => a - b);
+    // Task i (in the order sent) cannot start before its window: first start + floor(i / limit)
+    // periods. How late each started against that (negative: ahead of its place).
+    const late = good.map((i) => start[i] - (first + Math.floor(i / limit) * period)).sort((a, b) => a - b);
+    // Overtaking: for each task, how many tasks sent after it started more than 50 ms before it
+    // (a Fenwick tree over the start times of the tasks after it, walked from the last sent).
+    const times = [...new Set(sorted)];
+    const rank = (t) => {
+      // Number of distinct start times < t.
+      let lo = 0;
+      let hi = times.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (times[mid] < t) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo;
+    };
+    const tree = new Int32Array(times.length + 1);
+    let overtaken = 0;
+    for (let g = good.length - 1; g >= 0; g--) {
+      const t = start[good[g]];
+      let count = 0;
+      for (let x = rank(t - 50); x > 0; x -= x & -x) count += tree[x];
+      overtaken = Math.max(overtaken, count);
+      for (let x = rank(t) + 1; x <= times.length; x += x & -x) tree[x]++;
+    }
+    const limited = closed.reduce((sum, c) => sum + c.stats.limited, 0);
+    return {
+      redisCpuUs: (after.cpu - before.cpu) / n,
+      scriptCalls: cmds.scripts / n,
+      putBacks: limited / n,
+      // -1 when the stream lost events of the run to its cap.
+      streamPutBacks: streamQueued === n ? streamLimited / n : -1,
+      waitP50S: percentile(waits, 0.5) / 1000,
+      waitP95S: percentile(waits, 0.95) / 1000,
+      waitMaxS: waits[waits.length - 1] / 1000,
+      lateP50Ms: percentile(late, 0.5),
+      lateP95Ms: percentile(late, 0.95),
+      lateMaxMs: late[late.length - 1],
+      lateMinMs: late[0],
+      drainS: (sorted[sorted.length - 1] - first) / 1000,
+      idealDrainS: (Math.ceil(n / limit) - 1) * periodS,
+      maxWindow,
+      overtaken,
+      notOk: odd.length,
+      runsOver: runs - n,
+    };
+  } finally {
+    for (const c of children) c.kill();
+  }
+}
+
 // ------------------------------------------------------------------ the run
 
 // Each row: where its samples come from, its unit and which way is better. Machine-independent first.
@@ -313,6 +492,20 @@ const HEIMDALL_ROWS = [
   { id: 'rl_rate', label: 'Rate-limited drain [1000, 1], 4 workers: achieved rate', unit: 'tasks/s', better: 'higher', from: ['rateLimited', 'rate'] },
   { id: 'rl_max_window', label: 'Rate-limited drain: most starts in any 1-s window (limit 1000)', unit: 'starts', better: 'lower', from: ['rateLimited', 'maxWindow'] },
 ];
+// The backlog scenario's rows, in the heimdall-only table when it ran (it is opt-in).
+const BACKLOG_ROWS = [
+  { id: 'bl_redis_cpu', label: 'Backlog behind [100, 1]: Redis CPU per task', unit: 'µs', better: 'lower', from: ['backlog', 'redisCpuUs'] },
+  { id: 'bl_scripts', label: 'Backlog: script calls per task', unit: 'calls', better: 'lower', from: ['backlog', 'scriptCalls'] },
+  { id: 'bl_put_backs', label: 'Backlog: rate-limited put-backs per task', unit: 'put-backs', better: 'lower', from: ['backlog', 'putBacks'] },
+  { id: 'bl_wait_p50', label: 'Backlog: wait (start − send) p50', unit: 's', better: 'lower', from: ['backlog', 'waitP50S'] },
+  { id: 'bl_wait_p95', label: 'Backlog: wait p95', unit: 's', better: 'lower', from: ['backlog', 'waitP95S'] },
+  { id: 'bl_wait_max', label: 'Backlog: wait max', unit: 's', better: 'lower', from: ['backlog', 'waitMaxS'] },
+  { id: 'bl_late_p95', label: 'Backlog: start after its ideal slot, p95', unit: 'ms', better: 'lower', from: ['backlog', 'lateP95Ms'] },
+  { id: 'bl_late_max', label: 'Backlog: start after its ideal slot, max', unit: 'ms', better: 'lower', from: ['backlog', 'lateMaxMs'] },
+  { id: 'bl_drain', label: 'Backlog: first to last start (ideal: tasks / 100 − 1 s)', unit: 's', better: 'lower', from: ['backlog', 'drainS'] },
+  { id: 'bl_max_window', label: 'Backlog: most starts in any 1-s window (limit 100)', unit: 'starts', better: 'lower', from: ['backlog', 'maxWindow'] },
+  { id: 'bl_overtaken', label: 'Backlog: most later-sent tasks started > 50 ms before one task', unit: 'places', better: 'lower', from: ['backlog', 'overtaken'] },
+];
 
 async function main() {
   if (cfg.systems.includes('heimdall')) buildHeimdall();
@@ -331,7 +524,7 @@ async function main() {
     for (let rep = 1; rep <= cfg.reps; rep++) {
       for (const system of cfg.systems) {
         const step = async (name, fn) => {
-          if (cfg.scenarios && !cfg.scenarios.has(name)) return;
+          if (cfg.scenarios ? !cfg.scenarios.has(name) : cfg.optIn.includes(name)) return;
           const t = Date.now();
           const r = await fn();
           add(system, name, r);
@@ -345,6 +538,7 @@ async function main() {
         if (system === 'heimdall') {
           await step('unique', () => scenarioEnqueue(system, redis.url, 'unique'));
           await step('rateLimited', () => scenarioRateLimited(redis.url));
+          await step('backlog', () => scenarioBacklog(redis.url));
         }
       }
     }
@@ -360,8 +554,9 @@ async function main() {
       const ratio = (other) => (h !== undefined && values[other]?.median >= 0.01 ? h / values[other].median : undefined);
       return { id: row.id, group: row.group, label: row.label, unit: row.unit, better: row.better, values, ratios: { bullmq: ratio('bullmq'), 'bee-queue': ratio('bee-queue') } };
     });
+    const heimdallRows = samples.heimdall?.backlog ? [...HEIMDALL_ROWS, ...BACKLOG_ROWS] : HEIMDALL_ROWS;
     const heimdallOnly = cfg.systems.includes('heimdall')
-      ? HEIMDALL_ROWS.map((row) => {
+      ? heimdallRows.map((row) => {
           const value = stats(pick('heimdall', row.from));
           const plain = row.plain ? stats(pick('heimdall', row.plain)) : undefined;
           return { id: row.id, label: row.label, unit: row.unit, better: row.better, value, plain, ratioToPlain: value && plain ? value.median / plain.median : undefined };

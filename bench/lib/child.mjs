@@ -10,10 +10,10 @@ import { BENCH } from './systems.mjs';
  * Returns { state, next(type), send(msg), kill(), stop() }: `next` resolves with the first message
  * of a type, `stop` asks the worker to close and resolves with its 'closed' message once it exited.
  */
-export function startChild(system, url, { prefix, concurrency, target, recordStarts = false, queue, execArgv = [], env = {} }) {
+export function startChild(system, url, { prefix, concurrency, target, recordStarts = false, checkRuns = false, queue, execArgv = [], env = {} }) {
   const child = fork(join(BENCH, 'lib', 'worker-child.mjs'), [], {
     execArgv: ['--import', 'tsx', ...execArgv],
-    env: { ...process.env, ...env, BENCH_CHILD: JSON.stringify({ system, url, prefix, concurrency, target, recordStarts, queue }) },
+    env: { ...process.env, ...env, BENCH_CHILD: JSON.stringify({ system, url, prefix, concurrency, target, recordStarts, checkRuns, queue }) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const waiters = new Map();

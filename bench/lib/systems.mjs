@@ -21,6 +21,8 @@ export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BENCH = fileURLToPath(new URL('../', import.meta.url));
 export const SYSTEMS = ['heimdall', 'bullmq', 'bee-queue'];
 export const QUEUE = 'bench';
+/** The rate limit of the backlog scenario's task: 100 starts in any rolling second. */
+export const BACKLOG_RATE = [100, 1];
 
 /** Commands sent by the clients of this process (except the orchestrator's admin connection). */
 export const clientCommands = { n: 0 };
@@ -115,6 +117,9 @@ async function heimdall() {
       async limited(p) {
         heimdallHandler(p);
       }
+      async backlog(p) {
+        heimdallHandler(p);
+      }
     }
     // Legacy decorator calls by hand (this file is plain JavaScript).
     const task = (key, options) =>
@@ -126,6 +131,7 @@ async function heimdall() {
     task('noop', {});
     task('unique', { unique: true });
     task('limited', { rateLimit: [1000, 1] });
+    task('backlog', { rateLimit: BACKLOG_RATE });
     heimdallModule = { lib, BenchTasks };
   }
   return heimdallModule;
@@ -161,8 +167,9 @@ function beeQueue() {
 }
 
 /**
- * A producer: `{ enqueue(payload, kind?), bulk?(payloads), close() }`. `kind` is 'noop' (default),
- * 'unique' or 'limited' (heimdall only). enqueue resolves to the task id.
+ * A producer: `{ enqueue(payload, kind?), bulk?(payloads, kind?), close() }`. `kind` is 'noop'
+ * (default), 'unique', 'limited' or 'backlog' (heimdall only). enqueue resolves to the task id,
+ * heimdall's bulk to the ids in the order of the payloads.
  */
 export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
   if (system === 'heimdall') {
@@ -174,7 +181,7 @@ export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
     const to = queue === QUEUE ? undefined : { queue };
     return {
       enqueue: async (payload, kind = 'noop') => (await (to ? tasks[kind].applyAsync([payload], to) : tasks[kind].delay(payload))).id,
-      bulk: async (payloads) => (await tasks.noop.delayMany(payloads.map((payload) => [payload]), to)).map((r) => r.id),
+      bulk: async (payloads, kind = 'noop') => (await tasks[kind].delayMany(payloads.map((payload) => [payload]), to)).map((r) => r.id),
       info: (id) => dispatcher.result(id, { queue }).info(),
       close: async () => {
         await dispatcher.close();
@@ -217,9 +224,10 @@ export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
 
 /**
  * Starts a worker running `handler(payload)` for every task, calling `onDone()` after each
- * task's end is stored. Resolves when the worker is consuming: `{ close() }`.
+ * task's end is stored (and, heimdall only, `onLimited()` for each task its rate window sent back
+ * to the delayed set). Resolves when the worker is consuming: `{ close() }`.
  */
-export async function worker(system, url, prefix, { concurrency, handler, onDone, queue = QUEUE }) {
+export async function worker(system, url, prefix, { concurrency, handler, onDone, onLimited, queue = QUEUE }) {
   if (system === 'heimdall') {
     const { lib, BenchTasks } = await heimdall();
     const service = new BenchTasks();
@@ -227,6 +235,7 @@ export async function worker(system, url, prefix, { concurrency, handler, onDone
     const connection = heimdallConnection(url);
     const w = new lib.Worker({ connection, prefix, services: [service], queues: [queue], concurrency, ...heimdallEvents() });
     w.on('succeeded', onDone);
+    if (onLimited) w.on('rateLimited', onLimited);
     w.on('error', (err) => console.error(`heimdall worker error: ${err.message}`));
     await w.start();
     return {

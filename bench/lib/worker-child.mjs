@@ -3,15 +3,23 @@
 //   child -> 'started' (worker consuming)  ... child -> 'progress' { done } now and then
 //   child -> 'done' { stats } once `target` tasks ended (target 0: never; parent sends 'stop')
 //   parent -> 'stop'                       child -> 'closed' { stats }, then exits
+// The stats count the tasks ended (done) and, heimdall only, the tasks its rate windows sent back
+// to the delayed set (limited); with checkRuns, the handler's runs too (runs), and the payload's i
+// of any task run a second time in this process (twice, the first 20); and the closing message
+// lists the i of every task it ran (ran), for the parent to find a task run by two processes.
 // Times are process.hrtime.bigint() in nanoseconds: CLOCK_MONOTONIC, one clock for every
 // process on a Linux machine, so the parent can compare them with its own.
 import { clientCommands, preload, worker } from './systems.mjs';
 
 // url: a Redis URL, or { cluster: seeds } (heimdall only); queue: optional, heimdall only.
-const { system, url, prefix, concurrency, target, recordStarts, queue } = JSON.parse(process.env.BENCH_CHILD);
+const { system, url, prefix, concurrency, target, recordStarts, checkRuns, queue } = JSON.parse(process.env.BENCH_CHILD);
 const send = (msg) => process.send(msg, undefined, undefined, () => {});
 
 let done = 0;
+let runs = 0;
+let limited = 0;
+const ran = checkRuns ? new Set() : undefined;
+const twice = [];
 let w;
 let t0 = 0n;
 let cpu0;
@@ -24,6 +32,9 @@ function snapshot() {
   const cpu = process.cpuUsage(cpu0);
   return {
     done,
+    runs,
+    limited,
+    twice: twice.slice(0, 20),
     elapsedNs: String(process.hrtime.bigint() - t0),
     cpuUs: cpu.user + cpu.system,
     clientCommands: clientCommands.n - cmd0,
@@ -32,6 +43,15 @@ function snapshot() {
 
 function handler(payload) {
   if (starts) starts.set(payload.i, String(process.hrtime.bigint()));
+  if (ran) {
+    runs++;
+    if (ran.has(payload.i)) twice.push(payload.i);
+    else ran.add(payload.i);
+  }
+}
+
+function onLimited() {
+  limited++;
 }
 
 function onDone() {
@@ -56,12 +76,12 @@ process.on('message', async (msg) => {
       cpu0 = process.cpuUsage();
       cmd0 = clientCommands.n;
       t0 = process.hrtime.bigint();
-      w = await worker(system, url, prefix, { concurrency, handler, onDone, queue });
+      w = await worker(system, url, prefix, { concurrency, handler, onDone, onLimited, queue });
       send({ type: 'started' });
     } else if (msg.type === 'stop') {
       const final = stats ?? snapshot();
       await w?.close();
-      send({ type: 'closed', stats: { ...final, done }, starts: starts ? [...starts] : undefined });
+      send({ type: 'closed', stats: { ...final, done }, starts: starts ? [...starts] : undefined, ran: ran ? [...ran] : undefined });
       process.disconnect();
     }
   } catch (err) {
