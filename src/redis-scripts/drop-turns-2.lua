@@ -4,34 +4,35 @@
   waits in the delayed set; a task revoked or purged while it waits leaves its turn behind, and
   every task new to the window would queue behind it until its time passes. This keeps the turns
   whose task is still in the delayed set and removes the others; starts (entries up to now) are
-  never touched, so the limit holds as before. Bounded: at most ARGV[1] turns per call, from the
-  latest (the caller calls again while the reply says more may remain).
+  never touched, so the limit holds as before. Bounded: at most ARGV[1] entries per call, from
+  the latest (the caller calls again while the reply says more may remain).
 
   KEYS[1] rate window       <prefix>:{<queue>}:rate:<task>[:<key>]
   KEYS[2] delayed zset      <prefix>:{<queue>}:delayed
 
-  ARGV[1] most turns to look at in this call
-  ARGV[2] look at turns scored below this (ms; '+inf' for the first call): where the last call
-          stopped
+  ARGV[1] most entries to look at in this call
+  ARGV[2] how many entries later than now the calls before kept: this call starts after them
+          (0 for the first call; the entries removed have left the range, so the next call
+          starts at the first it has not seen, whatever their scores)
 
-  Returns {dropped, next}: the turns removed, and the score to pass as ARGV[2] next ('' when
-  every turn was looked at).
+  Returns {dropped, kept}: the turns removed, and the entries later than now kept so far (ARGV[2]
+  and this call's), to pass as ARGV[2] next; kept is -1 when every entry was looked at.
 ]]
 -- @include "now"
 
-local max, below = tonumber(ARGV[1]), ARGV[2]
+local max, skip = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = nowMs()
-local upper = below == '+inf' and '+inf' or ('(' .. below)
-local turns = redis.call('ZREVRANGEBYSCORE', KEYS[1], upper, '(' .. now, 'WITHSCORES', 'LIMIT', 0, max)
-local dropped = 0
-for i = 1, #turns, 2 do
-  local member = turns[i]
-  local id = string.match(member, '^(.*):%d+$')
-  if not id or not redis.call('ZSCORE', KEYS[2], id) then
+local entries = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(' .. now, 'LIMIT', skip, max)
+local dropped, kept = 0, skip
+for _, member in ipairs(entries) do
+  -- A turn: '~<id>:<attempt>' (includes/rate-window.lua); anything else later than now is kept.
+  local id = string.match(member, '^~(.*):%d+$')
+  if id and not redis.call('ZSCORE', KEYS[2], id) then
     redis.call('ZREM', KEYS[1], member)
     dropped = dropped + 1
+  else
+    kept = kept + 1
   end
 end
-local next = ''
-if #turns == 2 * max then next = turns[#turns] end
-return {dropped, next}
+if #entries < max then kept = -1 end
+return {dropped, kept}

@@ -118,12 +118,15 @@ describe('currentTask().onlyAfter()', () => {
     const first = await ref.delayMany(Array.from({ length: 60 }, () => ['prices', 60] as [string, number]));
     const answers = await Promise.all(first.map((r) => r.get({ timeout: 20 })));
     expect(answers.filter(Boolean)).toHaveLength(1);
-    // A short interval: once it lapses (on the Redis clock), the next call is told yes again.
+    // Once the interval lapses (here made to lapse at once, on the Redis clock), the next call is
+    // told yes again.
     const key = h.queueKeys().after('quotes');
-    expect(await (await ref.delay('quotes', 0.3)).get({ timeout: 10 })).toBe(true);
-    expect(await (await ref.delay('quotes', 0.3)).get({ timeout: 10 })).toBe(false);
+    expect(await (await ref.delay('quotes', 30)).get({ timeout: 10 })).toBe(true);
+    expect(await (await ref.delay('quotes', 30)).get({ timeout: 10 })).toBe(false);
+    expect(await h.admin.pttl(key)).toBeGreaterThan(20_000);
+    await h.admin.pexpire(key, 1);
     await waitFor(async () => (await h.admin.exists(key)) === 0, { what: 'the interval to lapse' });
-    expect(await (await ref.delay('quotes', 0.3)).get({ timeout: 10 })).toBe(true);
+    expect(await (await ref.delay('quotes', 30)).get({ timeout: 10 })).toBe(true);
     const summaries = await stopWorkerProcesses(workers);
     expect(total(summaries, 'succeeded')).toBe(63);
     expect((await readLog(h)).map((e) => e.key)).toEqual(['prices', 'quotes', 'quotes']);

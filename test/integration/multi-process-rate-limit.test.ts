@@ -41,10 +41,11 @@ describe('rate limits across processes', () => {
     for (let i = 0; i < inOrder.length; i++) {
       for (let j = i + 1; j < inOrder.length; j++) if (inOrder[j]! < inOrder[i]! - 50) reach = Math.max(reach, j - i);
     }
-    // A task over the limit is put back once, for its reserved turn, and again only when a task
-    // ahead of it started late: a spinning scheduler would be far above this.
+    // A task over the limit is put back for its reserved turn, and again for a few ms when a
+    // start ahead of it came late (usually once, sometimes twice): a scheduler that sends every
+    // waiting task back whenever a slot frees would be far above this (140 here before turns).
     const limited = total(summaries, 'rateLimited');
-    expect(limited).toBeLessThanOrEqual(2 * 30);
+    expect(limited).toBeLessThanOrEqual(3 * 30);
     const span = starts[29]! - starts[0]!;
     const rate = (starts.length - 1) / (span / 1000);
     const perWorker = summaries.map((s) => s.started).join('/');

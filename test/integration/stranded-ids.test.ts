@@ -177,6 +177,29 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     await w.close();
   });
 
+  it("a refused write after a task's turn was settled gives the window back what it had: a turn reserved now is taken back, a turn the task came with is put back at its score", { timeout: 60_000 }, async () => {
+    // The user may not write task records (HSET), which every start and every put-back does
+    // after the rate window was changed: the window must be as it was after each refused call.
+    const h = fresh();
+    const window = h.queueKeys().rate('StrandService.limited', undefined);
+    const now = Number((await h.admin.time())[0]) * 1000;
+    const [full, withTurn] = await h.dispatcher().tasks(StrandService).limited.delayMany([[1], [2]]);
+    // `full` meets a full window (an entry scored later, so it does not age out during the
+    // test): it would get a turn. `withTurn` comes with a turn of its own, ahead of that entry,
+    // so it would start.
+    await h.admin.zadd(window, now + 30_000, 'other:1', now + 20_000, `~${withTurn!.id}:1`);
+    const user = await aclUser(h, allBut(h, 'hset', ['names']));
+    const service = new StrandService();
+    const w = h.worker({ connection: user.url, services: [service] });
+    const ev = recordEvents(w);
+    await w.start();
+    await waitFor(() => ev.errors.length >= 3, { timeout: 20_000, what: 'the refused writes to be reported' });
+    await w.close();
+    expect(await h.admin.zrange(window, 0, -1, 'WITHSCORES')).toEqual([`~${withTurn!.id}:1`, String(now + 20_000), 'other:1', String(now + 30_000)]);
+    for (const t of [full!, withTurn!]) expect(await queuedOnly(h, t.id), t.id).toBe(true);
+    expect(service.ran).toEqual([]);
+  });
+
   it('a malformed record whose dead letter is refused stays queued (not failed, not lost) until it can be dead-lettered', { timeout: 60_000 }, async () => {
     const h = fresh();
     const r = await h.dispatcher().tasks(StrandService).simple.applyAsync([1], { taskId: 'malformed' });

@@ -65,8 +65,15 @@ describe('rate limits under stress', () => {
     }
     // Nothing left behind: no task queued, delayed, claimed or leased.
     for (const name of ['wait', 'delayed', 'claimed', 'active'] as const) expect(await h.admin.exists(h.queueKey(name)), name).toBe(0);
-    const killedStarts = (await h.admin.lrange(log, 0, -1)).filter((line) => (JSON.parse(line) as { pid: number }).pid === victim.child.pid).length;
+    // Each task's body ran once on the surviving workers; only the killed process's lost runs ran
+    // again (on a survivor, as the recovery promises).
+    const entries = (await h.admin.lrange(log, 0, -1)).map((line) => JSON.parse(line) as { id: string; pid: number });
+    const killedStarts = entries.filter((e) => e.pid === victim.child.pid).length;
     expect(killedStarts).toBeGreaterThan(0);
+    const survivorRuns = new Map<string, number>();
+    for (const e of entries) if (e.pid !== victim.child.pid) survivorRuns.set(e.id, (survivorRuns.get(e.id) ?? 0) + 1);
+    expect(survivorRuns.size + entries.filter((e) => e.pid === victim.child.pid && !survivorRuns.has(e.id)).length).toBe(10_000);
+    expect([...survivorRuns.values()].filter((n) => n !== 1)).toEqual([]);
     reportFigures('stress', {
       tasks: 10_000,
       seconds: (elapsed / 1000).toFixed(1),

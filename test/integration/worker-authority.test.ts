@@ -85,7 +85,7 @@ describe('the worker applies its own unique and rate-limit options to messages s
     expect(turns.map((w) => w.dueAt!.getTime() - counted)).toEqual([60_000, 120_000]);
     expect(await h.admin.zrange(window, 0, -1, 'WITHSCORES')).toEqual([
       `${done[0]!.id}:1`, String(counted),
-      ...turns.flatMap((w) => [`${w.id}:1`, String(w.dueAt!.getTime())]),
+      ...turns.flatMap((w) => [`~${w.id}:1`, String(w.dueAt!.getTime())]),
     ]);
     const summaries = await stopWorkerProcesses(workers);
     expect(summaries.reduce((n, s) => n + s.rateLimited, 0)).toBeGreaterThanOrEqual(2);

@@ -379,7 +379,8 @@ export class Inspector {
           throw fromRedis(err, `reading window ${key}`);
         }
         const member = newest[0];
-        const starter = member === undefined ? undefined : member.slice(0, member.lastIndexOf(':'));
+        // A start is '<id>:<attempt>', a turn '~<id>:<attempt>' (rate-window.lua).
+        const starter = member === undefined ? undefined : member.slice(member.startsWith('~') ? 1 : 0, member.lastIndexOf(':'));
         const [name, rn, rp] = starter ? await redisCall(`reading task ${starter}`, () => this.client.hmget(k.task(starter), FIELDS.name, FIELDS.rateLimit, FIELDS.ratePeriod)) : [null, null, null];
         const rest = key.slice(k.base.length + KEY_NAMES.rate.length);
         const task = name !== null && (rest === name || rest.startsWith(`${name}:`)) ? name : ownerOf(rest, names);

@@ -672,11 +672,11 @@ export async function releaseLock(
  */
 export async function dropTurns(runner: ScriptRunner, keys: QueueKeys, windowKey: string): Promise<number> {
   let dropped = 0;
-  for (let below: string = '+inf'; ; ) {
-    const [n, next] = await runner.run<[number, string]>(dropTurnsScript, [windowKey, keys.delayed], [500, below]);
+  for (let kept = 0; ; ) {
+    const [n, next] = await runner.run<[number, number]>(dropTurnsScript, [windowKey, keys.delayed], [500, kept]);
     dropped += Number(n);
-    if (next === '') return dropped;
-    below = String(next);
+    if (Number(next) < 0) return dropped;
+    kept = Number(next);
   }
 }
 

@@ -267,8 +267,10 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
   }
   if (uniqueKeyFn && !unique) throw new ConfigError(`${where}: uniqueKey only applies to unique tasks; add unique: true`);
   if (rateKeyFn && o.rateLimit === undefined) throw new ConfigError(`${where}: rateKey only applies with rateLimit; set rateLimit`);
-  if (key && uniqueKeyFn && rateKeyFn) {
-    throw new ConfigError(`${where}: key is not used when both uniqueKey and rateKey are given; drop it`);
+  // `key` stands for whichever of the two is not given; when neither use needs it, it is a mistake.
+  const keyUsed = (unique && !uniqueKeyFn) || (o.rateLimit !== undefined && !rateKeyFn);
+  if (key && !keyUsed && (uniqueKeyFn || rateKeyFn)) {
+    throw new ConfigError(`${where}: key is not used: ${unique ? 'uniqueKey' : 'rateKey'}${unique && o.rateLimit !== undefined ? ' and rateKey' : ''} ${unique && o.rateLimit !== undefined ? 'are' : 'is'} given; drop it`);
   }
   let rateLimit: NormalizedTaskOptions['rateLimit'];
   if (typeof o.rateLimit === 'function') rateLimit = o.rateLimit as (args: readonly unknown[]) => RateLimit;

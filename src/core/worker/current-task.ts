@@ -34,8 +34,10 @@ export interface CurrentTask {
    * Gives this task's unique lock `duration` (seconds or an `ms` string) from now on the Redis
    * clock, for a task that runs longer than its `uniqueTimeout`. The lifetime is set, not added
    * to. Resolves true when extended; false when the task no longer holds its lock (it lapsed, and
-   * another task may have taken it, or an operator released it). Rejects with ConfigError for a
-   * task that has no unique lock, or a bad duration.
+   * another task may have taken it, or an operator released it). The lock is checked to name
+   * this task's id, not this run: a run of the task that was recovered elsewhere meanwhile (its
+   * worker was cut off past its lease) can still extend the lock both runs share. Rejects with
+   * ConfigError for a task that has no unique lock, or a bad duration.
    */
   extendLock(duration: Duration): Promise<boolean>;
   /**

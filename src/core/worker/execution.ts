@@ -1,6 +1,7 @@
 import { ConfigError, PayloadTooLargeError, RunawayTaskError, StaleRunError } from '../errors.js';
 import type { Duration } from '../task/durations.js';
 import { lockLifetime } from '../task/task-options.js';
+import { describe } from '../task/durations.js';
 import type { RemoteError } from '../protocol/task-record.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { FIELDS } from '../protocol/task-fields.js';
@@ -72,7 +73,7 @@ class RunContext<R extends Run<RunOwner>> implements CurrentTask {
   }
 
   async onlyAfter(key: string, interval: Duration): Promise<boolean> {
-    if (typeof key !== 'string' || key === '') throw new ConfigError(`onlyAfter(key, interval): key must be a non-empty string, got ${JSON.stringify(key)}`);
+    if (typeof key !== 'string' || key === '') throw new ConfigError(`onlyAfter(key, interval): key must be a non-empty string, got ${describe(key)}`);
     const intervalMs = lockLifetime(interval, 'onlyAfter(key, interval): interval');
     return this.host.onlyAfter(this.run, key, intervalMs);
   }

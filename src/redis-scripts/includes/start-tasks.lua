@@ -34,7 +34,7 @@
 --   * unique: if its lock lapsed and nobody took it, it takes it again; if another task
 --     holds it now, it ends REVOKED with reason 'duplicate' and does not run;
 --   * rate limit: counted in its rolling window on the Redis clock (includes/rate-window.lua);
---     if full, its turn is reserved and it waits in the delayed set, due then, still PENDING;
+--     if full, it waits for its turn in the delayed set, due then, still PENDING;
 --   * otherwise it starts: state STARTED, attempts + 1, a new run token, a lease in the active set.
 -- Ids are read from the tail of the wait list (LRANGE), not popped: while the call works, every
 -- id it looks at is still in the list, so a call that fails half way (a command Redis refuses
@@ -201,13 +201,19 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     local attempt = (tonumber(attempts) or 0) + 1
     if rateKey then
       local member = id .. ':' .. attempt
-      local verdict, detail = admitRate(rateKey, member, limit, period, now)
+      local verdict, detail, turn = admitRate(rateKey, member, limit, period, now)
       if verdict == 'bad' then
         if isRefusal(detail) then error(detail) end
         failMalformed(base, id, 'its rate window key holds a value of the wrong type', now, expireMs, lock)
         return
       end
-      counted = { rateKey, member }
+      -- What to undo in the window should a later command fail: the start counted (and the turn
+      -- it had, put back), or the turn reserved now; nothing when it kept its turn.
+      if verdict == 'start' then
+        counted = { rateKey, member, turn }
+      elseif not turn then
+        counted = { rateKey, '~' .. member }
+      end
       if verdict == 'wait' then
         -- Its slot in the window is reserved; it waits for it in the delayed set, due then.
         redis.call('ZADD', delayedKey, now + detail, id)
@@ -254,7 +260,10 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     -- which keeps it as it was too.
     local err = res
     if leased then redis.pcall('ZREM', activeKey, id) end
-    if counted then redis.pcall('ZREM', counted[1], counted[2]) end
+    if counted then
+      redis.pcall('ZREM', counted[1], counted[2])
+      if counted[3] then redis.pcall('ZADD', counted[1], counted[3], '~' .. counted[2]) end
+    end
     if placed then redis.pcall('ZREM', delayedKey, id) end
     if not isRefusal(err) then
       local fine, failed = pcall(failMalformed, base, id, 'a command on its keys failed: ' .. errorText(err), now, expireMs,
