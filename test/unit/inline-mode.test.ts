@@ -310,7 +310,9 @@ describe('inline mode', () => {
     const results = await app.tasks(InlineReports).limited.delayMany([1, 2, 3, 4, 5, 6].map((n) => [n] as [number]));
     await app.drain({ timeout: 10 });
     const started = await Promise.all(results.map(async (r) => (await r.info()).startedAt!.getTime()));
-    for (let i = 1; i < started.length; i++) expect(started[i]).toBeGreaterThanOrEqual(started[i - 1]!);
+    // In the order sent, up to a timer's lateness (a task due a ms after another may start first
+    // when that one's timer fired late and found its window still full).
+    for (let i = 1; i < started.length; i++) expect(started[i]! - started[i - 1]!).toBeGreaterThanOrEqual(-50);
     // Each over-limit task got its turn in the order sent; a timer that fired late can put one
     // back once more (a start is counted when it happens), never out of its turn.
     expect([...new Set(limited)]).toEqual([3, 4, 5, 6]);
