@@ -16,12 +16,18 @@
 -- debounce); nil otherwise. The lock released, the task pending behind it (the pointer's
 -- `'<due> <lifetime> <id>'`) is handed the lock and made due (now, or at its debounce time), if
 -- it still waits in the delayed set. Any other state (revoked, or already moved to the wait list)
--- is left alone: a task moved to the wait list takes the free lock when it starts.
-local function handLockOver(lockKey, h, now)
+-- is left alone: a task moved to the wait list takes the free lock when it starts, and a pointer
+-- to a task that no longer waits is dropped by the next dispatch that reads it, or lapses.
+local function handLockOver(lockKey, id, h, now)
   local pointer = redis.call('GET', h.next)
   if not pointer then return end
   local due, life, nextId = string.match(pointer, '^(%d+) (%d+) (.+)$')
-  if not nextId then return end
+  -- A pointer to the ending task itself: it was the pending one, and took the free lock when it
+  -- started (it was in the wait list when its holder ended). Nothing waits any more.
+  if not nextId or nextId == id then
+    redis.call('DEL', h.next)
+    return
+  end
   if not redis.call('ZSCORE', h.delayed, nextId) then return end
   redis.call('SET', lockKey, nextId, 'PX', life)
   redis.call('DEL', h.next)
@@ -39,7 +45,7 @@ local function endTask(base, id, state, extra, now, expireMs, lock, run, handOve
     local holder = redis.pcall('GET', lock[1])
     if holder == id then
       redis.call('DEL', lock[1])
-      if handOver then handLockOver(lock[1], handOver, now) end
+      if handOver then handLockOver(lock[1], id, handOver, now) end
     end
   end
   redis.call('SPUBLISH', doneChannelOf(base, id), state)
