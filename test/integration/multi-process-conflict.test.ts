@@ -106,7 +106,7 @@ describe('conflict modes across processes', () => {
     // Each task but the last was replaced by exactly one later call.
     const replaced = first.flatMap((r) => (r.conflict?.outcome === 'replaced' ? [r.conflict.replaced] : []));
     expect(replaced.sort()).toEqual(order.slice(0, -1).sort());
-    expect((await ref.current(label))?.id).toBe(survivor);
+    expect((await ref.current(label, 0))?.id).toBe(survivor);
 
     const workers = await startWorkerProcesses(h, 2, { services: ['probe'], concurrency: 4 });
     const survivorN = first.find((r) => r.id === survivor)!.n!;
