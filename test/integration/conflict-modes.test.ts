@@ -139,6 +139,18 @@ describe('onConflict: replace', () => {
     expect(await first.status()).toBe('REVOKED');
   });
 
+  it('five calls of one key in one batch (delayMany): each replaces the one before, the last stays', async () => {
+    const h = fresh();
+    const tasks = h.dispatcher().tasks(Conflicts);
+    // One enqueue call carries the five: the second finds the lock the first took in the same
+    // call, and is sent again declaring it (code 8), and so on.
+    const sent = await tasks.replaced.delayMany([1, 2, 3, 4, 5].map((n) => ['batch', n] as [string, number]));
+    const states = await Promise.all(sent.map(async (r) => `${await r.status()} ${(await r.info()).revokeReason ?? ''}`.trim()));
+    expect(states).toEqual(['REVOKED replaced', 'REVOKED replaced', 'REVOKED replaced', 'REVOKED replaced', 'PENDING']);
+    expect(sent.slice(1).map((r) => r.conflict)).toEqual(sent.slice(0, -1).map((r) => ({ outcome: 'replaced', replaced: r.id })));
+    expect(await h.admin.get(await h.lockKeyOf(sent[4]!.id))).toBe(sent[4]!.id);
+  });
+
   it('returns a running holder as a duplicate: at most one runs', async () => {
     const h = fresh();
     const tasks = h.dispatcher().tasks(Conflicts);

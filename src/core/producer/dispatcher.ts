@@ -2,14 +2,14 @@ import type { RedisClient } from '../protocol/connection.js';
 import type { ConnectionOption } from '../protocol/connection.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
 import { uniqueKey } from '../task/call-checks.js';
-import { ConfigError, NotATaskError, PartialDispatchError, redisCall, UnexpectedReplyError } from '../errors.js';
+import { ConfigError, NotATaskError, PartialDispatchError, redisCall } from '../errors.js';
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, QueueKeys, validateName } from '../protocol/queue-keys.js';
 import { discover, registeredTasks, taskByName, type Constructor, type TaskDefinition } from '../task/registry.js';
 import type { PingReply, WorkerInfo } from '../protocol/worker-info.js';
 import { argsToJson } from '../task/serialization.js';
 import { makeTaskResult, type TaskResult } from './task-result.js';
 import type { NormalizedTaskOptions } from '../task/task-options.js';
-import { ENQUEUE_CODES, enqueued } from '../protocol/reply-codes.js';
+import { enqueued } from '../protocol/reply-codes.js';
 import type { EnqueueOutcome } from '../protocol/scripts.js';
 import { prepareCall, type ApplyOptions, type PreparedCall } from './prepare-call.js';
 import { RedisTransport, type DispatchTransport } from './transport.js';
@@ -119,9 +119,6 @@ function queueOfId(id: string): string | undefined {
 
 // Internal: a DispatcherOptions carrying a transport under this key uses it instead of Redis
 // (heimdall-tasks/testing's inline mode). The symbol is not exported from the package.
-/** How many times a dispatch with a conflict mode is sent again when the lock's holder changed meanwhile (code 8). */
-const MAX_CONFLICT_TRIES = 100;
-
 const TRANSPORT: unique symbol = Symbol('heimdall-tasks.transport');
 
 /** Options of a Dispatcher over another transport than Redis (for the library's own use). */
@@ -373,23 +370,9 @@ export class Dispatcher {
     }) as Promise<TaskResult<R>>;
   }
 
-  /**
-   * Hands a prepared task to the transport (Redis: it shares one script call with the other tasks
-   * of this tick). A task with a conflict mode declares the lock's holder and pending task as it
-   * last saw them (none, at first); when the script finds others (code 8, nothing written), it is
-   * sent again declaring those: one more round trip per conflict, none when the lock is free.
-   */
-  private async submit(p: PreparedCall): Promise<EnqueueOutcome> {
-    for (let tries = 1; ; tries++) {
-      const outcome = await this.transport.send(p);
-      const c = p.task.conflict;
-      if (outcome.code !== ENQUEUE_CODES.conflictKeysChanged || c === undefined) return outcome;
-      // Each round, one of the calls racing for the lock goes through; this bounds a livelock only.
-      if (tries >= MAX_CONFLICT_TRIES) {
-        throw new UnexpectedReplyError(`sending ${p.name}: the lock's holder changed at each of ${tries} tries; nothing was sent`);
-      }
-      p.task = { ...p.task, conflict: { ...c, holder: outcome.detail, pending: outcome.other ?? '' } };
-    }
+  /** Hands a prepared task to the transport (Redis: it shares one script call with the other tasks of this tick). */
+  private submit(p: PreparedCall): Promise<EnqueueOutcome> {
+    return this.transport.send(p);
   }
 
   /** Turns the script's answer for one task into its handle (or the error it calls for, see reply-codes.ts). */
