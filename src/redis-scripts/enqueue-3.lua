@@ -165,12 +165,12 @@ local function notStarted(state)
 end
 
 -- A conflict mode (field cm) meets the lock: decides what becomes of the new task `id` (see the
--- header, codes 2, 6, 7, 8), and ends the tasks it replaces. `c`: { mode, lockKey, nextKey,
+-- header, codes 1, 2, 6, 7, 8), and ends the tasks it replaces. `c`: { mode, lockKey, nextKey,
 -- holderKey, pendingKey (nil when not declared), holder, pending (the ids declared, '' none),
--- ttl (the lock's lifetime), wait, maxWait (debounce, ms), expires (result lifetime of a replaced
--- task, ms), name }. Returns code, detail, third item, and for codes 6 and 7 a plan:
--- { takeLock, due (0: as the call said), first (debounce series start) }. Writes only for codes
--- 6 and 7, under the caller's pcall.
+-- wait, maxWait (debounce, ms), expires (result lifetime of a replaced task, ms), name }. Returns
+-- code, detail, third item, and, when the new task is to be enqueued (codes 1, 6, 7), a plan:
+-- { takeLock, due (0: as the call said), first (debounce series start) }. Writes only then,
+-- under the caller's pcall.
 local function conflict(id, c)
   local holder = redis.pcall('GET', c.lockKey)
   local f = failure(holder)
