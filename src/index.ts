@@ -12,11 +12,11 @@ export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './cor
 export { onShutdownSignal } from './core/worker/shutdown-signals.js';
 export type { ShutdownSignalHandle, ShutdownSignalOptions } from './core/worker/shutdown-signals.js';
 export { TaskResult } from './core/producer/task-result.js';
-export type { GetOptions, RevokeOptions } from './core/producer/task-result.js';
+export type { DispatchConflict, GetOptions, RevokeOptions } from './core/producer/task-result.js';
 export type { AttemptInfo, RemoteError, RevokeReason, TaskInfo, TaskState } from './core/protocol/task-record.js';
 export { currentTask } from './core/worker/current-task.js';
 export type { CurrentTask, RetryRequestOptions } from './core/worker/current-task.js';
-export type { Backoff, ErrorClass, RateLimit, RetryOptions, TaskKey, TaskOptions } from './core/task/task-options.js';
+export type { Backoff, ConflictOption, ErrorClass, RateLimit, RetryOptions, TaskKey, TaskOptions } from './core/task/task-options.js';
 export type { Duration } from './core/task/durations.js';
 export type { ClusterConnection, ConnectionOption, RedisClient } from './core/protocol/connection.js';
 export type { Constructor } from './core/task/registry.js';

@@ -701,6 +701,10 @@ function eventLine(e: QueueEvent): string {
         return `${e.lockKey} for ${ms(e.ttlMs)}`;
       case 'deduplicated':
         return 'holds the lock; nothing sent';
+      case 'replaced':
+        return `${e.reason} by ${e.by}`;
+      case 'waiting':
+        return `waits for ${e.holder}`;
     }
   })();
   return `${new Date(e.at).toISOString()} ${e.queue} ${e.type.padEnd(13)} ${e.name ?? '?'} ${e.id}${detail ? `  ${detail}` : ''}`;

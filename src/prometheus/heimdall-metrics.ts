@@ -58,7 +58,14 @@ const DEPTH_STATES = ['waiting', 'delayed', 'running', 'dead'] as const;
 /** What the metrics read of a `succeeded`, `failed` or `retried` event. */
 type Ended = Pick<TaskEvent, 'queue' | 'name' | 'attempt'> & { runtimeMs: number };
 /** The `outcome` of a task that ended REVOKED, by its reason. */
-const REVOKED_OUTCOME: Record<RevokeReason, string> = { revoked: 'revoked', duplicate: 'duplicate', expired: 'expired', purged: 'purged' };
+const REVOKED_OUTCOME: Record<RevokeReason, string> = {
+  revoked: 'revoked',
+  duplicate: 'duplicate',
+  expired: 'expired',
+  purged: 'purged',
+  replaced: 'replaced',
+  debounced: 'debounced',
+};
 
 /**
  * Prometheus metrics of heimdall-tasks, in `registry`: counters and histograms from the events of

@@ -10,6 +10,10 @@
   then per task, in the order of ARGV:
           its hash          <prefix>:{<queue>}:t:<id>
           its unique lock   the lock key of ARGV, only when that is not ''
+          with a conflict mode (field cm: replace, keepLast, debounce), after its lock:
+          its pending pointer <prefix>:{<queue>}:next:<task>:<key> (the lock's suffix under next:),
+          the holder's hash     <prefix>:{<queue>}:t:<ch>, only when field ch is not ''
+          the pending one's     <prefix>:{<queue>}:t:<cp>, only when field cp is not ''
   Every key is checked against what the base, the ids and the lock keys of ARGV name, before
   anything is written: a key that differs, or a count of keys that does not match the tasks,
   fails the whole call with an error 'enqueue: ...; nothing was sent' (a mistake of the caller;
@@ -27,8 +31,11 @@
           wins over countdown), unique lock key ('' when not unique), its lifetime in ms (a lock
           is taken when the key is not '' and the lifetime above 0), number of items F, then F
           items: field, value pairs stored in the task hash (n, a, tl, ex, mr, lk, lt, lw, rk,
-          rn, rp, tp, ts, sn; the script adds s, c and v); long arguments (a) are stored in
-          pieces, see includes/args.lua
+          rn, rp, tp, ts, sn, cm, cw, cx; the script adds s, c, v, and cf for a debounce); long
+          arguments (a) are stored in pieces, see includes/args.lua. Three fields go with a
+          conflict mode and are not stored: ch and cp, the ids of the lock's holder and of the
+          task pending behind it as the producer last saw them ('' for none; their hashes are
+          declared), and ce, the result lifetime in ms of a task the call replaces.
   then, optionally, the cap of the queue's event stream in entries (0: no events; absent: 10000;
   see includes/events.lua). Last, so producers written before events keep working.
 
@@ -44,6 +51,17 @@
                             written: nothing was written for it (what it wrote, lock included, is
                             taken back). While nothing of the batch is written, such an error
                             fails the whole call as it is.
+  With a conflict mode (see "Unique tasks" in docs/architecture.md):
+    6, replacedId, ''       enqueued with the lock: the task that held it (or the one pending
+                            behind it) had not started and is now REVOKED ('replaced', or
+                            'debounced' for a debounce)
+    7, holderId, replacedId enqueued as the task pending behind the running holder (keepLast,
+                            debounce), in the delayed set; replacedId: the pending task it replaced
+                            ('' none). The holder's end hands it the lock.
+    8, holderId, pendingId  the lock or the pending pointer names other tasks than ch and cp:
+                            nothing was written; the producer sends it again declaring these
+    (2 as above when the holder runs and the mode is replace, or the holder ended and keeps its
+    lock with uniqueWaitForExpiry.)
 ]]
 -- @include "now"
 -- @include "args"
@@ -51,6 +69,7 @@
 -- @include "wake"
 -- @include "keys"
 -- @include "events"
+-- @include "end-task"
 
 -- A wait list or delayed set of the wrong type fails the whole call before anything is written:
 -- a script is not rolled back, so an error half way would leave records and locks of tasks that
@@ -95,6 +114,22 @@ local function declarationProblem(base, count)
     if lockKey ~= '' then
       if KEYS[k] ~= lockKey then return 'KEYS[' .. k .. '] is not the unique lock ARGV names for task ' .. id end
       k = k + 1
+      local first, last = o + 6, o + 5 + tonumber(ARGV[o + 5])
+      if fieldIn(first, last, 'cm') then
+        local locks = lockKeyOf(base, '')
+        if string.sub(lockKey, 1, #locks) ~= locks then return 'the unique lock of task ' .. id .. ' is not a lock of this queue' end
+        if KEYS[k] ~= nextKeyOf(base, string.sub(lockKey, #locks + 1)) then
+          return 'KEYS[' .. k .. '] is not the pending pointer of the unique lock of task ' .. id
+        end
+        k = k + 1
+        for _, field in ipairs({ 'ch', 'cp' }) do
+          local other = fieldIn(first, last, field) or ''
+          if other ~= '' then
+            if KEYS[k] ~= taskKeyOf(base, other) then return 'KEYS[' .. k .. '] is not the hash of task ' .. other .. ' (' .. field .. ')' end
+            k = k + 1
+          end
+        end
+      end
     end
     o = o + 6 + tonumber(ARGV[o + 5])
   end
@@ -123,6 +158,84 @@ end
 local now = nowMs()
 -- The cap comes after the tasks; until it is read, events are noted under the default.
 useEvents(10000, nil, eventsKey)
+
+-- Waiting, not started: a holder or pending task in this state is replaced.
+local function notStarted(state)
+  return state == 'PENDING' or state == 'RETRY'
+end
+
+-- A conflict mode (field cm) meets the lock: decides what becomes of the new task `id` (see the
+-- header, codes 1, 2, 6, 7, 8), and ends the tasks it replaces. `c`: { mode, lockKey, nextKey,
+-- holderKey, pendingKey (nil when not declared), holder, pending (the ids declared, '' none),
+-- wait, maxWait (debounce, ms), expires (result lifetime of a replaced task, ms), name }. Returns
+-- code, detail, third item, and, when the new task is to be enqueued (codes 1, 6, 7), a plan:
+-- { takeLock, due (0: as the call said), first (debounce series start) }. Writes only then,
+-- under the caller's pcall.
+local function conflict(id, c)
+  local holder = redis.pcall('GET', c.lockKey)
+  local f = failure(holder)
+  if f == 4 then return 4, 'the unique lock key ' .. c.lockKey .. ' holds a value that is not a string', 0 end
+  if f then return 5, holder.err, 0 end
+  local pointer = redis.pcall('GET', c.nextKey)
+  f = failure(pointer)
+  if f == 4 then return 4, 'the pending pointer ' .. c.nextKey .. ' holds a value that is not a string', 0 end
+  if f then return 5, pointer.err, 0 end
+  local pending = pointer and string.match(pointer, '^%d+ %d+ (.+)$')
+  -- A pointer to the holder itself is stale: it was handed the lock, or took it at its start.
+  if pending == holder then pending = nil end
+  if (holder or '') ~= c.holder or (pending or '') ~= c.pending then return 8, holder or '', pending or '' end
+
+  local held = holder and redis.call('HMGET', c.holderKey, 's', 'cf') or {}
+  local running = held[1] == 'STARTED'
+  -- A holder that runs (replace), or that ended and keeps the lock (uniqueWaitForExpiry), or whose
+  -- record is gone: a duplicate, as without a mode. Nothing changes.
+  if holder and not notStarted(held[1]) and not (running and c.mode ~= 'replace') then
+    if eventsOn() then noteEvent('deduplicated', holder, 'n', c.name, 'by', id) end
+    return 2, holder, redis.call('PTTL', c.lockKey)
+  end
+
+  local reason = 'replaced'
+  if c.mode == 'debounce' then reason = 'debounced' end
+  local first = nil
+  local replaced = ''
+  local function replace(other, key, ownsLock)
+    local lock = { false }
+    if ownsLock then lock = nil end
+    endTask(base, other, 'REVOKED', { 'rr', reason }, now, c.expires, lock)
+    redis.call('ZREM', KEYS[2], other)
+    noteEvent('replaced', other, 'n', c.name, 'by', id, 'r', reason)
+    replaced = other
+  end
+  if holder and not running then
+    first = held[2]
+    replace(holder, c.holderKey, true)
+    holder = nil
+  end
+  if pointer then
+    if pending then
+      local p = redis.call('HMGET', c.pendingKey, 's', 'cf', 'lk')
+      if notStarted(p[1]) and p[3] == c.lockKey then
+        first = first or p[2]
+        replace(pending, c.pendingKey, false)
+      end
+    end
+    redis.call('DEL', c.nextKey)
+  end
+  first = tonumber(first) or now
+  local due = 0
+  if c.mode == 'debounce' then
+    due = now + c.wait
+    if c.maxWait > 0 and first + c.maxWait < due then due = math.max(now, first + c.maxWait) end
+  end
+  if holder then
+    -- It runs: the new task waits behind it, pending, for its end to hand it the lock.
+    noteEvent('waiting', id, 'n', c.name, 'h', holder)
+    return 7, holder, replaced, { takeLock = false, due = due, first = first }
+  end
+  if replaced == '' then return 1, '', 0, { takeLock = true, due = due, first = first } end
+  return 6, replaced, '', { takeLock = true, due = due, first = first }
+end
+
 local replies = {}
 local woken = false
 local o, k = 3, 4
@@ -167,7 +280,37 @@ for i = 1, count do
     code = 1
   else
     local proceed = true
-    if unique then
+    local mode = unique and fieldIn(first, last, 'cm')
+    local plan, pointerKey = nil, nil
+    if mode then
+      local c = { mode = mode, lockKey = lockKey, holder = fieldIn(first, last, 'ch') or '', pending = fieldIn(first, last, 'cp') or '',
+        wait = tonumber(fieldIn(first, last, 'cw')) or 0, maxWait = tonumber(fieldIn(first, last, 'cx')) or 0,
+        expires = tonumber(fieldIn(first, last, 'ce')) or 86400000, name = nameIn(first, last) }
+      if declared then
+        -- In the order declarationProblem checked them.
+        c.nextKey = KEYS[k]
+        k = k + 1
+        if c.holder ~= '' then c.holderKey = KEYS[k]; k = k + 1 end
+        if c.pending ~= '' then c.pendingKey = KEYS[k]; k = k + 1 end
+      else
+        local locks = lockKeyOf(base, '')
+        c.nextKey = nextKeyOf(base, string.sub(lockKey, #locks + 1))
+        if c.holder ~= '' then c.holderKey = taskKeyOf(base, c.holder) end
+        if c.pending ~= '' then c.pendingKey = taskKeyOf(base, c.pending) end
+      end
+      pointerKey = c.nextKey
+      local mark = eventMark()
+      local ok, a, b, third, p = pcall(conflict, id, c)
+      if not ok then
+        eventRewind(mark)
+        if not wrote then error(a) end
+        proceed, code, detail = false, 5, type(a) == 'table' and tostring(a.err) or tostring(a)
+      elseif p then
+        plan, code, detail, ttl = p, a, b, third
+      else
+        proceed, code, detail, ttl = false, a, b, third
+      end
+    elseif unique then
       local set = redis.pcall('SET', lockKey, id, 'NX', 'PX', lockTtl)
       if failure(set) then
         proceed, code, detail = false, 5, set.err
@@ -188,6 +331,18 @@ for i = 1, count do
     if proceed then
       local due = 0
       if eta > 0 then due = eta elseif countdown > 0 then due = now + countdown end
+      if plan and plan.due > due then due = plan.due end
+      -- Where it goes: the wait list when due now, else the delayed set, due then. A task pending
+      -- behind a running holder always waits in the delayed set: until its due time, and no longer
+      -- than the holder's lock lasts or 10 s, after which a fetch looks again (the holder's end
+      -- normally makes it due first, handing it the lock).
+      local placeAt = due
+      if plan and not plan.takeLock and placeAt <= now then
+        local left = redis.call('PTTL', lockKey)
+        local recheck = 10000
+        if left > 0 and left < recheck then recheck = left end
+        placeAt = now + recheck
+      end
       -- v: the version of this message layout, the one start-tasks.lua reads.
       local fields = { 's', 'PENDING', 'c', now, 'v', '1' }
       local whole = false
@@ -196,12 +351,16 @@ for i = 1, count do
       end
       local taskName
       for j = first, last - 1, 2 do
-        if ARGV[j] == 'a' then argsFields(fields, ARGV[j + 1], whole) else
+        if ARGV[j] == 'a' then argsFields(fields, ARGV[j + 1], whole)
+        elseif ARGV[j] == 'ch' or ARGV[j] == 'cp' or ARGV[j] == 'ce' then -- for this call only, not stored
+        else
           table.insert(fields, ARGV[j]); table.insert(fields, ARGV[j + 1])
           if ARGV[j] == 'n' then taskName = ARGV[j + 1] end
         end
       end
-      if due > now then table.insert(fields, 'd'); table.insert(fields, due) end
+      if placeAt > now then table.insert(fields, 'd'); table.insert(fields, placeAt) end
+      if plan and mode == 'debounce' then table.insert(fields, 'cf'); table.insert(fields, plan.first) end
+      if plan and not plan.takeLock then table.insert(fields, 'cb'); table.insert(fields, detail) end
       -- The record, then its place in a list. Should Redis refuse either (an ACL, a full server,
       -- a Cluster slot on the move), what this task wrote is taken back, its lock included, so
       -- no record or lock is left of a task that is in no list.
@@ -210,12 +369,12 @@ for i = 1, count do
       if not (type(written) == 'table' and written.err) then written = redis.pcall('HSET', taskKey, unpack(fields)) end
       local placed = written
       if not (type(written) == 'table' and written.err) then
-        if due > now then
+        if placeAt > now then
           -- An idle worker sleeps until the earliest due time it knew of; if this task is due
           -- earlier, wake it with a marker ('') that fetch skips. Once woken, it reads the
           -- delayed set afresh, so the rest of the batch need not look.
-          if not woken then woken = wakeIfEarliest(KEYS[1], KEYS[2], due) end
-          placed = redis.pcall('ZADD', KEYS[2], due, id)
+          if not woken then woken = wakeIfEarliest(KEYS[1], KEYS[2], placeAt) end
+          placed = redis.pcall('ZADD', KEYS[2], placeAt, id)
         else
           placed = redis.pcall('LPUSH', KEYS[1], id)
         end
@@ -226,7 +385,15 @@ for i = 1, count do
         code, detail = failure(placed), placed.err
       else
         wrote = true
-        noteEvent('queued', id, 'n', taskName, 'd', due > now and due or nil)
+        noteEvent('queued', id, 'n', taskName, 'd', placeAt > now and placeAt or nil)
+        if plan and plan.takeLock then
+          redis.pcall('SET', lockKey, id, 'PX', lockTtl)
+        elseif plan then
+          -- The pointer the holder's end reads (includes/end-task.lua): when it is due, the lock's
+          -- lifetime, the id. It lives as long as the holder's lock and then its own.
+          local left = math.max(redis.call('PTTL', lockKey), 0)
+          redis.pcall('SET', pointerKey, math.max(due, now) .. ' ' .. lockTtl .. ' ' .. id, 'PX', left + lockTtl)
+        end
       end
     end
   end

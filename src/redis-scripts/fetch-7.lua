@@ -15,7 +15,8 @@
   KEYS[6] stats hash        <prefix>:{<queue>}:stats (runs ended per 10 s, see below)
   KEYS[7] claimed zset      <prefix>:{<queue>}:claimed (id -> when the claim lapses, ms)
   then, per finished run in ARGV order: its record <prefix>:{<queue>}:t:<id>, and its lock when
-  the run has one; then per candidate in ARGV order: its record, its lock when flagged 'l', its
+  the run has one, followed by the lock's pending pointer (<prefix>:{<queue>}:next:..., see
+  enqueue-3.lua) when flagged '2'; then per candidate in ARGV order: its record, its lock when flagged 'l', its
   rate window when flagged 'r'.
 
   ARGV[1] key base          <prefix>:{<queue>}:
@@ -31,7 +32,8 @@
   ARGV[10] number of finished runs F (0 for a plain fetch), then F groups of 9:
           id, run token, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error,
           '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
-          ('' none), '1' when its lock follows its record in KEYS else ''
+          ('' none), '1' when its lock follows its record in KEYS, '2' when its lock and the
+          lock's pending pointer do, else ''
   then the number of candidates C, then C groups of 4: id, mode ('h' an id seen at the tail of
           the wait list, 'k' one further in to look ahead at, 'c' a claim of the caller to start,
           'r' a claim to release), the claim's
@@ -94,9 +96,9 @@ local count = tonumber(ARGV[10])
 local ends = {}
 for i = 0, count - 1 do
   local o = 11 + i * 9
-  local key, lock
-  key, lock, nextKey = nextDeclared('fetch', base, ARGV[o], nextKey, ARGV[o + 8])
-  ends[i + 1] = { key, lock, o }
+  local key, lock, pointer
+  key, lock, nextKey, pointer = nextDeclared('fetch', base, ARGV[o], nextKey, ARGV[o + 8])
+  ends[i + 1] = { key, lock, o, pointer }
 end
 local at = 11 + count * 9
 local candCount = tonumber(ARGV[at])
@@ -121,9 +123,11 @@ end
 local outcomes = {}
 for i = 1, count do
   local key, lock, o = ends[i][1], ends[i][2], ends[i][3]
+  local handOver = nil
+  if ends[i][4] then handOver = { next = ends[i][4], delayed = KEYS[2], wait = KEYS[1] } end
   local mark = eventMark()
   local ok, outcome, detail = pcall(finishTask, key, lock, base, KEYS[3], KEYS[2], workerId, tonumber(ARGV[3]), now, ARGV[o],
-    ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]), ARGV[o + 7])
+    ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4], tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]), ARGV[o + 7], handOver)
   -- A command refused half way (the first ones succeeded): the worker sends this finish again,
   -- and the token tells it apart from a finish already stored.
   if not ok then outcome, detail = 'ERROR', errorText(outcome) end

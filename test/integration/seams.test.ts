@@ -209,7 +209,7 @@ describe('enqueueing without a Dispatcher', () => {
           { id: 'sched-1', duplicate: false },
           { id: second.id, duplicate: false },
           { id: firstOnce.id, duplicate: false },
-          { id: firstOnce.id, duplicate: true },
+          { id: firstOnce.id, duplicate: true, conflict: { outcome: 'duplicate', holder: firstOnce.id } },
         ]);
 
         // MONITOR shows commands in the order Redis ran them: once our marker is there, so is every enqueue call before it.

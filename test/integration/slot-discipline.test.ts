@@ -55,6 +55,17 @@ class SlotService {
     return key;
   }
 
+  @Task<[key: string, n: number]>({ unique: true, uniqueKey: ([key]) => key, onConflict: 'keepLast' })
+  async latest(key: string, n: number): Promise<number> {
+    if (n === 0) await hold(key);
+    return n;
+  }
+
+  @Task<[key: string, n: number]>({ unique: true, uniqueKey: ([key]) => key, onConflict: 'replace' })
+  async replacing(key: string, n: number): Promise<number> {
+    return n;
+  }
+
   @Task({ rateLimit: [1, 3600] })
   async limited(n: number): Promise<number> {
     return n;
@@ -255,7 +266,7 @@ async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher
   const inspector = new Inspector({ connection: h.url, prefix });
   const worker: Worker = h.worker({ prefix, queues: [queue], services: [new SlotService()], leaseDuration: '600ms', unknownTaskGrace: 0 });
   const ev = recordEvents(worker);
-  const gates = ['a', 'held'].map((key) => {
+  const gates = ['a', 'held', 'last'].map((key) => {
     const g = gate();
     holds.set(key, g);
     return g;
@@ -280,6 +291,19 @@ async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher
     // Revoked with terminate while running.
     await holder.revoke({ terminate: true });
     await waitFor(() => ev.revoked.some((e) => e.id === holder.id), { what: 'the terminated task to be revoked' });
+
+    // Conflict modes: a send that replaces a queued holder (declaring its record once told of
+    // it); keepLast sends that wait behind a running holder (the lock's pending pointer), the
+    // second replacing the first; the holder's finish hands the lock to the last.
+    const queuedOne = await tasks.replacing.applyAsync(['r', 1], { queue, countdown: 3600 });
+    expect((await tasks.replacing.applyAsync(['r', 2], { queue })).conflict).toEqual({ outcome: 'replaced', replaced: queuedOne.id });
+    const running = await tasks.latest.applyAsync(['last', 0], { queue });
+    await waitFor(() => ev.started.some((e) => e.id === running.id), { what: 'the keepLast holder to start' });
+    const waiting = await tasks.latest.applyAsync(['last', 1], { queue });
+    const newest = await tasks.latest.applyAsync(['last', 2], { queue });
+    expect(newest.conflict).toEqual({ outcome: 'waiting', holder: running.id, replaced: waiting.id });
+    gates[2]!.open();
+    expect(await newest.get({ timeout: 10 })).toBe(2);
 
     // The rate limit: the second start within the hour is rescheduled.
     const limited = [await tasks.limited.applyAsync([1], { queue }), await tasks.limited.applyAsync([2], { queue })];
@@ -323,7 +347,7 @@ async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher
     expect(ev.errors).toEqual([]);
   } finally {
     for (const g of gates) g.open();
-    for (const key of ['a', 'held']) holds.delete(key);
+    for (const key of ['a', 'held', 'last']) holds.delete(key);
     await inspector.close();
   }
 }

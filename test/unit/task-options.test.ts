@@ -3,7 +3,7 @@ import { ConfigError, Task, type RateLimit } from 'heimdall-tasks';
 import { normalizeRateLimit, normalizeTaskOptions } from '../../src/core/task/task-options.js';
 import { decorationError } from '../helpers.js';
 
-const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, key, uniqueKey, rateKey, rateLimit, resultExpires, retries, timeLimit, maxRecoveries';
+const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, onConflict, key, uniqueKey, rateKey, rateLimit, resultExpires, retries, timeLimit, maxRecoveries';
 const DURATION_HINT = `must be a positive number of seconds or a duration string like '1h' or '500ms'`;
 
 describe('@Task rejects bad options when the class is defined', () => {
@@ -53,6 +53,16 @@ describe('@Task rejects bad options when the class is defined', () => {
     ['name of spaces', { name: '   ' }, 'name must be a non-empty string, got "   "'],
     ['name 42', { name: 42 }, 'name must be a non-empty string, got 42'],
     ['resultExpires -5', { resultExpires: -5 }, `resultExpires ${DURATION_HINT}, got -5`],
+    ['onConflict without unique', { onConflict: 'replace' }, 'onConflict only applies to unique tasks; add unique: true'],
+    ['onConflict with uniqueRaises', { unique: true, uniqueRaises: true, onConflict: 'raise' }, "uniqueRaises is the older spelling of onConflict: 'raise'; give one of them"],
+    ['onConflict "latest"', { unique: true, onConflict: 'latest' }, `onConflict must be 'return', 'raise', 'replace', 'keepLast' or { debounce: { wait, maxWait? } }, got "latest"`],
+    ['onConflict { debounce: 1 }', { unique: true, onConflict: { debounce: 1 } }, `onConflict must be 'return', 'raise', 'replace', 'keepLast' or { debounce: { wait, maxWait? } }, got an object`],
+    ['onConflict { throttle }', { unique: true, onConflict: { throttle: { wait: 1 } } }, `onConflict must be 'return', 'raise', 'replace', 'keepLast' or { debounce: { wait, maxWait? } }, got an object`],
+    ['debounce without wait', { unique: true, onConflict: { debounce: {} } }, 'onConflict.debounce.wait is required (seconds or an ms string)'],
+    ['debounce wait "soon"', { unique: true, onConflict: { debounce: { wait: 'soon' } } }, `onConflict.debounce.wait ${DURATION_HINT}, got "soon"`],
+    ['debounce maxWait 0', { unique: true, onConflict: { debounce: { wait: 1, maxWait: 0 } } }, `onConflict.debounce.maxWait ${DURATION_HINT}, got 0`],
+    ['debounce maxWait below wait', { unique: true, onConflict: { debounce: { wait: 5, maxWait: 2 } } }, 'onConflict.debounce.maxWait (2000 ms) must be at least wait (5000 ms)'],
+    ['debounce misspelt', { unique: true, onConflict: { debounce: { wait: 1, maxwait: 2 } } }, "onConflict.debounce: unknown option 'maxwait'; known: wait, maxWait"],
     ['options a string', 'unique', 'options must be an object, got "unique"'],
     ['options an array', [{ unique: true }], 'options must be an object, got [an object]'],
     ['options null', null, 'options must be an object, got null'],
@@ -79,6 +89,20 @@ describe('@Task rejects bad options when the class is defined', () => {
       }
       void Typo;
     }).toThrow(/unknown option 'uniqeTimeout'/);
+  });
+
+  it('onConflict: return by default, raise for uniqueRaises, debounce times in ms (maxWait 0: none)', () => {
+    expect(normalizeTaskOptions({ unique: true }, 'w').onConflict).toEqual({ kind: 'return' });
+    expect(normalizeTaskOptions({ unique: true, uniqueRaises: true }, 'w')).toMatchObject({ onConflict: { kind: 'raise' }, uniqueRaises: true });
+    expect(normalizeTaskOptions({ unique: true, onConflict: 'raise' }, 'w')).toMatchObject({ onConflict: { kind: 'raise' }, uniqueRaises: true });
+    expect(normalizeTaskOptions({ unique: true, uniqueRaises: false, onConflict: 'keepLast' }, 'w')).toMatchObject({ onConflict: { kind: 'keepLast' } });
+    expect(normalizeTaskOptions({ unique: true, onConflict: 'replace' }, 'w').uniqueRaises).toBe(false);
+    expect(normalizeTaskOptions({ unique: true, onConflict: { debounce: { wait: 2 } } }, 'w').onConflict).toEqual({ kind: 'debounce', waitMs: 2000, maxWaitMs: 0 });
+    expect(normalizeTaskOptions({ unique: true, onConflict: { debounce: { wait: '500ms', maxWait: '1m' } } }, 'w').onConflict).toEqual({
+      kind: 'debounce',
+      waitMs: 500,
+      maxWaitMs: 60_000,
+    });
   });
 
   it('uniqueTimeout takes seconds or ms strings', () => {

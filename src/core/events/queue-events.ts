@@ -62,7 +62,12 @@ interface EventBase {
 /**
  * One event of a queue. `type` tells them apart:
  * - `queued`: sent (or sent again from the dead letters, `origin: 'dead-letter'`); `dueAt` when delayed;
- * - `deduplicated`: a unique task was sent while `id` held its lock; no new task was made;
+ * - `deduplicated`: a unique task was sent while `id` held its lock; no new task was made (`by`:
+ *   the id the refused dispatch would have had);
+ * - `replaced`: `id`, which had not started, gave way to the task `by` (`onConflict` 'replace',
+ *   'keepLast' or debounce; `reason` 'replaced' or 'debounced'); a `revoked` event follows;
+ * - `waiting`: `id` was sent while `holder` ran and waits behind it, to start after it ends
+ *   (`onConflict` 'keepLast' or debounce);
  * - `started`: a worker began a run (`attempt` counts from 1). A task whose options the message
  *   did not carry is checked by the worker after this (it may then be `rate-limited` or `revoked`);
  * - `progress`: the running task reported `value` (0..1) and `message`;
@@ -78,7 +83,9 @@ interface EventBase {
  */
 export type QueueEvent =
   | (EventBase & { type: 'queued'; dueAt?: number; origin?: 'dead-letter' })
-  | (EventBase & { type: 'deduplicated' })
+  | (EventBase & { type: 'deduplicated'; by?: string })
+  | (EventBase & { type: 'replaced'; by: string; reason: 'replaced' | 'debounced' })
+  | (EventBase & { type: 'waiting'; holder: string })
   | (EventBase & { type: 'started'; worker: string; attempt: number })
   | (EventBase & { type: 'progress'; value: number; message?: string })
   | (EventBase & { type: 'succeeded'; worker?: string; runtimeMs?: number })
@@ -99,6 +106,8 @@ export type QueueEventType = QueueEvent['type'];
 export const EVENT_TYPES: readonly QueueEventType[] = [
   'queued',
   'deduplicated',
+  'replaced',
+  'waiting',
   'started',
   'progress',
   'succeeded',
@@ -171,7 +180,11 @@ function buildEvent(type: QueueEventType, base: EventBase, d: Map<string, string
     case 'queued':
       return { ...base, type, ...optional('dueAt', num(d.get('d'))), ...(d.get('o') === 'dead-letter' ? { origin: 'dead-letter' as const } : {}) };
     case 'deduplicated':
-      return { ...base, type };
+      return { ...base, type, ...optional('by', d.get('by')) };
+    case 'replaced':
+      return { ...base, type, by: d.get('by') ?? '', reason: d.get('r') === 'debounced' ? 'debounced' : 'replaced' };
+    case 'waiting':
+      return { ...base, type, holder: d.get('h') ?? '' };
     case 'started':
       return { ...base, type, worker: d.get('w') ?? '', attempt: num(d.get('a')) ?? 1 };
     case 'progress': {

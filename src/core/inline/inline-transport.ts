@@ -57,6 +57,17 @@ interface Lock {
   expiresAt: number;
 }
 
+/** What a send with a conflict mode does (enqueue-3.lua's codes 1, 6, 7): `holder` '' when it takes the lock. */
+interface ConflictPlan {
+  takeLock: boolean;
+  holder: string;
+  replaced: string;
+  /** Its debounce due time (epoch ms; 0: none). */
+  dueAt: number;
+  /** When its debounce series began. */
+  first: number;
+}
+
 function closedWhileWaiting(id: string): ConfigError {
   return new ConfigError(`this inline app is closed: task ${id} will not run any more, so there is nothing to wait for`);
 }
@@ -93,6 +104,8 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   private readonly feed = new MemoryEventFeed();
   private readonly entries = new Map<string, Entry>();
   private readonly locks = new Map<string, Lock>();
+  /** The task waiting behind the running holder of a lock (keepLast, debounce), as `<base>next:` holds it: its id and due time. */
+  private readonly pointers = new Map<string, { id: string; dueAt: number }>();
   private readonly windows = new Map<string, RateWindow>();
   /** onlyAfter keys: when each lapses (ms). */
   private readonly afterKeys = new Map<string, number>();
@@ -199,7 +212,14 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       return Promise.resolve({ code: same ? ENQUEUE_CODES.enqueued : ENQUEUE_CODES.idInUse, detail: '', pttlMs: 0 });
     }
     const { lockKey, lockTtlMs } = p.task;
-    if (lockKey !== '') {
+    const mode = lockKey === '' ? undefined : fieldOf(p.task.fields, FIELDS.conflictMode);
+    let plan: ConflictPlan | undefined;
+    if (mode !== undefined) {
+      const met = this.conflict(p, lockKey, mode, now);
+      if (!('takeLock' in met)) return Promise.resolve(met);
+      plan = met;
+      if (plan.takeLock) this.locks.set(lockKey, { holder: p.id, expiresAt: now + lockTtlMs });
+    } else if (lockKey !== '') {
       const held = this.heldLock(lockKey, now);
       if (held) {
         this.feed.push({ type: 'deduplicated', id: held.holder, name: p.name, queue: p.keys.queue }, now);
@@ -214,12 +234,69 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     record[FIELDS.version] = '1';
     record[FIELDS.state] = 'PENDING';
     record[FIELDS.created] = String(now);
-    const dueAt = p.task.etaMs > 0 ? p.task.etaMs : p.task.countdownMs > 0 ? now + p.task.countdownMs : now;
+    for (const transient of [FIELDS.conflictHolder, FIELDS.conflictPending, FIELDS.conflictExpires]) delete record[transient];
+    let dueAt = p.task.etaMs > 0 ? p.task.etaMs : p.task.countdownMs > 0 ? now + p.task.countdownMs : now;
+    if (plan && plan.dueAt > dueAt) dueAt = plan.dueAt;
+    if (plan && mode === 'debounce') record[FIELDS.debounceFirst] = String(plan.first);
+    // A task waiting behind a running holder looks again when the lock lapses, or in 10 s, as with
+    // Redis; the holder's end normally makes it due first (end()).
+    let placeAt = dueAt;
+    if (plan && plan.holder !== '') {
+      record[FIELDS.waitingBehind] = plan.holder;
+      this.pointers.set(lockKey, { id: p.id, dueAt });
+      if (placeAt <= now) placeAt = now + Math.min(Math.max(1, (this.heldLock(lockKey, now)?.expiresAt ?? now) - now), 10_000);
+    }
     const entry: Entry = { keys: p.keys, id: p.id, record };
     this.entries.set(key, entry);
-    this.feed.push({ type: 'queued', id: p.id, name: p.name, queue: p.keys.queue, ...(dueAt > now ? { dueAt } : {}) }, now);
-    this.schedule(entry, dueAt, now);
-    return Promise.resolve({ code: ENQUEUE_CODES.enqueued, detail: '', pttlMs: 0 });
+    this.feed.push({ type: 'queued', id: p.id, name: p.name, queue: p.keys.queue, ...(placeAt > now ? { dueAt: placeAt } : {}) }, now);
+    if (plan && plan.holder !== '') this.feed.push({ type: 'waiting', id: p.id, name: p.name, queue: p.keys.queue, holder: plan.holder }, now);
+    this.schedule(entry, placeAt, now);
+    if (plan === undefined) return Promise.resolve({ code: ENQUEUE_CODES.enqueued, detail: '', pttlMs: 0 });
+    if (plan.holder !== '') return Promise.resolve({ code: ENQUEUE_CODES.waiting, detail: plan.holder, pttlMs: 0, other: plan.replaced });
+    return Promise.resolve({ code: plan.replaced === '' ? ENQUEUE_CODES.enqueued : ENQUEUE_CODES.replaced, detail: plan.replaced, pttlMs: 0 });
+  }
+
+  /**
+   * enqueue-3.lua's conflict modes: what a send with mode `mode` does with the lock's holder and
+   * the task pending behind it. Returns the duplicate's outcome, or the plan for the new task
+   * (the tasks it replaces are REVOKED here).
+   */
+  private conflict(p: PreparedCall, lockKey: string, mode: string, now: number): EnqueueOutcome | ConflictPlan {
+    const held = this.heldLock(lockKey, now);
+    const holder = held ? this.entries.get(p.keys.task(held.holder)) : undefined;
+    const state = holder?.record[FIELDS.state];
+    const waiting = (s: string | undefined): boolean => s === 'PENDING' || s === 'RETRY';
+    const running = state === 'STARTED';
+    if (held && !waiting(state) && !(running && mode !== 'replace')) {
+      this.feed.push({ type: 'deduplicated', id: held.holder, name: p.name, queue: p.keys.queue, by: p.id }, now);
+      return { code: ENQUEUE_CODES.duplicate, detail: held.holder, pttlMs: held.expiresAt - now };
+    }
+    const reason: RevokeReason = mode === 'debounce' ? 'debounced' : 'replaced';
+    let first: number | undefined;
+    let replaced = '';
+    const replace = (e: Entry): void => {
+      first ??= e.record[FIELDS.debounceFirst] === undefined ? undefined : Number(e.record[FIELDS.debounceFirst]);
+      this.cancel(e);
+      this.end(e, 'REVOKED', { [FIELDS.revokeReason]: reason });
+      this.feed.push({ type: 'replaced', id: e.id, name: p.name, queue: p.keys.queue, by: p.id, reason }, now);
+      replaced = e.id;
+    };
+    if (holder && waiting(state)) replace(holder);
+    const pointer = this.pointers.get(lockKey);
+    if (pointer) {
+      this.pointers.delete(lockKey);
+      const pending = this.entries.get(p.keys.task(pointer.id));
+      if (pending && pending !== holder && waiting(pending.record[FIELDS.state]) && pending.record[FIELDS.lockKey] === lockKey) replace(pending);
+    }
+    const start = first ?? now;
+    let dueAt = 0;
+    if (mode === 'debounce') {
+      dueAt = now + Number(fieldOf(p.task.fields, FIELDS.debounceWait) ?? 0);
+      const maxWait = Number(fieldOf(p.task.fields, FIELDS.debounceMaxWait) ?? 0);
+      if (maxWait > 0 && start + maxWait < dueAt) dueAt = Math.max(now, start + maxWait);
+    }
+    const stillHeld = held !== undefined && running;
+    return { takeLock: !stillHeld, holder: stillHeld ? held.holder : '', replaced, dueAt, first: start };
   }
 
   /** No worker processes: tasks run in this one. */
@@ -475,6 +552,11 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     const lockKey = r[FIELDS.lockKey];
     if (lockKey !== undefined) {
       const held = this.heldLock(lockKey, now);
+      if (held && held.holder !== entry.id && r[FIELDS.waitingBehind] !== undefined) {
+        // Pending behind the running holder (keepLast, debounce): it waits for the holder's end.
+        this.schedule(entry, now + Math.min(Math.max(1, held.expiresAt - now), 10_000), now);
+        return;
+      }
       if (held && held.holder !== entry.id) {
         // Another task took the lock after this one's lapsed: this one ends, the lock stays.
         delete r[FIELDS.lockKey];
@@ -578,7 +660,24 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     entry.record[FIELDS.state] = state;
     entry.record[FIELDS.finishedAt] = String(Date.now());
     this.releaseLock(entry);
+    this.handLockOver(entry);
     this.notifyTask(entry);
+  }
+
+  /** As end-task.lua's handLockOver: the lock released, the task pending behind it takes it and is due (now, or at its debounce time). */
+  private handLockOver(entry: Entry): void {
+    const lockKey = entry.record[FIELDS.lockKey];
+    if (lockKey === undefined || this.locks.has(lockKey)) return;
+    const pointer = this.pointers.get(lockKey);
+    if (!pointer) return;
+    this.pointers.delete(lockKey);
+    const next = pointer.id === entry.id ? undefined : this.entries.get(entry.keys.task(pointer.id));
+    const state = next?.record[FIELDS.state];
+    if (!next || (state !== 'PENDING' && state !== 'RETRY')) return;
+    const now = Date.now();
+    this.locks.set(lockKey, { holder: next.id, expiresAt: now + Number(next.record[FIELDS.lockTtl] ?? 0) });
+    this.cancel(next);
+    this.schedule(next, Math.max(now, pointer.dueAt), now);
   }
 
   private notifyTask(entry: Entry): void {

@@ -377,7 +377,7 @@ export class Dispatcher {
 
   /** Turns the script's answer for one task into its handle (or the error it calls for, see reply-codes.ts). */
   private handle<R>(p: PreparedCall, outcome: EnqueueOutcome): TaskResult<R> {
-    const { id, duplicate } = enqueued(outcome, { name: p.name, id: p.id, customId: p.customId, uniqueRaises: p.opts?.uniqueRaises === true });
-    return makeTaskResult<R>(this.transport.results, p.keys, id, p.name, duplicate);
+    const { id, duplicate, conflict } = enqueued(outcome, { name: p.name, id: p.id, customId: p.customId, uniqueRaises: p.opts?.uniqueRaises === true });
+    return makeTaskResult<R>(this.transport.results, p.keys, id, p.name, duplicate, conflict);
   }
 }

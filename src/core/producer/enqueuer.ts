@@ -1,4 +1,5 @@
-import { fromRedis, isBetweenMasters, RedisOutOfMemoryError } from '../errors.js';
+import { fromRedis, isBetweenMasters, RedisOutOfMemoryError, UnexpectedReplyError } from '../errors.js';
+import { ENQUEUE_CODES } from '../protocol/reply-codes.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { ScriptRunner } from '../protocol/script-runner.js';
 import { enqueue, enqueueItems, type EnqueueItems, type EnqueueOutcome, type EnqueueTask } from '../protocol/scripts.js';
@@ -11,6 +12,8 @@ import { DEFAULT_EVENTS_MAX_LENGTH } from '../events/queue-events.js';
 // record and unique lock, so at most 3 + 2 x 50. The bytes count the tasks' arguments only: a
 // task's keys and other items are a few hundred bytes at most, which 50 tasks keep small.
 export const MAX_BATCH_TASKS = 50;
+/** How many times a task with a conflict mode is sent when the lock's holder changes between its sends (enqueue-3's code 8). */
+const MAX_CONFLICT_TRIES = 100;
 const MAX_BATCH_BYTES = 64 * 1024;
 
 interface Pending {
@@ -57,10 +60,26 @@ export class Enqueuer {
 
   /**
    * Queues one task for the next enqueue call of its queue; resolves with the script's answer
-   * for it (see reply-codes.ts). `bytes`: the size of its arguments, for cutting batches;
+   * for it (see reply-codes.ts), after sending it again as long as a conflict mode's answer asks. `bytes`: the size of its arguments, for cutting batches;
    * `what`: how errors name it (`sending ReportService.generateReport`).
    */
-  send(keys: QueueKeys, task: EnqueueTask, bytes: number, what: string): Promise<EnqueueOutcome> {
+  async send(keys: QueueKeys, task: EnqueueTask, bytes: number, what: string): Promise<EnqueueOutcome> {
+    for (let tries = 1; ; tries++) {
+      const outcome = await this.sendOnce(keys, task, bytes, what);
+      const c = task.conflict;
+      if (outcome.code !== ENQUEUE_CODES.conflictKeysChanged || c === undefined) return outcome;
+      // A task with a conflict mode declares the lock's holder and pending task as it last saw
+      // them (none, at first); the script named others and wrote nothing: sent again declaring
+      // those, in the next batch. Each round one of the sends racing for the lock goes through,
+      // so this bound only stops a livelock.
+      if (tries >= MAX_CONFLICT_TRIES) {
+        throw new UnexpectedReplyError(`${what}: the lock's holder changed at each of ${tries} tries; nothing was sent`);
+      }
+      task = { ...task, conflict: { ...c, holder: outcome.detail, pending: outcome.other ?? '' } };
+    }
+  }
+
+  private sendOnce(keys: QueueKeys, task: EnqueueTask, bytes: number, what: string): Promise<EnqueueOutcome> {
     return new Promise<EnqueueOutcome>((resolve, reject) => {
       let batch = this.batches.get(keys.queue);
       if (!batch) {

@@ -2,11 +2,11 @@ import { customAlphabet } from 'nanoid';
 import { ConfigError, PayloadTooLargeError } from '../errors.js';
 import { DEFAULT_QUEUE, type QueueKeys } from '../protocol/queue-keys.js';
 import type { EnqueueTask } from '../protocol/scripts.js';
-import { encodeMessage } from '../protocol/task-record.js';
+import { encodeMessage, type TaskMessage } from '../protocol/task-record.js';
 import { callChecks } from '../task/call-checks.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
 import { argsToJson } from '../task/serialization.js';
-import type { NormalizedTaskOptions } from '../task/task-options.js';
+import { DEFAULT_RESULT_EXPIRES_MS, type ConflictMode, type NormalizedTaskOptions } from '../task/task-options.js';
 
 /** Per-call options of `applyAsync` and `send`. */
 export interface ApplyOptions {
@@ -83,6 +83,7 @@ export function prepareCall(
 
   const timeLimitMs = call.timeLimit !== undefined ? toMillis(call.timeLimit, 'timeLimit') : opts?.timeLimitMs;
   const { lock, rate } = opts ? callChecks(keys, name, opts, args, argsJson) : { lock: undefined, rate: undefined };
+  const conflict = lock !== undefined && opts !== undefined ? conflictOf(opts.onConflict) : undefined;
   const fields = encodeMessage({
     name,
     argsJson,
@@ -91,12 +92,22 @@ export function prepareCall(
     maxRecoveries: opts?.maxRecoveries,
     lock,
     rate,
+    conflict,
     // Sent again after a lost reply (by ioredis, or through a failover: failoverTimeout), a
     // call is answered as enqueued even if its task has run and ended meanwhile.
     sendNonce: newNonce(),
   });
   const task: EnqueueTask = { id, countdownMs, etaMs, lockKey: lock?.key ?? '', lockTtlMs: lock?.ttlMs ?? 0, fields };
+  // The holder and pending task are not known yet: declared as none, the script names them if any (code 8).
+  if (conflict !== undefined) task.conflict = { holder: '', pending: '', expiresMs: opts?.resultExpiresMs ?? DEFAULT_RESULT_EXPIRES_MS };
   return { name, opts, keys, id, customId: call.taskId !== undefined, task, bytes };
+}
+
+/** What the message says of `onConflict` (field cm): nothing for return and raise, which the producer handles. */
+function conflictOf(mode: ConflictMode): TaskMessage['conflict'] {
+  if (mode.kind === 'replace' || mode.kind === 'keepLast') return { mode: mode.kind, waitMs: 0, maxWaitMs: 0 };
+  if (mode.kind === 'debounce') return { mode: 'debounce', waitMs: mode.waitMs, maxWaitMs: mode.maxWaitMs };
+  return undefined;
 }
 
 function expiresToMillis(expires: Duration | Date): number {

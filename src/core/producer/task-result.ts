@@ -68,8 +68,25 @@ export interface TaskResultInternals {
     id: string;
     name: string | undefined;
     duplicate: boolean;
+    conflict?: DispatchConflict | undefined;
   };
 }
+
+/**
+ * What a unique dispatch met when another task held its lock (undefined: the lock was free, or
+ * the task is not unique). The ids are of the other tasks; the dispatch's own task is the
+ * TaskResult's `id` (the holder's, for `duplicate`).
+ * - `duplicate`: nothing was sent; the result is the holder (`onConflict` 'return', or 'replace'
+ *   while the holder runs, or a holder that keeps its lock after its end);
+ * - `replaced`: the task `replaced` had not started and is REVOKED now (reason 'replaced' or
+ *   'debounced'); this task holds the lock;
+ * - `waiting`: `holder` runs; this task waits behind it and starts after it ends (keepLast,
+ *   debounce), having replaced the task that waited there before (`replaced`), if any.
+ */
+export type DispatchConflict =
+  | { outcome: 'duplicate'; holder: string }
+  | { outcome: 'replaced'; replaced: string }
+  | { outcome: 'waiting'; holder: string; replaced?: string };
 
 /** Makes a TaskResult (for the library's own use). */
 export function makeTaskResult<T = unknown>(
@@ -78,8 +95,9 @@ export function makeTaskResult<T = unknown>(
   id: string,
   name: string | undefined,
   duplicate: boolean,
+  conflict?: DispatchConflict,
 ): TaskResult<T> {
-  return new TaskResult<T>({ [INTERNALS]: { backend, keys, id, name, duplicate } });
+  return new TaskResult<T>({ [INTERNALS]: { backend, keys, id, name, duplicate, conflict } });
 }
 
 /**
@@ -96,6 +114,8 @@ export class TaskResult<T = unknown> {
   readonly name: string | undefined;
   /** True when a unique dispatch found the lock taken and returned the holder instead. */
   readonly duplicate: boolean;
+  /** What the dispatch met when another task held its unique lock (see DispatchConflict); undefined when it met none. */
+  readonly conflict: DispatchConflict | undefined;
 
   constructor(internals: TaskResultInternals) {
     const i = internals[INTERNALS];
@@ -104,6 +124,7 @@ export class TaskResult<T = unknown> {
     this.id = i.id;
     this.name = i.name;
     this.duplicate = i.duplicate;
+    this.conflict = i.conflict;
   }
 
   /** The queue the task was sent to. */

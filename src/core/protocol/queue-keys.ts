@@ -23,6 +23,7 @@ export const KEY_NAMES = {
   lock: 'lock:',
   rate: 'rate:',
   after: 'after:',
+  next: 'next:',
   workers: 'workers',
   workerInfo: 'worker-info',
   events: 'events',
@@ -108,6 +109,17 @@ export class QueueKeys {
   /** STRING unique lock of `taskName` for `key`; its value is the holder's task id. */
   lock(taskName: string, key: string): string {
     return `${this.base}${KEY_NAMES.lock}${taskName}:${key}`;
+  }
+
+  /**
+   * STRING the task waiting behind the running holder of unique lock `lockKey` (onConflict
+   * 'keepLast' or debounce): `'<due ms> <lock lifetime ms> <task id>'`. `lockKey` must be a lock
+   * of this queue (`lock()`): the pointer is its suffix under `next:` instead of `lock:`.
+   */
+  next(lockKey: string): string {
+    const locks = this.base + KEY_NAMES.lock;
+    if (!lockKey.startsWith(locks)) throw new ConfigError(`${lockKey} is not a unique lock of queue ${this.queue}`);
+    return this.base + KEY_NAMES.next + lockKey.slice(locks.length);
   }
 
   /** STRING taken by `currentTask().onlyAfter(key, interval)` for the interval: the task id that took it. */

@@ -2,6 +2,7 @@
 // table of them. (The codes themselves are in each script's header.)
 import { AlreadyQueuedError, ConfigError, MalformedTaskError, RedisRefusedError, UnexpectedReplyError, UnknownTaskError } from '../errors.js';
 import type { EnqueueOutcome } from './scripts.js';
+import type { DispatchConflict } from '../producer/task-result.js';
 
 /** Reply codes of enqueue-3.lua, per task. */
 export const ENQUEUE_CODES = {
@@ -15,12 +16,20 @@ export const ENQUEUE_CODES = {
   wrongType: 4,
   /** Redis refused a command for it (an ACL, a full Redis, a Cluster slot): nothing written. */
   refused: 5,
+  /** Enqueued with the lock; `detail`, which held it (or waited behind its holder) without having started, is REVOKED. */
+  replaced: 6,
+  /** Enqueued to wait behind the running holder `detail`; `other`: the pending task it replaced ('' none). */
+  waiting: 7,
+  /** Nothing written: the lock's holder is `detail` and its pending task `other` ('' none), not what was declared; send again. */
+  conflictKeysChanged: 8,
 } as const;
 
 /** The task a dispatch resolves to: its own id, or the holder of its unique lock. */
 export interface Enqueued {
   id: string;
   duplicate: boolean;
+  /** What it met when another task held the lock (undefined: nothing). */
+  conflict?: DispatchConflict;
 }
 
 /** What one dispatch was, for the errors its outcome may call for. */
@@ -39,7 +48,13 @@ export function enqueued(outcome: EnqueueOutcome, t: EnqueueContext): Enqueued {
       return { id: t.id, duplicate: false };
     case ENQUEUE_CODES.duplicate:
       if (t.uniqueRaises) throw new AlreadyQueuedError(t.name, outcome.detail, Math.max(0, outcome.pttlMs) / 1000);
-      return { id: outcome.detail, duplicate: true };
+      return { id: outcome.detail, duplicate: true, conflict: { outcome: 'duplicate', holder: outcome.detail } };
+    case ENQUEUE_CODES.replaced:
+      return { id: t.id, duplicate: false, conflict: { outcome: 'replaced', replaced: outcome.detail } };
+    case ENQUEUE_CODES.waiting: {
+      const replaced = outcome.other ?? '';
+      return { id: t.id, duplicate: false, conflict: { outcome: 'waiting', holder: outcome.detail, ...(replaced === '' ? {} : { replaced }) } };
+    }
     case ENQUEUE_CODES.idInUse:
       // A generated id cannot collide: the code then means ioredis re-sent this very call after
       // a reconnect and the first one went through.

@@ -74,15 +74,23 @@ export interface EnqueueTask {
   lockTtlMs: number;
   /** The message's field, value pairs (task-record.ts encodeMessage). */
   fields: readonly (string | number)[];
+  /**
+   * With a conflict mode (field cm): the lock's holder and the task pending behind it as this
+   * producer last saw them ('' none; enqueue-3 answers code 8 with the real ones when they
+   * differ), and the result lifetime of a task the call replaces, ms.
+   */
+  conflict?: { holder: string; pending: string; expiresMs: number } | undefined;
 }
 
 /** What enqueue-3.lua answered for one task (see its header and reply-codes.ts). */
 export interface EnqueueOutcome {
   code: number;
-  /** The holder's id (code 2) or Redis's message (codes 4, 5). */
+  /** The holder's id (codes 2, 7, 8), the replaced task's id (6) or Redis's message (codes 4, 5). */
   detail: string;
   /** The holder's lock TTL in ms (code 2). */
   pttlMs: number;
+  /** The third item as sent: the replaced pending task's id (code 7), the pending task's id (8); '' or absent: none. */
+  other?: string;
 }
 
 /** What one task adds to an enqueue call: the keys it declares and its arguments. */
@@ -94,10 +102,19 @@ export interface EnqueueItems {
 
 /** The keys and arguments one task adds to an enqueue call of queue `keys`, in the script's layout. */
 export function enqueueItems(keys: QueueKeys, t: EnqueueTask): EnqueueItems {
-  return {
-    keys: t.lockKey === '' ? [keys.task(t.id)] : [keys.task(t.id), t.lockKey],
-    args: [t.id, t.countdownMs, t.etaMs, t.lockKey, t.lockTtlMs, t.fields.length, ...t.fields],
-  };
+  const c = t.conflict;
+  if (c === undefined || t.lockKey === '') {
+    return {
+      keys: t.lockKey === '' ? [keys.task(t.id)] : [keys.task(t.id), t.lockKey],
+      args: [t.id, t.countdownMs, t.etaMs, t.lockKey, t.lockTtlMs, t.fields.length, ...t.fields],
+    };
+  }
+  // The lock's pending pointer, then the records of the holder and pending task this producer saw.
+  const declared = [keys.task(t.id), t.lockKey, keys.next(t.lockKey)];
+  if (c.holder !== '') declared.push(keys.task(c.holder));
+  if (c.pending !== '') declared.push(keys.task(c.pending));
+  const fields = [...t.fields, FIELDS.conflictHolder, c.holder, FIELDS.conflictPending, c.pending, FIELDS.conflictExpires, c.expiresMs];
+  return { keys: declared, args: [t.id, t.countdownMs, t.etaMs, t.lockKey, t.lockTtlMs, fields.length, ...fields] };
 }
 
 /**
@@ -117,7 +134,8 @@ export async function enqueue(runner: ScriptRunner, keys: QueueKeys, items: read
   const reply = await runner.run<(string | number)[]>(enqueueScript, declared, argv);
   const out: EnqueueOutcome[] = [];
   for (let i = 0; i < items.length; i++) {
-    out.push({ code: Number(reply[3 * i]), detail: String(reply[3 * i + 1] ?? ''), pttlMs: Number(reply[3 * i + 2]) });
+    const third = reply[3 * i + 2];
+    out.push({ code: Number(reply[3 * i]), detail: String(reply[3 * i + 1] ?? ''), pttlMs: Number(third) || 0, other: typeof third === 'string' ? third : '' });
   }
   return out;
 }
@@ -267,9 +285,11 @@ export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdent
   const locks = c.locks;
   for (const e of ends) {
     const lock = locks?.get(e.id);
-    args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason, lock === undefined ? '' : '1');
+    // A lock goes with its pending pointer: the end of a keepLast or debounce task hands the lock
+    // to the task waiting behind it (includes/end-task.lua).
+    args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason, lock === undefined ? '' : '2');
     scriptKeys.push(keys.task(e.id));
-    if (lock !== undefined) scriptKeys.push(lock);
+    if (lock !== undefined) scriptKeys.push(lock, keys.next(lock));
   }
   const claims = c.claims ?? NONE;
   const hints = c.hints ?? NONE;

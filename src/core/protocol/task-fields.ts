@@ -56,6 +56,25 @@ export const FIELDS = {
   lockTtl: 'lt',
   /** `'1'`: keep the lock after the end (uniqueWaitForExpiry). */
   lockWaitForExpiry: 'lw',
+  /**
+   * What a dispatch does when the lock is held (onConflict): `'replace'`, `'keepLast'` or
+   * `'debounce'`; absent for return and raise, which only the producer tells apart.
+   */
+  conflictMode: 'cm',
+  /** Debounce: the delay after each call, ms. */
+  debounceWait: 'cw',
+  /** Debounce: the longest delay after the first call of a series, ms (absent or 0: none). */
+  debounceMaxWait: 'cx',
+  /** Debounce: when the first call of the series was made (ms, Redis clock), carried from task to task. */
+  debounceFirst: 'cf',
+  /** The running holder this task was enqueued to wait behind (keepLast, debounce): it waits for the lock instead of ending 'duplicate'. */
+  waitingBehind: 'cb',
+  /** Sent to enqueue, never stored: the holder of the lock the producer declared ('' none). */
+  conflictHolder: 'ch',
+  /** Sent to enqueue, never stored: the pending task waiting behind it that the producer declared ('' none). */
+  conflictPending: 'cp',
+  /** Sent to enqueue, never stored: the result lifetime (ms) of a task the call replaces. */
+  conflictExpires: 'ce',
   /** The rate window's key. */
   rateKey: 'rk',
   /** The rate limit n. */

@@ -113,7 +113,7 @@ function json(v: string | undefined): unknown {
 }
 
 /** Why a task ended REVOKED. */
-export type RevokeReason = 'revoked' | 'duplicate' | 'expired' | 'purged';
+export type RevokeReason = 'revoked' | 'duplicate' | 'expired' | 'purged' | 'replaced' | 'debounced';
 
 /** The arguments JSON of a task hash: whole in `a`, or in `ac` pieces a, a1, a2, ... (see includes/args.lua). */
 function joinArgs(h: Record<string, string>): string | undefined {
@@ -207,6 +207,8 @@ export interface TaskMessage {
   maxRecoveries?: number | undefined;
   lock?: { key: string; ttlMs: number; waitForExpiry: boolean } | undefined;
   rate?: { key: string; limit: number; periodMs: number } | undefined;
+  /** With a lock: what a dispatch does when it is held (onConflict), beside return and raise; debounce times in ms. */
+  conflict?: { mode: 'replace' | 'keepLast' | 'debounce'; waitMs: number; maxWaitMs: number } | undefined;
   /** A random token of this dispatch (FIELDS.sendNonce), so a re-sent call is known after the task ended. */
   sendNonce?: string | undefined;
 }
@@ -220,6 +222,10 @@ export function encodeMessage(m: TaskMessage): (string | number)[] {
   if (m.lock) {
     fields.push(FIELDS.lockKey, m.lock.key, FIELDS.lockTtl, m.lock.ttlMs);
     if (m.lock.waitForExpiry) fields.push(FIELDS.lockWaitForExpiry, '1');
+    if (m.conflict) {
+      fields.push(FIELDS.conflictMode, m.conflict.mode);
+      if (m.conflict.mode === 'debounce') fields.push(FIELDS.debounceWait, m.conflict.waitMs, FIELDS.debounceMaxWait, m.conflict.maxWaitMs);
+    }
   }
   if (m.rate) fields.push(FIELDS.rateKey, m.rate.key, FIELDS.rateLimit, m.rate.limit, FIELDS.ratePeriod, m.rate.periodMs);
   if (m.sendNonce !== undefined) fields.push(FIELDS.sendNonce, m.sendNonce);

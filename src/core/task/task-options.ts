@@ -45,8 +45,26 @@ export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
   unique?: boolean;
   /** Lifetime of the unique lock: the deadlock escape. Seconds or an `ms` string, at most 10 years. Default: `'1h'`. */
   uniqueTimeout?: Duration;
-  /** A duplicate dispatch throws `AlreadyQueuedError` instead of returning the holder. Default: `false`. */
+  /**
+   * A duplicate dispatch throws `AlreadyQueuedError` instead of returning the holder: the older
+   * spelling of `onConflict: 'raise'` (giving both is a ConfigError). Default: `false`.
+   */
   uniqueRaises?: boolean;
+  /**
+   * What a dispatch does when another task holds its unique lock. Default: `'return'`.
+   * - `'return'`: nothing is sent; the dispatch resolves to the holder (`duplicate: true`).
+   * - `'raise'`: nothing is sent; the dispatch rejects with `AlreadyQueuedError`.
+   * - `'replace'`: a holder that has not started (queued, delayed, retrying, or claimed by a
+   *   worker) ends REVOKED with reason `'replaced'` and the new task takes the lock; a holder
+   *   that runs is returned as with `'return'`, so at most one runs.
+   * - `'keepLast'`: at most one running and one pending task per key: the new task replaces
+   *   the pending one (REVOKED `'replaced'`), and waits for the running one, if any, to end.
+   * - `{ debounce: { wait, maxWait } }`: trailing edge, the newest arguments win: each call
+   *   replaces the pending task (REVOKED `'debounced'`) and is due `wait` after it (seconds or an
+   *   `ms` string), but no later than `maxWait` after the first call of the series (default:
+   *   never forced); a call while one runs waits as the next pending one, as with `'keepLast'`.
+   */
+  onConflict?: ConflictOption;
   /** Keep the lock after the task ends, until it lapses: "at most once per `uniqueTimeout`". Default: `false`. */
   uniqueWaitForExpiry?: boolean;
   /**
@@ -88,6 +106,17 @@ export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
   maxRecoveries?: number;
 }
 
+/** `onConflict` of a unique task: see TaskOptions.onConflict. */
+export type ConflictOption = 'return' | 'raise' | 'replace' | 'keepLast' | { debounce: { wait: Duration; maxWait?: Duration } };
+
+/** `onConflict` after validation: the debounce times in ms (`maxWaitMs` 0: none). */
+export type ConflictMode =
+  | { kind: 'return' }
+  | { kind: 'raise' }
+  | { kind: 'replace' }
+  | { kind: 'keepLast' }
+  | { kind: 'debounce'; waitMs: number; maxWaitMs: number };
+
 /** Retry settings in the units the worker uses. */
 export interface NormalizedRetries {
   max: number;
@@ -109,6 +138,8 @@ export interface NormalizedTaskOptions {
   unique: boolean;
   uniqueTimeoutMs: number;
   uniqueRaises: boolean;
+  /** What a dispatch does when another task holds the lock (`uniqueRaises` is `kind: 'raise'`). */
+  onConflict: ConflictMode;
   uniqueWaitForExpiry: boolean;
   /** The unique lock's key (`uniqueKey`, else `key`); undefined: the hash of the arguments. */
   uniqueKey: KeyOf | undefined;
@@ -148,6 +179,7 @@ const KNOWN = new Set([
   'uniqueTimeout',
   'uniqueRaises',
   'uniqueWaitForExpiry',
+  'onConflict',
   'key',
   'uniqueKey',
   'rateKey',
@@ -164,6 +196,37 @@ export function lockLifetime(duration: unknown, where: string): number {
   const ms = Math.ceil(toMillis(duration as Duration, where));
   if (ms > MAX_UNIQUE_TIMEOUT_MS) throw new ConfigError(`${where} must be at most 10 years (${MAX_UNIQUE_TIMEOUT_MS} ms), got ${ms} ms`);
   return ms;
+}
+
+/** Checks an `onConflict` option; `uniqueRaises` is its older spelling of 'raise'. */
+export function normalizeConflict(value: unknown, uniqueRaises: boolean, where: string): ConflictMode {
+  if (value === undefined) return { kind: uniqueRaises ? 'raise' : 'return' };
+  if (uniqueRaises) throw new ConfigError(`${where}: uniqueRaises is the older spelling of onConflict: 'raise'; give one of them`);
+  if (value === 'return' || value === 'raise' || value === 'replace' || value === 'keepLast') return { kind: value };
+  const shape = `'return', 'raise', 'replace', 'keepLast' or { debounce: { wait, maxWait? } }`;
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ConfigError(`${where}: onConflict must be ${shape}, got ${describe(value)}`);
+  }
+  const o = value as Record<string, unknown>;
+  const extra = Object.keys(o).find((k) => k !== 'debounce');
+  if (extra !== undefined || typeof o.debounce !== 'object' || o.debounce === null || Array.isArray(o.debounce)) {
+    throw new ConfigError(`${where}: onConflict must be ${shape}, got ${describe(value)}`);
+  }
+  const d = o.debounce as Record<string, unknown>;
+  const unknown = Object.keys(d).find((k) => k !== 'wait' && k !== 'maxWait');
+  if (unknown !== undefined) throw new ConfigError(`${where}: onConflict.debounce: unknown option '${unknown}'; known: wait, maxWait`);
+  if (d.wait === undefined) throw new ConfigError(`${where}: onConflict.debounce.wait is required (seconds or an ms string)`);
+  const waitMs = Math.ceil(toMillis(d.wait as Duration, `${where}: onConflict.debounce.wait`));
+  if (waitMs > MAX_UNIQUE_TIMEOUT_MS) throw new ConfigError(`${where}: onConflict.debounce.wait must be at most 10 years, got ${waitMs} ms`);
+  let maxWaitMs = 0;
+  if (d.maxWait !== undefined) {
+    maxWaitMs = Math.ceil(toMillis(d.maxWait as Duration, `${where}: onConflict.debounce.maxWait`));
+    if (maxWaitMs < waitMs) {
+      throw new ConfigError(`${where}: onConflict.debounce.maxWait (${maxWaitMs} ms) must be at least wait (${waitMs} ms)`);
+    }
+    if (maxWaitMs > MAX_UNIQUE_TIMEOUT_MS) throw new ConfigError(`${where}: onConflict.debounce.maxWait must be at most 10 years, got ${maxWaitMs} ms`);
+  }
+  return { kind: 'debounce', waitMs, maxWaitMs };
 }
 
 /** Checks a `retries` option. */
@@ -255,10 +318,11 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
     throw new ConfigError(`${where}: uniqueTimeout must be at most 10 years (${MAX_UNIQUE_TIMEOUT_MS} ms), got ${uniqueTimeoutMs} ms`);
   }
   if (!unique) {
-    for (const k of ['uniqueTimeout', 'uniqueRaises', 'uniqueWaitForExpiry'] as const) {
+    for (const k of ['uniqueTimeout', 'uniqueRaises', 'uniqueWaitForExpiry', 'onConflict'] as const) {
       if (o[k] !== undefined) throw new ConfigError(`${where}: ${k} only applies to unique tasks; add unique: true`);
     }
   }
+  const onConflict = normalizeConflict(o.onConflict, uniqueRaises, where);
   const key = keyOption(o.key, `${where}: key`);
   const uniqueKeyFn = keyOption(o.uniqueKey, `${where}: uniqueKey`);
   const rateKeyFn = keyOption(o.rateKey, `${where}: rateKey`);
@@ -288,7 +352,8 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
     queue,
     unique,
     uniqueTimeoutMs,
-    uniqueRaises,
+    uniqueRaises: onConflict.kind === 'raise',
+    onConflict,
     uniqueWaitForExpiry,
     uniqueKey: unique ? (uniqueKeyFn ?? key) : undefined,
     rateKey: o.rateLimit === undefined ? undefined : (rateKeyFn ?? key),

@@ -12,11 +12,20 @@ end
 
 -- Reads one task's declared keys from KEYS[k]: its record, which must be the record of `id` (else
 -- the call fails, naming `script`: the caller's mistake, before anything is written), then its
--- lock when `withLock` is '1'. Returns the record, the lock ('' for none) and the index of the
--- KEYS after them.
+-- lock when `withLock` is '1', or its lock and the lock's pending pointer when it is '2'. Returns
+-- the record, the lock ('' for none), the index of the KEYS after them, and the pointer (nil
+-- for none).
 local function nextDeclared(script, base, id, k, withLock)
   local key = KEYS[k]
   if key ~= taskKeyOf(base, id) then error({ err = script .. ': KEYS[' .. k .. '] is not the record of task ' .. id }) end
   if withLock == '1' then return key, KEYS[k + 1], k + 2 end
+  if withLock == '2' then
+    local locks = lockKeyOf(base, '')
+    local lock, pointer = KEYS[k + 1], KEYS[k + 2]
+    if string.sub(lock, 1, #locks) ~= locks or pointer ~= nextKeyOf(base, string.sub(lock, #locks + 1)) then
+      error({ err = script .. ': KEYS[' .. (k + 2) .. '] is not the pending pointer of the lock KEYS[' .. (k + 1) .. ']' })
+    end
+    return key, lock, k + 3, pointer
+  end
   return key, '', k + 1
 end

@@ -21,11 +21,12 @@
 --   'ERROR', message: Redis refused a command; the run keeps its lease (renewed from now), the
 --     worker tries again later.
 -- `key` is the task's record and `lockDeclared` the lock the caller declared for it ('' or false: none),
--- both in the call's KEYS.
+-- both in the call's KEYS; `handOver` (nil: none) the lock's pending pointer with the queue's
+-- keys, as endTask takes it.
 -- Writes a run's end (finishTask, after the lease is gone): RETRY back to the delayed set, or a
 -- final state through endTask. Run under pcall: a refusal is undone by the caller.
 local function writeEnd(base, key, delayedKey, id, state, stored, extra, retries, revoke, now, expireMs, retryDelayMs,
-                        deadReason, lockKey, lockWait, run)
+                        deadReason, lockKey, lockWait, run, handOver)
   if stored == 'RETRY' then
     local due = now + retryDelayMs
     redis.call('ZADD', delayedKey, due, id)
@@ -42,12 +43,12 @@ local function writeEnd(base, key, delayedKey, id, state, stored, extra, retries
   if stored == 'REVOKED' then table.insert(extra, 'rr'); table.insert(extra, revoke) end
   -- A task that succeeds on a retry keeps no error of its earlier attempts (only retries store one).
   if state == 'SUCCESS' and retries then redis.call('HDEL', key, 'e') end
-  endTask(base, id, stored, extra, now, expireMs, { lockKey, lockWait }, run)
+  endTask(base, id, stored, extra, now, expireMs, { lockKey, lockWait }, run, handOver)
 end
 
 local function finishTask(key, lockDeclared, base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value,
-                          expireMs, retryDelayMs, deadReason)
-  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw', 'n', 'st', 'at')
+                          expireMs, retryDelayMs, deadReason, handOver)
+  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw', 'n', 'st', 'at', 'cm')
   if t.err and isRefusal(t) then return 'ERROR', t.err end
   -- On a Cluster node importing a slot, the record may still be on the old master: the worker
   -- sends this end again, as after a refusal, and the run keeps its lease meanwhile.
@@ -60,6 +61,8 @@ local function finishTask(key, lockDeclared, base, activeKey, delayedKey, worker
   -- A lock the caller did not declare is not touched (it lapses with its lifetime): the worker
   -- declares the lock it started the run under, which is the one the record names.
   if lockKey and lockKey ~= lockDeclared then lockKey = false end
+  -- Only a task whose mode can leave one pending behind it (keepLast, debounce) hands its lock over.
+  if not lockKey or not (t[12] == 'keepLast' or t[12] == 'debounce') then handOver = nil end
   if not (current == 'STARTED' and owner == workerId and runToken == token) then
     if finished and string.sub(finished, 1, #token + 1) == token .. ' ' then return string.sub(finished, #token + 2), '' end
     return 'STALE', current
@@ -73,7 +76,7 @@ local function finishTask(key, lockDeclared, base, activeKey, delayedKey, worker
   -- memory). Should a later command be refused, the lease is put back and nothing else changed.
   redis.call('ZREM', activeKey, id)
   local ok, err = pcall(writeEnd, base, key, delayedKey, id, state, stored, extra, retries, revoke, now, expireMs,
-    retryDelayMs, deadReason, lockKey, lockWait, { t[9], owner, t[10], t[11] })
+    retryDelayMs, deadReason, lockKey, lockWait, { t[9], owner, t[10], t[11] }, handOver)
   if not ok then
     redis.pcall('ZADD', activeKey, now + leaseMs, id)
     if stored == 'RETRY' then redis.pcall('ZREM', delayedKey, id) end

@@ -13,6 +13,7 @@ local function taskKeyOf(base, id) return base .. 't:' .. id end
 local function lockKeyOf(base, tail) return base .. 'lock:' .. tail end
 local function rateKeyOf(base, tail) return base .. 'rate:' .. tail end
 local function afterKeyOf(base, tail) return base .. 'after:' .. tail end
+local function nextKeyOf(base, tail) return base .. 'next:' .. tail end
 local function workersKeyOf(base) return base .. 'workers' end
 local function workerInfoKeyOf(base) return base .. 'worker-info' end
 local function eventsKeyOf(base) return base .. 'events' end

@@ -32,7 +32,9 @@
 --     MalformedTaskError, dead-lettered;
 --   * past its `expires` time: REVOKED with reason 'expired';
 --   * unique: if its lock lapsed and nobody took it, it takes it again; if another task
---     holds it now, it ends REVOKED with reason 'duplicate' and does not run;
+--     holds it now, it ends REVOKED with reason 'duplicate' and does not run, unless it is the
+--     task enqueued pending behind a running holder (onConflict keepLast or debounce: field cb),
+--     which goes back to the delayed set to wait for the holder's end;
 --   * rate limit: counted in its rolling window on the Redis clock (includes/rate-window.lua);
 --     if full, it waits for its turn in the delayed set, due then, still PENDING;
 --   * otherwise it starts: state STARTED, attempts + 1, a new run token, a lease in the active set.
@@ -131,7 +133,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     leased, counted, placed = false, nil, false
     local key = c.key
     local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
-      'a1', 'a2', 'a3', 'mr', 'lw')
+      'a1', 'a2', 'a3', 'mr', 'lw', 'cb')
     if t.err then
       if isRefusal(t) then error(t) end
       deadLetter(base, id, 'its record is not a hash', now)
@@ -139,7 +141,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     end
     local state, name, args, lockKey, lockLife, rateKey, rateLimit, ratePeriod = t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
     local attempts, version, expires, timeLimit, retries, pieces, dueAt = t[9], t[10], t[11], t[12], t[13], t[14], t[15]
-    local piece1, piece2, piece3, maxRecoveries, lockWait = t[16], t[17], t[18], t[19], t[20]
+    local piece1, piece2, piece3, maxRecoveries, lockWait, behind = t[16], t[17], t[18], t[19], t[20], t[21]
     if not state then
       deadLetter(base, id, 'the wait list names a task with no record', now)
       return
@@ -193,6 +195,18 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
         return
       elseif not holder then
         redis.call('SET', lockKey, id, 'PX', lockTtl)
+      elseif holder ~= id and behind then
+        -- The task pending behind a running holder (enqueue put it there, field cb): it waits for the
+        -- holder's end, which hands it the lock and makes it due (includes/end-task.lua). Should
+        -- that end not come through a finish (a terminate, a lost worker), it looks again when
+        -- the lock lapses, or in 10 s.
+        local left = redis.call('PTTL', lockKey)
+        local recheck = 10000
+        if left > 0 and left < recheck then recheck = left end
+        redis.call('ZADD', delayedKey, now + recheck, id)
+        placed = true
+        redis.call('HSET', key, 'd', now + recheck)
+        return
       elseif holder ~= id then
         revokeOne(id, name, args, 'duplicate', lock)
         return
