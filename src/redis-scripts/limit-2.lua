@@ -8,12 +8,14 @@
   Two algorithms:
   * window: an exact rolling window, as includes/rate-window.lua but weighted. KEYS[1] is a sorted
     set of one entry per run started (scored with its start) or waiting for its turn (scored with
-    the turn, in the future). A start counts the costs of the entries: all of them for a run new to
-    the window (the turns of the runs ahead of it included: first come, first served), only those
-    up to now for a run that comes back with its turn; a run starts when they and its cost fit in
-    `n`, so the costs started in any window of `period` never add up to more than `n`. Otherwise
-    its turn is the time at which enough of the earliest entries have left the window, and it is
-    reserved there.
+    the turn, in the future); KEYS[2] the sum of their costs. A start counts the costs of the
+    entries: all of them for a run new to the window (the turns of the runs ahead of it included:
+    first come, first served), only those up to now for a run that comes back with its turn (the
+    sum less the turns later than now); a run starts when they and its cost fit in `n`, so the
+    costs started in any window of `period` never add up to more than `n`. Otherwise its turn is
+    the time at which enough of the earliest entries have left the window, and it is reserved
+    there. A take reads the entries that leave the window, the turns after now (for a run back
+    with its own), and, when the window is full, the earliest entries until they make room.
   * gcra: the generic cell rate algorithm. KEYS[1] holds the theoretical arrival time (TAT, µs on
     the Redis clock); a unit costs period/n. A run of cost c is charged by moving the TAT to
     max(TAT, now) + c·period/n, and starts when the TAT then lies at most `period` ahead of now;
@@ -26,7 +28,8 @@
     charged afresh (the units it paid stay unused: a start fewer, never one more).
 
   KEYS[1] <prefix>:{limit:<name>}:w   window: the entries (zset); gcra: the TAT (string)
-  KEYS[2] <prefix>:{limit:<name>}:r   gcra: the reservations (zset); window: not touched
+  KEYS[2] <prefix>:{limit:<name>}:r   window: the sum of the entries' costs (string); gcra: the
+                                      reservations (zset)
 
   ARGV[1] operation: 'take', 'defer' or 'cost'
   ARGV[2] algorithm: 'window' or 'gcra'
@@ -60,53 +63,89 @@ local t = redis.call('TIME')
 local function whole(x) return string.format('%.0f', x) end
 
 if algorithm == 'window' then
+  local sumKey = KEYS[2]
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local trimmed = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', now - period)
-  if type(trimmed) == 'table' and trimmed.err then return {'bad', 'limit window ' .. key .. ': ' .. trimmed.err} end
   -- An entry's cost is the number before its '|' (1 for one written otherwise).
   local function costOf(member) return tonumber(string.match(member, '^(%d+)|')) or 1 end
-  local function keepUntil(at)
+  -- The entries that leave the window now, for their costs; then the sum of the costs of those
+  -- that stay, kept in KEYS[2] so a take reads neither every entry nor its cost. A sum that is
+  -- missing (deleted by hand, or lapsed apart from the window) is counted again from the entries.
+  local gone = redis.pcall('ZRANGEBYSCORE', key, '-inf', now - period)
+  if type(gone) == 'table' and gone.err then return {'bad', 'limit window ' .. key .. ': ' .. gone.err} end
+  local sumText = redis.pcall('GET', sumKey)
+  if type(sumText) == 'table' and sumText.err then return {'bad', 'limit window sum ' .. sumKey .. ': ' .. sumText.err} end
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period) end
+  local sum = tonumber(sumText)
+  -- No entries, no sum (the two lapse together, give or take a ms: never trust a sum alone).
+  if sum ~= nil and (sum < 0 or redis.call('ZCARD', key) == 0) then sum = nil end
+  if sum == nil then
+    sum = 0
+    for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do sum = sum + costOf(m) end
+  else
+    for _, m in ipairs(gone) do sum = sum - costOf(m) end
+  end
+  -- The window lives until its last entry leaves it (a start never shortens the life a turn gave
+  -- it), and its sum as long.
+  local function keep(at)
     local life = at + period - now
-    if redis.call('PTTL', key) < life then redis.call('PEXPIRE', key, life) end
+    local ttl = redis.call('PTTL', key)
+    if ttl == -2 then
+      redis.call('DEL', sumKey)
+      return
+    end
+    if ttl < life then redis.call('PEXPIRE', key, life) else life = ttl end
+    redis.call('SET', sumKey, whole(sum), 'PX', life)
   end
 
   if op == 'take' then
     if cost > n then return {'bad', 'cost ' .. cost .. ' is more than the limit allows per period (' .. n .. ')'} end
-    local entries
+    local busy = sum
     if redis.call('ZSCORE', key, mine) then
       -- Its turn came: the window up to now counts; later entries are the turns of runs behind it.
       redis.call('ZREM', key, mine)
-      entries = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES')
-    else
-      entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      sum = sum - cost
+      busy = sum
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, '(' .. now, '+inf')) do busy = busy - costOf(m) end
     end
-    local busy = 0
-    for i = 1, #entries, 2 do busy = busy + costOf(entries[i]) end
     local at = now
     if busy + cost > n then
       -- Everything at or before now - period is trimmed: the turn comes when the earliest entries
       -- whose costs make room have left the window, the last of them `period` after its time.
-      local over, freed = busy + cost - n, 0
-      for i = 1, #entries, 2 do
-        freed = freed + costOf(entries[i])
-        if freed >= over then at = tonumber(entries[i + 1]) + period; break end
+      -- They are among the entries counted (over <= busy, since cost <= n), read from the
+      -- earliest a few at a time.
+      local over, freed, from = busy + cost - n, 0, 0
+      at = nil
+      while not at do
+        local chunk = redis.call('ZRANGE', key, from, from + 63, 'WITHSCORES')
+        if #chunk == 0 then at = now + period; break end -- the sum said more than the entries hold: the safe side
+        for i = 1, #chunk, 2 do
+          freed = freed + costOf(chunk[i])
+          if freed >= over then at = tonumber(chunk[i + 1]) + period; break end
+        end
+        from = from + 64
       end
     end
     redis.call('ZADD', key, at, mine)
-    keepUntil(at)
+    sum = sum + cost
+    keep(at)
     if at > now then return {'wait', at - now} end
     return {'start', 0}
   elseif op == 'defer' then
     local at = now + tonumber(ARGV[7])
     redis.call('ZADD', key, 'XX', at, mine)
-    keepUntil(at)
+    keep(at)
     return {'ok', 0}
   elseif op == 'cost' then
     local actual = tonumber(ARGV[7])
     local at = redis.call('ZSCORE', key, mine)
-    if not at then return {'ok', 0} end
+    if not at then
+      keep(now)
+      return {'ok', 0}
+    end
     redis.call('ZREM', key, mine)
     redis.call('ZADD', key, at, whole(actual) .. '|' .. run)
+    sum = sum + actual - cost
+    keep(now)
     return {'ok', 1}
   end
   return redis.error_reply('limit: unknown operation ' .. tostring(op))

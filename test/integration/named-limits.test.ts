@@ -67,7 +67,7 @@ describe('named limits', () => {
     const second = await t.both.delay(2);
     await waitFor(() => ev.rateLimited.some((e) => e.id === second.id), { what: 'the second to wait for B' });
     // A holds the first start and the second's turn, in the future: nothing more is counted now.
-    const roomy = limitKeys(h.prefix, ROOMY.name).window;
+    const roomy = limitKeys(h.prefix, ROOMY.name).w;
     const [sec, usec] = await h.admin.time();
     const now = Number(sec) * 1000 + Number(usec) / 1000;
     expect(await h.admin.zcard(roomy)).toBe(2);
@@ -131,6 +131,20 @@ describe('named limits', () => {
     expect(b!.at - a!.at).toBeGreaterThanOrEqual(2000);
   });
 
+  it('a window whose sum of costs is lost counts it again from its entries', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    const { w, ev } = worker(h);
+    await w.start();
+    const t = h.dispatcher().tasks(LimitsService);
+    await (await t.tokens.delay(1, 60)).get({ timeout: 10 });
+    const keys = limitKeys(h.prefix, TOKENS.name);
+    expect(await h.admin.get(keys.r)).toBe('60');
+    await h.admin.del(keys.r);
+    const next = await t.tokens.delay(2, 60);
+    await waitFor(() => ev.rateLimited.some((e) => e.id === next.id), { what: 'the second to wait: 60 + 60 > 100' });
+    expect(await h.admin.get(keys.r)).toBe('120');
+  });
+
   it("gcra [5, 1 s] on 2 worker processes: its documented bound holds (n + 1 + L·n/period in any span L, so at most 10 in any second)", { timeout: 120_000 }, async () => {
     const h = fresh();
     const workers = await startWorkerProcesses(h, 2, { services: ['limits'], queues: LIMIT_QUEUES, concurrency: 6 });
@@ -186,6 +200,6 @@ describe('named limits', () => {
     const greedy = await (await t.greedy.delay(101)).get({ timeout: 10 }).catch((e: unknown) => e);
     expect((greedy as TaskFailedError).remoteMessage).toMatch(/cost 101 is more than limit 'test-tokens' allows per period \(100\)/);
     // Nothing was charged for either.
-    expect(await h.admin.exists(limitKeys(h.prefix, TOKENS.name).window)).toBe(0);
+    expect(await h.admin.exists(limitKeys(h.prefix, TOKENS.name).w)).toBe(0);
   });
 });

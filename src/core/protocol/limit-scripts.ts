@@ -6,13 +6,14 @@ import type { ScriptRunner } from './script-runner.js';
 import { limit as limitScript } from '../../redis-scripts/scripts.generated.js';
 
 /**
- * The keys of a named limit: `<prefix>:{limit:<name>}:w` and `:r`, under a hash tag of their own
- * (a limit is shared by queues that live in other Cluster slots). The name is checked by
- * Limits.define (no braces), so it cannot bring a hash tag of its own.
+ * The keys of a named limit, under a hash tag of their own (a limit is shared by queues that live
+ * in other Cluster slots; the name is checked by Limits.define, so it cannot bring braces):
+ * `w`, `<prefix>:{limit:<name>}:w`, the window's entries (window) or the TAT (gcra); `r`,
+ * `<prefix>:{limit:<name>}:r`, the sum of the window's costs (window) or the reservations (gcra).
  */
-export function limitKeys(prefix: string, name: string): { base: string; window: string; reservations: string } {
+export function limitKeys(prefix: string, name: string): { base: string; w: string; r: string } {
   const base = `${prefix}:{limit:${name}}:`;
-  return { base, window: `${base}w`, reservations: `${base}r` };
+  return { base, w: `${base}w`, r: `${base}r` };
 }
 
 /** What a take answered: start now, or wait `delayMs` for the reserved turn. `tat`: what a gcra defer needs back ('' none). */
@@ -24,7 +25,7 @@ export interface LimitTake {
 
 function keysOf(prefix: string, def: LimitHandle): string[] {
   const k = limitKeys(prefix, def.name);
-  return [k.window, k.reservations];
+  return [k.w, k.r];
 }
 
 /**
