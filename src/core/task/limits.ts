@@ -127,11 +127,6 @@ export const Limits = {
   get(name: string): LimitHandle | undefined {
     return registry().get(name);
   },
-
-  /** Forgets every definition (tests). */
-  clear(): void {
-    registry().clear();
-  },
 };
 
 function isHandle(value: unknown): value is LimitHandle {

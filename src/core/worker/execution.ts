@@ -82,10 +82,10 @@ class RunContext<R extends Run<RunOwner>> implements CurrentTask {
 
   async reportCost(actual: number, limit?: string | LimitHandle): Promise<boolean> {
     const charge = chargeToCorrect(this.run, this.name, actual, limit);
-    if (actual === charge.cost) return true;
     const { run, host } = this;
     // One correction at a time per limit: each one starts from the cost the last one left.
     const done = (charge.pending ?? Promise.resolve()).then(async () => {
+      if (actual === charge.cost) return true;
       const corrected = await host.correctCost(run, charge, actual);
       charge.cost = actual;
       return corrected;
