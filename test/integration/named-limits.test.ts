@@ -12,6 +12,7 @@ import { limitKeys } from '../../src/core/protocol/limit-scripts.js';
 import { CHEAP, LIMIT_QUEUES, limitLog, LimitsService, NARROW, ROOMY, TOKENS, type ChargeEntry } from '../fixtures/limits/services.js';
 import { startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 import { total } from '../fixtures/processes/control.js';
+import { keySlot } from '../slot-checker.js';
 
 async function charges(h: Harness): Promise<ChargeEntry[]> {
   return (await h.admin.lrange(limitLog(h.prefix), 0, -1)).map((l) => JSON.parse(l) as ChargeEntry);
@@ -35,6 +36,9 @@ describe('named limits', () => {
 
   it('two tasks in two queues share one limit [4, 1 s]: 3 worker processes never start more than 4 in any second between them', { timeout: 120_000 }, async () => {
     const h = fresh();
+    // The limit lives in a slot of its own, apart from both queues (on a Cluster, another node may hold it).
+    const limitSlot = keySlot(limitKeys(h.prefix, 'test-shared').w);
+    expect(LIMIT_QUEUES.map((q) => keySlot(h.queueKeys(q).wait))).not.toContain(limitSlot);
     const workers = await startWorkerProcesses(h, 3, { services: ['limits'], queues: LIMIT_QUEUES, concurrency: 4 });
     const t = h.dispatcher().tasks(LimitsService);
     const sent = [
