@@ -43,6 +43,10 @@
   ARGV[12] result lifetime in ms, for a task that ends here
   ARGV[13] maxRecoveries ('' when the message has one or the worker leaves the default)
   ARGV[14] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
+  ARGV[15] '' or ms: the run's named limits (limit-2.lua, each in its own slot) gave it a turn that
+           far ahead: the start is taken back and the task waits for it in the delayed set, as
+           over a rate limit (LIMITED), its lock and the windows the record names as they are
+           declared ('record' or ''); nothing else is checked
 
   Returns {verdict, detail}: 'RUN', '' (run it); 'REVOKED', 'duplicate' (or the revoke reason:
   a revoke was requested since the fetch started it); 'LIMITED', delay ms;
@@ -150,24 +154,32 @@ if lockKey ~= '' then
   end
 end
 
+-- Waits `detail` ms for its turn in the delayed set, the start taken back.
+local function limited(detail)
+  local due = now + detail
+  -- The delayed set first, so the id is never in no place; then the start is taken back (the
+  -- start the message's own window counted, if any: not the reservation just made, in the
+  -- worker's window).
+  wakeIfEarliest(KEYS[1], KEYS[2], due)
+  redis.call('ZADD', KEYS[2], due, id)
+  table.insert(fields, 'd'); table.insert(fields, due)
+  redis.call('HSET', key, unpack(fields))
+  -- The window the record names, if any: checked above to be the declared one.
+  undoStart(key, KEYS[3], id, attempt, retries, carriedRate or '')
+  noteEvent('rate-limited', id, 'n', t[10], 'dl', detail)
+  flushEvents()
+  return {'LIMITED', detail}
+end
+
+local deferMs = tonumber(ARGV[15])
+if deferMs then return limited(math.max(0, math.floor(deferMs))) end
+
 if rateKey ~= '' then
   local verdict, detail = admitRate(rateKey, id .. ':' .. attempt, limit, period, now)
   if verdict == 'bad' then
     return malformed(detail, 'its rate window key holds a value of the wrong type')
   elseif verdict == 'wait' then
-    local due = now + detail
-    -- The delayed set first, so the id is never in no place; then the start is taken back (the
-    -- start the message's own window counted, if any: not the reservation just made, in the
-    -- worker's window).
-    wakeIfEarliest(KEYS[1], KEYS[2], due)
-    redis.call('ZADD', KEYS[2], due, id)
-    table.insert(fields, 'd'); table.insert(fields, due)
-    redis.call('HSET', key, unpack(fields))
-    -- The window the record names, if any: checked above to be the declared one.
-    undoStart(key, KEYS[3], id, attempt, retries, carriedRate or '')
-    noteEvent('rate-limited', id, 'n', t[10], 'dl', detail)
-    flushEvents()
-    return {'LIMITED', detail}
+    return limited(detail)
   end
 end
 

@@ -12,7 +12,8 @@
  *
  * Two checks per script:
  *  (a) one slot per call, every key under the queue's base `<prefix>:{<queue>}:`: must hold for
- *      every script, now;
+ *      every script, now (limit-2.lua, a named limit's, under the limit's own base
+ *      `<prefix>:{limit:<name>}:` instead: a limit is shared by queues of other slots);
  *  (b) every touched key declared in KEYS, for every script (the kinds of keys a script touches
  *      without declaring them are named in the failure).
  *
@@ -21,13 +22,17 @@
  */
 import { fetchStarting } from '../fetch-starting.js';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, Dispatcher, Inspector, Task, TaskFailedError, Worker, currentTask, type TaskResult } from 'heimdall-tasks';
+import { ConfigError, Dispatcher, Inspector, Limits, Task, TaskFailedError, Worker, currentTask, type TaskResult } from 'heimdall-tasks';
 import { QueueKeys, validateName } from '../../src/core/protocol/queue-keys.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
 import { admit, decline, extendLeases, fetch, purge, readFetchReply, reclaim, recoverLapsed, requeue, type RunEnd, type Verdict, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
 import { allScripts } from '../../src/redis-scripts/scripts.generated.js';
 import { FIELDS, gate, recordEvents, redisNowMs, usePrivateRedis, waitFor, type Gate, type Harness } from '../helpers.js';
 import { keySlot, keysOf, report, SlotChecker, type ScriptReport } from '../slot-checker.js';
+
+// Named limits of the flows: a window with room for one run an hour, a gcra with plenty.
+const SLOT_WINDOW = Limits.define('slot-window', [1, 3600]);
+const SLOT_GCRA = Limits.define('slot-gcra', [10, 1], { algorithm: 'gcra' });
 
 // Tasks of the flows. Each sent to the queue under test with applyAsync({ queue }).
 const holds = new Map<string, Gate>();
@@ -74,6 +79,14 @@ class SlotService {
   @Task({ unique: true, rateLimit: [10, 3600] })
   async guarded(key: string): Promise<string> {
     return key;
+  }
+
+  /** Named limits (limit-2.lua), in slots of their own: one window, one gcra with a cost; both corrected. */
+  @Task({ limits: [SLOT_WINDOW, { limit: SLOT_GCRA, cost: 2 }] })
+  async named(n: number): Promise<number> {
+    await currentTask().reportCost(1);
+    await currentTask().reportCost(2, SLOT_WINDOW);
+    return n;
   }
 }
 
@@ -338,6 +351,13 @@ async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher
     await tasks.ok.applyAsync([4], { queue, countdown: 3600 });
     expect(await inspector.purge(queue, { delayed: true })).toBe(4);
 
+    // Named limits: the first run takes both and corrects its costs; the second finds the window
+    // full: its gcra charge is taken back, and it is sent back to its turn in an hour (admit-6.lua).
+    expect(await (await tasks.named.applyAsync([1], { queue })).get({ timeout: 10 })).toBe(1);
+    const deferred = await tasks.named.applyAsync([2], { queue });
+    await waitFor(() => ev.rateLimited.some((e) => e.id === deferred.id), { what: 'the second named run to wait for its turn' });
+    await deferred.revoke();
+
     // Lease renewals of a running task, then a close that hands it back (requeue).
     const held = await tasks.single.applyAsync(['held'], { queue });
     await waitFor(() => ev.started.some((e) => e.id === held.id), { what: 'the held task to start' });
@@ -388,7 +408,10 @@ describe('slot discipline of the Lua scripts (issue 12, point 2)', () => {
           const k = keysOf(call);
           const all = [...new Set([...call.declared, ...k.touched])];
           expect(k.slots, `${call.script} touches keys of ${k.slots.length} slots: ${all.join(', ')}`).toHaveLength(1);
-          for (const key of all) expect(key.startsWith(base), `${call.script} touches ${key}, outside ${base}`).toBe(true);
+          // A named limit's keys lie under a hash tag of their own, apart from every queue.
+          const home = call.script === 'limit' ? (/^(.*\{limit:[^}]*\}:)/.exec(all[0] ?? '')?.[1] ?? '') : base;
+          if (call.script === 'limit') expect(home.startsWith(`${prefix}:{limit:`), `limit touches ${all.join(', ')}`).toBe(true);
+          for (const key of all) expect(key.startsWith(home), `${call.script} touches ${key}, outside ${home}`).toBe(true);
         }
         // (b) No script touches a key it did not declare.
         const undeclared = Object.fromEntries([...reports].filter(([, r]) => r.undeclared.length > 0).map(([name, r]) => [name, r.undeclared]));

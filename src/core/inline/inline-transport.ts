@@ -19,10 +19,13 @@ import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
 import { execute, type ExecutionHost } from '../worker/execution.js';
 import type { Finish } from '../worker/queue-runner.js';
 import { toRemoteError } from '../worker/remote-error.js';
-import { abortRun, safeArgs, type Run, type RunOwner } from '../worker/run.js';
+import { abortRun, parseArgs, safeArgs, type LimitCharge, type Run, type RunOwner } from '../worker/run.js';
 import { ServiceDirectory } from '../worker/services.js';
 import type { WorkerEvents } from '../worker/worker-options.js';
 import { admitRate, type RateWindow } from './rate-window.js';
+import { InlineLimits } from './limits.js';
+import { resolveLimits } from '../task/limits.js';
+import { limitRunName } from '../worker/limits-admission.js';
 
 /** The worker id inline runs are recorded under (the record's `worker`). */
 export const INLINE_WORKER_ID = 'inline';
@@ -107,6 +110,8 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   /** The task waiting behind the running holder of a lock (keepLast, debounce), as `<base>next:` holds it: its id and due time. */
   private readonly pointers = new Map<string, { id: string; dueAt: number }>();
   private readonly windows = new Map<string, RateWindow>();
+  /** Named limits (Limits.define), in memory. */
+  private readonly limits = new InlineLimits();
   /** onlyAfter keys: when each lapses (ms). */
   private readonly afterKeys = new Map<string, number>();
   private readonly watchers = new Map<string, Set<() => void>>();
@@ -162,6 +167,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
         this.afterKeys.set(afterKey, now + intervalMs);
         return Promise.resolve(true);
       },
+      correctCost: (_run, charge, actual) => Promise.resolve(this.limits.correct(charge.def, charge.run, charge.cost, actual, Date.now())),
     };
   }
 
@@ -596,6 +602,27 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       return;
     }
     const attempt = Number(r[FIELDS.attempts] ?? 0) + 1;
+    // Its named limits, as limits-admission.ts takes them: all or none; over one, it waits for the
+    // latest turn, its start in the queue's rate window taken back (admit-6.lua's LIMITED).
+    let charges: LimitCharge[] | undefined;
+    let limitError: unknown;
+    if (def.options.limits) {
+      const runName = limitRunName(entry.keys.queue, entry.id, attempt);
+      try {
+        const limits = resolveLimits(name, def.options.limits, parseArgs(r[FIELDS.args] ?? ''));
+        const delayMs = this.limits.take(limits, runName, now);
+        if (delayMs !== undefined) {
+          if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
+          this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args: safeArgs(r[FIELDS.args] ?? ''), delayMs });
+          this.schedule(entry, now + delayMs, now);
+          return;
+        }
+        const uses = def.options.limits;
+        charges = limits.map((l, i) => ({ def: l.def, cost: l.cost, weighted: uses[i]!.weighted, run: runName }));
+      } catch (err) {
+        limitError = err;
+      }
+    }
     const token = randomBytes(6).toString('hex');
     r[FIELDS.state] = 'STARTED';
     r[FIELDS.attempts] = String(attempt);
@@ -614,7 +641,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       carriesRate: rateKey !== undefined,
       carriesRecoveries: r[FIELDS.maxRecoveries] !== undefined,
     };
-    const run: InlineRun = { runner: { keys: entry.keys }, task, released: false };
+    const run: InlineRun = { runner: { keys: entry.keys }, task, released: false, limits: charges, admissionError: limitError };
     entry.run = run;
     this.notifyChange();
     void execute(run, def, this.host).catch((err: unknown) => this.host.reportError(err));

@@ -570,6 +570,8 @@ export interface AdmissionChecks {
   rate: { key: string; limit: number; periodMs: number } | undefined;
   /** The worker's maxRecoveries, for a message without one; undefined leaves the record as it is. */
   maxRecoveries?: number | undefined;
+  /** Ms: the run's named limits gave it a later turn; it waits for it (LIMITED) and nothing else is checked. */
+  deferMs?: number | undefined;
 }
 
 /**
@@ -608,6 +610,7 @@ export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: Worke
       worker.resultExpiresMs,
       checks.maxRecoveries ?? '',
       worker.eventsCap,
+      checks.deferMs ?? '',
     ]);
   });
   return readVerdict('admit', reply);

@@ -1,6 +1,7 @@
 import { ConfigError } from '../errors.js';
 import { describe, toMillis, type Duration } from './durations.js';
 import { DEFAULT_QUEUE, validateName } from '../protocol/queue-keys.js';
+import { normalizeLimits, type LimitUse, type NormalizedLimitUse } from './limits.js';
 
 /** `[n, period]`: at most `n` starts in any rolling window of `period` (seconds, or an `ms` string). */
 export type RateLimit = readonly [limit: number, period: Duration];
@@ -90,6 +91,13 @@ export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
    * clock. A function is evaluated at dispatch, per call. Default: no limit.
    */
   rateLimit?: RateLimit | ((args: A) => RateLimit);
+  /**
+   * Named limits this task counts in (see `Limits.define`), each shared by every task that
+   * names it, in any queue: a run starts only when every one of them has room (all or none).
+   * An entry is a limit's name or handle (1 unit per run) or `{ limit, cost }`, `cost` a whole
+   * number >= 1 or a function of the arguments evaluated by the worker. Default: none.
+   */
+  limits?: readonly LimitUse<A>[];
   /** How long the result is kept after the task ends. Seconds or an `ms` string. Default: one day. */
   resultExpires?: Duration;
   /** Retries on failure. Default: none. `currentTask().retry()` works without it (up to 3 retries). */
@@ -146,6 +154,8 @@ export interface NormalizedTaskOptions {
   /** The rate window's key (`rateKey`, else `key`); undefined: one window for the task. */
   rateKey: KeyOf | undefined;
   rateLimit: RateLimitMs | ((args: readonly unknown[]) => RateLimit) | undefined;
+  /** Named limits; undefined: none. */
+  limits: NormalizedLimitUse[] | undefined;
   resultExpiresMs: number | undefined;
   retries: NormalizedRetries | undefined;
   timeLimitMs: number | undefined;
@@ -184,6 +194,7 @@ const KNOWN = new Set([
   'uniqueKey',
   'rateKey',
   'rateLimit',
+  'limits',
   'resultExpires',
   'retries',
   'timeLimit',
@@ -358,6 +369,7 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
     uniqueKey: unique ? (uniqueKeyFn ?? key) : undefined,
     rateKey: o.rateLimit === undefined ? undefined : (rateKeyFn ?? key),
     rateLimit,
+    limits: o.limits === undefined ? undefined : normalizeLimits(o.limits, `${where}: limits`),
     resultExpiresMs,
   };
 }

@@ -59,6 +59,24 @@ export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost):
     return true;
   }
   const verdict = await settle(run, host, 'admitting it under this worker\'s options', () => runner.admit(task, checks));
+  return conclude(run, host, verdict);
+}
+
+/**
+ * Sends a run back to wait `deferMs` for the turn its named limits gave it (admit-6.lua,
+ * LIMITED): the start is taken back and the task waits in the delayed set. Resolves false (the
+ * run is released) unless the script let it run.
+ */
+export async function deferRun(run: Run, host: AdmissionHost, deferMs: number): Promise<boolean> {
+  const verdict = await settle(run, host, 'sending it back to wait for its named limits', () =>
+    run.runner.admit(run.task, { lock: undefined, rate: undefined, deferMs }),
+  );
+  return conclude(run, host, verdict);
+}
+
+/** What an admission answered: true to run; otherwise the run is released and the event for what became of it is emitted. */
+function conclude(run: Run, host: AdmissionHost, verdict: Verdict | undefined): boolean {
+  const { task, runner } = run;
   if (!verdict) return false;
   if (verdict.verdict === 'RUN') return true;
   host.release(run);

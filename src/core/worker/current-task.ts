@@ -1,6 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { toMillisOrZero, type Duration } from '../task/durations.js';
 import { ConfigError, HeimdallError } from '../errors.js';
+import type { LimitHandle } from '../task/limits.js';
 
 /** What a running task can learn about itself through {@link currentTask}. */
 export interface CurrentTask {
@@ -48,6 +49,16 @@ export interface CurrentTask {
    * when the key is taken, whatever the task does next.
    */
   onlyAfter(key: string, interval: Duration): Promise<boolean>;
+  /**
+   * Corrects what this run was charged in one of its named limits (`limits` of `@Task`) to the
+   * `actual` units it used (a whole number >= 0): lower is a refund (later runs find the room
+   * now), higher a debt (they wait for it); the limit counts the actual cost from now on, as if
+   * it had been charged so at the start. `limit` (a name or a handle) is needed when the task has
+   * several limits and not exactly one of them has a `cost`. Resolves true when corrected; false
+   * when the run's entry has already left the window (window limits: nothing left to correct).
+   * Rejects with ConfigError for a bad cost or limit.
+   */
+  reportCost(actual: number, limit?: string | LimitHandle): Promise<boolean>;
 }
 
 /** Options of `currentTask().retry()`. */

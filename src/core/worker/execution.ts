@@ -10,7 +10,8 @@ import { RetryRequest, taskStorage, type CurrentTask, type RetryRequestOptions }
 import type { Finish } from './queue-runner.js';
 import { toRemoteError } from './remote-error.js';
 import { retryDelay } from './retry-policy.js';
-import { isMessageFault, parseArgs, signalOf, type Run, type RunOwner } from './run.js';
+import { isMessageFault, parseArgs, signalOf, type LimitCharge, type Run, type RunOwner } from './run.js';
+import type { LimitHandle } from '../task/limits.js';
 import { withTimeLimit } from './time-limit.js';
 import { progressReport, ProgressThrottle } from './progress.js';
 import type { TaskEvent, WorkerEvents } from './worker-options.js';
@@ -35,6 +36,8 @@ export interface ExecutionHost<R extends Run<RunOwner> = Run> {
   extendLock(run: R, lockKey: string, ttlMs: number): Promise<boolean>;
   /** True when the run's task takes `key` of its queue for `intervalMs` (only-after-1.lua). */
   onlyAfter(run: R, key: string, intervalMs: number): Promise<boolean>;
+  /** Corrects the run's charge in a named limit from `charge.cost` to `actual` units (limit-2.lua); false when its entry left the window. */
+  correctCost(run: R, charge: LimitCharge, actual: number): Promise<boolean>;
 }
 
 /**
@@ -78,6 +81,20 @@ class RunContext<R extends Run<RunOwner>> implements CurrentTask {
     return this.host.onlyAfter(this.run, key, intervalMs);
   }
 
+  async reportCost(actual: number, limit?: string | LimitHandle): Promise<boolean> {
+    const charge = chargeToCorrect(this.run, this.name, actual, limit);
+    const { run, host } = this;
+    // One correction at a time per limit: each one starts from the cost the last one left.
+    const done = (charge.pending ?? Promise.resolve()).then(async () => {
+      if (actual === charge.cost) return true;
+      const corrected = await host.correctCost(run, charge, actual);
+      charge.cost = actual;
+      return corrected;
+    });
+    charge.pending = done.catch(() => undefined);
+    return done;
+  }
+
   /** Bound on first use, so `const { progress } = currentTask()` works too. */
   get progress(): (value: number, message?: string) => void {
     return (this.boundProgress ??= this.report.bind(this));
@@ -96,6 +113,26 @@ class RunContext<R extends Run<RunOwner>> implements CurrentTask {
     run.progress.report(report);
     host.emit('progress', { id: this.id, name: this.name, queue: this.queue, args: this.args, attempt: this.attempt, value: report.v, message: report.m });
   }
+}
+
+/** The charge `reportCost(actual, limit)` corrects; ConfigError for a bad cost, or a limit the run was not charged in or left unnamed among several. */
+function chargeToCorrect(run: Run<RunOwner>, task: string, actual: number, limit: string | LimitHandle | undefined): LimitCharge {
+  if (typeof actual !== 'number' || !Number.isInteger(actual) || actual < 0 || actual > 1e9) {
+    throw new ConfigError(`reportCost(actual): actual must be a whole number of units from 0 to 1e9, got ${JSON.stringify(actual)}`);
+  }
+  const charges = run.limits ?? [];
+  if (charges.length === 0) throw new ConfigError(`reportCost(): task ${task} (${run.task.id}) was charged in no named limit (it has no limits option)`);
+  const names = charges.map((c) => `'${c.def.name}'`).join(', ');
+  if (limit !== undefined) {
+    const name = typeof limit === 'string' ? limit : typeof limit === 'object' && limit !== null ? limit.name : undefined;
+    const found = charges.find((c) => c.def.name === name);
+    if (!found) throw new ConfigError(`reportCost(actual, limit): task ${task} uses no limit ${JSON.stringify(name ?? limit)}; its limits: ${names}`);
+    return found;
+  }
+  if (charges.length === 1) return charges[0]!;
+  const weighted = charges.filter((c) => c.weighted);
+  if (weighted.length === 1) return weighted[0]!;
+  throw new ConfigError(`reportCost(actual): task ${task} has several limits (${names}); name the one to correct: reportCost(actual, 'name')`);
 }
 
 type Outcome = { ok: true; result: unknown; json: string | undefined } | { ok: false; error: RemoteError; retryDelayMs: number | undefined };

@@ -215,6 +215,11 @@ export class QueueRunner {
     return onlyAfterScript(this.scripts, this.keys, key, id, intervalMs);
   }
 
+  /** The connection's scripts, for the named limits' calls (limit-2.lua): a limit's keys lie in a slot of their own, not the queue's. */
+  get limitScripts(): ScriptRunner {
+    return this.scripts;
+  }
+
   /** Gives up on ends not stored yet (close() past its timeout with Redis down); the loop stops. */
   abandon(): void {
     this.abandoned = true;

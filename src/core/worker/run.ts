@@ -4,6 +4,20 @@ import { taskStorage, type CurrentTask } from './current-task.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { QueueRunner } from './queue-runner.js';
 import type { ProgressThrottle } from './progress.js';
+import type { LimitHandle } from '../task/limits.js';
+
+/** What a run was charged in one named limit (limit-2.lua), for `currentTask().reportCost()`. */
+export interface LimitCharge {
+  readonly def: LimitHandle;
+  /** The units charged; a reported cost replaces it. */
+  cost: number;
+  /** The task gave this limit a cost (reportCost without a limit name picks the only such one). */
+  readonly weighted: boolean;
+  /** The run's name in the limit: '<queue>|<id>:<attempt>'. */
+  readonly run: string;
+  /** Corrections in flight, one after the other. */
+  pending?: Promise<unknown>;
+}
 
 /** What a run belongs to: the queue runner of a worker, or an inline dispatcher's queue. */
 export interface RunOwner {
@@ -20,6 +34,8 @@ export interface Run<O extends RunOwner = QueueRunner> {
   aborted?: { reason: unknown };
   /** Set when the worker could not compute the options it admits a message under (its key function threw): the run fails with it. */
   admissionError?: unknown;
+  /** What it was charged in its named limits, once they all admitted it. */
+  limits?: LimitCharge[];
   /** Its slot is free again (ended, revoked with terminate, lost, handed back or declined). */
   released: boolean;
   /** What currentTask() returns inside it, once it runs. */

@@ -12,6 +12,8 @@ import type { TaskState } from '../protocol/task-record.js';
 import { toMillisOrZero } from '../task/durations.js';
 import { registeredTasks } from '../task/registry.js';
 import { admit, decline, needsAdmission, type AdmissionHost } from './admission.js';
+import { takeLimits } from './limits-admission.js';
+import { correctLimit } from '../protocol/limit-scripts.js';
 import { execute, type ExecutionHost } from './execution.js';
 import { QueueRunner, type Finish, type RunnerHost } from './queue-runner.js';
 import { safeInstanceOf, toRemoteError } from './remote-error.js';
@@ -116,6 +118,10 @@ export class Worker {
         redisCall(`extending the unique lock of task ${run.task.id}`, () => run.runner.extendLock(run.task.id, lockKey, ttlMs)),
       onlyAfter: (run, key, intervalMs) =>
         redisCall(`onlyAfter(${JSON.stringify(key)}) of task ${run.task.id}`, () => run.runner.onlyAfter(run.task.id, key, intervalMs)),
+      correctCost: (run, charge, actual) =>
+        redisCall(`reportCost() of task ${run.task.id} in limit '${charge.def.name}'`, () =>
+          correctLimit(run.runner.limitScripts, run.runner.keys.prefix, charge.def, charge.run, charge.cost, actual),
+        ),
     };
     this.admission = { workerId: this.id, graceMs, release: (run) => this.release(run, undefined), emit, reportError };
   }
@@ -320,11 +326,14 @@ export class Worker {
     this.inFlight.set(key, run);
     const def = this.services.taskNamed(task.name);
     const running =
-      def !== undefined && this.services.serves(def) && !needsAdmission(def, run)
+      def !== undefined && this.services.serves(def) && !needsAdmission(def, run) && def.options.limits === undefined
         ? this.execute(run, def)
         : (async () => {
             if (!def || !this.services.serves(def)) return decline(run, def, this.admission);
-            if (await admit(run, def, this.admission)) await this.execute(run, def);
+            if (needsAdmission(def, run) && !(await admit(run, def, this.admission))) return;
+            // Its named limits last, once the queue's own checks let it run (limits-admission.ts).
+            if (def.options.limits !== undefined && !(await takeLimits(run, def, this.admission))) return;
+            await this.execute(run, def);
           })();
     running.catch((err: unknown) => this.executeFailed(run, err));
   }
