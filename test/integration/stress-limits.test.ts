@@ -5,10 +5,12 @@
  * is left in any list, set or lock.
  */
 import { describe, expect, it } from 'vitest';
-import { reportFigures, useHarness, waitFor } from '../helpers.js';
+import { redisNowMs, reportFigures, useHarness, waitFor } from '../helpers.js';
 import { maxInWindow, total } from '../fixtures/processes/control.js';
 import { ProbeService, testKeys } from '../fixtures/processes/services.js';
 import { killWorkerProcess, startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
+import { LimitsService, limitLog, STRESS, type ChargeEntry } from '../fixtures/limits/services.js';
+import { limitKeys } from '../../src/core/protocol/limit-scripts.js';
 
 const LIMITS: Record<string, number> = { a: 300, b: 150, c: 50 };
 const COUNTS: Record<string, number> = { a: 6000, b: 3000, c: 1000 };
@@ -80,6 +82,74 @@ describe('rate limits under stress', () => {
       recovered,
       startsByKilledProcess: killedStarts,
       maxStartsPer1s: Object.entries(maxPerWindow).map(([b, m]) => `${b}:${m}/${LIMITS[b]}`).join(' '),
+      rateLimitedPutBacks: total(summaries, 'rateLimited'),
+    });
+  });
+
+  it('a weighted limit shared by two queues: 4,000 tasks of costs 1 to 3, 4 worker processes, one SIGKILLed mid-run; no window over 400 units, every task ends once, nothing left in the limit', { timeout: 240_000 }, async () => {
+    const h = fresh();
+    const workers = await startWorkerProcesses(h, 4, { services: ['limits'], queues: ['limits-a', 'limits-b'], concurrency: 50, lease: '2s' });
+    const d = h.dispatcher();
+    const began = Date.now();
+    const costOf = (i: number): number => (i % 3) + 1;
+    const a = await d.tasks(LimitsService).stressA.delayMany(Array.from({ length: 2000 }, (_, i) => [i, costOf(i)] as [number, number]));
+    const b = await d.tasks(LimitsService).stressB.delayMany(Array.from({ length: 2000 }, (_, i) => [i, costOf(i + 1)] as [number, number]));
+    const log = limitLog(h.prefix);
+    await waitFor(async () => (await h.admin.llen(log)) >= 1000, { timeout: 60_000, what: '1,000 charges before the kill' });
+    const victim = workers[0]!;
+    const mine = `:${String(victim.child.pid)}:`;
+    await waitFor(
+      async () => {
+        const leased = [...(await h.admin.zrange(h.queueKey('active', 'limits-a'), 0, -1)).map((id) => h.queueKeys('limits-a').task(id)), ...(await h.admin.zrange(h.queueKey('active', 'limits-b'), 0, -1)).map((id) => h.queueKeys('limits-b').task(id))];
+        const owners = await Promise.all(leased.map((key) => h.admin.hget(key, 'w')));
+        return owners.some((w) => w?.includes(mine));
+      },
+      { timeout: 30_000, what: 'the victim to run tasks' },
+    );
+    await killWorkerProcess(victim);
+    const handles = [...a, ...b];
+    await Promise.all(handles.map((r) => r.get({ timeout: 180 })));
+    const elapsed = Date.now() - began;
+    const summaries = await stopWorkerProcesses(workers.slice(1));
+    expect(summaries.flatMap((x) => x.errors)).toEqual([]);
+    const infos = await Promise.all(handles.map((r) => r.info()));
+    expect(infos.filter((i) => i.state !== 'SUCCESS')).toEqual([]);
+    const recovered = infos.filter((i) => i.history.some((x) => x.outcome === 'lost')).length;
+
+    // Every charge the bodies saw (the entry's time in the limit's window, on its Redis clock):
+    // the costs started in any second never add up to more than 400.
+    const charges = (await h.admin.lrange(log, 0, -1)).map((line) => JSON.parse(line) as ChargeEntry);
+    const sorted = charges.map((c) => [c.at, c.cost] as const).sort((x, y) => x[0] - y[0]);
+    let most = 0;
+    let sum = 0;
+    for (let lo = 0, hi = 0; hi < sorted.length; hi++) {
+      sum += sorted[hi]![1];
+      while (sorted[hi]![0] - sorted[lo]![0] >= 1000) sum -= sorted[lo++]![1];
+      most = Math.max(most, sum);
+    }
+    expect(most).toBeLessThanOrEqual(400);
+    // Each task charged and run once on the surviving workers.
+    const survivors = new Map<string, number>();
+    for (const c of charges) if (c.pid !== victim.child.pid) survivors.set(c.id, (survivors.get(c.id) ?? 0) + 1);
+    expect([...survivors.values()].filter((n) => n !== 1)).toEqual([]);
+    // Nothing left in the limit: no turn of a task that is gone, and its sum is the sum of its
+    // entries (or both gone, once the last entry left the window).
+    const keys = limitKeys(h.prefix, STRESS.name);
+    const now = await redisNowMs(h.admin);
+    expect(await h.admin.zrangebyscore(keys.w, `(${now}`, '+inf')).toEqual([]);
+    const left = await h.admin.zrange(keys.w, 0, -1);
+    const sumLeft = left.reduce((t, m) => t + Number(m.slice(0, m.indexOf('|'))), 0);
+    expect(Number((await h.admin.get(keys.r)) ?? 0)).toBe(sumLeft);
+    for (const q of ['limits-a', 'limits-b']) {
+      for (const name of ['wait', 'delayed', 'claimed', 'active'] as const) expect(await h.admin.exists(h.queueKey(name, q)), `${q} ${name}`).toBe(0);
+    }
+    reportFigures('stress, shared weighted limit', {
+      tasks: 4000,
+      units: handles.length === 4000 ? 8000 : 0,
+      seconds: (elapsed / 1000).toFixed(1),
+      recovered,
+      chargesByKilledProcess: charges.filter((c) => c.pid === victim.child.pid).length,
+      maxUnitsPer1s: `${most}/400`,
       rateLimitedPutBacks: total(summaries, 'rateLimited'),
     });
   });

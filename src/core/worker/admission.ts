@@ -151,6 +151,15 @@ export async function decline(run: Run, def: TaskDefinition | undefined, host: A
 
 /** Sends an admit or decline call until Redis answers; undefined when the run was released meanwhile (handed back at close). */
 async function settle(run: Run, host: AdmissionHost, what: string, call: () => Promise<Verdict>): Promise<Verdict | undefined> {
+  run.sendingBack = true;
+  try {
+    return await settleOnce(run, host, what, call);
+  } finally {
+    run.sendingBack = false;
+  }
+}
+
+async function settleOnce(run: Run, host: AdmissionHost, what: string, call: () => Promise<Verdict>): Promise<Verdict | undefined> {
   for (let failures = 0; ; failures++) {
     try {
       const verdict = await call();

@@ -38,6 +38,12 @@ export interface Run<O extends RunOwner = QueueRunner> {
   limits?: LimitCharge[];
   /** Its slot is free again (ended, revoked with terminate, lost, handed back or declined). */
   released: boolean;
+  /**
+   * Set while an admission or hand-back call may take the start back in Redis (admit-6, decline-7):
+   * a lease renewal that meanwhile finds the task no longer STARTED is that call's doing, which
+   * its own reply reports, not a lost lease.
+   */
+  sendingBack?: boolean;
   /** What currentTask() returns inside it, once it runs. */
   context?: CurrentTask;
   /** When this worker launched it (ms, its clock), for the registry. */

@@ -435,8 +435,9 @@ export class Worker {
       try {
         for (const { id, token, reason, state } of await r.renewLeases()) {
           const run = this.inFlight.get(runKey(r.keys.queue, id));
-          // The answer is about the run whose token was sent; a newer run of the id is not it.
-          if (run && run.task.token === token) this.stopRun(run, reason, state);
+          // The answer is about the run whose token was sent; a newer run of the id is not it. A run
+          // an admission is sending back is no longer STARTED by that call's doing: its reply says so.
+          if (run && run.task.token === token && !(reason === 'lost' && run.sendingBack)) this.stopRun(run, reason, state);
         }
       } catch (err) {
         this.host.reportError(fromRedis(err, `queue ${r.keys.queue}: renewing leases`));
