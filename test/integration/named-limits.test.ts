@@ -117,9 +117,9 @@ describe('named limits', () => {
     expect(await (await t.reported.delay(90, 10)).get({ timeout: 10 })).toBe(true);
     const next = await t.tokens.delay(1, 80);
     await next.get({ timeout: 10 });
+    // Without the refund the 80 tokens would not fit beside the 90 charged: it would wait.
     expect(ev.rateLimited).toEqual([]);
-    const [a, b] = await charges(h);
-    expect(b!.at - a!.at).toBeLessThan(2000);
+    expect(await charges(h)).toHaveLength(2);
   });
 
   it('reportCost: a debt delays the next task until it leaves the window', { timeout: 30_000 }, async () => {
@@ -173,7 +173,8 @@ describe('named limits', () => {
     expect(span).toBeGreaterThanOrEqual((30 - CHEAP.limit - 1) * 200);
     // And n at once after an idle spell: the first 5 went without waiting for a turn.
     const firsts = runs.map((r) => r.to).sort((a, b) => a - b);
-    expect(firsts[4]! - Math.min(...runs.map((r) => r.from))).toBeLessThan(600);
+    // (Without the burst the 5th would come 800 ms after the first.)
+    expect(firsts[4]! - Math.min(...runs.map((r) => r.from))).toBeLessThan(750);
     console.info(`[limits] gcra [5, 1 s], 30 tasks on 2 processes: at most ${most} takes could lie in one second (bound 10); span ${Math.round(span)} ms (at least 4800)`);
   });
 

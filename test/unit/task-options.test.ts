@@ -37,6 +37,7 @@ describe('@Task rejects bad options when the class is defined', () => {
     ['uniqueTimeout with unique: false', { unique: false, uniqueTimeout: '1h' }, 'uniqueTimeout only applies to unique tasks; add unique: true'],
     ['unique "yes"', { unique: 'yes' }, 'unique must be true or false, got "yes"'],
     ['uniqueRaises 1', { unique: true, uniqueRaises: 1 }, 'uniqueRaises must be true or false, got 1'],
+    ['debounce as long as uniqueTimeout', { unique: true, uniqueTimeout: 2, onConflict: { debounce: { wait: 1, maxWait: 2 } } }, "uniqueTimeout (2000 ms) must be longer than debounce's maxWait (2000 ms): the lock is taken at the send, and the task waits that long before it runs"],
     ['key 42', { unique: true, key: 42 }, 'key must be a non-empty string or a function (args) => string, got 42'],
     ['key ""', { unique: true, key: '' }, 'key must be a non-empty string or a function (args) => string, got ""'],
     ['uniqueKey without unique', { rateLimit: [1, 1], uniqueKey: 'k' }, 'uniqueKey only applies to unique tasks; add unique: true'],

@@ -6,7 +6,9 @@ import type { RateLimit } from './task-options.js';
 /**
  * How a named limit counts.
  * - `'window'`: an exact rolling window: the costs of the runs started in any window of `period`
- *   add up to at most `n`. One sorted-set entry per run started or waiting in the window.
+ *   add up to at most `n`, as charged at their start (a debt reported with `reportCost()` can take
+ *   a window past `n`: later runs then wait until it leaves). One sorted-set entry per run started
+ *   or waiting in the window.
  * - `'gcra'`: the generic cell rate algorithm, one number per limit whatever the rate: `n` per
  *   `period` in the long run, `n` at once after an idle spell, and never more than `2n` in any
  *   window of `period` (docs/guarantees.md, "Rate limits").

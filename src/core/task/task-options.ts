@@ -334,6 +334,16 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
     }
   }
   const onConflict = normalizeConflict(o.onConflict, uniqueRaises, where);
+  if (onConflict.kind === 'debounce') {
+    // The lock is taken at the send and lives uniqueTimeout from then: a task due later than that
+    // would wait with no lock, and the next send would not see it.
+    const longest = Math.max(onConflict.waitMs, onConflict.maxWaitMs);
+    if (longest >= uniqueTimeoutMs) {
+      throw new ConfigError(
+        `${where}: uniqueTimeout (${uniqueTimeoutMs} ms) must be longer than debounce's ${onConflict.maxWaitMs > 0 ? 'maxWait' : 'wait'} (${longest} ms): the lock is taken at the send, and the task waits that long before it runs`,
+      );
+    }
+  }
   const key = keyOption(o.key, `${where}: key`);
   const uniqueKeyFn = keyOption(o.uniqueKey, `${where}: uniqueKey`);
   const rateKeyFn = keyOption(o.rateKey, `${where}: rateKey`);

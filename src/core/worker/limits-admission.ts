@@ -5,6 +5,12 @@ import type { TaskDefinition } from '../task/registry.js';
 import { deferRun, type AdmissionHost } from './admission.js';
 import { parseArgs, type LimitCharge, type Run } from './run.js';
 
+/** A refusal that sending the call again will not change: an ACL (NOPERM) or a key of the wrong type. */
+function isPermanentRefusal(err: unknown): boolean {
+  const message = err instanceof Error ? err.message : '';
+  return message.startsWith('NOPERM') || message.startsWith('WRONGTYPE');
+}
+
 /** The name a run has in its limits: '<queue>|<id>:<attempt>' (an attempt sent back keeps its number, so it finds its turn). */
 export function limitRunName(queue: string, id: string, attempt: number): string {
   return `${queue}|${id}:${attempt}`;
@@ -33,24 +39,36 @@ export async function takeLimits(run: Run, def: TaskDefinition, host: AdmissionH
   const name = limitRunName(runner.keys.queue, task.id, task.attempt);
   const scripts = runner.limitScripts;
   const prefix = runner.keys.prefix;
-  let takes: LimitTake[] | undefined;
-  for (let failures = 0; takes === undefined; failures++) {
-    try {
-      // Taking a limit again is harmless: a window finds the run's own entry and counts it once.
-      takes = await Promise.all(limits.map((l) => takeLimit(scripts, prefix, l.def, name, l.cost)));
-    } catch (err) {
-      if (run.released) return false;
-      if (err instanceof UnexpectedReplyError) {
-        // A limit's key holds another type of value: the run fails, naming it (what the other
-        // limits charged leaves their windows within a period).
-        run.admissionError = err;
-        return true;
-      }
-      host.reportError(fromRedis(err, `task ${task.id} (${task.name}): taking its named limits`));
-      await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** failures)).unref());
-      if (run.released) return false;
+  // Each limit's answer, once it came: a call that failed is sent again alone, so a limit that
+  // answered is never taken twice (a gcra take is not idempotent: it would be charged again).
+  const answers: (LimitTake | undefined)[] = limits.map(() => undefined);
+  for (let failures = 0; answers.includes(undefined); failures++) {
+    const errors: unknown[] = [];
+    await Promise.all(
+      limits.map(async (l, i) => {
+        if (answers[i] !== undefined) return;
+        try {
+          answers[i] = await takeLimit(scripts, prefix, l.def, name, l.cost);
+        } catch (err) {
+          errors.push(err);
+        }
+      }),
+    );
+    if (run.released) return false;
+    if (errors.length === 0) break;
+    const fatal = errors.find((err) => err instanceof UnexpectedReplyError || isPermanentRefusal(err));
+    if (fatal !== undefined) {
+      // A limit's key holds another type of value, or this user may not run the script's
+      // commands: the run fails, naming it (what the other limits charged leaves their windows
+      // within a period).
+      run.admissionError = fatal instanceof UnexpectedReplyError ? fatal : fromRedis(fatal, `task ${task.id} (${task.name}): taking its named limits`);
+      return true;
     }
+    host.reportError(fromRedis(errors[0], `task ${task.id} (${task.name}): taking its named limits`));
+    await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** failures)).unref());
+    if (run.released) return false;
   }
+  const takes = answers as LimitTake[];
   // Handed back meanwhile (close): what it was charged leaves the windows within a period.
   if (run.released) return false;
   const uses = def.options.limits;
