@@ -438,12 +438,14 @@ local function notStarted(state)
 end
 
 -- A conflict mode (field cm) meets the lock: decides what becomes of the new task `id` (see the
--- header, codes 1, 2, 6, 7, 8), and ends the tasks it replaces. `c`: { mode, lockKey, nextKey,
+-- header, codes 1, 2, 6, 7, 8), and which tasks it replaces. `c`: { mode, lockKey, nextKey,
 -- holderKey, pendingKey (nil when not declared), holder, pending (the ids declared, '' none),
 -- wait, maxWait (debounce, ms), expires (result lifetime of a replaced task, ms), name }. Returns
 -- code, detail, third item, and, when the new task is to be enqueued (codes 1, 6, 7), a plan:
--- { takeLock, due (0: as the call said), first (debounce series start) }. Writes only then,
--- under the caller's pcall.
+-- { takeLock, due (0: as the call said), first (debounce series start), replaces (the tasks to
+-- end, each { id, owns the lock }), reason, dropPointer }. Writes nothing: the caller ends the
+-- replaced tasks (replaceAll) only once the new task is placed, so a command Redis refuses half
+-- way never leaves the old task ended and the new one not sent.
 local function conflict(id, c)
   local holder = redis.pcall('GET', c.lockKey)
   local f = failure(holder)
@@ -471,12 +473,9 @@ local function conflict(id, c)
   if c.mode == 'debounce' then reason = 'debounced' end
   local first = nil
   local replaced = ''
+  local replaces = {}
   local function replace(other, key, ownsLock)
-    local lock = { false }
-    if ownsLock then lock = nil end
-    endTask(base, other, 'REVOKED', { 'rr', reason }, now, c.expires, lock)
-    redis.call('ZREM', KEYS[2], other)
-    noteEvent('replaced', other, 'n', c.name, 'by', id, 'r', reason)
+    replaces[#replaces + 1] = { other, ownsLock }
     replaced = other
   end
   if holder and not running then
@@ -492,7 +491,6 @@ local function conflict(id, c)
         replace(pending, c.pendingKey, false)
       end
     end
-    redis.call('DEL', c.nextKey)
   end
   first = tonumber(first) or now
   local due = 0
@@ -500,13 +498,34 @@ local function conflict(id, c)
     due = now + c.wait
     if c.maxWait > 0 and first + c.maxWait < due then due = math.max(now, first + c.maxWait) end
   end
+  local plan = { due = due, first = first, replaces = replaces, reason = reason, name = c.name, expires = c.expires,
+    dropPointer = pointer and c.nextKey }
   if holder then
-    -- It runs: the new task waits behind it, pending, for its end to hand it the lock.
-    noteEvent('waiting', id, 'n', c.name, 'h', holder)
-    return 7, holder, replaced, { takeLock = false, due = due, first = first }
+    -- It runs: the new task waits behind it, pending, for its end to hand it the lock (its
+    -- 'waiting' event is noted once it is placed, after those of the tasks it replaces).
+    plan.takeLock = false
+    plan.holder = holder
+    return 7, holder, replaced, plan
   end
-  if replaced == '' then return 1, '', 0, { takeLock = true, due = due, first = first } end
-  return 6, replaced, '', { takeLock = true, due = due, first = first }
+  plan.takeLock = true
+  if replaced == '' then return 1, '', 0, plan end
+  return 6, replaced, '', plan
+end
+
+-- Ends the tasks a placed task replaces (REVOKED 'replaced' or 'debounced', out of the delayed
+-- set; the holder's lock released as its end releases it) and drops the old pending pointer. Each
+-- step under pcall: the new task is placed already, and should Redis refuse a step, the old task
+-- stays as it was (it then meets the lock as a duplicate, or waits behind it): never one lost.
+local function replaceAll(id, plan)
+  for _, r in ipairs(plan.replaces) do
+    local lock = { false }
+    if r[2] then lock = nil end
+    if pcall(endTask, base, r[1], 'REVOKED', { 'rr', plan.reason }, now, plan.expires, lock) then
+      redis.pcall('ZREM', KEYS[2], r[1])
+      noteEvent('replaced', r[1], 'n', plan.name, 'by', id, 'r', plan.reason)
+    end
+  end
+  if plan.dropPointer then redis.pcall('DEL', plan.dropPointer) end
 end
 
 local replies = {}
@@ -659,6 +678,10 @@ for i = 1, count do
       else
         wrote = true
         noteEvent('queued', id, 'n', taskName, 'd', placeAt > now and placeAt or nil)
+        if plan then
+          replaceAll(id, plan)
+          if plan.holder then noteEvent('waiting', id, 'n', plan.name, 'h', plan.holder) end
+        end
         if plan and plan.takeLock then
           redis.pcall('SET', lockKey, id, 'PX', lockTtl)
         elseif plan then

@@ -39,6 +39,13 @@ function allBut(h: Harness, command: string, on: string[]): string[] {
 class StrandService {
   readonly ran: string[] = [];
 
+  /** The newest send replaces a holder that has not started. */
+  @Task<[key: string, n: number]>({ unique: true, uniqueKey: ([key]) => key, onConflict: 'replace' })
+  async latest(_key: string, n: number): Promise<number> {
+    this.ran.push(currentTask().id);
+    return n;
+  }
+
   @Task()
   async simple(n: number): Promise<number> {
     this.ran.push(currentTask().id);
@@ -198,6 +205,24 @@ describe('no script leaves an id stranded (refusals injected with ACL users)', (
     expect(await h.admin.zrange(window, 0, -1, 'WITHSCORES')).toEqual([`~${withTurn!.id}:1`, String(now + 20_000), 'other:1', String(now + 30_000)]);
     for (const t of [full!, withTurn!]) expect(await queuedOnly(h, t.id), t.id).toBe(true);
     expect(service.ran).toEqual([]);
+  });
+
+  it('a replacing send whose new task Redis refuses to place leaves the holder as it was: queued, holding its lock, not REVOKED', async () => {
+    const h = fresh();
+    const holder = await h.dispatcher().tasks(StrandService).latest.delay('k', 1);
+    // A producer that may not push to the wait list: its task cannot be placed.
+    const user = await aclUser(h, ['~*', '&*', '+@all', '-lpush']);
+    const producer = h.dispatcher({ connection: user.url });
+    await expect(producer.tasks(StrandService).latest.delay('k', 2)).rejects.toThrow(/sending StrandService.latest: Redis/);
+    expect(await holder.status()).toBe('PENDING');
+    expect(await queuedOnly(h, holder.id)).toBe(true);
+    expect((await h.dispatcher().tasks(StrandService).latest.lock('k', 2))!.holder).toBe(holder.id);
+    // And it runs.
+    const service = new StrandService();
+    const w = h.worker({ services: [service] });
+    await w.start();
+    expect(await holder.get({ timeout: 10 })).toBe(1);
+    await w.close();
   });
 
   it('a malformed record whose dead letter is refused stays queued (not failed, not lost) until it can be dead-lettered', { timeout: 60_000 }, async () => {
