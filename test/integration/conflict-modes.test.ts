@@ -288,6 +288,54 @@ describe('onConflict: keepLast', () => {
     expect(service.runs.map((r) => r.n)).toEqual([2]);
     expect(await leftovers(h)).toEqual([]);
   });
+
+  it('a waiting task revoked by its user is never handed the lock: the running one ends, the lock is free, and the next send takes it', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    const tasks = h.dispatcher().tasks(Conflicts);
+    const service = new Conflicts();
+    const worker = h.worker({ services: [service] });
+    await worker.start();
+    const running = await tasks.latest.delay('r', 0);
+    await waitFor(async () => (await running.status()) === 'STARTED', { what: 'the first task to start' });
+    const waiting = await tasks.latest.delay('r', 1);
+    expect(waiting.conflict).toEqual({ outcome: 'waiting', holder: running.id });
+    expect(await waiting.revoke()).toBe('REVOKED');
+    service.gate.open();
+    expect(await running.get({ timeout: 10 })).toBe(0);
+    // The lock went with the running task's end, to nobody: the revoked task was not in the
+    // delayed set any more. Its pointer stays (the finish cannot tell a revoked task from one
+    // due now) until the lock's lifetime passes or the next send, which drops it.
+    const lock = await h.lockKeyOf(running.id);
+    expect(await h.admin.exists(lock)).toBe(0);
+    expect(await h.admin.get(h.queueKeys().next(lock))).toMatch(new RegExp(` ${waiting.id}$`));
+    expect(service.runs.map((r) => r.n)).toEqual([0]);
+    const again = await tasks.latest.delay('r', 2);
+    expect(again.conflict).toBeUndefined();
+    expect(await again.get({ timeout: 10 })).toBe(2);
+    expect(await leftovers(h)).toEqual([]);
+    expect(service.runs.map((r) => r.n)).toEqual([0, 2]);
+    await worker.close();
+  });
+
+  it('a running task revoked with terminate (no finish to hand the lock over): the waiting one starts once it finds the lock free, within the 10-s re-check', { timeout: 40_000 }, async () => {
+    const h = fresh();
+    const tasks = h.dispatcher().tasks(Conflicts);
+    const service = new Conflicts();
+    const worker = h.worker({ services: [service] });
+    await worker.start();
+    const running = await tasks.latest.delay('t', 0);
+    await waitFor(async () => (await running.status()) === 'STARTED', { what: 'the first task to start' });
+    const waiting = await tasks.latest.delay('t', 1);
+    expect(waiting.conflict).toEqual({ outcome: 'waiting', holder: running.id });
+    const revokedAt = Date.now();
+    expect(await running.revoke({ terminate: true })).toBe('REVOKED');
+    expect(await waiting.get({ timeout: 20 })).toBe(1);
+    expect(Date.now() - revokedAt).toBeLessThan(20_000);
+    expect(service.runs.map((r) => r.n)).toEqual([0, 1]);
+    service.gate.open();
+    await worker.close();
+    await waitFor(async () => (await leftovers(h)).length === 0, { timeout: 10_000, what: 'the lock and the pointer to go' });
+  });
 });
 
 describe('onConflict: debounce', () => {
