@@ -201,13 +201,13 @@ local function conflict(id, c)
   local first = nil
   local replaced = ''
   local replaces = {}
-  local function replace(other, key, ownsLock)
+  local function replace(other, ownsLock)
     replaces[#replaces + 1] = { other, ownsLock }
     replaced = other
   end
   if holder and not running then
     first = held[2]
-    replace(holder, c.holderKey, true)
+    replace(holder, true)
     holder = nil
   end
   if pointer then
@@ -215,7 +215,7 @@ local function conflict(id, c)
       local p = redis.call('HMGET', c.pendingKey, 's', 'cf', 'lk')
       if notStarted(p[1]) and p[3] == c.lockKey then
         first = first or p[2]
-        replace(pending, c.pendingKey, false)
+        replace(pending, false)
       end
     end
   end

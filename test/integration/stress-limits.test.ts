@@ -5,15 +5,36 @@
  * is left in any list, set or lock.
  */
 import { describe, expect, it } from 'vitest';
-import { redisNowMs, reportFigures, useHarness, waitFor } from '../helpers.js';
+import { redisNowMs, reportFigures, useHarness, waitFor, type Harness } from '../helpers.js';
 import { maxInWindow, total } from '../fixtures/processes/control.js';
 import { ProbeService, testKeys } from '../fixtures/processes/services.js';
-import { killWorkerProcess, startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
+import { killWorkerProcess, startWorkerProcesses, stopWorkerProcesses, type WorkerProcess } from '../fixtures/worker-processes.js';
 import { LimitsService, limitLog, STRESS, type ChargeEntry } from '../fixtures/limits/services.js';
 import { limitKeys } from '../../src/core/protocol/limit-scripts.js';
 
 const LIMITS: Record<string, number> = { a: 300, b: 150, c: 50 };
 const COUNTS: Record<string, number> = { a: 6000, b: 3000, c: 1000 };
+
+/**
+ * SIGKILLs `victim` once it holds the lease of a task of one of `queues` (its worker id, which a
+ * record's `w` names, holds its pid): their leases lapse and the other workers recover them.
+ */
+async function killWhileItRuns(h: Harness, victim: WorkerProcess, queues: readonly string[]): Promise<void> {
+  const mine = `:${String(victim.child.pid)}:`;
+  await waitFor(
+    async () => {
+      for (const queue of queues) {
+        const keys = h.queueKeys(queue);
+        const leased = await h.admin.zrange(keys.active, 0, -1);
+        const owners = await Promise.all(leased.map((id) => h.admin.hget(keys.task(id), 'w')));
+        if (owners.some((w) => w?.includes(mine))) return true;
+      }
+      return false;
+    },
+    { timeout: 30_000, what: 'the victim to run tasks' },
+  );
+  await killWorkerProcess(victim);
+}
 
 describe('rate limits under stress', () => {
   const fresh = useHarness('stress');
@@ -32,17 +53,7 @@ describe('rate limits under stress', () => {
     const log = testKeys(h.prefix).log;
     await waitFor(async () => (await h.admin.llen(log)) >= 3000, { timeout: 60_000, what: '3,000 starts before the kill' });
     const victim = workers[0]!;
-    // Killed while it runs tasks: their leases lapse and the others recover them.
-    const mine = `:${String(victim.child.pid)}:`;
-    await waitFor(
-      async () => {
-        const leased = await h.admin.zrange(h.queueKey('active'), 0, -1);
-        const owners = await Promise.all(leased.map((id) => h.admin.hget(h.taskKey(id), 'w')));
-        return owners.some((w) => w?.includes(mine));
-      },
-      { timeout: 30_000, what: 'the victim to run tasks' },
-    );
-    await killWorkerProcess(victim);
+    await killWhileItRuns(h, victim, ['default']);
     const results = await Promise.all(handles.map((r) => r.get({ timeout: 180 })));
     expect(results).toEqual(args.map(([n]) => n));
     const elapsed = Date.now() - began;
@@ -97,16 +108,7 @@ describe('rate limits under stress', () => {
     const log = limitLog(h.prefix);
     await waitFor(async () => (await h.admin.llen(log)) >= 1000, { timeout: 60_000, what: '1,000 charges before the kill' });
     const victim = workers[0]!;
-    const mine = `:${String(victim.child.pid)}:`;
-    await waitFor(
-      async () => {
-        const leased = [...(await h.admin.zrange(h.queueKey('active', 'limits-a'), 0, -1)).map((id) => h.queueKeys('limits-a').task(id)), ...(await h.admin.zrange(h.queueKey('active', 'limits-b'), 0, -1)).map((id) => h.queueKeys('limits-b').task(id))];
-        const owners = await Promise.all(leased.map((key) => h.admin.hget(key, 'w')));
-        return owners.some((w) => w?.includes(mine));
-      },
-      { timeout: 30_000, what: 'the victim to run tasks' },
-    );
-    await killWorkerProcess(victim);
+    await killWhileItRuns(h, victim, ['limits-a', 'limits-b']);
     const handles = [...a, ...b];
     await Promise.all(handles.map((r) => r.get({ timeout: 180 })));
     const elapsed = Date.now() - began;

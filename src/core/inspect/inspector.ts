@@ -530,7 +530,7 @@ export class Inspector {
     }
     // The purged tasks' turns in the queue's rate windows would hold up every task sent after
     // them until their time passed: forget them (a window's starts stay).
-    if (purged > 0) await this.dropStaleTurns(k);
+    if (purged > 0) await this.dropTurnsOf(k);
     return purged;
   }
 
@@ -540,8 +540,11 @@ export class Inspector {
    * queues behind every turn in it. Starts are kept, so the limits hold. Resolves to the number
    * of turns removed.
    */
-  async dropStaleTurns(queue: string | QueueKeys): Promise<number> {
-    const k = typeof queue === 'string' ? new QueueKeys(this.prefix, validateName(queue, 'queue')) : queue;
+  async dropStaleTurns(queue: string = DEFAULT_QUEUE): Promise<number> {
+    return this.dropTurnsOf(new QueueKeys(this.prefix, validateName(queue, 'queue')));
+  }
+
+  private async dropTurnsOf(k: QueueKeys): Promise<number> {
     const windows = await this.scan(`${escapeGlob(k.base)}${KEY_NAMES.rate}*`, MAX_LIMIT, `listing the rate windows of queue ${k.queue}`);
     let dropped = 0;
     for (const key of windows) {

@@ -227,15 +227,13 @@ export function normalizeConflict(value: unknown, uniqueRaises: boolean, where: 
   const unknown = Object.keys(d).find((k) => k !== 'wait' && k !== 'maxWait');
   if (unknown !== undefined) throw new ConfigError(`${where}: onConflict.debounce: unknown option '${unknown}'; known: wait, maxWait`);
   if (d.wait === undefined) throw new ConfigError(`${where}: onConflict.debounce.wait is required (seconds or an ms string)`);
-  const waitMs = Math.ceil(toMillis(d.wait as Duration, `${where}: onConflict.debounce.wait`));
-  if (waitMs > MAX_UNIQUE_TIMEOUT_MS) throw new ConfigError(`${where}: onConflict.debounce.wait must be at most 10 years, got ${waitMs} ms`);
+  const waitMs = lockLifetime(d.wait, `${where}: onConflict.debounce.wait`);
   let maxWaitMs = 0;
   if (d.maxWait !== undefined) {
-    maxWaitMs = Math.ceil(toMillis(d.maxWait as Duration, `${where}: onConflict.debounce.maxWait`));
+    maxWaitMs = lockLifetime(d.maxWait, `${where}: onConflict.debounce.maxWait`);
     if (maxWaitMs < waitMs) {
       throw new ConfigError(`${where}: onConflict.debounce.maxWait (${maxWaitMs} ms) must be at least wait (${waitMs} ms)`);
     }
-    if (maxWaitMs > MAX_UNIQUE_TIMEOUT_MS) throw new ConfigError(`${where}: onConflict.debounce.maxWait must be at most 10 years, got ${maxWaitMs} ms`);
   }
   return { kind: 'debounce', waitMs, maxWaitMs };
 }
@@ -323,11 +321,7 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
   const unique = bool(o.unique, `${where}: unique`);
   const uniqueRaises = bool(o.uniqueRaises, `${where}: uniqueRaises`);
   const uniqueWaitForExpiry = bool(o.uniqueWaitForExpiry, `${where}: uniqueWaitForExpiry`);
-  const uniqueTimeoutMs =
-    o.uniqueTimeout === undefined ? DEFAULT_UNIQUE_TIMEOUT_MS : toMillis(o.uniqueTimeout as Duration, `${where}: uniqueTimeout`);
-  if (uniqueTimeoutMs > MAX_UNIQUE_TIMEOUT_MS) {
-    throw new ConfigError(`${where}: uniqueTimeout must be at most 10 years (${MAX_UNIQUE_TIMEOUT_MS} ms), got ${uniqueTimeoutMs} ms`);
-  }
+  const uniqueTimeoutMs = o.uniqueTimeout === undefined ? DEFAULT_UNIQUE_TIMEOUT_MS : lockLifetime(o.uniqueTimeout, `${where}: uniqueTimeout`);
   if (!unique) {
     for (const k of ['uniqueTimeout', 'uniqueRaises', 'uniqueWaitForExpiry', 'onConflict'] as const) {
       if (o[k] !== undefined) throw new ConfigError(`${where}: ${k} only applies to unique tasks; add unique: true`);

@@ -1,15 +1,9 @@
-import { fromRedis, UnexpectedReplyError } from '../errors.js';
+import { fromRedis, RedisRefusedError, UnexpectedReplyError } from '../errors.js';
 import { deferLimit, takeLimit, type LimitTake } from '../protocol/limit-scripts.js';
 import { resolveLimits, type ResolvedLimit } from '../task/limits.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { deferRun, type AdmissionHost } from './admission.js';
 import { parseArgs, type LimitCharge, type Run } from './run.js';
-
-/** A refusal that sending the call again will not change: an ACL (NOPERM) or a key of the wrong type. */
-function isPermanentRefusal(err: unknown): boolean {
-  const message = err instanceof Error ? err.message : '';
-  return message.startsWith('NOPERM') || message.startsWith('WRONGTYPE');
-}
 
 /** The name a run has in its limits: '<queue>|<id>:<attempt>' (an attempt sent back keeps its number, so it finds its turn). */
 export function limitRunName(queue: string, id: string, attempt: number): string {
@@ -56,15 +50,17 @@ export async function takeLimits(run: Run, def: TaskDefinition, host: AdmissionH
     );
     if (run.released) return false;
     if (errors.length === 0) break;
-    const fatal = errors.find((err) => err instanceof UnexpectedReplyError || isPermanentRefusal(err));
+    // A limit's key holding another type of value, or a reply Redis will give again (an ACL's
+    // NOPERM, a WRONGTYPE: what fromRedis calls a refusal, unlike a full Redis or one between
+    // masters): the run fails, naming it (what the other limits charged leaves their windows
+    // within a period).
+    const seen = errors.map((err) => (err instanceof UnexpectedReplyError ? err : fromRedis(err, `task ${task.id} (${task.name}): taking its named limits`)));
+    const fatal = seen.find((err) => err instanceof UnexpectedReplyError || err instanceof RedisRefusedError);
     if (fatal !== undefined) {
-      // A limit's key holds another type of value, or this user may not run the script's
-      // commands: the run fails, naming it (what the other limits charged leaves their windows
-      // within a period).
-      run.admissionError = fatal instanceof UnexpectedReplyError ? fatal : fromRedis(fatal, `task ${task.id} (${task.name}): taking its named limits`);
+      run.admissionError = fatal;
       return true;
     }
-    host.reportError(fromRedis(errors[0], `task ${task.id} (${task.name}): taking its named limits`));
+    host.reportError(seen[0]);
     await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** failures)).unref());
     if (run.released) return false;
   }
