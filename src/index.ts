@@ -18,7 +18,7 @@ export { currentTask } from './core/worker/current-task.js';
 export type { CurrentTask, RetryRequestOptions } from './core/worker/current-task.js';
 export type { Backoff, ConflictOption, ErrorClass, RateLimit, RetryOptions, TaskKey, TaskOptions } from './core/task/task-options.js';
 export { Limits } from './core/task/limits.js';
-export type { LimitAlgorithm, LimitHandle, LimitOptions, LimitUse } from './core/task/limits.js';
+export type { ConcurrencyLimitOptions, LimitAlgorithm, LimitHandle, LimitKind, LimitOptions, LimitUse } from './core/task/limits.js';
 export type { Duration } from './core/task/durations.js';
 export type { ClusterConnection, ConnectionOption, RedisClient } from './core/protocol/connection.js';
 export type { Constructor } from './core/task/registry.js';
@@ -27,6 +27,7 @@ export {
   ConfigError,
   HeimdallError,
   LeaseLostError,
+  PermitLostError,
   MalformedTaskError,
   NonRetryableError,
   NotATaskError,

@@ -434,6 +434,24 @@ export class LeaseLostError extends HeimdallError {
 }
 
 /**
+ * Reported as a worker `error` event when a running task's concurrency permit had lapsed at its
+ * renewal (the worker could not reach Redis for a whole lease, or its event loop was blocked that
+ * long): the permit may be another run's now, so for a while more runs than the limit allow may
+ * run at once. The run goes on (its own lease tells whether it is still its task's).
+ */
+export class PermitLostError extends HeimdallError {
+  static readonly CODE = 'HEIMDALL_PERMIT_LOST';
+  readonly taskId: string;
+  constructor(taskId: string, scope: string) {
+    super(
+      PermitLostError.CODE,
+      `task ${taskId} no longer holds its permit of ${scope}: it lapsed before it was renewed; raise leaseDuration, or keep the event loop free`,
+    );
+    this.taskId = taskId;
+  }
+}
+
+/**
  * The reason a run's AbortSignal fires when `worker.close({ timeout })` stops waiting for it: the
  * task goes back to the front of its queue.
  */

@@ -4,7 +4,7 @@ import type { QueueEvent } from '../events/queue-events.js';
 import { randomBytes } from 'node:crypto';
 import { ConfigError, TaskRevokedError, UnknownTaskError, WorkerShutdownError } from '../errors.js';
 import type { RedisClient } from '../protocol/connection.js';
-import type { QueueKeys } from '../protocol/queue-keys.js';
+import { QueueKeys } from '../protocol/queue-keys.js';
 import { ENQUEUE_CODES } from '../protocol/reply-codes.js';
 import type { EnqueueOutcome, StartedRun } from '../protocol/scripts.js';
 import { FIELDS } from '../protocol/task-fields.js';
@@ -24,13 +24,20 @@ import { ServiceDirectory } from '../worker/services.js';
 import type { WorkerEvents } from '../worker/worker-options.js';
 import { admitRate, type RateWindow } from './rate-window.js';
 import { InlineLimits } from './limits.js';
-import { resolveLimits } from '../task/limits.js';
+import { InlinePermits } from './permits.js';
+import { resolveLimits, type ResolvedLimit } from '../task/limits.js';
 import { limitRunName } from '../worker/limits-admission.js';
+import { parsePermitRun, permitRunName, type PermitScope } from '../protocol/permit-scripts.js';
+import { permitScopesOf } from '../worker/permits.js';
 
 /** The worker id inline runs are recorded under (the record's `worker`). */
 export const INLINE_WORKER_ID = 'inline';
 
 type InlineRun = Run<RunOwner>;
+
+// A run waiting for a concurrency permit asks again after this long (ms) unless a permit is
+// handed to it first: permit-3.lua's longest re-check, a worker's default lease.
+const PERMIT_RECHECK_MS = 30_000;
 
 /** The value of `field` among a message's field, value pairs. */
 function fieldOf(fields: readonly (string | number)[], field: string): string | undefined {
@@ -112,6 +119,8 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
   private readonly windows = new Map<string, RateWindow>();
   /** Named limits (Limits.define), in memory. */
   private readonly limits = new InlineLimits();
+  /** Concurrency permits, in memory. */
+  private readonly permits = new InlinePermits();
   /** onlyAfter keys: when each lapses (ms). */
   private readonly afterKeys = new Map<string, number>();
   private readonly watchers = new Map<string, Set<() => void>>();
@@ -539,6 +548,34 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     entry.parked = false;
   }
 
+  /** Gives back the permits a task's runs hold or wait for (permit-3.lua 'release'), and wakes who they go to. */
+  private releasePermitsOf(entry: Entry): void {
+    const { queue, prefix } = entry.keys;
+    const woken = this.permits.releaseWhere((run) => {
+      const p = parsePermitRun(run);
+      return p !== undefined && p.queue === queue && p.id === entry.id;
+    }, Date.now());
+    this.wakePermitted(prefix, woken);
+  }
+
+  /** Starts the tasks handed a permit now (permit-wake-2.lua); one that ended gives it back. */
+  private wakePermitted(prefix: string, woken: readonly string[]): void {
+    for (const name of woken) {
+      const p = parsePermitRun(name);
+      const entry = p === undefined ? undefined : this.entries.get(new QueueKeys(prefix, p.queue).task(p.id));
+      const state = entry?.record[FIELDS.state];
+      if (!entry || state === undefined || FINAL_STATES.has(state as TaskState)) {
+        // Nobody will come for it: the next waiter gets it.
+        this.wakePermitted(prefix, this.permits.releaseWhere((run) => run === name, Date.now()));
+        continue;
+      }
+      if (entry.timer !== undefined && !entry.run) {
+        this.cancel(entry);
+        this.schedule(entry, Date.now(), Date.now());
+      }
+    }
+  }
+
   /** start-tasks.lua's checks, then the run. */
   private start(entry: Entry): void {
     const r = entry.record;
@@ -606,21 +643,46 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     // latest turn, its start in the queue's rate window taken back (admit-6.lua's LIMITED).
     let charges: LimitCharge[] | undefined;
     let limitError: unknown;
+    let resolved: ResolvedLimit[] = [];
+    const args = safeArgs(r[FIELDS.args] ?? '');
     if (def.options.limits) {
       const runName = limitRunName(entry.keys.queue, entry.id, attempt);
       try {
-        const limits = resolveLimits(name, def.options.limits, parseArgs(r[FIELDS.args] ?? ''));
-        const delayMs = this.limits.take(limits, runName, now);
+        resolved = resolveLimits(name, def.options.limits, parseArgs(r[FIELDS.args] ?? ''));
+        const uses = def.options.limits;
+        const rated = resolved.map((l, i) => ({ l, use: uses[i]! })).filter((x) => x.l.def.algorithm !== 'concurrency');
+        const limits = rated.map((x) => x.l);
+        const delayMs = limits.length === 0 ? undefined : this.limits.take(limits, runName, now);
         if (delayMs !== undefined) {
           if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
-          this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args: safeArgs(r[FIELDS.args] ?? ''), delayMs });
+          this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs });
           this.schedule(entry, now + delayMs, now);
           return;
         }
-        const uses = def.options.limits;
-        charges = limits.map((l, i) => ({ def: l.def, cost: l.cost, weighted: uses[i]!.weighted, run: runName }));
+        charges = rated.map(({ l, use }) => ({ def: l.def, cost: l.cost, weighted: use.weighted, run: runName }));
       } catch (err) {
         limitError = err;
+      }
+    }
+    // Its concurrency permits last, as limits-admission.ts takes them: without one it gives back
+    // what its rate limits charged and waits until a permit is handed to it (or its re-check).
+    let scopes: PermitScope[] = [];
+    if (limitError === undefined && (def.options.concurrency || resolved.some((l) => l.def.algorithm === 'concurrency'))) {
+      try {
+        scopes = permitScopesOf(entry.keys.prefix, def, args, resolved);
+      } catch (err) {
+        limitError = err;
+      }
+    }
+    if (scopes.length > 0) {
+      const got = this.permits.acquire(scopes, permitRunName(entry.keys.queue, entry.id, attempt), now);
+      this.wakePermitted(entry.keys.prefix, got.woken);
+      if (!got.held) {
+        for (const c of charges ?? []) this.limits.correct(c.def, c.run, c.cost, 0, now);
+        if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
+        this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs: PERMIT_RECHECK_MS });
+        this.schedule(entry, now + PERMIT_RECHECK_MS, now);
+        return;
       }
     }
     const token = randomBytes(6).toString('hex');
@@ -666,6 +728,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     }
     if (finish.state === 'RETRY') {
       const now = Date.now();
+      this.releasePermitsOf(entry);
       keepAttempt(r, finish, now);
       Object.assign(r, value);
       r[FIELDS.state] = 'RETRY';
@@ -686,6 +749,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     Object.assign(entry.record, fields);
     entry.record[FIELDS.state] = state;
     entry.record[FIELDS.finishedAt] = String(Date.now());
+    this.releasePermitsOf(entry);
     this.releaseLock(entry);
     this.handLockOver(entry);
     this.notifyTask(entry);

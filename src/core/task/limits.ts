@@ -15,6 +15,23 @@ import type { RateLimit } from './task-options.js';
  */
 export type LimitAlgorithm = 'window' | 'gcra';
 
+/**
+ * What a named limit bounds: a rate (`'window'` or `'gcra'`, made by `Limits.define(name, [n,
+ * period])`), or how many runs hold it at once (`'concurrency'`, made by `Limits.define(name,
+ * { concurrency: n })`).
+ */
+export type LimitKind = LimitAlgorithm | 'concurrency';
+
+/** Options of {@link Limits.define} for a concurrency limit. */
+export interface ConcurrencyLimitOptions {
+  /**
+   * At most this many runs hold the limit at once (per key, when a task's use gives one), across
+   * every worker. Each run holds a permit, a lease renewed while it runs and given back at its
+   * end: a killed worker's permits lapse within its lease. A whole number from 1 to 1e6.
+   */
+  concurrency: number;
+}
+
 /** Options of {@link Limits.define}. */
 export interface LimitOptions {
   /** How the limit counts: `'window'` (exact rolling window) or `'gcra'`. Default: `'window'`. */
@@ -25,23 +42,24 @@ export interface LimitOptions {
 export interface LimitHandle {
   /** The limit's name, unique in the process (and on the Redis prefix: every worker defines it alike). */
   readonly name: string;
-  /** Units (starts, or the costs they declare) allowed per period. */
+  /** Units (starts, or the costs they declare) allowed per period; for a concurrency limit, the runs allowed at once. */
   readonly limit: number;
-  /** The period, ms. */
+  /** The period, ms (0 for a concurrency limit). */
   readonly periodMs: number;
   /** How it counts. */
-  readonly algorithm: LimitAlgorithm;
+  readonly algorithm: LimitKind;
 }
 
 /**
- * One limit a task uses: a limit's name or handle (cost 1 per run), or `{ limit, cost }` where
- * `cost` is a whole number >= 1 or a function of the call's arguments, evaluated by the worker
- * before the run.
+ * One limit a task uses: a limit's name or handle (cost 1 per run), or `{ limit, cost, key }`.
+ * `cost` (rate limits): a whole number >= 1 or a function of the call's arguments, evaluated by
+ * the worker before the run. `key` (concurrency limits): the limit then bounds the runs at once
+ * per key (a string, or a function of the arguments); without it, across all of its runs.
  */
 export type LimitUse<A extends readonly unknown[] = unknown[]> =
   | string
   | LimitHandle
-  | { limit: string | LimitHandle; cost?: number | ((args: A) => number) };
+  | { limit: string | LimitHandle; cost?: number | ((args: A) => number); key?: string | ((args: A) => string) };
 
 /** A limit use after validation at decoration. */
 export interface NormalizedLimitUse {
@@ -53,12 +71,16 @@ export interface NormalizedLimitUse {
   cost: number | ((args: readonly unknown[]) => number);
   /** True when the task gave a cost (so `reportCost()` without a limit name picks this one). */
   weighted: boolean;
+  /** A concurrency limit's key, as a function of the arguments; undefined: one scope for the limit. */
+  key: ((args: readonly unknown[]) => string) | undefined;
 }
 
 /** A limit and a run's cost in it, ready for the worker to charge. */
 export interface ResolvedLimit {
   def: LimitHandle;
   cost: number;
+  /** Concurrency limits: the key of this run's scope (undefined: the limit's one scope). */
+  key?: string;
 }
 
 // Shared through globalThis, as the current task's storage: an ESM and a CJS copy of the library
@@ -77,24 +99,71 @@ function registry(): Map<string, LimitHandle> {
 
 const OPTIONS = new Set(['algorithm']);
 
+/** Registers a handle, or returns the one defined alike before; a ConfigError when the name is defined otherwise. */
+function register(where: string, handle: LimitHandle): LimitHandle {
+  const known = registry().get(handle.name);
+  if (known) {
+    if (known.limit === handle.limit && known.periodMs === handle.periodMs && known.algorithm === handle.algorithm) return known;
+    const show = (h: LimitHandle): string => (h.algorithm === 'concurrency' ? `{ concurrency: ${h.limit} }` : `[${h.limit}, ${h.periodMs} ms] (${h.algorithm})`);
+    throw new ConfigError(`${where}: limit '${handle.name}' is already defined as ${show(known)}; a name has one definition (every worker must count it alike)`);
+  }
+  const frozen = Object.freeze(handle);
+  registry().set(handle.name, frozen);
+  return frozen;
+}
+
+/** The type of {@link Limits}. */
+export interface LimitsApi {
+  /**
+   * Defines the rate limit `name`: at most `n` units in any `period` (seconds, or an `ms`
+   * string). A task counts 1 unit per run unless it gives a cost. Defining a name again with the
+   * same settings returns the same handle (a module loaded twice); with other settings it is a
+   * ConfigError, as are a bad name, `n` or period, or an unknown option.
+   */
+  define(name: string, rate: RateLimit, options?: LimitOptions): LimitHandle;
+  /**
+   * Defines the concurrency limit `name`: at most `concurrency` runs of the tasks that use it
+   * hold it at once, across every worker (per key, for a use that gives one). Defined again: as
+   * for a rate limit.
+   */
+  define(name: string, options: ConcurrencyLimitOptions): LimitHandle;
+  /** The limit defined under `name` in this process, or undefined. */
+  get(name: string): LimitHandle | undefined;
+}
+
 /**
  * Named limits: one limit any task of any queue can use, counted once for all of them, across
  * every worker, on the Redis clock. Define each in a module the worker process imports (the
  * worker is the authority on a task's limits: a run whose task names a limit its worker never
  * defined fails with a ConfigError); producers need not know it.
  */
-export const Limits = {
+export const Limits: LimitsApi = {
   /**
    * Defines the limit `name`: at most `n` units in any `period` (seconds, or an `ms` string).
    * A task counts 1 unit per run unless it gives a cost. Defining a name again with the same
    * settings returns the same handle (a module loaded twice); with other settings it is a
    * ConfigError, as are a bad name, `n` or period, or an unknown option.
+   *
+   * `Limits.define(name, { concurrency: n })` defines a concurrency limit instead: at most `n`
+   * runs of the tasks that use it hold it at once (per key, for a use that gives one).
    */
-  define(name: string, rate: RateLimit, options?: LimitOptions): LimitHandle {
+  define(name: string, rate: RateLimit | ConcurrencyLimitOptions, options?: LimitOptions): LimitHandle {
     const where = `Limits.define(${JSON.stringify(name)})`;
     validateName(name, `${where}: the name`);
+    if (typeof rate === 'object' && rate !== null && !Array.isArray(rate)) {
+      const o = rate as unknown as Record<string, unknown>;
+      for (const k of Object.keys(o)) {
+        if (k !== 'concurrency') throw new ConfigError(`${where}: unknown option '${k}' of a concurrency limit; known: concurrency`);
+      }
+      if (options !== undefined) throw new ConfigError(`${where}: a concurrency limit takes no third argument`);
+      const n = o.concurrency;
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 1e6) {
+        throw new ConfigError(`${where}: concurrency must be a whole number of runs from 1 to 1e6, got ${describe(n)}`);
+      }
+      return register(where, { name, limit: n, periodMs: 0, algorithm: 'concurrency' });
+    }
     if (!Array.isArray(rate) || rate.length !== 2) {
-      throw new ConfigError(`${where}: the rate must be [n, period] such as [100, 60] (100 per minute), got ${describe(rate)}`);
+      throw new ConfigError(`${where}: the rate must be [n, period] such as [100, 60] (100 per minute), or { concurrency: n }, got ${describe(rate)}`);
     }
     const [limit, period] = rate as readonly [unknown, unknown];
     if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > 1e9) {
@@ -112,17 +181,7 @@ export const Limits = {
     if (algorithm !== 'window' && algorithm !== 'gcra') {
       throw new ConfigError(`${where}: algorithm must be 'window' or 'gcra', got ${describe(algorithm)}`);
     }
-    const known = registry().get(name);
-    if (known) {
-      if (known.limit === limit && known.periodMs === periodMs && known.algorithm === algorithm) return known;
-      throw new ConfigError(
-        `${where}: limit '${name}' is already defined as [${known.limit}, ${known.periodMs} ms] (${known.algorithm}); ` +
-          `a name has one definition (every worker must count it alike)`,
-      );
-    }
-    const handle: LimitHandle = Object.freeze({ name, limit, periodMs, algorithm });
-    registry().set(name, handle);
-    return handle;
+    return register(where, { name, limit, periodMs, algorithm });
   },
 
   /** The limit defined under `name` in this process, or undefined. */
@@ -148,10 +207,28 @@ function checkCost(cost: unknown, limit: LimitHandle | undefined, where: string)
   return cost;
 }
 
+/** Checks a concurrency key option: a non-empty string or a function of the arguments. */
+function checkKey(value: unknown, where: string): (args: readonly unknown[]) => string {
+  if (typeof value === 'function') return value as (args: readonly unknown[]) => string;
+  if (typeof value === 'string' && value !== '') return () => value;
+  throw new ConfigError(`${where}: key must be a non-empty string or a function (args) => string, got ${describe(value)}`);
+}
+
+/** The ConfigError of a cost on a concurrency limit, or of a key on a rate limit; undefined when the use fits its limit. */
+function misuse(use: NormalizedLimitUse, def: LimitHandle, where: string): ConfigError | undefined {
+  if (def.algorithm === 'concurrency' && use.weighted) {
+    return new ConfigError(`${where}: limit '${def.name}' is a concurrency limit: a run holds one permit, it takes no cost`);
+  }
+  if (def.algorithm !== 'concurrency' && use.key !== undefined) {
+    return new ConfigError(`${where}: limit '${def.name}' is a rate limit: key only applies to concurrency limits (Limits.define(name, { concurrency: n }))`);
+  }
+  return undefined;
+}
+
 /** Validates a task's `limits` option; throws ConfigError naming the entry and what was wrong. */
 export function normalizeLimits(value: unknown, where: string): NormalizedLimitUse[] {
   if (!Array.isArray(value) || value.length === 0) {
-    throw new ConfigError(`${where} must be a non-empty array of limit names, handles or { limit, cost }, got ${describe(value)}`);
+    throw new ConfigError(`${where} must be a non-empty array of limit names, handles or { limit, cost, key }, got ${describe(value)}`);
   }
   const out: NormalizedLimitUse[] = [];
   value.forEach((entry: unknown, i) => {
@@ -159,16 +236,18 @@ export function normalizeLimits(value: unknown, where: string): NormalizedLimitU
     let ref: unknown = entry;
     let cost: unknown = 1;
     let weighted = false;
+    let key: ((args: readonly unknown[]) => string) | undefined;
     if (typeof entry === 'object' && entry !== null && !isHandle(entry)) {
       const o = entry as Record<string, unknown>;
       for (const k of Object.keys(o)) {
-        if (k !== 'limit' && k !== 'cost') throw new ConfigError(`${at}: unknown option '${k}'; known: limit, cost`);
+        if (k !== 'limit' && k !== 'cost' && k !== 'key') throw new ConfigError(`${at}: unknown option '${k}'; known: limit, cost, key`);
       }
       ref = o.limit;
       if (o.cost !== undefined) {
         cost = o.cost;
         weighted = true;
       }
+      if (o.key !== undefined) key = checkKey(o.key, at);
     }
     let name: string;
     let handle: LimitHandle | undefined;
@@ -183,20 +262,27 @@ export function normalizeLimits(value: unknown, where: string): NormalizedLimitU
     }
     if (out.some((u) => u.name === name)) throw new ConfigError(`${at}: limit '${name}' is listed twice`);
     const known = handle ?? Limits.get(name);
-    out.push({
+    const use: NormalizedLimitUse = {
       name,
       handle,
-      cost: typeof cost === 'function' ? (cost as (args: readonly unknown[]) => number) : checkCost(cost, known, at),
+      cost: typeof cost === 'function' ? (cost as (args: readonly unknown[]) => number) : 1,
       weighted,
-    });
+      key,
+    };
+    const wrong = known ? misuse(use, known, at) : undefined;
+    if (wrong) throw wrong;
+    if (typeof cost !== 'function') use.cost = known?.algorithm === 'concurrency' ? 1 : checkCost(cost, known, at);
+    out.push(use);
   });
   return out;
 }
 
 /**
- * The limits of one run and its cost in each, for the worker to charge. Throws ConfigError for a
- * limit this process never defined, or a cost function that throws or returns anything but a
- * whole number from 1 to the limit's `n` (such a run could never start: it fails instead).
+ * The limits of one run and its cost (or key) in each, for the worker to take. Throws
+ * ConfigError for a limit this process never defined, a cost or key the limit's kind does not
+ * take, or a cost or key function that throws or returns what cannot be used (a cost outside 1
+ * to the limit's `n`, a key that is not a non-empty string): such a run could never start, so it
+ * fails instead.
  */
 export function resolveLimits(taskName: string, uses: readonly NormalizedLimitUse[], args: readonly unknown[]): ResolvedLimit[] {
   return uses.map((use) => {
@@ -204,10 +290,14 @@ export function resolveLimits(taskName: string, uses: readonly NormalizedLimitUs
     if (!def) {
       throw new ConfigError(
         `task ${taskName} uses limit '${use.name}', which is not defined in this worker process: ` +
-          `call Limits.define('${use.name}', [n, period]) in a module the worker imports`,
+          `call Limits.define('${use.name}', ...) in a module the worker imports`,
       );
     }
-    if (typeof use.cost === 'number') return { def, cost: checkCost(use.cost, def, `task ${taskName}: limit '${use.name}'`) };
+    const where = `task ${taskName}: limit '${use.name}'`;
+    const wrong = misuse(use, def, where);
+    if (wrong) throw wrong;
+    if (def.algorithm === 'concurrency') return { def, cost: 1, key: use.key === undefined ? undefined : concurrencyKey(use.key, args, where) };
+    if (typeof use.cost === 'number') return { def, cost: checkCost(use.cost, def, where) };
     let cost: unknown;
     try {
       cost = use.cost(args);
@@ -215,9 +305,21 @@ export function resolveLimits(taskName: string, uses: readonly NormalizedLimitUs
       throw new ConfigError(`task ${taskName}: the cost function of limit '${use.name}' threw: ${err instanceof Error ? err.message : String(err)}`);
     }
     try {
-      return { def, cost: checkCost(cost, def, `task ${taskName}: limit '${use.name}'`) };
+      return { def, cost: checkCost(cost, def, where) };
     } catch (err) {
       throw new ConfigError(`${(err as Error).message} (returned by its cost function for these arguments)`);
     }
   });
+}
+
+/** A concurrency key for these arguments: a ConfigError when its function throws or returns anything but a non-empty string. */
+export function concurrencyKey(key: (args: readonly unknown[]) => string, args: readonly unknown[], where: string): string {
+  let value: unknown;
+  try {
+    value = key(args);
+  } catch (err) {
+    throw new ConfigError(`${where}: the concurrency key function threw: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (typeof value !== 'string' || value === '') throw new ConfigError(`${where}: the concurrency key function must return a non-empty string, got ${describe(value)}`);
+  return value;
 }

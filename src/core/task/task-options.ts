@@ -98,6 +98,15 @@ export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
    * number >= 1 or a function of the arguments evaluated by the worker. Default: none.
    */
   limits?: readonly LimitUse<A>[];
+  /**
+   * At most this many runs of the task at once, across every worker and queue: a number, or
+   * `{ limit, key }` to bound the runs per key (a string, or a function of the arguments, scoped
+   * by task name). A run holds a permit while it runs: a lease renewed with the run's, given back
+   * at its end and handed to the run that waited longest; a killed worker's permits lapse within
+   * its lease. A run that finds none free waits in the delayed set (PENDING, no attempt counted)
+   * until one is handed to it. Default: no bound (only the workers' own `concurrency`).
+   */
+  concurrency?: number | { limit: number; key?: TaskKey<A> };
   /** How long the result is kept after the task ends. Seconds or an `ms` string. Default: one day. */
   resultExpires?: Duration;
   /** Retries on failure. Default: none. `currentTask().retry()` works without it (up to 3 retries). */
@@ -156,6 +165,8 @@ export interface NormalizedTaskOptions {
   rateLimit: RateLimitMs | ((args: readonly unknown[]) => RateLimit) | undefined;
   /** Named limits; undefined: none. */
   limits: NormalizedLimitUse[] | undefined;
+  /** The task's own concurrency bound; undefined: none. */
+  concurrency: { limit: number; key: KeyOf | undefined } | undefined;
   resultExpiresMs: number | undefined;
   retries: NormalizedRetries | undefined;
   timeLimitMs: number | undefined;
@@ -195,6 +206,7 @@ const KNOWN = new Set([
   'rateKey',
   'rateLimit',
   'limits',
+  'concurrency',
   'resultExpires',
   'retries',
   'timeLimit',
@@ -302,6 +314,25 @@ function keyOption(value: unknown, where: string): KeyOf | undefined {
   throw new ConfigError(`${where} must be a non-empty string or a function (args) => string, got ${describe(value)}`);
 }
 
+/** Checks `concurrency`: a whole number of runs >= 1, or `{ limit, key? }`. */
+function normalizeConcurrency(value: unknown, where: string): NormalizedTaskOptions['concurrency'] {
+  if (value === undefined) return undefined;
+  let limit: unknown = value;
+  let key: KeyOf | undefined;
+  if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+    const o = value as Record<string, unknown>;
+    for (const k of Object.keys(o)) {
+      if (k !== 'limit' && k !== 'key') throw new ConfigError(`${where}: unknown option '${k}'; known: limit, key`);
+    }
+    limit = o.limit;
+    key = keyOption(o.key, `${where}: key`);
+  }
+  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > 1e6) {
+    throw new ConfigError(`${where} must be a whole number of runs from 1 to 1e6, or { limit, key }, got ${describe(value)}`);
+  }
+  return { limit, key };
+}
+
 /** Validates `@Task` options; throws ConfigError naming the option and what was wrong. */
 export function normalizeTaskOptions(options: unknown, where: string): NormalizedTaskOptions {
   if (options === undefined) options = {};
@@ -374,6 +405,7 @@ export function normalizeTaskOptions(options: unknown, where: string): Normalize
     rateKey: o.rateLimit === undefined ? undefined : (rateKeyFn ?? key),
     rateLimit,
     limits: o.limits === undefined ? undefined : normalizeLimits(o.limits, `${where}: limits`),
+    concurrency: normalizeConcurrency(o.concurrency, `${where}: concurrency`),
     resultExpiresMs,
   };
 }

@@ -13,6 +13,8 @@ export interface AdmissionHost {
   readonly workerId: string;
   /** unknownTaskGrace, ms. */
   readonly graceMs: number;
+  /** The worker's lease, ms (a concurrency permit lapses one lease after it was last renewed). */
+  readonly leaseMs: number;
   /** Frees the run's slot without storing an end (Redis has what became of it). */
   release(run: Run): void;
   emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void;

@@ -1,8 +1,10 @@
 import { fromRedis, RedisRefusedError, UnexpectedReplyError } from '../errors.js';
-import { deferLimit, takeLimit, type LimitTake } from '../protocol/limit-scripts.js';
-import { resolveLimits, type ResolvedLimit } from '../task/limits.js';
+import { correctLimit, deferLimit, takeLimit, type LimitTake } from '../protocol/limit-scripts.js';
+import type { PermitScope } from '../protocol/permit-scripts.js';
+import { resolveLimits, type NormalizedLimitUse, type ResolvedLimit } from '../task/limits.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { deferRun, type AdmissionHost } from './admission.js';
+import { acquirePermits, giveBack, permitScopesOf, type PermitHold } from './permits.js';
 import { parseArgs, type LimitCharge, type Run } from './run.js';
 
 /** The name a run has in its limits: '<queue>|<id>:<attempt>' (an attempt sent back keeps its number, so it finds its turn). */
@@ -10,8 +12,80 @@ export function limitRunName(queue: string, id: string, attempt: number): string
   return `${queue}|${id}:${attempt}`;
 }
 
+/** Whether runs of the task take anything here: named limits, or the task's own concurrency. */
+export function hasLimits(def: TaskDefinition): boolean {
+  return def.options.limits !== undefined || def.options.concurrency !== undefined;
+}
+
 /**
- * Takes a started run's named limits before it runs (limit-2.lua, one call per limit, each in the
+ * Takes a started run's named rate limits, then its concurrency permits (its task's own
+ * `concurrency` and its concurrency limits), before it runs. Resolves true to run it (or to fail
+ * it, with `run.admissionError` set); false when it was sent back to wait (or released meanwhile).
+ * A run that finds no permit free gives back what its rate limits charged it (a refund) and waits
+ * in the delayed set until a permit is handed to it, or its re-check.
+ */
+export async function takeLimits(run: Run, def: TaskDefinition, host: AdmissionHost): Promise<boolean> {
+  if (run.admissionError !== undefined || !hasLimits(def)) return true;
+  const { task, runner } = run;
+  let all: ResolvedLimit[];
+  let scopes: PermitScope[];
+  try {
+    const args = parseArgs(task.argsJson);
+    all = def.options.limits ? resolveLimits(def.name, def.options.limits, args) : [];
+    scopes = permitScopesOf(runner.keys.prefix, def, args, all);
+  } catch (err) {
+    run.admissionError = err;
+    return true;
+  }
+  const uses = def.options.limits ?? [];
+  const rate = all.map((l, i) => ({ l, use: uses[i]! })).filter((x) => x.l.def.algorithm !== 'concurrency');
+  if (rate.length > 0 && !(await takeRateLimits(run, rate.map((x) => x.l), rate.map((x) => x.use), host))) return false;
+  if (run.admissionError !== undefined || scopes.length === 0) return true;
+  return takePermits(run, scopes, host);
+}
+
+/** The permits of a started run, all or none (permits.ts); over a full scope, the run waits. */
+async function takePermits(run: Run, scopes: readonly PermitScope[], host: AdmissionHost): Promise<boolean> {
+  const { task, runner } = run;
+  const scripts = runner.limitScripts;
+  const prefix = runner.keys.prefix;
+  let answer: { held: PermitHold[] } | { againMs: number } | undefined;
+  for (let failures = 0; answer === undefined; failures++) {
+    try {
+      answer = await acquirePermits(scripts, prefix, scopes, runner.keys.queue, task.id, task.attempt, host);
+    } catch (err) {
+      const seen = fromRedis(err, `task ${task.id} (${task.name}): taking its concurrency permits`);
+      if (seen instanceof RedisRefusedError || err instanceof UnexpectedReplyError) {
+        run.admissionError = err instanceof UnexpectedReplyError ? err : seen;
+        return true;
+      }
+      host.reportError(seen);
+      await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** failures)).unref());
+    }
+    if (run.released) {
+      if (answer && 'held' in answer) await giveBack(scripts, prefix, answer.held, host);
+      return false;
+    }
+  }
+  if ('held' in answer) {
+    run.permits = answer.held;
+    return true;
+  }
+  // No permit: what its rate limits charged it goes back (a refund), and it waits.
+  const charges = run.limits ?? [];
+  run.limits = undefined;
+  await Promise.all(
+    charges.map((c) =>
+      correctLimit(scripts, prefix, c.def, c.run, c.cost, 0).catch((err: unknown) => {
+        host.reportError(fromRedis(err, `task ${task.id} (${task.name}): refunding limit '${c.def.name}' while it waits for a permit`));
+      }),
+    ),
+  );
+  return deferRun(run, host, answer.againMs);
+}
+
+/**
+ * Takes a started run's named rate limits before it runs (limit-2.lua, one call per limit, each in the
  * slot of its own hash tag; the calls go out together). A limit with room charges the run now; a
  * full one reserves its turn. When all have room the run goes on (resolves true) and remembers its
  * charges for `reportCost()`. Otherwise it waits for the latest turn: what the other limits hold
@@ -20,16 +94,8 @@ export function limitRunName(queue: string, id: string, attempt: number): string
  * this process never defined, or a cost that cannot be charged, fails the run (resolves true with
  * `run.admissionError` set): it never waits for a limit it could never pass.
  */
-export async function takeLimits(run: Run, def: TaskDefinition, host: AdmissionHost): Promise<boolean> {
+async function takeRateLimits(run: Run, limits: readonly ResolvedLimit[], uses: readonly NormalizedLimitUse[], host: AdmissionHost): Promise<boolean> {
   const { task, runner } = run;
-  if (run.admissionError !== undefined || !def.options.limits) return true;
-  let limits: ResolvedLimit[];
-  try {
-    limits = resolveLimits(def.name, def.options.limits, parseArgs(task.argsJson));
-  } catch (err) {
-    run.admissionError = err;
-    return true;
-  }
   const name = limitRunName(runner.keys.queue, task.id, task.attempt);
   const scripts = runner.limitScripts;
   const prefix = runner.keys.prefix;
@@ -67,7 +133,6 @@ export async function takeLimits(run: Run, def: TaskDefinition, host: AdmissionH
   const takes = answers as LimitTake[];
   // Handed back meanwhile (close): what it was charged leaves the windows within a period.
   if (run.released) return false;
-  const uses = def.options.limits;
   const latest = Math.max(...takes.map((t) => (t.verdict === 'wait' ? t.delayMs : 0)));
   if (latest === 0) {
     run.limits = limits.map((l, i): LimitCharge => ({ def: l.def, cost: l.cost, weighted: uses[i]!.weighted, run: name }));

@@ -5,6 +5,7 @@ import type { QueueKeys } from '../protocol/queue-keys.js';
 import type { QueueRunner } from './queue-runner.js';
 import type { ProgressThrottle } from './progress.js';
 import type { LimitHandle } from '../task/limits.js';
+import type { PermitHold } from './permits.js';
 
 /** What a run was charged in one named limit (limit-2.lua), for `currentTask().reportCost()`. */
 export interface LimitCharge {
@@ -36,6 +37,8 @@ export interface Run<O extends RunOwner = QueueRunner> {
   admissionError?: unknown;
   /** What it was charged in its named limits, once they all admitted it. */
   limits?: LimitCharge[];
+  /** The concurrency permits it holds, once it took them all: given back at its end. */
+  permits?: PermitHold[];
   /** Its slot is free again (ended, revoked with terminate, lost, handed back or declined). */
   released: boolean;
   /**

@@ -12,7 +12,8 @@ import type { TaskState } from '../protocol/task-record.js';
 import { toMillisOrZero } from '../task/durations.js';
 import { registeredTasks } from '../task/registry.js';
 import { admit, decline, needsAdmission, type AdmissionHost } from './admission.js';
-import { takeLimits } from './limits-admission.js';
+import { hasLimits, takeLimits } from './limits-admission.js';
+import { giveBack, renewHolds, type PermitHold } from './permits.js';
 import { correctLimit } from '../protocol/limit-scripts.js';
 import { execute, type ExecutionHost } from './execution.js';
 import { QueueRunner, type Finish, type RunnerHost } from './queue-runner.js';
@@ -123,7 +124,7 @@ export class Worker {
           correctLimit(run.runner.limitScripts, run.runner.keys.prefix, charge.def, charge.run, charge.cost, actual),
         ),
     };
-    this.admission = { workerId: this.id, graceMs, release: (run) => this.release(run, undefined), emit, reportError };
+    this.admission = { workerId: this.id, graceMs, leaseMs, release: (run) => this.release(run, undefined), emit, reportError };
   }
 
   /** Subscribes to a worker event. */
@@ -326,13 +327,14 @@ export class Worker {
     this.inFlight.set(key, run);
     const def = this.services.taskNamed(task.name);
     const running =
-      def !== undefined && this.services.serves(def) && !needsAdmission(def, run) && def.options.limits === undefined
+      def !== undefined && this.services.serves(def) && !needsAdmission(def, run) && !hasLimits(def)
         ? this.execute(run, def)
         : (async () => {
             if (!def || !this.services.serves(def)) return decline(run, def, this.admission);
             if (needsAdmission(def, run) && !(await admit(run, def, this.admission))) return;
-            // Its named limits last, once the queue's own checks let it run (limits-admission.ts).
-            if (def.options.limits !== undefined && !(await takeLimits(run, def, this.admission))) return;
+            // Its named limits and concurrency permits last, once the queue's own checks let it run
+            // (limits-admission.ts).
+            if (hasLimits(def) && !(await takeLimits(run, def, this.admission))) return;
             await this.execute(run, def);
           })();
     running.catch((err: unknown) => this.executeFailed(run, err));
@@ -400,6 +402,9 @@ export class Worker {
     this.inFlight.delete(runKey(run.runner.keys.queue, run.task.id));
     if (finish) run.runner.finished(finish);
     else run.runner.drop(run.task.id, run.task.token);
+    // Its permits go to the runs that wait for them (after the end is queued: the end's own call
+    // and these travel side by side).
+    if (run.permits) void giveBack(run.runner.limitScripts, run.runner.keys.prefix, run.permits, this.admission);
     // Another queue may be waiting for the slot.
     for (const r of this.runners) if (r !== run.runner) r.poke();
   }
@@ -443,8 +448,20 @@ export class Worker {
         this.host.reportError(fromRedis(err, `queue ${r.keys.queue}: renewing leases`));
       }
     }
-    // Side by side: one round trip for both (the heartbeat reports its own failures).
-    await Promise.all([this.declareNamesOrReport(), this.heartbeat(true)]);
+    // Side by side: one round trip for all (the heartbeat reports its own failures).
+    await Promise.all([this.declareNamesOrReport(), this.heartbeat(true), this.renewPermits()]);
+  }
+
+  /** Renews the concurrency permits of the runs in flight (permits.ts): they lapse a lease after this. */
+  private async renewPermits(): Promise<void> {
+    const byRunner = new Map<QueueRunner, PermitHold[]>();
+    for (const run of this.inFlight.values()) {
+      if (!run.permits || run.released) continue;
+      const holds = byRunner.get(run.runner) ?? [];
+      holds.push(...run.permits);
+      byRunner.set(run.runner, holds);
+    }
+    await Promise.all([...byRunner].map(([r, holds]) => renewHolds(r.limitScripts, r.keys.prefix, holds, this.admission)));
   }
 
   private declareNamesOrReport(): Promise<void> {
