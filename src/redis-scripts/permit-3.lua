@@ -122,11 +122,9 @@ elseif op == 'renew' then
     end
   end
   -- Permits that lapsed above go to the waiters.
-  local woken = handOver()
-  keep()
-  local out = {'ok', #lost}
-  for _, r in ipairs(lost) do table.insert(out, r) end
-  for _, w in ipairs(woken) do table.insert(out, w) end
-  return out
+  local rest = {}
+  for _, r in ipairs(lost) do table.insert(rest, r) end
+  for _, w in ipairs(handOver()) do table.insert(rest, w) end
+  return reply('ok', #lost, rest)
 end
 return redis.error_reply('permit: unknown operation ' .. tostring(op))

@@ -20,8 +20,10 @@ export interface DrainOptions {
    * What to do with delayed tasks (a countdown or eta, a retry's backoff, a rate-limit
    * reschedule) that are not due yet:
    * - `'wait'`: they count as pending; drain waits until they are due and have run. When one is
-   *   due after drain's deadline, drain rejects at once with a TimeoutError naming it, rather
-   *   than wait for a deadline it cannot meet.
+   *   due after drain's deadline while nothing runs, drain rejects at once with a TimeoutError
+   *   naming it, rather than wait for a deadline it cannot meet. (While a task runs, a delayed
+   *   one may be made due at its end: a task waiting for a concurrency permit, or for a unique
+   *   lock under `keepLast`.)
    * - `'leave'`: they are left in the delayed set and listed in the report's `delayed`.
    *
    * Default: `'wait'`.
@@ -168,7 +170,11 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
     const strayBusy = strangers.length === 0 ? [] : await withinDeadline(liveTasks(target.client, strangers), deadline, timeoutMs);
     look.busy.push(...strayBusy);
     const remainingMs = deadline - Date.now();
-    if (mode === 'wait') {
+    // While a task runs, or a permit is being handed on, a task delayed later may be made due at
+    // once (a concurrency permit, or a unique lock, handed over at an end): only with nothing
+    // running is a late one sure to be late.
+    const quiet = target.worker.activeCount === 0 && target.log.running.size === 0 && target.worker.permitCallsInFlight === 0;
+    if (mode === 'wait' && quiet) {
       const late = look.delayedLater.filter((d) => d.dueInMs > remainingMs);
       if (late.length > 0) {
         const names = await Promise.all(late.slice(0, 5).map((d) => nameOf(target.client, target.prefix, d)));
@@ -179,7 +185,7 @@ export async function drainApp(target: DrainTarget, options: DrainOptions = {}):
       }
     }
     const idle =
-      look.busy.length === 0 && (mode === 'leave' || look.delayedLater.length === 0) && target.worker.activeCount === 0 && target.log.running.size === 0;
+      look.busy.length === 0 && (mode === 'leave' || look.delayedLater.length === 0) && quiet;
     if (idle) {
       // Before saying so: a task sent to a queue the worker does not consume (applyAsync's
       // `queue`) would never run; look for one under the prefix, and wait on its queue too.

@@ -33,6 +33,7 @@ import { keySlot, keysOf, report, SlotChecker, type ScriptReport } from '../slot
 // Named limits of the flows: a window with room for one run an hour, a gcra with plenty.
 const SLOT_WINDOW = Limits.define('slot-window', [1, 3600]);
 const SLOT_GCRA = Limits.define('slot-gcra', [10, 1], { algorithm: 'gcra' });
+const SLOT_PERMITS = Limits.define('slot-permits', { concurrency: 1 });
 
 // Tasks of the flows. Each sent to the queue under test with applyAsync({ queue }).
 const holds = new Map<string, Gate>();
@@ -69,6 +70,13 @@ class SlotService {
   @Task<[key: string, n: number]>({ unique: true, uniqueKey: ([key]) => key, onConflict: 'replace' })
   async replacing(key: string, n: number): Promise<number> {
     return n;
+  }
+
+  /** Concurrency permits (permit-3.lua), in slots of their own: its own, and a keyed limit's. */
+  @Task<[key: string]>({ concurrency: 1, limits: [{ limit: SLOT_PERMITS, key: ([key]) => key }] })
+  async permitted(key: string): Promise<string> {
+    await hold(key);
+    return key;
   }
 
   @Task({ rateLimit: [1, 3600] })
@@ -279,7 +287,7 @@ async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher
   const inspector = new Inspector({ connection: h.url, prefix });
   const worker: Worker = h.worker({ prefix, queues: [queue], services: [new SlotService()], leaseDuration: '600ms', unknownTaskGrace: 0 });
   const ev = recordEvents(worker);
-  const gates = ['a', 'held', 'last'].map((key) => {
+  const gates = ['a', 'held', 'last', 'permit'].map((key) => {
     const g = gate();
     holds.set(key, g);
     return g;
@@ -358,6 +366,17 @@ async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher
     await waitFor(() => ev.rateLimited.some((e) => e.id === deferred.id), { what: 'the second named run to wait for its turn' });
     await deferred.revoke();
 
+    // Concurrency permits: the first run holds both through a renewal; the second waits, and is
+    // woken in its queue (permit-wake-2.lua) when the first gives them back.
+    const permitHolder = await tasks.permitted.applyAsync(['permit'], { queue });
+    await waitFor(() => ev.started.some((e) => e.id === permitHolder.id), { what: 'the permit holder to start' });
+    const permitWaiter = await tasks.permitted.applyAsync(['permit'], { queue });
+    await waitFor(() => ev.rateLimited.some((e) => e.id === permitWaiter.id), { what: 'the second run to wait for its permit' });
+    await waitFor(() => checker.calls.some((c) => c.script === 'permit' && c.argv[0] === 'renew'), { what: "the worker's renewal of the permits" });
+    holds.get('permit')!.open();
+    expect(await permitWaiter.get({ timeout: 10 })).toBe('permit');
+    await waitFor(() => checker.calls.some((c) => c.script === 'permit-wake'), { what: 'the waiter to be woken' });
+
     // Lease renewals of a running task, then a close that hands it back (requeue).
     const held = await tasks.single.applyAsync(['held'], { queue });
     await waitFor(() => ev.started.some((e) => e.id === held.id), { what: 'the held task to start' });
@@ -367,7 +386,7 @@ async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher
     expect(ev.errors).toEqual([]);
   } finally {
     for (const g of gates) g.open();
-    for (const key of ['a', 'held', 'last']) holds.delete(key);
+    for (const key of ['a', 'held', 'last', 'permit']) holds.delete(key);
     await inspector.close();
   }
 }
@@ -408,9 +427,11 @@ describe('slot discipline of the Lua scripts (issue 12, point 2)', () => {
           const k = keysOf(call);
           const all = [...new Set([...call.declared, ...k.touched])];
           expect(k.slots, `${call.script} touches keys of ${k.slots.length} slots: ${all.join(', ')}`).toHaveLength(1);
-          // A named limit's keys lie under a hash tag of their own, apart from every queue.
-          const home = call.script === 'limit' ? (/^(.*\{limit:[^}]*\}:)/.exec(all[0] ?? '')?.[1] ?? '') : base;
-          if (call.script === 'limit') expect(home.startsWith(`${prefix}:{limit:`), `limit touches ${all.join(', ')}`).toBe(true);
+          // A named limit's keys, and a concurrency scope's, lie under a hash tag of their own,
+          // apart from every queue.
+          const own = call.script === 'limit' ? 'limit:' : call.script === 'permit' ? '(?:task-)?permit:' : undefined;
+          const home = own === undefined ? base : (new RegExp(`^(.*\\{${own}[^}]*\\}:)`).exec(all[0] ?? '')?.[1] ?? '');
+          if (own !== undefined) expect(home.startsWith(`${prefix}:{`) && home.length > prefix.length + 3, `${call.script} touches ${all.join(', ')}`).toBe(true);
           for (const key of all) expect(key.startsWith(home), `${call.script} touches ${key}, outside ${home}`).toBe(true);
         }
         // (b) No script touches a key it did not declare.

@@ -3,7 +3,7 @@ import { ConfigError, Task, type RateLimit } from 'heimdall-tasks';
 import { normalizeRateLimit, normalizeTaskOptions } from '../../src/core/task/task-options.js';
 import { decorationError } from '../helpers.js';
 
-const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, onConflict, key, uniqueKey, rateKey, rateLimit, limits, resultExpires, retries, timeLimit, maxRecoveries';
+const KNOWN_LIST = 'name, queue, unique, uniqueTimeout, uniqueRaises, uniqueWaitForExpiry, onConflict, key, uniqueKey, rateKey, rateLimit, limits, concurrency, resultExpires, retries, timeLimit, maxRecoveries';
 const DURATION_HINT = `must be a positive number of seconds or a duration string like '1h' or '500ms'`;
 
 describe('@Task rejects bad options when the class is defined', () => {

@@ -35,10 +35,6 @@ export const INLINE_WORKER_ID = 'inline';
 
 type InlineRun = Run<RunOwner>;
 
-// A run waiting for a concurrency permit asks again after this long (ms) unless a permit is
-// handed to it first: permit-3.lua's longest re-check, a worker's default lease.
-const PERMIT_RECHECK_MS = 30_000;
-
 /** The value of `field` among a message's field, value pairs. */
 function fieldOf(fields: readonly (string | number)[], field: string): string | undefined {
   for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === field) return String(fields[i + 1]);
@@ -60,6 +56,8 @@ interface Entry {
   parked?: boolean;
   /** Its current run. */
   run?: InlineRun;
+  /** It waits for a concurrency permit, to be handed one when a run gives it back. */
+  permitWait?: boolean;
 }
 
 interface Lock {
@@ -447,7 +445,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     const parked = new Map<string, number>();
     for (const e of this.entries.values()) {
       if (e.run) running++;
-      else if (e.queued) due++;
+      else if (e.queued || e.permitWait) due++;
       else if (e.timer !== undefined) delayed.push({ id: e.id, queue: e.keys.queue, dueAt: e.dueAt ?? 0 });
       else if (e.parked) parked.set(e.keys.queue, (parked.get(e.keys.queue) ?? 0) + 1);
     }
@@ -546,6 +544,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
     entry.dueAt = undefined;
     entry.queued = false;
     entry.parked = false;
+    entry.permitWait = false;
   }
 
   /** Gives back the permits a task's runs hold or wait for (permit-3.lua 'release'), and wakes who they go to. */
@@ -569,7 +568,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
         this.wakePermitted(prefix, this.permits.releaseWhere((run) => run === name, Date.now()));
         continue;
       }
-      if (entry.timer !== undefined && !entry.run) {
+      if (entry.permitWait && !entry.run) {
         this.cancel(entry);
         this.schedule(entry, Date.now(), Date.now());
       }
@@ -680,8 +679,10 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       if (!got.held) {
         for (const c of charges ?? []) this.limits.correct(c.def, c.run, c.cost, 0, now);
         if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
-        this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs: PERMIT_RECHECK_MS });
-        this.schedule(entry, now + PERMIT_RECHECK_MS, now);
+        // No timer: in one process every permit given back wakes its waiter (wakePermitted).
+        entry.permitWait = true;
+        this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs: 0 });
+        this.notifyChange();
         return;
       }
     }

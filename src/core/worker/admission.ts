@@ -19,6 +19,8 @@ export interface AdmissionHost {
   release(run: Run): void;
   emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void;
   reportError(err: unknown): void;
+  /** Follows a call made in the background until it settles (permits.ts). */
+  track?(call: Promise<unknown>): void;
 }
 
 /** Whether a run's message lacks a check the worker's definition of its task has. */

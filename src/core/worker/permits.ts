@@ -28,6 +28,8 @@ export interface PermitHost {
   /** The worker's lease, ms: a permit lapses one lease after it was taken or last renewed. */
   readonly leaseMs: number;
   reportError(err: unknown): void;
+  /** Follows a call made in the background (a give-back, a wake-up) until it settles: the testing kit's drain() waits for them. */
+  track?(call: Promise<unknown>): void;
 }
 
 /**
@@ -136,7 +138,7 @@ function wake(scripts: ScriptRunner, prefix: string, scope: PermitScope, woken: 
     byQueue.set(r.queue, list);
   }
   for (const [queue, runs] of byQueue) {
-    void (async () => {
+    const call = (async () => {
       try {
         const answers = await wakePermitWaiters(scripts, prefix, queue, runs);
         const gone = runs.filter((_, i) => answers[i] === 'gone').map((r) => r.name);
@@ -147,5 +149,6 @@ function wake(scripts: ScriptRunner, prefix: string, scope: PermitScope, woken: 
         host.reportError(fromRedis(err, `waking the tasks handed a permit of ${scope.label} in queue ${queue} (they ask again within a lease)`));
       }
     })();
+    host.track?.(call);
   }
 }

@@ -50,6 +50,8 @@ export class Worker {
   private readonly execution: ExecutionHost;
   private readonly admission: AdmissionHost;
   private readonly inFlight = new Map<string, Run>();
+  /** Permit give-backs and wake-ups in flight (permits.ts). */
+  private readonly permitCalls = new Set<Promise<unknown>>();
   private readonly blockers: OwnedClient[] = [];
   private leaseTimer: NodeJS.Timeout | undefined;
   private state: 'new' | 'starting' | 'running' | 'closing' | 'closed' = 'new';
@@ -124,7 +126,18 @@ export class Worker {
           correctLimit(run.runner.limitScripts, run.runner.keys.prefix, charge.def, charge.run, charge.cost, actual),
         ),
     };
-    this.admission = { workerId: this.id, graceMs, leaseMs, release: (run) => this.release(run, undefined), emit, reportError };
+    this.admission = {
+      workerId: this.id,
+      graceMs,
+      leaseMs,
+      release: (run) => this.release(run, undefined),
+      emit,
+      reportError,
+      track: (call) => {
+        this.permitCalls.add(call);
+        void call.finally(() => this.permitCalls.delete(call));
+      },
+    };
   }
 
   /** Subscribes to a worker event. */
@@ -153,6 +166,15 @@ export class Worker {
   /** Number of tasks running now. */
   get activeCount(): number {
     return this.inFlight.size;
+  }
+
+  /**
+   * @internal Concurrency permits being given back, and their waiters being woken, now: a task
+   * that waits in a delayed set for a permit may be due at once when they are done (the testing
+   * kit's drain() waits for them).
+   */
+  get permitCallsInFlight(): number {
+    return this.permitCalls.size;
   }
 
   /** Connects, loads the scripts, and starts consuming. Resolves once the worker is fetching. */
@@ -404,7 +426,7 @@ export class Worker {
     else run.runner.drop(run.task.id, run.task.token);
     // Its permits go to the runs that wait for them (after the end is queued: the end's own call
     // and these travel side by side).
-    if (run.permits) void giveBack(run.runner.limitScripts, run.runner.keys.prefix, run.permits, this.admission);
+    if (run.permits) this.admission.track?.(giveBack(run.runner.limitScripts, run.runner.keys.prefix, run.permits, this.admission));
     // Another queue may be waiting for the slot.
     for (const r of this.runners) if (r !== run.runner) r.poke();
   }
