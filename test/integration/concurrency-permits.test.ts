@@ -9,38 +9,13 @@
 import { describe, expect, it } from 'vitest';
 import { recordEvents, redisNowMs, useHarness, waitFor, type Harness } from '../helpers.js';
 import { permitScope } from '../../src/core/protocol/permit-scripts.js';
-import { LIMIT_QUEUES, LimitsService, permitLog, SLOTS, type SpanEntry } from '../fixtures/limits/services.js';
+import { LIMIT_QUEUES, LimitsService, maxAtOnce, permitLog, SLOTS, type SpanEntry } from '../fixtures/limits/services.js';
 import { killWorkerProcess, startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 import { total } from '../fixtures/processes/control.js';
 import { keySlot } from '../slot-checker.js';
 
 async function spans(h: Harness): Promise<SpanEntry[]> {
   return (await h.admin.lrange(permitLog(h.prefix), 0, -1)).map((l) => JSON.parse(l) as SpanEntry);
-}
-
-/**
- * The most bodies of one scope running at one time. A run with a start and no end (its worker
- * was killed) counts as running until `openUntil`.
- */
-function maxAtOnce(list: readonly SpanEntry[], openUntil = Infinity): number {
-  const runs = new Map<string, { start: number; end: number }>();
-  for (const e of list) {
-    const k = `${e.id}:${e.attempt}`;
-    const r = runs.get(k) ?? { start: NaN, end: openUntil };
-    if (e.edge === 'start') r.start = e.at;
-    else r.end = e.at;
-    runs.set(k, r);
-  }
-  const edges = [...runs.values()].flatMap((r) => [
-    { at: r.start, d: 1 },
-    { at: r.end, d: -1 },
-  ]);
-  // An end and a start at the same ms: the end first (the permit was given back before it was taken).
-  edges.sort((a, b) => a.at - b.at || a.d - b.d);
-  let now = 0;
-  let max = 0;
-  for (const e of edges) max = Math.max(max, (now += e.d));
-  return max;
 }
 
 /** What a scope holds and who waits in it (every entry: each call on the scope drops the lapsed ones, so after the last release none is left). */
