@@ -13,7 +13,9 @@
 
   Waiting is first come, first served. A run that finds no free permit joins the waiters' set
   (scored with the time it first asked, kept while it comes back) and is told when to ask again:
-  when the earliest holder's permit lapses unless renewed (at most a lease). A permit that a run
+  one of the first n waiters when the earliest holder's permit lapses unless renewed (at most a
+  lease); a waiter behind them after three leases (a lapsed permit found by any call on the
+  scope goes to the first waiters, so they are the ones to look). A permit that a run
   gives back, or that lapses, is handed over at once to the earliest waiter: it becomes the
   waiter's, for a lease, and the call answers the waiter's name so the caller wakes its task
   (permit-wake-2.lua, in the waiter's queue). A newcomer never takes a permit while anyone waits
@@ -66,10 +68,10 @@ local function handOver()
   return first
 end
 
--- Every entry lives at most two leases past this call (a waiter's deadline is its next ask, at
--- most a lease away, plus a lease); the keys outlive them by a lease.
+-- Every entry lives at most four leases past this call (a waiter's deadline is its next ask, at
+-- most three leases away, plus a lease); the keys outlive them by a lease.
 local function keep()
-  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, 3 * lease) end
+  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, 5 * lease) end
 end
 
 local function reply(verdict, detail, woken)
@@ -92,9 +94,16 @@ if op == 'acquire' then
     if not redis.call('ZSCORE', holders, run) then
       if redis.call('ZCARD', holders) >= n then
         redis.call('ZADD', waiters, 'NX', now, run)
-        local earliest = redis.call('ZRANGE', holders, 0, 0, 'WITHSCORES')
-        local again = lease
-        if earliest[2] then again = math.max(1, math.min(lease, tonumber(earliest[2]) - now + 1)) end
+        -- When to ask again. Only a permit that lapsed needs a waiter to ask (one given back is
+        -- handed over and its waiter woken), and one call on the scope hands every lapsed permit
+        -- to the first waiters: so the first n waiters ask when the earliest permit could lapse,
+        -- and those behind them only every few leases, to keep their places.
+        local again = 3 * lease
+        if redis.call('ZRANK', waiters, run) < n then
+          local earliest = redis.call('ZRANGE', holders, 0, 0, 'WITHSCORES')
+          again = lease
+          if earliest[2] then again = math.max(1, math.min(lease, tonumber(earliest[2]) - now + 1)) end
+        end
         redis.call('ZADD', deadlines, now + again + lease, run)
         return reply('wait', again, woken)
       end
