@@ -5,7 +5,7 @@ export type { PingReply, RunningTask, WorkerInfo } from './core/protocol/worker-
 export type { EventsOptions, QueueEvent, QueueEventType } from './core/events/queue-events.js';
 export type { EventsReadOptions } from './core/events/event-stream.js';
 export { Inspector } from './core/inspect/inspector.js';
-export type { DeadLetter, DeadLetterResult, InspectorOptions, ListOptions, LockInfo, PurgeOptions, QueueStats, RateWindowInfo, Throughput } from './core/inspect/inspector.js';
+export type { DeadLetter, DeadLetterResult, InspectorOptions, ListOptions, LockInfo, PurgeOptions, QueueStats, PermitHolder, PermitScopeInfo, RateWindowInfo, Throughput } from './core/inspect/inspector.js';
 export type { LockExtension, LockRelease } from './core/protocol/scripts.js';
 export { Worker } from './core/worker/worker.js';
 export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './core/worker/worker-options.js';

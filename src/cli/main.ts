@@ -37,7 +37,7 @@ Usage: heimdall <command> [options]
 
 Commands:
   worker --app <module>                        run a worker with the configuration a module exports
-  inspect [queues|workers|locks|limits|dead]   what is in Redis (default: queues); --watch to follow it
+  inspect [queues|workers|locks|limits|permits|dead]   what is in Redis (default: queues); --watch to follow it
   ping                                         which workers answer
   status <id>                                  a task's state, result or error, every attempt
   events [--queue <name>...] [--since <when>]  follow the queues' events (queued, started, ...)
@@ -69,7 +69,7 @@ ${COMMON}`,
                           later) hands them back at once. Exit 0 once the worker has closed.
 
 ${COMMON}`,
-  inspect: `Usage: heimdall inspect [queues|workers|locks|limits|dead] [--queue <name>...] [--limit <n>]
+  inspect: `Usage: heimdall inspect [queues|workers|locks|limits|permits|dead] [--queue <name>...] [--limit <n>]
                         [--watch [--interval <s>]]
 
   queues   counts per queue: waiting, delayed (retrying among them), running, dead, workers,
@@ -78,10 +78,12 @@ ${COMMON}`,
            last heartbeat, every third of its lease: up to that old)
   locks    unique locks with their holders and what is left of their lifetime
   limits   rate windows: starts in the period, when the next slot frees, tasks waiting on it
+  permits  concurrency permits: per scope (a concurrency limit and key, or a task), the runs
+           holding one and when each lapses unless renewed, runs waiting
   dead     dead letters, newest first
 
   --queue <name>   a queue to look at (repeatable; default: every queue found, or 'default')
-  --limit <n>      entries per queue for locks, limits and dead (default 100)
+  --limit <n>      entries per queue for locks, limits and dead; scopes for permits (default 100)
   --watch          refresh until q or Ctrl-C: a live screen on a terminal; elsewhere a
                    timestamped block per refresh (with --json, a JSON line), until SIGINT/SIGTERM
   --interval <s>   seconds between refreshes with --watch (default 2, at least 0.1)
@@ -349,8 +351,8 @@ function table(rows: readonly (readonly string[])[]): string {
 
 async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Promise<number> {
   const what = parsed.positionals[0] ?? 'queues';
-  if (parsed.positionals.length > 1 || !['queues', 'workers', 'locks', 'limits', 'dead'].includes(what)) {
-    throw new UsageError(`inspect takes one of queues, workers, locks, limits, dead; got ${parsed.positionals.join(' ')}`);
+  if (parsed.positionals.length > 1 || !['queues', 'workers', 'locks', 'limits', 'permits', 'dead'].includes(what)) {
+    throw new UsageError(`inspect takes one of queues, workers, locks, limits, permits, dead; got ${parsed.positionals.join(' ')}`);
   }
   const limit = positiveInt(parsed.values.limit, 'limit', 100);
   const inspector = new Inspector(target);
@@ -419,6 +421,18 @@ async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Pr
           String(w.waiting),
         ]),
         windows,
+      ];
+    } else if (what === 'permits') {
+      const scopes = await inspector.permits({ limit });
+      return [
+        listing(scopes, 'no concurrency permits in use', ['SCOPE', 'KEY', 'HELD', 'HOLDERS', 'WAITING'], (p) => [
+          'limit' in p.of ? `limit ${p.of.limit}` : `task ${p.of.task}`,
+          p.scopeKey ?? '-',
+          `${p.holders.length}/${p.limit ?? '?'}`,
+          p.holders.map((x) => `${x.queue}:${x.id} (lapses in ${ms(x.lapsesInMs)})`).join(', ') || '-',
+          String(p.waiting),
+        ]),
+        scopes,
       ];
     } else {
       const letters = (await Promise.all(queues.map((q) => inspector.deadLetters(q, { limit })))).flat();

@@ -17,7 +17,7 @@ class Flaky {
 }
 
 class Reports {
-  @Task({ unique: true, key: ([customer]: [number]) => `customer-${customer}`, queue: 'cli-reports' })
+  @Task({ unique: true, key: ([customer]: [number]) => `customer-${customer}`, queue: 'cli-reports', concurrency: { limit: 2, key: 'pdf' } })
   async build(customer: number): Promise<string> {
     currentTask().progress(0.4, 'rendering page 4 of 10');
     await held.promise;
@@ -73,6 +73,14 @@ describe('heimdall', () => {
     const locks = await heimdall(env, 'inspect', 'locks', '--queue', 'cli-reports');
     expect(locks.code, locks.stderr).toBe(0);
     expect(locks.stdout).toMatch(new RegExp(`cli-reports\\s+Reports\\.build\\s+customer-42\\s+${report.id}\\s+STARTED\\s+\\d+ min`));
+
+    // The CLI process does not know the task, so not its number of permits.
+    const permits = await heimdall(env, 'inspect', 'permits');
+    expect(permits.code, permits.stderr).toBe(0);
+    expect(permits.stdout).toMatch(/SCOPE\s+KEY\s+HELD\s+HOLDERS\s+WAITING/);
+    expect(permits.stdout).toMatch(new RegExp(`task Reports\\.build\\s+pdf\\s+1/\\?\\s+cli-reports:${report.id} \\(lapses in [\\d.]+ s\\)\\s+0\n`));
+    const permitsJson = JSON.parse((await heimdall(env, 'inspect', 'permits', '--json')).stdout) as unknown;
+    expect(permitsJson).toEqual([expect.objectContaining({ of: { task: 'Reports.build' }, scopeKey: 'pdf', waiting: 0, holders: [expect.objectContaining({ queue: 'cli-reports', id: report.id, attempt: 1 })] })]);
 
     const limits = await heimdall(env, 'inspect', 'limits', '--queue', 'cli-reports', '--json');
     expect(limits.code, limits.stderr).toBe(0);

@@ -7,6 +7,7 @@
  * suite each scope lives in a slot of its own, apart from the queues.
  */
 import { describe, expect, it } from 'vitest';
+import { Inspector } from 'heimdall-tasks';
 import { recordEvents, redisNowMs, useHarness, waitFor, type Harness } from '../helpers.js';
 import { permitScope } from '../../src/core/protocol/permit-scripts.js';
 import { LIMIT_QUEUES, LimitsService, maxAtOnce, permitLog, SLOTS, type SpanEntry } from '../fixtures/limits/services.js';
@@ -86,7 +87,7 @@ describe('concurrency permits', () => {
     const { w, ev } = worker(h);
     await w.start();
     const t = h.dispatcher().tasks(LimitsService);
-    const first = await t.perKey.delay('k', 300);
+    const first = await t.perKey.delay('k', 1500);
     await waitFor(async () => (await spans(h)).length > 0, { what: 'the first run to start' });
     const rest = [];
     for (let i = 0; i < 4; i++) {
@@ -94,6 +95,16 @@ describe('concurrency permits', () => {
       rest.push(r);
       // Sent one by one, each once the one before waits: their order is the order they asked in.
       await waitFor(() => ev.rateLimited.some((e) => e.id === r.id), { what: `task ${i + 2} to wait for the permit` });
+    }
+    // What an operator sees meanwhile: the first holds the key's one permit, four wait.
+    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    try {
+      const scopes = await inspector.permits();
+      expect(scopes).toEqual([expect.objectContaining({ of: { task: 'LimitsService.perKey' }, scopeKey: 'k', limit: 1, waiting: 4 })]);
+      expect(scopes[0]!.holders).toEqual([expect.objectContaining({ queue: 'limits-b', id: first.id, attempt: 1 })]);
+      expect(scopes[0]!.holders[0]!.lapsesInMs).toBeGreaterThan(0);
+    } finally {
+      await inspector.close();
     }
     const began = Date.now();
     await Promise.all([first, ...rest].map((r) => r.get({ timeout: 15 })));

@@ -9,9 +9,14 @@ import { FIELDS } from '../protocol/task-fields.js';
 import type { TaskState } from '../protocol/task-record.js';
 import type { ConnectionOptions } from '../producer/dispatcher.js';
 import { registeredTasks } from '../task/registry.js';
+import { Limits } from '../task/limits.js';
+import { parsePermitRun } from '../protocol/permit-scripts.js';
 import { purge } from '../protocol/scripts.js';
 import { DEFAULT_RESULT_EXPIRES_MS, lockLifetime } from '../task/task-options.js';
 import type { Duration } from '../task/durations.js';
+
+/** The names of a queue's own keys that queueNames() finds it by. */
+const QUEUE_LEVEL = new Set<string>([KEY_NAMES.wait, KEY_NAMES.workers, KEY_NAMES.workerInfo, KEY_NAMES.active, KEY_NAMES.delayed, KEY_NAMES.dead, KEY_NAMES.names]);
 
 /** How many keys or entries one listing reads at most, unless told otherwise. */
 const DEFAULT_LIMIT = 100;
@@ -91,6 +96,31 @@ export interface LockInfo {
   holderState: TaskState | undefined;
   /** Milliseconds until the lock lapses (`uniqueTimeout`), or null when it has no expiry. */
   ttlMs: number | null;
+}
+
+/** A run that holds a concurrency permit. */
+export interface PermitHolder {
+  queue: string;
+  id: string;
+  attempt: number;
+  /** Milliseconds until the permit lapses unless its worker renews it (it does, every third of its lease, while the run runs). */
+  lapsesInMs: number;
+}
+
+/** One scope of concurrency permits, as {@link Inspector.permits} found it. */
+export interface PermitScopeInfo {
+  /** The scope's keys without their last letter: `<prefix>:{permit:<name>[ <key>]}:` or `<prefix>:{task-permit:<JSON>}:`. */
+  key: string;
+  /** Whose permits: a concurrency limit's, or a task's own `concurrency`. */
+  of: { limit: string } | { task: string };
+  /** The key its uses gave, or undefined for a scope without one. */
+  scopeKey: string | undefined;
+  /** Its permits, when this process knows the limit or the task (else undefined). */
+  limit: number | undefined;
+  /** The runs that hold a permit now (lapsed ones left out). */
+  holders: PermitHolder[];
+  /** Runs waiting for a permit (each is in its queue's delayed set meanwhile). */
+  waiting: number;
 }
 
 /** A rate window: starts counted in its period. */
@@ -191,8 +221,10 @@ export class Inspector {
       // every task record, lock and window.
       scanKeys(this.client, `${escapeGlob(this.prefix)}:{*}:[wadn]*`, (_node, keys) => {
         for (const key of keys) {
-          const end = key.indexOf('}:', head.length);
-          if (key.startsWith(head) && end > head.length) found.add(key.slice(head.length, end));
+          // Exactly a queue-level name after the hash tag: a named limit's `{limit:<name>}:w` or a
+          // permit scope's `{permit:<name>}:d` is no queue.
+          const end = key.lastIndexOf('}:');
+          if (key.startsWith(head) && end > head.length && QUEUE_LEVEL.has(key.slice(end + 2))) found.add(key.slice(head.length, end));
         }
       }),
     );
@@ -411,6 +443,67 @@ export class Inspector {
       }),
     );
     return windows.filter((w): w is RateWindowInfo => w !== undefined).sort((a, b) => a.key.localeCompare(b.key));
+  }
+
+  /**
+   * The concurrency permit scopes in use (found with SCAN; at most `limit`): who holds a permit
+   * and when it lapses unless renewed, and how many runs wait. A scope is a concurrency limit's
+   * (`Limits.define(name, { concurrency })`, per key when its uses give one) or a task's own
+   * `concurrency`.
+   */
+  async permits(options: ListOptions = {}): Promise<PermitScopeInfo[]> {
+    const limit = limitOf(options);
+    const head = `${this.prefix}:{`;
+    const keys = [
+      ...(await this.scan(`${escapeGlob(head)}permit:*}:h`, limit, 'listing the permit scopes of concurrency limits')),
+      ...(await this.scan(`${escapeGlob(head)}task-permit:*}:h`, limit, 'listing the permit scopes of tasks')),
+    ].slice(0, limit);
+    const now = await redisCall('reading the Redis clock', () => redisNowMs(this.client));
+    const tasks = new Map(registeredTasks().map((d) => [d.name, d]));
+    const scopes = await Promise.all(
+      keys.map(async (key): Promise<PermitScopeInfo | undefined> => {
+        const inner = key.slice(head.length, key.length - '}:h'.length);
+        let of: PermitScopeInfo['of'];
+        let scopeKey: string | undefined;
+        let n: number | undefined;
+        if (inner.startsWith('permit:')) {
+          const rest = inner.slice('permit:'.length);
+          const space = rest.indexOf(' ');
+          const name = space < 0 ? rest : rest.slice(0, space);
+          scopeKey = space < 0 ? undefined : rest.slice(space + 1);
+          of = { limit: name };
+          const def = Limits.get(name);
+          n = def?.algorithm === 'concurrency' ? def.limit : undefined;
+        } else {
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(inner.slice('task-permit:'.length));
+          } catch {
+            return undefined; // not a scope of ours
+          }
+          if (!Array.isArray(parsed) || typeof parsed[0] !== 'string') return undefined;
+          of = { task: parsed[0] };
+          scopeKey = typeof parsed[1] === 'string' ? parsed[1] : undefined;
+          n = tasks.get(parsed[0])?.options.concurrency?.limit;
+        }
+        const base = key.slice(0, -1);
+        let held: string[];
+        let waiting: number;
+        try {
+          [held, waiting] = await Promise.all([this.client.zrangebyscore(key, `(${now}`, '+inf', 'WITHSCORES'), this.client.zcard(`${base}q`)]);
+        } catch (err) {
+          if (isWrongType(err)) return undefined;
+          throw fromRedis(err, `reading permit scope ${key}`);
+        }
+        const holders: PermitHolder[] = [];
+        for (let i = 0; i + 1 < held.length; i += 2) {
+          const run = parsePermitRun(held[i]!);
+          if (run) holders.push({ ...run, lapsesInMs: Number(held[i + 1]) - now });
+        }
+        return { key: base, of, scopeKey, limit: n, holders, waiting };
+      }),
+    );
+    return scopes.filter((x): x is PermitScopeInfo => x !== undefined).sort((a, b) => a.key.localeCompare(b.key));
   }
 
   /** The dead letters of a queue, newest first (at most `limit`). */
