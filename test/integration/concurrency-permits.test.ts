@@ -103,6 +103,8 @@ describe('concurrency permits', () => {
       expect(scopes).toEqual([expect.objectContaining({ of: { task: 'LimitsService.perKey' }, scopeKey: 'k', limit: 1, waiting: 4 })]);
       expect(scopes[0]!.holders).toEqual([expect.objectContaining({ queue: 'limits-b', id: first.id, attempt: 1 })]);
       expect(scopes[0]!.holders[0]!.lapsesInMs).toBeGreaterThan(0);
+      // A scope's keys (their hash tag, and ':d' or ':h' after it) are no queue.
+      expect((await inspector.queueNames()).filter((q) => q.includes('permit'))).toEqual([]);
     } finally {
       await inspector.close();
     }
