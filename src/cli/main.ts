@@ -429,7 +429,7 @@ async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Pr
           'limit' in p.of ? `limit ${p.of.limit}` : `task ${p.of.task}`,
           p.scopeKey ?? '-',
           `${p.holders.length}/${p.limit ?? '?'}`,
-          p.holders.map((x) => `${x.queue}:${x.id} (lapses in ${ms(x.lapsesInMs)})`).join(', ') || '-',
+          p.holders.map((x) => `${x.id} (lapses in ${ms(x.lapsesInMs)})`).join(', ') || '-',
           String(p.waiting),
         ]),
         scopes,

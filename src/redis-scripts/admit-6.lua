@@ -47,6 +47,10 @@
            far ahead: the start is taken back and the task waits for it in the delayed set, as
            over a rate limit (LIMITED), its lock and the windows the record names as they are
            declared ('record' or ''); nothing else is checked
+  ARGV[16] 'p' when the deferral of ARGV[15] is a wait for a concurrency permit (permit-3.lua):
+           if a permit was handed to this run while it was being started or sent back
+           (permit-wake-2.lua marked the record: field pw = its attempt), it is due at once
+           instead, and the mark goes; else ''
 
   Returns {verdict, detail}: 'RUN', '' (run it); 'REVOKED', 'duplicate' (or the revoke reason:
   a revoke was requested since the fetch started it); 'LIMITED', delay ms;
@@ -89,7 +93,7 @@ useDeadLetters(KEYS[5])
 local key = KEYS[4]
 -- endTask names the record from the base and the id: it must be this key.
 if key ~= taskKeyOf(base, id) then return redis.error_reply('admit: KEYS[4] is not the record of task ' .. id) end
-local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw', 'n')
+local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw', 'n', 'pw')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
 if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
@@ -172,7 +176,15 @@ local function limited(detail)
 end
 
 local deferMs = tonumber(ARGV[15])
-if deferMs then return limited(math.max(0, math.floor(deferMs))) end
+if deferMs then
+  -- A permit handed over while this run was on its way back: its wake-up found it STARTED and
+  -- left this mark; it is due now rather than at its re-check.
+  if ARGV[16] == 'p' and t[11] and tonumber(t[11]) == attempt then
+    redis.call('HDEL', key, 'pw')
+    deferMs = 0
+  end
+  return limited(math.max(0, math.floor(deferMs)))
+end
 
 if rateKey ~= '' then
   local verdict, detail = admitRate(rateKey, id .. ':' .. attempt, limit, period, now)

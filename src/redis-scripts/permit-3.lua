@@ -69,9 +69,13 @@ local function handOver()
 end
 
 -- Every entry lives at most four leases past this call (a waiter's deadline is its next ask, at
--- most three leases away, plus a lease); the keys outlive them by a lease.
+-- most three leases away, plus a lease); the keys outlive them by a lease. Only ever raised:
+-- workers with other leases may share a scope, and a short one must not cut a long one's life.
 local function keep()
-  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, 5 * lease) end
+  for _, k in ipairs(KEYS) do
+    local ttl = redis.call('PTTL', k)
+    if ttl ~= -2 and ttl < 5 * lease then redis.call('PEXPIRE', k, 5 * lease) end
+  end
 end
 
 local function reply(verdict, detail, woken)

@@ -11,9 +11,14 @@
   ARGV[1] key base      <prefix>:{<queue>}:
   ARGV[2], ARGV[3], ... pairs: task id, the attempt the waiting run will start as
 
+  A task STARTED as that attempt is being started, or sent back by its worker (admit-6.lua, after
+  an acquire that answered 'wait' before this hand-over): its record is marked (field pw = the
+  attempt), and that deferral makes it due at once instead of at its re-check.
+
   Returns one number per task: 1 made due now; 0 not waiting in the delayed set (already due,
-  fetched or running: it asks for its permit soon); -1 gone (no record, ended, or started since
-  as a later attempt: the permit it was handed should go to the next waiter).
+  fetched or being started: it asks for its permit soon, or is sent back due now); -1 gone (no
+  record, ended, or started since as a later attempt: the permit it was handed should go to the
+  next waiter).
 ]]
 -- @include "keys"
 -- @include "now"
@@ -31,7 +36,12 @@ for i = 2, #ARGV, 2 do
   if not r.err then state, at = r[1], tonumber(r[2]) or 0 end
   if not state or state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED' or at >= attempt then
     -- A record of the wrong type counts as gone too: that run will never ask again.
-    if state == 'STARTED' and at == attempt then table.insert(out, 0) else table.insert(out, -1) end
+    if state == 'STARTED' and at == attempt then
+      redis.call('HSET', key, 'pw', attempt)
+      table.insert(out, 0)
+    else
+      table.insert(out, -1)
+    end
   else
     local due = tonumber(redis.call('ZSCORE', KEYS[2], id))
     if due and due > now then

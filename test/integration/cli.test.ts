@@ -78,7 +78,7 @@ describe('heimdall', () => {
     const permits = await heimdall(env, 'inspect', 'permits');
     expect(permits.code, permits.stderr).toBe(0);
     expect(permits.stdout).toMatch(/SCOPE\s+KEY\s+HELD\s+HOLDERS\s+WAITING/);
-    expect(permits.stdout).toMatch(new RegExp(`task Reports\\.build\\s+pdf\\s+1/\\?\\s+cli-reports:${report.id} \\(lapses in [\\d.]+ s\\)\\s+0\n`));
+    expect(permits.stdout).toMatch(new RegExp(`task Reports\\.build\\s+pdf\\s+1/\\?\\s+${report.id} \\(lapses in [\\d.]+ s\\)\\s+0\n`));
     const permitsJson = JSON.parse((await heimdall(env, 'inspect', 'permits', '--json')).stdout) as unknown;
     expect(permitsJson).toEqual([expect.objectContaining({ of: { task: 'Reports.build' }, scopeKey: 'pdf', waiting: 0, holders: [expect.objectContaining({ queue: 'cli-reports', id: report.id, attempt: 1 })] })]);
 

@@ -1,9 +1,10 @@
 /**
  * What a named limit costs Redis, measured on a server of this file's own (INFO commandstats and
  * INFO cpu are the server's totals): one drain of the same number of tasks with no limit, with a
- * queue rateLimit, with a named window limit and with a named gcra limit, all roomy enough that no
- * task waits. Reported as figures (script calls and Redis CPU per task); what is asserted is the
- * cross-slot admission's count: one limit-2.lua call per limit per task when nothing waits.
+ * queue rateLimit, with a named window limit, with a named gcra limit and with a task's own
+ * concurrency permits, all roomy enough that no task waits. Reported as figures (script calls and
+ * Redis CPU per task); what is asserted is the cross-slot admission's count: one limit-2.lua call
+ * per limit per task, and two permit-3.lua calls (take, give back) per task, when nothing waits.
  */
 import { describe, expect, it } from 'vitest';
 import { Limits, Task } from 'heimdall-tasks';
@@ -24,6 +25,9 @@ class CostService {
 
   @Task({ queue: 'cost', limits: [FAST] })
   async gcra(): Promise<void> {}
+
+  @Task({ queue: 'cost', concurrency: 1_000 })
+  async permitted(): Promise<void> {}
 }
 
 const N = 400;
@@ -46,7 +50,7 @@ describe('the cost of named limits', () => {
     await worker.start();
     const figures: Record<string, number | string> = {};
     const calls: Record<string, number> = {};
-    for (const kind of ['plain', 'rated', 'window', 'gcra'] as const) {
+    for (const kind of ['plain', 'rated', 'window', 'gcra', 'permitted'] as const) {
       // Sent first, then measured while the worker drains them (the enqueue is the same for all).
       const ref = tasks[kind];
       const before = await commandStats(h.admin);
@@ -68,5 +72,8 @@ describe('the cost of named limits', () => {
     }
     reportFigures(`named limits, ${N} tasks each, concurrency 50, nothing waits`, figures);
     expect(calls.window).toBeGreaterThanOrEqual(calls.plain! + N - N / 4);
+    // A permit: one permit-3 call to take it and one to give it back, per task.
+    expect(calls.permitted).toBeGreaterThanOrEqual(calls.plain! + 2 * N - N / 4);
+    expect(calls.permitted).toBeLessThanOrEqual(calls.plain! + 2 * N + N / 4);
   });
 });

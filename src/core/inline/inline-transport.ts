@@ -654,6 +654,9 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
         const delayMs = limits.length === 0 ? undefined : this.limits.take(limits, runName, now);
         if (delayMs !== undefined) {
           if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
+          // A permit handed to it while it waited for one goes on to the next waiter (limits-admission.ts).
+          const mine = permitRunName(entry.keys.queue, entry.id, attempt);
+          this.wakePermitted(entry.keys.prefix, this.permits.releaseWhere((run) => run === mine, now));
           this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs });
           this.schedule(entry, now + delayMs, now);
           return;
@@ -681,7 +684,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
         if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
         // No timer: in one process every permit given back wakes its waiter (wakePermitted).
         entry.permitWait = true;
-        this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs: 0 });
+        this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs: 0, permit: true });
         this.notifyChange();
         return;
       }

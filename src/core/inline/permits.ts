@@ -47,20 +47,19 @@ export class InlinePermits {
    */
   acquire(scopes: readonly PermitScope[], run: string, now: number): { held: boolean; woken: string[] } {
     const woken: string[] = [];
-    const taken: PermitScope[] = [];
     for (const scope of scopes) {
       const s = this.state(scope, now);
       if (!s.holders.has(run)) {
         woken.push(...this.handOver(scope, s, now).filter((w) => w !== run));
         if (!s.holders.has(run) && s.holders.size >= scope.n) {
           if (!s.waiters.includes(run)) s.waiters.push(run);
-          for (const t of taken) woken.push(...this.release([t], run, now));
+          // It waits here only: what it holds in the others goes to their waiters.
+          woken.push(...this.release(scopes.filter((other) => other !== scope), run, now));
           return { held: false, woken };
         }
       }
       s.holders.set(run, Infinity);
       s.waiters = s.waiters.filter((w) => w !== run);
-      taken.push(scope);
     }
     return { held: true, woken };
   }

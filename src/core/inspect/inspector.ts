@@ -223,7 +223,7 @@ export class Inspector {
         for (const key of keys) {
           // Exactly a queue-level name after the hash tag: a named limit's `{limit:<name>}:w` or a
           // permit scope's `{permit:<name>}:d` is no queue.
-          const end = key.lastIndexOf('}:');
+          const end = key.indexOf('}:', head.length);
           if (key.startsWith(head) && end > head.length && QUEUE_LEVEL.has(key.slice(end + 2))) found.add(key.slice(head.length, end));
         }
       }),

@@ -572,6 +572,8 @@ export interface AdmissionChecks {
   maxRecoveries?: number | undefined;
   /** Ms: the run's named limits gave it a later turn; it waits for it (LIMITED) and nothing else is checked. */
   deferMs?: number | undefined;
+  /** The deferral is a wait for a concurrency permit: one handed to the run meanwhile (the record's `pw`) makes it due at once. */
+  forPermit?: boolean;
 }
 
 /**
@@ -611,6 +613,7 @@ export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: Worke
       checks.maxRecoveries ?? '',
       worker.eventsCap,
       checks.deferMs ?? '',
+      checks.forPermit ? 'p' : '',
     ]);
   });
   return readVerdict('admit', reply);

@@ -18,6 +18,8 @@ export const FIELDS = {
   created: 'c',
   /** Due, ms, Redis clock (countdown, eta, rate-limit reschedule, retry, hand-back). */
   due: 'd',
+  /** The attempt a concurrency permit was handed to while that run was being started or sent back (permit-wake-2.lua): its deferral makes it due at once (admit-6.lua). */
+  permitWoken: 'pw',
   /** Last start, ms, Redis clock. */
   startedAt: 'st',
   /** Ended, ms, Redis clock. */

@@ -67,19 +67,20 @@ export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost):
 }
 
 /**
- * Sends a run back to wait `deferMs` for the turn its named limits gave it (admit-6.lua,
- * LIMITED): the start is taken back and the task waits in the delayed set. Resolves false (the
- * run is released) unless the script let it run.
+ * Sends a run back to wait `deferMs` for the turn its named limits gave it, or (`forPermit`) to
+ * ask again for a concurrency permit (admit-6.lua, LIMITED): the start is taken back and the task
+ * waits in the delayed set (due at once when a permit was handed to it meanwhile). Resolves false
+ * (the run is released) unless the script let it run.
  */
-export async function deferRun(run: Run, host: AdmissionHost, deferMs: number): Promise<boolean> {
-  const verdict = await settle(run, host, 'sending it back to wait for its named limits', () =>
-    run.runner.admit(run.task, { lock: undefined, rate: undefined, deferMs }),
+export async function deferRun(run: Run, host: AdmissionHost, deferMs: number, forPermit = false): Promise<boolean> {
+  const verdict = await settle(run, host, forPermit ? 'sending it back to wait for a concurrency permit' : 'sending it back to wait for its named limits', () =>
+    run.runner.admit(run.task, { lock: undefined, rate: undefined, deferMs, forPermit }),
   );
-  return conclude(run, host, verdict);
+  return conclude(run, host, verdict, forPermit);
 }
 
 /** What an admission answered: true to run; otherwise the run is released and the event for what became of it is emitted. */
-function conclude(run: Run, host: AdmissionHost, verdict: Verdict | undefined): boolean {
+function conclude(run: Run, host: AdmissionHost, verdict: Verdict | undefined, forPermit = false): boolean {
   const { task, runner } = run;
   if (!verdict) return false;
   if (verdict.verdict === 'RUN') return true;
@@ -90,7 +91,7 @@ function conclude(run: Run, host: AdmissionHost, verdict: Verdict | undefined): 
       host.emit('revoked', { ...base, reason: verdict.reason });
       break;
     case 'LIMITED':
-      host.emit('rateLimited', { ...base, delayMs: verdict.delayMs });
+      host.emit('rateLimited', forPermit ? { ...base, delayMs: verdict.delayMs, permit: true } : { ...base, delayMs: verdict.delayMs });
       break;
     case 'FAILURE':
       host.emit('failed', { ...base, attempt: task.attempt - 1, error: remote(new FAILURE_ERRORS.admit(verdict.message)), runtimeMs: 0 });

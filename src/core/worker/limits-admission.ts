@@ -1,6 +1,6 @@
 import { fromRedis, RedisRefusedError, UnexpectedReplyError } from '../errors.js';
 import { correctLimit, deferLimit, takeLimit, type LimitTake } from '../protocol/limit-scripts.js';
-import type { PermitScope } from '../protocol/permit-scripts.js';
+import { permitRunName, type PermitScope } from '../protocol/permit-scripts.js';
 import { resolveLimits, type NormalizedLimitUse, type ResolvedLimit } from '../task/limits.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { deferRun, type AdmissionHost } from './admission.js';
@@ -39,7 +39,15 @@ export async function takeLimits(run: Run, def: TaskDefinition, host: AdmissionH
   }
   const uses = def.options.limits ?? [];
   const rate = all.map((l, i) => ({ l, use: uses[i]! })).filter((x) => x.l.def.algorithm !== 'concurrency');
-  if (rate.length > 0 && !(await takeRateLimits(run, rate.map((x) => x.l), rate.map((x) => x.use), host))) return false;
+  if (rate.length > 0 && !(await takeRateLimits(run, rate.map((x) => x.l), rate.map((x) => x.use), host))) {
+    // Sent back for a rate limit's turn: a permit handed to it while it waited for one would sit
+    // unused until the turn; it goes to the next waiter (as does its place among the waiters).
+    if (scopes.length > 0) {
+      const name = permitRunName(runner.keys.queue, task.id, task.attempt);
+      host.track?.(giveBack(runner.limitScripts, runner.keys.prefix, scopes.map((scope) => ({ scope, run: name })), host));
+    }
+    return false;
+  }
   if (run.admissionError !== undefined || scopes.length === 0) return true;
   return takePermits(run, scopes, host);
 }
@@ -81,7 +89,7 @@ async function takePermits(run: Run, scopes: readonly PermitScope[], host: Admis
       }),
     ),
   );
-  return deferRun(run, host, answer.againMs);
+  return deferRun(run, host, answer.againMs, true);
 }
 
 /**

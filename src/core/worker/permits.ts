@@ -53,7 +53,8 @@ export function permitScopesOf(prefix: string, def: TaskDefinition, args: readon
 /**
  * Takes a permit of every scope for the run, all or none: resolves to the permits held, or to
  * the ms after which the run should ask again (it is then a waiter of the first full scope, and
- * holds nothing: what it took of the others is given back). Calls fail as Redis fails them.
+ * holds nothing in the others: what it took, or was handed while it waited, is given back). Calls
+ * fail as Redis fails them.
  */
 export async function acquirePermits(
   scripts: ScriptRunner,
@@ -66,7 +67,7 @@ export async function acquirePermits(
 ): Promise<{ held: PermitHold[] } | { againMs: number }> {
   const run = permitRunName(queue, id, attempt);
   const held: PermitHold[] = [];
-  for (const scope of scopes) {
+  for (const [i, scope] of scopes.entries()) {
     let answer;
     try {
       answer = await acquirePermit(scripts, scope, run, host.leaseMs);
@@ -76,7 +77,9 @@ export async function acquirePermits(
     }
     wake(scripts, prefix, scope, answer.woken, host);
     if (answer.verdict === 'wait') {
-      await giveBack(scripts, prefix, held, host);
+      // It waits in this scope only: what it took here, and a permit of a later scope handed to
+      // it while it waited there before, go to the next waiters rather than sit unused.
+      await giveBack(scripts, prefix, scopes.filter((_, j) => j !== i).map((s) => ({ scope: s, run })), host);
       return { againMs: answer.againMs };
     }
     held.push({ scope, run });

@@ -76,8 +76,12 @@ export interface WorkerEvents {
   failed: [TaskEvent & { error: RemoteError; runtimeMs: number }];
   /** A running task reported progress (`currentTask().progress()`): `value` a fraction from 0 to 1. Every call, before throttling. */
   progress: [TaskEvent & { value: number; message: string | undefined }];
-  /** A task was over its rate limit, or one of its named limits, and goes back to the delayed set for `delayMs` milliseconds. */
-  rateLimited: [Omit<TaskEvent, 'attempt'> & { delayMs: number }];
+  /**
+   * A task was over its rate limit, or one of its named limits, and goes back to the delayed set
+   * for `delayMs` milliseconds; or (`permit: true`) it found no concurrency permit free: it is
+   * woken as soon as one is handed to it, and asks again after `delayMs` at the latest.
+   */
+  rateLimited: [Omit<TaskEvent, 'attempt'> & { delayMs: number; permit?: true }];
   /** A task failed and will run again after `delayMs` milliseconds (state RETRY). */
   retried: [TaskEvent & { error: RemoteError; delayMs: number; runtimeMs: number }];
   /**

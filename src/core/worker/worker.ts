@@ -302,6 +302,9 @@ export class Worker {
     if (this.leaseTimer) clearInterval(this.leaseTimer);
     // A tick in flight could renew the entry after it is removed: it ends first.
     await this.ticking;
+    // Permits given back at the last ends, and their waiters' wake-ups, before the connections
+    // go (bounded: with Redis out of reach they lapse within a lease and the waiters ask again).
+    if (this.permitCalls.size > 0) await Promise.race([Promise.allSettled([...this.permitCalls]), sleep(2000)]);
     await this.unregister();
     this.unhookConnection?.();
     await Promise.all(this.clients.map((c) => closeClient(c)));
