@@ -7,7 +7,7 @@
  * suite each scope lives in a slot of its own, apart from the queues.
  */
 import { describe, expect, it } from 'vitest';
-import { Inspector } from 'heimdall-tasks';
+import { Inspector, PermitLostError } from 'heimdall-tasks';
 import { recordEvents, redisNowMs, useHarness, waitFor, type Harness } from '../helpers.js';
 import { permitScope } from '../../src/core/protocol/permit-scripts.js';
 import { LIMIT_QUEUES, LimitsService, maxAtOnce, permitLog, SLOTS, type SpanEntry } from '../fixtures/limits/services.js';
@@ -87,7 +87,7 @@ describe('concurrency permits', () => {
     const { w, ev } = worker(h);
     await w.start();
     const t = h.dispatcher().tasks(LimitsService);
-    const first = await t.perKey.delay('k', 1500);
+    const first = await t.perKey.delay('k', 3000);
     await waitFor(async () => (await spans(h)).length > 0, { what: 'the first run to start' });
     const rest = [];
     for (let i = 0; i < 4; i++) {
@@ -122,6 +122,63 @@ describe('concurrency permits', () => {
     console.info(`[permits] hand-over, end to next start: ${gaps.map((g) => g.toFixed(1)).join(', ')} ms (${Date.now() - began} ms for the 5)`);
   });
 
+  it('a body longer than two leases keeps its permit through the renewals: the waiter starts only after it ended', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const w = h.worker({ queues: [...LIMIT_QUEUES], services: [new LimitsService(h.admin, h.prefix)], concurrency: 4, leaseDuration: '1s' });
+    const ev = recordEvents(w);
+    await w.start();
+    const t = h.dispatcher().tasks(LimitsService);
+    const long = await t.perKey.delay('renewed', 2500);
+    await waitFor(async () => (await spans(h)).some((e) => e.id === long.id), { what: 'the long run to start' });
+    const next = await t.perKey.delay('renewed', 10);
+    await Promise.all([long.get({ timeout: 20 }), next.get({ timeout: 20 })]);
+    const log = await spans(h);
+    expect(maxAtOnce(log)).toBe(1);
+    const at = (id: string, edge: 'start' | 'end') => log.find((e) => e.id === id && e.edge === edge)!.at;
+    expect(at(next.id, 'start')).toBeGreaterThanOrEqual(at(long.id, 'end'));
+    expect(ev.errors).toEqual([]);
+  });
+
+  it('a permit found lapsed at a renewal is reported as PermitLostError; the run goes on and ends', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const w = h.worker({ queues: [...LIMIT_QUEUES], services: [new LimitsService(h.admin, h.prefix)], concurrency: 4, leaseDuration: '1s' });
+    const ev = recordEvents(w);
+    await w.start();
+    const t = h.dispatcher().tasks(LimitsService);
+    const run = await t.perKey.delay('lost', 2000);
+    await waitFor(async () => (await spans(h)).some((e) => e.id === run.id), { what: 'the run to start' });
+    // As if its permit had lapsed (a worker cut off for a lease) and gone to another run.
+    const scope = permitScope(h.prefix, { task: 'LimitsService.perKey' }, 'lost', 1);
+    expect(await h.admin.zremrangebyscore(scope.keys[0], '-inf', '+inf')).toBe(1);
+    await waitFor(() => ev.errors.some((e) => e instanceof PermitLostError && e.taskId === run.id), { what: 'the renewal to report the lost permit' });
+    await run.get({ timeout: 10 });
+  });
+
+  it('a waiter revoked while it waits: the permit handed to it goes on to the next waiter at once', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const { w, ev } = worker(h);
+    await w.start();
+    const t = h.dispatcher().tasks(LimitsService);
+    const holder = await t.perKey.delay('g', 1500);
+    await waitFor(async () => (await spans(h)).some((e) => e.id === holder.id), { what: 'the holder to start' });
+    const revoked = await t.perKey.delay('g', 10);
+    await waitFor(() => ev.rateLimited.some((e) => e.id === revoked.id && e.permit === true), { what: 'the first waiter to wait' });
+    const next = await t.perKey.delay('g', 10);
+    await waitFor(() => ev.rateLimited.some((e) => e.id === next.id), { what: 'the second waiter to wait' });
+    // The second waiter is behind the first: left alone it would ask again three leases later (90 s).
+    expect(ev.rateLimited.find((e) => e.id === next.id)!.delayMs).toBeGreaterThan(60_000);
+    await revoked.revoke();
+    await holder.get({ timeout: 10 });
+    // The holder's permit goes to the revoked waiter first; its wake-up finds it gone, and the
+    // permit goes on to the second, woken at once.
+    await next.get({ timeout: 10 });
+    expect(await revoked.status()).toBe('REVOKED');
+    const log = await spans(h);
+    const at = (id: string, edge: 'start' | 'end') => log.find((e) => e.id === id && e.edge === edge)!.at;
+    expect(at(next.id, 'start') - at(holder.id, 'end')).toBeLessThan(5000);
+    expect(await scopeState(h, permitScope(h.prefix, { task: 'LimitsService.perKey' }, 'g', 1))).toEqual({ held: [], waiting: [] });
+  });
+
   it('a worker SIGKILLed while it holds permits: they lapse within its lease, the others go on, no permit leaked, every task ends once', { timeout: 120_000 }, async () => {
     const h = fresh();
     const scope = permitScope(h.prefix, { task: 'LimitsService.three' }, undefined, 3);
@@ -148,8 +205,14 @@ describe('concurrency permits', () => {
     expect(cut.length).toBeGreaterThan(0);
     expect(maxAtOnce(log, killedAt)).toBeLessThanOrEqual(3);
     // Each task's body ended once on the survivors.
-    const ended = log.filter((e) => e.edge === 'end');
-    expect(new Set(ended.map((e) => e.id)).size).toBe(40);
+    // Every task ended SUCCESS; each body ended once on the survivors, and a task whose body
+    // ended on the victim (its end maybe not stored before the kill) at most once there.
+    expect((await Promise.all(sent.map((r) => r.status()))).filter((st) => st !== 'SUCCESS')).toEqual([]);
+    const ends = new Map<string, number>();
+    for (const e of log) if (e.edge === 'end' && e.pid !== victim.child.pid) ends.set(e.id, (ends.get(e.id) ?? 0) + 1);
+    expect([...ends.values()].filter((n) => n !== 1)).toEqual([]);
+    const endedSomewhere = new Set(log.filter((e) => e.edge === 'end').map((e) => e.id));
+    expect(endedSomewhere.size).toBe(40);
     expect(await scopeState(h, scope)).toEqual({ held: [], waiting: [] });
     for (const q of LIMIT_QUEUES) {
       const k = h.queueKeys(q);
