@@ -5,7 +5,7 @@ export type { PingReply, RunningTask, WorkerInfo } from './core/protocol/worker-
 export type { EventsOptions, QueueEvent, QueueEventType } from './core/events/queue-events.js';
 export type { EventsReadOptions } from './core/events/event-stream.js';
 export { Inspector } from './core/inspect/inspector.js';
-export type { DeadLetter, DeadLetterResult, InspectorOptions, ListOptions, LockInfo, PurgeOptions, QueueStats, PermitHolder, PermitScopeInfo, RateWindowInfo, Throughput } from './core/inspect/inspector.js';
+export type { DeadLetter, DeadLetterResult, InspectorOptions, ListOptions, LockInfo, NamedLimitInfo, PermitHolder, PurgeOptions, QueueStats, PermitScopeInfo, RateWindowInfo, Throughput } from './core/inspect/inspector.js';
 export type { LockExtension, LockRelease } from './core/protocol/scripts.js';
 export { Worker } from './core/worker/worker.js';
 export type { CloseOptions, TaskEvent, WorkerEvents, WorkerOptions } from './core/worker/worker-options.js';
@@ -18,7 +18,7 @@ export { currentTask } from './core/worker/current-task.js';
 export type { CurrentTask, RetryRequestOptions } from './core/worker/current-task.js';
 export type { Backoff, ConflictOption, ErrorClass, RateLimit, RetryOptions, TaskKey, TaskOptions } from './core/task/task-options.js';
 export { Limits } from './core/task/limits.js';
-export type { ConcurrencyLimitOptions, LimitAlgorithm, LimitHandle, LimitKind, LimitOptions, LimitUse } from './core/task/limits.js';
+export type { ConcurrencyLimitHandle, ConcurrencyLimitOptions, LimitAlgorithm, LimitHandle, LimitKind, LimitOptions, LimitsApi, LimitUse, RateLimitHandle } from './core/task/limits.js';
 export type { Duration } from './core/task/durations.js';
 export type { ClusterConnection, ConnectionOption, RedisClient } from './core/protocol/connection.js';
 export type { Constructor } from './core/task/registry.js';

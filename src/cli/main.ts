@@ -77,7 +77,8 @@ ${COMMON}`,
   workers  the live workers: host, pid, queues, running tasks, counts (as each said at its
            last heartbeat, every third of its lease: up to that old)
   locks    unique locks with their holders and what is left of their lifetime
-  limits   rate windows: starts in the period, when the next slot frees, tasks waiting on it
+  limits   rate windows: starts in the period, when the next slot frees, tasks waiting on it;
+           then the named rate limits (Limits.define): units used in the period, turns
   permits  concurrency permits: per scope (a concurrency limit and key, or a task), the runs
            holding one and when each lapses unless renewed, runs waiting
   dead     dead letters, newest first
@@ -409,19 +410,30 @@ async function inspect(parsed: Parsed, target: Target, print: Print, io: Io): Pr
         locks,
       ];
     } else if (what === 'limits') {
-      const windows = (await Promise.all(queues.map((q) => inspector.rateWindows(q, { limit })))).flat();
-      return [
-        listing(windows, 'no rate windows in use', ['QUEUE', 'TASK', 'WINDOW', 'STARTS', 'TURNS', 'NEXT SLOT', 'WAITING'], (w) => [
-          w.queue,
-          w.task ?? '?',
-          w.key.slice(w.key.indexOf('}:rate:') + 7),
-          `${w.starts}/${w.limit ?? '?'} per ${ms(w.periodMs)}`,
-          String(w.turns),
-          w.nextFreeInMs === undefined ? '?' : w.nextFreeInMs === 0 ? 'free now' : `in ${ms(w.nextFreeInMs)}`,
-          String(w.waiting),
-        ]),
-        windows,
-      ];
+      const [windows, named] = await Promise.all([
+        Promise.all(queues.map((q) => inspector.rateWindows(q, { limit }))).then((w) => w.flat()),
+        inspector.namedLimits({ limit }),
+      ]);
+      const perTask = listing(windows, 'no rate windows in use', ['QUEUE', 'TASK', 'WINDOW', 'STARTS', 'TURNS', 'NEXT SLOT', 'WAITING'], (w) => [
+        w.queue,
+        w.task ?? '?',
+        w.key.slice(w.key.indexOf('}:rate:') + 7),
+        `${w.starts}/${w.limit ?? '?'} per ${ms(w.periodMs)}`,
+        String(w.turns),
+        w.nextFreeInMs === undefined ? '?' : w.nextFreeInMs === 0 ? 'free now' : `in ${ms(w.nextFreeInMs)}`,
+        String(w.waiting),
+      ]);
+      const shared =
+        named.length === 0
+          ? ''
+          : '\n\n' +
+            listing(named, '', ['NAMED LIMIT', 'ALGORITHM', 'USED', 'TURNS'], (l) => [
+              l.name,
+              l.algorithm,
+              `${l.algorithm === 'gcra' && l.limit === undefined ? '?' : l.used}/${l.limit ?? '?'}${l.periodMs === undefined ? '' : ` per ${ms(l.periodMs)}`}`,
+              String(l.turns),
+            ]);
+      return [perTask + shared, { windows, named }];
     } else if (what === 'permits') {
       const scopes = await inspector.permits({ limit });
       return [

@@ -73,7 +73,11 @@ export async function workerCommand(flags: WorkerFlags, positionals: readonly st
   worker.on('failed', (e) => log('warn', `${'failed'.padEnd(12)} ${task(e)} in ${ms(e.runtimeMs)}: ${error(e.error)}`));
   worker.on('retried', (e) => log('warn', `${'retried'.padEnd(12)} ${task(e)} in ${ms(e.runtimeMs)}: ${error(e.error)}; runs again in ${ms(e.delayMs)}`));
   worker.on('revoked', (e) => log('info', `${'revoked'.padEnd(12)} ${task(e)} (${e.reason})`));
-  worker.on('rateLimited', (e) => log('info', `${'rate-limited'.padEnd(12)} ${task(e)}: over its rate limit, runs in ${ms(e.delayMs)}`));
+  worker.on('rateLimited', (e) =>
+    e.permit
+      ? log('info', `${'waiting'.padEnd(12)} ${task(e)}: for a concurrency permit, runs when one is handed to it (asks again within ${ms(e.delayMs)})`)
+      : log('info', `${'rate-limited'.padEnd(12)} ${task(e)}: over its rate limit, runs in ${ms(e.delayMs)}`),
+  );
   worker.on('progress', (e) => log('debug', `${'progress'.padEnd(12)} ${task(e)} ${Math.round(e.value * 100)}%${e.message ? ` ${e.message}` : ''}`));
   // Always listened to: an 'error' event nobody listens to would end the process.
   worker.on('error', (err) => log('error', `worker error: ${err.message}`));

@@ -84,7 +84,8 @@ describe('heimdall', () => {
 
     const limits = await heimdall(env, 'inspect', 'limits', '--queue', 'cli-reports', '--json');
     expect(limits.code, limits.stderr).toBe(0);
-    const windows = JSON.parse(limits.stdout) as { task: string; starts: number; limit: number; periodMs: number; nextFreeInMs: number }[];
+    const { windows, named } = JSON.parse(limits.stdout) as { windows: { task: string; starts: number; limit: number; periodMs: number; nextFreeInMs: number }[]; named: unknown[] };
+    expect(named).toEqual([]);
     expect(windows).toEqual([expect.objectContaining({ task: 'Reports.notify', starts: 1, limit: 1, periodMs: 60_000 })]);
     expect(windows[0]!.nextFreeInMs).toBeGreaterThan(50_000);
 

@@ -6,10 +6,10 @@
  * cluster suite the limits live in other slots than the queues.
  */
 import { describe, expect, it } from 'vitest';
-import { TaskFailedError, type TaskResult } from 'heimdall-tasks';
+import { Inspector, TaskFailedError, type TaskResult } from 'heimdall-tasks';
 import { recordEvents, useHarness, waitFor, type Harness } from '../helpers.js';
 import { limitKeys } from '../../src/core/protocol/limit-scripts.js';
-import { CHEAP, LIMIT_QUEUES, limitLog, LimitsService, NARROW, ROOMY, TOKENS, type ChargeEntry } from '../fixtures/limits/services.js';
+import { CHEAP, LIMIT_QUEUES, limitLog, LimitsService, NARROW, ROOMY, SLOW_GCRA, TOKENS, type ChargeEntry } from '../fixtures/limits/services.js';
 import { startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 import { total } from '../fixtures/processes/control.js';
 import { keySlot } from '../slot-checker.js';
@@ -76,6 +76,19 @@ describe('named limits', () => {
     const now = Number(sec) * 1000 + Number(usec) / 1000;
     expect(await h.admin.zcard(roomy)).toBe(2);
     expect(await h.admin.zcount(roomy, '-inf', now)).toBe(1);
+    // What an operator sees: each used once in its period, each holding the second's turn.
+    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    try {
+      const named = await inspector.namedLimits();
+      expect(named).toEqual([
+        { name: ROOMY.name, algorithm: 'window', limit: 10, periodMs: 60_000, used: 1, turns: 1 },
+        { name: NARROW.name, algorithm: 'window', limit: 1, periodMs: 1500, used: 1, turns: 1 },
+      ].sort((a, b) => a.name.localeCompare(b.name)));
+      // And no queue is made of a limit's keys.
+      expect((await inspector.queueNames()).filter((q) => q.startsWith('limit:'))).toEqual([]);
+    } finally {
+      await inspector.close();
+    }
     const alone = await t.roomyOnly.delay(3);
     await alone.get({ timeout: 5 });
     expect(await second.status()).toBe('PENDING');
@@ -88,6 +101,24 @@ describe('named limits', () => {
     const roomyStarts = log.filter((e) => e.limit === ROOMY.name);
     expect(roomyStarts.map((e) => e.task)).toEqual(['both', 'roomyOnly', 'both']);
     expect(ev.errors).toEqual([]);
+  });
+
+  it('Inspector.namedLimits() reads a gcra limit: the units its TAT is ahead, and its reservations', { timeout: 30_000 }, async () => {
+    const h = fresh();
+    const { w, ev } = worker(h);
+    await w.start();
+    const t = h.dispatcher().tasks(LimitsService);
+    // [2, 60 s] in gcra: a unit is 30 s; two start, the third reserves its turn 30 s on.
+    const [a, b, c] = await t.slowGcra.delayMany([[1], [2], [3]]);
+    await Promise.all([a!.get({ timeout: 10 }), b!.get({ timeout: 10 })]);
+    await waitFor(() => ev.rateLimited.some((e) => e.id === c!.id), { what: 'the third to wait for its turn' });
+    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    try {
+      expect(await inspector.namedLimits()).toEqual([{ name: SLOW_GCRA.name, algorithm: 'gcra', limit: 2, periodMs: 60_000, used: 3, turns: 1 }]);
+    } finally {
+      await inspector.close();
+    }
+    await c!.revoke();
   });
 
   it('weighted: [100 tokens, 2 s] with costs 30 and 50 on 2 worker processes never counts more than 100 in any 2 s', { timeout: 120_000 }, async () => {

@@ -44,7 +44,8 @@ describe('concurrency options', () => {
   it.each([
     ['concurrency 0', { concurrency: 0 }, /concurrency must be a whole number of runs from 1 to 1e6, or \{ limit, key \}, got 0/],
     ['concurrency a string', { concurrency: '2' }, /concurrency must be a whole number/],
-    ['concurrency without limit', { concurrency: { key: 'k' } }, /concurrency must be a whole number/],
+    ['concurrency without limit', { concurrency: { key: 'k' } }, /concurrency\.limit must be a whole number of runs from 1 to 1e6, got undefined/],
+    ['concurrency.limit 0', { concurrency: { limit: 0, key: 'k' } }, /concurrency\.limit must be a whole number of runs from 1 to 1e6, got 0/],
     ['a misspelt concurrency option', { concurrency: { limit: 1, keys: 'k' } }, /concurrency: unknown option 'keys'; known: limit, key/],
     ['an empty concurrency key', { concurrency: { limit: 1, key: '' } }, /concurrency: key must be a non-empty string or a function/],
     ['a cost on a concurrency limit', { limits: [{ limit: slots, cost: 2 }] }, /limit 'unit-c-slots' is a concurrency limit: a run holds one permit, it takes no cost/],
@@ -52,6 +53,27 @@ describe('concurrency options', () => {
     ['a key that is a number', { limits: [{ limit: slots, key: 3 }] }, /limits\[0\]: key must be a non-empty string or a function/],
   ])('@Task refuses %s at decoration', (_what, options, message) => {
     expect(decorationError(options).message).toMatch(message);
+  });
+
+  it('the types tell the two kinds of handle apart: a cost on a concurrency limit, a key on a rate limit, do not compile', () => {
+    expect(() => {
+      class Typed {
+        // @ts-expect-error a concurrency limit's use takes no cost
+        @Task({ limits: [{ limit: slots, cost: 2 }] })
+        async a(): Promise<void> {}
+      }
+      void Typed;
+    }).toThrow(ConfigError);
+    expect(() => {
+      class Typed {
+        // @ts-expect-error a rate limit's use takes no key
+        @Task({ limits: [{ limit: rate, key: 'k' }] })
+        async a(): Promise<void> {}
+      }
+      void Typed;
+    }).toThrow(ConfigError);
+    expect(slots.algorithm).toBe('concurrency');
+    expect(rate.algorithm).toBe('window');
   });
 
   it('a run name reads back whatever the queue and id hold', () => {

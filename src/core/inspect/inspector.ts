@@ -98,6 +98,23 @@ export interface LockInfo {
   ttlMs: number | null;
 }
 
+/** A named rate limit in use (`Limits.define(name, [n, period])`), as {@link Inspector.namedLimits} found it. */
+export interface NamedLimitInfo {
+  name: string;
+  /** `'window'` or `'gcra'`: this process's definition, else what the keys hold. */
+  algorithm: 'window' | 'gcra';
+  /** Units per period and the period (ms), when this process defines the limit; else undefined. */
+  limit: number | undefined;
+  periodMs: number | undefined;
+  /**
+   * window: the units of the runs started in the period (all the entries up to now when the
+   * period is unknown); gcra: the units the limit is ahead of now, as its TAT says (0 when idle).
+   */
+  used: number;
+  /** Runs waiting with a reserved turn (window: entries after now; gcra: reservations). */
+  turns: number;
+}
+
 /** A run that holds a concurrency permit. */
 export interface PermitHolder {
   queue: string;
@@ -173,7 +190,6 @@ export interface ListOptions {
   limit?: number;
 }
 
-/** Options of `new Inspector()`: where Redis is and the key prefix, as for a Dispatcher. */
 /** Options of `new Inspector()`: the connection and prefix, as a Dispatcher's. */
 export interface InspectorOptions extends ConnectionOptions {
   /**
@@ -443,6 +459,49 @@ export class Inspector {
       }),
     );
     return windows.filter((w): w is RateWindowInfo => w !== undefined).sort((a, b) => a.key.localeCompare(b.key));
+  }
+
+  /**
+   * The named rate limits in use (found with SCAN; at most `limit`): the units used in the
+   * period and the turns reserved. A limit's keys live apart from every queue
+   * (`<prefix>:{limit:<name>}:`); its `n` and period are known to a process that defines it.
+   */
+  async namedLimits(options: ListOptions = {}): Promise<NamedLimitInfo[]> {
+    const limit = limitOf(options);
+    const head = `${this.prefix}:{limit:`;
+    const keys = await this.scan(`${escapeGlob(head)}*}:w`, limit, 'listing the named limits');
+    const [now, nowUs] = await redisCall('reading the Redis clock', async () => {
+      const [sec, usec] = await this.client.time();
+      return [Number(sec) * 1000 + Math.floor(Number(usec) / 1000), Number(sec) * 1e6 + Number(usec)] as const;
+    });
+    const found = await Promise.all(
+      keys.map(async (w): Promise<NamedLimitInfo | undefined> => {
+        const name = w.slice(head.length, w.length - '}:w'.length);
+        const r = `${w.slice(0, -1)}r`;
+        const def = Limits.get(name);
+        const known = def && def.algorithm !== 'concurrency' ? def : undefined;
+        const unit = (cost: string): number => Number(cost.slice(0, cost.indexOf('|'))) || 1;
+        try {
+          // A window's entries are a sorted set; a gcra's TAT is a string.
+          // The starts of the period, their costs read from their members (at most MAX_LIMIT of
+          // them); the turns after now, counted.
+          const [entries, turns] = await Promise.all([
+            this.client.zrangebyscore(w, known ? `(${now - known.periodMs}` : '-inf', now, 'LIMIT', 0, MAX_LIMIT),
+            this.client.zcount(w, `(${now}`, '+inf'),
+          ]);
+          const used = entries.reduce((sum, m) => sum + unit(m), 0);
+          return { name, algorithm: 'window', limit: known?.limit, periodMs: known?.periodMs, used, turns };
+        } catch (err) {
+          if (!isWrongType(err)) throw fromRedis(err, `reading named limit ${name}`);
+        }
+        const [tat, reserved] = await redisCall(`reading named limit ${name}`, () => Promise.all([this.client.get(w), this.client.zcard(r)]));
+        // The TAT lies `used` units of period/n ahead of now.
+        const ahead = Math.max(0, Number(tat ?? 0) - nowUs);
+        const used = known ? Math.ceil((ahead * known.limit) / (known.periodMs * 1000)) : 0;
+        return { name, algorithm: 'gcra', limit: known?.limit, periodMs: known?.periodMs, used, turns: reserved };
+      }),
+    );
+    return found.filter((x): x is NamedLimitInfo => x !== undefined).sort((a, b) => a.name.localeCompare(b.name));
   }
 
   /**

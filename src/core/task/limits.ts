@@ -50,6 +50,16 @@ export interface LimitHandle {
   readonly algorithm: LimitKind;
 }
 
+/** The handle of a rate limit (`Limits.define(name, [n, period])`): its uses may take a `cost`. */
+export interface RateLimitHandle extends LimitHandle {
+  readonly algorithm: LimitAlgorithm;
+}
+
+/** The handle of a concurrency limit (`Limits.define(name, { concurrency })`): its uses may take a `key`. */
+export interface ConcurrencyLimitHandle extends LimitHandle {
+  readonly algorithm: 'concurrency';
+}
+
 /**
  * One limit a task uses: a limit's name or handle (cost 1 per run), or `{ limit, cost, key }`.
  * `cost` (rate limits): a whole number >= 1 or a function of the call's arguments, evaluated by
@@ -59,7 +69,8 @@ export interface LimitHandle {
 export type LimitUse<A extends readonly unknown[] = unknown[]> =
   | string
   | LimitHandle
-  | { limit: string | LimitHandle; cost?: number | ((args: A) => number); key?: string | ((args: A) => string) };
+  | { limit: string | RateLimitHandle; cost?: number | ((args: A) => number); key?: never }
+  | { limit: string | ConcurrencyLimitHandle; key?: string | ((args: A) => string); cost?: never };
 
 /** A limit use after validation at decoration. */
 export interface NormalizedLimitUse {
@@ -120,15 +131,55 @@ export interface LimitsApi {
    * same settings returns the same handle (a module loaded twice); with other settings it is a
    * ConfigError, as are a bad name, `n` or period, or an unknown option.
    */
-  define(name: string, rate: RateLimit, options?: LimitOptions): LimitHandle;
+  define(name: string, rate: RateLimit, options?: LimitOptions): RateLimitHandle;
   /**
    * Defines the concurrency limit `name`: at most `concurrency` runs of the tasks that use it
    * hold it at once, across every worker (per key, for a use that gives one). Defined again: as
    * for a rate limit.
    */
-  define(name: string, options: ConcurrencyLimitOptions): LimitHandle;
+  define(name: string, options: ConcurrencyLimitOptions): ConcurrencyLimitHandle;
   /** The limit defined under `name` in this process, or undefined. */
   get(name: string): LimitHandle | undefined;
+}
+
+/** Limits.define: see {@link LimitsApi}. */
+function defineLimit(name: string, rate: RateLimit, options?: LimitOptions): RateLimitHandle;
+function defineLimit(name: string, options: ConcurrencyLimitOptions): ConcurrencyLimitHandle;
+function defineLimit(name: string, rate: RateLimit | ConcurrencyLimitOptions, options?: LimitOptions): LimitHandle {
+  const where = `Limits.define(${JSON.stringify(name)})`;
+  validateName(name, `${where}: the name`);
+  if (typeof rate === 'object' && rate !== null && !Array.isArray(rate)) {
+    const o = rate as unknown as Record<string, unknown>;
+    for (const k of Object.keys(o)) {
+      if (k !== 'concurrency') throw new ConfigError(`${where}: unknown option '${k}' of a concurrency limit; known: concurrency`);
+    }
+    if (options !== undefined) throw new ConfigError(`${where}: a concurrency limit takes no third argument`);
+    const n = o.concurrency;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 1e6) {
+      throw new ConfigError(`${where}: concurrency must be a whole number of runs from 1 to 1e6, got ${describe(n)}`);
+    }
+    return register(where, { name, limit: n, periodMs: 0, algorithm: 'concurrency' });
+  }
+  if (!Array.isArray(rate) || rate.length !== 2) {
+    throw new ConfigError(`${where}: the rate must be [n, period] such as [100, 60] (100 per minute), or { concurrency: n }, got ${describe(rate)}`);
+  }
+  const [limit, period] = rate as readonly [unknown, unknown];
+  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > 1e9) {
+    throw new ConfigError(`${where}: n must be a whole number of units from 1 to 1e9, got ${describe(limit)}`);
+  }
+  const periodMs = Math.ceil(toMillis(period as RateLimit[1], `${where}: period`));
+  if (periodMs < 1 || periodMs > 366 * 86_400_000) throw new ConfigError(`${where}: period must be from 1 ms to 366 days, got ${periodMs} ms`);
+  if (options !== undefined && (typeof options !== 'object' || options === null || Array.isArray(options))) {
+    throw new ConfigError(`${where}: options must be an object such as { algorithm: 'gcra' }, got ${describe(options)}`);
+  }
+  for (const k of Object.keys(options ?? {})) {
+    if (!OPTIONS.has(k)) throw new ConfigError(`${where}: unknown option '${k}'; known: ${[...OPTIONS].join(', ')}`);
+  }
+  const algorithm = options?.algorithm ?? 'window';
+  if (algorithm !== 'window' && algorithm !== 'gcra') {
+    throw new ConfigError(`${where}: algorithm must be 'window' or 'gcra', got ${describe(algorithm)}`);
+  }
+  return register(where, { name, limit, periodMs, algorithm });
 }
 
 /**
@@ -138,51 +189,7 @@ export interface LimitsApi {
  * defined fails with a ConfigError); producers need not know it.
  */
 export const Limits: LimitsApi = {
-  /**
-   * Defines the limit `name`: at most `n` units in any `period` (seconds, or an `ms` string).
-   * A task counts 1 unit per run unless it gives a cost. Defining a name again with the same
-   * settings returns the same handle (a module loaded twice); with other settings it is a
-   * ConfigError, as are a bad name, `n` or period, or an unknown option.
-   *
-   * `Limits.define(name, { concurrency: n })` defines a concurrency limit instead: at most `n`
-   * runs of the tasks that use it hold it at once (per key, for a use that gives one).
-   */
-  define(name: string, rate: RateLimit | ConcurrencyLimitOptions, options?: LimitOptions): LimitHandle {
-    const where = `Limits.define(${JSON.stringify(name)})`;
-    validateName(name, `${where}: the name`);
-    if (typeof rate === 'object' && rate !== null && !Array.isArray(rate)) {
-      const o = rate as unknown as Record<string, unknown>;
-      for (const k of Object.keys(o)) {
-        if (k !== 'concurrency') throw new ConfigError(`${where}: unknown option '${k}' of a concurrency limit; known: concurrency`);
-      }
-      if (options !== undefined) throw new ConfigError(`${where}: a concurrency limit takes no third argument`);
-      const n = o.concurrency;
-      if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 1e6) {
-        throw new ConfigError(`${where}: concurrency must be a whole number of runs from 1 to 1e6, got ${describe(n)}`);
-      }
-      return register(where, { name, limit: n, periodMs: 0, algorithm: 'concurrency' });
-    }
-    if (!Array.isArray(rate) || rate.length !== 2) {
-      throw new ConfigError(`${where}: the rate must be [n, period] such as [100, 60] (100 per minute), or { concurrency: n }, got ${describe(rate)}`);
-    }
-    const [limit, period] = rate as readonly [unknown, unknown];
-    if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > 1e9) {
-      throw new ConfigError(`${where}: n must be a whole number of units from 1 to 1e9, got ${describe(limit)}`);
-    }
-    const periodMs = Math.ceil(toMillis(period as RateLimit[1], `${where}: period`));
-    if (periodMs < 1 || periodMs > 366 * 86_400_000) throw new ConfigError(`${where}: period must be from 1 ms to 366 days, got ${periodMs} ms`);
-    if (options !== undefined && (typeof options !== 'object' || options === null || Array.isArray(options))) {
-      throw new ConfigError(`${where}: options must be an object such as { algorithm: 'gcra' }, got ${describe(options)}`);
-    }
-    for (const k of Object.keys(options ?? {})) {
-      if (!OPTIONS.has(k)) throw new ConfigError(`${where}: unknown option '${k}'; known: ${[...OPTIONS].join(', ')}`);
-    }
-    const algorithm = options?.algorithm ?? 'window';
-    if (algorithm !== 'window' && algorithm !== 'gcra') {
-      throw new ConfigError(`${where}: algorithm must be 'window' or 'gcra', got ${describe(algorithm)}`);
-    }
-    return register(where, { name, limit, periodMs, algorithm });
-  },
+  define: defineLimit,
 
   /** The limit defined under `name` in this process, or undefined. */
   get(name: string): LimitHandle | undefined {

@@ -328,7 +328,8 @@ function normalizeConcurrency(value: unknown, where: string): NormalizedTaskOpti
     key = keyOption(o.key, `${where}: key`);
   }
   if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > 1e6) {
-    throw new ConfigError(`${where} must be a whole number of runs from 1 to 1e6, or { limit, key }, got ${describe(value)}`);
+    const what = limit === value ? where : `${where}.limit`;
+    throw new ConfigError(`${what} must be a whole number of runs from 1 to 1e6${limit === value ? ', or { limit, key }' : ''}, got ${describe(limit)}`);
   }
   return { limit, key };
 }
