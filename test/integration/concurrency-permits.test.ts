@@ -97,7 +97,7 @@ describe('concurrency permits', () => {
       await waitFor(() => ev.rateLimited.some((e) => e.id === r.id), { what: `task ${i + 2} to wait for the permit` });
     }
     // What an operator sees meanwhile: the first holds the key's one permit, four wait.
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     try {
       const scopes = await inspector.permits();
       expect(scopes).toEqual([expect.objectContaining({ of: { task: 'LimitsService.perKey' }, scopeKey: 'k', limit: 1, waiting: 4 })]);

@@ -77,7 +77,7 @@ describe('named limits', () => {
     expect(await h.admin.zcard(roomy)).toBe(2);
     expect(await h.admin.zcount(roomy, '-inf', now)).toBe(1);
     // What an operator sees: each used once in its period, each holding the second's turn.
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     try {
       const named = await inspector.namedLimits();
       expect(named).toEqual([
@@ -112,7 +112,7 @@ describe('named limits', () => {
     const [a, b, c] = await t.slowGcra.delayMany([[1], [2], [3]]);
     await Promise.all([a!.get({ timeout: 10 }), b!.get({ timeout: 10 })]);
     await waitFor(() => ev.rateLimited.some((e) => e.id === c!.id), { what: 'the third to wait for its turn' });
-    const inspector = new Inspector({ connection: h.url, prefix: h.prefix });
+    const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     try {
       expect(await inspector.namedLimits()).toEqual([{ name: SLOW_GCRA.name, algorithm: 'gcra', limit: 2, periodMs: 60_000, used: 3, turns: 1 }]);
     } finally {
