@@ -379,6 +379,17 @@ export function decorationError(options: unknown): ConfigError {
   throw new Error(`@Task(${JSON.stringify(options)}) was accepted`);
 }
 
+/** The ConfigError `call` throws; a failure when it throws nothing or another error. */
+export function configError(call: () => unknown): ConfigError {
+  try {
+    call();
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error('no ConfigError was thrown');
+}
+
 /** `INFO commandstats` as command -> calls (`script|load` style names for subcommands). */
 export async function commandStats(admin: Redis): Promise<Record<string, number>> {
   const text = await admin.info('commandstats');

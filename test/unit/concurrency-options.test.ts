@@ -5,18 +5,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, Limits, Task, TaskFailedError } from 'heimdall-tasks';
 import { createTestApp, type InlineTestApp } from 'heimdall-tasks/testing';
-import { decorationError, gate, waitFor, type Gate } from '../helpers.js';
+import { configError, decorationError, gate, waitFor, type Gate } from '../helpers.js';
 import { parsePermitRun, permitRunName, permitScope } from '../../src/core/protocol/permit-scripts.js';
 
-function configError(call: () => unknown): ConfigError {
-  try {
-    call();
-  } catch (err) {
-    if (err instanceof ConfigError) return err;
-    throw err;
-  }
-  throw new Error('no ConfigError was thrown');
-}
 
 describe('concurrency options', () => {
   it('Limits.define(name, { concurrency }) gives a frozen handle of kind concurrency; defined otherwise is a ConfigError', () => {

@@ -4,18 +4,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, currentTask, Limits, Task, TaskFailedError, type LimitHandle, type TaskResult } from 'heimdall-tasks';
 import { createTestApp, type InlineTestApp } from 'heimdall-tasks/testing';
-import { decorationError } from '../helpers.js';
+import { configError, decorationError } from '../helpers.js';
 
-/** The ConfigError of a call, or a failure when it does not throw one. */
-function configError(call: () => unknown): ConfigError {
-  try {
-    call();
-  } catch (err) {
-    if (err instanceof ConfigError) return err;
-    throw err;
-  }
-  throw new Error('no ConfigError was thrown');
-}
 
 describe('Limits.define', () => {
   it('returns a frozen handle; the same settings again give the same handle, other settings are a ConfigError', () => {
