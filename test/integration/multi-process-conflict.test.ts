@@ -7,34 +7,16 @@
 import { describe, expect, it } from 'vitest';
 import type { QueueEvent, TaskResult } from 'heimdall-tasks';
 import { useHarness, waitFor, type Harness } from '../helpers.js';
-import { DISPATCH_PROGRAM, readLog, total } from '../fixtures/processes/control.js';
+import { DISPATCH_PROGRAM, readLog, runDispatchRound, total } from '../fixtures/processes/control.js';
 import type { DispatchReport } from '../fixtures/processes/dispatch.js';
 import { micros, ProbeService, testKeys, type LogEntry } from '../fixtures/processes/services.js';
-import { assertAlive, spawnProc, startWorkerProcesses, stopWorkerProcesses, type Proc } from '../fixtures/worker-processes.js';
+import { spawnProc, startWorkerProcesses, stopWorkerProcesses, type Proc } from '../fixtures/worker-processes.js';
 
 type Sent = DispatchReport['results'][number];
 
-/** Waits until every dispatcher process waits for `round`, releases them together, and returns what they sent. */
+/** What the dispatcher processes sent in `round`, all of them. */
 async function runRound(h: Harness, procs: Proc[], round: number): Promise<Sent[]> {
-  const keys = testKeys(h.prefix);
-  await waitFor(
-    async () => {
-      assertAlive(procs);
-      return (await h.admin.llen(keys.ready(round))) === procs.length;
-    },
-    { timeout: 45_000, interval: 50, what: `${procs.length} dispatcher processes to be ready for round ${round}` },
-  );
-  await h.admin.lpush(keys.start(round), ...procs.map(() => 'go'));
-  const reports = await waitFor(
-    () => {
-      const found = procs.map((p) => p.lines.map((l) => JSON.parse(l) as DispatchReport).find((r) => r.round === round));
-      if (found.every((r) => r !== undefined)) return found as DispatchReport[];
-      assertAlive(procs);
-      return undefined;
-    },
-    { timeout: 30_000, what: `reports of round ${round}` },
-  );
-  return reports.flatMap((r) => r.results);
+  return (await runDispatchRound(h, procs, round)).flatMap((r) => r.results);
 }
 
 /** The ids of the `queued` events of `ids`, in the order the enqueue scripts ran (the stream's order). */

@@ -1,33 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { useHarness, waitFor, type Harness } from '../helpers.js';
-import { DISPATCH_PROGRAM, readLog, total } from '../fixtures/processes/control.js';
+import { DISPATCH_PROGRAM, readLog, runDispatchRound, total } from '../fixtures/processes/control.js';
 import type { DispatchReport } from '../fixtures/processes/dispatch.js';
 import { micros, ProbeService, testKeys, type LogEntry } from '../fixtures/processes/services.js';
-import { assertAlive, spawnProc, startWorkerProcesses, stopWorkerProcesses, type Proc } from '../fixtures/worker-processes.js';
+import { assertAlive, spawnProc, startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
 
-/** Waits until every dispatcher process waits for `round`, releases them together, and returns their reports. */
-async function runRound(h: Harness, procs: Proc[], round: number): Promise<DispatchReport[]> {
-  const keys = testKeys(h.prefix);
-  await waitFor(
-    async () => {
-      assertAlive(procs);
-      return (await h.admin.llen(keys.ready(round))) === procs.length;
-    },
-    { timeout: 45_000, interval: 50, what: `${procs.length} dispatcher processes to be ready for round ${round}` },
-  );
-  // One token per process; each BLPOP takes one, so all of them wake on this one command.
-  await h.admin.lpush(keys.start(round), ...procs.map(() => 'go'));
-  await waitFor(
-    () => {
-      const reports = procs.map((p) => p.lines.map((l) => JSON.parse(l) as DispatchReport).find((r) => r.round === round));
-      if (reports.every((r) => r !== undefined)) return reports as DispatchReport[];
-      assertAlive(procs);
-      return undefined;
-    },
-    { timeout: 30_000, what: `reports of round ${round}` },
-  );
-  return procs.map((p) => p.lines.map((l) => JSON.parse(l) as DispatchReport).find((r) => r.round === round)!);
-}
+const runRound = runDispatchRound;
 
 describe('unique tasks across processes', () => {
   const fresh = useHarness('mp-unique');
