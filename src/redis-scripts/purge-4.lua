@@ -56,6 +56,7 @@
 ]]
 -- @include "now"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "declared"
 -- @include "end-task"
 -- @include "events"
@@ -89,8 +90,10 @@ local toPurge, planned = {}, {}
 -- 'purge' (with the fields read), 'drop' (not waiting: nothing to do), or 'changed' (its record
 -- names another lock than the one given).
 local function verdictOf(id)
-  local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'lk', 'lw', 'n')
+  local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'lk', 'lw', 'n', 'lu')
   if type(t) ~= 'table' or t.err or (t[1] ~= 'PENDING' and t[1] ~= 'RETRY') then return 'drop' end
+  -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
+  t[2] = lockNamed(base, t[2], t[5], t[4])
   if not declaredIs(given[id], t[2]) then return 'changed' end
   return 'purge', t
 end

@@ -33,6 +33,7 @@
 -- @include "now"
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "declared"
 -- @include "hand-back"
 -- @include "events"
@@ -51,7 +52,9 @@ for i = 5, #ARGV, 4 do
   -- handBack names the record from the base and the id: it must be the declared key.
   local key, lock
   key, lock, k = nextDeclared('reclaim', base, id, k, ARGV[i + 3])
-  local t = redis.pcall('HMGET', key, 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at')
+  local t = redis.pcall('HMGET', key, 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at', 'lu', 'n')
+  -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
+  if not t.err then t[5] = lockNamed(base, t[5], t[8], t[9]) end
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
   -- Still the run read: leased with that expiry, STARTED by this worker under that token.
   if not t.err and t[1] == workerId and t[2] == 'STARTED' and (t[3] or '') == token and

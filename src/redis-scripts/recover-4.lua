@@ -38,6 +38,7 @@
 -- @include "now"
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "declared"
 -- @include "dead-letter"
 -- @include "events"
@@ -67,8 +68,8 @@ for _, id in ipairs(ids) do
   if expiry and expiry <= now then
     lapsed[id] = expiry
     -- A record that is not a hash, or a read Redis refuses, is recoverOne's to handle.
-    local named = redis.pcall('HGET', taskKeyOf(base, id), 'lk')
-    if not (type(named) == 'table' and named.err) and not declaredIs(locks[id], named) then
+    local fields = redis.pcall('HMGET', taskKeyOf(base, id), 'lk', 'lu', 'n')
+    if not (type(fields) == 'table' and fields.err) and not declaredIs(locks[id], lockNamed(base, fields[1], fields[2], fields[3])) then
       return {KEYS_CHANGED, id}
     end
   end

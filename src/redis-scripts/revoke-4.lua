@@ -34,6 +34,7 @@
 ]]
 -- @include "now"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "end-task"
 -- @include "ended"
 -- @include "events"
@@ -41,8 +42,9 @@
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
 useEvents(ARGV[6], nil, KEYS[4])
-local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk')
-local state, lock, token = t[1], { t[2], t[3] }, t[4] or ''
+local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk', 'lu', 'n')
+-- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
+local state, lock, token = t[1], { lockNamed(base, t[2], t[5], t[6]), t[3] }, t[4] or ''
 if not state then return {0, ''} end
 if isEnded(state) then return {1, state} end
 -- Ending the task releases the lock its record names, which must be the one declared; a revoke

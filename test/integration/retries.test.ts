@@ -377,7 +377,7 @@ describe('a unique task keeps its lock through its retries', () => {
       duplicates.push(ref.delay('k1').then((r) => ({ id: r.id, duplicate: r.duplicate })));
     });
     const handle = await ref.delay('k1');
-    expect(await h.admin.hget(h.taskKey(handle.id), 'lk')).toBe(lockKey);
+    expect(await h.recordLock(handle.id)).toBe(lockKey);
     expect(await handle.get({ timeout: 15 })).toBe('k1 ok on 4');
     await ended(ev, handle.id, 'succeeded');
     expect(probe.attemptsOf(handle.id).map((s) => s.lockHolder)).toEqual([handle.id, handle.id, handle.id, handle.id]);
@@ -406,7 +406,7 @@ describe('a unique task keeps its lock through its retries', () => {
     const { probe, ev } = await setup(h);
     const ref = h.dispatcher().tasks(RetryProbe).lockedDoomed;
     const handle = await ref.delay('k2');
-    const lockKey = await h.admin.hget(h.taskKey(handle.id), 'lk');
+    const lockKey = await h.recordLock(handle.id);
     expect(lockKey).toMatch(/:lock:RetryProbe\.lockedDoomed:/);
     await ended(ev, handle.id, 'failed');
     expect(probe.attemptsOf(handle.id).map((s) => s.lockHolder)).toEqual([handle.id, handle.id, handle.id, handle.id]);
