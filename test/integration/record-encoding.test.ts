@@ -4,7 +4,7 @@
  * name and the bench's arguments: Redis keeps a hash as a listpack only while every value is at
  * most hash-max-listpack-value (64) bytes, and a unique task's full lock key
  * (`heimdall:{default}:lock:<task>:<40 hex>`, 93 bytes) would turn its record into a hashtable of
- * about three times the memory. So enqueue keeps only the part of the key after
+ * about twice the memory. So enqueue keeps only the part of the key after
  * `<base>lock:<task>:` (field lu), and every reader builds the key back from it.
  *
  * The records are written on a redis-server of this file's own, under the real default prefix,

@@ -3,7 +3,7 @@
 -- for a task of ours is '<base>lock:<task name>:<key>': with the default prefix, a task name of
 -- some 30 characters and a hashed key (40 hex digits), over 90 bytes. Redis keeps a hash as a
 -- compact listpack only while every value is at most hash-max-listpack-value (64) bytes, so
--- that one value would turn the whole record into a hashtable of about three times the memory.
+-- that one value would turn the whole record into a hashtable of about twice the memory.
 -- So the record keeps only what follows '<base>lock:<task name>:' (field lu, the user's key or
 -- the hash), and the key is built back from it and the task name (field n) where it is read.
 -- A key of another form (a producer's own, under the queue's base) is kept whole in lk, and so
