@@ -30,7 +30,7 @@
   ARGV[3] task id
   ARGV[4] run token
   ARGV[5] whose unique lock the run has: 'worker' (the worker's, for a message without one: taken
-          here and written into the record), 'record' (the one the record names, field lk, read
+          here and written into the record), 'record' (the one the record names, field lk or lu, read
           by the caller before the call), '' (none)
   ARGV[6] the worker's lock's lifetime in ms
   ARGV[7] '1' with uniqueWaitForExpiry, else ''

@@ -17,7 +17,7 @@
   KEYS[5] task hash         <prefix>:{<queue>}:t:<id> (the id of ARGV[3])
   KEYS[6] dead-letter list  <prefix>:{<queue>}:dead
   KEYS[7] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
-  KEYS[8..] the run's unique lock, then its rate window, as the record names them (fields lk,
+  KEYS[8..] the run's unique lock, then its rate window, as the record names them (fields lk or lu,
             rk, read by the caller before the call), each only when ARGV[10] or ARGV[11] is '1'
             (so a call passes 7 to 9 keys; the name counts the fixed ones)
 

@@ -13,7 +13,7 @@
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
   KEYS[4..] per run of ARGV[5..], in order: its record <prefix>:{<queue>}:t:<id>, then its
-            unique lock (the record's lk) when the run's flag is '1' (so a call passes 3 + runs
+            unique lock (the record's lk, or lu and n) when the run's flag is '1' (so a call passes 3 + runs
             + locks keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:

@@ -6,7 +6,7 @@
   on is dropped, one whose record is missing or not a hash dead-lettered; the caller's own run,
   lapsed less than one of its leases ago, keeps its lease. Each id's lease must still have lapsed
   on the Redis clock, else it is left alone. Every key it touches is declared: the caller reads
-  the lock each record names (field lk) before the call. So a record read as missing is gone,
+  the lock each record names (field lk, or lu and n) before the call. So a record read as missing is gone,
   even in the middle of a reshard: Redis runs a call of several keys in a slot being moved only
   on a master that holds all of them, and answers TRYAGAIN (or ASK) without running it otherwise.
 
@@ -15,7 +15,7 @@
   KEYS[3] dead-letter list  <prefix>:{<queue>}:dead
   KEYS[4] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
   KEYS[5..] per id of ARGV[6..], in order: its record <prefix>:{<queue>}:t:<id>, then its unique
-            lock (the record's lk) when the id's flag is '1' (so a call passes 4 + ids + locks
+            lock (the record's lk, or lu and n) when the id's flag is '1' (so a call passes 4 + ids + locks
             keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:

@@ -7,7 +7,7 @@
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
   KEYS[4..] per run of ARGV[5..], in the same order: its task hash <prefix>:{<queue>}:t:<id>,
-            then its unique lock as its record names it (field lk, read by the caller before the
+            then its unique lock as its record names it (field lk, or lu and n; read by the caller before the
             call) when its third ARGV item is 1 (so a call passes 3 + runs + locks keys; the
             name counts the fixed ones)
 

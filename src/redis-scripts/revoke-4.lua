@@ -15,7 +15,7 @@
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] delayed zset      <prefix>:{<queue>}:delayed
   KEYS[4] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
-  KEYS[5] lock key          the task's unique lock as its record names it (field lk), read by the
+  KEYS[5] lock key          the task's unique lock as its record names it (field lk, or lu and n), read by the
                             caller before the call; left out when the record names none (so a call
                             passes 4 or 5 keys; the name counts the fixed ones)
 
