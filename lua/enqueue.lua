@@ -169,6 +169,35 @@ local function revokeChannelOf(base) return base .. 'revoke' end
 local function doneChannelOf(base, id) return base .. 'done:' .. id end
 local function controlChannelOf(base) return base .. 'control' end
 local function replyChannelOf(base, tail) return base .. 'reply:' .. tail end
+
+-- The unique lock a task's record names. A producer sends the whole lock key (field lk), which
+-- for a task of ours is '<base>lock:<task name>:<key>': with the default prefix, a task name of
+-- some 30 characters and a hashed key (40 hex digits), over 90 bytes. Redis keeps a hash as a
+-- compact listpack only while every value is at most hash-max-listpack-value (64) bytes, so
+-- that one value would turn the whole record into a hashtable of about twice the memory.
+-- So the record keeps only what follows '<base>lock:<task name>:' (field lu, the user's key or
+-- the hash), and the key is built back from it and the task name (field n) where it is read.
+-- A key of another form (a producer's own, under the queue's base) is kept whole in lk, and so
+-- are the keys of records written before lu (lk wins when a record has both).
+
+-- The lock key a record names, from its fields lk, lu and n as read (false or nil: absent);
+-- false for none.
+local function lockNamed(base, lk, lu, name)
+  if lk then return lk end
+  if lu and name then return lockKeyOf(base, name .. ':' .. lu) end
+  return false
+end
+
+-- The field, value pair that stores lock key `key` in the record of task `name` (nil: the
+-- message has no name): 'lu' and the key's tail when the key is '<base>lock:<name>:<tail>',
+-- else 'lk' and the whole key.
+local function lockField(base, name, key)
+  if name and name ~= '' then
+    local head = lockKeyOf(base, name .. ':')
+    if #key > #head and string.sub(key, 1, #head) == head then return 'lu', string.sub(key, #head + 1) end
+  end
+  return 'lk', key
+end
 -- The queue's event stream (STREAM <base>events): what a call did, for dispatcher.events() and
 -- the CLI. Events are noted as the call goes (noteEvent) and written at its end (flushEvents)
 -- as ONE stream entry per call, however many tasks it moved: a fetch that ends 50 runs and
@@ -284,8 +313,8 @@ end
 -- uniqueWaitForExpiry), and announces the end on the task's done channel. SPUBLISH, not
 -- PUBLISH: on a Cluster the message stays on the shard of the queue (whose hash tag the channel
 -- carries) instead of going to every node over the cluster bus (docs/decisions.md).
--- `extra` is a flat list of field, value pairs (may be empty). `lock`: the task's fields lk, lw
--- when the caller has read them already (nil: read here). `run`: the task's fields n, w, st
+-- `extra` is a flat list of field, value pairs (may be empty). `lock`: the task's lock key (as
+-- lockNamed gives it) and field lw when the caller has read them already (nil: read here). `run`: the task's fields n, w, st
 -- when the caller has read them (nil: read here, only when events are on), for the event.
 -- `handOver`: { next = the lock's pending pointer, delayed = , wait = the queue's keys }, as the
 -- caller declares them, when the task may have one waiting behind it (onConflict keepLast or
@@ -316,7 +345,10 @@ local function endTask(base, id, state, extra, now, expireMs, lock, run, handOve
   local key = taskKeyOf(base, id)
   redis.call('HSET', key, 's', state, 'f', now, unpack(extra))
   redis.call('PEXPIRE', key, expireMs)
-  lock = lock or redis.call('HMGET', key, 'lk', 'lw')
+  if not lock then
+    local named = redis.call('HMGET', key, 'lk', 'lw', 'lu', 'n')
+    lock = { lockNamed(base, named[1], named[3], named[4]), named[2] }
+  end
   if lock[1] and lock[2] ~= '1' then
     local holder = redis.pcall('GET', lock[1])
     if holder == id then
@@ -485,8 +517,8 @@ local function conflict(id, c)
   end
   if pointer then
     if pending then
-      local p = redis.call('HMGET', c.pendingKey, 's', 'cf', 'lk')
-      if notStarted(p[1]) and p[3] == c.lockKey then
+      local p = redis.call('HMGET', c.pendingKey, 's', 'cf', 'lk', 'lu', 'n')
+      if notStarted(p[1]) and lockNamed(base, p[3], p[4], p[5]) == c.lockKey then
         first = first or p[2]
         replace(pending, false)
       end
@@ -637,19 +669,27 @@ for i = 1, count do
       end
       -- v: the version of this message layout, the one start-tasks.lua reads.
       local fields = { 's', 'PENDING', 'c', now, 'v', '1' }
-      local whole = false
+      local taskName = nameIn(first, last)
+      -- The fields as stored, but the arguments: the lock key kept short when it is a lock of
+      -- this task's (field lu, includes/record-lock.lua), so that it does not make the record a
+      -- hashtable; the fields for this call only left out.
+      local stored, args = {}, nil
       for j = first, last - 1, 2 do
-        if ARGV[j] ~= 'a' and #ARGV[j + 1] > ARGS_CHUNK then whole = true end
-      end
-      local taskName
-      for j = first, last - 1, 2 do
-        if ARGV[j] == 'a' then argsFields(fields, ARGV[j + 1], whole)
+        if ARGV[j] == 'a' then args = ARGV[j + 1]
         elseif ARGV[j] == 'ch' or ARGV[j] == 'cp' or ARGV[j] == 'ce' then -- for this call only, not stored
+        elseif ARGV[j] == 'lk' then
+          local field, value = lockField(base, taskName, ARGV[j + 1])
+          table.insert(stored, field); table.insert(stored, value)
         else
-          table.insert(fields, ARGV[j]); table.insert(fields, ARGV[j + 1])
-          if ARGV[j] == 'n' then taskName = ARGV[j + 1] end
+          table.insert(stored, ARGV[j]); table.insert(stored, ARGV[j + 1])
         end
       end
+      local whole = false
+      for j = 2, #stored, 2 do
+        if #stored[j] > ARGS_CHUNK then whole = true end
+      end
+      if args then argsFields(fields, args, whole) end
+      for j = 1, #stored do table.insert(fields, stored[j]) end
       if placeAt > now then table.insert(fields, 'd'); table.insert(fields, placeAt) end
       if plan and mode == 'debounce' then table.insert(fields, 'cf'); table.insert(fields, plan.first) end
       if plan and not plan.takeLock then table.insert(fields, 'cb'); table.insert(fields, detail) end

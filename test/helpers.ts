@@ -5,13 +5,13 @@ import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
 import { ConfigError, Dispatcher, Task, Worker, currentTask, type DispatcherOptions, type TaskOptions, type WorkerEvents, type WorkerOptions } from 'heimdall-tasks';
 import { waitFor } from './waiting.js';
 import { QueueKeys } from '../src/core/protocol/queue-keys.js';
-import { FIELDS } from '../src/core/protocol/task-fields.js';
+import { FIELDS, LOCK_FIELDS, lockOfRecord } from '../src/core/protocol/task-fields.js';
 import { redisServerBin } from '../scripts/redis-launcher.mjs';
 import { startRedis, type StartedRedis } from '../src/testing/index.js';
 import { clientFor, isClusterClient, nodesOf, type Topology } from './topology.js';
 export { nextEvent, settleWithin, waitFor } from './waiting.js';
 /** The field letters of a task record, by meaning: tests name fields through it. */
-export { FIELDS };
+export { FIELDS, LOCK_FIELDS, lockOfRecord };
 
 /** Root of the repository. */
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -203,9 +203,14 @@ export class Harness {
     return this.admin.hget(this.taskKey(id, queue), FIELDS[field]);
   }
 
-  /** The unique lock key a task recorded in its hash (FIELDS.lockKey); fails the test if it has none. */
+  /** The unique lock a task's record names (field lk, or lu and n: lockOfRecord), null for none. */
+  async recordLock(id: string, queue = 'default'): Promise<string | null> {
+    return lockOfRecord(this.queueKeys(queue), await this.admin.hmget(this.taskKey(id, queue), ...LOCK_FIELDS));
+  }
+
+  /** The unique lock key a task's record names (recordLock); fails the test if it has none. */
   async lockKeyOf(id: string, queue = 'default'): Promise<string> {
-    const lk = await this.field(id, 'lockKey', queue);
+    const lk = await this.recordLock(id, queue);
     expect(lk, `task ${id} records its lock key`).toBeTypeOf('string');
     return lk!;
   }

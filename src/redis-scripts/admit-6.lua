@@ -30,7 +30,7 @@
   ARGV[3] task id
   ARGV[4] run token
   ARGV[5] whose unique lock the run has: 'worker' (the worker's, for a message without one: taken
-          here and written into the record), 'record' (the one the record names, field lk, read
+          here and written into the record), 'record' (the one the record names, field lk or lu, read
           by the caller before the call), '' (none)
   ARGV[6] the worker's lock's lifetime in ms
   ARGV[7] '1' with uniqueWaitForExpiry, else ''
@@ -62,6 +62,7 @@
 -- @include "now"
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "end-task"
 -- @include "dead-letter"
 -- @include "undo-start"
@@ -93,10 +94,12 @@ useDeadLetters(KEYS[5])
 local key = KEYS[4]
 -- endTask names the record from the base and the id: it must be this key.
 if key ~= taskKeyOf(base, id) then return redis.error_reply('admit: KEYS[4] is not the record of task ' .. id) end
-local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw', 'n', 'pw')
+local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'at', 'ry', 'rk', 'rv', 'lk', 'lw', 'n', 'pw', 'lu')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
 if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
+-- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
+t[8] = lockNamed(base, t[8], t[12], t[10])
 -- Every lock and window touched below is the declared one or the one the record names (released
 -- when the task ends here, or the window of its start taken out): they must be the same. A
 -- record without one takes the worker's.
@@ -112,7 +115,9 @@ local now = nowMs()
 local fields = {}
 if maxRecoveries ~= '' then table.insert(fields, 'mr'); table.insert(fields, maxRecoveries) end
 if lockKey ~= '' then
-  table.insert(fields, 'lk'); table.insert(fields, lockKey); table.insert(fields, 'lt'); table.insert(fields, lockTtl)
+  -- Kept short when it is a lock of this task's (field lu), as enqueue keeps a message's.
+  local lockAs, lockValue = lockField(base, t[10], lockKey)
+  table.insert(fields, lockAs); table.insert(fields, lockValue); table.insert(fields, 'lt'); table.insert(fields, lockTtl)
   if waitForExpiry == '1' then table.insert(fields, 'lw'); table.insert(fields, '1') end
 end
 if rateKey ~= '' then

@@ -17,7 +17,7 @@
   KEYS[5] task hash         <prefix>:{<queue>}:t:<id> (the id of ARGV[3])
   KEYS[6] dead-letter list  <prefix>:{<queue>}:dead
   KEYS[7] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
-  KEYS[8..] the run's unique lock, then its rate window, as the record names them (fields lk,
+  KEYS[8..] the run's unique lock, then its rate window, as the record names them (fields lk or lu,
             rk, read by the caller before the call), each only when ARGV[10] or ARGV[11] is '1'
             (so a call passes 7 to 9 keys; the name counts the fixed ones)
 
@@ -46,6 +46,7 @@
 -- @include "now"
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "end-task"
 -- @include "dead-letter"
 -- @include "undo-start"
@@ -70,10 +71,12 @@ end
 if key ~= taskKeyOf(base, id) then return redis.error_reply('decline: KEYS[5] is not the record of task ' .. id) end
 useEvents(ARGV[9], workerId, KEYS[7])
 useDeadLetters(KEYS[6])
-local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua', 'rv', 'lk', 'lw')
+local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'n', 'at', 'ry', 'rk', 'ud', 'un', 'ua', 'rv', 'lk', 'lw', 'lu')
 -- A record replaced by a value of another type since the fetch is not this run's any more.
 if t.err and not isRefusal(t) then return {'STALE', ''} elseif t.err then error(t) end
 if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return {'STALE', t[1] or ''} end
+-- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
+t[12] = lockNamed(base, t[12], t[14], t[4])
 -- Every branch below may touch the lock or the rate window the record names (released when the
 -- task ends here, the start taken out of the window): they must be the declared ones.
 if not (declaredIs(declaredLock, t[12]) and declaredIs(declaredRate, t[7])) then return {KEYS_CHANGED, ''} end

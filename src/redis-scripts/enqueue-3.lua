@@ -68,6 +68,7 @@
 -- @include "ended"
 -- @include "wake"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "events"
 -- @include "end-task"
 
@@ -212,8 +213,8 @@ local function conflict(id, c)
   end
   if pointer then
     if pending then
-      local p = redis.call('HMGET', c.pendingKey, 's', 'cf', 'lk')
-      if notStarted(p[1]) and p[3] == c.lockKey then
+      local p = redis.call('HMGET', c.pendingKey, 's', 'cf', 'lk', 'lu', 'n')
+      if notStarted(p[1]) and lockNamed(base, p[3], p[4], p[5]) == c.lockKey then
         first = first or p[2]
         replace(pending, false)
       end
@@ -364,19 +365,27 @@ for i = 1, count do
       end
       -- v: the version of this message layout, the one start-tasks.lua reads.
       local fields = { 's', 'PENDING', 'c', now, 'v', '1' }
-      local whole = false
+      local taskName = nameIn(first, last)
+      -- The fields as stored, but the arguments: the lock key kept short when it is a lock of
+      -- this task's (field lu, includes/record-lock.lua), so that it does not make the record a
+      -- hashtable; the fields for this call only left out.
+      local stored, args = {}, nil
       for j = first, last - 1, 2 do
-        if ARGV[j] ~= 'a' and #ARGV[j + 1] > ARGS_CHUNK then whole = true end
-      end
-      local taskName
-      for j = first, last - 1, 2 do
-        if ARGV[j] == 'a' then argsFields(fields, ARGV[j + 1], whole)
+        if ARGV[j] == 'a' then args = ARGV[j + 1]
         elseif ARGV[j] == 'ch' or ARGV[j] == 'cp' or ARGV[j] == 'ce' then -- for this call only, not stored
+        elseif ARGV[j] == 'lk' then
+          local field, value = lockField(base, taskName, ARGV[j + 1])
+          table.insert(stored, field); table.insert(stored, value)
         else
-          table.insert(fields, ARGV[j]); table.insert(fields, ARGV[j + 1])
-          if ARGV[j] == 'n' then taskName = ARGV[j + 1] end
+          table.insert(stored, ARGV[j]); table.insert(stored, ARGV[j + 1])
         end
       end
+      local whole = false
+      for j = 2, #stored, 2 do
+        if #stored[j] > ARGS_CHUNK then whole = true end
+      end
+      if args then argsFields(fields, args, whole) end
+      for j = 1, #stored do table.insert(fields, stored[j]) end
       if placeAt > now then table.insert(fields, 'd'); table.insert(fields, placeAt) end
       if plan and mode == 'debounce' then table.insert(fields, 'cf'); table.insert(fields, plan.first) end
       if plan and not plan.takeLock then table.insert(fields, 'cb'); table.insert(fields, detail) end

@@ -3,7 +3,7 @@
   call, so a long queue does not block Redis.
     The caller reads first, with plain commands, the entries at the tail of the wait list (the
     end workers take from) and, when delayed tasks are purged too, the earliest ids of the
-    delayed set, then the lock each of those records names (field lk), and names every record and
+    delayed set, then the lock each of those records names (field lk, or lu and n), and names every record and
     lock in KEYS. The script touches no other record or lock: it checks again what it relies on.
     Takes entries from the tail of the wait list, up to ARGV[2], as long as each is one the
     caller named (a wake marker '' or an id given below): an entry it was not given (pushed to
@@ -30,7 +30,7 @@
   KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
   KEYS[4] claimed zset      <prefix>:{<queue>}:claimed
   KEYS[5..] per id of ARGV[8..], in order: its record <prefix>:{<queue>}:t:<id>, then its unique
-            lock (the record's lk) when the id's flag is '1' (so a call passes 4 + ids + locks
+            lock (the record's lk, or lu and n) when the id's flag is '1' (so a call passes 4 + ids + locks
             keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:
@@ -56,6 +56,7 @@
 ]]
 -- @include "now"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "declared"
 -- @include "end-task"
 -- @include "events"
@@ -89,8 +90,10 @@ local toPurge, planned = {}, {}
 -- 'purge' (with the fields read), 'drop' (not waiting: nothing to do), or 'changed' (its record
 -- names another lock than the one given).
 local function verdictOf(id)
-  local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'lk', 'lw', 'n')
+  local t = redis.pcall('HMGET', taskKeyOf(base, id), 's', 'lk', 'lw', 'n', 'lu')
   if type(t) ~= 'table' or t.err or (t[1] ~= 'PENDING' and t[1] ~= 'RETRY') then return 'drop' end
+  -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
+  t[2] = lockNamed(base, t[2], t[5], t[4])
   if not declaredIs(given[id], t[2]) then return 'changed' end
   return 'purge', t
 end

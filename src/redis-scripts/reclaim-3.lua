@@ -13,7 +13,7 @@
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
   KEYS[4..] per run of ARGV[5..], in order: its record <prefix>:{<queue>}:t:<id>, then its
-            unique lock (the record's lk) when the run's flag is '1' (so a call passes 3 + runs
+            unique lock (the record's lk, or lu and n) when the run's flag is '1' (so a call passes 3 + runs
             + locks keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:
@@ -33,6 +33,7 @@
 -- @include "now"
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "declared"
 -- @include "hand-back"
 -- @include "events"
@@ -51,7 +52,9 @@ for i = 5, #ARGV, 4 do
   -- handBack names the record from the base and the id: it must be the declared key.
   local key, lock
   key, lock, k = nextDeclared('reclaim', base, id, k, ARGV[i + 3])
-  local t = redis.pcall('HMGET', key, 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at')
+  local t = redis.pcall('HMGET', key, 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at', 'lu', 'n')
+  -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
+  if not t.err then t[5] = lockNamed(base, t[5], t[8], t[9]) end
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
   -- Still the run read: leased with that expiry, STARTED by this worker under that token.
   if not t.err and t[1] == workerId and t[2] == 'STARTED' and (t[3] or '') == token and

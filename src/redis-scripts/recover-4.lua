@@ -6,7 +6,7 @@
   on is dropped, one whose record is missing or not a hash dead-lettered; the caller's own run,
   lapsed less than one of its leases ago, keeps its lease. Each id's lease must still have lapsed
   on the Redis clock, else it is left alone. Every key it touches is declared: the caller reads
-  the lock each record names (field lk) before the call. So a record read as missing is gone,
+  the lock each record names (field lk, or lu and n) before the call. So a record read as missing is gone,
   even in the middle of a reshard: Redis runs a call of several keys in a slot being moved only
   on a master that holds all of them, and answers TRYAGAIN (or ASK) without running it otherwise.
 
@@ -15,7 +15,7 @@
   KEYS[3] dead-letter list  <prefix>:{<queue>}:dead
   KEYS[4] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
   KEYS[5..] per id of ARGV[6..], in order: its record <prefix>:{<queue>}:t:<id>, then its unique
-            lock (the record's lk) when the id's flag is '1' (so a call passes 4 + ids + locks
+            lock (the record's lk, or lu and n) when the id's flag is '1' (so a call passes 4 + ids + locks
             keys; the name counts the fixed ones)
 
   ARGV[1] key base          <prefix>:{<queue>}:
@@ -38,6 +38,7 @@
 -- @include "now"
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "declared"
 -- @include "dead-letter"
 -- @include "events"
@@ -67,8 +68,8 @@ for _, id in ipairs(ids) do
   if expiry and expiry <= now then
     lapsed[id] = expiry
     -- A record that is not a hash, or a read Redis refuses, is recoverOne's to handle.
-    local named = redis.pcall('HGET', taskKeyOf(base, id), 'lk')
-    if not (type(named) == 'table' and named.err) and not declaredIs(locks[id], named) then
+    local fields = redis.pcall('HMGET', taskKeyOf(base, id), 'lk', 'lu', 'n')
+    if not (type(fields) == 'table' and fields.err) and not declaredIs(locks[id], lockNamed(base, fields[1], fields[2], fields[3])) then
       return {KEYS_CHANGED, id}
     end
   end

@@ -7,7 +7,7 @@
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
   KEYS[4..] per run of ARGV[5..], in the same order: its task hash <prefix>:{<queue>}:t:<id>,
-            then its unique lock as its record names it (field lk, read by the caller before the
+            then its unique lock as its record names it (field lk, or lu and n; read by the caller before the
             call) when its third ARGV item is 1 (so a call passes 3 + runs + locks keys; the
             name counts the fixed ones)
 
@@ -28,6 +28,7 @@
 -- @include "now"
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "hand-back"
 -- @include "events"
 -- @include "declared"
@@ -48,7 +49,9 @@ for i = 5, #ARGV, 3 do
   if key ~= taskKeyOf(base, id) then return redis.error_reply('requeue: KEYS[' .. k .. '] is not the record of task ' .. id) end
   if not lockKey then return redis.error_reply('requeue: no KEYS[' .. (k + 1) .. '] for the lock of task ' .. id) end
   k = k + 1 + locks
-  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at')
+  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at', 'lu', 'n')
+  -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
+  if not t.err then t[5] = lockNamed(base, t[5], t[8], t[9]) end
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
   if not t.err and t[1] == 'STARTED' and t[2] == workerId and t[3] == token then
     if not declaredIs(lockKey, t[5]) then return {KEYS_CHANGED, id} end

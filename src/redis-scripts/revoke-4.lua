@@ -15,7 +15,7 @@
   KEYS[2] active zset       <prefix>:{<queue>}:active
   KEYS[3] delayed zset      <prefix>:{<queue>}:delayed
   KEYS[4] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
-  KEYS[5] lock key          the task's unique lock as its record names it (field lk), read by the
+  KEYS[5] lock key          the task's unique lock as its record names it (field lk, or lu and n), read by the
                             caller before the call; left out when the record names none (so a call
                             passes 4 or 5 keys; the name counts the fixed ones)
 
@@ -34,6 +34,7 @@
 ]]
 -- @include "now"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "end-task"
 -- @include "ended"
 -- @include "events"
@@ -41,8 +42,9 @@
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
 useEvents(ARGV[6], nil, KEYS[4])
-local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk')
-local state, lock, token = t[1], { t[2], t[3] }, t[4] or ''
+local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk', 'lu', 'n')
+-- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
+local state, lock, token = t[1], { lockNamed(base, t[2], t[5], t[6]), t[3] }, t[4] or ''
 if not state then return {0, ''} end
 if isEnded(state) then return {1, state} end
 -- Ending the task releases the lock its record names, which must be the one declared; a revoke

@@ -72,6 +72,12 @@ class BatchingService {
     return value;
   }
 
+  /** Unique by a key of 70 characters: kept in lu, over 64 bytes. */
+  @Task<[value: string]>({ unique: true, key: () => 'k'.repeat(70) })
+  async longKeyed(value: string): Promise<string> {
+    return value;
+  }
+
   @Task({ queue: 'other' })
   async elsewhere(n: number): Promise<number> {
     return n;
@@ -635,22 +641,36 @@ describe('long arguments in 64-byte pieces', () => {
     }
   });
 
-  it('a unique task (lock key over 64 bytes) keeps its long arguments whole', async () => {
+  it('a unique task keeps its lock short (lu) and its long arguments in pieces; a key over 64 bytes keeps them whole', async () => {
     const h = fresh();
     const svc = new BatchingService();
     const tasks = h.dispatcher().tasks(BatchingService);
     const value = 'u'.repeat(200);
-    const r = await tasks.uniqueEcho.delay(value);
-    const key = h.taskKey(r.id);
-    const lk = (await h.admin.hget(key, 'lk'))!;
-    expect(Buffer.byteLength(lk)).toBeGreaterThan(64);
-    expect(await h.admin.hget(key, 'a')).toBe(JSON.stringify([value]));
-    expect(await h.admin.hexists(key, 'ac')).toBe(0);
-    expect(await h.admin.hexists(key, 'a1')).toBe(0);
-    expect(await h.admin.object('ENCODING', key)).toBe('hashtable');
+    const hashed = await tasks.uniqueEcho.delay(value);
+    const long = await tasks.longKeyed.delay(value);
+
+    // The lock keyed by the arguments' hash: over 64 bytes whole, so the record keeps what follows
+    // '<base>lock:<task>:' (lu) and stays a listpack, its arguments in pieces.
+    const key = h.taskKey(hashed.id);
+    expect(await h.admin.hexists(key, 'lk')).toBe(0);
+    const lu = (await h.admin.hget(key, 'lu'))!;
+    expect(lu).toMatch(/^[0-9a-f]{40}$/);
+    expect(Buffer.byteLength(await h.lockKeyOf(hashed.id))).toBeGreaterThan(64);
+    expect(await h.admin.hget(key, 'ac')).toBe('4');
+    expect(await h.admin.object('ENCODING', key)).toBe('listpack');
+
+    // A key of its own over 64 bytes: the hash is a hashtable whatever happens, so the arguments stay whole.
+    const longKey = h.taskKey(long.id);
+    expect(await h.admin.hget(longKey, 'lu')).toBe('k'.repeat(70));
+    expect(await h.admin.hget(longKey, 'a')).toBe(JSON.stringify([value]));
+    expect(await h.admin.hexists(longKey, 'ac')).toBe(0);
+    expect(await h.admin.hexists(longKey, 'a1')).toBe(0);
+    expect(await h.admin.object('ENCODING', longKey)).toBe('hashtable');
+
     const worker = h.worker({ services: [svc] });
     await worker.start();
-    expect(await r.get({ timeout: 10 })).toBe(value);
+    expect(await hashed.get({ timeout: 10 })).toBe(value);
+    expect(await long.get({ timeout: 10 })).toBe(value);
   });
 
   // start-tasks reads a1..a3 along with the record when there are at most 4 pieces, and the rest

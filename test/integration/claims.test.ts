@@ -89,7 +89,7 @@ describe('claims and hints of the fetch', () => {
     const h = fresh();
     const s = side(h);
     const r = await h.dispatcher().tasks(ClaimService).guarded.delay(7);
-    const [lockKey, rateKey] = await h.admin.hmget(h.taskKey(r.id), FIELDS.lockKey, FIELDS.rateKey);
+    const [lockKey, rateKey] = [await h.recordLock(r.id), await h.field(r.id, 'rateKey')];
     const w = s.as('W');
     // Told of the id but not of its keys: the record is read, nothing is written but the claim.
     const first = await s.call(w, 1, { hints: [hint(r.id)] });
@@ -108,7 +108,7 @@ describe('claims and hints of the fetch', () => {
     const d = h.dispatcher();
     const first = await d.tasks(ClaimService).guarded.delay(1);
     const second = await d.tasks(ClaimService).guarded.delay(2);
-    const [lockKey, rateKey] = await h.admin.hmget(h.taskKey(second.id), FIELDS.lockKey, FIELDS.rateKey);
+    const [lockKey, rateKey] = [await h.recordLock(second.id), await h.field(second.id, 'rateKey')];
     const w = s.as('W');
     // Starting nothing (want 0 would release), the worker looks ahead at `second` while it takes `first`.
     const lookAhead = await s.call(w, 1, { hints: [hint(first.id)], look: [second.id] });
@@ -205,7 +205,7 @@ describe('claims and hints of the fetch', () => {
     expect(await h.admin.zcard(keys.claimed)).toBe(0);
     expect(await h.admin.llen(keys.wait)).toBe(0);
     // Every lock released by the finish, which declares it.
-    expect(await Promise.all(handles.filter((_, i) => i % 4 === 0).map(async (r) => h.admin.get((await h.admin.hget(h.taskKey(r.id), FIELDS.lockKey))!)))).toEqual(
+    expect(await Promise.all(handles.filter((_, i) => i % 4 === 0).map(async (r) => h.admin.get((await h.recordLock(r.id))!)))).toEqual(
       handles.filter((_, i) => i % 4 === 0).map(() => null),
     );
   });

@@ -54,7 +54,7 @@ describe('edge cases', () => {
     const edge = h.dispatcher().tasks(EdgeService);
     const first = await edge.once.delay(1);
     await expect(first.forget()).rejects.toThrow(/has not ended/);
-    const lockKey = await h.admin.hget(h.taskKey(first.id), 'lk');
+    const lockKey = await h.recordLock(first.id);
     expect(lockKey).toMatch(new RegExp(`^${h.prefix}:\\{default\\}:lock:EdgeService\\.once:[0-9a-f]{40}$`));
     expect(await h.admin.get(lockKey!)).toBe(first.id);
     const worker = h.worker({ services: [new EdgeService()] });

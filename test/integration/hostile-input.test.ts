@@ -611,7 +611,7 @@ const garbageCases: GarbageCase[] = [
     what: 'a unique lock lifetime that is not a number',
     plant: async (h, d) => {
       const id = await queued(d, 'once', 11);
-      const lk = (await h.admin.hget(h.taskKey(id), 'lk'))!;
+      const lk = (await h.recordLock(id))!;
       await h.admin.hset(h.taskKey(id), 'lt', 'forever');
       return { id, extra: { lk } };
     },
@@ -635,7 +635,7 @@ const garbageCases: GarbageCase[] = [
     plant: async (h, d) => {
       const id = await queued(d, 'once', 15);
       await h.admin.hset(h.taskKey(id), 'lt', '1e19');
-      await h.admin.del((await h.admin.hget(h.taskKey(id), 'lk'))!);
+      await h.admin.del((await h.recordLock(id))!);
       return { id };
     },
     failure: { name: 'MalformedTaskError', message: 'a command on its keys failed: ERR value is not an integer or out of range', attempts: 0 },
@@ -655,7 +655,7 @@ const garbageCases: GarbageCase[] = [
     what: 'a unique lock key of the wrong type (a list)',
     plant: async (h, d) => {
       const id = await queued(d, 'once', 13);
-      const lk = (await h.admin.hget(h.taskKey(id), 'lk'))!;
+      const lk = (await h.recordLock(id))!;
       await h.admin.del(lk);
       await h.admin.rpush(lk, 'not', 'a', 'lock');
       return { id, extra: { lk } };

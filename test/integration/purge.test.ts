@@ -132,7 +132,7 @@ describe('purge', () => {
     const worker = { workerId: 'gone', leaseMs: 30_000, resultExpiresMs: 60_000, eventsCap: 0 };
     const claim = readFetchReply(await fetch(runner, keys, worker, 2, []), 0);
     expect(claim.claims.map((c) => c.id)).toEqual(claimedTasks.map((r) => r.id));
-    const lockKey = (await h.admin.hget(h.taskKey(claimedTasks[0]!.id, 'purge-q'), FIELDS.lockKey))!;
+    const lockKey = (await h.recordLock(claimedTasks[0]!.id, 'purge-q'))!;
     expect(await h.admin.get(lockKey)).toBe(claimedTasks[0]!.id);
     const inspector = new Inspector({ connection: h.connection(), prefix: h.prefix });
     try {

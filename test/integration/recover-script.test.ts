@@ -42,7 +42,7 @@ class WatchedRunner extends ScriptRunner {
 
   override async fields(key: string, fields: readonly string[]): Promise<(string | null)[]> {
     const read = await super.fields(key, fields);
-    if (this.staleReads > 0 && fields.length === 1 && fields[0] === FIELDS.lockKey) {
+    if (this.staleReads > 0 && fields[0] === FIELDS.lockKey) {
       this.staleReads--;
       return [this.staleLock];
     }

@@ -6,7 +6,8 @@ import * as api from 'heimdall-tasks';
 import { ConfigError, Task, TaskFailedError, currentTask, type Worker, type WorkerEvents } from 'heimdall-tasks';
 import { NonRetryableError } from '../../src/core/errors.js';
 import { normalizeRetries } from '../../src/core/task/task-options.js';
-import { decorationError, FIELDS, redisNowMs, useHarness, waitFor, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
+import type { QueueKeys } from '../../src/core/protocol/queue-keys.js';
+import { decorationError, FIELDS, lockOfRecord, redisNowMs, useHarness, waitFor, type Harness, recordEvents, type RecordedEvents } from '../helpers.js';
 
 /** What a task saw of its own record at the start of one attempt (server-clock times). */
 interface Seen {
@@ -31,15 +32,16 @@ class RetryProbe {
   readonly seen: Seen[] = [];
   constructor(
     private readonly redis: Redis,
-    private readonly taskKey: (id: string) => string,
+    private readonly keys: QueueKeys,
   ) {}
 
   /** Reads the running task's record: the only way to get each attempt's server-clock start. */
   private async observe(): Promise<Seen> {
     const t = currentTask();
-    const { startedAt, due, retries, lockKey, state } = FIELDS;
-    const [st, d, ry, lk, s] = await this.redis.hmget(this.taskKey(t.id), startedAt, due, retries, lockKey, state);
-    const lockHolder = lk ? await this.redis.get(lk) : undefined;
+    const { startedAt, due, retries, lockKey, lockUnique, name, state } = FIELDS;
+    const [st, d, ry, s, lk, lu, n] = await this.redis.hmget(this.keys.task(t.id), startedAt, due, retries, state, lockKey, lockUnique, name);
+    const lock = lockOfRecord(this.keys, [lk, lu, n]);
+    const lockHolder = lock ? await this.redis.get(lock) : undefined;
     const seen: Seen = { id: t.id, attempt: t.attempt, st: Number(st), d: d === null ? undefined : Number(d), ry: Number(ry ?? 0), lockHolder, state: s ?? null };
     this.seen.push(seen);
     return seen;
@@ -138,7 +140,7 @@ class NarrowTypeError extends TypeError {}
 type Tracked = RecordedEvents;
 
 async function setup(h: Harness, concurrency = 4): Promise<{ probe: RetryProbe; worker: Worker; ev: Tracked }> {
-  const probe = new RetryProbe(h.admin, (id) => h.taskKey(id));
+  const probe = new RetryProbe(h.admin, h.queueKeys());
   const worker = h.worker({ services: [probe], concurrency });
   const ev = recordEvents(worker);
   await worker.start();
@@ -377,7 +379,7 @@ describe('a unique task keeps its lock through its retries', () => {
       duplicates.push(ref.delay('k1').then((r) => ({ id: r.id, duplicate: r.duplicate })));
     });
     const handle = await ref.delay('k1');
-    expect(await h.admin.hget(h.taskKey(handle.id), 'lk')).toBe(lockKey);
+    expect(await h.recordLock(handle.id)).toBe(lockKey);
     expect(await handle.get({ timeout: 15 })).toBe('k1 ok on 4');
     await ended(ev, handle.id, 'succeeded');
     expect(probe.attemptsOf(handle.id).map((s) => s.lockHolder)).toEqual([handle.id, handle.id, handle.id, handle.id]);
@@ -406,7 +408,7 @@ describe('a unique task keeps its lock through its retries', () => {
     const { probe, ev } = await setup(h);
     const ref = h.dispatcher().tasks(RetryProbe).lockedDoomed;
     const handle = await ref.delay('k2');
-    const lockKey = await h.admin.hget(h.taskKey(handle.id), 'lk');
+    const lockKey = await h.recordLock(handle.id);
     expect(lockKey).toMatch(/:lock:RetryProbe\.lockedDoomed:/);
     await ended(ev, handle.id, 'failed');
     expect(probe.attemptsOf(handle.id).map((s) => s.lockHolder)).toEqual([handle.id, handle.id, handle.id, handle.id]);

@@ -227,8 +227,8 @@ describe('scripts and round trips (private redis-server)', () => {
       expect(await Promise.all(carried.map((r) => r.get({ timeout: 10 })))).toEqual(Array.from({ length: 20 }, (_, n) => n));
       // One without them, as a process that did not know the task writes it: the worker admits it.
       const bare = await tasks.guarded.applyAsync([100], { countdown: 60 });
-      const { lockKey, lockTtl, rateKey, rateLimit, ratePeriod } = FIELDS;
-      await h.admin.hdel(h.taskKey(bare.id), lockKey, lockTtl, rateKey, rateLimit, ratePeriod);
+      const { lockKey, lockUnique, lockTtl, rateKey, rateLimit, ratePeriod } = FIELDS;
+      await h.admin.hdel(h.taskKey(bare.id), lockKey, lockUnique, lockTtl, rateKey, rateLimit, ratePeriod);
       await h.admin.zadd(h.queueKey('delayed'), 0, bare.id);
       await h.admin.lpush(h.queueKey('wait'), ''); // the wake-up marker: the idle worker fetches now
       expect(await bare.get({ timeout: 10 })).toBe(100);
@@ -236,7 +236,9 @@ describe('scripts and round trips (private redis-server)', () => {
       await waitFor(() => admissions.length >= 1, { what: 'MONITOR to show the admission' });
       expect(admissions).toEqual([bare.id]);
       // The admission wrote what the message lacked, as a producer that knew the task would have.
-      expect(await h.admin.hmget(h.taskKey(bare.id), lockKey, rateKey, rateLimit, ratePeriod)).toEqual([
+      // The lock as enqueue stores a producer's: its key part in lu (includes/record-lock.lua).
+      expect(await h.admin.hexists(h.taskKey(bare.id), lockKey)).toBe(0);
+      expect([await h.recordLock(bare.id), ...(await h.admin.hmget(h.taskKey(bare.id), rateKey, rateLimit, ratePeriod))]).toEqual([
         h.queueKeys().lock('ScriptsService.guarded', createHash('sha1').update('[100]').digest('hex')),
         h.queueKeys().rate('ScriptsService.guarded', undefined),
         '1000',

@@ -27,7 +27,7 @@ import { QueueKeys, validateName } from '../../src/core/protocol/queue-keys.js';
 import { ScriptRunner } from '../../src/core/protocol/script-runner.js';
 import { admit, decline, extendLeases, fetch, purge, readFetchReply, reclaim, recoverLapsed, requeue, type RunEnd, type Verdict, type WorkerIdentity } from '../../src/core/protocol/scripts.js';
 import { allScripts } from '../../src/redis-scripts/scripts.generated.js';
-import { FIELDS, gate, recordEvents, redisNowMs, usePrivateRedis, waitFor, type Gate, type Harness } from '../helpers.js';
+import { FIELDS, gate, LOCK_FIELDS, lockOfRecord, recordEvents, redisNowMs, usePrivateRedis, waitFor, type Gate, type Harness } from '../helpers.js';
 import { keySlot, keysOf, report, SlotChecker, type ScriptReport } from '../slot-checker.js';
 
 // Named limits of the flows: a window with room for one run an hour, a gcra with plenty.
@@ -125,6 +125,7 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
   const runner = new ScriptRunner(h.admin);
   const tasks = dispatcher.tasks(SlotService);
   const field = (id: string, name: keyof typeof FIELDS) => h.admin.hget(keys.task(id), FIELDS[name]);
+  const recordLock = async (id: string) => lockOfRecord(keys, await h.admin.hmget(keys.task(id), ...LOCK_FIELDS));
   const start = async (workerId: string, leaseMs = 30_000) => fetchStarting(runner, keys, as(workerId, leaseMs), 1);
   const finish = async (workerId: string, ends: RunEnd[]) => readFetchReply(await fetch(runner, keys, as(workerId), 0, ends), ends.length);
   const end = (id: string, token: string, state: RunEnd['state'], over: Partial<RunEnd> = {}): RunEnd => ({
@@ -179,7 +180,7 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
 
   // Its lock taken by another task meanwhile: REVOKED 'duplicate' at start.
   const dup = await tasks.single.applyAsync(['dup'], { queue });
-  const lockKey = (await field(dup.id, 'lockKey'))!;
+  const lockKey = (await recordLock(dup.id))!;
   await h.admin.set(lockKey, 'another-task');
   expect((await start('w')).revoked.map((r) => [r.id, r.reason])).toEqual([[dup.id, 'duplicate']]);
   await h.admin.del(lockKey);
@@ -235,7 +236,7 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
   // and one whose revoke was requested while it was started (revoked, its lock released).
   const GRACE_MS = 50;
   const guarded = await tasks.guarded.applyAsync(['declined'], { queue });
-  const guardedLock = (await field(guarded.id, 'lockKey'))!;
+  const guardedLock = (await recordLock(guarded.id))!;
   const guardedRate = (await field(guarded.id, 'rateKey'))!;
   run = (await start('w')).started[0]!;
   expect(run.id).toBe(guarded.id);
@@ -252,7 +253,7 @@ async function directFlows(h: Harness, prefix: string, queue: string, dispatcher
   expect(run.id).toBe(revokedGuarded.id);
   await revokedGuarded.revoke();
   expect((await decline(runner, keys, as('w'), run, GRACE_MS, 'not run here')).verdict).toBe('REVOKED');
-  expect(await h.admin.exists((await field(revokedGuarded.id, 'lockKey'))!)).toBe(0);
+  expect(await h.admin.exists((await recordLock(revokedGuarded.id))!)).toBe(0);
 
   // A revoke requested (no terminate) while a unique task runs: the requeue at close, and a
   // reclaim after a lost reply, end it REVOKED instead of putting it back, releasing its lock.
@@ -340,7 +341,7 @@ async function publicFlows(h: Harness, prefix: string, queue: string, dispatcher
     // A message without the lock its task has in the worker: admitted under the worker's lock.
     const bare = await tasks.single.applyAsync(['bare'], { queue, countdown: 3600 });
     const keys = new QueueKeys(prefix, queue);
-    await h.admin.hdel(keys.task(bare.id), FIELDS.lockKey, FIELDS.lockTtl, FIELDS.lockWaitForExpiry);
+    await h.admin.hdel(keys.task(bare.id), FIELDS.lockKey, FIELDS.lockUnique, FIELDS.lockTtl, FIELDS.lockWaitForExpiry);
     await h.admin.zadd(keys.delayed, 0, bare.id);
     await h.admin.lpush(keys.wait, ''); // wakes the idle worker
     expect(await bare.get({ timeout: 10 })).toBe('bare');

@@ -162,7 +162,7 @@ describe('time limits', () => {
     const d = h.dispatcher();
     const ref = d.tasks(LimitProbe);
     const stuck = await ref.ignores.delay('a');
-    const lockKey = await h.admin.hget(h.taskKey(stuck.id), 'lk');
+    const lockKey = await h.recordLock(stuck.id);
     expect(await h.admin.get(lockKey!)).toBe(stuck.id);
     const next = await ref.quick.delay(7);
     const failed = await failedEvent(ev, stuck.id);
@@ -284,7 +284,7 @@ describe('expires', () => {
     const kept = await ref.applyAsync(['kept'], { expires: '1h' });
     const exDur = Number(await h.admin.hget(h.taskKey(byDuration.id), 'ex'));
     const exDate = Number(await h.admin.hget(h.taskKey(byDate.id), 'ex'));
-    const lockKey = (await h.admin.hget(h.taskKey(byDuration.id), 'lk'))!;
+    const lockKey = (await h.recordLock(byDuration.id))!;
     expect(await h.admin.get(lockKey)).toBe(byDuration.id);
     await redisClockPast(h, Math.max(exDur, exDate), 'the expiry to pass');
     const { probe, ev } = await setup(h);

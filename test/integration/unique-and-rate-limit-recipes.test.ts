@@ -324,7 +324,7 @@ describe('unique tasks and rate limits, recipe by recipe (the celery-heimdall RE
     const b = await ref.delay(2, 10);
     expect([dup.duplicate, dup.id, b.duplicate]).toEqual([true, a.id, false]);
     const keys = h.queueKeys();
-    expect(await h.admin.hmget(h.taskKey(b.id), 'lk', 'rk')).toEqual([keys.lock('SplitKeys.fetchReport', 'report-2'), keys.rate('SplitKeys.fetchReport', 'amazon-api')]);
+    expect([await h.recordLock(b.id), await h.field(b.id, 'rateKey')]).toEqual([keys.lock('SplitKeys.fetchReport', 'report-2'), keys.rate('SplitKeys.fetchReport', 'amazon-api')]);
     const worker = h.worker({ services: [new SplitKeys()] });
     const { rateLimited } = recordEvents(worker);
     await worker.start();

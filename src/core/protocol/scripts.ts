@@ -3,7 +3,7 @@
 // else in the library builds a script's arguments or reads its reply.
 import { isWrongType, UnexpectedReplyError } from '../errors.js';
 import type { QueueKeys } from './queue-keys.js';
-import { FIELDS } from './task-fields.js';
+import { FIELDS, LOCK_FIELDS, lockOfRecord } from './task-fields.js';
 import { END_OUTCOMES, KEYS_CHANGED, REVOKE_CODES, unexpectedReply, VERDICTS } from './reply-codes.js';
 import type { ScriptRunner } from './script-runner.js';
 import type { RevokeReason, TaskState } from './task-record.js';
@@ -410,11 +410,11 @@ export async function extendLeases(runner: ScriptRunner, keys: QueueKeys, worker
  */
 export async function requeue(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, runs: readonly RunRef[]): Promise<HandBack> {
   const [count, problem] = await withNamedKeys('requeue', 'the record of a run handed back', async () => {
-    const locks = await Promise.all(runs.map((r) => runner.fields(keys.task(r.id), [FIELDS.lockKey])));
+    const locks = await Promise.all(runs.map(async (r) => lockOfRecord(keys, await runner.fields(keys.task(r.id), LOCK_FIELDS))));
     const scriptKeys = [keys.wait, keys.active, keys.events];
     const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs, worker.eventsCap];
     runs.forEach((r, i) => {
-      const lock = locks[i]![0];
+      const lock = locks[i];
       scriptKeys.push(keys.task(r.id));
       if (lock) scriptKeys.push(lock);
       args.push(r.id, r.token, lock ? 1 : 0);
@@ -437,12 +437,13 @@ export async function reclaim(runner: ScriptRunner, keys: QueueKeys, worker: Wor
   const [count, detail] = await withNamedKeys('reclaim', "the record of a run it hands back", async () => {
     const leases = await runner.scoredRange(keys.active, 0, -1);
     const records = await Promise.all(
-      leases.map(([id]) => recordFields(runner, keys, id, [FIELDS.worker, FIELDS.state, FIELDS.token, FIELDS.lockKey])),
+      leases.map(([id]) => recordFields(runner, keys, id, [FIELDS.worker, FIELDS.state, FIELDS.token, ...LOCK_FIELDS])),
     );
     const args: (string | number)[] = [keys.base, worker.workerId, worker.resultExpiresMs, worker.eventsCap];
     const scriptKeys = [keys.wait, keys.active, keys.events];
     leases.forEach(([id, expiry], i) => {
-      const [owner, state, token, lock] = records[i]!;
+      const [owner, state, token, ...named] = records[i]!;
+      const lock = lockOfRecord(keys, named);
       if (owner !== worker.workerId || state !== 'STARTED' || (token != null && knownRuns.has(`${id} ${token}`))) return;
       args.push(id, expiry, token ?? '', lock == null ? '0' : '1');
       scriptKeys.push(keys.task(id));
@@ -516,7 +517,7 @@ export async function recoverLapsed(runner: ScriptRunner, keys: QueueKeys, worke
 
 /** The lock the record of each of `ids` names (null: none, or no readable record), read before a call that declares them. */
 async function locksNamed(runner: ScriptRunner, keys: QueueKeys, ids: readonly string[]): Promise<(string | null)[]> {
-  return Promise.all(ids.map(async (id) => (await recordFields(runner, keys, id, [FIELDS.lockKey]))[0] ?? null));
+  return Promise.all(ids.map(async (id) => lockOfRecord(keys, await recordFields(runner, keys, id, LOCK_FIELDS))));
 }
 
 /**
@@ -585,10 +586,10 @@ export interface AdmissionChecks {
 export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, run: RunRef, checks: AdmissionChecks): Promise<Verdict> {
   const { lock, rate } = checks;
   const record = keys.task(run.id);
-  const toRead = [...(lock ? [] : [FIELDS.lockKey]), ...(rate ? [] : [FIELDS.rateKey])];
+  const toRead = [...(lock ? [] : LOCK_FIELDS), ...(rate ? [] : [FIELDS.rateKey])];
   const reply = await withNamedKeys('admit', `the record of task ${run.id}`, async () => {
     const named = toRead.length > 0 ? await runner.fields(record, toRead) : [];
-    const messageLock = lock ? null : named[0];
+    const messageLock = lock ? null : lockOfRecord(keys, named.slice(0, LOCK_FIELDS.length));
     const messageRate = rate ? null : named[toRead.length - 1];
     const scriptKeys = [keys.wait, keys.delayed, keys.active, record, keys.dead, keys.events];
     const lockOf = lock ? 'worker' : messageLock ? 'record' : '';
@@ -627,7 +628,8 @@ export async function admit(runner: ScriptRunner, keys: QueueKeys, worker: Worke
 export async function decline(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, run: RunRef, graceMs: number, message: string): Promise<Verdict> {
   const record = keys.task(run.id);
   const reply = await withNamedKeys('decline', `the record of task ${run.id}`, async () => {
-    const [lock, rate] = await recordFields(runner, keys, run.id, [FIELDS.lockKey, FIELDS.rateKey]);
+    const [rate, ...named] = await recordFields(runner, keys, run.id, [FIELDS.rateKey, ...LOCK_FIELDS]);
+    const lock = lockOfRecord(keys, named);
     const scriptKeys = [keys.wait, keys.delayed, keys.active, keys.names, record, keys.dead, keys.events];
     if (lock) scriptKeys.push(lock);
     if (rate) scriptKeys.push(rate);
@@ -814,7 +816,7 @@ export interface RevokeReply {
 export async function revoke(runner: ScriptRunner, keys: QueueKeys, id: string, terminate: boolean, expireMs: number, reason: RevokeReason, eventsCap: number): Promise<RevokeReply> {
   const record = keys.task(id);
   const [code, state] = await withNamedKeys('revoke', `the record of task ${id}`, async () => {
-    const [lock] = await runner.fields(record, [FIELDS.lockKey]);
+    const lock = lockOfRecord(keys, await runner.fields(record, LOCK_FIELDS));
     const scriptKeys = [record, keys.active, keys.delayed, keys.events];
     if (lock) scriptKeys.push(lock);
     return runner.run<[number | string, string]>(revokeScript, scriptKeys, [keys.base, id, terminate ? '1' : '0', expireMs, reason, eventsCap]);

@@ -1,3 +1,5 @@
+import type { QueueKeys } from './queue-keys.js';
+
 /**
  * The fields of a task record (the HASH `<prefix>:{<queue>}:t:<id>`), by meaning: the one
  * table the TypeScript side names them from (as QueueKeys is for keys). docs/protocol.md is the
@@ -52,8 +54,19 @@ export const FIELDS = {
    * task has ended, instead of starting the task afresh under its id.
    */
   sendNonce: 'sn',
-  /** The unique lock's key. */
+  /**
+   * The unique lock's key, whole, as a producer sends it. Enqueue stores it only when it is not a
+   * lock of the task's own (`<base>lock:<n>:<key>`); records written before `lu` hold it too.
+   * Read a record's lock with `lockOfRecord()`, never from this field alone.
+   */
   lockKey: 'lk',
+  /**
+   * The unique lock's key as enqueue stores it (includes/record-lock.lua): what follows
+   * `<base>lock:<n>:`, that is the task's unique key (the key function's value, or the 40-hex
+   * hash of the arguments). The whole key (over 64 bytes with a hash) would turn the record from
+   * a listpack into a hashtable. Never sent by a producer.
+   */
+  lockUnique: 'lu',
   /** The unique lock's lifetime, ms. */
   lockTtl: 'lt',
   /** `'1'`: keep the lock after the end (uniqueWaitForExpiry). */
@@ -110,3 +123,18 @@ export const FIELDS = {
   /** W3C `tracestate` sent with `tp`, when the producer's span has one (optional). */
   traceState: 'ts',
 } as const;
+
+/** The fields `lockOfRecord()` reads, in its order: read them together (one HMGET). */
+export const LOCK_FIELDS = [FIELDS.lockKey, FIELDS.lockUnique, FIELDS.name] as const;
+
+/**
+ * The unique lock a task record names, from its fields `lk`, `lu` and `n` as read (null or
+ * undefined: absent), in the order of `LOCK_FIELDS`; null for none. `lk` wins: it is the whole
+ * key (a producer's own key, or a record written before `lu`); else the key is built back from
+ * `lu` and the task name, as includes/record-lock.lua builds it in the scripts.
+ */
+export function lockOfRecord(keys: QueueKeys, [lockKey, lockUnique, name]: readonly (string | null | undefined)[]): string | null {
+  if (lockKey != null) return lockKey;
+  if (lockUnique != null && name != null) return keys.lock(name, lockUnique);
+  return null;
+}

@@ -1,5 +1,5 @@
 -- @include "keys"
--- Scripts declare in KEYS the lock and rate window a task's record names (fields lk, rk): the
+-- Scripts declare in KEYS the lock and rate window a task's record names (fields lk or lu, rk): the
 -- caller reads them before the call (a plain HMGET) and passes '' for none. The record may have
 -- changed in between (an id reused for a new task); a script that finds another key named than
 -- the one declared touches neither and answers so (code KEYS_CHANGED), and the caller reads

@@ -2,14 +2,15 @@
 -- @include "keys"
 -- @include "events"
 -- @include "wake"
+-- @include "record-lock"
 
 -- Puts a task in a final state (SUCCESS, FAILURE or REVOKED) with the given extra hash
 -- fields, sets its record to expire, releases its unique lock (compare-and-delete, unless
 -- uniqueWaitForExpiry), and announces the end on the task's done channel. SPUBLISH, not
 -- PUBLISH: on a Cluster the message stays on the shard of the queue (whose hash tag the channel
 -- carries) instead of going to every node over the cluster bus (docs/decisions.md).
--- `extra` is a flat list of field, value pairs (may be empty). `lock`: the task's fields lk, lw
--- when the caller has read them already (nil: read here). `run`: the task's fields n, w, st
+-- `extra` is a flat list of field, value pairs (may be empty). `lock`: the task's lock key (as
+-- lockNamed gives it) and field lw when the caller has read them already (nil: read here). `run`: the task's fields n, w, st
 -- when the caller has read them (nil: read here, only when events are on), for the event.
 -- `handOver`: { next = the lock's pending pointer, delayed = , wait = the queue's keys }, as the
 -- caller declares them, when the task may have one waiting behind it (onConflict keepLast or
@@ -40,7 +41,10 @@ local function endTask(base, id, state, extra, now, expireMs, lock, run, handOve
   local key = taskKeyOf(base, id)
   redis.call('HSET', key, 's', state, 'f', now, unpack(extra))
   redis.call('PEXPIRE', key, expireMs)
-  lock = lock or redis.call('HMGET', key, 'lk', 'lw')
+  if not lock then
+    local named = redis.call('HMGET', key, 'lk', 'lw', 'lu', 'n')
+    lock = { lockNamed(base, named[1], named[3], named[4]), named[2] }
+  end
   if lock[1] and lock[2] ~= '1' then
     local holder = redis.pcall('GET', lock[1])
     if holder == id then

@@ -1,5 +1,6 @@
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "end-task"
 -- @include "dead-letter"
 -- @include "events"
@@ -48,7 +49,7 @@ end
 
 local function finishTask(key, lockDeclared, base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value,
                           expireMs, retryDelayMs, deadReason, handOver)
-  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw', 'n', 'st', 'at', 'cm')
+  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw', 'n', 'st', 'at', 'cm', 'lu')
   if t.err and isRefusal(t) then return 'ERROR', t.err end
   -- On a Cluster node importing a slot, the record may still be on the old master: the worker
   -- sends this end again, as after a refusal, and the run keeps its lease meanwhile.
@@ -57,7 +58,8 @@ local function finishTask(key, lockDeclared, base, activeKey, delayedKey, worker
     redis.call('ZREM', activeKey, id)
     return 'STALE', ''
   end
-  local current, owner, runToken, finished, revoke, retries, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
+  local current, owner, runToken, finished, revoke, retries, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[8]
+  local lockKey = lockNamed(base, t[7], t[13], t[9])
   -- A lock the caller did not declare is not touched (it lapses with its lifetime): the worker
   -- declares the lock it started the run under, which is the one the record names.
   if lockKey and lockKey ~= lockDeclared then lockKey = false end

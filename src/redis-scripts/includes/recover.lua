@@ -1,5 +1,6 @@
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "end-task"
 -- @include "dead-letter"
 -- @include "move-to-wait"
@@ -15,14 +16,15 @@
 -- command; the task is then as it was, leased, to be tried again.
 local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
   local key = taskKeyOf(base, id)
-  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw', 'n', 'st', 'at')
+  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw', 'n', 'st', 'at', 'lu')
   if t.err then
     if isRefusal(t) then error(t) end
     deadLetter(base, id, 'the active set names a task whose record is not a hash', now)
     redis.call('ZREM', activeKey, id)
     return 'dead-lettered'
   end
-  local state, recovered, maxRecoveries, owner, revoke, lockKey, lockWait = t[1], t[2], t[3], t[4], t[5], t[6], t[7]
+  local state, recovered, maxRecoveries, owner, revoke, lockWait = t[1], t[2], t[3], t[4], t[5], t[7]
+  local lockKey = lockNamed(base, t[6], t[11], t[8])
   local run = { t[8], owner, t[9] }
   if not state then
     -- Gone, not on its way: the caller declares the record, so on a Cluster in the middle of a

@@ -1,5 +1,6 @@
 -- @include "refusal"
 -- @include "keys"
+-- @include "record-lock"
 -- @include "end-task"
 -- @include "dead-letter"
 -- @include "next-delay"
@@ -133,13 +134,14 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     leased, counted, placed = false, nil, false
     local key = c.key
     local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
-      'a1', 'a2', 'a3', 'mr', 'lw', 'cb')
+      'a1', 'a2', 'a3', 'mr', 'lw', 'cb', 'lu')
     if t.err then
       if isRefusal(t) then error(t) end
       deadLetter(base, id, 'its record is not a hash', now)
       return
     end
-    local state, name, args, lockKey, lockLife, rateKey, rateLimit, ratePeriod = t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
+    local state, name, args, lockLife, rateKey, rateLimit, ratePeriod = t[1], t[2], t[3], t[5], t[6], t[7], t[8]
+    local lockKey = lockNamed(base, t[4], t[22], name)
     local attempts, version, expires, timeLimit, retries, pieces, dueAt = t[9], t[10], t[11], t[12], t[13], t[14], t[15]
     local piece1, piece2, piece3, maxRecoveries, lockWait, behind = t[16], t[17], t[18], t[19], t[20], t[21]
     if not state then
@@ -417,9 +419,10 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
   for _, id in ipairs(order) do
     local c = cands[id]
     if c.mode == 'k' and not c.used then
-      local named = redis.pcall('HMGET', c.key, 'lk', 'rk')
+      local named = redis.pcall('HMGET', c.key, 'lk', 'rk', 'lu', 'n')
       if not named.err then
-        table.insert(looked, id); table.insert(looked, named[1] or ''); table.insert(looked, named[2] or '')
+        table.insert(looked, id); table.insert(looked, lockNamed(base, named[1], named[3], named[4]) or '')
+        table.insert(looked, named[2] or '')
       end
     end
   end
