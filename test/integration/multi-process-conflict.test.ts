@@ -10,7 +10,7 @@ import { useHarness, waitFor, type Harness } from '../helpers.js';
 import { DISPATCH_PROGRAM, readLog, runDispatchRound, total } from '../fixtures/processes/control.js';
 import type { DispatchReport } from '../fixtures/processes/dispatch.js';
 import { micros, ProbeService, testKeys, type LogEntry } from '../fixtures/processes/services.js';
-import { spawnProc, startWorkerProcesses, stopWorkerProcesses, type Proc } from '../fixtures/worker-processes.js';
+import { killWorkerProcess, spawnProc, startWorkerProcesses, stopWorkerProcesses, type Proc } from '../fixtures/worker-processes.js';
 
 type Sent = DispatchReport['results'][number];
 
@@ -168,5 +168,35 @@ describe('conflict modes across processes', () => {
     expect(await h.admin.zcard(h.queueKey('claimed'))).toBe(0);
     expect(await h.admin.zcard(h.queueKey('delayed'))).toBe(0);
     console.log(`[mp-conflict] keepLast: round 2 ran ${[...states2.values()].filter((s) => s === 'SUCCESS').length} of 20 calls, one at a time`);
+  });
+
+  it('keepLast with its running holder SIGKILLed: the holder is recovered and runs again, the waiting task runs once after it, nothing is left', { timeout: 120_000 }, async () => {
+    const h = fresh();
+    const label = 'killed';
+    const d = h.dispatcher();
+    const ref = d.tasks(ProbeService).keepingLast;
+    const workers = await startWorkerProcesses(h, 2, { services: ['probe'], concurrency: 4, lease: '2s' });
+    const held: TaskResult<number> = await ref.delay(label, -1);
+    await waitFor(async () => (await held.status()) === 'STARTED', { timeout: 30_000, what: 'the gated holder to start' });
+    const waiting = await ref.delay(label, 7);
+    expect(waiting.conflict).toMatchObject({ outcome: 'waiting', holder: held.id });
+    // The worker that runs the holder dies with it: no finish hands the lock over.
+    const owner = (await h.admin.hget(h.queueKeys('default').task(held.id), 'w')) ?? '';
+    const victim = workers.find((p) => owner.includes(`:${String(p.child.pid)}:`))!;
+    await killWorkerProcess(victim);
+    // Its lease lapses; the holder is recovered (its lock is still its own) and starts again on
+    // the other worker, while the waiting task keeps waiting behind it.
+    await waitFor(async () => (await held.info()).attempts >= 2 && (await held.status()) === 'STARTED', { timeout: 30_000, what: 'the holder to run again' });
+    expect(await waiting.status()).toBe('PENDING');
+    await h.admin.rpush(testKeys(h.prefix).gate(label), 'open');
+    expect(await held.get({ timeout: 30 })).toBe(-1);
+    expect(await waiting.get({ timeout: 30 })).toBe(7);
+    const summaries = await stopWorkerProcesses(workers.filter((p) => p !== victim));
+    expect(summaries.flatMap((x) => x.errors)).toEqual([]);
+    // On the survivor: the holder's second run, then the waiting task's, one after the other.
+    const log = (await readLog(h)).filter((e) => e.pid !== victim.child.pid);
+    expect(log.filter((e) => e.ev === 'start').map((e) => e.id)).toEqual([held.id, waiting.id]);
+    expect(overlaps(log, label)).toBe(0);
+    expect(await leftovers(h)).toEqual([]);
   });
 });
