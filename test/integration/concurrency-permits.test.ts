@@ -24,8 +24,8 @@ async function scopeState(h: Harness, scope: { keys: readonly [string, string, s
   return { held: await h.admin.zrange(scope.keys[0], 0, -1), waiting: await h.admin.zrange(scope.keys[1], 0, -1) };
 }
 
-function worker(h: Harness, concurrency = 8) {
-  const w = h.worker({ queues: [...LIMIT_QUEUES], services: [new LimitsService(h.admin, h.prefix)], concurrency });
+function worker(h: Harness, concurrency = 8, leaseDuration?: string) {
+  const w = h.worker({ queues: [...LIMIT_QUEUES], services: [new LimitsService(h.admin, h.prefix)], concurrency, leaseDuration });
   return { w, ev: recordEvents(w) };
 }
 
@@ -124,8 +124,7 @@ describe('concurrency permits', () => {
 
   it('a body longer than two leases keeps its permit through the renewals: the waiter starts only after it ended', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const w = h.worker({ queues: [...LIMIT_QUEUES], services: [new LimitsService(h.admin, h.prefix)], concurrency: 4, leaseDuration: '1s' });
-    const ev = recordEvents(w);
+    const { w, ev } = worker(h, 4, '1s');
     await w.start();
     const t = h.dispatcher().tasks(LimitsService);
     const long = await t.perKey.delay('renewed', 2500);
@@ -141,8 +140,7 @@ describe('concurrency permits', () => {
 
   it('a permit found lapsed at a renewal is reported as PermitLostError; the run goes on and ends', { timeout: 60_000 }, async () => {
     const h = fresh();
-    const w = h.worker({ queues: [...LIMIT_QUEUES], services: [new LimitsService(h.admin, h.prefix)], concurrency: 4, leaseDuration: '1s' });
-    const ev = recordEvents(w);
+    const { w, ev } = worker(h, 4, '1s');
     await w.start();
     const t = h.dispatcher().tasks(LimitsService);
     const run = await t.perKey.delay('lost', 2000);

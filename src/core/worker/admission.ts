@@ -7,20 +7,16 @@ import { underscoreTwin, type TaskDefinition } from '../task/registry.js';
 import type { RemoteError } from '../protocol/task-record.js';
 import { parseArgs, safeArgs, type Run } from './run.js';
 import type { WorkerEvents } from './worker-options.js';
+import type { PermitHost } from './permits.js';
 
-/** What admitting or handing back a run needs from its worker. */
-export interface AdmissionHost {
+/** What admitting or handing back a run needs from its worker (its lease, errors and background calls: PermitHost). */
+export interface AdmissionHost extends PermitHost {
   readonly workerId: string;
   /** unknownTaskGrace, ms. */
   readonly graceMs: number;
-  /** The worker's lease, ms (a concurrency permit lapses one lease after it was last renewed). */
-  readonly leaseMs: number;
   /** Frees the run's slot without storing an end (Redis has what became of it). */
   release(run: Run): void;
   emit<E extends keyof WorkerEvents>(event: E, ...args: WorkerEvents[E]): void;
-  reportError(err: unknown): void;
-  /** Follows a call made in the background until it settles (permits.ts). */
-  track?(call: Promise<unknown>): void;
 }
 
 /** Whether a run's message lacks a check the worker's definition of its task has. */
