@@ -3,8 +3,9 @@
   Limits.define(name, { concurrency: n })): at most n runs hold a permit of one scope at once,
   across every worker. A scope's keys live in a slot of their own (its hash tag
   `{permit:...}` or `{task-permit:...}`), apart from every queue, as a named limit's do. The
-  worker calls it after the fetch started a run (and after the run's named rate limits admitted
-  it), at the run's end, and on its lease tick.
+  worker calls it after the fetch started a run (before the run's named rate limits: a run
+  sent back for a rate turn renews its permits past the turn), at the run's end, and on its
+  lease tick.
 
   A permit is a lease, never a counter: the holders' set holds each run scored with the time its
   permit lapses (Redis clock, ms), renewed on the worker's lease tick. A run whose worker died

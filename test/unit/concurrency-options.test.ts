@@ -98,6 +98,7 @@ describe('concurrency options', () => {
 const log: { task: string; key: string; edge: 'start' | 'end'; id: string }[] = [];
 const gates = new Map<string, Gate>();
 const shared = Limits.define('unit-inline-slots', { concurrency: 1 });
+const inlineRate = Limits.define('unit-inline-rate', [1, 2]);
 
 class InlinePermitted {
   @Task<[key: string]>({ concurrency: { limit: 1, key: ([key]) => key } })
@@ -119,6 +120,14 @@ class InlinePermitted {
     log.push({ task: 'b', key: tag, edge: 'start', id: '' });
     await gates.get(tag)?.promise;
     log.push({ task: 'b', key: tag, edge: 'end', id: '' });
+  }
+
+  /** One at a time, and one start per 2 s (permits first, then the rate limit). */
+  @Task({ queue: 'inline-a', concurrency: 1, limits: [inlineRate] })
+  async rated(tag: string): Promise<void> {
+    log.push({ task: 'rated', key: tag, edge: 'start', id: String(Date.now()) });
+    await gates.get(tag)?.promise;
+    log.push({ task: 'rated', key: tag, edge: 'end', id: String(Date.now()) });
   }
 
   @Task<[key: string]>({ concurrency: { limit: 1, key: () => '' } })
@@ -177,6 +186,36 @@ describe('concurrency in inline mode', () => {
     expect([await first.status(), await revoked.status(), await last.status()]).toEqual(['SUCCESS', 'REVOKED', 'SUCCESS']);
     expect(log.filter((e) => e.edge === 'start').map((e) => e.key)).toEqual(['first', 'last']);
     expect(maxOpen(log)).toBe(1);
+  });
+
+  it('permits before rate limits: waiters for the permit hold no rate turn; the one handed it waits for its turn holding it', { timeout: 20_000 }, async () => {
+    const a = await app();
+    const t = a.tasks(InlinePermitted);
+    const waits: { id: string; permit: boolean; delayMs: number }[] = [];
+    a.on('rateLimited', (e) => waits.push({ id: e.id, permit: e.permit === true, delayMs: e.delayMs }));
+    gates.set('r1', gate());
+    const r1 = await t.rated.delay('r1');
+    const r2 = await t.rated.delay('r2');
+    const r3 = await t.rated.delay('r3');
+    // Both wait for the permit first (the rate limit first would have given them turns).
+    await waitFor(() => waits.length >= 2, { what: 'r2 and r3 to wait' });
+    expect(waits).toEqual([
+      { id: r2.id, permit: true, delayMs: 0 },
+      { id: r3.id, permit: true, delayMs: 0 },
+    ]);
+    gates.get('r1')!.open();
+    // r1's permit goes to r2, which waits for its rate turn, up to 2 s after r1's start.
+    await waitFor(() => waits.length >= 3, { what: 'r2 to wait for its rate turn' });
+    expect(waits[2]).toMatchObject({ id: r2.id, permit: false });
+    await a.drain({ timeout: 10 });
+    expect([await r1.status(), await r2.status(), await r3.status()]).toEqual(['SUCCESS', 'SUCCESS', 'SUCCESS']);
+    const startsAt = log.filter((e) => e.task === 'rated' && e.edge === 'start').map((e) => [e.key, Number(e.id)] as const);
+    expect(startsAt.map(([k]) => k)).toEqual(['r1', 'r2', 'r3']);
+    expect(startsAt[1]![1] - startsAt[0]![1]).toBeGreaterThanOrEqual(1900);
+    expect(startsAt[2]![1] - startsAt[1]![1]).toBeGreaterThanOrEqual(1900);
+    // r2 never waited for the permit again: it kept it through its turn.
+    expect(waits.filter((e) => e.id === r2.id).map((e) => e.permit)).toEqual([true, false]);
+    expect(maxOpen(log.filter((e) => e.task === 'rated'))).toBe(1);
   });
 
   it('a key function that returns an empty key fails the run with a ConfigError', async () => {

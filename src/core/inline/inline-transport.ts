@@ -24,7 +24,7 @@ import { ServiceDirectory } from '../worker/services.js';
 import type { WorkerEvents } from '../worker/worker-options.js';
 import { admitRate, type RateWindow } from './rate-window.js';
 import { InlineLimits } from './limits.js';
-import { InlinePermits } from './permits.js';
+import { HANDED_MS, InlinePermits } from './permits.js';
 import { resolveLimits, type ResolvedLimit } from '../task/limits.js';
 import { limitRunName } from '../worker/limits-admission.js';
 import { parsePermitRun, permitRunName, type PermitScope } from '../protocol/permit-scripts.js';
@@ -638,25 +638,47 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       return;
     }
     const attempt = Number(r[FIELDS.attempts] ?? 0) + 1;
-    // Its named limits, as limits-admission.ts takes them: all or none; over one, it waits for the
-    // latest turn, its start in the queue's rate window taken back (admit-6.lua's LIMITED).
+    // Its concurrency permits first, then its named rate limits, as limits-admission.ts takes
+    // them. Without a permit it waits until one is handed to it, its start in the queue's rate
+    // window taken back (admit-6.lua's LIMITED). Over a rate limit (all or none) it waits for the
+    // latest turn holding its permits.
     let charges: LimitCharge[] | undefined;
     let limitError: unknown;
     let resolved: ResolvedLimit[] = [];
+    let scopes: PermitScope[] = [];
     const args = safeArgs(r[FIELDS.args] ?? '');
-    if (def.options.limits) {
+    const permitRun = permitRunName(entry.keys.queue, entry.id, attempt);
+    if (def.options.limits || def.options.concurrency) {
+      try {
+        if (def.options.limits) resolved = resolveLimits(name, def.options.limits, parseArgs(r[FIELDS.args] ?? ''));
+        scopes = permitScopesOf(entry.keys.prefix, def, args, resolved);
+      } catch (err) {
+        limitError = err;
+      }
+    }
+    if (limitError === undefined && scopes.length > 0) {
+      const got = this.permits.acquire(scopes, permitRun, now);
+      this.wakePermitted(entry.keys.prefix, got.woken);
+      if (!got.held) {
+        if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
+        // No timer: in one process every permit given back wakes its waiter (wakePermitted).
+        entry.permitWait = true;
+        this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs: 0, permit: true });
+        this.notifyChange();
+        return;
+      }
+    }
+    if (limitError === undefined && def.options.limits) {
       const runName = limitRunName(entry.keys.queue, entry.id, attempt);
       try {
-        resolved = resolveLimits(name, def.options.limits, parseArgs(r[FIELDS.args] ?? ''));
         const uses = def.options.limits;
         const rated = resolved.map((l, i) => ({ l, use: uses[i]! })).filter((x) => x.l.def.algorithm !== 'concurrency');
         const limits = rated.map((x) => x.l);
         const delayMs = limits.length === 0 ? undefined : this.limits.take(limits, runName, now);
         if (delayMs !== undefined) {
           if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
-          // A permit handed to it while it waited for one goes on to the next waiter (limits-admission.ts).
-          const mine = permitRunName(entry.keys.queue, entry.id, attempt);
-          this.wakePermitted(entry.keys.prefix, this.permits.releaseWhere((run) => run === mine, now));
+          // Its permits stay its own through the wait (a while past its turn, as in Redis).
+          if (scopes.length > 0) this.permits.keep(scopes, permitRun, now + delayMs + HANDED_MS);
           this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs });
           this.schedule(entry, now + delayMs, now);
           return;
@@ -664,29 +686,6 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
         charges = rated.map(({ l, use }) => ({ def: l.def, cost: l.cost, weighted: use.weighted, run: runName }));
       } catch (err) {
         limitError = err;
-      }
-    }
-    // Its concurrency permits last, as limits-admission.ts takes them: without one it gives back
-    // what its rate limits charged and waits until a permit is handed to it (or its re-check).
-    let scopes: PermitScope[] = [];
-    if (limitError === undefined && (def.options.concurrency || resolved.some((l) => l.def.algorithm === 'concurrency'))) {
-      try {
-        scopes = permitScopesOf(entry.keys.prefix, def, args, resolved);
-      } catch (err) {
-        limitError = err;
-      }
-    }
-    if (scopes.length > 0) {
-      const got = this.permits.acquire(scopes, permitRunName(entry.keys.queue, entry.id, attempt), now);
-      this.wakePermitted(entry.keys.prefix, got.woken);
-      if (!got.held) {
-        for (const c of charges ?? []) this.limits.correct(c.def, c.run, c.cost, 0, now);
-        if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
-        // No timer: in one process every permit given back wakes its waiter (wakePermitted).
-        entry.permitWait = true;
-        this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs: 0, permit: true });
-        this.notifyChange();
-        return;
       }
     }
     const token = randomBytes(6).toString('hex');

@@ -6,7 +6,7 @@
 import type { PermitScope } from '../protocol/permit-scripts.js';
 
 /** How long a permit handed to a waiter stays its own, ms (a worker's default lease). */
-const HANDED_MS = 30_000;
+export const HANDED_MS = 30_000;
 
 interface ScopeState {
   scope: PermitScope;
@@ -62,6 +62,14 @@ export class InlinePermits {
       s.waiters = s.waiters.filter((w) => w !== run);
     }
     return { held: true, woken };
+  }
+
+  /** `run`'s permits lapse at `until` (ms) instead of at its end: it waits for a rate turn holding them. */
+  keep(scopes: readonly PermitScope[], run: string, until: number): void {
+    for (const scope of scopes) {
+      const s = this.scopes.get(scope.keys[0]);
+      if (s?.holders.has(run)) s.holders.set(run, until);
+    }
   }
 
   /** Gives back `run`'s permits (and its places as a waiter); returns the waiters handed them. */

@@ -68,10 +68,13 @@ export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost):
  * waits in the delayed set (due at once when a permit was handed to it meanwhile). Resolves false
  * (the run is released) unless the script let it run.
  */
-export async function deferRun(run: Run, host: AdmissionHost, deferMs: number, forPermit = false): Promise<boolean> {
+export async function deferRun(run: Run, host: AdmissionHost, deferMs: number, forPermit = false, keepPermits = false): Promise<boolean> {
   const verdict = await settle(run, host, forPermit ? 'sending it back to wait for a concurrency permit' : 'sending it back to wait for its named limits', () =>
     run.runner.admit(run.task, { lock: undefined, rate: undefined, deferMs, forPermit }),
   );
+  // Sent back holding its permits (their lapse moved past its turn): they stay its own, not given
+  // back with its slot. Anything else (revoked, failed, stale) gives them back.
+  if (keepPermits && verdict?.verdict === 'LIMITED') run.permits = undefined;
   return conclude(run, host, verdict, forPermit);
 }
 

@@ -1,10 +1,10 @@
 import { fromRedis, RedisRefusedError, UnexpectedReplyError } from '../errors.js';
-import { correctLimit, deferLimit, takeLimit, type LimitTake } from '../protocol/limit-scripts.js';
-import { permitRunName, type PermitScope } from '../protocol/permit-scripts.js';
+import { deferLimit, takeLimit, type LimitTake } from '../protocol/limit-scripts.js';
+import { type PermitScope } from '../protocol/permit-scripts.js';
 import { resolveLimits, type NormalizedLimitUse, type ResolvedLimit } from '../task/limits.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { deferRun, type AdmissionHost } from './admission.js';
-import { acquirePermits, giveBack, permitScopesOf, type PermitHold } from './permits.js';
+import { acquirePermits, giveBack, permitScopesOf, renewHolds, type PermitHold } from './permits.js';
 import { parseArgs, type LimitCharge, type Run } from './run.js';
 
 /** The name a run has in its limits: '<queue>|<id>:<attempt>' (an attempt sent back keeps its number, so it finds its turn). */
@@ -18,11 +18,17 @@ export function hasLimits(def: TaskDefinition): boolean {
 }
 
 /**
- * Takes a started run's named rate limits, then its concurrency permits (its task's own
- * `concurrency` and its concurrency limits), before it runs. Resolves true to run it (or to fail
- * it, with `run.admissionError` set); false when it was sent back to wait (or released meanwhile).
- * A run that finds no permit free gives back what its rate limits charged it (a refund) and waits
- * in the delayed set until a permit is handed to it, or its re-check.
+ * Takes a started run's concurrency permits (its task's own `concurrency` and its concurrency
+ * limits), then its named rate limits, before it runs. Resolves true to run it (or to fail it,
+ * with `run.admissionError` set); false when it was sent back to wait (or released meanwhile).
+ *
+ * Permits come first so that only runs holding them queue for rate turns: a run with no permit
+ * waits in the delayed set until one is handed to it (or its re-check) and takes nothing from a
+ * rate window meanwhile; a run holding its permits that must wait for a rate turn keeps them
+ * through the wait (their lapse moved past its turn), so it starts at its turn. The other order
+ * lets the two queues pass turns back and forth under a backlog: a run admitted by its rate
+ * limits but refused a permit gave its charge back and, handed a permit later, found itself
+ * behind every turn, gave the permit back, and so on.
  */
 export async function takeLimits(run: Run, def: TaskDefinition, host: AdmissionHost): Promise<boolean> {
   if (run.admissionError !== undefined || !hasLimits(def)) return true;
@@ -37,19 +43,12 @@ export async function takeLimits(run: Run, def: TaskDefinition, host: AdmissionH
     run.admissionError = err;
     return true;
   }
+  if (scopes.length > 0 && !(await takePermits(run, scopes, host))) return false;
+  if (run.admissionError !== undefined) return true;
   const uses = def.options.limits ?? [];
   const rate = all.map((l, i) => ({ l, use: uses[i]! })).filter((x) => x.l.def.algorithm !== 'concurrency');
-  if (rate.length > 0 && !(await takeRateLimits(run, rate.map((x) => x.l), rate.map((x) => x.use), host))) {
-    // Sent back for a rate limit's turn: a permit handed to it while it waited for one would sit
-    // unused until the turn; it goes to the next waiter (as does its place among the waiters).
-    if (scopes.length > 0) {
-      const name = permitRunName(runner.keys.queue, task.id, task.attempt);
-      host.track?.(giveBack(runner.limitScripts, runner.keys.prefix, scopes.map((scope) => ({ scope, run: name })), host));
-    }
-    return false;
-  }
-  if (run.admissionError !== undefined || scopes.length === 0) return true;
-  return takePermits(run, scopes, host);
+  if (rate.length === 0) return true;
+  return takeRateLimits(run, rate.map((x) => x.l), rate.map((x) => x.use), host);
 }
 
 /** The permits of a started run, all or none (permits.ts); over a full scope, the run waits. */
@@ -79,16 +78,6 @@ async function takePermits(run: Run, scopes: readonly PermitScope[], host: Admis
     run.permits = answer.held;
     return true;
   }
-  // No permit: what its rate limits charged it goes back (a refund), and it waits.
-  const charges = run.limits ?? [];
-  run.limits = undefined;
-  await Promise.all(
-    charges.map((c) =>
-      correctLimit(scripts, prefix, c.def, c.run, c.cost, 0).catch((err: unknown) => {
-        host.reportError(fromRedis(err, `task ${task.id} (${task.name}): refunding limit '${c.def.name}' while it waits for a permit`));
-      }),
-    ),
-  );
   return deferRun(run, host, answer.againMs, true);
 }
 
@@ -159,5 +148,8 @@ async function takeRateLimits(run: Run, limits: readonly ResolvedLimit[], uses: 
     });
   });
   await Promise.all(moves);
-  return deferRun(run, host, Math.max(0, Math.ceil(due - performance.now())));
+  const wait = Math.max(0, Math.ceil(due - performance.now()));
+  // Its permits stay its own until a lease past its turn: it comes back holding them.
+  if (run.permits) await renewHolds(scripts, prefix, run.permits, host, wait + host.leaseMs);
+  return deferRun(run, host, wait, false, run.permits !== undefined);
 }

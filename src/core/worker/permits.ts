@@ -1,5 +1,6 @@
-// Concurrency permits of a run (permit-3.lua): taken after the run's named rate limits admitted
-// it, renewed on the worker's lease tick, given back at its end. A permit given back, or found
+// Concurrency permits of a run (permit-3.lua): taken before the run's named rate limits, renewed
+// on the worker's lease tick (and past its turn when a rate limit sends it back), given back at
+// its end. A permit given back, or found
 // lapsed, goes to the run that waited longest, whose task this process then wakes in its own
 // queue (permit-wake-2.lua).
 import { fromRedis, PermitLostError } from '../errors.js';
@@ -101,10 +102,18 @@ export async function giveBack(scripts: ScriptRunner, prefix: string, holds: rea
 }
 
 /**
- * Renews the permits of running runs, one call per scope. Each run that no longer holds its
- * permit is reported (PermitLostError); the permits that lapsed meanwhile go to waiters, woken.
+ * Renews the permits of running runs (or of a run sent back to wait for a rate turn), one call
+ * per scope: they lapse `leaseMs` from now (default: the worker's lease). Each run that no longer
+ * holds its permit is reported (PermitLostError); the permits that lapsed meanwhile go to
+ * waiters, woken.
  */
-export async function renewHolds(scripts: ScriptRunner, prefix: string, holds: readonly PermitHold[], host: PermitHost): Promise<void> {
+export async function renewHolds(
+  scripts: ScriptRunner,
+  prefix: string,
+  holds: readonly PermitHold[],
+  host: PermitHost,
+  leaseMs: number = host.leaseMs,
+): Promise<void> {
   const byScope = new Map<string, { scope: PermitScope; runs: string[] }>();
   for (const h of holds) {
     const entry = byScope.get(h.scope.keys[0]) ?? { scope: h.scope, runs: [] };
@@ -114,7 +123,7 @@ export async function renewHolds(scripts: ScriptRunner, prefix: string, holds: r
   await Promise.all(
     [...byScope.values()].map(async ({ scope, runs }) => {
       try {
-        const { lost, woken } = await renewPermits(scripts, scope, runs, host.leaseMs);
+        const { lost, woken } = await renewPermits(scripts, scope, runs, leaseMs);
         for (const r of lost) host.reportError(new PermitLostError(parsePermitRun(r)?.id ?? r, scope.label));
         wake(scripts, prefix, scope, woken, host);
       } catch (err) {

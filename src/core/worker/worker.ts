@@ -357,7 +357,7 @@ export class Worker {
         : (async () => {
             if (!def || !this.services.serves(def)) return decline(run, def, this.admission);
             if (needsAdmission(def, run) && !(await admit(run, def, this.admission))) return;
-            // Its named limits and concurrency permits last, once the queue's own checks let it run
+            // Its concurrency permits, then its named rate limits, once the queue's own checks let it run
             // (limits-admission.ts).
             if (hasLimits(def) && !(await takeLimits(run, def, this.admission))) return;
             await this.execute(run, def);

@@ -1,0 +1,74 @@
+/**
+ * A task with both a concurrency permit and a named rate limit takes its permit first, then its
+ * rate limit (limits-admission.ts). A run with no permit takes nothing from the rate window
+ * while it waits; a run holding its permit that must wait for a rate turn keeps the permit
+ * through the wait (its lapse moved past the turn, here beyond the worker's 1-s lease), so it
+ * starts at its turn without asking for a permit again. Before, the rate limit came first: runs
+ * waiting for permits held rate turns, gave them back when refused a permit, and handed a permit
+ * later found themselves behind every turn: the proof test of issue 13 stalled with thousands of
+ * tasks passing turns back and forth.
+ */
+import { describe, expect, it } from 'vitest';
+import { Limits, Task } from 'heimdall-tasks';
+import { recordEvents, redisNowMs, useHarness, waitFor } from '../helpers.js';
+import { limitKeys } from '../../src/core/protocol/limit-scripts.js';
+import { permitRunName, permitScope } from '../../src/core/protocol/permit-scripts.js';
+
+const RATE = Limits.define('pr-rate', [1, 2]);
+const starts = new Map<string, number>();
+const ends = new Map<string, number>();
+
+class Both {
+  @Task<[tag: string, ms: number]>({ queue: 'pr-both', concurrency: 1, limits: [RATE] })
+  async both(tag: string, ms: number): Promise<void> {
+    starts.set(tag, Date.now());
+    await new Promise((r) => setTimeout(r, ms));
+    ends.set(tag, Date.now());
+  }
+}
+
+describe('permits before rate limits', () => {
+  const fresh = useHarness('permits-rate');
+
+  it('a run with no permit holds no rate turn; one waiting for its turn keeps its permit past the lease and starts at its turn', { timeout: 60_000 }, async () => {
+    const h = fresh();
+    const w = h.worker({ queues: ['pr-both'], services: [new Both()], concurrency: 8, leaseDuration: '1s' });
+    const ev = recordEvents(w);
+    await w.start();
+    const t = h.dispatcher().tasks(Both);
+    const window = limitKeys(h.prefix, RATE.name).w;
+    const scope = permitScope(h.prefix, { task: 'Both.both' }, undefined, 1);
+
+    const a1 = await t.both.delay('a1', 400);
+    await waitFor(() => starts.has('a1'), { what: 'a1 to start' });
+    const a2 = await t.both.delay('a2', 10);
+    const a3 = await t.both.delay('a3', 10);
+    await waitFor(() => [a2.id, a3.id].every((id) => ev.rateLimited.some((e) => e.id === id && e.permit === true)), { what: 'a2 and a3 to wait for the permit' });
+    // Waiting for a permit, neither holds anything in the rate window: a1's start alone is there.
+    expect(await h.admin.zrange(window, 0, -1)).toEqual([`1|pr-both|${a1.id}:1`]);
+
+    // a1 ends: its permit goes to a2, which takes its rate limit, finds the window full until 2 s
+    // after a1's start and waits for that turn holding the permit.
+    const turnWait = await waitFor(() => ev.rateLimited.find((e) => e.id === a2.id && e.permit === undefined), { timeout: 10_000, what: 'a2 to wait for its rate turn' });
+    expect(turnWait.delayMs).toBeGreaterThan(1000); // longer than the worker's lease
+    const now = await redisNowMs(h.admin);
+    const held = await h.admin.zrange(scope.keys[0], 0, -1, 'WITHSCORES');
+    expect(held[0]).toBe(permitRunName('pr-both', a2.id, 1));
+    // Its permit lapses a lease past its turn, not a lease from now.
+    expect(Number(held[1]) - now).toBeGreaterThan(turnWait.delayMs + 500);
+    // a3 still waits for the permit, and has no turn in the rate window.
+    expect(await h.admin.zrange(scope.keys[1], 0, -1)).toEqual([permitRunName('pr-both', a3.id, 1)]);
+    expect((await h.admin.zrange(window, 0, -1)).filter((m) => m.includes(a3.id))).toEqual([]);
+
+    await Promise.all([a1, a2, a3].map((r) => r.get({ timeout: 30 })));
+    // a2 started at its turn, once: no second wait for the permit, none lost.
+    expect(ev.rateLimited.filter((e) => e.id === a2.id).map((e) => e.permit === true)).toEqual([true, false]);
+    expect(ev.errors).toEqual([]);
+    expect(starts.get('a2')! - starts.get('a1')!).toBeGreaterThanOrEqual(1900);
+    expect(starts.get('a3')! - starts.get('a2')!).toBeGreaterThanOrEqual(1900);
+    expect(starts.get('a2')!).toBeGreaterThanOrEqual(ends.get('a1')!);
+    expect(starts.get('a3')!).toBeGreaterThanOrEqual(ends.get('a2')!);
+    expect(ev.started.map((e) => e.id)).toEqual([a1.id, a2.id, a3.id]);
+    expect([await h.admin.zcard(scope.keys[0]), await h.admin.zcard(scope.keys[1])]).toEqual([0, 0]);
+  });
+});
