@@ -13,6 +13,10 @@ import { Limits, Task } from 'heimdall-tasks';
 import { recordEvents, redisNowMs, useHarness, waitFor } from '../helpers.js';
 import { limitKeys } from '../../src/core/protocol/limit-scripts.js';
 import { permitRunName, permitScope } from '../../src/core/protocol/permit-scripts.js';
+import { FIELDS } from '../../src/core/protocol/task-fields.js';
+import { LIMIT_QUEUES, LimitsService, limitLog, maxAtOnce, permitLog, type ChargeEntry, type SpanEntry } from '../fixtures/limits/services.js';
+import { startWorkerProcesses, stopWorkerProcesses } from '../fixtures/worker-processes.js';
+import { total } from '../fixtures/processes/control.js';
 
 const RATE = Limits.define('pr-rate', [1, 2]);
 const starts = new Map<string, number>();
@@ -70,5 +74,38 @@ describe('permits before rate limits', () => {
     expect(starts.get('a3')!).toBeGreaterThanOrEqual(ends.get('a2')!);
     expect(ev.started.map((e) => e.id)).toEqual([a1.id, a2.id, a3.id]);
     expect([await h.admin.zcard(scope.keys[0]), await h.admin.zcard(scope.keys[1])]).toEqual([0, 0]);
+  });
+});
+
+describe('permits before the queue\'s own rate window', () => {
+  const fresh = useHarness('permits-qrate');
+
+  it('@Task({ rateLimit, concurrency }): the message carries no rate window, the worker takes it after the permit; a backlog on 3 worker processes runs at the rate, never more than 2 at once', { timeout: 120_000 }, async () => {
+    const h = fresh();
+    const workers = await startWorkerProcesses(h, 3, { services: ['limits'], queues: LIMIT_QUEUES, concurrency: 8, lease: '1s' });
+    const t = h.dispatcher().tasks(LimitsService);
+    const sent = await t.ratedPair.delayMany(Array.from({ length: 30 }, (_, i) => [i, 300] as [number, number]));
+    // Sent without the rate window (the fields a fetch would check), so no fetch charges it
+    // before the permit.
+    const fields = await h.admin.hkeys(h.queueKeys('limits-a').task(sent[29]!.id));
+    expect(fields).not.toContain(FIELDS.rateKey);
+    // Before, runs handed a permit found themselves behind every turn, and the backlog stalled
+    // (about 100 tasks of this kind did not end in 100 s); at 5 per second, 30 take about 6 s.
+    const sentAt = Date.now();
+    await Promise.all(sent.map((r) => r.get({ timeout: 60 })));
+    const elapsed = Date.now() - sentAt;
+    const summaries = await stopWorkerProcesses(workers);
+    expect(summaries.flatMap((s) => s.errors)).toEqual([]);
+    const log = (await h.admin.lrange(permitLog(h.prefix), 0, -1)).map((l) => JSON.parse(l) as SpanEntry);
+    expect(new Set(log.map((e) => e.id)).size).toBe(30);
+    expect(maxAtOnce(log)).toBeLessThanOrEqual(2);
+    // At most 5 starts in any second, as the queue's rate window counted them (each body logs its entry's time).
+    const starts = (await h.admin.lrange(limitLog(h.prefix), 0, -1)).map((l) => (JSON.parse(l) as ChargeEntry).at).sort((a, b) => a - b);
+    expect(starts).toHaveLength(30);
+    const most = Math.max(...starts.map((s, i) => starts.slice(i).filter((x) => x < s + 1000).length));
+    expect(most).toBeLessThanOrEqual(5);
+    const scope = permitScope(h.prefix, { task: 'LimitsService.ratedPair' }, undefined, 2);
+    expect([await h.admin.zcard(scope.keys[0]), await h.admin.zcard(scope.keys[1])]).toEqual([0, 0]);
+    console.info(`[permits] rateLimit [5, 1 s] + concurrency 2, 30 tasks of 300 ms on 3 processes: ${elapsed} ms, most starts in 1 s ${most}, ${total(summaries, 'rateLimited')} sent back`);
   });
 });

@@ -26,6 +26,7 @@ import { admitRate, type RateWindow } from './rate-window.js';
 import { InlineLimits } from './limits.js';
 import { HANDED_MS, InlinePermits } from './permits.js';
 import { resolveLimits, type ResolvedLimit } from '../task/limits.js';
+import { callChecks } from '../task/call-checks.js';
 import { limitRunName } from '../worker/limits-admission.js';
 import { parsePermitRun, permitRunName, type PermitScope } from '../protocol/permit-scripts.js';
 import { permitScopesOf } from '../worker/permits.js';
@@ -609,20 +610,6 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       // Re-taken only when it lapsed: a lock this task holds keeps its expiry (start-tasks.lua).
       if (!held) this.locks.set(lockKey, { holder: entry.id, expiresAt: now + Number(r[FIELDS.lockTtl] ?? 0) });
     }
-    const rateKey = r[FIELDS.rateKey];
-    if (rateKey !== undefined) {
-      const limit = Number(r[FIELDS.rateLimit]);
-      const periodMs = Number(r[FIELDS.ratePeriod]);
-      let window = this.windows.get(rateKey);
-      if (!window) this.windows.set(rateKey, (window = new Map()));
-      const member = `${entry.id}:${Number(r[FIELDS.attempts] ?? 0) + 1}`;
-      const delayMs = admitRate(window, member, limit, periodMs, now);
-      if (delayMs !== undefined) {
-        this.emit('rateLimited', { id: entry.id, name: r[FIELDS.name] ?? '', queue: entry.keys.queue, args: safeArgs(r[FIELDS.args] ?? ''), delayMs });
-        this.schedule(entry, now + delayMs, now);
-        return;
-      }
-    }
     const name = r[FIELDS.name] ?? '';
     const def = this.services.taskNamed(name);
     if (!def || !this.services.serves(def)) {
@@ -660,7 +647,6 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       const got = this.permits.acquire(scopes, permitRun, now);
       this.wakePermitted(entry.keys.prefix, got.woken);
       if (!got.held) {
-        if (rateKey !== undefined) this.windows.get(rateKey)?.delete(`${entry.id}:${attempt}`);
         // No timer: in one process every permit given back wakes its waiter (wakePermitted).
         entry.permitWait = true;
         this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs: 0, permit: true });
@@ -668,6 +654,31 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
         return;
       }
     }
+    // The queue's own rate window, after the permits (a task that may take them is sent without
+    // it, call-checks.ts: the worker's, as admit-6.lua takes it then).
+    const carried = r[FIELDS.rateKey];
+    let rate: { key: string; limit: number; periodMs: number } | undefined =
+      carried !== undefined ? { key: carried, limit: Number(r[FIELDS.rateLimit]), periodMs: Number(r[FIELDS.ratePeriod]) } : undefined;
+    if (!rate && limitError === undefined && def.options.rateLimit !== undefined) {
+      try {
+        rate = callChecks(entry.keys, name, def.options, parseArgs(r[FIELDS.args] ?? ''), r[FIELDS.args] ?? '', { lock: false, rate: true }).rate;
+      } catch (err) {
+        limitError = err;
+      }
+    }
+    if (rate && limitError === undefined) {
+      let window = this.windows.get(rate.key);
+      if (!window) this.windows.set(rate.key, (window = new Map()));
+      const delayMs = admitRate(window, `${entry.id}:${attempt}`, rate.limit, rate.periodMs, now);
+      if (delayMs !== undefined) {
+        // Its permits stay its own through the wait (a while past its turn, as in Redis).
+        if (scopes.length > 0) this.permits.keep(scopes, permitRun, now + delayMs + HANDED_MS);
+        this.emit('rateLimited', { id: entry.id, name, queue: entry.keys.queue, args, delayMs });
+        this.schedule(entry, now + delayMs, now);
+        return;
+      }
+    }
+    const rateKey = rate?.key;
     if (limitError === undefined && def.options.limits) {
       const runName = limitRunName(entry.keys.queue, entry.id, attempt);
       try {

@@ -3,7 +3,7 @@ import { ConfigError, PayloadTooLargeError } from '../errors.js';
 import { DEFAULT_QUEUE, type QueueKeys } from '../protocol/queue-keys.js';
 import type { EnqueueTask } from '../protocol/scripts.js';
 import { encodeMessage, type TaskMessage } from '../protocol/task-record.js';
-import { callChecks } from '../task/call-checks.js';
+import { callChecks, mayTakePermits } from '../task/call-checks.js';
 import { describe, toMillis, toMillisOrZero, type Duration } from '../task/durations.js';
 import { argsToJson } from '../task/serialization.js';
 import { DEFAULT_RESULT_EXPIRES_MS, type ConflictMode, type NormalizedTaskOptions } from '../task/task-options.js';
@@ -82,7 +82,8 @@ export function prepareCall(
   const id = call.taskId ?? (queue === DEFAULT_QUEUE ? newId() : `${queue}:${newId()}`);
 
   const timeLimitMs = call.timeLimit !== undefined ? toMillis(call.timeLimit, 'timeLimit') : opts?.timeLimitMs;
-  const { lock, rate } = opts ? callChecks(keys, name, opts, args, argsJson) : { lock: undefined, rate: undefined };
+  // A task that may take permits leaves its rate window to the worker, which takes it after them.
+  const { lock, rate } = opts ? callChecks(keys, name, opts, args, argsJson, { lock: true, rate: !mayTakePermits(opts) }) : { lock: undefined, rate: undefined };
   const conflict = lock !== undefined && opts !== undefined ? conflictOf(opts.onConflict) : undefined;
   const fields = encodeMessage({
     name,

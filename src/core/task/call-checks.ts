@@ -3,6 +3,18 @@ import { describe } from './durations.js';
 import { hashArgs, type QueueKeys } from '../protocol/queue-keys.js';
 import { canonicalJson } from './serialization.js';
 import { normalizeRateLimit, type KeyOf, type NormalizedTaskOptions } from './task-options.js';
+import { Limits } from './limits.js';
+
+/**
+ * Whether runs of the task may take concurrency permits: its own `concurrency`, or a use of a
+ * concurrency limit (or of a limit this process has not defined, which may be one). Such a
+ * task's message carries no rate window: the worker takes the window after the permits
+ * (limits-admission.ts), so only runs that hold their permits queue for rate turns.
+ */
+export function mayTakePermits(opts: NormalizedTaskOptions): boolean {
+  if (opts.concurrency !== undefined) return true;
+  return (opts.limits ?? []).some((use) => (use.handle ?? Limits.get(use.name))?.algorithm !== 'window' && (use.handle ?? Limits.get(use.name))?.algorithm !== 'gcra');
+}
 
 /** The unique lock one call of a task takes. */
 export interface LockCheck {

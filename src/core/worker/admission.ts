@@ -7,7 +7,7 @@ import { underscoreTwin, type TaskDefinition } from '../task/registry.js';
 import type { RemoteError } from '../protocol/task-record.js';
 import { parseArgs, safeArgs, type Run } from './run.js';
 import type { WorkerEvents } from './worker-options.js';
-import type { PermitHost } from './permits.js';
+import { giveBack, renewHolds, type PermitHold, type PermitHost } from './permits.js';
 
 /** What admitting or handing back a run needs from its worker (its lease, errors and background calls: PermitHost). */
 export interface AdmissionHost extends PermitHost {
@@ -58,8 +58,39 @@ export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost):
     run.admissionError = err;
     return true;
   }
+  // Permits taken before (limits-admission.ts) are kept through a rate turn this may give it.
+  const kept = takeKept(run, checks.rate !== undefined);
   const verdict = await settle(run, host, 'admitting it under this worker\'s options', () => runner.admit(task, checks));
+  await settleKept(run, host, kept, verdict, verdict?.verdict === 'LIMITED' ? verdict.delayMs : 0);
   return conclude(run, host, verdict);
+}
+
+/**
+ * The permits a run holds, taken off it while a call that may send it back to wait for a rate
+ * turn is out (`when`): the worker's lease tick must not renew them meanwhile, which would cut
+ * short the longer lapse settleKept gives them.
+ */
+function takeKept(run: Run, when: boolean): PermitHold[] | undefined {
+  const kept = when ? run.permits : undefined;
+  if (kept) run.permits = undefined;
+  return kept;
+}
+
+/**
+ * What becomes of permits taken off a run by takeKept, once its call answered: sent back for a
+ * turn `waitMs` away, the run keeps them until a lease past it (they lapse then if it never
+ * comes back: revoked, or its worker died before the renewal); let run, it holds them again;
+ * anything else (revoked, failed, stale, released meanwhile) gives them back.
+ */
+async function settleKept(run: Run, host: AdmissionHost, kept: PermitHold[] | undefined, verdict: Verdict | undefined, waitMs: number): Promise<void> {
+  if (!kept) return;
+  if (verdict?.verdict === 'RUN' && !run.released) {
+    run.permits = kept;
+  } else if (verdict?.verdict === 'LIMITED') {
+    await renewHolds(run.runner.limitScripts, run.runner.keys.prefix, kept, host, waitMs + host.leaseMs, false);
+  } else {
+    host.track?.(giveBack(run.runner.limitScripts, run.runner.keys.prefix, kept, host));
+  }
 }
 
 /**
@@ -68,13 +99,13 @@ export async function admit(run: Run, def: TaskDefinition, host: AdmissionHost):
  * waits in the delayed set (due at once when a permit was handed to it meanwhile). Resolves false
  * (the run is released) unless the script let it run.
  */
-export async function deferRun(run: Run, host: AdmissionHost, deferMs: number, forPermit = false, keepPermits = false): Promise<boolean> {
+export async function deferRun(run: Run, host: AdmissionHost, deferMs: number, forPermit = false): Promise<boolean> {
+  // A run sent back for a rate turn keeps the permits it holds through the wait (settleKept).
+  const kept = takeKept(run, !forPermit);
   const verdict = await settle(run, host, forPermit ? 'sending it back to wait for a concurrency permit' : 'sending it back to wait for its named limits', () =>
     run.runner.admit(run.task, { lock: undefined, rate: undefined, deferMs, forPermit }),
   );
-  // Sent back holding its permits (their lapse moved past its turn): they stay its own, not given
-  // back with its slot. Anything else (revoked, failed, stale) gives them back.
-  if (keepPermits && verdict?.verdict === 'LIMITED') run.permits = undefined;
+  await settleKept(run, host, kept, verdict, deferMs);
   return conclude(run, host, verdict, forPermit);
 }
 

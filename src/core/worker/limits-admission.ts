@@ -3,8 +3,8 @@ import { deferLimit, takeLimit, type LimitTake } from '../protocol/limit-scripts
 import { type PermitScope } from '../protocol/permit-scripts.js';
 import { resolveLimits, type NormalizedLimitUse, type ResolvedLimit } from '../task/limits.js';
 import type { TaskDefinition } from '../task/registry.js';
-import { deferRun, type AdmissionHost } from './admission.js';
-import { acquirePermits, giveBack, permitScopesOf, renewHolds, type PermitHold } from './permits.js';
+import { admit, deferRun, needsAdmission, type AdmissionHost } from './admission.js';
+import { acquirePermits, giveBack, permitScopesOf, type PermitHold } from './permits.js';
 import { parseArgs, type LimitCharge, type Run } from './run.js';
 
 /** The name a run has in its limits: '<queue>|<id>:<attempt>' (an attempt sent back keeps its number, so it finds its turn). */
@@ -19,7 +19,8 @@ export function hasLimits(def: TaskDefinition): boolean {
 
 /**
  * Takes a started run's concurrency permits (its task's own `concurrency` and its concurrency
- * limits), then its named rate limits, before it runs. Resolves true to run it (or to fail it,
+ * limits), then what its message lacks of the worker's unique lock and rate window (admit), then
+ * its named rate limits, before it runs. Resolves true to run it (or to fail it,
  * with `run.admissionError` set); false when it was sent back to wait (or released meanwhile).
  *
  * Permits come first so that only runs holding them queue for rate turns: a run with no permit
@@ -44,6 +45,10 @@ export async function takeLimits(run: Run, def: TaskDefinition, host: AdmissionH
     return true;
   }
   if (scopes.length > 0 && !(await takePermits(run, scopes, host))) return false;
+  // The worker's own unique lock and rate window where the message lacks them (a task that may
+  // take permits is sent without its rate window: call-checks.ts, mayTakePermits), kept after
+  // the permits for the same reason.
+  if (run.admissionError === undefined && needsAdmission(def, run) && !(await admit(run, def, host))) return false;
   if (run.admissionError !== undefined) return true;
   const uses = def.options.limits ?? [];
   const rate = all.map((l, i) => ({ l, use: uses[i]! })).filter((x) => x.l.def.algorithm !== 'concurrency');
@@ -148,8 +153,6 @@ async function takeRateLimits(run: Run, limits: readonly ResolvedLimit[], uses: 
     });
   });
   await Promise.all(moves);
-  const wait = Math.max(0, Math.ceil(due - performance.now()));
-  // Its permits stay its own until a lease past its turn: it comes back holding them.
-  if (run.permits) await renewHolds(scripts, prefix, run.permits, host, wait + host.leaseMs);
-  return deferRun(run, host, wait, false, run.permits !== undefined);
+  // Its permits stay its own until a lease past its turn (deferRun): it comes back holding them.
+  return deferRun(run, host, Math.max(0, Math.ceil(due - performance.now())));
 }

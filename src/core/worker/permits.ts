@@ -104,8 +104,8 @@ export async function giveBack(scripts: ScriptRunner, prefix: string, holds: rea
 /**
  * Renews the permits of running runs (or of a run sent back to wait for a rate turn), one call
  * per scope: they lapse `leaseMs` from now (default: the worker's lease). Each run that no longer
- * holds its permit is reported (PermitLostError); the permits that lapsed meanwhile go to
- * waiters, woken.
+ * holds its permit is reported (PermitLostError) when `reportLost`; the permits that lapsed
+ * meanwhile go to waiters, woken.
  */
 export async function renewHolds(
   scripts: ScriptRunner,
@@ -113,6 +113,7 @@ export async function renewHolds(
   holds: readonly PermitHold[],
   host: PermitHost,
   leaseMs: number = host.leaseMs,
+  reportLost = true,
 ): Promise<void> {
   const byScope = new Map<string, { scope: PermitScope; runs: string[] }>();
   for (const h of holds) {
@@ -124,7 +125,7 @@ export async function renewHolds(
     [...byScope.values()].map(async ({ scope, runs }) => {
       try {
         const { lost, woken } = await renewPermits(scripts, scope, runs, leaseMs);
-        for (const r of lost) host.reportError(new PermitLostError(parsePermitRun(r)?.id ?? r, scope.label));
+        if (reportLost) for (const r of lost) host.reportError(new PermitLostError(parsePermitRun(r)?.id ?? r, scope.label));
         wake(scripts, prefix, scope, woken, host);
       } catch (err) {
         host.reportError(fromRedis(err, `renewing the permits of ${scope.label}`));

@@ -356,10 +356,12 @@ export class Worker {
         ? this.execute(run, def)
         : (async () => {
             if (!def || !this.services.serves(def)) return decline(run, def, this.admission);
-            if (needsAdmission(def, run) && !(await admit(run, def, this.admission))) return;
-            // Its concurrency permits, then its named rate limits, once the queue's own checks let it run
-            // (limits-admission.ts).
-            if (hasLimits(def) && !(await takeLimits(run, def, this.admission))) return;
+            // Its concurrency permits, then what its message lacks of the worker's lock and rate
+            // window, then its named rate limits (limits-admission.ts); without limits, the
+            // worker's lock and rate window alone.
+            if (hasLimits(def)) {
+              if (!(await takeLimits(run, def, this.admission))) return;
+            } else if (needsAdmission(def, run) && !(await admit(run, def, this.admission))) return;
             await this.execute(run, def);
           })();
     running.catch((err: unknown) => this.executeFailed(run, err));
