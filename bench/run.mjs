@@ -494,6 +494,13 @@ async function slowlogMaxUs() {
   const entries = await admin.slowlog('GET', 1024);
   return entries.reduce((max, e) => Math.max(max, Number(e[2])), 0);
 }
+/** The longest command's name and first argument (e.g. 'evalsha <sha>'), for the samples. */
+async function slowlogLongest() {
+  const entries = await admin.slowlog('GET', 1024);
+  let top;
+  for (const e of entries) if (!top || Number(e[2]) > Number(top[2])) top = e;
+  return top ? `${top[3].slice(0, 2).join(' ').slice(0, 60)} (${top[2]} µs)` : '';
+}
 
 /**
  * One worker process at c=50 drains `target` tasks of a queue already filled; returns the rate,
@@ -514,7 +521,9 @@ async function drainHead(system, url, target, { activateDelayed = false, untilDe
     const out = {
       rate: target / (Number(stats.elapsedNs) / 1e9),
       redisCpuUs: (after.cpu - before.cpu) / target,
+      nodeCpuUs: stats.cpuUs / target,
       longestMs: longestUs / 1000,
+      longestCmd: await slowlogLongest(),
     };
     if (untilDelayedEmpty) {
       out.delayedLeftAtHead = await admin.zcard(delayedKey(system));
@@ -527,6 +536,7 @@ async function drainHead(system, url, target, { activateDelayed = false, untilDe
       out.promoteCpuS = (emptied.cpu - before.cpu) / 1e6;
       out.ranByEmpty = Math.max(child.state.done, target);
       out.longestToEmptyMs = (await slowlogMaxUs()) / 1000;
+      out.longestToEmptyCmd = await slowlogLongest();
     }
     await child.stop();
     return out;
@@ -575,9 +585,11 @@ async function scenarioPayload(system, url, size) {
   await enqueueAll(p, Math.min(500, n), 'noop', undefined, make); // warm-up
   await reset();
   const before = await snapshot();
+  const cpu0 = process.cpuUsage();
   const t0 = now();
   await enqueueAll(p, n, 'noop', undefined, make);
   const elapsed = seconds(now() - t0);
+  const cpu = process.cpuUsage(cpu0);
   const after = await snapshot();
   await p.close();
   const drained = await drainHead(system, url, n);
@@ -585,6 +597,8 @@ async function scenarioPayload(system, url, size) {
     tasks: n,
     enqueueRate: n / elapsed,
     enqueueRedisCpuUs: (after.cpu - before.cpu) / n,
+    enqueueNodeCpuUs: (cpu.user + cpu.system) / n,
+    drainNodeCpuUs: drained.nodeCpuUs,
     bytesPerTask: (after.mem - before.mem) / n,
     drainRate: drained.rate,
     drainRedisCpuUs: drained.redisCpuUs,
@@ -627,6 +641,7 @@ async function scenarioDelayed(system, url) {
     headRate: drained.rate,
     headRedisCpuUs: drained.redisCpuUs,
     headLongestMs: drained.longestMs,
+    longestCmd: drained.longestToEmptyCmd,
     delayedLeftAtHead: drained.delayedLeftAtHead,
     promoteRedisCpuUs: (drained.promoteCpuS * 1e6) / m,
     ranByEmpty: drained.ranByEmpty,
@@ -664,6 +679,7 @@ async function scenarioWaiting(system, url) {
     headRate: long.rate,
     headRedisCpuUs: long.redisCpuUs,
     headLongestMs: long.longestMs,
+    headLongestCmd: long.longestCmd,
     shortRate: short.rate,
     shortRedisCpuUs: short.redisCpuUs,
     shortLongestMs: short.longestMs,
