@@ -621,7 +621,8 @@ async function scenarioDelayed(system, url) {
   await fill(p, probe, { dueAt: Date.now() + 3_600_000 });
   const probeRate = probe / seconds(now() - t0);
   await reset();
-  const dueAt = Date.now() + Math.ceil((1.3 * m) / probeRate * 1000) + 2_000;
+  // Due when the bulk enqueue, at the probe's rate, would have taken 1.5 times as long, + 250 ms.
+  const dueAt = Date.now() + Math.ceil(((1.5 * m) / probeRate) * 1000) + 250;
   const before = await snapshot();
   t0 = now();
   await fill(p, m, { dueAt });
