@@ -801,8 +801,8 @@ function growthRows() {
     { id: 'g_delayed_head_rate', label: `All due: drain the first ${h}, c=50`, unit: 'tasks/s', better: 'higher', from: ['delayed', 'headRate'] },
     { id: 'g_delayed_head_cpu', label: `All due: Redis CPU per task, first ${h}`, unit: 'µs', better: 'lower', from: ['delayed', 'headRedisCpuUs'] },
     { id: 'g_delayed_promote_cpu', label: `All due: Redis CPU until none is left delayed, per delayed task (runs meanwhile included)`, unit: 'µs', better: 'lower', from: ['delayed', 'promoteRedisCpuUs'] },
-    { id: 'g_delayed_ran', label: `All due: tasks ended by the time none is left delayed`, unit: 'tasks', better: 'lower', from: ['delayed', 'ranByEmpty'] },
-    { id: 'g_delayed_longest', label: `All due: longest single Redis command until none is left delayed`, unit: 'ms', better: 'lower', from: ['delayed', 'longestToEmptyMs'] },
+    { id: 'g_delayed_ran', label: `All due: tasks ended by the time none is left delayed`, unit: 'tasks', better: 'lower', from: ['delayed', 'ranByEmpty'], noRatio: true },
+    { id: 'g_delayed_longest', label: `All due: longest single Redis command until none is left delayed`, unit: 'ms', better: 'lower', from: ['delayed', 'longestToEmptyMs'], noRatio: true },
   );
   const w = n(cfg.growthWaiting);
   const wh = n(Math.min(cfg.growthHead, cfg.growthWaiting));
@@ -813,7 +813,7 @@ function growthRows() {
     { id: 'g_short_rate', label: `Drain ${wh} of ${wh}, c=50`, unit: 'tasks/s', better: 'higher', from: ['waiting', 'shortRate'] },
     { id: 'g_waiting_head_cpu', label: `Redis CPU per task, first ${wh} of ${w}`, unit: 'µs', better: 'lower', from: ['waiting', 'headRedisCpuUs'] },
     { id: 'g_short_cpu', label: `Redis CPU per task, ${wh} of ${wh}`, unit: 'µs', better: 'lower', from: ['waiting', 'shortRedisCpuUs'] },
-    { id: 'g_waiting_longest', label: `Longest single Redis command, first ${wh} of ${w}`, unit: 'ms', better: 'lower', from: ['waiting', 'headLongestMs'] },
+    { id: 'g_waiting_longest', label: `Longest single Redis command, first ${wh} of ${w}`, unit: 'ms', better: 'lower', from: ['waiting', 'headLongestMs'], noRatio: true },
   );
   const u = n(cfg.growthUnique);
   rows.push(
@@ -894,7 +894,8 @@ async function main() {
       }
       const h = values.heimdall?.median;
       const ratio = (other) => (h !== undefined && values[other]?.median >= 0.01 ? h / values[other].median : undefined);
-      return { id: row.id, label: row.label, unit: row.unit, better: row.better, values, ratios: { bullmq: ratio('bullmq'), 'bee-queue': ratio('bee-queue') } };
+      const ratios = row.noRatio ? {} : { bullmq: ratio('bullmq'), 'bee-queue': ratio('bee-queue') };
+      return { id: row.id, label: row.label, unit: row.unit, better: row.better, values, ratios };
     });
     const heimdallRows = samples.heimdall?.backlog ? [...HEIMDALL_ROWS, ...BACKLOG_ROWS] : HEIMDALL_ROWS;
     const heimdallOnly = cfg.systems.includes('heimdall')
