@@ -168,7 +168,7 @@ describe('npm run bench (tiny sizes)', () => {
     expect(table).toContain('### How cost grows with the work');
     expect(table).toContain('| Drain the first 100 of 500, c=50 | tasks/s |');
     expect(stdout).toBe(table);
-    // About 30 s with the three systems (13 s of them the growth scenarios, which start 6 worker
-    // processes per system); the margin is for a loaded machine in a full `npm test`.
+    // About 35 s with the three systems (about 22 s of them the growth scenarios, which start 6
+    // worker processes per system); the margin is for a loaded machine in a full `npm test`.
   }, 150_000);
 });
