@@ -7,6 +7,12 @@
 //   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL,
 //   BENCH_SCENARIOS (a subset, e.g. drain50,latency), BENCH_CHILD_ARGS (node flags of the workers),
 //   BENCH_HEIMDALL_EVENTS (on; off runs heimdall-tasks with events: false).
+// The growth scenarios (workers, payload, delayed, waiting, uniqueHeld: how cost grows with the
+// work) run BENCH_GROWTH_REPS (1) times, in the first repetitions; their sizes:
+//   BENCH_GROWTH_DRAIN (20000 tasks, drained by 1, 2 and 4 worker processes: BENCH_GROWTH_WORKERS),
+//   BENCH_GROWTH_PAYLOAD (10000 tasks per payload size, at most BENCH_GROWTH_PAYLOAD_MB (200) MB of
+//   payload per size), BENCH_GROWTH_DELAYED (1000000), BENCH_GROWTH_WAITING (1000000),
+//   BENCH_GROWTH_HEAD (20000: the tasks drained at the head of those two), BENCH_GROWTH_UNIQUE (10000).
 // One scenario runs only when BENCH_SCENARIOS names it: `backlog` (heimdall only), a backlog of
 // BENCH_BACKLOG (10000) tasks queued at once behind a rate limit of [100, 1], drained by 2 worker
 // processes at concurrency 50. Its drain lasts BENCH_BACKLOG / 100 seconds by design (about 100 s
@@ -42,6 +48,17 @@ const cfg = {
   backlogTimeoutS: int('BENCH_BACKLOG_TIMEOUT', Math.ceil(int('BENCH_BACKLOG', 10_000) / BACKLOG_RATE[0]) * BACKLOG_RATE[1] + 600),
   backlogWorkers: 2,
   backlogWorkerConcurrency: 50,
+  // The growth scenarios (see the header and BENCHMARKS.md, "How cost grows with the work").
+  growthReps: int('BENCH_GROWTH_REPS', 1),
+  growthDrain: int('BENCH_GROWTH_DRAIN', 20_000),
+  growthWorkers: (process.env.BENCH_GROWTH_WORKERS || '1,2,4').split(',').map((s) => Number(s.trim())),
+  growthPayload: int('BENCH_GROWTH_PAYLOAD', 10_000),
+  growthPayloadMb: int('BENCH_GROWTH_PAYLOAD_MB', 200),
+  growthSizes: [100, 10_240, 102_400],
+  growthDelayed: int('BENCH_GROWTH_DELAYED', 1_000_000),
+  growthWaiting: int('BENCH_GROWTH_WAITING', 1_000_000),
+  growthHead: int('BENCH_GROWTH_HEAD', 20_000),
+  growthUnique: int('BENCH_GROWTH_UNIQUE', 10_000),
   systems: (process.env.BENCH_SYSTEMS ?? SYSTEMS.join(',')).split(',').map((s) => s.trim()).filter(Boolean),
   // Optional subset of scenarios (for profiling one of them); the report shows '–' for the rest.
   // Scenarios left out of the default set (see the header): run only when named there.
@@ -50,6 +67,7 @@ const cfg = {
   // Extra node flags for the worker processes, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'.
   childArgs: (process.env.BENCH_CHILD_ARGS ?? '').split(' ').filter(Boolean),
 };
+for (const k of cfg.growthWorkers) if (!Number.isInteger(k) || k < 1) throw new Error(`BENCH_GROWTH_WORKERS must list whole numbers >= 1, got '${process.env.BENCH_GROWTH_WORKERS}'`);
 for (const s of cfg.systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system '${s}' in BENCH_SYSTEMS; known: ${SYSTEMS.join(', ')}`);
 const OUT = process.env.BENCH_OUT ?? join(BENCH, 'results', 'latest.json');
 const CHART = process.env.BENCH_CHART ?? join(BENCH, 'results', 'chart.svg');
@@ -119,22 +137,22 @@ function startChild(system, url, options) {
 
 // ------------------------------------------------------------------ scenarios
 /** Enqueues `payloads(i)` for i < n with up to `inFlight` calls waiting at once. */
-async function enqueueAll(p, n, kind = 'noop', ids) {
+async function enqueueAll(p, n, kind = 'noop', ids, make = payload) {
   let next = 0;
   const lane = async () => {
     while (next < n) {
       const i = next++;
-      const id = await p.enqueue(payload(i), kind);
+      const id = await p.enqueue(make(i), kind);
       if (ids) ids[i] = id;
     }
   };
   await Promise.all(Array.from({ length: Math.min(cfg.inFlight, n) }, lane));
 }
 
-async function fill(p, n) {
+async function fill(p, n, options) {
   if (p.bulk) {
     for (let i = 0; i < n; i += cfg.bulkBatch) {
-      await p.bulk(Array.from({ length: Math.min(cfg.bulkBatch, n - i) }, (_, k) => payload(i + k)));
+      await p.bulk(Array.from({ length: Math.min(cfg.bulkBatch, n - i) }, (_, k) => payload(i + k)), 'noop', options);
     }
   } else {
     await enqueueAll(p, n);
@@ -459,6 +477,257 @@ async function scenarioBacklog(url) {
   }
 }
 
+// ------------------------------------------------------------------ growth scenarios
+// How cost grows with the work (BENCHMARKS.md, "How cost grows with the work"). Each runs
+// BENCH_GROWTH_REPS times (1 by default: the queues of 1,000,000 tasks take minutes).
+
+/** The key of a system's delayed set, for its size (each system's own layout). */
+const delayedKey = (system) => (system === 'heimdall' ? `${PREFIX}:{${QUEUE}}:delayed` : `${PREFIX}:${QUEUE}:delayed`);
+
+/** The longest command Redis ran since `SLOWLOG RESET` (µs; the bench logs every call over 1 ms). */
+async function slowlogReset() {
+  await admin.config('SET', 'slowlog-log-slower-than', '1000');
+  await admin.config('SET', 'slowlog-max-len', '1024');
+  await admin.slowlog('RESET');
+}
+/** The slow log's entries but the bench's own probes. */
+async function slowlogEntries() {
+  const own = ['slowlog', 'config', 'info', 'zcard', 'flushall'];
+  return (await admin.slowlog('GET', 1024)).filter((e) => !own.includes(String(e[3][0]).toLowerCase()));
+}
+async function slowlogMaxUs() {
+  const entries = await slowlogEntries();
+  return entries.reduce((max, e) => Math.max(max, Number(e[2])), 0);
+}
+/** The longest command's name and first argument (e.g. 'evalsha <sha>'), for the samples. */
+async function slowlogLongest() {
+  const entries = await slowlogEntries();
+  let top;
+  for (const e of entries) if (!top || Number(e[2]) > Number(top[2])) top = e;
+  return top ? `${top[3].slice(0, 2).join(' ').slice(0, 60)} (${top[2]} µs)` : '';
+}
+
+/**
+ * One worker process at c=50 drains `target` tasks of a queue already filled; returns the rate,
+ * Redis CPU per task and the longest Redis command meanwhile. With `untilDelayedEmpty` it also
+ * waits, the worker still running, until the delayed set is empty, and gives the Redis CPU from
+ * the start to then and the tasks ended by then.
+ */
+async function drainHead(system, url, target, { activateDelayed = false, untilDelayedEmpty = false } = {}) {
+  const child = startChild(system, url, { concurrency: 50, target, activateDelayed });
+  try {
+    await child.next('ready');
+    await slowlogReset();
+    const before = await snapshot();
+    child.send({ type: 'go' });
+    const { stats } = await child.next('done', 900_000);
+    const after = await snapshot();
+    const longestUs = await slowlogMaxUs();
+    const out = {
+      rate: target / (Number(stats.elapsedNs) / 1e9),
+      redisCpuUs: (after.cpu - before.cpu) / target,
+      nodeCpuUs: stats.cpuUs / target,
+      longestMs: longestUs / 1000,
+      longestCmd: await slowlogLongest(),
+    };
+    if (untilDelayedEmpty) {
+      out.delayedLeftAtHead = await admin.zcard(delayedKey(system));
+      const t0 = Date.now();
+      while ((await admin.zcard(delayedKey(system))) > 0) {
+        if (Date.now() - t0 > 900_000) throw new Error(`${system}: the delayed set did not empty within 900 s`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      const emptied = await snapshot();
+      out.promoteCpuS = (emptied.cpu - before.cpu) / 1e6;
+      out.ranByEmpty = Math.max(child.state.done, target);
+      out.longestToEmptyMs = (await slowlogMaxUs()) / 1000;
+      out.longestToEmptyCmd = await slowlogLongest();
+    }
+    await child.stop();
+    return out;
+  } finally {
+    child.kill();
+  }
+}
+
+/** BENCH_GROWTH_DRAIN tasks drained by k worker processes at c=50 each: rate from the first start to the last end. */
+async function scenarioWorkers(system, url, k) {
+  await reset();
+  const n = cfg.growthDrain;
+  const p = await producer(system, url, PREFIX);
+  await fill(p, n);
+  await p.close();
+  const children = Array.from({ length: k }, () => startChild(system, url, { concurrency: 50, target: 0 }));
+  try {
+    await Promise.all(children.map((c) => c.next('ready')));
+    const before = await snapshot();
+    for (const c of children) c.send({ type: 'go' });
+    const started = await Promise.all(children.map((c) => c.next('started')));
+    const deadline = Date.now() + 600_000;
+    while (children.reduce((sum, c) => sum + c.state.done, 0) < n) {
+      if (Date.now() > deadline) throw new Error(`${system}: ${k} workers did not drain ${n} tasks in 600 s`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const after = await snapshot();
+    const t0 = started.reduce((min, m) => (BigInt(m.t0) < min ? BigInt(m.t0) : min), BigInt(started[0].t0));
+    const t1 = children.reduce((max, c) => (BigInt(c.state.lastDoneNs ?? 0) > max ? BigInt(c.state.lastDoneNs) : max), 0n);
+    await Promise.all(children.map((c) => c.stop()));
+    return { rate: n / seconds(t1 - t0), redisCpuUs: (after.cpu - before.cpu) / n };
+  } finally {
+    for (const c of children) c.kill();
+  }
+}
+
+/** A payload of about `size` bytes as JSON: { i, s: 'x' × (size − 20) }. */
+const sized = (size) => (i) => ({ i, s: 'x'.repeat(Math.max(0, size - 20)) });
+
+/** Tasks of one payload size: single enqueue (rate, memory per task), then drained at c=50. */
+async function scenarioPayload(system, url, size) {
+  await reset();
+  const n = Math.max(1, Math.min(cfg.growthPayload, Math.floor((cfg.growthPayloadMb * 1e6) / size)));
+  const make = sized(size);
+  const p = await producer(system, url, PREFIX);
+  await enqueueAll(p, Math.min(500, n), 'noop', undefined, make); // warm-up
+  await reset();
+  const before = await snapshot();
+  const cpu0 = process.cpuUsage();
+  const t0 = now();
+  await enqueueAll(p, n, 'noop', undefined, make);
+  const elapsed = seconds(now() - t0);
+  const cpu = process.cpuUsage(cpu0);
+  const after = await snapshot();
+  await p.close();
+  const drained = await drainHead(system, url, n);
+  return {
+    tasks: n,
+    enqueueRate: n / elapsed,
+    enqueueRedisCpuUs: (after.cpu - before.cpu) / n,
+    enqueueNodeCpuUs: (cpu.user + cpu.system) / n,
+    drainNodeCpuUs: drained.nodeCpuUs,
+    bytesPerTask: (after.mem - before.mem) / n,
+    drainRate: drained.rate,
+    drainRedisCpuUs: drained.redisCpuUs,
+  };
+}
+
+/**
+ * BENCH_GROWTH_DELAYED delayed tasks, bulk-enqueued with one due time (set from a timed warm-up
+ * so that it falls just after the last one is stored); memory per task; once they are all due,
+ * one worker process at c=50 drains the first BENCH_GROWTH_HEAD, and keeps going until the
+ * delayed set is empty.
+ */
+async function scenarioDelayed(system, url) {
+  await reset();
+  const m = cfg.growthDelayed;
+  const p = await producer(system, url, PREFIX);
+  // Warm-up and calibration: the bulk rate of delayed tasks on this machine.
+  const probe = Math.min(10_000, m);
+  let t0 = now();
+  await fill(p, probe, { dueAt: Date.now() + 3_600_000 });
+  const probeRate = probe / seconds(now() - t0);
+  await reset();
+  // Due when the bulk enqueue, at the probe's rate, would have taken 1.5 times as long, + 250 ms.
+  const dueAt = Date.now() + Math.ceil(((1.5 * m) / probeRate) * 1000) + 250;
+  const before = await snapshot();
+  t0 = now();
+  await fill(p, m, { dueAt });
+  const elapsed = seconds(now() - t0);
+  const after = await snapshot();
+  await p.close();
+  const late = Date.now() > dueAt;
+  if (late) log(`  delayed: ${system} stored its tasks after their due time (${Date.now() - dueAt} ms late); some may not have been delayed`);
+  const delayedHeld = await admin.zcard(delayedKey(system));
+  while (Date.now() <= dueAt + 50) await new Promise((r) => setTimeout(r, 20));
+  const head = Math.min(cfg.growthHead, m);
+  const drained = await drainHead(system, url, head, { activateDelayed: true, untilDelayedEmpty: true });
+  return {
+    enqueueRate: m / elapsed,
+    bytesPerTask: (after.mem - before.mem) / m,
+    delayedHeld,
+    headRate: drained.rate,
+    headRedisCpuUs: drained.redisCpuUs,
+    headLongestMs: drained.longestMs,
+    longestCmd: drained.longestToEmptyCmd,
+    delayedLeftAtHead: drained.delayedLeftAtHead,
+    promoteRedisCpuUs: (drained.promoteCpuS * 1e6) / m,
+    ranByEmpty: drained.ranByEmpty,
+    longestToEmptyMs: drained.longestToEmptyMs,
+  };
+}
+
+/**
+ * BENCH_GROWTH_WAITING tasks waiting (bulk), memory per task; one worker process at c=50 drains
+ * the first BENCH_GROWTH_HEAD with the rest behind. Then, for comparison, BENCH_GROWTH_HEAD
+ * tasks alone, drained the same way.
+ */
+async function scenarioWaiting(system, url) {
+  await reset();
+  const m = cfg.growthWaiting;
+  const head = Math.min(cfg.growthHead, m);
+  let p = await producer(system, url, PREFIX);
+  await fill(p, Math.min(cfg.bulkBatch, m)); // warm-up
+  await reset();
+  const before = await snapshot();
+  const t0 = now();
+  await fill(p, m);
+  const elapsed = seconds(now() - t0);
+  const after = await snapshot();
+  await p.close();
+  const long = await drainHead(system, url, head);
+  await reset();
+  p = await producer(system, url, PREFIX);
+  await fill(p, head);
+  await p.close();
+  const short = await drainHead(system, url, head);
+  return {
+    bulkRate: m / elapsed,
+    bytesPerTask: (after.mem - before.mem) / m,
+    headRate: long.rate,
+    headRedisCpuUs: long.redisCpuUs,
+    headLongestMs: long.longestMs,
+    headLongestCmd: long.longestCmd,
+    shortRate: short.rate,
+    shortRedisCpuUs: short.redisCpuUs,
+    shortLongestMs: short.longestMs,
+  };
+}
+
+/**
+ * BENCH_GROWTH_UNIQUE tasks each with its own unique key, single enqueue, held (no worker):
+ * memory and costs per task against as many plain tasks; then the same keys again (every call a
+ * duplicate).
+ */
+async function scenarioUniqueHeld(system, url) {
+  const n = cfg.growthUnique;
+  const p = await producer(system, url, PREFIX);
+  const measure = async (kind, fresh = true) => {
+    if (fresh) await reset();
+    const before = await snapshot();
+    const t0 = now();
+    await enqueueAll(p, n, kind);
+    const elapsed = seconds(now() - t0);
+    const after = await snapshot();
+    return { rate: n / elapsed, redisCpuUs: (after.cpu - before.cpu) / n, bytesPerTask: (after.mem - before.mem) / n };
+  };
+  await reset();
+  await enqueueAll(p, Math.min(2_000, n), 'unique'); // warm-up
+  const plain = await measure('noop');
+  const unique = await measure('unique');
+  const dup = await measure('unique', false);
+  await p.close();
+  return {
+    plainRate: plain.rate,
+    plainRedisCpuUs: plain.redisCpuUs,
+    plainBytes: plain.bytesPerTask,
+    uniqueRate: unique.rate,
+    uniqueRedisCpuUs: unique.redisCpuUs,
+    uniqueBytes: unique.bytesPerTask,
+    dupRate: dup.rate,
+    dupRedisCpuUs: dup.redisCpuUs,
+    dupBytes: dup.bytesPerTask,
+  };
+}
+
 // ------------------------------------------------------------------ the run
 
 // Each row: where its samples come from, its unit and which way is better. Machine-independent first.
@@ -507,6 +776,59 @@ const BACKLOG_ROWS = [
   { id: 'bl_overtaken', label: 'Backlog: most later-sent tasks started > 50 ms before one task', unit: 'places', better: 'lower', from: ['backlog', 'overtaken'] },
 ];
 
+// The growth scenarios (run BENCH_GROWTH_REPS times) and their rows.
+const GROWTH_SCENARIOS = ['workers', 'payload', 'delayed', 'waiting', 'uniqueHeld'];
+const kb = (size) => (size >= 1024 ? `${Math.round(size / 1024)} KB` : `${size} B`);
+function growthRows() {
+  const n = (x) => x.toLocaleString('en-US');
+  const rows = [];
+  for (const k of cfg.growthWorkers) {
+    rows.push({ id: `g_workers${k}_rate`, label: `Drain ${n(cfg.growthDrain)} tasks, ${k} worker process${k > 1 ? 'es' : ''} at c=50 each`, unit: 'tasks/s', better: 'higher', from: [`workers${k}`, 'rate'] });
+  }
+  for (const k of cfg.growthWorkers) {
+    rows.push({ id: `g_workers${k}_cpu`, label: `Redis CPU per task, ${k} worker process${k > 1 ? 'es' : ''}`, unit: 'µs', better: 'lower', from: [`workers${k}`, 'redisCpuUs'] });
+  }
+  for (const size of cfg.growthSizes) {
+    rows.push({ id: `g_payload${size}_enqueue`, label: `Payload ${kb(size)}: single enqueue`, unit: 'tasks/s', better: 'higher', from: [`payload${size}`, 'enqueueRate'] });
+    rows.push({ id: `g_payload${size}_drain`, label: `Payload ${kb(size)}: drain, c=50`, unit: 'tasks/s', better: 'higher', from: [`payload${size}`, 'drainRate'] });
+    rows.push({ id: `g_payload${size}_bytes`, label: `Payload ${kb(size)}: Redis memory per queued task`, unit: 'bytes', better: 'lower', from: [`payload${size}`, 'bytesPerTask'] });
+  }
+  const d = n(cfg.growthDelayed);
+  const h = n(Math.min(cfg.growthHead, cfg.growthDelayed));
+  rows.push(
+    { id: 'g_delayed_bytes', label: `${d} delayed tasks: Redis memory per task`, unit: 'bytes', better: 'lower', from: ['delayed', 'bytesPerTask'] },
+    { id: 'g_delayed_enqueue', label: `${d} delayed tasks: bulk enqueue`, unit: 'tasks/s', better: 'higher', from: ['delayed', 'enqueueRate'] },
+    { id: 'g_delayed_head_rate', label: `All due: drain the first ${h}, c=50`, unit: 'tasks/s', better: 'higher', from: ['delayed', 'headRate'] },
+    { id: 'g_delayed_head_cpu', label: `All due: Redis CPU per task, first ${h}`, unit: 'µs', better: 'lower', from: ['delayed', 'headRedisCpuUs'] },
+    { id: 'g_delayed_promote_cpu', label: `All due: Redis CPU until none is left delayed, per delayed task (runs meanwhile included)`, unit: 'µs', better: 'lower', from: ['delayed', 'promoteRedisCpuUs'] },
+    { id: 'g_delayed_ran', label: `All due: tasks ended by the time none is left delayed`, unit: 'tasks', better: 'lower', from: ['delayed', 'ranByEmpty'], noRatio: true },
+    { id: 'g_delayed_longest', label: `All due: longest single Redis command until none is left delayed`, unit: 'ms', better: 'lower', from: ['delayed', 'longestToEmptyMs'], noRatio: true },
+  );
+  const w = n(cfg.growthWaiting);
+  const wh = n(Math.min(cfg.growthHead, cfg.growthWaiting));
+  rows.push(
+    { id: 'g_waiting_bytes', label: `${w} waiting tasks: Redis memory per task`, unit: 'bytes', better: 'lower', from: ['waiting', 'bytesPerTask'] },
+    { id: 'g_waiting_bulk', label: `${w} waiting tasks: bulk enqueue`, unit: 'tasks/s', better: 'higher', from: ['waiting', 'bulkRate'] },
+    { id: 'g_waiting_head_rate', label: `Drain the first ${wh} of ${w}, c=50`, unit: 'tasks/s', better: 'higher', from: ['waiting', 'headRate'] },
+    { id: 'g_short_rate', label: `Drain ${wh} of ${wh}, c=50`, unit: 'tasks/s', better: 'higher', from: ['waiting', 'shortRate'] },
+    { id: 'g_waiting_head_cpu', label: `Redis CPU per task, first ${wh} of ${w}`, unit: 'µs', better: 'lower', from: ['waiting', 'headRedisCpuUs'] },
+    { id: 'g_short_cpu', label: `Redis CPU per task, ${wh} of ${wh}`, unit: 'µs', better: 'lower', from: ['waiting', 'shortRedisCpuUs'] },
+    { id: 'g_waiting_longest', label: `Longest single Redis command, first ${wh} of ${w}`, unit: 'ms', better: 'lower', from: ['waiting', 'headLongestMs'], noRatio: true },
+  );
+  const u = n(cfg.growthUnique);
+  rows.push(
+    { id: 'g_unique_bytes', label: `${u} unique tasks held: Redis memory per task`, unit: 'bytes', better: 'lower', from: ['uniqueHeld', 'uniqueBytes'] },
+    { id: 'g_plain_bytes', label: `${u} plain tasks: Redis memory per task`, unit: 'bytes', better: 'lower', from: ['uniqueHeld', 'plainBytes'] },
+    { id: 'g_unique_rate', label: `${u} unique tasks: single enqueue`, unit: 'tasks/s', better: 'higher', from: ['uniqueHeld', 'uniqueRate'] },
+    { id: 'g_plain_rate', label: `${u} plain tasks: single enqueue`, unit: 'tasks/s', better: 'higher', from: ['uniqueHeld', 'plainRate'] },
+    { id: 'g_unique_cpu', label: `Unique enqueue: Redis CPU per task`, unit: 'µs', better: 'lower', from: ['uniqueHeld', 'uniqueRedisCpuUs'] },
+    { id: 'g_plain_cpu', label: `Plain enqueue: Redis CPU per task`, unit: 'µs', better: 'lower', from: ['uniqueHeld', 'plainRedisCpuUs'] },
+    { id: 'g_dup_rate', label: `The same ${u} keys again (all duplicates): enqueue`, unit: 'tasks/s', better: 'higher', from: ['uniqueHeld', 'dupRate'] },
+    { id: 'g_dup_cpu', label: `Duplicates: Redis CPU per call`, unit: 'µs', better: 'lower', from: ['uniqueHeld', 'dupRedisCpuUs'] },
+  );
+  return rows;
+}
+
 async function main() {
   if (cfg.systems.includes('heimdall')) buildHeimdall();
   const redis = await startRedis({ log });
@@ -521,14 +843,19 @@ async function main() {
   const started = Date.now();
   try {
     const redisVersion = (await info('server')).redis_version;
-    for (let rep = 1; rep <= cfg.reps; rep++) {
+    const lastRep = Math.max(cfg.reps, cfg.growthReps);
+    for (let rep = 1; rep <= lastRep; rep++) {
       for (const system of cfg.systems) {
-        const step = async (name, fn) => {
+        // `name` selects the scenario (BENCH_SCENARIOS); `key` files its samples (a growth
+        // scenario's sizes each under their own).
+        const step = async (name, fn, key = name) => {
           if (cfg.scenarios ? !cfg.scenarios.has(name) : cfg.optIn.includes(name)) return;
+          const growth = GROWTH_SCENARIOS.includes(name);
+          if (rep > (growth ? cfg.growthReps : cfg.reps)) return;
           const t = Date.now();
           const r = await fn();
-          add(system, name, r);
-          log(`rep ${rep}/${cfg.reps} ${system.padEnd(9)} ${name.padEnd(11)} ${brief(r)} (${((Date.now() - t) / 1000).toFixed(1)} s)`);
+          add(system, key, r);
+          log(`rep ${rep}/${growth ? cfg.growthReps : cfg.reps} ${system.padEnd(9)} ${key.padEnd(11)} ${brief(r)} (${((Date.now() - t) / 1000).toFixed(1)} s)`);
         };
         await step('enqueue', () => scenarioEnqueue(system, redis.url));
         await step('bulk', () => scenarioBulk(system, redis.url));
@@ -540,6 +867,11 @@ async function main() {
           await step('rateLimited', () => scenarioRateLimited(redis.url));
           await step('backlog', () => scenarioBacklog(redis.url));
         }
+        for (const k of cfg.growthWorkers) await step('workers', () => scenarioWorkers(system, redis.url, k), `workers${k}`);
+        for (const size of cfg.growthSizes) await step('payload', () => scenarioPayload(system, redis.url, size), `payload${size}`);
+        await step('delayed', () => scenarioDelayed(system, redis.url));
+        await step('waiting', () => scenarioWaiting(system, redis.url));
+        await step('uniqueHeld', () => scenarioUniqueHeld(system, redis.url));
       }
     }
     await reset();
@@ -553,6 +885,17 @@ async function main() {
       const h = values.heimdall?.median;
       const ratio = (other) => (h !== undefined && values[other]?.median >= 0.01 ? h / values[other].median : undefined);
       return { id: row.id, group: row.group, label: row.label, unit: row.unit, better: row.better, values, ratios: { bullmq: ratio('bullmq'), 'bee-queue': ratio('bee-queue') } };
+    });
+    const growth = growthRows().map((row) => {
+      const values = {};
+      for (const system of cfg.systems) {
+        const s = stats(pick(system, row.from));
+        if (s) values[system] = s;
+      }
+      const h = values.heimdall?.median;
+      const ratio = (other) => (h !== undefined && values[other]?.median >= 0.01 ? h / values[other].median : undefined);
+      const ratios = row.noRatio ? {} : { bullmq: ratio('bullmq'), 'bee-queue': ratio('bee-queue') };
+      return { id: row.id, label: row.label, unit: row.unit, better: row.better, values, ratios };
     });
     const heimdallRows = samples.heimdall?.backlog ? [...HEIMDALL_ROWS, ...BACKLOG_ROWS] : HEIMDALL_ROWS;
     const heimdallOnly = cfg.systems.includes('heimdall')
@@ -570,6 +913,7 @@ async function main() {
       config: { ...cfg, queue: QUEUE, payload: "{ i, s: 'x'.repeat(100) }" },
       systems: cfg.systems,
       rows,
+      growth,
       heimdallOnly,
       samples,
     };

@@ -38,9 +38,10 @@ interface HeimdallRow {
 }
 interface Result {
   versions: Record<string, string>;
-  config: { reps: number; enqueue: number; drain: number; rateTasks: number };
+  config: { reps: number; enqueue: number; drain: number; rateTasks: number; growthReps: number; growthWaiting: number };
   systems: string[];
   rows: Row[];
+  growth: Omit<Row, 'group'>[];
   heimdallOnly: HeimdallRow[];
   samples: Record<string, Record<string, Record<string, number>[]>>;
 }
@@ -49,6 +50,13 @@ const ROW_IDS = [
   'redis_cpu_drain50', 'redis_cpu_drain1', 'redis_cpu_enqueue', 'node_cpu_drain50', 'node_cpu_drain1', 'node_cpu_enqueue',
   'cmds_drain50', 'cmds_drain1', 'cmds_enqueue', 'scripts_drain50', 'inscript_drain50', 'inscript_enqueue', 'bytes',
   'enqueue_rate', 'bulk_rate', 'drain1_rate', 'drain50_rate', 'lat_p50', 'lat_p95', 'lat_p99',
+];
+const GROWTH_IDS = [
+  'g_workers2_rate', 'g_workers2_cpu',
+  ...[100, 10240, 102400].flatMap((s) => [`g_payload${s}_enqueue`, `g_payload${s}_drain`, `g_payload${s}_bytes`]),
+  'g_delayed_bytes', 'g_delayed_enqueue', 'g_delayed_head_rate', 'g_delayed_head_cpu', 'g_delayed_promote_cpu', 'g_delayed_ran', 'g_delayed_longest',
+  'g_waiting_bytes', 'g_waiting_bulk', 'g_waiting_head_rate', 'g_short_rate', 'g_waiting_head_cpu', 'g_short_cpu', 'g_waiting_longest',
+  'g_unique_bytes', 'g_plain_bytes', 'g_unique_rate', 'g_plain_rate', 'g_unique_cpu', 'g_plain_cpu', 'g_dup_rate', 'g_dup_cpu',
 ];
 const HEIMDALL_IDS = ['unique_rate', 'unique_redis_cpu', 'unique_bytes', 'unique_cmds', 'rl_rate', 'rl_max_window'];
 
@@ -73,6 +81,13 @@ describe('npm run bench (tiny sizes)', () => {
       BENCH_DRAIN: '200',
       BENCH_LATENCY: '100',
       BENCH_RATE_TASKS: '200',
+      BENCH_GROWTH_DRAIN: '200',
+      BENCH_GROWTH_WORKERS: '2',
+      BENCH_GROWTH_PAYLOAD: '100',
+      BENCH_GROWTH_DELAYED: '500',
+      BENCH_GROWTH_WAITING: '500',
+      BENCH_GROWTH_HEAD: '100',
+      BENCH_GROWTH_UNIQUE: '100',
       BENCH_SYSTEMS: systems.join(','),
       BENCH_OUT: out,
       BENCH_CHART: chart,
@@ -124,12 +139,36 @@ describe('npm run bench (tiny sizes)', () => {
     expect(only('rl_max_window').value!.median).toBeGreaterThan(0);
     expect(only('rl_max_window').value!.median).toBeLessThanOrEqual(200);
 
+    // The growth scenarios: one run each (BENCH_GROWTH_REPS 1), every system in every row.
+    expect(result.config).toMatchObject({ growthReps: 1, growthWaiting: 500 });
+    expect(result.growth.map((r) => r.id)).toEqual(GROWTH_IDS);
+    for (const r of result.growth) {
+      for (const system of systems) expect(isStat(r.values[system], 1), `${r.id} of ${system}`).toBe(true);
+    }
+    const grow = (id: string) => result.growth.find((r) => r.id === id)!;
+    for (const system of systems) {
+      // A 100-KB payload takes more memory than a 100-byte one; every delayed task was delayed
+      // and stored; a unique task holds its key.
+      expect(grow('g_payload102400_bytes').values[system]!.median).toBeGreaterThan(100_000);
+      expect(grow('g_payload102400_bytes').values[system]!.median).toBeGreaterThan(grow('g_payload100_bytes').values[system]!.median);
+      expect(result.samples[system]!.delayed![0]!.delayedHeld).toBe(500);
+      expect(grow('g_delayed_ran').values[system]!.median).toBeGreaterThanOrEqual(100);
+      expect(grow('g_unique_bytes').values[system]!.median).toBeGreaterThan(0);
+      // A duplicate stores no new task (BullMQ still writes an event per call).
+      const held = result.samples[system]!.uniqueHeld![0]!;
+      expect(held.dupBytes).toBeLessThan(held.uniqueBytes! / 2);
+    }
+
     const svg = readFileSync(chart, 'utf8');
     expect(svg.startsWith('<svg ')).toBe(true);
     expect(svg.trimEnd().endsWith('</svg>')).toBe(true);
     for (const system of systems) expect(svg).toContain({ heimdall: 'heimdall-tasks', bullmq: 'BullMQ', 'bee-queue': 'bee-queue' }[system]);
     const table = readFileSync(join(dir, 'latest.md'), 'utf8');
     expect(table).toContain('| Drain, 1 worker process, c=50 | tasks/s |');
+    expect(table).toContain('### How cost grows with the work');
+    expect(table).toContain('| Drain the first 100 of 500, c=50 | tasks/s |');
     expect(stdout).toBe(table);
-  });
+    // About 35 s with the three systems (about 22 s of them the growth scenarios, which start 6
+    // worker processes per system); the margin is for a loaded machine in a full `npm test`.
+  }, 150_000);
 });

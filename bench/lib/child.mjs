@@ -10,10 +10,10 @@ import { BENCH } from './systems.mjs';
  * Returns { state, next(type), send(msg), kill(), stop() }: `next` resolves with the first message
  * of a type, `stop` asks the worker to close and resolves with its 'closed' message once it exited.
  */
-export function startChild(system, url, { prefix, concurrency, target, recordStarts = false, checkRuns = false, queue, execArgv = [], env = {} }) {
+export function startChild(system, url, { prefix, concurrency, target, recordStarts = false, checkRuns = false, queue, activateDelayed = false, execArgv = [], env = {} }) {
   const child = fork(join(BENCH, 'lib', 'worker-child.mjs'), [], {
     execArgv: ['--import', 'tsx', ...execArgv],
-    env: { ...process.env, ...env, BENCH_CHILD: JSON.stringify({ system, url, prefix, concurrency, target, recordStarts, checkRuns, queue }) },
+    env: { ...process.env, ...env, BENCH_CHILD: JSON.stringify({ system, url, prefix, concurrency, target, recordStarts, checkRuns, queue, activateDelayed }) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const waiters = new Map();
@@ -21,7 +21,10 @@ export function startChild(system, url, { prefix, concurrency, target, recordSta
   const state = { done: 0 };
   let failure;
   child.on('message', (msg) => {
-    if (msg.type === 'progress') state.done = Math.max(state.done, msg.done);
+    if (msg.type === 'progress') {
+      state.done = Math.max(state.done, msg.done);
+      if (msg.lastDoneNs) state.lastDoneNs = msg.lastDoneNs;
+    }
     if (msg.type === 'error') failure = new Error(`${system} worker: ${msg.message}`);
     seen.set(msg.type, msg);
     const w = waiters.get(msg.type);

@@ -64,6 +64,24 @@ export function renderTable(result) {
       lines.push(`| ${cells.join(' | ')} |`);
     }
   }
+  const growth = (result.growth ?? []).filter((r) => Object.keys(r.values).length > 0);
+  if (growth.length > 0) {
+    const reps = result.config.growthReps ?? result.config.reps;
+    lines.push(
+      '',
+      '### How cost grows with the work',
+      '',
+      `${reps === 1 ? 'One run' : `Medians of ${reps} runs, (min–max) in brackets`} (BENCH_GROWTH_REPS); '–' where a system lacks the feature or the scenario did not run.`,
+      '',
+    );
+    const head = ['Figure', 'Unit', ...systems.map((s) => NAMES[s]), ...(systems.includes('heimdall') ? others.map((o) => `heimdall/${NAMES[o]}`) : [])];
+    lines.push(`| ${head.join(' | ')} |`, `|${head.map((_, i) => (i < 2 ? ' --- ' : ' ---: ')).join('|')}|`);
+    for (const r of growth) {
+      const cells = [r.label, r.unit, ...systems.map((s) => (reps === 1 && r.values[s] ? fmt(r.values[s].median) : cell(r.values[s])))];
+      if (systems.includes('heimdall')) for (const o of others) cells.push(ratioCell(r.ratios[o], r.better));
+      lines.push(`| ${cells.join(' | ')} |`);
+    }
+  }
   if (result.heimdallOnly.length > 0) {
     lines.push('', '### heimdall-tasks only', '', '| Figure | Unit | Median (min–max) | Plain enqueue | Ratio to plain |', '| --- | --- | ---: | ---: | ---: |');
     for (const r of result.heimdallOnly) {

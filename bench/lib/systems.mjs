@@ -167,8 +167,9 @@ function beeQueue() {
 }
 
 /**
- * A producer: `{ enqueue(payload, kind?), bulk?(payloads, kind?), close() }`. `kind` is 'noop'
- * (default), 'unique', 'limited' or 'backlog' (heimdall only). enqueue resolves to the task id,
+ * A producer: `{ enqueue(payload, kind?, { dueAt }?), bulk?(payloads, kind?, { dueAt }?), close() }`.
+ * `kind` is 'noop' (default), 'unique' (all three systems, each with its own form), 'limited' or
+ * 'backlog' (heimdall only); `dueAt` (epoch ms) makes a delayed task, due then. enqueue resolves to the task id,
  * heimdall's bulk to the ids in the order of the payloads.
  */
 export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
@@ -179,9 +180,14 @@ export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
     const tasks = dispatcher.tasks(BenchTasks);
     // The tasks are declared on QUEUE; another queue is a per-call option.
     const to = queue === QUEUE ? undefined : { queue };
+    // dueAt (epoch ms): a delayed task, due then (the growth scenarios' delayed tasks).
+    const opts = (dueAt) => (to || dueAt ? { ...to, ...(dueAt ? { eta: dueAt } : {}) } : undefined);
     return {
-      enqueue: async (payload, kind = 'noop') => (await (to ? tasks[kind].applyAsync([payload], to) : tasks[kind].delay(payload))).id,
-      bulk: async (payloads, kind = 'noop') => (await tasks[kind].delayMany(payloads.map((payload) => [payload]), to)).map((r) => r.id),
+      enqueue: async (payload, kind = 'noop', { dueAt } = {}) => {
+        const o = opts(dueAt);
+        return (await (o ? tasks[kind].applyAsync([payload], o) : tasks[kind].delay(payload))).id;
+      },
+      bulk: async (payloads, kind = 'noop', { dueAt } = {}) => (await tasks[kind].delayMany(payloads.map((payload) => [payload]), opts(dueAt))).map((r) => r.id),
       info: (id) => dispatcher.result(id, { queue }).info(),
       close: async () => {
         await dispatcher.close();
@@ -194,10 +200,18 @@ export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
     const connection = new Redis(url, { maxRetriesPerRequest: null });
     const queue = new lib.Queue(QUEUE, { connection, prefix });
     await queue.waitUntilReady();
+    // kind 'unique': BullMQ's deduplication in its simple mode (one id per payload, held until the
+    // job completes or fails), the nearest to heimdall's unique lock. dueAt: the option `delay`.
+    const jobOpts = (payload, kind, dueAt) => {
+      const o = {};
+      if (kind === 'unique') o.deduplication = { id: `u${payload.i}` };
+      if (dueAt) o.delay = Math.max(1, dueAt - Date.now());
+      return o;
+    };
     return {
-      enqueue: async (payload) => (await queue.add('noop', payload)).id,
-      bulk: async (payloads) => {
-        await queue.addBulk(payloads.map((data) => ({ name: 'noop', data })));
+      enqueue: async (payload, kind = 'noop', { dueAt } = {}) => (await queue.add('noop', payload, jobOpts(payload, kind, dueAt))).id,
+      bulk: async (payloads, kind = 'noop', { dueAt } = {}) => {
+        await queue.addBulk(payloads.map((data) => ({ name: 'noop', data, opts: jobOpts(data, kind, dueAt) })));
       },
       close: async () => {
         await queue.close();
@@ -210,10 +224,18 @@ export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
     // getEvents off: the producer does not wait for results (nor do the other two producers).
     const queue = new Queue(QUEUE, { redis: { url }, prefix, isWorker: false, getEvents: false });
     await queue.ready();
+    // kind 'unique': a custom job id (setId), which bee-queue saves only when no job of that id
+    // exists. dueAt: delayUntil (its worker needs activateDelayedJobs).
+    const job = (payload, kind, dueAt) => {
+      const j = queue.createJob(payload);
+      if (kind === 'unique') j.setId(`u${payload.i}`);
+      if (dueAt) j.delayUntil(dueAt);
+      return j;
+    };
     return {
-      enqueue: async (payload) => (await queue.createJob(payload).save()).id,
-      bulk: async (payloads) => {
-        const errors = await queue.saveAll(payloads.map((p) => queue.createJob(p)));
+      enqueue: async (payload, kind = 'noop', { dueAt } = {}) => (await job(payload, kind, dueAt).save()).id,
+      bulk: async (payloads, kind = 'noop', { dueAt } = {}) => {
+        const errors = await queue.saveAll(payloads.map((p) => job(p, kind, dueAt)));
         if (errors.size > 0) throw [...errors.values()][0];
       },
       close: () => queue.close(),
@@ -227,7 +249,7 @@ export async function producer(system, url, prefix, { queue = QUEUE } = {}) {
  * task's end is stored (and, heimdall only, `onLimited()` for each task its rate window sent back
  * to the delayed set). Resolves when the worker is consuming: `{ close() }`.
  */
-export async function worker(system, url, prefix, { concurrency, handler, onDone, onLimited, queue = QUEUE }) {
+export async function worker(system, url, prefix, { concurrency, handler, onDone, onLimited, queue = QUEUE, activateDelayed = false }) {
   if (system === 'heimdall') {
     const { lib, BenchTasks } = await heimdall();
     const service = new BenchTasks();
@@ -261,7 +283,8 @@ export async function worker(system, url, prefix, { concurrency, handler, onDone
   }
   if (system === 'bee-queue') {
     const Queue = beeQueue();
-    const queue = new Queue(QUEUE, { redis: { url }, prefix });
+    // activateDelayed: bee-queue moves due delayed jobs only in a queue that asks for it.
+    const queue = new Queue(QUEUE, { redis: { url }, prefix, ...(activateDelayed ? { activateDelayedJobs: true } : {}) });
     queue.on('succeeded', onDone);
     queue.on('error', (err) => console.error(`bee-queue worker error: ${err.message}`));
     queue.process(concurrency, async (job) => handler(job.data));

@@ -1,6 +1,6 @@
 // One worker process of the bench, driven by run.mjs over IPC:
 //   child -> 'ready' (modules loaded)      parent -> 'go'
-//   child -> 'started' (worker consuming)  ... child -> 'progress' { done } now and then
+//   child -> 'started' { t0 } (worker consuming)  ... child -> 'progress' { done, lastDoneNs } now and then
 //   child -> 'done' { stats } once `target` tasks ended (target 0: never; parent sends 'stop')
 //   parent -> 'stop'                       child -> 'closed' { stats }, then exits
 // The stats count the tasks ended (done) and, heimdall only, the tasks its rate windows sent back
@@ -12,7 +12,7 @@
 import { clientCommands, preload, worker } from './systems.mjs';
 
 // url: a Redis URL, or { cluster: seeds } (heimdall only); queue: optional, heimdall only.
-const { system, url, prefix, concurrency, target, recordStarts, checkRuns, queue } = JSON.parse(process.env.BENCH_CHILD);
+const { system, url, prefix, concurrency, target, recordStarts, checkRuns, queue, activateDelayed } = JSON.parse(process.env.BENCH_CHILD);
 const send = (msg) => process.send(msg, undefined, undefined, () => {});
 
 let done = 0;
@@ -27,6 +27,9 @@ let cmd0 = 0;
 let stats;
 const starts = recordStarts ? new Map() : undefined;
 let lastProgress = 0;
+// When the last task so far ended (hrtime ns): the parent times a drain shared by several processes
+// from their starts to the last end.
+let lastDoneAt = 0n;
 
 function snapshot() {
   const cpu = process.cpuUsage(cpu0);
@@ -56,6 +59,7 @@ function onLimited() {
 
 function onDone() {
   done++;
+  lastDoneAt = process.hrtime.bigint();
   if (target > 0 && done === target) {
     stats = snapshot();
     send({ type: 'done', stats });
@@ -66,7 +70,7 @@ function onDone() {
 setInterval(() => {
   if (done !== lastProgress) {
     lastProgress = done;
-    send({ type: 'progress', done });
+    send({ type: 'progress', done, lastDoneNs: String(lastDoneAt) });
   }
 }, 50).unref();
 
@@ -76,8 +80,8 @@ process.on('message', async (msg) => {
       cpu0 = process.cpuUsage();
       cmd0 = clientCommands.n;
       t0 = process.hrtime.bigint();
-      w = await worker(system, url, prefix, { concurrency, handler, onDone, onLimited, queue });
-      send({ type: 'started' });
+      w = await worker(system, url, prefix, { concurrency, handler, onDone, onLimited, queue, activateDelayed });
+      send({ type: 'started', t0: String(t0) });
     } else if (msg.type === 'stop') {
       const final = stats ?? snapshot();
       await w?.close();
