@@ -267,6 +267,10 @@ export interface FetchCandidates {
   readonly look?: readonly string[];
   /** How many ids at the tail to return for the next call's hints. */
   readonly peek?: number;
+  /** How many of the tasks the call starts begin at once (default: all); the rest, the last ones started, are reservations (prefetch). */
+  readonly handlers?: number;
+  /** Reservations of this worker whose handler began since its last call: the call marks them begun (STARTED for readers, st = now) before it stores the ends. */
+  readonly begins?: readonly RunRef[];
 }
 
 /** The longest a claim holds: a worker starts its claims in its next call, so this bounds how long a dead worker's claims wait. */
@@ -280,8 +284,14 @@ export const MAX_CLAIM_MS = 10_000;
  * declared: the records (and locks) of `ends`, and of the claims and hints in `c`.
  */
 export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[], c: FetchCandidates = {}): Promise<RawFetchReply> {
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, Math.min(worker.leaseMs, MAX_CLAIM_MS), c.peek ?? 0, ends.length];
+  const begins = c.begins ?? NONE;
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, Math.min(worker.leaseMs, MAX_CLAIM_MS), c.peek ?? 0, c.handlers ?? want, begins.length];
   const scriptKeys = [keys.wait, keys.delayed, keys.active, keys.dead, keys.events, keys.stats, keys.claimed];
+  for (const b of begins) {
+    args.push(b.id, b.token);
+    scriptKeys.push(keys.task(b.id));
+  }
+  args.push(ends.length);
   const locks = c.locks;
   for (const e of ends) {
     const lock = locks?.get(e.id);

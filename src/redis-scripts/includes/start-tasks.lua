@@ -39,6 +39,9 @@
 --   * rate limit: counted in its rolling window on the Redis clock (includes/rate-window.lua);
 --     if full, it waits for its turn in the delayed set, due then, still PENDING;
 --   * otherwise it starts: state STARTED, attempts + 1, a new run token, a lease in the active set.
+--     Of the tasks started, the first `handlers` begin at once (`st`, a 'started' event); the
+--     others are the worker's reservations (prefetch): field `rs` = '1', no `st`, no event, until
+--     a later call of the worker says their handler began (fetch-7.lua's begins).
 -- Ids are read from the tail of the wait list (LRANGE), not popped: while the call works, every
 -- id it looks at is still in the list, so a call that fails half way (a command Redis refuses
 -- outside a pcall, an error in the script) leaves no id in no place. At the end the ids examined
@@ -108,7 +111,8 @@ end
 -- number, as text) is the run token of every task this call starts: a task is started at most once per call, and tokens are compared per
 -- task. `order` lists the ids of `cands` in the order the caller gave them. `outcomes` goes into
 -- the reply as it is.
-local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed, outcomes, cands, order, claimMs, peekCount)
+local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed, outcomes, cands, order, claimMs, peekCount, handlers)
+  handlers = handlers or want
   local waitKey, delayedKey, activeKey, claimedKey = K.wait, K.delayed, K.active, K.claimed
   local problems = {}
   local started, limited, revoked, claims, lapsed, peek = {}, {}, {}, {}, {}, {}
@@ -134,7 +138,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     leased, counted, placed = false, nil, false
     local key = c.key
     local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
-      'a1', 'a2', 'a3', 'mr', 'lw', 'cb', 'lu')
+      'a1', 'a2', 'a3', 'mr', 'lw', 'cb', 'lu', 'rs')
     if t.err then
       if isRefusal(t) then error(t) end
       deadLetter(base, id, 'its record is not a hash', now)
@@ -247,7 +251,17 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     -- The run token (the call's random seed): the lease renewals, the finish and revoke signals
     -- of this run carry it, so they can tell it from the task's other runs.
     local token = seed
-    redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt, 'tk', token)
+    -- The first `handlers` tasks started begin at once; the rest are reservations (prefetch):
+    -- started in every respect (lease, token, lock, rate window, attempt) but marked `rs`, with
+    -- no start time and no 'started' event until the worker's next call says their handler began.
+    local reserved = #started >= handlers * 8
+    if reserved then
+      redis.call('HSET', key, 's', 'STARTED', 'w', workerId, 'at', attempt, 'tk', token, 'rs', '1')
+    else
+      redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt, 'tk', token)
+      -- A reservation mark a hand-back could not take off (a refused HDEL) must not hide this run.
+      if t[23] then redis.call('HDEL', key, 'rs') end
+    end
     local carried = ''
     if lockKey then carried = 'u' end
     if rateKey then carried = carried .. 'r' end
@@ -257,7 +271,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
     table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)
     -- The first attempt goes without saying (a reader takes 1).
-    noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil)
+    if not reserved then noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil) end
     count = count + 1
   end
   -- Examines a declared task under pcall. Returns 'done' (started, ended or dropped), 'keys',
