@@ -6,7 +6,8 @@
 //   BENCH_LATENCY_RATE (500/s), BENCH_RATE_TASKS (5000), BENCH_SYSTEMS (heimdall,bullmq,bee-queue),
 //   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL,
 //   BENCH_SCENARIOS (a subset, e.g. drain50,latency), BENCH_CHILD_ARGS (node flags of the workers),
-//   BENCH_HEIMDALL_EVENTS (on; off runs heimdall-tasks with events: false).
+//   BENCH_HEIMDALL_EVENTS (on; off runs heimdall-tasks with events: false),
+//   BENCH_HEIMDALL_PREFETCH (unset: the Worker's default prefetch; a number runs its workers with it).
 // One scenario runs only when BENCH_SCENARIOS names it: `backlog` (heimdall only), a backlog of
 // BENCH_BACKLOG (10000) tasks queued at once behind a rate limit of [100, 1], drained by 2 worker
 // processes at concurrency 50. Its drain lasts BENCH_BACKLOG / 100 seconds by design (about 100 s

@@ -43,6 +43,12 @@ class PrefetchProbe {
   }
 }
 
+/** Whether the queue's event stream holds a 'started' event of task `id`. */
+async function startedEvent(h: Harness, id: string): Promise<boolean> {
+  const entries = await h.admin.xrange(h.queueKeys().events, '-', '+');
+  return entries.some(([, pairs]) => pairs.some((v, i) => i % 2 === 0 && v === 'started' && pairs[i + 1] === id));
+}
+
 /** Waits until task `id` is a reservation in Redis: STARTED with rs = '1' and a lease. */
 async function reserved(h: Harness, id: string): Promise<void> {
   await waitFor(
@@ -82,6 +88,8 @@ describe('prefetch', () => {
     expect(await h.field(b.id, 'attempts')).toBe('1');
     expect(probe.runs.map((r) => r.label)).toEqual(['a']);
     expect(ev.started.map((e) => e.id)).toEqual([a.id]);
+    expect(await startedEvent(h, a.id)).toBe(true);
+    expect(await startedEvent(h, b.id)).toBe(false);
 
     probe.gates.get('a')!.open();
     await waitFor(() => probe.gates.has('b'), { what: 'b to begin' });
@@ -93,6 +101,8 @@ describe('prefetch', () => {
     expect(bInfo.startedAt!.getTime()).toBeGreaterThanOrEqual(aInfo.finishedAt!.getTime());
     expect(bInfo.attempts).toBe(1);
     expect(await h.field(b.id, 'reserved')).toBeNull();
+    expect(await startedEvent(h, b.id)).toBe(true);
+    expect(ev.started.map((e) => e.id)).toEqual([a.id, b.id]);
     probe.gates.get('b')!.open();
     expect(await b.get({ timeout: 5 })).toBe('b');
     expect(probe.runs.map((r) => [r.label, r.attempt])).toEqual([

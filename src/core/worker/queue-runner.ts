@@ -211,9 +211,12 @@ export class QueueRunner {
       this.running.delete(r.id);
       this.locks.delete(r.id);
     }
-    const back: Promise<void> = this.requeue(runs).then(
+    // Raced against abandon(): with Redis out of reach the call may never settle, and stop() waits for it.
+    const back: Promise<void> = Promise.race([this.requeue(runs), this.abandonedCall]).then(
       () => undefined,
-      (err: unknown) => this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: handing reserved tasks back`)),
+      (err: unknown) => {
+        if (!this.abandoned) this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: handing reserved tasks back`));
+      },
     );
     this.handingBack.add(back);
     void back.finally(() => {
