@@ -51,7 +51,7 @@
   's:<bucket>' succeeded and 'f:<bucket>' failed or retried, a bucket per 10 s of the Redis
   clock, 15 minutes kept) for the Inspector's tasks per second.
 
-  Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked}:
+  Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked, blocked}:
   as in start-tasks.lua (with want 0: nothing started, nextDelay given, more 0); outcomes is a
   flat list of two items per finished run, in the order given: the outcome and its detail (see
   finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds, ERROR
@@ -178,7 +178,7 @@ if want > 0 or candCount > 0 then
   reply = startTasks(base, { wait = KEYS[1], delayed = KEYS[2], active = KEYS[3], claimed = KEYS[7] }, workerId,
     tonumber(ARGV[3]), want, now, tonumber(ARGV[6]), ARGV[5], outcomes, cands, order, tonumber(ARGV[8]), tonumber(ARGV[9]), handlers)
 else
-  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, '', {}, {}, {}, {}}
+  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, '', {}, {}, {}, {}, 0}
 end
 flushEvents()
 return reply

@@ -140,31 +140,54 @@ describe('prefetch', () => {
     expect(probe.runs.map((r) => r.label)).toEqual(['a', 'x']);
   });
 
-  it("a rate-limited task's reservation counts as a start in its window", async () => {
+  it('a rate-limited task is never reserved: it waits at the front for a handler slot, nothing behind it is reserved, and its window counts its begin', async () => {
     const h = fresh();
     const probe = new PrefetchProbe();
     const d = h.dispatcher();
     const a = await d.tasks(PrefetchProbe).gated.delay('a');
     const r1 = await d.tasks(PrefetchProbe).limited.delay('r1');
-    const r2 = await d.tasks(PrefetchProbe).limited.delay('r2');
+    const p = await d.tasks(PrefetchProbe).gated.delay('p');
     const w = h.worker({ services: [probe], concurrency: 1, prefetch: 2 });
-    const ev = recordEvents(w);
     await w.start();
     await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
-    await reserved(h, r1.id);
+    // The worker asked for reservations and met r1 first: r1 stays queued at the front, with no
+    // lease and no start in its window, and p behind it is not reserved ahead of it.
+    await waitFor(async () => (await h.admin.lrange(h.queueKey('wait'), 0, -1)).join(',') === `${p.id},${r1.id}`, { what: 'r1 and p to stay queued' }).catch(async (e) => { throw new Error(String(e) + JSON.stringify([await h.admin.lrange(h.queueKey('wait'), 0, -1), await h.admin.zrange(h.queueKey('claimed'), 0, -1), await h.admin.zrange(h.queueKey('active'), 0, -1), r1.id, p.id, await h.admin.hgetall(h.taskKey(r1.id))])); });
     const rateKey = (await h.field(r1.id, 'rateKey'))!;
-    expect(await h.admin.zscore(rateKey, `${r1.id}:1`)).not.toBeNull();
-    // The window (1 a minute) is full with r1's reservation: r2 waits for its turn in the delayed set.
-    await waitFor(() => ev.rateLimited.some((e) => e.id === r2.id), { what: 'r2 to be rate limited' });
-    expect(await h.admin.zscore(h.queueKey('delayed'), r2.id)).not.toBeNull();
-    expect(await r2.status()).toBe('PENDING');
-    expect(probe.runs.map((r) => r.label)).toEqual(['a']);
+    expect(await h.admin.zcard(rateKey)).toBe(0);
+    expect(await h.admin.zscore(h.queueKey('active'), r1.id)).toBeNull();
+    expect(await h.field(r1.id, 'reserved')).toBeNull();
+    expect(await r1.status()).toBe('PENDING');
     probe.gates.get('a')!.open();
     await waitFor(() => probe.gates.has('r1'), { what: 'r1 to begin' });
+    // Counted when its handler began: the window's entry is its start time.
+    const st = Number(await h.field(r1.id, 'startedAt'));
+    expect(Number(await h.admin.zscore(rateKey, `${r1.id}:1`))).toBe(st);
+    // Reservations go on behind it once it runs.
+    await reserved(h, p.id);
     probe.gates.get('r1')!.open();
+    await waitFor(() => probe.gates.has('p'), { what: 'p to begin' });
+    probe.gates.get('p')!.open();
     expect(await r1.get({ timeout: 5 })).toBe('r1');
-    await a.get({ timeout: 5 });
-    await r2.revoke();
+    expect(await p.get({ timeout: 5 })).toBe('p');
+    expect(await a.get({ timeout: 5 })).toBe('a');
+    expect(probe.runs.map((r) => r.label)).toEqual(['a', 'r1', 'p']);
+  });
+
+  it('tasks run in the order they were sent at concurrency 1 with prefetch (a reservation is never overtaken)', async () => {
+    const h = fresh();
+    const probe = new PrefetchProbe();
+    const w = h.worker({ services: [probe], concurrency: 1, prefetch: 1 });
+    await w.start();
+    const d = h.dispatcher();
+    const labels = ['1', '2', '3', '4', '5', '6'];
+    const handles = await Promise.all(labels.map((l) => d.tasks(PrefetchProbe).gated.delay(l)));
+    for (const l of labels) {
+      await waitFor(() => probe.gates.has(l), { what: `${l} to run` });
+      probe.gates.get(l)!.open();
+    }
+    expect(await Promise.all(handles.map((r) => r.get({ timeout: 5 })))).toEqual(labels);
+    expect(probe.runs.map((r) => r.label)).toEqual(labels);
   });
 
   it('revoke of a reserved task ends it REVOKED at once, releases its lock, and its body never runs', async () => {

@@ -102,6 +102,8 @@ export class QueueRunner {
   private reservations: Reservation[] = [];
   /** Reservations whose handler began since the last call: the next call tells Redis (fetch-7.lua's begins). */
   private begins: RunRef[] = [];
+  /** A rate-limited task waits at the front for a handler slot (the last reply's `blocked`): ask for no reservation until a call asks for a handler slot. */
+  private needsHandler = false;
   /** Hand-backs of reservations in flight (requeue-3.lua): stop() waits for them. */
   private readonly handingBack = new Set<Promise<void>>();
   /** Ids the last reply saw at the tail of the wait list: the next call names them to start them at once. */
@@ -348,7 +350,7 @@ export class QueueRunner {
       const accepting = this.host.accepting();
       const asking = canSend && !this.idle && accepting;
       const fresh = asking ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
-      const freshReserving = asking && this.host.prefetch > 0 ? this.host.freeReservations() : 0;
+      const freshReserving = asking && this.host.prefetch > 0 && (!this.needsHandler || fresh > 0) ? this.host.freeReservations() : 0;
       if (!canSend || (this.pending.length === 0 && fresh + freshReserving === 0 && this.claims.length === 0 && this.begins.length === 0)) {
         if (!accepting && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0 && this.claims.length === 0 && this.begins.length === 0) return;
         if (this.idle && accepting && this.inFlight === 0) this.block();
@@ -364,6 +366,7 @@ export class QueueRunner {
       const begins = this.begins;
       this.begins = [];
       this.host.reserve(fresh, freshReserving);
+      if (fresh > 0) this.needsHandler = false;
       this.inFlight++;
       void this.call(fin, fresh, freshReserving, claims, claimsReserving, begins, accepting).finally(() => {
         this.inFlight--;
@@ -471,11 +474,12 @@ export class QueueRunner {
       return;
     }
     for (const h of hints) this.hinted.delete(h.id);
-    // The first `handlers` tasks started run at once, the rest are reservations. The slots of the
+    // Of the tasks started, the reservations are marked; the others run at once. The slots of the
     // claims still held stay promised: handler slots first, then reservation slots.
-    const running = Math.min(handlers, reply.started.length);
-    const reserved = reply.started.length - running;
-    const claimsRunning = Math.min(reply.claims.length, handlers - running);
+    let reserved = 0;
+    for (const task of reply.started) if (task.reserved) reserved++;
+    const running = reply.started.length - reserved;
+    const claimsRunning = Math.max(0, Math.min(reply.claims.length, handlers - running));
     const nowReserving = reply.claims.length - claimsRunning;
     this.claimsReserving += nowReserving;
     if (reply.claims.length > 0) {
@@ -512,7 +516,7 @@ export class QueueRunner {
     });
     if (refused.length > 0) this.pending.unshift(...refused);
     if (reply.started.length > 0) {
-      reply.started.forEach((task, i) => {
+      for (const task of reply.started) {
         if (task.carriesLock || task.carriesRate) this.keyedAt = Date.now();
         if (task.carriesLock) {
           // A task starts only in a call that declared the lock its record names: a claim's or a hint's.
@@ -520,9 +524,9 @@ export class QueueRunner {
           if (lock) this.locks.set(task.id, lock);
         }
         this.running.set(task.id, task.token);
-        if (i < running) this.host.launch(this, task);
-        else this.reservations.push({ task, seq: reservationSeq++ });
-      });
+        if (task.reserved) this.reservations.push({ task, seq: reservationSeq++ });
+        else this.host.launch(this, task);
+      }
     }
     // After the runs began: slots given back may begin older reservations, never taking the slots of these runs.
     this.host.reserve(claimsRunning - handlers, nowReserving - reserving);
@@ -534,6 +538,7 @@ export class QueueRunner {
     for (const t of reply.limited) this.host.rateLimited(this.keys.queue, t.id, t.name, t.argsJson, t.delayMs);
     for (const t of reply.revoked) this.host.revoked(this.keys.queue, t.id, t.name, t.argsJson, t.reason);
     if (reply.lapsed.length > 0) this.recover(reply.lapsed);
+    if (reply.blocked) this.needsHandler = true;
     if (want > 0) {
       const taken = reply.started.length + reply.claims.length;
       this.idle = !reply.more && taken < want;

@@ -24,8 +24,8 @@ export interface WorkerOptions extends ConnectionOptions {
    * Prefetch: tasks this worker reserves ahead of running them, beyond its `concurrency` handler
    * slots, so that a handler slot that frees begins the next task at once instead of waiting a
    * round trip to Redis. A whole number >= 0; 0 reserves none. A reservation is started in Redis
-   * as a task about to run is (lease, run token, unique lock, a start in its rate window,
-   * attempt) but reads PENDING, with no `startedAt`, until its handler begins; those of a
+   * as a task about to run is (lease, run token, unique lock, attempt; a rate-limited task is
+   * never reserved) but reads PENDING, with no `startedAt`, until its handler begins; those of a
    * closing or dying worker go back to the front of the queue without counting an attempt or a
    * recovery (see docs/guarantees.md, Prefetch). Default: 1.
    */

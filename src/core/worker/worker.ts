@@ -101,11 +101,12 @@ export class Worker {
       concurrency,
       prefetch,
       accepting: () => this.state === 'running',
-      freeSlots: () => Math.max(0, this.concurrency - this.inFlight.size - this.reserved),
+      // Reservations held or on their way take the handler slots that free first: a task is asked
+      // for as one to begin at once only when none is outstanding, so none overtakes a reservation.
+      freeSlots: () => Math.max(0, this.concurrency - this.inFlight.size - this.reserved - this.reservationsOutstanding()),
       freeReservations: () => {
-        let held = 0;
-        for (const r of this.runners) held += r.reservationCount;
-        return Math.max(0, this.prefetch - held - this.reservedAhead);
+        const left = this.concurrency - this.inFlight.size - this.reserved - this.reservationsOutstanding();
+        return Math.max(0, left + this.prefetch - Math.max(0, left));
       },
       reserve: (n, ahead = 0) => {
         this.reserved += n;
@@ -451,6 +452,13 @@ export class Worker {
     if (run.permits) this.admission.track?.(giveBack(run.runner.limitScripts, run.runner.keys.prefix, run.permits, this.admission));
     // Another queue may be waiting for the slot.
     for (const r of this.runners) if (r !== run.runner) r.poke();
+  }
+
+  /** Reservations held by the runners, and reservation slots promised to fetches in flight and to claims. */
+  private reservationsOutstanding(): number {
+    let n = this.reservedAhead;
+    for (const r of this.runners) n += r.reservationCount;
+    return n;
   }
 
   /**

@@ -36,11 +36,13 @@
 --     holds it now, it ends REVOKED with reason 'duplicate' and does not run, unless it is the
 --     task enqueued pending behind a running holder (onConflict keepLast or debounce: field cb),
 --     which goes back to the delayed set to wait for the holder's end;
+--   * rate limit, when it would be a reservation (past `handlers`): not started, it stays at the
+--     front and the call stops there (`blocked`);
 --   * rate limit: counted in its rolling window on the Redis clock (includes/rate-window.lua);
 --     if full, it waits for its turn in the delayed set, due then, still PENDING;
 --   * otherwise it starts: state STARTED, attempts + 1, a new run token, a lease in the active set.
---     Of the tasks started, the first `handlers` begin at once (`st`, a 'started' event); the
---     others are the worker's reservations (prefetch): field `rs` = '1', no `st`, no event, until
+--     While fewer than `handlers` tasks were started or claimed by the call, a task begins at
+--     once (`st`, a 'started' event); after that, it is one of the worker's reservations (prefetch): field `rs` = '1', no `st`, no event, until
 --     a later call of the worker says their handler began (fetch-7.lua's begins).
 -- Ids are read from the tail of the wait list (LRANGE), not popped: while the call works, every
 -- id it looks at is still in the list, so a call that fails half way (a command Redis refuses
@@ -61,7 +63,8 @@
 -- Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked}:
 --   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far,
 --     run token, and which options the message carried ('u' unique lock, 'r' rate limit,
---     't' time limit, 'm' maxRecoveries; the worker applies its own for the others)
+--     't' time limit, 'm' maxRecoveries; the worker applies its own for the others), with 'p'
+--     added for a reservation (prefetch)
 --   limited: flat list of id, name, args, delay ms
 --   revoked: flat list of id, name, args, reason
 --   nextDelay: ms until the earliest delayed task is due, -1 if none (or Redis refused the
@@ -76,6 +79,9 @@
 --   lapsed: up to 20 ids of the active set whose leases lapsed
 --   looked: flat list of id, lock key, rate key ('' none) of each id looked ahead at (mode 'k')
 --     and not reached at the tail
+--   blocked: 1 when a rate-limited task would have been a reservation (prefetch): it stays at the
+--     front (a claim of it is released there) and nothing behind it is reserved; the caller asks
+--     for no reservation until it has a handler slot to ask for, else 0
 
 -- Takes the ids examined off the tail of the wait list, keeping those to try again there.
 -- `examined[i]` is the id i places from the tail (examined[1] is the last element, the one RPOP
@@ -163,6 +169,10 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
       failMalformed(base, id, 'its unique lock or rate window key is not a key of its queue (' .. base .. ')', now, expireMs, { false })
       return
     end
+    -- A rate-limited task is never reserved (prefetch): its window counts when its handler can
+    -- begin at once, so that the begins in any window stay within its limit. It waits at the
+    -- front of the queue for a handler slot, and the call reserves nothing behind it.
+    if rateKey and count >= handlers then return 'later' end
     if (lockKey and lockKey ~= c.lock) or (rateKey and rateKey ~= c.rate) then return 'keys', lockKey, rateKey end
     if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
     local lock = { lockKey, lockWait }
@@ -254,7 +264,8 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     -- The first `handlers` tasks started begin at once; the rest are reservations (prefetch):
     -- started in every respect (lease, token, lock, rate window, attempt) but marked `rs`, with
     -- no start time and no 'started' event until the worker's next call says their handler began.
-    local reserved = #started >= handlers * 8
+    -- `count`: the tasks started and claims kept so far; a claim kept takes a handler slot first.
+    local reserved = count >= handlers
     if reserved then
       redis.call('HSET', key, 's', 'STARTED', 'w', workerId, 'at', attempt, 'tk', token, 'rs', '1')
     else
@@ -267,6 +278,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     if rateKey then carried = carried .. 'r' end
     if timeLimit then carried = carried .. 't' end
     if maxRecoveries then carried = carried .. 'm' end
+    if reserved then carried = carried .. 'p' end
     table.insert(started, id); table.insert(started, name); table.insert(started, args)
     table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
     table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)
@@ -282,6 +294,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     local ok, res, lock, rate = pcall(examine, id, c)
     if ok then
       if res == 'keys' then return 'keys', lock, rate end
+      if res == 'later' then return 'later' end
       return 'done'
     end
     eventRewind(mark)
@@ -313,15 +326,21 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
   -- allows. (The first write would otherwise be a lease's ZADD or a claim's, refused.)
   redis.pcall('LTRIM', waitKey, 0, -1)
   local released = {}
+  -- Set when a rate-limited task would have been reserved: it and what follows wait for a call
+  -- with a handler slot (returned as `blocked`, so the worker asks for no reservation until then).
+  local blocked = false
   for _, id in ipairs(order) do
     local c = cands[id]
     if (c.mode == 'c' or c.mode == 'r') and tonumber(redis.call('ZSCORE', claimedKey, id)) == tonumber(c.stamp) then
-      if c.mode == 'r' or count >= want then
+      if c.mode == 'r' or count >= want or blocked then
         table.insert(released, id); table.insert(released, c.stamp)
       else
         local res, lock, rate = tryExamine(id, c)
         if res == 'done' then
           redis.call('ZREM', claimedKey, id)
+        elseif res == 'later' then
+          blocked = true
+          table.insert(released, id); table.insert(released, c.stamp)
         else
           keep(id, c.stamp, lock or c.lock, rate or c.rate)
           count = count + 1
@@ -394,7 +413,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     end
   end
   local batch, next = {}, 1
-  while count < want and #examined < want + 64 do
+  while count < want and #examined < want + 64 and not blocked do
     if next > #batch then
       if drained then break end
       local asked = want - count
@@ -416,6 +435,9 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
       local res, lock, rate = tryExamine(id, c)
       if res == 'stays' then
         stays[#examined] = true
+      elseif res == 'later' then
+        stays[#examined] = true
+        blocked = true
       elseif res == 'keys' then
         claim(id, lock, rate)
       end
@@ -462,5 +484,5 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     end
     if drained then more = 0 end
   end
-  return {started, limited, revoked, nextDelay, more, outcomes, table.concat(problems, '; '), claims, peek, lapsed, looked}
+  return {started, limited, revoked, nextDelay, more, outcomes, table.concat(problems, '; '), claims, peek, lapsed, looked, blocked and 1 or 0}
 end
