@@ -31,8 +31,10 @@
   ARGV[7] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
   ARGV[8] claim lifetime in ms
   ARGV[9] peek: how many ids at the tail of the wait list to return after the call (0: none)
-  ARGV[10] handlers: how many of the tasks this call starts begin at once; the others (the last
-          ones started) are reservations (prefetch: field rs = '1', no st, no 'started' event)
+  ARGV[10] handlers: how many tasks this call may start to begin at once (its claims kept count
+          first); the others it starts are reservations (prefetch: field rs = '1', no st, no
+          'started' event; marked 'p' in the reply), and a rate-limited task is not started
+          as one (see includes/start-tasks.lua: `blocked`)
   ARGV[11] number of begun reservations B, then B pairs: id, run token (reservations of this
           worker whose handler began since its last call: each still current (STARTED, this
           worker, this token, rs) loses rs, gets st = now and its 'started' event; before the

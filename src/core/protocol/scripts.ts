@@ -272,7 +272,7 @@ export interface FetchCandidates {
   readonly look?: readonly string[];
   /** How many ids at the tail to return for the next call's hints. */
   readonly peek?: number;
-  /** How many of the tasks the call starts begin at once (default: all); the rest, the last ones started, are reservations (prefetch). */
+  /** How many tasks the call may start to begin at once, its claims kept counting first (default: all); the others it starts are reservations (prefetch). */
   readonly handlers?: number;
   /** Reservations of this worker whose handler began since its last call: the call marks them begun (STARTED for readers, st = now) before it stores the ends. */
   readonly begins?: readonly RunRef[];
