@@ -140,7 +140,7 @@ describe('prefetch', () => {
     expect(probe.runs.map((r) => r.label)).toEqual(['a', 'x']);
   });
 
-  it('a rate-limited task is never reserved: it waits at the front for a handler slot, nothing behind it is reserved, and its window counts its begin', async () => {
+  it('a rate-limited task is never reserved: it waits for a handler slot, nothing behind it is reserved, and its window counts its begin', async () => {
     const h = fresh();
     const probe = new PrefetchProbe();
     const d = h.dispatcher();
@@ -163,8 +163,8 @@ describe('prefetch', () => {
     // Counted when its handler began: the window's entry is its start time.
     const st = Number(await h.field(r1.id, 'startedAt'));
     expect(Number(await h.admin.zscore(rateKey, `${r1.id}:1`))).toBe(st);
-    // Reservations go on behind it once it runs.
-    await reserved(h, p.id);
+    // The worker reserves nothing on the queue for a while after a rate-limited task: p waits queued.
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([p.id]);
     probe.gates.get('r1')!.open();
     await waitFor(() => probe.gates.has('p'), { what: 'p to begin' });
     probe.gates.get('p')!.open();

@@ -72,6 +72,9 @@ const MAX_CALLS_IN_FLIGHT = 2;
 const LOOK_AHEAD_MS = 10_000;
 // Failed calls in a row after which the claims they carried are let go, to lapse.
 const CLAIM_SENDS = 3;
+// How long after it last met a rate-limited task a runner asks for no reservation (prefetch): such a
+// task is never reserved, and one met where a reservation was asked for waits a call (see start-tasks.lua).
+const RATE_PAUSE_MS = 10_000;
 // Orders the reservations of all runners of a process: the oldest begins first.
 let reservationSeq = 0;
 
@@ -104,6 +107,8 @@ export class QueueRunner {
   private begins: RunRef[] = [];
   /** A rate-limited task waits at the front for a handler slot (the last reply's `blocked`): ask for no reservation until a call asks for a handler slot. */
   private needsHandler = false;
+  /** When a task of this queue last had a rate limit (ms, this process's clock): reservations pause for RATE_PAUSE_MS after it. */
+  private rateAt = 0;
   /** Hand-backs of reservations in flight (requeue-3.lua): stop() waits for them. */
   private readonly handingBack = new Set<Promise<void>>();
   /** Ids the last reply saw at the tail of the wait list: the next call names them to start them at once. */
@@ -350,7 +355,8 @@ export class QueueRunner {
       const accepting = this.host.accepting();
       const asking = canSend && !this.idle && accepting;
       const fresh = asking ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
-      const freshReserving = asking && this.host.prefetch > 0 && (!this.needsHandler || fresh > 0) ? this.host.freeReservations() : 0;
+      const reserving = this.host.prefetch > 0 && (!this.needsHandler || fresh > 0) && Date.now() - this.rateAt >= RATE_PAUSE_MS;
+      const freshReserving = asking && reserving ? this.host.freeReservations() : 0;
       if (!canSend || (this.pending.length === 0 && fresh + freshReserving === 0 && this.claims.length === 0 && this.begins.length === 0)) {
         if (!accepting && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0 && this.claims.length === 0 && this.begins.length === 0) return;
         if (this.idle && accepting && this.inFlight === 0) this.block();
@@ -538,7 +544,11 @@ export class QueueRunner {
     for (const t of reply.limited) this.host.rateLimited(this.keys.queue, t.id, t.name, t.argsJson, t.delayMs);
     for (const t of reply.revoked) this.host.revoked(this.keys.queue, t.id, t.name, t.argsJson, t.reason);
     if (reply.lapsed.length > 0) this.recover(reply.lapsed);
-    if (reply.blocked) this.needsHandler = true;
+    if (reply.blocked) {
+      this.needsHandler = true;
+      this.rateAt = Date.now();
+    }
+    if (reply.claims.some((c) => c.rateKey !== '') || reply.looked.some((n) => n.rateKey !== '') || reply.started.some((t) => t.carriesRate)) this.rateAt = Date.now();
     if (want > 0) {
       const taken = reply.started.length + reply.claims.length;
       this.idle = !reply.more && taken < want;

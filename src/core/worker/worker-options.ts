@@ -27,7 +27,7 @@ export interface WorkerOptions extends ConnectionOptions {
    * as a task about to run is (lease, run token, unique lock, attempt; a rate-limited task is
    * never reserved) but reads PENDING, with no `startedAt`, until its handler begins; those of a
    * closing or dying worker go back to the front of the queue without counting an attempt or a
-   * recovery (see docs/guarantees.md, Prefetch). Default: 1.
+   * recovery (see docs/guarantees.md, Prefetch). Default: 0 (docs/decisions.md, "The default prefetch").
    */
   prefetch?: number;
   /** A started task's lease; the worker renews it every third of this. Seconds or an `ms` string. Default: 30 s. */
@@ -120,7 +120,7 @@ export interface CloseOptions {
 
 const DEFAULT_LEASE_MS = 30_000;
 /** The default of WorkerOptions.prefetch (docs/decisions.md, "The default prefetch"). */
-export const DEFAULT_PREFETCH = 1;
+export const DEFAULT_PREFETCH = 0;
 const DEFAULT_UNKNOWN_TASK_GRACE_MS = 5 * 60_000;
 
 /** Worker options after validation, with defaults applied and durations in ms. */
