@@ -57,8 +57,7 @@ describe('purge', () => {
     held = gate();
     const env = { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix };
     const d = h.dispatcher();
-    // No prefetch: with its one slot taken, the worker reserves nothing and everything sent waits.
-    const worker = h.worker({ services: [new Purgeable()], queues: ['purge-q'], concurrency: 1, prefetch: 0 });
+    const worker = h.worker({ services: [new Purgeable()], queues: ['purge-q'], concurrency: 1 });
     const tasks = d.tasks(Purgeable);
     const running = await tasks.block.delay();
     await worker.start();

@@ -67,8 +67,7 @@ function countCalls(client: Cluster): CallCounts {
     if (isFetch) counts.fetches++;
     return original(...args).then(
       (reply) => {
-        // The reply's `problem` (start-tasks.lua: the seventh item).
-        const problem = isFetch && Array.isArray(reply) ? String(reply[6] ?? '') : '';
+        const problem = isFetch && Array.isArray(reply) ? String(reply[reply.length - 1] ?? '') : '';
         if (problem) {
           counts.refused++;
           for (const part of problem.split('; ')) {
