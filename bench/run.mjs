@@ -876,7 +876,8 @@ async function main() {
     }
     await reset();
     const pick = (system, [scenario, field]) => (samples[system]?.[scenario] ?? []).map((r) => r[field]);
-    const rows = ROWS.map((row) => {
+    // A row's statistics per system, and heimdall-tasks' ratio to each other system's median.
+    const measure = (row) => {
       const values = {};
       for (const system of cfg.systems) {
         const s = stats(pick(system, row.from));
@@ -884,18 +885,12 @@ async function main() {
       }
       const h = values.heimdall?.median;
       const ratio = (other) => (h !== undefined && values[other]?.median >= 0.01 ? h / values[other].median : undefined);
-      return { id: row.id, group: row.group, label: row.label, unit: row.unit, better: row.better, values, ratios: { bullmq: ratio('bullmq'), 'bee-queue': ratio('bee-queue') } };
-    });
+      return { values, ratios: { bullmq: ratio('bullmq'), 'bee-queue': ratio('bee-queue') } };
+    };
+    const rows = ROWS.map((row) => ({ id: row.id, group: row.group, label: row.label, unit: row.unit, better: row.better, ...measure(row) }));
     const growth = growthRows().map((row) => {
-      const values = {};
-      for (const system of cfg.systems) {
-        const s = stats(pick(system, row.from));
-        if (s) values[system] = s;
-      }
-      const h = values.heimdall?.median;
-      const ratio = (other) => (h !== undefined && values[other]?.median >= 0.01 ? h / values[other].median : undefined);
-      const ratios = row.noRatio ? {} : { bullmq: ratio('bullmq'), 'bee-queue': ratio('bee-queue') };
-      return { id: row.id, label: row.label, unit: row.unit, better: row.better, values, ratios };
+      const { values, ratios } = measure(row);
+      return { id: row.id, label: row.label, unit: row.unit, better: row.better, values, ratios: row.noRatio ? {} : ratios };
     });
     const heimdallRows = samples.heimdall?.backlog ? [...HEIMDALL_ROWS, ...BACKLOG_ROWS] : HEIMDALL_ROWS;
     const heimdallOnly = cfg.systems.includes('heimdall')

@@ -13,7 +13,10 @@ import { Limits } from './limits.js';
  */
 export function mayTakePermits(opts: NormalizedTaskOptions): boolean {
   if (opts.concurrency !== undefined) return true;
-  return (opts.limits ?? []).some((use) => (use.handle ?? Limits.get(use.name))?.algorithm !== 'window' && (use.handle ?? Limits.get(use.name))?.algorithm !== 'gcra');
+  return (opts.limits ?? []).some((use) => {
+    const algorithm = (use.handle ?? Limits.get(use.name))?.algorithm;
+    return algorithm !== 'window' && algorithm !== 'gcra';
+  });
 }
 
 /** The unique lock one call of a task takes. */

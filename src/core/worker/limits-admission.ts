@@ -1,6 +1,6 @@
 import { fromRedis, RedisRefusedError, UnexpectedReplyError } from '../errors.js';
 import { deferLimit, takeLimit, type LimitTake } from '../protocol/limit-scripts.js';
-import { type PermitScope } from '../protocol/permit-scripts.js';
+import type { PermitScope } from '../protocol/permit-scripts.js';
 import { resolveLimits, type NormalizedLimitUse, type ResolvedLimit } from '../task/limits.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { admit, deferRun, needsAdmission, type AdmissionHost } from './admission.js';
