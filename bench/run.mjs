@@ -6,7 +6,8 @@
 //   BENCH_LATENCY_RATE (500/s), BENCH_RATE_TASKS (5000), BENCH_SYSTEMS (heimdall,bullmq,bee-queue),
 //   BENCH_OUT (bench/results/latest.json), BENCH_CHART (bench/results/chart.svg), REDIS_URL,
 //   BENCH_SCENARIOS (a subset, e.g. drain50,latency), BENCH_CHILD_ARGS (node flags of the workers),
-//   BENCH_HEIMDALL_EVENTS (on; off runs heimdall-tasks with events: false).
+//   BENCH_HEIMDALL_EVENTS (on; off runs heimdall-tasks with events: false),
+//   BENCH_HEIMDALL_PREFETCH (unset: the Worker's default prefetch; a number runs its workers with it).
 // The growth scenarios (workers, payload, delayed, waiting, uniqueHeld: how cost grows with the
 // work) run BENCH_GROWTH_REPS (1) times, in the first repetitions; their sizes:
 //   BENCH_GROWTH_DRAIN (20000 tasks, drained by 1, 2 and 4 worker processes: BENCH_GROWTH_WORKERS),

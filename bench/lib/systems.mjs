@@ -17,6 +17,18 @@ function heimdallEvents() {
   throw new Error(`BENCH_HEIMDALL_EVENTS must be on or off, got '${v}'`);
 }
 
+/**
+ * BENCH_HEIMDALL_PREFETCH=<n> runs heimdall-tasks' workers with prefetch n, for the figures of its
+ * default (docs/decisions.md); unset, the Worker's default.
+ */
+function heimdallPrefetch() {
+  const v = process.env.BENCH_HEIMDALL_PREFETCH;
+  if (v === undefined || v === '') return {};
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`BENCH_HEIMDALL_PREFETCH must be a whole number >= 0, got '${v}'`);
+  return { prefetch: n };
+}
+
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BENCH = fileURLToPath(new URL('../', import.meta.url));
 export const SYSTEMS = ['heimdall', 'bullmq', 'bee-queue'];
@@ -255,7 +267,7 @@ export async function worker(system, url, prefix, { concurrency, handler, onDone
     const service = new BenchTasks();
     heimdallHandler = handler;
     const connection = heimdallConnection(url);
-    const w = new lib.Worker({ connection, prefix, services: [service], queues: [queue], concurrency, ...heimdallEvents() });
+    const w = new lib.Worker({ connection, prefix, services: [service], queues: [queue], concurrency, ...heimdallEvents(), ...heimdallPrefetch() });
     w.on('succeeded', onDone);
     if (onLimited) w.on('rateLimited', onLimited);
     w.on('error', (err) => console.error(`heimdall worker error: ${err.message}`));

@@ -1,5 +1,6 @@
 --[[
-  fetch: a worker's one call to a queue. It ends a batch of runs of started tasks (STARTED ->
+  fetch: a worker's one call to a queue. It marks the reservations whose handler began as begun,
+  ends a batch of runs of started tasks (STARTED ->
   SUCCESS, FAILURE, REVOKED or RETRY; see includes/finish-task.lua) and, in the same call, moves
   due delayed tasks to the wait list and starts up to `want` tasks (PENDING/RETRY -> STARTED
   with a lease and a run token), or claims them for the next call (see includes/start-tasks.lua:
@@ -14,6 +15,7 @@
   KEYS[5] event stream      <prefix>:{<queue>}:events (see includes/events.lua)
   KEYS[6] stats hash        <prefix>:{<queue>}:stats (runs ended per 10 s, see below)
   KEYS[7] claimed zset      <prefix>:{<queue>}:claimed (id -> when the claim lapses, ms)
+  then, per begun reservation in ARGV order: its record <prefix>:{<queue>}:t:<id>;
   then, per finished run in ARGV order: its record <prefix>:{<queue>}:t:<id>, and its lock when
   the run has one, followed by the lock's pending pointer (<prefix>:{<queue>}:next:..., see
   enqueue-3.lua) when flagged '2'; then per candidate in ARGV order: its record, its lock when flagged 'l', its
@@ -29,7 +31,15 @@
   ARGV[7] events: the cap of the queue's event stream (0: no events; see includes/events.lua)
   ARGV[8] claim lifetime in ms
   ARGV[9] peek: how many ids at the tail of the wait list to return after the call (0: none)
-  ARGV[10] number of finished runs F (0 for a plain fetch), then F groups of 9:
+  ARGV[10] handlers: how many tasks this call may start to begin at once (its claims kept count
+          first); the others it starts are reservations (prefetch: field rs = '1', no st, no
+          'started' event; marked 'p' in the reply), and a rate-limited task is not started
+          as one (see includes/start-tasks.lua: `blocked`)
+  ARGV[11] number of begun reservations B, then B pairs: id, run token (reservations of this
+          worker whose handler began since its last call: each still current (STARTED, this
+          worker, this token, rs) loses rs, gets st = now and its 'started' event; before the
+          ends, so a reservation that began and ended since carries both in one call)
+  then the number of finished runs F (0 for a plain fetch), then F groups of 9:
           id, run token, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error,
           '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
           ('' none), '1' when its lock follows its record in KEYS, '2' when its lock and the
@@ -43,7 +53,7 @@
   's:<bucket>' succeeded and 'f:<bucket>' failed or retried, a bucket per 10 s of the Redis
   clock, 15 minutes kept) for the Inspector's tasks per second.
 
-  Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked}:
+  Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked, blocked}:
   as in start-tasks.lua (with want 0: nothing started, nextDelay given, more 0); outcomes is a
   flat list of two items per finished run, in the order given: the outcome and its detail (see
   finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds, ERROR
@@ -92,15 +102,25 @@ useDeadLetters(KEYS[4])
 -- The declared keys, checked before anything is written (nextDeclared: a record that is not its
 -- id's fails the call).
 local nextKey = 8
-local count = tonumber(ARGV[10])
+local handlers = tonumber(ARGV[10])
+local beginCount = tonumber(ARGV[11])
+local begins = {}
+for i = 0, beginCount - 1 do
+  local o = 12 + i * 2
+  local key, _
+  key, _, nextKey = nextDeclared('fetch', base, ARGV[o], nextKey, '')
+  begins[i + 1] = { key, ARGV[o], ARGV[o + 1] }
+end
+local first = 12 + beginCount * 2
+local count = tonumber(ARGV[first])
 local ends = {}
 for i = 0, count - 1 do
-  local o = 11 + i * 9
+  local o = first + 1 + i * 9
   local key, lock, pointer
   key, lock, nextKey, pointer = nextDeclared('fetch', base, ARGV[o], nextKey, ARGV[o + 8])
   ends[i + 1] = { key, lock, o, pointer }
 end
-local at = 11 + count * 9
+local at = first + 1 + count * 9
 local candCount = tonumber(ARGV[at])
 local cands, order = {}, {}
 for i = 0, candCount - 1 do
@@ -118,6 +138,21 @@ for i = 0, candCount - 1 do
   end
   if not cands[id] then order[#order + 1] = id end
   cands[id] = c
+end
+
+-- A reservation whose handler began: STARTED from now on for every reader. Best effort: a refused
+-- command leaves it reading PENDING until it ends.
+local function beginRun(key, id, token)
+  local t = redis.call('HMGET', key, 's', 'w', 'tk', 'rs', 'at')
+  if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token and t[4]) then return end
+  redis.call('HSET', key, 'st', now)
+  redis.call('HDEL', key, 'rs')
+  local attempt = tonumber(t[5]) or 1
+  noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil)
+end
+for i = 1, beginCount do
+  local mark = eventMark()
+  if not pcall(beginRun, begins[i][1], begins[i][2], begins[i][3]) then eventRewind(mark) end
 end
 
 local outcomes = {}
@@ -143,9 +178,9 @@ local want = tonumber(ARGV[4])
 local reply
 if want > 0 or candCount > 0 then
   reply = startTasks(base, { wait = KEYS[1], delayed = KEYS[2], active = KEYS[3], claimed = KEYS[7] }, workerId,
-    tonumber(ARGV[3]), want, now, tonumber(ARGV[6]), ARGV[5], outcomes, cands, order, tonumber(ARGV[8]), tonumber(ARGV[9]))
+    tonumber(ARGV[3]), want, now, tonumber(ARGV[6]), ARGV[5], outcomes, cands, order, tonumber(ARGV[8]), tonumber(ARGV[9]), handlers)
 else
-  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, '', {}, {}, {}, {}}
+  reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, '', {}, {}, {}, {}, 0}
 end
 flushEvents()
 return reply

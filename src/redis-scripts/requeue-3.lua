@@ -1,6 +1,7 @@
 --[[
   requeue: a closing worker hands back the runs it stopped before they ended (STARTED ->
-  PENDING at the front of the wait list), keeping their ids and locks. Runs that are no longer
+  PENDING at the front of the wait list), keeping their ids and locks; and its reservations
+  whose handler never began (prefetch, field rs: the attempt is taken back and rs goes). Runs that are no longer
   the task's current run (recovered elsewhere, revoked) are left alone.
 
   KEYS[1] wait list         <prefix>:{<queue>}:wait
@@ -49,7 +50,7 @@ for i = 5, #ARGV, 3 do
   if key ~= taskKeyOf(base, id) then return redis.error_reply('requeue: KEYS[' .. k .. '] is not the record of task ' .. id) end
   if not lockKey then return redis.error_reply('requeue: no KEYS[' .. (k + 1) .. '] for the lock of task ' .. id) end
   k = k + 1 + locks
-  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at', 'lu', 'n')
+  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at', 'lu', 'n', 'rs')
   -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
   if not t.err then t[5] = lockNamed(base, t[5], t[8], t[9]) end
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
@@ -60,7 +61,7 @@ for i = 5, #ARGV, 3 do
 end
 for _, run in ipairs(current) do
   local id, t = run[1], run[2]
-  local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, false, t[7], now, expireMs)
+  local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, t[10] and true or false, t[7], now, expireMs)
   if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
 end
 flushEvents()

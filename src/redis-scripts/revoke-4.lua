@@ -4,6 +4,10 @@
       wait list is dropped by the next fetch), its lock is released.
     STARTED, terminate -> REVOKED at once, lease dropped, lock released; the running worker is
       told on the revoke channel, aborts the task's signal and frees its slot.
+    STARTED and reserved (prefetch, field rs: its handler has not begun as far as Redis knows)
+      -> REVOKED at once as a queued task (code 2), lease dropped, lock released; its worker is
+      told as for a terminate ('<id> <token> 1'), drops the reservation, and aborts the handler
+      should it have begun in the meantime.
     STARTED, no terminate -> marked (field rv); the worker is told and aborts the signal; the
       task ends REVOKED unless it still returns a value.
     The message on the revoke channel is '<id> <run token> <0|1>': a worker acts on it only for
@@ -42,13 +46,17 @@
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
 useEvents(ARGV[6], nil, KEYS[4])
-local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk', 'lu', 'n')
+local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk', 'lu', 'n', 'rs')
 -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
 local state, lock, token = t[1], { lockNamed(base, t[2], t[5], t[6]), t[3] }, t[4] or ''
 if not state then return {0, ''} end
 if isEnded(state) then return {1, state} end
 -- Ending the task releases the lock its record names, which must be the one declared; a revoke
 -- only requested leaves the lock to the run.
+-- A reservation (prefetch: STARTED with rs, its handler not begun as far as Redis knows) is
+-- revoked as a queued task is, at once, and its worker told as for a terminate.
+local reserved = state == 'STARTED' and t[7] == '1'
+if reserved then terminate = true end
 if (state ~= 'STARTED' or terminate) and not declaredIs(KEYS[5] or '', lock[1]) then return {KEYS_CHANGED, ''} end
 local now = nowMs()
 if state ~= 'STARTED' then
@@ -62,6 +70,7 @@ if terminate then
   endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
   redis.call('SPUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 1')
   flushEvents()
+  if reserved then return {2, 'REVOKED'} end
   return {3, 'REVOKED'}
 end
 redis.call('HSET', KEYS[1], 'rv', reason)

@@ -239,7 +239,8 @@ describe('a restricted ACL user on a Redis Cluster (docs/acl.md)', () => {
 
     const dispatcher = new Dispatcher({ connection: url, prefix: PREFIX });
     // Two slots, both taken by running tasks, so the next ones wait; unknown names dead-lettered at once.
-    const worker = new Worker({ connection: url, prefix: PREFIX, services: [new ClusterFlow()], queues: [queue], concurrency: 2, leaseDuration: '3s', unknownTaskGrace: 0 });
+    // No prefetch: the next tasks wait in the queue, not reserved by the worker.
+    const worker = new Worker({ connection: url, prefix: PREFIX, services: [new ClusterFlow()], queues: [queue], concurrency: 2, prefetch: 0, leaseDuration: '3s', unknownTaskGrace: 0 });
     const fetchErrors: string[] = [];
     worker.on('error', (e) => {
       if (e.message.startsWith(`queue ${queue}: fetching`)) fetchErrors.push(e.message);

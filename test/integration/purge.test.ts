@@ -57,7 +57,8 @@ describe('purge', () => {
     held = gate();
     const env = { REDIS_URL: h.url, HEIMDALL_PREFIX: h.prefix };
     const d = h.dispatcher();
-    const worker = h.worker({ services: [new Purgeable()], queues: ['purge-q'], concurrency: 1 });
+    // No prefetch: with its one slot taken, the worker reserves nothing and everything sent waits.
+    const worker = h.worker({ services: [new Purgeable()], queues: ['purge-q'], concurrency: 1, prefetch: 0 });
     const tasks = d.tasks(Purgeable);
     const running = await tasks.block.delay();
     await worker.start();

@@ -202,6 +202,8 @@ describe('a reply lost when the connection drops after Redis ran the command', (
     const worker = h.worker({
       connection: p.url,
       concurrency: 1,
+      // The finish of `first` starts `second` in the same call (no reservation made ahead).
+      prefetch: 0,
       leaseDuration: '1s',
       services: [new FaultService(new RunLog(h.admin, h.prefix), gate)],
     });
@@ -209,7 +211,12 @@ describe('a reply lost when the connection drops after Redis ran the command', (
     worker.on('error', (err) => errors.push(err.message));
     const succeeded = new Set<string>();
     worker.on('succeeded', (e) => succeeded.add(e.id));
-    const dropped = p.dropNextReply((args) => args[0]?.toLowerCase() === 'evalsha' && args[1] === fetchScript.sha && args[3 + Number(args[2]) + 9] !== '0'); // a fetch that carries ends (ARGV[10] = number of ends, after the KEYS)
+    // A fetch that carries ends: ARGV[11] is the number B of begins, then B pairs, then the number of ends.
+    const endsOf = (args: readonly string[]): string | undefined => {
+      const argv = 3 + Number(args[2]);
+      return args[argv + 11 + 2 * Number(args[argv + 10])];
+    };
+    const dropped = p.dropNextReply((args) => args[0]?.toLowerCase() === 'evalsha' && args[1] === fetchScript.sha && endsOf(args) !== '0');
     await worker.start();
     const lost = await dropped;
     // The lost reply held the end of `first` and the start of `second`.

@@ -69,8 +69,8 @@ describe('a reshard that moves the queue before its task records', () => {
     const nodes = c.nodes.map((n) => new Redis(n.url));
     const dispatcher = new Dispatcher({ connection: dispatcherClient, prefix });
     const service = new Late();
-    // Concurrency 1: while `hold` runs, the queued tasks stay in the wait list.
-    const worker = new Worker({ connection: workerClient, prefix, services: [service], queues: [QUEUE], concurrency: 1 });
+    // Concurrency 1 and no prefetch: while `hold` runs, the queued tasks stay in the wait list.
+    const worker = new Worker({ connection: workerClient, prefix, services: [service], queues: [QUEUE], concurrency: 1, prefetch: 0 });
     const ev = recordEvents(worker);
     held = gate();
     // A command to the target for a key of the slot it imports: ASKING first, on the same connection.

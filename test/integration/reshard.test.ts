@@ -67,7 +67,8 @@ function countCalls(client: Cluster): CallCounts {
     if (isFetch) counts.fetches++;
     return original(...args).then(
       (reply) => {
-        const problem = isFetch && Array.isArray(reply) ? String(reply[reply.length - 1] ?? '') : '';
+        // The reply's `problem` (start-tasks.lua: the seventh item).
+        const problem = isFetch && Array.isArray(reply) ? String(reply[6] ?? '') : '';
         if (problem) {
           counts.refused++;
           for (const part of problem.split('; ')) {

@@ -716,6 +716,7 @@ export class InlineTransport implements DispatchTransport, ResultBackend {
       carriesLock: lockKey !== undefined,
       carriesRate: rateKey !== undefined,
       carriesRecoveries: r[FIELDS.maxRecoveries] !== undefined,
+      reserved: false,
     };
     const run: InlineRun = { runner: { keys: entry.keys }, task, released: false, limits: charges, admissionError: limitError };
     entry.run = run;

@@ -6,7 +6,7 @@ import { escapeGlob, scanKeys } from '../protocol/scan.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
 import { actOnDeadLetter, dropTurns, extendLock, releaseLock, type LockExtension, type LockRelease } from '../protocol/scripts.js';
 import { FIELDS } from '../protocol/task-fields.js';
-import type { TaskState } from '../protocol/task-record.js';
+import { visibleState, type TaskState } from '../protocol/task-record.js';
 import type { ConnectionOptions } from '../producer/dispatcher.js';
 import { registeredTasks } from '../task/registry.js';
 import { Limits } from '../task/limits.js';
@@ -55,7 +55,7 @@ export interface QueueStats {
   waiting: number;
   /** Tasks due later (countdown, eta, retries, rate-limit reschedules, hand-backs). */
   delayed: number;
-  /** Tasks running (holding a lease). */
+  /** Tasks holding a lease: running, and reserved by a worker's prefetch (those read PENDING to TaskResult). */
   running: number;
   /** Dead letters kept (at most 1,000). */
   dead: number;
@@ -350,7 +350,11 @@ export class Inspector {
           throw fromRedis(err, `reading lock ${key}`);
         }
         if (holder === null) return undefined; // lapsed or released meanwhile
-        const [state, holderName] = (await redisCall(`reading task ${holder}`, () => this.client.hmget(k.task(holder), FIELDS.state, FIELDS.name))) as [TaskState | null, string | null];
+        const [rawState, holderName, reserved] = (await redisCall(`reading task ${holder}`, () =>
+          this.client.hmget(k.task(holder), FIELDS.state, FIELDS.name, FIELDS.reserved),
+        )) as [TaskState | null, string | null, string | null];
+        // A reservation (prefetch) reads PENDING, as everywhere.
+        const state = rawState === null ? null : visibleState(rawState, reserved);
         const rest = key.slice(k.base.length + KEY_NAMES.lock.length);
         // The holder's record names its task; a name may hold ':', so a guess from the key alone
         // (the registered names, longest first) is the fallback for a holder whose record is gone.

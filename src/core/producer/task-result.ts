@@ -5,7 +5,7 @@ import type { Watch } from './result-waiter.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import { taskByName } from '../task/registry.js';
 import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
-import { decodeError, decodeResult, decodeTaskInfo, FINAL_STATES, type RevokeReason, type TaskInfo, type TaskState } from '../protocol/task-record.js';
+import { decodeError, decodeResult, decodeTaskInfo, FINAL_STATES, visibleState, type RevokeReason, type TaskInfo, type TaskState } from '../protocol/task-record.js';
 
 /**
  * Where a TaskResult reads and changes its task: Redis (redis-transport.ts), or the in-process
@@ -53,7 +53,9 @@ export interface GetOptions {
   timeout?: Duration;
 }
 
-const GET_FIELDS = [FIELDS.state, FIELDS.result, FIELDS.error, FIELDS.revokeReason];
+const GET_FIELDS = [FIELDS.state, FIELDS.result, FIELDS.error, FIELDS.revokeReason, FIELDS.reserved];
+// A reservation (prefetch, field rs) reads PENDING.
+const STATUS_FIELDS = [FIELDS.state, FIELDS.reserved];
 
 const INTERNALS: unique symbol = Symbol('heimdall-tasks.task-result');
 
@@ -134,8 +136,8 @@ export class TaskResult<T = unknown> {
 
   /** Current state; `PENDING` for queued, delayed, or unknown ids. */
   async status(): Promise<TaskState> {
-    const [s] = await redisCall(`reading the state of task ${this.id}`, () => this.backend.read(this.keys, this.id, [FIELDS.state]));
-    return (s as TaskState | null | undefined) ?? 'PENDING';
+    const [s, rs] = await redisCall(`reading the state of task ${this.id}`, () => this.backend.read(this.keys, this.id, STATUS_FIELDS));
+    return visibleState(s, rs);
   }
 
   /** Everything stored about the task: state, result, error and traceback, attempts, timestamps, worker. */
@@ -191,7 +193,7 @@ export class TaskResult<T = unknown> {
       for (;;) {
         // A subscription Redis refused (an ACL without SSUBSCRIBE) fails get(), as before.
         if (watchFailed !== undefined) throw watchFailed;
-        const [s, r, e, rr] = await redisCall(what, () =>
+        const [s, r, e, rr, rs] = await redisCall(what, () =>
           this.backend.read(this.keys, this.id, GET_FIELDS),
         );
         if (s === 'SUCCESS') return decodeResult(this.id, r) as T;
@@ -200,7 +202,7 @@ export class TaskResult<T = unknown> {
         const remaining = deadline - Date.now();
         if (remaining <= 0) {
           throw new TimeoutError(
-            `task ${this.id} did not end within ${limit} ms (it is ${s ?? 'PENDING'}); is a worker consuming queue '${this.queue}'?`,
+            `task ${this.id} did not end within ${limit} ms (it is ${visibleState(s, rs)}); is a worker consuming queue '${this.queue}'?`,
           );
         }
         if (watch) await watch.next(Math.min(remaining, RECHECK_MS));

@@ -169,6 +169,8 @@ export interface StartedRun {
   carriesRate: boolean;
   /** The message carried maxRecoveries (field mr). */
   carriesRecoveries: boolean;
+  /** A reservation (prefetch): started in Redis, its handler to begin when a slot frees. */
+  reserved: boolean;
 }
 
 /** The end of a run, as the fetch script stores it. */
@@ -225,6 +227,8 @@ export interface FetchReply {
   readonly lapsed: readonly string[];
   /** The lock and rate window ('' none) the records of the ids looked ahead at name: the next call declares them. */
   readonly looked: readonly NamedKeys[];
+  /** A rate-limited task at the front would have been a reservation: ask for none until a handler slot can be asked for. */
+  blocked: boolean;
 }
 
 /** A task id with the lock and rate window its record names ('' none, or not known). */
@@ -250,6 +254,7 @@ export type RawFetchReply = [
   string[],
   string[],
   string[],
+  number?,
 ];
 
 const STARTED_ITEMS = 8;
@@ -267,6 +272,10 @@ export interface FetchCandidates {
   readonly look?: readonly string[];
   /** How many ids at the tail to return for the next call's hints. */
   readonly peek?: number;
+  /** How many tasks the call may start to begin at once, its claims kept counting first (default: all); the others it starts are reservations (prefetch). */
+  readonly handlers?: number;
+  /** Reservations of this worker whose handler began since its last call: the call marks them begun (STARTED for readers, st = now) before it stores the ends. */
+  readonly begins?: readonly RunRef[];
 }
 
 /** The longest a claim holds: a worker starts its claims in its next call, so this bounds how long a dead worker's claims wait. */
@@ -280,8 +289,14 @@ export const MAX_CLAIM_MS = 10_000;
  * declared: the records (and locks) of `ends`, and of the claims and hints in `c`.
  */
 export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[], c: FetchCandidates = {}): Promise<RawFetchReply> {
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, Math.min(worker.leaseMs, MAX_CLAIM_MS), c.peek ?? 0, ends.length];
+  const begins = c.begins ?? NONE;
+  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, Math.min(worker.leaseMs, MAX_CLAIM_MS), c.peek ?? 0, c.handlers ?? want, begins.length];
   const scriptKeys = [keys.wait, keys.delayed, keys.active, keys.dead, keys.events, keys.stats, keys.claimed];
+  for (const b of begins) {
+    args.push(b.id, b.token);
+    scriptKeys.push(keys.task(b.id));
+  }
+  args.push(ends.length);
   const locks = c.locks;
   for (const e of ends) {
     const lock = locks?.get(e.id);
@@ -310,7 +325,7 @@ export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdent
 
 /** Decodes the reply of a fetch call that sent `endCount` ends. */
 export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply {
-  const [started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked] = raw;
+  const [started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked, blocked] = raw;
   const reply: FetchReply = {
     started: [],
     limited: limited.length === 0 ? NONE : [],
@@ -323,6 +338,7 @@ export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply
     peek: peek.length === 0 ? NONE : peek.map(String),
     lapsed: lapsed.length === 0 ? NONE : lapsed.map(String),
     looked: looked.length === 0 ? NONE : [],
+    blocked: Number(blocked ?? 0) === 1,
   };
   const lookedOut = reply.looked as NamedKeys[];
   for (let i = 0; i < looked.length; i += 3) lookedOut.push({ id: String(looked[i]), lockKey: String(looked[i + 1] ?? ''), rateKey: String(looked[i + 2] ?? '') });
@@ -343,6 +359,7 @@ export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply
       carriesLock: carried.includes('u'),
       carriesRate: carried.includes('r'),
       carriesRecoveries: carried.includes('m'),
+      reserved: carried.includes('p'),
     });
   }
   const limitedOut = reply.limited as FetchReply['limited'][number][];

@@ -22,8 +22,14 @@ export const FIELDS = {
   due: 'd',
   /** The attempt a concurrency permit was handed to while that run was being started or sent back (permit-wake-2.lua): its deferral makes it due at once (admit-6.lua). */
   permitWoken: 'pw',
-  /** Last start, ms, Redis clock. */
+  /** Last start, ms, Redis clock: when the handler began (a reservation has none until then). */
   startedAt: 'st',
+  /**
+   * `'1'`: the task is a worker's reservation (prefetch): STARTED in Redis (lease, run token,
+   * lock, rate window, attempt) but its handler has not begun; readers show it as PENDING. The
+   * worker's next call after the handler began removes it and sets `st` (fetch-7.lua).
+   */
+  reserved: 'rs',
   /** Ended, ms, Redis clock. */
   finishedAt: 'f',
   /** Worker id of the last start. */

@@ -132,8 +132,22 @@ function joinArgs(h: Record<string, string>): string | undefined {
   return json;
 }
 
+/**
+ * The state a reader shows for a record's `s` and `rs` (FIELDS.reserved): a reservation
+ * (prefetch: STARTED in Redis, its handler not begun) reads PENDING; STARTED means the handler began.
+ */
+export function visibleState(state: string | null | undefined, reserved: string | null | undefined): TaskState {
+  if (state === 'STARTED' && reserved === '1') return 'PENDING';
+  return (state as TaskState | null | undefined) ?? 'PENDING';
+}
+
 /** Reads a task hash (HGETALL) into a TaskInfo. */
-export function decodeTaskInfo<T>(id: string, h: Record<string, string>): TaskInfo<T> {
+export function decodeTaskInfo<T>(id: string, record: Record<string, string>): TaskInfo<T> {
+  let h = record;
+  if (record[FIELDS.state] === 'STARTED' && record[FIELDS.reserved] === '1') {
+    // A reservation: its attempt has not begun, so it is neither counted nor listed.
+    h = { ...record, [FIELDS.state]: 'PENDING', [FIELDS.attempts]: String(Math.max(0, Number(record[FIELDS.attempts] ?? 1) - 1)) };
+  }
   const state = (h[FIELDS.state] as TaskState | undefined) ?? 'PENDING';
   const args = json(joinArgs(h));
   const error = h[FIELDS.error];

@@ -42,9 +42,16 @@ export interface RunnerHost extends WorkerIdentity {
   readonly concurrency: number;
   /** False once close() began: fetch nothing more. */
   accepting(): boolean;
-  /** Free slots not yet promised to a fetch in flight. */
+  /** Tasks the worker reserves ahead of running them (prefetch), across its queues, beyond `concurrency`. */
+  readonly prefetch: number;
+  /** Free handler slots not yet promised to a fetch in flight. */
   freeSlots(): number;
-  reserve(n: number): void;
+  /** Free reservation slots (prefetch) not yet held or promised to a fetch in flight. */
+  freeReservations(): number;
+  /** Promises (n > 0) or gives back (n < 0) handler slots `n` and reservation slots `r` to a fetch in flight or a claim. */
+  reserve(n: number, r?: number): void;
+  /** A reply brought reservations: begin them if handler slots are free. */
+  reservationsAdded(): void;
   launch(runner: QueueRunner, task: StartedRun): void;
   rateLimited(queue: string, id: string, name: string, argsJson: string, delayMs: number): void;
   revoked(queue: string, id: string, name: string, argsJson: string, reason: RevokeReason): void;
@@ -65,6 +72,17 @@ const MAX_CALLS_IN_FLIGHT = 2;
 const LOOK_AHEAD_MS = 10_000;
 // Failed calls in a row after which the claims they carried are let go, to lapse.
 const CLAIM_SENDS = 3;
+// How long after it last met a rate-limited task a runner asks for no reservation (prefetch): such a
+// task is never reserved, and one met where a reservation was asked for waits a call (see start-tasks.lua).
+const RATE_PAUSE_MS = 10_000;
+// Orders the reservations of all runners of a process: the oldest begins first.
+let reservationSeq = 0;
+
+/** A task reserved ahead of running it (prefetch): started in Redis (field rs), its handler not begun. */
+interface Reservation {
+  task: StartedRun;
+  seq: number;
+}
 
 /**
  * Drives one queue for one worker. All script calls of the queue go through one loop: finishes
@@ -81,6 +99,18 @@ export class QueueRunner {
   private readonly locks = new Map<string, string>();
   /** Tasks a fetch claimed for this worker, to start in the next call; their slots stay reserved. */
   private claims: Claim[] = [];
+  /** How many of `claims` hold reservation slots (prefetch); the others hold handler slots. */
+  private claimsReserving = 0;
+  /** Tasks reserved ahead of running them (prefetch), oldest first; they are in `running` too (their leases are renewed). */
+  private reservations: Reservation[] = [];
+  /** Reservations whose handler began since the last call: the next call tells Redis (fetch-7.lua's begins). */
+  private begins: RunRef[] = [];
+  /** A rate-limited task waits at the front for a handler slot (the last reply's `blocked`): ask for no reservation until a call asks for a handler slot. */
+  private needsHandler = false;
+  /** When a task of this queue last had a rate limit (ms, this process's clock): reservations pause for RATE_PAUSE_MS after it. */
+  private rateAt = 0;
+  /** Hand-backs of reservations in flight (requeue-3.lua): stop() waits for them. */
+  private readonly handingBack = new Set<Promise<void>>();
   /** Ids the last reply saw at the tail of the wait list: the next call names them to start them at once. */
   private hints: readonly string[] = [];
   /** Hints sent in calls still in flight: a second call names others. */
@@ -109,7 +139,7 @@ export class QueueRunner {
   private lastFull = false;
   private failures = 0;
   private lastRefusalReport = 0;
-  /** Most tasks one call starts. */
+  /** Most tasks one call starts to run at once (reservations come on top). */
   private readonly maxWant: number;
 
   constructor(
@@ -140,6 +170,66 @@ export class QueueRunner {
       this.running.delete(id);
       this.locks.delete(id);
     }
+    this.poke();
+  }
+
+  /** Reservations held (prefetch), not begun. */
+  get reservationCount(): number {
+    return this.reservations.length;
+  }
+
+  /** The order of this runner's oldest reservation among all runners' (Infinity: none). */
+  oldestReservation(): number {
+    return this.reservations[0]?.seq ?? Infinity;
+  }
+
+  /** Takes the oldest reservation to begin it now; its begin goes to Redis with the next call. */
+  beginReservation(): StartedRun | undefined {
+    const r = this.reservations.shift();
+    if (!r) return undefined;
+    this.begins.push({ id: r.task.id, token: r.task.token });
+    this.poke();
+    return r.task;
+  }
+
+  /** The run token of reservation `id` held here, if it is one. */
+  reservationToken(id: string): string | undefined {
+    return this.reservations.find((r) => r.task.id === id)?.task.token;
+  }
+
+  /** Forgets a reservation Redis ended or took back (revoked, lost); returns it, or undefined when it is not one held. */
+  dropReservation(id: string, token: string): StartedRun | undefined {
+    const i = this.reservations.findIndex((r) => r.task.id === id && r.task.token === token);
+    if (i < 0) return undefined;
+    const [r] = this.reservations.splice(i, 1);
+    this.drop(id, token);
+    return r!.task;
+  }
+
+  /**
+   * Hands the reservations not begun back to the front of the queue (a closing worker; requeue-3.lua
+   * takes their attempt back). A failure is reported: their leases lapse and the recovery puts them
+   * back without counting it.
+   */
+  handBackReservations(): void {
+    if (this.reservations.length === 0) return;
+    const runs = this.reservations.splice(0).map((r) => ({ id: r.task.id, token: r.task.token }));
+    for (const r of runs) {
+      this.running.delete(r.id);
+      this.locks.delete(r.id);
+    }
+    // Raced against abandon(): with Redis out of reach the call may never settle, and stop() waits for it.
+    const back: Promise<void> = Promise.race([this.requeue(runs), this.abandonedCall]).then(
+      () => undefined,
+      (err: unknown) => {
+        if (!this.abandoned) this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: handing reserved tasks back`));
+      },
+    );
+    this.handingBack.add(back);
+    void back.finally(() => {
+      this.handingBack.delete(back);
+      this.poke();
+    });
     this.poke();
   }
 
@@ -227,6 +317,9 @@ export class QueueRunner {
     this.running.clear();
     this.locks.clear();
     this.claims = [];
+    this.claimsReserving = 0;
+    this.reservations = [];
+    this.begins = [];
     this.rejectAbandoned?.(new WorkerShutdownError(this.host.workerId));
     this.poke();
   }
@@ -236,6 +329,7 @@ export class QueueRunner {
     if (this.dueTimer) clearTimeout(this.dueTimer);
     this.poke();
     await this.loopDone;
+    await Promise.all(this.handingBack);
   }
 
   private async loop(): Promise<void> {
@@ -259,9 +353,12 @@ export class QueueRunner {
       const maxCalls = this.reclaimNeeded || !this.lastFull || !this.nextHintsNamed() ? 1 : MAX_CALLS_IN_FLIGHT;
       const canSend = this.inFlight < maxCalls;
       const accepting = this.host.accepting();
-      const fresh = canSend && !this.idle && accepting ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
-      if (!canSend || (this.pending.length === 0 && fresh === 0 && this.claims.length === 0)) {
-        if (!accepting && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0 && this.claims.length === 0) return;
+      const asking = canSend && !this.idle && accepting;
+      const fresh = asking ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
+      const reserving = this.host.prefetch > 0 && (!this.needsHandler || fresh > 0) && Date.now() - this.rateAt >= RATE_PAUSE_MS;
+      const freshReserving = asking && reserving ? this.host.freeReservations() : 0;
+      if (!canSend || (this.pending.length === 0 && fresh + freshReserving === 0 && this.claims.length === 0 && this.begins.length === 0)) {
+        if (!accepting && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0 && this.claims.length === 0 && this.begins.length === 0) return;
         if (this.idle && accepting && this.inFlight === 0) this.block();
         await new Promise<void>((resolve) => (this.wake = resolve));
         continue;
@@ -269,10 +366,15 @@ export class QueueRunner {
       const fin = this.pending.splice(0, MAX_FINISHES_PER_CALL);
       // Claims held go with this call: started while the worker accepts, else released.
       const claims = this.claims;
+      const claimsReserving = this.claimsReserving;
       this.claims = [];
-      this.host.reserve(fresh);
+      this.claimsReserving = 0;
+      const begins = this.begins;
+      this.begins = [];
+      this.host.reserve(fresh, freshReserving);
+      if (fresh > 0) this.needsHandler = false;
       this.inFlight++;
-      void this.call(fin, fresh, claims, accepting).finally(() => {
+      void this.call(fin, fresh, freshReserving, claims, claimsReserving, begins, accepting).finally(() => {
         this.inFlight--;
         this.poke();
       });
@@ -328,29 +430,47 @@ export class QueueRunner {
    * releases those when the worker no longer accepts). Up to two run at once, so Redis works on
    * one batch while this process runs the tasks of the other.
    */
-  private async call(fin: Finish[], fresh: number, claims: Claim[], accepting: boolean): Promise<void> {
+  private async call(
+    fin: Finish[],
+    freshRunning: number,
+    freshReserving: number,
+    claims: Claim[],
+    claimsReserving: number,
+    begins: RunRef[],
+    accepting: boolean,
+  ): Promise<void> {
     let reply: FetchReply;
+    const fresh = freshRunning + freshReserving;
     const want = accepting ? fresh + claims.length : 0;
+    // Slots this call holds: handler slots (tasks that begin at once) and reservation slots, the
+    // claims' included. The script starts the first `handlers` as runs, the rest as reservations.
+    const handlers = freshRunning + claims.length - claimsReserving;
+    const reserving = freshReserving + claimsReserving;
     const { hints, look } = fresh > 0 ? this.takeHints(fresh) : { hints: [], look: [] };
     try {
       if (this.reclaimNeeded) await this.reclaim(fin);
-      if (fin.length === 0 && want === 0 && claims.length === 0) return; // nothing reserved
+      if (fin.length === 0 && want === 0 && claims.length === 0 && begins.length === 0) return; // nothing reserved
+      const peek = accepting ? (this.maxWant + this.host.prefetch) * (this.lookingAhead() ? 3 : MAX_CALLS_IN_FLIGHT) : 0;
       const raw = await Promise.race([
-        fetchScript(this.scripts, this.keys, this.host, want, fin, { locks: this.locks, claims, hints, look, peek: accepting ? this.maxWant * (this.lookingAhead() ? 3 : MAX_CALLS_IN_FLIGHT) : 0 }),
+        fetchScript(this.scripts, this.keys, this.host, want, fin, { locks: this.locks, claims, hints, look, peek, handlers, begins }),
         this.abandonedCall,
       ]);
       reply = readFetchReply(raw, fin.length);
     } catch (err) {
       for (const h of hints) this.hinted.delete(h.id);
-      this.host.reserve(-fresh);
+      this.host.reserve(-freshRunning, -freshReserving);
       if (this.abandoned) return;
+      // Begins not stored go with the next call (a begin of a run no longer current changes nothing).
+      this.begins.unshift(...begins);
       // Claims the lost call may have started are no longer the caller's (their stamps are gone):
       // sending them again does nothing; the runs it started are reclaimed. After a few failures
       // in a row they are let go (their slots freed) and lapse: a claim that makes every call fail
       // (a record Redis refuses to serve) must not stop the queue for good. Hints go too: the
       // next reply brings fresh ones.
-      if (this.failures < CLAIM_SENDS) this.claims.unshift(...claims);
-      else this.host.reserve(-claims.length);
+      if (this.failures < CLAIM_SENDS) {
+        this.claims.unshift(...claims);
+        this.claimsReserving += claimsReserving;
+      } else this.host.reserve(-(claims.length - claimsReserving), -claimsReserving);
       this.hints = [];
       this.named.clear();
       this.pending.unshift(...fin);
@@ -360,8 +480,14 @@ export class QueueRunner {
       return;
     }
     for (const h of hints) this.hinted.delete(h.id);
-    // The slots of the claims still held stay reserved.
-    this.host.reserve(reply.claims.length - fresh - claims.length);
+    // Of the tasks started, the reservations are marked; the others run at once. The slots of the
+    // claims still held stay promised: handler slots first, then reservation slots.
+    let reserved = 0;
+    for (const task of reply.started) if (task.reserved) reserved++;
+    const running = reply.started.length - reserved;
+    const claimsRunning = Math.max(0, Math.min(reply.claims.length, handlers - running));
+    const nowReserving = reply.claims.length - claimsRunning;
+    this.claimsReserving += nowReserving;
     if (reply.claims.length > 0) {
       this.claims.push(...reply.claims);
       if (reply.claims.some((c) => c.lockKey !== '' || c.rateKey !== '')) this.keyedAt = Date.now();
@@ -404,12 +530,25 @@ export class QueueRunner {
           if (lock) this.locks.set(task.id, lock);
         }
         this.running.set(task.id, task.token);
-        this.host.launch(this, task);
+        if (task.reserved) this.reservations.push({ task, seq: reservationSeq++ });
+        else this.host.launch(this, task);
       }
+    }
+    // After the runs began: slots given back may begin older reservations, never taking the slots of these runs.
+    this.host.reserve(claimsRunning - handlers, nowReserving - reserving);
+    if (reserved > 0) {
+      // A worker that began closing meanwhile hands them back at once; else they begin as handler slots free.
+      if (!this.host.accepting()) this.handBackReservations();
+      else this.host.reservationsAdded();
     }
     for (const t of reply.limited) this.host.rateLimited(this.keys.queue, t.id, t.name, t.argsJson, t.delayMs);
     for (const t of reply.revoked) this.host.revoked(this.keys.queue, t.id, t.name, t.argsJson, t.reason);
     if (reply.lapsed.length > 0) this.recover(reply.lapsed);
+    if (reply.blocked) {
+      this.needsHandler = true;
+      this.rateAt = Date.now();
+    }
+    if (reply.claims.some((c) => c.rateKey !== '') || reply.looked.some((n) => n.rateKey !== '') || reply.started.some((t) => t.carriesRate)) this.rateAt = Date.now();
     if (want > 0) {
       const taken = reply.started.length + reply.claims.length;
       this.idle = !reply.more && taken < want;

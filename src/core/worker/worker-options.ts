@@ -20,6 +20,16 @@ export interface WorkerOptions extends ConnectionOptions {
   queues?: readonly string[];
   /** Tasks run at once by this worker, across its queues. Default: 10. */
   concurrency?: number;
+  /**
+   * Prefetch: tasks this worker reserves ahead of running them, beyond its `concurrency` handler
+   * slots, so that a handler slot that frees begins the next task at once instead of waiting a
+   * round trip to Redis. A whole number >= 0; 0 reserves none. A reservation is started in Redis
+   * as a task about to run is (lease, run token, unique lock, attempt; a rate-limited task is
+   * never reserved) but reads PENDING, with no `startedAt`, until its handler begins; those of a
+   * closing or dying worker go back to the front of the queue without counting an attempt or a
+   * recovery (see docs/guarantees.md, Prefetch). Default: 0 (docs/decisions.md, "The default prefetch").
+   */
+  prefetch?: number;
   /** A started task's lease; the worker renews it every third of this. Seconds or an `ms` string. Default: 30 s. */
   leaseDuration?: Duration;
   /** How long results are kept, unless the task sets its own. Seconds or an `ms` string. Default: one day. */
@@ -109,6 +119,8 @@ export interface CloseOptions {
 }
 
 const DEFAULT_LEASE_MS = 30_000;
+/** The default of WorkerOptions.prefetch (docs/decisions.md, "The default prefetch"). */
+export const DEFAULT_PREFETCH = 0;
 const DEFAULT_UNKNOWN_TASK_GRACE_MS = 5 * 60_000;
 
 /** Worker options after validation, with defaults applied and durations in ms. */
@@ -116,6 +128,7 @@ export interface WorkerSettings {
   prefix: string;
   queues: readonly string[];
   concurrency: number;
+  prefetch: number;
   maxPayloadBytes: number;
   leaseMs: number;
   resultExpiresMs: number;
@@ -133,6 +146,10 @@ export function workerSettings(options: WorkerOptions): WorkerSettings {
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new ConfigError(`concurrency must be a whole number >= 1, got ${describe(concurrency)}`);
   }
+  const prefetch = options.prefetch ?? DEFAULT_PREFETCH;
+  if (!Number.isInteger(prefetch) || prefetch < 0) {
+    throw new ConfigError(`prefetch must be a whole number >= 0, got ${describe(prefetch)}`);
+  }
   const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
   if (!Number.isInteger(maxPayloadBytes) || maxPayloadBytes < 1) {
     throw new ConfigError(`maxPayloadBytes must be a whole number of bytes >= 1, got ${describe(options.maxPayloadBytes)}`);
@@ -144,6 +161,7 @@ export function workerSettings(options: WorkerOptions): WorkerSettings {
     prefix,
     queues: [...new Set(queues.map((q) => validateName(q, 'queue')))],
     concurrency,
+    prefetch,
     maxPayloadBytes,
     leaseMs: options.leaseDuration === undefined ? DEFAULT_LEASE_MS : toMillis(options.leaseDuration, 'leaseDuration'),
     resultExpiresMs: options.resultExpires === undefined ? DEFAULT_RESULT_EXPIRES_MS : toMillis(options.resultExpires, 'resultExpires'),

@@ -38,6 +38,8 @@ export class Worker {
   readonly queues: readonly string[];
   /** Tasks run at once. */
   readonly concurrency: number;
+  /** Tasks reserved ahead of running them (prefetch), beyond `concurrency`. */
+  readonly prefetch: number;
   private readonly prefix: string;
   private readonly options: WorkerOptions;
   private readonly events = new EventEmitter();
@@ -55,7 +57,10 @@ export class Worker {
   private readonly blockers: OwnedClient[] = [];
   private leaseTimer: NodeJS.Timeout | undefined;
   private state: 'new' | 'starting' | 'running' | 'closing' | 'closed' = 'new';
+  /** Handler slots promised to fetches in flight and to claims. */
   private reserved = 0;
+  /** Reservation slots (prefetch) promised to fetches in flight and to claims. */
+  private reservedAhead = 0;
   private closing: Promise<void> | undefined;
   /** Its entry in the registry (heartbeat-3.lua), from start(). */
   private registration: WorkerRegistration | undefined;
@@ -69,12 +74,13 @@ export class Worker {
   private unhookConnection: (() => void) | undefined;
 
   constructor(options: WorkerOptions) {
-    const { prefix, queues, concurrency, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs, events } = workerSettings(options);
+    const { prefix, queues, concurrency, prefetch, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs, events } = workerSettings(options);
     this.eventsMaxAgeMs = events.maxAgeMs;
     this.options = options;
     this.prefix = prefix;
     this.queues = queues;
     this.concurrency = concurrency;
+    this.prefetch = prefetch;
     this.id = options.name ?? `${hostname()}:${process.pid}:${nanoid(6)}`;
     this.services = new ServiceDirectory(options.services ?? [], options.resolve, this.id);
     // Anything a listener throws gets here too: it is described without being trusted, and an
@@ -93,13 +99,23 @@ export class Worker {
       resultExpiresMs,
       eventsCap: events.cap,
       concurrency,
+      prefetch,
       accepting: () => this.state === 'running',
-      freeSlots: () => Math.max(0, this.concurrency - this.inFlight.size - this.reserved),
-      reserve: (n) => {
-        this.reserved += n;
-        // Slots one queue's fetch reserved and gave back may be what another queue waits for.
-        if (n < 0) for (const r of this.runners) r.poke();
+      // Reservations held or on their way take the handler slots that free first: a task is asked
+      // for as one to begin at once only when none is outstanding, so none overtakes a reservation.
+      freeSlots: () => Math.max(0, this.concurrency - this.inFlight.size - this.reserved - this.reservationsOutstanding()),
+      freeReservations: () => {
+        const left = this.concurrency - this.inFlight.size - this.reserved - this.reservationsOutstanding();
+        return Math.max(0, left + this.prefetch - Math.max(0, left));
       },
+      reserve: (n, ahead = 0) => {
+        this.reserved += n;
+        this.reservedAhead += ahead;
+        if (n < 0) this.beginReserved();
+        // Slots one queue's fetch reserved and gave back may be what another queue waits for.
+        if (n < 0 || ahead < 0) for (const r of this.runners) r.poke();
+      },
+      reservationsAdded: () => this.beginReserved(),
       launch: (runner, task) => this.launch(runner, task),
       rateLimited: (queue, id, name, argsJson, delayMs) => this.emit('rateLimited', { id, name, queue, args: safeArgs(argsJson), delayMs }),
       revoked: (queue, id, name, argsJson, reason) => this.emit('revoked', { id, name, queue, args: safeArgs(argsJson), reason }),
@@ -270,6 +286,8 @@ export class Worker {
     if (wasRunning) {
       // Ends the blocking BLMOVEs at once; the command connection stays for the last finishes.
       for (const b of this.blockers) b.client.disconnect();
+      // Reservations not begun go back to the front of their queues at once (prefetch).
+      for (const r of this.runners) r.handBackReservations();
       const drained = Promise.all(this.runners.map((r) => r.stop()));
       // The hand-back is due at the earliest deadline any close() call set; none: never.
       let timer: NodeJS.Timeout | undefined;
@@ -429,11 +447,54 @@ export class Worker {
     this.inFlight.delete(runKey(run.runner.keys.queue, run.task.id));
     if (finish) run.runner.finished(finish);
     else run.runner.drop(run.task.id, run.task.token);
+    // The slot goes to the oldest reservation at once, before any call's reply (prefetch).
+    this.beginReserved();
     // Its permits go to the runs that wait for them (after the end is queued: the end's own call
     // and these travel side by side).
     if (run.permits) this.admission.track?.(giveBack(run.runner.limitScripts, run.runner.keys.prefix, run.permits, this.admission));
     // Another queue may be waiting for the slot.
     for (const r of this.runners) if (r !== run.runner) r.poke();
+  }
+
+  /** Reservations held by the runners, and reservation slots promised to fetches in flight and to claims. */
+  private reservationsOutstanding(): number {
+    let n = this.reservedAhead;
+    for (const r of this.runners) n += r.reservationCount;
+    return n;
+  }
+
+  /**
+   * Begins reservations (prefetch), oldest first across the queues, while handler slots are free
+   * (not counting those promised to fetches in flight, whose tasks begin when they come). Each
+   * begin goes to Redis with its runner's next call.
+   */
+  private beginReserved(): void {
+    while (this.state === 'running' && this.inFlight.size + this.reserved < this.concurrency) {
+      let oldest: QueueRunner | undefined;
+      let seq = Infinity;
+      for (const r of this.runners) {
+        const s = r.oldestReservation();
+        if (s < seq) {
+          seq = s;
+          oldest = r;
+        }
+      }
+      const task = oldest?.beginReservation();
+      if (!oldest || !task) return;
+      this.launch(oldest, task);
+    }
+  }
+
+  /** A reservation Redis ended or took back (revoke, lost lease): dropped; true when `id` was one. */
+  private dropReservation(runner: QueueRunner, id: string, token: string | undefined, reason: StopReason, state: TaskState | undefined): boolean {
+    const held = runner.reservationToken(id);
+    if (held === undefined || (token !== undefined && held !== token)) return false;
+    const task = runner.dropReservation(id, held);
+    if (!task) return false;
+    for (const r of this.runners) r.poke();
+    if (reason === 'lost') this.emit('error', new StaleRunError(id, task.name, state, 'lease'));
+    else this.emit('revoked', { id, name: task.name, queue: runner.keys.queue, args: safeArgs(task.argsJson), reason: 'revoked' });
+    return true;
   }
 
   /** A revoke broadcast on a queue's revoke channel: `<id> <run token> <terminate 0|1>`. */
@@ -443,6 +504,11 @@ export class Worker {
     // Two parts: a message of an older version of the library, which names no run.
     const [id, token, terminate] = parts.length === 2 ? [parts[0], undefined, parts[1]] : parts;
     const run = id === undefined || !runner ? undefined : this.inFlight.get(runKey(runner.keys.queue, id));
+    // A reservation's revoke (always a terminate: revoke-4.lua ended it) drops it before it begins.
+    if (!run && runner && id !== undefined && terminate === '1') {
+      this.dropReservation(runner, id, token, 'terminated', 'REVOKED');
+      return;
+    }
     // A revoke names the run that was current when it was sent; an older run still here is not it.
     if (!run || (token !== undefined && run.task.token !== token)) return;
     this.stopRun(run, terminate === '1' ? 'terminated' : 'revoked', undefined);
@@ -470,6 +536,7 @@ export class Worker {
           // The answer is about the run whose token was sent; a newer run of the id is not it. A run
           // an admission is sending back is no longer STARTED by that call's doing: its reply says so.
           if (run && run.task.token === token && !(reason === 'lost' && run.sendingBack)) this.stopRun(run, reason, state);
+          else if (!run && reason !== 'revoked') this.dropReservation(r, id, token, reason, state);
         }
       } catch (err) {
         this.host.reportError(fromRedis(err, `queue ${r.keys.queue}: renewing leases`));

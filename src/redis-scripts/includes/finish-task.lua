@@ -49,7 +49,7 @@ end
 
 local function finishTask(key, lockDeclared, base, activeKey, delayedKey, workerId, leaseMs, now, id, token, state, field, value,
                           expireMs, retryDelayMs, deadReason, handOver)
-  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw', 'n', 'st', 'at', 'cm', 'lu')
+  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'fk', 'rv', 'ry', 'lk', 'lw', 'n', 'st', 'at', 'cm', 'lu', 'rs')
   if t.err and isRefusal(t) then return 'ERROR', t.err end
   -- On a Cluster node importing a slot, the record may still be on the old master: the worker
   -- sends this end again, as after a refusal, and the run keeps its lease meanwhile.
@@ -77,6 +77,8 @@ local function finishTask(key, lockDeclared, base, activeKey, delayedKey, worker
   -- full Redis (under noeviction Redis refuses a script's first write only, and ZREM frees
   -- memory). Should a later command be refused, the lease is put back and nothing else changed.
   redis.call('ZREM', activeKey, id)
+  -- A reservation whose begin was not stored (it always is first, in the same call): no longer one.
+  if t[14] then redis.pcall('HDEL', key, 'rs') end
   local ok, err = pcall(writeEnd, base, key, delayedKey, id, state, stored, extra, retries, revoke, now, expireMs,
     retryDelayMs, deadReason, lockKey, lockWait, { t[9], owner, t[10], t[11] }, handOver)
   if not ok then

@@ -4,7 +4,8 @@
 -- @include "events"
 -- A worker gives back a started task it holds (the run the caller checked is current): the
 -- task goes to the front of the wait list as PENDING, same id and lock, and `undoStart` takes
--- back the attempt that never ran (`attempt`: the record's at). A task whose revoke was
+-- back the attempt that never ran (`attempt`: the record's at), as for a reservation (field
+-- `rs`) whose handler never began. The reservation mark goes. A task whose revoke was
 -- requested while it ran (rv) ends REVOKED instead. `rv`, `lock`: its fields rv and {lk, lw} as
 -- the caller read them. The moves undo themselves when Redis refuses a step (requeueLeased,
 -- endLeased), so the task keeps its lease, to be recovered when it lapses, never in no place.
@@ -19,7 +20,10 @@ local function handBack(base, waitKey, activeKey, id, rv, lock, undoStart, attem
   local at = tonumber(attempt) or 0
   local fields, restore = {}, {}
   if undoStart then fields, restore = { 'at', at - 1 }, { 'at', at } end
-  requeueLeased(taskKeyOf(base, id), waitKey, activeKey, id, expiry, fields, restore)
+  local key = taskKeyOf(base, id)
+  requeueLeased(key, waitKey, activeKey, id, expiry, fields, restore)
+  -- A reservation (prefetch) handed back is no longer one; best effort: a start clears it too.
+  redis.pcall('HDEL', key, 'rs')
   noteEvent('handed-back', id)
   return 1
 end

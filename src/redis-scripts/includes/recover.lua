@@ -12,11 +12,12 @@
 -- records and locks declared (the fetch returns the lapsed ids for it). Returns what
 -- became of the lease: 'dead-lettered' (no record, or not a hash), 'dropped' (the task is no
 -- longer STARTED: a lease left behind), 'kept' (the caller's own run, one more lease), 'revoked',
--- 'failed' (WorkerLostError after maxRecoveries), 'requeued'. Raises when Redis refuses a
+-- 'failed' (WorkerLostError after maxRecoveries), 'requeued' (a reservation, field rs, goes back
+-- uncounted: attempt taken back, no recovery). Raises when Redis refuses a
 -- command; the task is then as it was, leased, to be tried again.
 local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
   local key = taskKeyOf(base, id)
-  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw', 'n', 'st', 'at', 'lu')
+  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw', 'n', 'st', 'at', 'lu', 'rs')
   if t.err then
     if isRefusal(t) then error(t) end
     deadLetter(base, id, 'the active set names a task whose record is not a hash', now)
@@ -47,6 +48,17 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
       endTask(base, id, 'REVOKED', { 'rr', revoke }, now, expireMs, { lockKey, lockWait }, run)
     end)
     return 'revoked'
+  end
+  if t[12] then
+    -- A reservation (prefetch) whose handler never began: its worker died or hung before it ran
+    -- it. Not a recovery: back to the front of the wait list as it was before the reservation,
+    -- the attempt taken back, no recovery counted, the mark gone (the lock stays; its start in a
+    -- rate window is counted again, under the same member, when it starts).
+    local at = tonumber(t[10]) or 1
+    requeueLeased(key, waitKey, activeKey, id, expiry, { 'at', at - 1 }, { 'at', at })
+    redis.pcall('HDEL', key, 'rs')
+    noteEvent('handed-back', id)
+    return 'requeued'
   end
   local recoveries = (tonumber(recovered) or 0) + 1
   local max = tonumber(maxRecoveries) or 1

@@ -36,9 +36,15 @@
 --     holds it now, it ends REVOKED with reason 'duplicate' and does not run, unless it is the
 --     task enqueued pending behind a running holder (onConflict keepLast or debounce: field cb),
 --     which goes back to the delayed set to wait for the holder's end;
+--   * rate limit, when it would be a reservation (past `handlers`): not started; it goes to the
+--     delayed set due at its due time (`d`: its turn) or now, so the next call brings it back to
+--     the front in order, and the call stops there (`blocked`);
 --   * rate limit: counted in its rolling window on the Redis clock (includes/rate-window.lua);
 --     if full, it waits for its turn in the delayed set, due then, still PENDING;
 --   * otherwise it starts: state STARTED, attempts + 1, a new run token, a lease in the active set.
+--     While fewer than `handlers` tasks were started or claimed by the call, a task begins at
+--     once (`st`, a 'started' event); after that, it is one of the worker's reservations (prefetch): field `rs` = '1', no `st`, no event, until
+--     a later call of the worker says their handler began (fetch-7.lua's begins).
 -- Ids are read from the tail of the wait list (LRANGE), not popped: while the call works, every
 -- id it looks at is still in the list, so a call that fails half way (a command Redis refuses
 -- outside a pcall, an error in the script) leaves no id in no place. At the end the ids examined
@@ -58,7 +64,8 @@
 -- Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked}:
 --   started: flat list of id, name, args, attempt, time limit ms (0: none), retries so far,
 --     run token, and which options the message carried ('u' unique lock, 'r' rate limit,
---     't' time limit, 'm' maxRecoveries; the worker applies its own for the others)
+--     't' time limit, 'm' maxRecoveries; the worker applies its own for the others), with 'p'
+--     added for a reservation (prefetch)
 --   limited: flat list of id, name, args, delay ms
 --   revoked: flat list of id, name, args, reason
 --   nextDelay: ms until the earliest delayed task is due, -1 if none (or Redis refused the
@@ -73,6 +80,9 @@
 --   lapsed: up to 20 ids of the active set whose leases lapsed
 --   looked: flat list of id, lock key, rate key ('' none) of each id looked ahead at (mode 'k')
 --     and not reached at the tail
+--   blocked: 1 when a rate-limited task would have been a reservation (prefetch): it stays at the
+--     front (a claim of it is released there) and nothing behind it is reserved; the caller asks
+--     for no reservation until it has a handler slot to ask for, else 0
 
 -- Takes the ids examined off the tail of the wait list, keeping those to try again there.
 -- `examined[i]` is the id i places from the tail (examined[1] is the last element, the one RPOP
@@ -108,7 +118,8 @@ end
 -- number, as text) is the run token of every task this call starts: a task is started at most once per call, and tokens are compared per
 -- task. `order` lists the ids of `cands` in the order the caller gave them. `outcomes` goes into
 -- the reply as it is.
-local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed, outcomes, cands, order, claimMs, peekCount)
+local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed, outcomes, cands, order, claimMs, peekCount, handlers)
+  handlers = handlers or want
   local waitKey, delayedKey, activeKey, claimedKey = K.wait, K.delayed, K.active, K.claimed
   local problems = {}
   local started, limited, revoked, claims, lapsed, peek = {}, {}, {}, {}, {}, {}
@@ -134,7 +145,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     leased, counted, placed = false, nil, false
     local key = c.key
     local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
-      'a1', 'a2', 'a3', 'mr', 'lw', 'cb', 'lu')
+      'a1', 'a2', 'a3', 'mr', 'lw', 'cb', 'lu', 'rs')
     if t.err then
       if isRefusal(t) then error(t) end
       deadLetter(base, id, 'its record is not a hash', now)
@@ -159,6 +170,10 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
       failMalformed(base, id, 'its unique lock or rate window key is not a key of its queue (' .. base .. ')', now, expireMs, { false })
       return
     end
+    -- A rate-limited task is never reserved (prefetch): its window counts when its handler can
+    -- begin at once, so that the begins in any window stay within its limit. It waits at the
+    -- front of the queue for a handler slot, and the call reserves nothing behind it.
+    if rateKey and count >= handlers then return 'later', tonumber(dueAt) or now end
     if (lockKey and lockKey ~= c.lock) or (rateKey and rateKey ~= c.rate) then return 'keys', lockKey, rateKey end
     if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
     local lock = { lockKey, lockWait }
@@ -247,17 +262,29 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     -- The run token (the call's random seed): the lease renewals, the finish and revoke signals
     -- of this run carry it, so they can tell it from the task's other runs.
     local token = seed
-    redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt, 'tk', token)
+    -- The first `handlers` tasks started begin at once; the rest are reservations (prefetch):
+    -- started in every respect (lease, token, lock, rate window, attempt) but marked `rs`, with
+    -- no start time and no 'started' event until the worker's next call says their handler began.
+    -- `count`: the tasks started and claims kept so far; a claim kept takes a handler slot first.
+    local reserved = count >= handlers
+    if reserved then
+      redis.call('HSET', key, 's', 'STARTED', 'w', workerId, 'at', attempt, 'tk', token, 'rs', '1')
+    else
+      redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt, 'tk', token)
+      -- A reservation mark a hand-back could not take off (a refused HDEL) must not hide this run.
+      if t[23] then redis.call('HDEL', key, 'rs') end
+    end
     local carried = ''
     if lockKey then carried = 'u' end
     if rateKey then carried = carried .. 'r' end
     if timeLimit then carried = carried .. 't' end
     if maxRecoveries then carried = carried .. 'm' end
+    if reserved then carried = carried .. 'p' end
     table.insert(started, id); table.insert(started, name); table.insert(started, args)
     table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
     table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)
     -- The first attempt goes without saying (a reader takes 1).
-    noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil)
+    if not reserved then noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil) end
     count = count + 1
   end
   -- Examines a declared task under pcall. Returns 'done' (started, ended or dropped), 'keys',
@@ -268,6 +295,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     local ok, res, lock, rate = pcall(examine, id, c)
     if ok then
       if res == 'keys' then return 'keys', lock, rate end
+      if res == 'later' then return 'later', lock end
       return 'done'
     end
     eventRewind(mark)
@@ -298,16 +326,32 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
   -- through: under noeviction Redis refuses only a script's first write, and LTRIM is one it
   -- allows. (The first write would otherwise be a lease's ZADD or a claim's, refused.)
   redis.pcall('LTRIM', waitKey, 0, -1)
+  -- A rate-limited task met in reservation mode goes to the delayed set, due at once at its due
+  -- time (its turn, or now): the next call moves it back to the front in the order of the due
+  -- tasks, so tasks that came due behind it do not overtake it. False when Redis refused (it then
+  -- stays where it was).
+  local function putLater(id, due)
+    local added = redis.pcall('ZADD', delayedKey, due, id)
+    if type(added) == 'table' and added.err then return false end
+    redis.pcall('ZREM', claimedKey, id)
+    return true
+  end
   local released = {}
+  -- Set when a rate-limited task would have been reserved: it and what follows wait for a call
+  -- with a handler slot (returned as `blocked`, so the worker asks for no reservation until then).
+  local blocked = false
   for _, id in ipairs(order) do
     local c = cands[id]
     if (c.mode == 'c' or c.mode == 'r') and tonumber(redis.call('ZSCORE', claimedKey, id)) == tonumber(c.stamp) then
-      if c.mode == 'r' or count >= want then
+      if c.mode == 'r' or count >= want or blocked then
         table.insert(released, id); table.insert(released, c.stamp)
       else
         local res, lock, rate = tryExamine(id, c)
         if res == 'done' then
           redis.call('ZREM', claimedKey, id)
+        elseif res == 'later' then
+          blocked = true
+          if not putLater(id, lock) then table.insert(released, id); table.insert(released, c.stamp) end
         else
           keep(id, c.stamp, lock or c.lock, rate or c.rate)
           count = count + 1
@@ -380,7 +424,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     end
   end
   local batch, next = {}, 1
-  while count < want and #examined < want + 64 do
+  while count < want and #examined < want + 64 and not blocked do
     if next > #batch then
       if drained then break end
       local asked = want - count
@@ -402,6 +446,9 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
       local res, lock, rate = tryExamine(id, c)
       if res == 'stays' then
         stays[#examined] = true
+      elseif res == 'later' then
+        blocked = true
+        if not putLater(id, lock) then stays[#examined] = true end
       elseif res == 'keys' then
         claim(id, lock, rate)
       end
@@ -448,5 +495,5 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     end
     if drained then more = 0 end
   end
-  return {started, limited, revoked, nextDelay, more, outcomes, table.concat(problems, '; '), claims, peek, lapsed, looked}
+  return {started, limited, revoked, nextDelay, more, outcomes, table.concat(problems, '; '), claims, peek, lapsed, looked, blocked and 1 or 0}
 end
