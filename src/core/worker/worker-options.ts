@@ -28,6 +28,7 @@ export interface WorkerOptions extends ConnectionOptions {
    * never reserved) but reads PENDING, with no `startedAt`, until its handler begins; those of a
    * closing or dying worker go back to the front of the queue without counting an attempt or a
    * recovery (see docs/guarantees.md, Prefetch). Default: 0 (docs/decisions.md, "The default prefetch").
+   * Experimental: with 1 or more, the known gaps listed in docs/guarantees.md (Prefetch) apply.
    */
   prefetch?: number;
   /** A started task's lease; the worker renews it every third of this. Seconds or an `ms` string. Default: 30 s. */
