@@ -35,10 +35,11 @@
           first); the others it starts are reservations (prefetch: field rs = '1', no st, no
           'started' event; marked 'p' in the reply), and a rate-limited task is not started
           as one (see includes/start-tasks.lua: `blocked`)
-  ARGV[11] number of begun reservations B, then B pairs: id, run token (reservations of this
-          worker whose handler began since its last call: each still current (STARTED, this
-          worker, this token, rs) loses rs, gets st = now and its 'started' event; before the
-          ends, so a reservation that began and ended since carries both in one call)
+  ARGV[11] number of begun reservations B, then B triples: id, run token, ms since its handler
+          began (reservations of this worker whose handler began since its last call: each
+          still current (STARTED, this worker, this token, rs) loses rs, gets st = now - those
+          ms and its 'started' event; before the ends, so a reservation that began and ended
+          since carries both in one call)
   then the number of finished runs F (0 for a plain fetch), then F groups of 9:
           id, run token, state ('SUCCESS' | 'FAILURE' | 'RETRY'), field ('r' result, 'e' error,
           '' none), JSON value, result lifetime in ms, retry delay in ms, dead-letter reason
@@ -106,12 +107,12 @@ local handlers = tonumber(ARGV[10])
 local beginCount = tonumber(ARGV[11])
 local begins = {}
 for i = 0, beginCount - 1 do
-  local o = 12 + i * 2
+  local o = 12 + i * 3
   local key, _
   key, _, nextKey = nextDeclared('fetch', base, ARGV[o], nextKey, '')
-  begins[i + 1] = { key, ARGV[o], ARGV[o + 1] }
+  begins[i + 1] = { key, ARGV[o], ARGV[o + 1], tonumber(ARGV[o + 2]) or 0 }
 end
-local first = 12 + beginCount * 2
+local first = 12 + beginCount * 3
 local count = tonumber(ARGV[first])
 local ends = {}
 for i = 0, count - 1 do
@@ -142,17 +143,17 @@ end
 
 -- A reservation whose handler began: STARTED from now on for every reader. Best effort: a refused
 -- command leaves it reading PENDING until it ends.
-local function beginRun(key, id, token)
+local function beginRun(key, id, token, ago)
   local t = redis.call('HMGET', key, 's', 'w', 'tk', 'rs', 'at')
   if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token and t[4]) then return end
-  redis.call('HSET', key, 'st', now)
+  redis.call('HSET', key, 'st', now - math.max(0, math.floor(ago)))
   redis.call('HDEL', key, 'rs')
   local attempt = tonumber(t[5]) or 1
   noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil)
 end
 for i = 1, beginCount do
   local mark = eventMark()
-  if not pcall(beginRun, begins[i][1], begins[i][2], begins[i][3]) then eventRewind(mark) end
+  if not pcall(beginRun, begins[i][1], begins[i][2], begins[i][3], begins[i][4]) then eventRewind(mark) end
 end
 
 local outcomes = {}

@@ -50,7 +50,7 @@ for i = 5, #ARGV, 3 do
   if key ~= taskKeyOf(base, id) then return redis.error_reply('requeue: KEYS[' .. k .. '] is not the record of task ' .. id) end
   if not lockKey then return redis.error_reply('requeue: no KEYS[' .. (k + 1) .. '] for the lock of task ' .. id) end
   k = k + 1 + locks
-  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at', 'lu', 'n', 'rs')
+  local t = redis.pcall('HMGET', key, 's', 'w', 'tk', 'rv', 'lk', 'lw', 'at', 'lu', 'n', 'rs', 'ry')
   -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
   if not t.err then t[5] = lockNamed(base, t[5], t[8], t[9]) end
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
@@ -61,7 +61,7 @@ for i = 5, #ARGV, 3 do
 end
 for _, run in ipairs(current) do
   local id, t = run[1], run[2]
-  local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, t[10] and true or false, t[7], now, expireMs)
+  local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, t[10] and true or false, t[7], now, expireMs, t[11])
   if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
 end
 flushEvents()

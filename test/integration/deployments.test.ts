@@ -203,6 +203,9 @@ describe("a sharded subscription through a failover and a slot move of its chann
       await hears('after-failover');
       // Slot move: the (empty) slot is handed to another master; Redis drops the subscription.
       const slot = calculateSlot(channel);
+      // The node asked may still hold the killed master's view of the slot for a moment (the
+      // promotion reaches the other nodes by gossip): wait until it names the promoted replica.
+      await waitFor(async () => (await ownerOf()) === replica, { timeout: 30_000, what: `the slot's owner to read ${replica}` });
       const source = await ownerOf();
       expect(source).toBe(replica);
       const shards = await client.cluster('SLOTS');

@@ -5,7 +5,7 @@
 // back to the front of the queue without counting an attempt or a recovery.
 import { describe, expect, it } from 'vitest';
 import { ConfigError, Task, currentTask } from 'heimdall-tasks';
-import { FIELDS, gate, recordEvents, useHarness, waitFor, type Gate, type Harness } from '../helpers.js';
+import { FIELDS, gate, recordEvents, redisNowMs, useHarness, waitFor, type Gate, type Harness } from '../helpers.js';
 import { byTask, openGate, readRuns } from '../fixtures/faults/control.js';
 import { FaultService } from '../fixtures/faults/services.js';
 import { killWorkerProcess, startWorkerProcess } from '../fixtures/worker-processes.js';
@@ -109,6 +109,34 @@ describe('prefetch', () => {
       ['a', 1],
       ['b', 1],
     ]);
+    expect(ev.errors).toEqual([]);
+  });
+
+  it('a task with an expiry is never reserved: it waits at the front for a handler slot, and one that expired meanwhile ends REVOKED without running', async () => {
+    const h = fresh();
+    const probe = new PrefetchProbe();
+    const w = h.worker({ services: [probe], concurrency: 1, prefetch: 1 });
+    const ev = recordEvents(w);
+    await w.start();
+    const d = h.dispatcher();
+    const a = await d.tasks(PrefetchProbe).gated.delay('a');
+    await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
+    const expiring = await d.tasks(PrefetchProbe).gated.applyAsync(['e'], { expires: '1s' });
+    const behind = await d.tasks(PrefetchProbe).gated.delay('b');
+    // Its expiry passes on the Redis clock while a runs: it was never reserved, nor was the task behind it.
+    const expiry = Number(await h.field(expiring.id, 'expires'));
+    await waitFor(async () => (await redisNowMs(h.admin)) > expiry, { timeout: 5000, what: 'the expiry to pass' });
+    expect(await h.admin.hmget(h.taskKey(expiring.id), FIELDS.state, FIELDS.reserved)).toEqual(['PENDING', null]);
+    expect(await h.field(behind.id, 'reserved')).toBeNull();
+    expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([behind.id, expiring.id]);
+
+    probe.gates.get('a')!.open();
+    await waitFor(async () => (await expiring.status()) === 'REVOKED', { what: 'the expired task to end' });
+    expect((await expiring.info()).revokeReason).toBe('expired');
+    await waitFor(() => probe.gates.has('b'), { what: 'b to begin' });
+    probe.gates.get('b')!.open();
+    expect(await behind.get({ timeout: 5 })).toBe('b');
+    expect(probe.runs.map((r) => r.label)).toEqual(['a', 'b']);
     expect(ev.errors).toEqual([]);
   });
 

@@ -274,8 +274,13 @@ export interface FetchCandidates {
   readonly peek?: number;
   /** How many tasks the call may start to begin at once, its claims kept counting first (default: all); the others it starts are reservations (prefetch). */
   readonly handlers?: number;
-  /** Reservations of this worker whose handler began since its last call: the call marks them begun (STARTED for readers, st = now) before it stores the ends. */
-  readonly begins?: readonly RunRef[];
+  /** Reservations of this worker whose handler began since its last call: the call marks them begun (STARTED for readers, st = when the handler began) before it stores the ends. */
+  readonly begins?: readonly Begin[];
+}
+
+/** A reservation whose handler began (prefetch): its run, and when it began (`performance.now()`, ms). */
+export interface Begin extends RunRef {
+  at: number;
 }
 
 /** The longest a claim holds: a worker starts its claims in its next call, so this bounds how long a dead worker's claims wait. */
@@ -292,8 +297,11 @@ export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdent
   const begins = c.begins ?? NONE;
   const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, Math.min(worker.leaseMs, MAX_CLAIM_MS), c.peek ?? 0, c.handlers ?? want, begins.length];
   const scriptKeys = [keys.wait, keys.delayed, keys.active, keys.dead, keys.events, keys.stats, keys.claimed];
+  // How long ago each handler began (ms, this process's monotonic clock): Redis subtracts it from
+  // its own time, so startedAt is when the handler began, not when the call came.
+  const sent = begins.length > 0 ? performance.now() : 0;
   for (const b of begins) {
-    args.push(b.id, b.token);
+    args.push(b.id, b.token, Math.max(0, Math.round(sent - b.at)));
     scriptKeys.push(keys.task(b.id));
   }
   args.push(ends.length);

@@ -30,6 +30,11 @@ export const FIELDS = {
    * worker's next call after the handler began removes it and sets `st` (fetch-7.lua).
    */
   reserved: 'rs',
+  /**
+   * `1` once a reservation of the task lapsed (its worker died holding it) and went back to the
+   * queue uncounted; any later lapse of a reservation counts as a recovery (includes/recover.lua).
+   */
+  reservationLapsed: 'rl',
   /** Ended, ms, Redis clock. */
   finishedAt: 'f',
   /** Worker id of the last start. */

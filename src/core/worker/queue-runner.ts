@@ -23,6 +23,7 @@ import {
   type NamedKeys,
   type FetchReply,
   type RunEnd,
+  type Begin,
   type RunRef,
   type RunToStop,
   type StartedRun,
@@ -104,7 +105,7 @@ export class QueueRunner {
   /** Tasks reserved ahead of running them (prefetch), oldest first; they are in `running` too (their leases are renewed). */
   private reservations: Reservation[] = [];
   /** Reservations whose handler began since the last call: the next call tells Redis (fetch-7.lua's begins). */
-  private begins: RunRef[] = [];
+  private begins: Begin[] = [];
   /** A rate-limited task waits at the front for a handler slot (the last reply's `blocked`): ask for no reservation until a call asks for a handler slot. */
   private needsHandler = false;
   /** When a task of this queue last had a rate limit (ms, this process's clock): reservations pause for RATE_PAUSE_MS after it. */
@@ -187,7 +188,7 @@ export class QueueRunner {
   beginReservation(): StartedRun | undefined {
     const r = this.reservations.shift();
     if (!r) return undefined;
-    this.begins.push({ id: r.task.id, token: r.task.token });
+    this.begins.push({ id: r.task.id, token: r.task.token, at: performance.now() });
     this.poke();
     return r.task;
   }
@@ -436,7 +437,7 @@ export class QueueRunner {
     freshReserving: number,
     claims: Claim[],
     claimsReserving: number,
-    begins: RunRef[],
+    begins: Begin[],
     accepting: boolean,
   ): Promise<void> {
     let reply: FetchReply;

@@ -19,15 +19,16 @@ local function moveToWait(waitKey, setKey, members)
   return nil
 end
 
--- Puts a leased task back at the tail of the wait list as PENDING (a recovery, a hand-back), in
+-- Puts a leased task back at the tail of the wait list as PENDING, or `state` when given (a
+-- recovery, a hand-back), in
 -- steps that undo each other: the lease leaves the active set (a write a full Redis allows,
 -- letting the rest through), the record says PENDING (with `fields`), the id joins the wait
 -- list. Should Redis refuse a step, the ones before it are undone (`restore`: the old values of
 -- `fields`), so the task is either leased and STARTED or queued and PENDING, never in no place.
 -- Raises on a refusal.
-local function requeueLeased(key, waitKey, activeKey, id, expiry, fields, restore)
+local function requeueLeased(key, waitKey, activeKey, id, expiry, fields, restore, state)
   redis.call('ZREM', activeKey, id)
-  local written = redis.pcall('HSET', key, 's', 'PENDING', unpack(fields))
+  local written = redis.pcall('HSET', key, 's', state or 'PENDING', unpack(fields))
   if type(written) == 'table' and written.err then
     redis.pcall('ZADD', activeKey, expiry, id)
     error(written)

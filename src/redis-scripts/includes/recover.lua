@@ -12,12 +12,13 @@
 -- records and locks declared (the fetch returns the lapsed ids for it). Returns what
 -- became of the lease: 'dead-lettered' (no record, or not a hash), 'dropped' (the task is no
 -- longer STARTED: a lease left behind), 'kept' (the caller's own run, one more lease), 'revoked',
--- 'failed' (WorkerLostError after maxRecoveries), 'requeued' (a reservation, field rs, goes back
--- uncounted: attempt taken back, no recovery). Raises when Redis refuses a
+-- 'failed' (WorkerLostError after maxRecoveries), 'requeued' (a reservation, field rs, the first
+-- time its lease lapses goes back uncounted: attempt taken back, no recovery, field rl set; a
+-- later lapse of one counts as any recovery). Raises when Redis refuses a
 -- command; the task is then as it was, leased, to be tried again.
 local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, workerId, leaseMs)
   local key = taskKeyOf(base, id)
-  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw', 'n', 'st', 'at', 'lu', 'rs')
+  local t = redis.pcall('HMGET', key, 's', 'rc', 'mr', 'w', 'rv', 'lk', 'lw', 'n', 'st', 'at', 'lu', 'rs', 'rl', 'ry')
   if t.err then
     if isRefusal(t) then error(t) end
     deadLetter(base, id, 'the active set names a task whose record is not a hash', now)
@@ -49,17 +50,24 @@ local function recoverOne(base, waitKey, activeKey, id, expiry, now, expireMs, w
     end)
     return 'revoked'
   end
-  if t[12] then
-    -- A reservation (prefetch) whose handler never began: its worker died or hung before it ran
-    -- it. Not a recovery: back to the front of the wait list as it was before the reservation,
-    -- the attempt taken back, no recovery counted, the mark gone (the lock stays; its start in a
-    -- rate window is counted again, under the same member, when it starts).
+  if t[12] and (tonumber(t[13]) or 0) == 0 then
+    -- A reservation (prefetch) Redis never heard begin: its worker died or hung holding it. Most
+    -- likely its handler never began, so the first time this is not a recovery: back to the
+    -- front of the wait list as it was before the reservation (RETRY when it has retried), the
+    -- attempt taken back, no recovery counted, the mark gone (the lock stays). But a handler that
+    -- kills its worker at once can die before its begin reaches Redis: field rl remembers this
+    -- lapse, and any later lapse of a reservation of the task counts as a recovery (below), so
+    -- such a task fails after maxRecoveries + 1 deaths instead of looping.
     local at = tonumber(t[10]) or 1
-    requeueLeased(key, waitKey, activeKey, id, expiry, { 'at', at - 1 }, { 'at', at })
+    local state = nil
+    if (tonumber(t[14]) or 0) > 0 then state = 'RETRY' end
+    requeueLeased(key, waitKey, activeKey, id, expiry, { 'at', at - 1, 'rl', 1 }, { 'at', at, 'rl', 0 }, state)
     redis.pcall('HDEL', key, 'rs')
     noteEvent('handed-back', id)
     return 'requeued'
   end
+  -- A reservation's mark goes with its recovery (best effort: a start clears it too).
+  if t[12] then redis.pcall('HDEL', key, 'rs') end
   local recoveries = (tonumber(recovered) or 0) + 1
   local max = tonumber(maxRecoveries) or 1
   if recoveries > max then

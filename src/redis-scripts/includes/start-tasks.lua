@@ -36,9 +36,8 @@
 --     holds it now, it ends REVOKED with reason 'duplicate' and does not run, unless it is the
 --     task enqueued pending behind a running holder (onConflict keepLast or debounce: field cb),
 --     which goes back to the delayed set to wait for the holder's end;
---   * rate limit, when it would be a reservation (past `handlers`): not started; it goes to the
---     delayed set due at its due time (`d`: its turn) or now, so the next call brings it back to
---     the front in order, and the call stops there (`blocked`);
+--   * rate limit or expiry, when it would be a reservation (past `handlers`): not started; it
+--     stays at the front (a claim of it is released there), and the call stops there (`blocked`);
 --   * rate limit: counted in its rolling window on the Redis clock (includes/rate-window.lua);
 --     if full, it waits for its turn in the delayed set, due then, still PENDING;
 --   * otherwise it starts: state STARTED, attempts + 1, a new run token, a lease in the active set.
@@ -80,7 +79,7 @@
 --   lapsed: up to 20 ids of the active set whose leases lapsed
 --   looked: flat list of id, lock key, rate key ('' none) of each id looked ahead at (mode 'k')
 --     and not reached at the tail
---   blocked: 1 when a rate-limited task would have been a reservation (prefetch): it stays at the
+--   blocked: 1 when a rate-limited or expiring task would have been a reservation (prefetch): it stays at the
 --     front (a claim of it is released there) and nothing behind it is reserved; the caller asks
 --     for no reservation until it has a handler slot to ask for, else 0
 
@@ -171,9 +170,10 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
       return
     end
     -- A rate-limited task is never reserved (prefetch): its window counts when its handler can
-    -- begin at once, so that the begins in any window stay within its limit. It waits at the
-    -- front of the queue for a handler slot, and the call reserves nothing behind it.
-    if rateKey and count >= handlers then return 'later', tonumber(dueAt) or now end
+    -- begin at once, so that the begins in any window stay within its limit. Nor is a task with
+    -- an expiry, which is checked when its handler can begin. It stays at the front of the queue
+    -- for a call with a handler slot, and the call reserves nothing behind it (so none overtakes it).
+    if (rateKey or expires) and count >= handlers then return 'later' end
     if (lockKey and lockKey ~= c.lock) or (rateKey and rateKey ~= c.rate) then return 'keys', lockKey, rateKey end
     if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
     local lock = { lockKey, lockWait }
@@ -295,7 +295,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     local ok, res, lock, rate = pcall(examine, id, c)
     if ok then
       if res == 'keys' then return 'keys', lock, rate end
-      if res == 'later' then return 'later', lock end
+      if res == 'later' then return 'later' end
       return 'done'
     end
     eventRewind(mark)
@@ -326,18 +326,9 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
   -- through: under noeviction Redis refuses only a script's first write, and LTRIM is one it
   -- allows. (The first write would otherwise be a lease's ZADD or a claim's, refused.)
   redis.pcall('LTRIM', waitKey, 0, -1)
-  -- A rate-limited task met in reservation mode goes to the delayed set, due at once at its due
-  -- time (its turn, or now): the next call moves it back to the front in the order of the due
-  -- tasks, so tasks that came due behind it do not overtake it. False when Redis refused (it then
-  -- stays where it was).
-  local function putLater(id, due)
-    local added = redis.pcall('ZADD', delayedKey, due, id)
-    if type(added) == 'table' and added.err then return false end
-    redis.pcall('ZREM', claimedKey, id)
-    return true
-  end
   local released = {}
-  -- Set when a rate-limited task would have been reserved: it and what follows wait for a call
+  -- Set when a task that is never reserved (rate limit, expiry) would have been: it stays at the
+  -- front (a claim of it is released there, in order), and it and what follows wait for a call
   -- with a handler slot (returned as `blocked`, so the worker asks for no reservation until then).
   local blocked = false
   for _, id in ipairs(order) do
@@ -351,7 +342,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
           redis.call('ZREM', claimedKey, id)
         elseif res == 'later' then
           blocked = true
-          if not putLater(id, lock) then table.insert(released, id); table.insert(released, c.stamp) end
+          table.insert(released, id); table.insert(released, c.stamp)
         else
           keep(id, c.stamp, lock or c.lock, rate or c.rate)
           count = count + 1
@@ -448,7 +439,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
         stays[#examined] = true
       elseif res == 'later' then
         blocked = true
-        if not putLater(id, lock) then stays[#examined] = true end
+        stays[#examined] = true
       elseif res == 'keys' then
         claim(id, lock, rate)
       end
