@@ -129,4 +129,51 @@ describe('prefetch gaps', () => {
     expect(probe.runs).toEqual(['a', 'k1', 'k2']);
     expect(ev.errors).toEqual([]);
   });
+
+  it('a handler awaiting a task result makes its worker hand its reservations back: the child it awaits runs on another worker; reserving resumes after', async () => {
+    const h = fresh();
+    const probe = new GapProbe();
+    probe.dispatcher = h.dispatcher();
+    const w1 = h.worker({ services: [probe], concurrency: 1, prefetch: 1 });
+    const ev1 = recordEvents(w1);
+    await w1.start();
+    const tasks = probe.dispatcher.tasks(GapProbe);
+    const parent = await tasks.parent.delay('p');
+    await waitFor(() => probe.childId !== undefined, { what: 'the parent to send its child' });
+    const childId = probe.childId!;
+    // The only worker is w1, whose one slot the parent holds: it reserves the child.
+    await reserved(h, childId);
+    expect(await h.field(childId, 'worker')).toBe(w1.id);
+    // A second worker, idle, that could run the child.
+    const w2 = h.worker({ services: [probe], concurrency: 1, prefetch: 0 });
+    const ev2 = recordEvents(w2);
+    await w2.start();
+
+    // The parent now awaits its child (get({ timeout: 5 })): w1 hands the child back, w2 runs it.
+    probe.awaitChild.open();
+    expect(await parent.get({ timeout: 15 })).toBe('p: p-child done');
+    const child = probe.dispatcher.result(childId);
+    expect(await child.get({ timeout: 5 })).toBe('p-child done');
+    const info = await child.info();
+    expect(info.worker).toBe(w2.id);
+    // Handed back, not counted: one attempt, no recovery.
+    expect(info.attempts).toBe(1);
+    expect(probe.runs).toEqual(['p', 'p-child']);
+    expect(ev2.started.map((e) => e.id)).toEqual([childId]);
+    expect(ev1.started.map((e) => e.id)).toEqual([parent.id]);
+
+    // No handler awaits any more: w1 reserves again.
+    await w2.close();
+    const x = await tasks.gated.delay('x');
+    await waitFor(() => probe.gates.has('x'), { what: 'x to run' });
+    const y = await tasks.gated.delay('y');
+    await reserved(h, y.id);
+    expect(await h.field(y.id, 'worker')).toBe(w1.id);
+    probe.gates.get('x')!.open();
+    await waitFor(() => probe.gates.has('y'), { what: 'y to begin' });
+    probe.gates.get('y')!.open();
+    expect(await x.get({ timeout: 5 })).toBe('x');
+    expect(await y.get({ timeout: 5 })).toBe('y');
+    expect([...ev1.errors, ...ev2.errors]).toEqual([]);
+  });
 });
