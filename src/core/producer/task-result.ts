@@ -5,6 +5,7 @@ import type { Watch } from './result-waiter.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import { taskByName } from '../task/registry.js';
 import { DEFAULT_RESULT_EXPIRES_MS } from '../task/task-options.js';
+import { awaitingResult } from '../worker/current-task.js';
 import { decodeError, decodeResult, decodeTaskInfo, FINAL_STATES, visibleState, type RevokeReason, type TaskInfo, type TaskState } from '../protocol/task-record.js';
 
 /**
@@ -179,6 +180,10 @@ export class TaskResult<T = unknown> {
     let watch: Watch | undefined;
     let watchFailed: unknown;
     let closed = false;
+    // Called in a running task, once the task awaited has not ended: its worker reserves nothing
+    // and hands its reservations back while this waits (prefetch: the task awaited may be one).
+    let endAwait: (() => void) | undefined;
+    let marked = false;
     const settledWatch = watching.then(
       (w) => {
         if (closed) w.close();
@@ -205,10 +210,15 @@ export class TaskResult<T = unknown> {
             `task ${this.id} did not end within ${limit} ms (it is ${visibleState(s, rs)}); is a worker consuming queue '${this.queue}'?`,
           );
         }
+        if (!marked) {
+          marked = true;
+          endAwait = awaitingResult();
+        }
         if (watch) await watch.next(Math.min(remaining, RECHECK_MS));
         else await Promise.race([settledWatch, pause(Math.min(remaining, POLL_UNSUBSCRIBED_MS))]);
       }
     } finally {
+      endAwait?.();
       closed = true;
       watch?.close();
     }

@@ -108,6 +108,23 @@ export function taskStorage(): AsyncLocalStorage<CurrentTask> {
 }
 
 /**
+ * Internal: the member of a running task's context (keyed by this symbol, not part of
+ * CurrentTask) that marks a wait for a task's result: it returns the function that ends the mark.
+ * While any handler of a worker waits so, the worker reserves nothing (prefetch): the task awaited
+ * may be one it would reserve, and a reservation begins only when a handler slot frees.
+ */
+export const AWAITING_RESULT = Symbol.for('heimdall-tasks.awaiting-result');
+
+/**
+ * Marks that the task this code runs in (if any) waits for a task result (`TaskResult.get()`);
+ * returns the function that ends the mark (once), or undefined outside a task run by a Worker.
+ */
+export function awaitingResult(): (() => void) | undefined {
+  const task = taskStorage().getStore() as (CurrentTask & { readonly [AWAITING_RESULT]?: () => () => void }) | undefined;
+  return task?.[AWAITING_RESULT]?.();
+}
+
+/**
  * The task this code runs in: id, name, attempt and an AbortSignal. Throws ConfigError when
  * called outside a task run by a Worker.
  */

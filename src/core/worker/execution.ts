@@ -6,7 +6,7 @@ import type { RemoteError } from '../protocol/task-record.js';
 import type { TaskDefinition } from '../task/registry.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import { toJson } from '../task/serialization.js';
-import { RetryRequest, taskStorage, type CurrentTask, type RetryRequestOptions } from './current-task.js';
+import { AWAITING_RESULT, RetryRequest, taskStorage, type CurrentTask, type RetryRequestOptions } from './current-task.js';
 import type { Finish } from './queue-runner.js';
 import { toRemoteError } from './remote-error.js';
 import { retryDelay } from './retry-policy.js';
@@ -38,6 +38,8 @@ export interface ExecutionHost<R extends Run<RunOwner> = Run> {
   onlyAfter(run: R, key: string, intervalMs: number): Promise<boolean>;
   /** Corrects the run's charge in a named limit from `charge.cost` to `actual` units (limit-2.lua); false when its entry left the window. */
   correctCost(run: R, charge: LimitCharge, actual: number): Promise<boolean>;
+  /** The run waits for a task result (`TaskResult.get()`); returns the function that ends the wait (absent: nothing to do). */
+  awaitingResult?(run: R): () => void;
 }
 
 /**
@@ -95,6 +97,11 @@ class RunContext<R extends Run<RunOwner>> implements CurrentTask {
     return done;
   }
 
+  /** Marks a wait of this run for a task result (see AWAITING_RESULT); returns the function that ends it. */
+  [AWAITING_RESULT](): () => void {
+    return this.host.awaitingResult?.(this.run) ?? noWait;
+  }
+
   /** Bound on first use, so `const { progress } = currentTask()` works too. */
   get progress(): (value: number, message?: string) => void {
     return (this.boundProgress ??= this.report.bind(this));
@@ -114,6 +121,8 @@ class RunContext<R extends Run<RunOwner>> implements CurrentTask {
     host.emit('progress', { id: this.id, name: this.name, queue: this.queue, args: this.args, attempt: this.attempt, value: report.v, message: report.m });
   }
 }
+
+function noWait(): void {}
 
 /** The charge `reportCost(actual, limit)` corrects; ConfigError for a bad cost, or a limit the run was not charged in or left unnamed among several. */
 function chargeToCorrect(run: Run<RunOwner>, task: string, actual: number, limit: string | LimitHandle | undefined): LimitCharge {

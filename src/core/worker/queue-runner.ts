@@ -43,6 +43,8 @@ export interface RunnerHost extends WorkerIdentity {
   readonly concurrency: number;
   /** False once close() began: fetch nothing more. */
   accepting(): boolean;
+  /** False while close() runs or a handler of the worker awaits a task result: reservations (prefetch) go back to the queue at once. */
+  holdsReservations(): boolean;
   /** Tasks the worker reserves ahead of running them (prefetch), across its queues, beyond `concurrency`. */
   readonly prefetch: number;
   /** Free handler slots not yet promised to a fetch in flight. */
@@ -208,7 +210,7 @@ export class QueueRunner {
   }
 
   /**
-   * Hands the reservations not begun back to the front of the queue (a closing worker; requeue-3.lua
+   * Hands the reservations not begun back to the front of the queue (a closing worker, or one whose handler awaits a task result; requeue-3.lua
    * takes their attempt back). A failure is reported: their leases lapse and the recovery puts them
    * back without counting it.
    */
@@ -538,9 +540,10 @@ export class QueueRunner {
     // After the runs began: slots given back may begin older reservations, never taking the slots of these runs.
     this.host.reserve(claimsRunning - handlers, nowReserving - reserving);
     if (reserved > 0) {
-      // A worker that began closing meanwhile hands them back at once; else they begin as handler slots free.
-      if (!this.host.accepting()) this.handBackReservations();
-      else this.host.reservationsAdded();
+      // They begin as handler slots free; a worker that began closing meanwhile, or one whose
+      // handler awaits a task result, hands back at once those that cannot begin now.
+      if (this.host.accepting()) this.host.reservationsAdded();
+      if (!this.host.holdsReservations()) this.handBackReservations();
     }
     for (const t of reply.limited) this.host.rateLimited(this.keys.queue, t.id, t.name, t.argsJson, t.delayMs);
     for (const t of reply.revoked) this.host.revoked(this.keys.queue, t.id, t.name, t.argsJson, t.reason);

@@ -61,6 +61,8 @@ export class Worker {
   private reserved = 0;
   /** Reservation slots (prefetch) promised to fetches in flight and to claims. */
   private reservedAhead = 0;
+  /** Waits for a task result of the runs in flight (awaitResult), by run: while any is, no reservation is held. */
+  private readonly awaiting = new Map<Run, number>();
   private closing: Promise<void> | undefined;
   /** Its entry in the registry (heartbeat-3.lua), from start(). */
   private registration: WorkerRegistration | undefined;
@@ -101,10 +103,13 @@ export class Worker {
       concurrency,
       prefetch,
       accepting: () => this.state === 'running',
+      holdsReservations: () => this.state === 'running' && this.awaiting.size === 0,
       // Reservations held or on their way take the handler slots that free first: a task is asked
       // for as one to begin at once only when none is outstanding, so none overtakes a reservation.
       freeSlots: () => Math.max(0, this.concurrency - this.inFlight.size - this.reserved - this.reservationsOutstanding()),
       freeReservations: () => {
+        // A handler awaits a task result: reserve nothing (the task awaited may be the one reserved).
+        if (this.awaiting.size > 0) return 0;
         const left = this.concurrency - this.inFlight.size - this.reserved - this.reservationsOutstanding();
         return Math.max(0, left + this.prefetch - Math.max(0, left));
       },
@@ -141,6 +146,7 @@ export class Worker {
         redisCall(`reportCost() of task ${run.task.id} in limit '${charge.def.name}'`, () =>
           correctLimit(run.runner.limitScripts, run.runner.keys.prefix, charge.def, charge.run, charge.cost, actual),
         ),
+      awaitingResult: (run) => this.awaitResult(run),
     };
     this.admission = {
       workerId: this.id,
@@ -445,6 +451,7 @@ export class Worker {
     if (run.released) return;
     run.released = true;
     this.inFlight.delete(runKey(run.runner.keys.queue, run.task.id));
+    this.endAwaits(run);
     if (finish) run.runner.finished(finish);
     else run.runner.drop(run.task.id, run.task.token);
     // The slot goes to the oldest reservation at once, before any call's reply (prefetch).
@@ -454,6 +461,35 @@ export class Worker {
     if (run.permits) this.admission.track?.(giveBack(run.runner.limitScripts, run.runner.keys.prefix, run.permits, this.admission));
     // Another queue may be waiting for the slot.
     for (const r of this.runners) if (r !== run.runner) r.poke();
+  }
+
+  /**
+   * A handler awaits a task result (TaskResult.get()): while any does, the worker reserves nothing
+   * and hands its reservations back to the front of their queues, since the task awaited may be
+   * one, and a reservation begins only when a handler slot frees (at concurrency 1, never while
+   * the awaiting handler holds it). Returns the function that ends the wait (once); the run's
+   * release ends its waits too (a get() left pending by a handler that returned). When the last
+   * ends, the runners reserve again.
+   */
+  private awaitResult(run: Run): () => void {
+    if (run.released) return () => undefined;
+    if (this.awaiting.size === 0) for (const r of this.runners) r.handBackReservations();
+    this.awaiting.set(run, (this.awaiting.get(run) ?? 0) + 1);
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      const n = this.awaiting.get(run);
+      if (n === undefined) return;
+      if (n > 1) this.awaiting.set(run, n - 1);
+      else this.endAwaits(run);
+    };
+  }
+
+  /** Ends every wait for a task result of `run`; the runners reserve again once none is left. */
+  private endAwaits(run: Run): void {
+    if (!this.awaiting.delete(run) || this.awaiting.size > 0) return;
+    for (const r of this.runners) r.poke();
   }
 
   /** Reservations held by the runners, and reservation slots promised to fetches in flight and to claims. */
