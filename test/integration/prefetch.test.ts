@@ -27,6 +27,12 @@ class PrefetchProbe {
     return this.hold(label);
   }
 
+  /** Returns at once. */
+  @Task()
+  async quick(n: number): Promise<number> {
+    return n;
+  }
+
   /** At most one start a minute. */
   @Task({ rateLimit: [1, 60] })
   async limited(label: string): Promise<string> {
@@ -67,7 +73,9 @@ describe('prefetch', () => {
     const h = fresh();
     expect(() => h.worker({ services: [], prefetch: -1 })).toThrow(ConfigError);
     expect(() => h.worker({ services: [], prefetch: 1.5 })).toThrow(ConfigError);
+    expect(() => h.worker({ services: [], prefetch: 'sometimes' as 'auto' })).toThrow(ConfigError);
     expect(() => h.worker({ services: [], prefetch: 0 })).not.toThrow();
+    expect(() => h.worker({ services: [], prefetch: 'auto' })).not.toThrow();
   });
 
   it('at concurrency 1, prefetch 1: the next task is reserved (PENDING, rs, a lease) while one runs, and begins as it ends', async () => {
@@ -138,6 +146,54 @@ describe('prefetch', () => {
     expect(await behind.get({ timeout: 5 })).toBe('b');
     expect(probe.runs.map((r) => r.label)).toEqual(['a', 'b']);
     expect(ev.errors).toEqual([]);
+  });
+
+  it("prefetch 'auto' (the default) reserves one task ahead once the queue's handlers are short", async () => {
+    const h = fresh();
+    const probe = new PrefetchProbe();
+    const w = h.worker({ services: [probe], concurrency: 1 });
+    expect(w.prefetch).toBe(1);
+    await w.start();
+    const d = h.dispatcher();
+    // A short run first: until one ends, the worker knows nothing of the queue's runtimes.
+    expect(await (await d.tasks(PrefetchProbe).quick.delay(1)).get({ timeout: 5 })).toBe(1);
+    const a = await d.tasks(PrefetchProbe).gated.delay('a');
+    await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
+    const b = await d.tasks(PrefetchProbe).gated.delay('b');
+    await reserved(h, b.id);
+    expect(await b.status()).toBe('PENDING');
+    probe.gates.get('a')!.open();
+    await waitFor(() => probe.gates.has('b'), { what: 'b to begin' });
+    probe.gates.get('b')!.open();
+    expect([await a.get({ timeout: 5 }), await b.get({ timeout: 5 })]).toEqual(['a', 'b']);
+  });
+
+  it("prefetch 'auto': a worker whose handlers ran long reserves nothing, so an idle worker takes the next task while the first still runs", async () => {
+    const h = fresh();
+    const busy = new PrefetchProbe();
+    const first = h.worker({ services: [busy], concurrency: 1 });
+    await first.start();
+    const d = h.dispatcher();
+    // One run of 150 ms or more on the Redis clock: the queue's handlers are long for this worker.
+    const long = await d.tasks(PrefetchProbe).gated.delay('long');
+    await waitFor(() => busy.gates.has('long'), { what: 'the long task to run' });
+    await waitFor(async () => (await long.status()) === 'STARTED', { what: 'the long task to read STARTED' });
+    const began = (await long.info()).startedAt!.getTime();
+    await waitFor(async () => (await redisNowMs(h.admin)) >= began + 150, { what: '150 ms to pass' });
+    busy.gates.get('long')!.open();
+    expect(await long.get({ timeout: 5 })).toBe('long');
+
+    const c = await d.tasks(PrefetchProbe).gated.delay('c');
+    await waitFor(() => busy.gates.has('c'), { what: 'c to run' });
+    const next = await d.tasks(PrefetchProbe).quick.delay(7);
+    const idle = h.worker({ services: [new PrefetchProbe()], concurrency: 1, prefetch: 0 });
+    await idle.start();
+    // Not reserved behind c: the idle worker runs it while c still runs.
+    expect(await next.get({ timeout: 5 })).toBe(7);
+    expect(await h.field(next.id, 'worker')).toBe(idle.id);
+    expect(await c.status()).toBe('STARTED');
+    busy.gates.get('c')!.open();
+    expect(await c.get({ timeout: 5 })).toBe('c');
   });
 
   it('a unique task is checked against its lock when reserved: a lapsed lock is taken again, one held by another ends it duplicate', async () => {

@@ -47,6 +47,8 @@ export interface RunnerHost extends WorkerIdentity {
   holdsReservations(): boolean;
   /** Tasks the worker reserves ahead of running them (prefetch), across its queues, beyond `concurrency`. */
   readonly prefetch: number;
+  /** Prefetch 'auto': reserve only while this queue's handlers ran under SHORT_RUN_MS on average. */
+  readonly prefetchAuto: boolean;
   /** Free handler slots not yet promised to a fetch in flight. */
   freeSlots(): number;
   /** Free reservation slots (prefetch) not yet held or promised to a fetch in flight. */
@@ -78,6 +80,13 @@ const CLAIM_SENDS = 3;
 // How long after it last met a rate-limited task a runner asks for no reservation (prefetch): such a
 // task is never reserved, and one met where a reservation was asked for waits a call (see start-tasks.lua).
 const RATE_PAUSE_MS = 10_000;
+// Under prefetch 'auto', a runner reserves only while the handlers it ran lately were short: under
+// this many ms on average. A reservation saves one round trip to Redis per task, which only a short task
+// notices, and waits for this worker's running tasks while another worker may be idle, which only
+// a long task makes costly (docs/decisions.md, "The default prefetch").
+export const SHORT_RUN_MS = 100;
+// The weight of the last run in the average of the runtimes (an exponential moving average).
+const RUNTIME_WEIGHT = 0.2;
 // Orders the reservations of all runners of a process: the oldest begins first.
 let reservationSeq = 0;
 
@@ -112,6 +121,8 @@ export class QueueRunner {
   private needsHandler = false;
   /** When a task of this queue last had a rate limit (ms, this process's clock): reservations pause for RATE_PAUSE_MS after it. */
   private rateAt = 0;
+  /** The handlers' runtime on this queue, ms, a moving average of the runs ended here (undefined: none yet): reservations only while it is under SHORT_RUN_MS. */
+  private runtimeMs: number | undefined;
   /** Hand-backs of reservations in flight (requeue-3.lua): stop() waits for them. */
   private readonly handingBack = new Set<Promise<void>>();
   /** Ids the last reply saw at the tail of the wait list: the next call names them to start them at once. */
@@ -174,6 +185,11 @@ export class QueueRunner {
       this.locks.delete(id);
     }
     this.poke();
+  }
+
+  /** A handler of this queue ran for `ms`: its runtime joins the average that decides whether to reserve. */
+  noteRuntime(ms: number): void {
+    this.runtimeMs = this.runtimeMs === undefined ? ms : this.runtimeMs + RUNTIME_WEIGHT * (ms - this.runtimeMs);
   }
 
   /** Reservations held (prefetch), not begun. */
@@ -358,7 +374,11 @@ export class QueueRunner {
       const accepting = this.host.accepting();
       const asking = canSend && !this.idle && accepting;
       const fresh = asking ? Math.min(this.host.freeSlots(), this.maxWant) : 0;
-      const reserving = this.host.prefetch > 0 && (!this.needsHandler || fresh > 0) && Date.now() - this.rateAt >= RATE_PAUSE_MS;
+      const reserving =
+        this.host.prefetch > 0 &&
+        (!this.host.prefetchAuto || (this.runtimeMs !== undefined && this.runtimeMs < SHORT_RUN_MS)) &&
+        (!this.needsHandler || fresh > 0) &&
+        Date.now() - this.rateAt >= RATE_PAUSE_MS;
       const freshReserving = asking && reserving ? this.host.freeReservations() : 0;
       if (!canSend || (this.pending.length === 0 && fresh + freshReserving === 0 && this.claims.length === 0 && this.begins.length === 0)) {
         if (!accepting && this.running.size === 0 && this.pending.length === 0 && this.inFlight === 0 && this.claims.length === 0 && this.begins.length === 0) return;

@@ -23,14 +23,19 @@ export interface WorkerOptions extends ConnectionOptions {
   /**
    * Prefetch: tasks this worker reserves ahead of running them, beyond its `concurrency` handler
    * slots, so that a handler slot that frees begins the next task at once instead of waiting a
-   * round trip to Redis. A whole number >= 0; 0 reserves none. A reservation is started in Redis
-   * as a task about to run is (lease, run token, unique lock, attempt; a rate-limited task is
-   * never reserved) but reads PENDING, with no `startedAt`, until its handler begins; those of a
-   * closing or dying worker go back to the front of the queue without counting an attempt or a
-   * recovery (see docs/guarantees.md, Prefetch). Default: 0 (docs/decisions.md, "The default prefetch").
-   * Experimental: with 1 or more, the known gaps listed in docs/guarantees.md (Prefetch) apply.
+   * round trip to Redis. A reservation is started in Redis as a task about to run is (lease, run
+   * token, unique lock, attempt; a task with a rate limit or an expiry is never reserved) but
+   * reads PENDING, with no `startedAt`, until its handler begins; those of a closing or dying
+   * worker go back to the front of the queue without counting an attempt (see
+   * docs/guarantees.md, Prefetch).
+   *
+   * `'auto'`: one task ahead per queue, while the handlers this worker ran lately on that queue
+   * took under 100 ms on average (none before the first ends): short tasks save a round trip
+   * each, long ones are left to whichever worker frees first. A whole number n >= 0: up to n
+   * tasks ahead, whatever their length; 0 reserves none. Default: `'auto'`
+   * (docs/decisions.md, "The default prefetch").
    */
-  prefetch?: number;
+  prefetch?: number | 'auto';
   /** A started task's lease; the worker renews it every third of this. Seconds or an `ms` string. Default: 30 s. */
   leaseDuration?: Duration;
   /** How long results are kept, unless the task sets its own. Seconds or an `ms` string. Default: one day. */
@@ -121,7 +126,7 @@ export interface CloseOptions {
 
 const DEFAULT_LEASE_MS = 30_000;
 /** The default of WorkerOptions.prefetch (docs/decisions.md, "The default prefetch"). */
-export const DEFAULT_PREFETCH = 0;
+export const DEFAULT_PREFETCH = 'auto';
 const DEFAULT_UNKNOWN_TASK_GRACE_MS = 5 * 60_000;
 
 /** Worker options after validation, with defaults applied and durations in ms. */
@@ -129,7 +134,10 @@ export interface WorkerSettings {
   prefix: string;
   queues: readonly string[];
   concurrency: number;
+  /** Most tasks reserved ahead (prefetch 'auto': 1). */
   prefetch: number;
+  /** Prefetch 'auto': reserve only while the queue's handlers are short (queue-runner.ts SHORT_RUN_MS). */
+  prefetchAuto: boolean;
   maxPayloadBytes: number;
   leaseMs: number;
   resultExpiresMs: number;
@@ -147,9 +155,11 @@ export function workerSettings(options: WorkerOptions): WorkerSettings {
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new ConfigError(`concurrency must be a whole number >= 1, got ${describe(concurrency)}`);
   }
-  const prefetch = options.prefetch ?? DEFAULT_PREFETCH;
+  const prefetchOption = options.prefetch ?? DEFAULT_PREFETCH;
+  const prefetchAuto = prefetchOption === 'auto';
+  const prefetch = prefetchAuto ? 1 : prefetchOption;
   if (!Number.isInteger(prefetch) || prefetch < 0) {
-    throw new ConfigError(`prefetch must be a whole number >= 0, got ${describe(prefetch)}`);
+    throw new ConfigError(`prefetch must be 'auto' or a whole number >= 0, got ${describe(prefetchOption)}`);
   }
   const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
   if (!Number.isInteger(maxPayloadBytes) || maxPayloadBytes < 1) {
@@ -163,6 +173,7 @@ export function workerSettings(options: WorkerOptions): WorkerSettings {
     queues: [...new Set(queues.map((q) => validateName(q, 'queue')))],
     concurrency,
     prefetch,
+    prefetchAuto,
     maxPayloadBytes,
     leaseMs: options.leaseDuration === undefined ? DEFAULT_LEASE_MS : toMillis(options.leaseDuration, 'leaseDuration'),
     resultExpiresMs: options.resultExpires === undefined ? DEFAULT_RESULT_EXPIRES_MS : toMillis(options.resultExpires, 'resultExpires'),

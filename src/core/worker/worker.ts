@@ -38,7 +38,7 @@ export class Worker {
   readonly queues: readonly string[];
   /** Tasks run at once. */
   readonly concurrency: number;
-  /** Tasks reserved ahead of running them (prefetch), beyond `concurrency`. */
+  /** Most tasks reserved ahead of running them (prefetch), beyond `concurrency`: 1 under prefetch `'auto'`, which reserves only while tasks are short. */
   readonly prefetch: number;
   private readonly prefix: string;
   private readonly options: WorkerOptions;
@@ -76,7 +76,7 @@ export class Worker {
   private unhookConnection: (() => void) | undefined;
 
   constructor(options: WorkerOptions) {
-    const { prefix, queues, concurrency, prefetch, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs, events } = workerSettings(options);
+    const { prefix, queues, concurrency, prefetch, prefetchAuto, maxPayloadBytes, leaseMs, resultExpiresMs, unknownTaskGraceMs: graceMs, events } = workerSettings(options);
     this.eventsMaxAgeMs = events.maxAgeMs;
     this.options = options;
     this.prefix = prefix;
@@ -102,6 +102,7 @@ export class Worker {
       eventsCap: events.cap,
       concurrency,
       prefetch,
+      prefetchAuto,
       accepting: () => this.state === 'running',
       holdsReservations: () => this.state === 'running' && this.awaiting.size === 0,
       // Reservations held or on their way take the handler slots that free first: a task is asked
@@ -452,6 +453,7 @@ export class Worker {
     run.released = true;
     this.inFlight.delete(runKey(run.runner.keys.queue, run.task.id));
     this.endAwaits(run);
+    if (run.startedAt !== undefined) run.runner.noteRuntime(Date.now() - run.startedAt);
     if (finish) run.runner.finished(finish);
     else run.runner.drop(run.task.id, run.task.token);
     // The slot goes to the oldest reservation at once, before any call's reply (prefetch).
