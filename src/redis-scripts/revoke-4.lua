@@ -46,7 +46,7 @@
 
 local base, id, terminate, expireMs, reason = ARGV[1], ARGV[2], ARGV[3] == '1', tonumber(ARGV[4]), ARGV[5]
 useEvents(ARGV[6], nil, KEYS[4])
-local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk', 'lu', 'n', 'rs')
+local t = redis.call('HMGET', KEYS[1], 's', 'lk', 'lw', 'tk', 'lu', 'n', 'rs', 'at')
 -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
 local state, lock, token = t[1], { lockNamed(base, t[2], t[5], t[6]), t[3] }, t[4] or ''
 if not state then return {0, ''} end
@@ -54,7 +54,8 @@ if isEnded(state) then return {1, state} end
 -- Ending the task releases the lock its record names, which must be the one declared; a revoke
 -- only requested leaves the lock to the run.
 -- A reservation (prefetch: STARTED with rs, its handler not begun as far as Redis knows) is
--- revoked as a queued task is, at once, and its worker told as for a terminate.
+-- revoked as a queued task is, at once (its attempt taken back: it never ran), and its worker
+-- told as for a terminate.
 local reserved = state == 'STARTED' and t[7] == '1'
 if reserved then terminate = true end
 if (state ~= 'STARTED' or terminate) and not declaredIs(KEYS[5] or '', lock[1]) then return {KEYS_CHANGED, ''} end
@@ -67,7 +68,9 @@ if state ~= 'STARTED' then
 end
 if terminate then
   redis.call('ZREM', KEYS[2], id)
-  endTask(base, id, 'REVOKED', { 'rr', reason }, now, expireMs, lock)
+  local extra = { 'rr', reason }
+  if reserved then extra = { 'rr', reason, 'at', math.max(0, (tonumber(t[8]) or 1) - 1) } end
+  endTask(base, id, 'REVOKED', extra, now, expireMs, lock)
   redis.call('SPUBLISH', revokeChannelOf(base), id .. ' ' .. token .. ' 1')
   flushEvents()
   if reserved then return {2, 'REVOKED'} end

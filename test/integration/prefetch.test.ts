@@ -288,6 +288,8 @@ describe('prefetch', () => {
     await reserved(h, b.id);
     expect(await b.revoke()).toBe('REVOKED');
     expect(await b.status()).toBe('REVOKED');
+    // It never ran: no attempt counted.
+    expect((await b.info()).attempts).toBe(0);
     expect(await h.admin.zscore(h.queueKey('active'), b.id)).toBeNull();
     expect(await h.admin.exists(lock)).toBe(0);
     await expect(b.get({ timeout: 5 })).rejects.toMatchObject({ name: 'TaskRevokedError' });

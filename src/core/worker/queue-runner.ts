@@ -77,8 +77,9 @@ const MAX_CALLS_IN_FLIGHT = 2;
 const LOOK_AHEAD_MS = 10_000;
 // Failed calls in a row after which the claims they carried are let go, to lapse.
 const CLAIM_SENDS = 3;
-// How long after it last met a rate-limited task a runner asks for no reservation (prefetch): such a
-// task is never reserved, and one met where a reservation was asked for waits a call (see start-tasks.lua).
+// How long after it last met a rate-limited task (or, met where a reservation was asked for, one with
+// an expiry) a runner asks for no reservation (prefetch): such a task is never reserved; met where a
+// reservation was asked for, it stays at the front for a call with a handler slot (see start-tasks.lua).
 const RATE_PAUSE_MS = 10_000;
 // Under prefetch 'auto', a runner reserves only while the handlers it ran lately were short: under
 // this many ms on average. A reservation saves one round trip to Redis per task, which only a short task
