@@ -50,8 +50,8 @@ Commands:
 Run 'heimdall <command> --help' for a command's options.
 
 ${COMMON}`,
-  worker: `Usage: heimdall worker --app <module> [--queues <a,b>] [--concurrency <n>] [--log-level <level>]
-                       [--shutdown-timeout <s>]
+  worker: `Usage: heimdall worker --app <module> [--queues <a,b>] [--concurrency <n>] [--prefetch <n|auto>]
+                       [--log-level <level>] [--shutdown-timeout <s>]
 
   Runs a Worker until SIGTERM or SIGINT. The module (a path from the current directory: .js,
   .mjs, .cjs, or .ts when heimdall runs through tsx) exports the options of new Worker():
@@ -63,6 +63,8 @@ ${COMMON}`,
   --app <module>          the module (required)
   --queues <a,b>          queues to consume, separated by commas
   --concurrency <n>       tasks run at once
+  --prefetch <n|auto>     tasks reserved ahead of running them: auto (default) one while the
+                          queue's tasks are short (under 100 ms on average), n up to n, 0 none
   --log-level <level>     debug, info (default: a line per task), warn, error or silent
   --shutdown-timeout <s>  on the first signal, how long running tasks get to end before they
                           go back to their queue (default 25); a second signal (1 s or more
@@ -251,6 +253,7 @@ async function runWorker(parsed: Parsed, io: Io, help: string): Promise<number> 
         prefix: v.prefix ?? io.env.HEIMDALL_PREFIX,
         queues: v.queues,
         concurrency: v.concurrency,
+        prefetch: v.prefetch,
         logLevel: v['log-level'],
         shutdownTimeout: v['shutdown-timeout'],
       },
@@ -287,6 +290,7 @@ function parse(args: readonly string[]) {
       app: { type: 'string' },
       queues: { type: 'string' },
       concurrency: { type: 'string' },
+      prefetch: { type: 'string' },
       'log-level': { type: 'string' },
       'shutdown-timeout': { type: 'string' },
       delayed: { type: 'boolean' },

@@ -21,6 +21,7 @@ export interface WorkerFlags {
   prefix: string | undefined;
   queues: string | undefined;
   concurrency: string | undefined;
+  prefetch: string | undefined;
   logLevel: string | undefined;
   shutdownTimeout: string | undefined;
 }
@@ -54,6 +55,10 @@ export async function workerCommand(flags: WorkerFlags, positionals: readonly st
   if (concurrency !== undefined && !(Number.isInteger(concurrency) && concurrency >= 1)) {
     throw new UsageError(`--concurrency must be a whole number >= 1, got ${JSON.stringify(flags.concurrency)}`);
   }
+  const prefetch = flags.prefetch === undefined || flags.prefetch === 'auto' ? flags.prefetch : Number(flags.prefetch);
+  if (typeof prefetch === 'number' && !(Number.isInteger(prefetch) && prefetch >= 0)) {
+    throw new UsageError(`--prefetch must be 'auto' or a whole number >= 0, got ${JSON.stringify(flags.prefetch)}`);
+  }
   const queues = flags.queues?.split(',').map((q) => q.trim());
   if (queues && queues.some((q) => q === '')) throw new UsageError(`--queues takes names separated by commas, got ${JSON.stringify(flags.queues)}`);
   const timeoutS = flags.shutdownTimeout === undefined ? DEFAULT_SHUTDOWN_TIMEOUT_S : Number(flags.shutdownTimeout);
@@ -66,6 +71,7 @@ export async function workerCommand(flags: WorkerFlags, positionals: readonly st
     ...(flags.prefix === undefined ? {} : { prefix: flags.prefix }),
     ...(queues === undefined ? {} : { queues }),
     ...(concurrency === undefined ? {} : { concurrency }),
+    ...(prefetch === undefined ? {} : { prefetch }),
   });
   const log = logger(level, io);
   worker.on('started', (e) => log('info', `${'started'.padEnd(12)} ${task(e)} attempt ${e.attempt}`));
@@ -88,7 +94,7 @@ export async function workerCommand(flags: WorkerFlags, positionals: readonly st
     await worker.close();
     throw err;
   }
-  log('info', `worker ${worker.id} started: queues ${worker.queues.join(', ')}; concurrency ${worker.concurrency}; pid ${process.pid}`);
+  log('info', `worker ${worker.id} started: queues ${worker.queues.join(', ')}; concurrency ${worker.concurrency}; prefetch ${String(prefetch ?? app.prefetch ?? 'auto')}; pid ${process.pid}`);
   return new Promise<number>((resolveExit) => {
     onShutdownSignal(
       async (signal) => {

@@ -24,9 +24,9 @@ describe('heimdall worker', () => {
   it('runs a TypeScript app through tsx: a line per task; SIGTERM lets the running task end, then exits 0', { timeout: 60_000 }, async () => {
     const h = fresh();
     // The module says concurrency 3; the flag wins.
-    const cli = heimdall(h, 'worker', '--app', 'test/fixtures/cli/worker-app.ts', '--concurrency', '2');
+    const cli = heimdall(h, 'worker', '--app', 'test/fixtures/cli/worker-app.ts', '--concurrency', '2', '--prefetch', '0');
     const start = await line(cli, /INFO  worker \S+ started: /, 'the start line');
-    expect(start).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z INFO  worker \S+ started: queues cli-ts; concurrency 2; pid \d+$/);
+    expect(start).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z INFO  worker \S+ started: queues cli-ts; concurrency 2; prefetch 0; pid \d+$/);
 
     const d = h.dispatcher();
     const echo = await d.send('CliJobs.echo', [5], { queue: 'cli-ts' });
@@ -90,6 +90,9 @@ describe('heimdall worker', () => {
     const level = await heimdall(h, 'worker', '--app', 'test/fixtures/cli/worker-app.mjs', '--log-level', 'loud').exit;
     expect(level.code).toBe(2);
     expect(level.stderr).toContain('--log-level must be one of debug, info, warn, error, silent');
+    const prefetch = await heimdall(h, 'worker', '--app', 'test/fixtures/cli/worker-app.mjs', '--prefetch', 'lots').exit;
+    expect(prefetch.code).toBe(2);
+    expect(prefetch.stderr).toContain(`--prefetch must be 'auto' or a whole number >= 0, got "lots"`);
     const missing = await heimdall(h, 'worker', '--app', 'test/fixtures/cli/no-such-app.mjs').exit;
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/^heimdall worker: no app module at \S+no-such-app\.mjs$/m);
