@@ -12,8 +12,6 @@
           its unique lock   the lock key of ARGV, only when that is not ''
           with a conflict mode (field cm: replace, keepLast, debounce), after its lock:
           its pending pointer <prefix>:{<queue>}:next:<task>:<key> (the lock's suffix under next:),
-          the queue's active zset <prefix>:{<queue>}:active, optional: declared, a holder that is a
-                                reservation (prefetch) can be replaced; else it is left as running
           the holder's hash     <prefix>:{<queue>}:t:<ch>, only when field ch is not ''
           the pending one's     <prefix>:{<queue>}:t:<cp>, only when field cp is not ''
   Every key is checked against what the base, the ids and the lock keys of ARGV name, before
@@ -24,7 +22,7 @@
   The legacy form, exactly KEYS[1] and KEYS[2], is still served: the stream, the tasks' hashes
   and their locks are then named here from the base and ARGV, as before the declared form. It
   works on one node, and on a Cluster only because every key of a queue shares its hash tag; a
-  proxy that checks declarations refuses it. (The legacy form names the active zset too.) Producers written against it keep working until
+  proxy that checks declarations refuses it. Producers written against it keep working until
   the next major version (docs/protocol.md).
 
   ARGV[1] key base          <prefix>:{<queue>}:
@@ -56,12 +54,7 @@
   With a conflict mode (see "Unique tasks" in docs/architecture.md):
     6, replacedId, ''       enqueued with the lock: the task that held it (or the one pending
                             behind it) had not started and is now REVOKED ('replaced', or
-                            'debounced' for a debounce). With replace, a holder that a worker
-                            reserved (prefetch: STARTED with rs, its handler not begun) has not
-                            started either: it is REVOKED 'replaced', its lease dropped, and its
-                            worker told on the revoke channel ('<id> <token> 1', as revoke-4.lua
-                            does), so it drops the reservation. keepLast and debounce wait behind
-                            a reserved holder as behind a running one.
+                            'debounced' for a debounce)
     7, holderId, replacedId enqueued as the task pending behind the running holder (keepLast,
                             debounce), in the delayed set; replacedId: the pending task it replaced
                             ('' none). The holder's end hands it the lock.
@@ -434,7 +427,6 @@ local function declarationProblem(base, count)
           return 'KEYS[' .. k .. '] is not the pending pointer of the unique lock of task ' .. id
         end
         k = k + 1
-        if KEYS[k] == activeKeyOf(base) then k = k + 1 end
         for _, field in ipairs({ 'ch', 'cp' }) do
           local other = fieldIn(first, last, field) or ''
           if other ~= '' then
@@ -500,15 +492,11 @@ local function conflict(id, c)
   if pending == holder then pending = nil end
   if (holder or '') ~= c.holder or (pending or '') ~= c.pending then return 8, holder or '', pending or '' end
 
-  local held = holder and redis.call('HMGET', c.holderKey, 's', 'cf', 'rs', 'tk') or {}
-  -- A reservation (prefetch: STARTED with rs, its handler not begun as far as Redis knows) has not
-  -- started: replace ends it as a queued holder, when the active zset (its lease) is declared.
-  -- keepLast and debounce wait behind it as behind a running holder.
-  local reservation = held[1] == 'STARTED' and held[3] == '1' and c.mode == 'replace' and c.activeKey ~= nil
-  local running = held[1] == 'STARTED' and not reservation
+  local held = holder and redis.call('HMGET', c.holderKey, 's', 'cf') or {}
+  local running = held[1] == 'STARTED'
   -- A holder that runs (replace), or that ended and keeps the lock (uniqueWaitForExpiry), or whose
   -- record is gone: a duplicate, as without a mode. Nothing changes.
-  if holder and not notStarted(held[1]) and not reservation and not (running and c.mode ~= 'replace') then
+  if holder and not notStarted(held[1]) and not (running and c.mode ~= 'replace') then
     if eventsOn() then noteEvent('deduplicated', holder, 'n', c.name, 'by', id) end
     return 2, holder, redis.call('PTTL', c.lockKey)
   end
@@ -518,14 +506,13 @@ local function conflict(id, c)
   local first = nil
   local replaced = ''
   local replaces = {}
-  local function replace(other, ownsLock, token)
-    replaces[#replaces + 1] = { other, ownsLock, token }
+  local function replace(other, ownsLock)
+    replaces[#replaces + 1] = { other, ownsLock }
     replaced = other
   end
   if holder and not running then
     first = held[2]
-    -- A reservation's run token: its lease is dropped and its worker told (replaceAll).
-    replace(holder, true, reservation and (held[4] or '') or nil)
+    replace(holder, true)
     holder = nil
   end
   if pointer then
@@ -544,7 +531,7 @@ local function conflict(id, c)
     if c.maxWait > 0 and first + c.maxWait < due then due = math.max(now, first + c.maxWait) end
   end
   local plan = { due = due, first = first, replaces = replaces, reason = reason, name = c.name, expires = c.expires,
-    dropPointer = pointer and c.nextKey, activeKey = c.activeKey }
+    dropPointer = pointer and c.nextKey }
   if holder then
     -- It runs: the new task waits behind it, pending, for its end to hand it the lock (its
     -- 'waiting' event is noted once it is placed, after those of the tasks it replaces).
@@ -561,29 +548,16 @@ end
 -- set; the holder's lock released as its end releases it) and drops the old pending pointer. Each
 -- step under pcall: the new task is placed already, and should Redis refuse a step, the old task
 -- stays as it was (it then meets the lock as a duplicate, or waits behind it): never one lost.
--- A reserved holder (r[3], its run token) ended: its lease leaves the active zset and its worker
--- is told on the revoke channel, as revoke-4.lua ends a reservation, so it drops it unbegun (or
--- aborts it, should it have begun in the meantime). Returns false when a reserved holder could
--- not be ended: it keeps its lock, which the new task then must not take (it meets it at its
--- start as a duplicate, as a queued holder that could not be ended meets the new task's).
 local function replaceAll(id, plan)
-  local lockFree = true
   for _, r in ipairs(plan.replaces) do
     local lock = { false }
     if r[2] then lock = nil end
     if pcall(endTask, base, r[1], 'REVOKED', { 'rr', plan.reason }, now, plan.expires, lock) then
       redis.pcall('ZREM', KEYS[2], r[1])
-      if r[3] then
-        redis.pcall('ZREM', plan.activeKey, r[1])
-        redis.pcall('SPUBLISH', revokeChannelOf(base), r[1] .. ' ' .. r[3] .. ' 1')
-      end
       noteEvent('replaced', r[1], 'n', plan.name, 'by', id, 'r', plan.reason)
-    elseif r[3] then
-      lockFree = false
     end
   end
   if plan.dropPointer then redis.pcall('DEL', plan.dropPointer) end
-  return lockFree
 end
 
 local replies = {}
@@ -640,13 +614,11 @@ for i = 1, count do
         -- In the order declarationProblem checked them.
         c.nextKey = KEYS[k]
         k = k + 1
-        if KEYS[k] == activeKeyOf(base) then c.activeKey = KEYS[k]; k = k + 1 end
         if c.holder ~= '' then c.holderKey = KEYS[k]; k = k + 1 end
         if c.pending ~= '' then c.pendingKey = KEYS[k]; k = k + 1 end
       else
         local locks = lockKeyOf(base, '')
         c.nextKey = nextKeyOf(base, string.sub(lockKey, #locks + 1))
-        c.activeKey = activeKeyOf(base)
         if c.holder ~= '' then c.holderKey = taskKeyOf(base, c.holder) end
         if c.pending ~= '' then c.pendingKey = taskKeyOf(base, c.pending) end
       end
@@ -746,14 +718,13 @@ for i = 1, count do
       else
         wrote = true
         noteEvent('queued', id, 'n', taskName, 'd', placeAt > now and placeAt or nil)
-        local lockFree = true
         if plan then
-          lockFree = replaceAll(id, plan)
+          replaceAll(id, plan)
           if plan.holder then noteEvent('waiting', id, 'n', plan.name, 'h', plan.holder) end
         end
-        if plan and plan.takeLock and lockFree then
+        if plan and plan.takeLock then
           redis.pcall('SET', lockKey, id, 'PX', lockTtl)
-        elseif plan and not plan.takeLock then
+        elseif plan then
           -- The pointer the holder's end reads (includes/end-task.lua): when it is due, the lock's
           -- lifetime, the id. It lives as long as the holder's lock and then its own.
           local left = math.max(redis.call('PTTL', lockKey), 0)

@@ -63,8 +63,8 @@ ${COMMON}`,
   --app <module>          the module (required)
   --queues <a,b>          queues to consume, separated by commas
   --concurrency <n>       tasks run at once
-  --prefetch <n|auto>     tasks reserved ahead of running them: auto (default) one while the
-                          queue's tasks are short (under 100 ms on average), n up to n, 0 none
+  --prefetch <n|auto>     tasks reserved ahead of running them: auto (default) one, from a queue
+                          whose tasks ran under 100 ms on average; n up to n; 0 none
   --log-level <level>     debug, info (default: a line per task), warn, error or silent
   --shutdown-timeout <s>  on the first signal, how long running tasks get to end before they
                           go back to their queue (default 25); a second signal (1 s or more

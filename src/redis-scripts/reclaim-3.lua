@@ -52,7 +52,7 @@ for i = 5, #ARGV, 4 do
   -- handBack names the record from the base and the id: it must be the declared key.
   local key, lock
   key, lock, k = nextDeclared('reclaim', base, id, k, ARGV[i + 3])
-  local t = redis.pcall('HMGET', key, 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at', 'lu', 'n')
+  local t = redis.pcall('HMGET', key, 'w', 's', 'tk', 'rv', 'lk', 'lw', 'at', 'lu', 'n', 'ry')
   -- The lock the record names, whole (fields lk, or lu and n: includes/record-lock.lua).
   if not t.err then t[5] = lockNamed(base, t[5], t[8], t[9]) end
   if t.err and isRefusal(t) then problem = 'task ' .. id .. ': ' .. t.err end
@@ -66,7 +66,7 @@ end
 
 for _, run in ipairs(runs) do
   local id, t = run[1], run[2]
-  local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, true, t[7], now, expireMs)
+  local ok, put = pcall(handBack, base, KEYS[1], KEYS[2], id, t[4], { t[5], t[6] }, true, t[7], now, expireMs, t[10])
   if ok then count = count + put else problem = 'task ' .. id .. ': ' .. errorText(put) end
 end
 flushEvents()

@@ -110,10 +110,8 @@ export function enqueueItems(keys: QueueKeys, t: EnqueueTask): EnqueueItems {
     };
   }
   // The lock's pending pointer, then the records of the holder and pending task this producer saw.
-  // With a holder, the queue's active zset before them: a holder that is a reservation (prefetch)
-  // can then be replaced, its lease dropped.
   const declared = [keys.task(t.id), t.lockKey, keys.next(t.lockKey)];
-  if (c.holder !== '') declared.push(keys.active, keys.task(c.holder));
+  if (c.holder !== '') declared.push(keys.task(c.holder));
   if (c.pending !== '') declared.push(keys.task(c.pending));
   const fields = [...t.fields, FIELDS.conflictHolder, c.holder, FIELDS.conflictPending, c.pending, FIELDS.conflictExpires, c.expiresMs];
   return { keys: declared, args: [t.id, t.countdownMs, t.etaMs, t.lockKey, t.lockTtlMs, fields.length, ...fields] };

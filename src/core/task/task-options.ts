@@ -55,8 +55,8 @@ export interface TaskOptions<A extends readonly unknown[] = unknown[]> {
    * What a dispatch does when another task holds its unique lock. Default: `'return'`.
    * - `'return'`: nothing is sent; the dispatch resolves to the holder (`duplicate: true`).
    * - `'raise'`: nothing is sent; the dispatch rejects with `AlreadyQueuedError`.
-   * - `'replace'`: a holder that has not started (queued, delayed, retrying, claimed or reserved
-   *   by a worker) ends REVOKED with reason `'replaced'` and the new task takes the lock; a holder
+   * - `'replace'`: a holder that has not started (queued, delayed, retrying, or claimed by a
+   *   worker) ends REVOKED with reason `'replaced'` and the new task takes the lock; a holder
    *   that runs is returned as with `'return'`, so at most one runs.
    * - `'keepLast'`: at most one running and one pending task per key: the new task replaces
    *   the pending one (REVOKED `'replaced'`), and waits for the running one, if any, to end.

@@ -24,13 +24,14 @@ export interface WorkerOptions extends ConnectionOptions {
    * Prefetch: tasks this worker reserves ahead of running them, beyond its `concurrency` handler
    * slots, so that a handler slot that frees begins the next task at once instead of waiting a
    * round trip to Redis. A reservation is started in Redis as a task about to run is (lease, run
-   * token, unique lock, attempt; a task with a rate limit or an expiry is never reserved) but
+   * token, unique lock, attempt; a task with a rate limit, an expiry or onConflict 'replace' is
+   * never reserved) but
    * reads PENDING, with no `startedAt`, until its handler begins; those of a closing or dying
    * worker go back to the front of the queue without counting an attempt (see
    * docs/guarantees.md, Prefetch).
    *
-   * `'auto'`: one task ahead per queue, while the handlers this worker ran lately on that queue
-   * took under 100 ms on average (none before the first ends): short tasks save a round trip
+   * `'auto'`: at most one task ahead, from a queue whose handlers this worker ran lately took
+   * under 100 ms on average (none before the first there ends): short tasks save a round trip
    * each, long ones are left to whichever worker frees first. A whole number n >= 0: up to n
    * tasks ahead, whatever their length; 0 reserves none. Default: `'auto'`
    * (docs/decisions.md, "The default prefetch").

@@ -453,7 +453,9 @@ export class Worker {
     run.released = true;
     this.inFlight.delete(runKey(run.runner.keys.queue, run.task.id));
     this.endAwaits(run);
-    if (run.startedAt !== undefined) run.runner.noteRuntime(Date.now() - run.startedAt);
+    // Only a handler that ran and ended counts in the queue's runtimes (prefetch 'auto'): a run sent
+    // back by its admission, declined, stopped or lost says nothing of how long the queue's tasks take.
+    if (finish && run.context && run.startedAt !== undefined) run.runner.noteRuntime(Date.now() - run.startedAt);
     if (finish) run.runner.finished(finish);
     else run.runner.drop(run.task.id, run.task.token);
     // The slot goes to the oldest reservation at once, before any call's reply (prefetch).

@@ -144,7 +144,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     leased, counted, placed = false, nil, false
     local key = c.key
     local t = redis.pcall('HMGET', key, 's', 'n', 'a', 'lk', 'lt', 'rk', 'rn', 'rp', 'at', 'v', 'ex', 'tl', 'ry', 'ac', 'd',
-      'a1', 'a2', 'a3', 'mr', 'lw', 'cb', 'lu', 'rs')
+      'a1', 'a2', 'a3', 'mr', 'lw', 'cb', 'lu', 'rs', 'cm')
     if t.err then
       if isRefusal(t) then error(t) end
       deadLetter(base, id, 'its record is not a hash', now)
@@ -171,9 +171,12 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     end
     -- A rate-limited task is never reserved (prefetch): its window counts when its handler can
     -- begin at once, so that the begins in any window stay within its limit. Nor is a task with
-    -- an expiry, which is checked when its handler can begin. It stays at the front of the queue
-    -- for a call with a handler slot, and the call reserves nothing behind it (so none overtakes it).
-    if (rateKey or expires) and count >= handlers then return 'later' end
+    -- an expiry, which is checked when its handler can begin, nor a unique task with onConflict
+    -- 'replace' (cm), which a later call replaces only while it has not started: a reservation's
+    -- handler begins before Redis hears of it, so replacing one could run two of the key at
+    -- once. It stays at the front of the queue for a call with a handler slot, and the call
+    -- reserves nothing behind it (so none overtakes it).
+    if (rateKey or expires or t[24] == 'replace') and count >= handlers then return 'later' end
     if (lockKey and lockKey ~= c.lock) or (rateKey and rateKey ~= c.rate) then return 'keys', lockKey, rateKey end
     if pieces then args = joinArgs(key, args, pieces, piece1, piece2, piece3) end
     local lock = { lockKey, lockWait }
@@ -269,6 +272,8 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     local reserved = count >= handlers
     if reserved then
       redis.call('HSET', key, 's', 'STARTED', 'w', workerId, 'at', attempt, 'tk', token, 'rs', '1')
+      -- The start time of an attempt before it goes: a reservation has none until its begin.
+      if attempt > 1 then redis.call('HDEL', key, 'st') end
     else
       redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt, 'tk', token)
       -- A reservation mark a hand-back could not take off (a refused HDEL) must not hide this run.
