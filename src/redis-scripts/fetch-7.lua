@@ -54,11 +54,13 @@
   's:<bucket>' succeeded and 'f:<bucket>' failed or retried, a bucket per 10 s of the Redis
   clock, 15 minutes kept) for the Inspector's tasks per second.
 
-  Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked, blocked}:
-  as in start-tasks.lua (with want 0: nothing started, nextDelay given, more 0); outcomes is a
-  flat list of two items per finished run, in the order given: the outcome and its detail (see
-  finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds, ERROR
-  with Redis's refusal).
+  Returns {started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked, blocked,
+  staleBegins}: as in start-tasks.lua (with want 0: nothing started, nextDelay given, more 0);
+  outcomes is a flat list of two items per finished run, in the order given: the outcome and its
+  detail (see finish-task.lua: SUCCESS, FAILURE, REVOKED, RETRY, STALE with the state Redis holds,
+  ERROR with Redis's refusal); staleBegins a flat list of id, run token and the state Redis holds
+  ('gone': no record) per begin whose run is no longer current (revoked, or recovered while its
+  worker was cut off): the worker stops those handlers.
 
   A declared record that is not the record of its id is the caller's mistake: the call fails
   before it writes anything.
@@ -143,17 +145,28 @@ end
 
 -- A reservation whose handler began: STARTED from now on for every reader. Best effort: a refused
 -- command leaves it reading PENDING until it ends.
+-- Returns the state Redis holds when the run is no longer current (revoked, recovered by another
+-- worker: its begun handler must stop), else nil.
 local function beginRun(key, id, token, ago)
   local t = redis.call('HMGET', key, 's', 'w', 'tk', 'rs', 'at')
-  if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token and t[4]) then return end
+  if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return t[1] or 'gone' end
+  -- Current, its begin already stored (a begin sent again after a call that failed).
+  if not t[4] then return nil end
   redis.call('HSET', key, 'st', now - math.max(0, math.floor(ago)))
   redis.call('HDEL', key, 'rs')
   local attempt = tonumber(t[5]) or 1
   noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil)
 end
+-- Begins of runs no longer current: id, token, the state Redis holds, for the reply.
+local staleBegins = {}
 for i = 1, beginCount do
   local mark = eventMark()
-  if not pcall(beginRun, begins[i][1], begins[i][2], begins[i][3], begins[i][4]) then eventRewind(mark) end
+  local ok, stale = pcall(beginRun, begins[i][1], begins[i][2], begins[i][3], begins[i][4])
+  if not ok then
+    eventRewind(mark)
+  elseif stale then
+    table.insert(staleBegins, begins[i][2]); table.insert(staleBegins, begins[i][3]); table.insert(staleBegins, stale)
+  end
 end
 
 local outcomes = {}
@@ -183,5 +196,6 @@ if want > 0 or candCount > 0 then
 else
   reply = {{}, {}, {}, nextDelayOf(KEYS[2], now), 0, outcomes, '', {}, {}, {}, {}, 0}
 end
+reply[13] = staleBegins
 flushEvents()
 return reply

@@ -100,6 +100,31 @@ describe('reservations through the scripts', () => {
     expect(await h.admin.lrange(h.queueKey('wait'), 0, -1)).toEqual([dies.id]);
   });
 
+  it('a begin of a run no longer current comes back in the reply (staleBegins, with the state Redis holds); a begin sent again is not one', async () => {
+    const h = fresh();
+    const runner = new ScriptRunner(h.admin);
+    const d = h.dispatcher();
+    const worker = as('w');
+    const revoked = await d.tasks(Lapsing).fragile.delay(1);
+    const kept = await d.tasks(Lapsing).fragile.delay(2);
+    const first = await reserve(h, runner, worker);
+    const second = await reserve(h, runner, worker);
+    expect([first.id, second.id]).toEqual([revoked.id, kept.id]);
+    // Revoked while reserved: REVOKED at once (its worker would be told on the revoke channel).
+    expect(await revoked.revoke()).toBe('REVOKED');
+    const at = performance.now();
+    const begins = [
+      { id: first.id, token: first.token, at },
+      { id: second.id, token: second.token, at },
+    ];
+    const reply = readFetchReply(await fetch(runner, h.queueKeys(), worker, 0, [], { begins }), 0);
+    expect(reply.staleBegins).toEqual([{ id: first.id, token: first.token, state: 'REVOKED' }]);
+    expect(await kept.status()).toBe('STARTED');
+    // The same begin again (its call's reply lost): already stored, not stale.
+    const again = readFetchReply(await fetch(runner, h.queueKeys(), worker, 0, [], { begins: [begins[1]!] }), 0);
+    expect(again.staleBegins).toEqual([]);
+  });
+
   it("a begin sets startedAt to when the handler began, from the worker's own measure of how long ago", async () => {
     const h = fresh();
     const runner = new ScriptRunner(h.admin);

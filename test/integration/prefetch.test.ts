@@ -196,6 +196,33 @@ describe('prefetch', () => {
     expect(await c.get({ timeout: 5 })).toBe('c');
   });
 
+  it("a reservation revoked without its worker hearing (the message lost): its begin's reply says so, and the handler is stopped at once", async () => {
+    const h = fresh();
+    const probe = new PrefetchProbe();
+    const w = h.worker({ services: [probe], concurrency: 1, prefetch: 1 });
+    const ev = recordEvents(w);
+    await w.start();
+    const d = h.dispatcher();
+    const a = await d.tasks(PrefetchProbe).gated.delay('a');
+    await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
+    const b = await d.tasks(PrefetchProbe).gated.delay('b');
+    await reserved(h, b.id);
+    // What revoke-4 writes for a reservation, without the message on the revoke channel.
+    await h.admin.hset(h.taskKey(b.id), FIELDS.state, 'REVOKED', FIELDS.revokeReason, 'revoked');
+    await h.admin.hdel(h.taskKey(b.id), FIELDS.reserved);
+    await h.admin.zrem(h.queueKey('active'), b.id);
+
+    probe.gates.get('a')!.open();
+    await waitFor(() => probe.gates.has('b'), { what: 'b to begin' });
+    expect(await a.get({ timeout: 5 })).toBe('a');
+    // The call that carried b's begin found it REVOKED: the worker stops b and frees its slot.
+    await waitFor(() => ev.revoked.some((e) => e.id === b.id), { timeout: 5000, what: 'the worker to stop b' });
+    const c = await d.tasks(PrefetchProbe).quick.delay(3);
+    expect(await c.get({ timeout: 5 })).toBe(3);
+    expect(await b.status()).toBe('REVOKED');
+    probe.gates.get('b')!.open();
+  });
+
   it('a unique task is checked against its lock when reserved: a lapsed lock is taken again, one held by another ends it duplicate', async () => {
     const h = fresh();
     const probe = new PrefetchProbe();

@@ -229,6 +229,13 @@ export interface FetchReply {
   readonly looked: readonly NamedKeys[];
   /** A rate-limited task at the front would have been a reservation: ask for none until a handler slot can be asked for. */
   blocked: boolean;
+  /** Begins of reservations whose run is no longer current (revoked, recovered): their handlers are to stop. */
+  readonly staleBegins: readonly StaleBegin[];
+}
+
+/** A begin the fetch found no longer current, with the state Redis holds ('gone': no record). */
+export interface StaleBegin extends RunRef {
+  state: string;
 }
 
 /** A task id with the lock and rate window its record names ('' none, or not known). */
@@ -255,6 +262,7 @@ export type RawFetchReply = [
   string[],
   string[],
   number?,
+  string[]?,
 ];
 
 const STARTED_ITEMS = 8;
@@ -333,7 +341,7 @@ export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdent
 
 /** Decodes the reply of a fetch call that sent `endCount` ends. */
 export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply {
-  const [started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked, blocked] = raw;
+  const [started, limited, revoked, nextDelay, more, outcomes, problem, claims, peek, lapsed, looked, blocked, stale] = raw;
   const reply: FetchReply = {
     started: [],
     limited: limited.length === 0 ? NONE : [],
@@ -347,7 +355,12 @@ export function readFetchReply(raw: RawFetchReply, endCount: number): FetchReply
     lapsed: lapsed.length === 0 ? NONE : lapsed.map(String),
     looked: looked.length === 0 ? NONE : [],
     blocked: Number(blocked ?? 0) === 1,
+    staleBegins: stale === undefined || stale.length === 0 ? NONE : [],
   };
+  const staleOut = reply.staleBegins as StaleBegin[];
+  for (let i = 0; stale !== undefined && i < stale.length; i += 3) {
+    staleOut.push({ id: String(stale[i]), token: String(stale[i + 1]), state: String(stale[i + 2]) });
+  }
   const lookedOut = reply.looked as NamedKeys[];
   for (let i = 0; i < looked.length; i += 3) lookedOut.push({ id: String(looked[i]), lockKey: String(looked[i + 1] ?? ''), rateKey: String(looked[i + 2] ?? '') });
   const claimsOut = reply.claims as Claim[];

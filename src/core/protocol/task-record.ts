@@ -13,6 +13,13 @@ export type TaskState = 'PENDING' | 'STARTED' | 'RETRY' | 'SUCCESS' | 'FAILURE' 
 /** States after which a task never changes again. */
 export const FINAL_STATES: ReadonlySet<TaskState> = new Set(['SUCCESS', 'FAILURE', 'REVOKED']);
 
+const STATES: ReadonlySet<string> = new Set(['PENDING', 'STARTED', 'RETRY', 'SUCCESS', 'FAILURE', 'REVOKED']);
+
+/** Whether `s` (a state field as Redis holds it) is one of the task states. */
+export function isTaskState(s: string): s is TaskState {
+  return STATES.has(s);
+}
+
 /** The error a failed task threw, as stored by the worker. */
 export interface RemoteError {
   /** The error's `name`, e.g. `'TypeError'`. */

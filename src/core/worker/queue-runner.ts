@@ -26,6 +26,7 @@ import {
   type Begin,
   type RunRef,
   type RunToStop,
+  type StaleBegin,
   type StartedRun,
   type Verdict,
   type WorkerIdentity,
@@ -60,6 +61,8 @@ export interface RunnerHost extends WorkerIdentity {
   launch(runner: QueueRunner, task: StartedRun): void;
   rateLimited(queue: string, id: string, name: string, argsJson: string, delayMs: number): void;
   revoked(queue: string, id: string, name: string, argsJson: string, reason: RevokeReason): void;
+  /** Begins of reservations the fetch found no longer current (revoked, recovered): stop those handlers. */
+  beginsStale(runner: QueueRunner, stale: readonly StaleBegin[]): void;
   reportError(err: unknown): void;
 }
 
@@ -568,6 +571,7 @@ export class QueueRunner {
     }
     for (const t of reply.limited) this.host.rateLimited(this.keys.queue, t.id, t.name, t.argsJson, t.delayMs);
     for (const t of reply.revoked) this.host.revoked(this.keys.queue, t.id, t.name, t.argsJson, t.reason);
+    if (reply.staleBegins.length > 0) this.host.beginsStale(this, reply.staleBegins);
     if (reply.lapsed.length > 0) this.recover(reply.lapsed);
     if (reply.blocked) {
       this.needsHandler = true;

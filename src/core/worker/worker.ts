@@ -8,7 +8,7 @@ import { QueueKeys } from '../protocol/queue-keys.js';
 import { FIELDS } from '../protocol/task-fields.js';
 import { ScriptRunner } from '../protocol/script-runner.js';
 import type { RunRef, StartedRun, StopReason } from '../protocol/scripts.js';
-import type { TaskState } from '../protocol/task-record.js';
+import { isTaskState, type TaskState } from '../protocol/task-record.js';
 import { toMillisOrZero } from '../task/durations.js';
 import { registeredTasks } from '../task/registry.js';
 import { admit, decline, needsAdmission, type AdmissionHost } from './admission.js';
@@ -125,6 +125,14 @@ export class Worker {
       launch: (runner, task) => this.launch(runner, task),
       rateLimited: (queue, id, name, argsJson, delayMs) => this.emit('rateLimited', { id, name, queue, args: safeArgs(argsJson), delayMs }),
       revoked: (queue, id, name, argsJson, reason) => this.emit('revoked', { id, name, queue, args: safeArgs(argsJson), reason }),
+      // A reservation began here while Redis ended it or gave it to another worker (its revoke
+      // message was lost, or came before the reply that brought it): its handler stops now.
+      beginsStale: (runner, stale) => {
+        for (const { id, token, state } of stale) {
+          const run = this.inFlight.get(runKey(runner.keys.queue, id));
+          if (run && run.task.token === token) this.stopRun(run, state === 'REVOKED' ? 'terminated' : 'lost', isTaskState(state) ? state : undefined);
+        }
+      },
       reportError,
     };
     this.execution = {
