@@ -1,4 +1,4 @@
-import type { Cluster, Redis } from 'ioredis';
+import { Cluster, Command, Redis } from 'ioredis';
 import type { RedisClient } from './connection.js';
 import { ConfigError, outOfMemory } from '../errors.js';
 import { warnIfEvicting } from './eviction-policy.js';
@@ -9,6 +9,73 @@ type Arg = string | number;
 /** ioredis's evalsha given its keys and arguments as arrays, which it flattens (its typings list single values only). */
 interface EvalshaOfArrays {
   evalsha(sha: string, numberOfKeys: number, keys: readonly string[], args: readonly Arg[]): Promise<unknown>;
+}
+
+/**
+ * An EVALSHA that writes itself to the socket as one Buffer. ioredis builds a command's text by
+ * string concatenation, five strings per argument, then copies the text into a Buffer; a fetch
+ * of one task has about 30 arguments, and this was the largest share of what the worker
+ * allocated per task (BENCHMARKS.md, "Allocation per task"). Everything else is ioredis's own
+ * Command: its promise, reply decoding, Cluster slot (from `args`), offline queue and resends.
+ * Exported for its test only.
+ */
+export class EncodedEvalsha extends Command {
+  constructor(sha: string, keys: readonly string[], args: readonly Arg[], errorStack: Error | undefined) {
+    // No arguments for ioredis to flatten and stringify: they are set here, numbers as text.
+    super('evalsha', [], { replyEncoding: 'utf8', errorStack });
+    const n = 2 + keys.length + args.length;
+    const all = new Array<string>(n);
+    all[0] = sha;
+    all[1] = String(keys.length);
+    let i = 2;
+    for (const k of keys) all[i++] = k;
+    for (const a of args) all[i++] = typeof a === 'string' ? a : String(a);
+    this.args = all;
+  }
+
+  override toWritable(): Buffer {
+    const args = this.args as string[];
+    // *<items>\r\n$7\r\nevalsha\r\n, then $<bytes>\r\n<item>\r\n per argument.
+    let size = 1 + digits(args.length + 1) + 2 + 13;
+    for (const a of args) {
+      const bytes = Buffer.byteLength(a);
+      size += 1 + digits(bytes) + 2 + bytes + 2;
+    }
+    const buf = Buffer.allocUnsafe(size);
+    buf[0] = 0x2a; // *
+    let o = writeDigits(buf, 1, args.length + 1);
+    o = buf.write('\r\n$7\r\nevalsha\r\n', o, 'latin1') + o;
+    for (const a of args) {
+      buf[o++] = 0x24; // $
+      const bytes = Buffer.byteLength(a);
+      o = writeDigits(buf, o, bytes);
+      buf[o++] = 0x0d;
+      buf[o++] = 0x0a;
+      o += buf.write(a, o, bytes, 'utf8');
+      buf[o++] = 0x0d;
+      buf[o++] = 0x0a;
+    }
+    return buf;
+  }
+}
+
+function digits(n: number): number {
+  let d = 1;
+  while (n >= 10) {
+    n = Math.floor(n / 10);
+    d++;
+  }
+  return d;
+}
+
+/** Writes the decimal digits of `n` (a whole number >= 0) at `o`; returns the offset after them. */
+function writeDigits(buf: Buffer, o: number, n: number): number {
+  const end = o + digits(n);
+  for (let i = end - 1; i >= o; i--) {
+    buf[i] = 0x30 + (n % 10);
+    n = Math.floor(n / 10);
+  }
+  return end;
 }
 
 const MIN_MAJOR = 7;
@@ -23,6 +90,8 @@ export class ScriptRunner {
   private loading: Promise<void> | undefined;
   /** Set once load() succeeded, so later calls skip awaiting it. */
   private loaded = false;
+  /** Whether the client is one EVALSHA may go to as an EncodedEvalsha (see send), known from the first call. */
+  private encoded: boolean | undefined;
 
   constructor(private readonly client: RedisClient) {}
 
@@ -140,12 +209,25 @@ export class ScriptRunner {
    */
   private async evalsha<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
     try {
-      return (await (this.client as unknown as EvalshaOfArrays).evalsha(script.sha, keys.length, keys, args)) as T;
+      return (await this.send(script, keys, args)) as T;
     } catch (err) {
       if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
       await this.loadScript(script.source);
-      return (await (this.client as unknown as EvalshaOfArrays).evalsha(script.sha, keys.length, keys, args)) as T;
+      return (await this.send(script, keys, args)) as T;
     }
+  }
+
+  /**
+   * One EVALSHA: written as one Buffer (EncodedEvalsha) on a client of the ioredis this library
+   * depends on; through the client's own evalsha on any other (a client of another copy of
+   * ioredis, one with a keyPrefix, or one whose evalsha its owner replaced, to count or trace).
+   */
+  private send(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<unknown> {
+    const client = this.client as (Redis | Cluster) & { options: { keyPrefix?: string; showFriendlyErrorStack?: boolean } };
+    this.encoded ??= (client instanceof Redis || client instanceof Cluster) && !client.options.keyPrefix;
+    if (!this.encoded || Object.prototype.hasOwnProperty.call(client, 'evalsha')) return (this.client as unknown as EvalshaOfArrays).evalsha(script.sha, keys.length, keys, args);
+    const command = new EncodedEvalsha(script.sha, keys, args, client.options.showFriendlyErrorStack ? new Error() : undefined);
+    return client.sendCommand(command) as Promise<unknown>;
   }
 }
 
