@@ -143,18 +143,42 @@ export class ScriptRunner {
    * `keys`: at least the script's `numberOfKeys` (the KEYS every call passes); a script whose
    * header lists one key per item after those (extend-leases, requeue) gets them all, as KEYS.
    */
-  async run<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
+  run<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
     if (keys.length < script.numberOfKeys) {
-      throw new Error(`the ${script.name} script takes at least ${script.numberOfKeys} keys, got ${keys.length}`);
+      return Promise.reject(new Error(`the ${script.name} script takes at least ${script.numberOfKeys} keys, got ${keys.length}`));
     }
     if (!this.loaded) {
-      await this.load();
-      this.loaded = true;
+      return this.load().then(() => {
+        this.loaded = true;
+        return this.call<T>(script, keys, args);
+      });
     }
+    return this.call<T>(script, keys, args);
+  }
+
+  /**
+   * One script call, with one promise beside the command's own: this was two async functions,
+   * each with its promise and await, on the call every task goes through (BENCHMARKS.md,
+   * "Allocation per task").
+   */
+  private call<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
+    let sent: Promise<unknown>;
     try {
-      return await this.evalsha<T>(script, keys, args);
+      sent = this.send(script, keys, args);
     } catch (err) {
-      throw outOfMemory(err, `the ${script.name} script`);
+      return Promise.reject(outOfMemory(err, `the ${script.name} script`));
+    }
+    return sent.catch((err: unknown) => this.afterFailure<T>(script, keys, args, err)) as Promise<T>;
+  }
+
+  /** A failed call: on NOSCRIPT, loads the script and sends it once more; an out-of-memory reply becomes a RedisOutOfMemoryError naming the script. */
+  private async afterFailure<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[], err: unknown): Promise<T> {
+    try {
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+      await this.loadScript(script.source);
+      return (await this.send(script, keys, args)) as T;
+    } catch (e) {
+      throw outOfMemory(e, `the ${script.name} script`);
     }
   }
 
@@ -200,21 +224,6 @@ export class ScriptRunner {
       }
     }
     await this.client.script('LOAD', source);
-  }
-
-  /**
-   * EVALSHA; on NOSCRIPT, loads the script and tries once more. The keys and arguments go as the
-   * two arrays they are: ioredis flattens array arguments (one copy), where spreading them made
-   * two more copies per call (measured: bench/alloc-per-task.mjs, BENCHMARKS.md).
-   */
-  private async evalsha<T>(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<T> {
-    try {
-      return (await this.send(script, keys, args)) as T;
-    } catch (err) {
-      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
-      await this.loadScript(script.source);
-      return (await this.send(script, keys, args)) as T;
-    }
   }
 
   /**
