@@ -21,7 +21,7 @@ const CHILD = process.env.ALLOC_CHILD;
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const BUILD = `${ROOT}.bench-build-alloc/`;
 process.env.BENCH_HEIMDALL_BUILD = BUILD;
-const { worker, producer, rootIoredis } = await import('./lib/systems.mjs');
+const { worker, producer, rootIoredis, clientCommands } = await import('./lib/systems.mjs');
 
 const PREFIX = 'alloc';
 const int = (name, dflt) => (process.env[name] ? Number(process.env[name]) : dflt);
@@ -52,7 +52,7 @@ async function child({ url, concurrency, warmup, n }) {
     }
     profiler = new v8.GCProfiler();
     profiler.start();
-    mark = { used: v8.getHeapStatistics().used_heap_size, cpu: process.cpuUsage(), t: process.hrtime.bigint() };
+    mark = { used: v8.getHeapStatistics().used_heap_size, cpu: process.cpuUsage(), t: process.hrtime.bigint(), cmds: clientCommands.n };
   };
   let finishing;
   const finish = async () => {
@@ -70,7 +70,7 @@ async function child({ url, concurrency, warmup, n }) {
       else if (s.gcType === 'MarkSweepCompact') majors++;
       pauseMs += s.cost / 1000;
     }
-    const out = { bytes: used - mark.used + freed, scavenges, majors, pauseMs, cpuUs: cpu.user + cpu.system, ms: Number(t) / 1e6 };
+    const out = { commands: clientCommands.n - mark.cmds, bytes: used - mark.used + freed, scavenges, majors, pauseMs, cpuUs: cpu.user + cpu.system, ms: Number(t) / 1e6 };
     if (where) {
       const { profile } = await session.post('HeapProfiler.stopSampling');
       out.sites = topSites(profile, n);
@@ -173,6 +173,7 @@ async function main() {
           run,
           tasks: count,
           bytesPerTask: Math.round(r.bytes / count),
+          commandsPerTask: +(r.commands / count).toFixed(2),
           scavengesPer1k: +((r.scavenges * 1000) / count).toFixed(2),
           majors: r.majors,
           gcMsPer1k: +((r.pauseMs * 1000) / count).toFixed(1),
