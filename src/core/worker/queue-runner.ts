@@ -677,21 +677,26 @@ export class QueueRunner {
   private block(): void {
     if (this.blocking) return;
     this.blocking = true;
-    this.blocker
-      .blmove(this.keys.wait, this.keys.wait, 'RIGHT', 'RIGHT', BLOCK_SECONDS)
-      .then((id) => {
+    // One .then with both handlers: a then/catch/finally chain cost five promises per wake-up
+    // (BENCHMARKS.md, "Allocation per task").
+    this.blocker.blmove(this.keys.wait, this.keys.wait, 'RIGHT', 'RIGHT', BLOCK_SECONDS).then(
+      (id) => {
         // The id at the tail: the next call names it, and starts it at once if still there.
         if (id) this.hints = [id];
-      })
-      .catch(async (err: unknown) => {
-        if (!this.host.accepting()) return;
+        this.unblocked();
+      },
+      (err: unknown) => {
+        if (!this.host.accepting()) return this.unblocked();
         this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: waiting for tasks`));
-        await new Promise((r) => setTimeout(r, 1000));
-      })
-      .finally(() => {
-        this.blocking = false;
-        this.idle = false;
-        this.poke();
-      });
+        setTimeout(() => this.unblocked(), 1000);
+      },
+    );
+  }
+
+  /** The blocking wait ended (an entry, the timeout, or a failure): the loop looks again. */
+  private unblocked(): void {
+    this.blocking = false;
+    this.idle = false;
+    this.poke();
   }
 }
