@@ -12,31 +12,25 @@ interface EvalshaOfArrays {
 }
 
 /**
- * An EVALSHA that writes itself to the socket as one Buffer. ioredis builds a command's text by
+ * A command that writes itself to the socket as one Buffer. ioredis builds a command's text by
  * string concatenation, five strings per argument, then copies the text into a Buffer; a fetch
  * of one task has about 30 arguments, and this was the largest share of what the worker
  * allocated per task (BENCHMARKS.md, "Allocation per task"). Everything else is ioredis's own
- * Command: its promise, reply decoding, Cluster slot (from `args`), offline queue and resends.
- * Exported for its test only.
+ * Command: its promise, reply decoding, Cluster slot (from `args`), blocking timeout, offline
+ * queue and resends. Exported for its test only.
  */
-export class EncodedEvalsha extends Command {
-  constructor(sha: string, keys: readonly string[], args: readonly Arg[], errorStack: Error | undefined) {
-    // No arguments for ioredis to flatten and stringify: they are set here, numbers as text.
-    super('evalsha', [], { replyEncoding: 'utf8', errorStack });
-    const n = 2 + keys.length + args.length;
-    const all = new Array<string>(n);
-    all[0] = sha;
-    all[1] = String(keys.length);
-    let i = 2;
-    for (const k of keys) all[i++] = k;
-    for (const a of args) all[i++] = typeof a === 'string' ? a : String(a);
-    this.args = all;
+export class EncodedCommand extends Command {
+  constructor(name: string, args: string[], errorStack: Error | undefined) {
+    // No arguments for ioredis to flatten and stringify: they are set here, as text.
+    super(name, [], { replyEncoding: 'utf8', errorStack });
+    this.args = args;
   }
 
   override toWritable(): Buffer {
     const args = this.args as string[];
-    // *<items>\r\n$7\r\nevalsha\r\n, then $<bytes>\r\n<item>\r\n per argument.
-    let size = 1 + digits(args.length + 1) + 2 + 13;
+    // *<items>\r\n, then $<bytes>\r\n<item>\r\n for the name and each argument.
+    const nameBytes = Buffer.byteLength(this.name);
+    let size = 1 + digits(args.length + 1) + 2 + 1 + digits(nameBytes) + 2 + nameBytes + 2;
     for (const a of args) {
       const bytes = Buffer.byteLength(a);
       size += 1 + digits(bytes) + 2 + bytes + 2;
@@ -44,19 +38,51 @@ export class EncodedEvalsha extends Command {
     const buf = Buffer.allocUnsafe(size);
     buf[0] = 0x2a; // *
     let o = writeDigits(buf, 1, args.length + 1);
-    o = buf.write('\r\n$7\r\nevalsha\r\n', o, 'latin1') + o;
-    for (const a of args) {
-      buf[o++] = 0x24; // $
-      const bytes = Buffer.byteLength(a);
-      o = writeDigits(buf, o, bytes);
-      buf[o++] = 0x0d;
-      buf[o++] = 0x0a;
-      o += buf.write(a, o, bytes, 'utf8');
-      buf[o++] = 0x0d;
-      buf[o++] = 0x0a;
-    }
+    buf[o++] = 0x0d;
+    buf[o++] = 0x0a;
+    o = writeItem(buf, o, this.name, nameBytes);
+    for (const a of args) o = writeItem(buf, o, a, Buffer.byteLength(a));
     return buf;
   }
+}
+
+/** Writes `$<bytes>\r\n<item>\r\n` at `o`; returns the offset after it. */
+function writeItem(buf: Buffer, o: number, item: string, bytes: number): number {
+  buf[o++] = 0x24; // $
+  o = writeDigits(buf, o, bytes);
+  buf[o++] = 0x0d;
+  buf[o++] = 0x0a;
+  o += buf.write(item, o, bytes, 'utf8');
+  buf[o++] = 0x0d;
+  buf[o++] = 0x0a;
+  return o;
+}
+
+/** EVALSHA's arguments as text: the script's sha, the number of keys, the keys, the arguments. */
+export function evalshaArgs(sha: string, keys: readonly string[], args: readonly Arg[]): string[] {
+  const all = new Array<string>(2 + keys.length + args.length);
+  all[0] = sha;
+  all[1] = String(keys.length);
+  let i = 2;
+  for (const k of keys) all[i++] = k;
+  for (const a of args) all[i++] = typeof a === 'string' ? a : String(a);
+  return all;
+}
+
+/**
+ * Whether `name` may go to `client` as an EncodedCommand (sendEncoded): a client of the ioredis
+ * this library depends on, without a keyPrefix, whose method of that command its owner did not
+ * replace on the instance (to count or trace calls). Any other client (one of another copy of
+ * ioredis, too) is called as usual.
+ */
+export function encodable(client: RedisClient, name: string): boolean {
+  return (client instanceof Redis || client instanceof Cluster) && !client.options.keyPrefix && !Object.prototype.hasOwnProperty.call(client, name);
+}
+
+/** Sends `name` with `args` to a client `encodable` allowed, as an EncodedCommand. */
+export function sendEncoded(client: RedisClient, name: string, args: string[]): Promise<unknown> {
+  const c = client as Redis | Cluster;
+  return c.sendCommand(new EncodedCommand(name, args, c.options.showFriendlyErrorStack ? new Error() : undefined)) as Promise<unknown>;
 }
 
 function digits(n: number): number {
@@ -90,8 +116,6 @@ export class ScriptRunner {
   private loading: Promise<void> | undefined;
   /** Set once load() succeeded, so later calls skip awaiting it. */
   private loaded = false;
-  /** Whether the client is one EVALSHA may go to as an EncodedEvalsha (see send), known from the first call. */
-  private encoded: boolean | undefined;
 
   constructor(private readonly client: RedisClient) {}
 
@@ -226,17 +250,10 @@ export class ScriptRunner {
     await this.client.script('LOAD', source);
   }
 
-  /**
-   * One EVALSHA: written as one Buffer (EncodedEvalsha) on a client of the ioredis this library
-   * depends on; through the client's own evalsha on any other (a client of another copy of
-   * ioredis, one with a keyPrefix, or one whose evalsha its owner replaced, to count or trace).
-   */
+  /** One EVALSHA: as an EncodedCommand where the client allows it (encodable), else through the client's evalsha. */
   private send(script: LuaScript, keys: readonly string[], args: readonly Arg[]): Promise<unknown> {
-    const client = this.client as (Redis | Cluster) & { options: { keyPrefix?: string; showFriendlyErrorStack?: boolean } };
-    this.encoded ??= (client instanceof Redis || client instanceof Cluster) && !client.options.keyPrefix;
-    if (!this.encoded || Object.prototype.hasOwnProperty.call(client, 'evalsha')) return (this.client as unknown as EvalshaOfArrays).evalsha(script.sha, keys.length, keys, args);
-    const command = new EncodedEvalsha(script.sha, keys, args, client.options.showFriendlyErrorStack ? new Error() : undefined);
-    return client.sendCommand(command) as Promise<unknown>;
+    if (encodable(this.client, 'evalsha')) return sendEncoded(this.client, 'evalsha', evalshaArgs(script.sha, keys, args));
+    return (this.client as unknown as EvalshaOfArrays).evalsha(script.sha, keys.length, keys, args);
   }
 }
 

@@ -1,7 +1,7 @@
 import type { RedisClient } from '../protocol/connection.js';
 import { fromRedis, RedisOutOfMemoryError, RedisRefusedError, WorkerShutdownError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
-import type { ScriptRunner } from '../protocol/script-runner.js';
+import { encodable, sendEncoded, type ScriptRunner } from '../protocol/script-runner.js';
 import type { RevokeReason } from '../protocol/task-record.js';
 import {
   admit as admitScript,
@@ -67,6 +67,7 @@ export interface RunnerHost extends WorkerIdentity {
 // come from nowhere it can see (a rate-limited task rescheduled by a worker that then died),
 // and the longest a lapsed lease of a dead worker waits for an idle worker to recover it.
 const BLOCK_SECONDS = 5;
+const BLOCK_TEXT = String(BLOCK_SECONDS);
 const MAX_FINISHES_PER_CALL = 500;
 // Script calls one runner keeps in flight: with two, Redis runs one batch while this process
 // runs the tasks of the other (measured: see BENCHMARKS.md). Each fetches at most half the
@@ -679,7 +680,11 @@ export class QueueRunner {
     this.blocking = true;
     // One .then with both handlers: a then/catch/finally chain cost five promises per wake-up
     // (BENCHMARKS.md, "Allocation per task").
-    this.blocker.blmove(this.keys.wait, this.keys.wait, 'RIGHT', 'RIGHT', BLOCK_SECONDS).then(
+    const wait = this.keys.wait;
+    const moved = encodable(this.blocker, 'blmove')
+      ? (sendEncoded(this.blocker, 'blmove', [wait, wait, 'RIGHT', 'RIGHT', BLOCK_TEXT]) as Promise<string | null>)
+      : this.blocker.blmove(wait, wait, 'RIGHT', 'RIGHT', BLOCK_SECONDS);
+    moved.then(
       (id) => {
         // The id at the tail: the next call names it, and starts it at once if still there.
         if (id) this.hints = [id];
