@@ -11,6 +11,7 @@
 //   ALLOC_WHERE=1: the worker also takes a sampling heap profile with the objects collected since
 //   (every 4 KB, V8's sampling heap profiler) and prints the top allocation sites.
 //   BENCH_HEIMDALL_PREFETCH: the workers' prefetch, as in the bench (unset: the default).
+//   ALLOC_BUILD: a compiled build to measure instead of compiling src/ (another commit's, say).
 // How: v8.GCProfiler records the used heap before and after every collection; the bytes allocated
 // over a span are the used heap at its end minus at its start, plus what each collection freed.
 import { fork } from 'node:child_process';
@@ -19,7 +20,8 @@ import v8 from 'node:v8';
 
 const CHILD = process.env.ALLOC_CHILD;
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const BUILD = `${ROOT}.bench-build-alloc/`;
+// ALLOC_BUILD: a build made beforehand (e.g. of another commit, beside this checkout's node_modules) to measure instead.
+const BUILD = process.env.ALLOC_BUILD ? `${process.env.ALLOC_BUILD.replace(/\/$/, '')}/` : `${ROOT}.bench-build-alloc/`;
 process.env.BENCH_HEIMDALL_BUILD = BUILD;
 const { worker, producer, rootIoredis, clientCommands } = await import('./lib/systems.mjs');
 
@@ -131,7 +133,7 @@ async function main() {
   const { startRedis } = await import('../scripts/redis-launcher.mjs');
   const { execFileSync } = await import('node:child_process');
   // Compiled as the bench compiles it (systems.mjs buildHeimdall), into a folder of its own.
-  execFileSync(`${ROOT}node_modules/.bin/tsc`, ['-p', `${ROOT}tsconfig.build.json`, '--outDir', BUILD, '--declaration', 'false', '--sourceMap', 'false'], { stdio: 'inherit' });
+  if (!process.env.ALLOC_BUILD) execFileSync(`${ROOT}node_modules/.bin/tsc`, ['-p', `${ROOT}tsconfig.build.json`, '--outDir', BUILD, '--declaration', 'false', '--sourceMap', 'false'], { stdio: 'inherit' });
   const Redis = rootIoredis();
   const redis = await startRedis();
   const admin = new Redis(redis.url);
