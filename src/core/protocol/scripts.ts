@@ -303,40 +303,91 @@ export const MAX_CLAIM_MS = 10_000;
  */
 export function fetch(runner: ScriptRunner, keys: QueueKeys, worker: WorkerIdentity, want: number, ends: readonly RunEnd[], c: FetchCandidates = {}): Promise<RawFetchReply> {
   const begins = c.begins ?? NONE;
-  const args: (string | number)[] = [keys.base, worker.workerId, worker.leaseMs, want, seed(), worker.resultExpiresMs, worker.eventsCap, Math.min(worker.leaseMs, MAX_CLAIM_MS), c.peek ?? 0, c.handlers ?? want, begins.length];
-  const scriptKeys = [keys.wait, keys.delayed, keys.active, keys.dead, keys.events, keys.stats, keys.claimed];
+  const claims = c.claims ?? NONE;
+  const hints = c.hints ?? NONE;
+  const look = c.look ?? NONE;
+  const candidates = claims.length + hints.length + look.length;
+  // Both lists made at their full length (the keys at least: a lock or rate window adds more):
+  // grown by push, each was copied once or twice per call (BENCHMARKS.md, "Allocation per task").
+  const args = new Array<string | number>(11 + 3 * begins.length + 1 + 9 * ends.length + 1 + 4 * candidates);
+  args[0] = keys.base;
+  args[1] = worker.workerId;
+  args[2] = worker.leaseMs;
+  args[3] = want;
+  args[4] = seed();
+  args[5] = worker.resultExpiresMs;
+  args[6] = worker.eventsCap;
+  args[7] = Math.min(worker.leaseMs, MAX_CLAIM_MS);
+  args[8] = c.peek ?? 0;
+  args[9] = c.handlers ?? want;
+  args[10] = begins.length;
+  let a = 11;
+  const scriptKeys = new Array<string>(7 + begins.length + ends.length + candidates);
+  scriptKeys[0] = keys.wait;
+  scriptKeys[1] = keys.delayed;
+  scriptKeys[2] = keys.active;
+  scriptKeys[3] = keys.dead;
+  scriptKeys[4] = keys.events;
+  scriptKeys[5] = keys.stats;
+  scriptKeys[6] = keys.claimed;
+  let k = 7;
   // How long ago each handler began (ms, this process's monotonic clock): Redis subtracts it from
   // its own time, so startedAt is when the handler began, not when the call came.
   const sent = begins.length > 0 ? performance.now() : 0;
   for (const b of begins) {
-    args.push(b.id, b.token, Math.max(0, Math.round(sent - b.at)));
-    scriptKeys.push(keys.task(b.id));
+    args[a++] = b.id;
+    args[a++] = b.token;
+    args[a++] = Math.max(0, Math.round(sent - b.at));
+    scriptKeys[k++] = keys.task(b.id);
   }
-  args.push(ends.length);
+  args[a++] = ends.length;
   const locks = c.locks;
   for (const e of ends) {
     const lock = locks?.get(e.id);
     // A lock goes with its pending pointer: the end of a keepLast or debounce task hands the lock
     // to the task waiting behind it (includes/end-task.lua).
-    args.push(e.id, e.token, e.state, e.field, e.value, e.expireMs, e.retryDelayMs, e.deadReason, lock === undefined ? '' : '2');
-    scriptKeys.push(keys.task(e.id));
-    if (lock !== undefined) scriptKeys.push(lock, keys.next(lock));
+    args[a++] = e.id;
+    args[a++] = e.token;
+    args[a++] = e.state;
+    args[a++] = e.field;
+    args[a++] = e.value;
+    args[a++] = e.expireMs;
+    args[a++] = e.retryDelayMs;
+    args[a++] = e.deadReason;
+    args[a++] = lock === undefined ? '' : '2';
+    scriptKeys[k++] = keys.task(e.id);
+    if (lock !== undefined) {
+      scriptKeys[k++] = lock;
+      scriptKeys[k++] = keys.next(lock);
+    }
   }
-  const claims = c.claims ?? NONE;
-  const hints = c.hints ?? NONE;
-  const look = c.look ?? NONE;
-  args.push(claims.length + hints.length + look.length);
+  args[a++] = candidates;
   const mode = want > 0 ? 'c' : 'r';
-  const candidate = (id: string, m: string, stamp: string, lockKey: string, rateKey: string) => {
-    args.push(id, m, stamp, (lockKey === '' ? '' : 'l') + (rateKey === '' ? '' : 'r'));
-    scriptKeys.push(keys.task(id));
-    if (lockKey !== '') scriptKeys.push(lockKey);
-    if (rateKey !== '') scriptKeys.push(rateKey);
-  };
-  for (const cl of claims) candidate(cl.id, mode, cl.stamp, cl.lockKey, cl.rateKey);
-  for (const h of hints) candidate(h.id, 'h', '', h.lockKey, h.rateKey);
-  for (const id of look) candidate(id, 'k', '', '', '');
+  for (const cl of claims) {
+    k = candidate(args, a, scriptKeys, k, keys, cl.id, mode, cl.stamp, cl.lockKey, cl.rateKey);
+    a += 4;
+  }
+  for (const h of hints) {
+    k = candidate(args, a, scriptKeys, k, keys, h.id, 'h', '', h.lockKey, h.rateKey);
+    a += 4;
+  }
+  for (const id of look) {
+    k = candidate(args, a, scriptKeys, k, keys, id, 'k', '', '', '');
+    a += 4;
+  }
   return runner.run<RawFetchReply>(fetchScript, scriptKeys, args);
+}
+
+/** Writes one candidate of a fetch call at `a` of its arguments and `k` of its keys; returns the keys' next index. */
+function candidate(args: (string | number)[], a: number, scriptKeys: string[], k: number, keys: QueueKeys, id: string, mode: string, stamp: string, lockKey: string, rateKey: string): number {
+  args[a] = id;
+  args[a + 1] = mode;
+  args[a + 2] = stamp;
+  args[a + 3] = lockKey === '' ? (rateKey === '' ? '' : 'r') : rateKey === '' ? 'l' : 'lr';
+  scriptKeys[k++] = keys.task(id);
+  if (lockKey !== '') scriptKeys[k++] = lockKey;
+  if (rateKey !== '') scriptKeys[k++] = rateKey;
+  return k;
 }
 
 /** Decodes the reply of a fetch call that sent `endCount` ends. */

@@ -167,7 +167,10 @@ export async function execute<R extends Run<RunOwner>>(run: R, def: TaskDefiniti
     const args = event.args;
     host.emit('started', event);
     if (run.admissionError !== undefined) throw run.admissionError;
-    const instance = await host.instanceFor(def);
+    // Awaited only when it is a promise (a resolve that answers one): an await of a plain value
+    // still costs a promise per task (BENCHMARKS.md, "Allocation per task").
+    const made = host.instanceFor(def);
+    const instance = made instanceof Promise ? await made : made;
     if (run.released) return undefined; // handed back or revoked with terminate while its service was resolved
     const method = (instance as Record<string, unknown>)[def.methodName];
     if (typeof method !== 'function') throw new ConfigError(`${def.className}.${def.methodName} is not a method of the instance`);

@@ -1,7 +1,7 @@
 import type { RedisClient } from '../protocol/connection.js';
 import { fromRedis, RedisOutOfMemoryError, RedisRefusedError, WorkerShutdownError } from '../errors.js';
 import type { QueueKeys } from '../protocol/queue-keys.js';
-import type { ScriptRunner } from '../protocol/script-runner.js';
+import { encodable, sendEncoded, type ScriptRunner } from '../protocol/script-runner.js';
 import type { RevokeReason } from '../protocol/task-record.js';
 import {
   admit as admitScript,
@@ -70,6 +70,7 @@ export interface RunnerHost extends WorkerIdentity {
 // come from nowhere it can see (a rate-limited task rescheduled by a worker that then died),
 // and the longest a lapsed lease of a dead worker waits for an idle worker to recover it.
 const BLOCK_SECONDS = 5;
+const BLOCK_TEXT = String(BLOCK_SECONDS);
 const MAX_FINISHES_PER_CALL = 500;
 // Script calls one runner keeps in flight: with two, Redis runs one batch while this process
 // runs the tasks of the other (measured: see BENCHMARKS.md). Each fetches at most half the
@@ -681,21 +682,30 @@ export class QueueRunner {
   private block(): void {
     if (this.blocking) return;
     this.blocking = true;
-    this.blocker
-      .blmove(this.keys.wait, this.keys.wait, 'RIGHT', 'RIGHT', BLOCK_SECONDS)
-      .then((id) => {
+    // One .then with both handlers: a then/catch/finally chain cost five promises per wake-up
+    // (BENCHMARKS.md, "Allocation per task").
+    const wait = this.keys.wait;
+    const moved = encodable(this.blocker, 'blmove')
+      ? (sendEncoded(this.blocker, 'blmove', [wait, wait, 'RIGHT', 'RIGHT', BLOCK_TEXT]) as Promise<string | null>)
+      : this.blocker.blmove(wait, wait, 'RIGHT', 'RIGHT', BLOCK_SECONDS);
+    moved.then(
+      (id) => {
         // The id at the tail: the next call names it, and starts it at once if still there.
         if (id) this.hints = [id];
-      })
-      .catch(async (err: unknown) => {
-        if (!this.host.accepting()) return;
+        this.unblocked();
+      },
+      (err: unknown) => {
+        if (!this.host.accepting()) return this.unblocked();
         this.host.reportError(fromRedis(err, `queue ${this.keys.queue}: waiting for tasks`));
-        await new Promise((r) => setTimeout(r, 1000));
-      })
-      .finally(() => {
-        this.blocking = false;
-        this.idle = false;
-        this.poke();
-      });
+        setTimeout(() => this.unblocked(), 1000);
+      },
+    );
+  }
+
+  /** The blocking wait ended (an entry, the timeout, or a failure): the loop looks again. */
+  private unblocked(): void {
+    this.blocking = false;
+    this.idle = false;
+    this.poke();
   }
 }
