@@ -342,6 +342,17 @@ async function nodesWhenReady(client: Redis | Cluster, role: 'master' | 'all'): 
 }
 
 /** Milliseconds on the Redis server's clock, as the scripts compute them. */
+/** Waits until task `id` is a worker's reservation (prefetch) in Redis: STARTED with rs = '1' and a lease. */
+export async function waitReserved(h: Harness, id: string): Promise<void> {
+  await waitFor(
+    async () => {
+      const [s, rs] = await h.admin.hmget(h.taskKey(id), FIELDS.state, FIELDS.reserved);
+      return s === 'STARTED' && rs === '1' && (await h.admin.zscore(h.queueKey('active'), id)) !== null;
+    },
+    { what: `task ${id} to be reserved` },
+  );
+}
+
 export async function redisNowMs(client: Redis): Promise<number> {
   const [sec, usec] = await client.time();
   return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);

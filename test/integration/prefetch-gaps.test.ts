@@ -4,7 +4,7 @@
 // hand its reservations back (and reserve nothing) so that a task it awaits can run elsewhere.
 import { describe, expect, it } from 'vitest';
 import { Task, type Dispatcher } from 'heimdall-tasks';
-import { FIELDS, gate, recordEvents, useHarness, waitFor, type Gate, type Harness } from '../helpers.js';
+import { FIELDS, gate, recordEvents, useHarness, waitFor, waitReserved, type Gate, type Harness } from '../helpers.js';
 
 class GapProbe {
   /** Labels whose body ran, in order. */
@@ -56,17 +56,6 @@ class GapProbe {
   }
 }
 
-/** Waits until task `id` is a reservation in Redis: STARTED with rs = '1' and a lease. */
-async function reserved(h: Harness, id: string): Promise<void> {
-  await waitFor(
-    async () => {
-      const [s, rs] = await h.admin.hmget(h.taskKey(id), FIELDS.state, FIELDS.reserved);
-      return s === 'STARTED' && rs === '1' && (await h.admin.zscore(h.queueKey('active'), id)) !== null;
-    },
-    { what: `task ${id} to be reserved` },
-  );
-}
-
 describe('prefetch gaps', () => {
   const fresh = useHarness('prefetch-gaps');
 
@@ -112,7 +101,7 @@ describe('prefetch gaps', () => {
     const a = await tasks.gated.delay('a');
     await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
     const k1 = await tasks.latest.delay('k', 'k1');
-    await reserved(h, k1.id);
+    await waitReserved(h, k1.id);
     const k2 = await tasks.latest.delay('k', 'k2');
     expect(k2.conflict).toEqual({ outcome: 'waiting', holder: k1.id });
     expect(await k1.status()).toBe('PENDING');
@@ -138,7 +127,7 @@ describe('prefetch gaps', () => {
     await waitFor(() => probe.childId !== undefined, { what: 'the parent to send its child' });
     const childId = probe.childId!;
     // The only worker is w1, whose one slot the parent holds: it reserves the child.
-    await reserved(h, childId);
+    await waitReserved(h, childId);
     expect(await h.field(childId, 'worker')).toBe(w1.id);
     // A second worker, idle, that could run the child.
     const w2 = h.worker({ services: [probe], concurrency: 1, prefetch: 0 });
@@ -163,7 +152,7 @@ describe('prefetch gaps', () => {
     const x = await tasks.gated.delay('x');
     await waitFor(() => probe.gates.has('x'), { what: 'x to run' });
     const y = await tasks.gated.delay('y');
-    await reserved(h, y.id);
+    await waitReserved(h, y.id);
     expect(await h.field(y.id, 'worker')).toBe(w1.id);
     probe.gates.get('x')!.open();
     await waitFor(() => probe.gates.has('y'), { what: 'y to begin' });

@@ -5,7 +5,7 @@
 // back to the front of the queue without counting an attempt or a recovery.
 import { describe, expect, it } from 'vitest';
 import { ConfigError, Task, currentTask } from 'heimdall-tasks';
-import { FIELDS, gate, recordEvents, redisNowMs, useHarness, waitFor, type Gate, type Harness } from '../helpers.js';
+import { FIELDS, gate, recordEvents, redisNowMs, useHarness, waitFor, waitReserved, type Gate, type Harness } from '../helpers.js';
 import { byTask, openGate, readRuns } from '../fixtures/faults/control.js';
 import { FaultService } from '../fixtures/faults/services.js';
 import { killWorkerProcess, startWorkerProcess } from '../fixtures/worker-processes.js';
@@ -55,17 +55,6 @@ async function startedEvent(h: Harness, id: string): Promise<boolean> {
   return entries.some(([, pairs]) => pairs.some((v, i) => i % 2 === 0 && v === 'started' && pairs[i + 1] === id));
 }
 
-/** Waits until task `id` is a reservation in Redis: STARTED with rs = '1' and a lease. */
-async function reserved(h: Harness, id: string): Promise<void> {
-  await waitFor(
-    async () => {
-      const [s, rs] = await h.admin.hmget(h.taskKey(id), FIELDS.state, FIELDS.reserved);
-      return s === 'STARTED' && rs === '1' && (await h.admin.zscore(h.queueKey('active'), id)) !== null;
-    },
-    { what: `task ${id} to be reserved` },
-  );
-}
-
 describe('prefetch', () => {
   const fresh = useHarness('prefetch');
 
@@ -88,7 +77,7 @@ describe('prefetch', () => {
     const a = await d.tasks(PrefetchProbe).gated.delay('a');
     await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
     const b = await d.tasks(PrefetchProbe).gated.delay('b');
-    await reserved(h, b.id);
+    await waitReserved(h, b.id);
     // Reserved, not begun: readers say PENDING, no start time, no attempt, and its body has not run.
     expect(await b.status()).toBe('PENDING');
     const info = await b.info();
@@ -160,7 +149,7 @@ describe('prefetch', () => {
     const a = await d.tasks(PrefetchProbe).gated.delay('a');
     await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
     const b = await d.tasks(PrefetchProbe).gated.delay('b');
-    await reserved(h, b.id);
+    await waitReserved(h, b.id);
     expect(await b.status()).toBe('PENDING');
     probe.gates.get('a')!.open();
     await waitFor(() => probe.gates.has('b'), { what: 'b to begin' });
@@ -206,7 +195,7 @@ describe('prefetch', () => {
     const a = await d.tasks(PrefetchProbe).gated.delay('a');
     await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
     const b = await d.tasks(PrefetchProbe).gated.delay('b');
-    await reserved(h, b.id);
+    await waitReserved(h, b.id);
     // What revoke-4 writes for a reservation, without the message on the revoke channel.
     await h.admin.hset(h.taskKey(b.id), FIELDS.state, 'REVOKED', FIELDS.revokeReason, 'revoked');
     await h.admin.hdel(h.taskKey(b.id), FIELDS.reserved);
@@ -238,7 +227,7 @@ describe('prefetch', () => {
     const w = h.worker({ services: [probe], concurrency: 1, prefetch: 2 });
     await w.start();
     await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
-    await reserved(h, taken.id);
+    await waitReserved(h, taken.id);
     expect(await h.admin.get(lockX)).toBe(taken.id);
     await waitFor(async () => (await dup.status()) === 'REVOKED', { what: 'y to end duplicate' });
     expect((await dup.info()).revokeReason).toBe('duplicate');
@@ -312,7 +301,7 @@ describe('prefetch', () => {
     await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
     const b = await d.tasks(PrefetchProbe).uniqueGated.delay('b');
     const lock = await h.lockKeyOf(b.id);
-    await reserved(h, b.id);
+    await waitReserved(h, b.id);
     expect(await b.revoke()).toBe('REVOKED');
     expect(await b.status()).toBe('REVOKED');
     // It never ran: no attempt counted.
@@ -323,7 +312,7 @@ describe('prefetch', () => {
     // The worker heard of it and dropped the reservation: its slot takes the next task.
     await waitFor(() => ev.revoked.some((e) => e.id === b.id), { what: 'the worker to drop b' });
     const c = await d.tasks(PrefetchProbe).gated.delay('c');
-    await reserved(h, c.id);
+    await waitReserved(h, c.id);
     probe.gates.get('a')!.open();
     await waitFor(() => probe.gates.has('c'), { what: 'c to begin' });
     probe.gates.get('c')!.open();
@@ -342,7 +331,7 @@ describe('prefetch', () => {
     const a = await d.tasks(PrefetchProbe).gated.delay('a');
     await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
     const b = await d.tasks(PrefetchProbe).gated.delay('b');
-    await reserved(h, b.id);
+    await waitReserved(h, b.id);
     const c = await d.tasks(PrefetchProbe).gated.delay('c');
     const closed = first.close();
     // b goes back to the front (the tail the fetch reads first), ahead of c.
@@ -380,7 +369,7 @@ describe('prefetch', () => {
     await waitFor(async () => (await readRuns(h.admin, h.prefix)).some((e) => e.id === running.id && e.ev === 'start'), { what: 'held(0) to run' });
     // Never recovered: a lost run of it would end FAILURE at once.
     const fragile = await d.tasks(FaultService).fragile.delay(1);
-    await reserved(h, fragile.id);
+    await waitReserved(h, fragile.id);
     await killWorkerProcess(a);
 
     await openGate(h.admin, h.prefix);
