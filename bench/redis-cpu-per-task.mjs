@@ -11,13 +11,19 @@
 //     no-publish  fetch without the done-channel SPUBLISH of each end (a patched copy of the build)
 //     no-expire   fetch without the PEXPIRE of each ended record
 //     no-stats    fetch without the stats HINCRBY (countEnds)
-//     bare        all three patches and events off
+//     bare        the three patches and events off
 //     narrow-reads the start's and end's HMGET cut to the fields of a plain task's record (bench tasks only)
 //     lean        bare and narrow-reads
 //   The patched copies are for measurement only: they change what the library promises.
 //   CPU_FIXED=1 (default) also times crafted fetch calls on the admin connection: one that starts
 //   and ends nothing, and the script cut after its function definitions (CPU_CALLS of each, 5000).
 //   CPU_C1=1 also drains at concurrency 1 (one end and one start per call).
+//   CPU_BATCH=0 leaves out the fetch calls that end and start CPU_BATCH_SIZES (1,25,50) tasks
+//   each, one at a time on an idle Redis, per variant in CPU_BATCH_VARIANTS, about CPU_BATCH_TASKS
+//   (10000) tasks per size and variant, with start-only and end-only calls.
+//   CPU_MICRO=1 adds one command as a script calls it, Lua's side included (CPU_MICRO_LOOPS).
+//   CPU_OUT: where the JSON goes (bench/results/redis-cpu-per-task.json). Sections of BENCHMARKS.md:
+//   "Where Redis's CPU per task goes at concurrency 50".
 import { execFileSync } from 'node:child_process';
 import { cpSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { createHash } from 'node:crypto';
