@@ -55,6 +55,21 @@ async function startedEvent(h: Harness, id: string): Promise<boolean> {
   return entries.some(([, pairs]) => pairs.some((v, i) => i % 2 === 0 && v === 'started' && pairs[i + 1] === id));
 }
 
+/**
+ * A started worker at concurrency 1 with prefetch 1 whose one handler slot runs gated task 'a':
+ * the next task sent is reserved.
+ */
+async function oneRunning(h: Harness) {
+  const probe = new PrefetchProbe();
+  const w = h.worker({ services: [probe], concurrency: 1, prefetch: 1 });
+  const ev = recordEvents(w);
+  await w.start();
+  const d = h.dispatcher();
+  const a = await d.tasks(PrefetchProbe).gated.delay('a');
+  await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
+  return { probe, w, ev, d, a };
+}
+
 describe('prefetch', () => {
   const fresh = useHarness('prefetch');
 
@@ -69,13 +84,7 @@ describe('prefetch', () => {
 
   it('at concurrency 1, prefetch 1: the next task is reserved (PENDING, rs, a lease) while one runs, and begins as it ends', async () => {
     const h = fresh();
-    const probe = new PrefetchProbe();
-    const w = h.worker({ services: [probe], concurrency: 1, prefetch: 1 });
-    const ev = recordEvents(w);
-    await w.start();
-    const d = h.dispatcher();
-    const a = await d.tasks(PrefetchProbe).gated.delay('a');
-    await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
+    const { probe, ev, d, a } = await oneRunning(h);
     const b = await d.tasks(PrefetchProbe).gated.delay('b');
     await waitReserved(h, b.id);
     // Reserved, not begun: readers say PENDING, no start time, no attempt, and its body has not run.
@@ -111,13 +120,7 @@ describe('prefetch', () => {
 
   it('a task with an expiry is never reserved: it waits at the front for a handler slot, and one that expired meanwhile ends REVOKED without running', async () => {
     const h = fresh();
-    const probe = new PrefetchProbe();
-    const w = h.worker({ services: [probe], concurrency: 1, prefetch: 1 });
-    const ev = recordEvents(w);
-    await w.start();
-    const d = h.dispatcher();
-    const a = await d.tasks(PrefetchProbe).gated.delay('a');
-    await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
+    const { probe, ev, d, a } = await oneRunning(h);
     const expiring = await d.tasks(PrefetchProbe).gated.applyAsync(['e'], { expires: '1s' });
     const behind = await d.tasks(PrefetchProbe).gated.delay('b');
     // Its expiry passes on the Redis clock while a runs: it was never reserved, nor was the task behind it.
@@ -187,13 +190,7 @@ describe('prefetch', () => {
 
   it("a reservation revoked without its worker hearing (the message lost): its begin's reply says so, and the handler is stopped at once", async () => {
     const h = fresh();
-    const probe = new PrefetchProbe();
-    const w = h.worker({ services: [probe], concurrency: 1, prefetch: 1 });
-    const ev = recordEvents(w);
-    await w.start();
-    const d = h.dispatcher();
-    const a = await d.tasks(PrefetchProbe).gated.delay('a');
-    await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
+    const { probe, ev, d, a } = await oneRunning(h);
     const b = await d.tasks(PrefetchProbe).gated.delay('b');
     await waitReserved(h, b.id);
     // What revoke-4 writes for a reservation, without the message on the revoke channel.
@@ -292,13 +289,7 @@ describe('prefetch', () => {
 
   it('revoke of a reserved task ends it REVOKED at once, releases its lock, and its body never runs', async () => {
     const h = fresh();
-    const probe = new PrefetchProbe();
-    const w = h.worker({ services: [probe], concurrency: 1, prefetch: 1 });
-    const ev = recordEvents(w);
-    await w.start();
-    const d = h.dispatcher();
-    const a = await d.tasks(PrefetchProbe).gated.delay('a');
-    await waitFor(() => probe.gates.has('a'), { what: 'a to run' });
+    const { probe, ev, d, a } = await oneRunning(h);
     const b = await d.tasks(PrefetchProbe).uniqueGated.delay('b');
     const lock = await h.lockKeyOf(b.id);
     await waitReserved(h, b.id);

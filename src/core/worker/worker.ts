@@ -128,10 +128,7 @@ export class Worker {
       // A reservation began here while Redis ended it or gave it to another worker (its revoke
       // message was lost, or came before the reply that brought it): its handler stops now.
       beginsStale: (runner, stale) => {
-        for (const { id, token, state } of stale) {
-          const run = this.inFlight.get(runKey(runner.keys.queue, id));
-          if (run && run.task.token === token) this.stopRun(run, state === 'REVOKED' ? 'terminated' : 'lost', isTaskState(state) ? state : undefined);
-        }
+        for (const { id, token, state } of stale) this.runNoLongerCurrent(runner, id, token, state === 'REVOKED' ? 'terminated' : 'lost', isTaskState(state) ? state : undefined);
       },
       reportError,
     };
@@ -562,6 +559,18 @@ export class Worker {
     this.stopRun(run, terminate === '1' ? 'terminated' : 'revoked', undefined);
   }
 
+  /**
+   * Redis says run `token` of task `id` is to stop (a lease renewal's answer, or a begin the fetch
+   * found no longer current): the run in flight stops, or the reservation held is dropped.
+   */
+  private runNoLongerCurrent(runner: QueueRunner, id: string, token: string, reason: StopReason, state: TaskState | undefined): void {
+    const run = this.inFlight.get(runKey(runner.keys.queue, id));
+    // The answer is about the run whose token was sent; a newer run of the id is not it. A run
+    // an admission is sending back is no longer STARTED by that call's doing: its reply says so.
+    if (run && run.task.token === token && !(reason === 'lost' && run.sendingBack)) this.stopRun(run, reason, state);
+    else if (!run && reason !== 'revoked') this.dropReservation(runner, id, token, reason, state);
+  }
+
   /** Acts on a revoke or a lost lease: fires the signal, and frees the slot when Redis already ended the run. */
   private stopRun(run: Run, reason: StopReason, state: TaskState | undefined): void {
     const { id, name } = run.task;
@@ -579,13 +588,7 @@ export class Worker {
   private async tick(): Promise<void> {
     for (const r of this.runners) {
       try {
-        for (const { id, token, reason, state } of await r.renewLeases()) {
-          const run = this.inFlight.get(runKey(r.keys.queue, id));
-          // The answer is about the run whose token was sent; a newer run of the id is not it. A run
-          // an admission is sending back is no longer STARTED by that call's doing: its reply says so.
-          if (run && run.task.token === token && !(reason === 'lost' && run.sendingBack)) this.stopRun(run, reason, state);
-          else if (!run && reason !== 'revoked') this.dropReservation(r, id, token, reason, state);
-        }
+        for (const { id, token, reason, state } of await r.renewLeases()) this.runNoLongerCurrent(r, id, token, reason, state);
       } catch (err) {
         this.host.reportError(fromRedis(err, `queue ${r.keys.queue}: renewing leases`));
       }
