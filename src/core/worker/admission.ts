@@ -184,13 +184,21 @@ export async function decline(run: Run, def: TaskDefinition | undefined, host: A
   }
 }
 
-/** Sends an admit or decline call until Redis answers; undefined when the run was released meanwhile (handed back at close). */
+/**
+ * Sends an admit or decline call until Redis answers; undefined when the run was released
+ * meanwhile (handed back at close). While the call is out, and after any answer but RUN until the
+ * run is released, `sendingBack` tells the lease tick that Redis may no longer hold the run
+ * STARTED by this call's doing: the permits a run sent back for a rate turn keeps are renewed
+ * (settleKept) between the answer and the release, and a lease renewal then must stop nothing.
+ */
 async function settle(run: Run, host: AdmissionHost, what: string, call: () => Promise<Verdict>): Promise<Verdict | undefined> {
   run.sendingBack = true;
+  let verdict: Verdict | undefined;
   try {
-    return await settleOnce(run, host, what, call);
+    verdict = await settleOnce(run, host, what, call);
+    return verdict;
   } finally {
-    run.sendingBack = false;
+    if (verdict === undefined || verdict.verdict === 'RUN') run.sendingBack = false;
   }
 }
 

@@ -42,9 +42,9 @@ export interface Run<O extends RunOwner = QueueRunner> {
   /** Its slot is free again (ended, revoked with terminate, lost, handed back or declined). */
   released: boolean;
   /**
-   * Set while an admission or hand-back call may take the start back in Redis (admit-6, decline-7):
-   * a lease renewal that meanwhile finds the task no longer STARTED is that call's doing, which
-   * its own reply reports, not a lost lease.
+   * Set while an admission or hand-back call may take the start back in Redis (admit-6, decline-7),
+   * and after it did until the run is released: a lease renewal that meanwhile finds the task no
+   * longer STARTED is that call's doing, which its own reply reports, not a lost lease.
    */
   sendingBack?: boolean;
   /** What currentTask() returns inside it, once it runs. */
