@@ -22,10 +22,14 @@
 //   each, one at a time on an idle Redis, per variant in CPU_BATCH_VARIANTS, about CPU_BATCH_TASKS
 //   (10000) tasks per size and variant, with start-only and end-only calls.
 //   CPU_MICRO=1 adds one command as a script calls it, Lua's side included (CPU_MICRO_LOOPS).
+//   CPU_PERF=<dir> records redis-server with `perf record -g` during each drain (from the worker's
+//   go to its last end), one file per system, variant and repetition in <dir>; read them with
+//   `perf report -i <file> --no-children --sort symbol`. Needs perf (Debian: linux-perf) and root
+//   or perf_event_paranoid <= 1.
 //   CPU_OUT: where the JSON goes (bench/results/redis-cpu-per-task.json). Sections of BENCHMARKS.md:
 //   "Where Redis's CPU per task goes at concurrency 50".
-import { execFileSync } from 'node:child_process';
-import { cpSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { cpSync, existsSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 
@@ -128,10 +132,12 @@ async function drain(system, url, { variant = 'base', concurrency = CONC } = {})
   const child = startChild(system, url, { prefix: PREFIX, concurrency, target: N, env });
   await child.next('ready');
   await admin.config('RESETSTAT');
+  const recorder = await startPerf(`${system}-${variant}-c${concurrency}`);
   const cpu0 = await cpuUs();
   child.send({ type: 'go' });
   const { stats } = await child.next('done');
   const cpu1 = await cpuUs();
+  await recorder?.stop();
   const cmds = await commandStats();
   await child.stop();
   const perTask = {};
@@ -156,6 +162,26 @@ async function drain(system, url, { variant = 'base', concurrency = CONC } = {})
     otherUsec: inner.usec / N,
     otherCalls: inner.calls / N,
     perTask,
+  };
+}
+
+let perfRuns = 0;
+/** With CPU_PERF set: `perf record -g` of the redis-server process until stop() (SIGINT). */
+async function startPerf(label) {
+  const dir = process.env.CPU_PERF;
+  if (!dir) return undefined;
+  const pid = /process_id:(\d+)/.exec(await admin.info('server'))[1];
+  const file = `${dir}/${label}-${++perfRuns}.data`;
+  const rec = spawn('perf', ['record', '-g', '-q', '-p', pid, '-o', file], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const exited = new Promise((r) => rec.once('exit', r));
+  // perf attaches within a few ms; give it until it has opened its output file.
+  for (let i = 0; i < 200 && !existsSync(file); i++) await new Promise((r) => setTimeout(r, 10));
+  return {
+    async stop() {
+      rec.kill('SIGINT');
+      await exited;
+      log(`perf: ${file}`);
+    },
   };
 }
 
