@@ -14,13 +14,17 @@
 //     bare        the three patches and events off
 //     narrow-reads the start's and end's HMGET cut to the fields of a plain task's record (bench tasks only)
 //     lean        bare and narrow-reads
+//     dir:<path>  a build saved before (a copy of .bench-build-cpu/ beside it, e.g. .bench-build-cpu-old/,
+//                 so that it finds the root's node_modules), to compare a change of src/ with what it
+//                 replaces in the same run: CPU_VARIANTS=base,dir:$PWD/.bench-build-cpu-old
 //   The patched copies are for measurement only: they change what the library promises.
 //   CPU_FIXED=1 (default) also times crafted fetch calls on the admin connection: one that starts
 //   and ends nothing, and the script cut after its function definitions (CPU_CALLS of each, 5000).
 //   CPU_C1=1 also drains at concurrency 1 (one end and one start per call).
 //   CPU_BATCH=0 leaves out the fetch calls that end and start CPU_BATCH_SIZES (1,25,50) tasks
 //   each, one at a time on an idle Redis, per variant in CPU_BATCH_VARIANTS, about CPU_BATCH_TASKS
-//   (10000) tasks per size and variant, with start-only and end-only calls.
+//   (10000) tasks per size and variant, with start-only and end-only calls; CPU_BATCH_ROUNDS (1)
+//   times, the variants in turn (CPU_BATCH_SPLIT=0 leaves out the start-only and end-only calls) (the table gives min–max over all rounds and repetitions).
 //   CPU_MICRO=1 adds one command as a script calls it, Lua's side included (CPU_MICRO_LOOPS).
 //   CPU_PERF=<dir> records redis-server with `perf record -g` during each drain (from the worker's
 //   go to its last end), one file per system, variant and repetition in <dir>; read them with
@@ -84,6 +88,7 @@ function fetchOf(dir) {
 }
 
 function variantBuild(variant) {
+  if (variant.startsWith('dir:')) return variant.slice(4).replace(/\/?$/, '/');
   if (!PATCHES[variant]) return BUILD;
   const dir = `${ROOT}.bench-build-cpu-${variant}/`;
   rmSync(dir, { recursive: true, force: true });
@@ -171,7 +176,7 @@ async function startPerf(label) {
   const dir = process.env.CPU_PERF;
   if (!dir) return undefined;
   const pid = /process_id:(\d+)/.exec(await admin.info('server'))[1];
-  const file = `${dir}/${label}-${++perfRuns}.data`;
+  const file = `${dir}/${label.replace(/[^\w.-]+/g, '_')}-${++perfRuns}.data`;
   const rec = spawn('perf', ['record', '-g', '-q', '-p', pid, '-o', file], { stdio: ['ignore', 'ignore', 'inherit'] });
   const exited = new Promise((r) => rec.once('exit', r));
   // perf attaches within a few ms; give it until it has opened its output file.
@@ -296,11 +301,11 @@ async function batches(url) {
   for (const size of list('CPU_BATCH_SIZES', '1,25,50').map(Number)) {
     const calls = Math.max(20, Math.round(int('CPU_BATCH_TASKS', 10_000) / size));
     for (const v of list('CPU_BATCH_VARIANTS', 'base,events-off,no-publish,no-expire,no-stats,bare')) {
-      const src = sources[v === 'events-off' ? 'base' : v];
+      const src = v.startsWith('dir:') ? fetchOf(variantBuild(v)).source : sources[v === 'events-off' ? 'base' : v];
       const cap = ['events-off', 'bare', 'lean'].includes(v) ? 0 : 10000;
       out[`${size} ${v}`] = await batchCost(url, size, src, cap, calls);
     }
-    if (size > 1) {
+    if (size > 1 && process.env.CPU_BATCH_SPLIT !== '0') {
       const { start, end } = await batchCost(url, size, sources.base, 10000, calls, true);
       out[`${size} base, start only`] = start;
       out[`${size} base, end only`] = end;
@@ -377,7 +382,9 @@ try {
       }
     }
     if (process.env.CPU_FIXED !== '0') results.fixed.push(await fixedCost());
-    if (process.env.CPU_BATCH !== '0') results.batches.push(await batches(redis.url));
+    // CPU_BATCH_ROUNDS (1) rounds of every size and variant in turn, for a comparison that the
+    // machine's drift from minute to minute does not decide (each round is one row in the JSON).
+    if (process.env.CPU_BATCH !== '0') for (let round = 0; round < int('CPU_BATCH_ROUNDS', 1); round++) results.batches.push(await batches(redis.url));
     if (process.env.CPU_MICRO === '1') results.micro.push(await micro(redis.url));
   }
 } finally {

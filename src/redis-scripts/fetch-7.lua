@@ -152,7 +152,7 @@ local function beginRun(key, id, token, ago)
   if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return t[1] or 'gone' end
   -- Current, its begin already stored (a begin sent again after a call that failed).
   if not t[4] then return nil end
-  redis.call('HSET', key, 'st', now - math.max(0, math.floor(ago)))
+  redis.call('HSET', key, 'st', string.format('%d', now - math.max(0, math.floor(ago))))
   redis.call('HDEL', key, 'rs')
   local attempt = tonumber(t[5]) or 1
   noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil)
@@ -181,8 +181,7 @@ for i = 1, count do
   -- and the token tells it apart from a finish already stored.
   if not ok then outcome, detail = 'ERROR', errorText(outcome) end
   if outcome == 'ERROR' then eventRewind(mark) end
-  table.insert(outcomes, outcome)
-  table.insert(outcomes, detail)
+  outcomes[2 * i - 1], outcomes[2 * i] = outcome, detail
 end
 
 -- Counting is best effort: a refused command (a full Redis, an ACL) must not fail the call.

@@ -3,6 +3,7 @@
 -- @include "events"
 -- @include "wake"
 -- @include "record-lock"
+-- @include "ms-text"
 
 -- Puts a task in a final state (SUCCESS, FAILURE or REVOKED) with the given extra hash
 -- fields, sets its record to expire, releases its unique lock (compare-and-delete, unless
@@ -39,8 +40,8 @@ end
 
 local function endTask(base, id, state, extra, now, expireMs, lock, run, handOver)
   local key = taskKeyOf(base, id)
-  redis.call('HSET', key, 's', state, 'f', now, unpack(extra))
-  redis.call('PEXPIRE', key, expireMs)
+  redis.call('HSET', key, 's', state, 'f', msText(now), unpack(extra))
+  redis.call('PEXPIRE', key, msText(expireMs))
   if not lock then
     local named = redis.call('HMGET', key, 'lk', 'lw', 'lu', 'n')
     lock = { lockNamed(base, named[1], named[3], named[4]), named[2] }
@@ -61,7 +62,7 @@ local function endTask(base, id, state, extra, now, expireMs, lock, run, handOve
       noteEvent('revoked', id, 'n', run[1], 'r', reason)
     else
       local runtime
-      if run[3] and tonumber(run[3]) then runtime = now - tonumber(run[3]) end
+      if run[3] and tonumber(run[3]) then runtime = string.format('%d', now - tonumber(run[3])) end
       if state == 'SUCCESS' then
         noteEvent('succeeded', id, 'w', run[2], 'rt', runtime)
       else

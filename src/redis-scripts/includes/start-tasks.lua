@@ -9,6 +9,7 @@
 -- @include "events"
 -- @include "declared"
 -- @include "rate-window"
+-- @include "ms-text"
 -- Starts up to `want` tasks, touching only keys the call declares. A task's record, lock and
 -- rate window can be declared only by a caller that knows its id and its record's `lk` and `rk`
 -- before the call, so a task reaches STARTED in one of two ways:
@@ -119,6 +120,8 @@ end
 -- the reply as it is.
 local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed, outcomes, cands, order, claimMs, peekCount, handlers)
   handlers = handlers or want
+  -- The lease's end of every task this call starts, as text (includes/ms-text.lua).
+  local leaseEnd = msText(now + leaseMs)
   local waitKey, delayedKey, activeKey, claimedKey = K.wait, K.delayed, K.active, K.claimed
   local problems = {}
   local started, limited, revoked, claims, lapsed, peek = {}, {}, {}, {}, {}, {}
@@ -260,7 +263,7 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
       end
     end
     -- The lease first: should the record not be written, the id is still in a place.
-    redis.call('ZADD', activeKey, now + leaseMs, id)
+    redis.call('ZADD', activeKey, leaseEnd, id)
     leased = true
     -- The run token (the call's random seed): the lease renewals, the finish and revoke signals
     -- of this run carry it, so they can tell it from the task's other runs.
@@ -271,11 +274,11 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     -- `count`: the tasks started and claims kept so far; a claim kept takes a handler slot first.
     local reserved = count >= handlers
     if reserved then
-      redis.call('HSET', key, 's', 'STARTED', 'w', workerId, 'at', attempt, 'tk', token, 'rs', '1')
+      redis.call('HSET', key, 's', 'STARTED', 'w', workerId, 'at', msText(attempt), 'tk', token, 'rs', '1')
       -- The start time of an attempt before it goes: a reservation has none until its begin.
       if attempt > 1 then redis.call('HDEL', key, 'st') end
     else
-      redis.call('HSET', key, 's', 'STARTED', 'st', now, 'w', workerId, 'at', attempt, 'tk', token)
+      redis.call('HSET', key, 's', 'STARTED', 'st', msText(now), 'w', workerId, 'at', msText(attempt), 'tk', token)
       -- A reservation mark a hand-back could not take off (a refused HDEL) must not hide this run.
       if t[23] then redis.call('HDEL', key, 'rs') end
     end
@@ -285,9 +288,9 @@ local function startTasks(base, K, workerId, leaseMs, want, now, expireMs, seed,
     if timeLimit then carried = carried .. 't' end
     if maxRecoveries then carried = carried .. 'm' end
     if reserved then carried = carried .. 'p' end
-    table.insert(started, id); table.insert(started, name); table.insert(started, args)
-    table.insert(started, attempt); table.insert(started, tonumber(timeLimit) or 0)
-    table.insert(started, tonumber(retries) or 0); table.insert(started, token); table.insert(started, carried)
+    local n = #started
+    started[n + 1], started[n + 2], started[n + 3], started[n + 4] = id, name, args, attempt
+    started[n + 5], started[n + 6], started[n + 7], started[n + 8] = tonumber(timeLimit) or 0, tonumber(retries) or 0, token, carried
     -- The first attempt goes without saying (a reader takes 1).
     if not reserved then noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil) end
     count = count + 1
