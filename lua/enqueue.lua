@@ -69,6 +69,20 @@ local function nowMs()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- A whole number (ms, an attempt) as the text a command is sent. Lua 5.1 turns a number passed
+-- to redis.call into text with '%.14g', a floating-point conversion that a profile of the drain
+-- at concurrency 50 showed at about 5% of Redis's CPU; '%d' is an integer one. The values a call
+-- sends for each of its tasks (now, the lease's end, the result lifetime) are written once per
+-- call: the texts are kept for the call (scripts keep no state between calls).
+local msTexts = {}
+local function msText(n)
+  local s = msTexts[n]
+  if not s then
+    s = string.format('%d', n)
+    msTexts[n] = s
+  end
+  return s
+end
 -- Arguments longer than 64 bytes (Redis's default hash-max-listpack-value) would turn the task
 -- hash from a compact listpack into a hashtable, more than doubling its memory. So arguments
 -- of up to ARGS_CHUNKED_MAX bytes are kept in pieces of at most ARGS_CHUNK bytes: the first in field a,
@@ -306,21 +320,6 @@ local function errorSummary(fields)
     end
   end
   return nil, nil
-end
-
--- A whole number (ms, an attempt) as the text a command is sent. Lua 5.1 turns a number passed
--- to redis.call into text with '%.14g', a floating-point conversion that a profile of the drain
--- at concurrency 50 showed at about 5% of Redis's CPU; '%d' is an integer one. The values a call
--- sends for each of its tasks (now, the lease's end, the result lifetime) are written once per
--- call: the texts are kept for the call (scripts keep no state between calls).
-local msTexts = {}
-local function msText(n)
-  local s = msTexts[n]
-  if not s then
-    s = string.format('%d', n)
-    msTexts[n] = s
-  end
-  return s
 end
 
 -- Puts a task in a final state (SUCCESS, FAILURE or REVOKED) with the given extra hash
@@ -683,7 +682,7 @@ for i = 1, count do
         placeAt = now + recheck
       end
       -- v: the version of this message layout, the one start-tasks.lua reads.
-      local fields = { 's', 'PENDING', 'c', now, 'v', '1' }
+      local fields = { 's', 'PENDING', 'c', msText(now), 'v', '1' }
       local taskName = nameIn(first, last)
       -- The fields as stored, but the arguments: the lock key kept short when it is a lock of
       -- this task's (field lu, includes/record-lock.lua), so that it does not make the record a
@@ -705,7 +704,7 @@ for i = 1, count do
       end
       if args then argsFields(fields, args, whole) end
       for j = 1, #stored do table.insert(fields, stored[j]) end
-      if placeAt > now then table.insert(fields, 'd'); table.insert(fields, placeAt) end
+      if placeAt > now then table.insert(fields, 'd'); table.insert(fields, msText(placeAt)) end
       if plan and mode == 'debounce' then table.insert(fields, 'cf'); table.insert(fields, plan.first) end
       if plan and not plan.takeLock then table.insert(fields, 'cb'); table.insert(fields, detail) end
       -- The record, then its place in a list. Should Redis refuse either (an ACL, a full server,

@@ -64,6 +64,7 @@
     lock with uniqueWaitForExpiry.)
 ]]
 -- @include "now"
+-- @include "ms-text"
 -- @include "args"
 -- @include "ended"
 -- @include "wake"
@@ -364,7 +365,7 @@ for i = 1, count do
         placeAt = now + recheck
       end
       -- v: the version of this message layout, the one start-tasks.lua reads.
-      local fields = { 's', 'PENDING', 'c', now, 'v', '1' }
+      local fields = { 's', 'PENDING', 'c', msText(now), 'v', '1' }
       local taskName = nameIn(first, last)
       -- The fields as stored, but the arguments: the lock key kept short when it is a lock of
       -- this task's (field lu, includes/record-lock.lua), so that it does not make the record a
@@ -386,7 +387,7 @@ for i = 1, count do
       end
       if args then argsFields(fields, args, whole) end
       for j = 1, #stored do table.insert(fields, stored[j]) end
-      if placeAt > now then table.insert(fields, 'd'); table.insert(fields, placeAt) end
+      if placeAt > now then table.insert(fields, 'd'); table.insert(fields, msText(placeAt)) end
       if plan and mode == 'debounce' then table.insert(fields, 'cf'); table.insert(fields, plan.first) end
       if plan and not plan.takeLock then table.insert(fields, 'cb'); table.insert(fields, detail) end
       -- The record, then its place in a list. Should Redis refuse either (an ACL, a full server,
