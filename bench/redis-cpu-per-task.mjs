@@ -16,7 +16,8 @@
 //     lean        bare and narrow-reads
 //     dir:<path>  a build saved before (a copy of .bench-build-cpu/ beside it, e.g. .bench-build-cpu-old/,
 //                 so that it finds the root's node_modules), to compare a change of src/ with what it
-//                 replaces in the same run: CPU_VARIANTS=base,dir:$PWD/.bench-build-cpu-old
+//                 replaces in the same run: CPU_VARIANTS=base,dir:$PWD/.bench-build-cpu-old for the
+//                 drains, CPU_BATCH_VARIANTS=base,dir:$PWD/.bench-build-cpu-old for the batch calls
 //   The patched copies are for measurement only: they change what the library promises.
 //   CPU_FIXED=1 (default) also times crafted fetch calls on the admin connection: one that starts
 //   and ends nothing, and the script cut after its function definitions (CPU_CALLS of each, 5000).
@@ -59,7 +60,7 @@ const log = (m) => console.error(m);
 // ------------------------------------------------------------------ builds
 const PATCHES = {
   'no-publish': [["redis.call('SPUBLISH', doneChannelOf(base, id), state)", '']],
-  'no-expire': [["redis.call('PEXPIRE', key, expireMs)", '']],
+  'no-expire': [["redis.call('PEXPIRE', key, msText(expireMs))", '']],
   'no-stats': [['if count > 0 then pcall(countEnds, KEYS[6], outcomes, now) end', '']],
 };
 PATCHES.bare = [...PATCHES['no-publish'], ...PATCHES['no-expire'], ...PATCHES['no-stats']];
@@ -178,14 +179,21 @@ async function startPerf(label) {
   const pid = /process_id:(\d+)/.exec(await admin.info('server'))[1];
   const file = `${dir}/${label.replace(/[^\w.-]+/g, '_')}-${++perfRuns}.data`;
   const rec = spawn('perf', ['record', '-g', '-q', '-p', pid, '-o', file], { stdio: ['ignore', 'ignore', 'inherit'] });
-  const exited = new Promise((r) => rec.once('exit', r));
+  const exited = new Promise((r) => {
+    rec.once('exit', r);
+    // No perf on this machine: the drain goes on without a profile.
+    rec.once('error', (err) => {
+      log(`perf: ${err.message}`);
+      r();
+    });
+  });
   // perf attaches within a few ms; give it until it has opened its output file.
   for (let i = 0; i < 200 && !existsSync(file); i++) await new Promise((r) => setTimeout(r, 10));
   return {
     async stop() {
       rec.kill('SIGINT');
       await exited;
-      log(`perf: ${file}`);
+      log(existsSync(file) ? `perf: ${file}` : `perf: no profile written (is perf allowed here? perf_event_paranoid, root)`);
     },
   };
 }
@@ -294,7 +302,11 @@ async function batches(url) {
   const sources = { base: f.source };
   for (const v of Object.keys(PATCHES)) {
     let src = f.source;
-    for (const [from, to] of PATCHES[v]) src = src.split(from).join(to);
+    for (const [from, to] of PATCHES[v]) {
+      // A patch that no longer matches would measure the base script under the variant's name.
+      if (!src.includes(from)) throw new Error(`patch ${v}: '${from}' not in fetch`);
+      src = src.split(from).join(to);
+    }
     sources[v] = src;
   }
   const out = {};
