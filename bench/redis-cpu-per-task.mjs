@@ -14,6 +14,9 @@
 //     bare        the three patches and events off
 //     narrow-reads the start's and end's HMGET cut to the fields of a plain task's record (bench tasks only)
 //     lean        bare and narrow-reads
+//     no-scans, no-peek, no-next-delay, no-noop-trim: a call's own work (the scans for lapsed claims,
+//                 leases and due tasks; the peek; the next-delay lookup; the no-op LTRIM) left out;
+//     per-call-min all four and no-stats (with events-off's cap 0 in the batch calls when named so)
 //     dir:<path>  a build saved before (a copy of .bench-build-cpu/ beside it, e.g. .bench-build-cpu-old/,
 //                 so that it finds the root's node_modules), to compare a change of src/ with what it
 //                 replaces in the same run: CPU_VARIANTS=base,dir:$PWD/.bench-build-cpu-old for the
@@ -78,6 +81,19 @@ PATCHES['narrow-reads'] = [
   ],
 ];
 PATCHES.lean = [...PATCHES.bare, ...PATCHES['narrow-reads']];
+// The per-call work of a call that starts or ends anything (what a worker woken for one task pays
+// once per task): the scans for lapsed claims, lapsed leases and due delayed tasks, the peek at the
+// tail, the next-delay lookup, the no-op LTRIM that lets a full Redis take the starts. Right only
+// on an idle bench queue (no claims, leases or delayed tasks to find), for measuring.
+PATCHES['no-scans'] = [
+  ["redis.pcall('ZRANGEBYSCORE', claimedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 100)", '{}'],
+  ["redis.pcall('ZRANGEBYSCORE', activeKey, '-inf', now, 'LIMIT', 0, 20)", '{}'],
+  ["redis.pcall('ZRANGEBYSCORE', delayedKey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)", '{}'],
+];
+PATCHES['no-peek'] = [['if peekCount > 0 then', 'if false then']];
+PATCHES['no-next-delay'] = [['pcall(nextDelayOf, delayedKey, now)', 'true, -1']];
+PATCHES['no-noop-trim'] = [["  redis.pcall('LTRIM', waitKey, 0, -1)\n", '']];
+PATCHES['per-call-min'] = [...PATCHES['no-scans'], ...PATCHES['no-peek'], ...PATCHES['no-next-delay'], ...PATCHES['no-noop-trim'], ...PATCHES['no-stats']];
 
 /** The generated fetch script of a build: { file, text, source, sha, start, end } */
 function fetchOf(dir) {
@@ -133,7 +149,7 @@ async function drain(system, url, { variant = 'base', concurrency = CONC } = {})
   const env = {};
   if (system === 'heimdall') {
     env.BENCH_HEIMDALL_BUILD = variantBuild(variant);
-    if (['events-off', 'bare', 'lean'].includes(variant)) env.BENCH_HEIMDALL_EVENTS = 'off';
+    if (['events-off', 'bare', 'lean', 'per-call-min'].includes(variant)) env.BENCH_HEIMDALL_EVENTS = 'off';
   }
   const child = startChild(system, url, { prefix: PREFIX, concurrency, target: N, env });
   await child.next('ready');
@@ -314,7 +330,7 @@ async function batches(url) {
     const calls = Math.max(20, Math.round(int('CPU_BATCH_TASKS', 10_000) / size));
     for (const v of list('CPU_BATCH_VARIANTS', 'base,events-off,no-publish,no-expire,no-stats,bare')) {
       const src = v.startsWith('dir:') ? fetchOf(variantBuild(v)).source : sources[v === 'events-off' ? 'base' : v];
-      const cap = ['events-off', 'bare', 'lean'].includes(v) ? 0 : 10000;
+      const cap = ['events-off', 'bare', 'lean', 'per-call-min'].includes(v) ? 0 : 10000;
       out[`${size} ${v}`] = await batchCost(url, size, src, cap, calls);
     }
     if (size > 1 && process.env.CPU_BATCH_SPLIT !== '0') {
