@@ -74,6 +74,7 @@
 -- @include "refusal"
 -- @include "events"
 -- @include "keys"
+-- @include "ms-text"
 
 -- Counts the runs this call ended, per 10-second bucket (see the header). When a bucket opens,
 -- those older than 15 minutes go.
@@ -152,7 +153,7 @@ local function beginRun(key, id, token, ago)
   if not (t[1] == 'STARTED' and t[2] == workerId and t[3] == token) then return t[1] or 'gone' end
   -- Current, its begin already stored (a begin sent again after a call that failed).
   if not t[4] then return nil end
-  redis.call('HSET', key, 'st', string.format('%d', now - math.max(0, math.floor(ago))))
+  redis.call('HSET', key, 'st', wholeText(now - math.max(0, math.floor(ago))))
   redis.call('HDEL', key, 'rs')
   local attempt = tonumber(t[5]) or 1
   noteEvent('started', id, 'w', workerId, 'a', attempt > 1 and attempt or nil)

@@ -62,7 +62,7 @@ local function endTask(base, id, state, extra, now, expireMs, lock, run, handOve
       noteEvent('revoked', id, 'n', run[1], 'r', reason)
     else
       local runtime
-      if run[3] and tonumber(run[3]) then runtime = string.format('%d', now - tonumber(run[3])) end
+      if run[3] and tonumber(run[3]) then runtime = wholeText(now - tonumber(run[3])) end
       if state == 'SUCCESS' then
         noteEvent('succeeded', id, 'w', run[2], 'rt', runtime)
       else
